@@ -1,0 +1,527 @@
+//! Buffers handed to the kernel, and the per-shard pool that recycles them.
+//!
+//! An operation takes its buffer by value and gives it back with the result, so the buffer
+//! cannot be touched, moved or freed while the kernel uses it. [`IoBuf`] and [`IoBufMut`]
+//! promise that a buffer's memory stays put when the buffer value moves (it lives on the
+//! heap) — that is what makes handing its address to the kernel sound.
+//!
+//! [`BufPool`] keeps freed buffers by power-of-two size class, every one aligned to
+//! [`BUF_ALIGN_BYTES`] so any of them can serve an O_DIRECT transfer. Getting a buffer of a
+//! class that has a free one allocates nothing; a class keeps at most
+//! [`BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX`] bytes idle. The pool is per shard (`!Send`).
+
+use std::alloc::{self, Layout};
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut, Range};
+use std::ptr::NonNull;
+use std::rc::{Rc, Weak};
+
+use crate::limits::{
+    BUF_ALIGN_BYTES, BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX, BUF_SIZE_CLASS_MAX_BYTES,
+    BUF_SIZE_CLASS_MIN_BYTES,
+};
+
+/// A buffer the kernel may read from.
+///
+/// # Safety
+/// `stable_ptr()` must point to `bytes_total()` bytes that stay valid and in place while
+/// the value is moved, until it is dropped or mutated through its own methods; the first
+/// `bytes_init()` of them must be initialized.
+pub unsafe trait IoBuf: Unpin + 'static {
+    /// Start of the buffer's memory.
+    fn stable_ptr(&self) -> *const u8;
+    /// Bytes holding data (what a write sends).
+    fn bytes_init(&self) -> usize;
+    /// Bytes of memory (what a read may fill).
+    fn bytes_total(&self) -> usize;
+
+    /// A view of `range` of the initialized bytes, owning the buffer.
+    fn slice(self, range: Range<usize>) -> Slice<Self>
+    where
+        Self: Sized,
+    {
+        assert!(range.start <= range.end && range.end <= self.bytes_total());
+        Slice { buf: self, range }
+    }
+}
+
+/// A buffer the kernel may write into.
+///
+/// # Safety
+/// As for [`IoBuf`]; `stable_mut_ptr()` must allow writes to all `bytes_total()` bytes.
+pub unsafe trait IoBufMut: IoBuf {
+    /// Start of the buffer's memory, for writing.
+    fn stable_mut_ptr(&mut self) -> *mut u8;
+    /// Records that the kernel initialized the first `len` bytes.
+    ///
+    /// # Safety
+    /// The first `len` bytes must really be initialized.
+    unsafe fn set_init(&mut self, len: usize);
+}
+
+// SAFETY: a Vec's elements live on the heap and do not move with the Vec.
+unsafe impl IoBuf for Vec<u8> {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity()
+    }
+}
+
+// SAFETY: as above; the whole capacity is writable.
+unsafe impl IoBufMut for Vec<u8> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        if len > self.len() {
+            // SAFETY: the caller promises the first `len` bytes are initialized, and
+            // `len <= capacity` because the kernel wrote at most `bytes_total()` bytes.
+            unsafe { self.set_len(len) };
+        }
+    }
+}
+
+// SAFETY: `Bytes` is an immutable view of reference-counted heap memory (or a static).
+unsafe impl IoBuf for bytes::Bytes {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+// SAFETY: `BytesMut` owns heap memory that does not move with the handle.
+unsafe impl IoBuf for bytes::BytesMut {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity()
+    }
+}
+
+// SAFETY: as above; the spare capacity is writable.
+unsafe impl IoBufMut for bytes::BytesMut {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        if len > self.len() {
+            // SAFETY: the caller promises the first `len` bytes are initialized.
+            unsafe { self.set_len(len) };
+        }
+    }
+}
+
+// SAFETY: static memory never moves or goes away.
+unsafe impl IoBuf for &'static [u8] {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A range of a buffer, owning the buffer: write part of a buffer, or read into part.
+pub struct Slice<B> {
+    buf: B,
+    range: Range<usize>,
+}
+
+impl<B> Slice<B> {
+    /// The whole buffer back.
+    pub fn into_inner(self) -> B {
+        self.buf
+    }
+    /// The range of the buffer this slice covers.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+}
+
+// SAFETY: a sub-range of a stable buffer is stable; it is within bounds by construction.
+unsafe impl<B: IoBuf> IoBuf for Slice<B> {
+    fn stable_ptr(&self) -> *const u8 {
+        // SAFETY: `range.start <= bytes_total()`, checked in `IoBuf::slice`.
+        unsafe { self.buf.stable_ptr().add(self.range.start) }
+    }
+    fn bytes_init(&self) -> usize {
+        self.buf
+            .bytes_init()
+            .clamp(self.range.start, self.range.end)
+            - self.range.start
+    }
+    fn bytes_total(&self) -> usize {
+        self.range.len()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl<B: IoBufMut> IoBufMut for Slice<B> {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        // SAFETY: `range.start <= bytes_total()`, checked in `IoBuf::slice`.
+        unsafe { self.buf.stable_mut_ptr().add(self.range.start) }
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        // SAFETY: forwarded; bytes before `range.start` were initialized or are covered by
+        // the caller's promise only when the slice starts within the initialized part.
+        unsafe { self.buf.set_init(self.range.start + len) };
+    }
+}
+
+/// Heap memory aligned to [`BUF_ALIGN_BYTES`], zero-filled at allocation, with a length
+/// (initialized, meaningful bytes) and a fixed capacity.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: AlignedBuf owns its memory exclusively, like Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// Allocates `capacity` zeroed bytes (rounded up to a multiple of the alignment).
+    pub fn with_capacity(capacity: usize) -> AlignedBuf {
+        let capacity = capacity.max(1).next_multiple_of(BUF_ALIGN_BYTES);
+        let layout = Self::layout(capacity);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
+        AlignedBuf {
+            ptr,
+            len: 0,
+            capacity,
+        }
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        match Layout::from_size_align(capacity, BUF_ALIGN_BYTES) {
+            Ok(layout) => layout,
+            Err(error) => panic!("buffer of {capacity} bytes cannot be laid out: {error}"),
+        }
+    }
+
+    /// Bytes of memory.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets the length; the memory is always initialized (zeroed at allocation).
+    pub fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity,
+            "length {len} beyond capacity {}",
+            self.capacity
+        );
+        self.len = len;
+    }
+
+    /// Empties the buffer.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Appends `bytes`; panics if they do not fit (callers size buffers first).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        assert!(
+            end <= self.capacity,
+            "{end} bytes do not fit in {}",
+            self.capacity
+        );
+        let start = self.len;
+        self.full_mut()[start..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    /// All `capacity` bytes, for filling before `set_len`.
+    pub fn full_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the memory is allocated, zero-initialized and exclusively ours.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `with_capacity` with exactly this layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) };
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes are allocated and initialized.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the buffer is borrowed mutably.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+// SAFETY: the memory is a heap allocation that does not move with the value.
+unsafe impl IoBuf for AlignedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len
+    }
+    fn bytes_total(&self) -> usize {
+        self.capacity
+    }
+}
+
+// SAFETY: as above; all of the capacity is writable.
+unsafe impl IoBufMut for AlignedBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        self.len = self.len.max(len);
+    }
+}
+
+const SIZE_CLASSES: usize =
+    (BUF_SIZE_CLASS_MAX_BYTES / BUF_SIZE_CLASS_MIN_BYTES).trailing_zeros() as usize + 1;
+const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES.is_power_of_two());
+const _: () = assert!(BUF_SIZE_CLASS_MAX_BYTES.is_power_of_two());
+const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES % BUF_ALIGN_BYTES == 0);
+
+/// Counters of a pool's work.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers handed out from a free list, without allocating.
+    pub reused: u64,
+    /// Buffers allocated because their class had none free (or was too large to pool).
+    pub allocated: u64,
+}
+
+struct PoolInner {
+    free: RefCell<[Vec<AlignedBuf>; SIZE_CLASSES]>,
+    stats: RefCell<PoolStats>,
+}
+
+/// A shard's pool of aligned, reusable buffers.
+#[derive(Clone)]
+pub struct BufPool {
+    inner: Rc<PoolInner>,
+}
+
+impl Default for BufPool {
+    fn default() -> Self {
+        BufPool::new()
+    }
+}
+
+impl BufPool {
+    /// An empty pool; buffers are allocated on first use and recycled after.
+    pub fn new() -> BufPool {
+        let inner = PoolInner {
+            free: RefCell::new(std::array::from_fn(|_| Vec::new())),
+            stats: RefCell::new(PoolStats::default()),
+        };
+        BufPool {
+            inner: Rc::new(inner),
+        }
+    }
+
+    /// A buffer with at least `capacity` bytes and length 0.
+    pub fn get(&self, capacity: usize) -> PooledBuf {
+        let Some(class) = size_class(capacity) else {
+            self.inner.stats.borrow_mut().allocated += 1;
+            return PooledBuf {
+                buf: Some(AlignedBuf::with_capacity(capacity)),
+                pool: Weak::new(),
+            };
+        };
+        let reused = self.inner.free.borrow_mut()[class].pop();
+        let buf = if let Some(mut buf) = reused {
+            self.inner.stats.borrow_mut().reused += 1;
+            buf.clear();
+            buf
+        } else {
+            self.inner.stats.borrow_mut().allocated += 1;
+            AlignedBuf::with_capacity(class_capacity(class))
+        };
+        PooledBuf {
+            buf: Some(buf),
+            pool: Rc::downgrade(&self.inner),
+        }
+    }
+
+    /// How many buffers were reused and allocated so far.
+    pub fn stats(&self) -> PoolStats {
+        *self.inner.stats.borrow()
+    }
+}
+
+fn size_class(capacity: usize) -> Option<usize> {
+    if capacity > BUF_SIZE_CLASS_MAX_BYTES {
+        return None;
+    }
+    let rounded = capacity.max(BUF_SIZE_CLASS_MIN_BYTES).next_power_of_two();
+    Some((rounded / BUF_SIZE_CLASS_MIN_BYTES).trailing_zeros() as usize)
+}
+
+fn class_capacity(class: usize) -> usize {
+    BUF_SIZE_CLASS_MIN_BYTES << class
+}
+
+/// A buffer from a [`BufPool`]; it goes back to the pool when dropped.
+pub struct PooledBuf {
+    buf: Option<AlignedBuf>,
+    pool: Weak<PoolInner>,
+}
+
+impl PooledBuf {
+    fn inner(&self) -> &AlignedBuf {
+        match &self.buf {
+            Some(buf) => buf,
+            None => unreachable!("pooled buffer used after drop"),
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut AlignedBuf {
+        match &mut self.buf {
+            Some(buf) => buf,
+            None => unreachable!("pooled buffer used after drop"),
+        }
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.upgrade()) else {
+            return;
+        };
+        let Some(class) = size_class(buf.capacity()) else {
+            return;
+        };
+        let mut free = pool.free.borrow_mut();
+        if (free[class].len() + 1) * buf.capacity() <= BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX {
+            free[class].push(buf);
+        }
+    }
+}
+
+impl Deref for PooledBuf {
+    type Target = AlignedBuf;
+    fn deref(&self) -> &AlignedBuf {
+        self.inner()
+    }
+}
+
+impl DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut AlignedBuf {
+        self.inner_mut()
+    }
+}
+
+// SAFETY: forwards to the inner AlignedBuf, whose memory is stable.
+unsafe impl IoBuf for PooledBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.inner().stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.inner().bytes_init()
+    }
+    fn bytes_total(&self) -> usize {
+        self.inner().bytes_total()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for PooledBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.inner_mut().stable_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        // SAFETY: forwarded with the caller's promise.
+        unsafe { self.inner_mut().set_init(len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_reuses_freed_buffers_without_allocating() {
+        let pool = BufPool::new();
+        let first = pool.get(10_000);
+        assert_eq!(
+            first.capacity(),
+            16384,
+            "rounded up to its power-of-two class"
+        );
+        assert_eq!(first.stable_ptr() as usize % BUF_ALIGN_BYTES, 0);
+        let address = first.stable_ptr();
+        drop(first);
+        let second = pool.get(16384);
+        assert_eq!(second.stable_ptr(), address, "the freed buffer came back");
+        assert!(second.is_empty(), "a reused buffer starts empty");
+        assert_eq!(
+            pool.stats(),
+            PoolStats {
+                reused: 1,
+                allocated: 1
+            }
+        );
+    }
+
+    #[test]
+    fn oversized_requests_are_aligned_and_not_retained() {
+        let pool = BufPool::new();
+        let big = pool.get(BUF_SIZE_CLASS_MAX_BYTES + 1);
+        assert!(big.capacity() > BUF_SIZE_CLASS_MAX_BYTES);
+        assert_eq!(big.stable_ptr() as usize % BUF_ALIGN_BYTES, 0);
+        drop(big);
+        let _again = pool.get(BUF_SIZE_CLASS_MAX_BYTES + 1);
+        assert_eq!(pool.stats().allocated, 2);
+    }
+
+    #[test]
+    fn size_classes_cover_min_to_max() {
+        assert_eq!(size_class(0), Some(0));
+        assert_eq!(size_class(4096), Some(0));
+        assert_eq!(size_class(4097), Some(1));
+        assert_eq!(size_class(BUF_SIZE_CLASS_MAX_BYTES), Some(SIZE_CLASSES - 1));
+        assert_eq!(size_class(BUF_SIZE_CLASS_MAX_BYTES + 1), None);
+    }
+
+    #[test]
+    fn slice_views_part_of_a_buffer() {
+        let slice = b"hello world".to_vec().slice(6..11);
+        assert_eq!(slice.bytes_init(), 5);
+        // SAFETY: reading 5 initialized bytes of a live buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(slice.stable_ptr(), 5) };
+        assert_eq!(bytes, b"world");
+        assert_eq!(slice.into_inner(), b"hello world");
+    }
+}

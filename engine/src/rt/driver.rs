@@ -1,0 +1,464 @@
+//! The io_uring driver of one shard: submission, completion, and the ownership of every
+//! in-flight operation's resources.
+//!
+//! Every submitted entry has a slot in a slab, keyed by the entry's `user_data`. The slot
+//! outlives the future that asked for the operation: when that future is dropped while the
+//! kernel still works on it, the future hands the operation's buffers and descriptors to
+//! the slot ([`Slot::Abandoned`]) and they are freed only when the completion arrives. No
+//! memory the kernel may still read or write is ever released early.
+//!
+//! Submissions are batched: entries accumulate in the submission queue and go to the
+//! kernel in one `io_uring_enter` when the executor runs out of work ([`Driver::park`]) or
+//! the queue is full. A full queue is submitted and retried; EBUSY/EAGAIN from the kernel
+//! (its completion backlog is full) is answered by reaping completions and retrying.
+//!
+//! Dropping the driver cancels everything in flight and waits for every completion before
+//! the ring and the slots go away.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::io;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use slab::Slab;
+
+use super::error::RingSetupError;
+use crate::limits::{RING_CQ_ENTRIES_FACTOR, RING_SQ_ENTRIES};
+
+/// The `user_data` of entries whose completions nobody waits for (cancellations issued on
+/// behalf of dropped operations).
+const USER_DATA_IGNORED: u64 = u64::MAX;
+
+/// One completion queue entry, as the owner of an operation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub(crate) result: i32,
+    pub(crate) flags: u32,
+}
+
+impl Completion {
+    /// A completion standing for an error that happened before the kernel saw the entry.
+    pub(crate) fn from_error(error: &io::Error) -> Completion {
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        Completion {
+            result: -errno,
+            flags: 0,
+        }
+    }
+}
+
+/// The state of one in-flight operation.
+enum Slot {
+    /// Submitted; holds the waker of the future waiting for it, once polled.
+    Waiting(Option<Waker>),
+    /// The single completion arrived and waits for its owner.
+    Completed(Completion),
+    /// An operation with several completions (multishot accept, zero-copy send): those not
+    /// yet taken by the owner, and whether the kernel has posted the last one.
+    Streaming {
+        waker: Option<Waker>,
+        queue: VecDeque<Completion>,
+        finished: bool,
+    },
+    /// The owner was dropped; the slot keeps its resources until the kernel is done.
+    Abandoned { _resources: Option<Box<dyn Any>> },
+}
+
+/// Which operations the kernel supports beyond the ones ringlog requires.
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    /// `IORING_OP_SEND_ZC` (Linux 6.0).
+    pub send_zc: bool,
+}
+
+/// Counters of the driver's work, for benchmarks and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DriverStats {
+    /// Entries pushed to the submission queue.
+    pub entries_submitted: u64,
+    /// Completions reaped.
+    pub completions_reaped: u64,
+    /// `io_uring_enter` calls made.
+    pub enter_calls: u64,
+}
+
+pub(crate) struct Driver {
+    ring: IoUring,
+    slots: Slab<Slot>,
+    features: Features,
+    stats: DriverStats,
+}
+
+/// Operations every ringlog shard uses; a kernel without one of them cannot run ringlog.
+const OPCODES_REQUIRED: [(u8, &str); 12] = [
+    (opcode::Read::CODE, "IORING_OP_READ"),
+    (opcode::Write::CODE, "IORING_OP_WRITE"),
+    (opcode::Readv::CODE, "IORING_OP_READV"),
+    (opcode::Writev::CODE, "IORING_OP_WRITEV"),
+    (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
+    (opcode::Fallocate::CODE, "IORING_OP_FALLOCATE"),
+    (opcode::OpenAt::CODE, "IORING_OP_OPENAT"),
+    (opcode::Statx::CODE, "IORING_OP_STATX"),
+    (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
+    (opcode::Recv::CODE, "IORING_OP_RECV"),
+    (opcode::Splice::CODE, "IORING_OP_SPLICE"),
+    (opcode::LinkTimeout::CODE, "IORING_OP_LINK_TIMEOUT"),
+];
+
+impl Driver {
+    /// Sets up a ring for the calling thread. The ring is single-issuer: only this thread
+    /// may submit to it.
+    pub(crate) fn new() -> Result<Driver, RingSetupError> {
+        let ring = build_ring().map_err(RingSetupError::from_setup)?;
+        if !ring.params().is_feature_ext_arg() {
+            return Err(RingSetupError::missing("IORING_FEAT_EXT_ARG (Linux 5.11)"));
+        }
+        if !ring.params().is_feature_nodrop() {
+            return Err(RingSetupError::missing("IORING_FEAT_NODROP (Linux 5.5)"));
+        }
+        let mut probe = Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(RingSetupError::from_setup)?;
+        for (code, name) in OPCODES_REQUIRED {
+            if !probe.is_supported(code) {
+                return Err(RingSetupError::missing(name));
+            }
+        }
+        let features = Features {
+            send_zc: probe.is_supported(opcode::SendZc::CODE),
+        };
+        Ok(Driver {
+            ring,
+            slots: Slab::with_capacity(256),
+            features,
+            stats: DriverStats::default(),
+        })
+    }
+
+    pub(crate) fn features(&self) -> Features {
+        self.features
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        self.stats
+    }
+
+    /// Operations submitted or completed whose owners have not yet taken the result.
+    pub(crate) fn slots_in_use(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Pushes one entry for a single-shot operation; returns its key.
+    pub(crate) fn push(&mut self, entry: squeue::Entry) -> io::Result<usize> {
+        self.push_linked([entry]).map(|[key]| key)
+    }
+
+    /// Pushes one entry for an operation with several completions; returns its key.
+    pub(crate) fn push_streaming(&mut self, entry: squeue::Entry) -> io::Result<usize> {
+        self.reserve_submission_space(1)?;
+        let slot = Slot::Streaming {
+            waker: None,
+            queue: VecDeque::new(),
+            finished: false,
+        };
+        Ok(self.push_reserved(entry, slot, false))
+    }
+
+    /// Pushes `entries` as one linked chain (IOSQE_IO_LINK on all but the last), contiguous
+    /// in the submission queue, and returns the key of each, in order.
+    pub(crate) fn push_linked<const N: usize>(
+        &mut self,
+        entries: [squeue::Entry; N],
+    ) -> io::Result<[usize; N]> {
+        const { assert!(N > 0 && N <= RING_SQ_ENTRIES as usize) };
+        self.reserve_submission_space(N)?;
+        let mut keys = [0; N];
+        for (position, entry) in entries.into_iter().enumerate() {
+            keys[position] = self.push_reserved(entry, Slot::Waiting(None), position + 1 < N);
+        }
+        Ok(keys)
+    }
+
+    fn push_reserved(&mut self, entry: squeue::Entry, slot: Slot, link: bool) -> usize {
+        let key = self.slots.insert(slot);
+        let mut entry = entry.user_data(key as u64);
+        if link {
+            entry = entry.flags(squeue::Flags::IO_LINK);
+        }
+        // SAFETY: every pointer in the entry refers to memory owned by the operation's data,
+        // which its owner keeps alive (or hands to this slot) until the completion for `key`
+        // is reaped; the caller reserved room in the queue.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        assert!(
+            pushed.is_ok(),
+            "submission queue full after reserving space"
+        );
+        self.stats.entries_submitted += 1;
+        key
+    }
+
+    /// Makes room for `count` entries, submitting what is queued if needed.
+    fn reserve_submission_space(&mut self, count: usize) -> io::Result<()> {
+        loop {
+            let free = {
+                let queue = self.ring.submission();
+                queue.capacity() - queue.len()
+            };
+            if free >= count {
+                return Ok(());
+            }
+            self.enter(0, None)?;
+        }
+    }
+
+    /// Submits queued entries and reaps completions without waiting.
+    pub(crate) fn submit_and_reap(&mut self) -> io::Result<usize> {
+        self.enter(0, None)?;
+        Ok(self.reap())
+    }
+
+    /// Submits queued entries and waits until at least one completion arrives or `timeout`
+    /// passes; then reaps. Returns the number of completions reaped.
+    pub(crate) fn park(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        if self.ring.completion().is_empty() {
+            self.enter(1, timeout)?;
+        }
+        Ok(self.reap())
+    }
+
+    /// One `io_uring_enter`, retried on EINTR; EBUSY/EAGAIN (completion backlog full) reaps
+    /// and retries, ETIME (the wait timed out) is not an error.
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        loop {
+            self.stats.enter_calls += 1;
+            let result = match timeout {
+                Some(timeout) if want > 0 => {
+                    let timespec = types::Timespec::from(timeout);
+                    let args = types::SubmitArgs::new().timespec(&timespec);
+                    self.ring.submitter().submit_with_args(want, &args)
+                }
+                _ => self.ring.submitter().submit_and_wait(want),
+            };
+            match result {
+                Ok(_) => return Ok(()),
+                Err(error) => match error.raw_os_error() {
+                    Some(libc::ETIME) => return Ok(()),
+                    Some(libc::EINTR) => {}
+                    Some(libc::EBUSY | libc::EAGAIN) => {
+                        if self.reap() == 0 && want == 0 {
+                            // Nothing to reap yet: the kernel is still flushing its
+                            // backlog. Waiting for one completion makes progress.
+                            return self.enter(1, timeout);
+                        }
+                    }
+                    _ => return Err(error),
+                },
+            }
+        }
+    }
+
+    /// Takes every completion off the queue and hands it to its slot, waking the owner.
+    fn reap(&mut self) -> usize {
+        let mut reaped = 0;
+        loop {
+            let Some(entry) = self.ring.completion().next() else {
+                break;
+            };
+            reaped += 1;
+            self.complete(&entry);
+        }
+        self.stats.completions_reaped += reaped as u64;
+        reaped
+    }
+
+    fn complete(&mut self, entry: &cqueue::Entry) {
+        if entry.user_data() == USER_DATA_IGNORED {
+            return;
+        }
+        let key = entry.user_data() as usize;
+        let completion = Completion {
+            result: entry.result(),
+            flags: entry.flags(),
+        };
+        let more = cqueue::more(completion.flags);
+        let Some(slot) = self.slots.get_mut(key) else {
+            unreachable!("completion for unknown slot {key}");
+        };
+        match slot {
+            Slot::Waiting(waker) => {
+                let waker = waker.take();
+                *slot = Slot::Completed(completion);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Slot::Streaming {
+                waker,
+                queue,
+                finished,
+            } => {
+                queue.push_back(completion);
+                *finished = !more;
+                if let Some(waker) = waker.take() {
+                    waker.wake();
+                }
+            }
+            Slot::Abandoned { .. } => {
+                if !more {
+                    // The kernel is done with the resources: free them now.
+                    drop(self.slots.remove(key));
+                }
+            }
+            Slot::Completed(_) => unreachable!("second completion for single-shot slot {key}"),
+        }
+    }
+
+    /// Polls a single-shot operation.
+    pub(crate) fn poll_completion(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<Completion> {
+        match &mut self.slots[key] {
+            Slot::Waiting(waker) => {
+                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Slot::Completed(completion) => {
+                let completion = *completion;
+                self.slots.remove(key);
+                Poll::Ready(completion)
+            }
+            Slot::Streaming { .. } | Slot::Abandoned { .. } => unreachable!("slot {key} misused"),
+        }
+    }
+
+    /// Polls an operation with several completions: `Some` for the next one, `None` after
+    /// the last (the slot is then released).
+    pub(crate) fn poll_stream(
+        &mut self,
+        key: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Completion>> {
+        let Slot::Streaming {
+            waker,
+            queue,
+            finished,
+        } = &mut self.slots[key]
+        else {
+            unreachable!("slot {key} is not streaming");
+        };
+        if let Some(completion) = queue.pop_front() {
+            return Poll::Ready(Some(completion));
+        }
+        if *finished {
+            self.slots.remove(key);
+            return Poll::Ready(None);
+        }
+        if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The owner of `key` is gone. If the kernel is done, the slot and `resources` are
+    /// freed now; otherwise the slot keeps `resources` until the last completion, and a
+    /// cancellation is requested when `cancel` is set.
+    pub(crate) fn abandon(&mut self, key: usize, resources: Option<Box<dyn Any>>, cancel: bool) {
+        let done = match &self.slots[key] {
+            Slot::Completed(_) => true,
+            Slot::Streaming { finished, .. } => *finished,
+            Slot::Waiting(_) => false,
+            Slot::Abandoned { .. } => unreachable!("slot {key} abandoned twice"),
+        };
+        if done {
+            drop(self.slots.remove(key));
+            return;
+        }
+        self.slots[key] = Slot::Abandoned {
+            _resources: resources,
+        };
+        if cancel {
+            let entry = opcode::AsyncCancel::new(key as u64)
+                .build()
+                .user_data(USER_DATA_IGNORED);
+            if self.reserve_submission_space(1).is_ok() {
+                // SAFETY: a cancellation carries no pointers.
+                let pushed = unsafe { self.ring.submission().push(&entry) };
+                debug_assert!(pushed.is_ok());
+            }
+        }
+    }
+
+    /// Cancels every operation in flight and waits for all their completions, so no
+    /// resource the kernel uses is freed with the driver. Woken owners see ECANCELED.
+    pub(crate) fn cancel_all_and_wait(&mut self) {
+        let pending = |slots: &Slab<Slot>| {
+            slots.iter().any(|(_, slot)| match slot {
+                Slot::Waiting(_) | Slot::Abandoned { .. } => true,
+                Slot::Streaming { finished, .. } => !finished,
+                Slot::Completed(_) => false,
+            })
+        };
+        let cancel_any = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
+            .build()
+            .user_data(USER_DATA_IGNORED);
+        let mut rounds = 0u32;
+        while pending(&self.slots) {
+            if rounds % 64 == 0 && self.reserve_submission_space(1).is_ok() {
+                // SAFETY: a cancellation carries no pointers.
+                let _ = unsafe { self.ring.submission().push(&cancel_any) };
+            }
+            rounds = rounds.wrapping_add(1);
+            if self.park(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Pushes a fire-and-forget entry (no slot). Only for entries that carry no pointers.
+    pub(crate) fn push_untracked(&mut self, entry: squeue::Entry) -> io::Result<()> {
+        self.reserve_submission_space(1)?;
+        let entry = entry.user_data(USER_DATA_IGNORED);
+        // SAFETY: callers pass only entries without pointers into user memory.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        debug_assert!(pushed.is_ok());
+        Ok(())
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.cancel_all_and_wait();
+    }
+}
+
+/// Builds the ring with the flags that suit one thread owning it, falling back for older
+/// kernels: single issuer and deferred task work (6.1), cooperative task work (5.19).
+fn build_ring() -> io::Result<IoUring> {
+    let cq_entries = RING_SQ_ENTRIES * RING_CQ_ENTRIES_FACTOR;
+    let attempts: [fn(&mut io_uring::Builder); 3] = [
+        |b| {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
+        },
+        |b| {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        },
+        |_| {},
+    ];
+    let mut last_error = None;
+    for configure in attempts {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq_entries).setup_clamp();
+        configure(&mut builder);
+        match builder.build(RING_SQ_ENTRIES) {
+            Ok(ring) => return Ok(ring),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}

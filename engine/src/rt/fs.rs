@@ -1,0 +1,462 @@
+//! Files through the ring: open, positional and vectored reads and writes, fsync and
+//! fdatasync (alone or linked after a write), fallocate, statx and close.
+//!
+//! Every method submits at once and returns a future of the result; buffers are taken by
+//! value and handed back with it. Writes may be short (as `pwrite` may be);
+//! [`File::write_all_at`] loops until the whole buffer is written.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use super::buf::{IoBuf, IoBufMut};
+use super::driver::Completion;
+use super::error::cqe_result;
+use super::fd::SharedFd;
+use super::op::{link, Link, Op, Operation, Prepared};
+use super::transfer::{len_u32, ReadInto, ReadVectored, Unit, Vectored, WriteFrom, WriteVectored};
+
+/// Offset meaning "the current file position" (for pipes, sockets, eventfds).
+const OFFSET_CURRENT: u64 = u64::MAX;
+
+/// How to open a file; mirrors `std::fs::OpenOptions`, plus O_DIRECT.
+#[derive(Debug, Clone)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "one flag per open(2) option, as in std"
+)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    create_new: bool,
+    truncate: bool,
+    append: bool,
+    direct: bool,
+    mode: libc::mode_t,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions::new()
+    }
+}
+
+impl OpenOptions {
+    /// Nothing set; at least `read` or `write` must be.
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            read: false,
+            write: false,
+            create: false,
+            create_new: false,
+            truncate: false,
+            append: false,
+            direct: false,
+            mode: 0o644,
+        }
+    }
+    pub fn read(&mut self, read: bool) -> &mut Self {
+        self.read = read;
+        self
+    }
+    pub fn write(&mut self, write: bool) -> &mut Self {
+        self.write = write;
+        self
+    }
+    pub fn create(&mut self, create: bool) -> &mut Self {
+        self.create = create;
+        self
+    }
+    pub fn create_new(&mut self, create_new: bool) -> &mut Self {
+        self.create_new = create_new;
+        self
+    }
+    pub fn truncate(&mut self, truncate: bool) -> &mut Self {
+        self.truncate = truncate;
+        self
+    }
+    pub fn append(&mut self, append: bool) -> &mut Self {
+        self.append = append;
+        self
+    }
+    /// O_DIRECT: bypass the page cache. Buffers, offsets and lengths must then be aligned
+    /// to the device's logical block size (pooled buffers are page-aligned).
+    pub fn direct(&mut self, direct: bool) -> &mut Self {
+        self.direct = direct;
+        self
+    }
+    /// Permission bits of a created file (default 0o644).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    fn flags(&self) -> io::Result<i32> {
+        let mut flags = match (self.read, self.write || self.append) {
+            (true, true) => libc::O_RDWR,
+            (true, false) => libc::O_RDONLY,
+            (false, true) => libc::O_WRONLY,
+            (false, false) => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        };
+        flags |= libc::O_CLOEXEC;
+        if self.create_new {
+            flags |= libc::O_CREAT | libc::O_EXCL;
+        } else if self.create {
+            flags |= libc::O_CREAT;
+        }
+        if self.truncate {
+            flags |= libc::O_TRUNC;
+        }
+        if self.append {
+            flags |= libc::O_APPEND;
+        }
+        if self.direct {
+            flags |= libc::O_DIRECT;
+        }
+        Ok(flags)
+    }
+
+    /// Opens `path` through the ring.
+    pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
+        let path = CString::new(path.as_ref().as_os_str().as_bytes())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let flags = self.flags()?;
+        let mode = self.mode;
+        let fd = Prepared::new(OpenAt { path }, |data| {
+            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), data.path.as_ptr())
+                .flags(flags)
+                .mode(mode)
+                .build()
+        })
+        .submit()
+        .await?;
+        Ok(File {
+            fd: SharedFd::new(fd),
+        })
+    }
+}
+
+struct OpenAt {
+    path: CString,
+}
+
+impl Operation for OpenAt {
+    type Output = io::Result<OwnedFd>;
+    fn complete(self, completion: Completion) -> io::Result<OwnedFd> {
+        let raw = cqe_result(completion.result)?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+    }
+}
+
+/// File metadata from statx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// Size in bytes.
+    pub len: u64,
+    /// Bytes allocated on disk (512-byte blocks × 512).
+    pub allocated_bytes: u64,
+    /// The file system's preferred I/O size.
+    pub block_size_bytes: u32,
+    /// `st_mode` (type and permission bits).
+    pub mode: u16,
+}
+
+struct Statx {
+    fd: SharedFd,
+    statx: Box<libc::statx>,
+}
+
+impl Operation for Statx {
+    type Output = io::Result<Metadata>;
+    fn complete(self, completion: Completion) -> io::Result<Metadata> {
+        drop(self.fd);
+        cqe_result(completion.result)?;
+        let statx = &self.statx;
+        Ok(Metadata {
+            len: statx.stx_size,
+            allocated_bytes: statx.stx_blocks * 512,
+            block_size_bytes: statx.stx_blksize,
+            mode: statx.stx_mode,
+        })
+    }
+}
+
+/// An open file. Cloning is cheap and shares the descriptor.
+#[derive(Clone, Debug)]
+pub struct File {
+    fd: SharedFd,
+}
+
+impl File {
+    /// Opens `path` for reading.
+    pub async fn open(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new().read(true).open(path).await
+    }
+
+    /// Creates (or truncates) `path` for writing and reading.
+    pub async fn create(path: impl AsRef<Path>) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .await
+    }
+
+    /// Takes over a descriptor opened elsewhere.
+    pub fn from_owned_fd(fd: OwnedFd) -> File {
+        File {
+            fd: SharedFd::new(fd),
+        }
+    }
+
+    pub(crate) fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+
+    /// The raw descriptor, for system calls the ring does not offer.
+    pub fn as_raw_fd(&self) -> i32 {
+        self.fd.raw()
+    }
+
+    /// Reads into `buf` from `offset`; returns how many bytes were read (0 at end of file).
+    pub fn read_at<B: IoBufMut>(&self, buf: B, offset: u64) -> Op<ReadInto<B>> {
+        self.prepare_read_at(buf, offset).submit()
+    }
+
+    /// A read at `offset`, to submit later (for example with a timeout).
+    pub fn prepare_read_at<B: IoBufMut>(&self, buf: B, offset: u64) -> Prepared<ReadInto<B>> {
+        Prepared::new(
+            ReadInto {
+                fd: self.fd.clone(),
+                buf,
+            },
+            |data| {
+                let len = len_u32(data.buf.bytes_total());
+                opcode::Read::new(data.fd.target(), data.buf.stable_mut_ptr(), len)
+                    .offset(offset)
+                    .build()
+            },
+        )
+    }
+
+    /// Writes the initialized bytes of `buf` at `offset`; returns how many were written.
+    pub fn write_at<B: IoBuf>(&self, buf: B, offset: u64) -> Op<WriteFrom<B>> {
+        self.prepare_write_at(buf, offset).submit()
+    }
+
+    /// A write at `offset`, to submit later or to [`link`] with a sync.
+    pub fn prepare_write_at<B: IoBuf>(&self, buf: B, offset: u64) -> Prepared<WriteFrom<B>> {
+        Prepared::new(
+            WriteFrom {
+                fd: self.fd.clone(),
+                buf,
+            },
+            |data| {
+                let len = len_u32(data.buf.bytes_init());
+                opcode::Write::new(data.fd.target(), data.buf.stable_ptr(), len)
+                    .offset(offset)
+                    .build()
+            },
+        )
+    }
+
+    /// Writes all of `buf` at `offset`, continuing after short writes.
+    pub async fn write_all_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<()>, B) {
+        let len = buf.bytes_init();
+        let mut written = 0;
+        let mut slice = buf.slice(0..len);
+        while written < len {
+            let (result, returned) = self.write_at(slice, offset + written as u64).await;
+            let buf = returned.into_inner();
+            match result {
+                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+                Ok(count) => written += count,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return (Err(error), buf),
+            }
+            slice = buf.slice(written..len);
+        }
+        (Ok(()), slice.into_inner())
+    }
+
+    /// Writes the initialized bytes of `bufs`, in order, at `offset` (one `pwritev`).
+    pub fn writev_at<B: IoBuf>(&self, bufs: Vec<B>, offset: u64) -> Op<WriteVectored<B>> {
+        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        if !vectored.count_valid() {
+            return Op::failed(WriteVectored(vectored), libc::EINVAL);
+        }
+        prepare_vectored_write(vectored, offset).submit()
+    }
+
+    /// Reads into `bufs`, filling each to capacity in order, from `offset` (one `preadv`).
+    pub fn readv_at<B: IoBufMut>(&self, bufs: Vec<B>, offset: u64) -> Op<ReadVectored<B>> {
+        let vectored = Vectored::new(self.fd.clone(), bufs, true);
+        if !vectored.count_valid() {
+            return Op::failed(ReadVectored(vectored), libc::EINVAL);
+        }
+        Prepared::new(ReadVectored(vectored), |data| {
+            let count = data.0.iovec_count();
+            opcode::Readv::new(data.0.fd.target(), data.0.iovecs.as_ptr(), count)
+                .offset(offset)
+                .build()
+        })
+        .submit()
+    }
+
+    /// fsync: data and metadata reach stable storage.
+    pub fn sync_all(&self) -> Op<Unit<SharedFd>> {
+        self.prepare_sync(false).submit()
+    }
+
+    /// fdatasync: data (and the metadata needed to read it back) reach stable storage.
+    pub fn sync_data(&self) -> Op<Unit<SharedFd>> {
+        self.prepare_sync(true).submit()
+    }
+
+    /// An fsync (`data_only = false`) or fdatasync, to [`link`] after a write.
+    pub fn prepare_sync(&self, data_only: bool) -> Prepared<Unit<SharedFd>> {
+        let flags = if data_only {
+            types::FsyncFlags::DATASYNC
+        } else {
+            types::FsyncFlags::empty()
+        };
+        Prepared::new(
+            Unit {
+                held: self.fd.clone(),
+            },
+            |data| opcode::Fsync::new(data.held.target()).flags(flags).build(),
+        )
+    }
+
+    /// Writes `buf` at `offset` and, linked in the same submission, fdatasyncs the file.
+    /// The sync runs only if the write succeeded in full; otherwise it reports ECANCELED.
+    pub fn write_at_and_sync_data<B: IoBuf>(
+        &self,
+        buf: B,
+        offset: u64,
+    ) -> impl Future<Output = ((io::Result<usize>, B), io::Result<()>)> {
+        link(self.prepare_write_at(buf, offset), self.prepare_sync(true))
+    }
+
+    /// `writev_at` and a linked fdatasync, in one submission: a group commit.
+    pub fn writev_at_and_sync_data<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> Link<WriteVectored<B>, Unit<SharedFd>> {
+        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let sync = self.prepare_sync(true);
+        if !vectored.count_valid() {
+            let write = Op::failed(WriteVectored(vectored), libc::EINVAL);
+            return futures::future::join(write, sync.fail(libc::ECANCELED));
+        }
+        link(prepare_vectored_write(vectored, offset), sync)
+    }
+
+    /// fallocate(`mode`, `offset`, `len`): reserve (mode 0) or punch/zero ranges.
+    pub fn allocate(&self, offset: u64, len: u64, mode: i32) -> Op<Unit<SharedFd>> {
+        Prepared::new(
+            Unit {
+                held: self.fd.clone(),
+            },
+            |data| {
+                opcode::Fallocate::new(data.held.target(), len)
+                    .offset(offset)
+                    .mode(mode)
+                    .build()
+            },
+        )
+        .submit()
+    }
+
+    /// Size and allocation of the file, from statx.
+    pub async fn metadata(&self) -> io::Result<Metadata> {
+        // SAFETY: statx is plain old data; all-zero is a valid value.
+        let statx: Box<libc::statx> = Box::new(unsafe { std::mem::zeroed() });
+        Prepared::new(
+            Statx {
+                fd: self.fd.clone(),
+                statx,
+            },
+            |data| {
+                let statx_ptr = (&raw mut *data.statx).cast::<types::statx>();
+                opcode::Statx::new(data.fd.target(), c"".as_ptr(), statx_ptr)
+                    .flags(libc::AT_EMPTY_PATH)
+                    .mask(libc::STATX_SIZE | libc::STATX_BLOCKS | libc::STATX_MODE)
+                    .build()
+            },
+        )
+        .submit()
+        .await
+    }
+
+    /// Closes the file through the ring and reports close's error (which can carry a
+    /// deferred write error on some file systems). If operations still hold the
+    /// descriptor, it is closed when the last of them completes instead.
+    pub async fn close(self) -> io::Result<()> {
+        match self.fd.try_unwrap() {
+            Ok(fd) => close_fd(fd).await,
+            Err(_still_in_use) => Ok(()),
+        }
+    }
+}
+
+fn prepare_vectored_write<B: IoBuf>(
+    vectored: Vectored<B>,
+    offset: u64,
+) -> Prepared<WriteVectored<B>> {
+    Prepared::new(WriteVectored(vectored), |data| {
+        let count = data.0.iovec_count();
+        opcode::Writev::new(data.0.fd.target(), data.0.iovecs.as_ptr(), count)
+            .offset(offset)
+            .build()
+    })
+}
+
+/// Closes `fd` through the ring.
+pub(crate) fn close_fd(fd: OwnedFd) -> Op<Unit<()>> {
+    let raw = fd.into_raw_fd();
+    Prepared::new(Unit { held: () }, |_| {
+        opcode::Close::new(types::Fd(raw)).build()
+    })
+    .submit()
+}
+
+/// Consumes wake-ups of the executor's eventfd, forever: each completed read is what woke
+/// the ring's wait, and the next read is queued at once.
+pub(crate) async fn read_eventfd(eventfd: Rc<OwnedFd>) {
+    let fd = SharedFd::from_rc(eventfd);
+    let mut buf = Vec::with_capacity(8);
+    loop {
+        let read = Prepared::new(
+            ReadInto {
+                fd: fd.clone(),
+                buf,
+            },
+            |data| {
+                opcode::Read::new(data.fd.target(), data.buf.stable_mut_ptr(), 8)
+                    .offset(OFFSET_CURRENT)
+                    .build()
+            },
+        );
+        let (result, returned) = read.submit().await;
+        buf = returned;
+        buf.clear();
+        if let Err(error) = result {
+            if error.raw_os_error() == Some(libc::ECANCELED) {
+                return;
+            }
+            tracing::warn!(%error, "reading the executor's eventfd failed");
+        }
+    }
+}

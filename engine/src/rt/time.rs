@@ -1,0 +1,191 @@
+//! Timers: `sleep`, `sleep_until` and `timeout`, cheap by the many thousand.
+//!
+//! Each executor keeps one binary heap of deadlines; the ring's wait is bounded by the
+//! nearest one, so no kernel timer exists per sleep. A registration is a slab entry with a
+//! sequence number; the heap may hold stale deadlines of dropped sleeps, which are skipped
+//! when they surface (each costs O(log n) once). Registering, firing and dropping are all
+//! O(log n).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::context;
+
+struct Registration {
+    sequence: u64,
+    waker: Option<Waker>,
+    fired: bool,
+}
+
+/// The timers of one executor.
+#[derive(Default)]
+pub(crate) struct Timers {
+    deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    registrations: Slab<Registration>,
+    sequence_next: u64,
+}
+
+impl Timers {
+    fn register(&mut self, deadline: Instant, waker: Waker) -> (usize, u64) {
+        let sequence = self.sequence_next;
+        self.sequence_next += 1;
+        let key = self.registrations.insert(Registration {
+            sequence,
+            waker: Some(waker),
+            fired: false,
+        });
+        self.deadlines.push(Reverse((deadline, sequence, key)));
+        (key, sequence)
+    }
+
+    fn entry(&mut self, key: usize, sequence: u64) -> Option<&mut Registration> {
+        self.registrations
+            .get_mut(key)
+            .filter(|entry| entry.sequence == sequence)
+    }
+
+    fn deregister(&mut self, key: usize, sequence: u64) {
+        if self.entry(key, sequence).is_some() {
+            self.registrations.remove(key);
+        }
+    }
+
+    /// Wakes every sleep whose deadline is at or before `now`.
+    pub(crate) fn fire(&mut self, now: Instant) {
+        while let Some(&Reverse((deadline, sequence, key))) = self.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(entry) = self.entry(key, sequence) {
+                entry.fired = true;
+                if let Some(waker) = entry.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// How long until the nearest live deadline, if any.
+    pub(crate) fn next_timeout(&mut self, now: Instant) -> Option<Duration> {
+        while let Some(&Reverse((deadline, sequence, key))) = self.deadlines.peek() {
+            if self.entry(key, sequence).is_some_and(|entry| !entry.fired) {
+                return Some(deadline.saturating_duration_since(now));
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// Drops every registration (and its waker), for teardown.
+    pub(crate) fn clear(&mut self) {
+        self.deadlines.clear();
+        let registrations = std::mem::take(&mut self.registrations);
+        drop(registrations);
+    }
+}
+
+/// A future that completes at a deadline. Created by [`sleep`] and [`sleep_until`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep {
+    deadline: Instant,
+    registration: Option<(usize, u64)>,
+}
+
+/// Completes after `duration`.
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+/// Completes at `deadline` (at once if it has passed).
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        registration: None,
+    }
+}
+
+impl Sleep {
+    /// When this sleep completes.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.deadline;
+        let registration = self.registration;
+        let ready = context::with(|ctx| {
+            let mut timers = ctx.timers.borrow_mut();
+            if let Some((key, sequence)) = registration {
+                match timers.entry(key, sequence) {
+                    Some(entry) if !entry.fired => {
+                        if !entry
+                            .waker
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
+                            entry.waker = Some(cx.waker().clone());
+                        }
+                        return None;
+                    }
+                    _ => return Some(None),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Some(None);
+            }
+            Some(Some(timers.register(deadline, cx.waker().clone())))
+        });
+        match ready {
+            None => Poll::Pending,
+            Some(Some(registration)) => {
+                self.registration = Some(registration);
+                Poll::Pending
+            }
+            Some(None) => {
+                if let Some((key, sequence)) = self.registration.take() {
+                    context::with(|ctx| ctx.timers.borrow_mut().deregister(key, sequence));
+                }
+                Poll::Ready(())
+            }
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some((key, sequence)) = self.registration.take() {
+            context::try_with(|ctx| ctx.timers.borrow_mut().deregister(key, sequence));
+        }
+    }
+}
+
+/// The deadline of a [`timeout`] passed before its future completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("deadline elapsed")]
+pub struct Elapsed;
+
+/// Runs `future` until it completes or `duration` passes, whichever is first. On timeout
+/// the future is dropped (its in-flight operations are abandoned safely).
+pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
+    let deadline = sleep(duration);
+    let mut future = std::pin::pin!(future);
+    let mut deadline = std::pin::pin!(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(output) = future.as_mut().poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        deadline.as_mut().poll(cx).map(|()| Err(Elapsed))
+    })
+    .await
+}
