@@ -3,6 +3,11 @@
 //! A limit is checked before the value it bounds is used; code names the constant rather
 //! than repeating the number.
 
+/// The largest record batch, header included, that the engine accepts whatever a topic's
+/// configuration says: 16 MiB. A topic's `max.message.bytes` (Kafka's default is 1 MiB + 12
+/// bytes) is passed to `batch::validate` and lowered to this if larger.
+pub const BATCH_SIZE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Submission queue entries of each shard's io_uring (the completion queue is larger, see
 /// [`RING_CQ_ENTRIES_FACTOR`]).
 pub const RING_SQ_ENTRIES: u32 = 1024;
