@@ -1,1 +1,48 @@
-fn main() {}
+//! `ringlog-bench`: ringlog's benchmarks. `probe` measures the machine's limits through the
+//! runtime (disk writes, the runtime's own per-operation cost, loopback TCP) so that the
+//! engine's and the broker's numbers can be read against what the hardware allows; see
+//! BENCHMARKS.md for how they are run and what they showed.
+
+mod error;
+mod machine;
+mod probe;
+mod report;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ringlog's benchmarks and machine-limit probes.
+#[derive(Debug, Parser)]
+#[command(name = "ringlog-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure the machine's limits through the runtime.
+    #[command(subcommand)]
+    Probe(probe::Probe),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Probe(probe) => probe.run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ringlog-bench: {error}");
+            let mut source = std::error::Error::source(&error);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(error.exit_code() as u8)
+        }
+    }
+}

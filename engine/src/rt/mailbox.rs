@@ -38,8 +38,12 @@ impl<S: Signal> Parker<S> {
 
     /// Receiver: announces that it is about to sleep. It must check its queues afterwards
     /// and only sleep if they are empty.
+    ///
+    /// A read-modify-write rather than a store: it reads from the last sender's `unpark`
+    /// swap, so everything that sender queued before is visible to the check that follows.
+    /// That holds under acquire/release alone, not only under sequential consistency.
     pub(crate) fn prepare_park(&self) {
-        self.sleeping.store(true, Ordering::SeqCst);
+        self.sleeping.swap(true, Ordering::SeqCst);
     }
 
     /// Receiver: it is awake again (or decided not to sleep).
@@ -248,57 +252,59 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_tests {
     use super::*;
-    use loom::sync::atomic::AtomicUsize;
+    use loom::sync::Notify;
     use loom::thread;
 
-    struct Counter(AtomicUsize);
+    /// The eventfd, modelled: a signal leaves a permit; waiting consumes one or blocks.
+    struct EventFd(Notify);
 
-    impl Signal for Arc<Counter> {
+    impl Signal for Arc<EventFd> {
         fn signal(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
+            self.0.notify();
         }
     }
 
+    type TestMailbox = Mailbox<u32, Arc<EventFd>>;
+
     /// The receiver's loop: drain, and sleep (wait for a signal) only after announcing it
-    /// and finding the queue empty. If a wake-up could be lost, loom finds an interleaving
-    /// where the receiver waits forever (a deadlock it reports) or misses an item.
-    fn receive(mailbox: &Mailbox<u32, Arc<Counter>>, signals: &Counter, want: usize) -> Vec<u32> {
+    /// and finding the queue empty. If a wake-up could be lost, loom finds the interleaving
+    /// where the receiver waits forever and reports a deadlock.
+    fn receive(mailbox: &TestMailbox, eventfd: &EventFd, want: usize) -> Vec<u32> {
         let mut got = Vec::new();
         let mut out = VecDeque::new();
-        let mut seen_signals = 0;
-        while got.len() < want {
+        loop {
             mailbox.drain_into(&mut out);
             got.extend(out.drain(..));
             if got.len() == want {
-                break;
+                return got;
             }
             mailbox.parker.prepare_park();
             if mailbox.has_items() {
                 mailbox.parker.finish_park();
                 continue;
             }
-            while signals.0.load(Ordering::SeqCst) == seen_signals {
-                thread::yield_now();
-            }
-            seen_signals = signals.0.load(Ordering::SeqCst);
+            eventfd.0.wait();
             mailbox.parker.finish_park();
         }
-        got
+    }
+
+    fn mailbox(capacity: usize) -> (Arc<TestMailbox>, Arc<EventFd>) {
+        let eventfd = Arc::new(EventFd(Notify::new()));
+        let parker = Arc::new(Parker::new(eventfd.clone()));
+        (Arc::new(Mailbox::bounded(capacity, parker)), eventfd)
     }
 
     #[test]
     fn no_lost_wakeup_with_two_senders() {
         loom::model(|| {
-            let counter = Arc::new(Counter(AtomicUsize::new(0)));
-            let parker = Arc::new(Parker::new(counter.clone()));
-            let mailbox = Arc::new(Mailbox::bounded(4, parker));
+            let (mailbox, eventfd) = mailbox(4);
             let senders: Vec<_> = (0..2)
                 .map(|i| {
                     let mailbox = mailbox.clone();
                     thread::spawn(move || mailbox.try_send(i).unwrap())
                 })
                 .collect();
-            let mut got = receive(&mailbox, &counter, 2);
+            let mut got = receive(&mailbox, &eventfd, 2);
             for sender in senders {
                 sender.join().unwrap();
             }
@@ -308,31 +314,18 @@ mod loom_tests {
     }
 
     #[test]
-    fn bounded_capacity_is_never_exceeded_and_nothing_is_lost() {
+    fn a_full_mailbox_makes_the_sender_wait_and_loses_nothing() {
         loom::model(|| {
-            let counter = Arc::new(Counter(AtomicUsize::new(0)));
-            let parker = Arc::new(Parker::new(counter.clone()));
-            let mailbox = Arc::new(Mailbox::bounded(1, parker));
+            let (mailbox, eventfd) = mailbox(1);
             let sender = {
                 let mailbox = mailbox.clone();
                 thread::spawn(move || {
-                    let mut refused = 0;
                     for item in 0..2 {
-                        loop {
-                            match mailbox.try_send(item) {
-                                Ok(()) => break,
-                                Err(TrySendError::Full(_)) => {
-                                    refused += 1;
-                                    thread::yield_now();
-                                }
-                                Err(TrySendError::Closed(_)) => panic!("closed"),
-                            }
-                        }
+                        loom::future::block_on(Send::new(&mailbox, item)).unwrap();
                     }
-                    refused
                 })
             };
-            let got = receive(&mailbox, &counter, 2);
+            let got = receive(&mailbox, &eventfd, 2);
             assert_eq!(got, [0, 1], "one sender's items arrive in order");
             sender.join().unwrap();
         });

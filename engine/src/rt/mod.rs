@@ -25,6 +25,7 @@ mod mailbox;
 mod net;
 mod op;
 mod pipe;
+pub mod seccomp;
 mod shard;
 mod sync;
 mod time;

@@ -534,7 +534,7 @@ fn shutdown_cancels_io_that_would_wait_forever() {
 #[test]
 fn unavailable_io_uring_gives_a_typed_error_naming_cause_and_remedy() {
     let error = std::thread::spawn(|| {
-        deny_io_uring_setup_for_this_thread();
+        seccomp::deny_io_uring_setup_for_current_thread().unwrap();
         block_on(async {}).unwrap_err()
     })
     .join()
@@ -549,57 +549,6 @@ fn unavailable_io_uring_gives_a_typed_error_naming_cause_and_remedy() {
             .and_then(std::io::Error::raw_os_error),
         Some(libc::EPERM)
     );
-}
-
-/// Installs a seccomp filter on the calling thread that fails `io_uring_setup` with EPERM,
-/// as a container's default profile does.
-pub(crate) fn deny_io_uring_setup_for_this_thread() {
-    const BPF_LD_W_ABS: u16 = 0x20;
-    const BPF_JMP_JEQ_K: u16 = 0x15;
-    const BPF_RET_K: u16 = 0x06;
-    let filter = [
-        libc::sock_filter {
-            code: BPF_LD_W_ABS,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
-        libc::sock_filter {
-            code: BPF_JMP_JEQ_K,
-            jt: 0,
-            jf: 1,
-            k: libc::SYS_io_uring_setup as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
-        },
-        libc::sock_filter {
-            code: BPF_RET_K,
-            jt: 0,
-            jf: 0,
-            k: libc::SECCOMP_RET_ALLOW,
-        },
-    ];
-    let program = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: prctl with these arguments only changes this thread's seccomp state; the
-    // filter array outlives the call (the kernel copies it).
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        let result = libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER,
-            &raw const program,
-            0,
-            0,
-        );
-        assert_eq!(result, 0, "seccomp: {}", std::io::Error::last_os_error());
-    }
 }
 
 fn pipe_writer_for_test(pipe: &Pipe) -> File {
