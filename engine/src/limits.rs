@@ -28,6 +28,14 @@ pub const BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX: usize = 64 << 20;
 /// Alignment of every pooled buffer: the page size, which satisfies O_DIRECT on the
 /// logical block sizes of common disks (512 B, 4 KiB).
 pub const BUF_ALIGN_BYTES: usize = 4096;
+/// Buffers of at least this size are backed by transparent huge pages (2 MiB aligned,
+/// `MADV_HUGEPAGE` before first touch): a physically contiguous 1 MiB buffer is one
+/// segment for the block layer, so an O_DIRECT write of it is one request that can merge
+/// with its neighbours, where 256 scattered 4 KiB pages exceed virtio's 254 segments.
+pub const BUF_HUGE_PAGE_THRESHOLD_BYTES: usize = 1 << 20;
+/// The x86-64 and aarch64 (4 KiB base pages) transparent huge page size.
+pub const HUGE_PAGE_BYTES: usize = 2 << 20;
+
 /// Buffers in one vectored read or write (Linux's `IOV_MAX`).
 pub const IOVECS_PER_OP_MAX: usize = 1024;
 /// Bytes one pipe used for `splice` holds (`F_SETPIPE_SZ`); a larger pipe moves more per
