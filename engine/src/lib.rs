@@ -9,5 +9,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod batch;
+pub mod index;
 pub mod limits;
+pub mod log;
 pub mod rt;
+pub mod storage;
+pub mod topic;

@@ -41,3 +41,45 @@ pub const IOVECS_PER_OP_MAX: usize = 1024;
 /// Bytes one pipe used for `splice` holds (`F_SETPIPE_SZ`); a larger pipe moves more per
 /// splice call.
 pub const PIPE_SIZE_BYTES: usize = 1 << 20;
+
+/// The longest topic name, in bytes (topic names are ASCII): Kafka's limit, chosen so that a
+/// partition directory `{topic}-{partition}` plus a deletion suffix fits the 255-byte file
+/// name limit of Linux file systems.
+pub const TOPIC_NAME_LEN_MAX: usize = 249;
+/// Partitions one topic may have. Each partition is a directory with open segment files, so
+/// this bounds what one CreateTopics or CreatePartitions request can ask of the disk.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 100_000;
+/// The smallest `segment.bytes` a topic may set: one page. Kafka allows 14 bytes; anything
+/// below a page only multiplies files and fsyncs, and tests that want quick rolls still can.
+pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4096;
+/// The largest `segment.bytes`: Kafka's `Integer.MAX_VALUE`, so that every file position
+/// in a segment fits the 32-bit positions of the offset index.
+pub const SEGMENT_SIZE_BYTES_MAX: u64 = i32::MAX as u64;
+/// The largest `ringlog.preallocate.bytes` (one fallocate step): a segment's largest size.
+pub const PREALLOCATE_STEP_BYTES_MAX: u64 = SEGMENT_SIZE_BYTES_MAX;
+/// The largest `index.interval.bytes`; an interval larger than a segment only means one
+/// index entry per segment.
+pub const INDEX_INTERVAL_BYTES_MAX: u32 = i32::MAX as u32;
+/// The largest time or byte count a topic setting may hold: Kafka sends these as signed
+/// 64-bit longs, and `to_pairs` must print what `apply` reads back.
+pub const TOPIC_SETTING_VALUE_MAX: u64 = i64::MAX as u64;
+/// The largest `topics.json` that the registry reads. Even 10,000 topics with every setting
+/// spelled out stay far below it; a larger file is damage, not metadata.
+pub const TOPIC_METADATA_FILE_BYTES_MAX: u64 = 64 << 20;
+
+/// Entries one segment's offset index holds; its time index, whose entries are a subset,
+/// holds no more. A segment is at most [`SEGMENT_SIZE_BYTES_MAX`] (2 GiB), and at Kafka's
+/// default `index.interval.bytes` of 4096 a full 2 GiB segment needs 2^31 / 2^12 = 2^19
+/// entries; this allows twice that (Kafka's default `segment.index.bytes`, 10 MiB, allows
+/// 1.25 × 2^20). A smaller interval fills the index sooner: the index then stops adding
+/// entries (lookups stay correct, scans get longer) and reports itself full so the segment
+/// rolls, as Kafka rolls a segment whose index is full. In memory this bounds one segment's
+/// indexes to 8 MiB (offset) + 12 MiB (time); decoding an index file checks its entry count
+/// against it before allocating.
+pub const INDEX_ENTRIES_PER_SEGMENT_MAX: usize = 1 << 20;
+
+/// How often a partition's appender checks retention (Kafka's
+/// `log.retention.check.interval.ms` default: 5 minutes).
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 5 * 60 * 1000;
+/// Bytes recovery reads from a segment at a time while validating its tail.
+pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;

@@ -138,6 +138,13 @@ unsafe impl IoBuf for &'static [u8] {
     }
 }
 
+/// The initialized bytes of `buf`, as a slice.
+pub fn initialized<B: IoBuf>(buf: &B) -> &[u8] {
+    // SAFETY: the IoBuf contract: `bytes_init()` bytes at `stable_ptr()` are initialized
+    // and live as long as `buf` is borrowed.
+    unsafe { std::slice::from_raw_parts(buf.stable_ptr(), buf.bytes_init()) }
+}
+
 /// A range of a buffer, owning the buffer: write part of a buffer, or read into part.
 pub struct Slice<B> {
     buf: B,
@@ -206,11 +213,17 @@ impl AlignedBuf {
     pub fn with_capacity(capacity: usize) -> AlignedBuf {
         let capacity = capacity.max(1).next_multiple_of(BUF_ALIGN_BYTES);
         let huge = capacity >= BUF_HUGE_PAGE_THRESHOLD_BYTES;
-        let allocated = if huge { capacity.next_multiple_of(HUGE_PAGE_BYTES) } else { capacity };
+        let allocated = if huge {
+            capacity.next_multiple_of(HUGE_PAGE_BYTES)
+        } else {
+            capacity
+        };
         let layout = Self::layout(allocated);
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc(layout) };
-        let Some(ptr) = NonNull::new(ptr) else { alloc::handle_alloc_error(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            alloc::handle_alloc_error(layout)
+        };
         if huge {
             // SAFETY: advises on memory we just allocated, 2 MiB aligned and sized; the
             // advice is a hint, so its failure (THP disabled) changes nothing but speed.
@@ -219,7 +232,12 @@ impl AlignedBuf {
         // SAFETY: zeroes the allocation we own; after the advice, so these first touches
         // fault in huge pages where the kernel has them.
         unsafe { ptr.as_ptr().write_bytes(0, allocated) };
-        AlignedBuf { ptr, len: 0, capacity, allocated }
+        AlignedBuf {
+            ptr,
+            len: 0,
+            capacity,
+            allocated,
+        }
     }
 
     fn layout(allocated: usize) -> Layout {
@@ -522,7 +540,11 @@ mod tests {
     fn large_buffers_are_huge_page_aligned_and_zeroed() {
         let buf = AlignedBuf::with_capacity(BUF_HUGE_PAGE_THRESHOLD_BYTES);
         assert_eq!(buf.stable_ptr() as usize % HUGE_PAGE_BYTES, 0);
-        assert_eq!(buf.capacity(), BUF_HUGE_PAGE_THRESHOLD_BYTES, "capacity is what was asked");
+        assert_eq!(
+            buf.capacity(),
+            BUF_HUGE_PAGE_THRESHOLD_BYTES,
+            "capacity is what was asked"
+        );
         let mut buf = buf;
         assert!(buf.full_mut().iter().all(|&b| b == 0));
     }

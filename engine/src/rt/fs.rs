@@ -39,6 +39,7 @@ pub struct OpenOptions {
     truncate: bool,
     append: bool,
     direct: bool,
+    directory: bool,
     mode: libc::mode_t,
 }
 
@@ -59,6 +60,7 @@ impl OpenOptions {
             truncate: false,
             append: false,
             direct: false,
+            directory: false,
             mode: 0o644,
         }
     }
@@ -92,6 +94,11 @@ impl OpenOptions {
         self.direct = direct;
         self
     }
+    /// O_DIRECTORY: open a directory (read-only), to fsync it.
+    pub fn directory(&mut self, directory: bool) -> &mut Self {
+        self.directory = directory;
+        self
+    }
     /// Permission bits of a created file (default 0o644).
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode;
@@ -119,6 +126,9 @@ impl OpenOptions {
         }
         if self.direct {
             flags |= libc::O_DIRECT;
+        }
+        if self.directory {
+            flags |= libc::O_DIRECTORY;
         }
         Ok(flags)
     }
@@ -377,6 +387,19 @@ impl File {
             },
         )
         .submit()
+    }
+
+    /// Sets the file's size (truncating or extending with zeros). A plain `ftruncate`:
+    /// io_uring has it only from Linux 6.9, and it runs at recovery and segment roll, not
+    /// per write.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        let len = i64::try_from(len).map_err(|_| io::ErrorKind::InvalidInput)?;
+        // SAFETY: ftruncate on a descriptor we own; no memory arguments.
+        if unsafe { libc::ftruncate(self.fd.raw(), len) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Size and allocation of the file, from statx.

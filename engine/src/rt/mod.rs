@@ -24,6 +24,7 @@ mod fs;
 mod mailbox;
 mod net;
 mod op;
+mod path;
 mod pipe;
 pub mod seccomp;
 mod shard;
@@ -34,7 +35,7 @@ mod transfer;
 #[cfg(test)]
 mod tests;
 
-pub use buf::{AlignedBuf, BufPool, IoBuf, IoBufMut, PoolStats, PooledBuf, Slice};
+pub use buf::{initialized, AlignedBuf, BufPool, IoBuf, IoBufMut, PoolStats, PooledBuf, Slice};
 pub use driver::{DriverStats, Features};
 pub use error::{
     cqe_result, Error, RingSetupError, UnavailableCause, EXIT_CODE_IO_URING_UNAVAILABLE,
@@ -43,7 +44,8 @@ pub use executor::{block_on, spawn_local, yield_now, Cancelled, JoinHandle};
 pub use fs::{File, Metadata, OpenOptions};
 pub use mailbox::TrySendError;
 pub use net::{Incoming, SendZc, TcpListener, TcpStream};
-pub use op::{kernel_timer, link, nop, Op, Prepared};
+pub use op::{kernel_timer, link, nop, Link, Op, Prepared};
+pub use path::{create_dir, create_dir_all, remove_file, rename, sync_dir};
 pub use pipe::{send_file, Pipe};
 pub use shard::{allowed_cpus, Runtime, RuntimeConfig, ShardHandle, ShardStopped, Work};
 pub use time::{sleep, sleep_until, timeout, Elapsed, Sleep};

@@ -558,3 +558,29 @@ fn pipe_writer_for_test(pipe: &Pipe) -> File {
 fn pipe_reader_for_test(pipe: &Pipe) -> std::fs::File {
     std::fs::File::from(pipe.reader_fd_for_test())
 }
+
+#[test]
+fn paths_rename_remove_mkdir_and_directory_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(async move {
+        let nested = root.join("a/b/c");
+        create_dir_all(&nested).await.unwrap();
+        assert!(nested.is_dir());
+        create_dir_all(&nested).await.unwrap();
+        let from = nested.join("tmp");
+        let to = nested.join("final");
+        let file = File::create(&from).await.unwrap();
+        file.write_all_at(b"x".to_vec(), 0).await.0.unwrap();
+        file.set_len(10).unwrap();
+        assert_eq!(file.metadata().await.unwrap().len, 10);
+        rename(&from, &to).await.unwrap();
+        sync_dir(&nested).await.unwrap();
+        assert!(!from.exists() && to.exists());
+        remove_file(&to).await.unwrap();
+        assert!(!to.exists());
+        let missing = remove_file(&to).await.unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(initialized(&b"abc".to_vec()), b"abc");
+    });
+}

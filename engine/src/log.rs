@@ -1,0 +1,351 @@
+//! The partition log: an append-only, segmented, durable sequence of record batches
+//! addressed by dense offsets.
+//!
+//! One [`PartitionLog`] belongs to one shard and is used only from it. Appends go to a
+//! per-partition appender task that forms group commits (see `log/appender.rs`); reads
+//! return file ranges for zero-copy sends (`log/read.rs`); opening a log recovers it
+//! (`log/recovery.rs`); retention and record deletion drop whole segments from the front
+//! (`log/retention.rs`).
+//!
+//! Offsets: `log_start_offset ≤ high_watermark ≤ log_end_offset`. The log end is the
+//! offset after the last batch whose write completed; the durable end is the offset below
+//! which everything is fdatasynced; the high watermark (what consumers may read) is the
+//! durable end for `flush = always` topics and the log end otherwise. After a failed write
+//! or fdatasync the log is poisoned: every later append fails with
+//! [`LogError::StorageFailed`] until the partition is reopened and recovered.
+
+mod appender;
+mod checkpoint;
+mod read;
+mod recovery;
+mod retention;
+mod segment;
+
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod tests;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use futures::channel::{mpsc, oneshot};
+
+use crate::batch::BatchError;
+use crate::rt::JoinHandle;
+use crate::storage::Storage;
+use crate::topic::{FlushPolicy, TopicConfig};
+
+pub use read::{FetchSlice, FileRange};
+
+use appender::{Command, Pending};
+use segment::Segment;
+
+/// A partition's name: topic and index, shown as Kafka names its directory (`orders-3`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartitionId {
+    pub topic: Rc<str>,
+    pub partition: u32,
+}
+
+impl fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Errors of a partition log. Each names the partition.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    /// A batch failed validation; nothing of the request was written.
+    #[error("partition {partition}: invalid record batch at log end offset {log_end}")]
+    InvalidBatch {
+        partition: PartitionId,
+        log_end: i64,
+        #[source]
+        source: BatchError,
+    },
+    /// The request holds no batch.
+    #[error("partition {partition}: no record batch to append")]
+    Empty { partition: PartitionId },
+    /// An I/O operation failed. For writes and syncs the log is poisoned from then on.
+    #[error("partition {partition}: {operation} failed")]
+    Io {
+        partition: PartitionId,
+        operation: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// An earlier write or fdatasync failed; the partition refuses appends until it is
+    /// reopened and recovered (Kafka's KAFKA_STORAGE_ERROR).
+    #[error("partition {partition}: storage failed earlier ({reason}); reopen to recover")]
+    StorageFailed {
+        partition: PartitionId,
+        reason: String,
+    },
+    /// The offset is outside `log_start..=high_watermark`.
+    #[error("partition {partition}: offset {offset} out of range {log_start}..={high_watermark}")]
+    OffsetOutOfRange {
+        partition: PartitionId,
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
+    /// The log's appender has stopped (the log was closed).
+    #[error("partition {partition}: log is closed")]
+    Closed { partition: PartitionId },
+    /// The on-disk state is not what ringlog writes (and could not be recovered).
+    #[error("partition {partition}: {detail}")]
+    Corrupt {
+        partition: PartitionId,
+        detail: String,
+    },
+}
+
+/// How long an append waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Until the write completes (Kafka acks=1).
+    Written,
+    /// Until an fdatasync covering the batches completes (Kafka acks=all).
+    Durable,
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Offset of the first record appended.
+    pub offset_first: i64,
+    /// Offset after the last record appended.
+    pub offset_next: i64,
+    /// The broker's time stamped into LogAppendTime batches, else `None`.
+    pub log_append_time_ms: Option<i64>,
+}
+
+/// The log's offsets, as clients see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    pub log_start: i64,
+    pub high_watermark: i64,
+    pub log_end: i64,
+    pub durable_end: i64,
+}
+
+pub(crate) struct State<S: Storage> {
+    pub(crate) segments: BTreeMap<i64, Segment<S>>,
+    pub(crate) log_start: i64,
+    /// The next offset to assign (ahead of `log_end` while a write is in flight).
+    pub(crate) offset_assign_next: i64,
+    pub(crate) log_end: i64,
+    pub(crate) durable_end: i64,
+    /// Bytes of the active segment below the durable end (what `flush = always` readers
+    /// may see); `None` when unknown, meaning all of it.
+    pub(crate) durable_position: Option<u64>,
+    pub(crate) poisoned: Option<String>,
+    pub(crate) config: TopicConfig,
+}
+
+pub(crate) struct Shared<S: Storage> {
+    pub(crate) id: PartitionId,
+    pub(crate) dir: PathBuf,
+    pub(crate) storage: S,
+    pub(crate) state: RefCell<State<S>>,
+    /// Bumped on every change of the log end; long-polling fetches wait on it.
+    pub(crate) version: Cell<u64>,
+    pub(crate) waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl<S: Storage> Shared<S> {
+    pub(crate) fn error_io(&self, operation: &'static str, source: io::Error) -> LogError {
+        LogError::Io {
+            partition: self.id.clone(),
+            operation,
+            source,
+        }
+    }
+
+    pub(crate) fn notify_waiters(&self) {
+        self.version.set(self.version.get() + 1);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// A partition's log. Cheap to clone (all clones are the same log); `!Send`: it lives on
+/// its shard.
+pub struct PartitionLog<S: Storage> {
+    shared: Rc<Shared<S>>,
+    commands: mpsc::UnboundedSender<Command>,
+    appender: Rc<RefCell<Option<JoinHandle<()>>>>,
+}
+
+impl<S: Storage> Clone for PartitionLog<S> {
+    fn clone(&self) -> Self {
+        PartitionLog {
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+            appender: self.appender.clone(),
+        }
+    }
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// Opens the log in `dir` (creating it if missing), recovering whatever an unclean stop
+    /// left, and starts its appender task on the current shard.
+    pub async fn open(
+        storage: S,
+        dir: &Path,
+        id: PartitionId,
+        config: TopicConfig,
+    ) -> Result<PartitionLog<S>, LogError> {
+        let shared = recovery::open(storage, dir, id, config).await?;
+        let shared = Rc::new(shared);
+        let (commands, receiver) = mpsc::unbounded();
+        let task = crate::rt::spawn_local(appender::run(shared.clone(), receiver));
+        Ok(PartitionLog {
+            shared,
+            commands,
+            appender: Rc::new(RefCell::new(Some(task))),
+        })
+    }
+
+    /// The partition's name.
+    pub fn id(&self) -> &PartitionId {
+        &self.shared.id
+    }
+
+    /// Appends the batches in `batches` (one or more, as in a Produce request's records):
+    /// validates each, stamps offsets (and LogAppendTime if the topic uses it), and waits
+    /// as `ack` says. Nothing is written if any batch is invalid.
+    pub async fn append(&self, batches: BytesMut, ack: Ack) -> Result<Appended, LogError> {
+        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
+        let info = crate::batch::validate(&batches, max_message_bytes).map_err(|source| {
+            LogError::InvalidBatch {
+                partition: self.shared.id.clone(),
+                log_end: self.offsets().log_end,
+                source,
+            }
+        })?;
+        if info.batch_count == 0 {
+            return Err(LogError::Empty {
+                partition: self.shared.id.clone(),
+            });
+        }
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending {
+            batches,
+            info,
+            ack,
+            reply,
+        };
+        self.send(Command::Append(pending))?;
+        outcome.await.map_err(|_| self.closed())?
+    }
+
+    /// The log's offsets now.
+    pub fn offsets(&self) -> Offsets {
+        let state = self.shared.state.borrow();
+        let high_watermark = if state.config.flush() == FlushPolicy::Always {
+            state.durable_end
+        } else {
+            state.log_end
+        };
+        Offsets {
+            log_start: state.log_start,
+            high_watermark,
+            log_end: state.log_end,
+            durable_end: state.durable_end,
+        }
+    }
+
+    /// The topic configuration the log runs with.
+    pub fn config(&self) -> TopicConfig {
+        self.shared.state.borrow().config.clone()
+    }
+
+    /// Replaces the configuration (flush policy, retention, segment size, …); it applies
+    /// from the next group commit on.
+    pub fn set_config(&self, config: TopicConfig) {
+        self.shared.state.borrow_mut().config = config;
+    }
+
+    /// Whether an earlier write or fdatasync failed.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.state.borrow().poisoned.clone()
+    }
+
+    /// Truncates the log so `offset` is its new end (dropping every batch at or after the
+    /// batch holding `offset`; `offset` should be a batch boundary). Waits for appends
+    /// queued before it.
+    pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Truncate { offset, reply })?;
+        done.await.map_err(|_| self.closed())?
+    }
+
+    /// Deletes closed segments past the topic's retention now (the appender also does
+    /// this periodically); returns how many were deleted.
+    pub async fn enforce_retention(&self) -> Result<usize, LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Retention { reply })?;
+        done.await.map_err(|_| self.closed())?
+    }
+
+    /// Moves the log start offset to `offset` (Kafka's DeleteRecords) and deletes the
+    /// segments wholly below it; returns the new log start offset.
+    pub async fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::DeleteBefore { offset, reply })?;
+        done.await.map_err(|_| self.closed())?
+    }
+
+    /// Flushes and fdatasyncs everything written, writes the indexes and the recovery
+    /// checkpoint (so the next open scans nothing), and stops the appender.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Close { reply })?;
+        let result = done.await.map_err(|_| self.closed())?;
+        let task = self.appender.borrow_mut().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        result
+    }
+
+    /// Waits until the log end moves past `version` (see [`PartitionLog::version`]) or the
+    /// future is dropped; for long-polling fetches.
+    pub async fn changed_since(&self, version: u64) {
+        std::future::poll_fn(|cx| {
+            if self.shared.version.get() != version {
+                return std::task::Poll::Ready(());
+            }
+            self.shared.waiters.borrow_mut().push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+    }
+
+    /// A number that changes whenever the log end or durable end moves.
+    pub fn version(&self) -> u64 {
+        self.shared.version.get()
+    }
+
+    fn send(&self, command: Command) -> Result<(), LogError> {
+        self.commands
+            .unbounded_send(command)
+            .map_err(|_| self.closed())
+    }
+
+    fn closed(&self) -> LogError {
+        LogError::Closed {
+            partition: self.shared.id.clone(),
+        }
+    }
+}

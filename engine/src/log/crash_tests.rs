@@ -1,0 +1,206 @@
+//! Crash and fault tests of the partition log on the fault-injecting storage backend:
+//! crashing at every fsync point loses nothing acknowledged as durable, and a failed write
+//! or fdatasync poisons the partition instead of being retried as success.
+
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::BytesMut;
+
+use super::*;
+use crate::batch::{BatchBuilder, RecordBatch};
+use crate::rt;
+use crate::storage::fault::FaultStorage;
+
+const BATCHES: u32 = 16;
+const RECORDS_PER_BATCH: usize = 8;
+
+fn id() -> PartitionId {
+    PartitionId {
+        topic: Rc::from("crash"),
+        partition: 0,
+    }
+}
+
+fn config() -> TopicConfig {
+    TopicConfig::builder()
+        .flush(FlushPolicy::Always)
+        .segment_bytes(4096)
+        .preallocate_bytes(4096)
+        .build()
+        .unwrap()
+}
+
+fn batch(tag: u32) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    for i in 0..RECORDS_PER_BATCH {
+        let value = format!("{tag:04}-{i}-{}", "x".repeat(40));
+        builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
+    }
+    BytesMut::from(&builder.build()[..])
+}
+
+fn record_values(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Ok((batch, next)) = RecordBatch::parse(rest) {
+        for record in batch.records().unwrap() {
+            out.push(String::from_utf8(record.unwrap().value.unwrap().to_vec()).unwrap());
+        }
+        rest = next;
+    }
+    out
+}
+
+/// Every record value of the log, reading segment after segment up to the high watermark.
+async fn read_all(log: &PartitionLog<FaultStorage>) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut offset = log.offsets().log_start;
+    while offset < log.offsets().high_watermark {
+        let bytes = log.read_bytes(offset, 1 << 20).await.unwrap();
+        let mut rest = &bytes[..];
+        while let Ok((batch, next)) = RecordBatch::parse(rest) {
+            offset = batch.base_offset() + i64::from(batch.last_offset_delta()) + 1;
+            rest = next;
+        }
+        let before = values.len();
+        values.extend(record_values(&bytes));
+        assert!(
+            values.len() > before,
+            "no progress reading at offset {offset}"
+        );
+    }
+    values
+}
+
+/// Appends the batches one by one with `Ack::Durable`; returns the tags acknowledged
+/// before the first failure.
+async fn workload(storage: &FaultStorage, dir: &Path) -> Vec<u32> {
+    let Ok(log) = PartitionLog::open(storage.clone(), dir, id(), config()).await else {
+        return Vec::new();
+    };
+    let mut acknowledged = Vec::new();
+    for tag in 0..BATCHES {
+        match log.append(batch(tag), Ack::Durable).await {
+            Ok(appended) => {
+                assert_eq!(
+                    appended.offset_first,
+                    i64::from(tag) * RECORDS_PER_BATCH as i64
+                );
+                acknowledged.push(tag);
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = log.close().await;
+    acknowledged
+}
+
+#[test]
+fn crashing_at_every_fsync_point_loses_nothing_acknowledged() {
+    let dir = Path::new("/data/crash-0");
+    rt::block_on(async {
+        let dry = FaultStorage::new();
+        let all = workload(&dry, dir).await;
+        assert_eq!(
+            all.len(),
+            BATCHES as usize,
+            "the workload succeeds without faults"
+        );
+        let sync_points = dry.sync_count();
+        assert!(
+            sync_points > u64::from(BATCHES),
+            "every durable append syncs"
+        );
+        for k in 0..=sync_points {
+            for seed in 0..4 {
+                let storage = FaultStorage::new();
+                storage.crash_at_sync(k);
+                let acknowledged = workload(&storage, dir).await;
+                let after = storage.crash_with(seed);
+                let log = PartitionLog::open(after, dir, id(), config())
+                    .await
+                    .unwrap();
+                let end = log.offsets().log_end;
+                let values = read_all(&log).await;
+                assert_eq!(
+                    values.len() as i64,
+                    end,
+                    "k={k} seed={seed}: readable = log end"
+                );
+                let expected: Vec<String> = (0..BATCHES)
+                    .flat_map(|tag| {
+                        (0..RECORDS_PER_BATCH)
+                            .map(move |i| format!("{tag:04}-{i}-{}", "x".repeat(40)))
+                    })
+                    .collect();
+                assert_eq!(
+                    values[..],
+                    expected[..values.len()],
+                    "k={k}: in order, no dups"
+                );
+                let durable_records = acknowledged.len() * RECORDS_PER_BATCH;
+                assert!(
+                    values.len() >= durable_records,
+                    "k={k} seed={seed}: {} acknowledged records, {} recovered",
+                    durable_records,
+                    values.len()
+                );
+                log.close().await.unwrap();
+            }
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_failed_write_poisons_the_partition_until_it_is_recovered() {
+    let dir = Path::new("/data/poison-0");
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config())
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth(1, libc::EIO);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        assert!(matches!(failed, LogError::StorageFailed { .. }), "{failed}");
+        let refused = log.append(batch(2), Ack::Written).await.unwrap_err();
+        assert!(
+            matches!(refused, LogError::StorageFailed { .. }),
+            "no retry as success"
+        );
+        assert!(log.poisoned().is_some());
+        drop(log);
+        let reopened = PartitionLog::open(storage.clone(), dir, id(), config())
+            .await
+            .unwrap();
+        assert_eq!(reopened.offsets().log_end, RECORDS_PER_BATCH as i64);
+        reopened.append(batch(3), Ack::Durable).await.unwrap();
+        reopened.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_lost_fdatasync_is_never_acknowledged() {
+    let dir = Path::new("/data/fsyncgate-0");
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config())
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth_after_write(1);
+        assert!(
+            log.append(batch(1), Ack::Durable).await.is_err(),
+            "EIO from the sync"
+        );
+        assert!(
+            log.append(batch(2), Ack::Durable).await.is_err(),
+            "poisoned, not retried"
+        );
+        assert_eq!(log.offsets().durable_end, RECORDS_PER_BATCH as i64);
+    })
+    .unwrap();
+}

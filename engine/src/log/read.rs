@@ -1,0 +1,194 @@
+//! Reading a partition log: the file ranges a fetch sends (zero-copy), and the offset for
+//! a timestamp.
+//!
+//! A fetch at `offset` finds the segment holding it, asks the sparse offset index where to
+//! start, scans batch headers from there to the batch holding `offset`, and returns the
+//! byte range from that batch on: up to `max_bytes`, but always the whole first batch (as
+//! Kafka does, so a consumer can make progress past a batch larger than its limit), and
+//! never past the high watermark or the segment's end. The last batch of a range may be
+//! cut short by `max_bytes`; Kafka clients discard such a partial batch and fetch it again.
+
+use super::segment::{find_batch, scan_headers, BatchHeader};
+use super::{LogError, PartitionLog};
+use crate::batch::{Compression, RecordBatch};
+use crate::storage::{Storage, StorageFile};
+use crate::topic::FlushPolicy;
+
+/// A byte range of a segment file.
+#[derive(Debug, Clone)]
+pub struct FileRange<F> {
+    pub file: F,
+    pub position: u64,
+    pub len: u64,
+}
+
+/// The answer to a fetch.
+#[derive(Debug, Clone)]
+pub struct FetchSlice<F> {
+    /// The record bytes, in order (empty when the fetch is at the high watermark).
+    pub ranges: Vec<FileRange<F>>,
+    pub high_watermark: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+}
+
+impl<F> FetchSlice<F> {
+    /// Bytes in all ranges.
+    pub fn len_bytes(&self) -> u64 {
+        self.ranges.iter().map(|range| range.len).sum()
+    }
+}
+
+/// Where the bytes of one segment that a read may see end.
+struct ReadTarget<F> {
+    reader: F,
+    start: u64,
+    end: u64,
+}
+
+impl<S: Storage> PartitionLog<S> {
+    /// The batches from the one holding `offset`, up to `max_bytes` (see the module doc).
+    pub async fn read(&self, offset: i64, max_bytes: u64) -> Result<FetchSlice<S::File>, LogError> {
+        let offsets = self.offsets();
+        let mut slice = FetchSlice {
+            ranges: Vec::new(),
+            high_watermark: offsets.high_watermark,
+            log_start: offsets.log_start,
+            log_end: offsets.log_end,
+        };
+        if offset < offsets.log_start || offset > offsets.high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                partition: self.id().clone(),
+                offset,
+                log_start: offsets.log_start,
+                high_watermark: offsets.high_watermark,
+            });
+        }
+        if offset == offsets.high_watermark {
+            return Ok(slice);
+        }
+        let Some(target) = self.read_target(offset) else {
+            return Ok(slice);
+        };
+        let found = find_batch(&target.reader, target.start, target.end, offset)
+            .await
+            .map_err(|e| self.shared.error_io("read segment", e))?;
+        if let Some((header, position)) = found {
+            let len = max_bytes.max(header.size_bytes).min(target.end - position);
+            slice.ranges.push(FileRange {
+                file: target.reader,
+                position,
+                len,
+            });
+        }
+        Ok(slice)
+    }
+
+    /// The segment holding `offset`, where to start scanning it, and where its visible
+    /// bytes end (the high watermark's position in the active segment of a `flush =
+    /// always` topic, else the segment's size).
+    fn read_target(&self, offset: i64) -> Option<ReadTarget<S::File>> {
+        let state = self.shared.state.borrow();
+        let (_, segment) = state.segments.range(..=offset).next_back()?;
+        let (_, start) = segment.index.lookup_offset(offset);
+        let is_active = state.segments.keys().next_back() == Some(&segment.base_offset);
+        let mut end = segment.size_bytes;
+        if is_active && state.config.flush() == FlushPolicy::Always {
+            end = end.min(state.durable_position.unwrap_or(end));
+        }
+        Some(ReadTarget {
+            reader: segment.reader.clone(),
+            start: u64::from(start),
+            end,
+        })
+    }
+
+    /// Reads the ranges of a fetch into memory (tools, tests; the broker sends them
+    /// zero-copy instead).
+    pub async fn read_bytes(&self, offset: i64, max_bytes: u64) -> Result<Vec<u8>, LogError> {
+        let slice = self.read(offset, max_bytes).await?;
+        let mut out = Vec::new();
+        for range in slice.ranges {
+            let len = usize::try_from(range.len).unwrap_or(usize::MAX);
+            let bytes = range.file.read_at(range.position, len).await;
+            out.extend_from_slice(&bytes.map_err(|e| self.shared.error_io("read segment", e))?);
+        }
+        Ok(out)
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`, with that
+    /// timestamp; `None` if every record is older (Kafka's ListOffsets by timestamp).
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
+        let hw = self.offsets().high_watermark;
+        let candidates: Vec<(S::File, u64, u64)> = {
+            let state = self.shared.state.borrow();
+            state
+                .segments
+                .values()
+                .filter(|segment| segment.max_timestamp >= timestamp_ms)
+                .map(|segment| {
+                    let start = segment
+                        .index
+                        .lookup_timestamp(timestamp_ms)
+                        .map_or(0, |(_, p)| p);
+                    (segment.reader.clone(), u64::from(start), segment.size_bytes)
+                })
+                .collect()
+        };
+        for (reader, start, end) in candidates {
+            let mut found: Option<(BatchHeader, u64)> = None;
+            scan_headers(&reader, start, end, |header, position| {
+                if header.base_offset >= hw {
+                    return false;
+                }
+                if header.max_timestamp >= timestamp_ms {
+                    found = Some((*header, position));
+                    return false;
+                }
+                true
+            })
+            .await
+            .map_err(|e| self.shared.error_io("read segment", e))?;
+            if let Some((header, position)) = found {
+                let bytes = reader.read_at(position, header.size_bytes as usize).await;
+                let bytes = bytes.map_err(|e| self.shared.error_io("read segment", e))?;
+                return Ok(Some(first_record_at_or_after(
+                    &bytes,
+                    &header,
+                    timestamp_ms,
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Within a batch whose max timestamp is at or after `timestamp_ms`, the first record that
+/// is; for compressed batches (not decompressed here) the batch's first offset and max.
+fn first_record_at_or_after(bytes: &[u8], header: &BatchHeader, timestamp_ms: i64) -> (i64, i64) {
+    let fallback = (header.base_offset, header.max_timestamp);
+    let Ok((batch, _)) = RecordBatch::parse(bytes) else {
+        return fallback;
+    };
+    if batch.compression() != Compression::None
+        || batch.timestamp_type() == crate::batch::TimestampType::LogAppendTime
+    {
+        return fallback;
+    }
+    let Ok(records) = batch.records() else {
+        return fallback;
+    };
+    for record in records.flatten() {
+        let timestamp = batch.base_timestamp() + record.timestamp_delta;
+        if timestamp >= timestamp_ms {
+            return (
+                batch.base_offset() + i64::from(record.offset_delta),
+                timestamp,
+            );
+        }
+    }
+    fallback
+}

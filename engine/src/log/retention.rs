@@ -1,0 +1,260 @@
+//! Dropping data from a partition log: retention by time and size (whole closed segments,
+//! oldest first), deletion of records below an offset (DeleteRecords), and truncation of
+//! the end (after a failed write is recovered, or by an operator).
+//!
+//! All three run on the appender task, between group commits. Files are removed only after
+//! the new log start offset is in the checkpoint, and the directory is fsynced after, so a
+//! crash in between leaves either the old or the new log start, never a hole.
+
+use super::checkpoint;
+use super::segment::segment_path;
+use super::{LogError, Shared};
+use crate::storage::{Storage, StorageFile};
+
+/// Deletes closed segments past the topic's retention; returns how many.
+pub(crate) async fn apply<S: Storage>(shared: &Shared<S>, now_ms: i64) -> Result<usize, LogError> {
+    let expired: Vec<i64> = {
+        let state = shared.state.borrow();
+        let retention_ms = state.config.retention_ms();
+        let retention_bytes = state.config.retention_bytes();
+        let mut total: u64 = state.segments.values().map(|s| s.size_bytes).sum();
+        let closed = state.segments.len().saturating_sub(1);
+        let mut expired = Vec::new();
+        for segment in state.segments.values().take(closed) {
+            let too_old = retention_ms.is_some_and(|ms| {
+                segment.max_timestamp != i64::MIN
+                    && segment.max_timestamp
+                        < now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX))
+            });
+            let too_big = retention_bytes.is_some_and(|bytes| total - segment.size_bytes >= bytes);
+            if !(too_old || too_big) {
+                break;
+            }
+            total -= segment.size_bytes;
+            expired.push(segment.base_offset);
+        }
+        expired
+    };
+    let Some(&last) = expired.last() else {
+        return Ok(0);
+    };
+    let new_start = shared
+        .state
+        .borrow()
+        .segments
+        .range(last + 1..)
+        .next()
+        .map(|(base, _)| *base);
+    if let Some(new_start) = new_start {
+        delete_before(shared, new_start).await?;
+    }
+    Ok(expired.len())
+}
+
+/// Moves the log start offset to `offset` (at most the high watermark) and deletes the
+/// segments wholly below it. Returns the new log start offset.
+pub(crate) async fn delete_before<S: Storage>(
+    shared: &Shared<S>,
+    offset: i64,
+) -> Result<i64, LogError> {
+    let (removed, log_start) = {
+        let mut state = shared.state.borrow_mut();
+        let high_watermark = state.log_end.min(state.durable_end.max(state.log_end));
+        if offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                partition: shared.id.clone(),
+                offset,
+                log_start: state.log_start,
+                high_watermark,
+            });
+        }
+        if offset <= state.log_start {
+            return Ok(state.log_start);
+        }
+        state.log_start = offset;
+        let keep_from = state
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map_or(offset, |(base, _)| *base);
+        let removed: Vec<i64> = state
+            .segments
+            .range(..keep_from)
+            .map(|(base, _)| *base)
+            .collect();
+        for base in &removed {
+            state.segments.remove(base);
+        }
+        (removed, state.log_start)
+    };
+    checkpoint::write(shared, false).await?;
+    remove_segment_files(shared, &removed).await?;
+    Ok(log_start)
+}
+
+async fn remove_segment_files<S: Storage>(
+    shared: &Shared<S>,
+    bases: &[i64],
+) -> Result<(), LogError> {
+    if bases.is_empty() {
+        return Ok(());
+    }
+    for &base in bases {
+        for extension in ["log", "index", "timeindex"] {
+            let path = segment_path(&shared.dir, base, extension);
+            match shared.storage.remove_file(&path).await {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(shared.error_io("remove segment file", error));
+                }
+                _ => {}
+            }
+        }
+    }
+    shared
+        .storage
+        .sync_dir(&shared.dir)
+        .await
+        .map_err(|e| shared.error_io("fsync directory", e))
+}
+
+/// Cuts the log so it ends before the batch holding `offset`.
+pub(crate) async fn truncate_to<S: Storage>(
+    shared: &Shared<S>,
+    offset: i64,
+) -> Result<(), LogError> {
+    let (log_start, log_end) = {
+        let state = shared.state.borrow();
+        (state.log_start, state.log_end)
+    };
+    if offset >= log_end {
+        return Ok(());
+    }
+    let offset = offset.max(log_start);
+    // Whole segments at or after the cut go (but the first segment always stays).
+    let removed: Vec<i64> = {
+        let mut state = shared.state.borrow_mut();
+        let first = state.segments.keys().next().copied().unwrap_or(0);
+        let removed: Vec<i64> = state
+            .segments
+            .range(offset.max(first + 1)..)
+            .map(|(base, _)| *base)
+            .collect();
+        for base in &removed {
+            state.segments.remove(base);
+        }
+        removed
+    };
+    remove_segment_files(shared, &removed).await?;
+    if !removed.is_empty() {
+        reopen_active(shared).await?;
+    }
+    let (reader, writer, start, end) = {
+        let state = shared.state.borrow();
+        let Some(active) = state.segments.values().next_back() else {
+            unreachable!("the first segment is never removed")
+        };
+        let (_, start) = active.index.lookup_offset(offset);
+        (
+            active.reader.clone(),
+            active.writer.clone(),
+            u64::from(start),
+            active.size_bytes,
+        )
+    };
+    let found = super::segment::find_batch(&reader, start, end, offset)
+        .await
+        .map_err(|e| shared.error_io("read segment", e))?;
+    let (cut_offset, cut_position) = found.map_or((offset, end), |(header, position)| {
+        (header.base_offset, position)
+    });
+    writer
+        .set_len(cut_position)
+        .await
+        .map_err(|e| shared.error_io("truncate segment", e))?;
+    writer
+        .sync_data()
+        .await
+        .map_err(|e| shared.error_io("fdatasync", e))?;
+    {
+        let mut state = shared.state.borrow_mut();
+        let Some(active) = state.segments.values_mut().next_back() else {
+            unreachable!("the first segment is never removed")
+        };
+        active.index.truncate_to(cut_offset, cut_position as u32);
+        active.size_bytes = cut_position;
+        active.allocated_bytes = cut_position;
+        active.offset_next = cut_offset;
+        if let Some(tail) = active.tail_block.as_mut() {
+            tail.clear();
+        }
+        state.log_end = cut_offset;
+        state.offset_assign_next = cut_offset;
+        state.durable_end = state.durable_end.min(cut_offset);
+        state.durable_position = state.durable_position.map(|p| p.min(cut_position));
+    }
+    reload_tail_block(shared).await?;
+    checkpoint::write(shared, false).await?;
+    shared.notify_waiters();
+    Ok(())
+}
+
+/// Makes the new last segment writable after truncation removed those after it.
+async fn reopen_active<S: Storage>(shared: &Shared<S>) -> Result<(), LogError> {
+    let (base, direct) = {
+        let state = shared.state.borrow();
+        let Some(active) = state.segments.values().next_back() else {
+            return Ok(());
+        };
+        (
+            active.base_offset,
+            state.config.io_mode() == crate::topic::IoMode::Direct,
+        )
+    };
+    let mut segment = shared.state.borrow_mut().segments.remove(&base);
+    let result = match segment.as_mut() {
+        Some(segment) => {
+            segment
+                .reopen_writable(&shared.storage, &shared.dir, direct)
+                .await
+        }
+        None => Ok(()),
+    };
+    if let Some(segment) = segment {
+        shared.state.borrow_mut().segments.insert(base, segment);
+    }
+    result.map_err(|e| shared.error_io("reopen segment", e))
+}
+
+/// Direct mode: reads the partial last block of the active segment back into memory.
+async fn reload_tail_block<S: Storage>(shared: &Shared<S>) -> Result<(), LogError> {
+    let (reader, size, direct) = {
+        let state = shared.state.borrow();
+        let Some(active) = state.segments.values().next_back() else {
+            return Ok(());
+        };
+        (
+            active.reader.clone(),
+            active.size_bytes,
+            active.tail_block.is_some(),
+        )
+    };
+    if !direct {
+        return Ok(());
+    }
+    let block = crate::limits::BUF_ALIGN_BYTES as u64;
+    let start = size - size % block;
+    let bytes = reader.read_at(start, (size - start) as usize).await;
+    let bytes = bytes.map_err(|e| shared.error_io("read tail block", e))?;
+    if let Some(tail) = shared
+        .state
+        .borrow_mut()
+        .segments
+        .values_mut()
+        .next_back()
+        .and_then(|s| s.tail_block.as_mut())
+    {
+        tail.clear();
+        tail.extend_from_slice(&bytes);
+    }
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! One segment of a partition log: the `.log` file holding batches back to back exactly as
+//! they came from producers (offsets stamped), its sparse offset and time indexes, and the
+//! staging of the tail block for O_DIRECT writes.
+//!
+//! Invariants: `size_bytes` is the number of valid bytes at the front of the file (the file
+//! may be longer: preallocated zeros); batches are contiguous in offset from `base_offset`
+//! to `offset_next`; only the active (last) segment of a log is written.
+//!
+//! File names: `{base_offset:020}.log`, `.index`, `.timeindex`, as Kafka names them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::index::SegmentIndex;
+use crate::limits::BUF_ALIGN_BYTES;
+use crate::rt::AlignedBuf;
+use crate::storage::{OpenFlags, Storage, StorageFile};
+
+/// Bytes of the batch header fields the log reads without parsing a whole batch: base
+/// offset (i64 @0), batch length (i32 @8), last offset delta (i32 @23), max timestamp
+/// (i64 @35); see the table in `batch/layout.rs`.
+pub(crate) const HEADER_PREFIX_BYTES: usize = 43;
+
+/// The file of segment `base_offset` with `extension` in `dir`.
+pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
+    dir.join(format!("{base_offset:020}.{extension}"))
+}
+
+/// Parses `00000000000000000042.log` into 42.
+pub(crate) fn parse_segment_name(name: &str) -> Option<i64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The fields of one batch header the log needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchHeader {
+    pub(crate) base_offset: i64,
+    pub(crate) size_bytes: u64,
+    pub(crate) last_offset: i64,
+    pub(crate) max_timestamp: i64,
+}
+
+impl BatchHeader {
+    /// Reads the header fields from the first [`HEADER_PREFIX_BYTES`] of a batch that was
+    /// validated when it was written (or at recovery).
+    pub(crate) fn parse(bytes: &[u8]) -> Option<BatchHeader> {
+        let field = |at: usize, len: usize| bytes.get(at..at + len);
+        let base_offset = i64::from_be_bytes(field(0, 8)?.try_into().ok()?);
+        let batch_length = i32::from_be_bytes(field(8, 4)?.try_into().ok()?);
+        let last_offset_delta = i32::from_be_bytes(field(23, 4)?.try_into().ok()?);
+        let max_timestamp = i64::from_be_bytes(field(35, 8)?.try_into().ok()?);
+        let batch_length = u64::try_from(batch_length).ok()?;
+        Some(BatchHeader {
+            base_offset,
+            size_bytes: 12 + batch_length,
+            last_offset: base_offset + i64::from(last_offset_delta),
+            max_timestamp,
+        })
+    }
+}
+
+pub(crate) struct Segment<S: Storage> {
+    pub(crate) base_offset: i64,
+    /// The file appends go to (opened O_DIRECT in direct mode).
+    pub(crate) writer: S::File,
+    /// The file reads and zero-copy sends use (buffered).
+    pub(crate) reader: S::File,
+    pub(crate) size_bytes: u64,
+    /// Bytes the file has (preallocated zeros included).
+    pub(crate) allocated_bytes: u64,
+    pub(crate) offset_next: i64,
+    pub(crate) max_timestamp: i64,
+    pub(crate) index: SegmentIndex,
+    pub(crate) created: Instant,
+    /// Direct mode: the bytes of the last, partial block, rewritten with the next append.
+    pub(crate) tail_block: Option<AlignedBuf>,
+    pub(crate) direct: bool,
+}
+
+impl<S: Storage> Segment<S> {
+    /// Opens (creating if missing) the segment `base_offset` in `dir`.
+    pub(crate) async fn open(
+        storage: &S,
+        dir: &Path,
+        base_offset: i64,
+        direct: bool,
+        index_interval_bytes: u32,
+    ) -> io::Result<Segment<S>> {
+        let path = segment_path(dir, base_offset, "log");
+        let writer = storage
+            .open(
+                &path,
+                OpenFlags {
+                    direct,
+                    ..OpenFlags::WRITE
+                },
+            )
+            .await?;
+        let reader = if direct {
+            storage.open(&path, OpenFlags::READ).await?
+        } else {
+            writer.clone()
+        };
+        let allocated_bytes = writer.size().await?;
+        Ok(Segment {
+            base_offset,
+            writer,
+            reader,
+            size_bytes: 0,
+            allocated_bytes,
+            offset_next: base_offset,
+            max_timestamp: i64::MIN,
+            index: SegmentIndex::new(base_offset, index_interval_bytes),
+            created: Instant::now(),
+            tail_block: direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES)),
+            direct,
+        })
+    }
+
+    /// Opens the closed segment `base_offset` for reading only.
+    pub(crate) async fn open_read_only(
+        storage: &S,
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u32,
+    ) -> io::Result<Segment<S>> {
+        let path = segment_path(dir, base_offset, "log");
+        let reader = storage.open(&path, OpenFlags::READ).await?;
+        let allocated_bytes = reader.size().await?;
+        Ok(Segment {
+            base_offset,
+            writer: reader.clone(),
+            reader,
+            size_bytes: 0,
+            allocated_bytes,
+            offset_next: base_offset,
+            max_timestamp: i64::MIN,
+            index: SegmentIndex::new(base_offset, index_interval_bytes),
+            created: Instant::now(),
+            tail_block: None,
+            direct: false,
+        })
+    }
+
+    /// Records a batch written at `position`.
+    pub(crate) fn on_batch_written(&mut self, header: &BatchHeader, position: u64) {
+        self.index.on_batch_appended(
+            header.base_offset,
+            header.last_offset,
+            header.max_timestamp,
+            position as u32,
+            header.size_bytes as u32,
+        );
+        self.offset_next = header.last_offset + 1;
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+    }
+
+    /// Makes a segment opened read-only (closed) the writable active one again, as after
+    /// truncation removed the segments after it.
+    pub(crate) async fn reopen_writable(
+        &mut self,
+        storage: &S,
+        dir: &Path,
+        direct: bool,
+    ) -> io::Result<()> {
+        let path = segment_path(dir, self.base_offset, "log");
+        self.writer = storage
+            .open(
+                &path,
+                OpenFlags {
+                    direct,
+                    ..OpenFlags::WRITE
+                },
+            )
+            .await?;
+        if !direct {
+            self.reader = self.writer.clone();
+        }
+        self.direct = direct;
+        self.tail_block = direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES));
+        Ok(())
+    }
+}
+
+/// Reads batch headers of `reader` from `position` on, up to `end`, calling `visit` with
+/// each header and its position until it returns false. Reads in chunks, so a scan over
+/// many small batches costs few reads.
+pub(crate) async fn scan_headers<F: StorageFile>(
+    reader: &F,
+    mut position: u64,
+    end: u64,
+    mut visit: impl FnMut(&BatchHeader, u64) -> bool,
+) -> io::Result<()> {
+    const CHUNK_BYTES: usize = 64 * 1024;
+    while position + HEADER_PREFIX_BYTES as u64 <= end {
+        let want = (end - position).min(CHUNK_BYTES as u64) as usize;
+        let chunk = reader.read_at(position, want).await?;
+        let mut at = 0u64;
+        while let Some(header) = chunk.get(at as usize..).and_then(BatchHeader::parse) {
+            if header.size_bytes < HEADER_PREFIX_BYTES as u64 {
+                return Err(corrupt(position + at));
+            }
+            if !visit(&header, position + at) {
+                return Ok(());
+            }
+            at += header.size_bytes;
+            if at >= chunk.len() as u64 {
+                break;
+            }
+        }
+        if at == 0 {
+            return Err(corrupt(position));
+        }
+        position += at;
+    }
+    Ok(())
+}
+
+/// Finds the batch of `reader` holding `offset`, scanning from `start` (an index position
+/// at or before it) up to `end`: its header and position, or `None` past the end.
+pub(crate) async fn find_batch<F: StorageFile>(
+    reader: &F,
+    start: u64,
+    end: u64,
+    offset: i64,
+) -> io::Result<Option<(BatchHeader, u64)>> {
+    let mut found = None;
+    scan_headers(reader, start, end, |header, position| {
+        if header.last_offset >= offset {
+            found = Some((*header, position));
+            return false;
+        }
+        true
+    })
+    .await?;
+    Ok(found)
+}
+
+fn corrupt(position: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed batch header at byte {position} of a segment"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_reject_strangers() {
+        let path = segment_path(Path::new("/d"), 42, "log");
+        assert_eq!(path, Path::new("/d/00000000000000000042.log"));
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.index"), None);
+    }
+
+    #[test]
+    fn header_fields_come_from_their_offsets() {
+        let mut builder = crate::batch::BatchBuilder::new()
+            .base_offset(100)
+            .max_timestamp(77);
+        builder.push(0, None, Some(b"a"), &[]).unwrap();
+        builder.push(0, None, Some(b"b"), &[]).unwrap();
+        let bytes = builder.build();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        assert_eq!(header.base_offset, 100);
+        assert_eq!(header.last_offset, 101);
+        assert_eq!(header.size_bytes, bytes.len() as u64);
+        assert_eq!(header.max_timestamp, 77);
+        assert_eq!(BatchHeader::parse(&bytes[..HEADER_PREFIX_BYTES - 1]), None);
+    }
+}
