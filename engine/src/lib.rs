@@ -13,5 +13,6 @@ pub mod index;
 pub mod limits;
 pub mod log;
 pub mod rt;
+pub mod shard;
 pub mod storage;
 pub mod topic;

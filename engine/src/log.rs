@@ -49,7 +49,7 @@ use segment::Segment;
 /// A partition's name: topic and index, shown as Kafka names its directory (`orders-3`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PartitionId {
-    pub topic: Rc<str>,
+    pub topic: std::sync::Arc<str>,
     pub partition: u32,
 }
 

@@ -3,7 +3,6 @@
 //! or fdatasync poisons the partition instead of being retried as success.
 
 use std::path::Path;
-use std::rc::Rc;
 
 use bytes::BytesMut;
 
@@ -17,7 +16,7 @@ const RECORDS_PER_BATCH: usize = 8;
 
 fn id() -> PartitionId {
     PartitionId {
-        topic: Rc::from("crash"),
+        topic: std::sync::Arc::from("crash"),
         partition: 0,
     }
 }

@@ -3,7 +3,6 @@
 //! truncation, timestamps, flush policies, and bad input.
 
 use std::path::Path;
-use std::rc::Rc;
 
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -16,7 +15,7 @@ use crate::topic::IoMode;
 
 fn id() -> PartitionId {
     PartitionId {
-        topic: Rc::from("orders"),
+        topic: std::sync::Arc::from("orders"),
         partition: 3,
     }
 }

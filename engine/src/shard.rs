@@ -1,0 +1,475 @@
+//! The engine as a user sees it: topics whose partitions live on shards, behind one
+//! handle that hides which shard owns what.
+//!
+//! [`Engine::open`] starts one shard per core, loads the topic registry and opens (and
+//! recovers) every partition on its owning shard, all shards in parallel. Every call names
+//! a topic and partition; the engine sends the work to the owner through its mailbox
+//! (`shard = hash(topic, partition) % shards`, see [`crate::topic::shard_for`]) and returns
+//! the answer. The handle is `Send + Sync` and cheap to clone, so any thread or shard may
+//! use it. The registry (control path) is behind a mutex; logs never leave their shard.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use ringlog_engine::batch::BatchBuilder;
+//! use ringlog_engine::log::Ack;
+//! use ringlog_engine::rt::RuntimeConfig;
+//! use ringlog_engine::shard::{Engine, EngineConfig};
+//! use ringlog_engine::topic::TopicConfig;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let config = EngineConfig {
+//!     data_dir: dir.path().to_path_buf(),
+//!     runtime: RuntimeConfig { shards: 2, pin_threads: false },
+//! };
+//! let engine = Engine::open(&config)?;
+//! futures::executor::block_on(async {
+//!     engine.create_topic("greetings", 3, TopicConfig::default()).await?;
+//!     let mut builder = BatchBuilder::new();
+//!     builder.push(0, Some(b"k".as_slice()), Some(b"hello".as_slice()), &[])?;
+//!     let batch = BytesMut::from(&builder.build()[..]);
+//!     let appended = engine.append("greetings", 1, batch, Ack::Durable).await?;
+//!     assert_eq!(appended.offset_first, 0);
+//!     let read = engine.read("greetings", 1, 0, 1 << 20).await?;
+//!     assert_eq!(read.high_watermark, 1);
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! engine.shutdown()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::BytesMut;
+use futures::future::join_all;
+
+use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog};
+use crate::rt::{self, Runtime, RuntimeConfig, ShardHandle};
+use crate::storage::DiskStorage;
+use crate::topic::{
+    shard_for, TopicConfig, TopicError, TopicMeta, TopicName, TopicNameError, TopicRegistry,
+};
+
+/// How to open an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (created if missing; refused if it holds something else).
+    pub data_dir: PathBuf,
+    /// Shards and pinning.
+    pub runtime: RuntimeConfig,
+}
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(transparent)]
+    TopicName(#[from] TopicNameError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The topic or partition does not exist.
+    #[error("unknown topic or partition {topic}-{partition}")]
+    UnknownTopicOrPartition { topic: String, partition: u32 },
+    /// The shards could not start (io_uring unavailable, for one).
+    #[error(transparent)]
+    Runtime(#[from] rt::Error),
+    /// The owning shard has stopped (the engine is shutting down).
+    #[error("the shard owning {topic}-{partition} has stopped")]
+    ShardStopped { topic: String, partition: u32 },
+}
+
+/// What a read returned: the record batches (copied; the broker sends file ranges
+/// zero-copy instead) and the partition's offsets.
+#[derive(Debug, Clone)]
+pub struct ReadData {
+    pub bytes: Vec<u8>,
+    pub high_watermark: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+}
+
+type Logs = HashMap<(Rc<str>, u32), PartitionLog<DiskStorage>>;
+
+thread_local! {
+    /// The partitions this shard owns.
+    static LOGS: RefCell<Logs> = RefCell::new(HashMap::new());
+}
+
+fn shard_log(topic: &str, partition: u32) -> Option<PartitionLog<DiskStorage>> {
+    LOGS.with(|logs| logs.borrow().get(&(Rc::from(topic), partition)).cloned())
+}
+
+struct Inner {
+    runtime: Mutex<Option<Runtime>>,
+    shards: Vec<ShardHandle>,
+    registry: Mutex<TopicRegistry>,
+}
+
+/// The storage engine: topics, partitions and their shards. See the module doc.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens the data directory, starts the shards and opens (recovering) every partition.
+    /// Blocks the calling thread until all partitions are open.
+    pub fn open(config: &EngineConfig) -> Result<Engine, EngineError> {
+        let registry = TopicRegistry::open(config.data_dir.clone())?;
+        let runtime = Runtime::start(&config.runtime, |_shard| async {})?;
+        let shards = runtime.shards().to_vec();
+        let topics: Vec<TopicMeta> = registry.list().cloned().collect();
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                runtime: Mutex::new(Some(runtime)),
+                shards,
+                registry: Mutex::new(registry),
+            }),
+        };
+        futures::executor::block_on(async {
+            for meta in &topics {
+                engine.open_partitions(meta, 0).await?;
+            }
+            Ok::<(), EngineError>(())
+        })?;
+        Ok(engine)
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, TopicRegistry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens partitions `first..meta.partitions` of a topic on their shards, each shard's in
+    /// parallel with the others'.
+    async fn open_partitions(&self, meta: &TopicMeta, first: u32) -> Result<(), EngineError> {
+        let shards = self.shard_count();
+        let mut by_shard: Vec<Vec<u32>> = vec![Vec::new(); shards];
+        for partition in first..meta.partitions {
+            by_shard[shard_for(&meta.name, partition, shards)].push(partition);
+        }
+        let dirs_by_shard: Vec<(usize, Vec<(u32, PathBuf)>)> = {
+            let registry = self.registry();
+            by_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, partitions)| !partitions.is_empty())
+                .map(|(shard, partitions)| {
+                    let dirs = partitions
+                        .iter()
+                        .map(|&p| (p, registry.partition_dir(&meta.name, p)))
+                        .collect();
+                    (shard, dirs)
+                })
+                .collect()
+        };
+        let work: Vec<_> = dirs_by_shard
+            .into_iter()
+            .map(|(shard, dirs)| {
+                let topic = meta.name.as_str().to_owned();
+                let config = meta.config.clone();
+                self.inner.shards[shard].spawn(move || open_on_shard(topic, dirs, config))
+            })
+            .collect();
+        for result in join_all(work).await {
+            let Ok(opened) = result else {
+                let topic = meta.name.as_str().to_owned();
+                return Err(EngineError::ShardStopped {
+                    topic,
+                    partition: first,
+                });
+            };
+            opened?;
+        }
+        Ok(())
+    }
+
+    /// Creates a topic with `partitions` partitions and opens them.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, EngineError> {
+        let name = TopicName::new(name)?;
+        let meta = self.registry().create(&name, partitions, config)?.clone();
+        self.open_partitions(&meta, 0).await?;
+        Ok(meta)
+    }
+
+    /// Raises a topic's partition count to `partitions` and opens the new ones.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicMeta, EngineError> {
+        let name = TopicName::new(name)?;
+        let (meta, first) = {
+            let mut registry = self.registry();
+            let first = registry.get(&name).map_or(0, |meta| meta.partitions);
+            (registry.add_partitions(&name, partitions)?.clone(), first)
+        };
+        self.open_partitions(&meta, first).await?;
+        Ok(meta)
+    }
+
+    /// Closes a topic's partitions and deletes the topic and its data.
+    pub async fn delete_topic(&self, name: &str) -> Result<TopicMeta, EngineError> {
+        let name = TopicName::new(name)?;
+        let partitions = self.registry().get(&name).map(|meta| meta.partitions);
+        let Some(partitions) = partitions else {
+            return Err(TopicError::NotFound {
+                name: name.as_str().to_owned(),
+            }
+            .into());
+        };
+        let closes: Vec<_> = (0..partitions)
+            .map(|partition| {
+                self.on_owner(
+                    name.as_str(),
+                    partition,
+                    move |topic, partition| async move {
+                        let log = LOGS.with(|logs| {
+                            logs.borrow_mut()
+                                .remove(&(Rc::from(topic.as_str()), partition))
+                        });
+                        match log {
+                            Some(log) => log.close().await.map_err(EngineError::from),
+                            None => Ok(()),
+                        }
+                    },
+                )
+            })
+            .collect();
+        for closed in join_all(closes).await {
+            if let Err(error) = closed {
+                tracing::warn!(topic = %name, %error, "closing a partition of a deleted topic failed");
+            }
+        }
+        Ok(self.registry().delete(&name)?)
+    }
+
+    /// Replaces a topic's configuration; partitions apply it from their next group commit.
+    pub async fn alter_config(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, EngineError> {
+        let name = TopicName::new(name)?;
+        let meta = self.registry().alter_config(&name, config)?.clone();
+        for partition in 0..meta.partitions {
+            let config = meta.config.clone();
+            self.on_log(name.as_str(), partition, move |log| async move {
+                log.set_config(config);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(meta)
+    }
+
+    /// Every topic.
+    pub fn topics(&self) -> Vec<TopicMeta> {
+        self.registry().list().cloned().collect()
+    }
+
+    /// One topic, if it exists.
+    pub fn topic(&self, name: &str) -> Option<TopicMeta> {
+        let name = TopicName::new(name).ok()?;
+        self.registry().get(&name).cloned()
+    }
+
+    /// Appends `batches` to a partition (see [`PartitionLog::append`]).
+    pub async fn append(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: BytesMut,
+        ack: Ack,
+    ) -> Result<Appended, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            Ok(log.append(batches, ack).await?)
+        })
+        .await
+    }
+
+    /// Reads from `offset` (see [`PartitionLog::read`]), copying the bytes.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<ReadData, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            let offsets = log.offsets();
+            let bytes = log.read_bytes(offset, max_bytes).await?;
+            Ok(ReadData {
+                bytes,
+                high_watermark: offsets.high_watermark,
+                log_start: offsets.log_start,
+                log_end: offsets.log_end,
+            })
+        })
+        .await
+    }
+
+    /// A partition's offsets.
+    pub async fn offsets(&self, topic: &str, partition: u32) -> Result<Offsets, EngineError> {
+        self.on_log(topic, partition, |log| async move { Ok(log.offsets()) })
+            .await
+    }
+
+    /// The first offset at or after `timestamp_ms` (see
+    /// [`PartitionLog::offset_for_timestamp`]).
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<Option<(i64, i64)>, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            Ok(log.offset_for_timestamp(timestamp_ms).await?)
+        })
+        .await
+    }
+
+    /// Moves a partition's log start offset (Kafka's DeleteRecords).
+    pub async fn delete_records_before(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<i64, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            Ok(log.delete_records_before(offset).await?)
+        })
+        .await
+    }
+
+    /// Runs `work` with the partition's log on its owning shard.
+    async fn on_log<W, F, T>(&self, topic: &str, partition: u32, work: W) -> Result<T, EngineError>
+    where
+        W: FnOnce(PartitionLog<DiskStorage>) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<T, EngineError>> + 'static,
+        T: Send + 'static,
+    {
+        self.on_owner(topic, partition, move |topic, partition| async move {
+            match shard_log(&topic, partition) {
+                Some(log) => work(log).await,
+                None => Err(EngineError::UnknownTopicOrPartition { topic, partition }),
+            }
+        })
+        .await
+    }
+
+    /// Runs `work(topic, partition)` on the shard owning the partition.
+    async fn on_owner<W, F, T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        work: W,
+    ) -> Result<T, EngineError>
+    where
+        W: FnOnce(String, u32) -> F + Send + 'static,
+        F: std::future::Future<Output = Result<T, EngineError>> + 'static,
+        T: Send + 'static,
+    {
+        let unknown = || EngineError::UnknownTopicOrPartition {
+            topic: topic.to_owned(),
+            partition,
+        };
+        let name = TopicName::new(topic).map_err(|_| unknown())?;
+        let shard = shard_for(&name, partition, self.shard_count());
+        let owned = topic.to_owned();
+        match self.inner.shards[shard]
+            .spawn(move || work(owned, partition))
+            .await
+        {
+            Ok(result) => result,
+            Err(rt::Cancelled) => Err(EngineError::ShardStopped {
+                topic: topic.to_owned(),
+                partition,
+            }),
+        }
+    }
+
+    /// Closes every partition cleanly (fdatasync, indexes, checkpoints) and stops the
+    /// shards. Blocks the calling thread.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        let closes: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|shard| shard.spawn(close_all_on_shard))
+            .collect();
+        let mut first_error = None;
+        for result in futures::executor::block_on(join_all(closes)) {
+            if let Ok(Err(error)) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        let runtime = self
+            .inner
+            .runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(runtime) = runtime {
+            runtime.shutdown()?;
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Opens partitions of one topic on this shard, concurrently.
+async fn open_on_shard(
+    topic: String,
+    dirs: Vec<(u32, PathBuf)>,
+    config: TopicConfig,
+) -> Result<(), EngineError> {
+    let topic: Rc<str> = Rc::from(topic.as_str());
+    let opens = dirs.into_iter().map(|(partition, dir)| {
+        let id = PartitionId {
+            topic: Arc::from(&*topic),
+            partition,
+        };
+        let config = config.clone();
+        async move {
+            let log = PartitionLog::open(DiskStorage, &dir, id, config).await?;
+            Ok::<_, EngineError>((partition, log))
+        }
+    });
+    for opened in join_all(opens).await {
+        let (partition, log) = opened?;
+        LOGS.with(|logs| logs.borrow_mut().insert((topic.clone(), partition), log));
+    }
+    Ok(())
+}
+
+/// Closes every partition this shard owns.
+async fn close_all_on_shard() -> Result<(), EngineError> {
+    let logs: Vec<_> = LOGS.with(|logs| logs.borrow_mut().drain().map(|(_, log)| log).collect());
+    let mut first_error = None;
+    for closed in join_all(logs.iter().map(PartitionLog::close)).await {
+        if let Err(error) = closed {
+            first_error.get_or_insert(EngineError::from(error));
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Tests of the engine API across shards: placement, appends and reads through the
+//! owners' mailboxes, topic lifecycle, and restart.
+
+use bytes::BytesMut;
+use futures::executor::block_on;
+
+use super::*;
+use crate::batch::{BatchBuilder, RecordBatch};
+use crate::topic::FlushPolicy;
+
+fn engine(dir: &std::path::Path) -> Engine {
+    let config = EngineConfig {
+        data_dir: dir.to_path_buf(),
+        runtime: RuntimeConfig {
+            shards: 2,
+            pin_threads: false,
+        },
+    };
+    Engine::open(&config).unwrap()
+}
+
+fn batch(value: &str) -> BytesMut {
+    let mut builder = BatchBuilder::new();
+    builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
+    BytesMut::from(&builder.build()[..])
+}
+
+fn values(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while let Ok((batch, next)) = RecordBatch::parse(rest) {
+        for record in batch.records().unwrap() {
+            out.push(String::from_utf8(record.unwrap().value.unwrap().to_vec()).unwrap());
+        }
+        rest = next;
+    }
+    out
+}
+
+#[test]
+fn partitions_live_on_their_owning_shard_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    block_on(async {
+        engine
+            .create_topic("orders", 6, TopicConfig::default())
+            .await
+            .unwrap();
+        for partition in 0..6 {
+            for i in 0..3 {
+                let value = format!("p{partition}-{i}");
+                let appended = engine
+                    .append("orders", partition, batch(&value), Ack::Durable)
+                    .await
+                    .unwrap();
+                assert_eq!(appended.offset_first, i64::from(i));
+            }
+            let owner = engine
+                .on_log("orders", partition, |_log| async {
+                    Ok(std::thread::current().name().map(str::to_owned))
+                })
+                .await
+                .unwrap();
+            let name = TopicName::new("orders").unwrap();
+            let expected = format!("ringlog-shard-{}", shard_for(&name, partition, 2));
+            assert_eq!(owner.as_deref(), Some(expected.as_str()));
+            let read = engine.read("orders", partition, 0, 1 << 20).await.unwrap();
+            let expected: Vec<_> = (0..3).map(|i| format!("p{partition}-{i}")).collect();
+            assert_eq!(values(&read.bytes), expected);
+            assert_eq!(read.high_watermark, 3);
+        }
+        let unknown = engine
+            .append("orders", 6, batch("x"), Ack::Written)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            unknown,
+            EngineError::UnknownTopicOrPartition { partition: 6, .. }
+        ));
+        let bad_name = engine
+            .create_topic("no/slash", 1, TopicConfig::default())
+            .await;
+        assert!(matches!(bad_name.unwrap_err(), EngineError::TopicName(_)));
+    });
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn restart_reopens_every_partition_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = engine(dir.path());
+        block_on(async {
+            let always = TopicConfig::builder()
+                .flush(FlushPolicy::Always)
+                .build()
+                .unwrap();
+            engine.create_topic("events", 4, always).await.unwrap();
+            for partition in 0..4 {
+                engine
+                    .append("events", partition, batch("before"), Ack::Durable)
+                    .await
+                    .unwrap();
+            }
+        });
+        engine.shutdown().unwrap();
+    }
+    let engine = engine(dir.path());
+    block_on(async {
+        let meta = engine.topic("events").unwrap();
+        assert_eq!(meta.partitions, 4);
+        assert_eq!(meta.config.flush(), FlushPolicy::Always, "config persisted");
+        for partition in 0..4 {
+            let appended = engine
+                .append("events", partition, batch("after"), Ack::Durable)
+                .await
+                .unwrap();
+            assert_eq!(appended.offset_first, 1, "offsets continue");
+            let read = engine.read("events", partition, 0, 1 << 20).await.unwrap();
+            assert_eq!(values(&read.bytes), ["before", "after"]);
+        }
+    });
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn topics_grow_change_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    block_on(async {
+        engine
+            .create_topic("t", 1, TopicConfig::default())
+            .await
+            .unwrap();
+        engine.add_partitions("t", 3).await.unwrap();
+        engine
+            .append("t", 2, batch("new partition"), Ack::Written)
+            .await
+            .unwrap();
+        let never = TopicConfig::builder()
+            .flush(FlushPolicy::Never)
+            .build()
+            .unwrap();
+        engine.alter_config("t", never).await.unwrap();
+        engine
+            .append("t", 2, batch("unsynced"), Ack::Written)
+            .await
+            .unwrap();
+        let offsets = engine.offsets("t", 2).await.unwrap();
+        assert_eq!(offsets.log_end, 2);
+        assert_eq!(offsets.durable_end, 0, "the new flush policy applies");
+        assert_eq!(engine.delete_records_before("t", 2, 1).await.unwrap(), 1);
+        engine.delete_topic("t").await.unwrap();
+        assert!(engine.topic("t").is_none());
+        assert!(!dir.path().join("t-2").exists(), "partition data removed");
+        let gone = engine.read("t", 0, 0, 100).await.unwrap_err();
+        assert!(matches!(gone, EngineError::UnknownTopicOrPartition { .. }));
+    });
+    engine.shutdown().unwrap();
+}
