@@ -83,3 +83,7 @@ pub const INDEX_ENTRIES_PER_SEGMENT_MAX: usize = 1 << 20;
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 5 * 60 * 1000;
 /// Bytes recovery reads from a segment at a time while validating its tail.
 pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
+/// How often a partition writes its recovery checkpoint (and the active segment's
+/// indexes) when its durable end has moved, bounding what recovery must scan after an
+/// unclean stop to what was written since (Kafka checkpoints its recovery point every 60 s).
+pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;

@@ -306,6 +306,14 @@ impl<S: Storage> PartitionLog<S> {
         done.await.map_err(|_| self.closed())?
     }
 
+    /// Writes the recovery checkpoint (and the active segment's indexes) for the durable
+    /// prefix now, as the appender does every `CHECKPOINT_INTERVAL_MS`.
+    pub async fn checkpoint(&self) -> Result<(), LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::Checkpoint { reply })?;
+        done.await.map_err(|_| self.closed())?
+    }
+
     /// Flushes and fdatasyncs everything written, writes the indexes and the recovery
     /// checkpoint (so the next open scans nothing), and stops the appender.
     pub async fn close(&self) -> Result<(), LogError> {

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use super::segment::{BatchHeader, Segment};
 use super::{checkpoint, retention, Ack, Appended, LogError, Shared};
 use crate::batch::{self, BatchInfo, TimestampType};
-use crate::limits::{BUF_ALIGN_BYTES, RETENTION_CHECK_INTERVAL_MS};
+use crate::limits::{BUF_ALIGN_BYTES, CHECKPOINT_INTERVAL_MS, RETENTION_CHECK_INTERVAL_MS};
 use crate::rt;
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{FlushPolicy, IoMode};
@@ -48,6 +48,9 @@ pub(crate) enum Command {
     Retention {
         reply: oneshot::Sender<Result<usize, LogError>>,
     },
+    Checkpoint {
+        reply: Reply,
+    },
     Close {
         reply: Reply,
     },
@@ -58,6 +61,9 @@ struct FlushState {
     unsynced_bytes: u64,
     last_sync: Instant,
     next_retention: Instant,
+    next_checkpoint: Instant,
+    /// The durable end the last checkpoint recorded.
+    checkpointed_durable_end: i64,
 }
 
 pub(crate) async fn run<S: Storage>(
@@ -69,6 +75,8 @@ pub(crate) async fn run<S: Storage>(
         unsynced_bytes: 0,
         last_sync: Instant::now(),
         next_retention: Instant::now() + retention_interval,
+        next_checkpoint: Instant::now() + Duration::from_millis(CHECKPOINT_INTERVAL_MS),
+        checkpointed_durable_end: shared.state.borrow().durable_end,
     };
     let mut queued = Vec::new();
     loop {
@@ -99,6 +107,9 @@ pub(crate) async fn run<S: Storage>(
 /// When the periodic flush or the retention check is due next.
 fn next_deadline<S: Storage>(shared: &Shared<S>, flush: &FlushState) -> Instant {
     let mut deadline = flush.next_retention;
+    if shared.state.borrow().durable_end != flush.checkpointed_durable_end {
+        deadline = deadline.min(flush.next_checkpoint);
+    }
     if flush.unsynced_bytes > 0 {
         if let FlushPolicy::Periodic {
             interval_ms: Some(interval_ms),
@@ -114,6 +125,14 @@ fn next_deadline<S: Storage>(shared: &Shared<S>, flush: &FlushState) -> Instant 
 async fn on_timer<S: Storage>(shared: &Shared<S>, flush: &mut FlushState) {
     if flush.unsynced_bytes > 0 {
         let _ = sync(shared, flush).await;
+    }
+    let durable_end = shared.state.borrow().durable_end;
+    if Instant::now() >= flush.next_checkpoint && durable_end != flush.checkpointed_durable_end {
+        flush.next_checkpoint = Instant::now() + Duration::from_millis(CHECKPOINT_INTERVAL_MS);
+        match checkpoint::write(shared, false).await {
+            Ok(()) => flush.checkpointed_durable_end = durable_end,
+            Err(error) => tracing::warn!(partition = %shared.id, %error, "checkpoint failed"),
+        }
     }
     if Instant::now() >= flush.next_retention {
         flush.next_retention = Instant::now() + Duration::from_millis(RETENTION_CHECK_INTERVAL_MS);
@@ -147,6 +166,14 @@ async fn process<S: Storage>(
             }
             Command::Retention { reply } => {
                 let _ = reply.send(retention::apply(shared, now_ms()).await);
+            }
+            Command::Checkpoint { reply } => {
+                let durable_end = shared.state.borrow().durable_end;
+                let written = checkpoint::write(shared, false).await;
+                if written.is_ok() {
+                    flush.checkpointed_durable_end = durable_end;
+                }
+                let _ = reply.send(written);
             }
             Command::Close { reply } => {
                 let _ = reply.send(close(shared, flush).await);
@@ -576,7 +603,7 @@ async fn seal_active<S: Storage>(
         segment.allocated_bytes = size;
     }
     sync(shared, flush).await?;
-    checkpoint::write_index_files(shared).await
+    checkpoint::write_index_files(shared, None).await
 }
 
 /// Clean stop: everything written is synced, indexes and the recovery checkpoint written.

@@ -101,29 +101,40 @@ pub(crate) async fn read<S: Storage>(storage: &S, dir: &Path) -> Option<Checkpoi
     checkpoint
 }
 
-/// Writes the checkpoint for the log's current durable state; `clean` after a full close.
-pub(crate) async fn write<S: Storage>(shared: &Shared<S>, clean: bool) -> Result<(), LogError> {
-    let checkpoint = {
-        let state = shared.state.borrow();
-        let Some(active) = state.segments.values().next_back() else {
-            return Ok(());
-        };
-        let durable_in_active = state.durable_end >= active.offset_next;
-        Checkpoint {
-            active_base_offset: active.base_offset,
-            position: if durable_in_active {
-                active.size_bytes
-            } else {
-                0
-            },
-            offset_next: if durable_in_active {
-                active.offset_next
-            } else {
-                active.base_offset
-            },
-            log_start: state.log_start,
-            clean: clean && durable_in_active,
+/// The durable prefix of the active segment: bytes and the offset after them.
+fn durable_cut<S: Storage>(shared: &Shared<S>) -> Option<(i64, u64, i64)> {
+    let state = shared.state.borrow();
+    let active = state.segments.values().next_back()?;
+    let cut = if state.durable_end >= active.offset_next {
+        (active.size_bytes, active.offset_next)
+    } else {
+        match state.durable_position {
+            Some(position) if state.durable_end >= active.base_offset => {
+                (position, state.durable_end)
+            }
+            _ => (0, active.base_offset),
         }
+    };
+    Some((active.base_offset, cut.0, cut.1))
+}
+
+/// Writes the active segment's indexes up to its durable prefix, then the checkpoint for
+/// that prefix (`clean` after a full close), so recovery scans only what follows it.
+pub(crate) async fn write<S: Storage>(shared: &Shared<S>, clean: bool) -> Result<(), LogError> {
+    let Some((active_base_offset, position, offset_next)) = durable_cut(shared) else {
+        return Ok(());
+    };
+    write_index_files(shared, Some((offset_next, position))).await?;
+    let (log_start, complete) = {
+        let state = shared.state.borrow();
+        (state.log_start, state.log_end == offset_next)
+    };
+    let checkpoint = Checkpoint {
+        active_base_offset,
+        position,
+        offset_next,
+        log_start,
+        clean: clean && complete,
     };
     let storage = &shared.storage;
     let temp = shared.dir.join(FILE_NAME_TEMP);
@@ -145,17 +156,27 @@ pub(crate) async fn write<S: Storage>(shared: &Shared<S>, clean: bool) -> Result
         .map_err(io("fsync directory"))
 }
 
-/// Writes the active segment's `.index` and `.timeindex` files and fdatasyncs them.
-pub(crate) async fn write_index_files<S: Storage>(shared: &Shared<S>) -> Result<(), LogError> {
+/// Writes the active segment's `.index` and `.timeindex` files and fdatasyncs them; with
+/// `cut = (offset, position)`, only the entries below it.
+pub(crate) async fn write_index_files<S: Storage>(
+    shared: &Shared<S>,
+    cut: Option<(i64, u64)>,
+) -> Result<(), LogError> {
     let (base_offset, offsets, times) = {
         let state = shared.state.borrow();
         let Some(active) = state.segments.values().next_back() else {
             return Ok(());
         };
+        let mut index = active.index.clone();
+        if let Some((offset, position)) = cut {
+            if offset < active.offset_next {
+                index.truncate_to(offset, u32::try_from(position).unwrap_or(u32::MAX));
+            }
+        }
         let mut offsets = Vec::new();
-        active.index.offset_index().encode(&mut offsets);
+        index.offset_index().encode(&mut offsets);
         let mut times = Vec::new();
-        active.index.time_index().encode(&mut times);
+        index.time_index().encode(&mut times);
         (active.base_offset, offsets, times)
     };
     for (extension, bytes) in [("index", offsets), ("timeindex", times)] {

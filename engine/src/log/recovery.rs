@@ -191,6 +191,11 @@ async fn recover_active<S: Storage>(
             checkpoint::read_index_files(storage, dir, active.base_offset, interval).await
         {
             if index.position_next_min() <= checkpoint.position {
+                if let crate::index::MaxTimestamp::Known { timestamp_ms, .. } =
+                    index.time_index().max_timestamp()
+                {
+                    active.max_timestamp = timestamp_ms;
+                }
                 active.index = index;
                 active.size_bytes = checkpoint.position;
                 active.offset_next = checkpoint.offset_next;
