@@ -20,6 +20,16 @@ use crate::limits::{BATCH_SIZE_BYTES_MAX, BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_B
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{IoMode, TopicConfig};
 
+/// A mapper of an I/O error of `operation` on partition `id` to the log's error.
+fn io_error(id: &PartitionId, operation: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
+    let partition = id.clone();
+    move |source| LogError::Io {
+        partition,
+        operation,
+        source,
+    }
+}
+
 /// What the scan of one segment found.
 #[derive(Debug, Default)]
 struct Scan {
@@ -34,14 +44,7 @@ pub(crate) async fn open<S: Storage>(
     id: PartitionId,
     config: TopicConfig,
 ) -> Result<Shared<S>, LogError> {
-    let io = |operation| {
-        let id = id.clone();
-        move |source| LogError::Io {
-            partition: id,
-            operation,
-            source,
-        }
-    };
+    let io = |operation| io_error(&id, operation);
     storage
         .create_dir_all(dir)
         .await
@@ -128,14 +131,7 @@ async fn open_closed<S: Storage>(
     interval: u32,
     id: &PartitionId,
 ) -> Result<Segment<S>, LogError> {
-    let io = |operation| {
-        let id = id.clone();
-        move |source| LogError::Io {
-            partition: id,
-            operation,
-            source,
-        }
-    };
+    let io = |operation| io_error(id, operation);
     let mut segment = Segment::open_read_only(storage, dir, base, interval)
         .await
         .map_err(io("open segment"))?;
@@ -173,14 +169,7 @@ async fn recover_active<S: Storage>(
     checkpoint: Option<Checkpoint>,
     id: &PartitionId,
 ) -> Result<Scan, LogError> {
-    let io = |operation| {
-        let id = id.clone();
-        move |source| LogError::Io {
-            partition: id,
-            operation,
-            source,
-        }
-    };
+    let io = |operation| io_error(id, operation);
     let interval = active.index.offset_index().index_interval_bytes();
     let usable = checkpoint.filter(|c| {
         c.active_base_offset == active.base_offset && c.position <= active.allocated_bytes

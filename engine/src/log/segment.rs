@@ -107,19 +107,14 @@ impl<S: Storage> Segment<S> {
             writer.clone()
         };
         let allocated_bytes = writer.size().await?;
-        Ok(Segment {
+        Ok(Segment::new(
             base_offset,
             writer,
             reader,
-            size_bytes: 0,
             allocated_bytes,
-            offset_next: base_offset,
-            max_timestamp: i64::MIN,
-            index: SegmentIndex::new(base_offset, index_interval_bytes),
-            created: Instant::now(),
-            tail_block: direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES)),
+            index_interval_bytes,
             direct,
-        })
+        ))
     }
 
     /// Opens the closed segment `base_offset` for reading only.
@@ -132,9 +127,28 @@ impl<S: Storage> Segment<S> {
         let path = segment_path(dir, base_offset, "log");
         let reader = storage.open(&path, OpenFlags::READ).await?;
         let allocated_bytes = reader.size().await?;
-        Ok(Segment {
+        let writer = reader.clone();
+        Ok(Segment::new(
             base_offset,
-            writer: reader.clone(),
+            writer,
+            reader,
+            allocated_bytes,
+            index_interval_bytes,
+            false,
+        ))
+    }
+
+    fn new(
+        base_offset: i64,
+        writer: S::File,
+        reader: S::File,
+        allocated_bytes: u64,
+        index_interval_bytes: u32,
+        direct: bool,
+    ) -> Segment<S> {
+        Segment {
+            base_offset,
+            writer,
             reader,
             size_bytes: 0,
             allocated_bytes,
@@ -142,9 +156,9 @@ impl<S: Storage> Segment<S> {
             max_timestamp: i64::MIN,
             index: SegmentIndex::new(base_offset, index_interval_bytes),
             created: Instant::now(),
-            tail_block: None,
-            direct: false,
-        })
+            tail_block: direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES)),
+            direct,
+        }
     }
 
     /// Records a batch written at `position`.

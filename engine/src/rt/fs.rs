@@ -20,7 +20,9 @@ use super::driver::Completion;
 use super::error::cqe_result;
 use super::fd::SharedFd;
 use super::op::{link, Link, Op, Operation, Prepared};
-use super::transfer::{len_u32, ReadInto, ReadVectored, Unit, Vectored, WriteFrom, WriteVectored};
+use super::transfer::{
+    len_u32, transfer_all, ReadInto, ReadVectored, Unit, Vectored, WriteFrom, WriteVectored,
+};
 
 /// Offset meaning "the current file position" (for pipes, sockets, eventfds).
 const OFFSET_CURRENT: u64 = u64::MAX;
@@ -282,21 +284,10 @@ impl File {
 
     /// Writes all of `buf` at `offset`, continuing after short writes.
     pub async fn write_all_at<B: IoBuf>(&self, buf: B, offset: u64) -> (io::Result<()>, B) {
-        let len = buf.bytes_init();
-        let mut written = 0;
-        let mut slice = buf.slice(0..len);
-        while written < len {
-            let (result, returned) = self.write_at(slice, offset + written as u64).await;
-            let buf = returned.into_inner();
-            match result {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(count) => written += count,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return (Err(error), buf),
-            }
-            slice = buf.slice(written..len);
-        }
-        (Ok(()), slice.into_inner())
+        transfer_all(buf, |slice, written| {
+            self.write_at(slice, offset + written as u64)
+        })
+        .await
     }
 
     /// Writes the initialized bytes of `bufs`, in order, at `offset` (one `pwritev`).

@@ -21,7 +21,7 @@ use super::driver::Completion;
 use super::error::cqe_result;
 use super::fd::SharedFd;
 use super::op::{MultiOp, Op, Operation, Prepared};
-use super::transfer::{len_u32, ReadInto, WriteFrom};
+use super::transfer::{len_u32, transfer_all, ReadInto, WriteFrom};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -269,21 +269,7 @@ impl TcpStream {
 
     /// Sends all of `buf`, continuing after short sends.
     pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
-        let len = buf.bytes_init();
-        let mut sent = 0;
-        let mut slice = buf.slice(0..len);
-        while sent < len {
-            let (result, returned) = self.send(slice).await;
-            let buf = returned.into_inner();
-            match result {
-                Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(count) => sent += count,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return (Err(error), buf),
-            }
-            slice = buf.slice(sent..len);
-        }
-        (Ok(()), slice.into_inner())
+        transfer_all(buf, |slice, _sent| self.send(slice)).await
     }
 
     /// Sends `buf` without copying it into the kernel (`IORING_OP_SEND_ZC`): the buffer

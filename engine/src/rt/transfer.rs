@@ -2,9 +2,10 @@
 //! and writes, socket receives and sends, plain and vectored — and how their completions
 //! hand the buffers back.
 
+use std::future::Future;
 use std::io;
 
-use super::buf::{IoBuf, IoBufMut};
+use super::buf::{IoBuf, IoBufMut, Slice};
 use super::context;
 use super::driver::Completion;
 use super::error::cqe_result;
@@ -176,4 +177,30 @@ impl<D: Unpin + 'static> Operation for Count<D> {
     fn complete(self, completion: Completion) -> io::Result<usize> {
         cqe_result(completion.result).map(|count| count as usize)
     }
+}
+
+/// Transfers all of `buf`'s initialized bytes with `step` (a write or a send given the
+/// remaining slice and how much is done), continuing after short transfers and EINTR. A
+/// step that moves nothing is `WriteZero`.
+pub(crate) async fn transfer_all<B, F, Fut>(buf: B, mut step: F) -> (io::Result<()>, B)
+where
+    B: IoBuf,
+    F: FnMut(Slice<B>, usize) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, Slice<B>)>,
+{
+    let len = buf.bytes_init();
+    let mut done = 0;
+    let mut slice = buf.slice(0..len);
+    while done < len {
+        let (result, returned) = step(slice, done).await;
+        let buf = returned.into_inner();
+        match result {
+            Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
+            Ok(count) => done += count,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return (Err(error), buf),
+        }
+        slice = buf.slice(done..len);
+    }
+    (Ok(()), slice.into_inner())
 }
