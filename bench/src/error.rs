@@ -4,7 +4,10 @@
 
 use std::io;
 
+use ringlog_engine::batch::BatchError;
+use ringlog_engine::log::LogError;
 use ringlog_engine::rt::{Cancelled, RingSetupError, EXIT_CODE_IO_URING_UNAVAILABLE};
+use ringlog_engine::topic::ConfigError;
 
 /// Why a probe stopped.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,19 @@ pub enum BenchError {
     /// The arguments do not describe a run that can be done.
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    /// The topic configuration the arguments describe is not valid.
+    #[error("topic configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A partition log refused an operation or failed one.
+    #[error("partition log: {0}")]
+    Log(#[from] LogError),
+    /// The load's record batches could not be built.
+    #[error("building the load's record batches: {0}")]
+    Batch(#[from] BatchError),
+    /// The engine returned something the bench cannot account for (a read that does not
+    /// advance, a log that lost records); the message says what.
+    #[error("engine result does not add up: {0}")]
+    Inconsistent(String),
 }
 
 impl BenchError {

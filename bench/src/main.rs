@@ -1,8 +1,10 @@
 //! `ringlog-bench`: ringlog's benchmarks. `probe` measures the machine's limits through the
 //! runtime (disk writes, the runtime's own per-operation cost, loopback TCP) so that the
 //! engine's and the broker's numbers can be read against what the hardware allows; see
-//! BENCHMARKS.md for how they are run and what they showed.
+//! BENCHMARKS.md for how they are run and what they showed. `engine` measures the storage
+//! engine alone (appends, reads, recovery), in process, against those limits.
 
+mod engine;
 mod error;
 mod machine;
 mod probe;
@@ -26,12 +28,16 @@ enum Command {
     /// Measure the machine's limits through the runtime.
     #[command(subcommand)]
     Probe(probe::Probe),
+    /// Measure the storage engine alone: appends, reads, recovery.
+    #[command(subcommand)]
+    Engine(engine::Engine),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Probe(probe) => probe.run(),
+        Command::Engine(engine) => engine.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

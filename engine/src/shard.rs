@@ -145,6 +145,11 @@ impl Engine {
         self.inner.shards.len()
     }
 
+    /// Handles to the shards, to run other work (a listener, say) beside the partitions.
+    pub fn shard_handles(&self) -> &[ShardHandle] {
+        &self.inner.shards
+    }
+
     fn registry(&self) -> std::sync::MutexGuard<'_, TopicRegistry> {
         self.inner
             .registry
@@ -322,6 +327,34 @@ impl Engine {
                 log_start: offsets.log_start,
                 log_end: offsets.log_end,
             })
+        })
+        .await
+    }
+
+    /// Waits until the partition's high watermark passes `offset`, or `timeout` elapses
+    /// (long-polling fetches). Waits on the log's change notification, never by polling.
+    pub async fn wait_beyond(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let version = log.version();
+                if log.offsets().high_watermark > offset {
+                    return Ok(());
+                }
+                let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+                if rt::timeout(remaining, log.changed_since(version))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
         })
         .await
     }

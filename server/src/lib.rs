@@ -1,6 +1,16 @@
 //! ringlog's broker: the thin network layer between Kafka clients and the storage engine.
 //!
-//! For now it holds the command line of the `ringlog` binary; the Kafka listener, request
-//! routing and the admin API come with the broker issue.
+//! - [`protocol`]: framing, request decoding, response encoding, supported versions.
+//! - [`connection`]: one client connection on one shard.
+//! - [`broker`] and [`handlers`]: what each Kafka API does with the engine.
+//! - [`server`]: listeners on every shard, graceful stop.
+//! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
 
+pub mod broker;
 pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod errors;
+pub mod handlers;
+pub mod protocol;
+pub mod server;

@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use ringlog_engine::rt::{self, Runtime, RuntimeConfig};
-use ringlog_server::cli::{Cli, Command, ServeArgs, EXIT_CODE_NOT_IMPLEMENTED};
+use ringlog_engine::rt::EXIT_CODE_IO_URING_UNAVAILABLE;
+use ringlog_engine::shard::EngineError;
+use ringlog_server::cli::{Cli, Command, ServeArgs, EXIT_CODE_CONFIG};
+use ringlog_server::server::{Server, ServerError};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -20,34 +22,78 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts the per-core runtime (which proves io_uring works here) and stops: the Kafka
-/// listener arrives with the broker issue.
 fn serve(args: &ServeArgs) -> ExitCode {
-    let mut config = RuntimeConfig::default();
-    if let Some(shards) = args.shards {
-        config.shards = usize::from(shards);
-    }
-    let runtime = match Runtime::start(&config, |_shard| async {}) {
-        Ok(runtime) => runtime,
+    let config = match args.load() {
+        Ok(config) => config,
         Err(error) => {
-            eprintln!("ringlog: {error}");
-            let code = if error.ring_setup().is_some() {
-                rt::EXIT_CODE_IO_URING_UNAVAILABLE
-            } else {
-                1
-            };
-            return ExitCode::from(code as u8);
+            eprintln!("ringlog: configuration: {error}");
+            return exit(EXIT_CODE_CONFIG);
         }
     };
-    let shards = runtime.shards().len();
-    if let Err(error) = runtime.shutdown() {
-        eprintln!("ringlog: {error}");
-        return ExitCode::FAILURE;
+    if config.metrics_listen.is_some() {
+        eprintln!(
+            "ringlog: configuration: metrics_listen: the metrics endpoint is not implemented yet"
+        );
+        return exit(EXIT_CODE_CONFIG);
     }
-    eprintln!(
-        "ringlog {}: the io_uring runtime started {shards} shard(s) and stopped cleanly; \
-         the Kafka listener is not implemented yet, so `serve` exits here.",
-        env!("CARGO_PKG_VERSION")
-    );
-    ExitCode::from(EXIT_CODE_NOT_IMPLEMENTED as u8)
+    // SIGINT and SIGTERM are taken by `wait_for_stop_signal`; block them before any thread
+    // starts so every thread inherits the mask.
+    let signals = block_stop_signals();
+    let server = match Server::start(config) {
+        Ok(server) => server,
+        Err(error) => return report(&error),
+    };
+    let signal = wait_for_stop_signal(&signals);
+    tracing::info!(signal, "stopping");
+    match server.stop() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(&error),
+    }
+}
+
+fn report(error: &ServerError) -> ExitCode {
+    eprintln!("ringlog: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
+    }
+    let unavailable =
+        matches!(error, ServerError::Engine(EngineError::Runtime(e)) if e.ring_setup().is_some());
+    exit(if unavailable {
+        EXIT_CODE_IO_URING_UNAVAILABLE
+    } else {
+        1
+    })
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread (and so in threads it starts).
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialized by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is a valid sigset_t we own; the calls only read and write it and the
+    // calling thread's signal mask.
+    unsafe {
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGINT);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+    }
+    set
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+fn wait_for_stop_signal(set: &libc::sigset_t) -> &'static str {
+    let mut signal = 0;
+    // SAFETY: `set` is a valid, initialized signal set; `signal` is written by sigwait.
+    while unsafe { libc::sigwait(set, &raw mut signal) } != 0 {}
+    if signal == libc::SIGTERM {
+        "SIGTERM"
+    } else {
+        "SIGINT"
+    }
 }

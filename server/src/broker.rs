@@ -1,0 +1,93 @@
+//! The broker: what each Kafka API does with the engine. One `Broker` is shared by every
+//! connection on every shard; it holds the engine handle and the server configuration.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::{RequestKind, ResponseKind};
+
+use crate::config::ServerConfig;
+use crate::handlers;
+use crate::protocol::Request;
+use crate::server::Lifecycle;
+use ringlog_engine::shard::Engine;
+use ringlog_engine::topic::TopicMeta;
+
+/// The node id ringlog reports for itself (a single-node cluster).
+pub const NODE_ID: i32 = 0;
+
+/// Shared state of the request handlers.
+pub struct Broker {
+    pub engine: Engine,
+    pub config: Arc<ServerConfig>,
+    pub cluster_id: String,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl Broker {
+    pub fn new(engine: Engine, config: Arc<ServerConfig>, lifecycle: Arc<Lifecycle>) -> Broker {
+        let cluster_id = format!("ringlog-{}", config.advertised_listener.port());
+        Broker {
+            engine,
+            config,
+            cluster_id,
+            lifecycle,
+        }
+    }
+
+    /// Answers one request; `None` when the protocol wants no response (produce with
+    /// acks=0).
+    pub async fn handle(&self, request: Request) -> Option<ResponseKind> {
+        let version = request.version;
+        let response = match request.body {
+            RequestKind::ApiVersions(_) => {
+                ResponseKind::ApiVersions(handlers::api_versions::handle(version))
+            }
+            RequestKind::Metadata(body) => {
+                ResponseKind::Metadata(handlers::metadata::handle(self, body, version).await)
+            }
+            RequestKind::Produce(body) => {
+                let acks = body.acks;
+                let response = handlers::produce::handle(self, body, version).await;
+                if acks == 0 {
+                    return None;
+                }
+                ResponseKind::Produce(response)
+            }
+            RequestKind::Fetch(body) => {
+                ResponseKind::Fetch(handlers::fetch::handle(self, body, version).await)
+            }
+            RequestKind::ListOffsets(body) => {
+                ResponseKind::ListOffsets(handlers::list_offsets::handle(self, body, version).await)
+            }
+            RequestKind::CreateTopics(body) => {
+                ResponseKind::CreateTopics(handlers::topics::create(self, body, version).await)
+            }
+            RequestKind::DeleteTopics(body) => {
+                ResponseKind::DeleteTopics(handlers::topics::delete(self, body, version).await)
+            }
+            other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
+        };
+        Some(response)
+    }
+
+    /// The topic, created with the server's defaults if it is missing and auto-creation is
+    /// on. `None` if it does not exist (and was not created).
+    pub async fn topic_or_create(&self, name: &str) -> Option<TopicMeta> {
+        if let Some(meta) = self.engine.topic(name) {
+            return Some(meta);
+        }
+        if !self.config.auto_create_topics {
+            return None;
+        }
+        let partitions = self.config.default_partitions;
+        let defaults = self.config.topic_defaults.clone();
+        match self.engine.create_topic(name, partitions, defaults).await {
+            Ok(meta) => {
+                tracing::info!(topic = name, partitions, "topic auto-created");
+                Some(meta)
+            }
+            // Another request created it meanwhile, or the name is invalid.
+            Err(_) => self.engine.topic(name),
+        }
+    }
+}

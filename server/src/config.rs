@@ -1,0 +1,253 @@
+//! The server's configuration: `ringlog.toml` and the command-line flags that override it.
+//!
+//! Every key has a default, so `ringlog serve` runs with no file and no flags: data in
+//! `./data`, the Kafka listener on `127.0.0.1:9092`, one shard per available core. An
+//! unknown key or a bad value is an error naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ringlog_engine::topic::{ConfigError, TopicConfig};
+use serde::Deserialize;
+
+/// The configuration file's name when none is given.
+pub const CONFIG_FILE_DEFAULT: &str = "ringlog.toml";
+
+/// Everything `ringlog serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The address clients are told to connect to (Metadata); default: `listen`.
+    pub advertised_listener: SocketAddr,
+    /// Shards (threads pinned to cores); default: one per available core.
+    pub shards: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    /// The largest request frame accepted (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
+    /// The configuration new topics get unless a request says otherwise.
+    pub topic_defaults: TopicConfig,
+}
+
+/// The file's shape: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub advertised_listener: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub auto_create_topics: Option<bool>,
+    pub default_partitions: Option<u32>,
+    pub max_request_bytes: Option<usize>,
+    /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
+    #[serde(default)]
+    pub topic: toml::Table,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("topic default {key}: {source}")]
+    TopicDefault {
+        key: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("topic default {key}: value must be a string, integer or boolean")]
+    TopicDefaultType { key: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let listen = SocketAddr::from(([127, 0, 0, 1], 9092));
+        ServerConfig {
+            data_dir: PathBuf::from("data"),
+            listen,
+            advertised_listener: listen,
+            shards: ringlog_engine::rt::allowed_cpus().len().max(1),
+            metrics_listen: None,
+            auto_create_topics: true,
+            default_partitions: 1,
+            max_request_bytes: 100 << 20,
+            topic_defaults: TopicConfig::default(),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads `path`; a missing default file is an empty configuration.
+    pub fn load(path: &Path, required: bool) -> Result<FileConfig, LoadError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(FileConfig::default());
+            }
+            Err(source) => {
+                return Err(LoadError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|source| LoadError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+impl ServerConfig {
+    /// The defaults overridden by the file's keys.
+    pub fn from_file(file: FileConfig) -> Result<ServerConfig, LoadError> {
+        let mut config = ServerConfig::default();
+        let FileConfig {
+            data_dir,
+            listen,
+            advertised_listener,
+            shards,
+            metrics_listen,
+            auto_create_topics,
+            default_partitions,
+            max_request_bytes,
+            topic,
+        } = file;
+        if let Some(listen) = listen {
+            config.listen = listen;
+            config.advertised_listener = listen;
+        }
+        config.data_dir = data_dir.unwrap_or(config.data_dir);
+        config.advertised_listener = advertised_listener.unwrap_or(config.advertised_listener);
+        config.shards = shards.unwrap_or(config.shards);
+        config.metrics_listen = metrics_listen.or(config.metrics_listen);
+        config.auto_create_topics = auto_create_topics.unwrap_or(config.auto_create_topics);
+        config.default_partitions = default_partitions.unwrap_or(config.default_partitions);
+        config.max_request_bytes = max_request_bytes.unwrap_or(config.max_request_bytes);
+        for (key, value) in &topic {
+            let value = match value {
+                toml::Value::String(text) => text.clone(),
+                toml::Value::Integer(number) => number.to_string(),
+                toml::Value::Boolean(flag) => flag.to_string(),
+                _ => return Err(LoadError::TopicDefaultType { key: key.clone() }),
+            };
+            config.set_topic_default(key, &value)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets one topic default (`flush.policy`, `segment.bytes`, …).
+    pub fn set_topic_default(&mut self, key: &str, value: &str) -> Result<(), LoadError> {
+        self.topic_defaults
+            .apply(key, value)
+            .map_err(|source| LoadError::TopicDefault {
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Checks the values no type can.
+    pub fn validate(&self) -> Result<(), LoadError> {
+        if !(1..=1024).contains(&self.shards) {
+            let value = self.shards.to_string();
+            return Err(LoadError::Invalid {
+                key: "shards",
+                value,
+                reason: "must be 1 to 1024",
+            });
+        }
+        if !(1..=ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX)
+            .contains(&self.default_partitions)
+        {
+            let value = self.default_partitions.to_string();
+            let reason = "must be at least 1 and at most the partition limit";
+            return Err(LoadError::Invalid {
+                key: "default_partitions",
+                value,
+                reason,
+            });
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_request_bytes) {
+            let value = self.max_request_bytes.to_string();
+            let reason = "must be 1 KiB to 1 GiB";
+            return Err(LoadError::Invalid {
+                key: "max_request_bytes",
+                value,
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlog_engine::topic::FlushPolicy;
+
+    fn parse(text: &str) -> Result<ServerConfig, LoadError> {
+        let file: FileConfig = toml::from_str(text).map_err(|source| LoadError::Parse {
+            path: PathBuf::from("test.toml"),
+            source,
+        })?;
+        ServerConfig::from_file(file)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 9092)));
+        assert_eq!(config.data_dir, PathBuf::from("data"));
+        assert!(config.auto_create_topics);
+        assert_eq!(config.default_partitions, 1);
+        assert_eq!(config.max_request_bytes, 100 << 20);
+    }
+
+    #[test]
+    fn keys_override_and_topic_defaults_apply() {
+        let config = parse(
+            "listen = \"0.0.0.0:19092\"\nshards = 2\n[topic]\n\"flush.policy\" = \"always\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.advertised_listener.port(), 19092, "follows listen");
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.topic_defaults.flush(), FlushPolicy::Always);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let unknown = parse("lisen = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(unknown.contains("lisen"), "{unknown}");
+        let zero = parse("shards = 0").unwrap_err().to_string();
+        assert!(zero.contains("shards"), "{zero}");
+        let topic = parse("[topic]\n\"segment.bytes\" = -5")
+            .unwrap_err()
+            .to_string();
+        assert!(topic.contains("segment.bytes"), "{topic}");
+        let bad_addr = parse("listen = \"nowhere\"").unwrap_err().to_string();
+        assert!(bad_addr.contains("listen"), "{bad_addr}");
+    }
+}

@@ -1,0 +1,146 @@
+//! One client connection on one shard: read frames, answer requests in order, write
+//! responses.
+//!
+//! Clients pipeline requests; this loop answers them one after the other, which keeps the
+//! responses in request order as the protocol requires. A frame larger than
+//! `max_request_bytes`, a negative size, or a request that does not decode closes the
+//! connection with a log line (as Kafka does), except an ApiVersions request of an unknown
+//! version, which gets UNSUPPORTED_VERSION and the supported list.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use ringlog_engine::rt::{IoBuf, TcpStream};
+
+use crate::broker::Broker;
+use crate::handlers::api_versions;
+use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
+use crate::server::Lifecycle;
+
+/// Bytes a connection's receive buffer starts with; it grows to fit a large request.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("peer closed the connection")]
+    Peer,
+    #[error("socket error")]
+    Io(#[from] io::Error),
+    #[error("frame size {size} outside 0..={max}")]
+    FrameSize { size: i64, max: usize },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("could not encode the response: {0}")]
+    Encode(String),
+}
+
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+    let _ = stream.set_nodelay(true);
+    match run(&stream, &broker).await {
+        Ok(()) | Err(Closed::Peer) => tracing::debug!(%peer, "connection closed"),
+        Err(error) => tracing::warn!(%peer, %error, "closing connection"),
+    }
+}
+
+async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
+    let max = broker.config.max_request_bytes;
+    let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut output = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    loop {
+        let frame = read_frame(stream, &mut input, max).await?;
+        if broker.lifecycle.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _in_flight = InFlight::enter(&broker.lifecycle);
+        let response = match protocol::decode_request(frame) {
+            Ok(request) => {
+                let (api, version, correlation_id) = (
+                    request.api_key,
+                    request.version,
+                    request.header.correlation_id,
+                );
+                broker
+                    .handle(request)
+                    .await
+                    .map(|response| (api, version, correlation_id, response))
+            }
+            Err(DecodeError::UnsupportedVersion {
+                api: ApiKey::ApiVersions,
+                correlation_id,
+                ..
+            }) => {
+                let response = ResponseKind::ApiVersions(api_versions::unsupported());
+                Some((ApiKey::ApiVersions, 0, correlation_id, response))
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let Some((api, version, correlation_id, response)) = response else {
+            continue;
+        };
+        output.clear();
+        protocol::encode_response(api, version, correlation_id, &response, &mut output)
+            .map_err(|error| Closed::Encode(format!("{error:#}")))?;
+        let buffer = std::mem::take(&mut output);
+        let (sent, buffer) = stream.send_all(buffer).await;
+        output = buffer;
+        sent?;
+    }
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a Lifecycle);
+
+impl<'a> InFlight<'a> {
+    fn enter(lifecycle: &'a Lifecycle) -> InFlight<'a> {
+        lifecycle.requests_in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(lifecycle)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.requests_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads the next frame's bytes (without the size prefix).
+async fn read_frame(
+    stream: &TcpStream,
+    input: &mut BytesMut,
+    max: usize,
+) -> Result<bytes::Bytes, Closed> {
+    fill(stream, input, FRAME_SIZE_PREFIX_BYTES).await?;
+    let size = i32::from_be_bytes([input[0], input[1], input[2], input[3]]);
+    let size = usize::try_from(size)
+        .ok()
+        .filter(|&size| size <= max)
+        .ok_or(Closed::FrameSize {
+            size: i64::from(size),
+            max,
+        })?;
+    fill(stream, input, FRAME_SIZE_PREFIX_BYTES + size).await?;
+    let mut frame = input.split_to(FRAME_SIZE_PREFIX_BYTES + size);
+    let _ = frame.split_to(FRAME_SIZE_PREFIX_BYTES);
+    Ok(frame.freeze())
+}
+
+/// Receives until `input` holds at least `want` bytes.
+async fn fill(stream: &TcpStream, input: &mut BytesMut, want: usize) -> Result<(), Closed> {
+    while input.len() < want {
+        input.reserve((want - input.len()).max(READ_BUFFER_BYTES));
+        let buffer = std::mem::take(input);
+        let start = buffer.len();
+        let end = buffer.capacity();
+        let (received, slice) = stream.recv(buffer.slice(start..end)).await;
+        *input = slice.into_inner();
+        if received? == 0 {
+            return Err(Closed::Peer);
+        }
+    }
+    Ok(())
+}

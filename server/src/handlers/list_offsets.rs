@@ -1,0 +1,85 @@
+//! ListOffsets: the earliest offset (timestamp -2), the latest (-1: the high watermark,
+//! which for read_committed is also the last stable offset, as ringlog has no
+//! transactions), or the first offset whose record is at or after a timestamp.
+
+use futures::future::join_all;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::broker::Broker;
+use crate::errors;
+
+/// ListOffsets' special timestamps.
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub async fn handle(
+    broker: &Broker,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_owned();
+        let partitions = topic.partitions.iter().map(|partition| {
+            let name = name.clone();
+            let index = partition.partition_index;
+            let timestamp = partition.timestamp;
+            async move {
+                let entry = ListOffsetsPartitionResponse::default().with_partition_index(index);
+                match lookup(broker, &name, index, timestamp).await {
+                    Ok((offset, timestamp)) => entry
+                        .with_offset(offset)
+                        .with_timestamp(timestamp)
+                        .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                    Err(code) => entry
+                        .with_error_code(code)
+                        .with_offset(-1)
+                        .with_timestamp(-1),
+                }
+            }
+        });
+        let partitions = join_all(partitions).await;
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+async fn lookup(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    timestamp: i64,
+) -> Result<(i64, i64), i16> {
+    let partition =
+        u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
+    let engine = &broker.engine;
+    match timestamp {
+        LATEST | EARLIEST => {
+            let offsets = engine
+                .offsets(topic, partition)
+                .await
+                .map_err(|e| errors::code(&e))?;
+            let offset = if timestamp == LATEST {
+                offsets.high_watermark
+            } else {
+                offsets.log_start
+            };
+            Ok((offset, -1))
+        }
+        timestamp if timestamp >= 0 => {
+            let found = engine
+                .offset_for_timestamp(topic, partition, timestamp)
+                .await;
+            Ok(found.map_err(|e| errors::code(&e))?.unwrap_or((-1, -1)))
+        }
+        _ => Err(ResponseError::UnsupportedVersion.code()),
+    }
+}

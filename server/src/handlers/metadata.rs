@@ -1,0 +1,122 @@
+//! Metadata: the one broker (this node, at its advertised address), and the topics asked
+//! for (all when none are named), each partition led by this node. Missing topics are
+//! created when the request and the server both allow it.
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_engine::topic::TopicMeta;
+use uuid::Uuid;
+
+use crate::broker::{Broker, NODE_ID};
+
+pub async fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {
+    let address = broker.config.advertised_listener;
+    let node = MetadataResponseBroker::default()
+        .with_node_id(BrokerId(NODE_ID))
+        .with_host(StrBytes::from_string(address.ip().to_string()))
+        .with_port(i32::from(address.port()));
+    // Before version 4 a Metadata request always allows auto-creation.
+    let allow_create = version < 4 || request.allow_auto_topic_creation;
+    let topics = match request.topics {
+        None => broker.engine.topics().iter().map(topic_entry).collect(),
+        Some(requested) => {
+            let mut entries = Vec::with_capacity(requested.len());
+            for topic in requested {
+                entries
+                    .push(requested_topic(broker, topic.name, topic.topic_id, allow_create).await);
+            }
+            entries
+        }
+    };
+    let cluster_id = (version >= 2).then(|| StrBytes::from_string(broker.cluster_id.clone()));
+    MetadataResponse::default()
+        .with_brokers(vec![node])
+        .with_cluster_id(cluster_id)
+        .with_controller_id(BrokerId(NODE_ID))
+        .with_topics(
+            topics
+                .into_iter()
+                .map(|topic| for_version(topic, version))
+                .collect(),
+        )
+}
+
+async fn requested_topic(
+    broker: &Broker,
+    name: Option<TopicName>,
+    id: Uuid,
+    allow_create: bool,
+) -> MetadataResponseTopic {
+    let Some(name) = name else {
+        let found = broker
+            .engine
+            .topics()
+            .into_iter()
+            .find(|meta| Uuid::from_bytes(meta.id) == id);
+        return match found {
+            Some(meta) => topic_entry(&meta),
+            None => MetadataResponseTopic::default()
+                .with_topic_id(id)
+                .with_error_code(ResponseError::UnknownTopicId.code()),
+        };
+    };
+    let text = name.0.as_str().to_owned();
+    if ringlog_engine::topic::TopicName::new(text.as_str()).is_err() {
+        return MetadataResponseTopic::default()
+            .with_name(Some(name))
+            .with_error_code(ResponseError::InvalidTopicException.code());
+    }
+    let meta = if allow_create {
+        broker.topic_or_create(&text).await
+    } else {
+        broker.engine.topic(&text)
+    };
+    match meta {
+        Some(meta) => topic_entry(&meta),
+        None => MetadataResponseTopic::default()
+            .with_name(Some(name))
+            .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+    }
+}
+
+/// Clears the fields `version` does not have (topic ids from 10, leader epochs from 7).
+fn for_version(topic: MetadataResponseTopic, version: i16) -> MetadataResponseTopic {
+    let topic = if version < 10 {
+        topic.with_topic_id(Uuid::nil())
+    } else {
+        topic
+    };
+    if version >= 7 {
+        return topic;
+    }
+    let partitions = topic
+        .partitions
+        .iter()
+        .cloned()
+        .map(|p| p.with_leader_epoch(-1))
+        .collect();
+    topic.with_partitions(partitions)
+}
+
+fn topic_entry(meta: &TopicMeta) -> MetadataResponseTopic {
+    let partitions = (0..meta.partitions)
+        .map(|partition| {
+            MetadataResponsePartition::default()
+                .with_partition_index(i32::try_from(partition).unwrap_or(i32::MAX))
+                .with_leader_id(BrokerId(NODE_ID))
+                .with_leader_epoch(0)
+                .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(
+            meta.name.as_str().to_owned(),
+        ))))
+        .with_topic_id(Uuid::from_bytes(meta.id))
+        .with_partitions(partitions)
+}

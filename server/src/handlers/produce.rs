@@ -1,0 +1,72 @@
+//! Produce: each partition's batches go to the owning shard's appender, all partitions at
+//! once; the response waits for every part. acks=-1 waits for the fdatasync covering the
+//! batches, acks=1 for the write, acks=0 for nothing the client sees (the broker still
+//! appends, and sends no response). Record data is never decoded here: the engine
+//! validates the batches (CRC, sizes, counts) without opening them.
+
+use bytes::BytesMut;
+use futures::future::join_all;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use ringlog_engine::log::Ack;
+
+use crate::broker::Broker;
+use crate::errors;
+
+pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let ack = if request.acks == -1 {
+        Ack::Durable
+    } else {
+        Ack::Written
+    };
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    for topic in request.topic_data {
+        let name = topic.name.0.as_str().to_owned();
+        let exists = broker.topic_or_create(&name).await.is_some();
+        let parts = topic.partition_data.into_iter().map(|partition| {
+            let name = name.clone();
+            async move {
+                let index = partition.index;
+                let response = PartitionProduceResponse::default().with_index(index);
+                if !exists {
+                    let code = ResponseError::UnknownTopicOrPartition.code();
+                    return response.with_error_code(code);
+                }
+                let Ok(partition_id) = u32::try_from(index) else {
+                    return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                };
+                let records = partition.records.unwrap_or_default();
+                // The engine stamps offsets into the batches, so they need their own buffer.
+                let batches = BytesMut::from(&records[..]);
+                match broker
+                    .engine
+                    .append(&name, partition_id, batches, ack)
+                    .await
+                {
+                    Ok(appended) => response
+                        .with_base_offset(appended.offset_first)
+                        .with_log_append_time_ms(appended.log_append_time_ms.unwrap_or(-1)),
+                    Err(error) => {
+                        tracing::debug!(topic = %name, partition = index, %error, "produce failed");
+                        // Error messages are in responses from version 8 on.
+                        let message =
+                            (version >= 8).then(|| StrBytes::from_string(error.to_string()));
+                        response
+                            .with_error_code(errors::code(&error))
+                            .with_base_offset(-1)
+                            .with_error_message(message)
+                    }
+                }
+            }
+        });
+        let partition_responses = join_all(parts).await;
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partition_responses),
+        );
+    }
+    ProduceResponse::default().with_responses(topics)
+}

@@ -1,0 +1,126 @@
+//! The Kafka wire protocol at ringlog's edge: request framing, header and body decoding,
+//! the API versions ringlog implements, and response encoding.
+//!
+//! A frame is a 4-byte big-endian size followed by that many bytes; the size is checked
+//! against `max_request_bytes` before anything is read or allocated. Inside: the request
+//! header (its version follows from the API key and version) and the body, decoded with the
+//! `kafka-protocol` crate. Record data stays opaque bytes. Responses carry the request's
+//! correlation id in a response header of the version the API key and version call for.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+/// Bytes of the size prefix of every frame.
+pub const FRAME_SIZE_PREFIX_BYTES: usize = 4;
+
+/// The API versions ringlog implements and tests: `(api, min, max)`. ApiVersions
+/// advertises exactly these.
+pub const SUPPORTED_VERSIONS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+];
+
+/// The versions of `api` ringlog implements, if any.
+pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_VERSIONS
+        .iter()
+        .find(|(key, ..)| *key == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// A decoded request.
+#[derive(Debug)]
+pub struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub header: RequestHeader,
+    pub body: RequestKind,
+}
+
+/// Why a frame could not become a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Too short to hold a request header's fixed part.
+    #[error("frame of {len} bytes is too short for a request header")]
+    Truncated { len: usize },
+    /// The API key is not one Kafka defines.
+    #[error("unknown API key {api_key} (correlation id {correlation_id})")]
+    UnknownApi { api_key: i16, correlation_id: i32 },
+    /// ringlog does not implement this API at this version.
+    #[error("{api:?} version {version} is not supported (correlation id {correlation_id})")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+    },
+    /// The header or body does not decode as the API's schema says.
+    #[error("malformed {api:?} v{version} request: {detail}")]
+    Malformed {
+        api: ApiKey,
+        version: i16,
+        detail: String,
+    },
+}
+
+/// Decodes one frame (without its size prefix) into a request.
+pub fn decode_request(frame: Bytes) -> Result<Request, DecodeError> {
+    if frame.len() < 8 {
+        return Err(DecodeError::Truncated { len: frame.len() });
+    }
+    let api_key_raw = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let api_key = ApiKey::try_from(api_key_raw).map_err(|()| DecodeError::UnknownApi {
+        api_key: api_key_raw,
+        correlation_id,
+    })?;
+    let in_range = supported(api_key).is_some_and(|(min, max)| (min..=max).contains(&version));
+    if !in_range {
+        return Err(DecodeError::UnsupportedVersion {
+            api: api_key,
+            version,
+            correlation_id,
+        });
+    }
+    let malformed = |error: anyhow::Error| DecodeError::Malformed {
+        api: api_key,
+        version,
+        detail: format!("{error:#}"),
+    };
+    let mut bytes = frame;
+    let header = RequestHeader::decode(&mut bytes, api_key.request_header_version(version))
+        .map_err(malformed)?;
+    let body = RequestKind::decode(api_key, &mut bytes, version).map_err(malformed)?;
+    Ok(Request {
+        api_key,
+        version,
+        header,
+        body,
+    })
+}
+
+/// Encodes `response` to `request`'s API and version as one frame (size prefix included)
+/// at the end of `out`.
+pub fn encode_response(
+    api_key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    response: &ResponseKind,
+    out: &mut BytesMut,
+) -> anyhow::Result<()> {
+    let start = out.len();
+    out.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    header.encode(out, api_key.response_header_version(version))?;
+    response.encode(out, version)?;
+    let size = i32::try_from(out.len() - start - FRAME_SIZE_PREFIX_BYTES)?;
+    out[start..start + FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
+    Ok(())
+}

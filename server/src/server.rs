@@ -1,0 +1,194 @@
+//! Running the broker: the engine and its shards, one SO_REUSEPORT listener per shard, and
+//! a graceful stop on SIGTERM or SIGINT.
+//!
+//! Stop sequence: stop accepting, let connections finish the request they are on (up to a
+//! grace period), then close every partition (fdatasync, indexes, checkpoint) and stop the
+//! shards. The process then exits 0.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ringlog_engine::rt::{self, RuntimeConfig, TcpListener};
+use ringlog_engine::shard::{Engine, EngineConfig, EngineError};
+
+use crate::broker::Broker;
+use crate::config::ServerConfig;
+use crate::connection;
+
+/// How long a stop waits for connections to finish their current request.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often an idle accept loop looks whether the server is stopping.
+const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the listeners and connections share with the thread that stops them.
+pub struct Lifecycle {
+    /// Set when the server stops: listeners stop accepting, connections stop reading.
+    pub stopping: AtomicBool,
+    /// Requests being answered right now.
+    pub requests_in_flight: AtomicUsize,
+}
+
+/// A running server.
+pub struct Server {
+    engine: Engine,
+    lifecycle: Arc<Lifecycle>,
+    address: SocketAddr,
+}
+
+impl Server {
+    /// Opens the engine and starts listening on every shard.
+    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        let engine_config = EngineConfig {
+            data_dir: config.data_dir.clone(),
+            runtime: RuntimeConfig {
+                shards: config.shards,
+                pin_threads: true,
+            },
+        };
+        let engine = Engine::open(&engine_config)?;
+        let lifecycle = Arc::new(Lifecycle {
+            stopping: AtomicBool::new(false),
+            requests_in_flight: AtomicUsize::new(0),
+        });
+        let mut config = config;
+        let address = bind_all(&engine, &mut config, &lifecycle)?;
+        tracing::info!(
+            listen = %address,
+            advertised = %config.advertised_listener,
+            shards = engine.shard_count(),
+            data_dir = %config.data_dir.display(),
+            flush = ?config.topic_defaults.flush(),
+            io_mode = ?config.topic_defaults.io_mode(),
+            "ringlog serving"
+        );
+        Ok(Server {
+            engine,
+            lifecycle,
+            address,
+        })
+    }
+
+    /// The address the listeners are bound to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Stops accepting, waits for in-flight requests (up to a grace period), closes every
+    /// partition and stops the shards.
+    pub fn stop(self) -> Result<(), ServerError> {
+        self.lifecycle.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        while self.lifecycle.requests_in_flight.load(Ordering::SeqCst) > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.engine.shutdown()?;
+        tracing::info!("ringlog stopped; every partition closed and synced");
+        Ok(())
+    }
+}
+
+/// Binds a listener on every shard (the first picks the port if `listen` says 0; the
+/// others share it through SO_REUSEPORT) and starts their accept loops.
+fn bind_all(
+    engine: &Engine,
+    config: &mut ServerConfig,
+    lifecycle: &Arc<Lifecycle>,
+) -> Result<SocketAddr, ServerError> {
+    let mut address = config.listen;
+    for (index, shard) in engine.shard_handles().iter().enumerate() {
+        let listener = futures::executor::block_on(shard.spawn(move || async move {
+            let listener = TcpListener::bind_reuse_port(address)?;
+            let bound = listener.local_addr();
+            LISTENER.with(|slot| *slot.borrow_mut() = Some(Rc::new(listener)));
+            Ok::<_, std::io::Error>(bound)
+        }));
+        let bound = match listener {
+            Ok(Ok(bound)) => bound,
+            Ok(Err(source)) => return Err(ServerError::Listen { address, source }),
+            Err(_) => {
+                return Err(EngineError::ShardStopped {
+                    topic: String::new(),
+                    partition: 0,
+                }
+                .into())
+            }
+        };
+        if index == 0 {
+            address = bound;
+            if config.advertised_listener.port() == 0 {
+                config.advertised_listener.set_port(bound.port());
+            }
+        }
+    }
+    let broker = Arc::new(Broker::new(
+        engine.clone(),
+        Arc::new(config.clone()),
+        lifecycle.clone(),
+    ));
+    for shard in engine.shard_handles() {
+        let broker = broker.clone();
+        let started = futures::executor::block_on(shard.run(move || {
+            rt::spawn_local(accept_loop(broker)).detach();
+        }));
+        if started.is_err() {
+            return Err(EngineError::ShardStopped {
+                topic: String::new(),
+                partition: 0,
+            }
+            .into());
+        }
+    }
+    Ok(address)
+}
+
+thread_local! {
+    /// This shard's listener.
+    static LISTENER: RefCell<Option<Rc<TcpListener>>> = const { RefCell::new(None) };
+}
+
+/// Accepts connections on this shard's listener until the server stops.
+async fn accept_loop(broker: Arc<Broker>) {
+    let Some(listener) = LISTENER.with(|slot| slot.borrow().clone()) else {
+        return;
+    };
+    let mut incoming = listener.incoming();
+    while !broker.lifecycle.stopping.load(Ordering::SeqCst) {
+        let next = rt::timeout(ACCEPT_STOP_CHECK, incoming.next()).await;
+        let stream = match next {
+            Err(rt::Elapsed) => continue,
+            Ok(None) => break,
+            Ok(Some(Err(error))) => {
+                tracing::warn!(%error, "accept failed");
+                rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Ok(Some(Ok(stream))) => stream,
+        };
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        rt::spawn_local(connection::serve(stream, peer, broker.clone())).detach();
+    }
+    LISTENER.with(|slot| slot.borrow_mut().take());
+}
