@@ -120,8 +120,9 @@ impl Engine {
     /// Opens the data directory, starts the shards and opens (recovering) every partition.
     /// Blocks the calling thread until all partitions are open.
     pub fn open(config: &EngineConfig) -> Result<Engine, EngineError> {
-        let registry = TopicRegistry::open(config.data_dir.clone())?;
+        // The shards first: if io_uring is unavailable, nothing is written to the disk.
         let runtime = Runtime::start(&config.runtime, |_shard| async {})?;
+        let registry = TopicRegistry::open(config.data_dir.clone())?;
         let shards = runtime.shards().to_vec();
         let topics: Vec<TopicMeta> = registry.list().cloned().collect();
         let engine = Engine {

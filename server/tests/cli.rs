@@ -6,6 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use ringlog_engine::rt::{seccomp, EXIT_CODE_IO_URING_UNAVAILABLE};
+use ringlog_server::cli::EXIT_CODE_CONFIG;
 
 fn ringlog() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ringlog"))
@@ -24,8 +25,14 @@ fn version_is_printed() {
 
 #[test]
 fn serve_without_io_uring_names_cause_and_remedy_and_exits_69() {
+    let dir = tempfile::tempdir().unwrap();
     let mut command = ringlog();
-    command.arg("serve").arg("--shards").arg("1");
+    command
+        .arg("serve")
+        .arg("--shards")
+        .arg("1")
+        .arg("--data-dir")
+        .arg(dir.path().join("d"));
     // SAFETY: the closure runs in the forked child before exec and only makes system
     // calls (prctl), which is async-signal-safe.
     unsafe {
@@ -41,11 +48,39 @@ fn serve_without_io_uring_names_cause_and_remedy_and_exits_69() {
     assert!(stderr.contains("io_uring is unavailable"), "{stderr}");
     assert!(stderr.contains("seccomp"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !dir.path().join("d").exists(),
+        "nothing written without io_uring"
+    );
 }
 
 #[test]
-fn bad_flags_are_refused_with_a_message() {
-    let output = ringlog().args(["serve", "--shards", "0"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(2), "clap's usage error status");
-    assert!(String::from_utf8_lossy(&output.stderr).contains("--shards"));
+fn bad_flags_and_config_keys_are_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let output = ringlog()
+        .args(["serve", "--data-dir", data, "--shards", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_CODE_CONFIG));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("shards"));
+    let output = ringlog()
+        .args(["serve", "--io-mode", "sideways"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "clap's usage error");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--io-mode"));
+    let config = dir.path().join("ringlog.toml");
+    std::fs::write(&config, "lissen = \"127.0.0.1:1\"\n").unwrap();
+    let output = ringlog()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(EXIT_CODE_CONFIG));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("lissen"));
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "nothing written on a config error"
+    );
 }
