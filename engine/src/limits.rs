@@ -87,3 +87,6 @@ pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 /// indexes) when its durable end has moved, bounding what recovery must scan after an
 /// unclean stop to what was written since (Kafka checkpoints its recovery point every 60 s).
 pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;
+/// fdatasyncs a partition may have in flight while its appender writes the next groups.
+/// Two lets the next write overlap the previous sync; more only queue at the disk.
+pub const SYNCS_IN_FLIGHT_MAX: usize = 2;

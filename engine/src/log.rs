@@ -16,6 +16,8 @@
 
 mod appender;
 mod checkpoint;
+mod durability;
+mod group;
 mod read;
 mod recovery;
 mod retention;

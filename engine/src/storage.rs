@@ -11,8 +11,10 @@
 //! may be lost (or torn) by a crash; a file or a rename is durable only after `sync_dir`
 //! of its directory.
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 
 use crate::rt::{self, IoBuf};
 
@@ -46,6 +48,9 @@ impl OpenFlags {
     };
 }
 
+/// An fdatasync in flight, from [`StorageFile::write_then_sync`].
+pub type PendingSync = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+
 /// A storage backend: files in directories.
 #[allow(
     async_fn_in_trait,
@@ -73,6 +78,9 @@ pub trait StorageFile: Clone + 'static {
     async fn size(&self) -> io::Result<u64>;
     /// Reads up to `len` bytes at `offset`; fewer only at the end of the file.
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads from `offset` into `buf`'s spare capacity, appending what it read (fewer bytes
+    /// only at the end of the file): a reused buffer, for scans that read a lot.
+    async fn read_append(&self, offset: u64, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
     /// Writes all of `bufs`, in order, at `offset`; with `sync_after`, an fdatasync follows
     /// (linked in the same submission where the backend can) and `Ok` means durable.
     async fn write_at<B: IoBuf>(
@@ -81,6 +89,15 @@ pub trait StorageFile: Clone + 'static {
         offset: u64,
         sync_after: bool,
     ) -> (io::Result<()>, Vec<B>);
+    /// Writes all of `bufs` at `offset` with an fdatasync linked after it (one submission
+    /// where the backend can), and returns once the WRITE has completed, with the sync
+    /// still in flight: the caller may start its next write meanwhile, and must await the
+    /// sync before it calls the bytes durable.
+    async fn write_then_sync<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<B>, PendingSync);
     /// fdatasync.
     async fn sync_data(&self) -> io::Result<()>;
     /// Reserves `len` bytes from `offset` (fallocate mode 0: the size grows, the new range
@@ -163,6 +180,24 @@ impl StorageFile for DiskFile {
         Ok(out)
     }
 
+    async fn read_append(&self, offset: u64, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let start = buf.len();
+        let mut buf = buf;
+        while buf.len() < buf.capacity() {
+            let (len, capacity) = (buf.len(), buf.capacity());
+            let at = offset + (len - start) as u64;
+            let (read, slice) = self.file.read_at(buf.slice(len..capacity), at).await;
+            buf = slice.into_inner();
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => return (Err(error), buf),
+            }
+        }
+        let appended = buf.len() - start;
+        (Ok(appended), buf)
+    }
+
     async fn write_at<B: IoBuf>(
         &self,
         bufs: Vec<B>,
@@ -194,6 +229,32 @@ impl StorageFile for DiskFile {
             Ok(())
         };
         (synced, bufs)
+    }
+
+    async fn write_then_sync<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<B>, PendingSync) {
+        let total: usize = bufs.iter().map(IoBuf::bytes_init).sum();
+        let (write, sync) = self.file.writev_at_then_sync_data(bufs, offset);
+        let (written, bufs) = write.await;
+        match written {
+            Ok(written) if written == total => (Ok(()), bufs, Box::pin(sync)),
+            Ok(written) => {
+                // A short write broke the chain (the kernel cancels the sync): finish the
+                // write, then sync on its own.
+                drop(sync);
+                let (finished, bufs) = self.write_rest(bufs, offset, written).await;
+                let file = self.file.clone();
+                (
+                    finished,
+                    bufs,
+                    Box::pin(async move { file.sync_data().await }),
+                )
+            }
+            Err(error) => (Err(error), bufs, Box::pin(sync)),
+        }
     }
 
     async fn sync_data(&self) -> io::Result<()> {

@@ -162,7 +162,7 @@ pub(crate) async fn write_index_files<S: Storage>(
     shared: &Shared<S>,
     cut: Option<(i64, u64)>,
 ) -> Result<(), LogError> {
-    let (base_offset, offsets, times) = {
+    let (base_offset, index) = {
         let state = shared.state.borrow();
         let Some(active) = state.segments.values().next_back() else {
             return Ok(());
@@ -173,29 +173,33 @@ pub(crate) async fn write_index_files<S: Storage>(
                 index.truncate_to(offset, u32::try_from(position).unwrap_or(u32::MAX));
             }
         }
-        let mut offsets = Vec::new();
-        index.offset_index().encode(&mut offsets);
-        let mut times = Vec::new();
-        index.time_index().encode(&mut times);
-        (active.base_offset, offsets, times)
+        (active.base_offset, index)
     };
-    for (extension, bytes) in [("index", offsets), ("timeindex", times)] {
-        let path = segment_path(&shared.dir, base_offset, extension);
-        let io = |operation| move |error| shared.error_io(operation, error);
-        let file = shared
-            .storage
-            .open(&path, OpenFlags::WRITE)
-            .await
-            .map_err(io("open index"))?;
-        file.set_len(0).await.map_err(io("truncate index"))?;
-        let (written, _) = file.write_at(vec![bytes], 0, true).await;
-        written.map_err(io("write index"))?;
-    }
-    shared
-        .storage
-        .sync_dir(&shared.dir)
+    write_segment_index(&shared.storage, &shared.dir, base_offset, &index)
         .await
-        .map_err(|e| shared.error_io("fsync directory", e))
+        .map_err(|e| shared.error_io("write index files", e))
+}
+
+/// Writes segment `base_offset`'s `.index` and `.timeindex` files, fdatasyncs them and
+/// the directory.
+pub(crate) async fn write_segment_index<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    base_offset: i64,
+    index: &SegmentIndex,
+) -> std::io::Result<()> {
+    let mut offsets = Vec::new();
+    index.offset_index().encode(&mut offsets);
+    let mut times = Vec::new();
+    index.time_index().encode(&mut times);
+    for (extension, bytes) in [("index", offsets), ("timeindex", times)] {
+        let path = segment_path(dir, base_offset, extension);
+        let file = storage.open(&path, OpenFlags::WRITE).await?;
+        file.set_len(0).await?;
+        let (written, _) = file.write_at(vec![bytes], 0, true).await;
+        written?;
+    }
+    storage.sync_dir(dir).await
 }
 
 /// Reads the index files of segment `base_offset`; `None` if either is missing or damaged.

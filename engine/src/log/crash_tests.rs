@@ -66,7 +66,9 @@ async fn read_all(log: &PartitionLog<FaultStorage>) -> Vec<String> {
         values.extend(record_values(&bytes));
         assert!(
             values.len() > before,
-            "no progress reading at offset {offset}"
+            "no progress reading at offset {offset}: {:?}, {} bytes",
+            log.offsets(),
+            bytes.len()
         );
     }
     values

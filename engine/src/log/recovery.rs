@@ -61,18 +61,37 @@ pub(crate) async fn open<S: Storage>(
     let interval = config.index_interval_bytes();
 
     let mut segments = BTreeMap::new();
+    let mut bases = bases;
+    let mut index = 0;
+    while index + 1 < bases.len() {
+        let (base, next_base) = (bases[index], bases[index + 1]);
+        let segment = open_closed(&storage, dir, base, interval, &id).await?;
+        if segment.offset_next == next_base {
+            segments.insert(base, segment);
+            index += 1;
+            continue;
+        }
+        // The log breaks off inside this segment (a crash lost its unsynced tail after a
+        // later segment was created): it becomes the last one, the later ones go.
+        tracing::warn!(
+            partition = %id,
+            segment = base,
+            valid_until = segment.offset_next,
+            next_segment = next_base,
+            "log ends inside a closed segment; dropping the segments after it"
+        );
+        for &later in &bases[index + 1..] {
+            remove_segment(&storage, dir, later)
+                .await
+                .map_err(io("remove segment"))?;
+        }
+        storage.sync_dir(dir).await.map_err(io("fsync directory"))?;
+        bases.truncate(index + 1);
+    }
     let active_base = bases
         .last()
         .copied()
         .unwrap_or(checkpoint.map_or(0, |c| c.log_start));
-    for (index, &base) in bases.iter().enumerate() {
-        if Some(&base) == bases.last() {
-            break;
-        }
-        let next_base = bases[index + 1];
-        let segment = open_closed(&storage, dir, base, next_base, interval, &id).await?;
-        segments.insert(base, segment);
-    }
     let created = bases.is_empty();
     let mut active = Segment::open(&storage, dir, active_base, direct, interval)
         .await
@@ -122,12 +141,15 @@ pub(crate) async fn open<S: Storage>(
     })
 }
 
-/// Opens a closed segment, with its index files or, if they are unusable, a rebuild.
+/// Opens a closed segment. Its index files say where its last indexed batch starts; the
+/// scan from there to the end of the file finds where its valid bytes end (a few KiB for
+/// a sealed segment). A segment a crash caught before its seal completed (preallocated
+/// zeros, or an index from a checkpoint that covers only a prefix) is cut at its last
+/// valid batch and sealed again. Without index files, the whole segment is scanned.
 async fn open_closed<S: Storage>(
     storage: &S,
     dir: &Path,
     base: i64,
-    next_base: i64,
     interval: u32,
     id: &PartitionId,
 ) -> Result<Segment<S>, LogError> {
@@ -135,29 +157,60 @@ async fn open_closed<S: Storage>(
     let mut segment = Segment::open_read_only(storage, dir, base, interval)
         .await
         .map_err(io("open segment"))?;
-    segment.size_bytes = segment.allocated_bytes;
-    segment.offset_next = next_base;
-    if let Some(index) = checkpoint::read_index_files(storage, dir, base, interval).await {
-        segment.index = index;
-        segment.max_timestamp = match segment.index.time_index().max_timestamp() {
-            crate::index::MaxTimestamp::Known { timestamp_ms, .. } => timestamp_ms,
-            _ => i64::MIN,
-        };
-        return Ok(segment);
+    let mut start = 0;
+    if let Some(mut index) = checkpoint::read_index_files(storage, dir, base, interval).await {
+        let (offset, position) = index.lookup_offset(i64::MAX);
+        if u64::from(position) <= segment.allocated_bytes {
+            index.truncate_to(offset, position);
+            segment.index = index;
+            segment.offset_next = offset;
+            start = u64::from(position);
+        }
+    } else {
+        tracing::warn!(partition = %id, segment = base, "index files unusable; rebuilding");
     }
-    tracing::warn!(partition = %id, segment = base, "index files unusable; rebuilding");
-    let scan = scan_and_index(&mut segment, 0, id).await?;
-    if scan.valid_bytes != segment.size_bytes {
-        return Err(LogError::Corrupt {
-            partition: id.clone(),
-            detail: format!(
-                "closed segment {base} is damaged at byte {} ({})",
-                scan.valid_bytes,
-                scan.stopped_by.unwrap_or_default()
-            ),
-        });
+    let scan = scan_and_index(&mut segment, start, id).await?;
+    if let crate::index::MaxTimestamp::Known { timestamp_ms, .. } =
+        segment.index.time_index().max_timestamp()
+    {
+        segment.max_timestamp = segment.max_timestamp.max(timestamp_ms);
+    }
+    if scan.valid_bytes != segment.allocated_bytes || start == 0 {
+        reseal(storage, dir, &mut segment)
+            .await
+            .map_err(io("seal segment"))?;
     }
     Ok(segment)
+}
+
+/// Cuts a closed segment at its valid bytes, fdatasyncs it and rewrites its index files.
+async fn reseal<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    segment: &mut Segment<S>,
+) -> std::io::Result<()> {
+    let path = segment_path(dir, segment.base_offset, "log");
+    let writer = storage
+        .open(&path, crate::storage::OpenFlags::WRITE)
+        .await?;
+    writer.set_len(segment.size_bytes).await?;
+    writer.sync_data().await?;
+    segment.allocated_bytes = segment.size_bytes;
+    checkpoint::write_segment_index(storage, dir, segment.base_offset, &segment.index).await
+}
+
+/// Removes a segment's files.
+async fn remove_segment<S: Storage>(storage: &S, dir: &Path, base: i64) -> std::io::Result<()> {
+    for extension in ["log", "index", "timeindex"] {
+        match storage
+            .remove_file(&segment_path(dir, base, extension))
+            .await
+        {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Validates the active segment after its checkpoint, cuts it after the last valid batch,
@@ -217,7 +270,6 @@ async fn recover_active<S: Storage>(
         tail.clear();
         tail.extend_from_slice(&bytes.map_err(io("read tail block"))?);
     }
-    let _ = segment_path;
     Ok(scan)
 }
 
@@ -234,22 +286,26 @@ async fn scan_and_index<S: Storage>(
         valid_bytes: start,
         ..Scan::default()
     };
-    let mut pending: Vec<u8> = Vec::new();
+    // One buffer for the whole scan: the unconsumed tail of a chunk (a batch cut by the
+    // chunk's end) stays at its front and the next read appends after it.
+    let mut pending: Vec<u8> = Vec::with_capacity(RECOVERY_READ_CHUNK_BYTES);
     let mut read_at = start;
     loop {
-        let want = RECOVERY_READ_CHUNK_BYTES.max(pending_need(&pending));
-        let chunk = segment
+        // Room for the batch at the front (however large) and at least half a chunk more.
+        let need = pending_need(&pending).max(pending.len() + RECOVERY_READ_CHUNK_BYTES / 2);
+        pending.reserve(need.saturating_sub(pending.len()));
+        let (read, filled) = segment
             .reader
-            .read_at(read_at, want.min((file_end - read_at) as usize))
-            .await
-            .map_err(|source| LogError::Io {
-                partition: id.clone(),
-                operation: "read segment",
-                source,
-            })?;
-        read_at += chunk.len() as u64;
-        let at_end = read_at >= file_end || chunk.is_empty();
-        pending.extend_from_slice(&chunk);
+            .read_append(read_at, std::mem::take(&mut pending))
+            .await;
+        pending = filled;
+        let read = read.map_err(|source| LogError::Io {
+            partition: id.clone(),
+            operation: "read segment",
+            source,
+        })?;
+        read_at += read as u64;
+        let at_end = read_at >= file_end || read == 0;
         let consumed = index_valid_prefix(segment, &pending, &mut scan, at_end);
         pending.drain(..consumed);
         if scan.stopped_by.is_some() || at_end {

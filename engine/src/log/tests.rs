@@ -304,7 +304,14 @@ fn flush_policies_and_acks_decide_the_durable_end() {
         let log = open(&dir.path().join("always"), always).await;
         log.append(batch(0, 3, 0), Ack::Written).await.unwrap();
         let offsets = log.offsets();
-        assert_eq!((offsets.durable_end, offsets.high_watermark), (3, 3));
+        assert_eq!(offsets.log_end, 3, "acks=1 returns once written");
+        assert_eq!(
+            offsets.high_watermark, offsets.durable_end,
+            "consumers see durable data only"
+        );
+        log.append(batch(1, 3, 0), Ack::Durable).await.unwrap();
+        let offsets = log.offsets();
+        assert_eq!((offsets.durable_end, offsets.high_watermark), (6, 6));
         log.close().await.unwrap();
     });
 }

@@ -364,6 +364,22 @@ impl File {
         link(prepare_vectored_write(vectored, offset), sync)
     }
 
+    /// `writev_at` and a linked fdatasync in one submission, returned apart: the write's
+    /// completion first, the sync's to await separately (see [`super::op::link_split`]).
+    pub fn writev_at_then_sync_data<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (Op<WriteVectored<B>>, Op<Unit<SharedFd>>) {
+        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let sync = self.prepare_sync(true);
+        if !vectored.count_valid() {
+            let write = Op::failed(WriteVectored(vectored), libc::EINVAL);
+            return (write, sync.fail(libc::ECANCELED));
+        }
+        super::op::link_split(prepare_vectored_write(vectored, offset), sync)
+    }
+
     /// fallocate(`mode`, `offset`, `len`): reserve (mode 0) or punch/zero ranges.
     pub fn allocate(&self, offset: u64, len: u64, mode: i32) -> Op<Unit<SharedFd>> {
         Prepared::new(

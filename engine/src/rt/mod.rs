@@ -44,7 +44,7 @@ pub use executor::{block_on, spawn_local, yield_now, Cancelled, JoinHandle};
 pub use fs::{File, Metadata, OpenOptions};
 pub use mailbox::TrySendError;
 pub use net::{Incoming, SendZc, TcpListener, TcpStream};
-pub use op::{kernel_timer, link, nop, Link, Op, Prepared};
+pub use op::{kernel_timer, link, link_split, nop, Link, Op, Prepared};
 pub use path::{create_dir, create_dir_all, remove_file, rename, sync_dir};
 pub use pipe::{send_file, Pipe};
 pub use shard::{allowed_cpus, Runtime, RuntimeConfig, ShardHandle, ShardStopped, Work};

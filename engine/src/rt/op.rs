@@ -161,28 +161,35 @@ pub type Link<A, B> = futures::future::Join<Op<A>, Op<B>>;
 /// If `first` fails or transfers fewer bytes than asked, `second` is not run and
 /// completes with ECANCELED.
 pub fn link<A: Operation, B: Operation>(first: Prepared<A>, second: Prepared<B>) -> Link<A, B> {
+    let (op_first, op_second) = link_split(first, second);
+    futures::future::join(op_first, op_second)
+}
+
+/// Submits `first` and `second` as one linked chain, like [`link`], but returns the two
+/// operations apart: a caller can go on when the first completes while the second (an
+/// fdatasync after a write, say) is still in flight.
+pub fn link_split<A: Operation, B: Operation>(
+    first: Prepared<A>,
+    second: Prepared<B>,
+) -> (Op<A>, Op<B>) {
     let pushed = context::with(|ctx| {
         ctx.driver
             .borrow_mut()
             .push_linked([first.entry, second.entry])
     });
-    let (op_first, op_second) = match pushed {
+    match pushed {
         Ok([key_first, key_second]) => (
             Op::from_push(first.data, Ok(key_first)),
             Op::from_push(second.data, Ok(key_second)),
         ),
         Err(error) => {
-            let copy = io::Error::from(error.kind());
-            let second_error = error
-                .raw_os_error()
-                .map_or(copy, io::Error::from_raw_os_error);
+            let errno = error.raw_os_error().unwrap_or(libc::EIO);
             (
                 Op::from_push(first.data, Err(error)),
-                Op::from_push(second.data, Err(second_error)),
+                Op::failed(second.data, errno),
             )
         }
-    };
-    futures::future::join(op_first, op_second)
+    }
 }
 
 /// An operation that does nothing: measures the cost of the runtime itself.

@@ -742,6 +742,17 @@ impl StorageFile for FaultFile {
         Ok(written[start..end].to_vec())
     }
 
+    async fn read_append(&self, offset: u64, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let spare = buf.capacity() - buf.len();
+        match self.read_at(offset, spare).await {
+            Ok(bytes) => {
+                buf.extend_from_slice(&bytes);
+                (Ok(bytes.len()), buf)
+            }
+            Err(error) => (Err(error), buf),
+        }
+    }
+
     async fn write_at<B: IoBuf>(
         &self,
         bufs: Vec<B>,
@@ -749,6 +760,22 @@ impl StorageFile for FaultFile {
         sync_after: bool,
     ) -> (io::Result<()>, Vec<B>) {
         (self.write_bufs(&bufs, offset, sync_after), bufs)
+    }
+
+    /// The write lands at once; the sync takes effect when the returned future is awaited,
+    /// so a crash between the two keeps the bytes unsynced, as on a disk.
+    async fn write_then_sync<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+        offset: u64,
+    ) -> (io::Result<()>, Vec<B>, crate::storage::PendingSync) {
+        let written = self.write_bufs(&bufs, offset, false);
+        let file = self.clone();
+        (
+            written,
+            bufs,
+            Box::pin(async move { file.sync_data().await }),
+        )
     }
 
     async fn sync_data(&self) -> io::Result<()> {

@@ -1,0 +1,280 @@
+//! Durability: the fdatasyncs in flight, completed in order, and what completing one means.
+//!
+//! A group commit's write completes first; its linked fdatasync may still be in flight
+//! while the appender forms and writes the next group (the next write only starts after
+//! this one completed, so the sync, issued after the write, covers it). Syncs complete in
+//! submission order as far as the log is concerned: the durable end moves to a sync's log
+//! end only when it and every earlier sync succeeded, and only then are its `Ack::Durable`
+//! waiters answered. A failed sync poisons the log and fails its waiters and every later
+//! one's: nothing after a failed fdatasync is ever called durable.
+//!
+//! Segment rolls go through the same queue: the old segment is trimmed, fdatasynced and
+//! its indexes written in the background, so a roll does not stall appends.
+
+use std::collections::VecDeque;
+use std::io;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+
+use super::appender::poison;
+use super::segment::Segment;
+use super::{checkpoint, Appended, LogError, Shared};
+use crate::limits::SYNCS_IN_FLIGHT_MAX;
+use crate::storage::{PendingSync, Storage, StorageFile};
+use crate::topic::IoMode;
+
+type Waiter = (Appended, oneshot::Sender<Result<Appended, LogError>>);
+
+/// One fdatasync in flight.
+pub(crate) struct InFlightSync {
+    sync: PendingSync,
+    /// Everything below this offset is durable once this sync (and all before it) succeed.
+    log_end: i64,
+    /// The segment and how many of its bytes that is.
+    segment_base: i64,
+    position: u64,
+    /// Bytes written in all when this sync was issued.
+    written_total: u64,
+    waiters: Vec<Waiter>,
+}
+
+/// The syncs in flight, oldest first, and the byte counts of written vs synced data.
+pub(crate) struct Durability {
+    in_flight: VecDeque<InFlightSync>,
+    pub(crate) written_total: u64,
+    synced_total: u64,
+    pub(crate) last_sync: Instant,
+}
+
+impl Durability {
+    pub(crate) fn new() -> Durability {
+        Durability {
+            in_flight: VecDeque::new(),
+            written_total: 0,
+            synced_total: 0,
+            last_sync: Instant::now(),
+        }
+    }
+
+    /// Written bytes no sync (completed or in flight) covers yet.
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        let covered = self
+            .in_flight
+            .back()
+            .map_or(self.synced_total, |s| s.written_total);
+        self.written_total - covered
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.in_flight.len() >= SYNCS_IN_FLIGHT_MAX
+    }
+
+    /// Queues a sync covering the log up to `log_end` (`position` bytes of segment
+    /// `segment_base`), with the waiters it answers.
+    pub(crate) fn push(
+        &mut self,
+        sync: PendingSync,
+        log_end: i64,
+        segment_base: i64,
+        position: u64,
+        waiters: Vec<Waiter>,
+    ) {
+        let written_total = self.written_total;
+        self.in_flight.push_back(InFlightSync {
+            sync,
+            log_end,
+            segment_base,
+            position,
+            written_total,
+            waiters,
+        });
+    }
+
+    /// Polls the oldest sync; `Ready(true)` when one completed (and was applied).
+    pub(crate) fn poll_oldest<S: Storage>(
+        &mut self,
+        shared: &Shared<S>,
+        cx: &mut Context<'_>,
+    ) -> Poll<bool> {
+        let Some(oldest) = self.in_flight.front_mut() else {
+            return Poll::Ready(false);
+        };
+        let Poll::Ready(result) = oldest.sync.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let Some(done) = self.in_flight.pop_front() else {
+            unreachable!("polled above")
+        };
+        self.complete(shared, done, result);
+        Poll::Ready(true)
+    }
+
+    /// Waits for every sync in flight.
+    pub(crate) async fn drain<S: Storage>(&mut self, shared: &Shared<S>) {
+        while !self.in_flight.is_empty() {
+            std::future::poll_fn(|cx| self.poll_oldest(shared, cx)).await;
+        }
+    }
+
+    /// Waits for the oldest sync.
+    pub(crate) async fn wait_oldest<S: Storage>(&mut self, shared: &Shared<S>) {
+        std::future::poll_fn(|cx| self.poll_oldest(shared, cx)).await;
+    }
+
+    fn complete<S: Storage>(
+        &mut self,
+        shared: &Shared<S>,
+        done: InFlightSync,
+        result: io::Result<()>,
+    ) {
+        if let Err(source) = result {
+            let reason = poison(shared, &shared.error_io("fdatasync", source));
+            let later = self.in_flight.drain(..).flat_map(|sync| sync.waiters);
+            for (_, reply) in done.waiters.into_iter().chain(later) {
+                let error = LogError::StorageFailed {
+                    partition: shared.id.clone(),
+                    reason: reason.clone(),
+                };
+                let _ = reply.send(Err(error));
+            }
+            return;
+        }
+        {
+            let mut state = shared.state.borrow_mut();
+            if done.log_end > state.durable_end {
+                state.durable_end = done.log_end;
+                let active = state.segments.keys().next_back().copied();
+                state.durable_position = if active == Some(done.segment_base) {
+                    Some(done.position)
+                } else {
+                    Some(0)
+                };
+            }
+        }
+        self.synced_total = done.written_total;
+        self.last_sync = Instant::now();
+        shared.notify_waiters();
+        for (appended, reply) in done.waiters {
+            let _ = reply.send(Ok(appended));
+        }
+    }
+}
+
+/// Queues an fdatasync of the active segment covering everything written so far.
+pub(crate) fn sync_now<S: Storage>(shared: &Shared<S>, durability: &mut Durability) {
+    let (writer, log_end, base, size) = {
+        let state = shared.state.borrow();
+        if state.poisoned.is_some() {
+            return;
+        }
+        let Some(active) = state.segments.values().next_back() else {
+            return;
+        };
+        (
+            active.writer.clone(),
+            state.log_end,
+            active.base_offset,
+            active.size_bytes,
+        )
+    };
+    let sync = Box::pin(async move { writer.sync_data().await });
+    durability.push(sync, log_end, base, size, Vec::new());
+}
+
+/// Closes the active segment and opens a new one when a group of `group_bytes` would
+/// overflow it or it is older than `segment_ms`. The old segment is sealed in the
+/// background (see the module doc).
+pub(crate) async fn roll_if_needed<S: Storage>(
+    shared: &Rc<Shared<S>>,
+    durability: &mut Durability,
+    group_bytes: u64,
+) -> Result<(), LogError> {
+    let (due, base_next, direct, interval) = {
+        let state = shared.state.borrow();
+        let Some(segment) = state.segments.values().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        let too_big = segment.size_bytes + group_bytes > state.config.segment_bytes();
+        let too_old = state
+            .config
+            .segment_ms()
+            .is_some_and(|ms| segment.created.elapsed() >= Duration::from_millis(ms));
+        let full = segment.index.is_full();
+        (
+            segment.size_bytes > 0 && (too_big || too_old || full),
+            state.offset_assign_next,
+            state.config.io_mode() == IoMode::Direct,
+            state.config.index_interval_bytes(),
+        )
+    };
+    if !due {
+        return Ok(());
+    }
+    let segment = Segment::open(&shared.storage, &shared.dir, base_next, direct, interval)
+        .await
+        .map_err(|e| shared.error_io("create segment", e))?;
+    shared
+        .storage
+        .sync_dir(&shared.dir)
+        .await
+        .map_err(|e| shared.error_io("fsync directory", e))?;
+    let (seal, log_end, old_base, old_size) = {
+        let mut state = shared.state.borrow_mut();
+        let log_end = state.log_end;
+        let Some(old) = state.segments.values_mut().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        old.allocated_bytes = old.size_bytes;
+        let seal = seal_future(shared, old);
+        let (old_base, old_size) = (old.base_offset, old.size_bytes);
+        state.segments.insert(base_next, segment);
+        (seal, log_end, old_base, old_size)
+    };
+    durability.push(seal, log_end, old_base, old_size, Vec::new());
+    Ok(())
+}
+
+/// Trims a segment's preallocated bytes, fdatasyncs it and writes its index files.
+fn seal_future<S: Storage>(shared: &Rc<Shared<S>>, segment: &Segment<S>) -> PendingSync {
+    let writer = segment.writer.clone();
+    let size = segment.size_bytes;
+    let base = segment.base_offset;
+    let index = segment.index.clone();
+    let storage = shared.storage.clone();
+    let dir = shared.dir.clone();
+    Box::pin(async move {
+        writer.set_len(size).await?;
+        writer.sync_data().await?;
+        checkpoint::write_segment_index(&storage, &dir, base, &index).await
+    })
+}
+
+/// Seals the active segment inline (clean close): trim, fdatasync, index files.
+pub(crate) async fn seal_active<S: Storage>(
+    shared: &Rc<Shared<S>>,
+    durability: &mut Durability,
+) -> Result<(), LogError> {
+    durability.drain(shared).await;
+    let seal = {
+        let mut state = shared.state.borrow_mut();
+        let log_end = state.log_end;
+        let Some(active) = state.segments.values_mut().next_back() else {
+            return Ok(());
+        };
+        active.allocated_bytes = active.size_bytes;
+        let seal = seal_future(shared, active);
+        (seal, log_end, active.base_offset, active.size_bytes)
+    };
+    durability.push(seal.0, seal.1, seal.2, seal.3, Vec::new());
+    durability.drain(shared).await;
+    match shared.state.borrow().poisoned.clone() {
+        Some(reason) => Err(LogError::StorageFailed {
+            partition: shared.id.clone(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}

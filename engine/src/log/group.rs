@@ -1,0 +1,208 @@
+//! One group commit's data path: stamping offsets into the queued batches, and writing
+//! them at the tail of the active segment — one vectored write (buffered), or one aligned
+//! staging write with the tail block in front (direct) — with an fdatasync linked after
+//! it when the group must be durable. The sync is returned in flight; `durability.rs`
+//! awaits it.
+
+use std::io;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+use super::appender::{now_ms, Pending};
+use super::segment::BatchHeader;
+use super::{Appended, LogError, Shared};
+use crate::batch::{self, TimestampType};
+use crate::limits::BUF_ALIGN_BYTES;
+use crate::rt::{self, IoBuf};
+use crate::storage::{PendingSync, Storage, StorageFile};
+
+/// The group's buffers with offsets stamped, the headers for the index, and the waiters
+/// with what to tell them.
+pub(crate) struct Stamped {
+    pub(crate) buffers: Vec<Bytes>,
+    pub(crate) headers: Vec<(BatchHeader, u64)>,
+    pub(crate) replies: Vec<(Appended, oneshot::Sender<Result<Appended, LogError>>)>,
+}
+
+/// Assigns offsets to the group, in queue order, and stamps them (and LogAppendTime) into
+/// the batches. Batches were validated on the way in, so their headers parse.
+pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stamped {
+    let mut state = shared.state.borrow_mut();
+    let append_time = (state.config.timestamp_type() == TimestampType::LogAppendTime).then(now_ms);
+    let mut stamped = Stamped {
+        buffers: Vec::new(),
+        headers: Vec::new(),
+        replies: Vec::new(),
+    };
+    let mut position_in_group = 0u64;
+    for pending in group {
+        let mut batches = pending.batches;
+        let offset_first = state.offset_assign_next;
+        let mut at = 0usize;
+        while at < batches.len() {
+            let Some(header) = BatchHeader::parse(&batches[at..]) else {
+                break;
+            };
+            let end = at + header.size_bytes as usize;
+            let slice = &mut batches[at..end];
+            let stamped_ok = batch::stamp_base_offset(slice, state.offset_assign_next).is_ok()
+                && append_time.is_none_or(|time| batch::stamp_log_append_time(slice, time).is_ok());
+            assert!(stamped_ok, "a validated batch could not be stamped");
+            let count = header.last_offset - header.base_offset + 1;
+            let header = BatchHeader {
+                base_offset: state.offset_assign_next,
+                last_offset: state.offset_assign_next + count - 1,
+                max_timestamp: append_time.unwrap_or(header.max_timestamp),
+                ..header
+            };
+            stamped
+                .headers
+                .push((header, position_in_group + at as u64));
+            state.offset_assign_next += count;
+            at = end;
+        }
+        debug_assert_eq!(pending.info.size_bytes, batches.len());
+        position_in_group += batches.len() as u64;
+        let appended = Appended {
+            offset_first,
+            offset_next: state.offset_assign_next,
+            log_append_time_ms: append_time,
+        };
+        stamped.buffers.push(batches.freeze());
+        stamped.replies.push((appended, pending.reply));
+    }
+    stamped
+}
+
+/// Writes the stamped buffers at `position` of the active segment, preallocating ahead and,
+/// in direct mode, going through an aligned staging buffer with the tail block in front.
+pub(crate) async fn write_at_tail<S: Storage>(
+    shared: &Shared<S>,
+    buffers: Vec<Bytes>,
+    position: u64,
+    sync_after: bool,
+) -> Result<Option<PendingSync>, LogError> {
+    let (writer, direct, allocated, step) = {
+        let state = shared.state.borrow();
+        let Some(segment) = state.segments.values().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        (
+            segment.writer.clone(),
+            segment.direct,
+            segment.allocated_bytes,
+            state.config.preallocate_bytes(),
+        )
+    };
+    let group_bytes: u64 = buffers.iter().map(|b| b.len() as u64).sum();
+    let needed = (position + group_bytes).next_multiple_of(BUF_ALIGN_BYTES as u64);
+    if needed > allocated {
+        let grow = (needed - allocated).max(step);
+        writer
+            .allocate(allocated, grow)
+            .await
+            .map_err(|e| shared.error_io("fallocate", e))?;
+        if let Some(segment) = shared.state.borrow_mut().segments.values_mut().next_back() {
+            segment.allocated_bytes = allocated + grow;
+        }
+    }
+    if !direct {
+        let (written, _, sync) = write_buffers(&writer, buffers, position, sync_after).await;
+        written.map_err(|e| shared.error_io("write", e))?;
+        return Ok(sync);
+    }
+    write_direct(shared, &writer, &buffers, position, sync_after).await
+}
+
+/// O_DIRECT append: the partial last block (kept in memory) and the new bytes are copied
+/// into one aligned buffer, zero-padded to whole blocks, and written at the block where
+/// the tail starts. The padding lies past the log's end and is overwritten next time.
+async fn write_direct<S: Storage>(
+    shared: &Shared<S>,
+    writer: &S::File,
+    buffers: &[Bytes],
+    position: u64,
+    sync_after: bool,
+) -> Result<Option<PendingSync>, LogError> {
+    let block = BUF_ALIGN_BYTES as u64;
+    let aligned_start = position - position % block;
+    let tail_len = (position - aligned_start) as usize;
+    let group_bytes: usize = buffers.iter().map(Bytes::len).sum();
+    let padded = (tail_len + group_bytes).next_multiple_of(BUF_ALIGN_BYTES);
+    let mut staging = rt::buf_pool().get(padded);
+    {
+        let state = shared.state.borrow();
+        let tail = state
+            .segments
+            .values()
+            .next_back()
+            .and_then(|s| s.tail_block.as_ref());
+        let Some(tail) = tail else {
+            unreachable!("direct segments keep a tail block")
+        };
+        staging.extend_from_slice(&tail[..tail_len]);
+    }
+    for buffer in buffers {
+        staging.extend_from_slice(buffer);
+    }
+    let data_end = staging.len();
+    staging.full_mut()[data_end..padded].fill(0);
+    staging.set_len(padded);
+    let new_tail_len = (tail_len + group_bytes) % BUF_ALIGN_BYTES;
+    let new_tail_start = tail_len + group_bytes - new_tail_len;
+    let (written, staging, sync) =
+        write_buffers(writer, vec![staging], aligned_start, sync_after).await;
+    written.map_err(|e| shared.error_io("write", e))?;
+    let mut state = shared.state.borrow_mut();
+    if let Some(tail) = state
+        .segments
+        .values_mut()
+        .next_back()
+        .and_then(|s| s.tail_block.as_mut())
+    {
+        tail.clear();
+        tail.extend_from_slice(
+            &rt::initialized(&staging[0])[new_tail_start..new_tail_start + new_tail_len],
+        );
+    }
+    Ok(sync)
+}
+
+/// Writes `buffers` at `position`, with a linked fdatasync left in flight if `sync_after`.
+async fn write_buffers<F: StorageFile, B: IoBuf>(
+    writer: &F,
+    buffers: Vec<B>,
+    position: u64,
+    sync_after: bool,
+) -> (io::Result<()>, Vec<B>, Option<PendingSync>) {
+    if sync_after {
+        let (written, buffers, sync) = writer.write_then_sync(buffers, position).await;
+        (written, buffers, Some(sync))
+    } else {
+        let (written, buffers) = writer.write_at(buffers, position, false).await;
+        (written, buffers, None)
+    }
+}
+
+/// Records a written group: segment size, index entries, log end.
+pub(crate) fn finish<S: Storage>(
+    shared: &Shared<S>,
+    headers: &[(BatchHeader, u64)],
+    position: u64,
+    group_bytes: u64,
+) {
+    {
+        let mut state = shared.state.borrow_mut();
+        let log_end = state.offset_assign_next;
+        let Some(segment) = state.segments.values_mut().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        for (header, position_in_group) in headers {
+            segment.on_batch_written(header, position + position_in_group);
+        }
+        segment.size_bytes = position + group_bytes;
+        state.log_end = log_end;
+    }
+    shared.notify_waiters();
+}
