@@ -65,6 +65,24 @@ impl Broker {
             RequestKind::DeleteTopics(body) => {
                 ResponseKind::DeleteTopics(handlers::topics::delete(self, body, version).await)
             }
+            RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
+                handlers::topics::create_partitions(self, body).await,
+            ),
+            RequestKind::DescribeConfigs(body) => {
+                ResponseKind::DescribeConfigs(handlers::configs::describe(self, &body, version))
+            }
+            RequestKind::AlterConfigs(body) => {
+                ResponseKind::AlterConfigs(handlers::configs::alter(self, body).await)
+            }
+            RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+                handlers::configs::incremental_alter(self, body).await,
+            ),
+            RequestKind::DescribeCluster(body) => {
+                ResponseKind::DescribeCluster(handlers::cluster::handle(self, &body, version))
+            }
+            RequestKind::DeleteRecords(body) => {
+                ResponseKind::DeleteRecords(handlers::records::handle(self, body).await)
+            }
             other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
         };
         Some(response)

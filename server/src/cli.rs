@@ -1,17 +1,26 @@
 //! The `ringlog` command line: subcommands, their flags, and how flags override
-//! `ringlog.toml`.
+//! `ringlog.toml`; the exit statuses of each.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::admin::{AdminError, BOOTSTRAP_DEFAULT};
 use crate::config::{FileConfig, LoadError, ServerConfig, CONFIG_FILE_DEFAULT};
 
 /// Exit status of a subcommand that exists but whose work is not implemented yet.
 pub const EXIT_CODE_NOT_IMPLEMENTED: i32 = 3;
 /// Exit status when the configuration is wrong (`EX_CONFIG`).
 pub const EXIT_CODE_CONFIG: i32 = 78;
+/// Exit status of an admin command the broker refused with a Kafka error code.
+pub const EXIT_CODE_BROKER_ERROR: i32 = 1;
+/// Exit status of an admin command that could not reach the broker (`EX_TEMPFAIL`: try
+/// again once it runs).
+pub const EXIT_CODE_BROKER_UNREACHABLE: i32 = 75;
+/// Exit status of an admin command whose broker does not speak the protocol as expected
+/// (`EX_PROTOCOL`).
+pub const EXIT_CODE_PROTOCOL: i32 = 76;
 
 /// ringlog: a Kafka-compatible streaming log on io_uring, one shard per core.
 #[derive(Debug, Parser)]
@@ -25,6 +34,73 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(ServeArgs),
+    /// Create, list, describe and delete topics of a running broker (Kafka admin API).
+    Topic(TopicArgs),
+}
+
+/// `ringlog topic …`.
+#[derive(Debug, clap::Args)]
+pub struct TopicArgs {
+    /// The broker to talk to.
+    #[arg(long, value_name = "HOST:PORT", default_value = BOOTSTRAP_DEFAULT, global = true)]
+    pub bootstrap: String,
+    #[command(subcommand)]
+    pub command: TopicCommand,
+}
+
+/// The subcommands of `ringlog topic`.
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// The topic's name.
+        name: String,
+        /// Number of partitions.
+        #[arg(long, value_name = "N", value_parser = parse_partition_count)]
+        partitions: u32,
+        /// A topic config (repeatable), e.g. `--config retention.ms=86400000`.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+    },
+    /// List the topics, one name a line.
+    List,
+    /// Show a topic's partitions with their log start and end offsets, and its configs.
+    Describe {
+        /// The topic's name.
+        name: String,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        /// The topic's name.
+        name: String,
+    },
+}
+
+/// A partition count: 1 up to what the protocol's 32-bit signed field can carry.
+fn parse_partition_count(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|&count| count >= 1 && i32::try_from(count).is_ok())
+        .ok_or_else(|| format!("expected a partition count 1..={}, got {text:?}", i32::MAX))
+}
+
+/// `KEY=VALUE` (the value may contain `=`).
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// The exit status of a failed admin command.
+pub fn admin_exit_code(error: &AdminError) -> i32 {
+    match error {
+        AdminError::Kafka { .. } => EXIT_CODE_BROKER_ERROR,
+        AdminError::Resolve { .. } | AdminError::Connect { .. } | AdminError::Io { .. } => {
+            EXIT_CODE_BROKER_UNREACHABLE
+        }
+        _ => EXIT_CODE_PROTOCOL,
+    }
 }
 
 /// `--flush`: the default flush policy of new topics.
@@ -135,5 +211,61 @@ impl ServeArgs {
             config.set_topic_default("ringlog.io.mode", mode)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_flags_split_at_the_first_equals_sign() {
+        assert_eq!(
+            parse_key_value("a=b=c"),
+            Ok(("a".to_owned(), "b=c".to_owned()))
+        );
+        assert_eq!(parse_key_value("k="), Ok(("k".to_owned(), String::new())));
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=v").is_err());
+    }
+
+    #[test]
+    fn topic_flags_parse_in_either_position() {
+        let cli = Cli::try_parse_from([
+            "ringlog",
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "3",
+            "--config",
+            "a=1",
+            "--config",
+            "b=2",
+            "--bootstrap",
+            "h:1",
+        ])
+        .unwrap();
+        let Command::Topic(args) = cli.command else {
+            panic!("not a topic command");
+        };
+        assert_eq!(args.bootstrap, "h:1");
+        let TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+        } = args.command
+        else {
+            panic!("not create");
+        };
+        assert_eq!((name.as_str(), partitions, configs.len()), ("t", 3, 2));
+        let cli = Cli::try_parse_from(["ringlog", "topic", "list"]).unwrap();
+        let Command::Topic(args) = cli.command else {
+            panic!("not a topic command");
+        };
+        assert_eq!(args.bootstrap, BOOTSTRAP_DEFAULT);
+        assert!(
+            Cli::try_parse_from(["ringlog", "topic", "create", "t", "--partitions", "0"]).is_err()
+        );
     }
 }

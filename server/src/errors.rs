@@ -6,7 +6,7 @@ use kafka_protocol::ResponseError;
 use ringlog_engine::batch::BatchError;
 use ringlog_engine::log::LogError;
 use ringlog_engine::shard::EngineError;
-use ringlog_engine::topic::TopicError;
+use ringlog_engine::topic::{ConfigError, TopicError};
 
 /// The Kafka error code for `error`.
 pub fn code(error: &EngineError) -> i16 {
@@ -51,6 +51,35 @@ fn topic_code(error: &TopicError) -> i16 {
     kind.code()
 }
 
+/// The Kafka error code for a refused topic configuration: INVALID_CONFIG, whatever the
+/// reason (the message, which names the key, tells them apart).
+pub fn config_code(_error: &ConfigError) -> i16 {
+    ResponseError::InvalidConfig.code()
+}
+
+/// Kafka's name of an error code, as its documentation and tools print it
+/// (`UNKNOWN_TOPIC_OR_PARTITION`); `NONE` for 0, `UNKNOWN_ERROR_CODE_<n>` for a code this
+/// build does not know.
+pub fn name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        None => "NONE".to_owned(),
+        Some(ResponseError::Unknown(code)) => format!("UNKNOWN_ERROR_CODE_{code}"),
+        Some(error) => screaming_snake(&format!("{error:?}")),
+    }
+}
+
+/// `UnknownTopicOrPartition` → `UNKNOWN_TOPIC_OR_PARTITION`.
+fn screaming_snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 8);
+    for (index, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +95,22 @@ mod tests {
         assert_eq!(code(&EngineError::TopicName(name)), 17);
         let exists = TopicError::AlreadyExists { name: "t".into() };
         assert_eq!(code(&EngineError::Topic(exists)), 36);
+    }
+
+    #[test]
+    fn codes_are_named_as_kafka_names_them() {
+        assert_eq!(name(0), "NONE");
+        assert_eq!(name(3), "UNKNOWN_TOPIC_OR_PARTITION");
+        assert_eq!(name(17), "INVALID_TOPIC_EXCEPTION");
+        assert_eq!(name(36), "TOPIC_ALREADY_EXISTS");
+        assert_eq!(name(40), "INVALID_CONFIG");
+        assert_eq!(name(-1), "UNKNOWN_SERVER_ERROR");
+        assert_eq!(name(31_000), "UNKNOWN_ERROR_CODE_31000");
+    }
+
+    #[test]
+    fn every_config_error_is_invalid_config() {
+        let unknown = ConfigError::UnknownKey { key: "nope".into() };
+        assert_eq!(config_code(&unknown), 40);
     }
 }

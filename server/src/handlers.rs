@@ -1,8 +1,11 @@
 //! One module per Kafka API the broker answers.
 
 pub mod api_versions;
+pub mod cluster;
+pub mod configs;
 pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod records;
 pub mod topics;

@@ -5,7 +5,9 @@
 //! - [`broker`] and [`handlers`]: what each Kafka API does with the engine.
 //! - [`server`]: listeners on every shard, graceful stop.
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
+//! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use ringlog_engine::rt::EXIT_CODE_IO_URING_UNAVAILABLE;
 use ringlog_engine::shard::EngineError;
-use ringlog_server::cli::{Cli, Command, ServeArgs, EXIT_CODE_CONFIG};
+use ringlog_server::admin::{self, AdminClient};
+use ringlog_server::cli::{self, Cli, Command, ServeArgs, TopicArgs, EXIT_CODE_CONFIG};
 use ringlog_server::server::{Server, ServerError};
 
 fn main() -> ExitCode {
@@ -19,6 +20,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Topic(args) => topic(&args),
+    }
+}
+
+fn topic(args: &TopicArgs) -> ExitCode {
+    let result = AdminClient::connect(&args.bootstrap)
+        .and_then(|mut client| admin::topic::run(&mut client, &args.command));
+    match result {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            print_chain(&error);
+            exit(cli::admin_exit_code(&error))
+        }
+    }
+}
+
+fn print_chain(error: &dyn std::error::Error) {
+    eprintln!("ringlog: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        eprintln!("  caused by: {cause}");
+        source = cause.source();
     }
 }
 
@@ -52,12 +78,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 fn report(error: &ServerError) -> ExitCode {
-    eprintln!("ringlog: {error}");
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
-        source = cause.source();
-    }
+    print_chain(error);
     let unavailable =
         matches!(error, ServerError::Engine(EngineError::Runtime(e)) if e.ring_setup().is_some());
     exit(if unavailable {

@@ -1,18 +1,24 @@
-//! CreateTopics and DeleteTopics. A single node keeps one replica of everything, so a
-//! replication factor other than 1 (or -1, "the default") is refused; explicit replica
-//! assignments are refused likewise.
+//! CreateTopics, DeleteTopics and CreatePartitions. A single node keeps one replica of
+//! everything, so a replication factor other than 1 (or -1, "the default") is refused;
+//! explicit replica assignments are refused likewise, except CreatePartitions' assignments
+//! that name exactly this node once per new partition (what a Kafka tool sends for a
+//! one-node cluster).
 
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
+    CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, NODE_ID};
 use crate::errors;
+use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 
 pub async fn create(
     broker: &Broker,
@@ -156,4 +162,142 @@ pub async fn delete(
         });
     }
     DeleteTopicsResponse::default().with_responses(results)
+}
+
+/// CreatePartitions: raises each topic's partition count to the requested total.
+pub async fn create_partitions(
+    broker: &Broker,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let mut results = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+        let twice = request
+            .topics
+            .iter()
+            .filter(|other| other.name == topic.name)
+            .count()
+            > 1;
+        let outcome = if twice {
+            Err(Refusal(
+                ResponseError::InvalidRequest.code(),
+                format!(
+                    "topic {} appears more than once in the request",
+                    *topic.name
+                ),
+            ))
+        } else {
+            add_partitions(broker, topic, request.validate_only).await
+        };
+        results.push(match outcome {
+            Ok(()) => result.with_error_message(None),
+            Err(Refusal(code, message)) => result
+                .with_error_code(code)
+                .with_error_message(Some(StrBytes::from_string(message))),
+        });
+    }
+    CreatePartitionsResponse::default().with_results(results)
+}
+
+/// An error code and its message.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal(i16, String);
+
+async fn add_partitions(
+    broker: &Broker,
+    topic: &CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let name = topic.name.0.as_str();
+    let Some(meta) = broker.engine.topic(name) else {
+        let code = ResponseError::UnknownTopicOrPartition.code();
+        return Err(Refusal(code, format!("topic {name} does not exist")));
+    };
+    let count = check_partition_count(meta.partitions, topic.count)?;
+    check_assignments(topic, count - meta.partitions)?;
+    if validate_only {
+        return Ok(());
+    }
+    match broker.engine.add_partitions(name, count).await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(Refusal(errors::code(&error), error.to_string())),
+    }
+}
+
+/// The new partition count, if it is larger than `current` and within the limit.
+fn check_partition_count(current: u32, requested: i32) -> Result<u32, Refusal> {
+    let invalid = |message| Err(Refusal(ResponseError::InvalidPartitions.code(), message));
+    let Some(count) = u32::try_from(requested)
+        .ok()
+        .filter(|&count| count <= PARTITIONS_PER_TOPIC_MAX)
+    else {
+        return invalid(format!(
+            "{requested} partitions is out of range 1..={PARTITIONS_PER_TOPIC_MAX}"
+        ));
+    };
+    if count <= current {
+        return invalid(format!(
+            "topic has {current} partitions; the new count {count} must be larger"
+        ));
+    }
+    Ok(count)
+}
+
+/// Assignments, when given, name this node alone for each new partition.
+fn check_assignments(topic: &CreatePartitionsTopic, added: u32) -> Result<(), Refusal> {
+    let Some(assignments) = &topic.assignments else {
+        return Ok(());
+    };
+    let code = ResponseError::InvalidReplicaAssignment.code();
+    if assignments.len() != added as usize {
+        let message = format!(
+            "{} assignments given for {added} new partitions",
+            assignments.len()
+        );
+        return Err(Refusal(code, message));
+    }
+    let this_node_only = assignments
+        .iter()
+        .all(|assignment| assignment.broker_ids.as_slice() == [BrokerId(NODE_ID)]);
+    if !this_node_only {
+        let message = format!("a single ringlog node keeps one replica, on broker {NODE_ID}");
+        return Err(Refusal(code, message));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment;
+
+    use super::*;
+
+    #[test]
+    fn partition_counts_must_grow_and_stay_within_the_limit() {
+        assert_eq!(check_partition_count(3, 5), Ok(5));
+        let code = ResponseError::InvalidPartitions.code();
+        for (current, requested) in [(3, 3), (3, 2), (1, 0), (1, -1), (1, 100_001)] {
+            let refusal = check_partition_count(current, requested).unwrap_err();
+            assert_eq!(refusal.0, code, "{current} -> {requested}");
+            assert!(refusal.1.contains(&requested.to_string()), "{}", refusal.1);
+        }
+    }
+
+    #[test]
+    fn assignments_must_name_this_node_once_per_new_partition() {
+        let on = |ids: &[i32]| {
+            CreatePartitionsAssignment::default()
+                .with_broker_ids(ids.iter().copied().map(BrokerId).collect())
+        };
+        let topic = |assignments| CreatePartitionsTopic::default().with_assignments(assignments);
+        assert!(check_assignments(&topic(None), 2).is_ok());
+        assert!(check_assignments(&topic(Some(vec![on(&[0]), on(&[0])])), 2).is_ok());
+        let code = ResponseError::InvalidReplicaAssignment.code();
+        let short = check_assignments(&topic(Some(vec![on(&[0])])), 2).unwrap_err();
+        assert_eq!(short.0, code);
+        let elsewhere = check_assignments(&topic(Some(vec![on(&[1])])), 1).unwrap_err();
+        assert_eq!(elsewhere.0, code);
+        let replicated = check_assignments(&topic(Some(vec![on(&[0, 1])])), 1).unwrap_err();
+        assert_eq!(replicated.0, code);
+    }
 }

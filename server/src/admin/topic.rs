@@ -1,0 +1,270 @@
+//! `ringlog topic create|list|describe|delete`: topic administration over the Kafka admin
+//! API (CreateTopics, Metadata, ListOffsets, DescribeConfigs, DeleteTopics), so it works
+//! against any Kafka-compatible broker, not only ringlog.
+//!
+//! Each command returns the text it prints on success; a Kafka error code in a response
+//! becomes `AdminError::Kafka`, named as Kafka names it. `describe` asks DescribeConfigs
+//! first, which never creates a topic, so describing a missing topic cannot auto-create it
+//! even on a broker that only speaks Metadata versions without `allow_auto_topic_creation`.
+
+use std::fmt::Write as _;
+
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::describe_configs_response::DescribeConfigsResourceResult;
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, ListOffsetsRequest,
+    MetadataRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use super::{AdminClient, AdminError};
+use crate::cli::TopicCommand;
+use crate::handlers::configs::{
+    RESOURCE_TOPIC, SOURCE_DEFAULT_CONFIG, SOURCE_DYNAMIC_TOPIC_CONFIG, SOURCE_STATIC_BROKER_CONFIG,
+};
+
+/// How long the broker may take to create or delete a topic.
+const ADMIN_TIMEOUT_MS: i32 = 30_000;
+/// ListOffsets' special timestamps.
+const EARLIEST: i64 = -2;
+const LATEST: i64 = -1;
+/// The first CreateTopics version where replication factor -1 means "the broker default".
+const CREATE_DEFAULT_REPLICATION_VERSION: i16 = 4;
+/// The first Metadata version with `allow_auto_topic_creation`.
+const METADATA_NO_AUTO_CREATE_VERSION: i16 = 4;
+/// The first DeleteTopics version that names topics in `topics` (not `topic_names`).
+const DELETE_TOPIC_STATES_VERSION: i16 = 6;
+
+/// Runs one `ringlog topic` command; returns what it prints.
+pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, AdminError> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+        } => create(client, name, *partitions, configs),
+        TopicCommand::List => list(client),
+        TopicCommand::Describe { name } => describe(client, name),
+        TopicCommand::Delete { name } => delete(client, name),
+    }
+}
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+pub fn create(
+    client: &mut AdminClient,
+    name: &str,
+    partitions: u32,
+    configs: &[(String, String)],
+) -> Result<String, AdminError> {
+    let version = client.version::<CreateTopicsRequest>()?;
+    let configs = configs
+        .iter()
+        .map(|(key, value)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(key.clone()))
+                .with_value(Some(StrBytes::from_string(value.clone())))
+        })
+        .collect();
+    let replication_factor = if version >= CREATE_DEFAULT_REPLICATION_VERSION {
+        -1
+    } else {
+        1
+    };
+    let topic = CreatableTopic::default()
+        .with_name(topic_name(name))
+        .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
+        .with_replication_factor(replication_factor)
+        .with_configs(configs);
+    let request = CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(ADMIN_TIMEOUT_MS);
+    let response = client.call(&request, version)?;
+    let context = format!("create topic {name}");
+    let result = response
+        .topics
+        .first()
+        .ok_or_else(|| missing(client, &context))?;
+    AdminError::check(&context, result.error_code, result.error_message.as_ref())?;
+    Ok(format!(
+        "created topic {name} with {partitions} partitions\n"
+    ))
+}
+
+/// A response without the entry the request asked for.
+fn missing(client: &AdminClient, context: &str) -> AdminError {
+    AdminError::Kafka {
+        context: context.to_owned(),
+        code: -1,
+        name: "UNKNOWN_SERVER_ERROR".to_owned(),
+        message: Some(format!("{} answered without a result", client.address())),
+    }
+}
+
+pub fn list(client: &mut AdminClient) -> Result<String, AdminError> {
+    let version = client.version::<MetadataRequest>()?;
+    let request = MetadataRequest::default()
+        .with_topics(None)
+        .with_allow_auto_topic_creation(version < METADATA_NO_AUTO_CREATE_VERSION);
+    let response = client.call(&request, version)?;
+    let mut names: Vec<String> = response
+        .topics
+        .iter()
+        .filter(|topic| topic.error_code == 0)
+        .filter_map(|topic| Some(topic.name.as_ref()?.0.to_string()))
+        .collect();
+    names.sort();
+    let mut out = String::new();
+    for name in &names {
+        out.push_str(name);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminError> {
+    let configs = describe_configs(client, name)?;
+    let topic = metadata(client, name)?;
+    let mut partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
+    partitions.sort_unstable();
+    let starts = log_offsets(client, name, &partitions, EARLIEST)?;
+    let ends = log_offsets(client, name, &partitions, LATEST)?;
+    let mut out = format!("topic: {name}\n");
+    if topic.topic_id != Uuid::nil() {
+        let _ = writeln!(out, "id: {}", topic.topic_id);
+    }
+    let _ = writeln!(out, "partitions: {}", partitions.len());
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>16} {:>16}",
+        "partition", "log-start", "log-end"
+    );
+    for ((partition, start), end) in partitions.iter().zip(&starts).zip(&ends) {
+        let _ = writeln!(out, "  {partition:<10} {start:>16} {end:>16}");
+    }
+    out.push_str("configs:\n");
+    for config in &configs {
+        let value = config.value.as_ref().map_or("(null)", |v| v.as_str());
+        let source = source_name(config.config_source);
+        let _ = writeln!(out, "  {}={value} ({source})", config.name.as_str());
+    }
+    Ok(out)
+}
+
+fn source_name(source: i8) -> String {
+    match source {
+        SOURCE_DYNAMIC_TOPIC_CONFIG => "topic".to_owned(),
+        SOURCE_DEFAULT_CONFIG => "default".to_owned(),
+        SOURCE_STATIC_BROKER_CONFIG => "broker".to_owned(),
+        other => format!("source {other}"),
+    }
+}
+
+fn describe_configs(
+    client: &mut AdminClient,
+    name: &str,
+) -> Result<Vec<DescribeConfigsResourceResult>, AdminError> {
+    let version = client.version::<DescribeConfigsRequest>()?;
+    let resource = DescribeConfigsResource::default()
+        .with_resource_type(RESOURCE_TOPIC)
+        .with_resource_name(StrBytes::from_string(name.to_owned()))
+        .with_configuration_keys(None);
+    let request = DescribeConfigsRequest::default().with_resources(vec![resource]);
+    let response = client.call(&request, version)?;
+    let context = format!("describe topic {name}");
+    let result = response
+        .results
+        .into_iter()
+        .next()
+        .ok_or_else(|| missing(client, &context))?;
+    AdminError::check(&context, result.error_code, result.error_message.as_ref())?;
+    Ok(result.configs)
+}
+
+fn metadata(client: &mut AdminClient, name: &str) -> Result<MetadataResponseTopic, AdminError> {
+    let version = client.version::<MetadataRequest>()?;
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name(name)))
+        ]))
+        .with_allow_auto_topic_creation(version < METADATA_NO_AUTO_CREATE_VERSION);
+    let response = client.call(&request, version)?;
+    let context = format!("describe topic {name}");
+    let topic = response
+        .topics
+        .into_iter()
+        .next()
+        .ok_or_else(|| missing(client, &context))?;
+    AdminError::check(&context, topic.error_code, None)?;
+    Ok(topic)
+}
+
+/// The offsets ListOffsets gives for `timestamp`, one per partition, in `partitions` order.
+fn log_offsets(
+    client: &mut AdminClient,
+    name: &str,
+    partitions: &[i32],
+    timestamp: i64,
+) -> Result<Vec<i64>, AdminError> {
+    let version = client.version::<ListOffsetsRequest>()?;
+    let topic = ListOffsetsTopic::default()
+        .with_name(topic_name(name))
+        .with_partitions(
+            partitions
+                .iter()
+                .map(|&index| {
+                    ListOffsetsPartition::default()
+                        .with_partition_index(index)
+                        .with_timestamp(timestamp)
+                })
+                .collect(),
+        );
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![topic]);
+    let response = client.call(&request, version)?;
+    let answered: Vec<_> = response
+        .topics
+        .into_iter()
+        .flat_map(|topic| topic.partitions)
+        .collect();
+    partitions
+        .iter()
+        .map(|&index| {
+            let context = format!("list offsets of {name}-{index}");
+            let Some(partition) = answered.iter().find(|p| p.partition_index == index) else {
+                return Err(missing(client, &context));
+            };
+            AdminError::check(&context, partition.error_code, None)?;
+            Ok(partition.offset)
+        })
+        .collect()
+}
+
+pub fn delete(client: &mut AdminClient, name: &str) -> Result<String, AdminError> {
+    let version = client.version::<DeleteTopicsRequest>()?;
+    let request = DeleteTopicsRequest::default().with_timeout_ms(ADMIN_TIMEOUT_MS);
+    let request = if version >= DELETE_TOPIC_STATES_VERSION {
+        request.with_topics(vec![
+            DeleteTopicState::default().with_name(Some(topic_name(name)))
+        ])
+    } else {
+        request.with_topic_names(vec![topic_name(name)])
+    };
+    let response = client.call(&request, version)?;
+    let context = format!("delete topic {name}");
+    let result = response
+        .responses
+        .first()
+        .ok_or_else(|| missing(client, &context))?;
+    AdminError::check(&context, result.error_code, result.error_message.as_ref())?;
+    Ok(format!("deleted topic {name}\n"))
+}

@@ -1,0 +1,66 @@
+//! DeleteRecords: moves partitions' log start offsets forward (the engine drops whole
+//! segments below the new start). Offset -1 means "up to the high watermark"; an offset past
+//! the high watermark, or below -1, is OFFSET_OUT_OF_RANGE; an offset at or below the
+//! current log start changes nothing. The answer is the new log start (low watermark).
+//! A single node has no replicas to wait for, so `timeout_ms` is not needed.
+
+use futures::future::join_all;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::broker::Broker;
+use crate::errors;
+
+/// DeleteRecords' "delete up to the high watermark".
+const HIGH_WATERMARK: i64 = -1;
+
+pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let mut topics = Vec::with_capacity(request.topics.len());
+    for topic in request.topics {
+        let name = topic.name.0.as_str().to_owned();
+        let partitions = topic.partitions.iter().map(|partition| {
+            let name = name.as_str();
+            let index = partition.partition_index;
+            let offset = partition.offset;
+            async move {
+                let result = DeleteRecordsPartitionResult::default().with_partition_index(index);
+                match delete_before(broker, name, index, offset).await {
+                    Ok(low_watermark) => result.with_low_watermark(low_watermark),
+                    Err(code) => result.with_error_code(code).with_low_watermark(-1),
+                }
+            }
+        });
+        let partitions = join_all(partitions).await;
+        topics.push(
+            DeleteRecordsTopicResult::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    DeleteRecordsResponse::default().with_topics(topics)
+}
+
+/// The new log start of one partition, or the error code.
+async fn delete_before(broker: &Broker, topic: &str, index: i32, offset: i64) -> Result<i64, i16> {
+    let partition =
+        u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
+    let engine = &broker.engine;
+    let offset = match offset {
+        HIGH_WATERMARK => {
+            let offsets = engine
+                .offsets(topic, partition)
+                .await
+                .map_err(|e| errors::code(&e))?;
+            offsets.high_watermark
+        }
+        offset if offset < 0 => return Err(ResponseError::OffsetOutOfRange.code()),
+        offset => offset,
+    };
+    engine
+        .delete_records_before(topic, partition, offset)
+        .await
+        .map_err(|e| errors::code(&e))
+}
