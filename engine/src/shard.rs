@@ -273,8 +273,35 @@ impl Engine {
         name: &str,
         config: TopicConfig,
     ) -> Result<TopicMeta, EngineError> {
+        let updated = self.update_config(name, |_| Ok::<_, std::convert::Infallible>(config));
+        match updated.await? {
+            Ok(meta) => Ok(meta),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Replaces a topic's configuration with `update(current)`, read and written under one
+    /// lock of the registry, so concurrent edits of the same topic cannot lose one another.
+    /// `update`'s refusal comes back as the inner `Err`, with nothing changed.
+    pub async fn update_config<E>(
+        &self,
+        name: &str,
+        update: impl FnOnce(&TopicConfig) -> Result<TopicConfig, E>,
+    ) -> Result<Result<TopicMeta, E>, EngineError> {
         let name = TopicName::new(name)?;
-        let meta = self.registry().alter_config(&name, config)?.clone();
+        let meta = {
+            let mut registry = self.registry();
+            let Some(current) = registry.get(&name).map(|meta| meta.config.clone()) else {
+                return Err(TopicError::NotFound {
+                    name: name.as_str().to_owned(),
+                }
+                .into());
+            };
+            match update(&current) {
+                Ok(next) => registry.alter_config(&name, next)?.clone(),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        };
         for partition in 0..meta.partitions {
             let config = meta.config.clone();
             self.on_log(name.as_str(), partition, move |log| async move {
@@ -283,7 +310,7 @@ impl Engine {
             })
             .await?;
         }
-        Ok(meta)
+        Ok(Ok(meta))
     }
 
     /// Every topic.

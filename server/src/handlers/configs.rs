@@ -453,19 +453,25 @@ async fn alter_resource(
     }
     let current = topic_config(broker, name)?;
     let defaults = &broker.config.topic_defaults;
+    let ops = &resource.ops;
     let next = match mode {
-        Mode::Replace => replaced_config(defaults, &resource.ops)?,
-        Mode::Incremental => edited_config(&current, defaults, &resource.ops)?,
+        Mode::Replace => replaced_config(defaults, ops)?,
+        Mode::Incremental => edited_config(&current, defaults, ops)?,
     };
     if validate_only {
         return Ok(());
     }
-    broker
+    // The edit is computed again under the registry's lock, from the configuration as it
+    // is then, so a concurrent edit of the same topic is not lost.
+    let updated = broker
         .engine
-        .alter_config(name, next)
+        .update_config(name, |current| match mode {
+            Mode::Replace => Ok(next),
+            Mode::Incremental => edited_config(current, defaults, ops),
+        })
         .await
-        .map(|_| ())
-        .map_err(|error| Refusal::engine(&error))
+        .map_err(|error| Refusal::engine(&error))?;
+    updated.map(|_| ())
 }
 
 /// AlterConfigs: the defaults with the given keys set. Entries without a value are
@@ -483,9 +489,8 @@ fn replaced_config(
 }
 
 /// IncrementalAlterConfigs: `current`'s overrides edited by `ops`, applied to the defaults.
-///
-/// The caller reads `current` and writes the result in two steps, so two concurrent edits
-/// of one topic can lose one of them; the engine has no compare-and-set for configs.
+/// Run under the registry's lock (`Engine::update_config`), so concurrent edits of one
+/// topic apply one after the other.
 fn edited_config(
     current: &TopicConfig,
     defaults: &TopicConfig,
