@@ -93,6 +93,24 @@ pub struct ReadData {
     pub log_end: i64,
 }
 
+/// A byte range of a segment file that any thread can send: it owns a descriptor of the
+/// file, which stays readable (even if retention deletes it) until the range is dropped.
+#[derive(Debug)]
+pub struct SendableRange {
+    pub file: std::os::fd::OwnedFd,
+    pub position: u64,
+    pub len: u64,
+}
+
+/// What a zero-copy read returned: file ranges to send, and the partition's offsets.
+#[derive(Debug)]
+pub struct ReadRanges {
+    pub ranges: Vec<SendableRange>,
+    pub high_watermark: i64,
+    pub log_start: i64,
+    pub log_end: i64,
+}
+
 type Logs = HashMap<(Rc<str>, u32), PartitionLog<DiskStorage>>;
 
 thread_local! {
@@ -383,6 +401,44 @@ impl Engine {
                     return Ok(());
                 }
             }
+        })
+        .await
+    }
+
+    /// Reads from `offset` (see [`PartitionLog::read`]) as file ranges, for sending them to a
+    /// socket without copying: the owning shard finds the ranges and hands over a
+    /// descriptor of each segment file (a `dup`, so the ranges outlive the shard's handle).
+    pub async fn read_ranges(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u64,
+    ) -> Result<ReadRanges, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            let slice = log.read(offset, max_bytes).await?;
+            let mut ranges = Vec::with_capacity(slice.ranges.len());
+            for range in slice.ranges {
+                let Some(file) = crate::storage::StorageFile::runtime_file(&range.file) else {
+                    unreachable!("disk storage files are runtime files");
+                };
+                let fd = file.try_clone_fd().map_err(|source| LogError::Io {
+                    partition: log.id().clone(),
+                    operation: "dup segment file",
+                    source,
+                })?;
+                ranges.push(SendableRange {
+                    file: fd,
+                    position: range.position,
+                    len: range.len,
+                });
+            }
+            Ok(ReadRanges {
+                ranges,
+                high_watermark: slice.high_watermark,
+                log_start: slice.log_start,
+                log_end: slice.log_end,
+            })
         })
         .await
     }

@@ -235,6 +235,12 @@ impl File {
         &self.fd
     }
 
+    /// A new descriptor for the same open file (`dup`), which another thread may own: a
+    /// shard hands segment files to the shard that sends them.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self.fd.owned().try_clone()
+    }
+
     /// The raw descriptor, for system calls the ring does not offer.
     pub fn as_raw_fd(&self) -> i32 {
         self.fd.raw()
