@@ -130,3 +130,65 @@ pub fn encode_response(
     out[start..start + FRAME_SIZE_PREFIX_BYTES].copy_from_slice(&size.to_be_bytes());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Produce v3 header and body prefix declaring `i32::MAX` topics in a few bytes: the
+    /// decoder must refuse it, not try to allocate for them (which aborted the process
+    /// before the vendored kafka-protocol fix).
+    #[test]
+    fn absurd_array_counts_are_malformed_not_allocated() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Produce as i16);
+        frame.put_i16(3);
+        frame.put_i32(7); // correlation id
+        frame.put_i16(-1); // client id: null
+        frame.put_i16(-1); // transactional id: null
+        frame.put_i16(1); // acks
+        frame.put_i32(1000); // timeout
+        frame.put_i32(i32::MAX); // topic count
+        let error = decode_request(frame.freeze()).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                DecodeError::Malformed {
+                    api: ApiKey::Produce,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_apis_and_versions_are_named() {
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Fetch as i16);
+        frame.put_i16(99);
+        frame.put_i32(5);
+        let error = decode_request(frame.freeze()).unwrap_err();
+        assert!(matches!(
+            error,
+            DecodeError::UnsupportedVersion {
+                version: 99,
+                correlation_id: 5,
+                ..
+            }
+        ));
+        let error =
+            decode_request(Bytes::from_static(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1])).unwrap_err();
+        assert!(matches!(
+            error,
+            DecodeError::UnknownApi {
+                api_key: 0x7f7f,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decode_request(Bytes::from_static(&[0, 1])).unwrap_err(),
+            DecodeError::Truncated { len: 2 }
+        ));
+    }
+}

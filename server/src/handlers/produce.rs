@@ -2,7 +2,9 @@
 //! once; the response waits for every part. acks=-1 waits for the fdatasync covering the
 //! batches, acks=1 for the write, acks=0 for nothing the client sees (the broker still
 //! appends, and sends no response). Record data is never decoded here: the engine
-//! validates the batches (CRC, sizes, counts) without opening them.
+//! validates the batches (CRC, sizes, counts) without opening them. Any other acks value
+//! is refused for every partition with INVALID_REQUIRED_ACKS, and nothing is appended (nor
+//! is a missing topic auto-created).
 
 use bytes::BytesMut;
 use futures::future::join_all;
@@ -16,10 +18,10 @@ use crate::broker::Broker;
 use crate::errors;
 
 pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> ProduceResponse {
-    let ack = if request.acks == -1 {
-        Ack::Durable
-    } else {
-        Ack::Written
+    let ack = match request.acks {
+        -1 => Ack::Durable,
+        0 | 1 => Ack::Written,
+        _ => return refuse_all(request, ResponseError::InvalidRequiredAcks),
     };
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -68,5 +70,29 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                 .with_partition_responses(partition_responses),
         );
     }
+    ProduceResponse::default().with_responses(topics)
+}
+
+/// The same error for every partition of `request`.
+fn refuse_all(request: ProduceRequest, error: ResponseError) -> ProduceResponse {
+    let topics = request
+        .topic_data
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partition_data
+                .iter()
+                .map(|partition| {
+                    PartitionProduceResponse::default()
+                        .with_index(partition.index)
+                        .with_error_code(error.code())
+                        .with_base_offset(-1)
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions)
+        })
+        .collect();
     ProduceResponse::default().with_responses(topics)
 }

@@ -1,0 +1,325 @@
+//! The `ringlog` binary as a child process: where it is, how it starts, how it stops.
+//!
+//! The binary is `target/<profile>/ringlog`, next to the `deps/` folder the test executable
+//! runs from (cargo builds it there for `cargo test --workspace`, which compiles the
+//! server's integration tests). When it is missing, or older than the newest
+//! `libringlog_server` library cargo built for these tests (so the server's code changed
+//! since), it is built with `cargo build` in the same profile. `RINGLOG_BIN` overrides all
+//! of this.
+//!
+//! A server listens on `127.0.0.1:0`; the port the kernel picked is read from the
+//! `ringlog serving listen=…` line it logs on stderr once every shard accepts. Its stderr
+//! is collected (and printed if the test panics). Dropping a running server sends SIGTERM
+//! and, if it has not exited after a grace period, SIGKILL: no test leaves one behind.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start listening (a debug build on a loaded machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `target/<profile>` folder the running test executable was built into.
+pub fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test>-<hash>
+    let deps = exe.parent().expect("the test executable is in a folder");
+    deps.parent()
+        .expect("the test executable is in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The `ringlog` binary to test, built first if needed (see the module documentation).
+pub fn ringlog_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("RINGLOG_BIN") {
+            return PathBuf::from(path);
+        }
+        let profile_dir = profile_dir();
+        let binary = profile_dir.join("ringlog");
+        if !is_fresh(&binary, &profile_dir.join("deps")) {
+            build_binary(&profile_dir);
+        }
+        assert!(
+            binary.exists(),
+            "{} missing after cargo build",
+            binary.display()
+        );
+        binary
+    })
+}
+
+/// Whether `binary` exists and is at least as new as every `libringlog_server` in `deps`.
+fn is_fresh(binary: &Path, deps: &Path) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(built) = modified(binary) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir(deps) else {
+        return true;
+    };
+    entries.flatten().all(|entry| {
+        let name = entry.file_name();
+        let is_server_lib = name.to_string_lossy().starts_with("libringlog_server-");
+        !is_server_lib || modified(&entry.path()).is_none_or(|lib| lib <= built)
+    })
+}
+
+fn build_binary(profile_dir: &Path) {
+    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(name) => name.to_owned(),
+        None => panic!("no profile in {}", profile_dir.display()),
+    };
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is in the workspace");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "ringlog-server",
+            "--bin",
+            "ringlog",
+            "--profile",
+        ])
+        .arg(&profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace)
+        .status()
+        .expect("cargo runs");
+    assert!(
+        status.success(),
+        "cargo build of the ringlog binary: {status}"
+    );
+}
+
+/// A running `ringlog serve`.
+pub struct Server {
+    child: Child,
+    address: SocketAddr,
+    log: Arc<Mutex<String>>,
+    log_reader: Option<JoinHandle<()>>,
+}
+
+/// How to start a server; `Default` is two shards, auto-creation on, one partition.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub shards: usize,
+    /// Extra `ringlog serve` flags, e.g. `["--auto-create-topics", "false"]`.
+    pub args: Vec<String>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            shards: 2,
+            args: Vec::new(),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// These options with `flag value` appended.
+    #[must_use]
+    pub fn with(mut self, flag: &str, value: &str) -> ServerOptions {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_owned());
+        self
+    }
+}
+
+impl Server {
+    /// Starts `ringlog serve` on `data_dir` and waits until it listens.
+    pub fn start(data_dir: &Path, options: &ServerOptions) -> Server {
+        let mut child = Command::new(ringlog_binary())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--shards", &options.shards.to_string()])
+            .args(&options.args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ringlog starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        let log_reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let line = strip_ansi(&line);
+                    if let Some(address) = listen_address(&line) {
+                        let _ = address_tx.send(address);
+                    }
+                    let mut log = log
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            })
+        };
+        let address = address_rx.recv_timeout(START_TIMEOUT);
+        let mut server = Server {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            log_reader: Some(log_reader),
+        };
+        if let Ok(address) = address {
+            server.address = address;
+        } else {
+            let status = server.child.try_wait().ok().flatten();
+            panic!(
+                "ringlog did not start listening (exit status {status:?}); its log:\n{}",
+                server.log()
+            );
+        }
+        server
+    }
+
+    /// The address the server listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `host:port`, as clients take a bootstrap server.
+    pub fn bootstrap(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Panics (with the log) unless the process is still running.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("ringlog exited ({status}); its log:\n{}", self.log());
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its status and full log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let status = self.terminate();
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
+    }
+
+    /// Stops the server and asserts the graceful stop's promise: exit status 0.
+    pub fn stop_cleanly(self) -> String {
+        let (status, log) = self.stop();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "ringlog exit status {status}; log:\n{log}"
+        );
+        log
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which has not been reaped (try_wait said it is
+        // running), so the pid still names it.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return self
+                        .child
+                        .wait()
+                        .unwrap_or_else(|_| ExitStatus::from_raw(libc::SIGKILL));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let status = self.terminate();
+        if std::thread::panicking() {
+            eprintln!("ringlog ({status}) log:\n{}", self.log());
+        }
+    }
+}
+
+/// The address in a `ringlog serving listen=HOST:PORT …` line.
+fn listen_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("ringlog serving") {
+        return None;
+    }
+    let (_, rest) = line.split_once("listen=")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// `line` without ANSI escape sequences (`ESC [ … letter`), in case the log is coloured.
+fn strip_ansi(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listen_address_is_read_from_the_serving_line() {
+        let line = "\u{1b}[2m2026-11-26T03:05:14Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m \
+                    ringlog_server::server: ringlog serving \u{1b}[3mlisten\u{1b}[0m\
+                    \u{1b}[2m=\u{1b}[0m127.0.0.1:35847 \u{1b}[3madvertised\u{1b}[0m=x";
+        let plain = strip_ansi(line);
+        assert_eq!(
+            listen_address(&plain),
+            Some(SocketAddr::from(([127, 0, 0, 1], 35847)))
+        );
+        assert_eq!(listen_address("topic auto-created listen=1.2.3.4:5"), None);
+    }
+}
