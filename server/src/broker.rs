@@ -9,7 +9,7 @@ use crate::config::ServerConfig;
 use crate::handlers;
 use crate::protocol::Request;
 use crate::server::Lifecycle;
-use ringlog_engine::shard::Engine;
+use ringlog_engine::shard::{Engine, SendableRange};
 use ringlog_engine::topic::TopicMeta;
 
 /// The node id ringlog reports for itself (a single-node cluster).
@@ -35,8 +35,8 @@ impl Broker {
     }
 
     /// Answers one request; `None` when the protocol wants no response (produce with
-    /// acks=0).
-    pub async fn handle(&self, request: Request) -> Option<ResponseKind> {
+    /// acks=0). A fetch response comes with the file ranges its record markers stand for.
+    pub async fn handle(&self, request: Request) -> Option<(ResponseKind, Vec<SendableRange>)> {
         let version = request.version;
         let response = match request.body {
             RequestKind::ApiVersions(_) => {
@@ -54,7 +54,8 @@ impl Broker {
                 ResponseKind::Produce(response)
             }
             RequestKind::Fetch(body) => {
-                ResponseKind::Fetch(handlers::fetch::handle(self, body, version).await)
+                let (response, files) = handlers::fetch::handle(self, body, version).await;
+                return Some((ResponseKind::Fetch(response), files));
             }
             RequestKind::ListOffsets(body) => {
                 ResponseKind::ListOffsets(handlers::list_offsets::handle(self, body, version).await)
@@ -85,7 +86,7 @@ impl Broker {
             }
             other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
         };
-        Some(response)
+        Some((response, Vec::new()))
     }
 
     /// The topic, created with the server's defaults if it is missing and auto-creation is

@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
-use ringlog_engine::rt::{IoBuf, TcpStream};
+use ringlog_engine::rt::{IoBuf, Pipe, TcpStream};
 
 use crate::broker::Broker;
 use crate::handlers::api_versions;
 use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
+use crate::zero_copy::Parts;
 
 /// Bytes a connection's receive buffer starts with; it grows to fit a large request.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -37,6 +38,8 @@ enum Closed {
     Decode(#[from] DecodeError),
     #[error("could not encode the response: {0}")]
     Encode(String),
+    #[error("a fetch response's record markers were not where they must be (a bug)")]
+    Markers,
 }
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
@@ -51,6 +54,8 @@ async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
     let max = broker.config.max_request_bytes;
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
     let mut output = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    // The pipe zero-copy fetches splice through, made on the first one.
+    let mut pipe: Option<Pipe> = None;
     loop {
         let frame = read_frame(stream, &mut input, max).await?;
         if broker.lifecycle.stopping.load(Ordering::SeqCst) {
@@ -67,7 +72,7 @@ async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
                 broker
                     .handle(request)
                     .await
-                    .map(|response| (api, version, correlation_id, response))
+                    .map(|(response, files)| (api, version, correlation_id, response, files))
             }
             Err(DecodeError::UnsupportedVersion {
                 api: ApiKey::ApiVersions,
@@ -75,16 +80,25 @@ async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
                 ..
             }) => {
                 let response = ResponseKind::ApiVersions(api_versions::unsupported());
-                Some((ApiKey::ApiVersions, 0, correlation_id, response))
+                Some((ApiKey::ApiVersions, 0, correlation_id, response, Vec::new()))
             }
             Err(error) => return Err(error.into()),
         };
-        let Some((api, version, correlation_id, response)) = response else {
+        let Some((api, version, correlation_id, response, files)) = response else {
             continue;
         };
         output.clear();
         protocol::encode_response(api, version, correlation_id, &response, &mut output)
             .map_err(|error| Closed::Encode(format!("{error:#}")))?;
+        if !files.is_empty() {
+            let parts = Parts::split(&output, files, version).ok_or(Closed::Markers)?;
+            let pipe = match &pipe {
+                Some(pipe) => pipe,
+                None => pipe.insert(Pipe::new()?),
+            };
+            parts.send(stream, pipe).await?;
+            continue;
+        }
         let buffer = std::mem::take(&mut output);
         let (sent, buffer) = stream.send_all(buffer).await;
         output = buffer;

@@ -16,3 +16,4 @@ pub mod errors;
 pub mod handlers;
 pub mod protocol;
 pub mod server;
+pub mod zero_copy;
