@@ -87,6 +87,9 @@ pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
 /// indexes) when its durable end has moved, bounding what recovery must scan after an
 /// unclean stop to what was written since (Kafka checkpoints its recovery point every 60 s).
 pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;
-/// fdatasyncs a partition may have in flight while its appender writes the next groups.
-/// Two lets the next write overlap the previous sync; more only queue at the disk.
-pub const SYNCS_IN_FLIGHT_MAX: usize = 2;
+/// Group-commit fdatasyncs a partition may have in flight while its appender writes the
+/// next group. Measured on the reference virtio disk (BENCHMARKS.md): 2 halves each group
+/// (the next one starts while the previous sync runs) and lost ~20% of durable throughput
+/// against 1, so 1 it is: a group's sync completes before the next group's write. Segment
+/// seals are not counted (they never hold up appends).
+pub const SYNCS_IN_FLIGHT_MAX: usize = 1;

@@ -101,14 +101,21 @@ pub(crate) async fn run<S: Storage>(
             if let Poll::Ready(true) = appender.durability.poll_oldest(&appender.shared, cx) {
                 return Poll::Ready(Event::SyncCompleted);
             }
-            if let Poll::Ready(command) = commands.poll_next_unpin(cx) {
-                return Poll::Ready(Event::Command(command));
+            // While the group syncs in flight are at their limit, appends stay queued: the
+            // next group takes everything that arrived meanwhile (group commit grows with
+            // load) instead of a group formed before the sync finished.
+            if !appender.durability.is_full() {
+                if let Poll::Ready(command) = commands.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Command(command));
+                }
             }
             timer.poll_unpin(cx).map(|()| Event::Timer)
         })
         .await;
         match event {
-            Event::SyncCompleted => {}
+            // The waiters just answered are likely to append again at once: let them run
+            // first, so the next group gathers them too.
+            Event::SyncCompleted => rt::yield_now().await,
             Event::Timer => appender.on_timer().await,
             Event::Command(None) => break,
             Event::Command(Some(first)) => {
@@ -235,6 +242,7 @@ impl<S: Storage> Appender<S> {
             .iter()
             .map(|pending| pending.batches.len() as u64)
             .sum();
+        let records: u64 = group.iter().map(|pending| pending.info.record_count).sum();
         let must_sync = self.needs_sync(&group, group_bytes);
         while self.durability.is_full() {
             self.durability.wait_oldest(&shared).await;
@@ -256,6 +264,7 @@ impl<S: Storage> Appender<S> {
         match group::write_at_tail(&shared, stamped.buffers, position, must_sync).await {
             Ok(sync) => {
                 group::finish(&shared, &stamped.headers, position, group_bytes);
+                super::metrics::on_group_commit(group_bytes, acks.len(), records);
                 self.durability.written_total += group_bytes;
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
             }

@@ -2,7 +2,8 @@
 //!
 //! A group commit's write completes first; its linked fdatasync may still be in flight
 //! while the appender forms and writes the next group (the next write only starts after
-//! this one completed, so the sync, issued after the write, covers it). Syncs complete in
+//! this one completed, so the sync, issued after the write, covers it), up to
+//! `SYNCS_IN_FLIGHT_MAX` group syncs. Syncs complete in
 //! submission order as far as the log is concerned: the durable end moves to a sync's log
 //! end only when it and every earlier sync succeeded, and only then are its `Ack::Durable`
 //! waiters answered. A failed sync poisons the log and fails its waiters and every later
@@ -39,6 +40,9 @@ pub(crate) struct InFlightSync {
     /// Bytes written in all when this sync was issued.
     written_total: u64,
     waiters: Vec<Waiter>,
+    /// A group commit's sync (counted against the limit), or a segment seal (not counted:
+    /// sealing a large unsynced segment must not hold up appends to the next one).
+    group: bool,
 }
 
 /// The syncs in flight, oldest first, and the byte counts of written vs synced data.
@@ -68,8 +72,9 @@ impl Durability {
         self.written_total - covered
     }
 
+    /// Whether as many group syncs are in flight as allowed: the next group waits.
     pub(crate) fn is_full(&self) -> bool {
-        self.in_flight.len() >= SYNCS_IN_FLIGHT_MAX
+        self.in_flight.iter().filter(|sync| sync.group).count() >= SYNCS_IN_FLIGHT_MAX
     }
 
     /// Queues a sync covering the log up to `log_end` (`position` bytes of segment
@@ -82,6 +87,19 @@ impl Durability {
         position: u64,
         waiters: Vec<Waiter>,
     ) {
+        let sync = super::metrics::timed_fdatasync(sync);
+        self.push_kind(sync, log_end, segment_base, position, waiters, true);
+    }
+
+    fn push_kind(
+        &mut self,
+        sync: PendingSync,
+        log_end: i64,
+        segment_base: i64,
+        position: u64,
+        waiters: Vec<Waiter>,
+        group: bool,
+    ) {
         let written_total = self.written_total;
         self.in_flight.push_back(InFlightSync {
             sync,
@@ -90,6 +108,7 @@ impl Durability {
             position,
             written_total,
             waiters,
+            group,
         });
     }
 
@@ -233,7 +252,7 @@ pub(crate) async fn roll_if_needed<S: Storage>(
         state.segments.insert(base_next, segment);
         (seal, log_end, old_base, old_size)
     };
-    durability.push(seal, log_end, old_base, old_size, Vec::new());
+    durability.push_kind(seal, log_end, old_base, old_size, Vec::new(), false);
     Ok(())
 }
 
@@ -268,7 +287,7 @@ pub(crate) async fn seal_active<S: Storage>(
         let seal = seal_future(shared, active);
         (seal, log_end, active.base_offset, active.size_bytes)
     };
-    durability.push(seal.0, seal.1, seal.2, seal.3, Vec::new());
+    durability.push_kind(seal.0, seal.1, seal.2, seal.3, Vec::new(), false);
     durability.drain(shared).await;
     match shared.state.borrow().poisoned.clone() {
         Some(reason) => Err(LogError::StorageFailed {
