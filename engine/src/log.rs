@@ -18,6 +18,7 @@ mod appender;
 mod checkpoint;
 mod durability;
 mod group;
+pub mod metrics;
 mod read;
 mod recovery;
 mod retention;

@@ -149,7 +149,7 @@ pub struct ServeArgs {
     /// Default I/O mode of new topics.
     #[arg(long, value_enum)]
     pub io_mode: Option<IoModeArg>,
-    /// Prometheus metrics listener (not implemented yet; refused if set).
+    /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this address (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
     /// Create topics on first produce or metadata request (default true).

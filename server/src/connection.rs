@@ -6,21 +6,26 @@
 //! `max_request_bytes`, a negative size, or a request that does not decode closes the
 //! connection with a log line (as Kafka does), except an ApiVersions request of an unknown
 //! version, which gets UNSUPPORTED_VERSION and the supported list.
+//!
+//! Every answered request is counted in `metrics` (bytes in and out, errors, latency).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use ringlog_engine::rt::{IoBuf, Pipe, TcpStream};
+use ringlog_engine::shard::SendableRange;
 
 use crate::broker::Broker;
 use crate::handlers::api_versions;
+use crate::metrics;
 use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
-use crate::zero_copy::Parts;
+use crate::zero_copy::{Part, Parts};
 
 /// Bytes a connection's receive buffer starts with; it grows to fit a large request.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -53,26 +58,26 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
 async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
     let max = broker.config.max_request_bytes;
     let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    let mut output = BytesMut::with_capacity(READ_BUFFER_BYTES);
-    // The pipe zero-copy fetches splice through, made on the first one.
-    let mut pipe: Option<Pipe> = None;
+    let mut outgoing = Outgoing {
+        output: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        pipe: None,
+    };
     loop {
         let frame = read_frame(stream, &mut input, max).await?;
+        let received = Instant::now();
+        let request_bytes = FRAME_SIZE_PREFIX_BYTES + frame.len();
         if broker.lifecycle.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
         let _in_flight = InFlight::enter(&broker.lifecycle);
-        let response = match protocol::decode_request(frame) {
+        let (header, answer) = match protocol::decode_request(frame) {
             Ok(request) => {
-                let (api, version, correlation_id) = (
+                let header = (
                     request.api_key,
                     request.version,
                     request.header.correlation_id,
                 );
-                broker
-                    .handle(request)
-                    .await
-                    .map(|(response, files)| (api, version, correlation_id, response, files))
+                (header, broker.handle(request).await)
             }
             Err(DecodeError::UnsupportedVersion {
                 api: ApiKey::ApiVersions,
@@ -80,29 +85,68 @@ async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
                 ..
             }) => {
                 let response = ResponseKind::ApiVersions(api_versions::unsupported());
-                Some((ApiKey::ApiVersions, 0, correlation_id, response, Vec::new()))
+                let header = (ApiKey::ApiVersions, 0, correlation_id);
+                (header, Some((response, Vec::new())))
             }
             Err(error) => return Err(error.into()),
         };
-        let Some((api, version, correlation_id, response, files)) = response else {
-            continue;
+        let (failed, response_bytes) = match answer {
+            Some((response, files)) => {
+                let failed = metrics::has_error(&response);
+                let sent = outgoing.send(stream, header, &response, files).await?;
+                (failed, sent)
+            }
+            // Produce with acks=0: no response.
+            None => (false, 0),
         };
-        output.clear();
-        protocol::encode_response(api, version, correlation_id, &response, &mut output)
+        let latency = received.elapsed();
+        metrics::record_request(header.0, request_bytes, response_bytes, failed, latency);
+    }
+}
+
+/// A connection's response buffer, and the pipe zero-copy fetches splice through (made on
+/// the first one).
+struct Outgoing {
+    output: BytesMut,
+    pipe: Option<Pipe>,
+}
+
+impl Outgoing {
+    /// Encodes and sends one response (`header`: API, version, correlation id), splicing
+    /// `files` in place of their markers; returns the bytes sent.
+    async fn send(
+        &mut self,
+        stream: &TcpStream,
+        (api, version, correlation_id): (ApiKey, i16, i32),
+        response: &ResponseKind,
+        files: Vec<SendableRange>,
+    ) -> Result<u64, Closed> {
+        self.output.clear();
+        protocol::encode_response(api, version, correlation_id, response, &mut self.output)
             .map_err(|error| Closed::Encode(format!("{error:#}")))?;
         if !files.is_empty() {
-            let parts = Parts::split(&output, files, version).ok_or(Closed::Markers)?;
-            let pipe = match &pipe {
+            let parts = Parts::split(&self.output, files, version).ok_or(Closed::Markers)?;
+            let len = parts
+                .0
+                .iter()
+                .map(|part| match part {
+                    Part::Encoded(bytes) => bytes.len() as u64,
+                    Part::File(range) => range.len,
+                })
+                .sum();
+            let pipe = match &self.pipe {
                 Some(pipe) => pipe,
-                None => pipe.insert(Pipe::new()?),
+                None => self.pipe.insert(Pipe::new()?),
             };
             parts.send(stream, pipe).await?;
-            continue;
+            return Ok(len);
         }
-        let buffer = std::mem::take(&mut output);
+        let buffer = std::mem::take(&mut self.output);
+        let len = buffer.len() as u64;
         let (sent, buffer) = stream.send_all(buffer).await;
-        output = buffer;
+        self.output = buffer;
         sent?;
+        Ok(len)
     }
 }
 

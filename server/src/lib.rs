@@ -4,6 +4,7 @@
 //! - [`connection`]: one client connection on one shard.
 //! - [`broker`] and [`handlers`]: what each Kafka API does with the engine.
 //! - [`server`]: listeners on every shard, graceful stop.
+//! - [`metrics`]: counters and histograms, served in the Prometheus text format.
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod zero_copy;

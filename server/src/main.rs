@@ -56,12 +56,6 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return exit(EXIT_CODE_CONFIG);
         }
     };
-    if config.metrics_listen.is_some() {
-        eprintln!(
-            "ringlog: configuration: metrics_listen: the metrics endpoint is not implemented yet"
-        );
-        return exit(EXIT_CODE_CONFIG);
-    }
     // SIGINT and SIGTERM are taken by `wait_for_stop_signal`; block them before any thread
     // starts so every thread inherits the mask.
     let signals = block_stop_signals();

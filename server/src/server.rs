@@ -1,5 +1,6 @@
-//! Running the broker: the engine and its shards, one SO_REUSEPORT listener per shard, and
-//! a graceful stop on SIGTERM or SIGINT.
+//! Running the broker: the engine and its shards, one SO_REUSEPORT listener per shard, the
+//! metrics endpoint on shard 0 (when `metrics_listen` is set), and a graceful stop on
+//! SIGTERM or SIGINT.
 //!
 //! Stop sequence: stop accepting, let connections finish the request they are on (up to a
 //! grace period), then close every partition (fdatasync, indexes, checkpoint) and stop the
@@ -19,11 +20,12 @@ use ringlog_engine::shard::{Engine, EngineConfig, EngineError};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::connection;
+use crate::metrics;
 
 /// How long a stop waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often an idle accept loop looks whether the server is stopping.
-const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(100);
 
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,7 @@ pub struct Server {
     engine: Engine,
     lifecycle: Arc<Lifecycle>,
     address: SocketAddr,
+    metrics_address: Option<SocketAddr>,
 }
 
 impl Server {
@@ -69,10 +72,15 @@ impl Server {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
         });
+        let metrics_address = match config.metrics_listen {
+            Some(address) => Some(bind_metrics(&engine, address, &lifecycle)?),
+            None => None,
+        };
         let mut config = config;
         let address = bind_all(&engine, &mut config, &lifecycle)?;
         tracing::info!(
             listen = %address,
+            metrics_listen = %metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             advertised = %config.advertised_listener,
             shards = engine.shard_count(),
             data_dir = %config.data_dir.display(),
@@ -84,12 +92,18 @@ impl Server {
             engine,
             lifecycle,
             address,
+            metrics_address,
         })
     }
 
     /// The address the listeners are bound to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The address the metrics endpoint is bound to, if `metrics_listen` was set.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_address
     }
 
     /// Stops accepting, waits for in-flight requests (up to a grace period), closes every
@@ -160,6 +174,38 @@ fn bind_all(
         }
     }
     Ok(address)
+}
+
+/// Binds the metrics endpoint on shard 0 and starts serving it there.
+fn bind_metrics(
+    engine: &Engine,
+    address: SocketAddr,
+    lifecycle: &Arc<Lifecycle>,
+) -> Result<SocketAddr, ServerError> {
+    let Some(shard) = engine.shard_handles().first() else {
+        unreachable!("an engine has at least one shard");
+    };
+    let (engine_for_task, lifecycle_for_task) = (engine.clone(), lifecycle.clone());
+    let started = futures::executor::block_on(shard.spawn(move || async move {
+        let listener = TcpListener::bind(address)?;
+        let bound = listener.local_addr();
+        rt::spawn_local(metrics::serve(
+            listener,
+            engine_for_task,
+            lifecycle_for_task,
+        ))
+        .detach();
+        Ok::<_, std::io::Error>(bound)
+    }));
+    match started {
+        Ok(Ok(bound)) => Ok(bound),
+        Ok(Err(source)) => Err(ServerError::Listen { address, source }),
+        Err(_) => Err(EngineError::ShardStopped {
+            topic: String::new(),
+            partition: 0,
+        }
+        .into()),
+    }
 }
 
 thread_local! {

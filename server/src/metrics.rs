@@ -1,0 +1,585 @@
+//! Metrics in the Prometheus text format (version 0.0.4), served over HTTP on
+//! `metrics_listen`.
+//!
+//! What is counted, and where:
+//! - per API (`api` label, one of [`SUPPORTED_VERSIONS`]): requests answered, requests
+//!   whose response carries a non-zero error code anywhere (top level, any topic or any
+//!   partition — one error per request, however many partitions failed), request frame
+//!   bytes and response bytes (encoded and spliced, size prefixes included). Produce with
+//!   acks=0 counts as answered with no response bytes. Frames that do not decode close the
+//!   connection and are not counted;
+//! - produce and fetch latency: from the whole request frame being read to its response
+//!   being handed to the socket (a long-polling fetch's wait included);
+//! - from the engine (`ringlog_engine::log::metrics`): records appended, group-commit bytes
+//!   and appends per group, fdatasync latency; fetch bytes spliced vs copied (`zero_copy`);
+//! - at scrape time: every partition's log start, high watermark and log end offsets.
+//!
+//! The request path only does relaxed atomic adds on statics (no lock, no allocation); a
+//! scrape reads them without stopping anyone, so counters are not a consistent snapshot of
+//! one another. The endpoint is minimal HTTP/1.1 on shard 0: `GET /metrics` (any query
+//! string) answers 200 with the exposition, any other path 404, any other method 405, a
+//! request head over [`HTTP_HEAD_BYTES_MAX`] 431; one request per connection
+//! (`Connection: close`).
+
+use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kafka_protocol::messages::{ApiKey, ResponseKind};
+use ringlog_engine::log::metrics::{self as log_metrics, Histogram, HistogramSnapshot};
+use ringlog_engine::rt::{self, IoBuf, TcpListener, TcpStream};
+use ringlog_engine::shard::Engine;
+
+use crate::protocol::SUPPORTED_VERSIONS;
+use crate::server::{Lifecycle, ACCEPT_STOP_CHECK};
+use crate::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_ZERO_COPY};
+
+/// The largest HTTP request head (request line and headers) the endpoint reads.
+pub const HTTP_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// How long a metrics client has to send its request head.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exposition's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// One API's counters.
+struct ApiCounters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+static APIS: [ApiCounters; SUPPORTED_VERSIONS.len()] = [const {
+    ApiCounters {
+        requests: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        request_bytes: AtomicU64::new(0),
+        response_bytes: AtomicU64::new(0),
+    }
+}; SUPPORTED_VERSIONS.len()];
+
+/// Produce latency in nanoseconds (see the module doc for what it spans).
+static PRODUCE_LATENCY_NS: Histogram<17> = Histogram::new(log_metrics::LATENCY_BOUNDS_NS);
+/// Fetch latency in nanoseconds.
+static FETCH_LATENCY_NS: Histogram<17> = Histogram::new(log_metrics::LATENCY_BOUNDS_NS);
+
+/// Counts one answered request: its frame's bytes, the response's bytes (0 for none),
+/// whether the response carries an error, and (for Produce and Fetch) its latency.
+pub fn record_request(
+    api: ApiKey,
+    request_bytes: usize,
+    response_bytes: u64,
+    failed: bool,
+    latency: Duration,
+) {
+    let Some(index) = SUPPORTED_VERSIONS.iter().position(|(key, ..)| *key == api) else {
+        return;
+    };
+    let counters = &APIS[index];
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    counters
+        .errors
+        .fetch_add(u64::from(failed), Ordering::Relaxed);
+    counters
+        .request_bytes
+        .fetch_add(request_bytes as u64, Ordering::Relaxed);
+    counters
+        .response_bytes
+        .fetch_add(response_bytes, Ordering::Relaxed);
+    match api {
+        ApiKey::Produce => PRODUCE_LATENCY_NS.observe_duration(latency),
+        ApiKey::Fetch => FETCH_LATENCY_NS.observe_duration(latency),
+        _ => {}
+    }
+}
+
+/// Whether a response carries a non-zero error code at its top level or for any topic,
+/// partition or resource.
+pub fn has_error(response: &ResponseKind) -> bool {
+    fn any<T>(items: &[T], code: impl Fn(&T) -> bool) -> bool {
+        items.iter().any(code)
+    }
+    match response {
+        ResponseKind::Produce(r) => any(&r.responses, |t| {
+            any(&t.partition_responses, |p| p.error_code != 0)
+        }),
+        ResponseKind::Fetch(r) => {
+            r.error_code != 0 || any(&r.responses, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::ListOffsets(r) => {
+            any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::Metadata(r) => {
+            r.error_code != 0
+                || any(&r.topics, |t| {
+                    t.error_code != 0 || any(&t.partitions, |p| p.error_code != 0)
+                })
+        }
+        ResponseKind::ApiVersions(r) => r.error_code != 0,
+        ResponseKind::CreateTopics(r) => any(&r.topics, |t| t.error_code != 0),
+        ResponseKind::DeleteTopics(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::CreatePartitions(r) => any(&r.results, |t| t.error_code != 0),
+        ResponseKind::DescribeConfigs(r) => any(&r.results, |t| t.error_code != 0),
+        ResponseKind::AlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::IncrementalAlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),
+        ResponseKind::DescribeCluster(r) => r.error_code != 0,
+        ResponseKind::DeleteRecords(r) => {
+            any(&r.topics, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        // The broker answers no other API; if it ever does, its errors go uncounted here
+        // rather than miscounted.
+        _ => false,
+    }
+}
+
+/// A partition's offsets at scrape time.
+struct PartitionOffsets {
+    topic: String,
+    partition: u32,
+    log_start: i64,
+    high_watermark: i64,
+    log_end: i64,
+}
+
+/// The whole exposition: every counter and histogram, and every partition's offsets.
+pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
+    let mut offsets = Vec::new();
+    for meta in engine.topics() {
+        for partition in 0..meta.partitions {
+            // A topic deleted since `topics()` has no offsets any more; leave it out.
+            if let Ok(o) = engine.offsets(meta.name.as_str(), partition).await {
+                offsets.push(PartitionOffsets {
+                    topic: meta.name.as_str().to_owned(),
+                    partition,
+                    log_start: o.log_start,
+                    high_watermark: o.high_watermark,
+                    log_end: o.log_end,
+                });
+            }
+        }
+    }
+    let mut out = Exposition::default();
+    render_requests(&mut out);
+    render_engine(&mut out);
+    render_partitions(&mut out, &offsets);
+    let in_flight = lifecycle.requests_in_flight.load(Ordering::Relaxed);
+    out.family(
+        "ringlog_requests_in_flight",
+        "Requests being answered now.",
+        "gauge",
+    );
+    out.sample("ringlog_requests_in_flight", &[], in_flight);
+    out.text
+}
+
+fn render_requests(out: &mut Exposition) {
+    type Field = fn(&ApiCounters) -> &AtomicU64;
+    let families: [(&str, &str, Field); 4] = [
+        (
+            "ringlog_requests_total",
+            "Requests answered, by API.",
+            |c| &c.requests,
+        ),
+        (
+            "ringlog_request_errors_total",
+            "Requests whose response carried a non-zero error code (top level, or any \
+             topic, partition or resource), by API.",
+            |c| &c.errors,
+        ),
+        (
+            "ringlog_request_bytes_total",
+            "Bytes of request frames received (size prefix included), by API.",
+            |c| &c.request_bytes,
+        ),
+        (
+            "ringlog_response_bytes_total",
+            "Bytes of responses sent, encoded and spliced (size prefix included), by API.",
+            |c| &c.response_bytes,
+        ),
+    ];
+    for (name, help, field) in families {
+        out.family(name, help, "counter");
+        for ((api, ..), counters) in SUPPORTED_VERSIONS.iter().zip(&APIS) {
+            let value = field(counters).load(Ordering::Relaxed);
+            out.sample(name, &[("api", &format!("{api:?}"))], value);
+        }
+    }
+    let latency = "from the request frame read to the response handed to the socket.";
+    out.histogram(
+        "ringlog_produce_latency_seconds",
+        &format!("Produce latency, {latency}"),
+        &PRODUCE_LATENCY_NS.snapshot(),
+        1e9,
+    );
+    out.histogram(
+        "ringlog_fetch_latency_seconds",
+        &format!("Fetch latency (long-poll wait included), {latency}"),
+        &FETCH_LATENCY_NS.snapshot(),
+        1e9,
+    );
+}
+
+fn render_engine(out: &mut Exposition) {
+    let counters = [
+        (
+            "ringlog_records_appended_total",
+            "Records written to partition logs (record counts of batches whose group \
+             commit's write completed).",
+            log_metrics::RECORDS_APPENDED.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_fetch_zero_copy_bytes_total",
+            "Record bytes of fetch responses spliced from segment files to sockets.",
+            BYTES_SENT_ZERO_COPY.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_fetch_copied_bytes_total",
+            "Record bytes of fetch responses copied through user space.",
+            BYTES_SENT_COPIED.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, help, "counter");
+        out.sample(name, &[], value);
+    }
+    out.histogram(
+        "ringlog_group_commit_bytes",
+        "Bytes of record batches per group commit.",
+        &log_metrics::GROUP_COMMIT_BYTES.snapshot(),
+        1.0,
+    );
+    out.histogram(
+        "ringlog_group_commit_appends",
+        "Appends (partitions' data of produce requests) per group commit.",
+        &log_metrics::GROUP_COMMIT_APPENDS.snapshot(),
+        1.0,
+    );
+    out.histogram(
+        "ringlog_fdatasync_latency_seconds",
+        "Latency of group-commit and periodic-flush fdatasyncs.",
+        &log_metrics::FDATASYNC_LATENCY_NS.snapshot(),
+        1e9,
+    );
+}
+
+fn render_partitions(out: &mut Exposition, partitions: &[PartitionOffsets]) {
+    type Field = fn(&PartitionOffsets) -> i64;
+    let families: [(&str, &str, Field); 3] = [
+        (
+            "ringlog_partition_log_start_offset",
+            "A partition's log start offset (first offset still kept).",
+            |p| p.log_start,
+        ),
+        (
+            "ringlog_partition_high_watermark",
+            "A partition's high watermark (the offset consumers may read up to).",
+            |p| p.high_watermark,
+        ),
+        (
+            "ringlog_partition_log_end_offset",
+            "A partition's log end offset (the offset after the last written batch).",
+            |p| p.log_end,
+        ),
+    ];
+    for (name, help, field) in families {
+        out.family(name, help, "gauge");
+        for offsets in partitions {
+            let partition = offsets.partition.to_string();
+            let labels = [("topic", offsets.topic.as_str()), ("partition", &partition)];
+            out.sample(name, &labels, field(offsets));
+        }
+    }
+}
+
+/// Exposition text being written.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn line(&mut self, arguments: fmt::Arguments<'_>) {
+        // Writing to a String cannot fail.
+        let _ = self.text.write_fmt(arguments);
+        self.text.push('\n');
+    }
+
+    /// A metric family's HELP and TYPE lines.
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        self.line(format_args!("# HELP {name} {help}"));
+        self.line(format_args!("# TYPE {name} {kind}"));
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl fmt::Display) {
+        let _ = write!(self.text, "{name}");
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (index, (label, value)) in labels.iter().enumerate() {
+                if index > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{label}=\"{}\"", escape_label(value));
+            }
+            self.text.push('}');
+        }
+        self.line(format_args!(" {value}"));
+    }
+
+    /// A histogram family; bounds and sum are divided by `divisor` (1e9 turns nanoseconds
+    /// into seconds).
+    fn histogram(&mut self, name: &str, help: &str, snapshot: &HistogramSnapshot, divisor: f64) {
+        self.family(name, help, "histogram");
+        let bucket = format!("{name}_bucket");
+        for (bound, count) in snapshot.bounds.iter().zip(&snapshot.cumulative) {
+            let le = (*bound as f64 / divisor).to_string();
+            self.sample(&bucket, &[("le", &le)], count);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], snapshot.count);
+        self.sample(&format!("{name}_sum"), &[], snapshot.sum as f64 / divisor);
+        self.sample(&format!("{name}_count"), &[], snapshot.count);
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped as the format requires.
+fn escape_label(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            '\n' => escaped.push_str("\\n"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// Accepts metrics requests on `listener` (on the current shard) until the server stops.
+pub async fn serve(listener: TcpListener, engine: Engine, lifecycle: Arc<Lifecycle>) {
+    let mut incoming = listener.incoming();
+    while !lifecycle.stopping.load(Ordering::SeqCst) {
+        let stream = match rt::timeout(ACCEPT_STOP_CHECK, incoming.next()).await {
+            Err(rt::Elapsed) => continue,
+            Ok(None) => break,
+            Ok(Some(Err(error))) => {
+                tracing::warn!(%error, "metrics accept failed");
+                rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            Ok(Some(Ok(stream))) => stream,
+        };
+        let (engine, lifecycle) = (engine.clone(), lifecycle.clone());
+        rt::spawn_local(async move {
+            if let Err(error) = answer(&stream, &engine, &lifecycle).await {
+                tracing::debug!(%error, "metrics connection failed");
+            }
+        })
+        .detach();
+    }
+}
+
+/// Reads one request, sends one response, and lets the connection close.
+async fn answer(stream: &TcpStream, engine: &Engine, lifecycle: &Lifecycle) -> std::io::Result<()> {
+    let head = match rt::timeout(HTTP_READ_TIMEOUT, read_head(stream)).await {
+        Err(rt::Elapsed) => return Ok(()),
+        Ok(head) => head?,
+    };
+    let response = match head {
+        Head::Complete(head) => match route(&head) {
+            Route::Metrics => {
+                http_response("200 OK", CONTENT_TYPE, &render(engine, lifecycle).await)
+            }
+            Route::NotFound => http_response("404 Not Found", "text/plain", "not found\n"),
+            Route::MethodNotAllowed => http_response(
+                "405 Method Not Allowed\r\nAllow: GET",
+                "text/plain",
+                "GET only\n",
+            ),
+            Route::BadRequest => http_response("400 Bad Request", "text/plain", "bad request\n"),
+        },
+        Head::TooLarge => http_response(
+            "431 Request Header Fields Too Large",
+            "text/plain",
+            "request head too large\n",
+        ),
+        Head::Closed => return Ok(()),
+    };
+    let (sent, _) = stream.send_all(response).await;
+    sent
+}
+
+/// What the client sent before the end of its request head.
+enum Head {
+    Complete(Vec<u8>),
+    TooLarge,
+    Closed,
+}
+
+/// Receives until the blank line that ends a request head, at most
+/// [`HTTP_HEAD_BYTES_MAX`] bytes.
+async fn read_head(stream: &TcpStream) -> std::io::Result<Head> {
+    let mut head = Vec::with_capacity(HTTP_HEAD_BYTES_MAX);
+    loop {
+        if head.windows(4).any(|window| window == b"\r\n\r\n") {
+            return Ok(Head::Complete(head));
+        }
+        if head.len() >= HTTP_HEAD_BYTES_MAX {
+            return Ok(Head::TooLarge);
+        }
+        let start = head.len();
+        let (received, slice) = stream.recv(head.slice(start..HTTP_HEAD_BYTES_MAX)).await;
+        head = slice.into_inner();
+        if received? == 0 {
+            return Ok(Head::Closed);
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+fn route(head: &[u8]) -> Route {
+    let line_end = head
+        .windows(2)
+        .position(|window| window == b"\r\n")
+        .unwrap_or(head.len());
+    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
+        return Route::BadRequest;
+    };
+    let mut words = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Route::BadRequest;
+    }
+    if method != "GET" {
+        return Route::MethodNotAllowed;
+    }
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if path == "/metrics" {
+        Route::Metrics
+    } else {
+        Route::NotFound
+    }
+}
+
+/// A whole HTTP/1.1 response; `status` may carry extra header lines after the reason.
+fn http_response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    response.push_str(body);
+    response.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_exposed_cumulative_in_seconds() {
+        let histogram = Histogram::new([1_000_000, 250_000_000]);
+        histogram.observe(500_000);
+        histogram.observe(2_000_000);
+        histogram.observe(3_000_000_000);
+        let mut out = Exposition::default();
+        out.histogram("x_seconds", "Test.", &histogram.snapshot(), 1e9);
+        let expected = "# HELP x_seconds Test.\n\
+                        # TYPE x_seconds histogram\n\
+                        x_seconds_bucket{le=\"0.001\"} 1\n\
+                        x_seconds_bucket{le=\"0.25\"} 2\n\
+                        x_seconds_bucket{le=\"+Inf\"} 3\n\
+                        x_seconds_sum 3.0025\n\
+                        x_seconds_count 3\n";
+        assert_eq!(out.text, expected);
+    }
+
+    #[test]
+    fn samples_carry_escaped_labels() {
+        let mut out = Exposition::default();
+        out.family("ringlog_x", "Help.", "gauge");
+        out.sample(
+            "ringlog_x",
+            &[("topic", "a\"b\\c\nd"), ("partition", "3")],
+            -1,
+        );
+        out.sample("ringlog_y", &[], 7);
+        assert_eq!(
+            out.text,
+            "# HELP ringlog_x Help.\n# TYPE ringlog_x gauge\n\
+             ringlog_x{topic=\"a\\\"b\\\\c\\nd\",partition=\"3\"} -1\nringlog_y 7\n"
+        );
+    }
+
+    #[test]
+    fn every_supported_api_has_its_counters() {
+        let before = APIS[1].requests.load(Ordering::Relaxed);
+        record_request(ApiKey::Fetch, 10, 20, true, Duration::from_millis(3));
+        assert_eq!(SUPPORTED_VERSIONS[1].0, ApiKey::Fetch);
+        assert!(APIS[1].requests.load(Ordering::Relaxed) > before);
+        assert!(FETCH_LATENCY_NS.snapshot().count > 0);
+        let mut out = Exposition::default();
+        render_requests(&mut out);
+        for (api, ..) in SUPPORTED_VERSIONS {
+            let sample = format!("ringlog_requests_total{{api=\"{api:?}\"}} ");
+            assert!(out.text.contains(&sample), "{sample}");
+        }
+        assert!(out
+            .text
+            .contains("ringlog_fetch_latency_seconds_bucket{le=\"0.005\"} "));
+    }
+
+    #[test]
+    fn errors_are_found_at_any_depth() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::ProduceResponse;
+        let response = |code| {
+            ResponseKind::Produce(ProduceResponse::default().with_responses(vec![
+                TopicProduceResponse::default().with_partition_responses(vec![
+                    PartitionProduceResponse::default(),
+                    PartitionProduceResponse::default().with_error_code(code),
+                ]),
+            ]))
+        };
+        assert!(!has_error(&response(0)));
+        assert!(has_error(&response(3)));
+    }
+
+    #[test]
+    fn only_get_metrics_is_served() {
+        assert_eq!(route(b"GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(b"GET /metrics\r\n\r\n"), Route::BadRequest);
+        assert_eq!(route(b"\xff\xfe\r\n\r\n"), Route::BadRequest);
+    }
+
+    #[test]
+    fn responses_close_and_give_their_length() {
+        let response = String::from_utf8(http_response("200 OK", "text/plain", "hi\n")).unwrap();
+        assert_eq!(
+            response,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\
+             Connection: close\r\n\r\nhi\n"
+        );
+    }
+}
