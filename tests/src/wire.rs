@@ -5,7 +5,13 @@
 //! Requests and responses are encoded and decoded with the `kafka-protocol` crate, an
 //! implementation independent of ringlog's own batch code. Record batches are built with
 //! its `RecordBatchEncoder` (RecordBatch v2, uncompressed) and read back with its decoder.
+//!
+//! Fetch names topics by id from version 13 on. A Fetch request sent at such a version with
+//! topics named only by name gets their ids from a Metadata request first, as a real
+//! client's metadata cache supplies them (a topic Metadata does not know keeps the nil id);
+//! a Fetch request with every id set, or at an earlier version, goes as it is.
 
+use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
@@ -17,11 +23,12 @@ use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, FetchRequest, ListOffsetsRequest,
-    ProduceRequest, RequestHeader, ResponseHeader, TopicName,
+    MetadataRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::{
@@ -29,6 +36,7 @@ use kafka_protocol::records::{
     TimestampType, NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID, NO_SEQUENCE,
 };
 use ringlog_server::protocol::supported;
+use uuid::Uuid;
 
 /// How long a read waits before the test gives up on the broker.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,6 +47,9 @@ const RESPONSE_BYTES_MAX: usize = 256 << 20;
 pub const LATEST: i64 = -1;
 /// ListOffsets' timestamp for "the log start offset".
 pub const EARLIEST: i64 = -2;
+
+/// The last Fetch version that names topics by name; later ones name them by id.
+pub const FETCH_BY_NAME_VERSION_MAX: i16 = 12;
 
 /// One connection to a broker.
 pub struct Connection {
@@ -62,7 +73,11 @@ impl Connection {
     /// Sends `request` at `version` and returns the decoded response. Fails if the request
     /// cannot be encoded at that version, the connection breaks, the correlation id is
     /// wrong, or the response does not decode exactly (no bytes left over).
-    pub fn call<R: Request>(&mut self, request: &R, version: i16) -> anyhow::Result<R::Response> {
+    pub fn call<R: Request + 'static>(
+        &mut self,
+        request: &R,
+        version: i16,
+    ) -> anyhow::Result<R::Response> {
         let api = ApiKey::try_from(R::KEY).map_err(|()| anyhow::anyhow!("API key {}", R::KEY))?;
         let correlation_id = self.send(api, version, request)?;
         let mut frame = self
@@ -89,7 +104,26 @@ impl Connection {
     }
 
     /// Sends `request` at `version` without reading the answer; returns its correlation id.
-    pub fn send<R: Encodable>(
+    /// A Fetch request by topic name at a version that names topics by id gets the ids
+    /// first (see the module documentation): a Metadata round trip, so such a request must
+    /// not follow others whose responses are still unread.
+    pub fn send<R: Encodable + 'static>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &R,
+    ) -> anyhow::Result<i32> {
+        if let Some(fetch) = (request as &dyn Any).downcast_ref::<FetchRequest>() {
+            let unnamed = fetch.topics.iter().any(|topic| topic.topic_id.is_nil());
+            if version > FETCH_BY_NAME_VERSION_MAX && unnamed {
+                let fetch = self.with_topic_ids(fetch.clone())?;
+                return self.send_as_is(api, version, &fetch);
+            }
+        }
+        self.send_as_is(api, version, request)
+    }
+
+    fn send_as_is<R: Encodable>(
         &mut self,
         api: ApiKey,
         version: i16,
@@ -198,7 +232,60 @@ impl Connection {
         (answer.error_code, answer.offset)
     }
 
+    /// The ids of the topics named `names`, from Metadata (without creating any); the nil
+    /// id for a topic Metadata does not know.
+    pub fn topic_ids(&mut self, names: &[&str]) -> anyhow::Result<Vec<Uuid>> {
+        let topics = names
+            .iter()
+            .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
+            .collect();
+        let request = MetadataRequest::default()
+            .with_topics(Some(topics))
+            .with_allow_auto_topic_creation(false);
+        let response = self
+            .call(&request, max_version(ApiKey::Metadata))
+            .context("metadata for topic ids")?;
+        Ok(names
+            .iter()
+            .map(|name| {
+                let found = response.topics.iter().find(|topic| {
+                    let named = topic.name.as_ref().is_some_and(|n| n.0.as_str() == *name);
+                    named && topic.error_code == 0
+                });
+                found.map_or(Uuid::nil(), |topic| topic.topic_id)
+            })
+            .collect())
+    }
+
+    /// `request` with the id of every topic it names by name only.
+    pub fn with_topic_ids(&mut self, mut request: FetchRequest) -> anyhow::Result<FetchRequest> {
+        let names: Vec<String> = request
+            .topics
+            .iter()
+            .filter(|topic| topic.topic_id.is_nil() && !topic.topic.0.is_empty())
+            .map(|topic| topic.topic.0.as_str().to_owned())
+            .collect();
+        if names.is_empty() {
+            return Ok(request);
+        }
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ids = self.topic_ids(&names)?;
+        for topic in &mut request.topics {
+            if let Some(index) = names
+                .iter()
+                .position(|name| *name == topic.topic.0.as_str())
+            {
+                if topic.topic_id.is_nil() {
+                    topic.topic_id = ids[index];
+                }
+            }
+        }
+        Ok(request)
+    }
+
     /// One Fetch of one partition from `offset`: `(error code, high watermark, records)`.
+    /// Like Kafka's Java client, it fetches by topic id at the highest version when the
+    /// topic has an id, and by name at the last version that names topics when not.
     pub fn fetch_once(
         &mut self,
         topic: &str,
@@ -206,9 +293,13 @@ impl Connection {
         offset: i64,
     ) -> (i16, i64, Vec<Record>) {
         let request = fetch_request(topic, partition, offset);
-        let response = self
-            .call(&request, max_version(ApiKey::Fetch))
-            .expect("fetch");
+        let request = self.with_topic_ids(request).expect("topic ids");
+        let version = if request.topics[0].topic_id.is_nil() {
+            max_version(ApiKey::Fetch).min(FETCH_BY_NAME_VERSION_MAX)
+        } else {
+            max_version(ApiKey::Fetch)
+        };
+        let response = self.call(&request, version).expect("fetch");
         let answer = &response.responses[0].partitions[0];
         let records = answer
             .records

@@ -19,9 +19,10 @@ use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
-use kafka_protocol::messages::fetch_request::FetchPartition;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_response::LeaderIdAndEpoch;
 use kafka_protocol::messages::{
     alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
@@ -33,7 +34,7 @@ use ringlog_server::protocol::SUPPORTED_VERSIONS;
 use ringlog_tests::process::{Server, ServerOptions};
 use ringlog_tests::wire::{
     self, decode_batches, encode_batch, fetch_request, max_version, produce_request, record,
-    topic_name, Connection, EARLIEST, LATEST,
+    topic_name, Connection, EARLIEST, FETCH_BY_NAME_VERSION_MAX, LATEST,
 };
 use uuid::Uuid;
 
@@ -46,6 +47,11 @@ const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_PARTITIONS: i16 = 37;
+const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// ListOffsets' timestamps for tiered storage (versions 8 and 9).
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
+const UNKNOWN_TOPIC_ID: i16 = 100;
 
 struct Matrix {
     address: SocketAddr,
@@ -122,6 +128,14 @@ impl Matrix {
             partition.log_append_time_ms == -1,
             "CreateTime topic: log append time -1"
         );
+        // KIP-951's leader hints come only with NOT_LEADER_OR_FOLLOWER.
+        if version >= 10 {
+            ensure!(
+                partition.current_leader == LeaderIdAndEpoch::default()
+                    && response.node_endpoints.is_empty(),
+                "leader hints on success: {response:?}"
+            );
+        }
         let after = self.high_watermark(TOPIC, 0)?;
         ensure!(
             after == before + 2,
@@ -132,7 +146,11 @@ impl Matrix {
 
     fn fetch(&self, c: &mut Connection, version: i16) -> anyhow::Result<()> {
         let high_watermark = self.high_watermark(TOPIC, 0)?;
+        let topic_id = single(&c.topic_ids(&[TOPIC])?, "topic id")?.to_owned();
         let mut request = fetch_request(TOPIC, 0, 0);
+        if version > FETCH_BY_NAME_VERSION_MAX {
+            request.topics[0].topic_id = topic_id;
+        }
         // A partition that does not exist, and an offset past the end.
         request.topics[0].partitions.push(
             FetchPartition::default()
@@ -146,12 +164,25 @@ impl Matrix {
                 .with_partition_max_bytes(1 << 20),
         );
         let response = c.call(&request, version)?;
-        let topic = single(&response.responses, "topic")?;
         ensure!(
-            topic.topic.0.as_str() == TOPIC,
-            "topic name {:?}",
-            topic.topic
+            response.error_code == NONE && response.session_id == 0,
+            "no session: {response:?}"
         );
+        let topic = single(&response.responses, "topic")?;
+        if version > FETCH_BY_NAME_VERSION_MAX {
+            ensure!(
+                topic.topic_id == topic_id && topic.topic.0.is_empty(),
+                "topic id {} and name {:?}, want {topic_id} and none",
+                topic.topic_id,
+                topic.topic
+            );
+        } else {
+            ensure!(
+                topic.topic.0.as_str() == TOPIC,
+                "topic name {:?}",
+                topic.topic
+            );
+        }
         let [first, missing, beyond] = topic.partitions.as_slice() else {
             bail!(
                 "{} partitions in the response, want 3",
@@ -199,6 +230,12 @@ impl Matrix {
             beyond.error_code == OFFSET_OUT_OF_RANGE,
             "offset past the end: {beyond:?}"
         );
+        if version > FETCH_BY_NAME_VERSION_MAX {
+            fetch_unknown_topic_id(c, version, topic_id)?;
+        }
+        if version >= 7 {
+            fetch_sessions(c, version)?;
+        }
         Ok(())
     }
 
@@ -209,16 +246,34 @@ impl Matrix {
                 .with_partition_index(index)
                 .with_timestamp(timestamp)
         };
+        let mut partitions = vec![
+            partition(0, LATEST),
+            partition(0, EARLIEST),
+            partition(0, 2),
+            partition(9, LATEST),
+        ];
+        // The seed batch's second record (offset 1) is the first at or after time 2.
+        let mut want = vec![
+            (0, NONE, high_watermark),
+            (0, NONE, 0),
+            (0, NONE, 1),
+            (9, UNKNOWN_TOPIC_OR_PARTITION, -1),
+        ];
+        // Tiered storage's timestamps, answered as for a topic without it: the earliest
+        // local offset is the log start, and nothing is tiered.
+        if version >= 8 {
+            partitions.push(partition(0, EARLIEST_LOCAL));
+            want.push((0, NONE, 0));
+        }
+        if version >= 9 {
+            partitions.push(partition(0, LATEST_TIERED));
+            want.push((0, NONE, -1));
+        }
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
                 .with_name(topic_name(TOPIC))
-                .with_partitions(vec![
-                    partition(0, LATEST),
-                    partition(0, EARLIEST),
-                    partition(0, 2),
-                    partition(9, LATEST),
-                ])]);
+                .with_partitions(partitions)]);
         let response = c.call(&request, version)?;
         let topic = single(&response.topics, "topic")?;
         let got: Vec<(i32, i16, i64)> = topic
@@ -226,13 +281,6 @@ impl Matrix {
             .iter()
             .map(|p| (p.partition_index, p.error_code, p.offset))
             .collect();
-        // The seed batch's second record (offset 1) is the first at or after time 2.
-        let want = vec![
-            (0, NONE, high_watermark),
-            (0, NONE, 0),
-            (0, NONE, 1),
-            (9, UNKNOWN_TOPIC_OR_PARTITION, -1),
-        ];
         ensure!(
             got == want,
             "(partition, error, offset) {got:?}, want {want:?}"
@@ -292,6 +340,13 @@ impl Matrix {
         if version >= 10 {
             ensure!(found.topic_id != Uuid::nil(), "topic id from version 10");
         }
+        if version >= 13 {
+            ensure!(
+                response.error_code == NONE,
+                "top-level error {}",
+                response.error_code
+            );
+        }
         // Before version 4 a request cannot refuse auto-creation; the server has it off.
         ensure!(
             absent.error_code == UNKNOWN_TOPIC_OR_PARTITION,
@@ -321,6 +376,92 @@ impl Matrix {
         ensure!(broker.host.as_str() == "127.0.0.1", "{broker:?}");
         Ok(())
     }
+}
+
+/// A Fetch by topic id naming a known topic and one no topic has: the known one answers,
+/// each partition of the unknown one is UNKNOWN_TOPIC_ID, under the id it was asked by.
+fn fetch_unknown_topic_id(c: &mut Connection, version: i16, known: Uuid) -> anyhow::Result<()> {
+    let unknown = Uuid::new_v4();
+    let partitions = |indexes: &[i32]| {
+        indexes
+            .iter()
+            .map(|&index| {
+                FetchPartition::default()
+                    .with_partition(index)
+                    .with_partition_max_bytes(1 << 20)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut request = fetch_request(TOPIC, 0, 0);
+    request.topics = vec![
+        FetchTopic::default()
+            .with_topic_id(unknown)
+            .with_partitions(partitions(&[0, 1])),
+        FetchTopic::default()
+            .with_topic_id(known)
+            .with_partitions(partitions(&[1])),
+    ];
+    let response = c.call(&request, version)?;
+    let got: Vec<(Uuid, Vec<(i32, i16)>)> = response
+        .responses
+        .iter()
+        .map(|topic| {
+            let partitions = topic.partitions.iter();
+            let codes = partitions
+                .map(|p| (p.partition_index, p.error_code))
+                .collect();
+            (topic.topic_id, codes)
+        })
+        .collect();
+    let want = vec![
+        (unknown, vec![(0, UNKNOWN_TOPIC_ID), (1, UNKNOWN_TOPIC_ID)]),
+        (known, vec![(1, NONE)]),
+    ];
+    ensure!(
+        got == want,
+        "(topic id, [(partition, error)]) {got:?}, want {want:?}"
+    );
+    Ok(())
+}
+
+/// ringlog makes no fetch sessions: a request asking for one (epoch 0) gets a full answer
+/// with session id 0, its forgotten topics ignored; a request continuing one (epoch above
+/// 0) gets FETCH_SESSION_ID_NOT_FOUND and no data.
+fn fetch_sessions(c: &mut Connection, version: i16) -> anyhow::Result<()> {
+    let forgotten = ForgottenTopic::default()
+        .with_topic(topic_name(TOPIC))
+        .with_partitions(vec![0]);
+    let create = fetch_request(TOPIC, 0, 0)
+        .with_session_id(0)
+        .with_session_epoch(0)
+        .with_forgotten_topics_data(vec![forgotten]);
+    let create = c.with_topic_ids(create)?;
+    let response = c.call(&create, version)?;
+    let partition = single(&response.responses, "topic")
+        .and_then(|topic| single(&topic.partitions, "partition"))?;
+    ensure!(
+        response.error_code == NONE && response.session_id == 0,
+        "session-creating request: error {}, session {}",
+        response.error_code,
+        response.session_id
+    );
+    let records = partition.records.as_ref().map_or(0, bytes::Bytes::len);
+    ensure!(
+        partition.error_code == NONE && records > 0,
+        "session-creating request: {partition:?}"
+    );
+    let incremental = fetch_request(TOPIC, 0, 0)
+        .with_session_id(12_345)
+        .with_session_epoch(1);
+    let incremental = c.with_topic_ids(incremental)?;
+    let response = c.call(&incremental, version)?;
+    ensure!(
+        response.error_code == FETCH_SESSION_ID_NOT_FOUND
+            && response.session_id == 0
+            && response.responses.is_empty(),
+        "incremental request: {response:?}"
+    );
+    Ok(())
 }
 
 fn delete_records(c: &mut Connection, version: i16) -> anyhow::Result<()> {

@@ -4,21 +4,53 @@
 //!
 //! Records never enter user space: each partition's data is a file range the connection
 //! splices to the socket (`zero_copy.rs`); the response carries a marker in its place.
+//!
+//! Topics are named by name up to version 12 and by topic id from version 13 on; an id no
+//! topic has (a deleted topic's, or nil) is UNKNOWN_TOPIC_ID for each of its partitions.
+//! An id is checked again after every read, so a topic deleted and created again under the
+//! same name while a request waits never answers for the old id. Each response topic
+//! carries the name or the id exactly as its request entry did.
+//!
+//! ringlog keeps no fetch sessions (KIP-227, version 7 on): every answer is a full one with
+//! session id 0, which tells the client no session was made, so it keeps sending full
+//! requests (epoch 0 or -1) whose forgotten topics mean nothing. A request continuing a
+//! session (any other epoch) names one ringlog never made: FETCH_SESSION_ID_NOT_FOUND.
+//!
+//! Versions 14 to 16 change nothing ringlog answers: 14 allows an error for tiered storage
+//! ringlog does not have, 15 moves the follower's replica id (ringlog has no followers),
+//! and 16 adds leader hints (KIP-951) that come only with NOT_LEADER_OR_FOLLOWER. ringlog
+//! leads every partition itself, so such a hint would name this node at the epoch the client
+//! already has and change nothing; those tagged fields stay absent.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::future::{join_all, select_all};
+use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
 use ringlog_engine::shard::{ReadRanges, SendableRange};
+use ringlog_engine::topic::TopicMeta;
+use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::errors;
 use crate::zero_copy;
 
+/// The first version that names topics by id instead of by name.
+const TOPIC_ID_VERSION: i16 = 13;
+/// The first version with fetch sessions.
+const SESSION_VERSION: i16 = 7;
+/// The session epochs of a full request: INITIAL (make a session) and FINAL (none).
+const FULL_REQUEST_EPOCHS: [i32; 2] = [0, -1];
+
 /// What one partition of the request asks for.
 struct Wanted {
-    topic: String,
+    /// The topic's name; `None` if the request named it by an id no topic has.
+    topic: Option<String>,
+    /// The index of the topic in the request.
+    topic_index: usize,
     partition: i32,
     offset: i64,
     max_bytes: u64,
@@ -30,15 +62,23 @@ pub async fn handle(
     request: FetchRequest,
     version: i16,
 ) -> (FetchResponse, Vec<SendableRange>) {
+    if version >= SESSION_VERSION && !FULL_REQUEST_EPOCHS.contains(&request.session_epoch) {
+        let error = ResponseError::FetchSessionIdNotFound.code();
+        return (FetchResponse::default().with_error_code(error), Vec::new());
+    }
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = u64::try_from(request.min_bytes.max(1)).unwrap_or(1);
     let max_bytes = u64::try_from(request.max_bytes.max(1)).unwrap_or(u64::MAX);
+    let names = topic_names(broker, &request.topics, version);
     let wanted: Vec<Wanted> = request
         .topics
         .iter()
-        .flat_map(|topic| {
-            topic.partitions.iter().map(|partition| Wanted {
-                topic: topic.topic.0.as_str().to_owned(),
+        .zip(&names)
+        .enumerate()
+        .flat_map(|(topic_index, (topic, name))| {
+            topic.partitions.iter().map(move |partition| Wanted {
+                topic: name.clone(),
+                topic_index,
                 partition: partition.partition,
                 offset: partition.fetch_offset,
                 max_bytes: u64::try_from(partition.partition_max_bytes.max(0)).unwrap_or(0),
@@ -46,7 +86,11 @@ pub async fn handle(
         })
         .collect();
     loop {
-        let results = read_all(broker, &wanted, max_bytes).await;
+        let mut results = read_all(broker, &wanted, max_bytes).await;
+        if version >= TOPIC_ID_VERSION {
+            let names_now = topic_names(broker, &request.topics, version);
+            forget_replaced(&wanted, &names_now, &mut results);
+        }
         let ready: u64 = results
             .iter()
             .map(|r| {
@@ -62,6 +106,45 @@ pub async fn handle(
     }
 }
 
+/// The name of each topic in `topics`: as given before version 13, found by id from 13 on.
+fn topic_names(broker: &Broker, topics: &[FetchTopic], version: i16) -> Vec<Option<String>> {
+    if version < TOPIC_ID_VERSION {
+        return topics
+            .iter()
+            .map(|topic| Some(topic.topic.0.as_str().to_owned()))
+            .collect();
+    }
+    names_by_id(topics, &broker.engine.topics())
+}
+
+/// The name of the topic among `known` with each requested topic's id; `None` where none
+/// has it. The nil id is no topic's.
+fn names_by_id(topics: &[FetchTopic], known: &[TopicMeta]) -> Vec<Option<String>> {
+    let by_id: HashMap<Uuid, &str> = known
+        .iter()
+        .map(|meta| (Uuid::from_bytes(meta.id), meta.name.as_str()))
+        .filter(|(id, _)| !id.is_nil())
+        .collect();
+    topics
+        .iter()
+        .map(|topic| by_id.get(&topic.topic_id).map(|name| (*name).to_owned()))
+        .collect()
+}
+
+/// Turns the results of topics whose id no longer names the topic that was read (deleted,
+/// perhaps created again under the same name, while the request ran) into UNKNOWN_TOPIC_ID.
+fn forget_replaced(
+    wanted: &[Wanted],
+    names_now: &[Option<String>],
+    results: &mut [Result<ReadRanges, i16>],
+) {
+    for (want, result) in wanted.iter().zip(results.iter_mut()) {
+        if want.topic.is_some() && names_now[want.topic_index] != want.topic {
+            *result = Err(ResponseError::UnknownTopicId.code());
+        }
+    }
+}
+
 /// Reads every partition; the request limit cuts later partitions (the first with data
 /// always gets its bytes, as in Kafka).
 async fn read_all(
@@ -70,12 +153,15 @@ async fn read_all(
     max_bytes: u64,
 ) -> Vec<Result<ReadRanges, i16>> {
     let reads = wanted.iter().map(|want| async move {
+        let Some(topic) = &want.topic else {
+            return Err(ResponseError::UnknownTopicId.code());
+        };
         let Ok(partition) = u32::try_from(want.partition) else {
-            return Err(kafka_protocol::ResponseError::UnknownTopicOrPartition.code());
+            return Err(ResponseError::UnknownTopicOrPartition.code());
         };
         broker
             .engine
-            .read_ranges(&want.topic, partition, want.offset, want.max_bytes)
+            .read_ranges(topic, partition, want.offset, want.max_bytes)
             .await
             .map_err(|error| errors::code(&error))
     });
@@ -98,10 +184,11 @@ async fn wait_for_growth(broker: &Broker, wanted: &[Wanted], deadline: Instant) 
     let waits: Vec<_> = wanted
         .iter()
         .filter_map(|want| {
+            let topic = want.topic.as_deref()?;
             let partition = u32::try_from(want.partition).ok()?;
             let wait = broker
                 .engine
-                .wait_beyond(&want.topic, partition, want.offset, remaining);
+                .wait_beyond(topic, partition, want.offset, remaining);
             Some(Box::pin(wait))
         })
         .collect();
@@ -152,11 +239,83 @@ fn respond(
             };
             partitions.push(entry);
         }
+        // The request decoder left whichever of name and id the version lacks at its
+        // default, which is what the encoder needs for that version.
         topics.push(
             FetchableTopicResponse::default()
                 .with_topic(topic.topic)
+                .with_topic_id(topic.topic_id)
                 .with_partitions(partitions),
         );
     }
     (FetchResponse::default().with_responses(topics), files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::TopicName;
+    use kafka_protocol::protocol::StrBytes;
+    use ringlog_engine::topic::{TopicConfig, TopicName as EngineTopicName};
+
+    fn meta(name: &str, id: Uuid) -> TopicMeta {
+        TopicMeta {
+            name: EngineTopicName::new(name).unwrap(),
+            id: id.into_bytes(),
+            partitions: 1,
+            config: TopicConfig::default(),
+        }
+    }
+
+    fn by_id(id: Uuid) -> FetchTopic {
+        FetchTopic::default().with_topic_id(id)
+    }
+
+    #[test]
+    fn topic_ids_map_to_names_and_unknown_ids_to_none() {
+        let orders = Uuid::new_v4();
+        let events = Uuid::new_v4();
+        let known = [meta("orders", orders), meta("events", events)];
+        let requested = [
+            by_id(events),
+            by_id(Uuid::new_v4()),
+            by_id(orders),
+            by_id(Uuid::nil()),
+            by_id(events),
+        ];
+        let names = names_by_id(&requested, &known);
+        let want = [Some("events"), None, Some("orders"), None, Some("events")];
+        assert_eq!(names, want.map(|name| name.map(str::to_owned)));
+    }
+
+    #[test]
+    fn the_name_in_a_topic_id_request_is_ignored() {
+        let id = Uuid::new_v4();
+        let named = FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str("orders")))
+            .with_topic_id(Uuid::new_v4());
+        let names = names_by_id(&[named], &[meta("orders", id)]);
+        assert_eq!(names, [None]);
+    }
+
+    #[test]
+    fn a_topic_replaced_while_the_request_ran_is_unknown() {
+        let wanted = |topic: Option<&str>, topic_index| Wanted {
+            topic: topic.map(str::to_owned),
+            topic_index,
+            partition: 0,
+            offset: 0,
+            max_bytes: 1,
+        };
+        let wanted = [
+            wanted(Some("kept"), 0),
+            wanted(Some("replaced"), 1),
+            wanted(None, 2),
+        ];
+        let names_now = [Some("kept".to_owned()), None, None];
+        let mut results: Vec<Result<ReadRanges, i16>> = vec![Err(1), Err(1), Err(3)];
+        forget_replaced(&wanted, &names_now, &mut results);
+        let codes: Vec<i16> = results.into_iter().map(|r| r.unwrap_err()).collect();
+        assert_eq!(codes, [1, ResponseError::UnknownTopicId.code(), 3]);
+    }
 }

@@ -1,6 +1,12 @@
 //! ListOffsets: the earliest offset (timestamp -2), the latest (-1: the high watermark,
 //! which for read_committed is also the last stable offset, as ringlog has no
 //! transactions), or the first offset whose record is at or after a timestamp.
+//!
+//! Versions 8 and 9 name two timestamps for tiered storage, answered as Kafka answers them
+//! for a topic without it, which every ringlog topic is: the earliest local offset (-4) is
+//! the log start offset, and the latest tiered offset (-5) is -1, nothing being tiered.
+//! The largest-timestamp lookup (-3, version 7) is refused with UNSUPPORTED_VERSION: the
+//! engine keeps no per-partition record of where the largest timestamp is.
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
@@ -15,6 +21,8 @@ use crate::errors;
 /// ListOffsets' special timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const EARLIEST_LOCAL: i64 = -4;
+const LATEST_TIERED: i64 = -5;
 
 pub async fn handle(
     broker: &Broker,
@@ -31,10 +39,12 @@ pub async fn handle(
             async move {
                 let entry = ListOffsetsPartitionResponse::default().with_partition_index(index);
                 match lookup(broker, &name, index, timestamp).await {
+                    // Every partition's leader epoch is 0; an offset of -1 (none found)
+                    // has no epoch, and the field is there from version 4 on.
                     Ok((offset, timestamp)) => entry
                         .with_offset(offset)
                         .with_timestamp(timestamp)
-                        .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                        .with_leader_epoch(if version >= 4 && offset >= 0 { 0 } else { -1 }),
                     Err(code) => entry
                         .with_error_code(code)
                         .with_offset(-1)
@@ -62,15 +72,15 @@ async fn lookup(
         u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
     let engine = &broker.engine;
     match timestamp {
-        LATEST | EARLIEST => {
+        LATEST | EARLIEST | EARLIEST_LOCAL | LATEST_TIERED => {
             let offsets = engine
                 .offsets(topic, partition)
                 .await
                 .map_err(|e| errors::code(&e))?;
-            let offset = if timestamp == LATEST {
-                offsets.high_watermark
-            } else {
-                offsets.log_start
+            let offset = match timestamp {
+                LATEST => offsets.high_watermark,
+                LATEST_TIERED => -1,
+                _ => offsets.log_start,
             };
             Ok((offset, -1))
         }

@@ -1,6 +1,7 @@
 //! Metadata: the one broker (this node, at its advertised address), and the topics asked
 //! for (all when none are named), each partition led by this node. Missing topics are
-//! created when the request and the server both allow it.
+//! created when the request and the server both allow it. The top-level error of version
+//! 13 (KIP-1102: a broker telling the client to bootstrap again) is always NONE.
 
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,

@@ -5,6 +5,12 @@
 //! validates the batches (CRC, sizes, counts) without opening them. Any other acks value
 //! is refused for every partition with INVALID_REQUIRED_ACKS, and nothing is appended (nor
 //! is a missing topic auto-created).
+//!
+//! Versions 10 and 11 change nothing ringlog answers. 10 adds leader hints (KIP-951) that
+//! come only with NOT_LEADER_OR_FOLLOWER; ringlog leads every partition itself, so a hint
+//! would name this node at the epoch the client already has and change nothing, and those
+//! tagged fields stay absent. 11 allows TRANSACTION_ABORTABLE, and ringlog has no
+//! transactions. Version 13 names topics by id; 12 and 13 are not implemented.
 
 use bytes::BytesMut;
 use futures::future::join_all;
