@@ -15,4 +15,6 @@ pub mod log;
 pub mod rt;
 pub mod shard;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod topic;

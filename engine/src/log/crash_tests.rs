@@ -10,6 +10,7 @@ use super::*;
 use crate::batch::{BatchBuilder, RecordBatch};
 use crate::rt;
 use crate::storage::fault::FaultStorage;
+use crate::testing::values as record_values;
 
 const BATCHES: u32 = 16;
 const RECORDS_PER_BATCH: usize = 8;
@@ -37,18 +38,6 @@ fn batch(tag: u32) -> BytesMut {
         builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
     }
     BytesMut::from(&builder.build()[..])
-}
-
-fn record_values(bytes: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Ok((batch, next)) = RecordBatch::parse(rest) {
-        for record in batch.records().unwrap() {
-            out.push(String::from_utf8(record.unwrap().value.unwrap().to_vec()).unwrap());
-        }
-        rest = next;
-    }
-    out
 }
 
 /// Every record value of the log, reading segment after segment up to the high watermark.

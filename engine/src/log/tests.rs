@@ -11,6 +11,7 @@ use super::*;
 use crate::batch::{BatchBuilder, RecordBatch, TimestampType};
 use crate::rt;
 use crate::storage::DiskStorage;
+use crate::testing::offsets_and_values as values;
 use crate::topic::IoMode;
 
 fn id() -> PartitionId {
@@ -36,21 +37,6 @@ fn batch(tag: u32, count: usize, time: i64) -> BytesMut {
             .unwrap();
     }
     BytesMut::from(&builder.build()[..])
-}
-
-/// Every record value in `bytes` (whole batches only), with its offset.
-fn values(bytes: &[u8]) -> Vec<(i64, String)> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Ok((batch, next)) = RecordBatch::parse(rest) {
-        for record in batch.records().unwrap() {
-            let record = record.unwrap();
-            let value = String::from_utf8(record.value.unwrap().to_vec()).unwrap();
-            out.push((batch.base_offset() + i64::from(record.offset_delta), value));
-        }
-        rest = next;
-    }
-    out
 }
 
 async fn open(dir: &Path, config: TopicConfig) -> PartitionLog<DiskStorage> {

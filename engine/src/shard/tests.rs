@@ -5,7 +5,8 @@ use bytes::BytesMut;
 use futures::executor::block_on;
 
 use super::*;
-use crate::batch::{BatchBuilder, RecordBatch};
+use crate::batch::BatchBuilder;
+use crate::testing::values;
 use crate::topic::FlushPolicy;
 
 fn engine(dir: &std::path::Path) -> Engine {
@@ -23,18 +24,6 @@ fn batch(value: &str) -> BytesMut {
     let mut builder = BatchBuilder::new();
     builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
     BytesMut::from(&builder.build()[..])
-}
-
-fn values(bytes: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = bytes;
-    while let Ok((batch, next)) = RecordBatch::parse(rest) {
-        for record in batch.records().unwrap() {
-            out.push(String::from_utf8(record.unwrap().value.unwrap().to_vec()).unwrap());
-        }
-        rest = next;
-    }
-    out
 }
 
 #[test]
