@@ -97,6 +97,21 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The defaults with `data_dir`, a listener on a free loopback port (the kernel picks
+    /// it; `Server::address` tells which) and two shards: a server for tests and embedding.
+    pub fn ephemeral(data_dir: PathBuf) -> ServerConfig {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerConfig {
+            data_dir,
+            listen: any_port,
+            advertised_listener: any_port,
+            shards: 2,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 impl FileConfig {
     /// Reads `path`; a missing default file is an empty configuration.
     pub fn load(path: &Path, required: bool) -> Result<FileConfig, LoadError> {

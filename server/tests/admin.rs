@@ -62,14 +62,9 @@ struct Running {
 impl Running {
     fn start() -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            listen: any_port,
-            advertised_listener: any_port,
-            shards: 2,
             auto_create_topics: false,
-            ..ServerConfig::default()
+            ..ServerConfig::ephemeral(dir.path().join("data"))
         };
         let server = Server::start(config.clone()).unwrap();
         Running {

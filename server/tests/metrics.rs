@@ -113,14 +113,9 @@ fn fetch(client: &mut AdminClient) -> u64 {
 
 fn start() -> (tempfile::TempDir, Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let config = ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen: any_port,
-        advertised_listener: any_port,
-        metrics_listen: Some(any_port),
-        shards: 2,
-        ..ServerConfig::default()
+        metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..ServerConfig::ephemeral(dir.path().join("data"))
     };
     let server = Server::start(config).unwrap();
     let metrics = server.metrics_address().unwrap();

@@ -3,7 +3,6 @@
 //! produced, at every Fetch version ringlog speaks (by topic name up to version 12, by topic
 //! id from 13 on).
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
@@ -80,14 +79,7 @@ fn values(bytes: &[u8]) -> Vec<(i64, String)> {
 #[test]
 fn fetched_records_are_spliced_from_the_segment_files_at_every_version() {
     let dir = tempfile::tempdir().unwrap();
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-    let config = ServerConfig {
-        data_dir: dir.path().join("data"),
-        listen: any_port,
-        advertised_listener: any_port,
-        shards: 2,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig::ephemeral(dir.path().join("data"));
     let server = Server::start(config).unwrap();
     let mut client = AdminClient::connect(&server.address().to_string()).unwrap();
     let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
