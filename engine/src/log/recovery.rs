@@ -57,59 +57,25 @@ pub(crate) async fn open<S: Storage>(
         .filter_map(|name| parse_segment_name(name))
         .collect();
     let checkpoint = checkpoint::read(&storage, dir).await;
-    let direct = config.io_mode() == IoMode::Direct;
     let interval = config.index_interval_bytes();
-
-    let mut segments = BTreeMap::new();
-    let mut bases = bases;
-    let mut index = 0;
-    while index + 1 < bases.len() {
-        let (base, next_base) = (bases[index], bases[index + 1]);
-        let segment = open_closed(&storage, dir, base, interval, &id).await?;
-        if segment.offset_next == next_base {
-            segments.insert(base, segment);
-            index += 1;
-            continue;
-        }
-        // The log breaks off inside this segment (a crash lost its unsynced tail after a
-        // later segment was created): it becomes the last one, the later ones go.
-        tracing::warn!(
-            partition = %id,
-            segment = base,
-            valid_until = segment.offset_next,
-            next_segment = next_base,
-            "log ends inside a closed segment; dropping the segments after it"
-        );
-        for &later in &bases[index + 1..] {
-            remove_segment(&storage, dir, later)
-                .await
-                .map_err(io("remove segment"))?;
-        }
-        storage.sync_dir(dir).await.map_err(io("fsync directory"))?;
-        bases.truncate(index + 1);
-    }
+    let (mut segments, bases) = open_closed_segments(&storage, dir, bases, interval, &id).await?;
     let active_base = bases
         .last()
         .copied()
         .unwrap_or(checkpoint.map_or(0, |c| c.log_start));
-    let created = bases.is_empty();
+    let direct = config.io_mode() == IoMode::Direct;
     let mut active = Segment::open(&storage, dir, active_base, direct, interval)
         .await
         .map_err(io("open active segment"))?;
-    if created {
+    if bases.is_empty() {
         storage.sync_dir(dir).await.map_err(io("fsync directory"))?;
     }
     let scan = recover_active(&storage, dir, &mut active, checkpoint, &id).await?;
     let log_end = active.offset_next;
+    let first_base = segments.keys().next().copied().unwrap_or(active_base);
     let log_start = checkpoint
-        .map_or(
-            segments.keys().next().copied().unwrap_or(active_base),
-            |c| c.log_start,
-        )
-        .clamp(
-            segments.keys().next().copied().unwrap_or(active_base),
-            log_end,
-        );
+        .map_or(first_base, |c| c.log_start)
+        .clamp(first_base, log_end);
     tracing::info!(
         partition = %id,
         segments = segments.len() + 1,
@@ -139,6 +105,46 @@ pub(crate) async fn open<S: Storage>(
         version: Cell::new(0),
         waiters: RefCell::new(Vec::new()),
     })
+}
+
+/// Opens every segment but the last as a closed one. Where the log breaks off inside a
+/// closed segment (a crash lost its unsynced tail after a later segment was created), that
+/// segment becomes the last one and the later ones are removed. Returns the closed
+/// segments and the bases that remain (the last is the active segment's).
+async fn open_closed_segments<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    mut bases: Vec<i64>,
+    interval: u32,
+    id: &PartitionId,
+) -> Result<(BTreeMap<i64, Segment<S>>, Vec<i64>), LogError> {
+    let io = |operation| io_error(id, operation);
+    let mut segments = BTreeMap::new();
+    let mut index = 0;
+    while index + 1 < bases.len() {
+        let (base, next_base) = (bases[index], bases[index + 1]);
+        let segment = open_closed(storage, dir, base, interval, id).await?;
+        if segment.offset_next == next_base {
+            segments.insert(base, segment);
+            index += 1;
+            continue;
+        }
+        tracing::warn!(
+            partition = %id,
+            segment = base,
+            valid_until = segment.offset_next,
+            next_segment = next_base,
+            "log ends inside a closed segment; dropping the segments after it"
+        );
+        for &later in &bases[index + 1..] {
+            remove_segment(storage, dir, later)
+                .await
+                .map_err(io("remove segment"))?;
+        }
+        storage.sync_dir(dir).await.map_err(io("fsync directory"))?;
+        bases.truncate(index + 1);
+    }
+    Ok((segments, bases))
 }
 
 /// Opens a closed segment. Its index files say where its last indexed batch starts; the

@@ -152,6 +152,15 @@ pub(crate) async fn truncate_to<S: Storage>(
     if !removed.is_empty() {
         reopen_active(shared).await?;
     }
+    cut_active_segment(shared, offset).await?;
+    reload_tail_block(shared).await?;
+    checkpoint::write(shared, false).await?;
+    shared.notify_waiters();
+    Ok(())
+}
+
+/// Cuts the active segment before the batch holding `offset` (file, index, log end).
+async fn cut_active_segment<S: Storage>(shared: &Shared<S>, offset: i64) -> Result<(), LogError> {
     let (reader, writer, start, end) = {
         let state = shared.state.borrow();
         let Some(active) = state.segments.values().next_back() else {
@@ -196,9 +205,6 @@ pub(crate) async fn truncate_to<S: Storage>(
         state.durable_end = state.durable_end.min(cut_offset);
         state.durable_position = state.durable_position.map(|p| p.min(cut_position));
     }
-    reload_tail_block(shared).await?;
-    checkpoint::write(shared, false).await?;
-    shared.notify_waiters();
     Ok(())
 }
 
