@@ -6,6 +6,7 @@
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::broker::{Broker, NODE_ID};
 use crate::errors;
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
+use ringlog_engine::topic::TopicConfig;
 
 pub async fn create(
     broker: &Broker,
@@ -29,50 +31,13 @@ pub async fn create(
     for topic in request.topics {
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
         let name = topic.name.0.as_str().to_owned();
-        let partitions = if topic.num_partitions == -1 {
-            Ok(broker.config.default_partitions)
-        } else {
-            u32::try_from(topic.num_partitions)
-                .ok()
-                .filter(|&n| n > 0)
-                .ok_or(())
+        let (partitions, config) = match checked_topic(broker, &topic) {
+            Ok(checked) => checked,
+            Err((error, message)) => {
+                results.push(failed(result, error, &message));
+                continue;
+            }
         };
-        let Ok(partitions) = partitions else {
-            results.push(failed(
-                result,
-                ResponseError::InvalidPartitions,
-                "partitions must be >= 1",
-            ));
-            continue;
-        };
-        if !matches!(topic.replication_factor, -1 | 1) || !topic.assignments.is_empty() {
-            let message = "a single ringlog node keeps one replica";
-            results.push(failed(
-                result,
-                ResponseError::InvalidReplicationFactor,
-                message,
-            ));
-            continue;
-        }
-        let mut config = broker.config.topic_defaults.clone();
-        let pairs: Vec<(String, String)> = topic
-            .configs
-            .iter()
-            .filter_map(|c| {
-                Some((
-                    c.name.as_str().to_owned(),
-                    c.value.as_ref()?.as_str().to_owned(),
-                ))
-            })
-            .collect();
-        if let Err(error) = config.apply_all(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            results.push(failed(
-                result,
-                ResponseError::InvalidConfig,
-                &error.to_string(),
-            ));
-            continue;
-        }
         if request.validate_only {
             let valid = ringlog_engine::topic::TopicName::new(name.as_str()).is_ok();
             results.push(if valid {
@@ -105,6 +70,39 @@ pub async fn create(
         .map(|result| created_for_version(result, version))
         .collect();
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// A creatable topic's partition count (-1: the server default) and configuration (the
+/// server's topic defaults with the request's keys), or why it is refused.
+fn checked_topic(
+    broker: &Broker,
+    topic: &CreatableTopic,
+) -> Result<(u32, TopicConfig), (ResponseError, String)> {
+    let partitions = if topic.num_partitions == -1 {
+        Some(broker.config.default_partitions)
+    } else {
+        u32::try_from(topic.num_partitions).ok().filter(|&n| n > 0)
+    };
+    let Some(partitions) = partitions else {
+        return Err((
+            ResponseError::InvalidPartitions,
+            "partitions must be >= 1".to_owned(),
+        ));
+    };
+    if !matches!(topic.replication_factor, -1 | 1) || !topic.assignments.is_empty() {
+        let message = "a single ringlog node keeps one replica".to_owned();
+        return Err((ResponseError::InvalidReplicationFactor, message));
+    }
+    let mut config = broker.config.topic_defaults.clone();
+    let pairs: Vec<(&str, &str)> = topic
+        .configs
+        .iter()
+        .filter_map(|c| Some((c.name.as_str(), c.value.as_ref()?.as_str())))
+        .collect();
+    config
+        .apply_all(pairs)
+        .map_err(|error| (ResponseError::InvalidConfig, error.to_string()))?;
+    Ok((partitions, config))
 }
 
 /// Clears the fields `version` does not have (counts from 5, topic ids from 7).
