@@ -27,8 +27,10 @@ use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
 use crate::zero_copy::{Part, Parts};
 
-/// Bytes a connection's receive buffer starts with; it grows to fit a large request.
-const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// The smallest read, and what an idle connection's buffers start with: they grow to fit
+/// the requests (and responses) that come, so a thousand connections that only ever sent
+/// metadata requests cost a few MiB, not hundreds.
+const IDLE_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +59,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
 
 async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
     let max = broker.config.max_request_bytes;
-    let mut input = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    let mut input = BytesMut::with_capacity(IDLE_BUFFER_BYTES);
     let mut outgoing = Outgoing {
-        output: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        output: BytesMut::with_capacity(IDLE_BUFFER_BYTES),
         pipe: None,
     };
     loop {
@@ -190,7 +192,7 @@ async fn read_frame(
 /// Receives until `input` holds at least `want` bytes.
 async fn fill(stream: &TcpStream, input: &mut BytesMut, want: usize) -> Result<(), Closed> {
     while input.len() < want {
-        input.reserve((want - input.len()).max(READ_BUFFER_BYTES));
+        input.reserve((want - input.len()).max(IDLE_BUFFER_BYTES));
         let buffer = std::mem::take(input);
         let start = buffer.len();
         let end = buffer.capacity();
