@@ -463,6 +463,18 @@ impl Engine {
         .await
     }
 
+    /// The record with the largest timestamp (see [`PartitionLog::max_timestamp_offset`]).
+    pub async fn max_timestamp_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<Option<(i64, i64)>, EngineError> {
+        self.on_log(topic, partition, |log| async move {
+            Ok(log.max_timestamp_offset().await?)
+        })
+        .await
+    }
+
     /// Moves a partition's log start offset (Kafka's DeleteRecords).
     pub async fn delete_records_before(
         &self,

@@ -48,6 +48,8 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_PARTITIONS: i16 = 37;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+/// ListOffsets' "the record with the largest timestamp" (version 7 on).
+const MAX_TIMESTAMP: i64 = -3;
 /// ListOffsets' timestamps for tiered storage (versions 8 and 9).
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
@@ -269,6 +271,10 @@ impl Matrix {
             partitions.push(partition(0, LATEST_TIERED));
             want.push((0, NONE, -1));
         }
+        let max_timestamp_checked = version >= 7;
+        if max_timestamp_checked {
+            partitions.push(partition(0, MAX_TIMESTAMP));
+        }
         let request = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -276,11 +282,23 @@ impl Matrix {
                 .with_partitions(partitions)]);
         let response = c.call(&request, version)?;
         let topic = single(&response.topics, "topic")?;
-        let got: Vec<(i32, i16, i64)> = topic
+        let mut got: Vec<(i32, i16, i64)> = topic
             .partitions
             .iter()
             .map(|p| (p.partition_index, p.error_code, p.offset))
             .collect();
+        // The record with the largest timestamp: some record below the high watermark
+        // (which one depends on what the other cases produced), with a real timestamp.
+        if max_timestamp_checked {
+            let Some((_, error, offset)) = got.pop() else {
+                anyhow::bail!("no answer for -3")
+            };
+            let timestamp = topic.partitions.last().map_or(-1, |p| p.timestamp);
+            ensure!(
+                error == NONE && (0..high_watermark).contains(&offset) && timestamp >= 0,
+                "MAX_TIMESTAMP: error {error}, offset {offset}, timestamp {timestamp}"
+            );
+        }
         ensure!(
             got == want,
             "(partition, error, offset) {got:?}, want {want:?}"

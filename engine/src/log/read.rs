@@ -166,6 +166,66 @@ impl<S: Storage> PartitionLog<S> {
     }
 }
 
+impl<S: Storage> PartitionLog<S> {
+    /// The record with the largest timestamp below the high watermark, as (offset,
+    /// timestamp); the first such record if several share it; `None` for an empty log
+    /// (Kafka's ListOffsets MAX_TIMESTAMP). For a compressed batch, its first offset.
+    pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, LogError> {
+        let hw = self.offsets().high_watermark;
+        let best = {
+            let state = self.shared.state.borrow();
+            let mut best: Option<(i64, S::File, u64, u64)> = None;
+            for segment in state.segments.values() {
+                if segment.max_timestamp == i64::MIN || segment.base_offset >= hw {
+                    continue;
+                }
+                if best
+                    .as_ref()
+                    .is_none_or(|(ts, ..)| segment.max_timestamp > *ts)
+                {
+                    let (_, start) = segment
+                        .index
+                        .lookup_timestamp(segment.max_timestamp)
+                        .unwrap_or((0, 0));
+                    let entry = (
+                        segment.max_timestamp,
+                        segment.reader.clone(),
+                        u64::from(start),
+                    );
+                    best = Some((entry.0, entry.1, entry.2, segment.size_bytes));
+                }
+            }
+            best
+        };
+        let Some((max_timestamp, reader, start, end)) = best else {
+            return Ok(None);
+        };
+        let mut found: Option<(BatchHeader, u64)> = None;
+        scan_headers(&reader, start, end, |header, position| {
+            if header.base_offset >= hw {
+                return false;
+            }
+            if header.max_timestamp == max_timestamp {
+                found = Some((*header, position));
+                return false;
+            }
+            true
+        })
+        .await
+        .map_err(|e| self.shared.error_io("read segment", e))?;
+        let Some((header, position)) = found else {
+            return Ok(None);
+        };
+        let bytes = reader.read_at(position, header.size_bytes as usize).await;
+        let bytes = bytes.map_err(|e| self.shared.error_io("read segment", e))?;
+        Ok(Some(first_record_at_or_after(
+            &bytes,
+            &header,
+            max_timestamp,
+        )))
+    }
+}
+
 /// Within a batch whose max timestamp is at or after `timestamp_ms`, the first record that
 /// is; for compressed batches (not decompressed here) the batch's first offset and max.
 fn first_record_at_or_after(bytes: &[u8], header: &BatchHeader, timestamp_ms: i64) -> (i64, i64) {

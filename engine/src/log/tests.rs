@@ -261,6 +261,31 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
 }
 
 #[test]
+fn the_largest_timestamp_is_found_record_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(dir.path(), config(IoMode::Buffered)).await;
+        assert_eq!(log.max_timestamp_offset().await.unwrap(), None, "empty log");
+        // Batch timestamps 1000*t + i for t in [3, 9, 2]: the largest, 9009, is the last
+        // record of the second batch, offset 19.
+        for (tag, time) in [(0, 3000), (1, 9000), (2, 2000)] {
+            log.append(batch(tag, 10, time), Ack::Written)
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.max_timestamp_offset().await.unwrap(), Some((19, 9009)));
+        log.close().await.unwrap();
+        let log = open(dir.path(), config(IoMode::Buffered)).await;
+        assert_eq!(
+            log.max_timestamp_offset().await.unwrap(),
+            Some((19, 9009)),
+            "after restart"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
 fn flush_policies_and_acks_decide_the_durable_end() {
     let dir = tempfile::tempdir().unwrap();
     run(async {

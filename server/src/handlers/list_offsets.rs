@@ -5,8 +5,8 @@
 //! Versions 8 and 9 name two timestamps for tiered storage, answered as Kafka answers them
 //! for a topic without it, which every ringlog topic is: the earliest local offset (-4) is
 //! the log start offset, and the latest tiered offset (-5) is -1, nothing being tiered.
-//! The largest-timestamp lookup (-3, version 7) is refused with UNSUPPORTED_VERSION: the
-//! engine keeps no per-partition record of where the largest timestamp is.
+//! From version 7, -3 asks for the record with the largest timestamp (its offset and
+//! timestamp; -1 and -1 for an empty partition).
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
@@ -21,6 +21,7 @@ use crate::errors;
 /// ListOffsets' special timestamps.
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 const LATEST_TIERED: i64 = -5;
 
@@ -83,6 +84,10 @@ async fn lookup(
                 _ => offsets.log_start,
             };
             Ok((offset, -1))
+        }
+        MAX_TIMESTAMP => {
+            let found = engine.max_timestamp_offset(topic, partition).await;
+            Ok(found.map_err(|e| errors::code(&e))?.unwrap_or((-1, -1)))
         }
         timestamp if timestamp >= 0 => {
             let found = engine
