@@ -8,6 +8,8 @@ use ringlog_engine::batch::BatchError;
 use ringlog_engine::log::LogError;
 use ringlog_engine::rt::{Cancelled, RingSetupError, EXIT_CODE_IO_URING_UNAVAILABLE};
 use ringlog_engine::topic::ConfigError;
+use ringlog_server::admin::AdminError;
+use ringlog_server::server::ServerError;
 
 /// Why a probe stopped.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,16 @@ pub enum BenchError {
     /// The load's record batches could not be built.
     #[error("building the load's record batches: {0}")]
     Batch(#[from] BatchError),
+    /// An admin request to the broker (topic creation, offsets) failed.
+    #[error("admin request: {0}")]
+    Admin(#[from] AdminError),
+    /// The embedded broker could not start or stop.
+    #[error("embedded broker: {0}")]
+    Server(#[from] ServerError),
+    /// The broker's answer is not what the load expects: a bad frame, a response that
+    /// does not decode, a Kafka error code, a count that does not add up.
+    #[error("broker: {0}")]
+    Broker(String),
     /// The engine returned something the bench cannot account for (a read that does not
     /// advance, a log that lost records); the message says what.
     #[error("engine result does not add up: {0}")]

@@ -2,8 +2,10 @@
 //! runtime (disk writes, the runtime's own per-operation cost, loopback TCP) so that the
 //! engine's and the broker's numbers can be read against what the hardware allows; see
 //! BENCHMARKS.md for how they are run and what they showed. `engine` measures the storage
-//! engine alone (appends, reads, recovery), in process, against those limits.
+//! engine alone (appends, reads, recovery), in process, against those limits; `produce`
+//! and `consume` measure the broker over the Kafka protocol.
 
+mod broker;
 mod engine;
 mod error;
 mod machine;
@@ -31,6 +33,10 @@ enum Command {
     /// Measure the storage engine alone: appends, reads, recovery.
     #[command(subcommand)]
     Engine(engine::Engine),
+    /// Produce to a broker over the Kafka protocol (`--embedded`: one started in process).
+    Produce(broker::produce::ProduceArgs),
+    /// Consume a topic from a broker over the Kafka protocol.
+    Consume(broker::consume::ConsumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +44,8 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Probe(probe) => probe.run(),
         Command::Engine(engine) => engine.run(),
+        Command::Produce(args) => broker::produce::run(args),
+        Command::Consume(args) => broker::consume::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,13 @@ impl Latencies {
         self.histogram.saturating_record(nanos.max(1));
     }
 
+    /// Adds every latency `other` holds.
+    pub fn add(&mut self, other: &Latencies) {
+        // Both histograms have the same bounds, so adding cannot fail.
+        let added = self.histogram.add(&other.histogram);
+        assert!(added.is_ok(), "histograms of equal bounds add");
+    }
+
     /// Percentiles, mean and maximum in microseconds.
     pub fn summary(&self) -> LatencySummary {
         let us = |nanos: u64| nanos as f64 / 1_000.0;

@@ -33,10 +33,12 @@ use crate::size::parse_size_bytes;
 /// |---|---|---|
 /// | 0 | 8 | baseOffset |
 /// | 8 | 4 | batchLength (bytes after this field) |
+/// | 16 | 1 | magic (2) |
 /// | 23 | 4 | lastOffsetDelta |
 /// | 57 | 4 | recordCount |
 const BASE_OFFSET_AT: usize = 0;
 const BATCH_LENGTH_AT: usize = 8;
+const MAGIC_AT: usize = 16;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const RECORD_COUNT_AT: usize = 57;
 const _: () = assert!(RECORD_COUNT_AT + 4 == HEADER_SIZE_BYTES);
@@ -245,22 +247,29 @@ async fn read_range(
 
 /// What the whole batches at the front of a buffer hold.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct Walk {
-    offset_next: Option<i64>,
-    records: u64,
-    batches: u64,
-    bytes: u64,
+pub(crate) struct Walk {
+    pub offset_next: Option<i64>,
+    pub records: u64,
+    pub batches: u64,
+    pub bytes: u64,
+    /// Where the walk stopped at a batch that cannot be one (a length shorter than the
+    /// header, or a magic byte other than 2), if it did.
+    pub bad_framing_at: Option<usize>,
 }
 
 /// Walks the whole batches at the front of `bytes` (a cut-short last batch is left out).
-fn walk_batches(bytes: &[u8]) -> Walk {
+pub(crate) fn walk_batches(bytes: &[u8]) -> Walk {
     let field = |at: usize, len: usize| bytes.get(at..at + len);
     let mut walk = Walk::default();
     let mut at = 0usize;
     while let Some(length) = field(at + BATCH_LENGTH_AT, 4) {
         let length = i32::from_be_bytes(length.try_into().unwrap_or_default());
         let size = LOG_OVERHEAD_BYTES + usize::try_from(length).unwrap_or(0);
-        if size < HEADER_SIZE_BYTES || at + size > bytes.len() {
+        if size < HEADER_SIZE_BYTES || bytes.get(at + MAGIC_AT).is_some_and(|&magic| magic != 2) {
+            walk.bad_framing_at = Some(at);
+            break;
+        }
+        if at + size > bytes.len() {
             break;
         }
         let read_i64 = |offset: usize| {

@@ -1,0 +1,391 @@
+//! `ringlog-bench consume`: every partition of a topic read back over Kafka Fetch.
+//!
+//! Each connection is one runtime task on one `rt::block_on` thread, with one Fetch in
+//! flight for all the partitions it owns (partition *p* goes to connection *p* mod C),
+//! following each partition's offset: the records of a response are counted by walking
+//! the batch headers (framing checked: length, magic; no CRC), a cut-short last batch is
+//! fetched again. Fetch is spoken at the highest version both sides know up to v12 (the
+//! last that names topics). The run ends when `--expect` records were read, or, without
+//! it, when every partition reached the end it had when the run started; reading more or
+//! fewer than expected (nothing new for `IDLE_TIMEOUT`) fails the command.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use ringlog_engine::rt::{self, TcpStream};
+use serde::Serialize;
+
+use super::wire::{decode_response, encode_frame, set_correlation_id, FrameReader};
+use super::{list_offsets, version, Target, TargetArgs};
+use crate::engine::read::walk_batches;
+use crate::error::{BenchError, IoContext};
+use crate::machine::MachineInfo;
+use crate::report::{mib_per_s, Report};
+use crate::size::parse_size_bytes;
+
+/// The last Fetch version that names topics (v13 identifies them by id).
+const FETCH_VERSION_MAX: i16 = 12;
+/// How long the broker may hold a fetch that has nothing new.
+const FETCH_MAX_WAIT_MS: i32 = 100;
+/// How long the run waits for records that do not come before it gives up.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FromArg {
+    Earliest,
+    Latest,
+}
+
+/// Parameters of `consume`.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, value_enum, default_value_t = FromArg::Earliest)]
+    pub from: FromArg,
+    /// `max_bytes` of each Fetch (Kafka's fetch.max.bytes).
+    #[arg(long, default_value = "50MiB", value_parser = parse_size_bytes)]
+    pub fetch_max_bytes: u64,
+    /// `partition_max_bytes` of each partition in a Fetch.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size_bytes)]
+    pub partition_max_bytes: u64,
+    #[arg(long, default_value_t = 1)]
+    pub connections: u32,
+    /// Records to read; more or fewer fails the command.
+    #[arg(long)]
+    pub expect: Option<u64>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+}
+
+/// What `consume` measured. MiB/s is 2^20 bytes per second, MB/s 10^6.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumeResults {
+    pub fetch_version: i16,
+    pub partitions: u32,
+    pub fetches: u64,
+    pub records: u64,
+    pub batches: u64,
+    /// Whole record batches' bytes.
+    pub bytes: u64,
+    pub elapsed_s: f64,
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
+    pub mib_per_s: f64,
+}
+
+/// How one run reads.
+struct Plan {
+    address: std::net::SocketAddr,
+    topic: String,
+    version: i16,
+    fetch_max_bytes: i32,
+    partition_max_bytes: i32,
+    /// Records to read in all, or `None`: up to `ends`.
+    expect: Option<u64>,
+}
+
+/// One connection's partitions: `(partition, next offset, end offset at the start)`.
+type Cursors = Vec<(i32, i64, i64)>;
+
+/// What the connections count together (one thread, so `Cell`s).
+#[derive(Default)]
+struct Tally {
+    records: Cell<u64>,
+    batches: Cell<u64>,
+    bytes: Cell<u64>,
+    fetches: Cell<u64>,
+}
+
+/// Runs `consume`, prints and writes its report.
+pub fn run(args: &ConsumeArgs) -> Result<(), BenchError> {
+    if args.connections == 0 {
+        return Err(BenchError::InvalidArguments(
+            "--connections must be positive".into(),
+        ));
+    }
+    let target = Target::start(&args.target)?;
+    let results = consume(&target, args)?;
+    print_results(&results);
+    target.stop()?;
+    let report = Report {
+        probe: "consume",
+        parameters: args,
+        results,
+        machine: MachineInfo::gather(None),
+    };
+    report.write_json(args.json.as_deref())
+}
+
+/// Reads `expect` records of every partition of `topic` from the earliest offsets, with
+/// one connection (what `produce --then-consume` does).
+pub fn consume_all(
+    target: &Target,
+    topic: &str,
+    expect: u64,
+) -> Result<ConsumeResults, BenchError> {
+    let args = ConsumeArgs {
+        target: TargetArgs {
+            bootstrap: Some(target.address.to_string()),
+            embedded: false,
+            shards: 0,
+            flush: crate::engine::FlushArg::Never,
+            io_mode: crate::engine::IoModeArg::Buffered,
+            data_parent: PathBuf::new(),
+        },
+        topic: topic.to_owned(),
+        from: FromArg::Earliest,
+        fetch_max_bytes: 50 << 20,
+        partition_max_bytes: 8 << 20,
+        connections: 1,
+        expect: Some(expect),
+        json: None,
+    };
+    consume(target, &args)
+}
+
+/// Reads the topic on `target` as `args` say and checks the count.
+pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, BenchError> {
+    let mut admin = target.admin()?;
+    let fetch_version = version::<FetchRequest>(&admin, FETCH_VERSION_MAX)?;
+    let partitions = partition_count(&mut admin, &args.topic)?;
+    let ends = list_offsets(&mut admin, &args.topic, partitions, false)?;
+    let starts = match args.from {
+        FromArg::Earliest => list_offsets(&mut admin, &args.topic, partitions, true)?,
+        FromArg::Latest => ends.clone(),
+    };
+    drop(admin);
+    let limit = |bytes: u64| i32::try_from(bytes).unwrap_or(i32::MAX);
+    let plan = Rc::new(Plan {
+        address: target.address,
+        topic: args.topic.clone(),
+        version: fetch_version,
+        fetch_max_bytes: limit(args.fetch_max_bytes),
+        partition_max_bytes: limit(args.partition_max_bytes),
+        expect: args.expect,
+    });
+    let cursors: Vec<Cursors> = (0..args.connections.min(partitions))
+        .map(|connection| {
+            (0..partitions)
+                .filter(|p| p % args.connections == connection)
+                .map(|p| (p as i32, starts[p as usize], ends[p as usize]))
+                .collect()
+        })
+        .collect();
+    let tally = Rc::new(Tally::default());
+    let start = Instant::now();
+    rt::block_on(read_all(Rc::clone(&plan), cursors, Rc::clone(&tally)))??;
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let expected: u64 = args
+        .expect
+        .unwrap_or_else(|| starts.iter().zip(&ends).map(|(s, e)| e.abs_diff(*s)).sum());
+    if tally.records.get() != expected {
+        return Err(BenchError::Broker(format!(
+            "read {} records, expected {expected}",
+            tally.records.get()
+        )));
+    }
+    let bytes = tally.bytes.get();
+    Ok(ConsumeResults {
+        fetch_version,
+        partitions,
+        fetches: tally.fetches.get(),
+        records: tally.records.get(),
+        batches: tally.batches.get(),
+        bytes,
+        elapsed_s,
+        records_per_s: tally.records.get() as f64 / elapsed_s,
+        mb_per_s: bytes as f64 / 1e6 / elapsed_s,
+        mib_per_s: mib_per_s(bytes, elapsed_s),
+    })
+}
+
+/// The topic's partition count, from Metadata.
+fn partition_count(
+    admin: &mut ringlog_server::admin::AdminClient,
+    topic: &str,
+) -> Result<u32, BenchError> {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::MetadataRequest;
+    let version = admin.version::<MetadataRequest>()?;
+    let request = MetadataRequest::default().with_topics(Some(vec![
+        MetadataRequestTopic::default().with_name(Some(topic_name(topic))),
+    ]));
+    let response = admin.call(&request, version)?;
+    let topic_response = response
+        .topics
+        .first()
+        .ok_or_else(|| BenchError::Broker(format!("no metadata for topic {topic}")))?;
+    ringlog_server::admin::AdminError::check("Metadata", topic_response.error_code, None)?;
+    u32::try_from(topic_response.partitions.len())
+        .ok()
+        .filter(|&count| count > 0)
+        .ok_or_else(|| BenchError::Broker(format!("topic {topic} has no partitions")))
+}
+
+fn topic_name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_owned()))
+}
+
+async fn read_all(
+    plan: Rc<Plan>,
+    cursors: Vec<Cursors>,
+    tally: Rc<Tally>,
+) -> Result<(), BenchError> {
+    let tasks: Vec<_> = cursors
+        .into_iter()
+        .map(|cursors| {
+            rt::spawn_local(read_connection(
+                Rc::clone(&plan),
+                cursors,
+                Rc::clone(&tally),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Whether a connection is done: the expected count reached, or every partition at its end.
+fn done(plan: &Plan, tally: &Tally, cursors: &Cursors) -> bool {
+    match plan.expect {
+        Some(expect) => tally.records.get() >= expect,
+        None => cursors.iter().all(|&(_, next, end)| next >= end),
+    }
+}
+
+/// One connection: fetches its partitions until the run is done.
+async fn read_connection(
+    plan: Rc<Plan>,
+    mut cursors: Cursors,
+    tally: Rc<Tally>,
+) -> Result<(), BenchError> {
+    let stream = TcpStream::connect(plan.address)
+        .await
+        .context(|| format!("connecting to {}", plan.address))?;
+    stream.set_nodelay(true).context(|| "TCP_NODELAY".into())?;
+    let mut reader = FrameReader::new();
+    let mut correlation_id = 0i32;
+    let mut last_progress = Instant::now();
+    while !done(&plan, &tally, &cursors) {
+        correlation_id = correlation_id.wrapping_add(1);
+        let mut frame = encode_frame(&fetch_request(&plan, &cursors), plan.version)?;
+        set_correlation_id(&mut frame, correlation_id);
+        let (result, _) = stream.send_all(frame).await;
+        result.context(|| "sending a fetch request".into())?;
+        let body = reader.next_frame(&stream).await?;
+        let response = decode_response::<FetchRequest>(body, plan.version, correlation_id)?;
+        tally.fetches.set(tally.fetches.get() + 1);
+        if advance(&response, &mut cursors, &tally)? {
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > IDLE_TIMEOUT {
+            return Err(BenchError::Broker(format!(
+                "no new records for {IDLE_TIMEOUT:?} after {} records",
+                tally.records.get()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn fetch_request(plan: &Plan, cursors: &Cursors) -> FetchRequest {
+    let partitions = cursors
+        .iter()
+        .map(|&(partition, next, _)| {
+            FetchPartition::default()
+                .with_partition(partition)
+                .with_fetch_offset(next)
+                .with_partition_max_bytes(plan.partition_max_bytes)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_replica_id((-1).into())
+        .with_max_wait_ms(FETCH_MAX_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(plan.fetch_max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(topic_name(&plan.topic))
+            .with_partitions(partitions)])
+}
+
+/// Counts a response's whole batches and moves each partition's offset past them; returns
+/// whether any records came.
+fn advance(
+    response: &FetchResponse,
+    cursors: &mut Cursors,
+    tally: &Tally,
+) -> Result<bool, BenchError> {
+    if response.error_code != 0 {
+        return Err(BenchError::Broker(format!(
+            "fetch error code {}",
+            response.error_code
+        )));
+    }
+    let mut progressed = false;
+    for partition in response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+    {
+        if partition.error_code != 0 {
+            return Err(BenchError::Broker(format!(
+                "fetch of partition {}: error code {}",
+                partition.partition_index, partition.error_code
+            )));
+        }
+        let Some(records) = partition.records.as_deref() else {
+            continue;
+        };
+        let walk = walk_batches(records);
+        if let Some(at) = walk.bad_framing_at {
+            return Err(BenchError::Broker(format!(
+                "partition {}: bad record batch framing at byte {at} of a fetch",
+                partition.partition_index
+            )));
+        }
+        let Some(cursor) = cursors
+            .iter_mut()
+            .find(|c| c.0 == partition.partition_index)
+        else {
+            continue;
+        };
+        if let Some(next) = walk.offset_next.filter(|&next| next > cursor.1) {
+            cursor.1 = next;
+            progressed = true;
+        }
+        tally.records.set(tally.records.get() + walk.records);
+        tally.batches.set(tally.batches.get() + walk.batches);
+        tally.bytes.set(tally.bytes.get() + walk.bytes);
+    }
+    Ok(progressed)
+}
+
+/// Prints a consume run's summary line.
+pub fn print_results(results: &ConsumeResults) {
+    println!(
+        "consume: {} records ({} batches, {} fetches) from {} partitions in {:.2} s: \
+         {:.0} records/s, {:.1} MB/s",
+        results.records,
+        results.batches,
+        results.fetches,
+        results.partitions,
+        results.elapsed_s,
+        results.records_per_s,
+        results.mb_per_s,
+    );
+}

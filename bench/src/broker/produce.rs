@@ -1,0 +1,664 @@
+//! `ringlog-bench produce`: prebuilt record batches sent to a broker over Kafka Produce.
+//!
+//! Every request frame is encoded once before the timed region (one per partition and
+//! distinct batch, plus the short last batch of a `--records` run); a send only patches
+//! the correlation id. Each connection is one runtime task that keeps `--in-flight`
+//! requests outstanding: it writes requests back to back until the window is full, then
+//! reads one response (they come in order) and sends the next. Connection *c* owns the
+//! partitions *p* with *p* mod C = *c* (or partition *c* mod P when there are more
+//! connections than partitions) and cycles through them. Connections are spread over
+//! `--client-threads` threads, each with its own `rt::block_on` runtime.
+//!
+//! A response with a Kafka error code counts as an acks error (and stops the run); the
+//! run's budget (`--records` or `--duration`) is shared by all connections. A thread
+//! prints one progress line per second to stderr.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use ringlog_engine::rt::{self, TcpStream};
+use serde::Serialize;
+
+use super::wire::{decode_response, encode_frame, set_correlation_id, FrameReader};
+use super::{create_topic, version, Target, TargetArgs};
+use crate::engine::batches::{parse_keys, Keys, PrebuiltBatches};
+use crate::engine::latency::{Latencies, LatencySummary};
+use crate::error::{BenchError, IoContext};
+use crate::machine::MachineInfo;
+use crate::report::{mib_per_s, Report};
+use crate::size::parse_size_bytes;
+
+/// The last Produce version that names topics (v13 identifies them by id).
+const PRODUCE_VERSION_MAX: i16 = 12;
+/// How long the broker may take to acknowledge.
+const PRODUCE_TIMEOUT_MS: i32 = 30_000;
+
+/// `--acks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum AcksArg {
+    /// No response (fire and forget; no latency).
+    #[value(name = "0")]
+    #[serde(rename = "0")]
+    None,
+    /// The leader wrote it.
+    #[value(name = "1")]
+    #[serde(rename = "1")]
+    Leader,
+    /// Durable per the topic's flush policy.
+    #[value(name = "all")]
+    #[serde(rename = "all")]
+    All,
+}
+
+impl AcksArg {
+    fn wire(self) -> i16 {
+        match self {
+            AcksArg::None => 0,
+            AcksArg::Leader => 1,
+            AcksArg::All => -1,
+        }
+    }
+}
+
+/// Parameters of `produce`.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The topic (created with `--partitions` if missing).
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 1)]
+    pub partitions: u32,
+    /// Value bytes per record.
+    #[arg(long, default_value = "1KiB", value_parser = parse_size_bytes)]
+    pub record_size: u64,
+    /// Records to send (default 1,000,000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    pub records: Option<u64>,
+    /// Seconds to send for.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Largest batch (one batch per request).
+    #[arg(long, default_value = "64KiB", value_parser = parse_size_bytes)]
+    pub batch_bytes: u64,
+    #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
+    pub acks: AcksArg,
+    #[arg(long, default_value_t = 2)]
+    pub connections: u32,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: u32,
+    /// Record keys: none, random, or N-distinct.
+    #[arg(long, default_value = "none", value_parser = parse_keys)]
+    pub keys: Keys,
+    /// Records per second over all connections (default: as fast as acks come back).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Client threads (each one runtime); the broker shares the machine.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: u32,
+    /// After producing, consume everything back (checks the count).
+    #[arg(long)]
+    pub then_consume: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+}
+
+/// What `produce` measured. MiB/s is 2^20 bytes per second, MB/s 10^6.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProduceResults {
+    pub produce_version: i16,
+    pub records_per_batch: u64,
+    pub batch_len_bytes: u64,
+    pub requests: u64,
+    pub records: u64,
+    /// Request frame bytes acknowledged (record batches plus about 80 bytes of framing).
+    pub bytes: u64,
+    pub elapsed_s: f64,
+    pub records_per_s: f64,
+    pub mb_per_s: f64,
+    pub mib_per_s: f64,
+    /// From a request's send to its response; empty for acks=0.
+    pub latency: LatencySummary,
+    pub acks_errors: u64,
+    pub client_threads: u32,
+}
+
+/// The run's shared counters, read by the progress line.
+#[derive(Default)]
+struct Shared {
+    records_left: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+    requests: AtomicU64,
+    acks_errors: AtomicU64,
+    stop: AtomicBool,
+    interval: Mutex<Option<Histogram<u64>>>,
+}
+
+/// What one connection sends: its partitions' frames, built before the timed region.
+struct Plan {
+    /// `frames[i]`: partition `i % partitions.len()`, batch `i / partitions.len()`.
+    frames: Vec<Vec<u8>>,
+    /// The short last batch's frame per partition, if the run has one.
+    tail_frames: Vec<Vec<u8>>,
+    partitions: usize,
+    records_per_batch: u64,
+    tail_records: u64,
+}
+
+/// Runs `produce`, prints and writes its report; `--then-consume` reads it all back.
+pub fn run(args: &ProduceArgs) -> Result<(), BenchError> {
+    let target = Target::start(&args.target)?;
+    let results = produce(args, &target)?;
+    print_results(&results);
+    if args.then_consume {
+        let consumed = super::consume::consume_all(&target, &args.topic, results.records)?;
+        super::consume::print_results(&consumed);
+    }
+    target.stop()?;
+    let report = Report {
+        probe: "produce",
+        parameters: args,
+        results,
+        machine: MachineInfo::gather(Some(&args.target.data_parent)),
+    };
+    report.write_json(args.json.as_deref())
+}
+
+/// Creates the topic and produces the load to `target`; the count acknowledged is checked
+/// against `--records`.
+pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, BenchError> {
+    validate(args)?;
+    let mut admin = target.admin()?;
+    create_topic(&mut admin, &args.topic, args.partitions)?;
+    let version = version::<ProduceRequest>(&admin, PRODUCE_VERSION_MAX)?;
+    drop(admin);
+    let records_total = match (args.records, args.duration) {
+        (Some(records), _) => records,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => 1_000_000,
+    };
+    let batches = PrebuiltBatches::with_keys(
+        args.record_size as usize,
+        args.batch_bytes as usize,
+        args.keys,
+        None,
+    )?;
+    let tail_records = if records_total == u64::MAX {
+        0
+    } else {
+        records_total % batches.records_per_batch()
+    };
+    let tail = (tail_records > 0)
+        .then(|| {
+            PrebuiltBatches::with_keys(
+                args.record_size as usize,
+                args.batch_bytes as usize,
+                args.keys,
+                Some(tail_records),
+            )
+        })
+        .transpose()?;
+    let plans = (0..args.connections)
+        .map(|connection| plan(args, version, connection, &batches, tail.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shared = Arc::new(Shared {
+        records_left: AtomicU64::new(records_total),
+        interval: Mutex::new(Some(new_histogram())),
+        ..Shared::default()
+    });
+    let (latencies, elapsed) = drive(args, target, version, plans, &shared)?;
+    let results = results(args, version, &batches, &shared, &latencies, elapsed);
+    if results.acks_errors > 0 {
+        return Err(BenchError::Broker(format!(
+            "{} acks errors",
+            results.acks_errors
+        )));
+    }
+    if args.records.is_some() && results.records != records_total {
+        return Err(BenchError::Broker(format!(
+            "{} records acknowledged, {records_total} sent",
+            results.records
+        )));
+    }
+    Ok(results)
+}
+
+fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
+    if args.partitions == 0
+        || args.connections == 0
+        || args.in_flight == 0
+        || args.client_threads == 0
+    {
+        return Err(BenchError::InvalidArguments(
+            "--partitions, --connections, --in-flight and --client-threads must be positive".into(),
+        ));
+    }
+    if args.rate.is_some_and(|rate| rate <= 0.0) || args.duration.is_some_and(|s| s <= 0.0) {
+        return Err(BenchError::InvalidArguments(
+            "--rate and --duration must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn new_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 60_000_000_000, 3) {
+        Ok(histogram) => histogram,
+        Err(_) => unreachable!("constant histogram bounds are valid"),
+    }
+}
+
+/// The partitions connection `connection` owns.
+fn partitions_of(args: &ProduceArgs, connection: u32) -> Vec<i32> {
+    if args.connections >= args.partitions {
+        return vec![(connection % args.partitions) as i32];
+    }
+    (0..args.partitions)
+        .filter(|partition| partition % args.connections == connection)
+        .map(|partition| partition as i32)
+        .collect()
+}
+
+fn plan(
+    args: &ProduceArgs,
+    version: i16,
+    connection: u32,
+    batches: &PrebuiltBatches,
+    tail: Option<&PrebuiltBatches>,
+) -> Result<Plan, BenchError> {
+    let partitions = partitions_of(args, connection);
+    let frame = |partition: i32, batch: &[u8]| {
+        let request = ProduceRequest::default()
+            .with_acks(args.acks.wire())
+            .with_timeout_ms(PRODUCE_TIMEOUT_MS)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(args.topic.clone())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(bytes::Bytes::copy_from_slice(batch)))])]);
+        encode_frame(&request, version)
+    };
+    let mut frames = Vec::new();
+    for batch in 0..crate::engine::batches::DISTINCT_BATCHES {
+        for &partition in &partitions {
+            frames.push(frame(partition, batches.get(batch))?);
+        }
+    }
+    let tail_frames = match tail {
+        Some(tail) => partitions
+            .iter()
+            .map(|&p| frame(p, tail.get(0)))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Plan {
+        frames,
+        tail_frames,
+        partitions: partitions.len(),
+        records_per_batch: batches.records_per_batch(),
+        tail_records: tail.map_or(0, PrebuiltBatches::records_per_batch),
+    })
+}
+
+/// Runs every connection on `--client-threads` threads, with the progress line; returns
+/// the merged latencies and the elapsed time.
+fn drive(
+    args: &ProduceArgs,
+    target: &Target,
+    version: i16,
+    plans: Vec<Plan>,
+    shared: &Arc<Shared>,
+) -> Result<(Latencies, Duration), BenchError> {
+    let mut per_thread: Vec<Vec<Plan>> = (0..args.client_threads).map(|_| Vec::new()).collect();
+    for (index, plan) in plans.into_iter().enumerate() {
+        per_thread[index % args.client_threads as usize].push(plan);
+    }
+    let start = Instant::now();
+    let progress = {
+        let shared = Arc::clone(shared);
+        std::thread::Builder::new()
+            .name("produce-progress".into())
+            .spawn(move || print_progress(&shared))
+            .context(|| "starting the progress thread".into())?
+    };
+    let threads = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(index, plans)| {
+            let connection = Connection::new(args, target, version, shared, start);
+            std::thread::Builder::new()
+                .name(format!("produce-{index}"))
+                .spawn(move || rt::block_on(run_thread(connection, plans)))
+                .context(|| "starting a client thread".into())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut latencies = Latencies::new();
+    let mut first_error = None;
+    for thread in threads {
+        let outcome = thread
+            .join()
+            .map_err(|_| BenchError::ThreadPanicked("produce client"))
+            .and_then(|ran| ran?);
+        match outcome {
+            Ok(thread_latencies) => latencies.add(&thread_latencies),
+            Err(error) => {
+                shared.stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    shared.stop.store(true, Ordering::SeqCst);
+    progress
+        .join()
+        .map_err(|_| BenchError::ThreadPanicked("produce progress"))?;
+    first_error.map_or(Ok((latencies, elapsed)), Err)
+}
+
+/// What every connection of a thread shares.
+#[derive(Clone)]
+struct Connection {
+    address: std::net::SocketAddr,
+    version: i16,
+    in_flight: usize,
+    acks_none: bool,
+    deadline: Option<Instant>,
+    /// Records per second of one connection, with `--rate`.
+    records_per_s: Option<f64>,
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    fn new(
+        args: &ProduceArgs,
+        target: &Target,
+        version: i16,
+        shared: &Arc<Shared>,
+        start: Instant,
+    ) -> Connection {
+        Connection {
+            address: target.address,
+            version,
+            in_flight: args.in_flight as usize,
+            acks_none: args.acks == AcksArg::None,
+            deadline: args
+                .duration
+                .map(|seconds| start + Duration::from_secs_f64(seconds)),
+            records_per_s: args.rate.map(|rate| rate / f64::from(args.connections)),
+            shared: Arc::clone(shared),
+        }
+    }
+}
+
+/// One client thread: its connections as tasks; returns their merged latencies.
+async fn run_thread(connection: Connection, plans: Vec<Plan>) -> Result<Latencies, BenchError> {
+    let tasks: Vec<_> = plans
+        .into_iter()
+        .map(|plan| rt::spawn_local(produce_connection(connection.clone(), plan)))
+        .collect();
+    let mut latencies = Latencies::new();
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(task_latencies)) => latencies.add(&task_latencies),
+            Ok(Err(error)) => {
+                connection.shared.stop.store(true, Ordering::SeqCst);
+                first_error.get_or_insert(error);
+            }
+            Err(cancelled) => {
+                first_error.get_or_insert(cancelled.into());
+            }
+        }
+    }
+    first_error.map_or(Ok(latencies), Err)
+}
+
+/// Takes up to one batch of records from the shared budget: `Some(true)` for a full
+/// batch, `Some(false)` for the short tail, `None` when the budget is spent.
+fn take_batch(connection: &Connection, plan: &Plan) -> Option<bool> {
+    let shared = &connection.shared;
+    if shared.stop.load(Ordering::Relaxed)
+        || connection.deadline.is_some_and(|d| Instant::now() >= d)
+    {
+        return None;
+    }
+    let mut full = true;
+    shared
+        .records_left
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            let take = left.min(plan.records_per_batch);
+            full = take == plan.records_per_batch;
+            (take > 0).then_some(left - take)
+        })
+        .ok()
+        .map(|_| full)
+}
+
+/// One connection: keeps `in_flight` requests outstanding until the budget is spent.
+async fn produce_connection(
+    connection: Connection,
+    mut plan: Plan,
+) -> Result<Latencies, BenchError> {
+    let stream = TcpStream::connect(connection.address)
+        .await
+        .context(|| format!("connecting to {}", connection.address))?;
+    stream.set_nodelay(true).context(|| "TCP_NODELAY".into())?;
+    let mut reader = FrameReader::new();
+    let mut latencies = Latencies::new();
+    let mut pending = std::collections::VecDeque::with_capacity(connection.in_flight);
+    let mut correlation_id = 0i32;
+    let mut next_frame = 0usize;
+    let mut next_send_at = Instant::now();
+    let send_interval = connection
+        .records_per_s
+        .map(|rate| Duration::from_secs_f64(plan.records_per_batch as f64 / rate));
+    loop {
+        while pending.len() < connection.in_flight {
+            let Some(full) = take_batch(&connection, &plan) else {
+                break;
+            };
+            if let Some(interval) = send_interval {
+                rt::sleep_until(next_send_at).await;
+                next_send_at += interval;
+            }
+            let (frames, index) = if full {
+                next_frame += 1;
+                let index = (next_frame - 1) % plan.frames.len();
+                (&mut plan.frames, index)
+            } else {
+                (&mut plan.tail_frames, next_frame % plan.partitions)
+            };
+            correlation_id = correlation_id.wrapping_add(1);
+            let mut frame = std::mem::take(&mut frames[index]);
+            set_correlation_id(&mut frame, correlation_id);
+            let sent_at = Instant::now();
+            let (result, frame) = stream.send_all(frame).await;
+            frames[index] = frame;
+            result.context(|| "sending a produce request".into())?;
+            let records = if full {
+                plan.records_per_batch
+            } else {
+                plan.tail_records
+            };
+            if connection.acks_none {
+                count(&connection.shared, records, frames[index].len());
+            } else {
+                pending.push_back((correlation_id, sent_at, records, frames[index].len()));
+            }
+        }
+        let Some((expected_id, sent_at, records, frame_len)) = pending.pop_front() else {
+            return Ok(latencies);
+        };
+        let body = reader.next_frame(&stream).await?;
+        let response = decode_response::<ProduceRequest>(body, connection.version, expected_id)?;
+        let latency = sent_at.elapsed();
+        check_response(&connection.shared, &response);
+        latencies.record(latency);
+        record_interval(&connection.shared, latency);
+        count(&connection.shared, records, frame_len);
+    }
+}
+
+fn count(shared: &Shared, records: u64, frame_len: usize) {
+    shared.records.fetch_add(records, Ordering::Relaxed);
+    shared.bytes.fetch_add(frame_len as u64, Ordering::Relaxed);
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+}
+
+fn record_interval(shared: &Shared, latency: Duration) {
+    if let Ok(mut interval) = shared.interval.lock() {
+        if let Some(histogram) = interval.as_mut() {
+            let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+            histogram.saturating_record(nanos.max(1));
+        }
+    }
+}
+
+/// Counts a response's Kafka error codes as acks errors; the run then stops.
+fn check_response(shared: &Shared, response: &kafka_protocol::messages::ProduceResponse) {
+    for partition in response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partition_responses)
+    {
+        if partition.error_code != 0 {
+            if shared.acks_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                eprintln!(
+                    "produce: partition {} answered error code {} ({})",
+                    partition.index,
+                    partition.error_code,
+                    ringlog_server::errors::name(partition.error_code)
+                );
+            }
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Once a second until the run stops: records/s, MB/s and p99 of the last second.
+fn print_progress(shared: &Shared) {
+    let mut last = (Instant::now(), 0u64, 0u64);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last.0.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let now = Instant::now();
+        let records = shared.records.load(Ordering::Relaxed);
+        let bytes = shared.bytes.load(Ordering::Relaxed);
+        let seconds = now.duration_since(last.0).as_secs_f64();
+        let p99_ms = shared.interval.lock().ok().and_then(|mut interval| {
+            let histogram = interval.as_mut()?;
+            let p99 =
+                (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.99) as f64 / 1e6);
+            histogram.reset();
+            p99
+        });
+        eprintln!(
+            "produce: {:>10.0} records/s {:>8.1} MB/s p99 {}",
+            (records - last.1) as f64 / seconds,
+            (bytes - last.2) as f64 / 1e6 / seconds,
+            p99_ms.map_or_else(|| "-".into(), |ms| format!("{ms:.2} ms")),
+        );
+        last = (now, records, bytes);
+    }
+}
+
+fn results(
+    args: &ProduceArgs,
+    version: i16,
+    batches: &PrebuiltBatches,
+    shared: &Shared,
+    latencies: &Latencies,
+    elapsed: Duration,
+) -> ProduceResults {
+    let elapsed_s = elapsed.as_secs_f64();
+    let records = shared.records.load(Ordering::Relaxed);
+    let bytes = shared.bytes.load(Ordering::Relaxed);
+    ProduceResults {
+        produce_version: version,
+        records_per_batch: batches.records_per_batch(),
+        batch_len_bytes: batches.batch_len_bytes() as u64,
+        requests: shared.requests.load(Ordering::Relaxed),
+        records,
+        bytes,
+        elapsed_s,
+        records_per_s: records as f64 / elapsed_s,
+        mb_per_s: bytes as f64 / 1e6 / elapsed_s,
+        mib_per_s: mib_per_s(bytes, elapsed_s),
+        latency: latencies.summary(),
+        acks_errors: shared.acks_errors.load(Ordering::Relaxed),
+        client_threads: args.client_threads,
+    }
+}
+
+fn print_results(results: &ProduceResults) {
+    let latency = &results.latency;
+    println!(
+        "produce: {} records in {:.2} s: {:.0} records/s, {:.1} MB/s; latency p50 {:.0} / \
+         p99 {:.0} / p99.9 {:.0} / max {:.0} us; {} acks errors",
+        results.records,
+        results.elapsed_s,
+        results.records_per_s,
+        results.mb_per_s,
+        latency.p50_us,
+        latency.p99_us,
+        latency.p999_us,
+        latency.max_us,
+        results.acks_errors,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{produce, ProduceArgs};
+    use crate::broker::consume::consume_all;
+    use crate::broker::Target;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+
+    #[test]
+    fn embedded_produce_then_consume_counts_every_record() {
+        let parent = tempfile::tempdir().unwrap();
+        let parent = parent.path().to_str().unwrap();
+        let cli = Cli::parse_from([
+            "produce",
+            "--embedded",
+            "--data-parent",
+            parent,
+            "--records",
+            "2000",
+            "--record-size",
+            "100",
+            "--partitions",
+            "3",
+            "--connections",
+            "2",
+        ]);
+        let target = Target::start(&cli.args.target).unwrap();
+        let produced = produce(&cli.args, &target).unwrap();
+        assert_eq!(produced.records, 2000);
+        assert_eq!(produced.acks_errors, 0);
+        let consumed = consume_all(&target, "bench", 2000).unwrap();
+        assert_eq!(consumed.records, 2000);
+        target.stop().unwrap();
+    }
+}
