@@ -1,8 +1,12 @@
-//! One client connection on one shard: read frames, answer requests in order, write
-//! responses.
+//! One client connection on one shard: read frames, answer requests, write responses in
+//! request order.
 //!
-//! Clients pipeline requests; this loop answers them one after the other, which keeps the
-//! responses in request order as the protocol requires. A frame larger than
+//! Clients pipeline requests (an acks=all produce waits for an fdatasync; the requests
+//! behind it must not wait for it too), so each request is handled by its own task, up to
+//! `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX` at once, and one writer sends the answers in the
+//! order the requests came, as the protocol requires. Two produce requests of a connection
+//! to the same partition are appended in their order (they reach the partition's queue in
+//! the order they were read). A frame larger than
 //! `max_request_bytes`, a negative size, or a request that does not decode closes the
 //! connection with a log line (as Kafka does), except an ApiVersions request of an unknown
 //! version, which gets UNSUPPORTED_VERSION and the supported list.
@@ -16,8 +20,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
-use ringlog_engine::rt::{IoBuf, Pipe, TcpStream};
+use ringlog_engine::rt::{self, IoBuf, Pipe, TcpStream};
 use ringlog_engine::shard::SendableRange;
 
 use crate::broker::Broker;
@@ -31,6 +37,9 @@ use crate::zero_copy::{Part, Parts};
 /// the requests (and responses) that come, so a thousand connections that only ever sent
 /// metadata requests cost a few MiB, not hundreds.
 const IDLE_BUFFER_BYTES: usize = 4 * 1024;
+/// Requests of one connection being handled at once; the next frame is read only when
+/// one of them has been answered (backpressure on a client that pipelines more).
+const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 32;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -51,19 +60,40 @@ enum Closed {
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     let _ = stream.set_nodelay(true);
-    match run(&stream, &broker).await {
+    // Requests are read and handled concurrently (a pipelining client keeps several in
+    // flight: an acks=all produce waits for an fdatasync, and the next request must not
+    // wait behind it); one writer sends the answers in request order.
+    let (answers, in_order) = mpsc::channel(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX);
+    let writer = rt::spawn_local(write_answers(stream.clone(), in_order));
+    let read = read_requests(&stream, &broker, answers).await;
+    let written = writer.await.unwrap_or(Ok(()));
+    match read.and(written) {
         Ok(()) | Err(Closed::Peer) => tracing::debug!(%peer, "connection closed"),
         Err(error) => tracing::warn!(%peer, %error, "closing connection"),
     }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
 }
 
-async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
+/// A request being answered: its handler runs as its own task.
+type Answer = rt::JoinHandle<Result<(), Closed>>;
+
+/// What the writer needs of one answered request.
+struct Reply {
+    header: (ApiKey, i16, i32),
+    answer: Option<(ResponseKind, Vec<SendableRange>)>,
+    received: Instant,
+    request_bytes: usize,
+}
+
+/// Reads frames and starts a handler for each; stops at the first bad frame (after the
+/// answers of the requests before it) or when the writer is gone.
+async fn read_requests(
+    stream: &TcpStream,
+    broker: &Arc<Broker>,
+    mut answers: mpsc::Sender<oneshot::Receiver<Reply>>,
+) -> Result<(), Closed> {
     let max = broker.config.max_request_bytes;
     let mut input = BytesMut::with_capacity(IDLE_BUFFER_BYTES);
-    let mut outgoing = Outgoing {
-        output: BytesMut::with_capacity(IDLE_BUFFER_BYTES),
-        pipe: None,
-    };
     loop {
         let frame = read_frame(stream, &mut input, max).await?;
         let received = Instant::now();
@@ -71,39 +101,86 @@ async fn run(stream: &TcpStream, broker: &Broker) -> Result<(), Closed> {
         if broker.lifecycle.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let _in_flight = InFlight::enter(&broker.lifecycle);
-        let (header, answer) = match protocol::decode_request(frame) {
-            Ok(request) => {
-                let header = (
-                    request.api_key,
-                    request.version,
-                    request.header.correlation_id,
-                );
-                (header, broker.handle(request).await)
-            }
+        let request = match protocol::decode_request(frame) {
+            Ok(request) => Ok(request),
             Err(DecodeError::UnsupportedVersion {
                 api: ApiKey::ApiVersions,
                 correlation_id,
                 ..
-            }) => {
-                let response = ResponseKind::ApiVersions(api_versions::unsupported());
-                let header = (ApiKey::ApiVersions, 0, correlation_id);
-                (header, Some((response, Vec::new())))
-            }
+            }) => Err(correlation_id),
             Err(error) => return Err(error.into()),
         };
-        let (failed, response_bytes) = match answer {
+        let (reply, replied) = oneshot::channel();
+        if answers.send(replied).await.is_err() {
+            return Ok(());
+        }
+        let broker = broker.clone();
+        let handler: Answer = rt::spawn_local(async move {
+            let _in_flight = InFlight::enter(&broker.lifecycle);
+            let (header, answer) = match request {
+                Ok(request) => {
+                    let header = (
+                        request.api_key,
+                        request.version,
+                        request.header.correlation_id,
+                    );
+                    (header, broker.handle(request).await)
+                }
+                Err(correlation_id) => {
+                    let response = ResponseKind::ApiVersions(api_versions::unsupported());
+                    (
+                        (ApiKey::ApiVersions, 0, correlation_id),
+                        Some((response, Vec::new())),
+                    )
+                }
+            };
+            let _ = reply.send(Reply {
+                header,
+                answer,
+                received,
+                request_bytes,
+            });
+            Ok(())
+        });
+        handler.detach();
+    }
+}
+
+/// Sends the answers in request order.
+async fn write_answers(
+    stream: TcpStream,
+    mut in_order: mpsc::Receiver<oneshot::Receiver<Reply>>,
+) -> Result<(), Closed> {
+    let mut outgoing = Outgoing {
+        output: BytesMut::with_capacity(IDLE_BUFFER_BYTES),
+        pipe: None,
+    };
+    while let Some(replied) = in_order.next().await {
+        // A handler that never answers was dropped with the runtime: stop.
+        let Ok(reply) = replied.await else {
+            return Ok(());
+        };
+        let (failed, response_bytes) = match reply.answer {
             Some((response, files)) => {
                 let failed = metrics::has_error(&response);
-                let sent = outgoing.send(stream, header, &response, files).await?;
+                let sent = outgoing
+                    .send(&stream, reply.header, &response, files)
+                    .await?;
                 (failed, sent)
             }
             // Produce with acks=0: no response.
             None => (false, 0),
         };
-        let latency = received.elapsed();
-        metrics::record_request(header.0, request_bytes, response_bytes, failed, latency);
+        let latency = reply.received.elapsed();
+        metrics::record_request(
+            reply.header.0,
+            reply.request_bytes,
+            response_bytes,
+            failed,
+            latency,
+        );
     }
+    Ok(())
 }
 
 /// A connection's response buffer, and the pipe zero-copy fetches splice through (made on

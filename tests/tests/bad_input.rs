@@ -627,7 +627,8 @@ fn bad_offsets_and_sizes(c: &mut Connection, end: i64) {
         .call(&greedy, max_version(ApiKey::Fetch))
         .expect("an answer");
     assert_eq!(response.responses[0].partitions[0].high_watermark, end);
-    for timestamp in [-3, -7, i64::MIN] {
+    // -3 (the largest timestamp) is a real question from version 7 on; these are not.
+    for timestamp in [-6, -7, i64::MIN] {
         let (error, _) = c.list_offset(TOPIC, 0, timestamp);
         assert_ne!(error, 0, "ListOffsets at timestamp {timestamp}");
     }
