@@ -48,10 +48,10 @@ def engine_rows(out):
     print("|---|---|---|---|---|---|---|---|")
     for name, limit in LIMIT_OF.items():
         pattern = f"engine-{name}-*.json"
-        rps = values(out, pattern, lambda d: d["results"]["records_per_s"])
-        gbs = values(out, pattern, lambda d: d["results"]["mb_per_s"] / 1000)
-        lat = [values(out, pattern, lambda d, k=k: d["results"]["latency"][k])
-               for k in ("p50_us", "p99_us", "p999_us")]
+        rps = values(out, pattern, lambda d: d["results"]["records_per_sec"])
+        gbs = values(out, pattern, lambda d: d["results"]["mb_per_sec"] / 1000)
+        lat = [values(out, pattern, lambda d, k=k: d["results"]["latency_us"][k])
+               for k in ("p50", "p99", "p999")]
         group = values(out, pattern, lambda d: d["results"]["group_mib_mean"])
         limit_gbs = values(out, f"probe-{limit}-*.json",
                            lambda d: d["results"]["gb_per_s"]) if limit else []
@@ -83,7 +83,7 @@ def read_rows(out):
         pattern = f"engine-{name}-*.json"
         passes = [values(out, pattern, lambda d, i=i: d["results"]["read_back"][i]["gb_per_s"])
                   for i in (0, 1)]
-        rps = values(out, pattern, lambda d: d["results"]["read_back"][1]["records_per_s"])
+        rps = values(out, pattern, lambda d: d["results"]["read_back"][1]["records_per_sec"])
         print(f"| {name} | {cell(passes[0], '{:.2f}')} | {cell(passes[1], '{:.2f}')} "
               f"| {cell(rps, '{:.0f}')} |")
 

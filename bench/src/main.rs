@@ -2,8 +2,9 @@
 //! runtime (disk writes, the runtime's own per-operation cost, loopback TCP) so that the
 //! engine's and the broker's numbers can be read against what the hardware allows; see
 //! BENCHMARKS.md for how they are run and what they showed. `engine` measures the storage
-//! engine alone (appends, reads, recovery), in process, against those limits; `produce`
-//! and `consume` measure the broker over the Kafka protocol.
+//! engine alone (appends, reads, recovery), in process, against those limits; `produce`,
+//! `consume` and `e2e` (both at once, with end-to-end latency) measure the broker over the
+//! Kafka protocol.
 
 mod broker;
 mod engine;
@@ -37,6 +38,8 @@ enum Command {
     Produce(broker::produce::ProduceArgs),
     /// Consume a topic from a broker over the Kafka protocol.
     Consume(broker::consume::ConsumeArgs),
+    /// Produce and consume at once: end-to-end latency from a time stamp in each record.
+    E2e(broker::e2e::E2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Engine(engine) => engine.run(),
         Command::Produce(args) => broker::produce::run(args),
         Command::Consume(args) => broker::consume::run(args),
+        Command::E2e(args) => broker::e2e::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 //! (default: a new temporary directory). Run it twice on the same directory and the
 //! offsets continue where the first run stopped.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use ringlog_engine::batch::{BatchBuilder, RecordBatch};
 use ringlog_engine::log::Ack;
 use ringlog_engine::rt::RuntimeConfig;
@@ -30,7 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (key, value) in [("en", "hello"), ("fr", "bonjour"), ("de", "hallo")] {
             builder.push(0, Some(key.as_bytes()), Some(value.as_bytes()), &[])?;
         }
-        let batch = BytesMut::from(&builder.build()[..]);
+        let batch = Bytes::from(builder.build());
         let appended = engine.append("greetings", 0, batch, Ack::Durable).await?;
         println!(
             "appended offsets {}..{}",

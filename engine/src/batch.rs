@@ -28,7 +28,10 @@ pub use builder::BatchBuilder;
 pub use error::{BatchError, RecordError};
 pub use layout::{Compression, TimestampType, HEADER_SIZE_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2};
 pub use record::{Header, Record, Records};
-pub use stamp::{set_partition_leader_epoch, stamp_base_offset, stamp_log_append_time};
+pub use stamp::{
+    restamp_create_time, set_partition_leader_epoch, stamp_base_offset, stamp_log_append_time,
+    stamp_split,
+};
 pub use validate::{validate, validate_prefix, BatchInfo, ValidPrefix};
 pub use view::RecordBatch;
 

@@ -36,7 +36,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 
 use crate::batch::BatchError;
@@ -226,8 +226,10 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Appends the batches in `batches` (one or more, as in a Produce request's records):
     /// validates each, stamps offsets (and LogAppendTime if the topic uses it), and waits
-    /// as `ack` says. Nothing is written if any batch is invalid.
-    pub async fn append(&self, batches: BytesMut, ack: Ack) -> Result<Appended, LogError> {
+    /// as `ack` says. Nothing is written if any batch is invalid. `batches` is not changed
+    /// (it may be a slice of a shared request buffer): the stamps go into copies of the
+    /// headers, and the records are written from it.
+    pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
         let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
         let info = crate::batch::validate(&batches, max_message_bytes).map_err(|source| {
             LogError::InvalidBatch {

@@ -9,7 +9,7 @@
 //! use it. The registry (control path) is behind a mutex; logs never leave their shard.
 //!
 //! ```
-//! use bytes::BytesMut;
+//! use bytes::Bytes;
 //! use ringlog_engine::batch::BatchBuilder;
 //! use ringlog_engine::log::Ack;
 //! use ringlog_engine::rt::RuntimeConfig;
@@ -26,7 +26,7 @@
 //!     engine.create_topic("greetings", 3, TopicConfig::default()).await?;
 //!     let mut builder = BatchBuilder::new();
 //!     builder.push(0, Some(b"k".as_slice()), Some(b"hello".as_slice()), &[])?;
-//!     let batch = BytesMut::from(&builder.build()[..]);
+//!     let batch = Bytes::from(builder.build());
 //!     let appended = engine.append("greetings", 1, batch, Ack::Durable).await?;
 //!     assert_eq!(appended.offset_first, 0);
 //!     let read = engine.read("greetings", 1, 0, 1 << 20).await?;
@@ -43,7 +43,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog};
@@ -347,7 +347,7 @@ impl Engine {
         &self,
         topic: &str,
         partition: u32,
-        batches: BytesMut,
+        batches: Bytes,
         ack: Ack,
     ) -> Result<Appended, EngineError> {
         self.on_log(topic, partition, move |log| async move {

@@ -9,9 +9,11 @@
 //! it, when every partition reached the end it had when the run started; reading more or
 //! fewer than expected (nothing new for `IDLE_TIMEOUT`) fails the command.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
@@ -21,8 +23,11 @@ use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::rt::{self, TcpStream};
 use serde::Serialize;
 
+use super::rdkafka::ClientArg;
+use super::stamp::{read_stamps, Clock};
 use super::wire::{decode_response, encode_frame, set_correlation_id, FrameReader};
 use super::{list_offsets, version, Target, TargetArgs};
+use crate::engine::latency::{Latencies, LatencySummary};
 use crate::engine::read::walk_batches;
 use crate::error::{BenchError, IoContext};
 use crate::machine::MachineInfo;
@@ -64,6 +69,10 @@ pub struct ConsumeArgs {
     /// Records to read; more or fewer fails the command.
     #[arg(long)]
     pub expect: Option<u64>,
+    /// The Kafka client that reads: `native`, or `rdkafka` (librdkafka, as a cross-check:
+    /// one consumer assigned every partition, so `--connections` does not apply).
+    #[arg(long, value_enum, default_value_t = ClientArg::Native)]
+    pub client: ClientArg,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     #[serde(skip)]
@@ -81,9 +90,29 @@ pub struct ConsumeResults {
     /// Whole record batches' bytes.
     pub bytes: u64,
     pub elapsed_s: f64,
+    #[serde(rename = "records_per_sec")]
     pub records_per_s: f64,
+    #[serde(rename = "mb_per_sec")]
     pub mb_per_s: f64,
     pub mib_per_s: f64,
+    /// End-to-end runs: from each record's send to its fetch's arrival.
+    #[serde(
+        rename = "end_to_end_latency_us",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub end_to_end_latency: Option<LatencySummary>,
+}
+
+/// When a run's reading is done.
+#[derive(Debug, Clone)]
+pub enum Until {
+    /// This many records read, in all.
+    Count(u64),
+    /// Every partition at the end it had when the run started.
+    Ends,
+    /// As many records as a producer running beside the reader publishes here when it
+    /// finishes (`u64::MAX` until then).
+    Published(Arc<AtomicU64>),
 }
 
 /// How one run reads.
@@ -93,8 +122,9 @@ struct Plan {
     version: i16,
     fetch_max_bytes: i32,
     partition_max_bytes: i32,
-    /// Records to read in all, or `None`: up to `ends`.
-    expect: Option<u64>,
+    until: Until,
+    /// End-to-end runs: the clock the records' stamps were taken on.
+    clock: Option<Clock>,
 }
 
 /// One connection's partitions: `(partition, next offset, end offset at the start)`.
@@ -107,6 +137,10 @@ struct Tally {
     batches: Cell<u64>,
     bytes: Cell<u64>,
     fetches: Cell<u64>,
+    /// End-to-end runs: per record, from its stamp to its fetch's arrival; the whole run
+    /// and the current second (for the progress line).
+    latencies: RefCell<Latencies>,
+    interval: RefCell<Latencies>,
 }
 
 /// Runs `consume`, prints and writes its report.
@@ -117,7 +151,10 @@ pub fn run(args: &ConsumeArgs) -> Result<(), BenchError> {
         ));
     }
     let target = Target::start(&args.target)?;
-    let results = consume(&target, args)?;
+    let results = match args.client {
+        ClientArg::Native => consume(&target, args)?,
+        ClientArg::Rdkafka => super::rdkafka::consume(&target, args)?,
+    };
     print_results(&results);
     target.stop()?;
     let report = Report {
@@ -151,6 +188,7 @@ pub fn consume_all(
         partition_max_bytes: 8 << 20,
         connections: 1,
         expect: Some(expect),
+        client: ClientArg::Native,
         json: None,
     };
     consume(target, &args)
@@ -159,7 +197,6 @@ pub fn consume_all(
 /// Reads the topic on `target` as `args` say and checks the count.
 pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, BenchError> {
     let mut admin = target.admin()?;
-    let fetch_version = version::<FetchRequest>(&admin, FETCH_VERSION_MAX)?;
     let partitions = partition_count(&mut admin, &args.topic)?;
     let ends = list_offsets(&mut admin, &args.topic, partitions, false)?;
     let starts = match args.from {
@@ -167,6 +204,38 @@ pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, Be
         FromArg::Latest => ends.clone(),
     };
     drop(admin);
+    let until = match args.expect {
+        Some(expect) => Until::Count(expect),
+        None => Until::Ends,
+    };
+    let expected: u64 = args
+        .expect
+        .unwrap_or_else(|| starts.iter().zip(&ends).map(|(s, e)| e.abs_diff(*s)).sum());
+    let results = read(target, args, &starts, &ends, until, None)?;
+    if results.records != expected {
+        return Err(BenchError::Broker(format!(
+            "read {} records, expected {expected}",
+            results.records
+        )));
+    }
+    Ok(results)
+}
+
+/// Reads every partition of `args.topic` from `starts` until `until`, with `args`'
+/// connections and fetch sizes; with a `clock`, also the records' end-to-end latencies.
+/// `ends` are the partitions' ends at the start (for `Until::Ends`).
+pub fn read(
+    target: &Target,
+    args: &ConsumeArgs,
+    starts: &[i64],
+    ends: &[i64],
+    until: Until,
+    clock: Option<Clock>,
+) -> Result<ConsumeResults, BenchError> {
+    let admin = target.admin()?;
+    let fetch_version = version::<FetchRequest>(&admin, FETCH_VERSION_MAX)?;
+    drop(admin);
+    let partitions = u32::try_from(starts.len()).unwrap_or(u32::MAX);
     let limit = |bytes: u64| i32::try_from(bytes).unwrap_or(i32::MAX);
     let plan = Rc::new(Plan {
         address: target.address,
@@ -174,7 +243,8 @@ pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, Be
         version: fetch_version,
         fetch_max_bytes: limit(args.fetch_max_bytes),
         partition_max_bytes: limit(args.partition_max_bytes),
-        expect: args.expect,
+        until,
+        clock,
     });
     let cursors: Vec<Cursors> = (0..args.connections.min(partitions))
         .map(|connection| {
@@ -188,27 +258,20 @@ pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, Be
     let start = Instant::now();
     rt::block_on(read_all(Rc::clone(&plan), cursors, Rc::clone(&tally)))??;
     let elapsed_s = start.elapsed().as_secs_f64();
-    let expected: u64 = args
-        .expect
-        .unwrap_or_else(|| starts.iter().zip(&ends).map(|(s, e)| e.abs_diff(*s)).sum());
-    if tally.records.get() != expected {
-        return Err(BenchError::Broker(format!(
-            "read {} records, expected {expected}",
-            tally.records.get()
-        )));
-    }
     let bytes = tally.bytes.get();
+    let records = tally.records.get();
     Ok(ConsumeResults {
         fetch_version,
         partitions,
         fetches: tally.fetches.get(),
-        records: tally.records.get(),
+        records,
         batches: tally.batches.get(),
         bytes,
         elapsed_s,
-        records_per_s: tally.records.get() as f64 / elapsed_s,
+        records_per_s: records as f64 / elapsed_s,
         mb_per_s: bytes as f64 / 1e6 / elapsed_s,
         mib_per_s: mib_per_s(bytes, elapsed_s),
+        end_to_end_latency: plan.clock.map(|_| tally.latencies.borrow().summary()),
     })
 }
 
@@ -244,6 +307,7 @@ async fn read_all(
     cursors: Vec<Cursors>,
     tally: Rc<Tally>,
 ) -> Result<(), BenchError> {
+    let progress = rt::spawn_local(print_progress(Rc::clone(&plan), Rc::clone(&tally)));
     let tasks: Vec<_> = cursors
         .into_iter()
         .map(|cursors| {
@@ -254,17 +318,48 @@ async fn read_all(
             ))
         })
         .collect();
+    let mut outcome = Ok(());
     for task in tasks {
-        task.await??;
+        if let Err(error) = task.await.map_err(BenchError::from).and_then(|done| done) {
+            outcome = outcome.and(Err(error));
+        }
     }
-    Ok(())
+    drop(progress);
+    outcome
 }
 
-/// Whether a connection is done: the expected count reached, or every partition at its end.
+/// Once a second: records/s and MB/s read in the last second, and for end-to-end runs its
+/// p99 latency. Ends when dropped.
+async fn print_progress(plan: Rc<Plan>, tally: Rc<Tally>) {
+    let mut last = (Instant::now(), 0u64, 0u64);
+    loop {
+        rt::sleep(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let (records, bytes) = (tally.records.get(), tally.bytes.get());
+        let seconds = now.duration_since(last.0).as_secs_f64();
+        let p99 = plan.clock.map_or_else(String::new, |_| {
+            let summary = tally.interval.replace(Latencies::new()).summary();
+            if summary.count == 0 {
+                " end-to-end p99 -".into()
+            } else {
+                format!(" end-to-end p99 {:.2} ms", summary.p99_us / 1e3)
+            }
+        });
+        eprintln!(
+            "consume: {:>10.0} records/s {:>8.1} MB/s{p99}",
+            (records - last.1) as f64 / seconds,
+            (bytes - last.2) as f64 / 1e6 / seconds,
+        );
+        last = (now, records, bytes);
+    }
+}
+
+/// Whether a connection is done (see `Until`).
 fn done(plan: &Plan, tally: &Tally, cursors: &Cursors) -> bool {
-    match plan.expect {
-        Some(expect) => tally.records.get() >= expect,
-        None => cursors.iter().all(|&(_, next, end)| next >= end),
+    match &plan.until {
+        Until::Count(expect) => tally.records.get() >= *expect,
+        Until::Ends => cursors.iter().all(|&(_, next, end)| next >= end),
+        Until::Published(expect) => tally.records.get() >= expect.load(Ordering::Acquire),
     }
 }
 
@@ -290,6 +385,9 @@ async fn read_connection(
         let body = reader.next_frame(&stream).await?;
         let response = decode_response::<FetchRequest>(body, plan.version, correlation_id)?;
         tally.fetches.set(tally.fetches.get() + 1);
+        if let Some(clock) = plan.clock {
+            record_latencies(&response, clock, &tally)?;
+        }
         if advance(&response, &mut cursors, &tally)? {
             last_progress = Instant::now();
         } else if last_progress.elapsed() > IDLE_TIMEOUT {
@@ -321,6 +419,30 @@ fn fetch_request(plan: &Plan, cursors: &Cursors) -> FetchRequest {
         .with_topics(vec![FetchTopic::default()
             .with_topic(topic_name(&plan.topic))
             .with_partitions(partitions)])
+}
+
+/// Records each fetched record's end-to-end latency: from its stamp to now (when its
+/// response was read).
+fn record_latencies(
+    response: &FetchResponse,
+    clock: Clock,
+    tally: &Tally,
+) -> Result<(), BenchError> {
+    let mut latencies = tally.latencies.borrow_mut();
+    let mut interval = tally.interval.borrow_mut();
+    for records in response
+        .responses
+        .iter()
+        .flat_map(|topic| &topic.partitions)
+        .filter_map(|partition| partition.records.as_deref())
+    {
+        read_stamps(records, |stamp| {
+            let latency = clock.since(stamp);
+            latencies.record(latency);
+            interval.record(latency);
+        })?;
+    }
+    Ok(())
 }
 
 /// Counts a response's whole batches and moves each partition's offset past them; returns

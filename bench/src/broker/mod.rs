@@ -6,7 +6,10 @@
 //! before anything is timed).
 
 pub mod consume;
+pub mod e2e;
 pub mod produce;
+pub mod rdkafka;
+pub mod stamp;
 pub mod wire;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -74,10 +77,7 @@ impl Target {
                 .context(|| format!("resolving {bootstrap}"))?
                 .next()
                 .ok_or_else(|| BenchError::InvalidArguments(format!("{bootstrap}: no address")))?;
-            return Ok(Target {
-                address,
-                embedded: None,
-            });
+            return Ok(Target::remote(address));
         }
         std::fs::create_dir_all(&args.data_parent)
             .context(|| format!("creating {}", args.data_parent.display()))?;
@@ -93,6 +93,19 @@ impl Target {
             address: server.address(),
             embedded: Some((server, dir)),
         })
+    }
+
+    /// Whether the broker runs in this process.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// A broker already running at `address`.
+    pub fn remote(address: SocketAddr) -> Target {
+        Target {
+            address,
+            embedded: None,
+        }
     }
 
     /// Stops an embedded broker (closing every partition) and deletes its data.

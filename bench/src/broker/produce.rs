@@ -14,18 +14,26 @@
 //! prints one progress line per second to stderr.
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use futures::channel::mpsc;
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use ringlog_engine::log::metrics::{
+    HistogramSnapshot, FDATASYNC_LATENCY_NS, GROUP_COMMIT_APPENDS, GROUP_COMMIT_BYTES,
+};
 use ringlog_engine::rt::{self, TcpStream};
 use serde::Serialize;
 
+use super::rdkafka::{self, ClientArg};
+use super::stamp::{Clock, StampSites};
 use super::wire::{decode_response, encode_frame, set_correlation_id, FrameReader};
 use super::{create_topic, version, Target, TargetArgs};
 use crate::engine::batches::{parse_keys, Keys, PrebuiltBatches};
@@ -89,6 +97,11 @@ pub struct ProduceArgs {
     /// Largest batch (one batch per request).
     #[arg(long, default_value = "64KiB", value_parser = parse_size_bytes)]
     pub batch_bytes: u64,
+    /// How long a record may wait for its batch to fill (Kafka's linger.ms). The native
+    /// client's records are always ready, so without `--rate` its batches are full; with
+    /// `--rate` a partition's batch holds what arrives in this time (at most `--batch-bytes`).
+    #[arg(long, default_value_t = 5.0)]
+    pub linger_ms: f64,
     #[arg(long, value_enum, default_value_t = AcksArg::Leader)]
     pub acks: AcksArg,
     #[arg(long, default_value_t = 2)]
@@ -108,6 +121,13 @@ pub struct ProduceArgs {
     /// After producing, consume everything back (checks the count).
     #[arg(long)]
     pub then_consume: bool,
+    /// The Kafka client that sends the load (and reads it back with `--then-consume`):
+    /// `native`, or `rdkafka` (librdkafka, as a cross-check: one producer, so
+    /// `--connections` and `--client-threads` do not apply; `--batch-bytes`, `--linger-ms`
+    /// and `--in-flight` become its `batch.size`, `linger.ms` and
+    /// `max.in.flight.requests.per.connection`).
+    #[arg(long, value_enum, default_value_t = ClientArg::Native)]
+    pub client: ClientArg,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     #[serde(skip)]
@@ -125,13 +145,68 @@ pub struct ProduceResults {
     /// Request frame bytes acknowledged (record batches plus about 80 bytes of framing).
     pub bytes: u64,
     pub elapsed_s: f64,
+    #[serde(rename = "records_per_sec")]
     pub records_per_s: f64,
+    #[serde(rename = "mb_per_sec")]
     pub mb_per_s: f64,
     pub mib_per_s: f64,
     /// From a request's send to its response; empty for acks=0.
+    #[serde(rename = "latency_us")]
     pub latency: LatencySummary,
     pub acks_errors: u64,
     pub client_threads: u32,
+    /// `--embedded` only (the engine's process-wide counters): the broker's group commits
+    /// over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_commits: Option<GroupCommits>,
+    /// `--then-consume`: reading everything back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub then_consume: Option<super::consume::ConsumeResults>,
+}
+
+/// What the embedded broker's group commits looked like over a run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GroupCommits {
+    pub groups: u64,
+    /// Produce requests' partition parts per group.
+    pub appends_per_group: f64,
+    pub mib_per_group: f64,
+    /// fdatasyncs of group commits, and their mean latency.
+    pub fdatasyncs: u64,
+    pub fdatasync_mean_us: f64,
+}
+
+/// The engine's group-commit counters at one moment.
+struct GroupCounters {
+    appends: HistogramSnapshot,
+    bytes: HistogramSnapshot,
+    syncs: HistogramSnapshot,
+}
+
+impl GroupCounters {
+    fn now() -> GroupCounters {
+        GroupCounters {
+            appends: GROUP_COMMIT_APPENDS.snapshot(),
+            bytes: GROUP_COMMIT_BYTES.snapshot(),
+            syncs: FDATASYNC_LATENCY_NS.snapshot(),
+        }
+    }
+
+    /// What happened between `self` and `later`.
+    fn until(&self, later: &GroupCounters) -> GroupCommits {
+        let groups = later.appends.count - self.appends.count;
+        let per_group = |sum: u64| sum as f64 / groups.max(1) as f64;
+        let fdatasyncs = later.syncs.count - self.syncs.count;
+        GroupCommits {
+            groups,
+            appends_per_group: per_group(later.appends.sum - self.appends.sum),
+            mib_per_group: per_group(later.bytes.sum - self.bytes.sum) / f64::from(1u32 << 20),
+            fdatasyncs,
+            fdatasync_mean_us: (later.syncs.sum - self.syncs.sum) as f64
+                / fdatasyncs.max(1) as f64
+                / 1e3,
+        }
+    }
 }
 
 /// The run's shared counters, read by the progress line.
@@ -149,22 +224,37 @@ struct Shared {
 /// What one connection sends: its partitions' frames, built before the timed region.
 struct Plan {
     /// `frames[i]`: partition `i % partitions.len()`, batch `i / partitions.len()`.
-    frames: Vec<Vec<u8>>,
+    frames: Vec<Frame>,
     /// The short last batch's frame per partition, if the run has one.
-    tail_frames: Vec<Vec<u8>>,
+    tail_frames: Vec<Frame>,
     partitions: usize,
     records_per_batch: u64,
     tail_records: u64,
 }
 
+/// One prebuilt request, and where to stamp it in an end-to-end run.
+struct Frame {
+    bytes: Vec<u8>,
+    stamp: Option<StampSites>,
+}
+
 /// Runs `produce`, prints and writes its report; `--then-consume` reads it all back.
 pub fn run(args: &ProduceArgs) -> Result<(), BenchError> {
     let target = Target::start(&args.target)?;
-    let results = produce(args, &target)?;
+    let mut results = match args.client {
+        ClientArg::Native => produce(args, &target)?,
+        ClientArg::Rdkafka => rdkafka::produce(args, &target)?,
+    };
     print_results(&results);
     if args.then_consume {
-        let consumed = super::consume::consume_all(&target, &args.topic, results.records)?;
+        let consumed = match args.client {
+            ClientArg::Native => {
+                super::consume::consume_all(&target, &args.topic, results.records)?
+            }
+            ClientArg::Rdkafka => rdkafka::consume_all(&target, &args.topic, results.records)?,
+        };
         super::consume::print_results(&consumed);
+        results.then_consume = Some(consumed);
     }
     target.stop()?;
     let report = Report {
@@ -179,6 +269,16 @@ pub fn run(args: &ProduceArgs) -> Result<(), BenchError> {
 /// Creates the topic and produces the load to `target`; the count acknowledged is checked
 /// against `--records`.
 pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, BenchError> {
+    produce_stamped(args, target, None)
+}
+
+/// `produce`; with a `clock`, every record's value starts with the time its request was
+/// sent on that clock (see `stamp`), for end-to-end latency.
+pub fn produce_stamped(
+    args: &ProduceArgs,
+    target: &Target,
+    clock: Option<Clock>,
+) -> Result<ProduceResults, BenchError> {
     validate(args)?;
     let mut admin = target.admin()?;
     create_topic(&mut admin, &args.topic, args.partitions)?;
@@ -193,7 +293,7 @@ pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, Be
         args.record_size as usize,
         args.batch_bytes as usize,
         args.keys,
-        None,
+        lingered_batch_records(args),
     )?;
     let tail_records = if records_total == u64::MAX {
         0
@@ -211,15 +311,26 @@ pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, Be
         })
         .transpose()?;
     let plans = (0..args.connections)
-        .map(|connection| plan(args, version, connection, &batches, tail.as_ref()))
+        .map(|connection| {
+            plan(
+                args,
+                version,
+                connection,
+                &batches,
+                tail.as_ref(),
+                clock.is_some(),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let shared = Arc::new(Shared {
         records_left: AtomicU64::new(records_total),
         interval: Mutex::new(Some(new_histogram())),
         ..Shared::default()
     });
-    let (latencies, elapsed) = drive(args, target, version, plans, &shared)?;
-    let results = results(args, version, &batches, &shared, &latencies, elapsed);
+    let counters = target.is_embedded().then(GroupCounters::now);
+    let (latencies, elapsed) = drive(args, target, version, plans, &shared, clock)?;
+    let mut results = results(args, version, &batches, &shared, &latencies, elapsed);
+    results.group_commits = counters.map(|before| before.until(&GroupCounters::now()));
     if results.acks_errors > 0 {
         return Err(BenchError::Broker(format!(
             "{} acks errors",
@@ -235,6 +346,13 @@ pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, Be
     Ok(results)
 }
 
+/// With `--rate`, the records a partition's batch gathers in `--linger-ms` (at least one;
+/// `--batch-bytes` caps it further); without it, `None`: batches are filled.
+fn lingered_batch_records(args: &ProduceArgs) -> Option<u64> {
+    let per_partition = args.rate? / f64::from(args.partitions);
+    Some(((per_partition * args.linger_ms / 1_000.0).floor() as u64).max(1))
+}
+
 fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
     if args.partitions == 0
         || args.connections == 0
@@ -245,9 +363,13 @@ fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
             "--partitions, --connections, --in-flight and --client-threads must be positive".into(),
         ));
     }
-    if args.rate.is_some_and(|rate| rate <= 0.0) || args.duration.is_some_and(|s| s <= 0.0) {
+    if args.rate.is_some_and(|rate| rate <= 0.0)
+        || args.duration.is_some_and(|s| s <= 0.0)
+        || args.linger_ms.is_nan()
+        || args.linger_ms < 0.0
+    {
         return Err(BenchError::InvalidArguments(
-            "--rate and --duration must be positive".into(),
+            "--rate and --duration must be positive, --linger-ms not negative".into(),
         ));
     }
     Ok(())
@@ -277,6 +399,7 @@ fn plan(
     connection: u32,
     batches: &PrebuiltBatches,
     tail: Option<&PrebuiltBatches>,
+    stamped: bool,
 ) -> Result<Plan, BenchError> {
     let partitions = partitions_of(args, connection);
     let frame = |partition: i32, batch: &[u8]| {
@@ -288,7 +411,11 @@ fn plan(
                 .with_partition_data(vec![PartitionProduceData::default()
                     .with_index(partition)
                     .with_records(Some(bytes::Bytes::copy_from_slice(batch)))])]);
-        encode_frame(&request, version)
+        let bytes = encode_frame(&request, version)?;
+        let stamp = stamped
+            .then(|| StampSites::locate(&bytes, batch))
+            .transpose()?;
+        Ok::<_, BenchError>(Frame { bytes, stamp })
     };
     let mut frames = Vec::new();
     for batch in 0..crate::engine::batches::DISTINCT_BATCHES {
@@ -320,6 +447,7 @@ fn drive(
     version: i16,
     plans: Vec<Plan>,
     shared: &Arc<Shared>,
+    clock: Option<Clock>,
 ) -> Result<(Latencies, Duration), BenchError> {
     let mut per_thread: Vec<Vec<Plan>> = (0..args.client_threads).map(|_| Vec::new()).collect();
     for (index, plan) in plans.into_iter().enumerate() {
@@ -337,7 +465,7 @@ fn drive(
         .into_iter()
         .enumerate()
         .map(|(index, plans)| {
-            let connection = Connection::new(args, target, version, shared, start);
+            let connection = Connection::new(args, target, version, shared, start, clock);
             std::thread::Builder::new()
                 .name(format!("produce-{index}"))
                 .spawn(move || rt::block_on(run_thread(connection, plans)))
@@ -377,6 +505,8 @@ struct Connection {
     deadline: Option<Instant>,
     /// Records per second of one connection, with `--rate`.
     records_per_s: Option<f64>,
+    /// End-to-end runs: the clock every record is stamped with when sent.
+    clock: Option<Clock>,
     shared: Arc<Shared>,
 }
 
@@ -387,6 +517,7 @@ impl Connection {
         version: i16,
         shared: &Arc<Shared>,
         start: Instant,
+        clock: Option<Clock>,
     ) -> Connection {
         Connection {
             address: target.address,
@@ -397,6 +528,7 @@ impl Connection {
                 .duration
                 .map(|seconds| start + Duration::from_secs_f64(seconds)),
             records_per_s: args.rate.map(|rate| rate / f64::from(args.connections)),
+            clock,
             shared: Arc::clone(shared),
         }
     }
@@ -446,18 +578,60 @@ fn take_batch(connection: &Connection, plan: &Plan) -> Option<bool> {
         .map(|_| full)
 }
 
-/// One connection: keeps `in_flight` requests outstanding until the budget is spent.
-async fn produce_connection(
-    connection: Connection,
-    mut plan: Plan,
-) -> Result<Latencies, BenchError> {
-    let stream = TcpStream::connect(connection.address)
-        .await
-        .context(|| format!("connecting to {}", connection.address))?;
+/// A request on the wire, waiting for its response.
+struct Sent {
+    correlation_id: i32,
+    at: Instant,
+    records: u64,
+    frame_len: usize,
+}
+
+/// One connection: keeps up to `in_flight` requests outstanding until the budget is spent.
+///
+/// Sending and reading responses are two tasks, so that a response is read when it arrives
+/// even while the sender waits for its next `--rate` slot (its latency is then the
+/// broker's, not the schedule's). The sender hands each request to the reader through
+/// `sent` (responses come in request order) and takes a window slot per request from
+/// `slots`, which the reader returns per response.
+async fn produce_connection(connection: Connection, plan: Plan) -> Result<Latencies, BenchError> {
+    let stream = Rc::new(
+        TcpStream::connect(connection.address)
+            .await
+            .context(|| format!("connecting to {}", connection.address))?,
+    );
     stream.set_nodelay(true).context(|| "TCP_NODELAY".into())?;
-    let mut reader = FrameReader::new();
-    let mut latencies = Latencies::new();
-    let mut pending = std::collections::VecDeque::with_capacity(connection.in_flight);
+    if connection.acks_none {
+        send_requests(&stream, &connection, plan, None).await?;
+        return Ok(Latencies::new());
+    }
+    let (sent_tx, sent_rx) = mpsc::unbounded();
+    let (slot_tx, slot_rx) = mpsc::unbounded();
+    for _ in 0..connection.in_flight {
+        // The receiver is alive: it is in this scope.
+        let _ = slot_tx.unbounded_send(());
+    }
+    let reader = rt::spawn_local(read_responses(
+        Rc::clone(&stream),
+        connection.clone(),
+        sent_rx,
+        slot_tx,
+    ));
+    let sending = send_requests(&stream, &connection, plan, Some((sent_tx, slot_rx))).await;
+    // The sender's end of `sent` is gone now: the reader drains what is in flight and ends.
+    let latencies = reader.await?;
+    sending?;
+    latencies
+}
+
+/// The sending half: takes batches from the budget, paces them (`--rate`), stamps them
+/// (end-to-end runs) and writes them, one window slot each. `window` is `None` for acks=0,
+/// whose requests get no response and are counted when written.
+async fn send_requests(
+    stream: &TcpStream,
+    connection: &Connection,
+    mut plan: Plan,
+    mut window: Option<(mpsc::UnboundedSender<Sent>, mpsc::UnboundedReceiver<()>)>,
+) -> Result<(), BenchError> {
     let mut correlation_id = 0i32;
     let mut next_frame = 0usize;
     let mut next_send_at = Instant::now();
@@ -465,50 +639,79 @@ async fn produce_connection(
         .records_per_s
         .map(|rate| Duration::from_secs_f64(plan.records_per_batch as f64 / rate));
     loop {
-        while pending.len() < connection.in_flight {
-            let Some(full) = take_batch(&connection, &plan) else {
-                break;
-            };
-            if let Some(interval) = send_interval {
-                rt::sleep_until(next_send_at).await;
-                next_send_at += interval;
-            }
-            let (frames, index) = if full {
-                next_frame += 1;
-                let index = (next_frame - 1) % plan.frames.len();
-                (&mut plan.frames, index)
-            } else {
-                (&mut plan.tail_frames, next_frame % plan.partitions)
-            };
-            correlation_id = correlation_id.wrapping_add(1);
-            let mut frame = std::mem::take(&mut frames[index]);
-            set_correlation_id(&mut frame, correlation_id);
-            let sent_at = Instant::now();
-            let (result, frame) = stream.send_all(frame).await;
-            frames[index] = frame;
-            result.context(|| "sending a produce request".into())?;
-            let records = if full {
-                plan.records_per_batch
-            } else {
-                plan.tail_records
-            };
-            if connection.acks_none {
-                count(&connection.shared, records, frames[index].len());
-            } else {
-                pending.push_back((correlation_id, sent_at, records, frames[index].len()));
+        if let Some((_, slots)) = window.as_mut() {
+            if slots.next().await.is_none() {
+                // The reader stopped (its error is the run's).
+                return Ok(());
             }
         }
-        let Some((expected_id, sent_at, records, frame_len)) = pending.pop_front() else {
-            return Ok(latencies);
+        let Some(full) = take_batch(connection, &plan) else {
+            return Ok(());
         };
+        if let Some(interval) = send_interval {
+            rt::sleep_until(next_send_at).await;
+            next_send_at += interval;
+        }
+        let (frames, index, records) = if full {
+            next_frame += 1;
+            let index = (next_frame - 1) % plan.frames.len();
+            (&mut plan.frames, index, plan.records_per_batch)
+        } else {
+            let index = next_frame % plan.partitions;
+            (&mut plan.tail_frames, index, plan.tail_records)
+        };
+        let frame = &mut frames[index];
+        correlation_id = correlation_id.wrapping_add(1);
+        let mut bytes = std::mem::take(&mut frame.bytes);
+        set_correlation_id(&mut bytes, correlation_id);
+        if let (Some(sites), Some(clock)) = (&frame.stamp, connection.clock) {
+            sites.stamp(&mut bytes, clock)?;
+        }
+        let sent_at = Instant::now();
+        let (result, bytes) = stream.send_all(bytes).await;
+        let frame_len = bytes.len();
+        frame.bytes = bytes;
+        result.context(|| "sending a produce request".into())?;
+        match &window {
+            None => count(&connection.shared, records, frame_len),
+            Some((sent, _)) => {
+                let request = Sent {
+                    correlation_id,
+                    at: sent_at,
+                    records,
+                    frame_len,
+                };
+                if sent.unbounded_send(request).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The reading half: one response per request sent, in order; records its latency and
+/// returns its window slot.
+async fn read_responses(
+    stream: Rc<TcpStream>,
+    connection: Connection,
+    mut sent: mpsc::UnboundedReceiver<Sent>,
+    slots: mpsc::UnboundedSender<()>,
+) -> Result<Latencies, BenchError> {
+    let mut reader = FrameReader::new();
+    let mut latencies = Latencies::new();
+    while let Some(request) = sent.next().await {
         let body = reader.next_frame(&stream).await?;
-        let response = decode_response::<ProduceRequest>(body, connection.version, expected_id)?;
-        let latency = sent_at.elapsed();
+        let response =
+            decode_response::<ProduceRequest>(body, connection.version, request.correlation_id)?;
+        let latency = request.at.elapsed();
         check_response(&connection.shared, &response);
         latencies.record(latency);
         record_interval(&connection.shared, latency);
-        count(&connection.shared, records, frame_len);
+        count(&connection.shared, request.records, request.frame_len);
+        // The sender may have finished; its slots are no longer needed then.
+        let _ = slots.unbounded_send(());
     }
+    Ok(latencies)
 }
 
 fn count(shared: &Shared, records: u64, frame_len: usize) {
@@ -601,10 +804,12 @@ fn results(
         latency: latencies.summary(),
         acks_errors: shared.acks_errors.load(Ordering::Relaxed),
         client_threads: args.client_threads,
+        group_commits: None,
+        then_consume: None,
     }
 }
 
-fn print_results(results: &ProduceResults) {
+pub fn print_results(results: &ProduceResults) {
     let latency = &results.latency;
     println!(
         "produce: {} records in {:.2} s: {:.0} records/s, {:.1} MB/s; latency p50 {:.0} / \
@@ -619,6 +824,17 @@ fn print_results(results: &ProduceResults) {
         latency.max_us,
         results.acks_errors,
     );
+    if let Some(groups) = &results.group_commits {
+        println!(
+            "produce: broker group commits {}: {:.1} appends, {:.2} MiB each; {} fdatasyncs, \
+             mean {:.0} us",
+            groups.groups,
+            groups.appends_per_group,
+            groups.mib_per_group,
+            groups.fdatasyncs,
+            groups.fdatasync_mean_us,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@
 //! | 8 | 4 | correlation_id |
 //!
 //! Responses are read into one reused buffer; a frame larger than half of it (a fetch's
-//! records) is received straight into a buffer of its own size, so its bytes are copied
-//! only by the kernel.
+//! records) is received straight into a second buffer sized to it, so its bytes are
+//! copied only by the kernel; that buffer is reused for the next large frame once the
+//! previous one is dropped.
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -90,6 +91,9 @@ pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Where large frames are received: handed out frozen, and reused (no fresh pages to
+    /// fault in) once the caller has dropped every part of the previous one.
+    large: BytesMut,
 }
 
 impl Default for FrameReader {
@@ -105,6 +109,7 @@ impl FrameReader {
             buf: vec![0; RECEIVE_BUFFER_BYTES],
             start: 0,
             end: 0,
+            large: BytesMut::new(),
         }
     }
 
@@ -133,21 +138,25 @@ impl FrameReader {
         Ok(body)
     }
 
-    /// Receives a large frame into its own buffer: what is buffered, then the rest.
+    /// Receives a large frame into the large-frame buffer: what is buffered, then the rest.
     async fn large_frame(&mut self, stream: &TcpStream, size: usize) -> Result<Bytes, BenchError> {
         let buffered = (self.end - self.start).min(size);
-        let mut body = Vec::with_capacity(size);
-        body.extend_from_slice(&self.buf[self.start..self.start + buffered]);
+        // Reclaims the previous frame's allocation if nothing refers to it any more.
+        self.large.clear();
+        self.large.reserve(size);
+        self.large
+            .extend_from_slice(&self.buf[self.start..self.start + buffered]);
         self.start += buffered;
-        while body.len() < size {
-            let filled = body.len();
+        while self.large.len() < size {
+            let filled = self.large.len();
+            let body = std::mem::take(&mut self.large);
             let (result, slice) = stream.recv(body.slice(filled..size)).await;
-            body = slice.into_inner();
+            self.large = slice.into_inner();
             if result.context(|| "receiving a response".into())? == 0 {
                 return Err(closed());
             }
         }
-        Ok(Bytes::from(body))
+        Ok(self.large.split().freeze())
     }
 
     /// Receives more bytes after `end`, moving the unread ones to the front first.

@@ -88,10 +88,13 @@ pub struct AppendResults {
     pub bytes: u64,
     /// From the first append to the last ack.
     pub elapsed_s: f64,
+    #[serde(rename = "records_per_sec")]
     pub records_per_s: f64,
     pub mib_per_s: f64,
+    #[serde(rename = "mb_per_sec")]
     pub mb_per_s: f64,
     /// From `append` being called to its ack (the copy before it excluded).
+    #[serde(rename = "latency_us")]
     pub latency: LatencySummary,
     /// Time spent copying batches into fresh `BytesMut`s (inside `elapsed_s`), and its share.
     pub copy_s: f64,

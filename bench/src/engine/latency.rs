@@ -59,14 +59,20 @@ impl Latencies {
     }
 }
 
-/// What a latency histogram says, in microseconds.
+/// What a latency histogram says, in microseconds (reports name it `latency_us`, so its
+/// keys are `p50`, `p99`, `p999`, `max`, `mean`).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct LatencySummary {
     pub count: u64,
+    #[serde(rename = "p50")]
     pub p50_us: f64,
+    #[serde(rename = "p99")]
     pub p99_us: f64,
+    #[serde(rename = "p999")]
     pub p999_us: f64,
+    #[serde(rename = "max")]
     pub max_us: f64,
+    #[serde(rename = "mean")]
     pub mean_us: f64,
 }
 

@@ -83,6 +83,7 @@ pub struct ReadPass {
     pub elapsed_s: f64,
     pub gb_per_s: f64,
     pub mib_per_s: f64,
+    #[serde(rename = "records_per_sec")]
     pub records_per_s: f64,
 }
 

@@ -395,6 +395,30 @@ fn stamping_log_append_time_sets_type_and_max_and_recomputes_the_crc() {
 }
 
 #[test]
+fn restamping_create_time_moves_both_timestamps_and_reseals_rewritten_values() {
+    let mut builder = BatchBuilder::new().base_timestamp(1_000);
+    builder.push(0, None, Some(b"aaaa"), &[]).unwrap();
+    builder.push(25, None, Some(b"bbbb"), &[]).unwrap();
+    let mut bytes = builder.build();
+    let tail = b"next batch";
+    bytes.extend_from_slice(tail);
+    let at = bytes.len() - tail.len() - 5;
+    assert_eq!(&bytes[at..at + 4], b"bbbb");
+    bytes[at..at + 4].copy_from_slice(b"cccc");
+    assert!(validate(&bytes[..at + 5], BATCH_SIZE_BYTES_MAX).is_err());
+    restamp_create_time(&mut bytes, 50_000).unwrap();
+    let (batch, rest) = RecordBatch::parse(&bytes).unwrap();
+    assert_eq!(rest, tail, "restamping wrote past the batch");
+    assert_eq!(
+        (batch.base_timestamp(), batch.max_timestamp()),
+        (50_000, 50_025)
+    );
+    assert_eq!(batch.timestamp_type(), TimestampType::CreateTime);
+    let values: Vec<_> = batch.records().unwrap().map(|r| r.unwrap().value).collect();
+    assert_eq!(values, [Some(&b"aaaa"[..]), Some(&b"cccc"[..])]);
+}
+
+#[test]
 fn stamping_refuses_buffers_that_do_not_hold_a_whole_batch() {
     let mut bytes = one_record_batch(b"value");
     let short = bytes.len() - 1;

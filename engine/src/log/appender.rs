@@ -20,7 +20,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 
@@ -35,7 +35,7 @@ use crate::topic::FlushPolicy;
 
 /// One queued append.
 pub(crate) struct Pending {
-    pub(crate) batches: BytesMut,
+    pub(crate) batches: Bytes,
     pub(crate) info: BatchInfo,
     pub(crate) ack: Ack,
     pub(crate) reply: oneshot::Sender<Result<Appended, LogError>>,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 
 use super::*;
 use crate::batch::{BatchBuilder, RecordBatch};
@@ -31,13 +31,13 @@ fn config() -> TopicConfig {
         .unwrap()
 }
 
-fn batch(tag: u32) -> BytesMut {
+fn batch(tag: u32) -> Bytes {
     let mut builder = BatchBuilder::new();
     for i in 0..RECORDS_PER_BATCH {
         let value = format!("{tag:04}-{i}-{}", "x".repeat(40));
         builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
     }
-    BytesMut::from(&builder.build()[..])
+    Bytes::from(builder.build())
 }
 
 /// Every record value of the log, reading segment after segment up to the high watermark.

@@ -1,19 +1,20 @@
-//! One group commit's data path: stamping offsets into the queued batches, and writing
-//! them at the tail of the active segment — one vectored write (buffered), or one aligned
+//! One group commit's data path: stamping offsets into copies of the queued batches'
+//! headers (the records stay in the producers' buffers), and writing them at the tail of
+//! the active segment — one vectored write (buffered), or one aligned
 //! staging write with the tail block in front (direct) — with an fdatasync linked after
 //! it when the group must be durable. The sync is returned in flight; `durability.rs`
 //! awaits it.
 
 use std::io;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 
 use super::appender::{now_ms, Pending};
 use super::segment::BatchHeader;
 use super::{Appended, LogError, Shared};
 use crate::batch::{self, TimestampType};
-use crate::limits::BUF_ALIGN_BYTES;
+use crate::limits::{BUF_ALIGN_BYTES, IOVECS_PER_OP_MAX};
 use crate::rt::{self, IoBuf};
 use crate::storage::{PendingSync, Storage, StorageFile};
 
@@ -25,11 +26,66 @@ pub(crate) struct Stamped {
     pub(crate) replies: Vec<(Appended, oneshot::Sender<Result<Appended, LogError>>)>,
 }
 
+/// Records sections shorter than this are copied next to their header rather than written
+/// from the producer's buffer as an iovec of their own: copying a few KiB costs less than
+/// the kernel's per-iovec work, and it keeps a group of many small batches to few iovecs.
+const SHARE_RECORDS_FROM_BYTES: usize = 4096;
+
+/// The group's write as a list of buffers, at most [`IOVECS_PER_OP_MAX`]: stamped header
+/// copies (and small records sections) packed into one buffer of the group's own, large
+/// records sections shared from the producers' buffers without a copy. Once the list is
+/// one short of the limit, everything else is copied into the packed buffer.
+struct GroupBuffers {
+    buffers: Vec<Bytes>,
+    packed: BytesMut,
+}
+
+impl GroupBuffers {
+    fn new() -> GroupBuffers {
+        GroupBuffers {
+            buffers: Vec::new(),
+            packed: BytesMut::new(),
+        }
+    }
+
+    /// Copies `bytes` to the end of the packed buffer; returns where they start in it.
+    fn copy(&mut self, bytes: &[u8]) -> usize {
+        let at = self.packed.len();
+        self.packed.extend_from_slice(bytes);
+        at
+    }
+
+    /// Appends `bytes` without copying them if they are large and the list has room
+    /// (closing the packed buffer before them).
+    fn share(&mut self, bytes: Bytes) {
+        // Sharing adds up to two buffers (the packed one and `bytes`), and `finish` one.
+        let room = self.buffers.len() + 3 <= IOVECS_PER_OP_MAX;
+        if bytes.len() < SHARE_RECORDS_FROM_BYTES || !room {
+            self.packed.extend_from_slice(&bytes);
+            return;
+        }
+        if !self.packed.is_empty() {
+            self.buffers.push(self.packed.split().freeze());
+        }
+        self.buffers.push(bytes);
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.packed.is_empty() {
+            self.buffers.push(self.packed.freeze());
+        }
+        self.buffers
+    }
+}
+
 /// Assigns offsets to the group, in queue order, and stamps them (and LogAppendTime) into
-/// the batches. Batches were validated on the way in, so their headers parse.
+/// copies of the batches' headers; the records sections are written from the producers'
+/// buffers (see `GroupBuffers`). Batches were validated on the way in, so their headers
+/// parse and stamp.
 pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stamped {
     let mut state = shared.state.borrow_mut();
     let append_time = (state.config.timestamp_type() == TimestampType::LogAppendTime).then(now_ms);
+    let mut out = GroupBuffers::new();
     let mut stamped = Stamped {
         buffers: Vec::new(),
         headers: Vec::new(),
@@ -37,7 +93,7 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
     };
     let mut position_in_group = 0u64;
     for pending in group {
-        let mut batches = pending.batches;
+        let batches = pending.batches;
         let offset_first = state.offset_assign_next;
         let mut at = 0usize;
         while at < batches.len() {
@@ -45,10 +101,16 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
                 break;
             };
             let end = at + header.size_bytes as usize;
-            let slice = &mut batches[at..end];
-            let stamped_ok = batch::stamp_base_offset(slice, state.offset_assign_next).is_ok()
-                && append_time.is_none_or(|time| batch::stamp_log_append_time(slice, time).is_ok());
-            assert!(stamped_ok, "a validated batch could not be stamped");
+            let records_at = at + batch::HEADER_SIZE_BYTES;
+            let header_at = out.copy(&batches[at..records_at]);
+            let stamped_ok = batch::stamp_split(
+                &mut out.packed[header_at..],
+                &batches[records_at..end],
+                state.offset_assign_next,
+                append_time,
+            );
+            assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
+            out.share(Bytes::slice(&batches, records_at..end));
             let count = header.last_offset - header.base_offset + 1;
             let header = BatchHeader {
                 base_offset: state.offset_assign_next,
@@ -69,9 +131,9 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
             offset_next: state.offset_assign_next,
             log_append_time_ms: append_time,
         };
-        stamped.buffers.push(batches.freeze());
         stamped.replies.push((appended, pending.reply));
     }
+    stamped.buffers = out.finish();
     stamped
 }
 

@@ -1,7 +1,7 @@
 //! Tests of the engine API across shards: placement, appends and reads through the
 //! owners' mailboxes, topic lifecycle, and restart.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use futures::executor::block_on;
 
 use super::*;
@@ -20,10 +20,10 @@ fn engine(dir: &std::path::Path) -> Engine {
     Engine::open(&config).unwrap()
 }
 
-fn batch(value: &str) -> BytesMut {
+fn batch(value: &str) -> Bytes {
     let mut builder = BatchBuilder::new();
     builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
-    BytesMut::from(&builder.build()[..])
+    Bytes::from(builder.build())
 }
 
 #[test]

@@ -12,7 +12,6 @@
 //! tagged fields stay absent. 11 allows TRANSACTION_ABORTABLE, and ringlog has no
 //! transactions. Version 13 names topics by id; 12 and 13 are not implemented.
 
-use bytes::BytesMut;
 use futures::future::join_all;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
@@ -45,9 +44,9 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                 let Ok(partition_id) = u32::try_from(index) else {
                     return response.with_error_code(ResponseError::UnknownTopicOrPartition.code());
                 };
-                let records = partition.records.unwrap_or_default();
-                // The engine stamps offsets into the batches, so they need their own buffer.
-                let batches = BytesMut::from(&records[..]);
+                // A slice of the request's buffer: the engine validates it, stamps copies of
+                // the batch headers and writes the records from it, with no copy here.
+                let batches = partition.records.unwrap_or_default();
                 match broker
                     .engine
                     .append(&name, partition_id, batches, ack)
