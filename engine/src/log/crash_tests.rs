@@ -144,6 +144,47 @@ fn crashing_at_every_fsync_point_loses_nothing_acknowledged() {
 }
 
 #[test]
+fn a_nearly_full_disk_preallocates_only_what_appends_need() {
+    let dir = Path::new("/data/nearly-full-0");
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let config = TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .preallocate_bytes(64 << 20)
+            .build()
+            .unwrap();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config.clone())
+            .await
+            .unwrap();
+        // Room for each group, not for 64 MiB of preallocation.
+        storage.limit_allocations(64 << 10);
+        for tag in 0..20 {
+            log.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        assert!(log.poisoned().is_none());
+        assert_eq!(log.offsets().durable_end, 20 * RECORDS_PER_BATCH as i64);
+        // A full disk: even the group's own bytes do not fit.
+        storage.limit_allocations(0);
+        let mut failed = None;
+        for tag in 20..2_000 {
+            if let Err(error) = log.append(batch(tag), Ack::Durable).await {
+                failed = Some(error);
+                break;
+            }
+        }
+        let failed = failed.expect("the segment's last allocation runs out");
+        assert!(matches!(failed, LogError::StorageFailed { .. }), "{failed}");
+        drop(log);
+        let reopened = PartitionLog::open(storage.crash_clean(), dir, id(), config)
+            .await
+            .unwrap();
+        assert!(reopened.offsets().log_end >= 20 * RECORDS_PER_BATCH as i64);
+        reopened.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
 fn a_failed_write_poisons_the_partition_until_it_is_recovered() {
     let dir = Path::new("/data/poison-0");
     rt::block_on(async {

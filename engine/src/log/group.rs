@@ -160,11 +160,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     let group_bytes: u64 = buffers.iter().map(|b| b.len() as u64).sum();
     let needed = (position + group_bytes).next_multiple_of(BUF_ALIGN_BYTES as u64);
     if needed > allocated {
-        let grow = (needed - allocated).max(step);
-        writer
-            .allocate(allocated, grow)
-            .await
-            .map_err(|e| shared.error_io("fallocate", e))?;
+        let grow = preallocate(shared, &writer, allocated, needed - allocated, step).await?;
         if let Some(segment) = shared.state.borrow_mut().segments.values_mut().next_back() {
             segment.allocated_bytes = allocated + grow;
         }
@@ -175,6 +171,37 @@ pub(crate) async fn write_at_tail<S: Storage>(
         return Ok(sync);
     }
     write_direct(shared, &writer, &buffers, position, sync_after).await
+}
+
+/// Grows the segment file at `allocated` by at least `needed` bytes, by the topic's
+/// preallocation `step` when it is larger; returns the bytes added. Preallocating ahead
+/// only saves work, so on a nearly full disk (ENOSPC) it falls back to what this group
+/// needs; only if that fails too is the disk full for the log.
+async fn preallocate<S: Storage>(
+    shared: &Shared<S>,
+    writer: &S::File,
+    allocated: u64,
+    needed: u64,
+    step: u64,
+) -> Result<u64, LogError> {
+    let grow = needed.max(step);
+    match writer.allocate(allocated, grow).await {
+        Ok(()) => Ok(grow),
+        Err(error) if grow > needed && error.raw_os_error() == Some(libc::ENOSPC) => {
+            // Every group on a nearly full disk takes this path: not a warning each time.
+            tracing::debug!(
+                partition = %shared.id,
+                step,
+                "disk nearly full: preallocating only what the append needs"
+            );
+            writer
+                .allocate(allocated, needed)
+                .await
+                .map_err(|e| shared.error_io("fallocate", e))?;
+            Ok(needed)
+        }
+        Err(error) => Err(shared.error_io("fallocate", error)),
+    }
 }
 
 /// O_DIRECT append: the partial last block (kept in memory) and the new bytes are copied

@@ -128,6 +128,8 @@ struct State {
     dead: bool,
     stats: FaultStats,
     seed: u64,
+    /// A nearly full disk: `allocate` calls for more bytes than this fail with ENOSPC.
+    allocate_len_max: Option<u64>,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
@@ -194,6 +196,12 @@ impl FaultStorage {
     /// `errno` without effect. Later operations are unaffected.
     pub fn fail_nth(&self, n: u64, errno: i32) {
         self.inject(n, Fault::Errno(errno));
+    }
+
+    /// A nearly full disk: from now on every `allocate` of more than `len` bytes fails
+    /// with ENOSPC, without effect.
+    pub fn limit_allocations(&self, len: u64) {
+        self.state.borrow_mut().allocate_len_max = Some(len);
     }
 
     /// Makes the `n`-th mutating operation from now fail as [`Fault::SyncLost`] describes.
@@ -803,6 +811,9 @@ impl StorageFile for FaultFile {
         }
         if len == 0 {
             return Err(errno(libc::EINVAL));
+        }
+        if state.allocate_len_max.is_some_and(|max| len > max) {
+            return Err(errno(libc::ENOSPC));
         }
         let end = offset.checked_add(len).ok_or_else(|| errno(libc::EFBIG))?;
         state.inode_mut(self.inode).grow(to_usize(end)?);
