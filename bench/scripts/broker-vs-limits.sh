@@ -5,17 +5,18 @@
 # then every broker configuration, then the next round), and prints the issue-5 target
 # table: medians, min–max, the limit and the ratio.
 #
-#   limits   probe write: 1 MiB writes at queue depth 1 with an fdatasync after each,
-#            O_DIRECT (what acks=all does with 2 connections x 8 x 64 KiB in flight: one
-#            ≤ 1 MiB group per fdatasync), and 2 MiB buffered writes at queue depth 1 over
-#            SUSTAIN_BYTES with the final fsync timed (what acks=1 flush=never sustains once
-#            the page cache must be written back); probe tcp-echo: loopback TCP, one shard.
+#   limits   probe write: 1 MiB and 512 KiB writes at queue depth 1 with an fdatasync
+#            after each, O_DIRECT (what acks=all does with 2 connections x 8 x 64 KiB in
+#            flight: one group of at most 1 MiB, about 0.5 MiB measured, per fdatasync);
+#            2 MiB writes at queue depth 1 over SUSTAIN_BYTES with the final fsync timed,
+#            buffered (what acks=1 flush=never sustains once the page cache must be written
+#            back) and O_DIRECT; probe tcp-echo: loopback TCP, one shard.
 #   produce  acks=1 flush=never buffered and direct, acks=all flush=always direct: DURATION
 #            seconds each, 1 partition, 2 connections x 8 in flight, 1 KiB records.
 #   consume  produce 3 M records, then read them back from the page cache (one connection).
-#   e2e      at half the median acks=1 and acks=all rates of this round (`--rate`), 16
-#            connections x 1 in flight: produce latency and end-to-end latency.
-#   scale    acks=1, 1,000 partitions vs 1, 3 M records each.
+#   e2e      at half this round's acks=1 (buffered, direct) and acks=all rates (`--rate`),
+#            16 connections x 1 in flight: produce latency and end-to-end latency.
+#   scale    acks=1, 1,000 partitions vs 1, 3 M records each (4 MiB preallocation steps).
 #   rdkafka  the acks=1 and consume runs again through librdkafka (`--client rdkafka`).
 #
 # Usage: bench/scripts/broker-vs-limits.sh [RUNS] [DURATION] [SUSTAIN_BYTES]
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/../.."
 
 RUNS=${1:-3}
 DURATION=${2:-10}
-SUSTAIN=${3:-8GiB}
+SUSTAIN=${3:-4GiB}
 DIR=${BENCH_DIR:-target/bench-tmp}
 OUT=${BENCH_OUT:-target/bench-results/broker-$(date +%Y%m%d-%H%M%S)}
 BENCH=target/release/ringlog-bench
@@ -78,7 +79,11 @@ WINDOW=(--partitions 1 --connections 2 --in-flight 8)
 for i in $(seq 1 "$RUNS"); do
     probe sync-qd1-1m-direct "$i" --direct --block-bytes 1MiB --queue-depth 1 \
         --fdatasync-every 1 --total-bytes 2GiB
+    probe sync-qd1-512k-direct "$i" --direct --block-bytes 512KiB --queue-depth 1 \
+        --fdatasync-every 1 --total-bytes 2GiB
     probe nosync-qd1-2m-buffered "$i" --block-bytes 2MiB --queue-depth 1 --total-bytes "$SUSTAIN"
+    probe nosync-qd1-2m-direct "$i" --direct --block-bytes 2MiB --queue-depth 1 \
+        --total-bytes "$SUSTAIN"
     "$BENCH" probe tcp-echo --message-bytes 64KiB --seconds 5 --client thread \
         --json "$OUT/probe-tcp-echo-$i.json" >&2
 
@@ -91,13 +96,18 @@ for i in $(seq 1 "$RUNS"); do
 
     run e2e-acks1-half "$i" e2e --partitions 1 --connections 16 --in-flight 1 \
         --duration "$DURATION" --acks 1 --rate "$(half produce-acks1-buffered "$i")"
+    run e2e-acks1-direct-half "$i" e2e --partitions 1 --connections 16 --in-flight 1 \
+        --duration "$DURATION" --acks 1 --io-mode direct \
+        --rate "$(half produce-acks1-direct "$i")"
     run e2e-acksall-half "$i" e2e --partitions 1 --connections 16 --in-flight 1 \
         --duration "$DURATION" --acks all --flush always --io-mode direct \
         --rate "$(half produce-acksall-direct "$i")"
 
-    run scale-1p "$i" produce "${WINDOW[@]}" --records 3000000 --acks 1
+    # 4 MiB preallocation steps: the default 64 MiB x 1,000 partitions would ask for 64 GB.
+    run scale-1p "$i" produce "${WINDOW[@]}" --records 3000000 --acks 1 \
+        --preallocate-bytes 4MiB
     run scale-1000p "$i" produce --partitions 1000 --connections 2 --in-flight 8 \
-        --records 3000000 --acks 1
+        --records 3000000 --acks 1 --preallocate-bytes 4MiB
 
     run rdkafka-acks1 "$i" produce --partitions 1 --duration "$DURATION" --acks 1 \
         --client rdkafka

@@ -55,7 +55,9 @@ def main(out):
         runs[0]["batch_len_bytes"] / runs[0]["records_per_batch"] if runs else 1034.0
     )
     limit_sync = records("probe-sync-qd1-1m-direct-*.json", lambda r: r["gb_per_s"])
+    limit_sync_half = records("probe-sync-qd1-512k-direct-*.json", lambda r: r["gb_per_s"])
     limit_buffered = records("probe-nosync-qd1-2m-buffered-*.json", lambda r: r["gb_per_s"])
+    limit_direct = records("probe-nosync-qd1-2m-direct-*.json", lambda r: r["gb_per_s"])
     limit_tcp = records("probe-tcp-echo-*.json", lambda r: r["one_way_gb_per_s"])
 
     def as_records(gb_per_s):
@@ -80,25 +82,27 @@ def main(out):
         parts = [median([r[key][p] for r in runs]) for p in ("p50", "p99", "p999")]
         return " / ".join(ms(p) for p in parts)
 
-    for mode in ("buffered", "direct"):
+    for mode, limit_gbs in (("buffered", limit_buffered), ("direct", limit_direct)):
         values = records(f"produce-acks1-{mode}-*.json")
         row(f"produce acks=1, flush=never, {mode}", values,
             latency(f"produce-acks1-{mode}-*.json"),
-            "buffered write QD1 2 MiB, sustained" if mode == "buffered" else "",
-            limit_buffered if mode == "buffered" else [],
+            f"{mode} write QD1 2 MiB, final fsync timed", limit_gbs,
             "≥ 1.2 M", verdict(median(values) >= 1.2e6 if values else None))
     values = records("produce-acksall-direct-*.json")
-    limit = as_records(median(limit_sync)) if limit_sync else None
-    ok = None
-    if values and limit:
-        ok = median(values) >= 0.8e6 and median(values) >= 0.6 * limit
-    row("produce acks=all, flush=always, direct", values,
-        latency("produce-acksall-direct-*.json"),
-        "O_DIRECT 1 MiB write + fdatasync, QD1", limit_sync,
-        "≥ 0.8 M and ≥ 0.6 × limit", verdict(ok))
+    groups = records("produce-acksall-direct-*.json",
+                     lambda r: (r.get("group_commits") or {}).get("mib_per_group", 0))
+    for size, limit_gbs in (("1 MiB", limit_sync), ("512 KiB", limit_sync_half)):
+        limit = as_records(median(limit_gbs)) if limit_gbs else None
+        ok = None
+        if values and limit:
+            ok = median(values) >= 0.8e6 and median(values) >= 0.6 * limit
+        row(f"produce acks=all, flush=always, direct (groups of {median(groups) or 0:.2f} MiB)",
+            values, latency("produce-acksall-direct-*.json"),
+            f"O_DIRECT {size} write + fdatasync, QD1", limit_gbs,
+            "≥ 0.8 M and ≥ 0.6 × limit", verdict(ok))
     values = records("consume-*.json", lambda r: r["then_consume"]["records_per_sec"])
     row("consume from the page cache, 1 connection", values, "–",
-        "loopback TCP one way", limit_tcp, "≥ 2.5 M",
+        "loopback TCP echo, one way", limit_tcp, "≥ 2.5 M",
         verdict(median(values) >= 2.5e6 if values else None))
 
     print()
@@ -108,6 +112,7 @@ def main(out):
     print("|---|---|---|---|---|---|")
     for name, pattern, target_ms in (
         ("acks=1, flush=never, buffered", "e2e-acks1-half-*.json", 5),
+        ("acks=1, flush=never, direct", "e2e-acks1-direct-half-*.json", 5),
         ("acks=all, flush=always, direct", "e2e-acksall-half-*.json", 10),
     ):
         runs = load(out, pattern)

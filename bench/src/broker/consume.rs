@@ -180,6 +180,7 @@ pub fn consume_all(
             shards: 0,
             flush: crate::engine::FlushArg::Never,
             io_mode: crate::engine::IoModeArg::Buffered,
+            preallocate_bytes: 0,
             data_parent: PathBuf::new(),
         },
         topic: topic.to_owned(),
