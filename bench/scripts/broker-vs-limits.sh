@@ -14,8 +14,9 @@
 #   produce  acks=1 flush=never buffered and direct, acks=all flush=always direct: DURATION
 #            seconds each, 1 partition, 2 connections x 8 in flight, 1 KiB records.
 #   consume  produce 3 M records, then read them back from the page cache (one connection).
-#   e2e      at half this round's acks=1 (buffered, direct) and acks=all rates (`--rate`),
-#            16 connections x 1 in flight: produce latency and end-to-end latency.
+#   latency  at half this round's acks=1 (buffered, direct) and acks=all rates (`--rate`),
+#            16 connections x 1 in flight: produce latency of the producer alone, then
+#            with a consumer following (e2e): produce and end-to-end latency.
 #   scale    acks=1, 1,000 partitions vs 1, 3 M records each (4 MiB preallocation steps).
 #   rdkafka  the acks=1 and consume runs again through librdkafka (`--client rdkafka`).
 #
@@ -94,6 +95,16 @@ for i in $(seq 1 "$RUNS"); do
         --flush always --io-mode direct
     run consume "$i" produce "${WINDOW[@]}" --records 3000000 --acks 1 --then-consume
 
+    # Produce latency at half the maximum: the producer alone, 16 connections x 1 in flight
+    # (each latency a real round trip), then the same rates with a consumer (e2e).
+    run latency-acks1-half "$i" produce --partitions 1 --connections 16 --in-flight 1 \
+        --duration "$DURATION" --acks 1 --rate "$(half produce-acks1-buffered "$i")"
+    run latency-acks1-direct-half "$i" produce --partitions 1 --connections 16 \
+        --in-flight 1 --duration "$DURATION" --acks 1 --io-mode direct \
+        --rate "$(half produce-acks1-direct "$i")"
+    run latency-acksall-half "$i" produce --partitions 1 --connections 16 --in-flight 1 \
+        --duration "$DURATION" --acks all --flush always --io-mode direct \
+        --rate "$(half produce-acksall-direct "$i")"
     run e2e-acks1-half "$i" e2e --partitions 1 --connections 16 --in-flight 1 \
         --duration "$DURATION" --acks 1 --rate "$(half produce-acks1-buffered "$i")"
     run e2e-acks1-direct-half "$i" e2e --partitions 1 --connections 16 --in-flight 1 \

@@ -50,7 +50,7 @@ use serde::Serialize;
 use super::consume::{ConsumeArgs, ConsumeResults, FromArg};
 use super::produce::{AcksArg, ProduceArgs, ProduceResults};
 use super::{create_topic, list_offsets, Target};
-use crate::engine::batches::Keys;
+use crate::engine::batches::{fill_pseudo_random, Keys};
 use crate::engine::latency::Latencies;
 use crate::error::BenchError;
 use crate::report::mib_per_s;
@@ -541,16 +541,6 @@ impl KeyWriter {
                 Some(&self.buffer[..len])
             }
         }
-    }
-}
-
-/// Fills `bytes` from a xorshift64 generator (the native batches' values are made alike).
-fn fill_pseudo_random(bytes: &mut [u8], seed: &mut u64) {
-    for chunk in bytes.chunks_mut(8) {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
     }
 }
 

@@ -176,7 +176,7 @@ fn build_batch(
 }
 
 /// Fills `bytes` from a xorshift64 generator (fast, and good enough to defeat dedup).
-fn fill_pseudo_random(bytes: &mut [u8], seed: &mut u64) {
+pub fn fill_pseudo_random(bytes: &mut [u8], seed: &mut u64) {
     for chunk in bytes.chunks_mut(8) {
         *seed ^= *seed << 13;
         *seed ^= *seed >> 7;
