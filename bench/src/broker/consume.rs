@@ -161,7 +161,12 @@ pub fn run(args: &ConsumeArgs) -> Result<(), BenchError> {
         probe: "consume",
         parameters: args,
         results,
-        machine: MachineInfo::gather(None),
+        // The disk is known only when the broker runs here.
+        machine: MachineInfo::gather(
+            args.target
+                .embedded
+                .then_some(args.target.data_parent.as_path()),
+        ),
     };
     report.write_json(args.json.as_deref())
 }
