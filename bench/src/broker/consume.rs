@@ -151,10 +151,7 @@ pub fn run(args: &ConsumeArgs) -> Result<(), BenchError> {
         ));
     }
     let target = Target::start(&args.target)?;
-    let results = match args.client {
-        ClientArg::Native => consume(&target, args)?,
-        ClientArg::Rdkafka => super::rdkafka::consume(&target, args)?,
-    };
+    let results = consume_with(&target, args)?;
     print_results(&results);
     target.stop()?;
     let report = Report {
@@ -171,33 +168,41 @@ pub fn run(args: &ConsumeArgs) -> Result<(), BenchError> {
     report.write_json(args.json.as_deref())
 }
 
-/// Reads `expect` records of every partition of `topic` from the earliest offsets, with
-/// one connection (what `produce --then-consume` does).
+/// Reads `expect` records of every partition of `topic` from the earliest offsets with
+/// `client`, one connection and `consume`'s default fetch sizes (what `produce
+/// --then-consume` does).
 pub fn consume_all(
     target: &Target,
     topic: &str,
     expect: u64,
+    client: ClientArg,
 ) -> Result<ConsumeResults, BenchError> {
-    let args = ConsumeArgs {
-        target: TargetArgs {
-            bootstrap: Some(target.address.to_string()),
-            embedded: false,
-            shards: 0,
-            flush: crate::engine::FlushArg::Never,
-            io_mode: crate::engine::IoModeArg::Buffered,
-            preallocate_bytes: 0,
-            data_parent: PathBuf::new(),
-        },
-        topic: topic.to_owned(),
-        from: FromArg::Earliest,
-        fetch_max_bytes: 50 << 20,
-        partition_max_bytes: 8 << 20,
-        connections: 1,
-        expect: Some(expect),
-        client: ClientArg::Native,
-        json: None,
-    };
-    consume(target, &args)
+    let address = target.address.to_string();
+    let expect = expect.to_string();
+    let client = client
+        .to_possible_value()
+        .map(|value| value.get_name().to_owned())
+        .unwrap_or_default();
+    let args: ConsumeArgs = super::parse_args(&[
+        "consume",
+        "--bootstrap",
+        &address,
+        "--topic",
+        topic,
+        "--expect",
+        &expect,
+        "--client",
+        &client,
+    ])?;
+    consume_with(target, &args)
+}
+
+/// Reads as `args` say with the client `args.client` names.
+pub fn consume_with(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, BenchError> {
+    match args.client {
+        ClientArg::Native => consume(target, args),
+        ClientArg::Rdkafka => super::rdkafka::consume(target, args),
+    }
 }
 
 /// Reads the topic on `target` as `args` say and checks the count.

@@ -168,22 +168,14 @@ fn print_results(results: &E2eResults) {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::{e2e, E2eArgs};
-    use crate::broker::Target;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: E2eArgs,
-    }
+    use crate::broker::{parse_args, Target};
 
     #[test]
     fn every_record_arrives_with_a_latency() {
         let parent = tempfile::tempdir().unwrap();
         let parent = parent.path().to_str().unwrap();
-        let cli = Cli::parse_from([
+        let args: E2eArgs = parse_args(&[
             "e2e",
             "--embedded",
             "--data-parent",
@@ -198,9 +190,10 @@ mod tests {
             "2",
             "--rate",
             "20000",
-        ]);
-        let target = Target::start(&cli.args.produce.target).unwrap();
-        let results = e2e(&cli.args, &target).unwrap();
+        ])
+        .unwrap();
+        let target = Target::start(&args.produce.target).unwrap();
+        let results = e2e(&args, &target).unwrap();
         assert_eq!(results.produce.records, 3000);
         assert_eq!(results.consume.records, 3000);
         assert_eq!(results.latency_us.count, 3000, "one latency per record");
@@ -212,7 +205,7 @@ mod tests {
     fn refuses_records_too_short_to_carry_a_stamp() {
         let parent = tempfile::tempdir().unwrap();
         let parent = parent.path().to_str().unwrap();
-        let cli = Cli::parse_from([
+        let args: E2eArgs = parse_args(&[
             "e2e",
             "--embedded",
             "--data-parent",
@@ -221,9 +214,10 @@ mod tests {
             "10",
             "--record-size",
             "4",
-        ]);
-        let target = Target::start(&cli.args.produce.target).unwrap();
-        let error = e2e(&cli.args, &target).unwrap_err();
+        ])
+        .unwrap();
+        let target = Target::start(&args.produce.target).unwrap();
+        let error = e2e(&args, &target).unwrap_err();
         assert!(error.to_string().contains("at least 8"), "{error}");
         target.stop().unwrap();
     }

@@ -154,6 +154,19 @@ fn topic_defaults(args: &TargetArgs) -> Result<TopicConfig, BenchError> {
         .build()?)
 }
 
+/// Parses one subcommand's arguments (`argv[0]` is its name), with the command line's
+/// defaults for everything `argv` leaves out.
+pub fn parse_args<T: clap::Args>(argv: &[&str]) -> Result<T, BenchError> {
+    #[derive(clap::Parser)]
+    struct Command<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    <Command<T> as clap::Parser>::try_parse_from(argv)
+        .map(|command| command.args)
+        .map_err(|error| BenchError::InvalidArguments(error.to_string()))
+}
+
 /// Creates `topic` with `partitions` partitions; an existing topic is kept.
 pub fn create_topic(
     client: &mut AdminClient,

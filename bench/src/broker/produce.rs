@@ -247,12 +247,8 @@ pub fn run(args: &ProduceArgs) -> Result<(), BenchError> {
     };
     print_results(&results);
     if args.then_consume {
-        let consumed = match args.client {
-            ClientArg::Native => {
-                super::consume::consume_all(&target, &args.topic, results.records)?
-            }
-            ClientArg::Rdkafka => rdkafka::consume_all(&target, &args.topic, results.records)?,
-        };
+        let consumed =
+            super::consume::consume_all(&target, &args.topic, results.records, args.client)?;
         super::consume::print_results(&consumed);
         results.then_consume = Some(consumed);
     }
@@ -353,18 +349,24 @@ fn lingered_batch_records(args: &ProduceArgs) -> Option<u64> {
     Some(((per_partition * args.linger_ms / 1_000.0).floor() as u64).max(1))
 }
 
-fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
+/// Checks the arguments every client's `produce` shares (`--connections` and
+/// `--client-threads` have defaults either client accepts).
+pub fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
     if args.partitions == 0
         || args.connections == 0
         || args.in_flight == 0
         || args.client_threads == 0
+        || args.batch_bytes == 0
     {
         return Err(BenchError::InvalidArguments(
-            "--partitions, --connections, --in-flight and --client-threads must be positive".into(),
+            "--partitions, --connections, --in-flight, --client-threads and --batch-bytes must \
+             be positive"
+                .into(),
         ));
     }
-    if args.rate.is_some_and(|rate| rate <= 0.0)
-        || args.duration.is_some_and(|s| s <= 0.0)
+    let positive = |value: f64| value > 0.0; // false for NaN
+    if args.rate.is_some_and(|rate| !positive(rate))
+        || args.duration.is_some_and(|seconds| !positive(seconds))
         || args.linger_ms.is_nan()
         || args.linger_ms < 0.0
     {
@@ -839,23 +841,16 @@ pub fn print_results(results: &ProduceResults) {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::{produce, ProduceArgs};
     use crate::broker::consume::consume_all;
-    use crate::broker::Target;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProduceArgs,
-    }
+    use crate::broker::rdkafka::ClientArg;
+    use crate::broker::{parse_args, Target};
 
     #[test]
     fn embedded_produce_then_consume_counts_every_record() {
         let parent = tempfile::tempdir().unwrap();
         let parent = parent.path().to_str().unwrap();
-        let cli = Cli::parse_from([
+        let args: ProduceArgs = parse_args(&[
             "produce",
             "--embedded",
             "--data-parent",
@@ -868,12 +863,13 @@ mod tests {
             "3",
             "--connections",
             "2",
-        ]);
-        let target = Target::start(&cli.args.target).unwrap();
-        let produced = produce(&cli.args, &target).unwrap();
+        ])
+        .unwrap();
+        let target = Target::start(&args.target).unwrap();
+        let produced = produce(&args, &target).unwrap();
         assert_eq!(produced.records, 2000);
         assert_eq!(produced.acks_errors, 0);
-        let consumed = consume_all(&target, "bench", 2000).unwrap();
+        let consumed = consume_all(&target, "bench", 2000, ClientArg::Native).unwrap();
         assert_eq!(consumed.records, 2000);
         target.stop().unwrap();
     }

@@ -316,7 +316,7 @@ fn await_statistics(tally: &Tally, mut poll: impl FnMut()) {
 /// Produces `args`' load to `target` through librdkafka; the count delivered is checked
 /// against `--records`.
 pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, BenchError> {
-    validate(args)?;
+    super::produce::validate(args)?;
     let mut admin = target.admin()?;
     create_topic(&mut admin, &args.topic, args.partitions)?;
     drop(admin);
@@ -360,26 +360,6 @@ pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, Be
 }
 
 /// What the native client's checks say about the arguments librdkafka uses.
-fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
-    if args.partitions == 0 || args.in_flight == 0 || args.batch_bytes == 0 {
-        return Err(BenchError::InvalidArguments(
-            "--partitions, --in-flight and --batch-bytes must be positive".into(),
-        ));
-    }
-    if args.rate.is_some_and(|rate| rate.is_nan() || rate <= 0.0)
-        || args
-            .duration
-            .is_some_and(|seconds| seconds.is_nan() || seconds <= 0.0)
-        || args.linger_ms.is_nan()
-        || args.linger_ms < 0.0
-    {
-        return Err(BenchError::InvalidArguments(
-            "--rate and --duration must be positive, --linger-ms not negative".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// The settings every librdkafka client of the bench has.
 fn base_config(target: &Target) -> ClientConfig {
     let mut config = ClientConfig::new();
@@ -544,36 +524,6 @@ impl KeyWriter {
     }
 }
 
-/// Reads `expect` records of every partition of `topic` from the earliest offsets (what
-/// `produce --then-consume --client rdkafka` does), with `consume`'s default fetch sizes.
-pub fn consume_all(
-    target: &Target,
-    topic: &str,
-    expect: u64,
-) -> Result<ConsumeResults, BenchError> {
-    use clap::Parser;
-    #[derive(Parser)]
-    struct Defaults {
-        #[command(flatten)]
-        args: ConsumeArgs,
-    }
-    let address = target.address.to_string();
-    let expect = expect.to_string();
-    let defaults = Defaults::try_parse_from([
-        "consume",
-        "--bootstrap",
-        &address,
-        "--topic",
-        topic,
-        "--expect",
-        &expect,
-        "--client",
-        "rdkafka",
-    ])
-    .map_err(|error| BenchError::InvalidArguments(error.to_string()))?;
-    consume(target, &defaults.args)
-}
-
 /// Reads the topic on `target` as `args` say, through librdkafka, and checks the count.
 pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, BenchError> {
     let tally = Tally::new(Role::Consume, &args.topic, false);
@@ -703,24 +653,17 @@ fn read_until(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
-    use super::{consume_all, produce, KeyWriter};
+    use super::{produce, ClientArg, KeyWriter};
+    use crate::broker::consume::consume_all;
     use crate::broker::produce::ProduceArgs;
-    use crate::broker::{list_offsets, Target};
+    use crate::broker::{list_offsets, parse_args, Target};
     use crate::engine::batches::Keys;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProduceArgs,
-    }
 
     #[test]
     fn embedded_rdkafka_produce_then_consume_counts_every_record() {
         let parent = tempfile::tempdir().unwrap();
         let parent = parent.path().to_str().unwrap();
-        let cli = Cli::parse_from([
+        let args: ProduceArgs = parse_args(&[
             "produce",
             "--embedded",
             "--data-parent",
@@ -735,9 +678,10 @@ mod tests {
             "100",
             "--client",
             "rdkafka",
-        ]);
-        let target = Target::start(&cli.args.target).unwrap();
-        let produced = produce(&cli.args, &target).unwrap();
+        ])
+        .unwrap();
+        let target = Target::start(&args.target).unwrap();
+        let produced = produce(&args, &target).unwrap();
         assert_eq!(produced.records, 2000);
         assert_eq!(produced.acks_errors, 0);
         assert_eq!(produced.latency.count, 2000);
@@ -748,7 +692,7 @@ mod tests {
         drop(admin);
         assert_eq!(ends.iter().sum::<i64>(), 2000, "{ends:?}");
         assert!(ends.iter().all(|&end| end > 0), "{ends:?}");
-        let consumed = consume_all(&target, "bench", 2000).unwrap();
+        let consumed = consume_all(&target, "bench", 2000, ClientArg::Rdkafka).unwrap();
         assert_eq!(consumed.records, 2000);
         assert_eq!(consumed.partitions, 3);
         target.stop().unwrap();
