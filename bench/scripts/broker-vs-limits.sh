@@ -25,6 +25,7 @@
 #        BENCH_OUT (JSON results; default target/bench-results/broker-<timestamp>).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/scripts/lib.sh
 
 RUNS=${1:-3}
 DURATION=${2:-10}
@@ -37,21 +38,7 @@ command -v python3 >/dev/null || { echo "missing python3" >&2; exit 2; }
 mkdir -p "$DIR" "$OUT"
 cargo build --release -p ringlog-bench >&2
 
-{
-    echo "commit: $(git rev-parse HEAD) (dirty files: $(git status --short | wc -l))"
-    echo "nproc: $(nproc)"; uname -a; grep -m1 'model name' /proc/cpuinfo; grep MemTotal /proc/meminfo
-    echo "load: $(cat /proc/loadavg)"; ps -eo pcpu,comm --sort=-pcpu | sed -n 2,4p
-    df -T "$DIR"; lsblk -o NAME,TYPE,SIZE,ROTA,MODEL,MOUNTPOINTS
-} | tee "$OUT/machine.txt" >&2
-
-# Writes dirty pages back and empties the page cache so one run's writeback does not land
-# in the next run's timing (needs root; skipped with a note otherwise).
-settle() {
-    sync
-    if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; else
-        echo "note: cannot drop caches (not root)" >&2; fi
-    sleep 1
-}
+machine_info "$DIR" | tee "$OUT/machine.txt" >&2
 
 probe() {
     local name=$1 i=$2

@@ -21,6 +21,7 @@
 #        BENCH_OUT (JSON results; default target/bench-results/<timestamp>).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/scripts/lib.sh
 
 RUNS=${1:-3}
 SIZE=${2:-4G}
@@ -36,21 +37,7 @@ done
 mkdir -p "$DIR" "$OUT"
 cargo build --release -p ringlog-bench >&2
 
-{
-    echo "commit: $(git rev-parse HEAD) (dirty files: $(git status --short | wc -l))"
-    echo "nproc: $(nproc)"; uname -a; grep -m1 'model name' /proc/cpuinfo; grep MemTotal /proc/meminfo
-    echo "load: $(cat /proc/loadavg)"; ps -eo pcpu,comm --sort=-pcpu | sed -n 2,4p
-    df -T "$DIR"; lsblk -o NAME,TYPE,SIZE,ROTA,MODEL,MOUNTPOINTS; fio --version; iperf3 --version | head -1
-} | tee "$OUT/machine.txt" >&2
-
-# Writes dirty pages back and empties the page cache so one run's writeback does not land
-# in the next run's timing (needs root; skipped with a note otherwise).
-settle() {
-    sync
-    if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; else
-        echo "note: cannot drop caches (not root)" >&2; fi
-    sleep 1
-}
+machine_info "$DIR" "fio --version" "iperf3 --version | head -1" | tee "$OUT/machine.txt" >&2
 
 run_writes() {
     local mode=$1 direct=$2 flag=() i
