@@ -10,6 +10,7 @@
 //! fewer than expected (nothing new for `IDLE_TIMEOUT`) fails the command.
 
 use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::rt::{self, TcpStream};
+use ringlog_server::admin::AdminClient;
 use serde::Serialize;
 
 use super::rdkafka::ClientArg;
@@ -205,9 +207,16 @@ pub fn consume_with(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResult
     }
 }
 
+/// The Fetch version to speak: the highest both sides know up to the last that names
+/// topics.
+pub fn fetch_version(admin: &AdminClient) -> Result<i16, BenchError> {
+    version::<FetchRequest>(admin, FETCH_VERSION_MAX)
+}
+
 /// Reads the topic on `target` as `args` say and checks the count.
 pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, BenchError> {
     let mut admin = target.admin()?;
+    let fetch_version = fetch_version(&admin)?;
     let partitions = partition_count(&mut admin, &args.topic)?;
     let ends = list_offsets(&mut admin, &args.topic, partitions, false)?;
     let starts = match args.from {
@@ -222,7 +231,15 @@ pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, Be
     let expected: u64 = args
         .expect
         .unwrap_or_else(|| starts.iter().zip(&ends).map(|(s, e)| e.abs_diff(*s)).sum());
-    let results = read(target, args, &starts, &ends, until, None)?;
+    let results = read(
+        target.address,
+        fetch_version,
+        args,
+        &starts,
+        &ends,
+        until,
+        None,
+    )?;
     if results.records != expected {
         return Err(BenchError::Broker(format!(
             "read {} records, expected {expected}",
@@ -236,20 +253,18 @@ pub fn consume(target: &Target, args: &ConsumeArgs) -> Result<ConsumeResults, Be
 /// connections and fetch sizes; with a `clock`, also the records' end-to-end latencies.
 /// `ends` are the partitions' ends at the start (for `Until::Ends`).
 pub fn read(
-    target: &Target,
+    address: SocketAddr,
+    fetch_version: i16,
     args: &ConsumeArgs,
     starts: &[i64],
     ends: &[i64],
     until: Until,
     clock: Option<Clock>,
 ) -> Result<ConsumeResults, BenchError> {
-    let admin = target.admin()?;
-    let fetch_version = version::<FetchRequest>(&admin, FETCH_VERSION_MAX)?;
-    drop(admin);
     let partitions = u32::try_from(starts.len()).unwrap_or(u32::MAX);
     let limit = |bytes: u64| i32::try_from(bytes).unwrap_or(i32::MAX);
     let plan = Rc::new(Plan {
-        address: target.address,
+        address,
         topic: args.topic.clone(),
         version: fetch_version,
         fetch_max_bytes: limit(args.fetch_max_bytes),

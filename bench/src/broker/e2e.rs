@@ -96,6 +96,7 @@ pub fn e2e(args: &E2eArgs, target: &Target) -> Result<E2eResults, BenchError> {
     let mut admin = target.admin()?;
     create_topic(&mut admin, topic, args.produce.partitions)?;
     let starts = list_offsets(&mut admin, topic, args.produce.partitions, false)?;
+    let fetch_version = consume::fetch_version(&admin)?;
     drop(admin);
     let clock = Clock::new();
     let produced = Arc::new(AtomicU64::new(u64::MAX));
@@ -116,8 +117,15 @@ pub fn e2e(args: &E2eArgs, target: &Target) -> Result<E2eResults, BenchError> {
         std::thread::Builder::new()
             .name("e2e-consume".into())
             .spawn(move || {
-                let target = Target::remote(address);
-                consume::read(&target, &consume_args, &starts, &starts, until, Some(clock))
+                consume::read(
+                    address,
+                    fetch_version,
+                    &consume_args,
+                    &starts,
+                    &starts,
+                    until,
+                    Some(clock),
+                )
             })
             .context(|| "starting the consumer thread".into())?
     };
