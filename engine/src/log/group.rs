@@ -1,9 +1,8 @@
 //! One group commit's data path: stamping offsets into copies of the queued batches'
 //! headers (the records stay in the producers' buffers), and writing them at the tail of
-//! the active segment — one vectored write (buffered), or one aligned
-//! staging write with the tail block in front (direct) — with an fdatasync linked after
-//! it when the group must be durable. The sync is returned in flight; `durability.rs`
-//! awaits it.
+//! the active segment — one vectored write (buffered), or one aligned staging write with
+//! the tail block in front (direct) — with an fdatasync linked after it when the group
+//! must be durable. The sync is returned in flight; `durability.rs` awaits it.
 
 use std::io;
 
