@@ -6,6 +6,8 @@
 //! `consume` and `e2e` (both at once, with end-to-end latency) measure the broker over the
 //! Kafka protocol.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 mod broker;
 mod engine;
 mod error;

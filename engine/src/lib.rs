@@ -6,7 +6,7 @@
 //! The runtime ([`rt`]) gives every core a pinned shard thread with its own io_uring, a
 //! single-threaded executor, timers, a buffer pool and a bounded cross-core mailbox. The
 //! storage layers are built on it and never share mutable state between shards.
-#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
 pub mod index;

@@ -8,6 +8,8 @@
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod broker;
 pub mod cli;
