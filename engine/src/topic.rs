@@ -7,6 +7,7 @@
 //!   AlterConfigs use.
 //! - [`placement`]: [`shard_for`], the stable partition-to-shard mapping.
 //! - [`metadata`]: the on-disk form of the registry (`ringlog.meta`, `topics.json`).
+//! - [`lock`]: [`DataDirLock`], one process at a time on a data directory.
 //! - [`registry`]: [`TopicRegistry`], create / delete / add partitions / alter config,
 //!   each made durable before it is visible.
 //!
@@ -17,6 +18,7 @@
 mod atomic_file;
 pub mod config;
 mod error;
+pub mod lock;
 pub mod metadata;
 pub mod name;
 pub mod placement;
@@ -24,6 +26,7 @@ pub mod registry;
 
 pub use config::{keys, ConfigError, FlushPolicy, IoMode, TopicConfig, TopicConfigBuilder};
 pub use error::{MetadataError, TopicError};
+pub use lock::DataDirLock;
 pub use metadata::TopicMeta;
 pub use name::{TopicName, TopicNameError};
 pub use placement::shard_for;

@@ -46,7 +46,7 @@ const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 32;
 enum Closed {
     #[error("peer closed the connection")]
     Peer,
-    #[error("socket error")]
+    #[error("socket error: {0}")]
     Io(#[from] io::Error),
     #[error("frame size {size} outside 0..={max}")]
     FrameSize { size: i64, max: usize },

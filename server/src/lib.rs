@@ -3,7 +3,8 @@
 //! - [`protocol`]: framing, request decoding, response encoding, supported versions.
 //! - [`connection`]: one client connection on one shard.
 //! - [`broker`] and [`handlers`]: what each Kafka API does with the engine.
-//! - [`server`]: listeners on every shard, graceful stop.
+//! - [`server`]: listeners on every shard, graceful stop; [`listen_check`]: one process
+//!   per listen address.
 //! - [`metrics`]: counters and histograms, served in the Prometheus text format.
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod connection;
 pub mod errors;
 pub mod handlers;
+pub mod listen_check;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

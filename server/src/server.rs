@@ -2,6 +2,10 @@
 //! metrics endpoint on shard 0 (when `metrics_listen` is set), and a graceful stop on
 //! SIGTERM or SIGINT.
 //!
+//! One process per data directory (the engine holds its lock) and per listen address: the
+//! shards' listeners share the address among themselves only (see `listen_check`), and
+//! no shard accepts before that is checked.
+//!
 //! Stop sequence: stop accepting, let connections finish the request they are on (up to a
 //! grace period), then close every partition (fdatasync, indexes, checkpoint) and stop the
 //! shards. The process then exits 0.
@@ -20,6 +24,7 @@ use ringlog_engine::shard::{Engine, EngineConfig, EngineError};
 use crate::broker::Broker;
 use crate::config::ServerConfig;
 use crate::connection;
+use crate::listen_check::{self, ForeignListener};
 use crate::metrics;
 
 /// How long a stop waits for connections to finish their current request.
@@ -38,6 +43,15 @@ pub enum ServerError {
         address: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    /// Another process serves the listen address already.
+    #[error(
+        "cannot listen on {address}: it is already served by {holder}; stop that process \
+         or choose another listen address"
+    )]
+    AddressInUse {
+        address: SocketAddr,
+        holder: ForeignListener,
     },
 }
 
@@ -123,37 +137,39 @@ impl Server {
 }
 
 /// Binds a listener on every shard (the first picks the port if `listen` says 0; the
-/// others share it through SO_REUSEPORT) and starts their accept loops.
+/// others share it through SO_REUSEPORT), checks that no other process listens on the
+/// address, and starts their accept loops.
 fn bind_all(
     engine: &Engine,
     config: &mut ServerConfig,
     lifecycle: &Arc<Lifecycle>,
 ) -> Result<SocketAddr, ServerError> {
     let mut address = config.listen;
+    let mut own_inodes = Vec::with_capacity(engine.shard_count());
     for (index, shard) in engine.shard_handles().iter().enumerate() {
         let listener = futures::executor::block_on(shard.spawn(move || async move {
             let listener = TcpListener::bind_reuse_port(address)?;
-            let bound = listener.local_addr();
+            let bound = (listener.local_addr(), listener.socket_inode()?);
             LISTENER.with(|slot| *slot.borrow_mut() = Some(Rc::new(listener)));
             Ok::<_, std::io::Error>(bound)
         }));
-        let bound = match listener {
+        let (bound, inode) = match listener {
             Ok(Ok(bound)) => bound,
-            Ok(Err(source)) => return Err(ServerError::Listen { address, source }),
-            Err(_) => {
-                return Err(EngineError::ShardStopped {
-                    topic: String::new(),
-                    partition: 0,
-                }
-                .into())
-            }
+            Ok(Err(source)) => return Err(listen_error(address, &own_inodes, source)),
+            Err(_) => return Err(shard_stopped()),
         };
+        own_inodes.push(inode);
         if index == 0 {
             address = bound;
             if config.advertised_listener.port() == 0 {
                 config.advertised_listener.set_port(bound.port());
             }
         }
+    }
+    match listen_check::foreign_listener(address, &own_inodes) {
+        Ok(None) => {}
+        Ok(Some(holder)) => return Err(ServerError::AddressInUse { address, holder }),
+        Err(source) => return Err(ServerError::Listen { address, source }),
     }
     let broker = Arc::new(Broker::new(
         engine.clone(),
@@ -166,14 +182,28 @@ fn bind_all(
             rt::spawn_local(accept_loop(broker)).detach();
         }));
         if started.is_err() {
-            return Err(EngineError::ShardStopped {
-                topic: String::new(),
-                partition: 0,
-            }
-            .into());
+            return Err(shard_stopped());
         }
     }
     Ok(address)
+}
+
+/// A failed bind, naming the process that holds the address when that is why.
+fn listen_error(address: SocketAddr, own_inodes: &[u64], source: std::io::Error) -> ServerError {
+    if source.raw_os_error() == Some(libc::EADDRINUSE) {
+        if let Ok(Some(holder)) = listen_check::foreign_listener(address, own_inodes) {
+            return ServerError::AddressInUse { address, holder };
+        }
+    }
+    ServerError::Listen { address, source }
+}
+
+fn shard_stopped() -> ServerError {
+    EngineError::ShardStopped {
+        topic: String::new(),
+        partition: 0,
+    }
+    .into()
 }
 
 /// Binds the metrics endpoint on shard 0 and starts serving it there.
@@ -199,12 +229,8 @@ fn bind_metrics(
     }));
     match started {
         Ok(Ok(bound)) => Ok(bound),
-        Ok(Err(source)) => Err(ServerError::Listen { address, source }),
-        Err(_) => Err(EngineError::ShardStopped {
-            topic: String::new(),
-            partition: 0,
-        }
-        .into()),
+        Ok(Err(source)) => Err(listen_error(address, &[], source)),
+        Err(_) => Err(shard_stopped()),
     }
 }
 

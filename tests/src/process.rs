@@ -198,6 +198,21 @@ impl Server {
         server
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process with SIGKILL (no chance to close anything) and waits for it.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.log_reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+
     /// The address the server listens on.
     pub fn address(&self) -> SocketAddr {
         self.address
@@ -277,6 +292,40 @@ impl Drop for Server {
             eprintln!("ringlog ({status}) log:\n{}", self.log());
         }
     }
+}
+
+/// Runs `ringlog ARGS` to its end and returns its status and stderr; a process still
+/// running after `timeout` is killed and the test fails (a `serve` that should have
+/// refused to start, say).
+pub fn run_to_exit(args: &[&std::ffi::OsStr], timeout: Duration) -> (ExitStatus, String) {
+    let mut child = Command::new(ringlog_binary())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ringlog starts");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for ringlog") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = reader.join().unwrap_or_default();
+            panic!("ringlog {args:?} still ran after {timeout:?}; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap_or_default())
 }
 
 /// The address in a `ringlog serving listen=HOST:PORT …` line.

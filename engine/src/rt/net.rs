@@ -68,6 +68,14 @@ impl TcpListener {
         self.local_addr
     }
 
+    /// The socket's inode number, as `/proc/net/tcp` and `/proc/<pid>/fd` name it: what
+    /// tells this listener apart from another process's on the same address.
+    pub fn socket_inode(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::File::from(self.fd.owned().try_clone()?);
+        Ok(file.metadata()?.ino())
+    }
+
     /// Accepts one connection.
     pub async fn accept(&self) -> io::Result<TcpStream> {
         Prepared::new(

@@ -4,8 +4,8 @@
 //! error codes (`AlreadyExists` to TOPIC_ALREADY_EXISTS, `Collides` to INVALID_TOPIC_EXCEPTION,
 //! `NotFound` to UNKNOWN_TOPIC_OR_PARTITION, `PartitionCount` and `PartitionsNotIncreased`
 //! to INVALID_PARTITIONS), and environmental stops at startup (`NotADataDirectory`,
-//! `UnsupportedFormat`, `CorruptMetadata`, `Io`) whose messages name the path and the way
-//! out. [`MetadataError`] says what is wrong inside a damaged metadata file and is kept as
+//! `NotADirectory`, `DataDirLocked`, `UnsupportedFormat`, `CorruptMetadata`, `Io`) whose
+//! messages name the path and the way out. [`MetadataError`] says what is wrong inside a damaged metadata file and is kept as
 //! the `source()` of `CorruptMetadata`.
 
 use std::io;
@@ -33,6 +33,24 @@ pub enum TopicError {
         path.display()
     )]
     NotADataDirectory { path: PathBuf },
+    /// The data directory path names something that is not a directory.
+    #[error(
+        "the data directory {} is not a directory; point the data directory at a directory \
+         (it is created if missing)",
+        path.display()
+    )]
+    NotADirectory { path: PathBuf },
+    /// Another process (or another engine in this one) holds the data directory's lock.
+    #[error(
+        "the data directory {} is in use by another ringlog ({}); stop that one first, or \
+         give this one another data directory",
+        path.display(),
+        holder_pid.map_or_else(|| "PID unknown".to_owned(), |pid| format!("PID {pid}"))
+    )]
+    DataDirLocked {
+        path: PathBuf,
+        holder_pid: Option<u32>,
+    },
     /// A metadata file was written by a format this build does not read.
     #[error(
         "{} has format {found:?}; this ringlog reads {expected:?} (was it written by a newer \

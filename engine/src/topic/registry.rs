@@ -1,6 +1,8 @@
 //! The registry of a node's topics, and the data directory it lives in.
 //!
 //! Invariants:
+//! - One registry at a time on a data directory: it holds the directory's [`DataDirLock`]
+//!   from before it reads or writes anything there until it is dropped.
 //! - The registry only writes into a directory that is empty (then it marks it with
 //!   `ringlog.meta`) or already marked; it never writes into someone else's directory.
 //! - `topics.json` is replaced atomically and durably (see `atomic_file`) before the
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 use super::atomic_file::{self, tmp_path};
+use super::lock::{DataDirLock, LOCK_FILE_NAME};
 use super::metadata::{self, MARKER_FILE_NAME, TOPICS_FILE_NAME};
 use super::{TopicConfig, TopicError, TopicMeta, TopicName};
 use crate::limits::{PARTITIONS_PER_TOPIC_MAX, TOPIC_METADATA_FILE_BYTES_MAX};
@@ -50,14 +53,16 @@ pub struct TopicRegistry {
     data_dir: PathBuf,
     topics: BTreeMap<TopicName, TopicMeta>,
     poisoned: bool,
+    _lock: DataDirLock,
 }
 
 impl TopicRegistry {
     /// Opens the registry of `data_dir`, creating and marking the directory if it is
-    /// missing or empty, and loading `topics.json` (no file: no topics).
+    /// missing or empty, taking its lock, and loading `topics.json` (no file: no topics).
+    /// Refuses a directory another registry holds ([`TopicError::DataDirLocked`]).
     pub fn open(data_dir: impl Into<PathBuf>) -> Result<TopicRegistry, TopicError> {
         let data_dir = data_dir.into();
-        prepare_data_dir(&data_dir)?;
+        let lock = prepare_data_dir(&data_dir)?;
         let topics_path = data_dir.join(TOPICS_FILE_NAME);
         atomic_file::remove_if_exists(&tmp_path(&topics_path))?;
         let topics = match atomic_file::read_bounded(&topics_path, TOPIC_METADATA_FILE_BYTES_MAX)? {
@@ -68,6 +73,7 @@ impl TopicRegistry {
             data_dir,
             topics,
             poisoned: false,
+            _lock: lock,
         })
     }
 
@@ -271,9 +277,61 @@ fn check_partition_count(name: &TopicName, count: u32) -> Result<(), TopicError>
     }
 }
 
-/// Creates `data_dir` if missing; marks it if empty; refuses it if it holds files but no
-/// marker; checks the marker's version otherwise.
-fn prepare_data_dir(data_dir: &Path) -> Result<(), TopicError> {
+/// Creates `data_dir` if missing and locks it; marks it if empty; refuses it if it holds
+/// files but no marker; checks the marker's version otherwise.
+///
+/// The ownership check runs before the lock file is created (a directory that is someone
+/// else's gets nothing written into it) and again under the lock (another ringlog may
+/// have marked the directory in between).
+fn prepare_data_dir(data_dir: &Path) -> Result<DataDirLock, TopicError> {
+    create_data_dir(data_dir)?;
+    check_ours_or_empty(data_dir)?;
+    let lock = DataDirLock::acquire(data_dir)?;
+    let marker = data_dir.join(MARKER_FILE_NAME);
+    if check_ours_or_empty(data_dir)? == Ownership::Ours {
+        return Ok(lock);
+    }
+    // The marker makes the directory ours; the parent's fsync makes a new directory's own
+    // entry durable, so a crash cannot lose the directory under a marked state.
+    atomic_file::replace(&marker, &metadata::encode_marker()).map_err(|failure| failure.error)?;
+    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+    atomic_file::sync_dir(parent.unwrap_or(Path::new(".")))?;
+    Ok(lock)
+}
+
+/// Creates `data_dir` and its parents if missing; refuses a path that is not a directory
+/// (`create_dir_all` would only say "File exists").
+fn create_data_dir(data_dir: &Path) -> Result<(), TopicError> {
+    match fs::create_dir_all(data_dir) {
+        Ok(()) => Ok(()),
+        Err(source) => match fs::metadata(data_dir) {
+            Ok(meta) if !meta.is_dir() => Err(TopicError::NotADirectory {
+                path: data_dir.to_owned(),
+            }),
+            _ if source.raw_os_error() == Some(libc::ENOTDIR) => Err(TopicError::NotADirectory {
+                path: data_dir.to_owned(),
+            }),
+            _ => Err(TopicError::Io {
+                op: "creating data directory",
+                path: data_dir.to_owned(),
+                source,
+            }),
+        },
+    }
+}
+
+/// Whether a data directory is ringlog's already or still empty.
+#[derive(Debug, PartialEq, Eq)]
+enum Ownership {
+    /// It holds a marker of a version this build reads.
+    Ours,
+    /// It holds nothing but what a fresh file system or an earlier start left (a mount
+    /// point's `lost+found`, the lock file, a marker's temporary file).
+    Empty,
+}
+
+/// Reads `data_dir`'s marker, or checks that it is empty; refuses anything else.
+fn check_ours_or_empty(data_dir: &Path) -> Result<Ownership, TopicError> {
     let io_error = |op: &'static str| {
         move |source| TopicError::Io {
             op,
@@ -281,17 +339,17 @@ fn prepare_data_dir(data_dir: &Path) -> Result<(), TopicError> {
             source,
         }
     };
-    fs::create_dir_all(data_dir).map_err(io_error("creating data directory"))?;
     let marker = data_dir.join(MARKER_FILE_NAME);
     if let Some(bytes) = atomic_file::read_bounded(&marker, TOPIC_METADATA_FILE_BYTES_MAX)? {
-        return metadata::check_marker(&marker, &bytes);
+        metadata::check_marker(&marker, &bytes)?;
+        return Ok(Ownership::Ours);
     }
     let entries = fs::read_dir(data_dir).map_err(io_error("listing data directory"))?;
     let marker_tmp = tmp_path(&marker);
     for entry in entries {
         let entry = entry.map_err(io_error("listing data directory"))?;
         let file_name = entry.file_name();
-        let ours = entry.path() == marker_tmp;
+        let ours = entry.path() == marker_tmp || file_name == LOCK_FILE_NAME;
         if !ours
             && !IGNORED_WHEN_EMPTY
                 .iter()
@@ -302,11 +360,7 @@ fn prepare_data_dir(data_dir: &Path) -> Result<(), TopicError> {
             });
         }
     }
-    // The marker makes the directory ours; the parent's fsync makes a new directory's own
-    // entry durable, so a crash cannot lose the directory under a marked state.
-    atomic_file::replace(&marker, &metadata::encode_marker()).map_err(|failure| failure.error)?;
-    let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
-    atomic_file::sync_dir(parent.unwrap_or(Path::new(".")))
+    Ok(Ownership::Empty)
 }
 
 #[cfg(test)]

@@ -83,16 +83,53 @@ fn a_kafka_log_dir_is_refused() {
 }
 
 #[test]
-fn a_data_dir_that_is_a_file_is_an_io_error_naming_it() {
+fn a_data_dir_that_is_a_file_is_refused_as_not_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data");
     fs::write(&file, b"").unwrap();
-    let error = TopicRegistry::open(&file).unwrap_err();
+    for path in [file.clone(), file.join("below")] {
+        let error = TopicRegistry::open(&path).unwrap_err();
+        assert!(
+            matches!(&error, TopicError::NotADirectory { path: p } if *p == path),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("is not a directory"), "{error}");
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"", "the file is untouched");
+}
+
+#[test]
+fn a_second_registry_on_a_data_dir_is_refused_until_the_first_is_dropped() {
+    let (_dir, registry) = fresh();
+    let data_dir = registry.data_dir().to_owned();
+    let error = TopicRegistry::open(&data_dir).unwrap_err();
     assert!(
-        matches!(&error, TopicError::Io { path, .. } if *path == file),
+        matches!(&error, TopicError::DataDirLocked { path, holder_pid: Some(pid) }
+            if *path == data_dir && *pid == std::process::id()),
         "{error:?}"
     );
-    assert!(std::error::Error::source(&error).is_some());
+    drop(registry);
+    TopicRegistry::open(&data_dir).unwrap();
+}
+
+#[test]
+fn a_foreign_directory_gets_no_lock_file() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("someone-elses.txt"), b"x").unwrap();
+    assert!(matches!(
+        TopicRegistry::open(dir.path()),
+        Err(TopicError::NotADataDirectory { .. })
+    ));
+    assert!(!dir.path().join("ringlog.lock").exists());
+}
+
+/// The topic names in `data_dir`'s `topics.json`, read without opening a registry (the
+/// test's own registry holds the directory's lock).
+fn names_on_disk(data_dir: &std::path::Path) -> Vec<String> {
+    let path = data_dir.join("topics.json");
+    let bytes = fs::read(&path).unwrap();
+    let topics = super::metadata::decode_topics(&path, &bytes).unwrap();
+    topics.keys().map(ToString::to_string).collect()
 }
 
 #[test]
@@ -248,7 +285,9 @@ fn delete_removes_the_topic_and_its_directories() {
         registry.delete(&name("orders")),
         Err(TopicError::NotFound { .. })
     ));
-    let reopened = TopicRegistry::open(registry.data_dir()).unwrap();
+    let data_dir = registry.data_dir().to_owned();
+    drop(registry);
+    let reopened = TopicRegistry::open(data_dir).unwrap();
     assert!(
         reopened.get(&name("orders")).is_none(),
         "the delete is durable"
@@ -420,6 +459,7 @@ fn a_torn_temporary_file_is_removed_and_the_old_content_loaded() {
     reopened
         .create(&name("next"), 1, TopicConfig::default())
         .unwrap();
+    drop(reopened);
     assert_eq!(TopicRegistry::open(dir.path()).unwrap().list().len(), 2);
 }
 
@@ -450,19 +490,15 @@ fn a_failed_write_changes_nothing() {
     ));
     assert!(registry.get(&name("b")).is_none(), "memory unchanged");
     fs::remove_dir(&tmp).unwrap();
-    let on_disk = TopicRegistry::open(registry.data_dir()).unwrap();
-    let names: Vec<&str> = on_disk.list().map(|meta| meta.name.as_str()).collect();
-    assert_eq!(names, ["a"], "the old file is intact");
+    assert_eq!(
+        names_on_disk(registry.data_dir()),
+        ["a"],
+        "the old file is intact"
+    );
     registry
         .create(&name("b"), 1, TopicConfig::default())
         .unwrap();
-    assert_eq!(
-        TopicRegistry::open(registry.data_dir())
-            .unwrap()
-            .list()
-            .len(),
-        2
-    );
+    assert_eq!(names_on_disk(registry.data_dir()), ["a", "b"]);
 }
 
 #[test]
