@@ -1,6 +1,7 @@
 //! The broker: what each Kafka API does with the engine. One `Broker` is shared by every
 //! connection on every shard; it holds the engine handle and the server configuration.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kafka_protocol::messages::{RequestKind, ResponseKind};
@@ -36,8 +37,18 @@ impl Broker {
 
     /// Answers one request; `None` when the protocol wants no response (produce with
     /// acks=0). A fetch response comes with the file ranges its record markers stand for.
-    pub async fn handle(&self, request: Request) -> Option<(ResponseKind, Vec<SendableRange>)> {
+    pub async fn handle(
+        &self,
+        request: Request,
+        peer: SocketAddr,
+    ) -> Option<(ResponseKind, Vec<SendableRange>)> {
         let version = request.version;
+        let client_id = request
+            .header
+            .client_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let response = match request.body {
             RequestKind::ApiVersions(_) => {
                 ResponseKind::ApiVersions(handlers::api_versions::handle(version))
@@ -83,6 +94,39 @@ impl Broker {
             }
             RequestKind::DeleteRecords(body) => {
                 ResponseKind::DeleteRecords(handlers::records::handle(self, body).await)
+            }
+            RequestKind::FindCoordinator(body) => ResponseKind::FindCoordinator(
+                handlers::groups::find_coordinator(self, body, version),
+            ),
+            RequestKind::JoinGroup(body) => ResponseKind::JoinGroup(
+                handlers::groups::join(self, body, version, client_id, peer).await,
+            ),
+            RequestKind::SyncGroup(body) => {
+                ResponseKind::SyncGroup(handlers::groups::sync(self, body).await)
+            }
+            RequestKind::Heartbeat(body) => {
+                ResponseKind::Heartbeat(handlers::groups::heartbeat(self, body).await)
+            }
+            RequestKind::LeaveGroup(body) => {
+                ResponseKind::LeaveGroup(handlers::groups::leave(self, body, version).await)
+            }
+            RequestKind::ListGroups(body) => {
+                ResponseKind::ListGroups(handlers::groups::list(self, body).await)
+            }
+            RequestKind::DescribeGroups(body) => {
+                ResponseKind::DescribeGroups(handlers::groups::describe(self, body).await)
+            }
+            RequestKind::DeleteGroups(body) => {
+                ResponseKind::DeleteGroups(handlers::groups::delete(self, body).await)
+            }
+            RequestKind::OffsetCommit(body) => {
+                ResponseKind::OffsetCommit(handlers::offsets::commit(self, body).await)
+            }
+            RequestKind::OffsetFetch(body) => {
+                ResponseKind::OffsetFetch(handlers::offsets::fetch(self, body, version).await)
+            }
+            RequestKind::OffsetDelete(body) => {
+                ResponseKind::OffsetDelete(handlers::offsets::delete(self, body).await)
             }
             other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
         };

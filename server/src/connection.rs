@@ -65,7 +65,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     // wait behind it); one writer sends the answers in request order.
     let (answers, in_order) = mpsc::channel(REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX);
     let writer = rt::spawn_local(write_answers(stream.clone(), in_order));
-    let read = read_requests(&stream, &broker, answers).await;
+    let read = read_requests(&stream, peer, &broker, answers).await;
     let written = writer.await.unwrap_or(Ok(()));
     match read.and(written) {
         Ok(()) | Err(Closed::Peer) => tracing::debug!(%peer, "connection closed"),
@@ -89,6 +89,7 @@ struct Reply {
 /// answers of the requests before it) or when the writer is gone.
 async fn read_requests(
     stream: &TcpStream,
+    peer: SocketAddr,
     broker: &Arc<Broker>,
     mut answers: mpsc::Sender<oneshot::Receiver<Reply>>,
 ) -> Result<(), Closed> {
@@ -124,7 +125,7 @@ async fn read_requests(
                         request.version,
                         request.header.correlation_id,
                     );
-                    (header, broker.handle(request).await)
+                    (header, broker.handle(request, peer).await)
                 }
                 Err(correlation_id) => {
                     let response = ResponseKind::ApiVersions(api_versions::unsupported());

@@ -3,6 +3,7 @@
 //! - [`protocol`]: framing, request decoding, response encoding, supported versions.
 //! - [`connection`]: one client connection on one shard.
 //! - [`broker`] and [`handlers`]: what each Kafka API does with the engine.
+//! - [`group`]: the consumer-group coordinator and committed offsets (`__consumer_offsets`).
 //! - [`server`]: listeners on every shard, graceful stop; [`listen_check`]: one process
 //!   per listen address.
 //! - [`metrics`]: counters and histograms, served in the Prometheus text format.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod errors;
+pub mod group;
 pub mod handlers;
 pub mod listen_check;
 pub mod metrics;

@@ -82,6 +82,7 @@ impl Server {
             },
         };
         let engine = Engine::open(&engine_config)?;
+        crate::group::coordinator::start(&engine)?;
         let lifecycle = Arc::new(Lifecycle {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),

@@ -1,0 +1,443 @@
+//! The groups of one shard: their state in memory, their records in the shard's
+//! partitions of `__consumer_offsets`.
+//!
+//! Invariants:
+//! - A group's state is touched only on the shard owning its `__consumer_offsets`
+//!   partition ([`on_coordinator`] runs every request there), and never across an
+//!   `.await` while borrowed.
+//! - What a client is told was committed is durable first: offset commits, deletions and
+//!   the group record of a completed rebalance are appended with acks=all before the
+//!   answer. The in-memory state is what the log says, once replayed: at start each
+//!   partition is read from its log start to its end, the last record of a key wins and a
+//!   tombstone deletes it.
+//! - A tick (every [`TICK`]) expires sessions, ends join phases whose time is up, records
+//!   groups that became Empty, and expires the committed offsets of groups without
+//!   members after `offsets.retention.minutes` (7 days).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::log::Ack;
+use ringlog_engine::rt;
+use ringlog_engine::shard::{Engine, EngineError};
+use ringlog_engine::topic::{shard_for, FlushPolicy, TopicConfig, TopicName};
+
+use super::records::{self, OffsetValue, RecordKey};
+use super::state::Group;
+use super::{partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS};
+use crate::broker::Broker;
+
+/// How often a shard's groups are ticked.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Kafka's `offsets.retention.minutes` default: offsets of a group without members are
+/// deleted this long after their last commit.
+pub const OFFSETS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often offsets are checked for expiry.
+const RETENTION_CHECK: Duration = Duration::from_secs(60);
+/// Bytes read per step while replaying a partition.
+const REPLAY_READ_BYTES: u64 = 1 << 20;
+/// A batch of group records is closed at this size and the next one begun.
+const RECORD_BATCH_BYTES_MAX: usize = 512 * 1024;
+/// Segment size of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`).
+const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
+/// Preallocation of its segments: the topic is small and written rarely.
+const OFFSETS_PREALLOCATE_BYTES: u64 = 1 << 20;
+
+thread_local! {
+    /// This shard's coordinator, set at start.
+    static COORDINATOR: RefCell<Option<Rc<Coordinator>>> = const { RefCell::new(None) };
+}
+
+/// A record to append: its key and value (`None`: a tombstone).
+pub type GroupRecord = (RecordKey, Option<Bytes>);
+
+/// The groups of one shard.
+pub struct Coordinator {
+    engine: Engine,
+    partitions: u32,
+    groups: RefCell<HashMap<String, Group>>,
+}
+
+/// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
+/// partitions it owns and starts its tick. Blocks until every shard has loaded.
+pub fn start(engine: &Engine) -> Result<(), EngineError> {
+    let partitions = if let Some(meta) = engine.topic(OFFSETS_TOPIC) {
+        meta.partitions
+    } else {
+        let config = offsets_topic_config();
+        let created = engine.create_topic(OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS, config);
+        futures::executor::block_on(created)?.partitions
+    };
+    let shards = engine.shard_count();
+    for (index, shard) in engine.shard_handles().iter().enumerate() {
+        let engine = engine.clone();
+        let loaded = futures::executor::block_on(shard.spawn(move || async move {
+            let coordinator = Rc::new(Coordinator {
+                engine,
+                partitions,
+                groups: RefCell::new(HashMap::new()),
+            });
+            for partition in 0..partitions {
+                if offsets_shard(partition, shards) == index {
+                    coordinator.replay(partition).await?;
+                }
+            }
+            COORDINATOR.with(|slot| *slot.borrow_mut() = Some(coordinator.clone()));
+            rt::spawn_local(tick_loop(coordinator)).detach();
+            Ok::<(), EngineError>(())
+        }));
+        match loaded {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(EngineError::ShardStopped {
+                    topic: OFFSETS_TOPIC.to_owned(),
+                    partition: 0,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The configuration of `__consumer_offsets`: every commit fdatasynced, no time or size
+/// retention (records expire through tombstones the coordinator writes).
+fn offsets_topic_config() -> TopicConfig {
+    TopicConfig::builder()
+        .flush(FlushPolicy::Always)
+        .segment_bytes(OFFSETS_SEGMENT_BYTES)
+        .preallocate_bytes(OFFSETS_PREALLOCATE_BYTES)
+        .retention_ms(None)
+        .retention_bytes(None)
+        .build()
+        .unwrap_or_default()
+}
+
+/// The shard owning partition `partition` of `__consumer_offsets`.
+fn offsets_shard(partition: u32, shards: usize) -> usize {
+    let Ok(name) = TopicName::new(OFFSETS_TOPIC) else {
+        unreachable!("{OFFSETS_TOPIC} is a legal topic name");
+    };
+    shard_for(&name, partition, shards)
+}
+
+/// Runs `work` with this shard's coordinator, if it has started.
+pub fn with_local<T>(work: impl FnOnce(&Coordinator) -> T) -> Option<T> {
+    let coordinator = COORDINATOR.with(|slot| slot.borrow().clone())?;
+    Some(work(&coordinator))
+}
+
+/// Runs `work` with the coordinator of `group` on the shard that owns it.
+pub async fn on_coordinator<F, Fut, T>(
+    broker: &Broker,
+    group: &str,
+    work: F,
+) -> Result<T, ResponseError>
+where
+    F: FnOnce(Rc<Coordinator>) -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    let Some(meta) = broker.engine.topic(OFFSETS_TOPIC) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let partition = partition_for(group, meta.partitions);
+    let shard = offsets_shard(partition, broker.engine.shard_count());
+    let Some(handle) = broker.engine.shard_handles().get(shard) else {
+        return Err(ResponseError::CoordinatorNotAvailable);
+    };
+    let result = handle
+        .spawn(move || async move {
+            let coordinator = COORDINATOR.with(|slot| slot.borrow().clone());
+            match coordinator {
+                Some(coordinator) => Some(work(coordinator).await),
+                None => None,
+            }
+        })
+        .await;
+    match result {
+        Ok(Some(answer)) => Ok(answer),
+        // Not loaded yet, or the shard is stopping: the client finds the coordinator again.
+        Ok(None) | Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+    }
+}
+
+impl Coordinator {
+    /// Runs `change` on the group named `id` (created Empty if missing and `create`),
+    /// without holding the borrow past it.
+    pub fn with_group<T>(
+        &self,
+        id: &str,
+        create: bool,
+        change: impl FnOnce(&mut Group) -> T,
+    ) -> Option<T> {
+        let mut groups = self.groups.borrow_mut();
+        if create && !groups.contains_key(id) {
+            groups.insert(id.to_owned(), Group::new(id.to_owned()));
+        }
+        groups.get_mut(id).map(change)
+    }
+
+    /// Every group of this shard: (id, protocol type, state name).
+    pub fn list(&self) -> Vec<(String, String, &'static str)> {
+        self.groups
+            .borrow()
+            .values()
+            .map(|group| {
+                (
+                    group.id.clone(),
+                    group.protocol_type().unwrap_or_default().to_owned(),
+                    group.state().name(),
+                )
+            })
+            .collect()
+    }
+
+    /// Removes a group from memory (after its tombstones are durable).
+    pub fn forget(&self, id: &str) {
+        self.groups.borrow_mut().remove(id);
+    }
+
+    /// Appends `records` of `group` to its partition, durably.
+    pub async fn persist(
+        &self,
+        group: &str,
+        records: Vec<GroupRecord>,
+    ) -> Result<(), ResponseError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let partition = partition_for(group, self.partitions);
+        let batches = encode_batches(&records).map_err(|error| {
+            tracing::warn!(group, %error, "could not encode group records");
+            ResponseError::UnknownServerError
+        })?;
+        let appended = self
+            .engine
+            .append(OFFSETS_TOPIC, partition, batches, Ack::Durable)
+            .await;
+        appended.map(|_| ()).map_err(|error| {
+            tracing::warn!(group, partition, %error, "could not persist group records");
+            ResponseError::CoordinatorNotAvailable
+        })
+    }
+
+    /// Persists the group's membership record as it is now.
+    pub async fn persist_membership(&self, group: &str) -> Result<(), ResponseError> {
+        let record = self.with_group(group, false, |g| g.to_record(now_ms()));
+        let Some(record) = record else {
+            return Ok(());
+        };
+        let key = RecordKey::Group {
+            group: group.to_owned(),
+        };
+        self.persist(group, vec![(key, Some(records::encode_group(&record)))])
+            .await
+    }
+
+    /// Reads one partition from its start to its end into memory.
+    async fn replay(&self, partition: u32) -> Result<(), EngineError> {
+        let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
+        let mut offset = offsets.log_start;
+        let mut applied = 0_u64;
+        while offset < offsets.log_end {
+            let read = self
+                .engine
+                .read(OFFSETS_TOPIC, partition, offset, REPLAY_READ_BYTES)
+                .await?;
+            let next = self.apply_batches(&read.bytes, partition, &mut applied);
+            if next <= offset {
+                break;
+            }
+            offset = next;
+        }
+        if applied > 0 {
+            tracing::info!(partition, records = applied, "consumer groups loaded");
+        }
+        Ok(())
+    }
+
+    /// Applies every record of the batches in `bytes`; returns the offset after the last
+    /// whole batch.
+    fn apply_batches(&self, mut bytes: &[u8], partition: u32, applied: &mut u64) -> i64 {
+        let mut next = -1;
+        while let Ok((batch, rest)) = RecordBatch::parse(bytes) {
+            bytes = rest;
+            next = batch.base_offset() + i64::from(batch.last_offset_delta()) + 1;
+            let Ok(records) = batch.records() else {
+                tracing::warn!(
+                    partition,
+                    offset = batch.base_offset(),
+                    "unreadable group batch"
+                );
+                continue;
+            };
+            for record in records.flatten() {
+                let Some(key) = record.key else { continue };
+                match records::decode_key(key) {
+                    Ok(key) => {
+                        self.apply(key, record.value);
+                        *applied += 1;
+                    }
+                    Err(error) => tracing::warn!(partition, %error, "skipping a group record"),
+                }
+            }
+        }
+        next
+    }
+
+    /// Applies one replayed record.
+    fn apply(&self, key: RecordKey, value: Option<&[u8]>) {
+        let now = Instant::now();
+        let mut groups = self.groups.borrow_mut();
+        let group = groups
+            .entry(key.group().to_owned())
+            .or_insert_with(|| Group::new(key.group().to_owned()));
+        match (key, value) {
+            (
+                RecordKey::Offset {
+                    topic, partition, ..
+                },
+                Some(value),
+            ) => match records::decode_offset(value) {
+                Ok(value) => {
+                    group.offsets.insert((topic, partition), value);
+                }
+                Err(error) => tracing::warn!(group = %group.id, %error, "bad offset record"),
+            },
+            (
+                RecordKey::Offset {
+                    topic, partition, ..
+                },
+                None,
+            ) => {
+                group.offsets.remove(&(topic, partition));
+            }
+            (RecordKey::Group { .. }, Some(value)) => match records::decode_group(value) {
+                Ok(value) => group.restore(value, now),
+                Err(error) => tracing::warn!(group = %group.id, %error, "bad group record"),
+            },
+            (RecordKey::Group { group: id }, None) => {
+                groups.remove(&id);
+            }
+        }
+    }
+
+    /// Ticks every group; returns the ids whose membership must be recorded.
+    fn tick(&self, now: Instant) -> Vec<String> {
+        let mut groups = self.groups.borrow_mut();
+        let mut dirty = Vec::new();
+        for group in groups.values_mut() {
+            group.tick(now);
+            if group.membership_dirty {
+                group.membership_dirty = false;
+                dirty.push(group.id.clone());
+            }
+        }
+        dirty
+    }
+
+    /// Tombstones for the offsets of member-less groups older than the retention.
+    fn expired_offsets(&self, now_ms: i64) -> Vec<(String, Vec<GroupRecord>)> {
+        let retention_ms = OFFSETS_RETENTION.as_millis() as i64;
+        let groups = self.groups.borrow();
+        let mut expired = Vec::new();
+        for group in groups.values() {
+            if group.state() != super::state::GroupState::Empty {
+                continue;
+            }
+            let tombstones: Vec<GroupRecord> = group
+                .offsets
+                .iter()
+                .filter(|(_, value)| value.commit_timestamp_ms + retention_ms <= now_ms)
+                .map(|((topic, partition), _)| (offset_key(&group.id, topic, *partition), None))
+                .collect();
+            if !tombstones.is_empty() {
+                expired.push((group.id.clone(), tombstones));
+            }
+        }
+        expired
+    }
+}
+
+/// The key of a committed offset.
+pub fn offset_key(group: &str, topic: &str, partition: i32) -> RecordKey {
+    RecordKey::Offset {
+        group: group.to_owned(),
+        topic: topic.to_owned(),
+        partition,
+    }
+}
+
+/// A committed offset's record value.
+pub fn offset_record(value: &OffsetValue) -> Bytes {
+    records::encode_offset(value)
+}
+
+/// Ticks the shard's groups until the shard stops.
+async fn tick_loop(coordinator: Rc<Coordinator>) {
+    let mut next_retention = Instant::now() + RETENTION_CHECK;
+    loop {
+        rt::sleep(TICK).await;
+        let now = Instant::now();
+        for group in coordinator.tick(now) {
+            let coordinator = coordinator.clone();
+            rt::spawn_local(async move {
+                let _ = coordinator.persist_membership(&group).await;
+            })
+            .detach();
+        }
+        if now >= next_retention {
+            next_retention = now + RETENTION_CHECK;
+            for (group, tombstones) in coordinator.expired_offsets(now_ms()) {
+                let keys: Vec<RecordKey> = tombstones.iter().map(|(key, _)| key.clone()).collect();
+                if coordinator.persist(&group, tombstones).await.is_ok() {
+                    tracing::info!(%group, offsets = keys.len(), "committed offsets expired");
+                    coordinator.with_group(&group, false, |g| {
+                        for key in &keys {
+                            if let RecordKey::Offset {
+                                topic, partition, ..
+                            } = key
+                            {
+                                g.offsets.remove(&(topic.clone(), *partition));
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The records as uncompressed record batches, each at most `RECORD_BATCH_BYTES_MAX`.
+fn encode_batches(records: &[GroupRecord]) -> Result<Bytes, ringlog_engine::batch::BatchError> {
+    let timestamp = now_ms();
+    let new_builder = || {
+        BatchBuilder::new()
+            .base_timestamp(timestamp)
+            .max_timestamp(timestamp)
+    };
+    let mut out = Vec::new();
+    let mut builder = new_builder();
+    for (key, value) in records {
+        let key = records::encode_key(key);
+        if builder.record_count() > 0 && builder.size_bytes() >= RECORD_BATCH_BYTES_MAX {
+            out.extend_from_slice(&std::mem::replace(&mut builder, new_builder()).build());
+        }
+        builder.push(0, Some(&key), value.as_deref(), &[])?;
+    }
+    out.extend_from_slice(&builder.build());
+    Ok(Bytes::from(out))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
