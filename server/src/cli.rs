@@ -161,6 +161,10 @@ pub struct ServeArgs {
     /// Largest request frame accepted, in bytes (default 100 MiB).
     #[arg(long, value_name = "N")]
     pub max_request_bytes: Option<usize>,
+    /// How long a consumer group leaving Empty waits for more members before its first
+    /// rebalance completes, in ms (Kafka's group.initial.rebalance.delay.ms; default 3000).
+    #[arg(long, value_name = "MS")]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -184,6 +188,9 @@ impl ServeArgs {
         config.auto_create_topics = self.auto_create_topics.unwrap_or(config.auto_create_topics);
         config.default_partitions = self.default_partitions.unwrap_or(config.default_partitions);
         config.max_request_bytes = self.max_request_bytes.unwrap_or(config.max_request_bytes);
+        config.group_initial_rebalance_delay_ms = self
+            .group_initial_rebalance_delay_ms
+            .unwrap_or(config.group_initial_rebalance_delay_ms);
         self.apply_topic_flags(&mut config)?;
         config.validate()?;
         Ok(config)

@@ -29,6 +29,9 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// The configuration new topics get unless a request says otherwise.
     pub topic_defaults: TopicConfig,
+    /// How long a group leaving Empty waits for more members before its first rebalance
+    /// completes (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 /// The file's shape: every key optional, unknown keys refused.
@@ -43,6 +46,7 @@ pub struct FileConfig {
     pub auto_create_topics: Option<bool>,
     pub default_partitions: Option<u32>,
     pub max_request_bytes: Option<usize>,
+    pub group_initial_rebalance_delay_ms: Option<u64>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             default_partitions: 1,
             max_request_bytes: 100 << 20,
             topic_defaults: TopicConfig::default(),
+            group_initial_rebalance_delay_ms: 3000,
         }
     }
 }
@@ -147,6 +152,7 @@ impl ServerConfig {
             auto_create_topics,
             default_partitions,
             max_request_bytes,
+            group_initial_rebalance_delay_ms,
             topic,
         } = file;
         if let Some(listen) = listen {
@@ -160,6 +166,8 @@ impl ServerConfig {
         config.auto_create_topics = auto_create_topics.unwrap_or(config.auto_create_topics);
         config.default_partitions = default_partitions.unwrap_or(config.default_partitions);
         config.max_request_bytes = max_request_bytes.unwrap_or(config.max_request_bytes);
+        config.group_initial_rebalance_delay_ms =
+            group_initial_rebalance_delay_ms.unwrap_or(config.group_initial_rebalance_delay_ms);
         for (key, value) in &topic {
             let value = match value {
                 toml::Value::String(text) => text.clone(),

@@ -82,7 +82,8 @@ impl Server {
             },
         };
         let engine = Engine::open(&engine_config)?;
-        crate::group::coordinator::start(&engine)?;
+        let initial_delay = Duration::from_millis(config.group_initial_rebalance_delay_ms);
+        crate::group::coordinator::start(&engine, initial_delay)?;
         let lifecycle = Arc::new(Lifecycle {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),

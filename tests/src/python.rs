@@ -1,5 +1,5 @@
-//! Real Kafka clients: a Python virtualenv with kafka-python and confluent-kafka
-//! (librdkafka), and a runner for the scripts in `tests/python/`.
+//! Real Kafka clients: a Python virtualenv with kafka-python, confluent-kafka (librdkafka)
+//! and aiokafka, and a runner for the scripts in `tests/python/`.
 //!
 //! The venv lives in `target/e2e-venv`, made once with `python3 -m venv` and the pinned
 //! wheels from PyPI; a marker file inside records the requirements it was made with, so a
@@ -21,8 +21,12 @@ use std::time::{Duration, Instant};
 use crate::process::profile_dir;
 
 /// The clients the tests use, pinned: wheels for CPython 3.11 on x86_64 Linux exist for
-/// both (kafka-python is pure Python; confluent-kafka bundles librdkafka).
-pub const REQUIREMENTS: &[&str] = &["kafka-python==3.0.12", "confluent-kafka==2.16.1"];
+/// each (kafka-python is pure Python; confluent-kafka bundles librdkafka).
+pub const REQUIREMENTS: &[&str] = &[
+    "kafka-python==3.0.12",
+    "confluent-kafka==2.16.1",
+    "aiokafka==0.14.0",
+];
 
 /// The longest a script may run before it is killed and the test fails.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);

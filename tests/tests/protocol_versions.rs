@@ -11,6 +11,9 @@
 
 use std::net::SocketAddr;
 
+#[path = "protocol_versions/groups.rs"]
+mod groups;
+
 use anyhow::{bail, ensure, Context};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -90,6 +93,19 @@ impl Matrix {
             ApiKey::IncrementalAlterConfigs => incremental_alter_configs(&mut c, version),
             ApiKey::DescribeCluster => self.describe_cluster(&mut c, version),
             ApiKey::DeleteRecords => delete_records(&mut c, version),
+            ApiKey::FindCoordinator => {
+                groups::find_coordinator(&mut c, version, self.address.port())
+            }
+            ApiKey::JoinGroup => groups::join_group(&mut c, version),
+            ApiKey::SyncGroup => groups::sync_group(&mut c, version),
+            ApiKey::Heartbeat => groups::heartbeat(&mut c, version),
+            ApiKey::LeaveGroup => groups::leave_group(&mut c, version),
+            ApiKey::OffsetCommit => groups::offset_commit(&mut c, version),
+            ApiKey::OffsetFetch => groups::offset_fetch(&mut c, version),
+            ApiKey::ListGroups => groups::list_groups(&mut c, version),
+            ApiKey::DescribeGroups => groups::describe_groups(&mut c, version),
+            ApiKey::DeleteGroups => groups::delete_groups(&mut c, version),
+            ApiKey::OffsetDelete => groups::offset_delete(&mut c, version),
             other => bail!("no request for {other:?} in the version matrix: add one"),
         }
     }
@@ -756,7 +772,9 @@ fn incremental_alter_configs(c: &mut Connection, version: i16) -> anyhow::Result
 #[test]
 fn every_supported_api_version_round_trips_with_a_sane_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let options = ServerOptions::default().with("--auto-create-topics", "false");
+    let options = ServerOptions::default()
+        .with("--auto-create-topics", "false")
+        .with("--group-initial-rebalance-delay-ms", "0");
     let mut server = Server::start(&dir.path().join("data"), &options);
     let matrix = Matrix {
         address: server.address(),

@@ -61,12 +61,13 @@ pub type GroupRecord = (RecordKey, Option<Bytes>);
 pub struct Coordinator {
     engine: Engine,
     partitions: u32,
+    initial_delay: Duration,
     groups: RefCell<HashMap<String, Group>>,
 }
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
 /// partitions it owns and starts its tick. Blocks until every shard has loaded.
-pub fn start(engine: &Engine) -> Result<(), EngineError> {
+pub fn start(engine: &Engine, initial_delay: Duration) -> Result<(), EngineError> {
     let partitions = if let Some(meta) = engine.topic(OFFSETS_TOPIC) {
         meta.partitions
     } else {
@@ -81,6 +82,7 @@ pub fn start(engine: &Engine) -> Result<(), EngineError> {
             let coordinator = Rc::new(Coordinator {
                 engine,
                 partitions,
+                initial_delay,
                 groups: RefCell::new(HashMap::new()),
             });
             for partition in 0..partitions {
@@ -178,7 +180,7 @@ impl Coordinator {
     ) -> Option<T> {
         let mut groups = self.groups.borrow_mut();
         if create && !groups.contains_key(id) {
-            groups.insert(id.to_owned(), Group::new(id.to_owned()));
+            groups.insert(id.to_owned(), Group::new(id.to_owned(), self.initial_delay));
         }
         groups.get_mut(id).map(change)
     }
@@ -297,7 +299,7 @@ impl Coordinator {
         let mut groups = self.groups.borrow_mut();
         let group = groups
             .entry(key.group().to_owned())
-            .or_insert_with(|| Group::new(key.group().to_owned()));
+            .or_insert_with(|| Group::new(key.group().to_owned(), self.initial_delay));
         match (key, value) {
             (
                 RecordKey::Offset {

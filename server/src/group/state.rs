@@ -35,8 +35,8 @@ use super::records::{GroupValue, MemberValue, OffsetValue};
 /// Kafka's `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
 pub const SESSION_TIMEOUT_MS_MIN: i32 = 6_000;
 pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
-/// Kafka's `group.initial.rebalance.delay.ms`: how long a group leaving Empty waits for
-/// more members before it completes the first join phase.
+/// Kafka's `group.initial.rebalance.delay.ms` default: how long a group leaving Empty
+/// waits for more members before it completes the first join phase.
 pub const INITIAL_REBALANCE_DELAY: Duration = Duration::from_secs(3);
 /// Members of one group (Kafka's `group.max.size` is unbounded; a bound keeps one group
 /// from taking the coordinator's memory).
@@ -209,10 +209,12 @@ pub struct Group {
     /// Set when the membership changed in a way the log must record (the group became
     /// Empty); the coordinator persists and clears it.
     pub membership_dirty: bool,
+    initial_delay: Duration,
 }
 
 impl Group {
-    pub fn new(id: String) -> Group {
+    /// An Empty group; `initial_delay` is its `group.initial.rebalance.delay.ms`.
+    pub fn new(id: String, initial_delay: Duration) -> Group {
         Group {
             id,
             state: GroupState::Empty,
@@ -226,6 +228,7 @@ impl Group {
             join_phase: None,
             offsets: BTreeMap::new(),
             membership_dirty: false,
+            initial_delay,
         }
     }
 
@@ -378,7 +381,7 @@ impl Group {
         if let Some(phase) = &mut self.join_phase {
             // A new member during the initial delay pushes the phase's end out.
             if let Some(max) = phase.initial_delay_max {
-                phase.deadline = (now + INITIAL_REBALANCE_DELAY).min(max);
+                phase.deadline = (now + self.initial_delay).min(max);
             }
         }
         let (waiter, answer) = oneshot::channel();
@@ -503,7 +506,7 @@ impl Group {
         );
         self.join_phase = Some(if self.state == GroupState::Empty {
             JoinPhase {
-                deadline: now + INITIAL_REBALANCE_DELAY.min(rebalance_timeout),
+                deadline: now + self.initial_delay.min(rebalance_timeout),
                 initial_delay_max: Some(now + rebalance_timeout),
             }
         } else {
