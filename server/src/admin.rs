@@ -19,6 +19,7 @@
 //! # Ok::<(), ringlog_server::admin::AdminError>(())
 //! ```
 
+pub mod group;
 pub mod topic;
 
 use std::io::{Read, Write};

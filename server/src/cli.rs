@@ -36,6 +36,77 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create, list, describe and delete topics of a running broker (Kafka admin API).
     Topic(TopicArgs),
+    /// List, describe, reset the offsets of and delete consumer groups (Kafka admin API).
+    Group(GroupArgs),
+}
+
+/// `ringlog group …`.
+#[derive(Debug, clap::Args)]
+pub struct GroupArgs {
+    /// The broker to talk to.
+    #[arg(long, value_name = "HOST:PORT", default_value = BOOTSTRAP_DEFAULT, global = true)]
+    pub bootstrap: String,
+    #[command(subcommand)]
+    pub command: GroupCommand,
+}
+
+/// The subcommands of `ringlog group`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// List the groups, one `NAME STATE` a line.
+    List,
+    /// Show a group's state, members and assignments, and its committed offsets with the
+    /// partitions' ends and the lag.
+    Describe {
+        /// The group id.
+        group: String,
+    },
+    /// Set a group's committed offsets on every partition of a topic (only while the group
+    /// has no members).
+    ResetOffsets {
+        /// The group id.
+        group: String,
+        /// The topic whose partitions are reset.
+        #[arg(long)]
+        topic: String,
+        /// `earliest`, `latest`, `offset:N` or `timestamp:MS` (the first record at or
+        /// after that time, or the end).
+        #[arg(long, value_name = "TARGET", value_parser = parse_reset_to)]
+        to: ResetTo,
+    },
+    /// Delete a group and its committed offsets (only while it has no members).
+    Delete {
+        /// The group id.
+        group: String,
+    },
+}
+
+/// Where `ringlog group reset-offsets --to` moves a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(i64),
+    Timestamp(i64),
+}
+
+fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
+    let number = |value: &str| {
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| format!("expected a non-negative number, got {value:?}"))
+    };
+    match text.split_once(':') {
+        None if text == "earliest" => Ok(ResetTo::Earliest),
+        None if text == "latest" => Ok(ResetTo::Latest),
+        Some(("offset", value)) => number(value).map(ResetTo::Offset),
+        Some(("timestamp", value)) => number(value).map(ResetTo::Timestamp),
+        _ => Err(format!(
+            "expected earliest, latest, offset:N or timestamp:MS, got {text:?}"
+        )),
+    }
 }
 
 /// `ringlog topic …`.
@@ -266,6 +337,32 @@ mod tests {
             panic!("not create");
         };
         assert_eq!((name.as_str(), partitions, configs.len()), ("t", 3, 2));
+        let cli = Cli::try_parse_from([
+            "ringlog",
+            "group",
+            "reset-offsets",
+            "g",
+            "--topic",
+            "t",
+            "--to",
+            "offset:7",
+        ])
+        .unwrap();
+        let Command::Group(args) = cli.command else {
+            panic!("not a group command");
+        };
+        let GroupCommand::ResetOffsets { group, topic, to } = args.command else {
+            panic!("not reset-offsets");
+        };
+        assert_eq!(
+            (group.as_str(), topic.as_str(), to),
+            ("g", "t", ResetTo::Offset(7))
+        );
+        for bad in ["offset:-1", "timestamp:x", "soon", "offset"] {
+            assert!(parse_reset_to(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_reset_to("timestamp:5"), Ok(ResetTo::Timestamp(5)));
+        assert_eq!(parse_reset_to("earliest"), Ok(ResetTo::Earliest));
         let cli = Cli::try_parse_from(["ringlog", "topic", "list"]).unwrap();
         let Command::Topic(args) = cli.command else {
             panic!("not a topic command");

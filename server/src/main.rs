@@ -8,7 +8,7 @@ use clap::Parser;
 use ringlog_engine::rt::EXIT_CODE_IO_URING_UNAVAILABLE;
 use ringlog_engine::shard::EngineError;
 use ringlog_server::admin::{self, AdminClient};
-use ringlog_server::cli::{self, Cli, Command, ServeArgs, TopicArgs, EXIT_CODE_CONFIG};
+use ringlog_server::cli::{self, Cli, Command, ServeArgs, EXIT_CODE_CONFIG};
 use ringlog_server::server::{Server, ServerError};
 
 fn main() -> ExitCode {
@@ -22,13 +22,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(&args),
-        Command::Topic(args) => topic(&args),
+        Command::Topic(args) => admin_command(&args.bootstrap, |client| {
+            admin::topic::run(client, &args.command)
+        }),
+        Command::Group(args) => admin_command(&args.bootstrap, |client| {
+            admin::group::run(client, &args.command)
+        }),
     }
 }
 
-fn topic(args: &TopicArgs) -> ExitCode {
-    let result = AdminClient::connect(&args.bootstrap)
-        .and_then(|mut client| admin::topic::run(&mut client, &args.command));
+/// Connects to `bootstrap`, runs one admin command, prints its output or its error.
+fn admin_command(
+    bootstrap: &str,
+    command: impl FnOnce(&mut AdminClient) -> Result<String, admin::AdminError>,
+) -> ExitCode {
+    let result = AdminClient::connect(bootstrap).and_then(|mut client| command(&mut client));
     match result {
         Ok(output) => {
             print!("{output}");

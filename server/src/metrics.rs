@@ -12,7 +12,8 @@
 //!   being handed to the socket (a long-polling fetch's wait included);
 //! - from the engine (`ringlog_engine::log::metrics`): records appended, group-commit bytes
 //!   and appends per group, fdatasync latency; fetch bytes spliced vs copied (`zero_copy`);
-//! - at scrape time: every partition's log start, high watermark and log end offsets.
+//! - at scrape time: every partition's log start, high watermark and log end offsets, and
+//!   every consumer group's committed offset and lag per partition.
 //!
 //! The request path only does relaxed atomic adds on statics (no lock, no allocation); a
 //! scrape reads them without stopping anyone, so counters are not a consistent snapshot of
@@ -32,6 +33,7 @@ use ringlog_engine::log::metrics::{self as log_metrics, Histogram, HistogramSnap
 use ringlog_engine::rt::{self, IoBuf, TcpListener, TcpStream};
 use ringlog_engine::shard::Engine;
 
+use crate::group::coordinator::{with_local, Coordinator};
 use crate::protocol::SUPPORTED_VERSIONS;
 use crate::server::{Lifecycle, ACCEPT_STOP_CHECK};
 use crate::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_ZERO_COPY};
@@ -160,10 +162,19 @@ pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
             }
         }
     }
+    let mut committed = Vec::new();
+    for shard in engine.shard_handles() {
+        let found = shard
+            .spawn(|| async { with_local(Coordinator::committed_offsets).unwrap_or_default() })
+            .await;
+        committed.extend(found.unwrap_or_default());
+    }
+    committed.sort();
     let mut out = Exposition::default();
     render_requests(&mut out);
     render_engine(&mut out);
     render_partitions(&mut out, &offsets);
+    render_groups(&mut out, &committed, &offsets);
     let in_flight = lifecycle.requests_in_flight.load(Ordering::Relaxed);
     out.family(
         "ringlog_requests_in_flight",
@@ -290,6 +301,53 @@ fn render_partitions(out: &mut Exposition, partitions: &[PartitionOffsets]) {
             let labels = [("topic", offsets.topic.as_str()), ("partition", &partition)];
             out.sample(name, &labels, field(offsets));
         }
+    }
+}
+
+/// Each group's committed offsets, and its lag: the partition's high watermark minus the
+/// committed offset (what the group has yet to read), never below zero.
+fn render_groups(
+    out: &mut Exposition,
+    committed: &[(String, String, i32, i64)],
+    partitions: &[PartitionOffsets],
+) {
+    let high_watermark = |topic: &str, partition: i32| {
+        partitions
+            .iter()
+            .find(|p| p.topic == topic && i64::from(p.partition) == i64::from(partition))
+            .map(|p| p.high_watermark)
+    };
+    out.family(
+        "ringlog_group_committed_offset",
+        "A consumer group's committed offset of a partition.",
+        "gauge",
+    );
+    for (group, topic, partition, offset) in committed {
+        let partition = partition.to_string();
+        let labels = [
+            ("group", group.as_str()),
+            ("topic", topic.as_str()),
+            ("partition", &partition),
+        ];
+        out.sample("ringlog_group_committed_offset", &labels, offset);
+    }
+    out.family(
+        "ringlog_group_lag",
+        "Records a consumer group has yet to read of a partition (high watermark minus \
+         committed offset).",
+        "gauge",
+    );
+    for (group, topic, partition, offset) in committed {
+        let Some(end) = high_watermark(topic, *partition) else {
+            continue;
+        };
+        let partition = partition.to_string();
+        let labels = [
+            ("group", group.as_str()),
+            ("topic", topic.as_str()),
+            ("partition", &partition),
+        ];
+        out.sample("ringlog_group_lag", &labels, (end - offset).max(0));
     }
 }
 

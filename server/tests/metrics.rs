@@ -14,9 +14,13 @@ use std::net::{SocketAddr, TcpStream};
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName,
+    ApiVersionsRequest, CreateTopicsRequest, FetchRequest, GroupId, OffsetCommitRequest,
+    ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::batch::BatchBuilder;
@@ -186,6 +190,25 @@ fn counters_move_by_what_clients_did() {
     assert_eq!(moved("ringlog_group_commit_bytes_sum"), batch_bytes as f64);
     assert!(moved("ringlog_fdatasync_latency_seconds_count") >= 3.0);
     assert!(moved("ringlog_fdatasync_latency_seconds_sum") > 0.0);
+
+    // A group's committed offset, and its lag behind the high watermark of 18.
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("auditors")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![OffsetCommitRequestTopic::default()
+            .with_name(name(TOPIC))
+            .with_partitions(vec![OffsetCommitRequestPartition::default()
+                .with_partition_index(0)
+                .with_committed_offset(11)])]);
+    let answer = client.call(&commit, 8).unwrap();
+    assert_eq!(answer.topics[0].partitions[0].error_code, 0);
+    let groups = scrape(metrics);
+    let labels = "{group=\"auditors\",topic=\"metered\",partition=\"0\"}";
+    assert_eq!(
+        groups[&format!("ringlog_group_committed_offset{labels}")],
+        11.0
+    );
+    assert_eq!(groups[&format!("ringlog_group_lag{labels}")], 7.0);
     server.stop().unwrap();
 }
 

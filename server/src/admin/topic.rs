@@ -33,7 +33,7 @@ use crate::handlers::configs::{
 const ADMIN_TIMEOUT_MS: i32 = 30_000;
 /// ListOffsets' special timestamps.
 const EARLIEST: i64 = -2;
-const LATEST: i64 = -1;
+pub(crate) const LATEST: i64 = -1;
 /// The first CreateTopics version where replication factor -1 means "the broker default".
 const CREATE_DEFAULT_REPLICATION_VERSION: i16 = 4;
 /// The first Metadata version with `allow_auto_topic_creation`.
@@ -55,7 +55,7 @@ pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, A
     }
 }
 
-fn topic_name(name: &str) -> TopicName {
+pub(crate) fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
@@ -189,7 +189,10 @@ fn describe_configs(
     Ok(result.configs)
 }
 
-fn metadata(client: &mut AdminClient, name: &str) -> Result<MetadataResponseTopic, AdminError> {
+pub(crate) fn metadata(
+    client: &mut AdminClient,
+    name: &str,
+) -> Result<MetadataResponseTopic, AdminError> {
     let version = client.version::<MetadataRequest>()?;
     let request = MetadataRequest::default()
         .with_topics(Some(vec![
@@ -208,7 +211,7 @@ fn metadata(client: &mut AdminClient, name: &str) -> Result<MetadataResponseTopi
 }
 
 /// The offsets ListOffsets gives for `timestamp`, one per partition, in `partitions` order.
-fn log_offsets(
+pub(crate) fn log_offsets(
     client: &mut AdminClient,
     name: &str,
     partitions: &[i32],

@@ -200,6 +200,18 @@ impl Coordinator {
             .collect()
     }
 
+    /// Every committed offset of this shard's groups: (group, topic, partition, offset).
+    pub fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let groups = self.groups.borrow();
+        let mut offsets = Vec::new();
+        for group in groups.values() {
+            for ((topic, partition), value) in &group.offsets {
+                offsets.push((group.id.clone(), topic.clone(), *partition, value.offset));
+            }
+        }
+        offsets
+    }
+
     /// Removes a group from memory (after its tombstones are durable).
     pub fn forget(&self, id: &str) {
         self.groups.borrow_mut().remove(id);
