@@ -241,6 +241,19 @@ def committed(client, bootstrap, topic, group, partitions):
 
         consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
         offsets = [consumer.committed(TopicPartition(topic, p)) for p in range(partitions)]
+    elif client == "aiokafka":
+
+        async def run():
+            from aiokafka import AIOKafkaConsumer, TopicPartition
+
+            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+            await consumer.start()
+            try:
+                return [await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)]
+            finally:
+                await consumer.stop()
+
+        return out({"committed": asyncio.run(run())})
     else:
         from confluent_kafka import Consumer, TopicPartition
 

@@ -4,13 +4,17 @@
 //!
 //! - [`process`]: finding (or building) the `ringlog` binary, running `ringlog serve` on a
 //!   data directory and a free port, and stopping it with SIGTERM.
-//! - [`python`]: a virtualenv under `target/` with pinned Kafka clients (kafka-python and
-//!   confluent-kafka, i.e. librdkafka) and a runner for the scripts in `tests/python/`.
+//! - [`python`]: a virtualenv under `target/` with pinned Kafka clients (kafka-python,
+//!   confluent-kafka, i.e. librdkafka, and aiokafka) and a runner for `tests/python/`.
+//! - [`node`]: kafkajs, pinned, under `target/`, and a runner for `tests/js/`.
+//! - [`script`]: what both runners share (a tool folder made once, JSON out of a script).
 //! - [`wire`]: a small Kafka client over a plain TCP socket, built on the `kafka-protocol`
 //!   crate, for requests at exact versions and for frames no real client would send.
 
+pub mod node;
 pub mod process;
 pub mod python;
+pub mod script;
 pub mod wire;
 
 /// Lowercase hex of `bytes`: how the Python scripts and the tests exchange binary data in

@@ -1,5 +1,5 @@
 //! Consumer groups with real clients at their default settings (kafka-python 3,
-//! confluent-kafka / librdkafka, aiokafka), against the `ringlog` binary:
+//! confluent-kafka / librdkafka, aiokafka, kafkajs), against the `ringlog` binary:
 //!
 //! - two consumers of one group split a 4-partition topic between them (disjoint
 //!   assignments covering every partition) and together read every record exactly once;
@@ -13,12 +13,26 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use ringlog_tests::process::{Server, ServerOptions};
-use ringlog_tests::python::run_script;
+use ringlog_tests::{node, python};
 use serde_json::Value;
 
 const TOPIC: &str = "shared";
 const PARTITIONS: usize = 4;
-const SCRIPT: &str = "groups.py";
+
+/// Runs `command` of the group script of `client` (`tests/js/groups.js` for kafkajs,
+/// `tests/python/groups.py` for the others) with the bootstrap address, the topic and
+/// `rest`.
+fn script(client: &str, command: &str, server: &Server, rest: &[&str]) -> Value {
+    let bootstrap = server.bootstrap();
+    if client == "kafkajs" {
+        let mut args = vec![command, &bootstrap, TOPIC];
+        args.extend_from_slice(rest);
+        return node::run_script("groups.js", &args);
+    }
+    let mut args = vec![command, client, &bootstrap, TOPIC];
+    args.extend_from_slice(rest);
+    python::run_script("groups.py", &args)
+}
 
 fn start(data_dir: &Path) -> Server {
     let options = ServerOptions::default().with("--default-partitions", "4");
@@ -26,17 +40,7 @@ fn start(data_dir: &Path) -> Server {
 }
 
 fn produce(client: &str, server: &Server, count: usize, tag: &str) {
-    let sent = run_script(
-        SCRIPT,
-        &[
-            "produce",
-            client,
-            &server.bootstrap(),
-            TOPIC,
-            &count.to_string(),
-            tag,
-        ],
-    );
+    let sent = script(client, "produce", server, &[&count.to_string(), tag]);
     assert_eq!(sent["sent"], count, "{client} produce {tag}");
 }
 
@@ -74,15 +78,12 @@ fn assert_exactly(mut got: Vec<String>, want: &[String], context: &str) {
 
 /// Two consumers of `group` read the topic; their assignments must split it.
 fn share(client: &str, server: &Server, group: &str, want: &[String], config: &str) {
-    let mut args = vec!["share", client, "", TOPIC, group, ""];
-    let bootstrap = server.bootstrap();
     let count = want.len().to_string();
-    args[2] = &bootstrap;
-    args[5] = &count;
+    let mut args = vec![group, count.as_str()];
     if !config.is_empty() {
         args.push(config);
     }
-    let shared = run_script(SCRIPT, &args);
+    let shared = script(client, "share", server, &args);
     let consumers = shared["consumers"].as_array().expect("consumers");
     assert_eq!(consumers.len(), 2);
     let (a, b) = (
@@ -111,10 +112,7 @@ fn share(client: &str, server: &Server, group: &str, want: &[String], config: &s
 
 fn consume(client: &str, server: &Server, group: &str, want: &[String]) {
     let count = want.len().to_string();
-    let read = run_script(
-        SCRIPT,
-        &["consume", client, &server.bootstrap(), TOPIC, group, &count],
-    );
+    let read = script(client, "consume", server, &[group, &count]);
     assert_exactly(
         strings(&read["values"]),
         want,
@@ -123,16 +121,11 @@ fn consume(client: &str, server: &Server, group: &str, want: &[String]) {
 }
 
 fn committed(client: &str, server: &Server, group: &str) -> Vec<u64> {
-    let answer = run_script(
-        SCRIPT,
-        &[
-            "committed",
-            client,
-            &server.bootstrap(),
-            TOPIC,
-            group,
-            &PARTITIONS.to_string(),
-        ],
+    let answer = script(
+        client,
+        "committed",
+        server,
+        &[group, &PARTITIONS.to_string()],
     );
     partitions(&answer["committed"])
 }
@@ -182,15 +175,17 @@ fn aiokafka_groups_share_resume_and_survive_restarts() {
     groups_share_resume_and_survive_restarts("aiokafka");
 }
 
+#[test]
+fn kafkajs_groups_share_resume_and_survive_restarts() {
+    groups_share_resume_and_survive_restarts("kafkajs");
+}
+
 fn takeover(client: &str, how: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir.path().join("data"));
     produce("confluent", &server, 8, "seed");
     let group = format!("takeover-{how}");
-    let answer = run_script(
-        SCRIPT,
-        &["takeover", client, &server.bootstrap(), TOPIC, &group, how],
-    );
+    let answer = script(client, "takeover", &server, &[&group, how]);
     let survivor_before = partitions(&answer["before"][0]);
     assert!(
         !survivor_before.is_empty() && survivor_before.len() < PARTITIONS,
