@@ -84,6 +84,9 @@ impl Broker {
             RequestKind::DeleteRecords(body) => {
                 ResponseKind::DeleteRecords(handlers::records::handle(self, body).await)
             }
+            RequestKind::InitProducerId(body) => {
+                ResponseKind::InitProducerId(handlers::init_producer_id::handle(self, &body))
+            }
             other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
         };
         Some((response, Vec::new()))

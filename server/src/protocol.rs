@@ -30,6 +30,7 @@ pub const SUPPORTED_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api` ringlog implements, if any.
