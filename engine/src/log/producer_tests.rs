@@ -579,3 +579,34 @@ fn truncation_forgets_the_batches_it_removes() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn snapshots_go_with_the_segments_deleted_below_them() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let small = TopicConfig::builder()
+            .segment_bytes(4096)
+            .preallocate_bytes(4096)
+            .build()
+            .unwrap();
+        let log = open_disk(dir.path(), small.clone()).await;
+        for n in 0..200 {
+            let batch = idempotent(8, 0, n * 2, 2);
+            log.append(batch, Ack::Durable).await.unwrap();
+        }
+        let bases: Vec<i64> = log.shared.state.borrow().segments.keys().copied().collect();
+        assert!(bases.len() > 3, "{bases:?}");
+        assert_eq!(snapshots(dir.path()), bases[1..]);
+        log.delete_records_before(bases[2] + 1).await.unwrap();
+        assert_eq!(
+            snapshots(dir.path()),
+            bases[2..],
+            "the first kept segment's stays"
+        );
+        log.close().await.unwrap();
+        let log = open_disk(dir.path(), small).await;
+        let retry = log.append(idempotent(8, 0, 398, 2), Ack::Written).await;
+        assert_eq!(range(retry.unwrap()), (398, 400));
+        log.close().await.unwrap();
+    });
+}
