@@ -93,3 +93,20 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 /// against 1, so 1 it is: a group's sync completes before the next group's write. Segment
 /// seals are not counted (they never hold up appends).
 pub const SYNCS_IN_FLIGHT_MAX: usize = 1;
+
+/// Batches of one idempotent producer a partition remembers, to recognise a retried one:
+/// Kafka's `ProducerStateEntry.NUM_BATCHES_TO_RETAIN`, which is also why producers keep at
+/// most 5 requests in flight per connection (`max.in.flight.requests.per.connection`).
+pub const BATCHES_PER_PRODUCER_MAX: usize = 5;
+/// Idempotent producers one partition tracks at once. Each costs about 200 bytes; past the
+/// limit the producer idle longest is forgotten (as if it had expired), so a flood of
+/// short-lived producers cannot exhaust memory. It also bounds a producer snapshot
+/// (140 bytes per producer: 9 MiB at most).
+pub const PRODUCERS_PER_PARTITION_MAX: usize = 1 << 16;
+/// How long a partition remembers an idempotent producer that stopped writing: Kafka's
+/// `producer.id.expiration.ms` default, one day. Checked with retention
+/// ([`RETENTION_CHECK_INTERVAL_MS`]).
+pub const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Producer ids reserved in the data directory's `producer-ids` file at a time: the file
+/// is rewritten (and fsynced) once per this many InitProducerId requests.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;

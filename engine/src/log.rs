@@ -13,12 +13,20 @@
 //! durable end for `flush = always` topics and the log end otherwise. After a failed write
 //! or fdatasync the log is poisoned: every later append fails with
 //! [`LogError::StorageFailed`] until the partition is reopened and recovered.
+//!
+//! Idempotent producers: the log keeps each producer's epoch and last batches
+//! (`log/producers.rs`), checks every idempotent batch against them in queue order, and
+//! answers a retried batch with its original offsets instead of writing it twice. The state
+//! survives restarts through snapshots written at segment roll and clean close
+//! (`log/producer_snapshot.rs`) plus a replay of the batch headers after the latest one.
 
 mod appender;
 mod checkpoint;
 mod durability;
 mod group;
 pub mod metrics;
+mod producer_snapshot;
+mod producers;
 mod read;
 mod recovery;
 mod retention;
@@ -26,6 +34,8 @@ mod segment;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod producer_tests;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +54,7 @@ use crate::rt::JoinHandle;
 use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
 
+pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange};
 
 use appender::{Command, Pending};
@@ -103,6 +114,14 @@ pub enum LogError {
     /// The log's appender has stopped (the log was closed).
     #[error("partition {partition}: log is closed")]
     Closed { partition: PartitionId },
+    /// An idempotent producer's batch broke the sequence rules (see `log/producers.rs`);
+    /// nothing of the request was written.
+    #[error("partition {partition}: idempotent batch refused")]
+    Producer {
+        partition: PartitionId,
+        #[source]
+        source: ProducerError,
+    },
     /// The on-disk state is not what ringlog writes (and could not be recovered).
     #[error("partition {partition}: {detail}")]
     Corrupt {
@@ -152,6 +171,8 @@ pub(crate) struct State<S: Storage> {
     pub(crate) durable_position: Option<u64>,
     pub(crate) poisoned: Option<String>,
     pub(crate) config: TopicConfig,
+    /// Idempotent producers' state, covering every batch below `offset_assign_next`.
+    pub(crate) producers: producers::Producers,
 }
 
 pub(crate) struct Shared<S: Storage> {
@@ -209,6 +230,7 @@ impl<S: Storage> PartitionLog<S> {
         config: TopicConfig,
     ) -> Result<PartitionLog<S>, LogError> {
         let shared = recovery::open(storage, dir, id, config).await?;
+        producers::load(&shared).await?;
         let shared = Rc::new(shared);
         let (commands, receiver) = mpsc::unbounded();
         let task = crate::rt::spawn_local(appender::run(shared.clone(), receiver));
@@ -226,7 +248,9 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Appends the batches in `batches` (one or more, as in a Produce request's records):
     /// validates each, stamps offsets (and LogAppendTime if the topic uses it), and waits
-    /// as `ack` says. Nothing is written if any batch is invalid. `batches` is not changed
+    /// as `ack` says. A batch of an idempotent producer (one per request) is checked against
+    /// the producer's state first: a retry of one of its last batches is answered with the
+    /// original offsets (once they are as durable as `ack` asks) and not written again. Nothing is written if any batch is invalid. `batches` is not changed
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
@@ -243,10 +267,17 @@ impl<S: Storage> PartitionLog<S> {
                 partition: self.shared.id.clone(),
             });
         }
+        let producer = producers::ProducerBatch::of_request(&batches).map_err(|source| {
+            LogError::Producer {
+                partition: self.shared.id.clone(),
+                source,
+            }
+        })?;
         let (reply, outcome) = oneshot::channel();
         let pending = Pending {
             batches,
             info,
+            producer,
             ack,
             reply,
         };

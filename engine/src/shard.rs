@@ -50,7 +50,8 @@ use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog};
 use crate::rt::{self, Runtime, RuntimeConfig, ShardHandle};
 use crate::storage::DiskStorage;
 use crate::topic::{
-    shard_for, TopicConfig, TopicError, TopicMeta, TopicName, TopicNameError, TopicRegistry,
+    shard_for, ProducerIdAllocator, TopicConfig, TopicError, TopicMeta, TopicName, TopicNameError,
+    TopicRegistry,
 };
 
 /// How to open an engine.
@@ -126,6 +127,7 @@ struct Inner {
     runtime: Mutex<Option<Runtime>>,
     shards: Vec<ShardHandle>,
     registry: Mutex<TopicRegistry>,
+    producer_ids: Mutex<ProducerIdAllocator>,
 }
 
 /// The storage engine: topics, partitions and their shards. See the module doc.
@@ -141,6 +143,8 @@ impl Engine {
         // The shards first: if io_uring is unavailable, nothing is written to the disk.
         let runtime = Runtime::start(&config.runtime, |_shard| async {})?;
         let registry = TopicRegistry::open(config.data_dir.clone())?;
+        // After the registry, which holds the data directory's lock.
+        let producer_ids = ProducerIdAllocator::open(registry.data_dir())?;
         let shards = runtime.shards().to_vec();
         let topics: Vec<TopicMeta> = registry.list().cloned().collect();
         let engine = Engine {
@@ -148,6 +152,7 @@ impl Engine {
                 runtime: Mutex::new(Some(runtime)),
                 shards,
                 registry: Mutex::new(registry),
+                producer_ids: Mutex::new(producer_ids),
             }),
         };
         futures::executor::block_on(async {
@@ -329,6 +334,17 @@ impl Engine {
             .await?;
         }
         Ok(Ok(meta))
+    }
+
+    /// A producer id never handed out before in this data directory, for an idempotent
+    /// producer (InitProducerId). Blocks on an fsync once per `PRODUCER_ID_BLOCK_SIZE` ids.
+    pub fn allocate_producer_id(&self) -> Result<i64, EngineError> {
+        let mut allocator = self
+            .inner
+            .producer_ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(allocator.allocate()?)
     }
 
     /// Every topic.

@@ -8,6 +8,7 @@
 //! - [`placement`]: [`shard_for`], the stable partition-to-shard mapping.
 //! - [`metadata`]: the on-disk form of the registry (`ringlog.meta`, `topics.json`).
 //! - [`lock`]: [`DataDirLock`], one process at a time on a data directory.
+//! - [`producer_ids`]: [`ProducerIdAllocator`], idempotent producers' ids, never reused.
 //! - [`registry`]: [`TopicRegistry`], create / delete / add partitions / alter config,
 //!   each made durable before it is visible.
 //!
@@ -22,6 +23,7 @@ pub mod lock;
 pub mod metadata;
 pub mod name;
 pub mod placement;
+pub mod producer_ids;
 pub mod registry;
 
 pub use config::{keys, ConfigError, FlushPolicy, IoMode, TopicConfig, TopicConfigBuilder};
@@ -30,4 +32,5 @@ pub use lock::DataDirLock;
 pub use metadata::TopicMeta;
 pub use name::{TopicName, TopicNameError};
 pub use placement::shard_for;
+pub use producer_ids::ProducerIdAllocator;
 pub use registry::TopicRegistry;

@@ -128,6 +128,9 @@ impl Broker {
             RequestKind::OffsetDelete(body) => {
                 ResponseKind::OffsetDelete(handlers::offsets::delete(self, body).await)
             }
+            RequestKind::InitProducerId(body) => {
+                ResponseKind::InitProducerId(handlers::init_producer_id::handle(self, &body))
+            }
             other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
         };
         Some((response, Vec::new()))

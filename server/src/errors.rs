@@ -4,7 +4,7 @@
 
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::BatchError;
-use ringlog_engine::log::LogError;
+use ringlog_engine::log::{LogError, ProducerError};
 use ringlog_engine::shard::EngineError;
 use ringlog_engine::topic::{ConfigError, TopicError};
 
@@ -33,7 +33,19 @@ fn log_code(error: &LogError) -> i16 {
             ResponseError::KafkaStorageError
         }
         LogError::Closed { .. } => ResponseError::NotLeaderOrFollower,
+        LogError::Producer { source, .. } => return producer_code(source),
         _ => ResponseError::UnknownServerError,
+    };
+    kind.code()
+}
+
+/// Idempotent producers' refusals, as Kafka's `ProducerAppendInfo` answers them; a batch
+/// no client builds (several per request, negative epoch or sequence) is INVALID_RECORD.
+fn producer_code(error: &ProducerError) -> i16 {
+    let kind = match error {
+        ProducerError::EpochFenced { .. } => ResponseError::InvalidProducerEpoch,
+        ProducerError::OutOfOrder { .. } => ResponseError::OutOfOrderSequenceNumber,
+        _ => ResponseError::InvalidRecord,
     };
     kind.code()
 }
@@ -95,6 +107,39 @@ mod tests {
         assert_eq!(code(&EngineError::TopicName(name)), 17);
         let exists = TopicError::AlreadyExists { name: "t".into() };
         assert_eq!(code(&EngineError::Topic(exists)), 36);
+    }
+
+    #[test]
+    fn producer_refusals_get_the_codes_idempotent_clients_act_on() {
+        let partition = ringlog_engine::log::PartitionId {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+        };
+        let refused = |source| {
+            EngineError::Log(LogError::Producer {
+                partition: partition.clone(),
+                source,
+            })
+        };
+        let fenced = ProducerError::EpochFenced {
+            producer_id: 1,
+            epoch: 0,
+            current: 1,
+        };
+        assert_eq!(code(&refused(fenced)), 47);
+        let gap = ProducerError::OutOfOrder {
+            producer_id: 1,
+            epoch: 0,
+            sequence: 5,
+            expected: 3,
+        };
+        assert_eq!(code(&refused(gap)), 45);
+        let two = ProducerError::MultipleBatches {
+            producer_id: 1,
+            batch_count: 2,
+        };
+        assert_eq!(code(&refused(two)), 87);
+        assert_eq!(name(45), "OUT_OF_ORDER_SEQUENCE_NUMBER");
     }
 
     #[test]

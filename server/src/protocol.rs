@@ -44,6 +44,8 @@ pub const SUPPORTED_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    // The idempotent producer (transactional ids are refused).
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api` ringlog implements, if any.

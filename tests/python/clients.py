@@ -48,11 +48,11 @@ def tohex(data):
 def kp_producer(bootstrap, **extra):
     from kafka import KafkaProducer
 
-    # kafka-python 3 turns idempotence on by default, which needs InitProducerId.
+    # kafka-python 3 turns idempotence on by default (InitProducerId, producer id, epoch
+    # and sequences in every batch): left on, so these tests run the idempotent path.
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
-        enable_idempotence=False,
         linger_ms=5,
         max_request_size=4 << 20,
         **extra,

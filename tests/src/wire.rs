@@ -457,6 +457,22 @@ pub fn encode_batch(records: &[Record]) -> Bytes {
     buffer.freeze()
 }
 
+/// One uncompressed batch of an idempotent producer: `values` as records with sequences
+/// from `sequence` (the batch header's producer id, epoch and base sequence).
+pub fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, values: &[&[u8]]) -> Bytes {
+    let records: Vec<Record> = values
+        .iter()
+        .enumerate()
+        .map(|(index, value)| Record {
+            producer_id,
+            producer_epoch: epoch,
+            sequence: sequence.wrapping_add(index as i32),
+            ..record(None, Some(value), &[], 1_700_000_000_000 + index as i64)
+        })
+        .collect();
+    encode_batch(&records)
+}
+
 /// Every record of the batches in `bytes`.
 pub fn decode_batches(mut bytes: Bytes) -> anyhow::Result<Vec<Record>> {
     let sets = RecordBatchDecoder::decode_all(&mut bytes)?;

@@ -30,7 +30,7 @@ use kafka_protocol::messages::{
     alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
-    ListOffsetsRequest, MetadataRequest,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_server::protocol::SUPPORTED_VERSIONS;
@@ -106,6 +106,7 @@ impl Matrix {
             ApiKey::DescribeGroups => groups::describe_groups(&mut c, version),
             ApiKey::DeleteGroups => groups::delete_groups(&mut c, version),
             ApiKey::OffsetDelete => groups::offset_delete(&mut c, version),
+            ApiKey::InitProducerId => init_producer_id(&mut c, version),
             other => bail!("no request for {other:?} in the version matrix: add one"),
         }
     }
@@ -540,6 +541,52 @@ fn delete_records(c: &mut Connection, version: i16) -> anyhow::Result<()> {
     ensure!(
         earliest == (NONE, 2),
         "log start after DeleteRecords: {earliest:?}"
+    );
+    Ok(())
+}
+
+/// A fresh producer id at epoch 0, also when a v3+ producer passes its current id and
+/// epoch; an idempotent batch with it is accepted and its retry gets the same offset.
+fn init_producer_id(c: &mut Connection, version: i16) -> anyhow::Result<()> {
+    // The crate's default transactional id is "", not null: the idempotent producer's is
+    // null (an empty one is INVALID_REQUEST, as in Kafka).
+    let mut request = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    let first = c.call(&request, version)?;
+    ensure!(first.error_code == NONE, "error {}", first.error_code);
+    ensure!(
+        first.producer_id.0 >= 0 && first.producer_epoch == 0,
+        "{first:?}"
+    );
+    if version >= 3 {
+        request = request
+            .with_producer_id(first.producer_id)
+            .with_producer_epoch(first.producer_epoch);
+    }
+    let second = c.call(&request, version)?;
+    ensure!(
+        second.error_code == NONE && second.producer_epoch == 0,
+        "{second:?}"
+    );
+    ensure!(
+        second.producer_id.0 > first.producer_id.0,
+        "ids {:?} then {:?}",
+        first.producer_id,
+        second.producer_id
+    );
+    let batch = wire::idempotent_batch(second.producer_id.0, 0, 0, &[b"once"]);
+    let written = c.produce_raw(TOPIC, 1, batch.clone(), -1);
+    let retried = c.produce_raw(TOPIC, 1, batch, -1);
+    ensure!(
+        written.error_code == NONE && retried.error_code == NONE,
+        "produce {written:?}, retry {retried:?}"
+    );
+    ensure!(
+        retried.base_offset == written.base_offset,
+        "retry at {} after {}",
+        retried.base_offset,
+        written.base_offset
     );
     Ok(())
 }

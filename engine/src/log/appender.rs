@@ -12,6 +12,12 @@
 //! also runs the periodic flush (`flush = periodic` with an interval), the periodic
 //! recovery checkpoint and the retention check.
 //!
+//! Before a group is stamped, its idempotent batches are checked in queue order against the
+//! producers' state (`producers.rs`) and recorded in it with the offsets they will get, so
+//! the next batch of the same producer, in this group or a later one, is checked against
+//! them. A refused batch is answered at once; a duplicate is answered with its original's
+//! offsets once they are as durable as its ack asks, and never written.
+//!
 //! A failed write or fdatasync poisons the log: the waiters get `StorageFailed`, and so does
 //! every later append; nothing is retried as if it had succeeded.
 
@@ -26,9 +32,12 @@ use futures::{FutureExt, StreamExt};
 
 use super::durability::{self, Durability};
 use super::group;
-use super::{checkpoint, retention, Ack, Appended, LogError, Shared};
+use super::producers::{ProducerBatch, Verdict};
+use super::{checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared};
 use crate::batch::BatchInfo;
-use crate::limits::{CHECKPOINT_INTERVAL_MS, RETENTION_CHECK_INTERVAL_MS};
+use crate::limits::{
+    CHECKPOINT_INTERVAL_MS, PRODUCER_ID_EXPIRATION_MS, RETENTION_CHECK_INTERVAL_MS,
+};
 use crate::rt;
 use crate::storage::Storage;
 use crate::topic::FlushPolicy;
@@ -37,8 +46,17 @@ use crate::topic::FlushPolicy;
 pub(crate) struct Pending {
     pub(crate) batches: Bytes,
     pub(crate) info: BatchInfo,
+    /// The idempotent producer's batch, if the request holds one (then it is the only one).
+    pub(crate) producer: Option<ProducerBatch>,
     pub(crate) ack: Ack,
     pub(crate) reply: oneshot::Sender<Result<Appended, LogError>>,
+}
+
+/// A retried idempotent batch: answered with its original's offsets, never written.
+struct Duplicate {
+    appended: Appended,
+    ack: Ack,
+    reply: oneshot::Sender<Result<Appended, LogError>>,
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<(), LogError>>;
@@ -180,6 +198,11 @@ impl<S: Storage> Appender<S> {
             if let Err(error) = retention::apply(&shared, now_ms()).await {
                 tracing::warn!(partition = %shared.id, %error, "retention check failed");
             }
+            let expired =
+                (shared.state.borrow_mut().producers).expire(now_ms(), PRODUCER_ID_EXPIRATION_MS);
+            if expired > 0 {
+                tracing::info!(partition = %shared.id, expired, "idle producer ids expired");
+            }
         }
     }
 
@@ -238,17 +261,14 @@ impl<S: Storage> Appender<S> {
             );
             return;
         }
-        let group_bytes: u64 = group
-            .iter()
-            .map(|pending| pending.batches.len() as u64)
-            .sum();
-        let records: u64 = group.iter().map(|pending| pending.info.record_count).sum();
-        let must_sync = self.needs_sync(&group, group_bytes);
         while self.durability.is_full() {
             self.durability.wait_oldest(&shared).await;
         }
+        // The roll comes before the producer checks: the producer snapshot it writes must
+        // cover exactly the batches below the new segment's base offset.
+        let bytes_asked: u64 = group.iter().map(|p| p.batches.len() as u64).sum();
         if let Err(error) =
-            durability::roll_if_needed(&shared, &mut self.durability, group_bytes).await
+            durability::roll_if_needed(&shared, &mut self.durability, bytes_asked).await
         {
             let reason = poison(&shared, &error);
             fail_all(
@@ -258,6 +278,27 @@ impl<S: Storage> Appender<S> {
             );
             return;
         }
+        let (group, duplicates) = admit(&shared, group);
+        if !group.is_empty() {
+            if let Err(reason) = self.write_group(group).await {
+                let replies = duplicates.into_iter().map(|duplicate| duplicate.reply);
+                fail_all(&shared, &reason, replies);
+                return;
+            }
+        }
+        self.answer_duplicates(duplicates);
+    }
+
+    /// Stamps and writes admitted appends; on failure the log is poisoned, their waiters
+    /// failed, and the reason returned.
+    async fn write_group(&mut self, group: Vec<Pending>) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let group_bytes: u64 = group
+            .iter()
+            .map(|pending| pending.batches.len() as u64)
+            .sum();
+        let records: u64 = group.iter().map(|pending| pending.info.record_count).sum();
+        let must_sync = self.needs_sync(&group, group_bytes);
         let acks: Vec<Ack> = group.iter().map(|pending| pending.ack).collect();
         let stamped = group::stamp(&shared, group);
         let position = active_size(&shared);
@@ -267,6 +308,7 @@ impl<S: Storage> Appender<S> {
                 super::metrics::on_group_commit(group_bytes, acks.len(), records);
                 self.durability.written_total += group_bytes;
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
+                Ok(())
             }
             Err(error) => {
                 let reason = poison(&shared, &error);
@@ -275,6 +317,24 @@ impl<S: Storage> Appender<S> {
                     &reason,
                     stamped.replies.into_iter().map(|(_, reply)| reply),
                 );
+                Err(reason)
+            }
+        }
+    }
+
+    /// Answers retried batches whose originals are written: `Ack::Written` now,
+    /// `Ack::Durable` once an fdatasync covers the original.
+    fn answer_duplicates(&mut self, duplicates: Vec<Duplicate>) {
+        for duplicate in duplicates {
+            debug_assert!(duplicate.appended.offset_next <= self.shared.state.borrow().log_end);
+            match duplicate.ack {
+                Ack::Written => {
+                    let _ = duplicate.reply.send(Ok(duplicate.appended));
+                }
+                Ack::Durable => {
+                    let waiter = (duplicate.appended, duplicate.reply);
+                    self.durability.wait_durable(&self.shared, waiter);
+                }
             }
         }
     }
@@ -325,8 +385,61 @@ impl<S: Storage> Appender<S> {
     async fn close(&mut self) -> Result<(), LogError> {
         let shared = self.shared.clone();
         durability::seal_active(&shared, &mut self.durability).await?;
+        let (log_end, assigned) = {
+            let state = shared.state.borrow();
+            (state.log_end, state.offset_assign_next)
+        };
+        assert_eq!(log_end, assigned, "nothing is in flight at close");
+        if let Err(error) = producer_snapshot::write(&shared, log_end).await {
+            // The next open rebuilds the state from an older snapshot and the log instead.
+            tracing::warn!(partition = %shared.id, %error, "producer snapshot at close failed");
+        }
         checkpoint::write(&shared, true).await
     }
+}
+
+/// Applies the idempotent-producer rules to `group` in queue order (see the module doc):
+/// returns the appends to write and the duplicates to answer; refused appends are answered
+/// here. Admitted batches are recorded with the offsets `group::stamp` will give them.
+fn admit<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> (Vec<Pending>, Vec<Duplicate>) {
+    let mut state = shared.state.borrow_mut();
+    let mut offset_next = state.offset_assign_next;
+    let now = now_ms();
+    let mut admitted = Vec::with_capacity(group.len());
+    let mut duplicates = Vec::new();
+    for pending in group {
+        if let Some(batch) = pending.producer {
+            match state.producers.check(&batch) {
+                Ok(Verdict::Append) => state.producers.record(&batch, offset_next, now),
+                Ok(Verdict::Duplicate {
+                    offset_first,
+                    offset_next,
+                }) => {
+                    let appended = Appended {
+                        offset_first,
+                        offset_next,
+                        log_append_time_ms: None,
+                    };
+                    duplicates.push(Duplicate {
+                        appended,
+                        ack: pending.ack,
+                        reply: pending.reply,
+                    });
+                    continue;
+                }
+                Err(source) => {
+                    let partition = shared.id.clone();
+                    let _ = pending
+                        .reply
+                        .send(Err(LogError::Producer { partition, source }));
+                    continue;
+                }
+            }
+        }
+        offset_next += i64::try_from(pending.info.offset_count).unwrap_or(i64::MAX);
+        admitted.push(pending);
+    }
+    (admitted, duplicates)
 }
 
 /// Milliseconds since the Unix epoch, the unit of Kafka timestamps.

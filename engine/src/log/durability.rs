@@ -112,6 +112,40 @@ impl Durability {
         });
     }
 
+    /// Answers `waiter` once everything below its `offset_next` is durable: now if it is,
+    /// else with the sync in flight that covers it, else with a new sync of the log.
+    pub(crate) fn wait_durable<S: Storage>(&mut self, shared: &Shared<S>, waiter: Waiter) {
+        let offset_next = waiter.0.offset_next;
+        let (durable_end, log_end) = {
+            let state = shared.state.borrow();
+            (state.durable_end, state.log_end)
+        };
+        assert!(
+            offset_next <= log_end,
+            "only written batches are waited for"
+        );
+        if offset_next <= durable_end {
+            let _ = waiter.1.send(Ok(waiter.0));
+            return;
+        }
+        let covered = |sync: &InFlightSync| sync.log_end >= offset_next;
+        if !self.in_flight.back().is_some_and(covered) {
+            sync_now(shared, self);
+        }
+        match self.in_flight.back_mut() {
+            Some(sync) if covered(sync) => sync.waiters.push(waiter),
+            _ => {
+                // `sync_now` queues nothing only on a poisoned log.
+                let reason = shared.state.borrow().poisoned.clone().unwrap_or_default();
+                let error = LogError::StorageFailed {
+                    partition: shared.id.clone(),
+                    reason,
+                };
+                let _ = waiter.1.send(Err(error));
+            }
+        }
+    }
+
     /// Polls the oldest sync; `Ready(true)` when one completed (and was applied).
     pub(crate) fn poll_oldest<S: Storage>(
         &mut self,
@@ -253,6 +287,12 @@ pub(crate) async fn roll_if_needed<S: Storage>(
         (seal, log_end, old_base, old_size)
     };
     durability.push_kind(seal, log_end, old_base, old_size, Vec::new(), false);
+    // The producer state covers exactly the batches below the new segment: nothing of the
+    // group that triggered the roll has been admitted yet (see `appender.rs`).
+    if let Err(error) = super::producer_snapshot::write(shared, base_next).await {
+        // Only recovery time is at stake: the next open replays from an older snapshot.
+        tracing::warn!(partition = %shared.id, %error, "producer snapshot at roll failed");
+    }
     Ok(())
 }
 

@@ -96,6 +96,7 @@ pub(crate) async fn open<S: Storage>(
         durable_position: None,
         poisoned: None,
         config,
+        producers: super::producers::Producers::default(),
     };
     Ok(Shared {
         id,

@@ -1,6 +1,7 @@
 //! Dropping data from a partition log: retention by time and size (whole closed segments,
 //! oldest first), deletion of records below an offset (DeleteRecords), and truncation of
-//! the end (after a failed write is recovered, or by an operator).
+//! the end (after a failed write is recovered, or by an operator). Producer snapshots go
+//! with the segments below them; truncation rebuilds the producer state.
 //!
 //! All three run on the appender task, between group commits. Files are removed only after
 //! the new log start offset is in the checkpoint, and the directory is fsynced after, so a
@@ -93,6 +94,12 @@ pub(crate) async fn delete_before<S: Storage>(
     };
     checkpoint::write(shared, false).await?;
     remove_segment_files(shared, &removed).await?;
+    // Snapshots go with the segments they summarise; the one at the first remaining
+    // segment's base (written when it was rolled in) stays.
+    let first_base = shared.state.borrow().segments.keys().next().copied();
+    if let Some(first_base) = first_base {
+        super::producer_snapshot::remove_outside(shared, first_base..=i64::MAX).await?;
+    }
     Ok(log_start)
 }
 
@@ -154,6 +161,9 @@ pub(crate) async fn truncate_to<S: Storage>(
     }
     cut_active_segment(shared, offset).await?;
     reload_tail_block(shared).await?;
+    // The producer state may hold batches that are gone: rebuild it from the latest
+    // snapshot at or below the new end (later ones are removed) and the log after it.
+    super::producers::load(shared).await?;
     checkpoint::write(shared, false).await?;
     shared.notify_waiters();
     Ok(())

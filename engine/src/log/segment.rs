@@ -19,8 +19,10 @@ use crate::storage::{OpenFlags, Storage, StorageFile};
 
 /// Bytes of the batch header fields the log reads without parsing a whole batch: base
 /// offset (i64 @0), batch length (i32 @8), last offset delta (i32 @23), max timestamp
-/// (i64 @35); see the table in `batch/layout.rs`.
-pub(crate) const HEADER_PREFIX_BYTES: usize = 43;
+/// (i64 @35), producer id (i64 @43), producer epoch (i16 @51), base sequence (i32 @53);
+/// see the table in `batch/layout.rs`. Every valid batch is longer (61 bytes at least).
+pub(crate) const HEADER_PREFIX_BYTES: usize = 57;
+const _: () = assert!(HEADER_PREFIX_BYTES <= crate::batch::HEADER_SIZE_BYTES);
 
 /// The file of segment `base_offset` with `extension` in `dir`.
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
@@ -43,6 +45,10 @@ pub(crate) struct BatchHeader {
     pub(crate) size_bytes: u64,
     pub(crate) last_offset: i64,
     pub(crate) max_timestamp: i64,
+    /// The idempotent producer's id, -1 for a batch of a producer that is not idempotent.
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) base_sequence: i32,
 }
 
 impl BatchHeader {
@@ -54,12 +60,18 @@ impl BatchHeader {
         let batch_length = i32::from_be_bytes(field(8, 4)?.try_into().ok()?);
         let last_offset_delta = i32::from_be_bytes(field(23, 4)?.try_into().ok()?);
         let max_timestamp = i64::from_be_bytes(field(35, 8)?.try_into().ok()?);
+        let producer_id = i64::from_be_bytes(field(43, 8)?.try_into().ok()?);
+        let producer_epoch = i16::from_be_bytes(field(51, 2)?.try_into().ok()?);
+        let base_sequence = i32::from_be_bytes(field(53, 4)?.try_into().ok()?);
         let batch_length = u64::try_from(batch_length).ok()?;
         Some(BatchHeader {
             base_offset,
             size_bytes: 12 + batch_length,
             last_offset: base_offset + i64::from(last_offset_delta),
             max_timestamp,
+            producer_id,
+            producer_epoch,
+            base_sequence,
         })
     }
 }
@@ -280,7 +292,8 @@ mod tests {
     fn header_fields_come_from_their_offsets() {
         let mut builder = crate::batch::BatchBuilder::new()
             .base_offset(100)
-            .max_timestamp(77);
+            .max_timestamp(77)
+            .producer(9, 2, 40);
         builder.push(0, None, Some(b"a"), &[]).unwrap();
         builder.push(0, None, Some(b"b"), &[]).unwrap();
         let bytes = builder.build();
@@ -289,6 +302,14 @@ mod tests {
         assert_eq!(header.last_offset, 101);
         assert_eq!(header.size_bytes, bytes.len() as u64);
         assert_eq!(header.max_timestamp, 77);
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (9, 2, 40)
+        );
         assert_eq!(BatchHeader::parse(&bytes[..HEADER_PREFIX_BYTES - 1]), None);
     }
 }

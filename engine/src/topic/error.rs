@@ -170,6 +170,10 @@ pub enum MetadataError {
         #[source]
         source: ConfigError,
     },
+    /// The producer-id reservation is not the 20-byte record ringlog writes (size, magic,
+    /// version, CRC or a negative id).
+    #[error("not a producer-id reservation")]
+    ProducerIds,
     /// Two stored topics have the same name or collide.
     #[error("topic {topic} is stored twice, or collides with {other}")]
     Duplicate { topic: String, other: String },

@@ -6,6 +6,11 @@
 //! is refused for every partition with INVALID_REQUIRED_ACKS, and nothing is appended (nor
 //! is a missing topic auto-created).
 //!
+//! Idempotent producers' batches (producer id ≥ 0, one batch per partition) are checked by
+//! the partition log in append order: a retry is answered with the original base offset
+//! and not stored again; a gap is OUT_OF_ORDER_SEQUENCE_NUMBER, an older epoch
+//! INVALID_PRODUCER_EPOCH (see `errors.rs` and the engine's `log/producers.rs`).
+//!
 //! Versions 10 and 11 change nothing ringlog answers. 10 adds leader hints (KIP-951) that
 //! come only with NOT_LEADER_OR_FOLLOWER; ringlog leads every partition itself, so a hint
 //! would name this node at the epoch the client already has and change nothing, and those
