@@ -201,3 +201,60 @@ fn group_commands_list_describe_reset_and_delete() {
     assert!(!ok(&ringlog(&address, &["list"])).contains("billing"));
     server.stop().unwrap();
 }
+
+#[test]
+fn the_offsets_topic_is_internal_listed_as_such_and_not_writable_or_deletable() {
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::{DeleteTopicsRequest, MetadataRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(ServerConfig::ephemeral(dir.path().join("data"))).unwrap();
+    let address = server.address().to_string();
+    let mut client = AdminClient::connect(&address).unwrap();
+    let metadata = client
+        .call(&MetadataRequest::default().with_topics(None), 12)
+        .unwrap();
+    let offsets = metadata
+        .topics
+        .iter()
+        .find(|t| {
+            t.name
+                .as_ref()
+                .is_some_and(|n| n.0.as_str() == "__consumer_offsets")
+        })
+        .expect("__consumer_offsets in Metadata");
+    assert!(offsets.is_internal);
+    assert_eq!(offsets.partitions.len(), 8);
+
+    let mut builder = BatchBuilder::new();
+    builder
+        .push(0, Some(b"forged"), Some(b"offset"), &[])
+        .unwrap();
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(text("__consumer_offsets")))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from(builder.build())))])]);
+    let answer = client.call(&produce, 9).unwrap();
+    const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    assert_eq!(
+        answer.responses[0].partition_responses[0].error_code,
+        INVALID_TOPIC_EXCEPTION
+    );
+    let delete = DeleteTopicsRequest::default()
+        .with_topics(vec![
+            DeleteTopicState::default().with_name(Some(TopicName(text("__consumer_offsets"))))
+        ])
+        .with_timeout_ms(10_000);
+    let answer = client.call(&delete, 6).unwrap();
+    assert_eq!(answer.responses[0].error_code, INVALID_TOPIC_EXCEPTION);
+    let listed = Command::new(env!("CARGO_BIN_EXE_ringlog"))
+        .args(["topic", "list", "--bootstrap", &address])
+        .output()
+        .unwrap();
+    assert_eq!(ok(&listed), "", "internal topics are not listed");
+    server.stop().unwrap();
+}

@@ -119,6 +119,8 @@ pub struct Server {
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub shards: usize,
+    /// The listen address; default `127.0.0.1:0` (a port the kernel picks).
+    pub listen: String,
     /// Extra `ringlog serve` flags, e.g. `["--auto-create-topics", "false"]`.
     pub args: Vec<String>,
 }
@@ -127,6 +129,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             shards: 2,
+            listen: "127.0.0.1:0".to_owned(),
             args: Vec::new(),
         }
     }
@@ -149,7 +152,7 @@ impl Server {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &options.listen])
             .args(["--shards", &options.shards.to_string()])
             .args(&options.args)
             .env("RUST_LOG", "info")

@@ -17,7 +17,10 @@ use ringlog_tests::python::venv_python;
 fn readme_example() -> String {
     let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
     let text = std::fs::read_to_string(&readme).expect("README.md");
-    let start = text.find("```python\n").expect("a python block in the README") + 10;
+    let start = text
+        .find("```python\n")
+        .expect("a python block in the README")
+        + 10;
     let len = text[start..].find("```").expect("the python block ends");
     text[start..start + len].to_owned()
 }

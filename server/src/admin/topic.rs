@@ -118,7 +118,7 @@ pub fn list(client: &mut AdminClient) -> Result<String, AdminError> {
     let mut names: Vec<String> = response
         .topics
         .iter()
-        .filter(|topic| topic.error_code == 0)
+        .filter(|topic| topic.error_code == 0 && !topic.is_internal)
         .filter_map(|topic| Some(topic.name.as_ref()?.0.to_string()))
         .collect();
     names.sort();

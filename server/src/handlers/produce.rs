@@ -18,6 +18,7 @@
 //! transactions. Version 13 names topics by id; 12 and 13 are not implemented.
 
 use futures::future::join_all;
+use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
@@ -36,6 +37,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_owned();
+        if crate::handlers::groups::is_internal(&name) {
+            // Only the group coordinator appends to its log (Kafka: "cannot append to an
+            // internal topic").
+            topics.push(refuse_topic(topic, ResponseError::InvalidTopicException));
+            continue;
+        }
         let exists = broker.topic_or_create(&name).await.is_some();
         let parts = topic.partition_data.into_iter().map(|partition| {
             let name = name.clone();
@@ -88,21 +95,24 @@ fn refuse_all(request: ProduceRequest, error: ResponseError) -> ProduceResponse 
     let topics = request
         .topic_data
         .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partition_data
-                .iter()
-                .map(|partition| {
-                    PartitionProduceResponse::default()
-                        .with_index(partition.index)
-                        .with_error_code(error.code())
-                        .with_base_offset(-1)
-                })
-                .collect();
-            TopicProduceResponse::default()
-                .with_name(topic.name)
-                .with_partition_responses(partitions)
-        })
+        .map(|topic| refuse_topic(topic, error))
         .collect();
     ProduceResponse::default().with_responses(topics)
+}
+
+/// The same error for every partition of one topic.
+fn refuse_topic(topic: TopicProduceData, error: ResponseError) -> TopicProduceResponse {
+    let partitions = topic
+        .partition_data
+        .iter()
+        .map(|partition| {
+            PartitionProduceResponse::default()
+                .with_index(partition.index)
+                .with_error_code(error.code())
+                .with_base_offset(-1)
+        })
+        .collect();
+    TopicProduceResponse::default()
+        .with_name(topic.name)
+        .with_partition_responses(partitions)
 }

@@ -147,6 +147,13 @@ pub async fn delete(
             continue;
         };
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
+        if crate::handlers::groups::is_internal(name.0.as_str()) {
+            // The group coordinator's own log: deleting it would lose every group's offsets.
+            let code = ResponseError::InvalidTopicException.code();
+            let message = (version >= 5).then(|| StrBytes::from_static_str("internal topic"));
+            results.push(result.with_error_code(code).with_error_message(message));
+            continue;
+        }
         results.push(match broker.engine.delete_topic(name.0.as_str()).await {
             Ok(meta) if version >= 6 => result.with_topic_id(Uuid::from_bytes(meta.id)),
             Ok(_) => result,
