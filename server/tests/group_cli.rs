@@ -24,6 +24,7 @@ use ringlog_server::server::Server;
 
 const TOPIC: &str = "orders";
 const GROUP: &str = "billing";
+const INVALID_TOPIC_EXCEPTION: i16 = 17;
 
 fn text(value: &str) -> StrBytes {
     StrBytes::from_string(value.to_owned())
@@ -239,7 +240,6 @@ fn the_offsets_topic_is_internal_listed_as_such_and_not_writable_or_deletable() 
                 .with_index(0)
                 .with_records(Some(Bytes::from(builder.build())))])]);
     let answer = client.call(&produce, 9).unwrap();
-    const INVALID_TOPIC_EXCEPTION: i16 = 17;
     assert_eq!(
         answer.responses[0].partition_responses[0].error_code,
         INVALID_TOPIC_EXCEPTION
