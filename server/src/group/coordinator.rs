@@ -10,6 +10,9 @@
 //!   answer. The in-memory state is what the log says, once replayed: at start each
 //!   partition is read from its log start to its end, the last record of a key wins and a
 //!   tombstone deletes it.
+//! - `__consumer_offsets` is compacted by rewriting: when a partition holds many more records
+//!   than live keys, the live keys' latest records are appended again and the log start
+//!   moved past everything older (see `compact_if_due`).
 //! - A tick (every [`TICK`]) expires sessions, ends join phases whose time is up, records
 //!   groups that became Empty, and expires the committed offsets of groups without
 //!   members after `offsets.retention.minutes` (7 days).
@@ -44,8 +47,13 @@ const RETENTION_CHECK: Duration = Duration::from_secs(60);
 const REPLAY_READ_BYTES: u64 = 1 << 20;
 /// A batch of group records is closed at this size and the next one begun.
 const RECORD_BATCH_BYTES_MAX: usize = 512 * 1024;
-/// Segment size of `__consumer_offsets` (Kafka's `offsets.topic.segment.bytes`).
-const OFFSETS_SEGMENT_BYTES: u64 = 100 << 20;
+/// Segment size of `__consumer_offsets`. Smaller than Kafka's 100 MiB: compaction frees a
+/// segment only once the log start has passed all of it.
+const OFFSETS_SEGMENT_BYTES: u64 = 16 << 20;
+/// A partition is compacted once it holds more records than this …
+const COMPACT_RECORDS_MIN: i64 = 1000;
+/// … and more than this many times its live keys.
+const COMPACT_LIVE_FACTOR: i64 = 4;
 /// Preallocation of its segments: the topic is small and written rarely.
 const OFFSETS_PREALLOCATE_BYTES: u64 = 1 << 20;
 
@@ -63,6 +71,14 @@ pub struct Coordinator {
     partitions: u32,
     initial_delay: Duration,
     groups: RefCell<HashMap<String, Group>>,
+    /// The newest membership record persisted per group, with its generation: what
+    /// compaction rewrites (the in-memory membership may be mid-rebalance). Two records of
+    /// one group can reach the log out of generation order (each is built before its turn
+    /// to write); the older generation is ignored, on replay too.
+    memberships: RefCell<HashMap<String, (i32, Bytes)>>,
+    /// One writer at a time per partition, so that what is in memory is what the log says
+    /// whenever compaction reads it.
+    writers: RefCell<HashMap<u32, Rc<futures::lock::Mutex<()>>>>,
 }
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
@@ -84,6 +100,8 @@ pub fn start(engine: &Engine, initial_delay: Duration) -> Result<(), EngineError
                 partitions,
                 initial_delay,
                 groups: RefCell::new(HashMap::new()),
+                memberships: RefCell::new(HashMap::new()),
+                writers: RefCell::new(HashMap::new()),
             });
             for partition in 0..partitions {
                 if offsets_shard(partition, shards) == index {
@@ -212,12 +230,9 @@ impl Coordinator {
         offsets
     }
 
-    /// Removes a group from memory (after its tombstones are durable).
-    pub fn forget(&self, id: &str) {
-        self.groups.borrow_mut().remove(id);
-    }
-
-    /// Appends `records` of `group` to its partition, durably.
+    /// Appends `records` of `group` to its partition, durably, and then applies them to
+    /// memory as a replay would (a tombstoned group is killed and forgotten). Writers of
+    /// one partition take turns; the last one to pass the compaction threshold compacts.
     pub async fn persist(
         &self,
         group: &str,
@@ -227,18 +242,97 @@ impl Coordinator {
             return Ok(());
         }
         let partition = partition_for(group, self.partitions);
-        let batches = encode_batches(&records).map_err(|error| {
-            tracing::warn!(group, %error, "could not encode group records");
+        let writer = self.writer(partition);
+        let _turn = writer.lock().await;
+        self.append(partition, &records).await?;
+        for (key, value) in records {
+            self.apply(key, value.as_deref(), false);
+        }
+        if let Err(error) = self.compact_if_due(partition).await {
+            tracing::warn!(partition, ?error, "compaction of {OFFSETS_TOPIC} failed");
+        }
+        Ok(())
+    }
+
+    /// Appends `records` to `partition` durably; returns the first record's offset.
+    async fn append(&self, partition: u32, records: &[GroupRecord]) -> Result<i64, ResponseError> {
+        let batches = encode_batches(records).map_err(|error| {
+            tracing::warn!(partition, %error, "could not encode group records");
             ResponseError::UnknownServerError
         })?;
         let appended = self
             .engine
             .append(OFFSETS_TOPIC, partition, batches, Ack::Durable)
             .await;
-        appended.map(|_| ()).map_err(|error| {
-            tracing::warn!(group, partition, %error, "could not persist group records");
+        appended.map(|a| a.offset_first).map_err(|error| {
+            tracing::warn!(partition, %error, "could not persist group records");
             ResponseError::CoordinatorNotAvailable
         })
+    }
+
+    fn writer(&self, partition: u32) -> Rc<futures::lock::Mutex<()>> {
+        self.writers
+            .borrow_mut()
+            .entry(partition)
+            .or_insert_with(|| Rc::new(futures::lock::Mutex::new(())))
+            .clone()
+    }
+
+    /// Compaction by rewriting: once a partition holds many more records than live keys,
+    /// every live key's latest record (committed offsets, the last persisted membership) is
+    /// appended again and the log start moved to the first of them, so whole segments
+    /// before it are deleted and a replay reads only the rewrite and what followed. The
+    /// caller holds the partition's writer turn, so memory is exactly what the log says.
+    async fn compact_if_due(&self, partition: u32) -> Result<(), EngineError> {
+        let live = self.live_records(partition);
+        let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
+        let held = offsets.log_end - offsets.log_start;
+        if held <= COMPACT_RECORDS_MIN.max(COMPACT_LIVE_FACTOR * live.len() as i64) {
+            return Ok(());
+        }
+        let new_start = if live.is_empty() {
+            offsets.log_end
+        } else {
+            match self.append(partition, &live).await {
+                Ok(first) => first,
+                Err(_) => return Ok(()),
+            }
+        };
+        let start = self
+            .engine
+            .delete_records_before(OFFSETS_TOPIC, partition, new_start)
+            .await?;
+        tracing::info!(
+            partition,
+            records_before = held,
+            live = live.len(),
+            log_start = start,
+            "compacted {OFFSETS_TOPIC}"
+        );
+        Ok(())
+    }
+
+    /// The latest record of every live key of `partition`'s groups.
+    fn live_records(&self, partition: u32) -> Vec<GroupRecord> {
+        let groups = self.groups.borrow();
+        let memberships = self.memberships.borrow();
+        let mut live = Vec::new();
+        for group in groups.values() {
+            if partition_for(&group.id, self.partitions) != partition {
+                continue;
+            }
+            if let Some((_, value)) = memberships.get(&group.id) {
+                let key = RecordKey::Group {
+                    group: group.id.clone(),
+                };
+                live.push((key, Some(value.clone())));
+            }
+            for ((topic, index), value) in &group.offsets {
+                let key = offset_key(&group.id, topic, *index);
+                live.push((key, Some(records::encode_offset(value))));
+            }
+        }
+        live
     }
 
     /// Persists the group's membership record as it is now.
@@ -295,7 +389,7 @@ impl Coordinator {
                 let Some(key) = record.key else { continue };
                 match records::decode_key(key) {
                     Ok(key) => {
-                        self.apply(key, record.value);
+                        self.apply(key, record.value, true);
                         *applied += 1;
                     }
                     Err(error) => tracing::warn!(partition, %error, "skipping a group record"),
@@ -305,8 +399,10 @@ impl Coordinator {
         next
     }
 
-    /// Applies one replayed record.
-    fn apply(&self, key: RecordKey, value: Option<&[u8]>) {
+    /// Applies one record to memory: the last record of a key wins, a tombstone deletes it.
+    /// A membership record replaces the group's members only when `replaying` (a live
+    /// group's members are newer than any record of them).
+    fn apply(&self, key: RecordKey, value: Option<&[u8]>, replaying: bool) {
         let now = Instant::now();
         let mut groups = self.groups.borrow_mut();
         let group = groups
@@ -332,12 +428,30 @@ impl Coordinator {
             ) => {
                 group.offsets.remove(&(topic, partition));
             }
-            (RecordKey::Group { .. }, Some(value)) => match records::decode_group(value) {
-                Ok(value) => group.restore(value, now),
-                Err(error) => tracing::warn!(group = %group.id, %error, "bad group record"),
-            },
+            (RecordKey::Group { group: id }, Some(value)) => {
+                let decoded = match records::decode_group(value) {
+                    Ok(decoded) => decoded,
+                    Err(error) => {
+                        tracing::warn!(group = %group.id, %error, "bad group record");
+                        return;
+                    }
+                };
+                let mut memberships = self.memberships.borrow_mut();
+                if memberships
+                    .get(&id)
+                    .is_some_and(|(generation, _)| *generation > decoded.generation)
+                {
+                    return;
+                }
+                memberships.insert(id, (decoded.generation, Bytes::copy_from_slice(value)));
+                if replaying {
+                    group.restore(decoded, now);
+                }
+            }
             (RecordKey::Group { group: id }, None) => {
+                group.kill(ResponseError::CoordinatorNotAvailable);
                 groups.remove(&id);
+                self.memberships.borrow_mut().remove(&id);
             }
         }
     }
@@ -409,19 +523,9 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
         if now >= next_retention {
             next_retention = now + RETENTION_CHECK;
             for (group, tombstones) in coordinator.expired_offsets(now_ms()) {
-                let keys: Vec<RecordKey> = tombstones.iter().map(|(key, _)| key.clone()).collect();
+                let count = tombstones.len();
                 if coordinator.persist(&group, tombstones).await.is_ok() {
-                    tracing::info!(%group, offsets = keys.len(), "committed offsets expired");
-                    coordinator.with_group(&group, false, |g| {
-                        for key in &keys {
-                            if let RecordKey::Offset {
-                                topic, partition, ..
-                            } = key
-                            {
-                                g.offsets.remove(&(topic.clone(), *partition));
-                            }
-                        }
-                    });
+                    tracing::info!(%group, offsets = count, "committed offsets expired");
                 }
             }
         }

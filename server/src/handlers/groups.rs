@@ -416,16 +416,8 @@ pub async fn delete(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGrou
                 match tombstones {
                     None => Some(ResponseError::GroupIdNotFound),
                     Some(Err(error)) => Some(error),
-                    Some(Ok(records)) => match coordinator.persist(&id, records).await {
-                        Ok(()) => {
-                            coordinator.with_group(&id, false, |group| {
-                                group.kill(ResponseError::CoordinatorNotAvailable);
-                            });
-                            coordinator.forget(&id);
-                            None
-                        }
-                        Err(error) => Some(error),
-                    },
+                    // The group's tombstone kills and forgets it once durable.
+                    Some(Ok(records)) => coordinator.persist(&id, records).await.err(),
                 }
             }
         })

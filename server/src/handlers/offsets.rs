@@ -67,17 +67,6 @@ pub async fn commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetComm
             Ok(()) => coordinator.persist(&group_id, records).await,
             Err(error) => Err(error),
         };
-        if written.is_ok() {
-            coordinator.with_group(&group_id, true, |group| {
-                for (topic, partition, checked) in &commits {
-                    if let Ok(value) = checked {
-                        group
-                            .offsets
-                            .insert((topic.clone(), *partition), value.clone());
-                    }
-                }
-            });
-        }
         commits
             .into_iter()
             .map(|(topic, partition, checked)| {
@@ -335,15 +324,6 @@ pub async fn delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDele
                 })
                 .collect();
             coordinator.persist(&group_id, records).await?;
-            coordinator.with_group(&group_id, false, |group| {
-                for (topic, partitions, refused) in &plan {
-                    if refused.is_none() {
-                        for partition in partitions {
-                            group.offsets.remove(&(topic.clone(), *partition));
-                        }
-                    }
-                }
-            });
             Ok(plan)
         }
     })
