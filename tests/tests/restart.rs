@@ -72,6 +72,7 @@ fn check_contents(connection: &mut Connection, expected: &Expected, context: &st
 }
 
 /// The topics the server knows, with their partition counts.
+/// The user topics (not `__consumer_offsets`) with their partition counts.
 fn topics(connection: &mut Connection) -> BTreeMap<String, usize> {
     let request = MetadataRequest::default().with_topics(None);
     let response = connection
@@ -80,6 +81,7 @@ fn topics(connection: &mut Connection) -> BTreeMap<String, usize> {
     response
         .topics
         .iter()
+        .filter(|topic| !topic.is_internal)
         .map(|topic| {
             let name = topic.name.as_ref().expect("a topic name").0.to_string();
             (name, topic.partitions.len())

@@ -193,72 +193,74 @@ pub async fn fetch(
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    if version >= 8 {
-        let mut groups = Vec::with_capacity(request.groups.len());
-        for group in request.groups {
-            let wanted = group.topics.map(|topics| {
-                topics
-                    .into_iter()
-                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
-                    .collect()
-            });
-            let found = fetch_group(broker, group.group_id.0.to_string(), wanted).await;
-            let (error, found) = match found {
-                Ok(found) => (0, found),
-                Err(error) => (error.code(), Vec::new()),
-            };
-            let topics = group_by_topic(found, |partition, value| {
-                let (offset, epoch, metadata) = committed(value);
-                OffsetFetchResponsePartitions::default()
-                    .with_partition_index(partition)
-                    .with_committed_offset(offset)
-                    .with_committed_leader_epoch(epoch)
-                    .with_metadata(metadata)
-            })
-            .into_iter()
-            .map(|(name, partitions)| {
-                OffsetFetchResponseTopics::default()
-                    .with_name(TopicName(StrBytes::from_string(name)))
-                    .with_partitions(partitions)
-            })
-            .collect();
-            groups.push(
-                OffsetFetchResponseGroup::default()
-                    .with_group_id(group.group_id)
-                    .with_topics(topics)
-                    .with_error_code(error),
-            );
-        }
-        return OffsetFetchResponse::default().with_groups(groups);
+    if version < 8 {
+        let wanted = request.topics.map(|topics| {
+            let topics = topics.into_iter().map(|t| (t.name, t.partition_indexes));
+            wanted_topics(topics)
+        });
+        let group_id = request.group_id.0.to_string();
+        let (error, found) = fetch_or_error(broker, group_id, wanted).await;
+        let topics = group_by_topic(found, |partition, value| {
+            let (offset, epoch, metadata) = committed(value);
+            OffsetFetchResponsePartition::default()
+                .with_partition_index(partition)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(epoch)
+                .with_metadata(metadata)
+        })
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopic::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        });
+        return OffsetFetchResponse::default()
+            .with_topics(topics.collect())
+            .with_error_code(error);
     }
-    let wanted = request.topics.map(|topics| {
-        topics
-            .into_iter()
-            .map(|t| (t.name.0.to_string(), t.partition_indexes))
-            .collect()
-    });
-    let (error, found) = match fetch_group(broker, request.group_id.0.to_string(), wanted).await {
+    let mut groups = Vec::with_capacity(request.groups.len());
+    for group in request.groups {
+        let wanted = group.topics.map(|topics| {
+            let topics = topics.into_iter().map(|t| (t.name, t.partition_indexes));
+            wanted_topics(topics)
+        });
+        let group_id = group.group_id.0.to_string();
+        let (error, found) = fetch_or_error(broker, group_id, wanted).await;
+        let topics = group_by_topic(found, |partition, value| {
+            let (offset, epoch, metadata) = committed(value);
+            OffsetFetchResponsePartitions::default()
+                .with_partition_index(partition)
+                .with_committed_offset(offset)
+                .with_committed_leader_epoch(epoch)
+                .with_metadata(metadata)
+        })
+        .map(|(name, partitions)| {
+            OffsetFetchResponseTopics::default()
+                .with_name(name)
+                .with_partitions(partitions)
+        });
+        groups.push(
+            OffsetFetchResponseGroup::default()
+                .with_group_id(group.group_id)
+                .with_topics(topics.collect())
+                .with_error_code(error),
+        );
+    }
+    OffsetFetchResponse::default().with_groups(groups)
+}
+
+/// The topics and partitions a fetch names, as the coordinator takes them.
+fn wanted_topics(topics: impl Iterator<Item = (TopicName, Vec<i32>)>) -> Vec<(String, Vec<i32>)> {
+    topics
+        .map(|(name, partitions)| (name.0.to_string(), partitions))
+        .collect()
+}
+
+/// The group's committed offsets, or an error code and nothing.
+async fn fetch_or_error(broker: &Broker, group_id: String, wanted: Wanted) -> (i16, Found) {
+    match fetch_group(broker, group_id, wanted).await {
         Ok(found) => (0, found),
         Err(error) => (error.code(), Vec::new()),
-    };
-    let topics = group_by_topic(found, |partition, value| {
-        let (offset, epoch, metadata) = committed(value);
-        OffsetFetchResponsePartition::default()
-            .with_partition_index(partition)
-            .with_committed_offset(offset)
-            .with_committed_leader_epoch(epoch)
-            .with_metadata(metadata)
-    })
-    .into_iter()
-    .map(|(name, partitions)| {
-        OffsetFetchResponseTopic::default()
-            .with_name(TopicName(StrBytes::from_string(name)))
-            .with_partitions(partitions)
-    })
-    .collect();
-    OffsetFetchResponse::default()
-        .with_topics(topics)
-        .with_error_code(error)
+    }
 }
 
 /// A committed offset's fields as OffsetFetch returns them (`-1`s when none).
@@ -273,10 +275,11 @@ fn committed(value: Option<OffsetValue>) -> (i64, i32, Option<StrBytes>) {
     }
 }
 
+/// The found offsets as `partition` builds them, by topic name.
 fn group_by_topic<P>(
     found: Found,
     mut partition: impl FnMut(i32, Option<OffsetValue>) -> P,
-) -> BTreeMap<String, Vec<P>> {
+) -> impl Iterator<Item = (TopicName, Vec<P>)> {
     let mut topics: BTreeMap<String, Vec<P>> = BTreeMap::new();
     for (topic, index, value) in found {
         topics
@@ -285,6 +288,8 @@ fn group_by_topic<P>(
             .push(partition(index, value));
     }
     topics
+        .into_iter()
+        .map(|(name, partitions)| (TopicName(StrBytes::from_string(name)), partitions))
 }
 
 pub async fn delete(broker: &Broker, request: OffsetDeleteRequest) -> OffsetDeleteResponse {
