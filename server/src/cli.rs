@@ -236,6 +236,10 @@ pub struct ServeArgs {
     /// rebalance completes, in ms (Kafka's group.initial.rebalance.delay.ms; default 3000).
     #[arg(long, value_name = "MS")]
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// How long the committed offsets of a consumer group without members are kept after
+    /// their last commit, in minutes (Kafka's offsets.retention.minutes; default 7 days).
+    #[arg(long, value_name = "MINUTES")]
+    pub offsets_retention_minutes: Option<u64>,
 }
 
 impl ServeArgs {
@@ -262,6 +266,9 @@ impl ServeArgs {
         config.group_initial_rebalance_delay_ms = self
             .group_initial_rebalance_delay_ms
             .unwrap_or(config.group_initial_rebalance_delay_ms);
+        config.offsets_retention_minutes = self
+            .offsets_retention_minutes
+            .unwrap_or(config.offsets_retention_minutes);
         self.apply_topic_flags(&mut config)?;
         config.validate()?;
         Ok(config)

@@ -32,7 +32,17 @@ pub struct ServerConfig {
     /// How long a group leaving Empty waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// How long the committed offsets of a group without members are kept after their last
+    /// commit (Kafka's `offsets.retention.minutes`).
+    pub offsets_retention_minutes: u64,
 }
+
+/// The longest `offsets_retention_minutes`: 100 years (also keeps it far from overflowing
+/// when turned into seconds).
+const OFFSETS_RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
+/// The longest `group_initial_rebalance_delay_ms`: a group's first rebalance waits no more
+/// than 5 minutes.
+const GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
 
 /// The file's shape: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +57,7 @@ pub struct FileConfig {
     pub default_partitions: Option<u32>,
     pub max_request_bytes: Option<usize>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
+    pub offsets_retention_minutes: Option<u64>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -98,6 +109,7 @@ impl Default for ServerConfig {
             max_request_bytes: 100 << 20,
             topic_defaults: TopicConfig::default(),
             group_initial_rebalance_delay_ms: 3000,
+            offsets_retention_minutes: 7 * 24 * 60,
         }
     }
 }
@@ -153,6 +165,7 @@ impl ServerConfig {
             default_partitions,
             max_request_bytes,
             group_initial_rebalance_delay_ms,
+            offsets_retention_minutes,
             topic,
         } = file;
         if let Some(listen) = listen {
@@ -168,6 +181,8 @@ impl ServerConfig {
         config.max_request_bytes = max_request_bytes.unwrap_or(config.max_request_bytes);
         config.group_initial_rebalance_delay_ms =
             group_initial_rebalance_delay_ms.unwrap_or(config.group_initial_rebalance_delay_ms);
+        config.offsets_retention_minutes =
+            offsets_retention_minutes.unwrap_or(config.offsets_retention_minutes);
         for (key, value) in &topic {
             let value = match value {
                 toml::Value::String(text) => text.clone(),
@@ -221,6 +236,20 @@ impl ServerConfig {
                 reason,
             });
         }
+        if !(1..=OFFSETS_RETENTION_MINUTES_MAX).contains(&self.offsets_retention_minutes) {
+            return Err(LoadError::Invalid {
+                key: "offsets_retention_minutes",
+                value: self.offsets_retention_minutes.to_string(),
+                reason: "must be 1 minute to 100 years",
+            });
+        }
+        if self.group_initial_rebalance_delay_ms > GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
+            return Err(LoadError::Invalid {
+                key: "group_initial_rebalance_delay_ms",
+                value: self.group_initial_rebalance_delay_ms.to_string(),
+                reason: "must be at most 300000 (5 minutes)",
+            });
+        }
         Ok(())
     }
 }
@@ -272,5 +301,23 @@ mod tests {
         assert!(topic.contains("segment.bytes"), "{topic}");
         let bad_addr = parse("listen = \"nowhere\"").unwrap_err().to_string();
         assert!(bad_addr.contains("listen"), "{bad_addr}");
+        for (text, key) in [
+            ("offsets_retention_minutes = 0", "offsets_retention_minutes"),
+            (
+                "offsets_retention_minutes = 99999999999",
+                "offsets_retention_minutes",
+            ),
+            (
+                "group_initial_rebalance_delay_ms = 300001",
+                "group_initial_rebalance_delay_ms",
+            ),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        let groups =
+            parse("offsets_retention_minutes = 60\ngroup_initial_rebalance_delay_ms = 0").unwrap();
+        assert_eq!(groups.offsets_retention_minutes, 60);
+        assert_eq!(groups.group_initial_rebalance_delay_ms, 0);
     }
 }

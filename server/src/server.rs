@@ -82,8 +82,11 @@ impl Server {
             },
         };
         let engine = Engine::open(&engine_config)?;
-        let initial_delay = Duration::from_millis(config.group_initial_rebalance_delay_ms);
-        crate::group::coordinator::start(&engine, initial_delay)?;
+        let settings = crate::group::coordinator::GroupSettings {
+            initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
+            offsets_retention: Duration::from_secs(config.offsets_retention_minutes * 60),
+        };
+        crate::group::coordinator::start(&engine, settings)?;
         let lifecycle = Arc::new(Lifecycle {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),

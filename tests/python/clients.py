@@ -15,9 +15,10 @@ non-zero with a message on stderr when the client itself reports a failure.
         Creates, lists, describes (topic and configs), re-creates, deletes, re-deletes the
         topic and prints what each step answered.
 
-CLIENT is "kafka-python" or "confluent" (confluent-kafka, i.e. librdkafka). No consumer
-group is used: consumers assign partitions themselves, as ringlog has no group
-coordinator yet.
+CLIENT is "kafka-python" or "confluent" (confluent-kafka, i.e. librdkafka). The consumers
+here assign themselves every partition and read from the beginning, as a replaying reader
+does, so that each record's exact partition and offset can be checked; consumer groups
+are tested in groups.py.
 """
 
 import json

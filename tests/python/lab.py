@@ -23,14 +23,17 @@ def produce(client, bootstrap, topic, path):
     with open(path, "rb") as text:
         lines = list(text)
     if client == "kafka-python":
-        # One request at a time: without idempotence, a retried request could overtake.
-        producer = clients.kp_producer(bootstrap, max_in_flight_requests_per_connection=1)
+        # kafka-python 3 is idempotent by default: a retried request cannot overtake, so
+        # several may be in flight and the lines still land in order.
+        producer = clients.kp_producer(bootstrap)
         futures = [producer.send(topic, value=line, partition=0) for line in lines]
         producer.flush(timeout=clients.DEADLINE_S)
         for future in futures:
             future.get(timeout=clients.DEADLINE_S)
         producer.close()
     else:
+        # librdkafka is not idempotent by default: one request at a time, so a retried one
+        # cannot overtake the next.
         producer = clients.ck_producer(bootstrap, **{"max.in.flight": 1})
         failures = []
         for line in lines:

@@ -15,7 +15,7 @@
 //!   moved past everything older (see `compact_if_due`).
 //! - A tick (every [`TICK`]) expires sessions, ends join phases whose time is up, records
 //!   groups that became Empty, and expires the committed offsets of groups without
-//!   members after `offsets.retention.minutes` (7 days).
+//!   members after `offsets.retention.minutes` (7 days by default).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,9 +38,15 @@ use crate::broker::Broker;
 
 /// How often a shard's groups are ticked.
 pub const TICK: Duration = Duration::from_millis(100);
-/// Kafka's `offsets.retention.minutes` default: offsets of a group without members are
-/// deleted this long after their last commit.
-pub const OFFSETS_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// What the coordinator is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// Kafka's `group.initial.rebalance.delay.ms`.
+    pub initial_rebalance_delay: Duration,
+    /// Kafka's `offsets.retention.minutes`: offsets of a group without members are deleted
+    /// this long after their last commit.
+    pub offsets_retention: Duration,
+}
 /// How often offsets are checked for expiry.
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
 /// Bytes read per step while replaying a partition.
@@ -69,7 +75,7 @@ pub type GroupRecord = (RecordKey, Option<Bytes>);
 pub struct Coordinator {
     engine: Engine,
     partitions: u32,
-    initial_delay: Duration,
+    settings: GroupSettings,
     groups: RefCell<HashMap<String, Group>>,
     /// The newest membership record persisted per group, with its generation: what
     /// compaction rewrites (the in-memory membership may be mid-rebalance). Two records of
@@ -83,7 +89,7 @@ pub struct Coordinator {
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
 /// partitions it owns and starts its tick. Blocks until every shard has loaded.
-pub fn start(engine: &Engine, initial_delay: Duration) -> Result<(), EngineError> {
+pub fn start(engine: &Engine, settings: GroupSettings) -> Result<(), EngineError> {
     let partitions = if let Some(meta) = engine.topic(OFFSETS_TOPIC) {
         meta.partitions
     } else {
@@ -98,7 +104,7 @@ pub fn start(engine: &Engine, initial_delay: Duration) -> Result<(), EngineError
             let coordinator = Rc::new(Coordinator {
                 engine,
                 partitions,
-                initial_delay,
+                settings,
                 groups: RefCell::new(HashMap::new()),
                 memberships: RefCell::new(HashMap::new()),
                 writers: RefCell::new(HashMap::new()),
@@ -198,7 +204,10 @@ impl Coordinator {
     ) -> Option<T> {
         let mut groups = self.groups.borrow_mut();
         if create && !groups.contains_key(id) {
-            groups.insert(id.to_owned(), Group::new(id.to_owned(), self.initial_delay));
+            groups.insert(
+                id.to_owned(),
+                Group::new(id.to_owned(), self.settings.initial_rebalance_delay),
+            );
         }
         groups.get_mut(id).map(change)
     }
@@ -405,9 +414,12 @@ impl Coordinator {
     fn apply(&self, key: RecordKey, value: Option<&[u8]>, replaying: bool) {
         let now = Instant::now();
         let mut groups = self.groups.borrow_mut();
-        let group = groups
-            .entry(key.group().to_owned())
-            .or_insert_with(|| Group::new(key.group().to_owned(), self.initial_delay));
+        let group = groups.entry(key.group().to_owned()).or_insert_with(|| {
+            Group::new(
+                key.group().to_owned(),
+                self.settings.initial_rebalance_delay,
+            )
+        });
         match (key, value) {
             (
                 RecordKey::Offset {
@@ -472,25 +484,35 @@ impl Coordinator {
 
     /// Tombstones for the offsets of member-less groups older than the retention.
     fn expired_offsets(&self, now_ms: i64) -> Vec<(String, Vec<GroupRecord>)> {
-        let retention_ms = OFFSETS_RETENTION.as_millis() as i64;
-        let groups = self.groups.borrow();
-        let mut expired = Vec::new();
-        for group in groups.values() {
-            if group.state() != super::state::GroupState::Empty {
-                continue;
-            }
-            let tombstones: Vec<GroupRecord> = group
-                .offsets
-                .iter()
-                .filter(|(_, value)| value.commit_timestamp_ms + retention_ms <= now_ms)
-                .map(|((topic, partition), _)| (offset_key(&group.id, topic, *partition), None))
-                .collect();
-            if !tombstones.is_empty() {
-                expired.push((group.id.clone(), tombstones));
-            }
-        }
-        expired
+        let retention_ms = self.settings.offsets_retention.as_millis() as i64;
+        expired_offsets(self.groups.borrow().values(), now_ms, retention_ms)
     }
+}
+
+/// Tombstones, by group, for the offsets of groups without members committed at least
+/// `retention_ms` before `now_ms` (a group with members keeps its offsets: it is using
+/// them).
+fn expired_offsets<'a>(
+    groups: impl Iterator<Item = &'a Group>,
+    now_ms: i64,
+    retention_ms: i64,
+) -> Vec<(String, Vec<GroupRecord>)> {
+    let mut expired = Vec::new();
+    for group in groups {
+        if group.state() != super::state::GroupState::Empty {
+            continue;
+        }
+        let tombstones: Vec<GroupRecord> = group
+            .offsets
+            .iter()
+            .filter(|(_, value)| value.commit_timestamp_ms.saturating_add(retention_ms) <= now_ms)
+            .map(|((topic, partition), _)| (offset_key(&group.id, topic, *partition), None))
+            .collect();
+        if !tombstones.is_empty() {
+            expired.push((group.id.clone(), tombstones));
+        }
+    }
+    expired
 }
 
 /// The key of a committed offset.
@@ -509,7 +531,8 @@ pub fn offset_record(value: &OffsetValue) -> Bytes {
 
 /// Ticks the shard's groups until the shard stops.
 async fn tick_loop(coordinator: Rc<Coordinator>) {
-    let mut next_retention = Instant::now() + RETENTION_CHECK;
+    let retention_check = RETENTION_CHECK.min(coordinator.settings.offsets_retention);
+    let mut next_retention = Instant::now() + retention_check;
     loop {
         rt::sleep(TICK).await;
         let now = Instant::now();
@@ -521,7 +544,7 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
             .detach();
         }
         if now >= next_retention {
-            next_retention = now + RETENTION_CHECK;
+            next_retention = now + retention_check;
             for (group, tombstones) in coordinator.expired_offsets(now_ms()) {
                 let count = tombstones.len();
                 if coordinator.persist(&group, tombstones).await.is_ok() {
@@ -558,4 +581,49 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::state::{JoinRequest, INITIAL_REBALANCE_DELAY};
+
+    fn committed_at(group: &mut Group, topic: &str, commit_timestamp_ms: i64) {
+        let value = OffsetValue {
+            offset: 5,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms,
+        };
+        group.offsets.insert((topic.to_owned(), 0), value);
+    }
+
+    #[test]
+    fn only_old_offsets_of_groups_without_members_expire() {
+        let day_ms = 24 * 3600 * 1000;
+        let mut idle = Group::new("idle".into(), INITIAL_REBALANCE_DELAY);
+        committed_at(&mut idle, "old", 0);
+        committed_at(&mut idle, "recent", 6 * day_ms);
+        let mut busy = Group::new("busy".into(), INITIAL_REBALANCE_DELAY);
+        committed_at(&mut busy, "old", 0);
+        let join = JoinRequest {
+            member_id: String::new(),
+            instance_id: None,
+            client_id: "c".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 10_000,
+            rebalance_timeout_ms: 10_000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::new())],
+            require_known_member_id: false,
+        };
+        let _ = busy.join(&join, Instant::now(), &mut |prefix| format!("{prefix}-1"));
+        let expired = expired_offsets([&idle, &busy].into_iter(), 7 * day_ms, 7 * day_ms);
+        assert_eq!(expired.len(), 1, "{expired:?}");
+        let (group, tombstones) = &expired[0];
+        assert_eq!(group, "idle");
+        assert_eq!(tombstones.len(), 1);
+        assert_eq!(tombstones[0].0, offset_key("idle", "old", 0));
+        assert!(tombstones[0].1.is_none(), "a tombstone");
+    }
 }
