@@ -235,3 +235,61 @@ fn a_lost_fdatasync_is_never_acknowledged() {
     })
     .unwrap();
 }
+
+/// A process that died after writing (acks=1) but before any fdatasync leaves its batches
+/// in the page cache: the next start finds them valid and counts them as durable, so a
+/// `flush = always` topic shows them to consumers at once. Recovery must therefore make
+/// them durable itself, or a power loss right after the restart takes back records that
+/// consumers have already seen. The segment is not preallocated here, so its file ends
+/// exactly at its valid bytes and no truncation happens to sync it as a side effect.
+#[test]
+fn what_recovery_counts_as_durable_survives_a_power_loss_right_after() {
+    let dir = Path::new("/data/page-cache-0");
+    let config_with = |flush| {
+        TopicConfig::builder()
+            .flush(flush)
+            .segment_bytes(1 << 20)
+            .preallocate_bytes(0)
+            .build()
+            .unwrap()
+    };
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config_with(FlushPolicy::Never))
+            .await
+            .unwrap();
+        for tag in 0..3 {
+            log.append(batch(tag), Ack::Written).await.unwrap();
+        }
+        // The process dies: no close, no fdatasync; what it wrote stays in the page cache.
+        drop(log);
+        let restarted =
+            PartitionLog::open(storage.clone(), dir, id(), config_with(FlushPolicy::Always))
+                .await
+                .unwrap();
+        let visible = restarted.offsets().high_watermark;
+        assert_eq!(
+            visible,
+            3 * RECORDS_PER_BATCH as i64,
+            "consumers see all three"
+        );
+        drop(restarted);
+        // Power loss: only what was made durable is left.
+        let after = PartitionLog::open(
+            storage.crash_clean(),
+            dir,
+            id(),
+            config_with(FlushPolicy::Always),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            after.offsets().log_end,
+            visible,
+            "records consumers saw after the restart survive the power loss"
+        );
+        assert_eq!(read_all(&after).await.len(), visible as usize);
+        after.close().await.unwrap();
+    })
+    .unwrap();
+}

@@ -254,18 +254,24 @@ async fn recover_active<S: Storage>(
     }
     let scan = scan_and_index(active, start, id).await?;
     let valid = scan.valid_bytes;
-    if active.allocated_bytes != valid {
+    let truncated = active.allocated_bytes != valid;
+    if truncated {
         active
             .writer
             .set_len(valid)
             .await
             .map_err(io("truncate active segment"))?;
+        active.allocated_bytes = valid;
+    }
+    // The log counts everything valid as durable from now on, but the bytes past the
+    // checkpoint may be only in the page cache (a process that died before its fdatasync):
+    // make them durable before anyone is told they are.
+    if truncated || valid > start {
         active
             .writer
             .sync_data()
             .await
             .map_err(io("fdatasync active segment"))?;
-        active.allocated_bytes = valid;
     }
     if let Some(tail) = active.tail_block.as_mut() {
         let block = BUF_ALIGN_BYTES as u64;
