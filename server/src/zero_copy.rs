@@ -64,7 +64,8 @@ pub struct Parts(pub Vec<Part>);
 impl Parts {
     /// Splits `frame` (size prefix included) at the markers of `ranges`, in order, fixing
     /// the records lengths and the frame size. `None` if a marker or its length field is not
-    /// where it must be (the caller then falls back to copying).
+    /// where it must be: a bug, on which the caller closes the connection rather than send
+    /// a response it cannot vouch for.
     pub fn split(frame: &[u8], ranges: Vec<SendableRange>, version: i16) -> Option<Parts> {
         let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
         let mut cursor = 0;

@@ -1,5 +1,5 @@
-//! Produce: each partition's batches go to the owning shard's appender, all partitions at
-//! once; the response waits for every part. acks=-1 waits for the fdatasync covering the
+//! Produce: each partition's batches go to the owning shard's appender, all partitions of
+//! a topic at once (topic after topic); the response waits for every part. acks=-1 waits for the fdatasync covering the
 //! batches, acks=1 for the write, acks=0 for nothing the client sees (the broker still
 //! appends, and sends no response). Record data is never decoded here: the engine
 //! validates the batches (CRC, sizes, counts) without opening them. Any other acks value
