@@ -20,10 +20,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
 use kafka_protocol::ResponseError;
 use ringlog_engine::batch::{BatchBuilder, RecordBatch};
 use ringlog_engine::log::Ack;
@@ -36,6 +38,8 @@ use super::state::Group;
 use super::{partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS};
 use crate::broker::Broker;
 
+/// Writes queued for one partition of `__consumer_offsets` before writers wait.
+const GROUP_WRITES_QUEUED_MAX: usize = 1024;
 /// How often a shard's groups are ticked.
 pub const TICK: Duration = Duration::from_millis(100);
 /// What the coordinator is configured with.
@@ -82,9 +86,14 @@ pub struct Coordinator {
     /// one group can reach the log out of generation order (each is built before its turn
     /// to write); the older generation is ignored, on replay too.
     memberships: RefCell<HashMap<String, (i32, Bytes)>>,
-    /// One writer at a time per partition, so that what is in memory is what the log says
-    /// whenever compaction reads it.
-    writers: RefCell<HashMap<u32, Rc<futures::lock::Mutex<()>>>>,
+    /// The queue of each of this shard's partitions' writer (see [`write_loop`]).
+    writers: RefCell<HashMap<u32, mpsc::Sender<Write>>>,
+}
+
+/// Records waiting for their partition's writer, and who waits for them.
+struct Write {
+    records: Vec<GroupRecord>,
+    reply: oneshot::Sender<Result<(), ResponseError>>,
 }
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
@@ -112,6 +121,10 @@ pub fn start(engine: &Engine, settings: GroupSettings) -> Result<(), EngineError
             for partition in 0..partitions {
                 if offsets_shard(partition, shards) == index {
                     coordinator.replay(partition).await?;
+                    let (queue, queued) = mpsc::channel(GROUP_WRITES_QUEUED_MAX);
+                    coordinator.writers.borrow_mut().insert(partition, queue);
+                    let writer = write_loop(Rc::downgrade(&coordinator), partition, queued);
+                    rt::spawn_local(writer).detach();
                 }
             }
             COORDINATOR.with(|slot| *slot.borrow_mut() = Some(coordinator.clone()));
@@ -239,9 +252,9 @@ impl Coordinator {
         offsets
     }
 
-    /// Appends `records` of `group` to its partition, durably, and then applies them to
-    /// memory as a replay would (a tombstoned group is killed and forgotten). Writers of
-    /// one partition take turns; the last one to pass the compaction threshold compacts.
+    /// Appends `records` of `group` to its partition durably, and then applies them to
+    /// memory as a replay would (a tombstoned group is killed and forgotten); see
+    /// [`write_loop`].
     pub async fn persist(
         &self,
         group: &str,
@@ -251,16 +264,40 @@ impl Coordinator {
             return Ok(());
         }
         let partition = partition_for(group, self.partitions);
-        let writer = self.writer(partition);
-        let _turn = writer.lock().await;
-        self.append(partition, &records).await?;
-        for (key, value) in records {
-            self.apply(key, value.as_deref(), false);
+        let queue = self.writers.borrow().get(&partition).cloned();
+        let Some(mut queue) = queue else {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        };
+        let (reply, answer) = oneshot::channel();
+        let queued = queue.send(Write { records, reply }).await;
+        queued.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
+        answer
+            .await
+            .unwrap_or(Err(ResponseError::CoordinatorNotAvailable))
+    }
+
+    /// Writes everything queued for `partition` as one append (a group commit of the
+    /// coordinator's records), applies it to memory, answers its writers, and compacts
+    /// when due.
+    async fn write_queued(&self, partition: u32, writes: Vec<Write>) {
+        let records: Vec<GroupRecord> = writes
+            .iter()
+            .flat_map(|write| write.records.iter().cloned())
+            .collect();
+        let written = self.append(partition, &records).await.map(|_| ());
+        if written.is_ok() {
+            for (key, value) in records {
+                self.apply(key, value.as_deref(), false);
+            }
         }
-        if let Err(error) = self.compact_if_due(partition).await {
-            tracing::warn!(partition, ?error, "compaction of {OFFSETS_TOPIC} failed");
+        for write in writes {
+            let _ = write.reply.send(written);
         }
-        Ok(())
+        if written.is_ok() {
+            if let Err(error) = self.compact_if_due(partition).await {
+                tracing::warn!(partition, ?error, "compaction of {OFFSETS_TOPIC} failed");
+            }
+        }
     }
 
     /// Appends `records` to `partition` durably; returns the first record's offset.
@@ -279,19 +316,11 @@ impl Coordinator {
         })
     }
 
-    fn writer(&self, partition: u32) -> Rc<futures::lock::Mutex<()>> {
-        self.writers
-            .borrow_mut()
-            .entry(partition)
-            .or_insert_with(|| Rc::new(futures::lock::Mutex::new(())))
-            .clone()
-    }
-
     /// Compaction by rewriting: once a partition holds many more records than live keys,
     /// every live key's latest record (committed offsets, the last persisted membership) is
     /// appended again and the log start moved to the first of them, so whole segments
-    /// before it are deleted and a replay reads only the rewrite and what followed. The
-    /// caller holds the partition's writer turn, so memory is exactly what the log says.
+    /// before it are deleted and a replay reads only the rewrite and what followed. Only
+    /// the partition's writer calls this, so memory is exactly what the log says.
     async fn compact_if_due(&self, partition: u32) -> Result<(), EngineError> {
         let live = self.live_records(partition);
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
@@ -527,6 +556,31 @@ pub fn offset_key(group: &str, topic: &str, partition: i32) -> RecordKey {
 /// A committed offset's record value.
 pub fn offset_record(value: &OffsetValue) -> Bytes {
     records::encode_offset(value)
+}
+
+/// The one writer of a partition of `__consumer_offsets`: takes everything queued at once
+/// (so concurrent commits share one append and one fdatasync) and writes it before it
+/// takes the next, so what is in memory is exactly what the log says whenever compaction
+/// reads it.
+///
+/// The loop holds its coordinator weakly: the coordinator owns the queue's senders, whose
+/// channel holds this task's waker, so a strong reference would keep both alive forever
+/// (and with them the engine and its data-directory lock).
+async fn write_loop(
+    coordinator: Weak<Coordinator>,
+    partition: u32,
+    mut queued: mpsc::Receiver<Write>,
+) {
+    while let Some(first) = queued.next().await {
+        let Some(coordinator) = coordinator.upgrade() else {
+            return;
+        };
+        let mut writes = vec![first];
+        while let Ok(write) = queued.try_recv() {
+            writes.push(write);
+        }
+        coordinator.write_queued(partition, writes).await;
+    }
 }
 
 /// Ticks the shard's groups until the shard stops.

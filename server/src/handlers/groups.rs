@@ -117,6 +117,9 @@ pub async fn join(
         let reply = coordinator.with_group(&group_id, true, |group| {
             group.join(&join, Instant::now(), &mut make_id)
         });
+        // Not held while waiting: the group holds this task's waker through the answer's
+        // sender, and a task that held the coordinator would keep both alive at shutdown.
+        drop(coordinator);
         match reply {
             Some(Reply::Now(outcome)) => Some(outcome),
             Some(Reply::Later(answer)) => answer.await.ok(),
@@ -200,14 +203,19 @@ pub async fn sync(broker: &Broker, request: SyncGroupRequest) -> SyncGroupRespon
         match step {
             None => sync_error(ResponseError::UnknownMemberId),
             Some(SyncStep::Reply(Reply::Now(outcome))) => outcome,
-            Some(SyncStep::Reply(Reply::Later(answer))) => answer
-                .await
-                .unwrap_or_else(|_| sync_error(ResponseError::UnknownMemberId)),
+            Some(SyncStep::Reply(Reply::Later(answer))) => {
+                // Not held while waiting (see `join`).
+                drop(coordinator);
+                answer
+                    .await
+                    .unwrap_or_else(|_| sync_error(ResponseError::UnknownMemberId))
+            }
             Some(SyncStep::Persist { generation, answer }) => {
                 let persisted = coordinator.persist_membership(&group_id).await;
                 coordinator.with_group(&group_id, false, |group| {
                     group.finish_sync(generation, persisted, Instant::now());
                 });
+                drop(coordinator);
                 answer
                     .await
                     .unwrap_or_else(|_| sync_error(ResponseError::UnknownMemberId))
