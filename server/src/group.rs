@@ -17,6 +17,9 @@ pub mod state;
 
 pub use coordinator::{on_coordinator, Coordinator};
 
+/// The longest group id, member id, client id, instance id or protocol name accepted: a
+/// record stores them with 16-bit lengths, and nothing real comes near.
+pub const GROUP_STRING_BYTES_MAX: usize = 4096;
 /// The internal topic holding group metadata and committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Partitions of `__consumer_offsets` when ringlog creates it (Kafka's default is 50,

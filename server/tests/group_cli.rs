@@ -205,8 +205,14 @@ fn group_commands_list_describe_reset_and_delete() {
 
 #[test]
 fn the_offsets_topic_is_internal_listed_as_such_and_not_writable_or_deletable() {
+    use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsTopic,
+    };
     use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
-    use kafka_protocol::messages::{DeleteTopicsRequest, MetadataRequest};
+    use kafka_protocol::messages::{
+        CreatePartitionsRequest, DeleteRecordsRequest, DeleteTopicsRequest, MetadataRequest,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(ServerConfig::ephemeral(dir.path().join("data"))).unwrap();
@@ -251,6 +257,26 @@ fn the_offsets_topic_is_internal_listed_as_such_and_not_writable_or_deletable() 
         .with_timeout_ms(10_000);
     let answer = client.call(&delete, 6).unwrap();
     assert_eq!(answer.responses[0].error_code, INVALID_TOPIC_EXCEPTION);
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![CreatePartitionsTopic::default()
+            .with_name(TopicName(text("__consumer_offsets")))
+            .with_count(16)
+            .with_assignments(None)]);
+    let answer = client.call(&grow, 3).unwrap();
+    assert_eq!(answer.results[0].error_code, INVALID_TOPIC_EXCEPTION);
+    let trim = DeleteRecordsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![DeleteRecordsTopic::default()
+            .with_name(TopicName(text("__consumer_offsets")))
+            .with_partitions(vec![DeleteRecordsPartition::default()
+                .with_partition_index(0)
+                .with_offset(-1)])]);
+    let answer = client.call(&trim, 2).unwrap();
+    assert_eq!(
+        answer.topics[0].partitions[0].error_code,
+        INVALID_TOPIC_EXCEPTION
+    );
     let listed = Command::new(env!("CARGO_BIN_EXE_ringlog"))
         .args(["topic", "list", "--bootstrap", &address])
         .output()

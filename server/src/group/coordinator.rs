@@ -33,7 +33,7 @@ use ringlog_engine::rt;
 use ringlog_engine::shard::{Engine, EngineError};
 use ringlog_engine::topic::{shard_for, FlushPolicy, TopicConfig, TopicName};
 
-use super::records::{self, OffsetValue, RecordKey};
+use super::records::{self, GroupValue, OffsetValue, RecordKey};
 use super::state::Group;
 use super::{partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS};
 use crate::broker::Broker;
@@ -92,8 +92,17 @@ pub struct Coordinator {
 
 /// Records waiting for their partition's writer, and who waits for them.
 struct Write {
-    records: Vec<GroupRecord>,
+    records: WriteRecords,
     reply: oneshot::Sender<Result<(), ResponseError>>,
+}
+
+/// What a queued write appends.
+enum WriteRecords {
+    /// These records.
+    Given(Vec<GroupRecord>),
+    /// Tombstones for whatever of the partition has expired at `now_ms`, decided by the
+    /// writer when it gets there, so that a commit queued meanwhile is seen (and kept).
+    Expired { now_ms: i64 },
 }
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
@@ -269,6 +278,7 @@ impl Coordinator {
             return Err(ResponseError::CoordinatorNotAvailable);
         };
         let (reply, answer) = oneshot::channel();
+        let records = WriteRecords::Given(records);
         let queued = queue.send(Write { records, reply }).await;
         queued.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         answer
@@ -280,11 +290,20 @@ impl Coordinator {
     /// coordinator's records), applies it to memory, answers its writers, and compacts
     /// when due.
     async fn write_queued(&self, partition: u32, writes: Vec<Write>) {
-        let records: Vec<GroupRecord> = writes
-            .iter()
-            .flat_map(|write| write.records.iter().cloned())
-            .collect();
-        let written = self.append(partition, &records).await.map(|_| ());
+        let mut records: Vec<GroupRecord> = Vec::new();
+        for write in &writes {
+            match &write.records {
+                WriteRecords::Given(given) => records.extend(given.iter().cloned()),
+                WriteRecords::Expired { now_ms } => {
+                    records.extend(self.expired_records(partition, *now_ms));
+                }
+            }
+        }
+        let written = if records.is_empty() {
+            Ok(())
+        } else {
+            self.append(partition, &records).await.map(|_| ())
+        };
         if written.is_ok() {
             for (key, value) in records {
                 self.apply(key, value.as_deref(), false);
@@ -322,12 +341,15 @@ impl Coordinator {
     /// before it are deleted and a replay reads only the rewrite and what followed. Only
     /// the partition's writer calls this, so memory is exactly what the log says.
     async fn compact_if_due(&self, partition: u32) -> Result<(), EngineError> {
-        let live = self.live_records(partition);
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
         let held = offsets.log_end - offsets.log_start;
-        if held <= COMPACT_RECORDS_MIN.max(COMPACT_LIVE_FACTOR * live.len() as i64) {
+        // Cheap checks first: this runs after every write of the partition.
+        if held <= COMPACT_RECORDS_MIN
+            || held <= COMPACT_LIVE_FACTOR * self.live_count(partition) as i64
+        {
             return Ok(());
         }
+        let live = self.live_records(partition);
         let new_start = if live.is_empty() {
             offsets.log_end
         } else {
@@ -348,6 +370,18 @@ impl Coordinator {
             "compacted {OFFSETS_TOPIC}"
         );
         Ok(())
+    }
+
+    /// How many live keys `partition`'s groups have (what [`Self::live_records`] would
+    /// return, without building it).
+    fn live_count(&self, partition: u32) -> usize {
+        let groups = self.groups.borrow();
+        let memberships = self.memberships.borrow();
+        groups
+            .values()
+            .filter(|group| partition_for(&group.id, self.partitions) == partition)
+            .map(|group| group.offsets.len() + usize::from(memberships.contains_key(&group.id)))
+            .sum()
     }
 
     /// The latest record of every live key of `partition`'s groups.
@@ -497,30 +531,68 @@ impl Coordinator {
         }
     }
 
-    /// Ticks every group; returns the ids whose membership must be recorded.
-    fn tick(&self, now: Instant) -> Vec<String> {
+    /// Ticks every group; returns the membership records to write, built now (the group
+    /// may have moved on by the time its record is written).
+    fn tick(&self, now: Instant, now_ms: i64) -> Vec<(String, GroupValue)> {
         let mut groups = self.groups.borrow_mut();
         let mut dirty = Vec::new();
         for group in groups.values_mut() {
             group.tick(now);
+            if group.state() == super::state::GroupState::Empty {
+                group.empty_since_ms.get_or_insert(now_ms);
+            } else {
+                group.empty_since_ms = None;
+            }
             if group.membership_dirty {
                 group.membership_dirty = false;
-                dirty.push(group.id.clone());
+                dirty.push((group.id.clone(), group.to_record(now_ms)));
             }
         }
         dirty
     }
 
-    /// Tombstones for the offsets of member-less groups older than the retention.
-    fn expired_offsets(&self, now_ms: i64) -> Vec<(String, Vec<GroupRecord>)> {
+    /// Tombstones for what of `partition` has expired at `now_ms`: the offsets of groups
+    /// without members (see [`expired_offsets`]), and idle groups themselves (Empty, no
+    /// offsets left). Idle groups that never had a record are only forgotten.
+    fn expired_records(&self, partition: u32, now_ms: i64) -> Vec<GroupRecord> {
         let retention_ms = self.settings.offsets_retention.as_millis() as i64;
-        expired_offsets(self.groups.borrow().values(), now_ms, retention_ms)
+        let mut groups = self.groups.borrow_mut();
+        let memberships = self.memberships.borrow();
+        let mine = |group: &&Group| partition_for(&group.id, self.partitions) == partition;
+        let mut records: Vec<GroupRecord> =
+            expired_offsets(groups.values().filter(mine), now_ms, retention_ms)
+                .into_iter()
+                .flat_map(|(_, tombstones)| tombstones)
+                .collect();
+        if !records.is_empty() {
+            tracing::info!(
+                partition,
+                offsets = records.len(),
+                "committed offsets expired"
+            );
+        }
+        // A group whose offsets all expire now is idle at the next pass.
+        let idle: Vec<String> = groups
+            .values()
+            .filter(mine)
+            .filter(|group| group.is_idle())
+            .map(|group| group.id.clone())
+            .collect();
+        for id in idle {
+            if memberships.contains_key(&id) {
+                records.push((RecordKey::Group { group: id }, None));
+            } else {
+                groups.remove(&id);
+            }
+        }
+        records
     }
 }
 
-/// Tombstones, by group, for the offsets of groups without members committed at least
-/// `retention_ms` before `now_ms` (a group with members keeps its offsets: it is using
-/// them).
+/// Tombstones, by group, for the offsets of groups without members, as Kafka expires
+/// them: all of a consumer group's offsets once it has been Empty for `retention_ms`; for a
+/// group that only ever had manual commits (no protocol type), each offset `retention_ms`
+/// after its commit. A group with members keeps its offsets: it is using them.
 fn expired_offsets<'a>(
     groups: impl Iterator<Item = &'a Group>,
     now_ms: i64,
@@ -531,10 +603,20 @@ fn expired_offsets<'a>(
         if group.state() != super::state::GroupState::Empty {
             continue;
         }
+        let emptied_long_ago = group
+            .empty_since_ms
+            .is_some_and(|since| since.saturating_add(retention_ms) <= now_ms);
+        let consumer_group = group.protocol_type().is_some();
         let tombstones: Vec<GroupRecord> = group
             .offsets
             .iter()
-            .filter(|(_, value)| value.commit_timestamp_ms.saturating_add(retention_ms) <= now_ms)
+            .filter(|(_, value)| {
+                if consumer_group {
+                    emptied_long_ago
+                } else {
+                    value.commit_timestamp_ms.saturating_add(retention_ms) <= now_ms
+                }
+            })
             .map(|((topic, partition), _)| (offset_key(&group.id, topic, *partition), None))
             .collect();
         if !tombstones.is_empty() {
@@ -590,20 +672,33 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
     loop {
         rt::sleep(TICK).await;
         let now = Instant::now();
-        for group in coordinator.tick(now) {
+        for (group, record) in coordinator.tick(now, now_ms()) {
             let coordinator = coordinator.clone();
             rt::spawn_local(async move {
-                let _ = coordinator.persist_membership(&group).await;
+                let key = RecordKey::Group {
+                    group: group.clone(),
+                };
+                let value = records::encode_group(&record);
+                if coordinator
+                    .persist(&group, vec![(key, Some(value))])
+                    .await
+                    .is_err()
+                {
+                    // Tried again at the next tick.
+                    coordinator.with_group(&group, false, |g| g.membership_dirty = true);
+                }
             })
             .detach();
         }
         if now >= next_retention {
             next_retention = now + retention_check;
-            for (group, tombstones) in coordinator.expired_offsets(now_ms()) {
-                let count = tombstones.len();
-                if coordinator.persist(&group, tombstones).await.is_ok() {
-                    tracing::info!(%group, offsets = count, "committed offsets expired");
-                }
+            let queues: Vec<mpsc::Sender<Write>> =
+                coordinator.writers.borrow().values().cloned().collect();
+            for mut queue in queues {
+                // Not awaited: the writer answers whenever it gets there.
+                let (reply, _) = oneshot::channel();
+                let records = WriteRecords::Expired { now_ms: now_ms() };
+                let _ = queue.try_send(Write { records, reply });
             }
         }
     }
@@ -650,6 +745,37 @@ mod tests {
             commit_timestamp_ms,
         };
         group.offsets.insert((topic.to_owned(), 0), value);
+    }
+
+    #[test]
+    fn a_consumer_groups_offsets_expire_with_the_time_it_has_been_empty() {
+        let day_ms = 24 * 3600 * 1000;
+        let emptied = |id: &str, since_ms: i64| {
+            let mut group = Group::new(id.into(), INITIAL_REBALANCE_DELAY);
+            group.restore(
+                GroupValue {
+                    protocol_type: "consumer".into(),
+                    generation: 3,
+                    protocol: None,
+                    leader: None,
+                    state_timestamp_ms: since_ms,
+                    members: Vec::new(),
+                },
+                Instant::now(),
+            );
+            // Committed long ago, never again (a partition that received nothing).
+            committed_at(&mut group, "quiet", 0);
+            group
+        };
+        let recently = emptied("recently", 9 * day_ms);
+        let long_ago = emptied("long-ago", 2 * day_ms);
+        let expired = expired_offsets([&recently, &long_ago].into_iter(), 10 * day_ms, 7 * day_ms);
+        let groups: Vec<&str> = expired.iter().map(|(group, _)| group.as_str()).collect();
+        assert_eq!(
+            groups,
+            ["long-ago"],
+            "old commits of a recently emptied group stay"
+        );
     }
 
     #[test]

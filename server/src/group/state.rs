@@ -95,7 +95,7 @@ pub struct JoinOutcome {
 }
 
 impl JoinOutcome {
-    fn error(error: ResponseError, member_id: String) -> JoinOutcome {
+    pub fn error(error: ResponseError, member_id: String) -> JoinOutcome {
         JoinOutcome {
             error: Some(error),
             generation: -1,
@@ -209,6 +209,10 @@ pub struct Group {
     /// Set when the membership changed in a way the log must record (the group became
     /// Empty); the coordinator persists and clears it.
     pub membership_dirty: bool,
+    /// Since when (ms since the epoch) the group has been Empty, as the coordinator saw it;
+    /// a consumer group's offsets expire that long after it emptied (Kafka's
+    /// `currentStateTimestamp`).
+    pub empty_since_ms: Option<i64>,
     initial_delay: Duration,
 }
 
@@ -228,6 +232,7 @@ impl Group {
             join_phase: None,
             offsets: BTreeMap::new(),
             membership_dirty: false,
+            empty_since_ms: None,
             initial_delay,
         }
     }
@@ -250,6 +255,12 @@ impl Group {
 
     pub fn members(&self) -> impl Iterator<Item = (&String, &Member)> {
         self.members.iter()
+    }
+
+    /// Whether the group holds nothing worth keeping: Empty, no committed offsets, no
+    /// member id handed out and awaited.
+    pub fn is_idle(&self) -> bool {
+        self.state == GroupState::Empty && self.offsets.is_empty() && self.pending.is_empty()
     }
 
     /// Marks the group deleted: every waiter is answered with `error`.
@@ -329,8 +340,17 @@ impl Group {
             });
             let is_leader = self.leader.as_deref() == Some(member_id.as_str());
             if self.state == GroupState::Stable && unchanged && !is_leader {
+                // The member keeps its assignment under its new id without a rebalance;
+                // the log must know the new id before the member is told it, or a restart
+                // would fence it.
                 self.update_member(&member_id, request, now);
+                self.membership_dirty = true;
                 return Reply::Now(self.outcome_for(&member_id));
+            }
+            if self.state == GroupState::CompletingRebalance {
+                // The leader is assigning to the old id: that assignment cannot reach the
+                // new one, so the group joins again.
+                self.prepare_rebalance(now);
             }
             return self.join_known(&member_id, request, now);
         }
@@ -551,9 +571,11 @@ impl Group {
         self.join_phase = None;
         self.generation = self.generation.wrapping_add(1).max(1);
         if self.members.is_empty() {
+            // The protocol type stays, as in Kafka: it tells a consumer group that has
+            // become empty (whose offsets expire from that moment) from a group that only
+            // ever had manual commits.
             self.state = GroupState::Empty;
             self.protocol = None;
-            self.protocol_type = None;
             self.leader = None;
             self.membership_dirty = true;
             return;
@@ -867,7 +889,11 @@ impl Group {
         let expired: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, member)| member.join_waiter.is_none() && member.session_deadline <= now)
+            .filter(|(_, member)| {
+                member.join_waiter.is_none()
+                    && member.sync_waiter.is_none()
+                    && member.session_deadline <= now
+            })
             .map(|(id, _)| id.clone())
             .collect();
         let any_expired = !expired.is_empty();
@@ -892,7 +918,10 @@ impl Group {
             generation: self.generation,
             protocol: self.protocol.clone(),
             leader: self.leader.clone(),
-            state_timestamp_ms: now_ms,
+            state_timestamp_ms: match self.state {
+                GroupState::Empty => self.empty_since_ms.unwrap_or(now_ms),
+                _ => now_ms,
+            },
             members: self
                 .members
                 .iter()
@@ -920,8 +949,9 @@ impl Group {
         self.join_phase = None;
         if value.members.is_empty() {
             self.state = GroupState::Empty;
+            self.empty_since_ms = Some(value.state_timestamp_ms).filter(|ms| *ms >= 0);
             self.protocol = None;
-            self.protocol_type = None;
+            self.protocol_type = Some(value.protocol_type).filter(|t| !t.is_empty());
             self.leader = None;
             return;
         }

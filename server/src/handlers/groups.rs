@@ -29,11 +29,16 @@ use kafka_protocol::ResponseError;
 use crate::broker::{Broker, NODE_ID};
 use crate::group::coordinator::{offset_key, Coordinator, GroupRecord};
 use crate::group::records::RecordKey;
-use crate::group::state::{GroupState, JoinOutcome, JoinRequest, Reply, SyncOutcome, SyncStep};
-use crate::group::{on_coordinator, OFFSETS_TOPIC};
+use crate::group::state::{
+    GroupState, JoinOutcome, JoinRequest, Reply, SyncOutcome, SyncStep, SESSION_TIMEOUT_MS_MAX,
+    SESSION_TIMEOUT_MS_MIN,
+};
+use crate::group::{on_coordinator, GROUP_STRING_BYTES_MAX, OFFSETS_TOPIC};
 
 /// FindCoordinator `key_type` of a consumer group.
 const KEY_TYPE_GROUP: i8 = 0;
+/// The first JoinGroup version whose response may carry a null protocol name.
+const JOIN_NULLABLE_PROTOCOL_VERSION: i16 = 7;
 
 fn code(error: Option<ResponseError>) -> i16 {
     error.map_or(0, |error| error.code())
@@ -112,42 +117,83 @@ pub async fn join(
         require_known_member_id: version >= 4,
     };
     let member_id = join.member_id.clone();
+    if let Err(error) = check_join(&group_id, &join) {
+        return join_error(error, &member_id, version);
+    }
     let outcome = on_coordinator(broker, &group_id.clone(), move |coordinator| async move {
         let mut make_id = |prefix: &str| format!("{prefix}-{}", uuid::Uuid::new_v4());
-        let reply = coordinator.with_group(&group_id, true, |group| {
-            group.join(&join, Instant::now(), &mut make_id)
+        let joined = coordinator.with_group(&group_id, true, |group| {
+            let reply = group.join(&join, Instant::now(), &mut make_id);
+            // A change the member is told about at once (a static member's new id) is
+            // recorded before the answer.
+            let answered_now = matches!(&reply, Reply::Now(outcome) if outcome.error.is_none());
+            let record_first = answered_now && std::mem::take(&mut group.membership_dirty);
+            (reply, record_first)
         });
+        let (reply, record_first) = joined?;
+        if record_first {
+            if let Err(error) = coordinator.persist_membership(&group_id).await {
+                return Some(JoinOutcome::error(error, String::new()));
+            }
+        }
         // Not held while waiting: the group holds this task's waker through the answer's
         // sender, and a task that held the coordinator would keep both alive at shutdown.
         drop(coordinator);
         match reply {
-            Some(Reply::Now(outcome)) => Some(outcome),
-            Some(Reply::Later(answer)) => answer.await.ok(),
-            None => None,
+            Reply::Now(outcome) => Some(outcome),
+            Reply::Later(answer) => answer.await.ok(),
         }
     })
     .await;
     let outcome = match outcome {
         Ok(Some(outcome)) => outcome,
-        Ok(None) => return join_error(ResponseError::UnknownMemberId, &member_id),
-        Err(error) => return join_error(error, &member_id),
+        Ok(None) => return join_error(ResponseError::UnknownMemberId, &member_id, version),
+        Err(error) => return join_error(error, &member_id, version),
     };
-    join_response(outcome)
+    join_response(outcome, version)
 }
 
-fn join_error(error: ResponseError, member_id: &str) -> JoinGroupResponse {
-    JoinGroupResponse::default()
-        .with_error_code(error.code())
-        .with_generation_id(-1)
-        .with_member_id(text(member_id))
+/// What a join must satisfy before it may create a group: a group id, a session timeout
+/// in bounds, a protocol, and strings short enough to be stored.
+fn check_join(group_id: &str, join: &JoinRequest) -> Result<(), ResponseError> {
+    if group_id.is_empty() || group_id.len() > GROUP_STRING_BYTES_MAX {
+        return Err(ResponseError::InvalidGroupId);
+    }
+    if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&join.session_timeout_ms) {
+        return Err(ResponseError::InvalidSessionTimeout);
+    }
+    if join.protocol_type.is_empty() || join.protocols.is_empty() {
+        return Err(ResponseError::InconsistentGroupProtocol);
+    }
+    let strings = [&join.member_id, &join.client_id, &join.protocol_type]
+        .into_iter()
+        .chain(join.instance_id.as_ref())
+        .chain(join.protocols.iter().map(|(name, _)| name));
+    if strings
+        .into_iter()
+        .any(|s| s.len() > GROUP_STRING_BYTES_MAX)
+    {
+        return Err(ResponseError::InvalidRequest);
+    }
+    Ok(())
 }
 
-fn join_response(outcome: JoinOutcome) -> JoinGroupResponse {
+fn join_error(error: ResponseError, member_id: &str, version: i16) -> JoinGroupResponse {
+    join_response(JoinOutcome::error(error, member_id.to_owned()), version)
+}
+
+fn join_response(outcome: JoinOutcome, version: i16) -> JoinGroupResponse {
+    // The protocol name is nullable only from version 7; before, "" stands for none (the
+    // Java client cannot read a null there).
+    let protocol = match outcome.protocol.as_deref() {
+        None if version < JOIN_NULLABLE_PROTOCOL_VERSION => Some(text("")),
+        name => name.map(text),
+    };
     JoinGroupResponse::default()
         .with_error_code(code(outcome.error))
         .with_generation_id(outcome.generation)
         .with_protocol_type(outcome.protocol_type.as_deref().map(text))
-        .with_protocol_name(outcome.protocol.as_deref().map(text))
+        .with_protocol_name(protocol)
         .with_leader(text(&outcome.leader))
         .with_member_id(text(&outcome.member_id))
         .with_members(

@@ -26,9 +26,9 @@ use kafka_protocol::ResponseError;
 
 use crate::broker::Broker;
 use crate::group::coordinator::{now_ms, offset_key, offset_record, GroupRecord};
-use crate::group::on_coordinator;
 use crate::group::records::OffsetValue;
 use crate::group::state::{Group, GroupState};
+use crate::group::{on_coordinator, GROUP_STRING_BYTES_MAX};
 
 /// Kafka's `offset.metadata.max.bytes`.
 const OFFSET_METADATA_BYTES_MAX: usize = 4096;
@@ -41,10 +41,17 @@ pub async fn commit(broker: &Broker, request: OffsetCommitRequest) -> OffsetComm
     let member_id = request.member_id.to_string();
     let instance_id = request.group_instance_id.map(|id| id.to_string());
     let generation = request.generation_id_or_member_epoch;
-    let commits = check_commits(broker, request.topics);
+    let mut commits = check_commits(broker, request.topics);
+    if group_id.is_empty() || group_id.len() > GROUP_STRING_BYTES_MAX {
+        for (_, _, checked) in &mut commits {
+            *checked = Err(ResponseError::InvalidGroupId);
+        }
+    }
     let asked: Vec<(String, i32)> = commits.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
+    // A manual commit creates its group, but only if something in it can be committed.
+    let create = generation < 0 && commits.iter().any(|(_, _, checked)| checked.is_ok());
     let answered = on_coordinator(broker, &group_id.clone(), move |coordinator| async move {
-        let allowed = coordinator.with_group(&group_id, generation < 0, |group| {
+        let allowed = coordinator.with_group(&group_id, create, |group| {
             group.check_commit(
                 &member_id,
                 instance_id.as_deref(),

@@ -191,6 +191,12 @@ pub async fn create_partitions(
                     *topic.name
                 ),
             ))
+        } else if crate::handlers::groups::is_internal(topic.name.0.as_str()) {
+            // Groups are placed by the partition count: a new count would move them.
+            Err(Refusal(
+                ResponseError::InvalidTopicException.code(),
+                "the internal topic's partition count is fixed".to_owned(),
+            ))
         } else {
             add_partitions(broker, topic, request.validate_only).await
         };

@@ -356,3 +356,33 @@ fn a_record_restores_the_membership() {
     };
     assert_eq!(sync.assignment, "L");
 }
+
+#[test]
+fn a_static_member_replaced_while_the_leader_assigns_makes_the_group_join_again() {
+    let (mut group, mut ids, now) = (
+        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
+        Ids(0),
+        Instant::now(),
+    );
+    let mut a_join = later(group.join(&request("", Some("i-a"), &["range"]), now, &mut ids.make()));
+    let mut b_join = later(group.join(&request("", Some("i-b"), &["range"]), now, &mut ids.make()));
+    group.tick(now + INITIAL_REBALANCE_DELAY);
+    let (a, _) = (ready(&mut a_join).unwrap(), ready(&mut b_join).unwrap());
+    assert_eq!(group.state(), GroupState::CompletingRebalance);
+    let follower = if a.leader == a.member_id {
+        "i-b"
+    } else {
+        "i-a"
+    };
+    // The follower restarts before the leader's assignment (keyed by its old id) is in.
+    let rejoin = group.join(
+        &request("", Some(follower), &["range"]),
+        now,
+        &mut ids.make(),
+    );
+    assert!(
+        matches!(rejoin, Reply::Later(_)),
+        "no answer from the old generation"
+    );
+    assert_eq!(group.state(), GroupState::PreparingRebalance);
+}
