@@ -20,6 +20,15 @@ fn request(member_id: &str, instance_id: Option<&str>, protocols: &[&str]) -> Jo
     }
 }
 
+/// An Empty group with the default initial delay, an id maker, and the time.
+fn fresh() -> (Group, Ids, Instant) {
+    (
+        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
+        Ids(0),
+        Instant::now(),
+    )
+}
+
 struct Ids(u32);
 
 impl Ids {
@@ -96,11 +105,7 @@ fn stable_pair(group: &mut Group, ids: &mut Ids, now: Instant) -> (String, Strin
 
 #[test]
 fn two_members_join_after_the_initial_delay_and_get_the_leaders_assignment() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let (a, mut a_join) = join_dynamic(&mut group, &mut ids, now);
     assert_eq!(group.state(), GroupState::PreparingRebalance);
     // Everyone has joined, but a group leaving Empty waits for more members.
@@ -138,11 +143,7 @@ fn two_members_join_after_the_initial_delay_and_get_the_leaders_assignment() {
 
 #[test]
 fn a_member_whose_session_expires_is_removed_and_the_rest_rebalance() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let (leader, follower) = stable_pair(&mut group, &mut ids, now);
     let later_now = now + Duration::from_millis(u64::try_from(SESSION_MS).unwrap() - 1);
     assert_eq!(group.heartbeat(&leader, None, 1, later_now), None);
@@ -168,11 +169,7 @@ fn a_member_whose_session_expires_is_removed_and_the_rest_rebalance() {
 
 #[test]
 fn the_last_member_leaving_empties_the_group_at_a_new_generation() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let (leader, follower) = stable_pair(&mut group, &mut ids, now);
     assert_eq!(group.leave(&follower, None, now), None);
     assert_eq!(group.state(), GroupState::PreparingRebalance);
@@ -188,11 +185,7 @@ fn the_last_member_leaving_empties_the_group_at_a_new_generation() {
 
 #[test]
 fn a_static_member_rejoining_takes_a_new_id_without_a_rebalance_and_fences_the_old() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let mut a_join = later(group.join(&request("", Some("i-a"), &["range"]), now, &mut ids.make()));
     let mut b_join = later(group.join(&request("", Some("i-b"), &["range"]), now, &mut ids.make()));
     group.tick(now + INITIAL_REBALANCE_DELAY);
@@ -240,11 +233,7 @@ fn a_static_member_rejoining_takes_a_new_id_without_a_rebalance_and_fences_the_o
 
 #[test]
 fn bad_joins_are_refused() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let mut short = request("", None, &["range"]);
     short.session_timeout_ms = SESSION_TIMEOUT_MS_MIN - 1;
     let out = now_answer(group.join(&short, now, &mut ids.make()));
@@ -258,11 +247,7 @@ fn bad_joins_are_refused() {
 
 #[test]
 fn the_protocol_most_members_prefer_among_common_ones_wins() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let mut joins = Vec::new();
     for protocols in [
         &["roundrobin", "range"][..],
@@ -284,11 +269,7 @@ fn the_protocol_most_members_prefer_among_common_ones_wins() {
 
 #[test]
 fn commits_are_checked_against_membership_and_generation() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     assert_eq!(
         group.check_commit("", None, -1, now),
         Ok(()),
@@ -309,11 +290,7 @@ fn commits_are_checked_against_membership_and_generation() {
 
 #[test]
 fn a_failed_persist_answers_the_sync_with_the_error_and_rebalances() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let (mut a_join, mut b_join) = (
         join_dynamic(&mut group, &mut ids, now),
         join_dynamic(&mut group, &mut ids, now),
@@ -338,11 +315,7 @@ fn a_failed_persist_answers_the_sync_with_the_error_and_rebalances() {
 
 #[test]
 fn a_record_restores_the_membership() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let (leader, follower) = stable_pair(&mut group, &mut ids, now);
     let record = group.to_record(1);
     let mut restored = Group::new("g".into(), INITIAL_REBALANCE_DELAY);
@@ -359,11 +332,7 @@ fn a_record_restores_the_membership() {
 
 #[test]
 fn a_static_member_replaced_while_the_leader_assigns_makes_the_group_join_again() {
-    let (mut group, mut ids, now) = (
-        Group::new("g".into(), INITIAL_REBALANCE_DELAY),
-        Ids(0),
-        Instant::now(),
-    );
+    let (mut group, mut ids, now) = fresh();
     let mut a_join = later(group.join(&request("", Some("i-a"), &["range"]), now, &mut ids.make()));
     let mut b_join = later(group.join(&request("", Some("i-b"), &["range"]), now, &mut ids.make()));
     group.tick(now + INITIAL_REBALANCE_DELAY);
