@@ -87,7 +87,9 @@ pub struct Coordinator {
     /// to write); the older generation is ignored, on replay too.
     memberships: RefCell<HashMap<String, (i32, Bytes)>>,
     /// The queue of each of this shard's partitions' writer (see [`write_loop`]).
-    writers: RefCell<HashMap<u32, mpsc::Sender<Write>>>,
+    /// One sender per queue, shared behind an async lock: a clone per write would get a
+    /// guaranteed slot of its own and make the bound meaningless.
+    writers: RefCell<HashMap<u32, Rc<futures::lock::Mutex<mpsc::Sender<Write>>>>>,
 }
 
 /// Records waiting for their partition's writer, and who waits for them.
@@ -131,6 +133,7 @@ pub fn start(engine: &Engine, settings: GroupSettings) -> Result<(), EngineError
                 if offsets_shard(partition, shards) == index {
                     coordinator.replay(partition).await?;
                     let (queue, queued) = mpsc::channel(GROUP_WRITES_QUEUED_MAX);
+                    let queue = Rc::new(futures::lock::Mutex::new(queue));
                     coordinator.writers.borrow_mut().insert(partition, queue);
                     let writer = write_loop(Rc::downgrade(&coordinator), partition, queued);
                     rt::spawn_local(writer).detach();
@@ -274,12 +277,13 @@ impl Coordinator {
         }
         let partition = partition_for(group, self.partitions);
         let queue = self.writers.borrow().get(&partition).cloned();
-        let Some(mut queue) = queue else {
+        let Some(queue) = queue else {
             return Err(ResponseError::CoordinatorNotAvailable);
         };
         let (reply, answer) = oneshot::channel();
         let records = WriteRecords::Given(records);
-        let queued = queue.send(Write { records, reply }).await;
+        // Waits while the queue is full: backpressure on the clients that commit.
+        let queued = queue.lock().await.send(Write { records, reply }).await;
         queued.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         answer
             .await
@@ -692,13 +696,15 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
         }
         if now >= next_retention {
             next_retention = now + retention_check;
-            let queues: Vec<mpsc::Sender<Write>> =
-                coordinator.writers.borrow().values().cloned().collect();
-            for mut queue in queues {
-                // Not awaited: the writer answers whenever it gets there.
+            let queues: Vec<_> = coordinator.writers.borrow().values().cloned().collect();
+            for queue in queues {
+                // Not awaited: the writer answers whenever it gets there; a full or busy
+                // queue is asked again at the next check.
                 let (reply, _) = oneshot::channel();
                 let records = WriteRecords::Expired { now_ms: now_ms() };
-                let _ = queue.try_send(Write { records, reply });
+                if let Some(mut queue) = queue.try_lock() {
+                    let _ = queue.try_send(Write { records, reply });
+                }
             }
         }
     }
