@@ -148,7 +148,7 @@ impl ServerOptions {
 impl Server {
     /// Starts `ringlog serve` on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, options: &ServerOptions) -> Server {
-        let mut child = Command::new(ringlog_binary())
+        let mut child = ringlog_command()
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -156,10 +156,6 @@ impl Server {
             .args(["--shards", &options.shards.to_string()])
             .args(&options.args)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("ringlog starts");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -297,16 +293,24 @@ impl Drop for Server {
     }
 }
 
+/// The `ringlog` binary as a command: no input, no colours, stdout discarded, stderr piped
+/// (the log the tests read).
+fn ringlog_command() -> Command {
+    let mut command = Command::new(ringlog_binary());
+    command
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Runs `ringlog ARGS` to its end and returns its status and stderr; a process still
 /// running after `timeout` is killed and the test fails (a `serve` that should have
 /// refused to start, say).
 pub fn run_to_exit(args: &[&std::ffi::OsStr], timeout: Duration) -> (ExitStatus, String) {
-    let mut child = Command::new(ringlog_binary())
+    let mut child = ringlog_command()
         .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("ringlog starts");
     let mut stderr = child.stderr.take().expect("stderr is piped");

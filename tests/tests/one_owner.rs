@@ -27,6 +27,16 @@ fn serve_args<'a>(data_dir: &'a Path, listen: &'a str) -> Vec<&'a OsStr> {
     ]
 }
 
+/// Runs `ringlog ARGS`, which must refuse to start: asserts a non-zero exit and exactly
+/// one error line, and returns that line with the whole log.
+fn refused(args: &[&OsStr]) -> (String, String) {
+    let (status, log) = run_to_exit(args, REFUSE_TIMEOUT);
+    assert!(!status.success(), "ringlog exited {status}; log:\n{log}");
+    let errors = error_lines(&log);
+    assert_eq!(errors.len(), 1, "one error line; log:\n{log}");
+    (errors[0].to_owned(), log)
+}
+
 /// The lines of `log` that are an error report (`ringlog: …`), for the one-line promise.
 fn error_lines(log: &str) -> Vec<&str> {
     log.lines()
@@ -63,18 +73,11 @@ fn a_second_server_on_a_data_dir_in_use_exits_naming_the_holder_whatever_its_por
     let first = Server::start(dir.path(), &ServerOptions::default());
     assert_eq!(produce(&first, 3, "before"), 0);
 
-    let (status, log) = run_to_exit(&serve_args(dir.path(), "127.0.0.1:0"), REFUSE_TIMEOUT);
+    let (error, log) = refused(&serve_args(dir.path(), "127.0.0.1:0"));
     assert!(
-        !status.success(),
-        "second server exited {status}; log:\n{log}"
-    );
-    let errors = error_lines(&log);
-    assert_eq!(errors.len(), 1, "one error line; log:\n{log}");
-    assert!(
-        errors[0].contains(&dir.path().display().to_string())
-            && errors[0].contains(&format!("PID {}", first.pid())),
-        "the error names the directory and the holder: {}",
-        errors[0]
+        error.contains(&dir.path().display().to_string())
+            && error.contains(&format!("PID {}", first.pid())),
+        "the error names the directory and the holder: {error}"
     );
     assert!(
         !log.contains("ringlog serving"),
@@ -95,19 +98,12 @@ fn a_second_server_on_an_address_in_use_exits_naming_the_holder() {
     let second_dir = tempfile::tempdir().unwrap();
     let first = Server::start(first_dir.path(), &ServerOptions::default());
     let listen = first.bootstrap();
-    let (status, log) = run_to_exit(&serve_args(second_dir.path(), &listen), REFUSE_TIMEOUT);
+    let (error, _) = refused(&serve_args(second_dir.path(), &listen));
     assert!(
-        !status.success(),
-        "second server exited {status}; log:\n{log}"
-    );
-    let errors = error_lines(&log);
-    assert_eq!(errors.len(), 1, "one error line; log:\n{log}");
-    assert!(
-        errors[0].contains(&listen)
-            && errors[0].contains("already served by")
-            && errors[0].contains(&format!("PID {}", first.pid())),
-        "the error names the address and the holder: {}",
-        errors[0]
+        error.contains(&listen)
+            && error.contains("already served by")
+            && error.contains(&format!("PID {}", first.pid())),
+        "the error names the address and the holder: {error}"
     );
     // Every connection reaches the first server (the second's sockets are gone): each
     // sees the records the ones before it wrote.
@@ -143,13 +139,9 @@ fn a_data_dir_that_is_a_file_is_refused_as_not_a_directory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("data");
     std::fs::write(&file, b"not a directory").unwrap();
-    let (status, log) = run_to_exit(&serve_args(&file, "127.0.0.1:0"), REFUSE_TIMEOUT);
-    assert!(!status.success(), "exited {status}; log:\n{log}");
-    let errors = error_lines(&log);
-    assert_eq!(errors.len(), 1, "one error line; log:\n{log}");
+    let (error, _) = refused(&serve_args(&file, "127.0.0.1:0"));
     assert!(
-        errors[0].contains("is not a directory") && !errors[0].contains("File exists"),
-        "{}",
-        errors[0]
+        error.contains("is not a directory") && !error.contains("File exists"),
+        "{error}"
     );
 }
