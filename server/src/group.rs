@@ -27,6 +27,12 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// groups spread over shards by partition, so a few per shard is enough).
 pub const OFFSETS_TOPIC_PARTITIONS: u32 = 8;
 
+/// Whether `topic` is an internal topic (`__consumer_offsets`): only the coordinator
+/// writes it, and clients may not produce to it, delete it, trim it or add partitions.
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC
+}
+
 /// The `__consumer_offsets` partition of `group`: Kafka's
 /// `abs(group.hashCode()) % partitions`, with Java's `String.hashCode` over UTF-16 code
 /// units, so a group maps to the partition Kafka would give it.

@@ -33,7 +33,7 @@ use crate::group::state::{
     GroupState, JoinOutcome, JoinRequest, Reply, SyncOutcome, SyncStep, SESSION_TIMEOUT_MS_MAX,
     SESSION_TIMEOUT_MS_MIN,
 };
-use crate::group::{on_coordinator, GROUP_STRING_BYTES_MAX, OFFSETS_TOPIC};
+use crate::group::{on_coordinator, GROUP_STRING_BYTES_MAX};
 
 /// FindCoordinator `key_type` of a consumer group.
 const KEY_TYPE_GROUP: i8 = 0;
@@ -484,9 +484,4 @@ pub async fn delete(broker: &Broker, request: DeleteGroupsRequest) -> DeleteGrou
         );
     }
     DeleteGroupsResponse::default().with_results(results)
-}
-
-/// Whether `topic` is the internal offsets topic, which clients may not write or delete.
-pub fn is_internal(topic: &str) -> bool {
-    topic == OFFSETS_TOPIC
 }

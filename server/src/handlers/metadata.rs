@@ -119,6 +119,6 @@ fn topic_entry(meta: &TopicMeta) -> MetadataResponseTopic {
             meta.name.as_str().to_owned(),
         ))))
         .with_topic_id(Uuid::from_bytes(meta.id))
-        .with_is_internal(crate::handlers::groups::is_internal(meta.name.as_str()))
+        .with_is_internal(crate::group::is_internal(meta.name.as_str()))
         .with_partitions(partitions)
 }

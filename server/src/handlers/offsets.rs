@@ -130,7 +130,7 @@ fn check_commits(broker: &Broker, topics: Vec<OffsetCommitRequestTopic>) -> Vec<
                 .committed_metadata
                 .map(|m| m.to_string())
                 .unwrap_or_default();
-            let checked = if !known || super::groups::is_internal(&name) {
+            let checked = if !known || crate::group::is_internal(&name) {
                 Err(ResponseError::UnknownTopicOrPartition)
             } else if metadata.len() > OFFSET_METADATA_BYTES_MAX {
                 Err(ResponseError::OffsetMetadataTooLarge)

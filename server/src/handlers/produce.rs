@@ -37,7 +37,7 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_owned();
-        if crate::handlers::groups::is_internal(&name) {
+        if crate::group::is_internal(&name) {
             // Only the group coordinator appends to its log (Kafka: "cannot append to an
             // internal topic").
             topics.push(refuse_topic(topic, ResponseError::InvalidTopicException));

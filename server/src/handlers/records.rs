@@ -45,7 +45,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
 
 /// The new log start of one partition, or the error code.
 async fn delete_before(broker: &Broker, topic: &str, index: i32, offset: i64) -> Result<i64, i16> {
-    if crate::handlers::groups::is_internal(topic) {
+    if crate::group::is_internal(topic) {
         // Moving its log start would drop group records from the next replay.
         return Err(ResponseError::InvalidTopicException.code());
     }

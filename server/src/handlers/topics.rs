@@ -147,7 +147,7 @@ pub async fn delete(
             continue;
         };
         let result = DeletableTopicResult::default().with_name(Some(name.clone()));
-        if crate::handlers::groups::is_internal(name.0.as_str()) {
+        if crate::group::is_internal(name.0.as_str()) {
             // The group coordinator's own log: deleting it would lose every group's offsets.
             let code = ResponseError::InvalidTopicException.code();
             let message = (version >= 5).then(|| StrBytes::from_static_str("internal topic"));
@@ -191,7 +191,7 @@ pub async fn create_partitions(
                     *topic.name
                 ),
             ))
-        } else if crate::handlers::groups::is_internal(topic.name.0.as_str()) {
+        } else if crate::group::is_internal(topic.name.0.as_str()) {
             // Groups are placed by the partition count: a new count would move them.
             Err(Refusal(
                 ResponseError::InvalidTopicException.code(),
