@@ -48,7 +48,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use ringlog_engine::batch::{self, BatchBuilder, RecordBatch, BATCH_SIZE_BYTES_MAX};
 use ringlog_engine::index::SegmentIndex;
-use ringlog_engine::shard::SendableRange;
+use ringlog_engine::shard::{SendablePiece, SendableRange};
 use ringlog_engine::topic::config::INDEX_INTERVAL_BYTES_DEFAULT;
 use ringlog_server::protocol::{decode_request, encode_response};
 use ringlog_server::zero_copy::{self, Parts};
@@ -301,7 +301,12 @@ fn fetch_encode(group: &mut BenchmarkGroup<'_, WallTime>) {
             .expect("a fetch response encodes");
     };
     encode(&zero_copy, &mut out);
-    assert!(Parts::split(&out, vec![range()], FETCH_VERSION).is_some());
+    assert!(Parts::split(
+        &out,
+        vec![vec![SendablePiece::File(range())]],
+        FETCH_VERSION
+    )
+    .is_some());
     group.throughput(Throughput::Elements(1));
     // Each iteration's parts hold a duplicated descriptor; small batches keep few open,
     // and criterion drops them outside the timed part.
@@ -310,7 +315,7 @@ fn fetch_encode(group: &mut BenchmarkGroup<'_, WallTime>) {
             range,
             |range| {
                 encode(black_box(&zero_copy), &mut out);
-                Parts::split(&out, vec![range], FETCH_VERSION)
+                Parts::split(&out, vec![vec![SendablePiece::File(range)]], FETCH_VERSION)
             },
             BatchSize::NumIterations(64),
         );

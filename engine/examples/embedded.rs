@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::open(&EngineConfig {
         data_dir,
         runtime: RuntimeConfig::default(),
+        batch_cache_bytes: 64 << 20,
     })?;
     futures::executor::block_on(async {
         if engine.topic("greetings").is_none() {

@@ -110,3 +110,16 @@ pub const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 /// Producer ids reserved in the data directory's `producer-ids` file at a time: the file
 /// is rewritten (and fsynced) once per this many InitProducerId requests.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// The default batch cache budget, as a fraction of the machine's memory: one eighth, split
+/// evenly across the shards. Direct I/O leaves the page cache out, so this is the memory
+/// tailing consumers are served from; an eighth keeps room for the page cache of the
+/// metadata files, the connections' buffers and the rest of the node.
+pub const BATCH_CACHE_MEMORY_FRACTION_DEFAULT: u64 = 8;
+/// Bytes one read of a direct-I/O segment into the batch cache asks for at least (more if
+/// the fetch wants more). Large reads keep the disk's queue full: the block layer splits a
+/// 2 MiB O_DIRECT read into requests the device serves in parallel.
+pub const BATCH_CACHE_READ_CHUNK_BYTES: usize = 2 << 20;
+/// How far ahead of a catching-up consumer the log reads into the batch cache: the
+/// consumer's next fetches find their batches in memory while the disk reads further on.
+pub const BATCH_CACHE_READAHEAD_BYTES: u64 = 8 << 20;

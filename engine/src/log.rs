@@ -21,6 +21,8 @@
 //! (`log/producer_snapshot.rs`) plus a replay of the batch headers after the latest one.
 
 mod appender;
+pub mod cache;
+mod cached_read;
 mod checkpoint;
 mod durability;
 mod group;
@@ -32,6 +34,8 @@ mod recovery;
 mod retention;
 mod segment;
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
@@ -55,7 +59,7 @@ use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
 
 pub use producers::ProducerError;
-pub use read::{FetchSlice, FileRange};
+pub use read::{FetchSlice, FileRange, ReadRange};
 
 use appender::{Command, Pending};
 use segment::Segment;
@@ -183,6 +187,20 @@ pub(crate) struct Shared<S: Storage> {
     /// Bumped on every change of the log end; long-polling fetches wait on it.
     pub(crate) version: Cell<u64>,
     pub(crate) waiters: RefCell<Vec<std::task::Waker>>,
+    /// The shard's batch cache (used by direct-I/O logs, see `log/cached_read.rs`) and
+    /// this log's key in it, taken on first use.
+    pub(crate) cache: Rc<cache::BatchCache>,
+    pub(crate) cache_key: Cell<Option<u64>>,
+    /// Whether a read-ahead task is filling the cache for this log.
+    pub(crate) reading_ahead: Cell<bool>,
+}
+
+impl<S: Storage> Drop for Shared<S> {
+    fn drop(&mut self) {
+        if let Some(key) = self.cache_key.take() {
+            self.cache.forget(key);
+        }
+    }
 }
 
 impl<S: Storage> Shared<S> {
@@ -191,6 +209,22 @@ impl<S: Storage> Shared<S> {
             partition: self.id.clone(),
             operation,
             source,
+        }
+    }
+
+    /// The log's offsets now.
+    pub(crate) fn offsets(&self) -> Offsets {
+        let state = self.state.borrow();
+        let high_watermark = if state.config.flush() == FlushPolicy::Always {
+            state.durable_end
+        } else {
+            state.log_end
+        };
+        Offsets {
+            log_start: state.log_start,
+            high_watermark,
+            log_end: state.log_end,
+            durable_end: state.durable_end,
         }
     }
 
@@ -287,18 +321,7 @@ impl<S: Storage> PartitionLog<S> {
 
     /// The log's offsets now.
     pub fn offsets(&self) -> Offsets {
-        let state = self.shared.state.borrow();
-        let high_watermark = if state.config.flush() == FlushPolicy::Always {
-            state.durable_end
-        } else {
-            state.log_end
-        };
-        Offsets {
-            log_start: state.log_start,
-            high_watermark,
-            log_end: state.log_end,
-            durable_end: state.durable_end,
-        }
+        self.shared.offsets()
     }
 
     /// The topic configuration the log runs with.

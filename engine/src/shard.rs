@@ -20,6 +20,7 @@
 //! let config = EngineConfig {
 //!     data_dir: dir.path().to_path_buf(),
 //!     runtime: RuntimeConfig { shards: 2, pin_threads: false },
+//!     batch_cache_bytes: 64 << 20,
 //! };
 //! let engine = Engine::open(&config)?;
 //! futures::executor::block_on(async {
@@ -46,7 +47,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use futures::future::join_all;
 
-use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog};
+use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog, ReadRange};
 use crate::rt::{self, Runtime, RuntimeConfig, ShardHandle};
 use crate::storage::DiskStorage;
 use crate::topic::{
@@ -61,6 +62,9 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Shards and pinning.
     pub runtime: RuntimeConfig,
+    /// Memory for the batch caches of direct-I/O logs, split evenly across the shards; 0
+    /// turns them off (see `log/cache.rs`).
+    pub batch_cache_bytes: u64,
 }
 
 /// Errors of the engine's API.
@@ -103,10 +107,35 @@ pub struct SendableRange {
     pub len: u64,
 }
 
-/// What a zero-copy read returned: file ranges to send, and the partition's offsets.
+/// One piece of a partition's record bytes to send.
+#[derive(Debug)]
+pub enum SendablePiece {
+    /// A range of a segment file, sent from the file without entering user space.
+    File(SendableRange),
+    /// Whole batches the batch cache holds, sent from that memory as they are.
+    Memory(bytes::Bytes),
+}
+
+impl SendablePiece {
+    /// Bytes in the piece.
+    pub fn len(&self) -> u64 {
+        match self {
+            SendablePiece::File(range) => range.len,
+            SendablePiece::Memory(bytes) => bytes.len() as u64,
+        }
+    }
+
+    /// Whether the piece has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a read returned: the pieces of record bytes to send, in order, and the partition's
+/// offsets.
 #[derive(Debug)]
 pub struct ReadRanges {
-    pub ranges: Vec<SendableRange>,
+    pub pieces: Vec<SendablePiece>,
     pub high_watermark: i64,
     pub log_start: i64,
     pub log_end: i64,
@@ -128,6 +157,8 @@ struct Inner {
     shards: Vec<ShardHandle>,
     registry: Mutex<TopicRegistry>,
     producer_ids: Mutex<ProducerIdAllocator>,
+    /// Why the data directory's file system refused O_DIRECT, if it did.
+    direct_io_refused: Option<String>,
 }
 
 /// The storage engine: topics, partitions and their shards. See the module doc.
@@ -145,7 +176,21 @@ impl Engine {
         let registry = TopicRegistry::open(config.data_dir.clone())?;
         // After the registry, which holds the data directory's lock.
         let producer_ids = ProducerIdAllocator::open(registry.data_dir())?;
+        let direct_io_refused = crate::storage::probe_direct_io(registry.data_dir())
+            .err()
+            .map(|error| error.to_string());
         let shards = runtime.shards().to_vec();
+        let per_shard = config.batch_cache_bytes / shards.len().max(1) as u64;
+        let inits = shards.iter().map(|shard| {
+            shard.spawn(move || async move { crate::log::cache::init_for_this_thread(per_shard) })
+        });
+        for (shard, init) in futures::executor::block_on(join_all(inits))
+            .into_iter()
+            .enumerate()
+        {
+            // A shard that stopped this early panicked (its message is on stderr).
+            init.map_err(|_| EngineError::Runtime(rt::Error::ShardPanicked { shard }))?;
+        }
         let topics: Vec<TopicMeta> = registry.list().cloned().collect();
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -153,6 +198,7 @@ impl Engine {
                 shards,
                 registry: Mutex::new(registry),
                 producer_ids: Mutex::new(producer_ids),
+                direct_io_refused,
             }),
         };
         futures::executor::block_on(async {
@@ -162,6 +208,12 @@ impl Engine {
             Ok::<(), EngineError>(())
         })?;
         Ok(engine)
+    }
+
+    /// Why the data directory's file system refused O_DIRECT (tmpfs does), or `None` if
+    /// direct I/O works there.
+    pub fn direct_io_refused(&self) -> Option<&str> {
+        self.inner.direct_io_refused.as_deref()
     }
 
     /// Number of shards.
@@ -421,9 +473,10 @@ impl Engine {
         .await
     }
 
-    /// Reads from `offset` (see [`PartitionLog::read`]) as file ranges, for sending them to a
-    /// socket without copying: the owning shard finds the ranges and hands over a
-    /// descriptor of each segment file (a `dup`, so the ranges outlive the shard's handle).
+    /// Reads from `offset` (see [`PartitionLog::read`]) as pieces to send: cached batches, or
+    /// file ranges to send to a socket without copying, for which the owning shard hands
+    /// over a descriptor of the segment file (a `dup`, so the range outlives the shard's
+    /// handle).
     pub async fn read_ranges(
         &self,
         topic: &str,
@@ -433,8 +486,15 @@ impl Engine {
     ) -> Result<ReadRanges, EngineError> {
         self.on_log(topic, partition, move |log| async move {
             let slice = log.read(offset, max_bytes).await?;
-            let mut ranges = Vec::with_capacity(slice.ranges.len());
+            let mut pieces = Vec::with_capacity(slice.ranges.len());
             for range in slice.ranges {
+                let range = match range {
+                    ReadRange::File(range) => range,
+                    ReadRange::Memory(bytes) => {
+                        pieces.push(SendablePiece::Memory(bytes));
+                        continue;
+                    }
+                };
                 let Some(file) = crate::storage::StorageFile::runtime_file(&range.file) else {
                     unreachable!("disk storage files are runtime files");
                 };
@@ -443,14 +503,14 @@ impl Engine {
                     operation: "dup segment file",
                     source,
                 })?;
-                ranges.push(SendableRange {
+                pieces.push(SendablePiece::File(SendableRange {
                     file: fd,
                     position: range.position,
                     len: range.len,
-                });
+                }));
             }
             Ok(ReadRanges {
-                ranges,
+                pieces,
                 high_watermark: slice.high_watermark,
                 log_start: slice.log_start,
                 log_end: slice.log_end,

@@ -16,7 +16,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 
-use crate::rt::{self, IoBuf};
+use crate::rt::{self, IoBuf, PooledBuf};
 
 #[cfg(test)]
 pub mod fault;
@@ -81,6 +81,10 @@ pub trait StorageFile: Clone + 'static {
     /// Reads from `offset` into `buf`'s spare capacity, appending what it read (fewer bytes
     /// only at the end of the file): a reused buffer, for scans that read a lot.
     async fn read_append(&self, offset: u64, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+    /// Reads from `offset` into `buf` until its capacity is full (fewer bytes only at the
+    /// end of the file); returns how many bytes it read. On an O_DIRECT file `offset` and
+    /// the capacity must be block-aligned (pooled buffers are).
+    async fn read_aligned(&self, offset: u64, buf: PooledBuf) -> (io::Result<usize>, PooledBuf);
     /// Writes all of `bufs`, in order, at `offset`; with `sync_after`, an fdatasync follows
     /// (linked in the same submission where the backend can) and `Ok` means durable.
     async fn write_at<B: IoBuf>(
@@ -107,6 +111,32 @@ pub trait StorageFile: Clone + 'static {
     async fn set_len(&self, len: u64) -> io::Result<()>;
     /// The runtime file behind this one, for zero-copy sends; `None` for in-memory backends.
     fn runtime_file(&self) -> Option<&rt::File>;
+}
+
+/// Name of the file [`probe_direct_io`] writes and removes.
+const DIRECT_IO_PROBE_FILE: &str = ".ringlog-direct-io-probe";
+
+/// Whether files in `dir` can be written with O_DIRECT: creates a probe file there with
+/// O_DIRECT, writes one aligned block, and removes it. tmpfs, for one, refuses the open
+/// (EINVAL). Runs once at startup, with plain system calls, in a directory the caller owns.
+pub fn probe_direct_io(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(DIRECT_IO_PROBE_FILE);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .and_then(|mut file| {
+            let mut block = rt::AlignedBuf::with_capacity(crate::limits::BUF_ALIGN_BYTES);
+            block.set_len(crate::limits::BUF_ALIGN_BYTES);
+            file.write_all(rt::initialized(&block))
+        });
+    let removed = std::fs::remove_file(&path);
+    written?;
+    removed
 }
 
 /// Files on the local file system, through the io_uring runtime.
@@ -196,6 +226,26 @@ impl StorageFile for DiskFile {
         }
         let appended = buf.len() - start;
         (Ok(appended), buf)
+    }
+
+    async fn read_aligned(&self, offset: u64, buf: PooledBuf) -> (io::Result<usize>, PooledBuf) {
+        let mut buf = buf;
+        buf.clear();
+        while buf.bytes_init() < buf.capacity() {
+            let (len, capacity) = (buf.bytes_init(), buf.capacity());
+            let (read, slice) = self
+                .file
+                .read_at(buf.slice(len..capacity), offset + len as u64)
+                .await;
+            buf = slice.into_inner();
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => return (Err(error), buf),
+            }
+        }
+        let read = buf.bytes_init();
+        (Ok(read), buf)
     }
 
     async fn write_at<B: IoBuf>(

@@ -10,7 +10,8 @@ use crate::config::ServerConfig;
 use crate::handlers;
 use crate::protocol::Request;
 use crate::server::Lifecycle;
-use ringlog_engine::shard::{Engine, SendableRange};
+use crate::zero_copy::Records;
+use ringlog_engine::shard::Engine;
 use ringlog_engine::topic::TopicMeta;
 
 /// The node id ringlog reports for itself (a single-node cluster).
@@ -36,12 +37,12 @@ impl Broker {
     }
 
     /// Answers one request; `None` when the protocol wants no response (produce with
-    /// acks=0). A fetch response comes with the file ranges its record markers stand for.
+    /// acks=0). A fetch response comes with the records its markers stand for.
     pub async fn handle(
         &self,
         request: Request,
         peer: SocketAddr,
-    ) -> Option<(ResponseKind, Vec<SendableRange>)> {
+    ) -> Option<(ResponseKind, Vec<Records>)> {
         let version = request.version;
         let client_id = request
             .header

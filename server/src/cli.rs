@@ -217,9 +217,14 @@ pub struct ServeArgs {
     /// Default: fdatasync when this many bytes are unsynced.
     #[arg(long, value_name = "N")]
     pub flush_bytes: Option<u64>,
-    /// Default I/O mode of new topics.
+    /// Default I/O mode of new topics (default: direct where the data directory's file
+    /// system supports O_DIRECT, else buffered).
     #[arg(long, value_enum)]
     pub io_mode: Option<IoModeArg>,
+    /// Memory for the batch caches of direct-I/O partitions, in bytes, all shards together;
+    /// 0 turns them off (default: an eighth of the machine's memory).
+    #[arg(long, value_name = "BYTES")]
+    pub batch_cache_bytes: Option<u64>,
     /// Serve Prometheus metrics over HTTP (`GET /metrics`) on this address (default: off).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<SocketAddr>,
@@ -269,6 +274,7 @@ impl ServeArgs {
         config.offsets_retention_minutes = self
             .offsets_retention_minutes
             .unwrap_or(config.offsets_retention_minutes);
+        config.batch_cache_bytes = self.batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
         self.apply_topic_flags(&mut config)?;
         config.validate()?;
         Ok(config)

@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ringlog_engine::topic::{ConfigError, TopicConfig};
+use ringlog_engine::limits::BATCH_CACHE_MEMORY_FRACTION_DEFAULT;
+use ringlog_engine::topic::{keys, ConfigError, IoMode, TopicConfig};
 use serde::Deserialize;
 
 /// The configuration file's name when none is given.
@@ -27,8 +28,16 @@ pub struct ServerConfig {
     pub default_partitions: u32,
     /// The largest request frame accepted (Kafka's `socket.request.max.bytes`).
     pub max_request_bytes: usize,
-    /// The configuration new topics get unless a request says otherwise.
+    /// The configuration new topics get unless a request says otherwise. Its I/O mode is
+    /// `direct` unless the file or a flag says otherwise; the server falls back to
+    /// `buffered` where the data directory's file system refuses O_DIRECT.
     pub topic_defaults: TopicConfig,
+    /// Whether the file or a flag chose the I/O mode (then a refused O_DIRECT is an error,
+    /// not a fallback).
+    pub io_mode_chosen: bool,
+    /// Memory for the batch caches of direct-I/O partitions, all shards together; 0 turns
+    /// them off. Default: an eighth of the machine's memory.
+    pub batch_cache_bytes: u64,
     /// How long a group leaving Empty waits for more members before its first rebalance
     /// completes (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -58,6 +67,7 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub offsets_retention_minutes: Option<u64>,
+    pub batch_cache_bytes: Option<u64>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -107,7 +117,9 @@ impl Default for ServerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             max_request_bytes: 100 << 20,
-            topic_defaults: TopicConfig::default(),
+            topic_defaults: direct_by_default(),
+            io_mode_chosen: false,
+            batch_cache_bytes: memory_bytes() / BATCH_CACHE_MEMORY_FRACTION_DEFAULT,
             group_initial_rebalance_delay_ms: 3000,
             offsets_retention_minutes: 7 * 24 * 60,
         }
@@ -166,6 +178,7 @@ impl ServerConfig {
             max_request_bytes,
             group_initial_rebalance_delay_ms,
             offsets_retention_minutes,
+            batch_cache_bytes,
             topic,
         } = file;
         if let Some(listen) = listen {
@@ -183,6 +196,7 @@ impl ServerConfig {
             group_initial_rebalance_delay_ms.unwrap_or(config.group_initial_rebalance_delay_ms);
         config.offsets_retention_minutes =
             offsets_retention_minutes.unwrap_or(config.offsets_retention_minutes);
+        config.batch_cache_bytes = batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
         for (key, value) in &topic {
             let value = match value {
                 toml::Value::String(text) => text.clone(),
@@ -198,6 +212,9 @@ impl ServerConfig {
 
     /// Sets one topic default (`flush.policy`, `segment.bytes`, …).
     pub fn set_topic_default(&mut self, key: &str, value: &str) -> Result<(), LoadError> {
+        if key == keys::IO_MODE {
+            self.io_mode_chosen = true;
+        }
         self.topic_defaults
             .apply(key, value)
             .map_err(|source| LoadError::TopicDefault {
@@ -243,6 +260,13 @@ impl ServerConfig {
                 reason: "must be 1 minute to 100 years",
             });
         }
+        if self.batch_cache_bytes > memory_bytes() {
+            return Err(LoadError::Invalid {
+                key: "batch_cache_bytes",
+                value: self.batch_cache_bytes.to_string(),
+                reason: "must not exceed the machine's memory (0 turns the cache off)",
+            });
+        }
         if self.group_initial_rebalance_delay_ms > GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
             return Err(LoadError::Invalid {
                 key: "group_initial_rebalance_delay_ms",
@@ -252,6 +276,26 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// Topic defaults with direct I/O (see [`ServerConfig::topic_defaults`]).
+fn direct_by_default() -> TopicConfig {
+    let mut defaults = TopicConfig::default();
+    defaults.set_io_mode(IoMode::Direct);
+    defaults
+}
+
+/// The machine's memory in bytes, from `MemTotal` in /proc/meminfo (0 if it cannot be read).
+pub fn memory_bytes() -> u64 {
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        return 0;
+    };
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 #[cfg(test)]
@@ -275,6 +319,20 @@ mod tests {
         assert!(config.auto_create_topics);
         assert_eq!(config.default_partitions, 1);
         assert_eq!(config.max_request_bytes, 100 << 20);
+        assert_eq!(config.topic_defaults.io_mode(), IoMode::Direct);
+        assert!(!config.io_mode_chosen);
+        assert_eq!(config.batch_cache_bytes, memory_bytes() / 8);
+    }
+
+    #[test]
+    fn the_cache_budget_is_bounded_by_memory_and_the_io_mode_can_be_chosen() {
+        let too_big = format!("batch_cache_bytes = {}", memory_bytes() + 1);
+        let error = parse(&too_big).unwrap_err().to_string();
+        assert!(error.contains("batch_cache_bytes"), "{error}");
+        assert_eq!(parse("batch_cache_bytes = 0").unwrap().batch_cache_bytes, 0);
+        let chosen = parse("[topic]\n\"ringlog.io.mode\" = \"buffered\"\n").unwrap();
+        assert_eq!(chosen.topic_defaults.io_mode(), IoMode::Buffered);
+        assert!(chosen.io_mode_chosen);
     }
 
     #[test]

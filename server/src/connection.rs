@@ -24,14 +24,13 @@ use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use kafka_protocol::messages::{ApiKey, ResponseKind};
 use ringlog_engine::rt::{self, IoBuf, Pipe, TcpStream};
-use ringlog_engine::shard::SendableRange;
 
 use crate::broker::Broker;
 use crate::handlers::api_versions;
 use crate::metrics;
 use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
-use crate::zero_copy::{Part, Parts};
+use crate::zero_copy::{Part, Parts, Records};
 
 /// The smallest read, and what an idle connection's buffers start with: they grow to fit
 /// the requests (and responses) that come, so a thousand connections that only ever sent
@@ -80,7 +79,7 @@ type Answer = rt::JoinHandle<Result<(), Closed>>;
 /// What the writer needs of one answered request.
 struct Reply {
     header: (ApiKey, i16, i32),
-    answer: Option<(ResponseKind, Vec<SendableRange>)>,
+    answer: Option<(ResponseKind, Vec<Records>)>,
     received: Instant,
     request_bytes: usize,
 }
@@ -199,21 +198,14 @@ impl Outgoing {
         stream: &TcpStream,
         (api, version, correlation_id): (ApiKey, i16, i32),
         response: &ResponseKind,
-        files: Vec<SendableRange>,
+        files: Vec<Records>,
     ) -> Result<u64, Closed> {
         self.output.clear();
         protocol::encode_response(api, version, correlation_id, response, &mut self.output)
             .map_err(|error| Closed::Encode(format!("{error:#}")))?;
         if !files.is_empty() {
             let parts = Parts::split(&self.output, files, version).ok_or(Closed::Markers)?;
-            let len = parts
-                .0
-                .iter()
-                .map(|part| match part {
-                    Part::Encoded(bytes) => bytes.len() as u64,
-                    Part::File(range) => range.len,
-                })
-                .sum();
+            let len = parts.0.iter().map(Part::len).sum();
             let pipe = match &self.pipe {
                 Some(pipe) => pipe,
                 None => self.pipe.insert(Pipe::new()?),

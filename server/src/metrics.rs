@@ -11,7 +11,9 @@
 //! - produce and fetch latency: from the whole request frame being read to its response
 //!   being handed to the socket (a long-polling fetch's wait included);
 //! - from the engine (`ringlog_engine::log::metrics`): records appended, group-commit bytes
-//!   and appends per group, fdatasync latency; fetch bytes spliced vs copied (`zero_copy`);
+//!   and appends per group, fdatasync latency; the batch cache's hit, miss, read and
+//!   evicted bytes and its size; fetch bytes spliced, sent from the cache, or copied
+//!   (`zero_copy`);
 //! - at scrape time: every partition's log start, high watermark and log end offsets, and
 //!   every consumer group's committed offset and lag per partition.
 //!
@@ -29,6 +31,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
+use ringlog_engine::log::cache;
 use ringlog_engine::log::metrics::{self as log_metrics, Histogram, HistogramSnapshot};
 use ringlog_engine::rt::{self, IoBuf, TcpListener, TcpStream};
 use ringlog_engine::shard::Engine;
@@ -36,7 +39,7 @@ use ringlog_engine::shard::Engine;
 use crate::group::coordinator::{with_local, Coordinator};
 use crate::protocol::SUPPORTED_VERSIONS;
 use crate::server::{Lifecycle, ACCEPT_STOP_CHECK};
-use crate::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_ZERO_COPY};
+use crate::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_FROM_CACHE, BYTES_SENT_ZERO_COPY};
 
 /// The largest HTTP request head (request line and headers) the endpoint reads.
 pub const HTTP_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -250,11 +253,44 @@ fn render_engine(out: &mut Exposition) {
             "Record bytes of fetch responses copied through user space.",
             BYTES_SENT_COPIED.load(Ordering::Relaxed),
         ),
+        (
+            "ringlog_fetch_cache_bytes_total",
+            "Record bytes of fetch responses sent from the batch cache's buffers.",
+            BYTES_SENT_FROM_CACHE.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_batch_cache_hit_bytes_total",
+            "Record bytes fetches of direct-I/O partitions found in the batch cache.",
+            cache::CACHE_HIT_BYTES.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_batch_cache_miss_bytes_total",
+            "Record bytes fetches of direct-I/O partitions did not find in the batch cache \
+             (read from the segment file for them).",
+            cache::CACHE_MISS_BYTES.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_batch_cache_read_bytes_total",
+            "Bytes read from segment files into the batch cache (misses and read-ahead).",
+            cache::CACHE_READ_BYTES.load(Ordering::Relaxed),
+        ),
+        (
+            "ringlog_batch_cache_evicted_bytes_total",
+            "Bytes of batch cache buffers evicted to stay within the budget.",
+            cache::CACHE_EVICTED_BYTES.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         out.family(name, help, "counter");
         out.sample(name, &[], value);
     }
+    let name = "ringlog_batch_cache_bytes";
+    out.family(
+        name,
+        "Bytes the batch caches of all shards hold (their buffers' capacities).",
+        "gauge",
+    );
+    out.sample(name, &[], cache::CACHE_USED_BYTES.load(Ordering::Relaxed));
     out.histogram(
         "ringlog_group_commit_bytes",
         "Bytes of record batches per group commit.",

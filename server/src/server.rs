@@ -12,6 +12,7 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use ringlog_engine::rt::{self, RuntimeConfig, TcpListener};
 use ringlog_engine::shard::{Engine, EngineConfig, EngineError};
+use ringlog_engine::topic::IoMode;
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
@@ -53,6 +55,12 @@ pub enum ServerError {
         address: SocketAddr,
         holder: ForeignListener,
     },
+    /// Direct I/O was asked for, and the data directory's file system refuses it.
+    #[error(
+        "ringlog.io.mode = direct, but the file system of {data_dir} refuses O_DIRECT \
+         ({reason}); choose --io-mode buffered or a data directory on a disk file system"
+    )]
+    DirectIoRefused { data_dir: PathBuf, reason: String },
 }
 
 /// What the listeners and connections share with the thread that stops them.
@@ -71,17 +79,54 @@ pub struct Server {
     metrics_address: Option<SocketAddr>,
 }
 
+/// Direct I/O where the data directory's file system supports it: a default of `direct`
+/// falls back to `buffered` (saying why) where it does not; a chosen `direct` is refused.
+fn choose_io_mode(engine: &Engine, config: &mut ServerConfig) -> Result<(), ServerError> {
+    let Some(reason) = engine.direct_io_refused() else {
+        return Ok(());
+    };
+    if config.topic_defaults.io_mode() != IoMode::Direct {
+        return Ok(());
+    }
+    if config.io_mode_chosen {
+        return Err(ServerError::DirectIoRefused {
+            data_dir: config.data_dir.clone(),
+            reason: reason.to_owned(),
+        });
+    }
+    tracing::warn!(
+        data_dir = %config.data_dir.display(),
+        reason,
+        "the data directory's file system refuses O_DIRECT: new topics use buffered I/O \
+         (the page cache) instead of direct I/O with the batch cache"
+    );
+    config.topic_defaults.set_io_mode(IoMode::Buffered);
+    Ok(())
+}
+
+/// The batch cache's budget as the startup line shows it: MiB, or 0 when no topic default
+/// uses it.
+fn cache_mib(config: &ServerConfig) -> u64 {
+    if config.topic_defaults.io_mode() == IoMode::Direct {
+        config.batch_cache_bytes >> 20
+    } else {
+        0
+    }
+}
+
 impl Server {
     /// Opens the engine and starts listening on every shard.
-    pub fn start(config: ServerConfig) -> Result<Server, ServerError> {
+    pub fn start(mut config: ServerConfig) -> Result<Server, ServerError> {
         let engine_config = EngineConfig {
             data_dir: config.data_dir.clone(),
             runtime: RuntimeConfig {
                 shards: config.shards,
                 pin_threads: true,
             },
+            batch_cache_bytes: config.batch_cache_bytes,
         };
         let engine = Engine::open(&engine_config)?;
+        choose_io_mode(&engine, &mut config)?;
         let settings = crate::group::coordinator::GroupSettings {
             initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
             offsets_retention: Duration::from_secs(config.offsets_retention_minutes * 60),
@@ -95,7 +140,6 @@ impl Server {
             Some(address) => Some(bind_metrics(&engine, address, &lifecycle)?),
             None => None,
         };
-        let mut config = config;
         let address = bind_all(&engine, &mut config, &lifecycle)?;
         tracing::info!(
             listen = %address,
@@ -105,6 +149,7 @@ impl Server {
             data_dir = %config.data_dir.display(),
             flush = ?config.topic_defaults.flush(),
             io_mode = ?config.topic_defaults.io_mode(),
+            batch_cache_mib = cache_mib(&config),
             "ringlog serving"
         );
         Ok(Server {

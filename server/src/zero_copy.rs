@@ -1,13 +1,14 @@
-//! Zero-copy fetch responses: record bytes go from segment files to the socket through a
-//! pipe (`splice`), never through user space; only the response's fixed parts are encoded
-//! here.
+//! Zero-copy fetch responses: record bytes go to the socket without being copied in user
+//! space, either from segment files through a pipe (`splice`) or from the batch cache's
+//! buffers (sent as they are, with the encoded pieces around them, in one `writev`); only
+//! the response's fixed parts are encoded here.
 //!
 //! The handler encodes the response with a 16-byte marker in place of each partition's
-//! records and hands over the file range for each. Every length is known before the first
-//! byte goes out: [`Parts::split`] finds each marker in the encoded bytes, rewrites the
-//! records length in front of it (an `int32` before Fetch v12, an unsigned varint of
-//! length + 1 from v12 on), sets the frame size, and yields encoded pieces and file ranges
-//! in order. A marker is 16 bytes: a zero byte, `RLZC` (bytes no topic name may hold), the
+//! records and hands over the pieces of records for each (file ranges and cached bytes).
+//! Every length is known before the first byte goes out: [`Parts::split`] finds each
+//! marker in the encoded bytes, rewrites the records length in front of it (an `int32`
+//! before Fetch v12, an unsigned varint of length + 1 from v12 on), sets the frame size,
+//! and yields encoded pieces, file ranges and cached bytes in order. A marker is 16 bytes: a zero byte, `RLZC` (bytes no topic name may hold), the
 //! range's index and a per-process random 56-bit nonce; other binary fields of the
 //! response (offsets, topic ids) would have to repeat all of it to be mistaken for one.
 //!
@@ -18,8 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use ringlog_engine::limits::IOVECS_PER_OP_MAX;
 use ringlog_engine::rt::{self, Pipe, TcpStream};
-use ringlog_engine::shard::SendableRange;
+use ringlog_engine::shard::{SendablePiece, SendableRange};
 
 /// Bytes of a records marker.
 pub const MARKER_BYTES: usize = 16;
@@ -28,6 +32,8 @@ const FETCH_FLEXIBLE_VERSION: i16 = 12;
 
 /// Record bytes sent from files without copying.
 pub static BYTES_SENT_ZERO_COPY: AtomicU64 = AtomicU64::new(0);
+/// Record bytes sent from the batch cache's buffers (no copy either).
+pub static BYTES_SENT_FROM_CACHE: AtomicU64 = AtomicU64::new(0);
 /// Record bytes sent after copying them through user space.
 pub static BYTES_SENT_COPIED: AtomicU64 = AtomicU64::new(0);
 
@@ -55,25 +61,45 @@ pub fn marker(index: u32) -> Bytes {
 pub enum Part {
     Encoded(Bytes),
     File(SendableRange),
+    Cached(Bytes),
 }
 
-/// A response frame as encoded pieces and file ranges.
+impl Part {
+    /// Bytes the piece puts on the wire.
+    pub fn len(&self) -> u64 {
+        match self {
+            Part::Encoded(bytes) | Part::Cached(bytes) => bytes.len() as u64,
+            Part::File(range) => range.len,
+        }
+    }
+
+    /// Whether the piece puts nothing on the wire.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One partition's records in a response: its pieces, in order.
+pub type Records = Vec<SendablePiece>;
+
+/// A response frame as encoded pieces, file ranges and cached bytes.
 #[derive(Debug)]
 pub struct Parts(pub Vec<Part>);
 
 impl Parts {
-    /// Splits `frame` (size prefix included) at the markers of `ranges`, in order, fixing
+    /// Splits `frame` (size prefix included) at the markers of `records`, in order, fixing
     /// the records lengths and the frame size. `None` if a marker or its length field is not
     /// where it must be: a bug, on which the caller closes the connection rather than send
     /// a response it cannot vouch for.
-    pub fn split(frame: &[u8], ranges: Vec<SendableRange>, version: i16) -> Option<Parts> {
-        let mut parts = Vec::with_capacity(ranges.len() * 2 + 1);
+    pub fn split(frame: &[u8], records: Vec<Records>, version: i16) -> Option<Parts> {
+        let mut parts = Vec::with_capacity(records.len() * 3 + 1);
         let mut cursor = 0;
         let mut total = 0usize;
-        for (index, range) in ranges.into_iter().enumerate() {
+        for (index, pieces) in records.into_iter().enumerate() {
             let marker = marker(u32::try_from(index).ok()?);
             let found = find(&frame[cursor..], &marker)? + cursor;
-            let (field_len, length) = records_length(range.len, version)?;
+            let records_len: u64 = pieces.iter().map(SendablePiece::len).sum();
+            let (field_len, length) = records_length(records_len, version)?;
             let field_start = found.checked_sub(field_len)?;
             if frame[field_start..found] != placeholder_length(version)? {
                 return None;
@@ -81,9 +107,12 @@ impl Parts {
             let mut piece = BytesMut::with_capacity(field_start - cursor + length.len());
             piece.put_slice(&frame[cursor..field_start]);
             piece.put_slice(&length);
-            total += piece.len() + usize::try_from(range.len).ok()?;
+            total += piece.len() + usize::try_from(records_len).ok()?;
             parts.push(Part::Encoded(piece.freeze()));
-            parts.push(Part::File(range));
+            parts.extend(pieces.into_iter().map(|piece| match piece {
+                SendablePiece::File(range) => Part::File(range),
+                SendablePiece::Memory(bytes) => Part::Cached(bytes),
+            }));
             cursor = found + MARKER_BYTES;
         }
         let rest = Bytes::copy_from_slice(&frame[cursor..]);
@@ -99,15 +128,20 @@ impl Parts {
         Some(Parts(parts))
     }
 
-    /// Sends the frame: encoded pieces with `send`, file ranges spliced through `pipe`.
+    /// Sends the frame: encoded pieces and cached bytes together with `writev`, file ranges
+    /// spliced through `pipe`.
     pub async fn send(self, stream: &TcpStream, pipe: &Pipe) -> io::Result<()> {
+        let mut memory = Vec::new();
+        let mut cached_bytes = 0u64;
         for part in self.0 {
             match part {
-                Part::Encoded(bytes) => {
-                    let (sent, _) = stream.send_all(bytes).await;
-                    sent?;
+                Part::Encoded(bytes) => memory.push(bytes),
+                Part::Cached(bytes) => {
+                    cached_bytes += bytes.len() as u64;
+                    memory.push(bytes);
                 }
                 Part::File(range) => {
+                    send_all_vectored(stream, std::mem::take(&mut memory)).await?;
                     let len =
                         usize::try_from(range.len).map_err(|_| io::ErrorKind::InvalidInput)?;
                     let file = rt::File::from_owned_fd(range.file);
@@ -116,8 +150,39 @@ impl Parts {
                 }
             }
         }
+        send_all_vectored(stream, memory).await?;
+        BYTES_SENT_FROM_CACHE.fetch_add(cached_bytes, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Sends all of `bufs`, in order, in as few `writev`s as the socket takes.
+async fn send_all_vectored(stream: &TcpStream, bufs: Vec<Bytes>) -> io::Result<()> {
+    let mut left: VecDeque<Bytes> = bufs.into_iter().filter(|b| !b.is_empty()).collect();
+    while !left.is_empty() {
+        let count = left.len().min(IOVECS_PER_OP_MAX);
+        let batch: Vec<Bytes> = left.drain(..count).collect();
+        let (sent, batch) = stream.send_vectored(batch).await;
+        let mut sent = sent?;
+        if sent == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Put back what the socket did not take, the partly sent buffer cut to its rest.
+        let mut rest = Vec::new();
+        for mut buf in batch {
+            if sent >= buf.len() {
+                sent -= buf.len();
+                continue;
+            }
+            let _ = buf.split_to(sent);
+            sent = 0;
+            rest.push(buf);
+        }
+        for buf in rest.into_iter().rev() {
+            left.push_front(buf);
+        }
+    }
+    Ok(())
 }
 
 /// The records length field for `len` bytes at `version`: its size in the placeholder and

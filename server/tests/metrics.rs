@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -24,6 +25,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::batch::BatchBuilder;
+use ringlog_engine::topic::IoMode;
 use ringlog_server::admin::AdminClient;
 use ringlog_server::config::ServerConfig;
 use ringlog_server::metrics::HTTP_HEAD_BYTES_MAX;
@@ -115,21 +117,37 @@ fn fetch(client: &mut AdminClient) -> u64 {
     partition.records.as_ref().unwrap().len() as u64
 }
 
-fn start() -> (tempfile::TempDir, Server, SocketAddr) {
+fn start(io_mode: IoMode) -> (tempfile::TempDir, Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..ServerConfig::ephemeral(dir.path().join("data"))
     };
+    config.topic_defaults.set_io_mode(io_mode);
     let server = Server::start(config).unwrap();
     let metrics = server.metrics_address().unwrap();
     assert_ne!(metrics.port(), 0);
     (dir, server, metrics)
 }
 
+/// The counter tests compare process-wide counters before and after: one at a time.
+static COUNTING: Mutex<()> = Mutex::new(());
+
 #[test]
-fn counters_move_by_what_clients_did() {
-    let (_dir, server, metrics) = start();
+fn counters_move_by_what_clients_did_with_direct_io() {
+    counters_move_by_what_clients_did(IoMode::Direct);
+}
+
+#[test]
+fn counters_move_by_what_clients_did_with_buffered_io() {
+    counters_move_by_what_clients_did(IoMode::Buffered);
+}
+
+fn counters_move_by_what_clients_did(io_mode: IoMode) {
+    let _alone = COUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (_dir, server, metrics) = start(io_mode);
     let mut client = AdminClient::connect(&server.address().to_string()).unwrap();
     let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
         .with_name(name(TOPIC))
@@ -161,8 +179,20 @@ fn counters_move_by_what_clients_did() {
     let fetch_out = moved("ringlog_response_bytes_total{api=\"Fetch\"}");
     assert!(fetch_out > fetched as f64, "{fetch_out}");
     assert_eq!(moved("ringlog_records_appended_total"), 18.0);
-    assert_eq!(moved("ringlog_fetch_zero_copy_bytes_total"), fetched as f64);
     assert!(fetched > 0);
+    // Direct I/O: the fetch is served from the batch cache (the groups just written);
+    // buffered: spliced from the segment file.
+    let (from_cache, spliced) = match io_mode {
+        IoMode::Direct => (fetched as f64, 0.0),
+        IoMode::Buffered => (0.0, fetched as f64),
+    };
+    assert_eq!(moved("ringlog_fetch_cache_bytes_total"), from_cache);
+    assert_eq!(moved("ringlog_batch_cache_hit_bytes_total"), from_cache);
+    assert_eq!(moved("ringlog_batch_cache_miss_bytes_total"), 0.0);
+    assert_eq!(moved("ringlog_fetch_zero_copy_bytes_total"), spliced);
+    if io_mode == IoMode::Direct {
+        assert!(after["ringlog_batch_cache_bytes"] > 0.0);
+    }
     let end = "{topic=\"metered\",partition=\"0\"}";
     assert_eq!(
         after[&format!("ringlog_partition_log_end_offset{end}")],
@@ -214,7 +244,7 @@ fn counters_move_by_what_clients_did() {
 
 #[test]
 fn only_get_metrics_is_served() {
-    let (_dir, server, metrics) = start();
+    let (_dir, server, metrics) = start(IoMode::Direct);
     let (status, headers, _) = http(metrics, b"GET /nope HTTP/1.1\r\n\r\n");
     assert_eq!(status, "HTTP/1.1 404 Not Found");
     assert!(headers.contains("Connection: close"), "{headers}");

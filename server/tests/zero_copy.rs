@@ -1,9 +1,11 @@
-//! Fetch responses send record bytes from segment files to the socket without copying them
-//! (splice): the counters prove it, and the bytes a client decodes are exactly the batches
-//! produced, at every Fetch version ringlog speaks (by topic name up to version 12, by topic
-//! id from 13 on).
+//! Fetch responses send record bytes to the socket without copying them: from segment files
+//! (splice) for buffered topics, from the batch cache's buffers for direct-I/O ones. The
+//! counters prove it, and the bytes a client decodes are exactly the batches produced, at
+//! every Fetch version ringlog speaks (by topic name up to version 12, by topic id from 13
+//! on).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
@@ -16,11 +18,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::topic::IoMode;
 use ringlog_server::admin::AdminClient;
 use ringlog_server::config::ServerConfig;
 use ringlog_server::protocol::supported;
 use ringlog_server::server::Server;
-use ringlog_server::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_ZERO_COPY};
+use ringlog_server::zero_copy::{BYTES_SENT_COPIED, BYTES_SENT_FROM_CACHE, BYTES_SENT_ZERO_COPY};
 use uuid::Uuid;
 
 /// The first Fetch version that names topics by id.
@@ -76,10 +79,28 @@ fn values(bytes: &[u8]) -> Vec<(i64, String)> {
     out
 }
 
+/// The tests compare process-wide counters before and after: one at a time.
+static COUNTING: Mutex<()> = Mutex::new(());
+
 #[test]
-fn fetched_records_are_spliced_from_the_segment_files_at_every_version() {
+fn buffered_records_are_spliced_from_the_segment_files_at_every_version() {
+    fetched_without_copies_at_every_version(IoMode::Buffered, &BYTES_SENT_ZERO_COPY);
+}
+
+#[test]
+fn direct_records_are_sent_from_the_batch_cache_at_every_version() {
+    fetched_without_copies_at_every_version(IoMode::Direct, &BYTES_SENT_FROM_CACHE);
+}
+
+/// Fetches at every version from a server whose topics use `io_mode`; every record byte
+/// must be counted by `sent_by` (the way that mode sends).
+fn fetched_without_copies_at_every_version(io_mode: IoMode, sent_by: &AtomicU64) {
+    let _alone = COUNTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = tempfile::tempdir().unwrap();
-    let config = ServerConfig::ephemeral(dir.path().join("data"));
+    let mut config = ServerConfig::ephemeral(dir.path().join("data"));
+    config.topic_defaults.set_io_mode(io_mode);
     let server = Server::start(config).unwrap();
     let mut client = AdminClient::connect(&server.address().to_string()).unwrap();
     let create = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
@@ -101,7 +122,7 @@ fn fetched_records_are_spliced_from_the_segment_files_at_every_version() {
     let (min, max) = supported(kafka_protocol::messages::ApiKey::Fetch).unwrap();
     assert!(max >= FETCH_TOPIC_ID_VERSION, "fetch by topic id is tested");
     for version in min..=max {
-        let before = BYTES_SENT_ZERO_COPY.load(Ordering::SeqCst);
+        let before = sent_by.load(Ordering::SeqCst);
         let partitions = (0..2)
             .map(|p| {
                 FetchPartition::default()
@@ -140,10 +161,10 @@ fn fetched_records_are_spliced_from_the_segment_files_at_every_version() {
         // its next request only once the previous response is sent and counted: one more
         // round trip on it makes the count complete.
         client.call(&ApiVersionsRequest::default(), 0).unwrap();
-        let spliced = BYTES_SENT_ZERO_COPY.load(Ordering::SeqCst) - before;
+        let sent = sent_by.load(Ordering::SeqCst) - before;
         assert_eq!(
-            spliced, received,
-            "v{version}: every record byte came from a splice"
+            sent, received,
+            "v{version} {io_mode:?}: every record byte was sent without a copy"
         );
     }
     assert_eq!(

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use clap::Args;
 use ringlog_engine::batch::{HEADER_SIZE_BYTES, LOG_OVERHEAD_BYTES};
-use ringlog_engine::log::PartitionLog;
+use ringlog_engine::log::{PartitionLog, ReadRange};
 use ringlog_engine::rt::{self, IoBuf, PooledBuf};
 use ringlog_engine::storage::{DiskStorage, StorageFile};
 use ringlog_engine::topic::TopicConfig;
@@ -189,22 +189,34 @@ async fn read_partition(
     let mut offset = offsets.log_start;
     while offset < offsets.high_watermark {
         let slice = log.read(offset, max_bytes).await?;
-        let Some(range) = slice.ranges.first() else {
+        if slice.ranges.is_empty() {
             return Err(BenchError::Inconsistent(format!(
                 "{}: read at {offset} below the high watermark returned nothing",
                 log.id()
             )));
-        };
-        let Some(file) = range.file.runtime_file() else {
-            unreachable!("DiskStorage files are runtime files")
-        };
-        let len = usize::try_from(range.len).unwrap_or(usize::MAX);
-        if len > buf.capacity() {
-            buf = rt::buf_pool().get(len);
         }
-        buf = read_range(file, range.position, len, buf).await?;
-        let walk = walk_batches(rt::initialized(&buf));
-        match walk.offset_next {
+        let mut offset_next = None;
+        for range in &slice.ranges {
+            let walk = match range {
+                ReadRange::Memory(bytes) => walk_batches(bytes),
+                ReadRange::File(range) => {
+                    let Some(file) = range.file.runtime_file() else {
+                        unreachable!("DiskStorage files are runtime files")
+                    };
+                    let len = usize::try_from(range.len).unwrap_or(usize::MAX);
+                    if len > buf.capacity() {
+                        buf = rt::buf_pool().get(len);
+                    }
+                    buf = read_range(file, range.position, len, buf).await?;
+                    walk_batches(rt::initialized(&buf))
+                }
+            };
+            offset_next = walk.offset_next.or(offset_next);
+            tally.bytes += walk.bytes;
+            tally.records += walk.records;
+            tally.batches += walk.batches;
+        }
+        match offset_next {
             Some(next) if next > offset => offset = next,
             _ => {
                 return Err(BenchError::Inconsistent(format!(
@@ -213,9 +225,6 @@ async fn read_partition(
                 )))
             }
         }
-        tally.bytes += walk.bytes;
-        tally.records += walk.records;
-        tally.batches += walk.batches;
         tally.fetches += 1;
     }
     Ok(buf)

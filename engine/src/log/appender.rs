@@ -303,8 +303,15 @@ impl<S: Storage> Appender<S> {
         let stamped = group::stamp(&shared, group);
         let position = active_size(&shared);
         match group::write_at_tail(&shared, stamped.buffers, position, must_sync).await {
-            Ok(sync) => {
-                group::finish(&shared, &stamped.headers, position, group_bytes);
+            Ok(written) => {
+                let sync = written.sync;
+                group::finish(
+                    &shared,
+                    &stamped.headers,
+                    position,
+                    group_bytes,
+                    written.staged,
+                );
                 super::metrics::on_group_commit(group_bytes, acks.len(), records);
                 self.durability.written_total += group_bytes;
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
@@ -384,6 +391,11 @@ impl<S: Storage> Appender<S> {
     /// Clean stop: everything written is synced, indexes and the recovery checkpoint written.
     async fn close(&mut self) -> Result<(), LogError> {
         let shared = self.shared.clone();
+        // A closed log serves no fetch: its cached batches go now, not when the last
+        // handle (a read-ahead task, say) lets go.
+        if let Some(key) = shared.cache_key.take() {
+            shared.cache.forget(key);
+        }
         durability::seal_active(&shared, &mut self.durability).await?;
         let (log_end, assigned) = {
             let state = shared.state.borrow();

@@ -5,11 +5,13 @@
 //! must be durable. The sync is returned in flight; `durability.rs` awaits it.
 
 use std::io;
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 
 use super::appender::{now_ms, Pending};
+use super::cache::Run;
 use super::segment::BatchHeader;
 use super::{Appended, LogError, Shared};
 use crate::batch::{self, TimestampType};
@@ -136,6 +138,19 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
     stamped
 }
 
+/// A group's completed write: its fdatasync, if one is in flight, and in direct mode the
+/// staging buffer it was written from, for the batch cache.
+pub(crate) struct Written {
+    pub(crate) sync: Option<PendingSync>,
+    pub(crate) staged: Option<Staged>,
+}
+
+/// The aligned buffer a direct-mode group was written from; the group's bytes are `data`.
+pub(crate) struct Staged {
+    buf: rt::PooledBuf,
+    data: Range<usize>,
+}
+
 /// Writes the stamped buffers at `position` of the active segment, preallocating ahead and,
 /// in direct mode, going through an aligned staging buffer with the tail block in front.
 pub(crate) async fn write_at_tail<S: Storage>(
@@ -143,7 +158,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     buffers: Vec<Bytes>,
     position: u64,
     sync_after: bool,
-) -> Result<Option<PendingSync>, LogError> {
+) -> Result<Written, LogError> {
     let (writer, direct, allocated, step) = {
         let state = shared.state.borrow();
         let Some(segment) = state.segments.values().next_back() else {
@@ -167,7 +182,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     if !direct {
         let (written, _, sync) = write_buffers(&writer, buffers, position, sync_after).await;
         written.map_err(|e| shared.error_io("write", e))?;
-        return Ok(sync);
+        return Ok(Written { sync, staged: None });
     }
     write_direct(shared, &writer, &buffers, position, sync_after).await
 }
@@ -212,7 +227,7 @@ async fn write_direct<S: Storage>(
     buffers: &[Bytes],
     position: u64,
     sync_after: bool,
-) -> Result<Option<PendingSync>, LogError> {
+) -> Result<Written, LogError> {
     let block = BUF_ALIGN_BYTES as u64;
     let aligned_start = position - position % block;
     let tail_len = (position - aligned_start) as usize;
@@ -239,9 +254,12 @@ async fn write_direct<S: Storage>(
     staging.set_len(padded);
     let new_tail_len = (tail_len + group_bytes) % BUF_ALIGN_BYTES;
     let new_tail_start = tail_len + group_bytes - new_tail_len;
-    let (written, staging, sync) =
+    let (written, mut staging, sync) =
         write_buffers(writer, vec![staging], aligned_start, sync_after).await;
     written.map_err(|e| shared.error_io("write", e))?;
+    let Some(staging) = staging.pop() else {
+        unreachable!("a write returns the buffers it was given");
+    };
     let mut state = shared.state.borrow_mut();
     if let Some(tail) = state
         .segments
@@ -251,10 +269,16 @@ async fn write_direct<S: Storage>(
     {
         tail.clear();
         tail.extend_from_slice(
-            &rt::initialized(&staging[0])[new_tail_start..new_tail_start + new_tail_len],
+            &rt::initialized(&staging)[new_tail_start..new_tail_start + new_tail_len],
         );
     }
-    Ok(sync)
+    Ok(Written {
+        sync,
+        staged: Some(Staged {
+            buf: staging,
+            data: tail_len..tail_len + group_bytes,
+        }),
+    })
 }
 
 /// Writes `buffers` at `position`, with a linked fdatasync left in flight if `sync_after`.
@@ -273,13 +297,30 @@ async fn write_buffers<F: StorageFile, B: IoBuf>(
     }
 }
 
-/// Records a written group: segment size, index entries, log end.
+/// Records a written group: segment size, index entries, log end; and keeps a direct-mode
+/// group's staging buffer in the batch cache, where fetches find it (no copy).
 pub(crate) fn finish<S: Storage>(
     shared: &Shared<S>,
     headers: &[(BatchHeader, u64)],
     position: u64,
     group_bytes: u64,
+    staged: Option<Staged>,
 ) {
+    if let (Some(staged), Some(last)) = (staged, headers.last()) {
+        if shared.cache.enabled() {
+            let key = super::cached_read::cache_key(shared);
+            let run = Run {
+                batches: headers
+                    .iter()
+                    .map(|(header, at)| (header.base_offset, *at as usize))
+                    .collect(),
+                offset_next: last.0.last_offset + 1,
+                range: staged.data,
+                buf: staged.buf.detach(),
+            };
+            shared.cache.insert(key, shared.cache.generation(key), run);
+        }
+    }
     {
         let mut state = shared.state.borrow_mut();
         let log_end = state.offset_assign_next;

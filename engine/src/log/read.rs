@@ -1,5 +1,6 @@
 //! Reading a partition log: the file ranges a fetch sends (zero-copy), and the offset for
-//! a timestamp.
+//! a timestamp. A direct-I/O log serves fetches from the shard's batch cache instead
+//! (`log/cached_read.rs`), falling back to file ranges only when the cache is off.
 //!
 //! A fetch at `offset` finds the segment holding it, asks the sparse offset index where to
 //! start, scans batch headers from there to the batch holding `offset`, and returns the
@@ -9,7 +10,7 @@
 //! cut short by `max_bytes`; Kafka clients discard such a partial batch and fetch it again.
 
 use super::segment::{find_batch, scan_headers, BatchHeader};
-use super::{LogError, PartitionLog};
+use super::{LogError, PartitionLog, Shared};
 use crate::batch::{Compression, RecordBatch};
 use crate::storage::{Storage, StorageFile};
 use crate::topic::FlushPolicy;
@@ -22,11 +23,35 @@ pub struct FileRange<F> {
     pub len: u64,
 }
 
+/// A piece of a fetch's record bytes.
+#[derive(Debug, Clone)]
+pub enum ReadRange<F> {
+    /// Bytes of a segment file, to send from the file.
+    File(FileRange<F>),
+    /// Whole batches held by the batch cache, to send as they are.
+    Memory(bytes::Bytes),
+}
+
+impl<F> ReadRange<F> {
+    /// Bytes in the piece.
+    pub fn len(&self) -> u64 {
+        match self {
+            ReadRange::File(range) => range.len,
+            ReadRange::Memory(bytes) => bytes.len() as u64,
+        }
+    }
+
+    /// Whether the piece has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The answer to a fetch.
 #[derive(Debug, Clone)]
 pub struct FetchSlice<F> {
     /// The record bytes, in order (empty when the fetch is at the high watermark).
-    pub ranges: Vec<FileRange<F>>,
+    pub ranges: Vec<ReadRange<F>>,
     pub high_watermark: i64,
     pub log_start: i64,
     pub log_end: i64,
@@ -35,15 +60,43 @@ pub struct FetchSlice<F> {
 impl<F> FetchSlice<F> {
     /// Bytes in all ranges.
     pub fn len_bytes(&self) -> u64 {
-        self.ranges.iter().map(|range| range.len).sum()
+        self.ranges.iter().map(ReadRange::len).sum()
     }
 }
 
 /// Where the bytes of one segment that a read may see end.
-struct ReadTarget<F> {
-    reader: F,
-    start: u64,
-    end: u64,
+pub(super) struct ReadTarget<F> {
+    pub(super) base_offset: i64,
+    pub(super) reader: F,
+    /// The segment's O_DIRECT descriptor, if it has one open.
+    pub(super) direct_reader: Option<F>,
+    /// An index position at or before the batch wanted.
+    pub(super) start: u64,
+    pub(super) end: u64,
+}
+
+/// The segment holding `offset`, where to start scanning it, and where its visible bytes
+/// end (the high watermark's position in the active segment of a `flush = always` topic,
+/// else the segment's size).
+pub(super) fn read_target<S: Storage>(
+    shared: &Shared<S>,
+    offset: i64,
+) -> Option<ReadTarget<S::File>> {
+    let state = shared.state.borrow();
+    let (_, segment) = state.segments.range(..=offset).next_back()?;
+    let (_, start) = segment.index.lookup_offset(offset);
+    let is_active = state.segments.keys().next_back() == Some(&segment.base_offset);
+    let mut end = segment.size_bytes;
+    if is_active && state.config.flush() == FlushPolicy::Always {
+        end = end.min(state.durable_position.unwrap_or(end));
+    }
+    Some(ReadTarget {
+        base_offset: segment.base_offset,
+        reader: segment.reader.clone(),
+        direct_reader: segment.direct_reader.clone(),
+        start: u64::from(start),
+        end,
+    })
 }
 
 impl<S: Storage> PartitionLog<S> {
@@ -67,7 +120,11 @@ impl<S: Storage> PartitionLog<S> {
         if offset == offsets.high_watermark {
             return Ok(slice);
         }
-        let Some(target) = self.read_target(offset) else {
+        if let Some(pieces) = self.read_cached(offset, max_bytes).await? {
+            slice.ranges = pieces.into_iter().map(ReadRange::Memory).collect();
+            return Ok(slice);
+        }
+        let Some(target) = read_target(&self.shared, offset) else {
             return Ok(slice);
         };
         let found = find_batch(&target.reader, target.start, target.end, offset)
@@ -75,32 +132,13 @@ impl<S: Storage> PartitionLog<S> {
             .map_err(|e| self.shared.error_io("read segment", e))?;
         if let Some((header, position)) = found {
             let len = max_bytes.max(header.size_bytes).min(target.end - position);
-            slice.ranges.push(FileRange {
+            slice.ranges.push(ReadRange::File(FileRange {
                 file: target.reader,
                 position,
                 len,
-            });
+            }));
         }
         Ok(slice)
-    }
-
-    /// The segment holding `offset`, where to start scanning it, and where its visible
-    /// bytes end (the high watermark's position in the active segment of a `flush =
-    /// always` topic, else the segment's size).
-    fn read_target(&self, offset: i64) -> Option<ReadTarget<S::File>> {
-        let state = self.shared.state.borrow();
-        let (_, segment) = state.segments.range(..=offset).next_back()?;
-        let (_, start) = segment.index.lookup_offset(offset);
-        let is_active = state.segments.keys().next_back() == Some(&segment.base_offset);
-        let mut end = segment.size_bytes;
-        if is_active && state.config.flush() == FlushPolicy::Always {
-            end = end.min(state.durable_position.unwrap_or(end));
-        }
-        Some(ReadTarget {
-            reader: segment.reader.clone(),
-            start: u64::from(start),
-            end,
-        })
     }
 
     /// Reads the ranges of a fetch into memory (tools, tests; the broker sends them
@@ -109,6 +147,13 @@ impl<S: Storage> PartitionLog<S> {
         let slice = self.read(offset, max_bytes).await?;
         let mut out = Vec::new();
         for range in slice.ranges {
+            let range = match range {
+                ReadRange::File(range) => range,
+                ReadRange::Memory(bytes) => {
+                    out.extend_from_slice(&bytes);
+                    continue;
+                }
+            };
             let len = usize::try_from(range.len).unwrap_or(usize::MAX);
             let bytes = range.file.read_at(range.position, len).await;
             out.extend_from_slice(&bytes.map_err(|e| self.shared.error_io("read segment", e))?);

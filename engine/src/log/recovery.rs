@@ -105,6 +105,9 @@ pub(crate) async fn open<S: Storage>(
         state: RefCell::new(state),
         version: Cell::new(0),
         waiters: RefCell::new(Vec::new()),
+        cache: super::cache::for_this_thread(),
+        cache_key: Cell::new(None),
+        reading_ahead: Cell::new(false),
     })
 }
 

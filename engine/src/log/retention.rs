@@ -92,6 +92,9 @@ pub(crate) async fn delete_before<S: Storage>(
         }
         (removed, state.log_start)
     };
+    if let Some(key) = shared.cache_key.get() {
+        shared.cache.remove_below(key, log_start);
+    }
     checkpoint::write(shared, false).await?;
     remove_segment_files(shared, &removed).await?;
     // Snapshots go with the segments they summarise; the one at the first remaining
@@ -141,6 +144,10 @@ pub(crate) async fn truncate_to<S: Storage>(
         return Ok(());
     }
     let offset = offset.max(log_start);
+    // Before anything changes: a cache read finishing meanwhile must not keep what goes.
+    if let Some(key) = shared.cache_key.get() {
+        shared.cache.remove_from(key, offset);
+    }
     // Whole segments at or after the cut go (but the first segment always stays).
     let removed: Vec<i64> = {
         let mut state = shared.state.borrow_mut();

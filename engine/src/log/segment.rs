@@ -92,6 +92,9 @@ pub(crate) struct Segment<S: Storage> {
     /// Direct mode: the bytes of the last, partial block, rewritten with the next append.
     pub(crate) tail_block: Option<AlignedBuf>,
     pub(crate) direct: bool,
+    /// An O_DIRECT descriptor for reading into the batch cache: the writer while the
+    /// segment is written with direct I/O, else opened on the first such read.
+    pub(crate) direct_reader: Option<S::File>,
 }
 
 impl<S: Storage> Segment<S> {
@@ -160,7 +163,6 @@ impl<S: Storage> Segment<S> {
     ) -> Segment<S> {
         Segment {
             base_offset,
-            writer,
             reader,
             size_bytes: 0,
             allocated_bytes,
@@ -170,6 +172,8 @@ impl<S: Storage> Segment<S> {
             created: Instant::now(),
             tail_block: direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES)),
             direct,
+            direct_reader: direct.then(|| writer.clone()),
+            writer,
         }
     }
 
@@ -209,6 +213,7 @@ impl<S: Storage> Segment<S> {
         }
         self.direct = direct;
         self.tail_block = direct.then(|| AlignedBuf::with_capacity(BUF_ALIGN_BYTES));
+        self.direct_reader = direct.then(|| self.writer.clone());
         Ok(())
     }
 }

@@ -49,9 +49,15 @@ fn run<F: std::future::Future>(future: F) -> F::Output {
     rt::block_on(future).unwrap()
 }
 
+/// Runs `test` buffered, then direct without and with the batch cache (reads from the
+/// files, then from memory and chunks read into it).
 fn both_modes(test: impl Fn(IoMode)) {
     test(IoMode::Buffered);
+    cache::init_for_this_thread(0);
     test(IoMode::Direct);
+    cache::init_for_this_thread(64 << 20);
+    test(IoMode::Direct);
+    cache::init_for_this_thread(0);
 }
 
 #[test]

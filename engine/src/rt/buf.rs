@@ -409,6 +409,27 @@ impl BufPool {
     pub fn stats(&self) -> PoolStats {
         *self.inner.stats.borrow()
     }
+
+    /// Takes back a buffer that left a pool through [`PooledBuf::detach`] (this pool's or
+    /// another shard's). A buffer whose capacity is not exactly a size class is freed.
+    pub fn recycle(&self, buf: AlignedBuf) {
+        self.inner.put(buf);
+    }
+}
+
+impl PoolInner {
+    fn put(&self, buf: AlignedBuf) {
+        let Some(class) = size_class(buf.capacity()) else {
+            return;
+        };
+        if class_capacity(class) != buf.capacity() {
+            return;
+        }
+        let mut free = self.free.borrow_mut();
+        if (free[class].len() + 1) * buf.capacity() <= BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX {
+            free[class].push(buf);
+        }
+    }
 }
 
 fn size_class(capacity: usize) -> Option<usize> {
@@ -443,19 +464,22 @@ impl PooledBuf {
             None => unreachable!("pooled buffer used after drop"),
         }
     }
+
+    /// Takes the buffer out of the pool's care, to keep it longer than a pooled buffer
+    /// lives or to move it to another thread: it is freed when dropped, unless it is
+    /// handed back with [`BufPool::recycle`].
+    pub fn detach(mut self) -> AlignedBuf {
+        match self.buf.take() {
+            Some(buf) => buf,
+            None => unreachable!("pooled buffer used after drop"),
+        }
+    }
 }
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
-        let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.upgrade()) else {
-            return;
-        };
-        let Some(class) = size_class(buf.capacity()) else {
-            return;
-        };
-        let mut free = pool.free.borrow_mut();
-        if (free[class].len() + 1) * buf.capacity() <= BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX {
-            free[class].push(buf);
+        if let (Some(buf), Some(pool)) = (self.buf.take(), self.pool.upgrade()) {
+            pool.put(buf);
         }
     }
 }

@@ -58,6 +58,11 @@ pub fn buf_pool() -> BufPool {
     context::with(|ctx| ctx.pool.clone())
 }
 
+/// The current shard's buffer pool, or `None` outside a runtime.
+pub fn try_buf_pool() -> Option<BufPool> {
+    context::try_with(|ctx| ctx.pool.clone())
+}
+
 /// Counters of the current executor's driver.
 pub fn driver_stats() -> DriverStats {
     context::with(|ctx| ctx.driver.borrow().stats())

@@ -21,7 +21,7 @@ use super::driver::Completion;
 use super::error::cqe_result;
 use super::fd::SharedFd;
 use super::op::{MultiOp, Op, Operation, Prepared};
-use super::transfer::{len_u32, transfer_all, ReadInto, WriteFrom};
+use super::transfer::{len_u32, transfer_all, ReadInto, Vectored, WriteFrom, WriteVectored};
 
 /// Pending connections the kernel queues per listener.
 const LISTEN_BACKLOG: i32 = 1024;
@@ -278,6 +278,22 @@ impl TcpStream {
     /// Sends all of `buf`, continuing after short sends.
     pub async fn send_all<B: IoBuf>(&self, buf: B) -> (io::Result<()>, B) {
         transfer_all(buf, |slice, _sent| self.send(slice)).await
+    }
+
+    /// Sends the initialized bytes of `bufs`, in order, with one `writev` (1 to
+    /// `IOVECS_PER_OP_MAX` buffers); returns how many bytes were sent, which is fewer than
+    /// all when the socket's buffer filled. A closed peer gives EPIPE (Rust programs
+    /// ignore SIGPIPE).
+    pub fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> Op<WriteVectored<B>> {
+        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        if !vectored.count_valid() {
+            return Op::failed(WriteVectored(vectored), libc::EINVAL);
+        }
+        Prepared::new(WriteVectored(vectored), |data| {
+            let count = data.0.iovec_count();
+            opcode::Writev::new(data.0.fd.target(), data.0.iovecs.as_ptr(), count).build()
+        })
+        .submit()
     }
 
     /// Sends `buf` without copying it into the kernel (`IORING_OP_SEND_ZC`): the buffer

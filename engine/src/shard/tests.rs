@@ -16,6 +16,7 @@ fn engine(dir: &std::path::Path) -> Engine {
             shards: 2,
             pin_threads: false,
         },
+        batch_cache_bytes: 64 << 20,
     };
     Engine::open(&config).unwrap()
 }

@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use super::{OpenFlags, Storage, StorageFile};
-use crate::rt::{self, IoBuf};
+use crate::rt::{self, IoBuf, PooledBuf};
 
 /// The unit a crash keeps or tears, and the alignment O_DIRECT writes need.
 pub const SECTOR_BYTES: u64 = 512;
@@ -753,6 +753,18 @@ impl StorageFile for FaultFile {
     async fn read_append(&self, offset: u64, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let spare = buf.capacity() - buf.len();
         match self.read_at(offset, spare).await {
+            Ok(bytes) => {
+                buf.extend_from_slice(&bytes);
+                (Ok(bytes.len()), buf)
+            }
+            Err(error) => (Err(error), buf),
+        }
+    }
+
+    async fn read_aligned(&self, offset: u64, buf: PooledBuf) -> (io::Result<usize>, PooledBuf) {
+        let mut buf = buf;
+        buf.clear();
+        match self.read_at(offset, buf.capacity()).await {
             Ok(bytes) => {
                 buf.extend_from_slice(&bytes);
                 (Ok(bytes.len()), buf)

@@ -233,6 +233,10 @@ impl TopicConfig {
     pub fn io_mode(&self) -> IoMode {
         self.io_mode
     }
+    /// Sets the I/O mode (every mode is valid with every other setting).
+    pub fn set_io_mode(&mut self, io_mode: IoMode) {
+        self.io_mode = io_mode;
+    }
     /// The size at which the active segment rolls.
     pub fn segment_bytes(&self) -> u64 {
         self.segment_bytes

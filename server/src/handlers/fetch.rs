@@ -30,13 +30,13 @@ use kafka_protocol::messages::fetch_request::FetchTopic;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 use kafka_protocol::ResponseError;
-use ringlog_engine::shard::{ReadRanges, SendableRange};
+use ringlog_engine::shard::{ReadRanges, SendablePiece};
 use ringlog_engine::topic::TopicMeta;
 use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::errors;
-use crate::zero_copy;
+use crate::zero_copy::{self, Records};
 
 /// The first version that names topics by id instead of by name.
 const TOPIC_ID_VERSION: i16 = 13;
@@ -61,7 +61,7 @@ pub async fn handle(
     broker: &Broker,
     request: FetchRequest,
     version: i16,
-) -> (FetchResponse, Vec<SendableRange>) {
+) -> (FetchResponse, Vec<Records>) {
     if version >= SESSION_VERSION && !FULL_REQUEST_EPOCHS.contains(&request.session_epoch) {
         let error = ResponseError::FetchSessionIdNotFound.code();
         return (FetchResponse::default().with_error_code(error), Vec::new());
@@ -95,7 +95,7 @@ pub async fn handle(
             .iter()
             .map(|r| {
                 r.as_ref()
-                    .map_or(0, |d| d.ranges.iter().map(|range| range.len).sum())
+                    .map_or(0, |d| d.pieces.iter().map(SendablePiece::len).sum())
             })
             .sum();
         let failed = results.iter().any(Result::is_err);
@@ -168,11 +168,11 @@ async fn read_all(
     let mut results = join_all(reads).await;
     let mut total = 0u64;
     for data in results.iter_mut().flatten() {
-        let len: u64 = data.ranges.iter().map(|range| range.len).sum();
+        let len: u64 = data.pieces.iter().map(SendablePiece::len).sum();
         if total > 0 && total + len > max_bytes {
-            data.ranges.clear();
+            data.pieces.clear();
         }
-        total += data.ranges.iter().map(|range| range.len).sum::<u64>();
+        total += data.pieces.iter().map(SendablePiece::len).sum::<u64>();
     }
     results
 }
@@ -203,7 +203,7 @@ fn respond(
     request: FetchRequest,
     results: Vec<Result<ReadRanges, i16>>,
     version: i16,
-) -> (FetchResponse, Vec<SendableRange>) {
+) -> (FetchResponse, Vec<Records>) {
     // The log start offset is in responses from version 5 on.
     let log_start = |offset: i64| if version >= 5 { offset } else { -1 };
     let mut results = results.into_iter();
@@ -215,13 +215,12 @@ fn respond(
             let entry = PartitionData::default().with_partition_index(partition.partition);
             let entry = match results.next() {
                 Some(Ok(data)) => {
-                    let records = match data.ranges.into_iter().next() {
-                        Some(range) => {
-                            let marker = zero_copy::marker(files.len() as u32);
-                            files.push(range);
-                            marker
-                        }
-                        None => bytes::Bytes::new(),
+                    let records = if data.pieces.is_empty() {
+                        bytes::Bytes::new()
+                    } else {
+                        let marker = zero_copy::marker(files.len() as u32);
+                        files.push(data.pieces);
+                        marker
                     };
                     entry
                         .with_high_watermark(data.high_watermark)

@@ -1,0 +1,504 @@
+//! The shard's cache of recent batches, for logs written with direct I/O.
+//!
+//! O_DIRECT writes leave the page cache out, so without this a tailing consumer would read
+//! from the disk what was written a moment ago. Every group a direct-I/O log writes is
+//! kept here (its aligned staging buffer itself, no copy), and so is every chunk a fetch
+//! reads from the disk on a miss or ahead of a catching-up consumer (`log/cached_read.rs`).
+//! Fetches take the batches from memory and the broker sends them as they are.
+//!
+//! Layout: one [`BatchCache`] per shard (thread-local, see [`for_this_thread`]), shared by
+//! the shard's logs. A log's entries are runs of whole, consecutive batches, keyed by their
+//! first offset in a map per log; a run knows where each of its batches starts. One LRU
+//! order over all entries of the shard (ticks in a `BTreeMap`) decides what goes when the
+//! charged bytes pass the budget. A run is charged its whole buffer's capacity, since that
+//! is the memory it holds.
+//!
+//! Invariants: runs of one log never overlap (an insert keeps only batches no entry holds);
+//! every run starts and ends at batch boundaries; `used_bytes` is the sum of the entries'
+//! charges and at most the budget after every insert. Entries are removed when the log is
+//! truncated (and a read that started before a truncation inserts nothing, see
+//! [`BatchCache::generation`]), when records are deleted below an offset, and when the log
+//! goes away. Bytes handed to a send stay valid after eviction: they hold a reference to
+//! the buffer, which returns to the shard's pool only when no send holds it any more.
+//!
+//! The cache is bookkeeping only: it never reads or writes a file, so it is tested without
+//! a disk.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::rt::{self, AlignedBuf};
+
+/// Record bytes fetches found in the cache.
+pub static CACHE_HIT_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Record bytes fetches did not find in the cache (read from the segment file for them).
+pub static CACHE_MISS_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes read from segment files into the cache, for fetch misses and read-ahead.
+pub static CACHE_READ_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes of buffers evicted to stay within the budget.
+pub static CACHE_EVICTED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes the caches of all shards hold now (their buffers' capacities).
+pub static CACHE_USED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static SHARD_CACHE: RefCell<Option<Rc<BatchCache>>> = const { RefCell::new(None) };
+}
+
+/// Gives this thread (a shard) a cache of `budget_bytes`; 0 turns caching off. Logs opened
+/// on the thread afterwards use it.
+pub fn init_for_this_thread(budget_bytes: u64) {
+    let cache = Rc::new(BatchCache::new(budget_bytes));
+    SHARD_CACHE.with(|slot| *slot.borrow_mut() = Some(cache));
+}
+
+/// This thread's cache: the one [`init_for_this_thread`] set up, else a disabled one.
+pub(crate) fn for_this_thread() -> Rc<BatchCache> {
+    SHARD_CACHE.with(|slot| {
+        slot.borrow_mut()
+            .get_or_insert_with(|| Rc::new(BatchCache::new(0)))
+            .clone()
+    })
+}
+
+/// Whole consecutive batches in one aligned buffer, as written by a group commit or read
+/// from a segment file.
+pub(crate) struct Run {
+    /// The memory; the batches are `range` of its initialized bytes.
+    pub(crate) buf: AlignedBuf,
+    pub(crate) range: Range<usize>,
+    /// Each batch's base offset and where it starts, relative to `range.start`, ascending.
+    pub(crate) batches: Vec<(i64, usize)>,
+    /// The offset after the last batch.
+    pub(crate) offset_next: i64,
+}
+
+/// A run as the cache keeps it: its bytes shareable with sends on any thread.
+struct Entry {
+    bytes: Bytes,
+    buf: Arc<AlignedBuf>,
+    batches: Box<[(i64, usize)]>,
+    offset_next: i64,
+    charge_bytes: u64,
+    tick: u64,
+}
+
+impl Entry {
+    /// The index of the batch holding `offset` (which the entry must hold).
+    fn batch_holding(&self, offset: i64) -> usize {
+        self.batches.partition_point(|(base, _)| *base <= offset) - 1
+    }
+
+    /// Where batch `index` ends in `bytes`.
+    fn batch_end(&self, index: usize) -> usize {
+        self.batches
+            .get(index + 1)
+            .map_or(self.bytes.len(), |(_, at)| *at)
+    }
+}
+
+/// The owner behind an entry's `Bytes`: the buffer, alive while a send holds its bytes.
+struct SharedBuf(Arc<AlignedBuf>);
+
+impl AsRef<[u8]> for SharedBuf {
+    fn as_ref(&self) -> &[u8] {
+        rt::initialized(&*self.0)
+    }
+}
+
+#[derive(Default)]
+struct LogEntries {
+    entries: BTreeMap<i64, Entry>,
+    /// Bumped by every truncation: reads that started before it insert nothing.
+    generation: u64,
+}
+
+/// What a cache holds, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    pub budget_bytes: u64,
+    pub used_bytes: u64,
+    pub entries: usize,
+}
+
+/// A shard's cache of recent batches; see the module doc.
+pub struct BatchCache {
+    inner: RefCell<Inner>,
+}
+
+struct Inner {
+    budget_bytes: u64,
+    used_bytes: u64,
+    tick_next: u64,
+    log_key_next: u64,
+    logs: HashMap<u64, LogEntries>,
+    /// Entries from least to most recently used: tick → (log, first offset).
+    lru: BTreeMap<u64, (u64, i64)>,
+}
+
+impl Drop for BatchCache {
+    fn drop(&mut self) {
+        let used = self.inner.get_mut().used_bytes;
+        CACHE_USED_BYTES.fetch_sub(used, Ordering::Relaxed);
+    }
+}
+
+impl BatchCache {
+    /// An empty cache holding at most `budget_bytes`; 0 disables it.
+    pub fn new(budget_bytes: u64) -> BatchCache {
+        BatchCache {
+            inner: RefCell::new(Inner {
+                budget_bytes,
+                used_bytes: 0,
+                tick_next: 0,
+                log_key_next: 0,
+                logs: HashMap::new(),
+                lru: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Whether the cache keeps anything at all.
+    pub fn enabled(&self) -> bool {
+        self.inner.borrow().budget_bytes > 0
+    }
+
+    /// What the cache holds now.
+    pub fn stats(&self) -> CacheStats {
+        let inner = self.inner.borrow();
+        CacheStats {
+            budget_bytes: inner.budget_bytes,
+            used_bytes: inner.used_bytes,
+            entries: inner.lru.len(),
+        }
+    }
+
+    /// A key for a new log's entries.
+    pub(crate) fn register(&self) -> u64 {
+        let mut inner = self.inner.borrow_mut();
+        let key = inner.log_key_next;
+        inner.log_key_next += 1;
+        inner.logs.insert(key, LogEntries::default());
+        key
+    }
+
+    /// The log's truncation count; a read passes what it saw to [`BatchCache::insert`].
+    pub(crate) fn generation(&self, log: u64) -> u64 {
+        self.inner
+            .borrow()
+            .logs
+            .get(&log)
+            .map_or(0, |entries| entries.generation)
+    }
+
+    /// Keeps the batches of `run` that no entry holds yet (the first run of them), unless
+    /// the log was truncated since `generation` or the run alone exceeds the budget; then
+    /// evicts least recently used entries until the budget holds.
+    pub(crate) fn insert(&self, log: u64, generation: u64, run: Run) {
+        let mut inner = self.inner.borrow_mut();
+        let charge_bytes = run.buf.capacity() as u64;
+        let current = inner.logs.get(&log).map(|entries| entries.generation);
+        if current != Some(generation) || charge_bytes > inner.budget_bytes {
+            drop(inner);
+            recycle(Arc::new(run.buf));
+            return;
+        }
+        let Some(batches) = inner.uncovered(log, &run) else {
+            drop(inner);
+            recycle(Arc::new(run.buf));
+            return;
+        };
+        let start = run.range.start + batches.first().map_or(0, |(_, at)| *at);
+        let end = match run
+            .batches
+            .iter()
+            .find(|(base, _)| *base > batches.last_offset)
+        {
+            Some((_, at)) => run.range.start + at,
+            None => run.range.end,
+        };
+        let offset_next = batches.offset_next.unwrap_or(run.offset_next);
+        let rebased: Box<[(i64, usize)]> = batches
+            .list
+            .iter()
+            .map(|(base, at)| (*base, run.range.start + at - start))
+            .collect();
+        let buf = Arc::new(run.buf);
+        let bytes = Bytes::from_owner(SharedBuf(buf.clone())).slice(start..end);
+        let tick = inner.tick();
+        let first = rebased[0].0;
+        let entry = Entry {
+            bytes,
+            buf,
+            batches: rebased,
+            offset_next,
+            charge_bytes,
+            tick,
+        };
+        inner.lru.insert(tick, (log, first));
+        inner.used_bytes += charge_bytes;
+        CACHE_USED_BYTES.fetch_add(charge_bytes, Ordering::Relaxed);
+        if let Some(entries) = inner.logs.get_mut(&log) {
+            entries.entries.insert(first, entry);
+        }
+        let evicted = inner.evict_to_budget();
+        drop(inner);
+        for buf in evicted {
+            recycle(buf);
+        }
+    }
+
+    /// The batches from the one holding `offset` on, as far as the log's entries hold them
+    /// without a gap: whole batches, at least the first, then while they fit `max_bytes`,
+    /// and none at or past `offset_limit` (the high watermark); with the offset after the
+    /// last one. `None` if no entry holds `offset`.
+    pub(crate) fn get(
+        &self,
+        log: u64,
+        offset: i64,
+        max_bytes: u64,
+        offset_limit: i64,
+    ) -> Option<(Vec<Bytes>, i64)> {
+        let mut inner = self.inner.borrow_mut();
+        let mut pieces = Vec::new();
+        let mut touched = Vec::new();
+        let mut total = 0u64;
+        let mut next = offset;
+        let entries = &inner.logs.get(&log)?.entries;
+        while let Some((first, entry)) = entries.range(..=next).next_back() {
+            if next >= entry.offset_next || (next != offset && *first != next) {
+                break;
+            }
+            touched.push(*first);
+            let from = entry.batch_holding(next);
+            let start = entry.batches[from].1;
+            let mut end = start;
+            let mut stopped = false;
+            for index in from..entry.batches.len() {
+                let batch_end = entry.batch_end(index);
+                let first_batch = total == 0 && end == start;
+                let fits = total + (batch_end - start) as u64 <= max_bytes;
+                if entry.batches[index].0 >= offset_limit || !(first_batch || fits) {
+                    next = entry.batches[index].0;
+                    stopped = true;
+                    break;
+                }
+                end = batch_end;
+            }
+            if end > start {
+                total += (end - start) as u64;
+                pieces.push(entry.bytes.slice(start..end));
+            }
+            if stopped {
+                break;
+            }
+            next = entry.offset_next;
+        }
+        for first in touched {
+            inner.touch(log, first);
+        }
+        (!pieces.is_empty()).then_some((pieces, next))
+    }
+
+    /// Where the entries holding `offset` and after it, without a gap, stop covering the
+    /// log within `bytes_wanted` bytes: the first offset that is not cached, or `None` if at
+    /// least `bytes_wanted` bytes from `offset` on are.
+    pub(crate) fn first_gap(&self, log: u64, offset: i64, bytes_wanted: u64) -> Option<i64> {
+        let inner = self.inner.borrow();
+        let entries = &inner.logs.get(&log)?.entries;
+        let mut covered = 0u64;
+        let mut next = offset;
+        while covered < bytes_wanted {
+            match entries.range(..=next).next_back() {
+                Some((_, entry)) if next < entry.offset_next => {
+                    let start = entry.batches[entry.batch_holding(next)].1;
+                    covered += (entry.bytes.len() - start) as u64;
+                    next = entry.offset_next;
+                }
+                _ => return Some(next),
+            }
+        }
+        None
+    }
+
+    /// Drops the entries holding `offset` or later (the log is being cut there), and makes
+    /// reads that started before this insert nothing.
+    pub(crate) fn remove_from(&self, log: u64, offset: i64) {
+        let evicted = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(entries) = inner.logs.get_mut(&log) else {
+                return;
+            };
+            entries.generation += 1;
+            let mut firsts: Vec<i64> = entries.entries.range(offset..).map(|(k, _)| *k).collect();
+            if let Some((first, entry)) = entries.entries.range(..offset).next_back() {
+                if entry.offset_next > offset {
+                    firsts.push(*first);
+                }
+            }
+            inner.remove(log, &firsts)
+        };
+        evicted.into_iter().for_each(recycle);
+    }
+
+    /// Drops the entries wholly below `offset` (the log's new start).
+    pub(crate) fn remove_below(&self, log: u64, offset: i64) {
+        let evicted = {
+            let mut inner = self.inner.borrow_mut();
+            let Some(entries) = inner.logs.get(&log) else {
+                return;
+            };
+            let firsts: Vec<i64> = entries
+                .entries
+                .range(..offset)
+                .filter(|(_, entry)| entry.offset_next <= offset)
+                .map(|(first, _)| *first)
+                .collect();
+            inner.remove(log, &firsts)
+        };
+        evicted.into_iter().for_each(recycle);
+    }
+
+    /// Drops every entry of the log and its key (the log was closed or dropped).
+    pub(crate) fn forget(&self, log: u64) {
+        let evicted = {
+            let mut inner = self.inner.borrow_mut();
+            let firsts: Vec<i64> = inner
+                .logs
+                .get(&log)
+                .map(|entries| entries.entries.keys().copied().collect())
+                .unwrap_or_default();
+            let evicted = inner.remove(log, &firsts);
+            inner.logs.remove(&log);
+            evicted
+        };
+        evicted.into_iter().for_each(recycle);
+    }
+}
+
+/// The batches of a run to keep: the first stretch of them no entry holds.
+struct Uncovered {
+    list: Vec<(i64, usize)>,
+    last_offset: i64,
+    /// Where the stretch stops before an entry (else the run's end).
+    offset_next: Option<i64>,
+}
+
+impl Uncovered {
+    fn first(&self) -> Option<&(i64, usize)> {
+        self.list.first()
+    }
+}
+
+impl Inner {
+    fn tick(&mut self) -> u64 {
+        let tick = self.tick_next;
+        self.tick_next += 1;
+        tick
+    }
+
+    /// The first stretch of `run`'s batches that no entry of `log` holds, if any.
+    fn uncovered(&self, log: u64, run: &Run) -> Option<Uncovered> {
+        let entries = &self.logs.get(&log)?.entries;
+        let held = |offset: i64| {
+            entries
+                .range(..=offset)
+                .next_back()
+                .is_some_and(|(_, entry)| offset < entry.offset_next)
+        };
+        let from = run.batches.iter().position(|(base, _)| !held(*base))?;
+        let first = run.batches[from].0;
+        let stop = entries.range(first + 1..).next().map(|(k, _)| *k);
+        let mut list = Vec::new();
+        for &(base, at) in &run.batches[from..] {
+            if stop.is_some_and(|stop| base >= stop) {
+                break;
+            }
+            list.push((base, at));
+        }
+        let last_offset = list.last().map_or(first, |(base, _)| *base);
+        let offset_next = stop.filter(|stop| *stop < run.offset_next);
+        Some(Uncovered {
+            list,
+            last_offset,
+            offset_next,
+        })
+    }
+
+    /// Marks an entry as just used.
+    fn touch(&mut self, log: u64, first: i64) {
+        let tick = self.tick();
+        let Some(entry) = self
+            .logs
+            .get_mut(&log)
+            .and_then(|entries| entries.entries.get_mut(&first))
+        else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.tick, tick);
+        self.lru.remove(&old);
+        self.lru.insert(tick, (log, first));
+    }
+
+    /// Removes the entries of `log` starting at `firsts`; returns their buffers.
+    fn remove(&mut self, log: u64, firsts: &[i64]) -> Vec<Arc<AlignedBuf>> {
+        let mut freed = Vec::with_capacity(firsts.len());
+        for first in firsts {
+            let Some(entry) = self
+                .logs
+                .get_mut(&log)
+                .and_then(|entries| entries.entries.remove(first))
+            else {
+                continue;
+            };
+            self.lru.remove(&entry.tick);
+            self.used_bytes -= entry.charge_bytes;
+            CACHE_USED_BYTES.fetch_sub(entry.charge_bytes, Ordering::Relaxed);
+            freed.push(release(entry));
+        }
+        freed
+    }
+
+    /// Evicts least recently used entries until the charges fit the budget.
+    fn evict_to_budget(&mut self) -> Vec<Arc<AlignedBuf>> {
+        let mut freed = Vec::new();
+        while self.used_bytes > self.budget_bytes {
+            let Some((_, (log, first))) = self.lru.first_key_value().map(|(t, v)| (*t, *v)) else {
+                break;
+            };
+            let before = freed.len();
+            freed.extend(self.remove(log, &[first]));
+            if freed.len() == before {
+                // An LRU record without its entry would loop forever: a bug.
+                unreachable!("batch cache LRU names a missing entry");
+            }
+            CACHE_EVICTED_BYTES.fetch_add(
+                freed.last().map_or(0, |buf| buf.capacity() as u64),
+                Ordering::Relaxed,
+            );
+        }
+        freed
+    }
+}
+
+/// The entry's buffer, with the entry's own view of it released first.
+fn release(entry: Entry) -> Arc<AlignedBuf> {
+    let Entry { bytes, buf, .. } = entry;
+    drop(bytes);
+    buf
+}
+
+/// Returns a buffer to the shard's pool if nothing else (a send in flight) holds it.
+fn recycle(buf: Arc<AlignedBuf>) {
+    if let (Ok(buf), Some(pool)) = (Arc::try_unwrap(buf), rt::try_buf_pool()) {
+        pool.recycle(buf);
+    }
+}
+
+#[cfg(test)]
+mod tests;
