@@ -55,8 +55,30 @@ pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4096;
 /// The largest `segment.bytes`: Kafka's `Integer.MAX_VALUE`, so that every file position
 /// in a segment fits the 32-bit positions of the offset index.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = i32::MAX as u64;
-/// The largest `ringlog.preallocate.bytes` (one fallocate step): a segment's largest size.
+/// The largest `ringlog.preallocate.bytes` (a partition's largest fallocate step): a
+/// segment's largest size.
 pub const PREALLOCATE_STEP_BYTES_MAX: u64 = SEGMENT_SIZE_BYTES_MAX;
+/// A partition's first preallocation step, and the smallest its step shrinks to under the
+/// node's budget (`log/prealloc.rs`): 1 MiB. Small enough that 2,000 idle partitions hold
+/// 2 GB at most, large enough that a partition writing 4 KiB groups calls fallocate once
+/// per 256 of them.
+pub const PREALLOCATE_STEP_MIN_BYTES: u64 = 1 << 20;
+/// A partition that needs its next preallocation within this time of the previous one
+/// doubles its step (up to the topic's `ringlog.preallocate.bytes`): a partition writing
+/// faster than its step per second gets larger steps, so it calls fallocate about once a
+/// second at most until its step reaches the topic's maximum.
+pub const PREALLOCATE_STEP_GROW_WITHIN_MS: u64 = 1000;
+/// The node's preallocation budget (bytes preallocated ahead of segment tails and not yet
+/// written, over all partitions) is the data directory's free space, counting those bytes
+/// as free, divided by this: a quarter. Preallocation only spares the file system work per
+/// write, so it may hold a small part of the disk, never the room records need: three
+/// quarters stay for records, indexes and snapshots even when every partition holds its
+/// whole grant, and after a crash, before recovery trims the preallocated tails.
+pub const PREALLOCATE_BUDGET_FREE_SPACE_DIVISOR: u64 = 4;
+/// How often the preallocation budget reads the data directory's free space (statvfs):
+/// records written and segments deleted move it slowly against a quarter of it, and the
+/// read stays off nearly every append.
+pub const FREE_SPACE_REFRESH_MS: u64 = 1000;
 /// The largest `index.interval.bytes`; an interval larger than a segment only means one
 /// index entry per segment.
 pub const INDEX_INTERVAL_BYTES_MAX: u32 = i32::MAX as u32;

@@ -5,7 +5,8 @@
 //! per-partition appender task that forms group commits (see `log/appender.rs`); reads
 //! return file ranges for zero-copy sends (`log/read.rs`); opening a log recovers it
 //! (`log/recovery.rs`); retention and record deletion drop whole segments from the front
-//! (`log/retention.rs`).
+//! (`log/retention.rs`). Segment files are preallocated ahead of the tail in steps fitted to
+//! the disk by a budget shared by every log of the node (`log/prealloc.rs`).
 //!
 //! Offsets: `log_start_offset ≤ high_watermark ≤ log_end_offset`. The log end is the
 //! offset after the last batch whose write completed; the durable end is the offset below
@@ -27,6 +28,7 @@ mod checkpoint;
 mod durability;
 mod group;
 pub mod metrics;
+mod prealloc;
 mod producer_snapshot;
 mod producers;
 mod read;
@@ -38,6 +40,8 @@ mod segment;
 mod cache_tests;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod prealloc_tests;
 #[cfg(test)]
 mod producer_tests;
 #[cfg(test)]
@@ -58,6 +62,7 @@ use crate::rt::JoinHandle;
 use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
 
+pub use prealloc::PreallocBudget;
 pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange, ReadRange};
 
@@ -184,6 +189,8 @@ pub(crate) struct Shared<S: Storage> {
     pub(crate) dir: PathBuf,
     pub(crate) storage: S,
     pub(crate) state: RefCell<State<S>>,
+    /// The active segment's preallocation: its step and its charge on the node's budget.
+    pub(crate) prealloc: prealloc::Prealloc,
     /// Bumped on every change of the log end; long-polling fetches wait on it.
     pub(crate) version: Cell<u64>,
     pub(crate) waiters: RefCell<Vec<std::task::Waker>>,
@@ -256,14 +263,27 @@ impl<S: Storage> Clone for PartitionLog<S> {
 
 impl<S: Storage> PartitionLog<S> {
     /// Opens the log in `dir` (creating it if missing), recovering whatever an unclean stop
-    /// left, and starts its appender task on the current shard.
+    /// left, and starts its appender task on the current shard. Its preallocation answers
+    /// to no node-wide budget (see [`PartitionLog::open_with_budget`]).
     pub async fn open(
         storage: S,
         dir: &Path,
         id: PartitionId,
         config: TopicConfig,
     ) -> Result<PartitionLog<S>, LogError> {
-        let shared = recovery::open(storage, dir, id, config).await?;
+        Self::open_with_budget(storage, dir, id, config, PreallocBudget::unlimited()).await
+    }
+
+    /// [`PartitionLog::open`], with the log's preallocation charged to `budget`, which the
+    /// other logs of the node share.
+    pub async fn open_with_budget(
+        storage: S,
+        dir: &Path,
+        id: PartitionId,
+        config: TopicConfig,
+        budget: PreallocBudget,
+    ) -> Result<PartitionLog<S>, LogError> {
+        let shared = recovery::open(storage, dir, id, config, budget).await?;
         producers::load(&shared).await?;
         let shared = Rc::new(shared);
         let (commands, receiver) = mpsc::unbounded();

@@ -7,6 +7,8 @@
 //! (`shard = hash(topic, partition) % shards`, see [`crate::topic::shard_for`]) and returns
 //! the answer. The handle is `Send + Sync` and cheap to clone, so any thread or shard may
 //! use it. The registry (control path) is behind a mutex; logs never leave their shard.
+//! Every log of the node charges its preallocation to one [`PreallocBudget`] over the data
+//! directory's free space (see `log/prealloc.rs`).
 //!
 //! ```
 //! use bytes::Bytes;
@@ -47,7 +49,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use futures::future::join_all;
 
-use crate::log::{Ack, Appended, LogError, Offsets, PartitionId, PartitionLog, ReadRange};
+use crate::log::{
+    Ack, Appended, LogError, Offsets, PartitionId, PartitionLog, PreallocBudget, ReadRange,
+};
 use crate::rt::{self, Runtime, RuntimeConfig, ShardHandle};
 use crate::storage::DiskStorage;
 use crate::topic::{
@@ -159,6 +163,8 @@ struct Inner {
     producer_ids: Mutex<ProducerIdAllocator>,
     /// Why the data directory's file system refused O_DIRECT, if it did.
     direct_io_refused: Option<String>,
+    /// The preallocation budget every log of the node charges.
+    budget: PreallocBudget,
 }
 
 /// The storage engine: topics, partitions and their shards. See the module doc.
@@ -179,6 +185,7 @@ impl Engine {
         let direct_io_refused = crate::storage::probe_direct_io(registry.data_dir())
             .err()
             .map(|error| error.to_string());
+        let budget = PreallocBudget::for_dir(registry.data_dir());
         let shards = runtime.shards().to_vec();
         let per_shard = config.batch_cache_bytes / shards.len().max(1) as u64;
         let inits = shards.iter().map(|shard| {
@@ -199,6 +206,7 @@ impl Engine {
                 registry: Mutex::new(registry),
                 producer_ids: Mutex::new(producer_ids),
                 direct_io_refused,
+                budget,
             }),
         };
         futures::executor::block_on(async {
@@ -219,6 +227,11 @@ impl Engine {
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.inner.shards.len()
+    }
+
+    /// The preallocation budget every partition of the node charges (for metrics).
+    pub fn prealloc_budget(&self) -> &PreallocBudget {
+        &self.inner.budget
     }
 
     /// Handles to the shards, to run other work (a listener, say) beside the partitions.
@@ -261,7 +274,8 @@ impl Engine {
             .map(|(shard, dirs)| {
                 let topic = meta.name.as_str().to_owned();
                 let config = meta.config.clone();
-                self.inner.shards[shard].spawn(move || open_on_shard(topic, dirs, config))
+                let budget = self.inner.budget.clone();
+                self.inner.shards[shard].spawn(move || open_on_shard(topic, dirs, config, budget))
             })
             .collect();
         for result in join_all(work).await {
@@ -644,6 +658,7 @@ async fn open_on_shard(
     topic: String,
     dirs: Vec<(u32, PathBuf)>,
     config: TopicConfig,
+    budget: PreallocBudget,
 ) -> Result<(), EngineError> {
     let topic: Rc<str> = Rc::from(topic.as_str());
     let opens = dirs.into_iter().map(|(partition, dir)| {
@@ -652,8 +667,9 @@ async fn open_on_shard(
             partition,
         };
         let config = config.clone();
+        let budget = budget.clone();
         async move {
-            let log = PartitionLog::open(DiskStorage, &dir, id, config).await?;
+            let log = PartitionLog::open_with_budget(DiskStorage, &dir, id, config, budget).await?;
             Ok::<_, EngineError>((partition, log))
         }
     });

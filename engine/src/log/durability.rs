@@ -280,7 +280,10 @@ pub(crate) async fn roll_if_needed<S: Storage>(
         let Some(old) = state.segments.values_mut().next_back() else {
             unreachable!("a log always has an active segment");
         };
+        // The seal trims the old segment's preallocated tail: it leaves the budget now, and
+        // the new segment starts with the partition's current step (`group.rs`).
         old.allocated_bytes = old.size_bytes;
+        shared.prealloc.release_all();
         let seal = seal_future(shared, old);
         let (old_base, old_size) = (old.base_offset, old.size_bytes);
         state.segments.insert(base_next, segment);
@@ -324,6 +327,7 @@ pub(crate) async fn seal_active<S: Storage>(
             return Ok(());
         };
         active.allocated_bytes = active.size_bytes;
+        shared.prealloc.release_all();
         let seal = seal_future(shared, active);
         (seal, log_end, active.base_offset, active.size_bytes)
     };

@@ -173,12 +173,16 @@ pub(crate) async fn write_at_tail<S: Storage>(
     };
     let group_bytes: u64 = buffers.iter().map(|b| b.len() as u64).sum();
     let needed = (position + group_bytes).next_multiple_of(BUF_ALIGN_BYTES as u64);
+    let mut allocated = allocated;
     if needed > allocated {
-        let grow = preallocate(shared, &writer, allocated, needed - allocated, step).await?;
+        allocated += preallocate(shared, &writer, allocated, needed - allocated, step).await?;
         if let Some(segment) = shared.state.borrow_mut().segments.values_mut().next_back() {
-            segment.allocated_bytes = allocated + grow;
+            segment.allocated_bytes = allocated;
         }
     }
+    // The group's bytes leave the budget as its write is issued; if the write fails, the
+    // log is poisoned and its close (or drop) returns what it still holds.
+    shared.prealloc.settle(allocated, position + group_bytes);
     if !direct {
         let (written, _, sync) = write_buffers(&writer, buffers, position, sync_after).await;
         written.map_err(|e| shared.error_io("write", e))?;
@@ -187,35 +191,47 @@ pub(crate) async fn write_at_tail<S: Storage>(
     write_direct(shared, &writer, &buffers, position, sync_after).await
 }
 
-/// Grows the segment file at `allocated` by at least `needed` bytes, by the topic's
-/// preallocation `step` when it is larger; returns the bytes added. Preallocating ahead
-/// only saves work, so on a nearly full disk (ENOSPC) it falls back to what this group
-/// needs; only if that fails too is the disk full for the log.
+/// Grows the segment file at `allocated` by at least `needed` bytes, and by the
+/// partition's preallocation step (at most `step_max`, the topic's) as far as the node's
+/// budget grants it (`log/prealloc.rs`); returns the bytes added. Preallocating ahead only
+/// saves work, so on a nearly full disk (ENOSPC) it falls back to what this group needs;
+/// only if that fails too is the disk full for the log.
 async fn preallocate<S: Storage>(
     shared: &Shared<S>,
     writer: &S::File,
     allocated: u64,
     needed: u64,
-    step: u64,
+    step_max: u64,
 ) -> Result<u64, LogError> {
-    let grow = needed.max(step);
-    match writer.allocate(allocated, grow).await {
-        Ok(()) => Ok(grow),
-        Err(error) if grow > needed && error.raw_os_error() == Some(libc::ENOSPC) => {
-            // Every group on a nearly full disk takes this path: not a warning each time.
-            tracing::debug!(
-                partition = %shared.id,
-                step,
-                "disk nearly full: preallocating only what the append needs"
-            );
-            writer
-                .allocate(allocated, needed)
-                .await
-                .map_err(|e| shared.error_io("fallocate", e))?;
-            Ok(needed)
+    let segment_bytes = shared.state.borrow().config.segment_bytes();
+    // Past `segment.bytes` the segment rolls: bytes preallocated there would be trimmed.
+    let room_in_segment = segment_bytes.saturating_sub(allocated);
+    let now = std::time::Instant::now();
+    let grow = shared
+        .prealloc
+        .grant(needed, step_max, room_in_segment, now);
+    let error = match writer.allocate(allocated, grow).await {
+        Ok(()) => return Ok(grow),
+        Err(error) => error,
+    };
+    if grow > needed && error.raw_os_error() == Some(libc::ENOSPC) {
+        shared.prealloc.give_back(grow - needed);
+        // Every group on a nearly full disk takes this path: not a warning each time.
+        tracing::debug!(
+            partition = %shared.id,
+            grow,
+            "disk nearly full: preallocating only what the append needs"
+        );
+        match writer.allocate(allocated, needed).await {
+            Ok(()) => return Ok(needed),
+            Err(error) => {
+                shared.prealloc.give_back(needed);
+                return Err(shared.error_io("fallocate", error));
+            }
         }
-        Err(error) => Err(shared.error_io("fallocate", error)),
     }
+    shared.prealloc.give_back(grow);
+    Err(shared.error_io("fallocate", error))
 }
 
 /// O_DIRECT append: the partial last block (kept in memory) and the new bytes are copied

@@ -43,6 +43,7 @@ pub(crate) async fn open<S: Storage>(
     dir: &Path,
     id: PartitionId,
     config: TopicConfig,
+    budget: super::PreallocBudget,
 ) -> Result<Shared<S>, LogError> {
     let io = |operation| io_error(&id, operation);
     storage
@@ -86,6 +87,12 @@ pub(crate) async fn open<S: Storage>(
         stopped_by = scan.stopped_by.as_deref().unwrap_or("end of segment"),
         "partition recovered"
     );
+    // The log starts with no charge on the preallocation budget: nothing past the valid
+    // bytes is left preallocated.
+    assert_eq!(
+        active.allocated_bytes, active.size_bytes,
+        "the active segment was cut"
+    );
     segments.insert(active_base, active);
     let state = State {
         segments,
@@ -103,6 +110,7 @@ pub(crate) async fn open<S: Storage>(
         dir: dir.to_path_buf(),
         storage,
         state: RefCell::new(state),
+        prealloc: super::prealloc::Prealloc::new(budget),
         version: Cell::new(0),
         waiters: RefCell::new(Vec::new()),
         cache: super::cache::for_this_thread(),

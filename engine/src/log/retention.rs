@@ -160,6 +160,10 @@ pub(crate) async fn truncate_to<S: Storage>(
         for base in &removed {
             state.segments.remove(base);
         }
+        if !removed.is_empty() {
+            // The active segment went with them, and its preallocation with its file.
+            shared.prealloc.release_all();
+        }
         removed
     };
     remove_segment_files(shared, &removed).await?;
@@ -213,6 +217,7 @@ async fn cut_active_segment<S: Storage>(shared: &Shared<S>, offset: i64) -> Resu
         active.index.truncate_to(cut_offset, cut_position as u32);
         active.size_bytes = cut_position;
         active.allocated_bytes = cut_position;
+        shared.prealloc.release_all();
         active.offset_next = cut_offset;
         if let Some(tail) = active.tail_block.as_mut() {
             tail.clear();

@@ -45,7 +45,7 @@ pub use fs::{File, Metadata, OpenOptions};
 pub use mailbox::TrySendError;
 pub use net::{Incoming, SendZc, TcpListener, TcpStream};
 pub use op::{kernel_timer, link, link_split, nop, Link, Op, Prepared};
-pub use path::{create_dir, create_dir_all, remove_file, rename, sync_dir};
+pub use path::{create_dir, create_dir_all, free_space_bytes, remove_file, rename, sync_dir};
 pub use pipe::{send_file, Pipe};
 pub use shard::{allowed_cpus, Runtime, RuntimeConfig, ShardHandle, ShardStopped, Work};
 pub use time::{sleep, sleep_until, timeout, Elapsed, Sleep};

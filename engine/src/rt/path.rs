@@ -3,6 +3,9 @@
 //!
 //! A file created, renamed or removed is durable only after its directory is fsynced;
 //! [`sync_dir`] is that step.
+//!
+//! [`free_space_bytes`] is the exception that does not go through the ring: io_uring has no
+//! statfs operation, and statvfs only reads counters the kernel keeps in memory.
 
 use std::ffi::CString;
 use std::io;
@@ -108,4 +111,20 @@ pub async fn sync_dir(dir: &Path) -> io::Result<()> {
     let directory = options.open(dir).await?;
     directory.sync_all().await?;
     directory.close().await
+}
+
+/// Bytes an unprivileged process may still write on the file system holding `path`
+/// (statvfs: available blocks times the fragment size).
+pub fn free_space_bytes(path: &Path) -> io::Result<u64> {
+    let path = c_path(path)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` is
+    // writable memory of the size and alignment of `statvfs`, which the call fills.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised every field of `stat`.
+    let stat = unsafe { stat.assume_init() };
+    // Both fields are u64 on the 64-bit Linux targets ringlog runs on.
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }

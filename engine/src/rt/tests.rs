@@ -147,6 +147,17 @@ fn open_errors_are_typed() {
 }
 
 #[test]
+fn free_space_is_read_from_the_file_system_holding_a_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = free_space_bytes(dir.path()).unwrap();
+    assert!(free > 0, "the test's own directory has room");
+    let missing = free_space_bytes(&dir.path().join("missing")).unwrap_err();
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    let nul = free_space_bytes(std::path::Path::new("bad\0path")).unwrap_err();
+    assert_eq!(nul.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
 fn vectored_write_and_read_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     run(async {

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use futures::executor::block_on;
+use futures::future::join_all;
 
 use super::*;
 use crate::batch::BatchBuilder;
@@ -147,4 +148,40 @@ fn topics_grow_change_and_go() {
         assert!(matches!(gone, EngineError::UnknownTopicOrPartition { .. }));
     });
     engine.shutdown().unwrap();
+}
+
+#[test]
+fn two_thousand_partitions_at_default_settings_preallocate_within_the_node_budget() {
+    const PARTITIONS: u32 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let budget = engine.prealloc_budget().clone();
+    block_on(async {
+        let meta = engine
+            .create_topic("many", PARTITIONS, TopicConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(meta.config.preallocate_bytes(), 64 << 20);
+        let appends = (0..PARTITIONS)
+            .map(|partition| engine.append("many", partition, batch("x"), Ack::Written));
+        for (partition, appended) in join_all(appends).await.into_iter().enumerate() {
+            let appended = appended.unwrap_or_else(|e| panic!("partition {partition}: {e}"));
+            assert_eq!(appended.offset_first, 0);
+        }
+    });
+    // Every partition holds its first step at most (1 MiB, not 64 MiB), and all of them
+    // together no more than the budget's cap beyond the groups' last blocks.
+    assert_eq!(budget.logs(), u64::from(PARTITIONS));
+    let reserved = budget.reserved_bytes();
+    assert!(reserved <= u64::from(PARTITIONS) << 20, "{budget:?}");
+    assert!(
+        reserved <= budget.cap_bytes() + u64::from(PARTITIONS) * 4096,
+        "{budget:?}"
+    );
+    engine.shutdown().unwrap();
+    assert_eq!(
+        budget.reserved_bytes(),
+        0,
+        "closed logs hold no preallocation"
+    );
 }

@@ -37,6 +37,11 @@
 //!   with the same value (an O_DIRECT tail-block rewrite; SQLite's "powersafe overwrite").
 //!   Unsynced truncations are undone. [`FaultStorage::crash_clean`] keeps exactly the
 //!   durable state.
+//! - **A small disk** ([`FaultStorage::limit_capacity`]): the files together hold at most
+//!   this many bytes; a write, `allocate` or `set_len` that would grow a file past it fails
+//!   with ENOSPC and changes nothing. [`FaultStorage::free_bytes`] says what is left, as
+//!   statvfs would. A removed or replaced file's bytes are free at once, even while a
+//!   handle still holds it (a simplification), and whatever it then grows is not counted.
 //! - **O_DIRECT misuse**: writes to a file opened `direct` must be 512-byte aligned in
 //!   offset, length and memory, or fail with EINVAL, as the kernel would.
 //!
@@ -108,6 +113,8 @@ struct Inode {
     /// Byte ranges written or grown since the last sync: sorted, disjoint, not adjacent,
     /// within `written`.
     dirty: Vec<Range<u64>>,
+    /// No name refers to the inode any more: its bytes no longer count as used.
+    unnamed: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -130,6 +137,10 @@ struct State {
     seed: u64,
     /// A nearly full disk: `allocate` calls for more bytes than this fail with ENOSPC.
     allocate_len_max: Option<u64>,
+    /// A small disk: the files may hold at most this many bytes together.
+    capacity_bytes: Option<u64>,
+    /// Bytes of the files that a name refers to (`written` images).
+    used_bytes: u64,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
@@ -202,6 +213,19 @@ impl FaultStorage {
     /// with ENOSPC, without effect.
     pub fn limit_allocations(&self, len: u64) {
         self.state.borrow_mut().allocate_len_max = Some(len);
+    }
+
+    /// A small disk: from now on the files may hold at most `bytes` together (see the
+    /// module header).
+    pub fn limit_capacity(&self, bytes: u64) {
+        self.state.borrow_mut().capacity_bytes = Some(bytes);
+    }
+
+    /// Bytes the files may still grow by: what is left of the capacity, if it is limited.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let state = self.state.borrow();
+        let capacity = state.capacity_bytes?;
+        Some(capacity.saturating_sub(state.used_bytes))
     }
 
     /// Makes the `n`-th mutating operation from now fail as [`Fault::SyncLost`] describes.
@@ -282,6 +306,7 @@ impl FaultStorage {
         let inode = state.inode_mut(id);
         inode.written = bytes.to_vec();
         inode.durable = bytes.to_vec();
+        state.used_bytes += bytes.len() as u64;
         let entries = state.dirs.get_mut(&dir).expect("created above");
         entries.names.insert(name.clone(), id);
         entries.names_durable.insert(name, id);
@@ -391,6 +416,39 @@ impl State {
         self.stats.syncs += 1;
     }
 
+    /// ENOSPC if growing inode `id` to `len` bytes would pass the capacity.
+    fn check_room(&self, id: InodeId, len: u64) -> io::Result<()> {
+        let (Some(capacity), Some(inode)) = (self.capacity_bytes, self.inodes.get(&id)) else {
+            return Ok(());
+        };
+        let grow = len.saturating_sub(inode.written.len() as u64);
+        if !inode.unnamed && grow > 0 && self.used_bytes + grow > capacity {
+            return Err(errno(libc::ENOSPC));
+        }
+        Ok(())
+    }
+
+    /// Changes inode `id` with `change`, counting its change of size as used or freed.
+    fn resize(&mut self, id: InodeId, change: impl FnOnce(&mut Inode)) {
+        let inode = self.inode_mut(id);
+        let len_old = inode.written.len() as u64;
+        change(inode);
+        let (len_new, unnamed) = (inode.written.len() as u64, inode.unnamed);
+        if !unnamed {
+            self.used_bytes = self.used_bytes + len_new - len_old;
+        }
+    }
+
+    /// No name refers to inode `id` any more: its bytes are free.
+    fn unname(&mut self, id: InodeId) {
+        let inode = self.inode_mut(id);
+        if !inode.unnamed {
+            inode.unnamed = true;
+            let len = inode.written.len() as u64;
+            self.used_bytes -= len;
+        }
+    }
+
     /// The state a power loss leaves; `rng` tears unsynced sectors, `None` drops them all.
     fn crashed(&self, mut rng: Option<&mut Rng>) -> FaultStorage {
         let mut dirs = BTreeMap::new();
@@ -403,6 +461,7 @@ impl State {
                         written: bytes.clone(),
                         durable: bytes,
                         dirty: vec![],
+                        unnamed: false,
                     };
                     inodes.insert(*id, inode);
                 }
@@ -417,11 +476,17 @@ impl State {
             );
         }
         let seed_next = rng.map_or(self.seed, Rng::next);
+        let used_bytes = inodes
+            .values()
+            .map(|inode| inode.written.len() as u64)
+            .sum();
         let state = State {
             inodes,
             inode_next: self.inode_next,
             dirs,
             seed: seed_next,
+            capacity_bytes: self.capacity_bytes,
+            used_bytes,
             ..State::default()
         };
         FaultStorage {
@@ -617,11 +682,12 @@ impl Storage for FaultStorage {
             .dirs
             .get_mut(&dir)
             .ok_or_else(|| errno(libc::ENOENT))?;
-        entries
+        let id = entries
             .names
             .remove(&name)
-            .map(drop)
-            .ok_or_else(|| errno(libc::ENOENT))
+            .ok_or_else(|| errno(libc::ENOENT))?;
+        state.unname(id);
+        Ok(())
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -639,12 +705,15 @@ impl Storage for FaultStorage {
             .names
             .remove(&name_from)
             .ok_or_else(|| errno(libc::ENOENT))?;
-        state
+        let replaced = state
             .dirs
             .get_mut(&dir_to)
             .expect("checked above")
             .names
             .insert(name_to, id);
+        if let Some(replaced) = replaced.filter(|&replaced| replaced != id) {
+            state.unname(replaced);
+        }
         Ok(())
     }
 
@@ -705,10 +774,11 @@ impl FaultFile {
             .copied()
             .collect();
         let offset = to_usize(offset)?;
-        offset
+        let end = offset
             .checked_add(bytes.len())
             .ok_or_else(|| errno(libc::EFBIG))?;
-        state.inode_mut(self.inode).write(offset, &bytes);
+        state.check_room(self.inode, end as u64)?;
+        state.resize(self.inode, |inode| inode.write(offset, &bytes));
         state.stats.bytes_written += bytes.len() as u64;
         match verdict {
             Verdict::Proceed if sync_after => state.sync_inode(self.inode),
@@ -828,7 +898,9 @@ impl StorageFile for FaultFile {
             return Err(errno(libc::ENOSPC));
         }
         let end = offset.checked_add(len).ok_or_else(|| errno(libc::EFBIG))?;
-        state.inode_mut(self.inode).grow(to_usize(end)?);
+        let end = to_usize(end)?;
+        state.check_room(self.inode, end as u64)?;
+        state.resize(self.inode, |inode| inode.grow(end));
         Ok(())
     }
 
@@ -838,13 +910,15 @@ impl StorageFile for FaultFile {
         if !self.writable {
             return Err(errno(libc::EINVAL));
         }
+        state.check_room(self.inode, len)?;
         let len = to_usize(len)?;
-        let inode = state.inode_mut(self.inode);
-        if len < inode.written.len() {
-            inode.truncate(len);
-        } else {
-            inode.grow(len);
-        }
+        state.resize(self.inode, |inode| {
+            if len < inode.written.len() {
+                inode.truncate(len);
+            } else {
+                inode.grow(len);
+            }
+        });
         Ok(())
     }
 
@@ -1087,6 +1161,42 @@ mod tests {
             file.sync_data().await.unwrap();
             let durable = storage.durable_bytes(&path("log")).unwrap();
             assert_eq!((durable.len(), &durable[..3]), (100, &b"rec"[..]));
+        });
+    }
+
+    #[test]
+    fn a_small_disk_refuses_growth_past_its_capacity_and_frees_removed_files() {
+        run(async {
+            let (storage, file) = with_log().await;
+            assert_eq!(storage.free_bytes(), None, "no capacity until one is set");
+            storage.limit_capacity(10_000);
+            file.allocate(0, 6000).await.unwrap();
+            assert_eq!(storage.free_bytes(), Some(4000));
+            let full = file.allocate(6000, 4001).await.unwrap_err();
+            assert_eq!(full.raw_os_error(), Some(libc::ENOSPC));
+            assert_eq!(
+                file.size().await.unwrap(),
+                6000,
+                "a refused allocation changes nothing"
+            );
+            write(&file, 0, &[7; 6000], false).await.unwrap();
+            let past = write(&file, 6000, &[7; 4001], false).await.unwrap_err();
+            assert_eq!(past.raw_os_error(), Some(libc::ENOSPC));
+            assert_eq!(raw(file.set_len(10_001).await), Some(libc::ENOSPC));
+            file.set_len(1000).await.unwrap();
+            assert_eq!(storage.free_bytes(), Some(9000));
+            let other = storage
+                .open(&path("other"), OpenFlags::WRITE)
+                .await
+                .unwrap();
+            write(&other, 0, &[1; 9000], false).await.unwrap();
+            assert_eq!(storage.free_bytes(), Some(0));
+            // Replacing a file by a rename, and removing one, frees their bytes.
+            storage.rename(&path("other"), &path("log")).await.unwrap();
+            assert_eq!(storage.free_bytes(), Some(1000));
+            storage.remove_file(&path("log")).await.unwrap();
+            assert_eq!(storage.free_bytes(), Some(10_000));
+            assert_eq!(storage.crash_clean().free_bytes(), Some(10_000));
         });
     }
 

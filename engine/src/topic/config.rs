@@ -51,7 +51,9 @@ pub mod keys {
     pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
     /// ringlog: `buffered` (page cache) | `direct` (O_DIRECT).
     pub const IO_MODE: &str = "ringlog.io.mode";
-    /// ringlog: bytes a segment file grows by per fallocate; `0` does not preallocate.
+    /// ringlog: the largest step a partition preallocates its segment file by (steps start
+    /// small and grow with the write rate, within the node's budget); `0` preallocates only
+    /// what each write needs.
     pub const PREALLOCATE_BYTES: &str = "ringlog.preallocate.bytes";
 
     /// Every key, in the order `TopicConfig::to_pairs` lists them.
@@ -82,7 +84,7 @@ pub const SEVEN_DAYS_MS: u64 = 7 * MS_PER_DAY;
 pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 4096;
 /// The default `max.message.bytes`: 1 MiB + 12 bytes (the log overhead), as in Kafka.
 pub const MAX_MESSAGE_BYTES_DEFAULT: u32 = 1_048_588;
-/// The default fallocate step: 64 MiB.
+/// The default largest fallocate step: 64 MiB.
 pub const PREALLOCATE_BYTES_DEFAULT: u64 = 64 << 20;
 
 /// When the appender fdatasyncs a partition's active segment.
@@ -265,7 +267,9 @@ impl TopicConfig {
     pub fn timestamp_type(&self) -> TimestampType {
         self.timestamp_type
     }
-    /// Bytes a segment file grows by per fallocate; `0` does not preallocate.
+    /// The largest step a partition's segment file grows by per fallocate (see
+    /// `log/prealloc.rs` for how the step adapts); `0` preallocates only what each write
+    /// needs.
     pub fn preallocate_bytes(&self) -> u64 {
         self.preallocate_bytes
     }
