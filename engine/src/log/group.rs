@@ -194,8 +194,9 @@ pub(crate) async fn write_at_tail<S: Storage>(
 /// Grows the segment file at `allocated` by at least `needed` bytes, and by the
 /// partition's preallocation step (at most `step_max`, the topic's) as far as the node's
 /// budget grants it (`log/prealloc.rs`); returns the bytes added. Preallocating ahead only
-/// saves work, so on a nearly full disk (ENOSPC) it falls back to what this group needs;
-/// only if that fails too is the disk full for the log.
+/// saves work, so on a nearly full disk (ENOSPC) it falls back to what this group needs
+/// (only if that fails too is the disk full for the log), and on a file system without
+/// fallocate (EOPNOTSUPP: ramfs, for one) it adds nothing and the writes extend the file.
 async fn preallocate<S: Storage>(
     shared: &Shared<S>,
     writer: &S::File,
@@ -214,6 +215,11 @@ async fn preallocate<S: Storage>(
         Ok(()) => return Ok(grow),
         Err(error) => error,
     };
+    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        shared.prealloc.give_back(grow);
+        tracing::debug!(partition = %shared.id, "no fallocate on this file system");
+        return Ok(0);
+    }
     if grow > needed && error.raw_os_error() == Some(libc::ENOSPC) {
         shared.prealloc.give_back(grow - needed);
         // Every group on a nearly full disk takes this path: not a warning each time.
