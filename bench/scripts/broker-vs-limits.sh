@@ -20,16 +20,28 @@
 #   scale    acks=1, 1,000 partitions vs 1, 3 M records each (4 MiB preallocation steps).
 #   rdkafka  the acks=1 and consume runs again through librdkafka (`--client rdkafka`).
 #
-# Usage: bench/scripts/broker-vs-limits.sh [RUNS] [DURATION] [SUSTAIN_BYTES]
+# Memory: warm by default: before every run, after the cache drop, the run's working set is
+# faulted in and freed: the page cache it fills (a DURATION run at up to 1 GiB/s, or the
+# probes' SUSTAIN_BYTES, whichever is larger) and 1 GiB for the broker and the client; with
+# --cold the freed memory is left COLD_WAIT_S to go back to the host instead (see lib.sh).
+# The summary's first line says which.
+#
+# Usage: bench/scripts/broker-vs-limits.sh [--cold] [RUNS] [DURATION] [SUSTAIN_BYTES]
 # Env:   BENCH_DIR (data; default target/bench-tmp, must be the real disk, not tmpfs),
-#        BENCH_OUT (JSON results; default target/bench-results/broker-<timestamp>).
+#        BENCH_OUT (JSON results; default target/bench-results/broker-<timestamp>),
+#        WARM_BYTES, WARM_RESERVE_BYTES, COLD_WAIT_S (lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/scripts/lib.sh
 
+if memory_mode "${1:-}"; then shift; fi
 RUNS=${1:-3}
 DURATION=${2:-10}
 SUSTAIN=${3:-4GiB}
+# The working set (Memory, above); DURATION may have a fraction.
+WARM_BYTES=${WARM_BYTES:-$(awk -v seconds="$DURATION" -v sustain="$(to_bytes "$SUSTAIN")" \
+    'BEGIN { written = seconds * 2^30; if (sustain > written) written = sustain
+             printf "%.0f", written + 2^30 }')}
 DIR=${BENCH_DIR:-target/bench-tmp}
 OUT=${BENCH_OUT:-target/bench-results/broker-$(date +%Y%m%d-%H%M%S)}
 BENCH=target/release/ringlog-bench
@@ -38,7 +50,7 @@ command -v python3 >/dev/null || { echo "missing python3" >&2; exit 2; }
 mkdir -p "$DIR" "$OUT"
 cargo build --release -p ringlog-bench >&2
 
-machine_info "$DIR" | tee "$OUT/machine.txt" >&2
+{ memory_note; machine_info "$DIR"; } | tee "$OUT/machine.txt" >&2
 
 probe() {
     local name=$1 i=$2
@@ -116,4 +128,5 @@ for i in $(seq 1 "$RUNS"); do
 done
 rm -rf "$DIR"/ringlog-embedded-*
 echo "load at end: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
-python3 "$(dirname "$0")/summarize-broker.py" "$OUT" | tee "$OUT/summary.md"
+{ memory_note; echo; python3 "$(dirname "$0")/summarize-broker.py" "$OUT"; } |
+    tee "$OUT/summary.md"

@@ -18,15 +18,24 @@
 #     data cached and partly dirty (none), cached and clean (sync), and read from disk
 #     (drop-caches), then reopened after a clean close.
 #
-# Usage: bench/scripts/engine-vs-limits.sh [RUNS] [SIZE]
+# Memory: warm by default: before every run, after the cache drop, SIZE + 1 GiB (what a
+# buffered run leaves in the page cache, and the engine's buffers) are faulted in and freed;
+# with --cold the freed memory is left COLD_WAIT_S to go back to the host instead (see
+# lib.sh). The summary's first line says which. The recovery runs' drop-caches mode drops
+# the caches itself, so its reopen reads from the disk in either mode.
+#
+# Usage: bench/scripts/engine-vs-limits.sh [--cold] [RUNS] [SIZE]
 # Env:   BENCH_DIR (data files; default target/bench-tmp, must be the real disk),
-#        BENCH_OUT (JSON results; default target/bench-results/engine-<timestamp>).
+#        BENCH_OUT (JSON results; default target/bench-results/engine-<timestamp>),
+#        WARM_BYTES, WARM_RESERVE_BYTES, COLD_WAIT_S (lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/scripts/lib.sh
 
+if memory_mode "${1:-}"; then shift; fi
 RUNS=${1:-3}
 SIZE=${2:-4GiB}
+WARM_BYTES=${WARM_BYTES:-$(($(to_bytes "$SIZE") + (1 << 30)))}
 DIR=${BENCH_DIR:-target/bench-tmp}
 OUT=${BENCH_OUT:-target/bench-results/engine-$(date +%Y%m%d-%H%M%S)}
 BENCH=target/release/ringlog-bench
@@ -36,7 +45,7 @@ command -v python3 >/dev/null || { echo "missing python3" >&2; exit 2; }
 mkdir -p "$DIR" "$OUT"
 cargo build --release -p ringlog-bench >&2
 
-machine_info "$DIR" | tee "$OUT/machine.txt" >&2
+{ memory_note; machine_info "$DIR"; } | tee "$OUT/machine.txt" >&2
 
 # probe NAME ARGS…: one disk-limit run, fallocated file, fsync at the end (timed).
 probe() {
@@ -91,4 +100,5 @@ for i in $(seq 1 "$RUNS"); do
 done
 rm -rf "$DATA"
 echo "load at end: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
-python3 "$(dirname "$0")/summarize-engine.py" "$OUT" | tee "$OUT/summary.md"
+{ memory_note; echo; python3 "$(dirname "$0")/summarize-engine.py" "$OUT"; } |
+    tee "$OUT/summary.md"

@@ -16,15 +16,24 @@
 #   runtime cost per operation: ringlog-bench probe nop, batch 64 and batch 1 (no limit
 #     tool; the target is an absolute number)
 #
-# Usage: bench/scripts/runtime-vs-limits.sh [RUNS] [SIZE] [SECONDS]
+# Memory: warm by default: before every write run (fio's and ours alike), after the cache
+# drop, SIZE + 1 GiB (the page cache a buffered run fills, and the process) are faulted in
+# and freed; with --cold the freed memory is left COLD_WAIT_S to go back to the host
+# instead (see lib.sh). The summary's first line says which. The TCP and no-op probes
+# touch little memory and run without either.
+#
+# Usage: bench/scripts/runtime-vs-limits.sh [--cold] [RUNS] [SIZE] [SECONDS]
 # Env:   BENCH_DIR (data files; default target/bench-tmp, must be the real disk),
-#        BENCH_OUT (JSON results; default target/bench-results/<timestamp>).
+#        BENCH_OUT (JSON results; default target/bench-results/<timestamp>),
+#        WARM_BYTES, WARM_RESERVE_BYTES, COLD_WAIT_S (lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/scripts/lib.sh
 
+if memory_mode "${1:-}"; then shift; fi
 RUNS=${1:-3}
 SIZE=${2:-4G}
+WARM_BYTES=${WARM_BYTES:-$(($(to_bytes "$SIZE") + (1 << 30)))}
 SECONDS_TCP=${3:-10}
 DIR=${BENCH_DIR:-target/bench-tmp}
 OUT=${BENCH_OUT:-target/bench-results/$(date +%Y%m%d-%H%M%S)}
@@ -37,7 +46,8 @@ done
 mkdir -p "$DIR" "$OUT"
 cargo build --release -p ringlog-bench >&2
 
-machine_info "$DIR" "fio --version" "iperf3 --version | head -1" | tee "$OUT/machine.txt" >&2
+{ memory_note; machine_info "$DIR" "fio --version" "iperf3 --version | head -1"; } |
+    tee "$OUT/machine.txt" >&2
 
 run_writes() {
     local mode=$1 direct=$2 flag=() i
@@ -83,4 +93,4 @@ run_writes direct 1
 run_tcp
 run_nops
 echo "load at end: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
-python3 "$(dirname "$0")/summarize.py" "$OUT" | tee "$OUT/summary.md"
+{ memory_note; echo; python3 "$(dirname "$0")/summarize.py" "$OUT"; } | tee "$OUT/summary.md"

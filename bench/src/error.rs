@@ -3,6 +3,7 @@
 //! code ([`EXIT_CODE_IO_URING_UNAVAILABLE`]); everything else exits with 1.
 
 use std::io;
+use std::time::Duration;
 
 use ringlog_engine::batch::BatchError;
 use ringlog_engine::log::LogError;
@@ -56,6 +57,11 @@ pub enum BenchError {
     /// does not decode, a Kafka error code, a count that does not add up.
     #[error("broker: {0}")]
     Broker(String),
+    /// A producing run had records outstanding and none was acknowledged for `waited`;
+    /// `heard` names the broker's last error codes and partitions, or says that nothing
+    /// was answered.
+    #[error("broker: no record acknowledged for {waited:?} with records outstanding; {heard}")]
+    Stalled { waited: Duration, heard: String },
     /// The engine returned something the bench cannot account for (a read that does not
     /// advance, a log that lost records); the message says what.
     #[error("engine result does not add up: {0}")]

@@ -176,8 +176,35 @@ fn print_results(results: &E2eResults) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{e2e, E2eArgs};
+    use crate::broker::blackhole::{broker_behind_blackhole, within};
     use crate::broker::{parse_args, Target};
+    use crate::error::BenchError;
+
+    #[test]
+    fn a_broker_that_never_answers_produce_stops_both_sides() {
+        let parent = tempfile::tempdir().unwrap();
+        let (target, _blackhole) = broker_behind_blackhole(parent.path()).unwrap();
+        let address = target.address.to_string();
+        let args: E2eArgs = parse_args(&[
+            "e2e",
+            "--bootstrap",
+            &address,
+            "--duration",
+            "60",
+            "--record-size",
+            "64",
+            "--stall-timeout-ms",
+            "500",
+        ])
+        .unwrap();
+        // The consumer must stop too: a run still going after this has hung.
+        let limit = Duration::from_secs(30);
+        let error = within(limit, move || e2e(&args, &target)).unwrap_err();
+        assert!(matches!(error, BenchError::Stalled { .. }), "{error}");
+    }
 
     #[test]
     fn every_record_arrives_with_a_latency() {

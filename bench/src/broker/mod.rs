@@ -5,8 +5,13 @@
 //! topic, asking the API versions and the partitions' offsets (blocking `AdminClient`,
 //! before anything is timed).
 
+pub mod acks;
+#[cfg(test)]
+mod blackhole;
 pub mod consume;
 pub mod e2e;
+#[cfg(test)]
+mod poisoned;
 pub mod produce;
 pub mod rdkafka;
 pub mod stamp;

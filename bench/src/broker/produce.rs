@@ -9,9 +9,13 @@
 //! connections than partitions) and cycles through them. Connections are spread over
 //! `--client-threads` threads, each with its own `rt::block_on` runtime.
 //!
-//! A response with a Kafka error code counts as an acks error (and stops the run); the
-//! run's budget (`--records` or `--duration`) is shared by all connections. A thread
-//! prints one progress line per second to stderr.
+//! A response with a Kafka error code counts as an acks error: the run stops (nothing is
+//! resent) and fails naming the codes and partitions. A run with requests outstanding and
+//! no record acknowledged for the stall timeout (see `acks`) fails too: a connection still
+//! waiting for a response then shuts its socket down and names what the broker last
+//! answered. With acks=0 nothing is answered, so nothing is outstanding either. The run's
+//! budget (`--records` or `--duration`) is shared by all connections. A thread prints one
+//! progress line per second to stderr.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -32,6 +36,7 @@ use ringlog_engine::log::metrics::{
 use ringlog_engine::rt::{self, TcpStream};
 use serde::Serialize;
 
+use super::acks::{kafka_label, AckWatch, STALL_TIMEOUT_MS_DEFAULT};
 use super::rdkafka::{self, ClientArg};
 use super::stamp::{Clock, StampSites};
 use super::wire::{decode_response, encode_frame, set_correlation_id, FrameReader};
@@ -132,6 +137,18 @@ pub struct ProduceArgs {
     #[arg(long)]
     #[serde(skip)]
     pub json: Option<PathBuf>,
+    /// How long the run waits with records outstanding and none acknowledged before it
+    /// fails. Hidden: tests lower it; a benchmark has no reason to change it.
+    #[arg(long, hide = true, default_value_t = STALL_TIMEOUT_MS_DEFAULT)]
+    #[serde(skip)]
+    pub stall_timeout_ms: u64,
+}
+
+impl ProduceArgs {
+    /// `--stall-timeout-ms` as a duration.
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
 }
 
 /// What `produce` measured. MiB/s is 2^20 bytes per second, MB/s 10^6.
@@ -216,7 +233,8 @@ struct Shared {
     records: AtomicU64,
     bytes: AtomicU64,
     requests: AtomicU64,
-    acks_errors: AtomicU64,
+    /// The acknowledgements and refusals, for the stall check and the run's error.
+    acks: AckWatch,
     stop: AtomicBool,
     interval: Mutex<Option<Histogram<u64>>>,
 }
@@ -327,11 +345,8 @@ pub fn produce_stamped(
     let (latencies, elapsed) = drive(args, target, version, plans, &shared, clock)?;
     let mut results = results(args, version, &batches, &shared, &latencies, elapsed);
     results.group_commits = counters.map(|before| before.until(&GroupCounters::now()));
-    if results.acks_errors > 0 {
-        return Err(BenchError::Broker(format!(
-            "{} acks errors",
-            results.acks_errors
-        )));
+    if let Some(error) = shared.acks.refused_error() {
+        return Err(error);
     }
     if args.records.is_some() && results.records != records_total {
         return Err(BenchError::Broker(format!(
@@ -357,10 +372,11 @@ pub fn validate(args: &ProduceArgs) -> Result<(), BenchError> {
         || args.in_flight == 0
         || args.client_threads == 0
         || args.batch_bytes == 0
+        || args.stall_timeout_ms == 0
     {
         return Err(BenchError::InvalidArguments(
-            "--partitions, --connections, --in-flight, --client-threads and --batch-bytes must \
-             be positive"
+            "--partitions, --connections, --in-flight, --client-threads, --batch-bytes and \
+             --stall-timeout-ms must be positive"
                 .into(),
         ));
     }
@@ -505,6 +521,7 @@ struct Connection {
     in_flight: usize,
     acks_none: bool,
     deadline: Option<Instant>,
+    stall_timeout: Duration,
     /// Records per second of one connection, with `--rate`.
     records_per_s: Option<f64>,
     /// End-to-end runs: the clock every record is stamped with when sent.
@@ -529,6 +546,7 @@ impl Connection {
             deadline: args
                 .duration
                 .map(|seconds| start + Duration::from_secs_f64(seconds)),
+            stall_timeout: args.stall_timeout(),
             records_per_s: args.rate.map(|rate| rate / f64::from(args.connections)),
             clock,
             shared: Arc::clone(shared),
@@ -691,8 +709,8 @@ async fn send_requests(
     }
 }
 
-/// The reading half: one response per request sent, in order; records its latency and
-/// returns its window slot.
+/// The reading half: one response per request sent, in order; records an acknowledged
+/// request's latency and returns its window slot.
 async fn read_responses(
     stream: Rc<TcpStream>,
     connection: Connection,
@@ -702,18 +720,48 @@ async fn read_responses(
     let mut reader = FrameReader::new();
     let mut latencies = Latencies::new();
     while let Some(request) = sent.next().await {
-        let body = reader.next_frame(&stream).await?;
+        let body = next_response(&stream, &mut reader, &connection, request.at).await?;
         let response =
             decode_response::<ProduceRequest>(body, connection.version, request.correlation_id)?;
         let latency = request.at.elapsed();
-        check_response(&connection.shared, &response);
-        latencies.record(latency);
-        record_interval(&connection.shared, latency);
-        count(&connection.shared, request.records, request.frame_len);
+        if check_response(&connection.shared, &response) {
+            latencies.record(latency);
+            record_interval(&connection.shared, latency);
+            count(&connection.shared, request.records, request.frame_len);
+        }
         // The sender may have finished; its slots are no longer needed then.
         let _ = slots.unbounded_send(());
     }
     Ok(latencies)
+}
+
+/// The response to the request sent at `sent_at`, unless the run stalls first: no record
+/// acknowledged on any connection for the stall timeout while this request waits. Then
+/// the run stops, and the socket is shut down so that a send blocked on a broker that no
+/// longer reads fails instead of waiting forever.
+async fn next_response(
+    stream: &TcpStream,
+    reader: &mut FrameReader,
+    connection: &Connection,
+    sent_at: Instant,
+) -> Result<bytes::Bytes, BenchError> {
+    let acks = &connection.shared.acks;
+    let mut frame = std::pin::pin!(reader.next_frame(stream));
+    loop {
+        let deadline = acks.stall_deadline(sent_at, connection.stall_timeout);
+        let wait = deadline.saturating_duration_since(Instant::now());
+        // The frame's future stays pinned across the waits: a timeout drops only the
+        // borrow, so no received byte is lost when the deadline moved on meanwhile.
+        if let Ok(body) = rt::timeout(wait, frame.as_mut()).await {
+            return body;
+        }
+        if Instant::now() >= acks.stall_deadline(sent_at, connection.stall_timeout) {
+            connection.shared.stop.store(true, Ordering::Relaxed);
+            // The run fails with the stall whether or not the shutdown works.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(acks.stalled(connection.stall_timeout, ""));
+        }
+    }
 }
 
 fn count(shared: &Shared, records: u64, frame_len: usize) {
@@ -731,25 +779,34 @@ fn record_interval(shared: &Shared, latency: Duration) {
     }
 }
 
-/// Counts a response's Kafka error codes as acks errors; the run then stops.
-fn check_response(shared: &Shared, response: &kafka_protocol::messages::ProduceResponse) {
+/// Whether every partition of a response acknowledged its records. Each Kafka error code
+/// is an acks error, noted with its partition; the run then stops (nothing is resent).
+fn check_response(shared: &Shared, response: &kafka_protocol::messages::ProduceResponse) -> bool {
+    let mut acknowledged = true;
     for partition in response
         .responses
         .iter()
         .flat_map(|topic| &topic.partition_responses)
     {
         if partition.error_code != 0 {
-            if shared.acks_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+            if shared.acks.refusal_count() == 0 {
                 eprintln!(
-                    "produce: partition {} answered error code {} ({})",
+                    "produce: partition {} answered {}",
                     partition.index,
-                    partition.error_code,
-                    ringlog_server::errors::name(partition.error_code)
+                    kafka_label(partition.error_code)
                 );
             }
+            shared
+                .acks
+                .refused_kafka(partition.index, partition.error_code);
             shared.stop.store(true, Ordering::Relaxed);
+            acknowledged = false;
         }
     }
+    if acknowledged {
+        shared.acks.acknowledged();
+    }
+    acknowledged
 }
 
 /// Once a second until the run stops: records/s, MB/s and p99 of the last second.
@@ -804,7 +861,7 @@ fn results(
         mb_per_s: bytes as f64 / 1e6 / elapsed_s,
         mib_per_s: mib_per_s(bytes, elapsed_s),
         latency: latencies.summary(),
-        acks_errors: shared.acks_errors.load(Ordering::Relaxed),
+        acks_errors: shared.acks.refusal_count(),
         client_threads: args.client_threads,
         group_commits: None,
         then_consume: None,
@@ -841,10 +898,44 @@ pub fn print_results(results: &ProduceResults) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{produce, ProduceArgs};
+    use crate::broker::blackhole::{broker_behind_blackhole, within};
     use crate::broker::consume::consume_all;
     use crate::broker::rdkafka::ClientArg;
     use crate::broker::{parse_args, Target};
+    use crate::error::BenchError;
+
+    /// Far beyond the stall timeout the tests set: a run still going then has hung.
+    const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_broker_that_never_answers_produce_stops_the_run_as_a_stall() {
+        let parent = tempfile::tempdir().unwrap();
+        let (target, _blackhole) = broker_behind_blackhole(parent.path()).unwrap();
+        let address = target.address.to_string();
+        let args: ProduceArgs = parse_args(&[
+            "produce",
+            "--bootstrap",
+            &address,
+            "--duration",
+            "60",
+            "--record-size",
+            "100",
+            "--partitions",
+            "3",
+            "--stall-timeout-ms",
+            "500",
+        ])
+        .unwrap();
+        let error = within(RUN_LIMIT, move || produce(&args, &target)).unwrap_err();
+        assert!(
+            matches!(error, BenchError::Stalled { waited, .. } if waited.as_millis() == 500),
+            "{error}"
+        );
+        assert!(error.to_string().contains("no response arrived"), "{error}");
+    }
 
     #[test]
     fn embedded_produce_then_consume_counts_every_record() {

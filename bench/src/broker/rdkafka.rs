@@ -13,11 +13,17 @@
 //! batches (`--batch-bytes` is its `batch.size`, `--linger-ms` its `linger.ms`, and
 //! `--in-flight` its `max.in.flight.requests.per.connection`) and picks the partitions
 //! (its default partitioner: by key hash, or a sticky random partition without keys). It
-//! does not retry: a failed delivery counts as an acks error and stops the run, as a Kafka
-//! error code does for the native client. A record's latency runs from its first `send`
-//! to its delivery report (the delivery opaque is the send time, in nanoseconds since the
-//! run's origin), so unlike the native client's per-request latency it includes the time
-//! the record waited in librdkafka's queue.
+//! is told not to retry (`message.send.max.retries=0`): a failed delivery counts as an
+//! acks error and stops the run, naming its code and partition, as a Kafka error code does
+//! for the native client. librdkafka still resends by itself, without counting a retry or
+//! reporting anything, after the errors it takes for stale metadata (NOT_LEADER_OR_FOLLOWER
+//! and the like; `rd_kafka_handle_Produce_error`), until `message.timeout.ms` (5 minutes).
+//! So the run also stops when records are outstanding and none was delivered for the stall
+//! timeout (see `acks`; checked every [`STALL_CHECK_INTERVAL`] while sending and while
+//! flushing at the end). A record's latency runs from its first `send` to its delivery
+//! report (the delivery opaque is the send time, in nanoseconds since the run's origin), so
+//! unlike the native client's per-request latency it includes the time the record waited
+//! in librdkafka's queue.
 //!
 //! Consume: one `BaseConsumer` `assign`ed every partition at explicit offsets listed
 //! beforehand, polled until the expected count. librdkafka wants a `group.id` for
@@ -47,6 +53,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Serialize;
 
+use super::acks::{kafka_label, AckWatch};
 use super::consume::{ConsumeArgs, ConsumeResults, FromArg};
 use super::produce::{AcksArg, ProduceArgs, ProduceResults};
 use super::{create_topic, list_offsets, Target};
@@ -85,10 +92,19 @@ const QUEUE_WINDOWS: u64 = 2;
 const QUEUE_FULL_WAIT: Duration = Duration::from_micros(100);
 /// How long the consumer waits for a record before it polls again.
 const POLL_WAIT: Duration = Duration::from_millis(100);
-/// How long librdkafka may take to deliver what is queued at the end, or to connect and
-/// learn the topic's metadata at the start.
+/// How long librdkafka may take to deliver what is queued at the end (while it keeps
+/// delivering), or to connect and learn the topic's metadata at the start.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the producer asks librdkafka whether records are outstanding (the count
+/// takes a lock in librdkafka), to check for a stall.
+const STALL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// What a stalled librdkafka run adds to its error: the errors it may not have reported.
+const STALL_NOTE: &str = " (librdkafka resends after some errors, such as \
+    NOT_LEADER_OR_FOLLOWER, without reporting them)";
+/// The code under which failed deliveries without an error code are counted (librdkafka's
+/// codes are far from it).
+const CODE_NOT_KNOWN: i32 = i32::MIN;
 /// How long a consume run waits for records that do not come before it gives up.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the broker may hold a fetch that has nothing new (as the native client).
@@ -143,7 +159,8 @@ struct Tally {
     timed: bool,
     /// Records delivered (producer) or read (consumer).
     records: AtomicU64,
-    acks_errors: AtomicU64,
+    /// The producer's deliveries and failed deliveries.
+    acks: AckWatch,
     stop: AtomicBool,
     /// The whole run's latencies, and those since the last progress line.
     latencies: Mutex<(Latencies, Latencies)>,
@@ -161,7 +178,7 @@ impl Tally {
             origin: Instant::now(),
             timed,
             records: AtomicU64::new(0),
-            acks_errors: AtomicU64::new(0),
+            acks: AckWatch::new(),
             stop: AtomicBool::new(false),
             latencies: Mutex::new((Latencies::new(), Latencies::new())),
             totals: Mutex::new(Totals::default()),
@@ -268,6 +285,7 @@ impl ProducerContext for Tally {
         match result {
             Ok(_) => {
                 self.records.fetch_add(1, Ordering::Relaxed);
+                self.acks.acknowledged();
                 if self.timed {
                     let latency =
                         Duration::from_nanos(self.now_ns().saturating_sub(sent_at_ns) as u64);
@@ -277,12 +295,14 @@ impl ProducerContext for Tally {
                 }
             }
             Err((error, message)) => {
-                if self.acks_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                if self.acks.refusal_count() == 0 {
                     eprintln!(
                         "produce: a record for partition {} failed: {error}",
                         message.partition()
                     );
                 }
+                let (code, label) = error_code(error);
+                self.acks.refused(message.partition(), code, || label);
                 self.stop.store(true, Ordering::Relaxed);
             }
         }
@@ -290,6 +310,20 @@ impl ProducerContext for Tally {
 }
 
 impl ConsumerContext for Tally {}
+
+/// A failed delivery's code and its label: a broker's code (0 and up) as Kafka names it,
+/// one of librdkafka's own (negative: a timeout, a purge) as librdkafka does; an error
+/// without a code (no delivery report carries one) by its message, under a code of its own.
+fn error_code(error: &KafkaError) -> (i32, String) {
+    let Some(code) = error.rdkafka_error_code() else {
+        return (CODE_NOT_KNOWN, format!("librdkafka error \"{error}\""));
+    };
+    let number = code as i32;
+    match i16::try_from(number) {
+        Ok(kafka) if kafka >= 0 => (number, kafka_label(kafka)),
+        _ => (number, format!("librdkafka {code:?} ({number})")),
+    }
+}
 
 /// A librdkafka failure, with what was being done. The bench's error type has no variant
 /// of its own for a client library; librdkafka's failures are the client's I/O, and an
@@ -336,19 +370,15 @@ pub fn produce(args: &ProduceArgs, target: &Target) -> Result<ProduceResults, Be
         .map_err(kafka("fetching the topic's metadata"))?;
     producer.context().set_running(true);
     let start = Instant::now();
-    send_load(&producer, args, records_total, start)?;
-    producer
-        .flush(FLUSH_TIMEOUT)
-        .map_err(kafka("flushing the producer"))?;
+    let mut stall = StallCheck::new(args.stall_timeout(), start);
+    send_load(&producer, args, records_total, start, &mut stall)?;
+    flush(&producer, &mut stall)?;
     let elapsed = start.elapsed();
     producer.context().set_running(false);
     await_statistics(producer.context(), || std::thread::sleep(QUEUE_FULL_WAIT));
     let results = produce_results(producer.context(), elapsed);
-    if results.acks_errors > 0 {
-        return Err(BenchError::Broker(format!(
-            "{} acks errors",
-            results.acks_errors
-        )));
+    if let Some(error) = producer.context().acks.refused_error() {
+        return Err(error);
     }
     if args.records.is_some() && results.records != records_total {
         return Err(BenchError::Broker(format!(
@@ -406,12 +436,69 @@ fn producer_config(args: &ProduceArgs, target: &Target) -> ClientConfig {
     config
 }
 
-/// Queues the load's records until the budget, the deadline or an acks error stops it.
+/// Watches a producer for a stall: records outstanding in librdkafka and none delivered
+/// for `timeout`.
+struct StallCheck {
+    timeout: Duration,
+    /// When librdkafka last had nothing outstanding (or the run started).
+    outstanding_since: Instant,
+    next_check: Instant,
+}
+
+impl StallCheck {
+    fn new(timeout: Duration, start: Instant) -> StallCheck {
+        StallCheck {
+            timeout,
+            outstanding_since: start,
+            next_check: start,
+        }
+    }
+
+    /// Fails with the stall error once the producer stalled; asks librdkafka at most once
+    /// per [`STALL_CHECK_INTERVAL`].
+    fn check(&mut self, producer: &ThreadedProducer<Tally>) -> Result<(), BenchError> {
+        let now = Instant::now();
+        if now < self.next_check {
+            return Ok(());
+        }
+        self.next_check = now + STALL_CHECK_INTERVAL;
+        if producer.in_flight_count() == 0 {
+            self.outstanding_since = now;
+            return Ok(());
+        }
+        let acks = &producer.context().acks;
+        if now >= acks.stall_deadline(self.outstanding_since, self.timeout) {
+            return Err(acks.stalled(self.timeout, STALL_NOTE));
+        }
+        Ok(())
+    }
+}
+
+/// Waits (at most [`FLUSH_TIMEOUT`]) until librdkafka delivered or failed every record,
+/// unless the producer stalls first.
+fn flush(producer: &ThreadedProducer<Tally>, stall: &mut StallCheck) -> Result<(), BenchError> {
+    let deadline = Instant::now() + FLUSH_TIMEOUT;
+    loop {
+        match producer.flush(STALL_CHECK_INTERVAL) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+                if Instant::now() < deadline =>
+            {
+                stall.check(producer)?;
+            }
+            Err(error) => return Err(kafka("flushing the producer")(error)),
+        }
+    }
+}
+
+/// Queues the load's records until the budget, the deadline or an acks error stops it,
+/// or the producer stalls.
 fn send_load(
     producer: &ThreadedProducer<Tally>,
     args: &ProduceArgs,
     records_total: u64,
     start: Instant,
+    stall: &mut StallCheck,
 ) -> Result<(), BenchError> {
     let tally = producer.context();
     let mut value = vec![0u8; args.record_size as usize];
@@ -440,18 +527,20 @@ fn send_load(
         if let Some(key) = keys.next() {
             record = record.key(key);
         }
-        enqueue(producer, record)?;
+        enqueue(producer, record, stall)?;
         sent += 1;
     }
     Ok(())
 }
 
-/// Hands `record` to librdkafka, waiting while its queue is full.
+/// Hands `record` to librdkafka, waiting while its queue is full (unless it stalls).
 fn enqueue(
     producer: &ThreadedProducer<Tally>,
     mut record: BaseRecord<'_, [u8], [u8], usize>,
+    stall: &mut StallCheck,
 ) -> Result<(), BenchError> {
     loop {
+        stall.check(producer)?;
         match producer.send(record) {
             Ok(()) => return Ok(()),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -479,7 +568,7 @@ fn produce_results(tally: &Tally, elapsed: Duration) -> ProduceResults {
         mb_per_s: totals.bytes as f64 / 1e6 / elapsed_s,
         mib_per_s: mib_per_s(totals.bytes, elapsed_s),
         latency: lock(&tally.latencies).0.summary(),
-        acks_errors: tally.acks_errors.load(Ordering::Relaxed),
+        acks_errors: tally.acks.refusal_count(),
         client_threads: 1,
         group_commits: None,
         then_consume: None,
@@ -653,11 +742,46 @@ fn read_until(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{produce, ClientArg, KeyWriter};
+    use crate::broker::blackhole::{broker_behind_blackhole, within};
     use crate::broker::consume::consume_all;
     use crate::broker::produce::ProduceArgs;
     use crate::broker::{list_offsets, parse_args, Target};
     use crate::engine::batches::Keys;
+    use crate::error::BenchError;
+
+    /// Far beyond the stall timeout the tests set: a run still going then has hung.
+    const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_broker_that_never_answers_produce_stops_the_rdkafka_run_as_a_stall() {
+        let parent = tempfile::tempdir().unwrap();
+        let (target, _blackhole) = broker_behind_blackhole(parent.path()).unwrap();
+        let address = target.address.to_string();
+        let args: ProduceArgs = parse_args(&[
+            "produce",
+            "--bootstrap",
+            &address,
+            "--records",
+            "1000",
+            "--record-size",
+            "100",
+            "--linger-ms",
+            "0",
+            "--client",
+            "rdkafka",
+            "--stall-timeout-ms",
+            "500",
+        ])
+        .unwrap();
+        let error = within(RUN_LIMIT, move || produce(&args, &target)).unwrap_err();
+        assert!(matches!(error, BenchError::Stalled { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("no response arrived"), "{message}");
+        assert!(message.contains("librdkafka resends"), "{message}");
+    }
 
     #[test]
     fn embedded_rdkafka_produce_then_consume_counts_every_record() {
