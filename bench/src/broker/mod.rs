@@ -58,8 +58,9 @@ pub struct TargetArgs {
     /// `--embedded`: topic flush policy (`always`: fdatasync per group, acks wait for it).
     #[arg(long, value_enum, default_value_t = FlushArg::Never)]
     pub flush: FlushArg,
-    /// `--embedded`: `buffered` (page cache) or `direct` (O_DIRECT).
-    #[arg(long, value_enum, default_value_t = IoModeArg::Buffered)]
+    /// `--embedded`: `direct` (O_DIRECT with the batch cache, `ringlog serve`'s default) or
+    /// `buffered` (page cache).
+    #[arg(long, value_enum, default_value_t = IoModeArg::Direct)]
     pub io_mode: IoModeArg,
     /// `--embedded`: bytes a segment file grows by per fallocate (`ringlog.preallocate.bytes`;
     /// 1,000 partitions preallocate 1,000 times this).
