@@ -144,4 +144,4 @@ pub const BATCH_CACHE_MEMORY_FRACTION_DEFAULT: u64 = 8;
 pub const BATCH_CACHE_READ_CHUNK_BYTES: usize = 2 << 20;
 /// How far ahead of a catching-up consumer the log reads into the batch cache: the
 /// consumer's next fetches find their batches in memory while the disk reads further on.
-pub const BATCH_CACHE_READAHEAD_BYTES: u64 = 8 << 20;
+pub const BATCH_CACHE_READAHEAD_BYTES: u64 = 16 << 20;

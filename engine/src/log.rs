@@ -200,6 +200,10 @@ pub(crate) struct Shared<S: Storage> {
     pub(crate) cache_key: Cell<Option<u64>>,
     /// Whether a read-ahead task is filling the cache for this log.
     pub(crate) reading_ahead: Cell<bool>,
+    /// Chunks the read-ahead task finished (or gave up on), and the fetches waiting for
+    /// the next one.
+    pub(crate) readahead_steps: Cell<u64>,
+    pub(crate) readahead_waiters: RefCell<Vec<std::task::Waker>>,
 }
 
 impl<S: Storage> Drop for Shared<S> {

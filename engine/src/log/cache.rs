@@ -10,7 +10,7 @@
 //! the shard's logs. A log's entries are runs of whole, consecutive batches, keyed by their
 //! first offset in a map per log; a run knows where each of its batches starts. One LRU
 //! order over all entries of the shard (ticks in a `BTreeMap`) decides what goes when the
-//! charged bytes pass the budget. A run is charged its whole buffer's capacity, since that
+//! charged bytes pass the budget. A run is charged its whole buffer's allocation, since that
 //! is the memory it holds.
 //!
 //! Invariants: runs of one log never overlap (an insert keeps only batches no entry holds);
@@ -43,7 +43,7 @@ pub static CACHE_MISS_BYTES: AtomicU64 = AtomicU64::new(0);
 pub static CACHE_READ_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Bytes of buffers evicted to stay within the budget.
 pub static CACHE_EVICTED_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Bytes the caches of all shards hold now (their buffers' capacities).
+/// Bytes the caches of all shards hold now (their buffers' allocations).
 pub static CACHE_USED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
@@ -201,7 +201,7 @@ impl BatchCache {
     /// evicts least recently used entries until the budget holds.
     pub(crate) fn insert(&self, log: u64, generation: u64, run: Run) {
         let mut inner = self.inner.borrow_mut();
-        let charge_bytes = run.buf.capacity() as u64;
+        let charge_bytes = run.buf.allocated_bytes() as u64;
         let current = inner.logs.get(&log).map(|entries| entries.generation);
         if current != Some(generation) || charge_bytes > inner.budget_bytes {
             drop(inner);
@@ -478,7 +478,7 @@ impl Inner {
                 unreachable!("batch cache LRU names a missing entry");
             }
             CACHE_EVICTED_BYTES.fetch_add(
-                freed.last().map_or(0, |buf| buf.capacity() as u64),
+                freed.last().map_or(0, |buf| buf.allocated_bytes() as u64),
                 Ordering::Relaxed,
             );
         }

@@ -10,7 +10,10 @@
 //! [`BATCH_CACHE_READAHEAD_BYTES`] after it are cached, one task per log reads the next
 //! chunks into the cache, so a catching-up consumer's next fetches find their batches in
 //! memory while the disk is already reading further. The task stops at the high watermark,
-//! on any error (the fetch that needs the bytes reports it), or once enough is cached.
+//! on any error (the fetch that needs the bytes reports it), or once enough is cached. A
+//! fetch that misses while the task runs waits for the task's next chunk (a few times at
+//! most) before it reads the disk itself: the chunk is most likely the one it needs, and
+//! reading it twice would halve what the disk gives the consumer.
 //!
 //! Nothing read here changes the log: a read that finishes after a truncation inserts
 //! nothing (the cache's generation check), and bytes past the high watermark or the
@@ -56,6 +59,8 @@ impl<S: Storage> PartitionLog<S> {
         };
         let found = if let Some(found) = hit {
             found
+        } else if let Some(found) = after_read_ahead(shared, offset, max_bytes).await {
+            found
         } else {
             load(shared, offset, max_bytes).await?;
             let Some(found) = shared.cache.get(key, offset, max_bytes, high_watermark) else {
@@ -70,6 +75,49 @@ impl<S: Storage> PartitionLog<S> {
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
         read_ahead(shared, served_next);
         Ok(Some(pieces))
+    }
+}
+
+/// How many read-ahead chunks a missing fetch waits for before it reads the disk itself.
+const READAHEAD_WAITS_MAX: usize = 4;
+
+/// Waits for the running read-ahead task's next chunks (at most
+/// [`READAHEAD_WAITS_MAX`]) until the cache holds `offset`; what it then holds, or `None`.
+async fn after_read_ahead<S: Storage>(
+    shared: &Shared<S>,
+    offset: i64,
+    max_bytes: u64,
+) -> Option<(Vec<Bytes>, i64)> {
+    let key = cache_key(shared);
+    for _ in 0..READAHEAD_WAITS_MAX {
+        if !shared.reading_ahead.get() {
+            return None;
+        }
+        let seen = shared.readahead_steps.get();
+        std::future::poll_fn(|cx| {
+            if shared.readahead_steps.get() != seen {
+                return std::task::Poll::Ready(());
+            }
+            shared
+                .readahead_waiters
+                .borrow_mut()
+                .push(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+        let high_watermark = shared.offsets().high_watermark;
+        if let Some(found) = shared.cache.get(key, offset, max_bytes, high_watermark) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// The read-ahead task finished a chunk (or stopped): wakes the fetches waiting for it.
+fn read_ahead_stepped<S: Storage>(shared: &Shared<S>) {
+    shared.readahead_steps.set(shared.readahead_steps.get() + 1);
+    for waker in shared.readahead_waiters.borrow_mut().drain(..) {
+        waker.wake();
     }
 }
 
@@ -98,7 +146,9 @@ fn read_ahead<S: Storage>(shared: &Rc<Shared<S>>, offset: i64) {
     let shared = shared.clone();
     let task = rt::spawn_local(async move {
         while let Some(gap) = gap_before_high_watermark(&shared, offset) {
-            match load(&shared, gap, 0).await {
+            let loaded = load(&shared, gap, 0).await;
+            read_ahead_stepped(&shared);
+            match loaded {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(error) => {
@@ -108,6 +158,7 @@ fn read_ahead<S: Storage>(shared: &Rc<Shared<S>>, offset: i64) {
             }
         }
         shared.reading_ahead.set(false);
+        read_ahead_stepped(&shared);
     });
     task.detach();
 }

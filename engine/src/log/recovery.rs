@@ -116,6 +116,8 @@ pub(crate) async fn open<S: Storage>(
         cache: super::cache::for_this_thread(),
         cache_key: Cell::new(None),
         reading_ahead: Cell::new(false),
+        readahead_steps: Cell::new(0),
+        readahead_waiters: RefCell::new(Vec::new()),
     })
 }
 

@@ -257,6 +257,12 @@ impl AlignedBuf {
         self.capacity
     }
 
+    /// Bytes allocated for the buffer: its capacity, rounded up to whole huge pages for a
+    /// huge-page buffer. What holding the buffer costs.
+    pub fn allocated_bytes(&self) -> usize {
+        self.allocated
+    }
+
     /// Sets the length; the memory is always initialized (zeroed at allocation).
     pub fn set_len(&mut self, len: usize) {
         assert!(
@@ -337,11 +343,39 @@ unsafe impl IoBufMut for AlignedBuf {
     }
 }
 
-const SIZE_CLASSES: usize =
-    (BUF_SIZE_CLASS_MAX_BYTES / BUF_SIZE_CLASS_MIN_BYTES).trailing_zeros() as usize + 1;
-const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES.is_power_of_two());
-const _: () = assert!(BUF_SIZE_CLASS_MAX_BYTES.is_power_of_two());
+/// The capacities of the pool's size classes, ascending. Below the huge-page threshold the
+/// classes go in steps of ×1.5 and ×4/3 (powers of two and the halfway points between
+/// them, every one a multiple of the alignment), so a buffer wastes at most a third of
+/// itself, not half: the batch cache keeps group buffers for long and is charged for all
+/// of them. From the threshold on a buffer is allocated in whole huge pages anyway, so
+/// the classes are multiples of the huge page.
+const CLASS_CAPACITIES: [usize; 19] = [
+    4 << 10,
+    8 << 10,
+    12 << 10,
+    16 << 10,
+    24 << 10,
+    32 << 10,
+    48 << 10,
+    64 << 10,
+    96 << 10,
+    128 << 10,
+    192 << 10,
+    256 << 10,
+    384 << 10,
+    512 << 10,
+    768 << 10,
+    2 << 20,
+    4 << 20,
+    6 << 20,
+    8 << 20,
+];
+const SIZE_CLASSES: usize = CLASS_CAPACITIES.len();
+const _: () = assert!(CLASS_CAPACITIES[0] == BUF_SIZE_CLASS_MIN_BYTES);
+const _: () = assert!(CLASS_CAPACITIES[SIZE_CLASSES - 1] == BUF_SIZE_CLASS_MAX_BYTES);
 const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES % BUF_ALIGN_BYTES == 0);
+const _: () = assert!(CLASS_CAPACITIES[14] < BUF_HUGE_PAGE_THRESHOLD_BYTES);
+const _: () = assert!(CLASS_CAPACITIES[15] % HUGE_PAGE_BYTES == 0);
 
 /// Counters of a pool's work.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -432,16 +466,14 @@ impl PoolInner {
     }
 }
 
+/// The smallest class holding `capacity` bytes; `None` above the largest.
 fn size_class(capacity: usize) -> Option<usize> {
-    if capacity > BUF_SIZE_CLASS_MAX_BYTES {
-        return None;
-    }
-    let rounded = capacity.max(BUF_SIZE_CLASS_MIN_BYTES).next_power_of_two();
-    Some((rounded / BUF_SIZE_CLASS_MIN_BYTES).trailing_zeros() as usize)
+    let class = CLASS_CAPACITIES.partition_point(|&class| class < capacity);
+    (class < SIZE_CLASSES).then_some(class)
 }
 
 fn class_capacity(class: usize) -> usize {
-    BUF_SIZE_CLASS_MIN_BYTES << class
+    CLASS_CAPACITIES[class]
 }
 
 /// A buffer from a [`BufPool`]; it goes back to the pool when dropped.
@@ -529,15 +561,11 @@ mod tests {
     fn pool_reuses_freed_buffers_without_allocating() {
         let pool = BufPool::new();
         let first = pool.get(10_000);
-        assert_eq!(
-            first.capacity(),
-            16384,
-            "rounded up to its power-of-two class"
-        );
+        assert_eq!(first.capacity(), 12288, "rounded up to its class");
         assert_eq!(first.stable_ptr() as usize % BUF_ALIGN_BYTES, 0);
         let address = first.stable_ptr();
         drop(first);
-        let second = pool.get(16384);
+        let second = pool.get(12288);
         assert_eq!(second.stable_ptr(), address, "the freed buffer came back");
         assert!(second.is_empty(), "a reused buffer starts empty");
         assert_eq!(
@@ -580,6 +608,15 @@ mod tests {
         assert_eq!(size_class(4097), Some(1));
         assert_eq!(size_class(BUF_SIZE_CLASS_MAX_BYTES), Some(SIZE_CLASSES - 1));
         assert_eq!(size_class(BUF_SIZE_CLASS_MAX_BYTES + 1), None);
+        // From 8 KiB up to the huge-page threshold a class wastes at most a third of itself.
+        for size in (8192..BUF_HUGE_PAGE_THRESHOLD_BYTES * 3 / 4).step_by(4096) {
+            let capacity = class_capacity(size_class(size + 1).unwrap());
+            assert!(
+                capacity > size && capacity * 2 <= (size + 1) * 3,
+                "{size}: {capacity}"
+            );
+            assert_eq!(capacity % BUF_ALIGN_BYTES, 0);
+        }
     }
 
     #[test]
