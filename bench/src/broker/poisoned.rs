@@ -3,9 +3,10 @@
 //!
 //! The storage failure is real, not faked: the test binary runs the client's test again
 //! in a child process under a file size limit (`ulimit -f`, with SIGXFSZ ignored so the
-//! kernel fails the call instead of killing the process). The embedded broker's first
-//! preallocation of a segment (64 MiB by default) then fails with EFBIG, the engine
-//! poisons the partition, and every Produce to it is answered with KAFKA_STORAGE_ERROR.
+//! kernel fails the call instead of killing the process). The embedded broker's
+//! preallocation of a segment (1 MiB steps at first, see `log/prealloc.rs`) then fails
+//! with EFBIG at the latest once the segment passes the limit, the engine poisons the
+//! partition, and every Produce to it is answered with KAFKA_STORAGE_ERROR.
 //! The child's tests are `#[ignore]`d and do nothing unless [`CHILD_ENV`] is set, so the
 //! limit never applies to the rest of the suite.
 
@@ -17,8 +18,8 @@ use super::Target;
 
 /// Set in the child process, which runs under the file size limit.
 const CHILD_ENV: &str = "RINGLOG_BENCH_POISONED_CHILD";
-/// `ulimit -f` in the shell's blocks (512 or 1024 bytes): far below the first
-/// preallocation, far above the broker's metadata files.
+/// `ulimit -f` in the shell's blocks (512 or 1024 bytes): at most the first preallocation
+/// step, far below what a run writes, far above the broker's metadata files.
 const FILE_SIZE_LIMIT_BLOCKS: u32 = 1024;
 /// Runs `$0 "$@"` (the test binary and its arguments) under the limit.
 const UNDER_LIMIT: &str = "ulimit -f \"$LIMIT\" && trap '' XFSZ && exec \"$0\" \"$@\"";
