@@ -218,8 +218,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Why the data directory's file system refused O_DIRECT (tmpfs does), or `None` if
-    /// direct I/O works there.
+    /// Why the data directory's file system refused O_DIRECT (ramfs does, and tmpfs before
+    /// Linux 6.6), or `None` if direct I/O works there.
     pub fn direct_io_refused(&self) -> Option<&str> {
         self.inner.direct_io_refused.as_deref()
     }

@@ -117,8 +117,9 @@ pub trait StorageFile: Clone + 'static {
 const DIRECT_IO_PROBE_FILE: &str = ".ringlog-direct-io-probe";
 
 /// Whether files in `dir` can be written with O_DIRECT: creates a probe file there with
-/// O_DIRECT, writes one aligned block, and removes it. tmpfs, for one, refuses the open
-/// (EINVAL). Runs once at startup, with plain system calls, in a directory the caller owns.
+/// O_DIRECT, writes one aligned block, and removes it. ramfs, for one, refuses the open
+/// (EINVAL); tmpfs accepts it since Linux 6.6. Runs once at startup, with plain system
+/// calls, in a directory the caller owns.
 pub fn probe_direct_io(dir: &Path) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
