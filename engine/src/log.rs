@@ -184,6 +184,18 @@ pub(crate) struct State<S: Storage> {
     pub(crate) producers: producers::Producers,
 }
 
+impl<S: Storage> State<S> {
+    /// What consumers may read up to: the durable end for `flush = always`, else the log
+    /// end.
+    pub(crate) fn high_watermark(&self) -> i64 {
+        if self.config.flush() == FlushPolicy::Always {
+            self.durable_end
+        } else {
+            self.log_end
+        }
+    }
+}
+
 pub(crate) struct Shared<S: Storage> {
     pub(crate) id: PartitionId,
     pub(crate) dir: PathBuf,
@@ -226,14 +238,9 @@ impl<S: Storage> Shared<S> {
     /// The log's offsets now.
     pub(crate) fn offsets(&self) -> Offsets {
         let state = self.state.borrow();
-        let high_watermark = if state.config.flush() == FlushPolicy::Always {
-            state.durable_end
-        } else {
-            state.log_end
-        };
         Offsets {
             log_start: state.log_start,
-            high_watermark,
+            high_watermark: state.high_watermark(),
             log_end: state.log_end,
             durable_end: state.durable_end,
         }

@@ -118,45 +118,41 @@ fn with_no_flags_a_data_directory_refusing_o_direct_falls_back_to_buffered_and_s
     assert_eq!(stored_io_mode(dir.path()), "buffered");
 }
 
-#[test]
-fn direct_io_chosen_where_o_direct_is_refused_is_refused_naming_the_key() {
-    let Some(dir) = RamFs::mount() else { return };
+/// Runs `ringlog serve` on `data_dir` with `flag value`, which must refuse to start:
+/// asserts a non-zero exit and no serving line, and returns the log.
+fn refused_start(data_dir: &Path, flag: &str, value: &str) -> String {
     let args = [
         OsStr::new("serve"),
         OsStr::new("--data-dir"),
-        dir.path().as_os_str(),
+        data_dir.as_os_str(),
         OsStr::new("--listen"),
         OsStr::new("127.0.0.1:0"),
-        OsStr::new("--io-mode"),
-        OsStr::new("direct"),
+        OsStr::new(flag),
+        OsStr::new(value),
     ];
     let (status, log) = run_to_exit(&args, REFUSE_TIMEOUT);
     assert!(!status.success(), "{log}");
+    assert!(!log.contains("ringlog serving"), "{log}");
+    log
+}
+
+#[test]
+fn direct_io_chosen_where_o_direct_is_refused_is_refused_naming_the_key() {
+    let Some(dir) = RamFs::mount() else { return };
+    let log = refused_start(dir.path(), "--io-mode", "direct");
     let error = log.lines().find(|l| l.starts_with("ringlog: ")).unwrap();
     assert!(
         error.contains("ringlog.io.mode = direct")
             && error.contains(&dir.path().display().to_string()),
         "{error}"
     );
-    assert!(!log.contains("ringlog serving"), "{log}");
 }
 
 #[test]
 fn a_cache_budget_beyond_the_machines_memory_is_refused_naming_the_key() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let args = [
-        OsStr::new("serve"),
-        OsStr::new("--data-dir"),
-        dir.path().as_os_str(),
-        OsStr::new("--listen"),
-        OsStr::new("127.0.0.1:0"),
-        OsStr::new("--batch-cache-bytes"),
-        OsStr::new("1000000000000000000"),
-    ];
-    let (status, log) = run_to_exit(&args, REFUSE_TIMEOUT);
-    assert!(!status.success(), "{log}");
+    let log = refused_start(dir.path(), "--batch-cache-bytes", "1000000000000000000");
     assert!(log.contains("batch_cache_bytes"), "{log}");
-    assert!(!log.contains("ringlog serving"), "{log}");
 }
 
 #[test]

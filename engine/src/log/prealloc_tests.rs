@@ -190,12 +190,8 @@ fn segments_start_with_the_current_step_which_grows_with_the_write_rate() {
         assert!(step > PREALLOCATE_STEP_MIN_BYTES, "the step grew: {step}");
         assert!(step <= config.preallocate_bytes());
         // A roll (by age): the new segment's first preallocation is the current step.
-        let aged = TopicConfig::builder().segment_ms(Some(1)).build().unwrap();
-        log.set_config(aged);
-        rt::sleep(std::time::Duration::from_millis(5)).await;
         let step = log.shared.prealloc.step_bytes();
-        log.append(batch(99, 1000), Ack::Written).await.unwrap();
-        assert_eq!(segment_count(&log), 2);
+        roll_by_age(&log, 99).await;
         assert_eq!(active_file(&log).await.0, step);
         assert_eq!(
             budget.reserved_bytes(),
@@ -204,6 +200,16 @@ fn segments_start_with_the_current_step_which_grows_with_the_write_rate() {
         log.close().await.unwrap();
         assert_eq!(budget.reserved_bytes(), 0);
     });
+}
+
+/// Makes the active segment old enough to roll, then appends batch `tag`: the log has
+/// rolled into a second segment.
+async fn roll_by_age(log: &PartitionLog<DiskStorage>, tag: u32) {
+    let aged = TopicConfig::builder().segment_ms(Some(1)).build().unwrap();
+    log.set_config(aged);
+    rt::sleep(std::time::Duration::from_millis(5)).await;
+    log.append(batch(tag, 1000), Ack::Written).await.unwrap();
+    assert_eq!(segment_count(log), 2);
 }
 
 #[test]
@@ -215,11 +221,7 @@ fn a_roll_returns_the_old_segments_preallocation_before_the_new_one_asks() {
         let log = open(DiskStorage, dir.path(), 0, TopicConfig::default(), &budget).await;
         log.append(batch(0, 1000), Ack::Written).await.unwrap();
         assert_eq!(active_file(&log).await.0, PREALLOCATE_STEP_MIN_BYTES);
-        let aged = TopicConfig::builder().segment_ms(Some(1)).build().unwrap();
-        log.set_config(aged);
-        rt::sleep(std::time::Duration::from_millis(5)).await;
-        log.append(batch(1, 1000), Ack::Written).await.unwrap();
-        assert_eq!(segment_count(&log), 2);
+        roll_by_age(&log, 1).await;
         assert_eq!(active_file(&log).await.0, PREALLOCATE_STEP_MIN_BYTES);
         assert_eq!(
             budget.reserved_bytes(),

@@ -60,11 +60,7 @@ pub(crate) async fn delete_before<S: Storage>(
 ) -> Result<i64, LogError> {
     let (removed, log_start) = {
         let mut state = shared.state.borrow_mut();
-        let high_watermark = if state.config.flush() == crate::topic::FlushPolicy::Always {
-            state.durable_end
-        } else {
-            state.log_end
-        };
+        let high_watermark = state.high_watermark();
         if offset > high_watermark {
             return Err(LogError::OffsetOutOfRange {
                 partition: shared.id.clone(),
