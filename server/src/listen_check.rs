@@ -11,8 +11,13 @@
 //! so at most one of them goes on. Connections the kernel queued on our sockets meanwhile
 //! are reset when they close; none of them was read.
 //!
-//! The holder's PID is looked up (by the inode, in `/proc/<pid>/fd`) only to name it in
-//! the error; the check itself does not depend on finding it.
+//! The holder's PID is looked up (by the inode, in `/proc/<pid>/fd`) to name it in the
+//! error, and for one more reason: a listening socket no process holds belongs to a process
+//! that has just exited. A ringlog killed with SIGKILL keeps its listeners a little while
+//! after it is gone, because the kernel releases an io_uring's files (and the multishot
+//! accept's socket) in a worker after the exit. Such an orphan is waited for (up to
+//! [`ORPHAN_WAIT`]) rather than taken for a live server, so a restart right after a kill
+//! goes on; a socket still orphaned after that is refused like any other.
 //!
 //! `/proc/net/tcp` lines, after a header line, are whitespace-separated fields:
 //!
@@ -28,6 +33,12 @@
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How long a listening socket no process holds (its process just exited) may take to go.
+pub const ORPHAN_WAIT: Duration = Duration::from_secs(5);
+/// How often an orphaned listener is looked for again.
+const ORPHAN_RECHECK: Duration = Duration::from_millis(50);
 
 /// The TCP state number of a listening socket in `/proc/net/tcp`.
 const STATE_LISTEN: &str = "0A";
@@ -55,6 +66,24 @@ impl std::fmt::Display for ForeignListener {
         match &self.holder {
             Some((pid, command)) => write!(f, "PID {pid} ({command}) on {}", self.address),
             None => write!(f, "another process (PID unknown) on {}", self.address),
+        }
+    }
+}
+
+/// [`foreign_listener`], waiting up to [`ORPHAN_WAIT`] while the one found is held by no
+/// process (see the module doc).
+pub fn foreign_listener_settled(
+    address: SocketAddr,
+    own_inodes: &[u64],
+) -> io::Result<Option<ForeignListener>> {
+    let deadline = Instant::now() + ORPHAN_WAIT;
+    loop {
+        let found = foreign_listener(address, own_inodes)?;
+        match &found {
+            Some(listener) if listener.holder.is_none() && Instant::now() < deadline => {
+                std::thread::sleep(ORPHAN_RECHECK);
+            }
+            _ => return Ok(found),
         }
     }
 }

@@ -216,7 +216,7 @@ fn bind_all(
             }
         }
     }
-    match listen_check::foreign_listener(address, &own_inodes) {
+    match listen_check::foreign_listener_settled(address, &own_inodes) {
         Ok(None) => {}
         Ok(Some(holder)) => return Err(ServerError::AddressInUse { address, holder }),
         Err(source) => return Err(ServerError::Listen { address, source }),
