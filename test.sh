@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")"
 cargo test --workspace --release
 RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
-    cargo test -p ringlog-engine --release --lib loom
+    cargo test -p ringlog-rt --release --lib loom

@@ -13,6 +13,11 @@
 //!
 //! [`block_on`] runs a future on the current thread with a runtime of its own (tests,
 //! tools, embedded use); [`Runtime::start`] starts the shards.
+//!
+//! The runtime is its own crate so that Cargo keeps it ignorant of logs and of Kafka: its
+//! limits are in [`limits`], and all of ringlog's code that talks to the kernel through
+//! raw pointers is here, to be reviewed and tested in one place.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod buf;
 mod context;
@@ -21,6 +26,7 @@ mod error;
 mod executor;
 mod fd;
 mod fs;
+pub mod limits;
 mod mailbox;
 mod net;
 mod op;

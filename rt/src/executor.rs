@@ -25,8 +25,8 @@ use crate::limits::TASKS_PER_TICK_MAX;
 /// completes are dropped, their I/O cancelled and waited for.
 ///
 /// ```
-/// let sum = ringlog_engine::rt::block_on(async {
-///     let task = ringlog_engine::rt::spawn_local(async { 40 });
+/// let sum = ringlog_rt::block_on(async {
+///     let task = ringlog_rt::spawn_local(async { 40 });
 ///     task.await.unwrap() + 2
 /// })
 /// .expect("io_uring is available");

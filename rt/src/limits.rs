@@ -1,0 +1,39 @@
+//! Every length, count and queue bound of the runtime, in one place.
+//!
+//! A limit is checked before the value it bounds is used; code names the constant rather
+//! than repeating the number. The runtime knows nothing of logs: the storage engine's
+//! limits are its own.
+
+/// Submission queue entries of each shard's io_uring (the completion queue is larger, see
+/// [`RING_CQ_ENTRIES_FACTOR`]).
+pub const RING_SQ_ENTRIES: u32 = 1024;
+/// The completion queue holds this many times the submission queue's entries, so a burst
+/// of completions (multishot accepts, many small writes) does not overflow it.
+pub const RING_CQ_ENTRIES_FACTOR: u32 = 4;
+/// Messages a shard's cross-core mailbox holds before senders must wait.
+pub const MAILBOX_CAPACITY: usize = 4096;
+/// Tasks one executor runs before it looks at the ring and the mailbox again, so I/O
+/// completions are not starved by a busy run queue.
+pub const TASKS_PER_TICK_MAX: usize = 256;
+/// The smallest buffer size class of a shard's pool: one page, the O_DIRECT alignment.
+pub const BUF_SIZE_CLASS_MIN_BYTES: usize = 4096;
+/// The largest pooled buffer; larger requests are allocated (aligned) and freed on drop.
+pub const BUF_SIZE_CLASS_MAX_BYTES: usize = 8 << 20;
+/// Bytes of idle buffers one size class keeps for reuse; the rest are freed.
+pub const BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX: usize = 64 << 20;
+/// Alignment of every pooled buffer: the page size, which satisfies O_DIRECT on the
+/// logical block sizes of common disks (512 B, 4 KiB).
+pub const BUF_ALIGN_BYTES: usize = 4096;
+/// Buffers of at least this size are backed by transparent huge pages (2 MiB aligned,
+/// `MADV_HUGEPAGE` before first touch): a physically contiguous 1 MiB buffer is one
+/// segment for the block layer, so an O_DIRECT write of it is one request that can merge
+/// with its neighbours, where 256 scattered 4 KiB pages exceed virtio's 254 segments.
+pub const BUF_HUGE_PAGE_THRESHOLD_BYTES: usize = 1 << 20;
+/// The x86-64 and aarch64 (4 KiB base pages) transparent huge page size.
+pub const HUGE_PAGE_BYTES: usize = 2 << 20;
+
+/// Buffers in one vectored read or write (Linux's `IOV_MAX`).
+pub const IOVECS_PER_OP_MAX: usize = 1024;
+/// Bytes one pipe used for `splice` holds (`F_SETPIPE_SZ`); a larger pipe moves more per
+/// splice call.
+pub const PIPE_SIZE_BYTES: usize = 1 << 20;
