@@ -224,6 +224,8 @@ impl AlignedBuf {
         let Some(ptr) = NonNull::new(ptr) else {
             alloc::handle_alloc_error(layout)
         };
+        // Miri has no madvise; the advice changes nothing it checks.
+        #[cfg(not(miri))]
         if huge {
             // SAFETY: advises on memory we just allocated, 2 MiB aligned and sized; the
             // advice is a hint, so its failure (THP disabled) changes nothing but speed.
