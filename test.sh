@@ -12,8 +12,9 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom LOOM_MAX_PREEMPTIONS=3 \
 
 # Miri: the nightly toolchain's interpreter. It cannot run io_uring, so it checks the
 # modules that are pure computation over raw memory. Proptest runs 4 cases per property
-# under it (an interpreted case is ~1000 times slower) and may read no failure files
-# (isolation is off only for the clock and the environment proptest asks for).
+# under it (an interpreted case is ~1000 times slower) and writes no failure files;
+# isolation is off because proptest reads the environment, the clock and the working
+# directory, which an isolated Miri refuses.
 # Three tests are skipped under Miri only (they run natively above): each spends minutes
 # in the interpreter on sheer size, through code the others cover. `stops_indexing_when_full`
 # appends an index's maximum of entries; `oversized_requests` and `large_buffers` zero
