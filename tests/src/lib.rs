@@ -10,7 +10,11 @@
 //! - [`script`]: what both runners share (a tool folder made once, JSON out of a script).
 //! - [`wire`]: a small Kafka client over a plain TCP socket, built on the `kafka-protocol`
 //!   crate, for requests at exact versions and for frames no real client would send.
+//! - [`member`]: a consumer-group member on that client (join, sync, commit, fetch the
+//!   committed offsets) that reports every refusal instead of panicking, for tests that
+//!   kill the broker under it.
 
+pub mod member;
 pub mod node;
 pub mod process;
 pub mod python;

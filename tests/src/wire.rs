@@ -59,15 +59,18 @@ pub struct Connection {
 
 impl Connection {
     pub fn connect(address: SocketAddr) -> Connection {
-        let stream = TcpStream::connect(address).expect("connect to ringlog");
-        stream
-            .set_read_timeout(Some(READ_TIMEOUT))
-            .expect("set a read timeout");
-        stream.set_nodelay(true).expect("set TCP_NODELAY");
-        Connection {
+        Connection::try_connect(address).expect("connect to ringlog")
+    }
+
+    /// Connects to `address`, or says why not (a broker being restarted refuses).
+    pub fn try_connect(address: SocketAddr) -> io::Result<Connection> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_read_timeout(Some(READ_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
             stream,
             correlation_id: 0,
-        }
+        })
     }
 
     /// Sends `request` at `version` and returns the decoded response. Fails if the request
