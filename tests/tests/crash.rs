@@ -170,23 +170,19 @@ fn idempotent_producer(id: usize, address: SocketAddr, stop: &AtomicBool, seen: 
         let Some(c) = connection.as_mut() else {
             return;
         };
-        let (producer_id, epoch) = match identity {
-            Some(identity) => identity,
-            None => {
-                // An idempotent producer has no transactional id (the field's default is "").
-                let request = InitProducerIdRequest::default()
-                    .with_transactional_id(None)
-                    .with_transaction_timeout_ms(60_000);
-                match c.call(&request, max_version(ApiKey::InitProducerId)) {
-                    Ok(answer) if answer.error_code == 0 => {
-                        identity = Some((answer.producer_id.0, answer.producer_epoch));
-                        continue;
-                    }
-                    Ok(_) => thread::sleep(RETRY_PAUSE),
-                    Err(_) => connection = None,
+        let Some((producer_id, epoch)) = identity else {
+            // An idempotent producer has no transactional id (the field's default is "").
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000);
+            match c.call(&request, max_version(ApiKey::InitProducerId)) {
+                Ok(answer) if answer.error_code == 0 => {
+                    identity = Some((answer.producer_id.0, answer.producer_epoch));
                 }
-                continue;
+                Ok(_) => thread::sleep(RETRY_PAUSE),
+                Err(_) => connection = None,
             }
+            continue;
         };
         let partition = (batch % PARTITIONS as u64) as i32;
         let count = 1 + (batch % 3) as usize;
@@ -276,7 +272,7 @@ fn consumer(address: SocketAddr, produced: &AtomicBool, seen: &Shared) {
             thread::sleep(RETRY_PAUSE);
             continue;
         };
-        member_id = member.member_id().to_owned();
+        member.member_id().clone_into(&mut member_id);
         let Ok(committed) = member.committed(&mut c) else {
             continue;
         };
@@ -461,7 +457,12 @@ fn nothing_acknowledged_is_lost_when_the_broker_is_killed_under_load() {
     // The last start recovered the log after a kill; check it as a new server reads it.
     let mut c = Connection::connect(server.address());
     let log: Vec<Vec<Vec<u8>>> = (0..PARTITIONS).map(|p| read_partition(&mut c, p)).collect();
-    let seen = lock(&seen);
+    check(seed, cycles, &log, &lock(&seen));
+    server.stop_cleanly();
+}
+
+/// Checks the log read back after the last restart against what the clients saw.
+fn check(seed: u64, cycles: u32, log: &[Vec<Vec<u8>>], seen: &Seen) {
     assert!(
         seen.violations.is_empty(),
         "seed {seed}: {:#?}",
@@ -532,6 +533,4 @@ fn nothing_acknowledged_is_lost_when_the_broker_is_killed_under_load() {
         seen.resent,
         seen.consumed.len()
     );
-    drop(seen);
-    server.stop_cleanly();
 }
