@@ -178,6 +178,31 @@ fn vectored_write_and_read_round_trip() {
 }
 
 #[test]
+fn a_read_into_a_slice_past_the_initialized_part_exposes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let file = File::create(dir.path().join("s")).await.unwrap();
+        file.write_all_at(b"hello world".to_vec(), 0)
+            .await
+            .0
+            .unwrap();
+        let (read, slice) = file.read_at(Vec::with_capacity(64).slice(16..32), 0).await;
+        assert_eq!(read.unwrap(), 11);
+        let buf = slice.into_inner();
+        assert!(
+            buf.is_empty(),
+            "bytes 0..16 were never written, yet the Vec counts {} initialized",
+            buf.len()
+        );
+        let mut prefixed = Vec::with_capacity(32);
+        prefixed.extend_from_slice(b"0123");
+        let (read, slice) = file.read_at(prefixed.slice(4..32), 0).await;
+        assert_eq!(read.unwrap(), 11);
+        assert_eq!(slice.into_inner(), b"0123hello world");
+    });
+}
+
+#[test]
 fn direct_io_with_pooled_aligned_buffers() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
