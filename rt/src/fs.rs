@@ -298,7 +298,7 @@ impl File {
 
     /// Writes the initialized bytes of `bufs`, in order, at `offset` (one `pwritev`).
     pub fn writev_at<B: IoBuf>(&self, bufs: Vec<B>, offset: u64) -> Op<WriteVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(WriteVectored(vectored), libc::EINVAL);
         }
@@ -307,7 +307,7 @@ impl File {
 
     /// Reads into `bufs`, filling each to capacity in order, from `offset` (one `preadv`).
     pub fn readv_at<B: IoBufMut>(&self, bufs: Vec<B>, offset: u64) -> Op<ReadVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, true);
+        let vectored = Vectored::for_read(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(ReadVectored(vectored), libc::EINVAL);
         }
@@ -361,7 +361,7 @@ impl File {
         bufs: Vec<B>,
         offset: u64,
     ) -> Link<WriteVectored<B>, Unit<SharedFd>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         let sync = self.prepare_sync(true);
         if !vectored.count_valid() {
             let write = Op::failed(WriteVectored(vectored), libc::EINVAL);
@@ -377,7 +377,7 @@ impl File {
         bufs: Vec<B>,
         offset: u64,
     ) -> (Op<WriteVectored<B>>, Op<Unit<SharedFd>>) {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         let sync = self.prepare_sync(true);
         if !vectored.count_valid() {
             let write = Op::failed(WriteVectored(vectored), libc::EINVAL);

@@ -285,7 +285,7 @@ impl TcpStream {
     /// all when the socket's buffer filled. A closed peer gives EPIPE (Rust programs
     /// ignore SIGPIPE).
     pub fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> Op<WriteVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(WriteVectored(vectored), libc::EINVAL);
         }

@@ -57,6 +57,38 @@ unsafe impl IoBufMut for TrackedBuf {
     }
 }
 
+/// A buffer that counts the pointers it hands out for writing, to check that the kernel
+/// writes only through those.
+struct WriteCountingBuf {
+    bytes: Vec<u8>,
+    mut_ptrs: Rc<Cell<usize>>,
+}
+
+// SAFETY: forwards to the Vec, whose heap memory does not move.
+unsafe impl IoBuf for WriteCountingBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.bytes.stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.bytes.bytes_init()
+    }
+    fn bytes_total(&self) -> usize {
+        self.bytes.bytes_total()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for WriteCountingBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.mut_ptrs.set(self.mut_ptrs.get() + 1);
+        self.bytes.stable_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        // SAFETY: forwarded with the caller's promise.
+        unsafe { self.bytes.set_init(len) };
+    }
+}
+
 async fn settle_until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
@@ -174,6 +206,27 @@ fn vectored_write_and_read_round_trip() {
         assert_eq!(bufs[1], b"cdefgh");
         let (empty, _) = file.writev_at(Vec::<Vec<u8>>::new(), 0).await;
         assert_eq!(empty.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    });
+}
+
+#[test]
+fn vectored_reads_hand_the_kernel_pointers_borrowed_for_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let file = File::create(dir.path().join("v")).await.unwrap();
+        file.write_all_at(b"abcdefgh".to_vec(), 0).await.0.unwrap();
+        let mut_ptrs = Rc::new(Cell::new(0));
+        let bufs: Vec<_> = (0..2)
+            .map(|_| WriteCountingBuf {
+                bytes: Vec::with_capacity(4),
+                mut_ptrs: mut_ptrs.clone(),
+            })
+            .collect();
+        let capacity = bufs[0].bytes_total();
+        let (read, bufs) = file.readv_at(bufs, 0).await;
+        assert_eq!(read.unwrap(), 8.min(2 * capacity));
+        assert_eq!(mut_ptrs.get(), 2, "one writable pointer per buffer");
+        assert!(bufs[0].bytes.starts_with(b"abcd"));
     });
 }
 
