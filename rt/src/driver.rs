@@ -25,6 +25,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
 use super::error::RingSetupError;
+use super::kernel::{check_release, check_ring, kernel_release, Features};
 use crate::limits::{RING_CQ_ENTRIES_FACTOR, RING_SQ_ENTRIES};
 
 /// The `user_data` of entries whose completions nobody waits for (cancellations issued on
@@ -66,13 +67,6 @@ enum Slot {
     Abandoned { _resources: Option<Box<dyn Any>> },
 }
 
-/// Which operations the kernel supports beyond the ones ringlog requires.
-#[derive(Debug, Clone, Copy)]
-pub struct Features {
-    /// `IORING_OP_SEND_ZC` (Linux 6.0).
-    pub send_zc: bool,
-}
-
 /// Counters of the driver's work, for benchmarks and metrics.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct DriverStats {
@@ -91,45 +85,24 @@ pub(crate) struct Driver {
     stats: DriverStats,
 }
 
-/// Operations every ringlog shard uses; a kernel without one of them cannot run ringlog.
-const OPCODES_REQUIRED: [(u8, &str); 12] = [
-    (opcode::Read::CODE, "IORING_OP_READ"),
-    (opcode::Write::CODE, "IORING_OP_WRITE"),
-    (opcode::Readv::CODE, "IORING_OP_READV"),
-    (opcode::Writev::CODE, "IORING_OP_WRITEV"),
-    (opcode::Fsync::CODE, "IORING_OP_FSYNC"),
-    (opcode::Fallocate::CODE, "IORING_OP_FALLOCATE"),
-    (opcode::OpenAt::CODE, "IORING_OP_OPENAT"),
-    (opcode::Statx::CODE, "IORING_OP_STATX"),
-    (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
-    (opcode::Recv::CODE, "IORING_OP_RECV"),
-    (opcode::Splice::CODE, "IORING_OP_SPLICE"),
-    (opcode::LinkTimeout::CODE, "IORING_OP_LINK_TIMEOUT"),
-];
-
 impl Driver {
     /// Sets up a ring for the calling thread. The ring is single-issuer: only this thread
     /// may submit to it.
+    ///
+    /// A kernel below the floor, or a ring without a feature or opcode the runtime uses, is
+    /// refused here (see [`super::kernel`]), before any work starts.
     pub(crate) fn new() -> Result<Driver, RingSetupError> {
+        check_release(kernel_release().as_deref())?;
         let ring = build_ring().map_err(RingSetupError::from_setup)?;
-        if !ring.params().is_feature_ext_arg() {
-            return Err(RingSetupError::missing("IORING_FEAT_EXT_ARG (Linux 5.11)"));
-        }
-        if !ring.params().is_feature_nodrop() {
-            return Err(RingSetupError::missing("IORING_FEAT_NODROP (Linux 5.5)"));
-        }
         let mut probe = Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
             .map_err(RingSetupError::from_setup)?;
-        for (code, name) in OPCODES_REQUIRED {
-            if !probe.is_supported(code) {
-                return Err(RingSetupError::missing(name));
-            }
-        }
-        let features = Features {
-            send_zc: probe.is_supported(opcode::SendZc::CODE),
-        };
+        let features = check_ring(
+            ring.params().is_feature_ext_arg(),
+            ring.params().is_feature_nodrop(),
+            |code| probe.is_supported(code),
+        )?;
         Ok(Driver {
             ring,
             slots: Slab::with_capacity(256),
@@ -435,7 +408,8 @@ impl Drop for Driver {
 }
 
 /// Builds the ring with the flags that suit one thread owning it, falling back for older
-/// kernels: single issuer and deferred task work (6.1), cooperative task work (5.19).
+/// kernels: single issuer and deferred task work (6.1), cooperative task work (5.19, the
+/// floor), and no flags should a kernel past the floor still refuse those.
 fn build_ring() -> io::Result<IoUring> {
     let cq_entries = RING_SQ_ENTRIES * RING_CQ_ENTRIES_FACTOR;
     let attempts: [fn(&mut io_uring::Builder); 3] = [

@@ -67,8 +67,9 @@ impl UnavailableCause {
 
     fn remedy(self) -> &'static str {
         match self {
+            // The release is KERNEL_VERSION_MIN; a test in kernel.rs keeps the two equal.
             UnavailableCause::KernelTooOld | UnavailableCause::KernelMissingFeature(_) => {
-                "run ringlog on Linux 6.1 or newer with CONFIG_IO_URING enabled"
+                "run ringlog on Linux 5.19 or newer with CONFIG_IO_URING enabled"
             }
             UnavailableCause::DisabledBySysctl(_) => {
                 "allow it with `sysctl -w kernel.io_uring_disabled=0` (as root)"
@@ -136,9 +137,14 @@ impl RingSetupError {
     }
 
     pub(crate) fn missing(feature: &'static str) -> RingSetupError {
+        Self::missing_with(feature, io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// A missing feature, with `source` saying how it was found missing.
+    pub(crate) fn missing_with(feature: &'static str, source: io::Error) -> RingSetupError {
         RingSetupError {
             cause: UnavailableCause::KernelMissingFeature(feature),
-            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            source,
         }
     }
 
