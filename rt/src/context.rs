@@ -194,7 +194,25 @@ pub(crate) fn try_with<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
         .flatten()
 }
 
-/// The id of the context running on this thread, 0 if none.
+/// The id of the context running on this thread, 0 if none. Ids are unique for the life
+/// of the process, so an id names one runtime even after it has gone.
 pub(crate) fn current_id() -> usize {
     CURRENT_ID.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Whether the runtime with id `owner` is the one running on this thread.
+pub(crate) fn is_current(owner: usize) -> bool {
+    owner != 0 && current_id() == owner
+}
+
+/// Refuses to use something registered with runtime `owner` (a slot in its ring, a timer,
+/// a place in its queue) from another runtime: the key would name an unrelated entry there.
+/// An operation is `!Send`, so this is a second runtime on the same thread, after the first
+/// one ended (two `block_on` calls in a row).
+pub(crate) fn assert_current(owner: usize, what: &str) {
+    assert!(
+        is_current(owner),
+        "{what} used outside the runtime that registered it (runtime {owner}, current {})",
+        current_id()
+    );
 }

@@ -13,6 +13,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -74,26 +75,43 @@ impl<T: Operation> Prepared<T> {
 }
 
 /// A submitted operation; awaiting it yields the operation's output.
+///
+/// An operation belongs to the runtime that submitted it: its slot is in that runtime's
+/// ring, and the kernel may hold pointers into its data. So it is `!Send`, and polling it
+/// on another runtime of the same thread (kept across two [`block_on`](crate::block_on)
+/// calls) panics; dropping it there leaks its data rather than free memory the kernel may
+/// still use or touch the other runtime's slots.
+///
+/// ```compile_fail,E0277
+/// fn require_send<T: Send>(_: &T) {}
+/// let _ = ringlog_rt::block_on(async {
+///     let op = ringlog_rt::nop();
+///     require_send(&op);
+///     op.await
+/// });
+/// ```
 #[must_use = "an operation is submitted already; await it to learn its result"]
 pub struct Op<T: Operation> {
     key: Option<usize>,
     data: Option<T>,
     failed: Option<Completion>,
+    /// The id of the runtime whose ring holds `key`.
+    owner: usize,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<T: Operation> Op<T> {
     fn from_push(data: T, pushed: io::Result<usize>) -> Op<T> {
-        match pushed {
-            Ok(key) => Op {
-                key: Some(key),
-                data: Some(data),
-                failed: None,
-            },
-            Err(error) => Op {
-                key: None,
-                data: Some(data),
-                failed: Some(Completion::from_error(&error)),
-            },
+        let (key, failed) = match pushed {
+            Ok(key) => (Some(key), None),
+            Err(error) => (None, Some(Completion::from_error(&error))),
+        };
+        Op {
+            key,
+            data: Some(data),
+            failed,
+            owner: context::current_id(),
+            _not_send: PhantomData,
         }
     }
 
@@ -107,6 +125,7 @@ impl<T: Operation> Op<T> {
     /// its result, if it finished first).
     pub fn cancel(&self) {
         if let Some(key) = self.key {
+            context::assert_current(self.owner, "an operation");
             let entry = opcode::AsyncCancel::new(key as u64).build();
             context::with(|ctx| {
                 // Only fails if the ring is unusable, when the operation cannot be cancelled
@@ -128,6 +147,7 @@ impl<T: Operation> Future for Op<T> {
             let Some(key) = this.key else {
                 unreachable!("operation polled after completion")
             };
+            context::assert_current(this.owner, "an operation");
             match context::with(|ctx| ctx.driver.borrow_mut().poll_completion(key, cx)) {
                 Poll::Ready(completion) => {
                     this.key = None;
@@ -146,11 +166,22 @@ impl<T: Operation> Future for Op<T> {
 impl<T: Operation> Drop for Op<T> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let data = self.data.take().map(|data| Box::new(data) as Box<dyn Any>);
-        // Without a context the driver is gone, and it waited for every completion before
-        // it went, so freeing the data here (with the unrun closure) is safe.
-        let _ = context::try_with(|ctx| ctx.driver.borrow_mut().abandon(key, data, true));
+        abandon(self.owner, key, self.data.take());
     }
+}
+
+/// Hands the data of an operation dropped before its completion to its slot, which frees
+/// it when the kernel is done. Away from the owning runtime (it has ended, or this is
+/// another one) nothing can tell whether the kernel is done, so the data is leaked: never
+/// freed while the kernel might use it, and the current runtime's slots are not touched.
+fn abandon<D: 'static>(owner: usize, key: usize, data: Option<D>) {
+    if !context::is_current(owner) {
+        std::mem::forget(data);
+        return;
+    }
+    let data = data.map(|data| Box::new(data) as Box<dyn Any>);
+    let abandoned = context::try_with(|ctx| ctx.driver.borrow_mut().abandon(key, data, true));
+    debug_assert!(abandoned.is_some(), "the owning runtime is current");
 }
 
 /// The future of two linked operations: both outputs, once both completed.
@@ -237,10 +268,13 @@ pub fn kernel_timer(duration: Duration) -> Op<KernelTimer> {
 
 /// An operation with several completions (multishot accept, zero-copy send). Its data
 /// stays with it until the kernel posts the last completion; dropping it early cancels the
-/// operation and hands the data to the driver's slot.
+/// operation and hands the data to the driver's slot. Like [`Op`], it is `!Send` and
+/// refuses any runtime but the one that submitted it.
 pub struct MultiOp<D: 'static> {
     key: Option<usize>,
     data: Option<D>,
+    owner: usize,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<D: 'static> MultiOp<D> {
@@ -254,6 +288,8 @@ impl<D: 'static> MultiOp<D> {
             Ok(key) => Ok(MultiOp {
                 key: Some(key),
                 data: Some(data),
+                owner: context::current_id(),
+                _not_send: PhantomData,
             }),
             Err(error) => Err((error, data)),
         }
@@ -264,6 +300,7 @@ impl<D: 'static> MultiOp<D> {
         let Some(key) = self.key else {
             return Poll::Ready(None);
         };
+        context::assert_current(self.owner, "an operation");
         let next = context::with(|ctx| ctx.driver.borrow_mut().poll_stream(key, cx));
         if let Poll::Ready(None) = next {
             self.key = None;
@@ -283,8 +320,6 @@ impl<D: 'static> MultiOp<D> {
 impl<D: 'static> Drop for MultiOp<D> {
     fn drop(&mut self) {
         let Some(key) = self.key.take() else { return };
-        let data = self.data.take().map(|data| Box::new(data) as Box<dyn Any>);
-        // Without a context the driver is gone and waited for every completion.
-        let _ = context::try_with(|ctx| ctx.driver.borrow_mut().abandon(key, data, true));
+        abandon(self.owner, key, self.data.take());
     }
 }

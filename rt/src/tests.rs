@@ -3,9 +3,13 @@
 //! error path when io_uring is unavailable.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -86,6 +90,25 @@ unsafe impl IoBufMut for WriteCountingBuf {
     unsafe fn set_init(&mut self, len: usize) {
         // SAFETY: forwarded with the caller's promise.
         unsafe { self.bytes.set_init(len) };
+    }
+}
+
+/// Polls `future` once with a waker that does nothing; returns the panic message if the
+/// poll panicked, `None` otherwise.
+fn poll_once_for_panic<F: Future + Unpin>(future: &mut F) -> Option<String> {
+    let waker = futures::task::noop_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        matches!(Pin::new(future).poll(&mut cx), Poll::Ready(_))
+    }));
+    match polled {
+        Ok(_) => None,
+        Err(panic) => Some(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "non-text panic".to_owned()),
+        ),
     }
 }
 
@@ -671,5 +694,79 @@ fn paths_rename_remove_mkdir_and_directory_sync() {
         let missing = remove_file(&to).await.unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         assert_eq!(initialized(&b"abc".to_vec()), b"abc");
+    });
+}
+
+#[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the first runtime hands out a pending future on purpose"
+)]
+fn an_operation_kept_across_two_runtimes_is_refused_there_and_leaked() {
+    let (_peer, local) = std::os::unix::net::UnixStream::pair().unwrap();
+    let freed = Rc::new(Cell::new(false));
+    let buf = TrackedBuf {
+        bytes: Vec::with_capacity(64),
+        freed: freed.clone(),
+    };
+    // The first runtime submits a receive that never completes and ends with it pending:
+    // its teardown cancels the receive, and the slot belongs to a ring that is gone.
+    let mut foreign = run(async move {
+        let stream = TcpStream::from_owned_fd_for_test(local.into());
+        let op = stream.recv(buf);
+        yield_now().await;
+        op
+    });
+    run(async move {
+        yield_now().await;
+        // A slot in this runtime under the same key the foreign operation holds.
+        let timer = kernel_timer(Duration::from_secs(3600));
+        yield_now().await;
+        let in_flight = operations_in_flight();
+        let message = poll_once_for_panic(&mut foreign)
+            .expect("polling another runtime's operation must panic, not take its slot");
+        assert!(
+            message.contains("outside the runtime that registered it"),
+            "{message}"
+        );
+        drop(foreign);
+        assert!(
+            !freed.get(),
+            "the data of an operation dropped away from its runtime is leaked, not freed"
+        );
+        assert_eq!(
+            operations_in_flight(),
+            in_flight,
+            "this runtime's slots untouched"
+        );
+        timer.cancel();
+        let cancelled = timer.await.unwrap_err();
+        assert_eq!(cancelled.raw_os_error(), Some(libc::ECANCELED));
+    });
+}
+
+#[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the first runtime hands out a pending future on purpose"
+)]
+fn a_sleep_kept_across_two_runtimes_is_refused_there() {
+    let mut foreign = run(async {
+        let mut sleep = sleep(Duration::from_secs(3600));
+        assert!(poll_once_for_panic(&mut sleep).is_none(), "registers");
+        sleep
+    });
+    run(async move {
+        let message = poll_once_for_panic(&mut foreign)
+            .expect("an hour-long sleep from another runtime must not complete here");
+        assert!(
+            message.contains("outside the runtime that registered it"),
+            "{message}"
+        );
+        let mine = sleep(Duration::from_millis(5));
+        drop(foreign);
+        let start = Instant::now();
+        mine.await;
+        assert!(start.elapsed() >= Duration::from_millis(5));
     });
 }
