@@ -4,7 +4,7 @@
 //! Every submitted entry has a slot in a slab, keyed by the entry's `user_data`. The slot
 //! outlives the future that asked for the operation: when that future is dropped while the
 //! kernel still works on it, the future hands the operation's buffers and descriptors to
-//! the slot ([`Slot::Abandoned`]) and they are freed only when the completion arrives. No
+//! the slot ([`SlotState::Abandoned`]) and they are freed only when the completion arrives. No
 //! memory the kernel may still read or write is ever released early.
 //!
 //! Submissions are batched: entries accumulate in the submission queue and go to the
@@ -14,10 +14,16 @@
 //!
 //! Dropping the driver cancels everything in flight and waits for every completion before
 //! the ring and the slots go away.
+//!
+//! A completion can carry a resource of its own: accept and openat return a new file
+//! descriptor. Each slot knows whether its result is one ([`ResultKind`]), so a descriptor
+//! nobody will take — the owner was dropped, or a multishot stream was dropped with
+//! results still queued — is closed by the driver instead of leaking.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -50,8 +56,24 @@ impl Completion {
     }
 }
 
+/// What a successful completion's result is, for the driver to release what nobody takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultKind {
+    /// A count, or zero for success: nothing to release.
+    Count,
+    /// A new file descriptor (accept, openat), owned by whoever takes the completion; the
+    /// driver closes it when nobody will.
+    Fd,
+}
+
+/// One in-flight operation: its state, and what its completions carry.
+struct Slot {
+    state: SlotState,
+    result: ResultKind,
+}
+
 /// The state of one in-flight operation.
-enum Slot {
+enum SlotState {
     /// Submitted; holds the waker of the future waiting for it, once polled.
     Waiting(Option<Waker>),
     /// The single completion arrived and waits for its owner.
@@ -83,6 +105,17 @@ pub(crate) struct Driver {
     slots: Slab<Slot>,
     features: Features,
     stats: DriverStats,
+    #[cfg(test)]
+    pub(crate) faults: Faults,
+}
+
+/// Faults tests make the driver see, for what the kernel will not do on demand. Only in
+/// test builds.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    /// The next push fails with this errno before anything reaches the ring.
+    pub(crate) push_errno: Option<i32>,
 }
 
 impl Driver {
@@ -108,6 +141,8 @@ impl Driver {
             slots: Slab::with_capacity(256),
             features,
             stats: DriverStats::default(),
+            #[cfg(test)]
+            faults: Faults::default(),
         })
     }
 
@@ -125,34 +160,70 @@ impl Driver {
     }
 
     /// Pushes one entry for a single-shot operation; returns its key.
-    pub(crate) fn push(&mut self, entry: squeue::Entry) -> io::Result<usize> {
-        self.push_linked([entry]).map(|[key]| key)
+    pub(crate) fn push(&mut self, entry: squeue::Entry, result: ResultKind) -> io::Result<usize> {
+        self.push_linked([(entry, result)]).map(|[key]| key)
     }
 
     /// Pushes one entry for an operation with several completions; returns its key.
-    pub(crate) fn push_streaming(&mut self, entry: squeue::Entry) -> io::Result<usize> {
+    pub(crate) fn push_streaming(
+        &mut self,
+        entry: squeue::Entry,
+        result: ResultKind,
+    ) -> io::Result<usize> {
+        self.fault_before_push()?;
         self.reserve_submission_space(1)?;
-        let slot = Slot::Streaming {
+        let state = SlotState::Streaming {
             waker: None,
             queue: VecDeque::new(),
             finished: false,
         };
-        Ok(self.push_reserved(entry, slot, false))
+        Ok(self.push_reserved(entry, Slot { state, result }, false))
     }
 
     /// Pushes `entries` as one linked chain (IOSQE_IO_LINK on all but the last), contiguous
     /// in the submission queue, and returns the key of each, in order.
     pub(crate) fn push_linked<const N: usize>(
         &mut self,
-        entries: [squeue::Entry; N],
+        entries: [(squeue::Entry, ResultKind); N],
     ) -> io::Result<[usize; N]> {
         const { assert!(N > 0 && N <= RING_SQ_ENTRIES as usize) };
+        self.fault_before_push()?;
         self.reserve_submission_space(N)?;
         let mut keys = [0; N];
-        for (position, entry) in entries.into_iter().enumerate() {
-            keys[position] = self.push_reserved(entry, Slot::Waiting(None), position + 1 < N);
+        for (position, (entry, result)) in entries.into_iter().enumerate() {
+            let slot = Slot {
+                state: SlotState::Waiting(None),
+                result,
+            };
+            keys[position] = self.push_reserved(entry, slot, position + 1 < N);
         }
         Ok(keys)
+    }
+
+    /// Submits what is queued without reaping, so a test can drop an operation whose
+    /// completion is posted but not yet seen.
+    #[cfg(test)]
+    pub(crate) fn submit_only_for_test(&mut self) -> io::Result<usize> {
+        self.ring.submit()
+    }
+
+    /// Fails a push as a test asked (see [`Faults`]).
+    #[cfg(test)]
+    fn fault_before_push(&mut self) -> io::Result<()> {
+        match self.faults.push_errno.take() {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(not(test))]
+    #[allow(
+        clippy::unused_self,
+        clippy::unnecessary_wraps,
+        reason = "the test build's hook"
+    )]
+    fn fault_before_push(&mut self) -> io::Result<()> {
+        Ok(())
     }
 
     fn push_reserved(&mut self, entry: squeue::Entry, slot: Slot, link: bool) -> usize {
@@ -257,18 +328,18 @@ impl Driver {
             flags: entry.flags(),
         };
         let more = cqueue::more(completion.flags);
-        let Some(slot) = self.slots.get_mut(key) else {
+        let Some(Slot { state, result }) = self.slots.get_mut(key) else {
             unreachable!("completion for unknown slot {key}");
         };
-        match slot {
-            Slot::Waiting(waker) => {
+        match state {
+            SlotState::Waiting(waker) => {
                 let waker = waker.take();
-                *slot = Slot::Completed(completion);
+                *state = SlotState::Completed(completion);
                 if let Some(waker) = waker {
                     waker.wake();
                 }
             }
-            Slot::Streaming {
+            SlotState::Streaming {
                 waker,
                 queue,
                 finished,
@@ -279,31 +350,36 @@ impl Driver {
                     waker.wake();
                 }
             }
-            Slot::Abandoned { .. } => {
+            SlotState::Abandoned { .. } => {
+                discard(completion, *result);
                 if !more {
                     // The kernel is done with the resources: free them now.
                     drop(self.slots.remove(key));
                 }
             }
-            Slot::Completed(_) => unreachable!("second completion for single-shot slot {key}"),
+            SlotState::Completed(_) => {
+                unreachable!("second completion for single-shot slot {key}")
+            }
         }
     }
 
     /// Polls a single-shot operation.
     pub(crate) fn poll_completion(&mut self, key: usize, cx: &mut Context<'_>) -> Poll<Completion> {
-        match &mut self.slots[key] {
-            Slot::Waiting(waker) => {
+        match &mut self.slots[key].state {
+            SlotState::Waiting(waker) => {
                 if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     *waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
-            Slot::Completed(completion) => {
+            SlotState::Completed(completion) => {
                 let completion = *completion;
                 self.slots.remove(key);
                 Poll::Ready(completion)
             }
-            Slot::Streaming { .. } | Slot::Abandoned { .. } => unreachable!("slot {key} misused"),
+            SlotState::Streaming { .. } | SlotState::Abandoned { .. } => {
+                unreachable!("slot {key} misused")
+            }
         }
     }
 
@@ -314,11 +390,11 @@ impl Driver {
         key: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Completion>> {
-        let Slot::Streaming {
+        let SlotState::Streaming {
             waker,
             queue,
             finished,
-        } = &mut self.slots[key]
+        } = &mut self.slots[key].state
         else {
             unreachable!("slot {key} is not streaming");
         };
@@ -335,21 +411,33 @@ impl Driver {
         Poll::Pending
     }
 
-    /// The owner of `key` is gone. If the kernel is done, the slot and `resources` are
-    /// freed now; otherwise the slot keeps `resources` until the last completion, and a
+    /// The owner of `key` is gone. Completions it never took are discarded (closing the
+    /// descriptors they carry). If the kernel is done, the slot and `resources` are freed
+    /// now; otherwise the slot keeps `resources` until the last completion, and a
     /// cancellation is requested when `cancel` is set.
     pub(crate) fn abandon(&mut self, key: usize, resources: Option<Box<dyn Any>>, cancel: bool) {
-        let done = match &self.slots[key] {
-            Slot::Completed(_) => true,
-            Slot::Streaming { finished, .. } => *finished,
-            Slot::Waiting(_) => false,
-            Slot::Abandoned { .. } => unreachable!("slot {key} abandoned twice"),
+        let Slot { state, result } = &mut self.slots[key];
+        let done = match state {
+            SlotState::Completed(completion) => {
+                discard(*completion, *result);
+                true
+            }
+            SlotState::Streaming {
+                queue, finished, ..
+            } => {
+                for completion in queue.drain(..) {
+                    discard(completion, *result);
+                }
+                *finished
+            }
+            SlotState::Waiting(_) => false,
+            SlotState::Abandoned { .. } => unreachable!("slot {key} abandoned twice"),
         };
         if done {
             drop(self.slots.remove(key));
             return;
         }
-        self.slots[key] = Slot::Abandoned {
+        *state = SlotState::Abandoned {
             _resources: resources,
         };
         if cancel {
@@ -364,14 +452,30 @@ impl Driver {
         }
     }
 
+    /// Discards the completions that arrived for owners that never took them (operations
+    /// kept past their runtime), closing the descriptors they carry.
+    fn discard_unclaimed(&mut self) {
+        for (_, Slot { state, result }) in &mut self.slots {
+            match state {
+                SlotState::Completed(completion) => discard(*completion, *result),
+                SlotState::Streaming { queue, .. } => {
+                    for completion in queue.drain(..) {
+                        discard(completion, *result);
+                    }
+                }
+                SlotState::Waiting(_) | SlotState::Abandoned { .. } => {}
+            }
+        }
+    }
+
     /// Cancels every operation in flight and waits for all their completions, so no
     /// resource the kernel uses is freed with the driver. Woken owners see ECANCELED.
     pub(crate) fn cancel_all_and_wait(&mut self) {
         let pending = |slots: &Slab<Slot>| {
-            slots.iter().any(|(_, slot)| match slot {
-                Slot::Waiting(_) | Slot::Abandoned { .. } => true,
-                Slot::Streaming { finished, .. } => !finished,
-                Slot::Completed(_) => false,
+            slots.iter().any(|(_, slot)| match &slot.state {
+                SlotState::Waiting(_) | SlotState::Abandoned { .. } => true,
+                SlotState::Streaming { finished, .. } => !finished,
+                SlotState::Completed(_) => false,
             })
         };
         let cancel_any = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
@@ -404,6 +508,17 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.cancel_all_and_wait();
+        self.discard_unclaimed();
+    }
+}
+
+/// Releases what a completion nobody will take carries: the descriptor of a successful
+/// accept or openat is closed.
+fn discard(completion: Completion, result: ResultKind) {
+    if result == ResultKind::Fd && completion.result >= 0 {
+        // SAFETY: the kernel created this descriptor for the operation and reported it only
+        // in this completion, which nobody took: nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(completion.result) });
     }
 }
 

@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -16,7 +16,7 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 
 use super::buf::{IoBuf, IoBufMut};
-use super::driver::Completion;
+use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
 use super::op::{link, Link, Op, Operation, Prepared};
@@ -137,30 +137,33 @@ impl OpenOptions {
 
     /// Opens `path` through the ring.
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
-        let path = CString::new(path.as_ref().as_os_str().as_bytes())
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let flags = self.flags()?;
-        let mode = self.mode;
-        let fd = Prepared::new(OpenAt { path }, |data| {
-            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), data.path.as_ptr())
-                .flags(flags)
-                .mode(mode)
-                .build()
-        })
-        .submit()
-        .await?;
+        let fd = self.prepare_open(path.as_ref())?.submit().await?;
         Ok(File {
             fd: SharedFd::new(fd),
         })
     }
+
+    pub(crate) fn prepare_open(&self, path: &Path) -> io::Result<Prepared<OpenAt>> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let flags = self.flags()?;
+        let mode = self.mode;
+        Ok(Prepared::new(OpenAt { path }, |data| {
+            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), data.path.as_ptr())
+                .flags(flags)
+                .mode(mode)
+                .build()
+        }))
+    }
 }
 
-struct OpenAt {
+pub(crate) struct OpenAt {
     path: CString,
 }
 
 impl Operation for OpenAt {
     type Output = io::Result<OwnedFd>;
+    const RESULT: ResultKind = ResultKind::Fd;
     fn complete(self, completion: Completion) -> io::Result<OwnedFd> {
         let raw = cqe_result(completion.result)?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
@@ -459,13 +462,35 @@ fn prepare_vectored_write<B: IoBuf>(
     })
 }
 
-/// Closes `fd` through the ring.
-pub(crate) fn close_fd(fd: OwnedFd) -> Op<Unit<()>> {
-    let raw = fd.into_raw_fd();
-    Prepared::new(Unit { held: () }, |_| {
+/// Closes `fd` through the ring; if the close cannot be pushed (the ring failed), closes
+/// it at once with a plain `close`, so the descriptor is never lost.
+pub(crate) async fn close_fd(fd: OwnedFd) -> io::Result<()> {
+    let raw = fd.as_raw_fd();
+    let close = Prepared::new(Unit { held: () }, |_| {
         opcode::Close::new(types::Fd(raw)).build()
-    })
-    .submit()
+    });
+    match close.try_submit() {
+        Ok(op) => {
+            // The kernel closes it now; the OwnedFd must not close it a second time.
+            let _ = fd.into_raw_fd();
+            op.await
+        }
+        Err((error, _)) => {
+            tracing::debug!(%error, fd = raw, "could not push a close; closing synchronously");
+            close_now(fd)
+        }
+    }
+}
+
+/// `close(2)`, reporting its error (which can carry a deferred write error). The
+/// descriptor is released even when close fails, so it is never retried.
+fn close_now(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: the descriptor comes out of an OwnedFd, so it is ours and closed once, here.
+    if unsafe { libc::close(fd.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Consumes wake-ups of the executor's eventfd, forever: each completed read is what woke

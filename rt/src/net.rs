@@ -17,7 +17,7 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use super::buf::{IoBuf, IoBufMut};
 use super::context;
-use super::driver::Completion;
+use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
 use super::op::{MultiOp, Op, Operation, Prepared};
@@ -78,6 +78,10 @@ impl TcpListener {
 
     /// Accepts one connection.
     pub async fn accept(&self) -> io::Result<TcpStream> {
+        self.prepare_accept().submit().await
+    }
+
+    pub(crate) fn prepare_accept(&self) -> Prepared<Accept> {
         Prepared::new(
             Accept {
                 held_fd: self.fd.clone(),
@@ -92,8 +96,6 @@ impl TcpListener {
                 .build()
             },
         )
-        .submit()
-        .await
     }
 
     /// A stream of accepted connections from one multishot accept, re-armed when the
@@ -106,7 +108,7 @@ impl TcpListener {
     }
 }
 
-struct Accept {
+pub(crate) struct Accept {
     held_fd: SharedFd,
 }
 
@@ -121,6 +123,7 @@ fn stream_from_result(result: i32) -> io::Result<TcpStream> {
 
 impl Operation for Accept {
     type Output = io::Result<TcpStream>;
+    const RESULT: ResultKind = ResultKind::Fd;
     fn complete(self, completion: Completion) -> io::Result<TcpStream> {
         stream_from_result(completion.result)
     }
@@ -139,7 +142,7 @@ impl Stream for Incoming {
         let this = self.get_mut();
         loop {
             if this.op.is_none() {
-                let submitted = MultiOp::submit(this.fd.clone(), |fd| {
+                let submitted = MultiOp::submit(this.fd.clone(), ResultKind::Fd, |fd| {
                     opcode::AcceptMulti::new(fd.target())
                         .flags(libc::SOCK_CLOEXEC)
                         .build()
@@ -307,7 +310,7 @@ impl TcpStream {
             fd: self.fd.clone(),
             buf,
         };
-        let submitted = MultiOp::submit(data, |data| {
+        let submitted = MultiOp::submit(data, ResultKind::Count, |data| {
             let len = len_u32(data.buf.bytes_init());
             opcode::SendZc::new(data.fd.target(), data.buf.stable_ptr(), len)
                 .flags(libc::MSG_NOSIGNAL)

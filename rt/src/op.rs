@@ -21,13 +21,16 @@ use std::time::Duration;
 use io_uring::{opcode, squeue, types};
 
 use super::context;
-use super::driver::Completion;
+use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 
 /// What an operation does with its completion: turn the data and the kernel's result into
 /// the operation's output (typically the result plus the buffers, handed back).
 pub trait Operation: Unpin + 'static {
     type Output;
+    /// What a successful completion's result is; [`ResultKind::Fd`] makes the driver close
+    /// the descriptor if the operation is dropped before it takes it.
+    const RESULT: ResultKind = ResultKind::Count;
     fn complete(self, completion: Completion) -> Self::Output;
 }
 
@@ -51,9 +54,19 @@ impl<T: Operation> Prepared<T> {
         Op::failed(self.data, errno)
     }
 
+    /// Submits the operation, or hands its data back with the error if it cannot be pushed
+    /// (for data that must not be dropped with a failed operation, such as a descriptor to
+    /// close).
+    pub(crate) fn try_submit(self) -> Result<Op<T>, (io::Error, T)> {
+        match context::with(|ctx| ctx.driver.borrow_mut().push(self.entry, T::RESULT)) {
+            Ok(key) => Ok(Op::from_push(self.data, Ok(key))),
+            Err(error) => Err((error, self.data)),
+        }
+    }
+
     /// Submits the operation (it goes to the kernel with the next batch).
     pub fn submit(self) -> Op<T> {
-        let pushed = context::with(|ctx| ctx.driver.borrow_mut().push(self.entry));
+        let pushed = context::with(|ctx| ctx.driver.borrow_mut().push(self.entry, T::RESULT));
         Op::from_push(self.data, pushed)
     }
 
@@ -64,7 +77,8 @@ impl<T: Operation> Prepared<T> {
         let deadline = opcode::LinkTimeout::new(&raw const *timespec).build();
         let pushed = context::with(|ctx| {
             let mut driver = ctx.driver.borrow_mut();
-            let keys = driver.push_linked([self.entry, deadline])?;
+            let keys =
+                driver.push_linked([(self.entry, T::RESULT), (deadline, ResultKind::Count)])?;
             // Nobody awaits the timer's own completion; its slot keeps the timespec alive
             // until the kernel posts it.
             driver.abandon(keys[1], Some(timespec), false);
@@ -206,7 +220,7 @@ pub fn link_split<A: Operation, B: Operation>(
     let pushed = context::with(|ctx| {
         ctx.driver
             .borrow_mut()
-            .push_linked([first.entry, second.entry])
+            .push_linked([(first.entry, A::RESULT), (second.entry, B::RESULT)])
     });
     match pushed {
         Ok([key_first, key_second]) => (
@@ -278,13 +292,15 @@ pub struct MultiOp<D: 'static> {
 }
 
 impl<D: 'static> MultiOp<D> {
-    /// Submits the entry built from `data`; a failed push yields one error completion.
+    /// Submits the entry built from `data`, whose completions' results are `result`s; a
+    /// failed push hands the data back with the error.
     pub(crate) fn submit(
         mut data: D,
+        result: ResultKind,
         entry: impl FnOnce(&mut D) -> squeue::Entry,
     ) -> Result<MultiOp<D>, (io::Error, D)> {
         let entry = entry(&mut data);
-        match context::with(|ctx| ctx.driver.borrow_mut().push_streaming(entry)) {
+        match context::with(|ctx| ctx.driver.borrow_mut().push_streaming(entry, result)) {
             Ok(key) => Ok(MultiOp {
                 key: Some(key),
                 data: Some(data),

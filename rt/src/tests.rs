@@ -112,6 +112,33 @@ fn poll_once_for_panic<F: Future + Unpin>(future: &mut F) -> Option<String> {
     }
 }
 
+/// How many of this process's descriptors are open on `path`.
+fn descriptors_open_on(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// Waits until `client`'s peer has closed the connection (a read returns 0 bytes), failing
+/// after 10 s: proof that a descriptor the runtime accepted for it was closed.
+fn assert_peer_closed(client: &mut std::net::TcpStream) {
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.read(&mut byte) {
+        Ok(0) => {}
+        other => panic!("the accepted descriptor is still open: read gave {other:?}"),
+    }
+}
+
+/// Waits until the driver has reaped `count` more completions than `before`.
+async fn reaped_beyond(before: u64, count: u64) {
+    settle_until(|| driver_stats().completions_reaped >= before + count).await;
+}
+
 async fn settle_until(mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done() {
@@ -768,5 +795,96 @@ fn a_sleep_kept_across_two_runtimes_is_refused_there() {
         let start = Instant::now();
         mine.await;
         assert!(start.elapsed() >= Duration::from_millis(5));
+    });
+}
+
+#[test]
+fn a_completed_open_nobody_takes_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opened");
+    std::fs::write(&path, b"x").unwrap();
+    run(async {
+        let reaped = driver_stats().completions_reaped;
+        let open = OpenOptions::new()
+            .read(true)
+            .prepare_open(&path)
+            .unwrap()
+            .submit();
+        reaped_beyond(reaped, 1).await;
+        assert_eq!(descriptors_open_on(&path), 1, "opened, waiting in its slot");
+        drop(open);
+        assert_eq!(
+            descriptors_open_on(&path),
+            0,
+            "the dropped open's descriptor leaked"
+        );
+    });
+}
+
+#[test]
+fn a_completed_accept_nobody_takes_is_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let reaped = driver_stats().completions_reaped;
+        let accept = listener.prepare_accept().submit();
+        yield_now().await;
+        let mut client = std::net::TcpStream::connect(listener.local_addr()).unwrap();
+        reaped_beyond(reaped, 1).await;
+        drop(accept);
+        assert_peer_closed(&mut client);
+    });
+}
+
+#[test]
+fn an_accept_completing_after_its_owner_dropped_is_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        // The connection is queued first, so the accept completes as the kernel takes the
+        // entry, before the cancellation that dropping it requests can reach it.
+        let mut client = std::net::TcpStream::connect(listener.local_addr()).unwrap();
+        yield_now().await;
+        let in_flight = operations_in_flight();
+        let accept = listener.prepare_accept().submit();
+        context::with(|ctx| ctx.driver.borrow_mut().submit_only_for_test()).unwrap();
+        drop(accept);
+        settle_until(|| operations_in_flight() == in_flight).await;
+        assert_peer_closed(&mut client);
+    });
+}
+
+#[test]
+fn connections_queued_in_a_dropped_multishot_accept_are_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let mut incoming = listener.incoming();
+        let reaped = driver_stats().completions_reaped;
+        assert!(poll_once_for_panic(&mut incoming.next()).is_none(), "armed");
+        yield_now().await;
+        let mut clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr()).unwrap())
+            .collect();
+        reaped_beyond(reaped, 3).await;
+        drop(incoming);
+        for client in &mut clients {
+            assert_peer_closed(client);
+        }
+    });
+}
+
+#[test]
+fn a_close_that_cannot_be_pushed_closes_synchronously() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed");
+    std::fs::write(&path, b"x").unwrap();
+    run(async {
+        let file = File::from_owned_fd(std::fs::File::open(&path).unwrap().into());
+        assert_eq!(descriptors_open_on(&path), 1);
+        context::with(|ctx| ctx.driver.borrow_mut().faults.push_errno = Some(libc::EIO));
+        file.close().await.unwrap();
+        assert_eq!(
+            descriptors_open_on(&path),
+            0,
+            "the descriptor was lost, not closed"
+        );
     });
 }
