@@ -20,7 +20,7 @@ use super::error::RingSetupError;
 use super::mailbox::{Mailbox, Parker, Signal};
 use super::sync::{Arc, Ordering};
 use super::time::Timers;
-use crate::limits::MAILBOX_CAPACITY;
+use crate::limits::{IOVEC_ARRAYS_RETAINED_MAX, MAILBOX_CAPACITY, TEARDOWN_PASSES_MAX};
 
 /// A unit of work sent to a shard from another thread.
 pub(crate) type Message = Box<dyn FnOnce() + Send>;
@@ -129,16 +129,17 @@ impl Context {
     pub(crate) fn recycle_iovecs(&self, mut iovecs: Vec<libc::iovec>) {
         iovecs.clear();
         let mut pool = self.iovecs.borrow_mut();
-        if pool.len() < 1024 {
+        if pool.len() < IOVEC_ARRAYS_RETAINED_MAX {
             pool.push(iovecs);
         }
     }
 
     /// Cancels all I/O, drops every task and timer, and refuses further remote work, so
     /// nothing the kernel uses outlives the driver and no task is dropped on a foreign
-    /// thread.
+    /// thread. After a ring failure nothing is cancelled or waited for: the tasks are
+    /// dropped, and their operations' memory stays with the kernel (see `Driver::abandon`).
     fn teardown(&self) {
-        for _ in 0..16 {
+        for _ in 0..TEARDOWN_PASSES_MAX {
             self.driver.borrow_mut().cancel_all_and_wait();
             self.timers.borrow_mut().clear();
             let mut dropped_any = false;

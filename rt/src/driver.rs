@@ -10,10 +10,22 @@
 //! Submissions are batched: entries accumulate in the submission queue and go to the
 //! kernel in one `io_uring_enter` when the executor runs out of work ([`Driver::park`]) or
 //! the queue is full. A full queue is submitted and retried; EBUSY/EAGAIN from the kernel
-//! (its completion backlog is full) is answered by reaping completions and retrying.
+//! (short of memory, or its completion backlog is full) is answered by reaping or waiting
+//! for a completion and retrying, at most [`RING_ENTER_BUSY_RETRIES_MAX`] times, after
+//! which the submission fails with [`DriverError::Busy`].
 //!
 //! Dropping the driver cancels everything in flight and waits for every completion before
 //! the ring and the slots go away.
+//!
+//! A lost completion is fatal. The ring is set up with `IORING_FEAT_NODROP`, so a full
+//! completion queue makes the kernel keep the overflow; only when it cannot allocate for it
+//! does it drop a completion, count it in the queue's overflow counter and answer the next
+//! `io_uring_enter` with EBADR. Either sign fails the driver ([`DriverError::CompletionsLost`]),
+//! as does an `io_uring_enter` error it has no answer for: the slot whose completion was
+//! lost would wait forever, and nothing tells which one it was, so no slot's memory can be
+//! known to be free of the kernel. A failed driver refuses new operations, never frees an
+//! abandoned operation's resources, and on drop leaks its ring and every slot
+//! ([`Driver::leak_in_flight`]); the executor stops its runtime with the error.
 //!
 //! A completion can carry a resource of its own: accept and openat return a new file
 //! descriptor. Each slot knows whether its result is one ([`ResultKind`]), so a descriptor
@@ -23,6 +35,7 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -30,9 +43,12 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
 use slab::Slab;
 
-use super::error::RingSetupError;
+use super::error::{DriverError, RingSetupError};
 use super::kernel::{check_release, check_ring, kernel_release, Features};
-use crate::limits::{RING_CQ_ENTRIES_FACTOR, RING_SQ_ENTRIES};
+use crate::limits::{
+    RING_CQ_ENTRIES_FACTOR, RING_ENTER_BUSY_RETRIES_MAX, RING_ENTER_BUSY_WAIT_MS, RING_SQ_ENTRIES,
+    TEARDOWN_CANCEL_REPEAT_ROUNDS, TEARDOWN_WAIT_ROUND_MS,
+};
 
 /// The `user_data` of entries whose completions nobody waits for (cancellations issued on
 /// behalf of dropped operations).
@@ -101,10 +117,16 @@ pub struct DriverStats {
 }
 
 pub(crate) struct Driver {
-    ring: IoUring,
+    /// Dropped only if the driver did not fail; a failed driver leaks it, since the kernel
+    /// may still use memory its operations point to.
+    ring: ManuallyDrop<IoUring>,
     slots: Slab<Slot>,
     features: Features,
     stats: DriverStats,
+    /// Set for good when the ring fails (see the module documentation).
+    failed: Option<DriverError>,
+    /// Whether the executor has been told of `failed` ([`Driver::take_failure`]).
+    failure_reported: bool,
     #[cfg(test)]
     pub(crate) faults: Faults,
 }
@@ -116,6 +138,10 @@ pub(crate) struct Driver {
 pub(crate) struct Faults {
     /// The next push fails with this errno before anything reaches the ring.
     pub(crate) push_errno: Option<i32>,
+    /// The next `io_uring_enter` calls answer these errnos, in order, instead of entering.
+    pub(crate) enter_errnos: VecDeque<i32>,
+    /// Added to the completion queue's overflow counter: completions the kernel "dropped".
+    pub(crate) completions_dropped: u32,
 }
 
 impl Driver {
@@ -137,10 +163,12 @@ impl Driver {
             |code| probe.is_supported(code),
         )?;
         Ok(Driver {
-            ring,
+            ring: ManuallyDrop::new(ring),
             slots: Slab::with_capacity(256),
             features,
             stats: DriverStats::default(),
+            failed: None,
+            failure_reported: false,
             #[cfg(test)]
             faults: Faults::default(),
         })
@@ -207,6 +235,12 @@ impl Driver {
         self.ring.submit()
     }
 
+    /// Whether the driver has failed (see the module documentation).
+    #[cfg(test)]
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// Fails a push as a test asked (see [`Faults`]).
     #[cfg(test)]
     fn fault_before_push(&mut self) -> io::Result<()> {
@@ -245,7 +279,13 @@ impl Driver {
     }
 
     /// Makes room for `count` entries, submitting what is queued if needed.
+    /// Makes room for `count` entries, submitting what is queued if needed. Refuses once
+    /// the driver has failed.
     fn reserve_submission_space(&mut self, count: usize) -> io::Result<()> {
+        let refused = |error: &DriverError| io::Error::from_raw_os_error(error.errno());
+        if let Some(error) = &self.failed {
+            return Err(refused(error));
+        }
         loop {
             let free = {
                 let queue = self.ring.submission();
@@ -254,57 +294,102 @@ impl Driver {
             if free >= count {
                 return Ok(());
             }
-            self.enter(0, None)?;
+            self.enter(0, None).map_err(|error| refused(&error))?;
         }
     }
 
     /// Submits queued entries and reaps completions without waiting.
-    pub(crate) fn submit_and_reap(&mut self) -> io::Result<usize> {
+    pub(crate) fn submit_and_reap(&mut self) -> Result<usize, DriverError> {
         self.enter(0, None)?;
         Ok(self.reap())
     }
 
     /// Submits queued entries and waits until at least one completion arrives or `timeout`
     /// passes; then reaps. Returns the number of completions reaped.
-    pub(crate) fn park(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+    pub(crate) fn park(&mut self, timeout: Option<Duration>) -> Result<usize, DriverError> {
         if self.ring.completion().is_empty() {
             self.enter(1, timeout)?;
         }
         Ok(self.reap())
     }
 
-    /// One `io_uring_enter`, retried on EINTR; EBUSY/EAGAIN (completion backlog full) reaps
-    /// and retries, ETIME (the wait timed out) is not an error.
-    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+    /// Submits what is queued and waits for `want` completions (up to `timeout`).
+    ///
+    /// EINTR is retried and ETIME (the wait timed out) is no error. EBUSY/EAGAIN mean the
+    /// kernel cannot take the entries now: the driver reaps, or if there is nothing to
+    /// reap waits for one completion (at most [`RING_ENTER_BUSY_WAIT_MS`]), and retries,
+    /// up to [`RING_ENTER_BUSY_RETRIES_MAX`] times before answering
+    /// [`DriverError::Busy`]. EBADR (completions were dropped) and any other error fail
+    /// the driver.
+    fn enter(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), DriverError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let busy_wait = Duration::from_millis(RING_ENTER_BUSY_WAIT_MS);
+        let mut busy_answers = 0;
+        let mut waiting_out_busy = false;
         loop {
-            self.stats.enter_calls += 1;
-            let result = match timeout {
-                Some(timeout) if want > 0 => {
-                    let timespec = types::Timespec::from(timeout);
-                    let args = types::SubmitArgs::new().timespec(&timespec);
-                    self.ring.submitter().submit_with_args(want, &args)
-                }
-                _ => self.ring.submitter().submit_and_wait(want),
+            let (want_now, timeout_now) = if waiting_out_busy {
+                (
+                    want.max(1),
+                    Some(timeout.map_or(busy_wait, |t| t.min(busy_wait))),
+                )
+            } else {
+                (want, timeout)
             };
-            match result {
-                Ok(_) => return Ok(()),
-                Err(error) => match error.raw_os_error() {
-                    Some(libc::ETIME) => return Ok(()),
-                    Some(libc::EINTR) => {}
-                    Some(libc::EBUSY | libc::EAGAIN) => {
-                        if self.reap() == 0 && want == 0 {
-                            // Nothing to reap yet: the kernel is still flushing its
-                            // backlog. Waiting for one completion makes progress.
-                            return self.enter(1, timeout);
-                        }
+            let Err(errno) = self.enter_once(want_now, timeout_now) else {
+                return Ok(());
+            };
+            match errno {
+                libc::EINTR => {}
+                // The caller's own wait timed out, or a wait for room found everything
+                // submitted (ETIME is only answered when nothing was).
+                libc::ETIME if !waiting_out_busy || self.ring.submission().is_empty() => {
+                    return Ok(());
+                }
+                libc::ETIME | libc::EBUSY | libc::EAGAIN => {
+                    busy_answers += 1;
+                    if busy_answers > RING_ENTER_BUSY_RETRIES_MAX {
+                        return Err(DriverError::Busy {
+                            retries: RING_ENTER_BUSY_RETRIES_MAX,
+                        });
                     }
-                    _ => return Err(error),
-                },
+                    waiting_out_busy = self.reap() == 0;
+                }
+                libc::EBADR => {
+                    let count = self.completions_dropped().max(1);
+                    return Err(self.fail(DriverError::CompletionsLost { count }));
+                }
+                _ => {
+                    let source = std::sync::Arc::new(io::Error::from_raw_os_error(errno));
+                    return Err(self.fail(DriverError::Enter { source }));
+                }
             }
         }
     }
 
-    /// Takes every completion off the queue and hands it to its slot, waking the owner.
+    /// One `io_uring_enter`; the errno if it failed.
+    fn enter_once(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), i32> {
+        self.stats.enter_calls += 1;
+        #[cfg(test)]
+        if let Some(errno) = self.faults.enter_errnos.pop_front() {
+            return Err(errno);
+        }
+        let result = match timeout {
+            Some(timeout) if want > 0 => {
+                let timespec = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&timespec);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            _ => self.ring.submitter().submit_and_wait(want),
+        };
+        result
+            .map(drop)
+            .map_err(|error| error.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// Takes every completion off the queue and hands it to its slot, waking the owner;
+    /// then fails the driver if the kernel reports completions it dropped.
     fn reap(&mut self) -> usize {
         let mut reaped = 0;
         loop {
@@ -315,7 +400,52 @@ impl Driver {
             self.complete(&entry);
         }
         self.stats.completions_reaped += reaped as u64;
+        let dropped = self.completions_dropped();
+        if dropped > 0 && self.failed.is_none() {
+            self.fail(DriverError::CompletionsLost { count: dropped });
+        }
         reaped
+    }
+
+    /// Completions the kernel dropped since the ring was set up (the completion queue's
+    /// overflow counter, which under `IORING_FEAT_NODROP` counts only dropped ones).
+    fn completions_dropped(&mut self) -> u32 {
+        let dropped = self.ring.completion().overflow();
+        #[cfg(test)]
+        let dropped = dropped.saturating_add(self.faults.completions_dropped);
+        dropped
+    }
+
+    /// Fails the driver for good with `error` (the first failure is the one kept); returns
+    /// it for the caller to pass on.
+    fn fail(&mut self, error: DriverError) -> DriverError {
+        debug_assert!(error.is_fatal());
+        if self.failed.is_none() {
+            self.failed = Some(error.clone());
+        }
+        error
+    }
+
+    /// The failure the executor has not been told of yet, once.
+    pub(crate) fn take_failure(&mut self) -> Option<DriverError> {
+        if self.failure_reported {
+            return None;
+        }
+        let failure = self.failed.clone()?;
+        self.failure_reported = true;
+        Some(failure)
+    }
+
+    /// Keeps the ring and every slot's resources forever. For a failed driver: the kernel
+    /// may still read or write memory the slots own and will never say when it stopped,
+    /// so freeing any of it could hand the kernel memory that is reused.
+    fn leak_in_flight(&mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        tracing::error!(
+            operations = slots.len(),
+            "the ring failed: leaking it and the memory of its operations in flight"
+        );
+        std::mem::forget(slots);
     }
 
     fn complete(&mut self, entry: &cqueue::Entry) {
@@ -415,7 +545,14 @@ impl Driver {
     /// descriptors they carry). If the kernel is done, the slot and `resources` are freed
     /// now; otherwise the slot keeps `resources` until the last completion, and a
     /// cancellation is requested when `cancel` is set.
+    ///
+    /// On a failed driver the slot is left as it is and `resources` are leaked: its
+    /// completion may never come, and the kernel may still use them.
     pub(crate) fn abandon(&mut self, key: usize, resources: Option<Box<dyn Any>>, cancel: bool) {
+        if self.failed.is_some() {
+            std::mem::forget(resources);
+            return;
+        }
         let Slot { state, result } = &mut self.slots[key];
         let done = match state {
             SlotState::Completed(completion) => {
@@ -469,7 +606,9 @@ impl Driver {
     }
 
     /// Cancels every operation in flight and waits for all their completions, so no
-    /// resource the kernel uses is freed with the driver. Woken owners see ECANCELED.
+    /// resource the kernel uses is freed with the driver. Woken owners see ECANCELED. A
+    /// failed driver (already, or while waiting) waits for nothing: its completions may
+    /// never come.
     pub(crate) fn cancel_all_and_wait(&mut self) {
         let pending = |slots: &Slab<Slot>| {
             slots.iter().any(|(_, slot)| match &slot.state {
@@ -481,15 +620,18 @@ impl Driver {
         let cancel_any = opcode::AsyncCancel2::new(types::CancelBuilder::any().all())
             .build()
             .user_data(USER_DATA_IGNORED);
+        let round = Duration::from_millis(TEARDOWN_WAIT_ROUND_MS);
         let mut rounds = 0u32;
-        while pending(&self.slots) {
-            if rounds % 64 == 0 && self.reserve_submission_space(1).is_ok() {
+        while self.failed.is_none() && pending(&self.slots) {
+            if rounds % TEARDOWN_CANCEL_REPEAT_ROUNDS == 0
+                && self.reserve_submission_space(1).is_ok()
+            {
                 // SAFETY: a cancellation carries no pointers.
                 let _ = unsafe { self.ring.submission().push(&cancel_any) };
             }
             rounds = rounds.wrapping_add(1);
-            if self.park(Some(Duration::from_millis(10))).is_err() {
-                break;
+            if let Err(error) = self.park(Some(round)) {
+                tracing::warn!(%error, "waiting for cancelled operations at shutdown");
             }
         }
     }
@@ -509,6 +651,14 @@ impl Drop for Driver {
     fn drop(&mut self) {
         self.cancel_all_and_wait();
         self.discard_unclaimed();
+        if self.failed.is_some() {
+            self.leak_in_flight();
+            return;
+        }
+        // SAFETY: `ring` is dropped only here, once. The driver has not failed, so the wait
+        // above ended because every operation's last completion arrived: the kernel holds
+        // no pointer into memory the slots own when the ring goes.
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
     }
 }
 

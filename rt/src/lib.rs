@@ -45,7 +45,8 @@ mod tests;
 pub use buf::{initialized, AlignedBuf, BufPool, IoBuf, IoBufMut, PoolStats, PooledBuf, Slice};
 pub use driver::DriverStats;
 pub use error::{
-    cqe_result, Error, RingSetupError, UnavailableCause, EXIT_CODE_IO_URING_UNAVAILABLE,
+    cqe_result, DriverError, Error, RingSetupError, UnavailableCause,
+    EXIT_CODE_IO_URING_UNAVAILABLE,
 };
 pub use executor::{block_on, spawn_local, yield_now, Cancelled, JoinHandle};
 pub use fs::{File, Metadata, OpenOptions};

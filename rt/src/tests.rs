@@ -888,3 +888,107 @@ fn a_close_that_cannot_be_pushed_closes_synchronously() {
         );
     });
 }
+
+#[test]
+fn a_dropped_completion_stops_the_runtime_and_leaks_the_buffers_in_flight() {
+    let (_peer, local) = std::os::unix::net::UnixStream::pair().unwrap();
+    let freed = Rc::new(Cell::new(false));
+    let buf = TrackedBuf {
+        bytes: Vec::with_capacity(64),
+        freed: freed.clone(),
+    };
+    let stopped = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        block_on(async move {
+            let stream = TcpStream::from_owned_fd_for_test(local.into());
+            spawn_local(async move { stream.recv(buf).await }).detach();
+            settle_until(|| operations_in_flight() >= 2).await;
+            // The next io_uring_enter answers EBADR: the kernel dropped a completion.
+            context::with(|ctx| {
+                let mut driver = ctx.driver.borrow_mut();
+                driver.faults.enter_errnos.push_back(libc::EBADR);
+            });
+            std::future::pending::<()>().await;
+        })
+    }));
+    let Err(panic) = stopped else {
+        panic!("the runtime went on after the kernel dropped a completion");
+    };
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("dropped 1 io_uring completion"),
+        "{message}"
+    );
+    assert!(
+        !freed.get(),
+        "a buffer the kernel may still write into was freed after the ring failed"
+    );
+}
+
+#[test]
+fn a_shard_whose_kernel_counts_dropped_completions_stops_with_a_typed_error() {
+    let config = RuntimeConfig {
+        shards: 1,
+        pin_threads: false,
+    };
+    let runtime = Runtime::start(&config, |_| async {
+        context::with(|ctx| ctx.driver.borrow_mut().faults.completions_dropped = 3);
+        let _ = nop().await;
+    })
+    .unwrap();
+    let shard = runtime.shards()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while futures::executor::block_on(shard.run(|| {})).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the shard went on with lost completions"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match runtime.shutdown() {
+        Err(Error::ShardFailed {
+            shard: 0,
+            source: DriverError::CompletionsLost { count: 3 },
+        }) => {}
+        other => panic!("expected the shard's typed failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_ring_that_stays_busy_fails_the_push_after_a_bounded_number_of_retries() {
+    use crate::limits::{RING_ENTER_BUSY_RETRIES_MAX, RING_SQ_ENTRIES};
+    let always_busy =
+        || std::iter::repeat_n(libc::EAGAIN, RING_ENTER_BUSY_RETRIES_MAX as usize + 1);
+    run(async move {
+        yield_now().await;
+        let busy = context::with(|ctx| {
+            let mut driver = ctx.driver.borrow_mut();
+            driver.faults.enter_errnos.extend(always_busy());
+            driver.submit_and_reap()
+        });
+        assert!(
+            matches!(busy, Err(DriverError::Busy { retries }) if retries == RING_ENTER_BUSY_RETRIES_MAX),
+            "{busy:?}"
+        );
+
+        // A full submission queue makes the next push enter the kernel, which stays busy.
+        let queued: Vec<_> = (0..RING_SQ_ENTRIES).map(|_| nop()).collect();
+        context::with(|ctx| {
+            ctx.driver
+                .borrow_mut()
+                .faults
+                .enter_errnos
+                .extend(always_busy());
+        });
+        let refused = nop().await.unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EAGAIN));
+        let left = context::with(|ctx| ctx.driver.borrow().faults.enter_errnos.len());
+        assert_eq!(left, 0, "every busy answer was taken by that one push");
+        assert!(
+            !context::with(|ctx| ctx.driver.borrow().has_failed()),
+            "busy is not fatal"
+        );
+        for op in queued {
+            op.await.unwrap();
+        }
+    });
+}
