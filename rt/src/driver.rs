@@ -27,6 +27,14 @@
 //! abandoned operation's resources, and on drop leaks its ring and every slot
 //! ([`Driver::leak_in_flight`]); the executor stops its runtime with the error.
 //!
+//! At most [`OPS_IN_FLIGHT_MAX`] operations are in the kernel at once (a static budget per
+//! shard). A submitter that finds no room waits in a first-come line ([`Driver::poll_room`])
+//! and is woken when it is first and completions have made room; one that arrives while
+//! others wait queues behind them. The count covers what the kernel holds — submitted,
+//! not yet completed, including abandoned operations — not completed results waiting for
+//! their owner, so a task that awaits its operations out of order cannot wait on itself.
+//! The executor's own eventfd read is exempt: a full shard must still hear other threads.
+//!
 //! A completion can carry a resource of its own: accept and openat return a new file
 //! descriptor. Each slot knows whether its result is one ([`ResultKind`]), so a descriptor
 //! nobody will take — the owner was dropped, or a multishot stream was dropped with
@@ -46,8 +54,9 @@ use slab::Slab;
 use super::error::{DriverError, RingSetupError};
 use super::kernel::{check_release, check_ring, kernel_release, Features};
 use crate::limits::{
-    RING_CQ_ENTRIES_FACTOR, RING_ENTER_BUSY_RETRIES_MAX, RING_ENTER_BUSY_WAIT_MS, RING_SQ_ENTRIES,
-    TEARDOWN_CANCEL_REPEAT_ROUNDS, TEARDOWN_WAIT_ROUND_MS,
+    OPS_IN_FLIGHT_MAX, RING_CQ_ENTRIES_FACTOR, RING_ENTER_BUSY_RETRIES_MAX,
+    RING_ENTER_BUSY_WAIT_MS, RING_SQ_ENTRIES, TEARDOWN_CANCEL_REPEAT_ROUNDS,
+    TEARDOWN_WAIT_ROUND_MS,
 };
 
 /// The `user_data` of entries whose completions nobody waits for (cancellations issued on
@@ -82,10 +91,12 @@ pub enum ResultKind {
     Fd,
 }
 
-/// One in-flight operation: its state, and what its completions carry.
+/// One in-flight operation: its state, what its completions carry, and whether it counts
+/// toward [`OPS_IN_FLIGHT_MAX`] (all but the executor's eventfd read do).
 struct Slot {
     state: SlotState,
     result: ResultKind,
+    counted: bool,
 }
 
 /// The state of one in-flight operation.
@@ -114,6 +125,50 @@ pub struct DriverStats {
     pub completions_reaped: u64,
     /// `io_uring_enter` calls made.
     pub enter_calls: u64,
+    /// Operations the kernel holds now, of those counted toward [`OPS_IN_FLIGHT_MAX`].
+    pub ops_in_flight: u64,
+    /// The most operations the kernel held at once, of those counted.
+    pub ops_in_flight_peak: u64,
+}
+
+/// Submitters waiting for room in the kernel, first come first served: each has a ticket
+/// number (ascending along the line), the operations it wants to push at once, and its waker.
+#[derive(Default)]
+struct Line {
+    waiting: VecDeque<(u64, usize, Waker)>,
+    ticket_next: u64,
+}
+
+impl Line {
+    fn first(&self) -> Option<(u64, usize)> {
+        self.waiting
+            .front()
+            .map(|(ticket, count, _)| (*ticket, *count))
+    }
+
+    /// Joins the line, or updates the waker of a submitter already in it.
+    fn wait(&mut self, ticket: &mut Option<u64>, count: usize, waker: &Waker) {
+        if let Some(number) = *ticket {
+            if let Ok(index) = self.waiting.binary_search_by_key(&number, |entry| entry.0) {
+                let (_, wanted, registered) = &mut self.waiting[index];
+                *wanted = count;
+                if !registered.will_wake(waker) {
+                    registered.clone_from(waker);
+                }
+                return;
+            }
+        }
+        let number = self.ticket_next;
+        self.ticket_next += 1;
+        self.waiting.push_back((number, count, waker.clone()));
+        *ticket = Some(number);
+    }
+
+    fn leave(&mut self, ticket: u64) {
+        if let Ok(index) = self.waiting.binary_search_by_key(&ticket, |entry| entry.0) {
+            self.waiting.remove(index);
+        }
+    }
 }
 
 pub(crate) struct Driver {
@@ -121,6 +176,12 @@ pub(crate) struct Driver {
     /// may still use memory its operations point to.
     ring: ManuallyDrop<IoUring>,
     slots: Slab<Slot>,
+    /// Counted operations the kernel holds: slots waiting, streaming or abandoned.
+    in_kernel: usize,
+    /// The bound on `in_kernel`: [`OPS_IN_FLIGHT_MAX`] (tests lower it).
+    in_kernel_max: usize,
+    /// Submitters waiting for room.
+    line: Line,
     features: Features,
     stats: DriverStats,
     /// Set for good when the ring fails (see the module documentation).
@@ -165,6 +226,9 @@ impl Driver {
         Ok(Driver {
             ring: ManuallyDrop::new(ring),
             slots: Slab::with_capacity(256),
+            in_kernel: 0,
+            in_kernel_max: OPS_IN_FLIGHT_MAX,
+            line: Line::default(),
             features,
             stats: DriverStats::default(),
             failed: None,
@@ -179,7 +243,10 @@ impl Driver {
     }
 
     pub(crate) fn stats(&self) -> DriverStats {
-        self.stats
+        DriverStats {
+            ops_in_flight: self.in_kernel as u64,
+            ..self.stats
+        }
     }
 
     /// Operations submitted or completed whose owners have not yet taken the result.
@@ -187,12 +254,95 @@ impl Driver {
         self.slots.len()
     }
 
-    /// Pushes one entry for a single-shot operation; returns its key.
+    /// Whether `count` more operations may go to the kernel now, for a submitter that is
+    /// not in the line: there is room, and nobody is waiting for it.
+    pub(crate) fn has_room(&self, count: usize) -> bool {
+        self.line.waiting.is_empty() && self.in_kernel + count <= self.in_kernel_max
+    }
+
+    /// Room for `count` more operations, for a submitter holding `ticket` (its place in
+    /// the line, `None` if it has none yet). Ready when it may push now — it must push
+    /// before it yields, and its ticket is used up; otherwise Pending, with the submitter
+    /// in the line (taking a ticket) and `waker` woken when it is first and there is room.
+    pub(crate) fn poll_room(
+        &mut self,
+        count: usize,
+        ticket: &mut Option<u64>,
+        waker: &Waker,
+    ) -> Poll<()> {
+        assert!(
+            (1..=self.in_kernel_max).contains(&count),
+            "{count} operations at once"
+        );
+        let first = match *ticket {
+            None => self.line.waiting.is_empty(),
+            Some(number) => self.line.first().is_some_and(|(first, _)| first == number),
+        };
+        if first && self.in_kernel + count <= self.in_kernel_max {
+            if let Some(number) = ticket.take() {
+                self.line.leave(number);
+                // Room may be left for the next in line too.
+                self.wake_first_in_line(count);
+            }
+            return Poll::Ready(());
+        }
+        self.line.wait(ticket, count, waker);
+        Poll::Pending
+    }
+
+    /// A submitter in the line now wants room for `count` operations (one of a queued pair
+    /// was withdrawn); it is woken if that fits and it is first.
+    pub(crate) fn resize_in_line(&mut self, ticket: u64, count: usize) {
+        let line = &mut self.line.waiting;
+        if let Ok(index) = line.binary_search_by_key(&ticket, |entry| entry.0) {
+            line[index].1 = count;
+        }
+        self.wake_first_in_line(0);
+    }
+
+    /// A submitter leaves the line without pushing (it was dropped or cancelled); the next
+    /// one is woken if there is room for it.
+    pub(crate) fn leave_line(&mut self, ticket: u64) {
+        self.line.leave(ticket);
+        self.wake_first_in_line(0);
+    }
+
+    /// Wakes the first in line if its operations fit beside `reserved` more (pushed by a
+    /// submitter that was just let through).
+    fn wake_first_in_line(&self, reserved: usize) {
+        if let Some((_, count, waker)) = self.line.waiting.front() {
+            if self.in_kernel + reserved + count <= self.in_kernel_max {
+                waker.wake_by_ref();
+            }
+        }
+    }
+
+    /// Pushes one entry for a single-shot operation; returns its key. The caller made sure
+    /// there is room ([`Driver::has_room`], [`Driver::poll_room`]).
     pub(crate) fn push(&mut self, entry: squeue::Entry, result: ResultKind) -> io::Result<usize> {
         self.push_linked([(entry, result)]).map(|[key]| key)
     }
 
-    /// Pushes one entry for an operation with several completions; returns its key.
+    /// Pushes an entry that does not count toward the bound and needs no room: the
+    /// executor's eventfd read, which must stay armed for other threads to wake a full
+    /// shard.
+    pub(crate) fn push_exempt(
+        &mut self,
+        entry: squeue::Entry,
+        result: ResultKind,
+    ) -> io::Result<usize> {
+        self.fault_before_push()?;
+        self.reserve_submission_space(1)?;
+        let slot = Slot {
+            state: SlotState::Waiting(None),
+            result,
+            counted: false,
+        };
+        Ok(self.push_reserved(entry, slot, false))
+    }
+
+    /// Pushes one entry for an operation with several completions; returns its key. The
+    /// caller made sure there is room.
     pub(crate) fn push_streaming(
         &mut self,
         entry: squeue::Entry,
@@ -205,11 +355,17 @@ impl Driver {
             queue: VecDeque::new(),
             finished: false,
         };
-        Ok(self.push_reserved(entry, Slot { state, result }, false))
+        let slot = Slot {
+            state,
+            result,
+            counted: true,
+        };
+        Ok(self.push_reserved(entry, slot, false))
     }
 
     /// Pushes `entries` as one linked chain (IOSQE_IO_LINK on all but the last), contiguous
-    /// in the submission queue, and returns the key of each, in order.
+    /// in the submission queue, and returns the key of each, in order. The caller made sure
+    /// there is room for all of them.
     pub(crate) fn push_linked<const N: usize>(
         &mut self,
         entries: [(squeue::Entry, ResultKind); N],
@@ -222,10 +378,18 @@ impl Driver {
             let slot = Slot {
                 state: SlotState::Waiting(None),
                 result,
+                counted: true,
             };
             keys[position] = self.push_reserved(entry, slot, position + 1 < N);
         }
         Ok(keys)
+    }
+
+    /// Lowers the bound on operations in the kernel, so a test can exceed it cheaply.
+    #[cfg(test)]
+    pub(crate) fn set_ops_in_flight_max_for_test(&mut self, max: usize) {
+        assert!(max >= 2, "a linked pair needs two");
+        self.in_kernel_max = max;
     }
 
     /// Submits what is queued without reaping, so a test can drop an operation whose
@@ -261,6 +425,15 @@ impl Driver {
     }
 
     fn push_reserved(&mut self, entry: squeue::Entry, slot: Slot, link: bool) -> usize {
+        if slot.counted {
+            assert!(
+                self.in_kernel < self.in_kernel_max,
+                "pushed past OPS_IN_FLIGHT_MAX"
+            );
+            self.in_kernel += 1;
+            self.stats.ops_in_flight_peak =
+                self.stats.ops_in_flight_peak.max(self.in_kernel as u64);
+        }
         let key = self.slots.insert(slot);
         let mut entry = entry.user_data(key as u64);
         if link {
@@ -400,6 +573,9 @@ impl Driver {
             self.complete(&entry);
         }
         self.stats.completions_reaped += reaped as u64;
+        if reaped > 0 {
+            self.wake_first_in_line(0);
+        }
         let dropped = self.completions_dropped();
         if dropped > 0 && self.failed.is_none() {
             self.fail(DriverError::CompletionsLost { count: dropped });
@@ -458,9 +634,15 @@ impl Driver {
             flags: entry.flags(),
         };
         let more = cqueue::more(completion.flags);
-        let Some(Slot { state, result }) = self.slots.get_mut(key) else {
+        let Some(Slot {
+            state,
+            result,
+            counted,
+        }) = self.slots.get_mut(key)
+        else {
             unreachable!("completion for unknown slot {key}");
         };
+        let left_kernel = *counted && !more;
         match state {
             SlotState::Waiting(waker) => {
                 let waker = waker.take();
@@ -490,6 +672,13 @@ impl Driver {
             SlotState::Completed(_) => {
                 unreachable!("second completion for single-shot slot {key}")
             }
+        }
+        if left_kernel {
+            assert!(
+                self.in_kernel > 0,
+                "more completions than operations counted"
+            );
+            self.in_kernel -= 1;
         }
     }
 
@@ -553,7 +742,7 @@ impl Driver {
             std::mem::forget(resources);
             return;
         }
-        let Slot { state, result } = &mut self.slots[key];
+        let Slot { state, result, .. } = &mut self.slots[key];
         let done = match state {
             SlotState::Completed(completion) => {
                 discard(*completion, *result);
@@ -592,7 +781,7 @@ impl Driver {
     /// Discards the completions that arrived for owners that never took them (operations
     /// kept past their runtime), closing the descriptors they carry.
     fn discard_unclaimed(&mut self) {
-        for (_, Slot { state, result }) in &mut self.slots {
+        for (_, Slot { state, result, .. }) in &mut self.slots {
             match state {
                 SlotState::Completed(completion) => discard(*completion, *result),
                 SlotState::Streaming { queue, .. } => {

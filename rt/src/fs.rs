@@ -19,7 +19,7 @@ use super::buf::{IoBuf, IoBufMut};
 use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
-use super::op::{link, Link, Op, Operation, Prepared};
+use super::op::{link, wait_for_room, Link, Op, Operation, Prepared};
 use super::transfer::{
     len_u32, transfer_all, ReadInto, ReadVectored, Unit, Vectored, WriteFrom, WriteVectored,
 };
@@ -465,6 +465,9 @@ fn prepare_vectored_write<B: IoBuf>(
 /// Closes `fd` through the ring; if the close cannot be pushed (the ring failed), closes
 /// it at once with a plain `close`, so the descriptor is never lost.
 pub(crate) async fn close_fd(fd: OwnedFd) -> io::Result<()> {
+    // Until pushed the descriptor stays an OwnedFd: a close dropped while it waits for
+    // room closes it on the spot.
+    wait_for_room().await;
     let raw = fd.as_raw_fd();
     let close = Prepared::new(Unit { held: () }, |_| {
         opcode::Close::new(types::Fd(raw)).build()
@@ -510,7 +513,7 @@ pub(crate) async fn read_eventfd(eventfd: Rc<OwnedFd>) {
                     .build()
             },
         );
-        let (result, returned) = read.submit().await;
+        let (result, returned) = read.submit_exempt().await;
         buf = returned;
         buf.clear();
         if let Err(error) = result {

@@ -32,6 +32,18 @@ pub const TEARDOWN_CANCEL_REPEAT_ROUNDS: u32 = 64;
 pub const TEARDOWN_PASSES_MAX: u32 = 16;
 /// Empty iovec arrays an executor keeps for reuse by vectored operations.
 pub const IOVEC_ARRAYS_RETAINED_MAX: usize = 1024;
+/// Operations one shard may have in the kernel at once (submitted and not yet completed,
+/// abandoned ones included; the executor's own eventfd read excepted). A submission beyond
+/// it waits, first come first served, until completions make room. Every connection keeps
+/// a receive in flight all the time, so this is also far above the connections a shard is
+/// expected to hold: with that many idle connections, every other operation of the shard
+/// (its disk writes included) would wait for one of them to receive something. It bounds
+/// the driver's slab of in-kernel operations at a few MiB.
+pub const OPS_IN_FLIGHT_MAX: usize = 1 << 16;
+const _: () = assert!(
+    OPS_IN_FLIGHT_MAX >= 2,
+    "a linked pair enters the kernel at once"
+);
 /// Messages a shard's cross-core mailbox holds before senders must wait.
 pub const MAILBOX_CAPACITY: usize = 4096;
 /// Tasks one executor runs before it looks at the ring and the mailbox again, so I/O

@@ -20,7 +20,7 @@ use super::context;
 use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
-use super::op::{MultiOp, Op, Operation, Prepared};
+use super::op::{wait_for_room, MultiOp, Op, Operation, Prepared, RoomWait};
 use super::transfer::{len_u32, transfer_all, ReadInto, Vectored, WriteFrom, WriteVectored};
 
 /// Pending connections the kernel queues per listener.
@@ -104,6 +104,7 @@ impl TcpListener {
         Incoming {
             fd: self.fd.clone(),
             op: None,
+            room: None,
         }
     }
 }
@@ -133,6 +134,8 @@ impl Operation for Accept {
 pub struct Incoming {
     fd: SharedFd,
     op: Option<MultiOp<SharedFd>>,
+    /// The wait for room in the kernel before (re-)arming the accept.
+    room: Option<RoomWait>,
 }
 
 impl Stream for Incoming {
@@ -142,6 +145,11 @@ impl Stream for Incoming {
         let this = self.get_mut();
         loop {
             if this.op.is_none() {
+                let room = this.room.get_or_insert_with(wait_for_room);
+                if Pin::new(room).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.room = None;
                 let submitted = MultiOp::submit(this.fd.clone(), ResultKind::Fd, |fd| {
                     opcode::AcceptMulti::new(fd.target())
                         .flags(libc::SOCK_CLOEXEC)
@@ -302,8 +310,15 @@ impl TcpStream {
     /// Sends `buf` without copying it into the kernel (`IORING_OP_SEND_ZC`): the buffer
     /// comes back only once the network stack is done with it. Falls back to a plain send
     /// on kernels without it. Pays off for large buffers (tens of KiB and up).
+    ///
+    /// While the shard has no room for another operation in the kernel, the buffer goes
+    /// with a plain send, which waits for room like any operation.
     pub fn send_zc<B: IoBuf>(&self, buf: B) -> SendZc<B> {
-        if !context::with(|ctx| ctx.driver.borrow().features().send_zc) {
+        let zero_copy = context::with(|ctx| {
+            let driver = ctx.driver.borrow();
+            driver.features().send_zc && driver.has_room(1)
+        });
+        if !zero_copy {
             return SendZc::Copied(self.send(buf));
         }
         let data = WriteFrom {

@@ -992,3 +992,146 @@ fn a_ring_that_stays_busy_fails_the_push_after_a_bounded_number_of_retries() {
         }
     });
 }
+
+/// A no-op ready to submit, for linking.
+fn prepared_nop() -> crate::op::Prepared<crate::op::Nop> {
+    crate::op::Prepared::new(crate::op::Nop, |_| io_uring::opcode::Nop::new().build())
+}
+
+/// Lowers the current runtime's bound on operations in the kernel.
+fn set_ops_in_flight_max(max: usize) {
+    context::with(|ctx| ctx.driver.borrow_mut().set_ops_in_flight_max_for_test(max));
+}
+
+#[test]
+fn more_operations_than_the_bound_all_complete_and_the_kernel_never_holds_more() {
+    const BOUND: usize = 64;
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(BOUND);
+        let handles: Vec<_> = (0..1000u32)
+            .map(|i| {
+                spawn_local(async move {
+                    match i % 4 {
+                        0 => kernel_timer(Duration::from_millis(1)).await.unwrap(),
+                        1 => nop().await.unwrap(),
+                        2 => {
+                            let (first, second) = link(prepared_nop(), prepared_nop()).await;
+                            first.unwrap();
+                            second.unwrap();
+                        }
+                        _ => {
+                            let op = prepared_nop().submit_with_timeout(Duration::from_secs(10));
+                            op.await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        let stats = driver_stats();
+        assert_eq!(
+            stats.ops_in_flight_peak, BOUND as u64,
+            "the bound was reached and never passed"
+        );
+        assert_eq!(stats.ops_in_flight, 0);
+        assert_eq!(operations_in_flight(), 1, "only the eventfd read is left");
+    });
+}
+
+#[test]
+fn a_queued_linked_pair_waits_for_room_together_and_a_cancelled_queued_op_never_runs() {
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(2);
+        let blocker_first = kernel_timer(Duration::from_millis(20));
+        let blocker_second = kernel_timer(Duration::from_millis(20));
+        assert_eq!(driver_stats().ops_in_flight, 2, "full");
+
+        // The first of a queued pair dropped before it ran: the second fails as in a
+        // broken chain, without waiting for room.
+        let (first, second) = link_split(prepared_nop(), prepared_nop());
+        drop(first);
+        let broken = second.await.unwrap_err();
+        assert_eq!(broken.raw_os_error(), Some(libc::ECANCELED));
+
+        // A queued operation cancelled before it got room completes with ECANCELED.
+        let cancelled = nop();
+        cancelled.cancel();
+        let cancelled = cancelled.await.unwrap_err();
+        assert_eq!(cancelled.raw_os_error(), Some(libc::ECANCELED));
+        let submitted = driver_stats().entries_submitted;
+
+        // A pair waits until both fit, then goes as one chain.
+        let pair = link(prepared_nop(), prepared_nop());
+        let (pair, first, second) = futures::join!(pair, blocker_first, blocker_second);
+        first.unwrap();
+        second.unwrap();
+        pair.0.unwrap();
+        pair.1.unwrap();
+        assert_eq!(driver_stats().entries_submitted - submitted, 2);
+        assert_eq!(driver_stats().ops_in_flight_peak, 2);
+    });
+}
+
+#[test]
+fn a_shard_with_no_room_left_still_hears_other_threads() {
+    let config = RuntimeConfig {
+        shards: 1,
+        pin_threads: false,
+    };
+    let runtime = Runtime::start(&config, |_| async {
+        set_ops_in_flight_max(2);
+        // Two operations that never complete hold all the room there is.
+        let never = futures::future::join(
+            kernel_timer(Duration::from_secs(3600)),
+            kernel_timer(Duration::from_secs(3600)),
+        );
+        let _ = never.await;
+    })
+    .unwrap();
+    let shard = runtime.shards()[0].clone();
+    let ask = |shard: ShardHandle| {
+        let (reply, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let value = futures::executor::block_on(shard.spawn(|| async {
+                settle_until(|| driver_stats().ops_in_flight == 2).await;
+                7
+            }));
+            let _ = reply.send(value);
+        });
+        answer.recv_timeout(Duration::from_secs(10))
+    };
+    for round in 0..3 {
+        assert_eq!(ask(shard.clone()), Ok(Ok(7)), "round {round}");
+    }
+    runtime.shutdown().unwrap();
+}
+
+#[test]
+fn the_first_of_a_queued_pair_whose_second_was_dropped_needs_room_for_one() {
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(2);
+        let long = kernel_timer(Duration::from_secs(3600));
+        let short = kernel_timer(Duration::from_millis(5));
+        let (first, second) = link_split(prepared_nop(), prepared_nop());
+        let first = spawn_local(first);
+        yield_now().await;
+        drop(second);
+        short.await.unwrap();
+        // Only one slot ever frees while `long` is in the kernel.
+        let alone = timeout(Duration::from_secs(10), first).await;
+        assert!(
+            matches!(alone, Ok(Ok(Ok(())))),
+            "the first op waited for room for two: {alone:?}"
+        );
+        long.cancel();
+        assert_eq!(
+            long.await.unwrap_err().raw_os_error(),
+            Some(libc::ECANCELED)
+        );
+    });
+}
