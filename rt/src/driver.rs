@@ -439,9 +439,10 @@ impl Driver {
         if link {
             entry = entry.flags(squeue::Flags::IO_LINK);
         }
-        // SAFETY: every pointer in the entry refers to memory owned by the operation's data,
-        // which its owner keeps alive (or hands to this slot) until the completion for `key`
-        // is reaped; the caller reserved room in the queue.
+        // SAFETY: every pointer in the entry refers to heap memory owned by the operation's
+        // data, which its owner keeps alive until the completion for `key` is reaped, hands
+        // to this slot, or leaks (away from its runtime, or after a ring failure); the
+        // caller reserved room in the queue.
         let pushed = unsafe { self.ring.submission().push(&entry) };
         assert!(
             pushed.is_ok(),

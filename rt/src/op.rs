@@ -424,9 +424,9 @@ impl<T: Operation> Drop for Op<T> {
             State::Submitted(key) => abandon(self.owner, key, self.data.take()),
             State::Queued { chain, position } => {
                 if !context::is_current(self.owner) {
-                    // The owner is gone; so is its line. The other operation of the chain
-                    // (same owner) can no longer push the entry pointing into the data,
-                    // but leaking it keeps that true without an argument.
+                    // The other operation of its chain may have pushed this one while the
+                    // owner ran, so the kernel may have seen the data: leak it, as
+                    // `abandon` does.
                     std::mem::forget(self.data.take());
                     return;
                 }
