@@ -47,15 +47,25 @@ pub unsafe trait IoBuf: Unpin + 'static {
 
 /// A buffer the kernel may write into.
 ///
+/// The kernel writes only through pointers from [`IoBufMut::stable_mut_ptr`], never through
+/// [`IoBuf::stable_ptr`], which may come from a shared reference.
+///
 /// # Safety
-/// As for [`IoBuf`]; `stable_mut_ptr()` must allow writes to all `bytes_total()` bytes.
+/// As for [`IoBuf`]; `stable_mut_ptr()` must point to the same memory as `stable_ptr()` and
+/// allow writes to all `bytes_total()` bytes.
 pub unsafe trait IoBufMut: IoBuf {
     /// Start of the buffer's memory, for writing.
     fn stable_mut_ptr(&mut self) -> *mut u8;
-    /// Records that the kernel initialized the first `len` bytes.
+    /// Records that the first `len` bytes are initialized: `bytes_init()` becomes
+    /// `max(bytes_init(), len)`.
+    ///
+    /// It never shrinks the initialized part. A read fills the buffer from its start and
+    /// calls this with the count it read; if the buffer already held more bytes, the ones
+    /// after the count keep their old contents and still count as initialized. Pass an empty
+    /// buffer (or clear it first) to see only what the read returned.
     ///
     /// # Safety
-    /// The first `len` bytes must really be initialized.
+    /// The first `len` bytes must really be initialized, and `len <= bytes_total()`.
     unsafe fn set_init(&mut self, len: usize);
 }
 
@@ -78,9 +88,10 @@ unsafe impl IoBufMut for Vec<u8> {
         self.as_mut_ptr()
     }
     unsafe fn set_init(&mut self, len: usize) {
+        assert!(len <= self.capacity(), "{len} bytes beyond the capacity");
         if len > self.len() {
             // SAFETY: the caller promises the first `len` bytes are initialized, and
-            // `len <= capacity` because the kernel wrote at most `bytes_total()` bytes.
+            // `len <= capacity` (checked above).
             unsafe { self.set_len(len) };
         }
     }
@@ -118,8 +129,10 @@ unsafe impl IoBufMut for bytes::BytesMut {
         self.as_mut_ptr()
     }
     unsafe fn set_init(&mut self, len: usize) {
+        assert!(len <= self.capacity(), "{len} bytes beyond the capacity");
         if len > self.len() {
-            // SAFETY: the caller promises the first `len` bytes are initialized.
+            // SAFETY: the caller promises the first `len` bytes are initialized, and
+            // `len <= capacity` (checked above).
             unsafe { self.set_len(len) };
         }
     }
@@ -185,10 +198,18 @@ unsafe impl<B: IoBufMut> IoBufMut for Slice<B> {
         // SAFETY: `range.start <= bytes_total()`, checked in `IoBuf::slice`.
         unsafe { self.buf.stable_mut_ptr().add(self.range.start) }
     }
+    /// Records `len` initialized bytes from the slice's start. If the slice starts past
+    /// the buffer's initialized part, nothing is recorded: the buffer can only count an
+    /// initialized prefix, and the gap before the slice was never written. The bytes read
+    /// are then in the buffer's memory but not part of its initialized bytes.
     unsafe fn set_init(&mut self, len: usize) {
-        // SAFETY: forwarded; bytes before `range.start` were initialized or are covered by
-        // the caller's promise only when the slice starts within the initialized part.
-        unsafe { self.buf.set_init(self.range.start + len) };
+        assert!(len <= self.range.len(), "{len} bytes beyond the slice");
+        if self.range.start <= self.buf.bytes_init() {
+            // SAFETY: the bytes before `range.start` are initialized (checked above) and
+            // the caller promises the `len` bytes from `range.start` are; `range.end` is
+            // within the buffer's `bytes_total()` (checked in `IoBuf::slice`).
+            unsafe { self.buf.set_init(self.range.start + len) };
+        }
     }
 }
 
@@ -210,14 +231,17 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// Allocates `capacity` zeroed bytes (rounded up to a multiple of the alignment).
+    ///
+    /// # Panics
+    /// With "capacity overflow", as `Vec` does, if the rounded-up size exceeds `isize::MAX`
+    /// bytes. Every caller sizes its buffers from a bounded length (a limit, a batch size
+    /// already checked), so a size this large is a bug, not an input to handle; memory
+    /// that cannot be had aborts through `handle_alloc_error`, also like `Vec`.
     pub fn with_capacity(capacity: usize) -> AlignedBuf {
-        let capacity = capacity.max(1).next_multiple_of(BUF_ALIGN_BYTES);
-        let huge = capacity >= BUF_HUGE_PAGE_THRESHOLD_BYTES;
-        let allocated = if huge {
-            capacity.next_multiple_of(HUGE_PAGE_BYTES)
-        } else {
-            capacity
+        let Some((capacity, allocated)) = Self::rounded_sizes(capacity) else {
+            panic!("capacity overflow: an aligned buffer of {capacity} bytes")
         };
+        let huge = allocated >= BUF_HUGE_PAGE_THRESHOLD_BYTES;
         let layout = Self::layout(allocated);
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc(layout) };
@@ -240,6 +264,21 @@ impl AlignedBuf {
             capacity,
             allocated,
         }
+    }
+
+    /// The capacity rounded up to the alignment, and the bytes to allocate for it (whole
+    /// huge pages from the threshold on); `None` if either exceeds `isize::MAX`, the most
+    /// a `Layout` may describe.
+    fn rounded_sizes(capacity: usize) -> Option<(usize, usize)> {
+        let capacity = capacity.max(1).checked_next_multiple_of(BUF_ALIGN_BYTES)?;
+        let allocated = if capacity >= BUF_HUGE_PAGE_THRESHOLD_BYTES {
+            capacity.checked_next_multiple_of(HUGE_PAGE_BYTES)?
+        } else {
+            capacity
+        };
+        isize::try_from(allocated)
+            .is_ok()
+            .then_some((capacity, allocated))
     }
 
     fn layout(allocated: usize) -> Layout {
@@ -341,6 +380,7 @@ unsafe impl IoBufMut for AlignedBuf {
         self.ptr.as_ptr()
     }
     unsafe fn set_init(&mut self, len: usize) {
+        assert!(len <= self.capacity, "{len} bytes beyond the capacity");
         self.len = self.len.max(len);
     }
 }
@@ -454,6 +494,10 @@ impl BufPool {
 }
 
 impl PoolInner {
+    /// Keeps `buf` for reuse in the class of its own capacity. The capacity is checked here,
+    /// not trusted from where the buffer came from: a `PooledBuf` can have another buffer
+    /// swapped in through `DerefMut`, and a buffer handed to `recycle` may come from
+    /// anywhere. One whose capacity is not exactly a class's is freed.
     fn put(&self, buf: AlignedBuf) {
         let Some(class) = size_class(buf.capacity()) else {
             return;
@@ -619,6 +663,121 @@ mod tests {
             );
             assert_eq!(capacity % BUF_ALIGN_BYTES, 0);
         }
+    }
+
+    #[test]
+    fn aligned_buffers_refuse_sizes_that_overflow_when_rounded_up() {
+        let too_large = [
+            usize::MAX,
+            // Rounds up to a whole page fine, then overflows rounding to a huge page.
+            usize::MAX - (BUF_ALIGN_BYTES - 1),
+            isize::MAX as usize,
+            isize::MAX as usize + 1,
+        ];
+        for capacity in too_large {
+            let Err(panic) = std::panic::catch_unwind(|| AlignedBuf::with_capacity(capacity))
+            else {
+                panic!("{capacity}: an impossible size must not allocate");
+            };
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(
+                message.contains("capacity overflow"),
+                "{capacity}: {message}"
+            );
+        }
+        assert_eq!(AlignedBuf::rounded_sizes(0), Some((4096, 4096)));
+        assert_eq!(
+            AlignedBuf::rounded_sizes(BUF_HUGE_PAGE_THRESHOLD_BYTES + 1),
+            Some((BUF_HUGE_PAGE_THRESHOLD_BYTES + 4096, HUGE_PAGE_BYTES))
+        );
+    }
+
+    #[test]
+    fn a_buffer_swapped_into_a_pooled_one_returns_to_its_own_class() {
+        let pool = BufPool::new();
+        let mut pooled = pool.get(12 << 10);
+        let mut larger = AlignedBuf::with_capacity(16 << 10);
+        let larger_address = larger.stable_ptr();
+        std::mem::swap(&mut *pooled, &mut larger);
+        drop(larger);
+        drop(pooled);
+        let small = pool.get(12 << 10);
+        assert_ne!(
+            small.stable_ptr(),
+            larger_address,
+            "a 16 KiB buffer served 12 KiB"
+        );
+        assert_eq!(small.capacity(), 12 << 10);
+        let large = pool.get(16 << 10);
+        assert_eq!(
+            large.stable_ptr(),
+            larger_address,
+            "kept in the 16 KiB class"
+        );
+
+        // A capacity that is no class's is freed, not pooled.
+        let mut pooled = pool.get(4096);
+        let mut odd = AlignedBuf::with_capacity(20 << 10);
+        std::mem::swap(&mut *pooled, &mut odd);
+        drop(pooled);
+        let before = pool.stats();
+        drop(pool.get(20 << 10));
+        assert_eq!(pool.stats().allocated, before.allocated + 1);
+    }
+
+    #[test]
+    fn set_init_only_ever_grows_the_initialized_part() {
+        fn check<B: IoBufMut>(mut buf: B, name: &str) {
+            let init = buf.bytes_init();
+            assert!(init >= 8 && buf.bytes_total() > init + 8, "{name}");
+            // SAFETY: every buffer checked here is fully initialized memory; no byte is
+            // read that was not written.
+            unsafe { buf.set_init(4) };
+            assert_eq!(buf.bytes_init(), init, "{name}: shrank");
+            // SAFETY: as above.
+            unsafe { buf.set_init(init + 8) };
+            assert_eq!(buf.bytes_init(), init + 8, "{name}: did not grow");
+        }
+        let mut vec = vec![0u8; 64];
+        vec.truncate(16);
+        check(vec, "Vec");
+        let mut bytes = bytes::BytesMut::zeroed(64);
+        bytes.truncate(16);
+        check(bytes, "BytesMut");
+        let mut aligned = AlignedBuf::with_capacity(4096);
+        aligned.set_len(16);
+        check(aligned, "AlignedBuf");
+        let pool = BufPool::new();
+        let mut pooled = pool.get(4096);
+        pooled.set_len(16);
+        check(pooled, "PooledBuf");
+        let mut vec = vec![0u8; 64];
+        vec.truncate(16);
+        check(vec.slice(4..64), "Slice");
+    }
+
+    #[test]
+    fn a_slice_past_the_initialized_part_records_nothing() {
+        let mut buf = AlignedBuf::with_capacity(4096);
+        buf.set_len(8);
+        let mut slice = buf.slice(16..32);
+        // SAFETY: AlignedBuf memory is zeroed at allocation, so it is initialized; the
+        // test checks only the bookkeeping.
+        unsafe { slice.set_init(4) };
+        assert_eq!(slice.bytes_init(), 0);
+        assert_eq!(
+            slice.into_inner().bytes_init(),
+            8,
+            "bytes 8..16 were never written and must not count as initialized"
+        );
+
+        // Starting right at the initialized end is fine.
+        let mut buf = AlignedBuf::with_capacity(4096);
+        buf.set_len(8);
+        let mut slice = buf.slice(8..32);
+        // SAFETY: as above.
+        unsafe { slice.set_init(4) };
+        assert_eq!(slice.into_inner().bytes_init(), 12);
     }
 
     #[test]

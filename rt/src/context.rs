@@ -20,7 +20,7 @@ use super::error::RingSetupError;
 use super::mailbox::{Mailbox, Parker, Signal};
 use super::sync::{Arc, Ordering};
 use super::time::Timers;
-use crate::limits::MAILBOX_CAPACITY;
+use crate::limits::{IOVEC_ARRAYS_RETAINED_MAX, MAILBOX_CAPACITY, TEARDOWN_PASSES_MAX};
 
 /// A unit of work sent to a shard from another thread.
 pub(crate) type Message = Box<dyn FnOnce() + Send>;
@@ -129,16 +129,17 @@ impl Context {
     pub(crate) fn recycle_iovecs(&self, mut iovecs: Vec<libc::iovec>) {
         iovecs.clear();
         let mut pool = self.iovecs.borrow_mut();
-        if pool.len() < 1024 {
+        if pool.len() < IOVEC_ARRAYS_RETAINED_MAX {
             pool.push(iovecs);
         }
     }
 
     /// Cancels all I/O, drops every task and timer, and refuses further remote work, so
     /// nothing the kernel uses outlives the driver and no task is dropped on a foreign
-    /// thread.
+    /// thread. After a ring failure nothing is cancelled or waited for: the tasks are
+    /// dropped, and their operations' memory stays with the kernel (see `Driver::abandon`).
     fn teardown(&self) {
-        for _ in 0..16 {
+        for _ in 0..TEARDOWN_PASSES_MAX {
             self.driver.borrow_mut().cancel_all_and_wait();
             self.timers.borrow_mut().clear();
             let mut dropped_any = false;
@@ -194,7 +195,25 @@ pub(crate) fn try_with<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
         .flatten()
 }
 
-/// The id of the context running on this thread, 0 if none.
+/// The id of the context running on this thread, 0 if none. Ids are unique for the life
+/// of the process, so an id names one runtime even after it has gone.
 pub(crate) fn current_id() -> usize {
     CURRENT_ID.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Whether the runtime with id `owner` is the one running on this thread.
+pub(crate) fn is_current(owner: usize) -> bool {
+    owner != 0 && current_id() == owner
+}
+
+/// Refuses to use something registered with runtime `owner` (a slot in its ring, a timer,
+/// a place in its queue) from another runtime: the key would name an unrelated entry there.
+/// An operation is `!Send`, so this is a second runtime on the same thread, after the first
+/// one ended (two `block_on` calls in a row).
+pub(crate) fn assert_current(owner: usize, what: &str) {
+    assert!(
+        is_current(owner),
+        "{what} used outside the runtime that registered it (runtime {owner}, current {})",
+        current_id()
+    );
 }

@@ -67,8 +67,9 @@ impl UnavailableCause {
 
     fn remedy(self) -> &'static str {
         match self {
+            // The release is KERNEL_VERSION_MIN; a test in kernel.rs keeps the two equal.
             UnavailableCause::KernelTooOld | UnavailableCause::KernelMissingFeature(_) => {
-                "run ringlog on Linux 6.1 or newer with CONFIG_IO_URING enabled"
+                "run ringlog on Linux 5.19 or newer with CONFIG_IO_URING enabled"
             }
             UnavailableCause::DisabledBySysctl(_) => {
                 "allow it with `sysctl -w kernel.io_uring_disabled=0` (as root)"
@@ -136,9 +137,14 @@ impl RingSetupError {
     }
 
     pub(crate) fn missing(feature: &'static str) -> RingSetupError {
+        Self::missing_with(feature, io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    /// A missing feature, with `source` saying how it was found missing.
+    pub(crate) fn missing_with(feature: &'static str, source: io::Error) -> RingSetupError {
         RingSetupError {
             cause: UnavailableCause::KernelMissingFeature(feature),
-            source: io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            source,
         }
     }
 
@@ -166,6 +172,52 @@ impl std::error::Error for RingSetupError {
     }
 }
 
+/// A ring that failed, or stayed busy past its bound, while the runtime ran.
+///
+/// [`DriverError::CompletionsLost`] and [`DriverError::Enter`] are fatal
+/// ([`DriverError::is_fatal`]): the runtime stops, and since the kernel may still use the
+/// memory of operations in flight and will never report them done, it leaks the ring and
+/// that memory rather than free it. A shard reports it as [`Error::ShardFailed`];
+/// [`block_on`](crate::block_on) panics with it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The kernel dropped completions: its completion queue was full and it had no memory
+    /// to keep the overflow. The operations they belonged to can never complete.
+    #[error(
+        "the kernel dropped {count} io_uring completion(s): the completion queue overflowed \
+         and there was no memory to keep them"
+    )]
+    CompletionsLost { count: u32 },
+    /// `io_uring_enter` answered EAGAIN or EBUSY through
+    /// [`RING_ENTER_BUSY_RETRIES_MAX`](crate::limits::RING_ENTER_BUSY_RETRIES_MAX) waits.
+    /// Not fatal: the operation being pushed fails with EAGAIN, the executor retries later.
+    #[error("io_uring_enter stayed busy (EAGAIN or EBUSY) through {retries} retries")]
+    Busy { retries: u32 },
+    /// `io_uring_enter` failed with an error the driver has no answer for.
+    #[error("io_uring_enter failed")]
+    Enter {
+        #[source]
+        source: std::sync::Arc<io::Error>,
+    },
+}
+
+impl DriverError {
+    /// Whether the runtime must stop (and leak its in-flight memory).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, DriverError::Busy { .. })
+    }
+
+    /// The error an operation sees when it cannot be pushed because of this: EAGAIN for a
+    /// busy ring, EIO for a failed one.
+    pub(crate) fn errno(&self) -> i32 {
+        match self {
+            DriverError::Busy { .. } => libc::EAGAIN,
+            DriverError::CompletionsLost { .. } | DriverError::Enter { .. } => libc::EIO,
+        }
+    }
+}
+
 /// Errors of starting or running shards.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -187,6 +239,13 @@ pub enum Error {
     /// A shard thread panicked; the panic message went to stderr.
     #[error("shard {shard} panicked")]
     ShardPanicked { shard: usize },
+    /// A shard's ring failed; the shard stopped and leaked its in-flight memory.
+    #[error("shard {shard} stopped: {source}")]
+    ShardFailed {
+        shard: usize,
+        #[source]
+        source: DriverError,
+    },
 }
 
 impl Error {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_task::Runnable;
 
 use super::context::{self, Context, Remote};
-use super::error::RingSetupError;
+use super::error::{DriverError, RingSetupError};
 use super::fs::read_eventfd;
 use super::sync::{Arc, AtomicBool, Ordering};
 use crate::limits::TASKS_PER_TICK_MAX;
@@ -23,6 +23,11 @@ use crate::limits::TASKS_PER_TICK_MAX;
 /// Runs `future` to completion on the current thread, inside a fresh runtime (ring,
 /// executor, timers, pool). Tasks it spawns run while it does; those still alive when it
 /// completes are dropped, their I/O cancelled and waited for.
+///
+/// # Panics
+/// If the ring fails in a way the runtime cannot recover from (a fatal [`DriverError`]:
+/// the kernel dropped completions). The runtime first drops its tasks and leaks the ring
+/// and the memory of its operations in flight, which the kernel may still use.
 ///
 /// ```
 /// let sum = ringlog_rt::block_on(async {
@@ -35,7 +40,10 @@ use crate::limits::TASKS_PER_TICK_MAX;
 pub fn block_on<F: Future>(future: F) -> Result<F::Output, RingSetupError> {
     let context = Context::new()?;
     let _guard = Context::enter(context.clone());
-    Ok(run(&context, future))
+    match run(&context, future) {
+        Ok(output) => Ok(output),
+        Err(error) => panic!("the ringlog runtime stopped: {error}"),
+    }
 }
 
 /// Wakes the root future of a `block_on` or shard loop.
@@ -58,7 +66,10 @@ impl Wake for RootWaker {
     }
 }
 
-pub(crate) fn run<F: Future>(ctx: &Context, future: F) -> F::Output {
+/// Runs `future` and the tasks of `ctx` until `future` completes, or until the ring fails
+/// (the error is logged and returned; the future is dropped, and the caller's teardown
+/// leaks what the kernel may still use).
+pub(crate) fn run<F: Future>(ctx: &Context, future: F) -> Result<F::Output, DriverError> {
     spawn_local(read_eventfd(ctx.eventfd.clone())).detach();
     let root = std::sync::Arc::new(RootWaker {
         woken: AtomicBool::new(true),
@@ -71,7 +82,7 @@ pub(crate) fn run<F: Future>(ctx: &Context, future: F) -> F::Output {
     loop {
         if root.woken.swap(false, Ordering::SeqCst) {
             if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-                return output;
+                return Ok(output);
             }
         }
         run_tasks(ctx);
@@ -83,11 +94,22 @@ pub(crate) fn run<F: Future>(ctx: &Context, future: F) -> F::Output {
         } else {
             park(ctx, &root.woken)
         };
-        if let Err(error) = result {
-            // io_uring_enter failing for another reason than EINTR/EBUSY/ETIME means the
-            // kernel is short of memory; back off rather than spin.
-            tracing::error!(%error, "io_uring_enter failed; retrying");
-            std::thread::sleep(Duration::from_millis(1));
+        match result {
+            Ok(_) => {}
+            // Fatal errors are kept by the driver and taken below.
+            Err(error) if error.is_fatal() => {}
+            Err(error) => {
+                // The kernel stayed short of room through the driver's retries; back off
+                // rather than spin, and try again.
+                tracing::warn!(%error, "io_uring_enter busy; backing off");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // A failure can also come from a push inside a task, so the driver is asked.
+        let failure = ctx.driver.borrow_mut().take_failure();
+        if let Some(error) = failure {
+            tracing::error!(%error, runtime = ctx.id, "the ring failed; the runtime stops");
+            return Err(error);
         }
     }
 }
@@ -118,7 +140,7 @@ fn take_remote_work(ctx: &Context) {
 
 /// Sleeps in the ring until a completion, the nearest timer, or a wake-up from another
 /// thread.
-fn park(ctx: &Context, root_woken: &AtomicBool) -> std::io::Result<usize> {
+fn park(ctx: &Context, root_woken: &AtomicBool) -> Result<usize, DriverError> {
     let timeout = ctx.timers.borrow_mut().next_timeout(Instant::now());
     if timeout == Some(Duration::ZERO) {
         return ctx.driver.borrow_mut().submit_and_reap();

@@ -8,7 +8,7 @@
 use std::ffi::CString;
 use std::future::Future;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
@@ -16,10 +16,10 @@ use std::rc::Rc;
 use io_uring::{opcode, types};
 
 use super::buf::{IoBuf, IoBufMut};
-use super::driver::Completion;
+use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
-use super::op::{link, Link, Op, Operation, Prepared};
+use super::op::{link, wait_for_room, Link, Op, Operation, Prepared};
 use super::transfer::{
     len_u32, transfer_all, ReadInto, ReadVectored, Unit, Vectored, WriteFrom, WriteVectored,
 };
@@ -137,30 +137,33 @@ impl OpenOptions {
 
     /// Opens `path` through the ring.
     pub async fn open(&self, path: impl AsRef<Path>) -> io::Result<File> {
-        let path = CString::new(path.as_ref().as_os_str().as_bytes())
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
-        let flags = self.flags()?;
-        let mode = self.mode;
-        let fd = Prepared::new(OpenAt { path }, |data| {
-            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), data.path.as_ptr())
-                .flags(flags)
-                .mode(mode)
-                .build()
-        })
-        .submit()
-        .await?;
+        let fd = self.prepare_open(path.as_ref())?.submit().await?;
         Ok(File {
             fd: SharedFd::new(fd),
         })
     }
+
+    pub(crate) fn prepare_open(&self, path: &Path) -> io::Result<Prepared<OpenAt>> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+        let flags = self.flags()?;
+        let mode = self.mode;
+        Ok(Prepared::new(OpenAt { path }, |data| {
+            opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), data.path.as_ptr())
+                .flags(flags)
+                .mode(mode)
+                .build()
+        }))
+    }
 }
 
-struct OpenAt {
+pub(crate) struct OpenAt {
     path: CString,
 }
 
 impl Operation for OpenAt {
     type Output = io::Result<OwnedFd>;
+    const RESULT: ResultKind = ResultKind::Fd;
     fn complete(self, completion: Completion) -> io::Result<OwnedFd> {
         let raw = cqe_result(completion.result)?;
         // SAFETY: openat returned a new descriptor that nothing else owns.
@@ -298,7 +301,7 @@ impl File {
 
     /// Writes the initialized bytes of `bufs`, in order, at `offset` (one `pwritev`).
     pub fn writev_at<B: IoBuf>(&self, bufs: Vec<B>, offset: u64) -> Op<WriteVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(WriteVectored(vectored), libc::EINVAL);
         }
@@ -307,7 +310,7 @@ impl File {
 
     /// Reads into `bufs`, filling each to capacity in order, from `offset` (one `preadv`).
     pub fn readv_at<B: IoBufMut>(&self, bufs: Vec<B>, offset: u64) -> Op<ReadVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, true);
+        let vectored = Vectored::for_read(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(ReadVectored(vectored), libc::EINVAL);
         }
@@ -361,7 +364,7 @@ impl File {
         bufs: Vec<B>,
         offset: u64,
     ) -> Link<WriteVectored<B>, Unit<SharedFd>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         let sync = self.prepare_sync(true);
         if !vectored.count_valid() {
             let write = Op::failed(WriteVectored(vectored), libc::EINVAL);
@@ -377,7 +380,7 @@ impl File {
         bufs: Vec<B>,
         offset: u64,
     ) -> (Op<WriteVectored<B>>, Op<Unit<SharedFd>>) {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         let sync = self.prepare_sync(true);
         if !vectored.count_valid() {
             let write = Op::failed(WriteVectored(vectored), libc::EINVAL);
@@ -459,13 +462,38 @@ fn prepare_vectored_write<B: IoBuf>(
     })
 }
 
-/// Closes `fd` through the ring.
-pub(crate) fn close_fd(fd: OwnedFd) -> Op<Unit<()>> {
-    let raw = fd.into_raw_fd();
-    Prepared::new(Unit { held: () }, |_| {
+/// Closes `fd` through the ring; if the close cannot be pushed (the ring failed), closes
+/// it at once with a plain `close`, so the descriptor is never lost.
+pub(crate) async fn close_fd(fd: OwnedFd) -> io::Result<()> {
+    // Until pushed the descriptor stays an OwnedFd: a close dropped while it waits for
+    // room closes it on the spot.
+    wait_for_room().await;
+    let raw = fd.as_raw_fd();
+    let close = Prepared::new(Unit { held: () }, |_| {
         opcode::Close::new(types::Fd(raw)).build()
-    })
-    .submit()
+    });
+    match close.try_submit() {
+        Ok(op) => {
+            // The kernel closes it now; the OwnedFd must not close it a second time.
+            let _ = fd.into_raw_fd();
+            op.await
+        }
+        Err((error, _)) => {
+            tracing::debug!(%error, fd = raw, "could not push a close; closing synchronously");
+            close_now(fd)
+        }
+    }
+}
+
+/// `close(2)`, reporting its error (which can carry a deferred write error). The
+/// descriptor is released even when close fails, so it is never retried.
+fn close_now(fd: OwnedFd) -> io::Result<()> {
+    // SAFETY: the descriptor comes out of an OwnedFd, so it is ours and closed once, here.
+    if unsafe { libc::close(fd.into_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Consumes wake-ups of the executor's eventfd, forever: each completed read is what woke
@@ -485,7 +513,7 @@ pub(crate) async fn read_eventfd(eventfd: Rc<OwnedFd>) {
                     .build()
             },
         );
-        let (result, returned) = read.submit().await;
+        let (result, returned) = read.submit_exempt().await;
         buf = returned;
         buf.clear();
         if let Err(error) = result {

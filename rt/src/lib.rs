@@ -26,6 +26,7 @@ mod error;
 mod executor;
 mod fd;
 mod fs;
+mod kernel;
 pub mod limits;
 mod mailbox;
 mod net;
@@ -42,12 +43,14 @@ mod transfer;
 mod tests;
 
 pub use buf::{initialized, AlignedBuf, BufPool, IoBuf, IoBufMut, PoolStats, PooledBuf, Slice};
-pub use driver::{DriverStats, Features};
+pub use driver::DriverStats;
 pub use error::{
-    cqe_result, Error, RingSetupError, UnavailableCause, EXIT_CODE_IO_URING_UNAVAILABLE,
+    cqe_result, DriverError, Error, RingSetupError, UnavailableCause,
+    EXIT_CODE_IO_URING_UNAVAILABLE,
 };
 pub use executor::{block_on, spawn_local, yield_now, Cancelled, JoinHandle};
 pub use fs::{File, Metadata, OpenOptions};
+pub use kernel::Features;
 pub use mailbox::TrySendError;
 pub use net::{Incoming, SendZc, TcpListener, TcpStream};
 pub use op::{kernel_timer, link, link_split, nop, Link, Op, Prepared};

@@ -10,6 +10,40 @@ pub const RING_SQ_ENTRIES: u32 = 1024;
 /// The completion queue holds this many times the submission queue's entries, so a burst
 /// of completions (multishot accepts, many small writes) does not overflow it.
 pub const RING_CQ_ENTRIES_FACTOR: u32 = 4;
+/// Times in a row `io_uring_enter` may answer EAGAIN or EBUSY (the kernel is short of
+/// memory, or its completion backlog is full) before the driver gives up on that submission
+/// with `DriverError::Busy`: the operation being pushed fails with EAGAIN, and the executor
+/// backs off and goes on. Between answers the driver reaps, or waits for a completion up to
+/// [`RING_ENTER_BUSY_WAIT_MS`].
+pub const RING_ENTER_BUSY_RETRIES_MAX: u32 = 64;
+/// The longest one wait for a completion lasts while `io_uring_enter` answers busy, so the
+/// whole retry takes at most `RING_ENTER_BUSY_RETRIES_MAX` times this.
+pub const RING_ENTER_BUSY_WAIT_MS: u64 = 10;
+/// A stopping driver waits for its cancelled operations' completions in rounds of this
+/// length, so it sees promptly when the last one arrives.
+pub const TEARDOWN_WAIT_ROUND_MS: u64 = 10;
+/// Every this many rounds of that wait the stopping driver asks the kernel again to cancel
+/// everything in flight (an operation submitted after the first request, or one the kernel
+/// could not cancel yet).
+pub const TEARDOWN_CANCEL_REPEAT_ROUNDS: u32 = 64;
+/// Passes a stopping executor makes over its I/O and tasks (cancel and wait, drop the
+/// tasks that woke, again) until no task and no operation is left; dropping a task can
+/// start new I/O in its destructors, so one pass may not be enough.
+pub const TEARDOWN_PASSES_MAX: u32 = 16;
+/// Empty iovec arrays an executor keeps for reuse by vectored operations.
+pub const IOVEC_ARRAYS_RETAINED_MAX: usize = 1024;
+/// Operations one shard may have in the kernel at once (submitted and not yet completed,
+/// abandoned ones included; the executor's own eventfd read excepted). A submission beyond
+/// it waits, first come first served, until completions make room. Every connection keeps
+/// a receive in flight all the time, so this is also far above the connections a shard is
+/// expected to hold: with that many idle connections, every other operation of the shard
+/// (its disk writes included) would wait for one of them to receive something. It bounds
+/// the driver's slab of in-kernel operations at a few MiB.
+pub const OPS_IN_FLIGHT_MAX: usize = 1 << 16;
+const _: () = assert!(
+    OPS_IN_FLIGHT_MAX >= 2,
+    "a linked pair enters the kernel at once"
+);
 /// Messages a shard's cross-core mailbox holds before senders must wait.
 pub const MAILBOX_CAPACITY: usize = 4096;
 /// Tasks one executor runs before it looks at the ring and the mailbox again, so I/O

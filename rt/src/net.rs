@@ -17,10 +17,10 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use super::buf::{IoBuf, IoBufMut};
 use super::context;
-use super::driver::Completion;
+use super::driver::{Completion, ResultKind};
 use super::error::cqe_result;
 use super::fd::SharedFd;
-use super::op::{MultiOp, Op, Operation, Prepared};
+use super::op::{wait_for_room, MultiOp, Op, Operation, Prepared, RoomWait};
 use super::transfer::{len_u32, transfer_all, ReadInto, Vectored, WriteFrom, WriteVectored};
 
 /// Pending connections the kernel queues per listener.
@@ -78,6 +78,10 @@ impl TcpListener {
 
     /// Accepts one connection.
     pub async fn accept(&self) -> io::Result<TcpStream> {
+        self.prepare_accept().submit().await
+    }
+
+    pub(crate) fn prepare_accept(&self) -> Prepared<Accept> {
         Prepared::new(
             Accept {
                 held_fd: self.fd.clone(),
@@ -92,8 +96,6 @@ impl TcpListener {
                 .build()
             },
         )
-        .submit()
-        .await
     }
 
     /// A stream of accepted connections from one multishot accept, re-armed when the
@@ -102,11 +104,12 @@ impl TcpListener {
         Incoming {
             fd: self.fd.clone(),
             op: None,
+            room: None,
         }
     }
 }
 
-struct Accept {
+pub(crate) struct Accept {
     held_fd: SharedFd,
 }
 
@@ -121,6 +124,7 @@ fn stream_from_result(result: i32) -> io::Result<TcpStream> {
 
 impl Operation for Accept {
     type Output = io::Result<TcpStream>;
+    const RESULT: ResultKind = ResultKind::Fd;
     fn complete(self, completion: Completion) -> io::Result<TcpStream> {
         stream_from_result(completion.result)
     }
@@ -130,6 +134,8 @@ impl Operation for Accept {
 pub struct Incoming {
     fd: SharedFd,
     op: Option<MultiOp<SharedFd>>,
+    /// The wait for room in the kernel before (re-)arming the accept.
+    room: Option<RoomWait>,
 }
 
 impl Stream for Incoming {
@@ -139,7 +145,12 @@ impl Stream for Incoming {
         let this = self.get_mut();
         loop {
             if this.op.is_none() {
-                let submitted = MultiOp::submit(this.fd.clone(), |fd| {
+                let room = this.room.get_or_insert_with(wait_for_room);
+                if Pin::new(room).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.room = None;
+                let submitted = MultiOp::submit(this.fd.clone(), ResultKind::Fd, |fd| {
                     opcode::AcceptMulti::new(fd.target())
                         .flags(libc::SOCK_CLOEXEC)
                         .build()
@@ -285,7 +296,7 @@ impl TcpStream {
     /// all when the socket's buffer filled. A closed peer gives EPIPE (Rust programs
     /// ignore SIGPIPE).
     pub fn send_vectored<B: IoBuf>(&self, bufs: Vec<B>) -> Op<WriteVectored<B>> {
-        let vectored = Vectored::new(self.fd.clone(), bufs, false);
+        let vectored = Vectored::for_write(self.fd.clone(), bufs);
         if !vectored.count_valid() {
             return Op::failed(WriteVectored(vectored), libc::EINVAL);
         }
@@ -299,15 +310,22 @@ impl TcpStream {
     /// Sends `buf` without copying it into the kernel (`IORING_OP_SEND_ZC`): the buffer
     /// comes back only once the network stack is done with it. Falls back to a plain send
     /// on kernels without it. Pays off for large buffers (tens of KiB and up).
+    ///
+    /// While the shard has no room for another operation in the kernel, the buffer goes
+    /// with a plain send, which waits for room like any operation.
     pub fn send_zc<B: IoBuf>(&self, buf: B) -> SendZc<B> {
-        if !context::with(|ctx| ctx.driver.borrow().features().send_zc) {
+        let zero_copy = context::with(|ctx| {
+            let driver = ctx.driver.borrow();
+            driver.features().send_zc && driver.has_room(1)
+        });
+        if !zero_copy {
             return SendZc::Copied(self.send(buf));
         }
         let data = WriteFrom {
             fd: self.fd.clone(),
             buf,
         };
-        let submitted = MultiOp::submit(data, |data| {
+        let submitted = MultiOp::submit(data, ResultKind::Count, |data| {
             let len = len_u32(data.buf.bytes_init());
             opcode::SendZc::new(data.fd.target(), data.buf.stable_ptr(), len)
                 .flags(libc::MSG_NOSIGNAL)

@@ -56,6 +56,14 @@ pub async fn rename(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Removes the file at `path`.
+///
+/// The future holds the path the kernel reads, in an operation that belongs to the runtime
+/// that submitted it, so it cannot move to another thread:
+///
+/// ```compile_fail,E0277
+/// fn require_send<T: Send>(_: T) {}
+/// require_send(ringlog_rt::remove_file(std::path::Path::new("/tmp/x")));
+/// ```
 pub async fn remove_file(path: &Path) -> io::Result<()> {
     let paths = Paths {
         first: c_path(path)?,

@@ -14,7 +14,7 @@ use std::thread;
 use futures::channel::oneshot;
 
 use super::context::{Context, Message, Remote};
-use super::error::{Error, RingSetupError};
+use super::error::{DriverError, Error, RingSetupError};
 use super::executor::{run, spawn_local, Cancelled};
 use super::mailbox::{self, TrySendError};
 use super::sync::Arc;
@@ -97,7 +97,7 @@ impl ShardHandle {
 pub struct Runtime {
     shards: Vec<ShardHandle>,
     stops: Vec<oneshot::Sender<()>>,
-    threads: Vec<thread::JoinHandle<()>>,
+    threads: Vec<thread::JoinHandle<Result<(), DriverError>>>,
 }
 
 impl Runtime {
@@ -146,7 +146,8 @@ impl Runtime {
     }
 
     /// Stops every shard (their tasks are dropped, their I/O cancelled and waited for)
-    /// and joins the threads.
+    /// and joins the threads. Reports the first shard that panicked or whose ring failed
+    /// ([`Error::ShardFailed`]: that shard stopped on its own, earlier).
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop_and_join()
     }
@@ -157,8 +158,13 @@ impl Runtime {
         }
         let mut result = Ok(());
         for (shard, thread) in self.threads.drain(..).enumerate() {
-            if thread.join().is_err() && result.is_ok() {
-                result = Err(Error::ShardPanicked { shard });
+            let stopped = match thread.join() {
+                Ok(Ok(())) => continue,
+                Ok(Err(source)) => Error::ShardFailed { shard, source },
+                Err(_) => Error::ShardPanicked { shard },
+            };
+            if result.is_ok() {
+                result = Err(stopped);
             }
         }
         result
@@ -171,13 +177,16 @@ impl Drop for Runtime {
     }
 }
 
+/// One shard's life: set up its context, report ready, run `main` and the mailbox until
+/// told to stop. Returns the ring's failure if that is what stopped it (the failure was
+/// logged, the shard's tasks dropped and its in-flight memory leaked).
 fn shard_thread<F: Future<Output = ()> + 'static>(
     shard: usize,
     cpu: Option<usize>,
     ready: &std::sync::mpsc::Sender<Result<Arc<Remote>, RingSetupError>>,
     stop: oneshot::Receiver<()>,
     main: impl FnOnce() -> F,
-) {
+) -> Result<(), DriverError> {
     if let Some(cpu) = cpu {
         if let Err(error) = pin_current_thread(cpu) {
             tracing::warn!(shard, cpu, %error, "could not pin shard thread; running unpinned");
@@ -187,17 +196,21 @@ fn shard_thread<F: Future<Output = ()> + 'static>(
         Ok(context) => context,
         Err(error) => {
             let _ = ready.send(Err(error));
-            return;
+            return Ok(());
         }
     };
     let _guard = Context::enter(context.clone());
     if ready.send(Ok(context.remote.clone())).is_err() {
-        return;
+        return Ok(());
     }
-    run(&context, async move {
+    let stopped = run(&context, async move {
         spawn_local(main()).detach();
         let _ = stop.await;
     });
+    if let Err(error) = &stopped {
+        tracing::error!(shard, %error, "shard stopped: its ring failed");
+    }
+    stopped
 }
 
 /// The CPUs this process may run on, in order.

@@ -3,9 +3,13 @@
 //! error path when io_uring is unavailable.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -55,6 +59,84 @@ unsafe impl IoBufMut for TrackedBuf {
         // SAFETY: forwarded with the caller's promise.
         unsafe { self.bytes.set_init(len) };
     }
+}
+
+/// A buffer that counts the pointers it hands out for writing, to check that the kernel
+/// writes only through those.
+struct WriteCountingBuf {
+    bytes: Vec<u8>,
+    mut_ptrs: Rc<Cell<usize>>,
+}
+
+// SAFETY: forwards to the Vec, whose heap memory does not move.
+unsafe impl IoBuf for WriteCountingBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.bytes.stable_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.bytes.bytes_init()
+    }
+    fn bytes_total(&self) -> usize {
+        self.bytes.bytes_total()
+    }
+}
+
+// SAFETY: as above.
+unsafe impl IoBufMut for WriteCountingBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.mut_ptrs.set(self.mut_ptrs.get() + 1);
+        self.bytes.stable_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, len: usize) {
+        // SAFETY: forwarded with the caller's promise.
+        unsafe { self.bytes.set_init(len) };
+    }
+}
+
+/// Polls `future` once with a waker that does nothing; returns the panic message if the
+/// poll panicked, `None` otherwise.
+fn poll_once_for_panic<F: Future + Unpin>(future: &mut F) -> Option<String> {
+    let waker = futures::task::noop_waker();
+    let mut cx = TaskContext::from_waker(&waker);
+    let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        matches!(Pin::new(future).poll(&mut cx), Poll::Ready(_))
+    }));
+    match polled {
+        Ok(_) => None,
+        Err(panic) => Some(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "non-text panic".to_owned()),
+        ),
+    }
+}
+
+/// How many of this process's descriptors are open on `path`.
+fn descriptors_open_on(path: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// Waits until `client`'s peer has closed the connection (a read returns 0 bytes), failing
+/// after 10 s: proof that a descriptor the runtime accepted for it was closed.
+fn assert_peer_closed(client: &mut std::net::TcpStream) {
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match client.read(&mut byte) {
+        Ok(0) => {}
+        other => panic!("the accepted descriptor is still open: read gave {other:?}"),
+    }
+}
+
+/// Waits until the driver has reaped `count` more completions than `before`.
+async fn reaped_beyond(before: u64, count: u64) {
+    settle_until(|| driver_stats().completions_reaped >= before + count).await;
 }
 
 async fn settle_until(mut done: impl FnMut() -> bool) {
@@ -174,6 +256,52 @@ fn vectored_write_and_read_round_trip() {
         assert_eq!(bufs[1], b"cdefgh");
         let (empty, _) = file.writev_at(Vec::<Vec<u8>>::new(), 0).await;
         assert_eq!(empty.unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    });
+}
+
+#[test]
+fn vectored_reads_hand_the_kernel_pointers_borrowed_for_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let file = File::create(dir.path().join("v")).await.unwrap();
+        file.write_all_at(b"abcdefgh".to_vec(), 0).await.0.unwrap();
+        let mut_ptrs = Rc::new(Cell::new(0));
+        let bufs: Vec<_> = (0..2)
+            .map(|_| WriteCountingBuf {
+                bytes: Vec::with_capacity(4),
+                mut_ptrs: mut_ptrs.clone(),
+            })
+            .collect();
+        let capacity = bufs[0].bytes_total();
+        let (read, bufs) = file.readv_at(bufs, 0).await;
+        assert_eq!(read.unwrap(), 8.min(2 * capacity));
+        assert_eq!(mut_ptrs.get(), 2, "one writable pointer per buffer");
+        assert!(bufs[0].bytes.starts_with(b"abcd"));
+    });
+}
+
+#[test]
+fn a_read_into_a_slice_past_the_initialized_part_exposes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let file = File::create(dir.path().join("s")).await.unwrap();
+        file.write_all_at(b"hello world".to_vec(), 0)
+            .await
+            .0
+            .unwrap();
+        let (read, slice) = file.read_at(Vec::with_capacity(64).slice(16..32), 0).await;
+        assert_eq!(read.unwrap(), 11);
+        let buf = slice.into_inner();
+        assert!(
+            buf.is_empty(),
+            "bytes 0..16 were never written, yet the Vec counts {} initialized",
+            buf.len()
+        );
+        let mut prefixed = Vec::with_capacity(32);
+        prefixed.extend_from_slice(b"0123");
+        let (read, slice) = file.read_at(prefixed.slice(4..32), 0).await;
+        assert_eq!(read.unwrap(), 11);
+        assert_eq!(slice.into_inner(), b"0123hello world");
     });
 }
 
@@ -593,5 +721,417 @@ fn paths_rename_remove_mkdir_and_directory_sync() {
         let missing = remove_file(&to).await.unwrap_err();
         assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
         assert_eq!(initialized(&b"abc".to_vec()), b"abc");
+    });
+}
+
+#[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the first runtime hands out a pending future on purpose"
+)]
+fn an_operation_kept_across_two_runtimes_is_refused_there_and_leaked() {
+    let (_peer, local) = std::os::unix::net::UnixStream::pair().unwrap();
+    let freed = Rc::new(Cell::new(false));
+    let buf = TrackedBuf {
+        bytes: Vec::with_capacity(64),
+        freed: freed.clone(),
+    };
+    // The first runtime submits a receive that never completes and ends with it pending:
+    // its teardown cancels the receive, and the slot belongs to a ring that is gone.
+    let mut foreign = run(async move {
+        let stream = TcpStream::from_owned_fd_for_test(local.into());
+        let op = stream.recv(buf);
+        yield_now().await;
+        op
+    });
+    run(async move {
+        yield_now().await;
+        // A slot in this runtime under the same key the foreign operation holds.
+        let timer = kernel_timer(Duration::from_secs(3600));
+        yield_now().await;
+        let in_flight = operations_in_flight();
+        let message = poll_once_for_panic(&mut foreign)
+            .expect("polling another runtime's operation must panic, not take its slot");
+        assert!(
+            message.contains("outside the runtime that registered it"),
+            "{message}"
+        );
+        drop(foreign);
+        assert!(
+            !freed.get(),
+            "the data of an operation dropped away from its runtime is leaked, not freed"
+        );
+        assert_eq!(
+            operations_in_flight(),
+            in_flight,
+            "this runtime's slots untouched"
+        );
+        timer.cancel();
+        let cancelled = timer.await.unwrap_err();
+        assert_eq!(cancelled.raw_os_error(), Some(libc::ECANCELED));
+    });
+}
+
+#[test]
+#[allow(
+    clippy::async_yields_async,
+    reason = "the first runtime hands out a pending future on purpose"
+)]
+fn a_sleep_kept_across_two_runtimes_is_refused_there() {
+    let mut foreign = run(async {
+        let mut sleep = sleep(Duration::from_secs(3600));
+        assert!(poll_once_for_panic(&mut sleep).is_none(), "registers");
+        sleep
+    });
+    run(async move {
+        let message = poll_once_for_panic(&mut foreign)
+            .expect("an hour-long sleep from another runtime must not complete here");
+        assert!(
+            message.contains("outside the runtime that registered it"),
+            "{message}"
+        );
+        let mine = sleep(Duration::from_millis(5));
+        drop(foreign);
+        let start = Instant::now();
+        mine.await;
+        assert!(start.elapsed() >= Duration::from_millis(5));
+    });
+}
+
+#[test]
+fn a_completed_open_nobody_takes_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("opened");
+    std::fs::write(&path, b"x").unwrap();
+    run(async {
+        let reaped = driver_stats().completions_reaped;
+        let open = OpenOptions::new()
+            .read(true)
+            .prepare_open(&path)
+            .unwrap()
+            .submit();
+        reaped_beyond(reaped, 1).await;
+        assert_eq!(descriptors_open_on(&path), 1, "opened, waiting in its slot");
+        drop(open);
+        assert_eq!(
+            descriptors_open_on(&path),
+            0,
+            "the dropped open's descriptor leaked"
+        );
+    });
+}
+
+#[test]
+fn a_completed_accept_nobody_takes_is_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let reaped = driver_stats().completions_reaped;
+        let accept = listener.prepare_accept().submit();
+        yield_now().await;
+        let mut client = std::net::TcpStream::connect(listener.local_addr()).unwrap();
+        reaped_beyond(reaped, 1).await;
+        drop(accept);
+        assert_peer_closed(&mut client);
+    });
+}
+
+#[test]
+fn an_accept_completing_after_its_owner_dropped_is_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        // The connection is queued first, so the accept completes as the kernel takes the
+        // entry, before the cancellation that dropping it requests can reach it.
+        let mut client = std::net::TcpStream::connect(listener.local_addr()).unwrap();
+        yield_now().await;
+        let in_flight = operations_in_flight();
+        let accept = listener.prepare_accept().submit();
+        context::with(|ctx| ctx.driver.borrow_mut().submit_only_for_test()).unwrap();
+        drop(accept);
+        settle_until(|| operations_in_flight() == in_flight).await;
+        assert_peer_closed(&mut client);
+    });
+}
+
+#[test]
+fn connections_queued_in_a_dropped_multishot_accept_are_closed() {
+    run(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let mut incoming = listener.incoming();
+        let reaped = driver_stats().completions_reaped;
+        assert!(poll_once_for_panic(&mut incoming.next()).is_none(), "armed");
+        yield_now().await;
+        let mut clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(listener.local_addr()).unwrap())
+            .collect();
+        reaped_beyond(reaped, 3).await;
+        drop(incoming);
+        for client in &mut clients {
+            assert_peer_closed(client);
+        }
+    });
+}
+
+#[test]
+fn a_close_that_cannot_be_pushed_closes_synchronously() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed");
+    std::fs::write(&path, b"x").unwrap();
+    run(async {
+        let file = File::from_owned_fd(std::fs::File::open(&path).unwrap().into());
+        assert_eq!(descriptors_open_on(&path), 1);
+        context::with(|ctx| ctx.driver.borrow_mut().faults.push_errno = Some(libc::EIO));
+        file.close().await.unwrap();
+        assert_eq!(
+            descriptors_open_on(&path),
+            0,
+            "the descriptor was lost, not closed"
+        );
+    });
+}
+
+#[test]
+fn a_dropped_completion_stops_the_runtime_and_leaks_the_buffers_in_flight() {
+    let (_peer, local) = std::os::unix::net::UnixStream::pair().unwrap();
+    let freed = Rc::new(Cell::new(false));
+    let buf = TrackedBuf {
+        bytes: Vec::with_capacity(64),
+        freed: freed.clone(),
+    };
+    let stopped = std::panic::catch_unwind(AssertUnwindSafe(move || {
+        block_on(async move {
+            let stream = TcpStream::from_owned_fd_for_test(local.into());
+            spawn_local(async move { stream.recv(buf).await }).detach();
+            settle_until(|| operations_in_flight() >= 2).await;
+            // The next io_uring_enter answers EBADR: the kernel dropped a completion.
+            context::with(|ctx| {
+                let mut driver = ctx.driver.borrow_mut();
+                driver.faults.enter_errnos.push_back(libc::EBADR);
+            });
+            std::future::pending::<()>().await;
+        })
+    }));
+    let Err(panic) = stopped else {
+        panic!("the runtime went on after the kernel dropped a completion");
+    };
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("dropped 1 io_uring completion"),
+        "{message}"
+    );
+    assert!(
+        !freed.get(),
+        "a buffer the kernel may still write into was freed after the ring failed"
+    );
+}
+
+#[test]
+fn a_shard_whose_kernel_counts_dropped_completions_stops_with_a_typed_error() {
+    let config = RuntimeConfig {
+        shards: 1,
+        pin_threads: false,
+    };
+    let runtime = Runtime::start(&config, |_| async {
+        context::with(|ctx| ctx.driver.borrow_mut().faults.completions_dropped = 3);
+        let _ = nop().await;
+    })
+    .unwrap();
+    let shard = runtime.shards()[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while futures::executor::block_on(shard.run(|| {})).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the shard went on with lost completions"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    match runtime.shutdown() {
+        Err(Error::ShardFailed {
+            shard: 0,
+            source: DriverError::CompletionsLost { count: 3 },
+        }) => {}
+        other => panic!("expected the shard's typed failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_ring_that_stays_busy_fails_the_push_after_a_bounded_number_of_retries() {
+    use crate::limits::{RING_ENTER_BUSY_RETRIES_MAX, RING_SQ_ENTRIES};
+    let always_busy =
+        || std::iter::repeat_n(libc::EAGAIN, RING_ENTER_BUSY_RETRIES_MAX as usize + 1);
+    run(async move {
+        yield_now().await;
+        let busy = context::with(|ctx| {
+            let mut driver = ctx.driver.borrow_mut();
+            driver.faults.enter_errnos.extend(always_busy());
+            driver.submit_and_reap()
+        });
+        assert!(
+            matches!(busy, Err(DriverError::Busy { retries }) if retries == RING_ENTER_BUSY_RETRIES_MAX),
+            "{busy:?}"
+        );
+
+        // A full submission queue makes the next push enter the kernel, which stays busy.
+        let queued: Vec<_> = (0..RING_SQ_ENTRIES).map(|_| nop()).collect();
+        context::with(|ctx| {
+            ctx.driver
+                .borrow_mut()
+                .faults
+                .enter_errnos
+                .extend(always_busy());
+        });
+        let refused = nop().await.unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::EAGAIN));
+        let left = context::with(|ctx| ctx.driver.borrow().faults.enter_errnos.len());
+        assert_eq!(left, 0, "every busy answer was taken by that one push");
+        assert!(
+            !context::with(|ctx| ctx.driver.borrow().has_failed()),
+            "busy is not fatal"
+        );
+        for op in queued {
+            op.await.unwrap();
+        }
+    });
+}
+
+/// A no-op ready to submit, for linking.
+fn prepared_nop() -> crate::op::Prepared<crate::op::Nop> {
+    crate::op::Prepared::new(crate::op::Nop, |_| io_uring::opcode::Nop::new().build())
+}
+
+/// Lowers the current runtime's bound on operations in the kernel.
+fn set_ops_in_flight_max(max: usize) {
+    context::with(|ctx| ctx.driver.borrow_mut().set_ops_in_flight_max_for_test(max));
+}
+
+#[test]
+fn more_operations_than_the_bound_all_complete_and_the_kernel_never_holds_more() {
+    const BOUND: usize = 64;
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(BOUND);
+        let handles: Vec<_> = (0..1000u32)
+            .map(|i| {
+                spawn_local(async move {
+                    match i % 4 {
+                        0 => kernel_timer(Duration::from_millis(1)).await.unwrap(),
+                        1 => nop().await.unwrap(),
+                        2 => {
+                            let (first, second) = link(prepared_nop(), prepared_nop()).await;
+                            first.unwrap();
+                            second.unwrap();
+                        }
+                        _ => {
+                            let op = prepared_nop().submit_with_timeout(Duration::from_secs(10));
+                            op.await.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.await.unwrap();
+        }
+        let stats = driver_stats();
+        assert_eq!(
+            stats.ops_in_flight_peak, BOUND as u64,
+            "the bound was reached and never passed"
+        );
+        assert_eq!(stats.ops_in_flight, 0);
+        assert_eq!(operations_in_flight(), 1, "only the eventfd read is left");
+    });
+}
+
+#[test]
+fn a_queued_linked_pair_waits_for_room_together_and_a_cancelled_queued_op_never_runs() {
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(2);
+        let blocker_first = kernel_timer(Duration::from_millis(20));
+        let blocker_second = kernel_timer(Duration::from_millis(20));
+        assert_eq!(driver_stats().ops_in_flight, 2, "full");
+
+        // The first of a queued pair dropped before it ran: the second fails as in a
+        // broken chain, without waiting for room.
+        let (first, second) = link_split(prepared_nop(), prepared_nop());
+        drop(first);
+        let broken = second.await.unwrap_err();
+        assert_eq!(broken.raw_os_error(), Some(libc::ECANCELED));
+
+        // A queued operation cancelled before it got room completes with ECANCELED.
+        let cancelled = nop();
+        cancelled.cancel();
+        let cancelled = cancelled.await.unwrap_err();
+        assert_eq!(cancelled.raw_os_error(), Some(libc::ECANCELED));
+        let submitted = driver_stats().entries_submitted;
+
+        // A pair waits until both fit, then goes as one chain.
+        let pair = link(prepared_nop(), prepared_nop());
+        let (pair, first, second) = futures::join!(pair, blocker_first, blocker_second);
+        first.unwrap();
+        second.unwrap();
+        pair.0.unwrap();
+        pair.1.unwrap();
+        assert_eq!(driver_stats().entries_submitted - submitted, 2);
+        assert_eq!(driver_stats().ops_in_flight_peak, 2);
+    });
+}
+
+#[test]
+fn a_shard_with_no_room_left_still_hears_other_threads() {
+    let config = RuntimeConfig {
+        shards: 1,
+        pin_threads: false,
+    };
+    let runtime = Runtime::start(&config, |_| async {
+        set_ops_in_flight_max(2);
+        // Two operations that never complete hold all the room there is.
+        let never = futures::future::join(
+            kernel_timer(Duration::from_secs(3600)),
+            kernel_timer(Duration::from_secs(3600)),
+        );
+        let _ = never.await;
+    })
+    .unwrap();
+    let shard = runtime.shards()[0].clone();
+    let ask = |shard: ShardHandle| {
+        let (reply, answer) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let value = futures::executor::block_on(shard.spawn(|| async {
+                settle_until(|| driver_stats().ops_in_flight == 2).await;
+                7
+            }));
+            let _ = reply.send(value);
+        });
+        answer.recv_timeout(Duration::from_secs(10))
+    };
+    for round in 0..3 {
+        assert_eq!(ask(shard.clone()), Ok(Ok(7)), "round {round}");
+    }
+    runtime.shutdown().unwrap();
+}
+
+#[test]
+fn the_first_of_a_queued_pair_whose_second_was_dropped_needs_room_for_one() {
+    run(async {
+        yield_now().await;
+        set_ops_in_flight_max(2);
+        let long = kernel_timer(Duration::from_secs(3600));
+        let short = kernel_timer(Duration::from_millis(5));
+        let (first, second) = link_split(prepared_nop(), prepared_nop());
+        let first = spawn_local(first);
+        yield_now().await;
+        drop(second);
+        short.await.unwrap();
+        // Only one slot ever frees while `long` is in the kernel.
+        let alone = timeout(Duration::from_secs(10), first).await;
+        assert!(
+            matches!(alone, Ok(Ok(Ok(())))),
+            "the first op waited for room for two: {alone:?}"
+        );
+        long.cancel();
+        assert_eq!(
+            long.await.unwrap_err().raw_os_error(),
+            Some(libc::ECANCELED)
+        );
     });
 }

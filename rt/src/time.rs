@@ -9,6 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -92,10 +93,30 @@ impl Timers {
 }
 
 /// A future that completes at a deadline. Created by [`sleep`] and [`sleep_until`].
+///
+/// Once polled it is registered with the current runtime's timers, so it is `!Send`, and
+/// polling it on another runtime afterwards panics (its key would name another timer
+/// there).
+///
+/// ```compile_fail,E0277
+/// fn require_send<T: Send>(_: &T) {}
+/// let sleep = ringlog_rt::sleep(std::time::Duration::from_millis(1));
+/// require_send(&sleep);
+/// ```
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
     deadline: Instant,
-    registration: Option<(usize, u64)>,
+    registration: Option<Registered>,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Where a polled sleep is registered: the runtime, and the key and sequence number in its
+/// timers.
+#[derive(Clone, Copy)]
+struct Registered {
+    owner: usize,
+    key: usize,
+    sequence: u64,
 }
 
 /// Completes after `duration`.
@@ -108,6 +129,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
         deadline,
         registration: None,
+        _not_send: PhantomData,
     }
 }
 
@@ -124,9 +146,12 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.deadline;
         let registration = self.registration;
+        if let Some(registered) = registration {
+            context::assert_current(registered.owner, "a sleep");
+        }
         let ready = context::with(|ctx| {
             let mut timers = ctx.timers.borrow_mut();
-            if let Some((key, sequence)) = registration {
+            if let Some(Registered { key, sequence, .. }) = registration {
                 match timers.entry(key, sequence) {
                     Some(entry) if !entry.fired => {
                         if !entry
@@ -144,7 +169,12 @@ impl Future for Sleep {
             if Instant::now() >= deadline {
                 return Some(None);
             }
-            Some(Some(timers.register(deadline, cx.waker().clone())))
+            let (key, sequence) = timers.register(deadline, cx.waker().clone());
+            Some(Some(Registered {
+                owner: ctx.id,
+                key,
+                sequence,
+            }))
         });
         match ready {
             None => Poll::Pending,
@@ -153,7 +183,7 @@ impl Future for Sleep {
                 Poll::Pending
             }
             Some(None) => {
-                if let Some((key, sequence)) = self.registration.take() {
+                if let Some(Registered { key, sequence, .. }) = self.registration.take() {
                     context::with(|ctx| ctx.timers.borrow_mut().deregister(key, sequence));
                 }
                 Poll::Ready(())
@@ -164,8 +194,15 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        if let Some((key, sequence)) = self.registration.take() {
-            context::try_with(|ctx| ctx.timers.borrow_mut().deregister(key, sequence));
+        // Another runtime's timers are left alone: the owner's are gone with it, and a
+        // stale registration there only wakes nobody.
+        if let Some(registered) = self.registration.take() {
+            if context::is_current(registered.owner) {
+                context::try_with(|ctx| {
+                    let mut timers = ctx.timers.borrow_mut();
+                    timers.deregister(registered.key, registered.sequence);
+                });
+            }
         }
     }
 }

@@ -66,25 +66,21 @@ pub struct Vectored<B> {
 }
 
 impl<B: IoBuf> Vectored<B> {
-    /// Describes `bufs` for a write (their initialized bytes) or a read (their capacity).
-    pub(crate) fn new(fd: SharedFd, mut bufs: Vec<B>, reading: bool) -> Self {
+    /// Describes the initialized bytes of `bufs`, for the kernel to read (a write).
+    pub(crate) fn for_write(fd: SharedFd, bufs: Vec<B>) -> Self {
         let mut iovecs = context::with(super::context::Context::take_iovecs);
-        for buf in &mut bufs {
-            let (base, len) = if reading {
-                (buf.stable_ptr().cast_mut(), buf.bytes_total())
-            } else {
-                (buf.stable_ptr().cast_mut(), buf.bytes_init())
-            };
+        for buf in &bufs {
+            // The kernel only reads through this pointer; `iovec` has no const variant.
             iovecs.push(libc::iovec {
-                iov_base: base.cast(),
-                iov_len: len,
+                iov_base: buf.stable_ptr().cast_mut().cast(),
+                iov_len: buf.bytes_init(),
             });
         }
         Vectored {
             fd,
             bufs,
             iovecs,
-            reading,
+            reading: false,
         }
     }
 
@@ -100,6 +96,25 @@ impl<B: IoBuf> Vectored<B> {
 }
 
 impl<B: IoBufMut> Vectored<B> {
+    /// Describes the whole capacity of `bufs`, for the kernel to write into (a read). The
+    /// pointers come from `stable_mut_ptr`, which borrows each buffer mutably, so the
+    /// kernel's writes go through a pointer that is allowed to write.
+    pub(crate) fn for_read(fd: SharedFd, mut bufs: Vec<B>) -> Self {
+        let mut iovecs = context::with(super::context::Context::take_iovecs);
+        for buf in &mut bufs {
+            iovecs.push(libc::iovec {
+                iov_base: buf.stable_mut_ptr().cast(),
+                iov_len: buf.bytes_total(),
+            });
+        }
+        Vectored {
+            fd,
+            bufs,
+            iovecs,
+            reading: true,
+        }
+    }
+
     /// Records that the kernel filled `count` bytes, buffer after buffer.
     fn set_init_across(&mut self, mut count: usize) {
         for buf in &mut self.bufs {

@@ -170,11 +170,14 @@ async fn append_loop(
     Ok(())
 }
 
+/// The counters' growth between two readings; gauges (operations in flight now, and the
+/// peak) are `after`'s.
 fn driver_delta(before: DriverStats, after: DriverStats) -> DriverStats {
     DriverStats {
         entries_submitted: after.entries_submitted - before.entries_submitted,
         completions_reaped: after.completions_reaped - before.completions_reaped,
         enter_calls: after.enter_calls - before.enter_calls,
+        ..after
     }
 }
 
