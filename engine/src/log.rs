@@ -139,6 +139,18 @@ pub enum LogError {
     },
 }
 
+impl LogError {
+    /// The error of a failed I/O `operation` on `partition`, keeping the I/O error as its
+    /// source: the one constructor of [`LogError::Io`].
+    pub(crate) fn io(partition: &PartitionId, operation: &'static str, source: io::Error) -> Self {
+        LogError::Io {
+            partition: partition.clone(),
+            operation,
+            source,
+        }
+    }
+}
+
 /// How long an append waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ack {
@@ -228,11 +240,7 @@ impl<S: Storage> Drop for Shared<S> {
 
 impl<S: Storage> Shared<S> {
     pub(crate) fn error_io(&self, operation: &'static str, source: io::Error) -> LogError {
-        LogError::Io {
-            partition: self.id.clone(),
-            operation,
-            source,
-        }
+        LogError::io(&self.id, operation, source)
     }
 
     /// The log's offsets now.
