@@ -12,8 +12,10 @@
 //! offset after the last batch whose write completed; the durable end is the offset below
 //! which everything is fdatasynced; the high watermark (what consumers may read) is the
 //! durable end for `flush = always` topics and the log end otherwise. After a failed write
-//! or fdatasync the log is poisoned: every later append fails with
-//! [`LogError::StorageFailed`] until the partition is reopened and recovered.
+//! or fdatasync the log is poisoned: the waiters of the failing group and every later
+//! append fail with [`LogError::StorageFailed`], whose source is the [`StorageFailure`]
+//! (operation and I/O error) that poisoned it, until the partition is reopened and
+//! recovered.
 //!
 //! Idempotent producers: the log keeps each producer's epoch and last batches
 //! (`log/producers.rs`), checks every idempotent batch against them in queue order, and
@@ -53,6 +55,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
@@ -72,7 +75,7 @@ use segment::Segment;
 /// A partition's name: topic and index, shown as Kafka names its directory (`orders-3`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PartitionId {
-    pub topic: std::sync::Arc<str>,
+    pub topic: Arc<str>,
     pub partition: u32,
 }
 
@@ -105,12 +108,15 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    /// An earlier write or fdatasync failed; the partition refuses appends until it is
-    /// reopened and recovered (Kafka's KAFKA_STORAGE_ERROR).
-    #[error("partition {partition}: storage failed earlier ({reason}); reopen to recover")]
+    /// A write, fdatasync, fallocate or segment creation failed, for this append or an
+    /// earlier one: the partition is poisoned and refuses appends until it is reopened and
+    /// recovered (Kafka's KAFKA_STORAGE_ERROR). The source is the failure that poisoned it,
+    /// whose own source is the I/O error (ENOSPC and EIO stay apart).
+    #[error("partition {partition}: storage failed ({source}); reopen to recover")]
     StorageFailed {
         partition: PartitionId,
-        reason: String,
+        #[source]
+        source: StorageFailure,
     },
     /// The offset is outside `log_start..=high_watermark`.
     #[error("partition {partition}: offset {offset} out of range {log_start}..={high_watermark}")]
@@ -137,6 +143,48 @@ pub enum LogError {
         partition: PartitionId,
         detail: String,
     },
+}
+
+/// The failure that poisoned a partition: the operation and the I/O error it got. One is
+/// shared by every waiter it fails and every later append refused, so it is cheap to clone;
+/// its [`source`](std::error::Error::source) is the `io::Error` itself, so a caller walking
+/// the chain can tell a full disk (ENOSPC) from a failing one (EIO).
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    operation: &'static str,
+    source: Arc<io::Error>,
+}
+
+impl StorageFailure {
+    /// The failure of `operation` with `source`.
+    pub fn new(operation: &'static str, source: io::Error) -> StorageFailure {
+        StorageFailure {
+            operation,
+            source: Arc::new(source),
+        }
+    }
+
+    /// What failed: "write", "fdatasync", "fallocate", "create segment", ...
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The I/O error the operation got.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed", self.operation)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 impl LogError {
@@ -190,7 +238,8 @@ pub(crate) struct State<S: Storage> {
     /// Bytes of the active segment below the durable end (what `flush = always` readers
     /// may see); `None` when unknown, meaning all of it.
     pub(crate) durable_position: Option<u64>,
-    pub(crate) poisoned: Option<String>,
+    /// The failure that poisoned the log, if one did.
+    pub(crate) poisoned: Option<StorageFailure>,
     pub(crate) config: TopicConfig,
     /// Idempotent producers' state, covering every batch below `offset_assign_next`.
     pub(crate) producers: producers::Producers,
@@ -241,6 +290,14 @@ impl<S: Storage> Drop for Shared<S> {
 impl<S: Storage> Shared<S> {
     pub(crate) fn error_io(&self, operation: &'static str, source: io::Error) -> LogError {
         LogError::io(&self.id, operation, source)
+    }
+
+    /// The error a waiter failed by `failure` (which poisoned the log) gets.
+    pub(crate) fn storage_failed(&self, failure: &StorageFailure) -> LogError {
+        LogError::StorageFailed {
+            partition: self.id.clone(),
+            source: failure.clone(),
+        }
     }
 
     /// The log's offsets now.
@@ -374,8 +431,9 @@ impl<S: Storage> PartitionLog<S> {
         self.shared.state.borrow_mut().config = config;
     }
 
-    /// Whether an earlier write or fdatasync failed.
-    pub fn poisoned(&self) -> Option<String> {
+    /// The failure that poisoned the log, if a write, fdatasync, fallocate or segment
+    /// creation failed.
+    pub fn poisoned(&self) -> Option<StorageFailure> {
         self.shared.state.borrow().poisoned.clone()
     }
 

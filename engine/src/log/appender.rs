@@ -18,8 +18,9 @@
 //! them. A refused batch is answered at once; a duplicate is answered with its original's
 //! offsets once they are as durable as its ack asks, and never written.
 //!
-//! A failed write or fdatasync poisons the log: the waiters get `StorageFailed`, and so does
-//! every later append; nothing is retried as if it had succeeded.
+//! A failed write or fdatasync poisons the log: the waiters get `StorageFailed` with the
+//! typed failure (operation and I/O error) as its source, and so does every later append;
+//! nothing is retried as if it had succeeded.
 
 use std::pin::pin;
 use std::rc::Rc;
@@ -33,7 +34,9 @@ use futures::{FutureExt, StreamExt};
 use super::durability::{self, Durability};
 use super::group;
 use super::producers::{ProducerBatch, Verdict};
-use super::{checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared};
+use super::{
+    checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared, StorageFailure,
+};
 use crate::batch::BatchInfo;
 use crate::limits::{
     CHECKPOINT_INTERVAL_MS, PRODUCER_ID_EXPIRATION_MS, RETENTION_CHECK_INTERVAL_MS,
@@ -253,10 +256,10 @@ impl<S: Storage> Appender<S> {
         }
         let shared = self.shared.clone();
         let poisoned = shared.state.borrow().poisoned.clone();
-        if let Some(reason) = poisoned {
+        if let Some(failure) = poisoned {
             fail_all(
                 &shared,
-                &reason,
+                &failure,
                 group.into_iter().map(|pending| pending.reply),
             );
             return;
@@ -267,22 +270,22 @@ impl<S: Storage> Appender<S> {
         // The roll comes before the producer checks: the producer snapshot it writes must
         // cover exactly the batches below the new segment's base offset.
         let bytes_asked: u64 = group.iter().map(|p| p.batches.len() as u64).sum();
-        if let Err(error) =
+        if let Err(failure) =
             durability::roll_if_needed(&shared, &mut self.durability, bytes_asked).await
         {
-            let reason = poison(&shared, &error);
+            poison(&shared, &failure);
             fail_all(
                 &shared,
-                &reason,
+                &failure,
                 group.into_iter().map(|pending| pending.reply),
             );
             return;
         }
         let (group, duplicates) = admit(&shared, group);
         if !group.is_empty() {
-            if let Err(reason) = self.write_group(group).await {
+            if let Err(failure) = self.write_group(group).await {
                 let replies = duplicates.into_iter().map(|duplicate| duplicate.reply);
-                fail_all(&shared, &reason, replies);
+                fail_all(&shared, &failure, replies);
                 return;
             }
         }
@@ -290,8 +293,8 @@ impl<S: Storage> Appender<S> {
     }
 
     /// Stamps and writes admitted appends; on failure the log is poisoned, their waiters
-    /// failed, and the reason returned.
-    async fn write_group(&mut self, group: Vec<Pending>) -> Result<(), String> {
+    /// failed, and the failure returned.
+    async fn write_group(&mut self, group: Vec<Pending>) -> Result<(), StorageFailure> {
         let shared = self.shared.clone();
         let group_bytes: u64 = group
             .iter()
@@ -317,14 +320,14 @@ impl<S: Storage> Appender<S> {
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
                 Ok(())
             }
-            Err(error) => {
-                let reason = poison(&shared, &error);
+            Err(failure) => {
+                poison(&shared, &failure);
                 fail_all(
                     &shared,
-                    &reason,
+                    &failure,
                     stamped.replies.into_iter().map(|(_, reply)| reply),
                 );
-                Err(reason)
+                Err(failure)
             }
         }
     }
@@ -472,27 +475,24 @@ fn active_size<S: Storage>(shared: &Shared<S>) -> u64 {
         .map_or(0, |segment| segment.size_bytes)
 }
 
-/// Marks the log poisoned after `error`; returns the reason later appends will see.
-pub(crate) fn poison<S: Storage>(shared: &Shared<S>, error: &LogError) -> String {
-    let reason = match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    };
-    tracing::error!(partition = %shared.id, reason, "storage failed; partition poisoned");
-    shared.state.borrow_mut().poisoned = Some(reason.clone());
-    reason
+/// Marks the log poisoned by `failure`, which later appends and syncs will fail with.
+pub(crate) fn poison<S: Storage>(shared: &Shared<S>, failure: &StorageFailure) {
+    tracing::error!(
+        partition = %shared.id,
+        operation = failure.operation(),
+        error = %failure.io_error(),
+        "storage failed; partition poisoned"
+    );
+    shared.state.borrow_mut().poisoned = Some(failure.clone());
 }
 
-fn fail_all<S: Storage>(
+/// Fails every waiter of `replies` with `failure`, the typed cause kept as the source.
+pub(crate) fn fail_all<S: Storage, T>(
     shared: &Shared<S>,
-    reason: &str,
-    replies: impl Iterator<Item = oneshot::Sender<Result<Appended, LogError>>>,
+    failure: &StorageFailure,
+    replies: impl Iterator<Item = oneshot::Sender<Result<T, LogError>>>,
 ) {
     for reply in replies {
-        let error = LogError::StorageFailed {
-            partition: shared.id.clone(),
-            reason: reason.to_owned(),
-        };
-        let _ = reply.send(Err(error));
+        let _ = reply.send(Err(shared.storage_failed(failure)));
     }
 }

@@ -293,3 +293,56 @@ fn what_recovery_counts_as_durable_survives_a_power_loss_right_after() {
     })
     .unwrap();
 }
+
+/// The errno of the first I/O error in `error`'s source chain.
+fn errno_in_chain(error: &LogError) -> Option<i32> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// The failure that poisons a partition reaches the waiters of the failing group, and every
+/// later append, typed: a full disk (ENOSPC) and a failing one (EIO) stay apart.
+#[test]
+fn the_errno_that_poisoned_a_partition_reaches_its_waiters_through_the_source_chain() {
+    rt::block_on(async {
+        // Nothing preallocated ahead: the group's first operation is its fallocate or its
+        // write, and either one failing with ENOSPC poisons the log.
+        let config = TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .preallocate_bytes(0)
+            .build()
+            .unwrap();
+        let storage = FaultStorage::new();
+        let dir = Path::new("/data/typed-poison-0");
+        let log = PartitionLog::open(storage.clone(), dir, id(), config.clone())
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth(1, libc::ENOSPC);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        assert!(matches!(failed, LogError::StorageFailed { .. }), "{failed}");
+        assert_eq!(errno_in_chain(&failed), Some(libc::ENOSPC), "{failed}");
+        let refused = log.append(batch(2), Ack::Written).await.unwrap_err();
+        assert_eq!(errno_in_chain(&refused), Some(libc::ENOSPC), "{refused}");
+        let poisoned = log.poisoned().expect("the log is poisoned");
+        assert_eq!(poisoned.io_error().raw_os_error(), Some(libc::ENOSPC));
+        drop(log);
+
+        let dir = Path::new("/data/typed-poison-1");
+        let log = PartitionLog::open(storage.clone(), dir, id(), config)
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth_after_write(2);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        assert_eq!(errno_in_chain(&failed), Some(libc::EIO), "{failed}");
+        assert_eq!(log.poisoned().unwrap().operation(), "fdatasync");
+    })
+    .unwrap();
+}

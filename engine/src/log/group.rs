@@ -13,7 +13,7 @@ use futures::channel::oneshot;
 use super::appender::{now_ms, Pending};
 use super::cache::Run;
 use super::segment::BatchHeader;
-use super::{Appended, LogError, Shared};
+use super::{Appended, LogError, Shared, StorageFailure};
 use crate::batch::{self, TimestampType};
 use crate::limits::{BUF_ALIGN_BYTES, IOVECS_PER_OP_MAX};
 use crate::rt::{self, IoBuf};
@@ -158,7 +158,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     buffers: Vec<Bytes>,
     position: u64,
     sync_after: bool,
-) -> Result<Written, LogError> {
+) -> Result<Written, StorageFailure> {
     let (writer, direct, allocated, step) = {
         let state = shared.state.borrow();
         let Some(segment) = state.segments.values().next_back() else {
@@ -185,7 +185,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     shared.prealloc.settle(allocated, position + group_bytes);
     if !direct {
         let (written, _, sync) = write_buffers(&writer, buffers, position, sync_after).await;
-        written.map_err(|e| shared.error_io("write", e))?;
+        written.map_err(|e| StorageFailure::new("write", e))?;
         return Ok(Written { sync, staged: None });
     }
     write_direct(shared, &writer, &buffers, position, sync_after).await
@@ -203,7 +203,7 @@ async fn preallocate<S: Storage>(
     allocated: u64,
     needed: u64,
     step_max: u64,
-) -> Result<u64, LogError> {
+) -> Result<u64, StorageFailure> {
     let segment_bytes = shared.state.borrow().config.segment_bytes();
     // Past `segment.bytes` the segment rolls: bytes preallocated there would be trimmed.
     let room_in_segment = segment_bytes.saturating_sub(allocated);
@@ -232,12 +232,12 @@ async fn preallocate<S: Storage>(
             Ok(()) => return Ok(needed),
             Err(error) => {
                 shared.prealloc.give_back(needed);
-                return Err(shared.error_io("fallocate", error));
+                return Err(StorageFailure::new("fallocate", error));
             }
         }
     }
     shared.prealloc.give_back(grow);
-    Err(shared.error_io("fallocate", error))
+    Err(StorageFailure::new("fallocate", error))
 }
 
 /// O_DIRECT append: the partial last block (kept in memory) and the new bytes are copied
@@ -249,7 +249,7 @@ async fn write_direct<S: Storage>(
     buffers: &[Bytes],
     position: u64,
     sync_after: bool,
-) -> Result<Written, LogError> {
+) -> Result<Written, StorageFailure> {
     let block = BUF_ALIGN_BYTES as u64;
     let aligned_start = position - position % block;
     let tail_len = (position - aligned_start) as usize;
@@ -278,7 +278,7 @@ async fn write_direct<S: Storage>(
     let new_tail_start = tail_len + group_bytes - new_tail_len;
     let (written, mut staging, sync) =
         write_buffers(writer, vec![staging], aligned_start, sync_after).await;
-    written.map_err(|e| shared.error_io("write", e))?;
+    written.map_err(|e| StorageFailure::new("write", e))?;
     let Some(staging) = staging.pop() else {
         unreachable!("a write returns the buffers it was given");
     };
