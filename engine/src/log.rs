@@ -43,6 +43,8 @@ mod cache_tests;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
+mod invariant_tests;
+#[cfg(test)]
 mod prealloc_tests;
 #[cfg(test)]
 mod producer_tests;
@@ -246,6 +248,64 @@ pub(crate) struct State<S: Storage> {
 }
 
 impl<S: Storage> State<S> {
+    /// Asserts the order of the log's offsets, which holds at every step:
+    /// `log_start <= log_end` and `durable_end <= log_end <= offset_assign_next`. Integer
+    /// comparisons only; a violation means the log would be written or acknowledged wrong,
+    /// so it stops the shard rather than go on.
+    pub(crate) fn assert_offsets_ordered(&self) {
+        assert!(
+            self.log_start <= self.log_end
+                && self.durable_end <= self.log_end
+                && self.log_end <= self.offset_assign_next,
+            "offsets out of order: log start {}, durable end {}, log end {}, next to assign {}",
+            self.log_start,
+            self.durable_end,
+            self.log_end,
+            self.offset_assign_next
+        );
+    }
+
+    /// Asserts what holds between group commits, when no write is in flight: the offsets
+    /// in order and caught up (`log_end == offset_assign_next`), and the active segment
+    /// ending exactly where the log does — its next offset is the log end, and its size is
+    /// where its index expects the next batch (the write position). Once per group: a map
+    /// lookup and a few integer comparisons.
+    pub(crate) fn assert_at_rest(&self) {
+        self.assert_offsets_ordered();
+        assert_eq!(
+            self.log_end, self.offset_assign_next,
+            "an offset is assigned but not written between groups"
+        );
+        let Some(active) = self.segments.values().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        assert!(
+            active.offset_next == self.log_end
+                && active.index.offset_next_min() == self.log_end
+                && active.index.position_next_min() == active.size_bytes,
+            "active segment {} ends at offset {} (index {}), byte {} (index {}); log end {}",
+            active.base_offset,
+            active.offset_next,
+            active.index.offset_next_min(),
+            active.size_bytes,
+            active.index.position_next_min(),
+            self.log_end
+        );
+        if let Some(tail) = &active.tail_block {
+            assert_eq!(
+                tail.len() as u64,
+                active.size_bytes % crate::limits::BUF_ALIGN_BYTES as u64,
+                "the direct-I/O tail block is the segment's partial last block"
+            );
+        }
+        if let Some(durable_position) = self.durable_position {
+            assert!(
+                durable_position <= active.size_bytes,
+                "durable past the end"
+            );
+        }
+    }
+
     /// What consumers may read up to: the durable end for `flush = always`, else the log
     /// end.
     pub(crate) fn high_watermark(&self) -> i64 {

@@ -281,9 +281,9 @@ impl<S: Storage> Appender<S> {
             );
             return;
         }
-        let (group, duplicates) = admit(&shared, group);
+        let (group, duplicates, offset_next) = admit(&shared, group);
         if !group.is_empty() {
-            if let Err(failure) = self.write_group(group).await {
+            if let Err(failure) = self.write_group(group, offset_next).await {
                 let replies = duplicates.into_iter().map(|duplicate| duplicate.reply);
                 fail_all(&shared, &failure, replies);
                 return;
@@ -292,10 +292,16 @@ impl<S: Storage> Appender<S> {
         self.answer_duplicates(duplicates);
     }
 
-    /// Stamps and writes admitted appends; on failure the log is poisoned, their waiters
-    /// failed, and the failure returned.
-    async fn write_group(&mut self, group: Vec<Pending>) -> Result<(), StorageFailure> {
+    /// Stamps and writes admitted appends, which `admit` recorded as ending at
+    /// `offset_next`; on failure the log is poisoned, their waiters failed, and the failure
+    /// returned.
+    async fn write_group(
+        &mut self,
+        group: Vec<Pending>,
+        offset_next: i64,
+    ) -> Result<(), StorageFailure> {
         let shared = self.shared.clone();
+        shared.state.borrow().assert_at_rest();
         let group_bytes: u64 = group
             .iter()
             .map(|pending| pending.batches.len() as u64)
@@ -304,6 +310,13 @@ impl<S: Storage> Appender<S> {
         let must_sync = self.needs_sync(&group, group_bytes);
         let acks: Vec<Ack> = group.iter().map(|pending| pending.ack).collect();
         let stamped = group::stamp(&shared, group);
+        // The producers' state recorded the admitted batches at the offsets they were
+        // just stamped with.
+        assert_eq!(
+            shared.state.borrow().offset_assign_next,
+            offset_next,
+            "stamped offsets differ from those admitted"
+        );
         let position = active_size(&shared);
         match group::write_at_tail(&shared, stamped.buffers, position, must_sync).await {
             Ok(written) => {
@@ -414,9 +427,13 @@ impl<S: Storage> Appender<S> {
 }
 
 /// Applies the idempotent-producer rules to `group` in queue order (see the module doc):
-/// returns the appends to write and the duplicates to answer; refused appends are answered
-/// here. Admitted batches are recorded with the offsets `group::stamp` will give them.
-fn admit<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> (Vec<Pending>, Vec<Duplicate>) {
+/// returns the appends to write, the duplicates to answer, and the offset after the
+/// admitted appends; refused appends are answered here. Admitted batches are recorded with
+/// the offsets `group::stamp` will give them.
+fn admit<S: Storage>(
+    shared: &Shared<S>,
+    group: Vec<Pending>,
+) -> (Vec<Pending>, Vec<Duplicate>, i64) {
     let mut state = shared.state.borrow_mut();
     let mut offset_next = state.offset_assign_next;
     let now = now_ms();
@@ -454,7 +471,7 @@ fn admit<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> (Vec<Pending>, 
         offset_next += i64::try_from(pending.info.offset_count).unwrap_or(i64::MAX);
         admitted.push(pending);
     }
-    (admitted, duplicates)
+    (admitted, duplicates, offset_next)
 }
 
 /// Milliseconds since the Unix epoch, the unit of Kafka timestamps.

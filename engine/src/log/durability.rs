@@ -194,6 +194,12 @@ impl Durability {
         }
         {
             let mut state = shared.state.borrow_mut();
+            assert!(
+                done.log_end <= state.log_end,
+                "a sync covers offsets below {} past the log end {}",
+                done.log_end,
+                state.log_end
+            );
             if done.log_end > state.durable_end {
                 state.durable_end = done.log_end;
                 let active = state.segments.keys().next_back().copied();
@@ -203,6 +209,7 @@ impl Durability {
                     Some(0)
                 };
             }
+            state.assert_offsets_ordered();
         }
         self.synced_total = done.written_total;
         self.last_sync = Instant::now();
@@ -263,6 +270,7 @@ pub(crate) async fn roll_if_needed<S: Storage>(
     if !due {
         return Ok(());
     }
+    shared.state.borrow().assert_at_rest();
     let segment = Segment::open(&shared.storage, &shared.dir, base_next, direct, interval)
         .await
         .map_err(|e| StorageFailure::new("create segment", e))?;
@@ -283,7 +291,15 @@ pub(crate) async fn roll_if_needed<S: Storage>(
         shared.prealloc.release_all();
         let seal = seal_future(shared, old);
         let (old_base, old_size) = (old.base_offset, old.size_bytes);
+        assert_eq!(
+            old.offset_next, base_next,
+            "a new segment starts where the old one ends"
+        );
         state.segments.insert(base_next, segment);
+        // Nothing of the new active segment is durable yet; the durable position of the
+        // old one must not cap (or open) reads of the new one.
+        state.durable_position = Some(0);
+        state.assert_at_rest();
         (seal, log_end, old_base, old_size)
     };
     durability.push_kind(seal, log_end, old_base, old_size, Vec::new(), false);

@@ -98,10 +98,18 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
         let offset_first = state.offset_assign_next;
         let mut at = 0usize;
         while at < batches.len() {
+            // The batches were validated on the way in: one that does not parse now is a
+            // bug, and skipping it would write the request short while its waiter is told
+            // every offset was written.
             let Some(header) = BatchHeader::parse(&batches[at..]) else {
-                break;
+                unreachable!("a validated batch at byte {at} of an append does not parse");
             };
             let end = at + header.size_bytes as usize;
+            assert!(
+                header.size_bytes >= batch::HEADER_SIZE_BYTES as u64 && end <= batches.len(),
+                "a validated batch at byte {at} has size {}",
+                header.size_bytes
+            );
             let records_at = at + batch::HEADER_SIZE_BYTES;
             let header_at = out.copy(&batches[at..records_at]);
             let stamped_ok = batch::stamp_split(
@@ -125,7 +133,14 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
             state.offset_assign_next += count;
             at = end;
         }
-        debug_assert_eq!(pending.info.size_bytes, batches.len());
+        assert_eq!(
+            (pending.info.size_bytes, pending.info.offset_count),
+            (
+                batches.len(),
+                (state.offset_assign_next - offset_first) as u64
+            ),
+            "an append's batches stamped other bytes or offsets than were validated"
+        );
         position_in_group += batches.len() as u64;
         let appended = Appended {
             offset_first,
@@ -345,15 +360,53 @@ pub(crate) fn finish<S: Storage>(
     }
     {
         let mut state = shared.state.borrow_mut();
+        assert_stamped_contiguous(
+            headers,
+            state.log_end,
+            state.offset_assign_next,
+            group_bytes,
+        );
         let log_end = state.offset_assign_next;
         let Some(segment) = state.segments.values_mut().next_back() else {
             unreachable!("a log always has an active segment");
         };
+        assert_eq!(
+            segment.size_bytes, position,
+            "the active segment's end moved while its group was written"
+        );
         for (header, position_in_group) in headers {
             segment.on_batch_written(header, position + position_in_group);
         }
         segment.size_bytes = position + group_bytes;
         state.log_end = log_end;
+        state.assert_at_rest();
     }
     shared.notify_waiters();
+}
+
+/// Asserts that a group's stamped batches follow each other without gaps, in offsets from
+/// `log_end` (where the log ended before the group) to `offset_assign_next`, and in bytes
+/// from the group's start to its `group_bytes`.
+fn assert_stamped_contiguous(
+    headers: &[(BatchHeader, u64)],
+    log_end: i64,
+    offset_assign_next: i64,
+    group_bytes: u64,
+) {
+    let (mut offset_next, mut position_next) = (log_end, 0);
+    for (header, position_in_group) in headers {
+        assert!(
+            header.base_offset == offset_next && *position_in_group == position_next,
+            "stamped batch at offset {} and group byte {position_in_group}, expected \
+             {offset_next} and {position_next}",
+            header.base_offset
+        );
+        offset_next = header.last_offset + 1;
+        position_next += header.size_bytes;
+    }
+    assert_eq!(
+        (offset_next, position_next),
+        (offset_assign_next, group_bytes),
+        "a group's batches end where its offsets and bytes do"
+    );
 }

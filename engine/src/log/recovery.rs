@@ -171,6 +171,7 @@ pub(crate) async fn open<S: Storage>(
         config,
         producers: super::producers::Producers::default(),
     };
+    state.assert_at_rest();
     Ok(Shared {
         id,
         dir: dir.to_path_buf(),
@@ -418,6 +419,8 @@ async fn scan_and_index<S: Storage>(
         }
     };
     segment.size_bytes = scan.valid_bytes;
+    // The next batch goes exactly where the scan stopped, whatever the index files knew.
+    segment.index.set_end(segment.offset_next, scan.valid_bytes);
     Ok(scan)
 }
 
