@@ -33,6 +33,7 @@ pub mod metrics;
 mod prealloc;
 mod producer_snapshot;
 mod producers;
+mod queue;
 mod read;
 mod recovery;
 mod retention;
@@ -60,9 +61,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 
 use crate::batch::BatchError;
+use crate::limits::COMMANDS_QUEUED_PER_PARTITION_MAX;
 use crate::rt::JoinHandle;
 use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
@@ -383,7 +385,7 @@ impl<S: Storage> Shared<S> {
 /// its shard.
 pub struct PartitionLog<S: Storage> {
     shared: Rc<Shared<S>>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: queue::Sender<Command>,
     appender: Rc<RefCell<Option<JoinHandle<()>>>>,
 }
 
@@ -422,7 +424,7 @@ impl<S: Storage> PartitionLog<S> {
         let shared = recovery::open(storage, dir, id, config, budget).await?;
         producers::load(&shared).await?;
         let shared = Rc::new(shared);
-        let (commands, receiver) = mpsc::unbounded();
+        let (commands, receiver) = queue::bounded(COMMANDS_QUEUED_PER_PARTITION_MAX);
         let task = crate::rt::spawn_local(appender::run(shared.clone(), receiver));
         Ok(PartitionLog {
             shared,
@@ -440,7 +442,10 @@ impl<S: Storage> PartitionLog<S> {
     /// validates each, stamps offsets (and LogAppendTime if the topic uses it), and waits
     /// as `ack` says. A batch of an idempotent producer (one per request) is checked against
     /// the producer's state first: a retry of one of its last batches is answered with the
-    /// original offsets (once they are as durable as `ack` asks) and not written again. Nothing is written if any batch is invalid. `batches` is not changed
+    /// original offsets (once they are as durable as `ack` asks) and not written again.
+    /// Nothing is written if any batch is invalid. While the appender's queue is full
+    /// (`COMMANDS_QUEUED_PER_PARTITION_MAX`), the append waits for room, behind every
+    /// append already waiting. `batches` is not changed
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
@@ -471,7 +476,7 @@ impl<S: Storage> PartitionLog<S> {
             ack,
             reply,
         };
-        self.send(Command::Append(pending))?;
+        self.send(Command::Append(pending)).await?;
         outcome.await.map_err(|_| self.closed())?
     }
 
@@ -502,7 +507,7 @@ impl<S: Storage> PartitionLog<S> {
     /// queued before it.
     pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Truncate { offset, reply })?;
+        self.send(Command::Truncate { offset, reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -510,7 +515,7 @@ impl<S: Storage> PartitionLog<S> {
     /// this periodically); returns how many were deleted.
     pub async fn enforce_retention(&self) -> Result<usize, LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Retention { reply })?;
+        self.send(Command::Retention { reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -518,7 +523,7 @@ impl<S: Storage> PartitionLog<S> {
     /// segments wholly below it; returns the new log start offset.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::DeleteBefore { offset, reply })?;
+        self.send(Command::DeleteBefore { offset, reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -526,7 +531,7 @@ impl<S: Storage> PartitionLog<S> {
     /// prefix now, as the appender does every `CHECKPOINT_INTERVAL_MS`.
     pub async fn checkpoint(&self) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Checkpoint { reply })?;
+        self.send(Command::Checkpoint { reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -534,7 +539,7 @@ impl<S: Storage> PartitionLog<S> {
     /// checkpoint (so the next open scans nothing), and stops the appender.
     pub async fn close(&self) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Close { reply })?;
+        self.send(Command::Close { reply }).await?;
         let result = done.await.map_err(|_| self.closed())?;
         let task = self.appender.borrow_mut().take();
         if let Some(task) = task {
@@ -561,10 +566,16 @@ impl<S: Storage> PartitionLog<S> {
         self.shared.version.get()
     }
 
-    fn send(&self, command: Command) -> Result<(), LogError> {
-        self.commands
-            .unbounded_send(command)
-            .map_err(|_| self.closed())
+    /// Queues `command` for the appender, waiting for room while the queue is full (the
+    /// backpressure that reaches the producer's connection).
+    async fn send(&self, command: Command) -> Result<(), LogError> {
+        self.commands.send(command).await.map_err(|_| self.closed())
+    }
+
+    /// The most commands the appender's queue ever held at once.
+    #[cfg(test)]
+    pub(crate) fn commands_queued_max(&self) -> usize {
+        self.commands.len_max()
     }
 
     fn closed(&self) -> LogError {

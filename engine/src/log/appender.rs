@@ -7,6 +7,12 @@
 //! completes in the background, in order (`durability.rs`). `Ack::Written` waiters are
 //! answered when the write completes, `Ack::Durable` ones when the sync does.
 //!
+//! Commands reach the task through a bounded queue (`queue.rs`) of at most
+//! `COMMANDS_QUEUED_PER_PARTITION_MAX`: an append that finds it full waits for room, so a
+//! partition that cannot keep up slows its producers instead of growing without bound. The
+//! task never waits on a sender, so whatever it waits for (a sync, a write), it then takes
+//! the queue, which makes room.
+//!
 //! Truncation, retention, record deletion, checkpoints and close are commands on the same
 //! queue, so they never race an append (they wait for syncs in flight first). The task
 //! also runs the periodic flush (`flush = periodic` with an interval), the periodic
@@ -28,12 +34,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
-use futures::{FutureExt, StreamExt};
+use futures::channel::oneshot;
+use futures::FutureExt;
 
 use super::durability::{self, Durability};
 use super::group;
 use super::producers::{ProducerBatch, Verdict};
+use super::queue;
 use super::{
     checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared, StorageFailure,
 };
@@ -102,10 +109,7 @@ enum Event {
     Timer,
 }
 
-pub(crate) async fn run<S: Storage>(
-    shared: Rc<Shared<S>>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+pub(crate) async fn run<S: Storage>(shared: Rc<Shared<S>>, mut commands: queue::Receiver<Command>) {
     let now = Instant::now();
     let checkpointed_durable_end = shared.state.borrow().durable_end;
     let mut appender = Appender {
@@ -126,7 +130,7 @@ pub(crate) async fn run<S: Storage>(
             // next group takes everything that arrived meanwhile (group commit grows with
             // load) instead of a group formed before the sync finished.
             if !appender.durability.is_full() {
-                if let Poll::Ready(command) = commands.poll_next_unpin(cx) {
+                if let Poll::Ready(command) = commands.poll_recv(cx) {
                     return Poll::Ready(Event::Command(command));
                 }
             }
@@ -141,7 +145,7 @@ pub(crate) async fn run<S: Storage>(
             Event::Command(None) => break,
             Event::Command(Some(first)) => {
                 queued.push(first);
-                while let Ok(command) = commands.try_recv() {
+                while let Some(command) = commands.try_recv() {
                     queued.push(command);
                 }
                 if appender.process(&mut queued).await {
