@@ -309,8 +309,10 @@ mod tests {
     }
 
     /// A burst of concurrent appends, far more than the queue holds, to a log whose
-    /// appender waits for a sync after every group: the queue fills to its bound and no
-    /// further, every append completes, and offsets follow the order the appends came in.
+    /// appender waits for a sync after every group, on a storage whose operations take a
+    /// while (seeded latency): the queue fills to its bound and no further, nothing
+    /// deadlocks while the appender waits, every append completes, and offsets follow the
+    /// order the appends came in.
     #[test]
     fn a_burst_of_appends_fills_the_queue_to_its_bound_and_completes_in_order() {
         use crate::batch::BatchBuilder;
@@ -330,9 +332,8 @@ mod tests {
                 .build()
                 .unwrap();
             let dir = std::path::Path::new("/data/burst-0");
-            let log = PartitionLog::open(FaultStorage::new(), dir, id, config)
-                .await
-                .unwrap();
+            let storage = FaultStorage::new().with_latency(7, 8);
+            let log = PartitionLog::open(storage, dir, id, config).await.unwrap();
             let tasks: Vec<_> = (0..appends)
                 .map(|index| {
                     let log = log.clone();
