@@ -27,6 +27,12 @@ mod tests;
 pub use builder::BatchBuilder;
 pub use error::{BatchError, RecordError};
 pub use layout::{Compression, TimestampType, HEADER_SIZE_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2};
+// The header table's offsets and readers, for the log's reading of headers it wrote
+// (`log/segment.rs`) and recovery's chunked scan: one layout for the whole engine.
+pub(crate) use layout::{
+    declared_size_bytes, read_i16, read_i32, read_i64, BASE_OFFSET_AT, BASE_SEQUENCE_AT,
+    LAST_OFFSET_DELTA_AT, MAX_TIMESTAMP_AT, PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT,
+};
 pub use record::{Header, Record, Records};
 pub use stamp::{
     restamp_create_time, set_partition_leader_epoch, stamp_base_offset, stamp_log_append_time,

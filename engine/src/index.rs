@@ -249,6 +249,26 @@ impl SegmentIndex {
         self.times.set_offset_next_min(self.offset_next_min);
     }
 
+    /// Records where the segment's batches end, as a scan of its log found them: the next
+    /// batch starts exactly at `offset_next` and `position_next`. After a decode the index
+    /// knows only a lower bound ([`Self::position_next_min`]); this makes it exact again.
+    ///
+    /// Panics if that end lies below what the entries already imply: the scan and the
+    /// index do not describe the same log.
+    pub fn set_end(&mut self, offset_next: i64, position_next: u64) {
+        assert!(
+            offset_next >= self.offset_next_min && position_next >= self.position_next_min,
+            "end ({offset_next}, byte {position_next}) below the indexed batches' \
+             ({}, byte {})",
+            self.offset_next_min,
+            self.position_next_min
+        );
+        self.offset_next_min = offset_next;
+        self.position_next_min = position_next;
+        self.offsets.set_next_min(offset_next, position_next);
+        self.times.set_offset_next_min(offset_next);
+    }
+
     /// Where to start scanning the log for `target_offset`: `(offset, position)` of the last
     /// entry at or before it, or `(base_offset, 0)`.
     pub fn lookup_offset(&self, target_offset: i64) -> (i64, u32) {

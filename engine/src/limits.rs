@@ -87,6 +87,16 @@ pub const CHECKPOINT_INTERVAL_MS: u64 = 10_000;
 /// seals are not counted (they never hold up appends).
 pub const SYNCS_IN_FLIGHT_MAX: usize = 1;
 
+/// Commands queued at one partition's appender: appends, and the rare truncation,
+/// retention, record deletion, checkpoint and close. An append that finds the queue full
+/// waits for room (`log/queue.rs`), holding one of its connection's request slots (the
+/// server's `REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX`), so a partition that
+/// cannot keep up slows its producers instead of growing a queue. The appender takes the
+/// whole queue as its next group: measured groups held 32 appends (BENCHMARKS.md), so this
+/// leaves groups 32 times that room, and bounds the appends one partition holds (queued,
+/// plus the group in hand) to twice this.
+pub const COMMANDS_QUEUED_PER_PARTITION_MAX: usize = 1024;
+
 /// Batches of one idempotent producer a partition remembers, to recognise a retried one:
 /// Kafka's `ProducerStateEntry.NUM_BATCHES_TO_RETAIN`, which is also why producers keep at
 /// most 5 requests in flight per connection (`max.in.flight.requests.per.connection`).

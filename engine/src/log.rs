@@ -12,8 +12,10 @@
 //! offset after the last batch whose write completed; the durable end is the offset below
 //! which everything is fdatasynced; the high watermark (what consumers may read) is the
 //! durable end for `flush = always` topics and the log end otherwise. After a failed write
-//! or fdatasync the log is poisoned: every later append fails with
-//! [`LogError::StorageFailed`] until the partition is reopened and recovered.
+//! or fdatasync the log is poisoned: the waiters of the failing group and every later
+//! append fail with [`LogError::StorageFailed`], whose source is the [`StorageFailure`]
+//! (operation and I/O error) that poisoned it, until the partition is reopened and
+//! recovered.
 //!
 //! Idempotent producers: the log keeps each producer's epoch and last batches
 //! (`log/producers.rs`), checks every idempotent batch against them in queue order, and
@@ -31,6 +33,7 @@ pub mod metrics;
 mod prealloc;
 mod producer_snapshot;
 mod producers;
+mod queue;
 mod read;
 mod recovery;
 mod retention;
@@ -40,6 +43,8 @@ mod segment;
 mod cache_tests;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod invariant_tests;
 #[cfg(test)]
 mod prealloc_tests;
 #[cfg(test)]
@@ -53,11 +58,13 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
+use futures::channel::oneshot;
 
 use crate::batch::BatchError;
+use crate::limits::COMMANDS_QUEUED_PER_PARTITION_MAX;
 use crate::rt::JoinHandle;
 use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
@@ -72,7 +79,7 @@ use segment::Segment;
 /// A partition's name: topic and index, shown as Kafka names its directory (`orders-3`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PartitionId {
-    pub topic: std::sync::Arc<str>,
+    pub topic: Arc<str>,
     pub partition: u32,
 }
 
@@ -105,12 +112,15 @@ pub enum LogError {
         #[source]
         source: io::Error,
     },
-    /// An earlier write or fdatasync failed; the partition refuses appends until it is
-    /// reopened and recovered (Kafka's KAFKA_STORAGE_ERROR).
-    #[error("partition {partition}: storage failed earlier ({reason}); reopen to recover")]
+    /// A write, fdatasync, fallocate or segment creation failed, for this append or an
+    /// earlier one: the partition is poisoned and refuses appends until it is reopened and
+    /// recovered (Kafka's KAFKA_STORAGE_ERROR). The source is the failure that poisoned it,
+    /// whose own source is the I/O error (ENOSPC and EIO stay apart).
+    #[error("partition {partition}: storage failed ({source}); reopen to recover")]
     StorageFailed {
         partition: PartitionId,
-        reason: String,
+        #[source]
+        source: StorageFailure,
     },
     /// The offset is outside `log_start..=high_watermark`.
     #[error("partition {partition}: offset {offset} out of range {log_start}..={high_watermark}")]
@@ -137,6 +147,60 @@ pub enum LogError {
         partition: PartitionId,
         detail: String,
     },
+}
+
+/// The failure that poisoned a partition: the operation and the I/O error it got. One is
+/// shared by every waiter it fails and every later append refused, so it is cheap to clone;
+/// its [`source`](std::error::Error::source) is the `io::Error` itself, so a caller walking
+/// the chain can tell a full disk (ENOSPC) from a failing one (EIO).
+#[derive(Debug, Clone)]
+pub struct StorageFailure {
+    operation: &'static str,
+    source: Arc<io::Error>,
+}
+
+impl StorageFailure {
+    /// The failure of `operation` with `source`.
+    pub fn new(operation: &'static str, source: io::Error) -> StorageFailure {
+        StorageFailure {
+            operation,
+            source: Arc::new(source),
+        }
+    }
+
+    /// What failed: "write", "fdatasync", "fallocate", "create segment", ...
+    pub fn operation(&self) -> &'static str {
+        self.operation
+    }
+
+    /// The I/O error the operation got.
+    pub fn io_error(&self) -> &io::Error {
+        &self.source
+    }
+}
+
+impl fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed", self.operation)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
+}
+
+impl LogError {
+    /// The error of a failed I/O `operation` on `partition`, keeping the I/O error as its
+    /// source: the one constructor of [`LogError::Io`].
+    pub(crate) fn io(partition: &PartitionId, operation: &'static str, source: io::Error) -> Self {
+        LogError::Io {
+            partition: partition.clone(),
+            operation,
+            source,
+        }
+    }
 }
 
 /// How long an append waits.
@@ -178,13 +242,72 @@ pub(crate) struct State<S: Storage> {
     /// Bytes of the active segment below the durable end (what `flush = always` readers
     /// may see); `None` when unknown, meaning all of it.
     pub(crate) durable_position: Option<u64>,
-    pub(crate) poisoned: Option<String>,
+    /// The failure that poisoned the log, if one did.
+    pub(crate) poisoned: Option<StorageFailure>,
     pub(crate) config: TopicConfig,
     /// Idempotent producers' state, covering every batch below `offset_assign_next`.
     pub(crate) producers: producers::Producers,
 }
 
 impl<S: Storage> State<S> {
+    /// Asserts the order of the log's offsets, which holds at every step:
+    /// `log_start <= log_end` and `durable_end <= log_end <= offset_assign_next`. Integer
+    /// comparisons only; a violation means the log would be written or acknowledged wrong,
+    /// so it stops the shard rather than go on.
+    pub(crate) fn assert_offsets_ordered(&self) {
+        assert!(
+            self.log_start <= self.log_end
+                && self.durable_end <= self.log_end
+                && self.log_end <= self.offset_assign_next,
+            "offsets out of order: log start {}, durable end {}, log end {}, next to assign {}",
+            self.log_start,
+            self.durable_end,
+            self.log_end,
+            self.offset_assign_next
+        );
+    }
+
+    /// Asserts what holds between group commits, when no write is in flight: the offsets
+    /// in order and caught up (`log_end == offset_assign_next`), and the active segment
+    /// ending exactly where the log does — its next offset is the log end, and its size is
+    /// where its index expects the next batch (the write position). Once per group: a map
+    /// lookup and a few integer comparisons.
+    pub(crate) fn assert_at_rest(&self) {
+        self.assert_offsets_ordered();
+        assert_eq!(
+            self.log_end, self.offset_assign_next,
+            "an offset is assigned but not written between groups"
+        );
+        let Some(active) = self.segments.values().next_back() else {
+            unreachable!("a log always has an active segment");
+        };
+        assert!(
+            active.offset_next == self.log_end
+                && active.index.offset_next_min() == self.log_end
+                && active.index.position_next_min() == active.size_bytes,
+            "active segment {} ends at offset {} (index {}), byte {} (index {}); log end {}",
+            active.base_offset,
+            active.offset_next,
+            active.index.offset_next_min(),
+            active.size_bytes,
+            active.index.position_next_min(),
+            self.log_end
+        );
+        if let Some(tail) = &active.tail_block {
+            assert_eq!(
+                tail.len() as u64,
+                active.size_bytes % crate::limits::BUF_ALIGN_BYTES as u64,
+                "the direct-I/O tail block is the segment's partial last block"
+            );
+        }
+        if let Some(durable_position) = self.durable_position {
+            assert!(
+                durable_position <= active.size_bytes,
+                "durable past the end"
+            );
+        }
+    }
+
     /// What consumers may read up to: the durable end for `flush = always`, else the log
     /// end.
     pub(crate) fn high_watermark(&self) -> i64 {
@@ -228,10 +351,14 @@ impl<S: Storage> Drop for Shared<S> {
 
 impl<S: Storage> Shared<S> {
     pub(crate) fn error_io(&self, operation: &'static str, source: io::Error) -> LogError {
-        LogError::Io {
+        LogError::io(&self.id, operation, source)
+    }
+
+    /// The error a waiter failed by `failure` (which poisoned the log) gets.
+    pub(crate) fn storage_failed(&self, failure: &StorageFailure) -> LogError {
+        LogError::StorageFailed {
             partition: self.id.clone(),
-            operation,
-            source,
+            source: failure.clone(),
         }
     }
 
@@ -258,7 +385,7 @@ impl<S: Storage> Shared<S> {
 /// its shard.
 pub struct PartitionLog<S: Storage> {
     shared: Rc<Shared<S>>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: queue::Sender<Command>,
     appender: Rc<RefCell<Option<JoinHandle<()>>>>,
 }
 
@@ -297,7 +424,7 @@ impl<S: Storage> PartitionLog<S> {
         let shared = recovery::open(storage, dir, id, config, budget).await?;
         producers::load(&shared).await?;
         let shared = Rc::new(shared);
-        let (commands, receiver) = mpsc::unbounded();
+        let (commands, receiver) = queue::bounded(COMMANDS_QUEUED_PER_PARTITION_MAX);
         let task = crate::rt::spawn_local(appender::run(shared.clone(), receiver));
         Ok(PartitionLog {
             shared,
@@ -315,7 +442,10 @@ impl<S: Storage> PartitionLog<S> {
     /// validates each, stamps offsets (and LogAppendTime if the topic uses it), and waits
     /// as `ack` says. A batch of an idempotent producer (one per request) is checked against
     /// the producer's state first: a retry of one of its last batches is answered with the
-    /// original offsets (once they are as durable as `ack` asks) and not written again. Nothing is written if any batch is invalid. `batches` is not changed
+    /// original offsets (once they are as durable as `ack` asks) and not written again.
+    /// Nothing is written if any batch is invalid. While the appender's queue is full
+    /// (`COMMANDS_QUEUED_PER_PARTITION_MAX`), the append waits for room, behind every
+    /// append already waiting. `batches` is not changed
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
@@ -346,7 +476,7 @@ impl<S: Storage> PartitionLog<S> {
             ack,
             reply,
         };
-        self.send(Command::Append(pending))?;
+        self.send(Command::Append(pending)).await?;
         outcome.await.map_err(|_| self.closed())?
     }
 
@@ -366,8 +496,9 @@ impl<S: Storage> PartitionLog<S> {
         self.shared.state.borrow_mut().config = config;
     }
 
-    /// Whether an earlier write or fdatasync failed.
-    pub fn poisoned(&self) -> Option<String> {
+    /// The failure that poisoned the log, if a write, fdatasync, fallocate or segment
+    /// creation failed.
+    pub fn poisoned(&self) -> Option<StorageFailure> {
         self.shared.state.borrow().poisoned.clone()
     }
 
@@ -376,7 +507,7 @@ impl<S: Storage> PartitionLog<S> {
     /// queued before it.
     pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Truncate { offset, reply })?;
+        self.send(Command::Truncate { offset, reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -384,7 +515,7 @@ impl<S: Storage> PartitionLog<S> {
     /// this periodically); returns how many were deleted.
     pub async fn enforce_retention(&self) -> Result<usize, LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Retention { reply })?;
+        self.send(Command::Retention { reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -392,7 +523,7 @@ impl<S: Storage> PartitionLog<S> {
     /// segments wholly below it; returns the new log start offset.
     pub async fn delete_records_before(&self, offset: i64) -> Result<i64, LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::DeleteBefore { offset, reply })?;
+        self.send(Command::DeleteBefore { offset, reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -400,7 +531,7 @@ impl<S: Storage> PartitionLog<S> {
     /// prefix now, as the appender does every `CHECKPOINT_INTERVAL_MS`.
     pub async fn checkpoint(&self) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Checkpoint { reply })?;
+        self.send(Command::Checkpoint { reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 
@@ -408,7 +539,7 @@ impl<S: Storage> PartitionLog<S> {
     /// checkpoint (so the next open scans nothing), and stops the appender.
     pub async fn close(&self) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
-        self.send(Command::Close { reply })?;
+        self.send(Command::Close { reply }).await?;
         let result = done.await.map_err(|_| self.closed())?;
         let task = self.appender.borrow_mut().take();
         if let Some(task) = task {
@@ -435,10 +566,16 @@ impl<S: Storage> PartitionLog<S> {
         self.shared.version.get()
     }
 
-    fn send(&self, command: Command) -> Result<(), LogError> {
-        self.commands
-            .unbounded_send(command)
-            .map_err(|_| self.closed())
+    /// Queues `command` for the appender, waiting for room while the queue is full (the
+    /// backpressure that reaches the producer's connection).
+    async fn send(&self, command: Command) -> Result<(), LogError> {
+        self.commands.send(command).await.map_err(|_| self.closed())
+    }
+
+    /// The most commands the appender's queue ever held at once.
+    #[cfg(test)]
+    pub(crate) fn commands_queued_max(&self) -> usize {
+        self.commands.len_max()
     }
 
     fn closed(&self) -> LogError {

@@ -512,11 +512,9 @@ impl Engine {
                 let Some(file) = crate::storage::StorageFile::runtime_file(&range.file) else {
                     unreachable!("disk storage files are runtime files");
                 };
-                let fd = file.try_clone_fd().map_err(|source| LogError::Io {
-                    partition: log.id().clone(),
-                    operation: "dup segment file",
-                    source,
-                })?;
+                let fd = file
+                    .try_clone_fd()
+                    .map_err(|source| LogError::io(log.id(), "dup segment file", source))?;
                 pieces.push(SendablePiece::File(SendableRange {
                     file: fd,
                     position: range.position,

@@ -27,18 +27,11 @@ use ringlog_engine::rt::{self, IoBuf, Pipe, TcpStream};
 
 use crate::broker::Broker;
 use crate::handlers::api_versions;
+use crate::limits::{IDLE_BUFFER_BYTES, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX};
 use crate::metrics;
 use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
 use crate::zero_copy::{Part, Parts, Records};
-
-/// The smallest read, and what an idle connection's buffers start with: they grow to fit
-/// the requests (and responses) that come, so a thousand connections that only ever sent
-/// metadata requests cost a few MiB, not hundreds.
-const IDLE_BUFFER_BYTES: usize = 4 * 1024;
-/// Requests of one connection being handled at once; the next frame is read only when
-/// one of them has been answered (backpressure on a client that pipelines more).
-const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 32;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]

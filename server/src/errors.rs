@@ -158,4 +158,20 @@ mod tests {
         let unknown = ConfigError::UnknownKey { key: "nope".into() };
         assert_eq!(config_code(&unknown), 40);
     }
+
+    #[test]
+    fn a_poisoned_partition_is_a_storage_error_whatever_its_errno() {
+        let partition = ringlog_engine::log::PartitionId {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+        };
+        for errno in [libc::ENOSPC, libc::EIO] {
+            let source = std::io::Error::from_raw_os_error(errno);
+            let failed = LogError::StorageFailed {
+                partition: partition.clone(),
+                source: ringlog_engine::log::StorageFailure::new("write", source),
+            };
+            assert_eq!(code(&EngineError::Log(failed)), 56, "errno {errno}");
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //!   per listen address.
 //! - [`metrics`]: counters and histograms, served in the Prometheus text format.
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
+//! - [`limits`]: the network layer's bounds (connection buffers, requests in flight).
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -20,6 +21,7 @@ pub mod connection;
 pub mod errors;
 pub mod group;
 pub mod handlers;
+pub mod limits;
 pub mod listen_check;
 pub mod metrics;
 pub mod protocol;

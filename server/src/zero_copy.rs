@@ -3,6 +3,14 @@
 //! buffers (sent as they are, with the encoded pieces around them, in one `writev`); only
 //! the response's fixed parts are encoded here.
 //!
+//! The copying fallback: when the kernel refuses to splice from a segment file (EINVAL
+//! from a file system without splice support, ENOSYS or EOPNOTSUPP), or a splice ends
+//! before the range does, the rest of the range is read into a buffer and written
+//! ([`FETCH_COPY_CHUNK_BYTES`] at a time), and counted in [`BYTES_SENT_COPIED`]. Bytes that
+//! cannot be read that way either (the file was cut shorter under the fetch) are gone: the
+//! frame's length is already on the wire, so the send fails and the connection closes. A
+//! range whose file was deleted meanwhile still splices: the range holds a descriptor.
+//!
 //! The handler encodes the response with a 16-byte marker in place of each partition's
 //! records and hands over the pieces of records for each (file ranges and cached bytes).
 //! Every length is known before the first byte goes out: [`Parts::split`] finds each
@@ -12,7 +20,8 @@
 //! range's index and a per-process random 56-bit nonce; other binary fields of the
 //! response (offsets, topic ids) would have to repeat all of it to be mistaken for one.
 //!
-//! Counters of bytes sent zero-copy and copied feed the metrics and the tests.
+//! Counters of bytes sent zero-copy, from the cache and copied feed the metrics and the
+//! tests.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +31,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 
 use ringlog_engine::limits::IOVECS_PER_OP_MAX;
-use ringlog_engine::rt::{self, Pipe, TcpStream};
+use ringlog_engine::rt::{self, IoBuf, Pipe, TcpStream};
 use ringlog_engine::shard::{SendablePiece, SendableRange};
+
+use crate::limits::FETCH_COPY_CHUNK_BYTES;
 
 /// Bytes of a records marker.
 pub const MARKER_BYTES: usize = 16;
@@ -34,7 +45,8 @@ const FETCH_FLEXIBLE_VERSION: i16 = 12;
 pub static BYTES_SENT_ZERO_COPY: AtomicU64 = AtomicU64::new(0);
 /// Record bytes sent from the batch cache's buffers (no copy either).
 pub static BYTES_SENT_FROM_CACHE: AtomicU64 = AtomicU64::new(0);
-/// Record bytes sent after copying them through user space.
+/// Record bytes sent after copying them through user space: file ranges the kernel would
+/// not splice (see the module doc).
 pub static BYTES_SENT_COPIED: AtomicU64 = AtomicU64::new(0);
 
 fn nonce() -> &'static [u8; 7] {
@@ -142,11 +154,7 @@ impl Parts {
                 }
                 Part::File(range) => {
                     send_all_vectored(stream, std::mem::take(&mut memory)).await?;
-                    let len =
-                        usize::try_from(range.len).map_err(|_| io::ErrorKind::InvalidInput)?;
-                    let file = rt::File::from_owned_fd(range.file);
-                    rt::send_file(stream, &file, range.position, len, pipe).await?;
-                    BYTES_SENT_ZERO_COPY.fetch_add(range.len, Ordering::Relaxed);
+                    send_range(stream, range, pipe).await?;
                 }
             }
         }
@@ -154,6 +162,92 @@ impl Parts {
         BYTES_SENT_FROM_CACHE.fetch_add(cached_bytes, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Sends a file range: spliced file → pipe → socket while the kernel splices from the
+/// file, then copied for whatever is left (see the module doc). Counts the bytes each way.
+async fn send_range(stream: &TcpStream, range: SendableRange, pipe: &Pipe) -> io::Result<()> {
+    let file = rt::File::from_owned_fd(range.file);
+    let mut sent = 0u64;
+    while sent < range.len {
+        let want = usize::try_from(range.len - sent)
+            .map_or(pipe.capacity(), |left| left.min(pipe.capacity()));
+        let filled = match pipe
+            .fill_from_file(&file, range.position + sent, want)
+            .await
+        {
+            Ok(0) => break,
+            Ok(filled) => filled,
+            Err(error) if splice_refused(&error) => break,
+            Err(error) => return Err(error),
+        };
+        // The pipe holds `filled` bytes of this range: they go out before anything else.
+        let mut drained = 0;
+        while drained < filled {
+            let count = pipe.drain_to_stream(stream, filled - drained).await?;
+            if count == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            drained += count;
+        }
+        sent += filled as u64;
+        BYTES_SENT_ZERO_COPY.fetch_add(filled as u64, Ordering::Relaxed);
+    }
+    if sent < range.len {
+        tracing::debug!(
+            position = range.position + sent,
+            bytes = range.len - sent,
+            "segment bytes could not be spliced; copying them"
+        );
+        send_copied(stream, &file, range.position + sent, range.len - sent).await?;
+    }
+    Ok(())
+}
+
+/// Whether a splice error means the file cannot be spliced from (its bytes may still be
+/// read): no splice support in its file system, or none in this kernel.
+fn splice_refused(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+/// Reads `len` bytes of `file` at `position` into a buffer and sends them, a chunk at a
+/// time; an `UnexpectedEof` error if the file ends first.
+async fn send_copied(
+    stream: &TcpStream,
+    file: &rt::File,
+    position: u64,
+    len: u64,
+) -> io::Result<()> {
+    let chunk_max = FETCH_COPY_CHUNK_BYTES as u64;
+    let mut buffer = Vec::with_capacity(len.min(chunk_max) as usize);
+    let mut copied = 0u64;
+    while copied < len {
+        buffer.clear();
+        let want = (len - copied).min(chunk_max) as usize;
+        let (read, slice) = file.read_at(buffer.slice(0..want), position + copied).await;
+        let mut filled = slice.into_inner();
+        let count = read?;
+        if count == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "segment file ends at byte {} of a fetch range that needs {}",
+                    position + copied,
+                    position + len
+                ),
+            ));
+        }
+        filled.truncate(count);
+        let (written, sent) = stream.send_all(filled).await;
+        written?;
+        copied += sent.len() as u64;
+        BYTES_SENT_COPIED.fetch_add(sent.len() as u64, Ordering::Relaxed);
+        buffer = sent;
+    }
+    Ok(())
 }
 
 /// Sends all of `bufs`, in order, in as few `writev`s as the socket takes.
@@ -233,5 +327,114 @@ mod tests {
         assert_ne!(marker(0), marker(1));
         assert_eq!(marker(7)[0], 0);
         assert_eq!(marker(7).len(), MARKER_BYTES);
+    }
+
+    /// The tests below read process-wide counters before and after: one at a time.
+    static COUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Sends `parts` to a client on a loopback connection; returns what `send` returned,
+    /// the bytes the client received, and the bytes counted as spliced and as copied.
+    fn send_to_client(parts: Parts) -> (io::Result<()>, Vec<u8>, u64, u64) {
+        let _alone = COUNTING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listener = rt::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr();
+        let client = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            let mut received = Vec::new();
+            std::io::Read::read_to_end(&mut stream, &mut received).unwrap();
+            received
+        });
+        let (zero_copy, copied) = (
+            BYTES_SENT_ZERO_COPY.load(Ordering::SeqCst),
+            BYTES_SENT_COPIED.load(Ordering::SeqCst),
+        );
+        let sent = rt::block_on(async {
+            let stream = listener.accept().await.unwrap();
+            let pipe = Pipe::new().unwrap();
+            let sent = parts.send(&stream, &pipe).await;
+            stream.shutdown(std::net::Shutdown::Both).unwrap();
+            sent
+        })
+        .unwrap();
+        let received = client.join().unwrap();
+        (
+            sent,
+            received,
+            BYTES_SENT_ZERO_COPY.load(Ordering::SeqCst) - zero_copy,
+            BYTES_SENT_COPIED.load(Ordering::SeqCst) - copied,
+        )
+    }
+
+    /// A frame of an encoded head, `len` bytes of `file` from `position`, and a tail.
+    fn frame_around(file: std::fs::File, position: u64, len: u64) -> Parts {
+        Parts(vec![
+            Part::Encoded(Bytes::from_static(b"head")),
+            Part::File(SendableRange {
+                file: file.into(),
+                position,
+                len,
+            }),
+            Part::Encoded(Bytes::from_static(b"tail")),
+        ])
+    }
+
+    #[test]
+    fn a_file_the_kernel_will_not_splice_from_is_copied_and_counted() {
+        // procfs files refuse splice (EINVAL) but read fine: a file system without splice
+        // support, as a data directory might be on.
+        let path = "/proc/self/cmdline";
+        let expected_records = std::fs::read(path).unwrap();
+        assert!(
+            expected_records.len() > 8,
+            "the test binary has a command line"
+        );
+        let file = std::fs::File::open(path).unwrap();
+        let len = expected_records.len() as u64 - 3;
+        let (sent, received, zero_copy, copied) = send_to_client(frame_around(file, 3, len));
+        sent.unwrap();
+        let mut expected = b"head".to_vec();
+        expected.extend_from_slice(&expected_records[3..]);
+        expected.extend_from_slice(b"tail");
+        assert_eq!(received, expected, "the client got every byte, in place");
+        assert_eq!((zero_copy, copied), (0, len), "counted as copied");
+    }
+
+    #[test]
+    fn a_file_cut_shorter_under_a_fetch_fails_the_send_after_what_it_still_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment.log");
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        // Cut after the range was taken: the splice runs dry at 40,000 bytes, and a read
+        // of the rest finds nothing either.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(40_000)
+            .unwrap();
+        let (sent, received, zero_copy, copied) =
+            send_to_client(frame_around(file, 0, bytes.len() as u64));
+        let error = sent.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        assert_eq!(&received[..4], b"head");
+        assert_eq!(&received[4..], &bytes[..40_000], "what the file still had");
+        assert_eq!((zero_copy, copied), (40_000, 0));
+    }
+
+    #[test]
+    fn a_whole_file_range_is_spliced_and_nothing_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment.log");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let (sent, received, zero_copy, copied) = send_to_client(frame_around(file, 1000, 250_000));
+        sent.unwrap();
+        assert_eq!(&received[4..received.len() - 4], &bytes[1000..251_000]);
+        assert_eq!((zero_copy, copied), (250_000, 0));
     }
 }

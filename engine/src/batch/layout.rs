@@ -235,6 +235,16 @@ pub(crate) fn write_i64(bytes: &mut [u8], at: usize, value: i64) {
     bytes[at..at + 8].copy_from_slice(&value.to_be_bytes());
 }
 
+/// The size of the batch at the front of `bytes` as its `batchLength` declares it
+/// (`LOG_OVERHEAD_BYTES + batchLength`), nothing else checked; `None` if the field is not
+/// all there or is negative. For code that must know how many bytes to read before it can
+/// validate a batch (recovery's chunked scan).
+pub(crate) fn declared_size_bytes(bytes: &[u8]) -> Option<usize> {
+    let field = bytes.get(BATCH_LENGTH_AT..LOG_OVERHEAD_BYTES)?;
+    let batch_length = read_i32(field, 0);
+    Some(LOG_OVERHEAD_BYTES + usize::try_from(batch_length).ok()?)
+}
+
 /// The CRC-32C a batch must carry: over everything from `attributes` to its end.
 pub(crate) fn crc_of(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[ATTRIBUTES_AT..])
@@ -293,5 +303,16 @@ mod tests {
         assert_eq!(read_i32(&bytes, BATCH_LENGTH_AT), 0x0102_0304);
         assert_eq!(read_i16(&bytes, ATTRIBUTES_AT), -3);
         assert_eq!(read_u32(&bytes, CRC_AT), 0xdead_beef);
+    }
+
+    #[test]
+    fn the_declared_size_counts_the_log_overhead_and_needs_the_whole_field() {
+        let mut bytes = [0u8; HEADER_SIZE_BYTES];
+        write_i32(&mut bytes, BATCH_LENGTH_AT, 100);
+        assert_eq!(declared_size_bytes(&bytes), Some(112));
+        assert_eq!(declared_size_bytes(&bytes[..LOG_OVERHEAD_BYTES]), Some(112));
+        assert_eq!(declared_size_bytes(&bytes[..LOG_OVERHEAD_BYTES - 1]), None);
+        write_i32(&mut bytes, BATCH_LENGTH_AT, -1);
+        assert_eq!(declared_size_bytes(&bytes), None);
     }
 }

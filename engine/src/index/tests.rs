@@ -397,3 +397,35 @@ proptest! {
         prop_assert_eq!(rebuilt, build(base, interval, &batches));
     }
 }
+
+#[test]
+fn set_end_makes_a_decoded_index_exact_again() {
+    let batches = layout(BASE, &[(0, 2, 100, 5); 8]);
+    let index = build(BASE, 250, &batches);
+    let (offset_bytes, time_bytes) = encode(&index);
+    let mut decoded = SegmentIndex::decode(BASE, 250, &offset_bytes, &time_bytes).unwrap();
+    assert!(
+        decoded.position_next_min() < 800,
+        "a decode knows only a lower bound"
+    );
+    decoded.set_end(BASE + 24, 800);
+    assert_eq!(
+        (decoded.offset_next_min(), decoded.position_next_min()),
+        (index.offset_next_min(), index.position_next_min())
+    );
+    let gap = BatchMeta {
+        position: 700,
+        ..batches[7]
+    };
+    assert!(
+        decoded.check_batch(&gap).is_err(),
+        "no batch before the end"
+    );
+}
+
+#[test]
+#[should_panic(expected = "below the indexed batches")]
+fn set_end_refuses_an_end_inside_the_indexed_batches() {
+    let mut index = build(BASE, 0, &layout(BASE, &[(0, 0, 100, 5); 6]));
+    index.set_end(BASE + 6, 550);
+}

@@ -7,6 +7,12 @@
 //! completes in the background, in order (`durability.rs`). `Ack::Written` waiters are
 //! answered when the write completes, `Ack::Durable` ones when the sync does.
 //!
+//! Commands reach the task through a bounded queue (`queue.rs`) of at most
+//! `COMMANDS_QUEUED_PER_PARTITION_MAX`: an append that finds it full waits for room, so a
+//! partition that cannot keep up slows its producers instead of growing without bound. The
+//! task never waits on a sender, so whatever it waits for (a sync, a write), it then takes
+//! the queue, which makes room.
+//!
 //! Truncation, retention, record deletion, checkpoints and close are commands on the same
 //! queue, so they never race an append (they wait for syncs in flight first). The task
 //! also runs the periodic flush (`flush = periodic` with an interval), the periodic
@@ -18,8 +24,9 @@
 //! them. A refused batch is answered at once; a duplicate is answered with its original's
 //! offsets once they are as durable as its ack asks, and never written.
 //!
-//! A failed write or fdatasync poisons the log: the waiters get `StorageFailed`, and so does
-//! every later append; nothing is retried as if it had succeeded.
+//! A failed write or fdatasync poisons the log: the waiters get `StorageFailed` with the
+//! typed failure (operation and I/O error) as its source, and so does every later append;
+//! nothing is retried as if it had succeeded.
 
 use std::pin::pin;
 use std::rc::Rc;
@@ -27,13 +34,16 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
-use futures::{FutureExt, StreamExt};
+use futures::channel::oneshot;
+use futures::FutureExt;
 
 use super::durability::{self, Durability};
 use super::group;
 use super::producers::{ProducerBatch, Verdict};
-use super::{checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared};
+use super::queue;
+use super::{
+    checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared, StorageFailure,
+};
 use crate::batch::BatchInfo;
 use crate::limits::{
     CHECKPOINT_INTERVAL_MS, PRODUCER_ID_EXPIRATION_MS, RETENTION_CHECK_INTERVAL_MS,
@@ -99,10 +109,7 @@ enum Event {
     Timer,
 }
 
-pub(crate) async fn run<S: Storage>(
-    shared: Rc<Shared<S>>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+pub(crate) async fn run<S: Storage>(shared: Rc<Shared<S>>, mut commands: queue::Receiver<Command>) {
     let now = Instant::now();
     let checkpointed_durable_end = shared.state.borrow().durable_end;
     let mut appender = Appender {
@@ -123,7 +130,7 @@ pub(crate) async fn run<S: Storage>(
             // next group takes everything that arrived meanwhile (group commit grows with
             // load) instead of a group formed before the sync finished.
             if !appender.durability.is_full() {
-                if let Poll::Ready(command) = commands.poll_next_unpin(cx) {
+                if let Poll::Ready(command) = commands.poll_recv(cx) {
                     return Poll::Ready(Event::Command(command));
                 }
             }
@@ -138,7 +145,7 @@ pub(crate) async fn run<S: Storage>(
             Event::Command(None) => break,
             Event::Command(Some(first)) => {
                 queued.push(first);
-                while let Ok(command) = commands.try_recv() {
+                while let Some(command) = commands.try_recv() {
                     queued.push(command);
                 }
                 if appender.process(&mut queued).await {
@@ -253,10 +260,10 @@ impl<S: Storage> Appender<S> {
         }
         let shared = self.shared.clone();
         let poisoned = shared.state.borrow().poisoned.clone();
-        if let Some(reason) = poisoned {
+        if let Some(failure) = poisoned {
             fail_all(
                 &shared,
-                &reason,
+                &failure,
                 group.into_iter().map(|pending| pending.reply),
             );
             return;
@@ -267,32 +274,38 @@ impl<S: Storage> Appender<S> {
         // The roll comes before the producer checks: the producer snapshot it writes must
         // cover exactly the batches below the new segment's base offset.
         let bytes_asked: u64 = group.iter().map(|p| p.batches.len() as u64).sum();
-        if let Err(error) =
+        if let Err(failure) =
             durability::roll_if_needed(&shared, &mut self.durability, bytes_asked).await
         {
-            let reason = poison(&shared, &error);
+            poison(&shared, &failure);
             fail_all(
                 &shared,
-                &reason,
+                &failure,
                 group.into_iter().map(|pending| pending.reply),
             );
             return;
         }
-        let (group, duplicates) = admit(&shared, group);
+        let (group, duplicates, offset_next) = admit(&shared, group);
         if !group.is_empty() {
-            if let Err(reason) = self.write_group(group).await {
+            if let Err(failure) = self.write_group(group, offset_next).await {
                 let replies = duplicates.into_iter().map(|duplicate| duplicate.reply);
-                fail_all(&shared, &reason, replies);
+                fail_all(&shared, &failure, replies);
                 return;
             }
         }
         self.answer_duplicates(duplicates);
     }
 
-    /// Stamps and writes admitted appends; on failure the log is poisoned, their waiters
-    /// failed, and the reason returned.
-    async fn write_group(&mut self, group: Vec<Pending>) -> Result<(), String> {
+    /// Stamps and writes admitted appends, which `admit` recorded as ending at
+    /// `offset_next`; on failure the log is poisoned, their waiters failed, and the failure
+    /// returned.
+    async fn write_group(
+        &mut self,
+        group: Vec<Pending>,
+        offset_next: i64,
+    ) -> Result<(), StorageFailure> {
         let shared = self.shared.clone();
+        shared.state.borrow().assert_at_rest();
         let group_bytes: u64 = group
             .iter()
             .map(|pending| pending.batches.len() as u64)
@@ -301,6 +314,13 @@ impl<S: Storage> Appender<S> {
         let must_sync = self.needs_sync(&group, group_bytes);
         let acks: Vec<Ack> = group.iter().map(|pending| pending.ack).collect();
         let stamped = group::stamp(&shared, group);
+        // The producers' state recorded the admitted batches at the offsets they were
+        // just stamped with.
+        assert_eq!(
+            shared.state.borrow().offset_assign_next,
+            offset_next,
+            "stamped offsets differ from those admitted"
+        );
         let position = active_size(&shared);
         match group::write_at_tail(&shared, stamped.buffers, position, must_sync).await {
             Ok(written) => {
@@ -317,14 +337,14 @@ impl<S: Storage> Appender<S> {
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
                 Ok(())
             }
-            Err(error) => {
-                let reason = poison(&shared, &error);
+            Err(failure) => {
+                poison(&shared, &failure);
                 fail_all(
                     &shared,
-                    &reason,
+                    &failure,
                     stamped.replies.into_iter().map(|(_, reply)| reply),
                 );
-                Err(reason)
+                Err(failure)
             }
         }
     }
@@ -411,9 +431,13 @@ impl<S: Storage> Appender<S> {
 }
 
 /// Applies the idempotent-producer rules to `group` in queue order (see the module doc):
-/// returns the appends to write and the duplicates to answer; refused appends are answered
-/// here. Admitted batches are recorded with the offsets `group::stamp` will give them.
-fn admit<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> (Vec<Pending>, Vec<Duplicate>) {
+/// returns the appends to write, the duplicates to answer, and the offset after the
+/// admitted appends; refused appends are answered here. Admitted batches are recorded with
+/// the offsets `group::stamp` will give them.
+fn admit<S: Storage>(
+    shared: &Shared<S>,
+    group: Vec<Pending>,
+) -> (Vec<Pending>, Vec<Duplicate>, i64) {
     let mut state = shared.state.borrow_mut();
     let mut offset_next = state.offset_assign_next;
     let now = now_ms();
@@ -451,7 +475,7 @@ fn admit<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> (Vec<Pending>, 
         offset_next += i64::try_from(pending.info.offset_count).unwrap_or(i64::MAX);
         admitted.push(pending);
     }
-    (admitted, duplicates)
+    (admitted, duplicates, offset_next)
 }
 
 /// Milliseconds since the Unix epoch, the unit of Kafka timestamps.
@@ -472,27 +496,24 @@ fn active_size<S: Storage>(shared: &Shared<S>) -> u64 {
         .map_or(0, |segment| segment.size_bytes)
 }
 
-/// Marks the log poisoned after `error`; returns the reason later appends will see.
-pub(crate) fn poison<S: Storage>(shared: &Shared<S>, error: &LogError) -> String {
-    let reason = match std::error::Error::source(error) {
-        Some(source) => format!("{error}: {source}"),
-        None => error.to_string(),
-    };
-    tracing::error!(partition = %shared.id, reason, "storage failed; partition poisoned");
-    shared.state.borrow_mut().poisoned = Some(reason.clone());
-    reason
+/// Marks the log poisoned by `failure`, which later appends and syncs will fail with.
+pub(crate) fn poison<S: Storage>(shared: &Shared<S>, failure: &StorageFailure) {
+    tracing::error!(
+        partition = %shared.id,
+        operation = failure.operation(),
+        error = %failure.io_error(),
+        "storage failed; partition poisoned"
+    );
+    shared.state.borrow_mut().poisoned = Some(failure.clone());
 }
 
-fn fail_all<S: Storage>(
+/// Fails every waiter of `replies` with `failure`, the typed cause kept as the source.
+pub(crate) fn fail_all<S: Storage, T>(
     shared: &Shared<S>,
-    reason: &str,
-    replies: impl Iterator<Item = oneshot::Sender<Result<Appended, LogError>>>,
+    failure: &StorageFailure,
+    replies: impl Iterator<Item = oneshot::Sender<Result<T, LogError>>>,
 ) {
     for reply in replies {
-        let error = LogError::StorageFailed {
-            partition: shared.id.clone(),
-            reason: reason.to_owned(),
-        };
-        let _ = reply.send(Err(error));
+        let _ = reply.send(Err(shared.storage_failed(failure)));
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::*;
 use crate::batch::{BatchBuilder, RecordBatch};
 use crate::rt;
-use crate::storage::fault::FaultStorage;
+use crate::storage::fault::{FaultStats, FaultStorage};
 use crate::testing::values as record_values;
 
 const BATCHES: u32 = 16;
@@ -86,61 +86,191 @@ async fn workload(storage: &FaultStorage, dir: &Path) -> Vec<u32> {
     acknowledged
 }
 
-#[test]
-fn crashing_at_every_fsync_point_loses_nothing_acknowledged() {
-    let dir = Path::new("/data/crash-0");
+/// Appends the batches as concurrent tasks, one arriving per executor turn, to a log that
+/// fsyncs only for acks=all (`flush = never`): most appends `Ack::Written`, every fourth
+/// `Ack::Durable`. Groups of several appends form while others are written, and under
+/// latency the seal of a rolled segment is in flight while groups go to the next one.
+/// Returns the tags acknowledged as durable.
+async fn workload_mixed(storage: &FaultStorage, dir: &Path) -> Vec<u32> {
+    let config = TopicConfig::builder()
+        .flush(FlushPolicy::Never)
+        .segment_bytes(4096)
+        .preallocate_bytes(4096)
+        .build()
+        .unwrap();
+    let Ok(log) = PartitionLog::open(storage.clone(), dir, id(), config).await else {
+        return Vec::new();
+    };
+    // A task, not the root future: tasks take turns with the appender one by one, while
+    // the root future of `block_on` runs only between rounds of many task turns.
+    let producer = {
+        let log = log.clone();
+        rt::spawn_local(async move {
+            let mut appends = Vec::new();
+            for tag in 0..BATCHES {
+                let log = log.clone();
+                let ack = if tag % 4 == 3 {
+                    Ack::Durable
+                } else {
+                    Ack::Written
+                };
+                appends.push(rt::spawn_local(async move {
+                    (tag, ack, log.append(batch(tag), ack).await)
+                }));
+                for _ in 0..ARRIVAL_TURNS {
+                    rt::yield_now().await;
+                }
+            }
+            appends
+        })
+    };
+    let Ok(appends) = producer.await else {
+        unreachable!("the producer task runs to completion");
+    };
+    let mut acknowledged = Vec::new();
+    for append in appends {
+        let Ok((tag, ack, Ok(appended))) = append.await else {
+            continue;
+        };
+        assert_eq!(
+            appended.offset_first,
+            i64::from(tag) * RECORDS_PER_BATCH as i64
+        );
+        if ack == Ack::Durable {
+            acknowledged.push(tag);
+        }
+    }
+    let _ = log.close().await;
+    acknowledged
+}
+
+/// Executor turns between two appends of the mixed workload: about as long as an
+/// operation takes under latency, so appends trickle in while groups, syncs and seals run.
+const ARRIVAL_TURNS: usize = 24;
+
+/// How a crash test runs: the storage's latency, and the workload.
+#[derive(Clone, Copy)]
+struct CrashRun {
+    /// `None`: every operation completes at once; `Some(seed)`: seeded latency.
+    latency_seed: Option<u64>,
+    /// `workload_mixed` rather than `workload`.
+    mixed: bool,
+}
+
+/// Executor turns an operation takes at most under latency: enough for a write to still
+/// be running while a sync is issued, and for a seal to overlap the next group.
+const LATENCY_TURNS_MAX: u64 = 12;
+
+impl CrashRun {
+    fn storage(self) -> FaultStorage {
+        let storage = FaultStorage::new();
+        match self.latency_seed {
+            Some(seed) => storage.with_latency(seed, LATENCY_TURNS_MAX),
+            None => storage,
+        }
+    }
+
+    async fn workload(self, storage: &FaultStorage, dir: &Path) -> Vec<u32> {
+        if self.mixed {
+            workload_mixed(storage, dir).await
+        } else {
+            workload(storage, dir).await
+        }
+    }
+}
+
+/// Runs the workload once to count its sync points, then crashes it at every one with
+/// seeded power loss and checks that the recovered log holds everything acknowledged, in
+/// order, and nothing but whole appended batches. Every assertion names the seeds.
+/// Returns the dry run's counters.
+fn crash_at_every_sync_point(run: CrashRun, dir: &Path) -> FaultStats {
+    let latency = run.latency_seed;
     rt::block_on(async {
-        let dry = FaultStorage::new();
-        let all = workload(&dry, dir).await;
+        let dry = run.storage();
+        let all = run.workload(&dry, dir).await;
+        let durable = if run.mixed { BATCHES / 4 } else { BATCHES };
         assert_eq!(
             all.len(),
-            BATCHES as usize,
-            "the workload succeeds without faults"
+            durable as usize,
+            "latency seed {latency:?}: the workload succeeds without faults"
         );
         let sync_points = dry.sync_count();
         assert!(
-            sync_points > u64::from(BATCHES),
-            "every durable append syncs"
+            sync_points > u64::from(BATCHES) / 4,
+            "latency seed {latency:?}: durable appends sync"
         );
+        let expected: Vec<String> = (0..BATCHES)
+            .flat_map(|tag| {
+                (0..RECORDS_PER_BATCH).map(move |i| format!("{tag:04}-{i}-{}", "x".repeat(40)))
+            })
+            .collect();
         for k in 0..=sync_points {
             for seed in 0..4 {
-                let storage = FaultStorage::new();
+                let at = format!("latency seed {latency:?}, k={k}, crash seed {seed}");
+                let storage = run.storage();
                 storage.crash_at_sync(k);
-                let acknowledged = workload(&storage, dir).await;
+                let acknowledged = run.workload(&storage, dir).await;
                 let after = storage.crash_with(seed);
                 let log = PartitionLog::open(after, dir, id(), config())
                     .await
                     .unwrap();
                 let end = log.offsets().log_end;
                 let values = read_all(&log).await;
-                assert_eq!(
-                    values.len() as i64,
-                    end,
-                    "k={k} seed={seed}: readable = log end"
-                );
-                let expected: Vec<String> = (0..BATCHES)
-                    .flat_map(|tag| {
-                        (0..RECORDS_PER_BATCH)
-                            .map(move |i| format!("{tag:04}-{i}-{}", "x".repeat(40)))
-                    })
-                    .collect();
+                assert_eq!(values.len() as i64, end, "{at}: readable = log end");
                 assert_eq!(
                     values[..],
                     expected[..values.len()],
-                    "k={k}: in order, no dups"
+                    "{at}: in order, no dups"
                 );
-                let durable_records = acknowledged.len() * RECORDS_PER_BATCH;
+                let durable_records = acknowledged
+                    .iter()
+                    .map(|tag| (*tag as usize + 1) * RECORDS_PER_BATCH)
+                    .max()
+                    .unwrap_or(0);
                 assert!(
                     values.len() >= durable_records,
-                    "k={k} seed={seed}: {} acknowledged records, {} recovered",
-                    durable_records,
+                    "{at}: records up to {durable_records} acknowledged, {} recovered",
                     values.len()
                 );
                 log.close().await.unwrap();
             }
         }
+        dry.stats()
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn crashing_at_every_fsync_point_loses_nothing_acknowledged() {
+    let run = CrashRun {
+        latency_seed: None,
+        mixed: false,
+    };
+    crash_at_every_sync_point(run, Path::new("/data/crash-0"));
+}
+
+/// The same crashes with operations completing out of order after seeded delays, with
+/// the sequential durable workload and the mixed one: writes are in flight while syncs run,
+/// and a sync covers only what completed before it was issued. The runs must actually
+/// overlap writes and syncs and reorder completions, or the test proves little.
+#[test]
+fn crashing_at_every_fsync_point_under_latency_loses_nothing_acknowledged() {
+    let (mut overlaps, mut reordered) = (0, 0);
+    for latency_seed in 1..=4 {
+        for mixed in [false, true] {
+            let run = CrashRun {
+                latency_seed: Some(latency_seed),
+                mixed,
+            };
+            let stats = crash_at_every_sync_point(run, Path::new("/data/crash-latency-0"));
+            overlaps += stats.sync_write_overlaps;
+            reordered += stats.completions_reordered;
+        }
+    }
+    assert!(
+        overlaps > 0 && reordered > 0,
+        "the runs overlapped {overlaps} writes and syncs and reordered {reordered} completions"
+    );
 }
 
 #[test]
@@ -290,6 +420,95 @@ fn what_recovery_counts_as_durable_survives_a_power_loss_right_after() {
         );
         assert_eq!(read_all(&after).await.len(), visible as usize);
         after.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// The errno of the first I/O error in `error`'s source chain.
+fn errno_in_chain(error: &LogError) -> Option<i32> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = next {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        next = error.source();
+    }
+    None
+}
+
+/// The failure that poisons a partition reaches the waiters of the failing group, and every
+/// later append, typed: a full disk (ENOSPC) and a failing one (EIO) stay apart.
+#[test]
+fn the_errno_that_poisoned_a_partition_reaches_its_waiters_through_the_source_chain() {
+    rt::block_on(async {
+        // Nothing preallocated ahead: the group's first operation is its fallocate or its
+        // write, and either one failing with ENOSPC poisons the log.
+        let config = TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .preallocate_bytes(0)
+            .build()
+            .unwrap();
+        let storage = FaultStorage::new();
+        let dir = Path::new("/data/typed-poison-0");
+        let log = PartitionLog::open(storage.clone(), dir, id(), config.clone())
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth(1, libc::ENOSPC);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        assert!(matches!(failed, LogError::StorageFailed { .. }), "{failed}");
+        assert_eq!(errno_in_chain(&failed), Some(libc::ENOSPC), "{failed}");
+        let refused = log.append(batch(2), Ack::Written).await.unwrap_err();
+        assert_eq!(errno_in_chain(&refused), Some(libc::ENOSPC), "{refused}");
+        let poisoned = log.poisoned().expect("the log is poisoned");
+        assert_eq!(poisoned.io_error().raw_os_error(), Some(libc::ENOSPC));
+        drop(log);
+
+        let dir = Path::new("/data/typed-poison-1");
+        let log = PartitionLog::open(storage.clone(), dir, id(), config)
+            .await
+            .unwrap();
+        log.append(batch(0), Ack::Durable).await.unwrap();
+        storage.fail_nth_after_write(2);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        assert_eq!(errno_in_chain(&failed), Some(libc::EIO), "{failed}");
+        assert_eq!(log.poisoned().unwrap().operation(), "fdatasync");
+    })
+    .unwrap();
+}
+
+/// A read that returns wrong bytes without an error looks like damage to recovery: the
+/// scan stops at the batch whose CRC no longer matches and the log ends before it, so no
+/// byte of it (or after it) is served as a record.
+#[test]
+fn recovery_stops_at_a_batch_a_corrupted_read_returns() {
+    let dir = Path::new("/data/corrupt-read-0");
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config())
+            .await
+            .unwrap();
+        for tag in 0..3 {
+            log.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        // The process dies: no checkpoint names the segment's end, so recovery scans it.
+        drop(log);
+        let after = storage.crash_clean();
+        let second_at = batch(0).len() as u64;
+        let segment = super::segment::segment_path(dir, 0, "log");
+        after.corrupt_reads(&segment, second_at + 30..second_at + 31);
+        let log = PartitionLog::open(after, dir, id(), config())
+            .await
+            .unwrap();
+        assert_eq!(log.offsets().log_end, RECORDS_PER_BATCH as i64);
+        let values = read_all(&log).await;
+        assert_eq!(
+            values.len(),
+            RECORDS_PER_BATCH,
+            "only the batch before the damage"
+        );
+        assert!(values.iter().all(|value| value.starts_with("0000-")));
+        log.close().await.unwrap();
     })
     .unwrap();
 }

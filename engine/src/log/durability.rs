@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
-use super::appender::poison;
+use super::appender::{fail_all, poison};
 use super::segment::Segment;
-use super::{checkpoint, Appended, LogError, Shared};
+use super::{checkpoint, Appended, LogError, Shared, StorageFailure};
 use crate::limits::SYNCS_IN_FLIGHT_MAX;
 use crate::storage::{PendingSync, Storage, StorageFile};
 use crate::topic::IoMode;
@@ -135,13 +135,10 @@ impl Durability {
         match self.in_flight.back_mut() {
             Some(sync) if covered(sync) => sync.waiters.push(waiter),
             _ => {
-                // `sync_now` queues nothing only on a poisoned log.
-                let reason = shared.state.borrow().poisoned.clone().unwrap_or_default();
-                let error = LogError::StorageFailed {
-                    partition: shared.id.clone(),
-                    reason,
+                let Some(failure) = shared.state.borrow().poisoned.clone() else {
+                    unreachable!("`sync_now` queues a covering sync unless the log is poisoned");
                 };
-                let _ = waiter.1.send(Err(error));
+                let _ = waiter.1.send(Err(shared.storage_failed(&failure)));
             }
         }
     }
@@ -184,19 +181,25 @@ impl Durability {
         result: io::Result<()>,
     ) {
         if let Err(source) = result {
-            let reason = poison(shared, &shared.error_io("fdatasync", source));
+            let failure = StorageFailure::new("fdatasync", source);
+            poison(shared, &failure);
             let later = self.in_flight.drain(..).flat_map(|sync| sync.waiters);
-            for (_, reply) in done.waiters.into_iter().chain(later) {
-                let error = LogError::StorageFailed {
-                    partition: shared.id.clone(),
-                    reason: reason.clone(),
-                };
-                let _ = reply.send(Err(error));
-            }
+            let replies = done
+                .waiters
+                .into_iter()
+                .chain(later)
+                .map(|(_, reply)| reply);
+            fail_all(shared, &failure, replies);
             return;
         }
         {
             let mut state = shared.state.borrow_mut();
+            assert!(
+                done.log_end <= state.log_end,
+                "a sync covers offsets below {} past the log end {}",
+                done.log_end,
+                state.log_end
+            );
             if done.log_end > state.durable_end {
                 state.durable_end = done.log_end;
                 let active = state.segments.keys().next_back().copied();
@@ -206,6 +209,7 @@ impl Durability {
                     Some(0)
                 };
             }
+            state.assert_offsets_ordered();
         }
         self.synced_total = done.written_total;
         self.last_sync = Instant::now();
@@ -239,12 +243,12 @@ pub(crate) fn sync_now<S: Storage>(shared: &Shared<S>, durability: &mut Durabili
 
 /// Closes the active segment and opens a new one when a group of `group_bytes` would
 /// overflow it or it is older than `segment_ms`. The old segment is sealed in the
-/// background (see the module doc).
+/// background (see the module doc). A failure poisons the log (the caller does it).
 pub(crate) async fn roll_if_needed<S: Storage>(
     shared: &Rc<Shared<S>>,
     durability: &mut Durability,
     group_bytes: u64,
-) -> Result<(), LogError> {
+) -> Result<(), StorageFailure> {
     let (due, base_next, direct, interval) = {
         let state = shared.state.borrow();
         let Some(segment) = state.segments.values().next_back() else {
@@ -266,14 +270,15 @@ pub(crate) async fn roll_if_needed<S: Storage>(
     if !due {
         return Ok(());
     }
+    shared.state.borrow().assert_at_rest();
     let segment = Segment::open(&shared.storage, &shared.dir, base_next, direct, interval)
         .await
-        .map_err(|e| shared.error_io("create segment", e))?;
+        .map_err(|e| StorageFailure::new("create segment", e))?;
     shared
         .storage
         .sync_dir(&shared.dir)
         .await
-        .map_err(|e| shared.error_io("fsync directory", e))?;
+        .map_err(|e| StorageFailure::new("fsync directory", e))?;
     let (seal, log_end, old_base, old_size) = {
         let mut state = shared.state.borrow_mut();
         let log_end = state.log_end;
@@ -286,7 +291,15 @@ pub(crate) async fn roll_if_needed<S: Storage>(
         shared.prealloc.release_all();
         let seal = seal_future(shared, old);
         let (old_base, old_size) = (old.base_offset, old.size_bytes);
+        assert_eq!(
+            old.offset_next, base_next,
+            "a new segment starts where the old one ends"
+        );
         state.segments.insert(base_next, segment);
+        // Nothing of the new active segment is durable yet; the durable position of the
+        // old one must not cap (or open) reads of the new one.
+        state.durable_position = Some(0);
+        state.assert_at_rest();
         (seal, log_end, old_base, old_size)
     };
     durability.push_kind(seal, log_end, old_base, old_size, Vec::new(), false);
@@ -334,10 +347,7 @@ pub(crate) async fn seal_active<S: Storage>(
     durability.push_kind(seal.0, seal.1, seal.2, seal.3, Vec::new(), false);
     durability.drain(shared).await;
     match shared.state.borrow().poisoned.clone() {
-        Some(reason) => Err(LogError::StorageFailed {
-            partition: shared.id.clone(),
-            reason,
-        }),
+        Some(failure) => Err(shared.storage_failed(&failure)),
         None => Ok(()),
     }
 }

@@ -13,7 +13,7 @@ use futures::channel::oneshot;
 use super::appender::{now_ms, Pending};
 use super::cache::Run;
 use super::segment::BatchHeader;
-use super::{Appended, LogError, Shared};
+use super::{Appended, LogError, Shared, StorageFailure};
 use crate::batch::{self, TimestampType};
 use crate::limits::{BUF_ALIGN_BYTES, IOVECS_PER_OP_MAX};
 use crate::rt::{self, IoBuf};
@@ -98,10 +98,18 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
         let offset_first = state.offset_assign_next;
         let mut at = 0usize;
         while at < batches.len() {
+            // The batches were validated on the way in: one that does not parse now is a
+            // bug, and skipping it would write the request short while its waiter is told
+            // every offset was written.
             let Some(header) = BatchHeader::parse(&batches[at..]) else {
-                break;
+                unreachable!("a validated batch at byte {at} of an append does not parse");
             };
             let end = at + header.size_bytes as usize;
+            assert!(
+                header.size_bytes >= batch::HEADER_SIZE_BYTES as u64 && end <= batches.len(),
+                "a validated batch at byte {at} has size {}",
+                header.size_bytes
+            );
             let records_at = at + batch::HEADER_SIZE_BYTES;
             let header_at = out.copy(&batches[at..records_at]);
             let stamped_ok = batch::stamp_split(
@@ -125,7 +133,14 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
             state.offset_assign_next += count;
             at = end;
         }
-        debug_assert_eq!(pending.info.size_bytes, batches.len());
+        assert_eq!(
+            (pending.info.size_bytes, pending.info.offset_count),
+            (
+                batches.len(),
+                (state.offset_assign_next - offset_first) as u64
+            ),
+            "an append's batches stamped other bytes or offsets than were validated"
+        );
         position_in_group += batches.len() as u64;
         let appended = Appended {
             offset_first,
@@ -158,7 +173,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     buffers: Vec<Bytes>,
     position: u64,
     sync_after: bool,
-) -> Result<Written, LogError> {
+) -> Result<Written, StorageFailure> {
     let (writer, direct, allocated, step) = {
         let state = shared.state.borrow();
         let Some(segment) = state.segments.values().next_back() else {
@@ -185,7 +200,7 @@ pub(crate) async fn write_at_tail<S: Storage>(
     shared.prealloc.settle(allocated, position + group_bytes);
     if !direct {
         let (written, _, sync) = write_buffers(&writer, buffers, position, sync_after).await;
-        written.map_err(|e| shared.error_io("write", e))?;
+        written.map_err(|e| StorageFailure::new("write", e))?;
         return Ok(Written { sync, staged: None });
     }
     write_direct(shared, &writer, &buffers, position, sync_after).await
@@ -203,7 +218,7 @@ async fn preallocate<S: Storage>(
     allocated: u64,
     needed: u64,
     step_max: u64,
-) -> Result<u64, LogError> {
+) -> Result<u64, StorageFailure> {
     let segment_bytes = shared.state.borrow().config.segment_bytes();
     // Past `segment.bytes` the segment rolls: bytes preallocated there would be trimmed.
     let room_in_segment = segment_bytes.saturating_sub(allocated);
@@ -232,12 +247,12 @@ async fn preallocate<S: Storage>(
             Ok(()) => return Ok(needed),
             Err(error) => {
                 shared.prealloc.give_back(needed);
-                return Err(shared.error_io("fallocate", error));
+                return Err(StorageFailure::new("fallocate", error));
             }
         }
     }
     shared.prealloc.give_back(grow);
-    Err(shared.error_io("fallocate", error))
+    Err(StorageFailure::new("fallocate", error))
 }
 
 /// O_DIRECT append: the partial last block (kept in memory) and the new bytes are copied
@@ -249,7 +264,7 @@ async fn write_direct<S: Storage>(
     buffers: &[Bytes],
     position: u64,
     sync_after: bool,
-) -> Result<Written, LogError> {
+) -> Result<Written, StorageFailure> {
     let block = BUF_ALIGN_BYTES as u64;
     let aligned_start = position - position % block;
     let tail_len = (position - aligned_start) as usize;
@@ -278,7 +293,7 @@ async fn write_direct<S: Storage>(
     let new_tail_start = tail_len + group_bytes - new_tail_len;
     let (written, mut staging, sync) =
         write_buffers(writer, vec![staging], aligned_start, sync_after).await;
-    written.map_err(|e| shared.error_io("write", e))?;
+    written.map_err(|e| StorageFailure::new("write", e))?;
     let Some(staging) = staging.pop() else {
         unreachable!("a write returns the buffers it was given");
     };
@@ -345,15 +360,53 @@ pub(crate) fn finish<S: Storage>(
     }
     {
         let mut state = shared.state.borrow_mut();
+        assert_stamped_contiguous(
+            headers,
+            state.log_end,
+            state.offset_assign_next,
+            group_bytes,
+        );
         let log_end = state.offset_assign_next;
         let Some(segment) = state.segments.values_mut().next_back() else {
             unreachable!("a log always has an active segment");
         };
+        assert_eq!(
+            segment.size_bytes, position,
+            "the active segment's end moved while its group was written"
+        );
         for (header, position_in_group) in headers {
             segment.on_batch_written(header, position + position_in_group);
         }
         segment.size_bytes = position + group_bytes;
         state.log_end = log_end;
+        state.assert_at_rest();
     }
     shared.notify_waiters();
+}
+
+/// Asserts that a group's stamped batches follow each other without gaps, in offsets from
+/// `log_end` (where the log ended before the group) to `offset_assign_next`, and in bytes
+/// from the group's start to its `group_bytes`.
+fn assert_stamped_contiguous(
+    headers: &[(BatchHeader, u64)],
+    log_end: i64,
+    offset_assign_next: i64,
+    group_bytes: u64,
+) {
+    let (mut offset_next, mut position_next) = (log_end, 0);
+    for (header, position_in_group) in headers {
+        assert!(
+            header.base_offset == offset_next && *position_in_group == position_next,
+            "stamped batch at offset {} and group byte {position_in_group}, expected \
+             {offset_next} and {position_next}",
+            header.base_offset
+        );
+        offset_next = header.last_offset + 1;
+        position_next += header.size_bytes;
+    }
+    assert_eq!(
+        (offset_next, position_next),
+        (offset_assign_next, group_bytes),
+        "a group's batches end where its offsets and bytes do"
+    );
 }

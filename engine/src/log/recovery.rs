@@ -5,37 +5,95 @@
 //! active segment is scanned from the checkpointed position — the whole segment if there
 //! is no usable checkpoint — batch by batch with the one batch validator (length, magic,
 //! CRC, record count) plus offset contiguity; the file is cut after the last whole valid
-//! batch. A torn or garbage tail is therefore never served. Recovery time grows with the
-//! bytes written since the last checkpoint, not with the size of the log.
+//! batch. A torn or garbage tail is therefore never served. Why a scan stopped is a
+//! [`ScanStop`], named in the "partition recovered" line, and a stop that means damage (a
+//! bad batch that is not merely cut short, or a break in offsets) is also logged as a
+//! warning. Recovery time grows with the bytes written since the last checkpoint, not with
+//! the size of the log.
+//!
+//! Batch lengths and header fields are read through the layout of `batch/layout.rs`, and
+//! every I/O error becomes a [`LogError`] through `LogError::io`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use super::checkpoint::{self, Checkpoint};
 use super::segment::{parse_segment_name, segment_path, BatchHeader, Segment};
 use super::{LogError, PartitionId, Shared, State};
-use crate::batch;
+use crate::batch::{self, BatchError};
 use crate::limits::{BATCH_SIZE_BYTES_MAX, BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_BYTES};
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{IoMode, TopicConfig};
 
-/// A mapper of an I/O error of `operation` on partition `id` to the log's error.
-fn io_error(id: &PartitionId, operation: &'static str) -> impl FnOnce(std::io::Error) -> LogError {
-    let partition = id.clone();
-    move |source| LogError::Io {
-        partition,
-        operation,
-        source,
+/// Recovery's mapper of an I/O error of `operation` on partition `id` to the log's error
+/// (through [`LogError::io`], the one constructor), for `map_err`.
+fn io_error<'a>(
+    id: &'a PartitionId,
+    operation: &'static str,
+) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+    move |source| LogError::io(id, operation, source)
+}
+
+/// Why the scan of a segment stopped where it did. Positions are byte positions in the
+/// segment file; the scan keeps everything before them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// Whole valid batches up to the end of the file.
+    EndOfFile,
+    /// Zeros where the next batch would start: bytes preallocated (or, in direct mode,
+    /// padding) past the last write. The usual end of an active segment after a crash.
+    Zeros { position: u64 },
+    /// The bytes at `position` are not a valid batch: a torn write, a batch cut short by
+    /// the end of the file, or damage.
+    Invalid { position: u64, error: BatchError },
+    /// A valid batch at `position` whose base offset is not the one that follows the batch
+    /// before it.
+    OffsetGap {
+        position: u64,
+        offset: i64,
+        expected: i64,
+    },
+}
+
+impl ScanStop {
+    /// Whether the stop means damage rather than the end of what was written.
+    pub(crate) fn is_damage(&self) -> bool {
+        match self {
+            ScanStop::EndOfFile | ScanStop::Zeros { .. } => false,
+            ScanStop::Invalid { error, .. } => !matches!(error, BatchError::Truncated { .. }),
+            ScanStop::OffsetGap { .. } => true,
+        }
+    }
+}
+
+impl fmt::Display for ScanStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScanStop::EndOfFile => f.write_str("end of file"),
+            ScanStop::Zeros { position } => write!(f, "zeros from byte {position}"),
+            ScanStop::Invalid { position, error } => {
+                write!(f, "invalid batch at byte {position}: {error}")
+            }
+            ScanStop::OffsetGap {
+                position,
+                offset,
+                expected,
+            } => write!(
+                f,
+                "batch at byte {position} has offset {offset}, expected {expected}"
+            ),
+        }
     }
 }
 
 /// What the scan of one segment found.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scan {
     valid_bytes: u64,
     batches: u64,
-    stopped_by: Option<String>,
+    stop: ScanStop,
 }
 
 pub(crate) async fn open<S: Storage>(
@@ -84,9 +142,17 @@ pub(crate) async fn open<S: Storage>(
         log_end,
         scanned_batches = scan.batches,
         valid_bytes = scan.valid_bytes,
-        stopped_by = scan.stopped_by.as_deref().unwrap_or("end of segment"),
+        stopped_by = %scan.stop,
         "partition recovered"
     );
+    if scan.stop.is_damage() {
+        tracing::warn!(
+            partition = %id,
+            segment = active_base,
+            stopped_by = %scan.stop,
+            "active segment damaged; cut after its last valid batch"
+        );
+    }
     // The log starts with no charge on the preallocation budget: nothing past the valid
     // bytes is left preallocated.
     assert_eq!(
@@ -105,6 +171,7 @@ pub(crate) async fn open<S: Storage>(
         config,
         producers: super::producers::Producers::default(),
     };
+    state.assert_at_rest();
     Ok(Shared {
         id,
         dir: dir.to_path_buf(),
@@ -190,6 +257,14 @@ async fn open_closed<S: Storage>(
         tracing::warn!(partition = %id, segment = base, "index files unusable; rebuilding");
     }
     let scan = scan_and_index(&mut segment, start, id).await?;
+    if scan.stop.is_damage() {
+        tracing::warn!(
+            partition = %id,
+            segment = base,
+            stopped_by = %scan.stop,
+            "closed segment damaged; cut after its last valid batch"
+        );
+    }
     if let crate::index::MaxTimestamp::Known { timestamp_ms, .. } =
         segment.index.time_index().max_timestamp()
     {
@@ -301,7 +376,7 @@ async fn recover_active<S: Storage>(
 
 /// Scans the segment from `start` (a batch boundary, with `segment.offset_next` the offset
 /// expected there), indexing every valid batch, until the end of the file or the first
-/// batch that fails validation or breaks offset contiguity.
+/// batch that fails validation or breaks offset contiguity (see [`ScanStop`]).
 async fn scan_and_index<S: Storage>(
     segment: &mut Segment<S>,
     start: u64,
@@ -310,13 +385,14 @@ async fn scan_and_index<S: Storage>(
     let file_end = segment.allocated_bytes;
     let mut scan = Scan {
         valid_bytes: start,
-        ..Scan::default()
+        batches: 0,
+        stop: ScanStop::EndOfFile,
     };
     // One buffer for the whole scan: the unconsumed tail of a chunk (a batch cut by the
     // chunk's end) stays at its front and the next read appends after it.
     let mut pending: Vec<u8> = Vec::with_capacity(RECOVERY_READ_CHUNK_BYTES);
     let mut read_at = start;
-    loop {
+    scan.stop = loop {
         // Room for the batch at the front (however large) and at least half a chunk more.
         let need = pending_need(&pending).max(pending.len() + RECOVERY_READ_CHUNK_BYTES / 2);
         pending.reserve(need.saturating_sub(pending.len()));
@@ -325,67 +401,200 @@ async fn scan_and_index<S: Storage>(
             .read_append(read_at, std::mem::take(&mut pending))
             .await;
         pending = filled;
-        let read = read.map_err(|source| LogError::Io {
-            partition: id.clone(),
-            operation: "read segment",
-            source,
-        })?;
+        let read = read.map_err(io_error(id, "read segment"))?;
         read_at += read as u64;
         let at_end = read_at >= file_end || read == 0;
-        let consumed = index_valid_prefix(segment, &pending, &mut scan, at_end);
+        let (consumed, stop) = index_valid_prefix(segment, &pending, &mut scan, at_end);
         pending.drain(..consumed);
-        if scan.stopped_by.is_some() || at_end {
-            break;
+        if let Some(stop) = stop {
+            break stop;
         }
-    }
-    if scan.stopped_by.is_none() && !pending.is_empty() {
-        scan.stopped_by = Some(format!("{} trailing bytes", pending.len()));
-    }
+        if at_end {
+            // The validator consumes every byte or names the batch it stopped at.
+            assert!(
+                pending.is_empty(),
+                "a scan ended with bytes it did not judge"
+            );
+            break ScanStop::EndOfFile;
+        }
+    };
     segment.size_bytes = scan.valid_bytes;
+    // The next batch goes exactly where the scan stopped, whatever the index files knew.
+    segment.index.set_end(segment.offset_next, scan.valid_bytes);
     Ok(scan)
 }
 
 /// Bytes needed to hold the batch `pending` starts with, if its length field is readable.
 fn pending_need(pending: &[u8]) -> usize {
-    pending
-        .get(8..12)
-        .and_then(|field| field.try_into().ok())
-        .map(i32::from_be_bytes)
-        .and_then(|length| usize::try_from(length).ok())
-        .map_or(0, |length| (12 + length).min(BATCH_SIZE_BYTES_MAX))
+    batch::declared_size_bytes(pending).map_or(0, |size| size.min(BATCH_SIZE_BYTES_MAX))
 }
 
-/// Indexes the whole valid batches at the front of `bytes`; returns the bytes consumed.
-/// Stops the scan (sets `stopped_by`) at an invalid batch, or at a truncated one if no more
-/// bytes will come.
+/// Indexes the whole valid batches at the front of `bytes`; returns the bytes consumed and,
+/// if the scan must stop, why: at an invalid batch, a break in offsets, or a truncated
+/// batch if no more bytes will come (`at_end`).
 fn index_valid_prefix<S: Storage>(
     segment: &mut Segment<S>,
     bytes: &[u8],
     scan: &mut Scan,
     at_end: bool,
-) -> usize {
+) -> (usize, Option<ScanStop>) {
     let prefix = batch::validate_prefix(bytes, BATCH_SIZE_BYTES_MAX);
     let mut at = 0usize;
     while at < prefix.valid.size_bytes {
         let Some(header) = BatchHeader::parse(&bytes[at..]) else {
-            break;
+            unreachable!("a batch the validator accepted has a whole header");
         };
         if header.base_offset != segment.offset_next {
-            scan.stopped_by = Some(format!(
-                "batch at byte {} has offset {}, expected {}",
-                scan.valid_bytes, header.base_offset, segment.offset_next
-            ));
-            return at;
+            let stop = ScanStop::OffsetGap {
+                position: scan.valid_bytes,
+                offset: header.base_offset,
+                expected: segment.offset_next,
+            };
+            return (at, Some(stop));
         }
         segment.on_batch_written(&header, scan.valid_bytes);
         scan.valid_bytes += header.size_bytes;
         scan.batches += 1;
         at += header.size_bytes as usize;
     }
-    match prefix.error {
-        Some(batch::BatchError::Truncated { .. }) if !at_end => {}
-        Some(error) => scan.stopped_by = Some(error.to_string()),
-        None => {}
+    assert_eq!(
+        at, prefix.valid.size_bytes,
+        "indexed exactly the valid prefix"
+    );
+    let position = scan.valid_bytes;
+    let stop = match prefix.error {
+        None => None,
+        Some(BatchError::Truncated { .. }) if !at_end => None,
+        Some(_) if is_zeros(&bytes[at..]) => Some(ScanStop::Zeros { position }),
+        Some(error) => Some(ScanStop::Invalid { position, error }),
+    };
+    (at, stop)
+}
+
+/// Whether `rest` starts with a header's worth of zeros (or is all zeros, if shorter): no
+/// batch does, since its length and magic are never zero.
+fn is_zeros(rest: &[u8]) -> bool {
+    !rest.is_empty()
+        && rest
+            .iter()
+            .take(batch::HEADER_SIZE_BYTES)
+            .all(|&byte| byte == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+    use crate::rt;
+    use crate::storage::fault::FaultStorage;
+
+    const DIR: &str = "/data/scan-0";
+
+    fn id() -> PartitionId {
+        PartitionId {
+            topic: std::sync::Arc::from("scan"),
+            partition: 0,
+        }
     }
-    at
+
+    /// A batch of `records` records at `base_offset`.
+    fn batch_at(base_offset: i64, records: usize) -> Vec<u8> {
+        let mut builder = BatchBuilder::new().base_offset(base_offset);
+        for i in 0..records {
+            let value = format!("value-{i}");
+            builder.push(0, None, Some(value.as_bytes()), &[]).unwrap();
+        }
+        builder.build()
+    }
+
+    /// Scans, from its start, segment 0 holding `bytes`.
+    fn scan(bytes: &[u8]) -> Scan {
+        rt::block_on(async {
+            let storage = FaultStorage::new();
+            let dir = Path::new(DIR);
+            storage.put_file(&segment_path(dir, 0, "log"), bytes);
+            let mut segment = Segment::open_read_only(&storage, dir, 0, 4096)
+                .await
+                .unwrap();
+            let scan = scan_and_index(&mut segment, 0, &id()).await.unwrap();
+            assert_eq!(segment.size_bytes, scan.valid_bytes);
+            scan
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_scan_says_why_it_stopped() {
+        let (first, second) = (batch_at(0, 3), batch_at(3, 2));
+        let whole = [first.clone(), second.clone()].concat();
+        let len = whole.len() as u64;
+
+        let clean = scan(&whole);
+        assert_eq!((clean.batches, clean.valid_bytes), (2, len));
+        assert_eq!(clean.stop, ScanStop::EndOfFile);
+
+        let preallocated = scan(&[whole.clone(), vec![0; 4096]].concat());
+        assert_eq!(preallocated.stop, ScanStop::Zeros { position: len });
+        assert!(!preallocated.stop.is_damage());
+
+        let torn = scan(&[whole.clone(), batch_at(5, 1)[..40].to_vec()].concat());
+        assert!(
+            matches!(
+                torn.stop,
+                ScanStop::Invalid { position, error: BatchError::Truncated { .. } }
+                    if position == len
+            ),
+            "{}",
+            torn.stop
+        );
+        assert!(!torn.stop.is_damage(), "a torn last write is no damage");
+
+        let mut damaged = whole.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        let damaged = scan(&damaged);
+        assert_eq!(damaged.valid_bytes, first.len() as u64);
+        assert!(
+            matches!(
+                damaged.stop,
+                ScanStop::Invalid { position, error: BatchError::CrcMismatch { .. } }
+                    if position == first.len() as u64
+            ),
+            "{}",
+            damaged.stop
+        );
+        assert!(damaged.stop.is_damage());
+
+        let gap = scan(&[first.clone(), batch_at(7, 2)].concat());
+        let expected = ScanStop::OffsetGap {
+            position: first.len() as u64,
+            offset: 7,
+            expected: 3,
+        };
+        assert_eq!(gap.stop, expected);
+        assert!(gap.stop.is_damage());
+        assert_eq!(
+            gap.stop.to_string(),
+            format!("batch at byte {} has offset 7, expected 3", first.len())
+        );
+    }
+
+    #[test]
+    fn a_scan_reads_a_batch_larger_than_its_chunk_whole() {
+        let values = RECOVERY_READ_CHUNK_BYTES / 1000 + 1;
+        let mut builder = BatchBuilder::new();
+        for _ in 0..values {
+            builder.push(0, None, Some(&[7; 1000]), &[]).unwrap();
+        }
+        let large = builder.build();
+        assert!(large.len() > RECOVERY_READ_CHUNK_BYTES);
+        let whole = [large.clone(), batch_at(values as i64, 1)].concat();
+        let scanned = scan(&whole);
+        assert_eq!((scanned.batches, scanned.stop), (2, ScanStop::EndOfFile));
+        assert_eq!(
+            pending_need(&large[..batch::LOG_OVERHEAD_BYTES]),
+            large.len()
+        );
+        assert_eq!(pending_need(&large[..batch::LOG_OVERHEAD_BYTES - 1]), 0);
+    }
 }

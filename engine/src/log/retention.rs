@@ -86,6 +86,7 @@ pub(crate) async fn delete_before<S: Storage>(
         for base in &removed {
             state.segments.remove(base);
         }
+        state.assert_offsets_ordered();
         (removed, state.log_start)
     };
     if let Some(key) = shared.cache_key.get() {
@@ -172,6 +173,7 @@ pub(crate) async fn truncate_to<S: Storage>(
     // snapshot at or below the new end (later ones are removed) and the log after it.
     super::producers::load(shared).await?;
     checkpoint::write(shared, false).await?;
+    shared.state.borrow().assert_at_rest();
     shared.notify_waiters();
     Ok(())
 }
@@ -222,6 +224,7 @@ async fn cut_active_segment<S: Storage>(shared: &Shared<S>, offset: i64) -> Resu
         state.offset_assign_next = cut_offset;
         state.durable_end = state.durable_end.min(cut_offset);
         state.durable_position = state.durable_position.map(|p| p.min(cut_position));
+        state.assert_offsets_ordered();
     }
     Ok(())
 }

@@ -12,17 +12,18 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::batch;
 use crate::index::SegmentIndex;
 use crate::limits::BUF_ALIGN_BYTES;
 use crate::rt::AlignedBuf;
 use crate::storage::{OpenFlags, Storage, StorageFile};
 
-/// Bytes of the batch header fields the log reads without parsing a whole batch: base
-/// offset (i64 @0), batch length (i32 @8), last offset delta (i32 @23), max timestamp
-/// (i64 @35), producer id (i64 @43), producer epoch (i16 @51), base sequence (i32 @53);
-/// see the table in `batch/layout.rs`. Every valid batch is longer (61 bytes at least).
-pub(crate) const HEADER_PREFIX_BYTES: usize = 57;
-const _: () = assert!(HEADER_PREFIX_BYTES <= crate::batch::HEADER_SIZE_BYTES);
+/// Bytes of the batch header fields the log reads without parsing a whole batch: every
+/// field before `recordCount` in the table of `batch/layout.rs` (base offset, batch length,
+/// last offset delta, max timestamp, producer id, epoch, base sequence). Every valid batch
+/// is longer (61 bytes at least).
+pub(crate) const HEADER_PREFIX_BYTES: usize = batch::RECORD_COUNT_AT;
+const _: () = assert!(HEADER_PREFIX_BYTES <= batch::HEADER_SIZE_BYTES);
 
 /// The file of segment `base_offset` with `extension` in `dir`.
 pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> PathBuf {
@@ -55,23 +56,18 @@ impl BatchHeader {
     /// Reads the header fields from the first [`HEADER_PREFIX_BYTES`] of a batch that was
     /// validated when it was written (or at recovery).
     pub(crate) fn parse(bytes: &[u8]) -> Option<BatchHeader> {
-        let field = |at: usize, len: usize| bytes.get(at..at + len);
-        let base_offset = i64::from_be_bytes(field(0, 8)?.try_into().ok()?);
-        let batch_length = i32::from_be_bytes(field(8, 4)?.try_into().ok()?);
-        let last_offset_delta = i32::from_be_bytes(field(23, 4)?.try_into().ok()?);
-        let max_timestamp = i64::from_be_bytes(field(35, 8)?.try_into().ok()?);
-        let producer_id = i64::from_be_bytes(field(43, 8)?.try_into().ok()?);
-        let producer_epoch = i16::from_be_bytes(field(51, 2)?.try_into().ok()?);
-        let base_sequence = i32::from_be_bytes(field(53, 4)?.try_into().ok()?);
-        let batch_length = u64::try_from(batch_length).ok()?;
+        let header = bytes.get(..HEADER_PREFIX_BYTES)?;
+        let size_bytes = batch::declared_size_bytes(header)? as u64;
+        let base_offset = batch::read_i64(header, batch::BASE_OFFSET_AT);
+        let last_offset_delta = batch::read_i32(header, batch::LAST_OFFSET_DELTA_AT);
         Some(BatchHeader {
             base_offset,
-            size_bytes: 12 + batch_length,
-            last_offset: base_offset + i64::from(last_offset_delta),
-            max_timestamp,
-            producer_id,
-            producer_epoch,
-            base_sequence,
+            size_bytes,
+            last_offset: base_offset.saturating_add(i64::from(last_offset_delta)),
+            max_timestamp: batch::read_i64(header, batch::MAX_TIMESTAMP_AT),
+            producer_id: batch::read_i64(header, batch::PRODUCER_ID_AT),
+            producer_epoch: batch::read_i16(header, batch::PRODUCER_EPOCH_AT),
+            base_sequence: batch::read_i32(header, batch::BASE_SEQUENCE_AT),
         })
     }
 }

@@ -11,7 +11,17 @@
 //! crash. Open handles refer to the inode, not the name, as on Unix: a handle keeps working
 //! after its file is renamed or removed. Directories themselves are durable as soon as
 //! `create_dir_all` returns (a simplification: the log never depends on losing one).
-//! Every method completes without suspending.
+//!
+//! Time. By default every method completes without suspending. With seeded latency
+//! ([`FaultStorage::with_latency`]) each operation takes a pseudo-random number of executor
+//! turns: a mutating operation passes the fault gate (and is counted) when it is issued and
+//! takes effect when it completes, so operations issued together complete out of order and
+//! writes can be in flight while a sync runs. A sync covers exactly the writes completed
+//! before it was issued: it takes the dirty bytes and the size at issue and makes them
+//! durable at completion, together with every sync of the file issued before it (a sync
+//! never returns before the writeback earlier ones started, so the durable image never
+//! goes back to older bytes). An operation in flight when the process dies fails with EIO
+//! and changes nothing.
 //!
 //! Faults it can inject:
 //! - **Fail the n-th mutating operation** ([`FaultStorage::fail_nth`]): it returns the
@@ -42,6 +52,9 @@
 //!   with ENOSPC and changes nothing. [`FaultStorage::free_bytes`] says what is left, as
 //!   statvfs would. A removed or replaced file's bytes are free at once, even while a
 //!   handle still holds it (a simplification), and whatever it then grows is not counted.
+//! - **Reads that return wrong data** ([`FaultStorage::corrupt_reads`]): reads of a chosen
+//!   byte range of a file come back with every bit flipped, without an error, while the
+//!   file itself is unchanged (a bad cable or controller; bit rot as the reader sees it).
 //! - **O_DIRECT misuse**: writes to a file opened `direct` must be 512-byte aligned in
 //!   offset, length and memory, or fail with EINVAL, as the kernel would.
 //!
@@ -81,12 +94,18 @@ pub enum Fault {
 pub struct FaultStats {
     /// Calls of mutating operations (the count `fail_nth` indexes).
     pub ops_mutating: u64,
-    /// Syncs that took effect.
+    /// Sync points passed: syncs the gate let through when they were issued (with latency,
+    /// the last may still be in flight).
     pub syncs: u64,
     /// Mutating operations failed by an injected fault or by a dead process.
     pub ops_failed: u64,
     /// Bytes `write_at` landed in `written`.
     pub bytes_written: u64,
+    /// Times a write and a sync (to any files) were in flight together (under latency): how
+    /// often a workload exercised syncs that must not cover writes still running.
+    pub sync_write_overlaps: u64,
+    /// Operations that completed before one issued earlier (under latency).
+    pub completions_reordered: u64,
 }
 
 /// An in-memory storage whose faults tests control; clones share one state.
@@ -110,11 +129,23 @@ type InodeId = u64;
 struct Inode {
     written: Vec<u8>,
     durable: Vec<u8>,
-    /// Byte ranges written or grown since the last sync: sorted, disjoint, not adjacent,
-    /// within `written`.
+    /// Byte ranges written or grown since the last sync was issued: sorted, disjoint, not
+    /// adjacent, within `written`.
     dirty: Vec<Range<u64>>,
+    /// Syncs issued and not yet completed, oldest first: what each will make durable.
+    syncing: Vec<SyncSnapshot>,
+    sync_id_next: u64,
     /// No name refers to the inode any more: its bytes no longer count as used.
     unnamed: bool,
+}
+
+/// What a sync makes durable when it completes: the dirty bytes and the size as they were
+/// when it was issued, so a write completing while it runs is not covered by it.
+#[derive(Debug, Clone)]
+struct SyncSnapshot {
+    id: u64,
+    pieces: Vec<(usize, Vec<u8>)>,
+    len: usize,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -141,6 +172,23 @@ struct State {
     capacity_bytes: Option<u64>,
     /// Bytes of the files that a name refers to (`written` images).
     used_bytes: u64,
+    /// Seeded latency: how long each operation takes (see [`FaultStorage::with_latency`]).
+    latency: Option<Latency>,
+    /// Byte ranges of inodes whose reads come back with every bit flipped.
+    read_corruptions: Vec<(InodeId, Range<u64>)>,
+    /// Writes and syncs issued and not yet completed.
+    writes_in_flight: u64,
+    syncs_in_flight: u64,
+    /// Operations delayed so far, and the issue numbers of those still in flight.
+    delays_issued: u64,
+    delays_in_flight: std::collections::BTreeSet<u64>,
+}
+
+/// Each operation takes a pseudo-random number of executor turns, up to `turns_max`.
+#[derive(Debug)]
+struct Latency {
+    rng: Rng,
+    turns_max: u64,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
@@ -203,6 +251,59 @@ impl FaultStorage {
         storage
     }
 
+    /// This storage with seeded latency: from now on every operation (reads, `size` and
+    /// the mutating ones) takes a pseudo-random number of executor turns between 0 and
+    /// `turns_max`, drawn from `seed`, before it completes. Operations issued together
+    /// complete out of order, and a write can be in flight while a sync runs; a sync makes
+    /// durable only what was written before it was issued. With the default (no latency)
+    /// every operation completes without suspending.
+    ///
+    /// The latency is counted in executor turns (`yield_now`), not in time: the order in
+    /// which operations complete then depends only on the seed and the workload, not on the
+    /// machine's speed, so a failing seed replays exactly.
+    #[must_use]
+    pub fn with_latency(self, seed: u64, turns_max: u64) -> FaultStorage {
+        self.state.borrow_mut().latency = Some(Latency {
+            rng: Rng(seed),
+            turns_max,
+        });
+        self
+    }
+
+    /// From now on reads of bytes `range` of the file now at `path` return them with every
+    /// bit flipped (a medium that returns wrong data without an error); what the file holds
+    /// does not change. Lasts as long as this storage (a crash forgets it).
+    pub fn corrupt_reads(&self, path: &Path, range: Range<u64>) {
+        let mut state = self.state.borrow_mut();
+        let Some(id) = state.lookup(path, false) else {
+            panic!("no file {} to corrupt reads of", path.display());
+        };
+        state.read_corruptions.push((id, range));
+    }
+
+    /// Waits out the latency of the operation just issued.
+    async fn delay(&self) {
+        let (turns, issued) = {
+            let mut state = self.state.borrow_mut();
+            let Some(latency) = state.latency.as_mut() else {
+                return;
+            };
+            let turns = latency.rng.below(latency.turns_max + 1);
+            let issued = state.delays_issued;
+            state.delays_issued += 1;
+            state.delays_in_flight.insert(issued);
+            (turns, issued)
+        };
+        for _ in 0..turns {
+            rt::yield_now().await;
+        }
+        let mut state = self.state.borrow_mut();
+        if state.delays_in_flight.first() != Some(&issued) {
+            state.stats.completions_reordered += 1;
+        }
+        state.delays_in_flight.remove(&issued);
+    }
+
     /// Makes the `n`-th mutating operation from now (`n = 1` is the next) fail with
     /// `errno` without effect. Later operations are unaffected.
     pub fn fail_nth(&self, n: u64, errno: i32) {
@@ -253,7 +354,8 @@ impl FaultStorage {
         self.state.borrow().dead
     }
 
-    /// Syncs (`sync_data`, `write_at` with `sync_after`, `sync_dir`) that took effect.
+    /// Syncs (`sync_data`, `write_at` with `sync_after`, `sync_dir`) issued and let through:
+    /// the sync points [`crash_at_sync`](Self::crash_at_sync) counts.
     pub fn sync_count(&self) -> u64 {
         self.state.borrow().stats.syncs
     }
@@ -370,6 +472,35 @@ impl State {
         verdict
     }
 
+    /// After an operation's latency: EIO, and no effect, if the process died while it was
+    /// in flight (a sync point after it was issued killed it).
+    fn survived(&mut self) -> io::Result<()> {
+        if self.dead {
+            self.stats.ops_failed += 1;
+            return Err(errno(libc::EIO));
+        }
+        Ok(())
+    }
+
+    /// What a read of `len` bytes at `offset` of inode `id` returns: `written`, with the
+    /// bytes of corrupted ranges flipped.
+    fn read(&self, id: InodeId, offset: u64, len: usize) -> Vec<u8> {
+        let written = &self.inodes[&id].written;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(written.len());
+        let end = start.saturating_add(len).min(written.len());
+        let mut bytes = written[start..end].to_vec();
+        for (_, range) in self.read_corruptions.iter().filter(|(at, _)| *at == id) {
+            let from = range.start.max(start as u64);
+            let to = range.end.min(end as u64);
+            for at in from..to {
+                bytes[at as usize - start] ^= 0xff;
+            }
+        }
+        bytes
+    }
+
     /// Gates an operation that either proceeds or fails without effect.
     fn gate_plain(&mut self, op: Op) -> io::Result<()> {
         match self.gate(op) {
@@ -460,8 +591,7 @@ impl State {
                     let inode = Inode {
                         written: bytes.clone(),
                         durable: bytes,
-                        dirty: vec![],
-                        unnamed: false,
+                        ..Inode::default()
                     };
                     inodes.insert(*id, inode);
                 }
@@ -495,24 +625,29 @@ impl State {
     }
 }
 
+/// Adds `range` to `ranges` (sorted, disjoint, not adjacent), merging what it touches.
+fn merge_range(ranges: &mut Vec<Range<u64>>, range: Range<u64>) {
+    if range.is_empty() {
+        return;
+    }
+    let mut merged = range;
+    let mut kept = Vec::with_capacity(ranges.len() + 1);
+    for old in ranges.drain(..) {
+        if old.end < merged.start || merged.end < old.start {
+            kept.push(old);
+        } else {
+            merged = merged.start.min(old.start)..merged.end.max(old.end);
+        }
+    }
+    let at = kept.partition_point(|old| old.start < merged.start);
+    kept.insert(at, merged);
+    *ranges = kept;
+}
+
 impl Inode {
     /// Marks bytes `range` dirty.
     fn mark_dirty(&mut self, range: Range<u64>) {
-        if range.is_empty() {
-            return;
-        }
-        let mut merged = range;
-        let mut kept = Vec::with_capacity(self.dirty.len() + 1);
-        for old in self.dirty.drain(..) {
-            if old.end < merged.start || merged.end < old.start {
-                kept.push(old);
-            } else {
-                merged = merged.start.min(old.start)..merged.end.max(old.end);
-            }
-        }
-        let at = kept.partition_point(|old| old.start < merged.start);
-        kept.insert(at, merged);
-        self.dirty = kept;
+        merge_range(&mut self.dirty, range);
     }
 
     /// Grows `written` with zeros to `len` bytes; the growth is dirty like a write.
@@ -542,26 +677,77 @@ impl Inode {
         self.dirty.retain(|range| !range.is_empty());
     }
 
-    /// Writes the dirty bytes and the size through to `durable`.
+    /// Writes the dirty bytes and the size through to `durable` at once.
     fn sync(&mut self) {
-        self.durable.resize(self.written.len(), 0);
-        for range in self.dirty.drain(..) {
-            let range = range.start as usize..range.end as usize;
-            self.durable[range.clone()].copy_from_slice(&self.written[range]);
+        let id = self.begin_sync();
+        self.finish_sync(id);
+    }
+
+    /// Issues a sync: it will make durable the dirty bytes and the size as they are now
+    /// (and only those). Returns its id for [`Inode::finish_sync`].
+    fn begin_sync(&mut self) -> u64 {
+        let id = self.sync_id_next;
+        self.sync_id_next += 1;
+        let pieces = self
+            .dirty
+            .drain(..)
+            .map(|range| {
+                let range = range.start as usize..range.end as usize;
+                (range.start, self.written[range].to_vec())
+            })
+            .collect();
+        let len = self.written.len();
+        self.syncing.push(SyncSnapshot { id, pieces, len });
+        id
+    }
+
+    /// Completes sync `id`, and every sync issued before it that is still running: a sync
+    /// waits for the writeback earlier ones started, so it never returns before them.
+    /// Applying them oldest first keeps `durable` from going back to older bytes.
+    fn finish_sync(&mut self, id: u64) {
+        let Some(last) = self.syncing.iter().position(|sync| sync.id == id) else {
+            return;
+        };
+        for sync in self.syncing.drain(..=last) {
+            self.durable.resize(sync.len, 0);
+            for (start, bytes) in sync.pieces {
+                let end = (start + bytes.len()).min(sync.len);
+                if start < end {
+                    self.durable[start..end].copy_from_slice(&bytes[..end - start]);
+                }
+            }
         }
     }
 
-    /// The dirty bytes cut at sector boundaries, in offset order: (sector index, bytes).
-    fn dirty_pieces(&self) -> impl Iterator<Item = (u64, Range<usize>)> + '_ {
-        self.dirty.iter().flat_map(|range| {
+    /// Byte ranges of `written` not known to be durable: dirty, or covered by a sync still
+    /// running. Sorted, disjoint, within `written`.
+    fn unsynced(&self) -> Vec<Range<u64>> {
+        let mut ranges = self.dirty.clone();
+        for sync in &self.syncing {
+            for (start, bytes) in &sync.pieces {
+                merge_range(&mut ranges, *start as u64..(start + bytes.len()) as u64);
+            }
+        }
+        let len = self.written.len() as u64;
+        for range in &mut ranges {
+            range.end = range.end.min(len);
+        }
+        ranges.retain(|range| !range.is_empty());
+        ranges
+    }
+
+    /// The unsynced bytes cut at sector boundaries, in offset order: (sector index, bytes).
+    fn dirty_pieces(&self) -> Vec<(u64, Range<usize>)> {
+        let mut pieces = Vec::new();
+        for range in self.unsynced() {
             let sectors = range.start / SECTOR_BYTES..range.end.div_ceil(SECTOR_BYTES);
-            let range = range.clone();
-            sectors.map(move |sector| {
+            for sector in sectors {
                 let start = (sector * SECTOR_BYTES).max(range.start);
                 let end = ((sector + 1) * SECTOR_BYTES).min(range.end);
-                (sector, start as usize..end as usize)
-            })
-        })
+                pieces.push((sector, start as usize..end as usize));
+            }
+        }
+        pieces
     }
 
     /// The bytes a power loss leaves: `durable` with the dirty bytes of a prefix of the
@@ -574,14 +760,15 @@ impl Inode {
         let Some(rng) = rng else {
             return image;
         };
-        let mut sectors: Vec<u64> = self.dirty_pieces().map(|(sector, _)| sector).collect();
+        let pieces = self.dirty_pieces();
+        let mut sectors: Vec<u64> = pieces.iter().map(|(sector, _)| *sector).collect();
         sectors.dedup();
         let sectors_kept = rng.below(sectors.len() as u64 + 1) as usize;
         let Some(&sector_last) = sectors_kept.checked_sub(1).map(|index| &sectors[index]) else {
             return image;
         };
-        let bytes_last: usize = self
-            .dirty_pieces()
+        let bytes_last: usize = pieces
+            .iter()
             .filter(|(sector, _)| *sector == sector_last)
             .map(|(_, range)| range.len())
             .sum();
@@ -591,8 +778,8 @@ impl Inode {
         } else {
             usize::MAX
         };
-        for (sector, range) in self
-            .dirty_pieces()
+        for (sector, range) in pieces
+            .into_iter()
             .take_while(|(sector, _)| *sector <= sector_last)
         {
             if image.len() < range.end {
@@ -637,9 +824,13 @@ impl Storage for FaultStorage {
     type File = FaultFile;
 
     async fn open(&self, path: &Path, flags: OpenFlags) -> io::Result<FaultFile> {
+        if flags.create {
+            self.state.borrow_mut().gate_plain(Op::Other)?;
+        }
+        self.delay().await;
         let mut state = self.state.borrow_mut();
         if flags.create {
-            state.gate_plain(Op::Other)?;
+            state.survived()?;
         }
         let (dir, name) = split(path)?;
         if state.dirs.contains_key(&normal(path)) {
@@ -675,8 +866,10 @@ impl Storage for FaultStorage {
     }
 
     async fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.state.borrow_mut().gate_plain(Op::Other)?;
+        self.delay().await;
         let mut state = self.state.borrow_mut();
-        state.gate_plain(Op::Other)?;
+        state.survived()?;
         let (dir, name) = split(path)?;
         let entries = state
             .dirs
@@ -691,8 +884,10 @@ impl Storage for FaultStorage {
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.state.borrow_mut().gate_plain(Op::Other)?;
+        self.delay().await;
         let mut state = self.state.borrow_mut();
-        state.gate_plain(Op::Other)?;
+        state.survived()?;
         let ((dir_from, name_from), (dir_to, name_to)) = (split(from)?, split(to)?);
         if !state.dirs.contains_key(&dir_to) {
             return Err(errno(libc::ENOENT));
@@ -718,21 +913,31 @@ impl Storage for FaultStorage {
     }
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.state.borrow_mut().gate_plain(Op::Other)?;
+        self.delay().await;
         let mut state = self.state.borrow_mut();
-        state.gate_plain(Op::Other)?;
+        state.survived()?;
         state.create_dirs(dir);
         Ok(())
     }
 
+    /// Makes durable the names the directory had when the sync was issued.
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let dir = normal(dir);
+        let names = {
+            let mut state = self.state.borrow_mut();
+            state.gate_plain(Op::SyncDir)?;
+            let entries = state.dirs.get(&dir).ok_or_else(|| errno(libc::ENOENT))?;
+            let names = entries.names.clone();
+            state.stats.syncs += 1;
+            names
+        };
+        self.delay().await;
         let mut state = self.state.borrow_mut();
-        state.gate_plain(Op::SyncDir)?;
-        let entries = state
-            .dirs
-            .get_mut(&normal(dir))
-            .ok_or_else(|| errno(libc::ENOENT))?;
-        entries.names_durable = entries.names.clone();
-        state.stats.syncs += 1;
+        state.survived()?;
+        if let Some(entries) = state.dirs.get_mut(&dir) {
+            entries.names_durable = names;
+        }
         Ok(())
     }
 
@@ -756,9 +961,19 @@ impl Storage for FaultStorage {
 }
 
 impl FaultFile {
-    fn write_bufs<B: IoBuf>(&self, bufs: &[B], offset: u64, sync_after: bool) -> io::Result<()> {
-        let mut state = self.storage.state.borrow_mut();
-        let verdict = state.gate(Op::Write { sync: sync_after });
+    /// Writes `bufs` at `offset`: the gate decides at issue, the bytes land when the write
+    /// completes (after its latency), and with `sync_after` are made durable then.
+    async fn write_bufs<B: IoBuf>(
+        &self,
+        bufs: &[B],
+        offset: u64,
+        sync_after: bool,
+    ) -> io::Result<()> {
+        let verdict = self
+            .storage
+            .state
+            .borrow_mut()
+            .gate(Op::Write { sync: sync_after });
         if let Verdict::Refuse(code) = verdict {
             return Err(errno(code));
         }
@@ -777,6 +992,19 @@ impl FaultFile {
         let end = offset
             .checked_add(bytes.len())
             .ok_or_else(|| errno(libc::EFBIG))?;
+        {
+            let mut state = self.storage.state.borrow_mut();
+            state.writes_in_flight += 1;
+            if state.syncs_in_flight > 0 {
+                state.stats.sync_write_overlaps += 1;
+            }
+        }
+        self.storage.delay().await;
+        let mut state = self.storage.state.borrow_mut();
+        state.writes_in_flight -= 1;
+        if verdict == Verdict::Proceed {
+            state.survived()?;
+        }
         state.check_room(self.inode, end as u64)?;
         state.resize(self.inode, |inode| inode.write(offset, &bytes));
         state.stats.bytes_written += bytes.len() as u64;
@@ -793,6 +1021,12 @@ impl FaultFile {
         }
         Ok(())
     }
+
+    /// What a read of `len` bytes at `offset` returns, after the read's latency.
+    async fn read_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        self.storage.delay().await;
+        self.storage.state.borrow().read(self.inode, offset, len)
+    }
 }
 
 /// Whether an O_DIRECT write of `bufs` at `offset` is aligned as the kernel demands.
@@ -806,41 +1040,28 @@ fn direct_aligned<B: IoBuf>(bufs: &[B], offset: u64) -> bool {
 
 impl StorageFile for FaultFile {
     async fn size(&self) -> io::Result<u64> {
+        self.storage.delay().await;
         let state = self.storage.state.borrow();
         Ok(state.inodes[&self.inode].written.len() as u64)
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        let state = self.storage.state.borrow();
-        let written = &state.inodes[&self.inode].written;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(written.len());
-        let end = start.saturating_add(len).min(written.len());
-        Ok(written[start..end].to_vec())
+        Ok(self.read_bytes(offset, len).await)
     }
 
     async fn read_append(&self, offset: u64, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let spare = buf.capacity() - buf.len();
-        match self.read_at(offset, spare).await {
-            Ok(bytes) => {
-                buf.extend_from_slice(&bytes);
-                (Ok(bytes.len()), buf)
-            }
-            Err(error) => (Err(error), buf),
-        }
+        let bytes = self.read_bytes(offset, spare).await;
+        buf.extend_from_slice(&bytes);
+        (Ok(bytes.len()), buf)
     }
 
     async fn read_aligned(&self, offset: u64, buf: PooledBuf) -> (io::Result<usize>, PooledBuf) {
         let mut buf = buf;
         buf.clear();
-        match self.read_at(offset, buf.capacity()).await {
-            Ok(bytes) => {
-                buf.extend_from_slice(&bytes);
-                (Ok(bytes.len()), buf)
-            }
-            Err(error) => (Err(error), buf),
-        }
+        let bytes = self.read_bytes(offset, buf.capacity()).await;
+        buf.extend_from_slice(&bytes);
+        (Ok(bytes.len()), buf)
     }
 
     async fn write_at<B: IoBuf>(
@@ -849,17 +1070,18 @@ impl StorageFile for FaultFile {
         offset: u64,
         sync_after: bool,
     ) -> (io::Result<()>, Vec<B>) {
-        (self.write_bufs(&bufs, offset, sync_after), bufs)
+        (self.write_bufs(&bufs, offset, sync_after).await, bufs)
     }
 
-    /// The write lands at once; the sync takes effect when the returned future is awaited,
-    /// so a crash between the two keeps the bytes unsynced, as on a disk.
+    /// The write lands when it completes; the sync is issued when the returned future is
+    /// first polled and covers what was written by then, so a crash between the two keeps
+    /// the bytes unsynced, as on a disk.
     async fn write_then_sync<B: IoBuf>(
         &self,
         bufs: Vec<B>,
         offset: u64,
     ) -> (io::Result<()>, Vec<B>, crate::storage::PendingSync) {
-        let written = self.write_bufs(&bufs, offset, false);
+        let written = self.write_bufs(&bufs, offset, false).await;
         let file = self.clone();
         (
             written,
@@ -868,32 +1090,49 @@ impl StorageFile for FaultFile {
         )
     }
 
+    /// Issued when first polled: it covers the writes completed by then, and makes them
+    /// durable when it completes (after its latency), unless the process died meanwhile.
     async fn sync_data(&self) -> io::Result<()> {
-        let mut state = self.storage.state.borrow_mut();
-        match state.gate(Op::SyncData) {
-            Verdict::Proceed => {
-                state.sync_inode(self.inode);
-                Ok(())
-            }
-            Verdict::Refuse(code) => Err(errno(code)),
-            Verdict::FailAfterWrite { lose_dirty } => {
-                if lose_dirty {
-                    state.inode_mut(self.inode).dirty.clear();
+        let issued = {
+            let mut state = self.storage.state.borrow_mut();
+            match state.gate(Op::SyncData) {
+                Verdict::Proceed => {
+                    state.stats.syncs += 1;
+                    state.syncs_in_flight += 1;
+                    if state.writes_in_flight > 0 {
+                        state.stats.sync_write_overlaps += 1;
+                    }
+                    Ok(state.inode_mut(self.inode).begin_sync())
                 }
-                Err(errno(libc::EIO))
+                Verdict::Refuse(code) => return Err(errno(code)),
+                Verdict::FailAfterWrite { lose_dirty } => {
+                    if lose_dirty {
+                        state.inode_mut(self.inode).dirty.clear();
+                    }
+                    Err(errno(libc::EIO))
+                }
             }
-        }
+        };
+        self.storage.delay().await;
+        let id = issued?;
+        let mut state = self.storage.state.borrow_mut();
+        state.syncs_in_flight -= 1;
+        state.survived()?;
+        state.inode_mut(self.inode).finish_sync(id);
+        Ok(())
     }
 
     async fn allocate(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mut state = self.storage.state.borrow_mut();
-        state.gate_plain(Op::Other)?;
+        self.storage.state.borrow_mut().gate_plain(Op::Other)?;
         if !self.writable {
             return Err(errno(libc::EBADF));
         }
         if len == 0 {
             return Err(errno(libc::EINVAL));
         }
+        self.storage.delay().await;
+        let mut state = self.storage.state.borrow_mut();
+        state.survived()?;
         if state.allocate_len_max.is_some_and(|max| len > max) {
             return Err(errno(libc::ENOSPC));
         }
@@ -905,11 +1144,13 @@ impl StorageFile for FaultFile {
     }
 
     async fn set_len(&self, len: u64) -> io::Result<()> {
-        let mut state = self.storage.state.borrow_mut();
-        state.gate_plain(Op::Other)?;
+        self.storage.state.borrow_mut().gate_plain(Op::Other)?;
         if !self.writable {
             return Err(errno(libc::EINVAL));
         }
+        self.storage.delay().await;
+        let mut state = self.storage.state.borrow_mut();
+        state.survived()?;
         state.check_room(self.inode, len)?;
         let len = to_usize(len)?;
         state.resize(self.inode, |inode| {
@@ -929,7 +1170,9 @@ impl StorageFile for FaultFile {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
     use std::collections::BTreeSet;
+    use std::rc::Rc;
 
     use super::*;
     use crate::rt::AlignedBuf;
@@ -938,6 +1181,13 @@ mod tests {
 
     fn run<F: std::future::Future>(future: F) -> F::Output {
         rt::block_on(future).expect("io_uring is available on the test machine")
+    }
+
+    /// Runs `future` as a spawned task: tasks take turns with each other (a `yield_now`
+    /// lets every other ready task run once), while the root future of `block_on` runs
+    /// only between rounds of up to 256 task turns.
+    fn run_as_task<F: std::future::Future + 'static>(future: F) -> F::Output {
+        run(async { rt::spawn_local(future).await.unwrap() })
     }
 
     fn path(name: &str) -> PathBuf {
@@ -1381,6 +1631,161 @@ mod tests {
                     }
                 }
             }
+        });
+    }
+
+    /// Runs `operations` as concurrent tasks (issued in order) on `storage`; returns the
+    /// order their indexes completed in.
+    async fn completion_order(
+        operations: Vec<futures::future::LocalBoxFuture<'static, ()>>,
+    ) -> Vec<usize> {
+        let done = Rc::new(RefCell::new(Vec::new()));
+        let tasks: Vec<_> = operations
+            .into_iter()
+            .enumerate()
+            .map(|(index, operation)| {
+                let done = done.clone();
+                rt::spawn_local(async move {
+                    operation.await;
+                    done.borrow_mut().push(index);
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = done.borrow().clone();
+        order
+    }
+
+    #[test]
+    fn latency_completes_operations_out_of_order_and_replays_by_seed() {
+        run(async {
+            let mut orders = BTreeSet::new();
+            for seed in 0..20 {
+                let mut replays = Vec::new();
+                for _ in 0..2 {
+                    let (storage, file) = with_log().await;
+                    let storage = storage.with_latency(seed, 8);
+                    let operations = (0..6u64)
+                        .map(|index| {
+                            let file = file.clone();
+                            let operation = async move {
+                                write(&file, index * 10, b"data", false).await.unwrap();
+                            };
+                            futures::FutureExt::boxed_local(operation)
+                        })
+                        .collect();
+                    replays.push(completion_order(operations).await);
+                    assert_eq!(storage.file_bytes(&path("log")).unwrap().len(), 54);
+                }
+                assert_eq!(replays[0], replays[1], "seed {seed} replays exactly");
+                orders.insert(replays[0].clone());
+            }
+            assert!(
+                orders.len() > 1,
+                "seeds choose different orders: {orders:?}"
+            );
+            assert!(
+                orders
+                    .iter()
+                    .any(|order| order.windows(2).any(|w| w[0] > w[1])),
+                "some operations complete before ones issued earlier"
+            );
+        });
+    }
+
+    #[test]
+    fn a_sync_covers_only_the_writes_completed_before_it_was_issued() {
+        run_as_task(async {
+            let (mut covered, mut in_flight) = (0, 0);
+            for seed in 0..40 {
+                let (storage, file) = with_log().await;
+                let storage = storage.with_latency(seed, 6);
+                write(&file, 0, b"first", false).await.unwrap();
+                let done = Rc::new(std::cell::Cell::new(false));
+                let writer = {
+                    let (file, done) = (file.clone(), done.clone());
+                    rt::spawn_local(async move {
+                        write(&file, 5, b"-second", false).await.unwrap();
+                        done.set(true);
+                    })
+                };
+                rt::yield_now().await;
+                let completed_before_sync = done.get();
+                file.sync_data().await.unwrap();
+                writer.await.unwrap();
+                let durable = storage.durable_bytes(&path("log")).unwrap();
+                if completed_before_sync {
+                    covered += 1;
+                    assert_eq!(durable, b"first-second", "seed {seed}");
+                } else {
+                    in_flight += 1;
+                    assert_eq!(durable, b"first", "seed {seed}: the write was in flight");
+                    let after = storage.crash_clean().file_bytes(&path("log")).unwrap();
+                    assert_eq!(after, b"first", "seed {seed}");
+                }
+            }
+            assert!(
+                covered > 0 && in_flight > 0,
+                "{covered} covered, {in_flight} in flight"
+            );
+        });
+    }
+
+    #[test]
+    fn a_later_sync_completing_first_never_lets_durable_bytes_go_back() {
+        run_as_task(async {
+            let mut overtaken = 0;
+            for seed in 0..40 {
+                let (storage, file) = with_log().await;
+                let storage = storage.with_latency(seed, 6);
+                write(&file, 0, b"older", false).await.unwrap();
+                let finished = Rc::new(RefCell::new(Vec::new()));
+                let first = {
+                    let (file, finished) = (file.clone(), finished.clone());
+                    rt::spawn_local(async move {
+                        file.sync_data().await.unwrap();
+                        finished.borrow_mut().push("first");
+                    })
+                };
+                rt::yield_now().await;
+                write(&file, 0, b"newer", false).await.unwrap();
+                file.sync_data().await.unwrap();
+                finished.borrow_mut().push("second");
+                first.await.unwrap();
+                overtaken += usize::from(finished.borrow()[0] == "second");
+                let durable = storage.durable_bytes(&path("log")).unwrap();
+                assert_eq!(durable, b"newer", "seed {seed}: {:?}", finished.borrow());
+            }
+            assert!(overtaken > 0, "some later sync completed first");
+        });
+    }
+
+    #[test]
+    fn reads_of_a_corrupted_range_come_back_flipped_and_the_file_is_unchanged() {
+        run(async {
+            let (storage, file) = with_log().await;
+            write(&file, 0, b"abcdefgh", true).await.unwrap();
+            storage.corrupt_reads(&path("log"), 2..4);
+            let read = file.read_at(0, 8).await.unwrap();
+            assert_eq!(read, [b'a', b'b', !b'c', !b'd', b'e', b'f', b'g', b'h']);
+            assert_eq!(file.read_at(3, 2).await.unwrap(), [!b'd', b'e']);
+            let mut buf = Vec::with_capacity(8);
+            let (appended, buf_read) = file.read_append(1, buf).await;
+            buf = buf_read;
+            assert_eq!(
+                (appended.unwrap(), &buf[..3]),
+                (7, &[b'b', !b'c', !b'd'][..])
+            );
+            assert_eq!(storage.file_bytes(&path("log")).unwrap(), b"abcdefgh");
+            let after = storage.crash_clean();
+            let reopened = after.open(&path("log"), OpenFlags::READ).await.unwrap();
+            assert_eq!(
+                reopened.read_at(0, 8).await.unwrap(),
+                b"abcdefgh",
+                "a crash forgets it"
+            );
         });
     }
 }
