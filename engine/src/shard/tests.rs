@@ -114,20 +114,36 @@ fn restart_reopens_every_partition_with_its_data() {
     engine.shutdown().unwrap();
 }
 
+/// Waits until the partition's fdatasyncs in flight have completed: a command on the
+/// appender's queue runs only after them, and DeleteRecords at offset 0 changes nothing.
+async fn settle(engine: &Engine, topic: &str, partition: u32) {
+    let log_start = engine.offsets(topic, partition).await.unwrap().log_start;
+    let unchanged = engine.delete_records_before(topic, partition, 0).await;
+    assert_eq!(unchanged.unwrap(), log_start);
+}
+
 #[test]
 fn topics_grow_change_and_go() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());
     block_on(async {
-        engine
-            .create_topic("t", 1, TopicConfig::default())
-            .await
+        let always = TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .build()
             .unwrap();
+        engine.create_topic("t", 1, always).await.unwrap();
         engine.add_partitions("t", 3).await.unwrap();
         engine
             .append("t", 2, batch("new partition"), Ack::Written)
             .await
             .unwrap();
+        settle(&engine, "t", 2).await;
+        let offsets = engine.offsets("t", 2).await.unwrap();
+        assert_eq!(
+            (offsets.log_end, offsets.durable_end),
+            (1, 1),
+            "flush.policy=always syncs an acks=1 append"
+        );
         let never = TopicConfig::builder()
             .flush(FlushPolicy::Never)
             .build()
@@ -137,9 +153,14 @@ fn topics_grow_change_and_go() {
             .append("t", 2, batch("unsynced"), Ack::Written)
             .await
             .unwrap();
+        settle(&engine, "t", 2).await;
         let offsets = engine.offsets("t", 2).await.unwrap();
         assert_eq!(offsets.log_end, 2);
-        assert_eq!(offsets.durable_end, 0, "the new flush policy applies");
+        assert_eq!(
+            offsets.durable_end, 1,
+            "the new flush policy (never) applies to the open partition"
+        );
+        assert_eq!(offsets.high_watermark, 2, "never: consumers read the log end");
         assert_eq!(engine.delete_records_before("t", 2, 1).await.unwrap(), 1);
         engine.delete_topic("t").await.unwrap();
         assert!(engine.topic("t").is_none());
