@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::batch::{BatchBuilder, RecordBatch, TimestampType};
 use crate::rt;
+use crate::storage::fault::FaultStorage;
 use crate::storage::DiskStorage;
 use crate::testing::offsets_and_values as values;
 use crate::topic::IoMode;
@@ -320,16 +321,85 @@ fn flush_policies_and_acks_decide_the_durable_end() {
             .unwrap();
         let log = open(&dir.path().join("always"), always).await;
         log.append(batch(0, 3, 0), Ack::Written).await.unwrap();
-        let offsets = log.offsets();
-        assert_eq!(offsets.log_end, 3, "acks=1 returns once written");
-        assert_eq!(
-            offsets.high_watermark, offsets.durable_end,
-            "consumers see durable data only"
-        );
+        assert_eq!(log.offsets().log_end, 3, "acks=1 returns once written");
         log.append(batch(1, 3, 0), Ack::Durable).await.unwrap();
         let offsets = log.offsets();
         assert_eq!((offsets.durable_end, offsets.high_watermark), (6, 6));
         log.close().await.unwrap();
+    });
+}
+
+/// A `flush = always` log whose last write's fdatasync is held back: the bytes are in the
+/// segment, but neither the high watermark nor a read reaches past the durable position;
+/// once the sync completes, both do (and a long-polling reader waiting on the log wakes).
+#[test]
+fn flush_always_reads_stop_at_the_durable_position() {
+    both_modes(|mode| {
+        let dir = Path::new("/data/orders-3");
+        run(async {
+            let storage = FaultStorage::new();
+            let always = TopicConfig::builder()
+                .flush(FlushPolicy::Always)
+                .io_mode(mode)
+                .build()
+                .unwrap();
+            let log = PartitionLog::open(storage.clone(), dir, id(), always)
+                .await
+                .unwrap();
+            log.append(batch(0, 3, 0), Ack::Durable).await.unwrap();
+            storage.hold_syncs();
+            log.append(batch(1, 3, 0), Ack::Written).await.unwrap();
+            let offsets = log.offsets();
+            assert_eq!(
+                (offsets.log_end, offsets.durable_end, offsets.high_watermark),
+                (6, 3, 3),
+                "{mode:?}"
+            );
+            let segment = storage
+                .file_bytes(&dir.join("00000000000000000000.log"))
+                .unwrap();
+            let written = values(&segment[..find_valid_end(&segment)]);
+            assert_eq!(written.len(), 6, "the second batch is in the file");
+            let durable = [(0, "0-0"), (1, "0-1"), (2, "0-2")].map(|(o, v)| (o, v.to_owned()));
+            let visible = values(&log.read_bytes(0, 1 << 20).await.unwrap());
+            assert_eq!(
+                visible, durable,
+                "{mode:?}: nothing past the durable position"
+            );
+            assert!(log.read(3, 1 << 20).await.unwrap().ranges.is_empty());
+            assert!(matches!(
+                log.read(4, 1 << 20).await.unwrap_err(),
+                LogError::OffsetOutOfRange {
+                    offset: 4,
+                    high_watermark: 3,
+                    ..
+                }
+            ));
+
+            let version = log.version();
+            let waiter = {
+                let log = log.clone();
+                rt::spawn_local(async move { log.changed_since(version).await })
+            };
+            for _ in 0..10 {
+                rt::yield_now().await;
+            }
+            assert_eq!(
+                log.version(),
+                version,
+                "nothing moves while the sync is held"
+            );
+            storage.release_syncs();
+            rt::timeout(std::time::Duration::from_secs(10), waiter)
+                .await
+                .expect("the completed sync wakes the waiter")
+                .unwrap();
+            let offsets = log.offsets();
+            assert_eq!((offsets.durable_end, offsets.high_watermark), (6, 6));
+            let visible = values(&log.read_bytes(0, 1 << 20).await.unwrap());
+            assert_eq!(visible, written, "{mode:?}: everything durable is readable");
+            log.close().await.unwrap();
+        });
     });
 }
 

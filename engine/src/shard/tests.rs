@@ -160,7 +160,10 @@ fn topics_grow_change_and_go() {
             offsets.durable_end, 1,
             "the new flush policy (never) applies to the open partition"
         );
-        assert_eq!(offsets.high_watermark, 2, "never: consumers read the log end");
+        assert_eq!(
+            offsets.high_watermark, 2,
+            "never: consumers read the log end"
+        );
         assert_eq!(engine.delete_records_before("t", 2, 1).await.unwrap(), 1);
         engine.delete_topic("t").await.unwrap();
         assert!(engine.topic("t").is_none());

@@ -11,7 +11,7 @@
 //! crash. Open handles refer to the inode, not the name, as on Unix: a handle keeps working
 //! after its file is renamed or removed. Directories themselves are durable as soon as
 //! `create_dir_all` returns (a simplification: the log never depends on losing one).
-//! Every method completes without suspending.
+//! Every method completes without suspending, except `sync_data` while syncs are held.
 //!
 //! Faults it can inject:
 //! - **Fail the n-th mutating operation** ([`FaultStorage::fail_nth`]): it returns the
@@ -42,6 +42,11 @@
 //!   with ENOSPC and changes nothing. [`FaultStorage::free_bytes`] says what is left, as
 //!   statvfs would. A removed or replaced file's bytes are free at once, even while a
 //!   handle still holds it (a simplification), and whatever it then grows is not counted.
+//! - **Hold syncs** ([`FaultStorage::hold_syncs`]): every `sync_data` called from then on
+//!   (the fdatasync `write_then_sync` leaves in flight among them) waits, before it
+//!   counts or changes anything, until [`FaultStorage::release_syncs`]; then it runs as
+//!   usual. A test sees writes completed with their syncs outstanding, for as long as it
+//!   likes. `write_at` with `sync_after` and `sync_dir` are not held.
 //! - **O_DIRECT misuse**: writes to a file opened `direct` must be 512-byte aligned in
 //!   offset, length and memory, or fail with EINVAL, as the kernel would.
 //!
@@ -141,6 +146,9 @@ struct State {
     capacity_bytes: Option<u64>,
     /// Bytes of the files that a name refers to (`written` images).
     used_bytes: u64,
+    /// `sync_data` waits while this is set; the wakers of the tasks waiting.
+    syncs_held: bool,
+    syncs_waiting: Vec<std::task::Waker>,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
@@ -251,6 +259,39 @@ impl FaultStorage {
     /// Whether a [`crash_at_sync`](Self::crash_at_sync) limit was reached.
     pub fn is_dead(&self) -> bool {
         self.state.borrow().dead
+    }
+
+    /// Makes every `sync_data` from now on wait until [`release_syncs`](Self::release_syncs)
+    /// (see the module header).
+    pub fn hold_syncs(&self) {
+        self.state.borrow_mut().syncs_held = true;
+    }
+
+    /// Lets the held syncs run, and later ones pass at once.
+    pub fn release_syncs(&self) {
+        let waiting = {
+            let mut state = self.state.borrow_mut();
+            state.syncs_held = false;
+            std::mem::take(&mut state.syncs_waiting)
+        };
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+
+    /// Completes once syncs are not held.
+    async fn syncs_released(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if !state.syncs_held {
+                return std::task::Poll::Ready(());
+            }
+            if !state.syncs_waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.syncs_waiting.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await;
     }
 
     /// Syncs (`sync_data`, `write_at` with `sync_after`, `sync_dir`) that took effect.
@@ -869,6 +910,7 @@ impl StorageFile for FaultFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
+        self.storage.syncs_released().await;
         let mut state = self.storage.state.borrow_mut();
         match state.gate(Op::SyncData) {
             Verdict::Proceed => {
@@ -1308,6 +1350,37 @@ mod tests {
                 storage.crash_clean().file_bytes(&path("log")).unwrap(),
                 b"ab"
             );
+        });
+    }
+
+    #[test]
+    fn a_held_sync_waits_for_its_release_and_then_makes_the_bytes_durable() {
+        run(async {
+            let (storage, file) = with_log().await;
+            storage.hold_syncs();
+            let (written, _, sync) = file.write_then_sync(vec![b"held".to_vec()], 0).await;
+            written.unwrap();
+            let syncs_before = storage.sync_count();
+            let sync = rt::spawn_local(sync);
+            for _ in 0..10 {
+                rt::yield_now().await;
+            }
+            assert_eq!(
+                storage.sync_count(),
+                syncs_before,
+                "the held sync has not run"
+            );
+            assert_eq!(storage.durable_bytes(&path("log")).unwrap(), b"");
+            storage.sync_dir(Path::new(DIR)).await.unwrap();
+            assert_eq!(
+                storage.sync_count(),
+                syncs_before + 1,
+                "sync_dir is not held"
+            );
+            storage.release_syncs();
+            sync.await.unwrap().unwrap();
+            assert_eq!(storage.sync_count(), syncs_before + 2);
+            assert_eq!(storage.durable_bytes(&path("log")).unwrap(), b"held");
         });
     }
 
