@@ -558,7 +558,36 @@ fn shutdown_cancels_io_that_would_wait_forever() {
         },
     )
     .unwrap();
-    runtime.shutdown().unwrap();
+    let receiving = futures::executor::block_on(runtime.shards()[0].spawn(|| async {
+        // The eventfd read and the receive.
+        settle_until(|| operations_in_flight() >= 2).await;
+    }));
+    assert_eq!(receiving, Ok(()));
+    finishes_within(Duration::from_secs(60), "runtime shutdown", move || {
+        runtime.shutdown()
+    })
+    .unwrap();
+}
+
+/// Runs `work` on a thread of its own and fails the test unless it finishes within
+/// `limit` (a generous bound, not a measurement): a regression that makes `work` hang fails
+/// here instead of stalling the whole run.
+fn finishes_within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
 }
 
 #[test]
