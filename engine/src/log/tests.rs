@@ -168,6 +168,21 @@ fn unclean_stop_with_garbage_tail_recovers_every_acknowledged_batch() {
     });
 }
 
+/// The segments in `dir` by base offset, with the bytes of whole valid batches in each.
+fn segment_sizes(dir: &Path) -> Vec<(i64, usize)> {
+    let mut segments: Vec<(i64, usize)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension() == Some("log".as_ref()))
+        .map(|path| {
+            let base = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            (base, find_valid_end(&std::fs::read(&path).unwrap()))
+        })
+        .collect();
+    segments.sort_unstable();
+    segments
+}
+
 /// Bytes of whole valid batches at the front of a segment file.
 fn find_valid_end(bytes: &[u8]) -> usize {
     crate::batch::validate_prefix(bytes, crate::limits::BATCH_SIZE_BYTES_MAX)
@@ -185,21 +200,36 @@ fn segments_roll_and_retention_drops_the_oldest() {
             .build()
             .unwrap();
         let log = open(dir.path(), config.clone()).await;
+        // Recent records, so the time limit (7 days by default) deletes nothing.
+        let now = appender::now_ms();
         for tag in 0..60 {
-            log.append(batch(tag, 40, 0), Ack::Written).await.unwrap();
+            log.append(batch(tag, 40, now), Ack::Written).await.unwrap();
         }
-        let segments = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension() == Some("log".as_ref()))
-            .count();
+        // By size: segments go oldest first while the rest still hold retention.bytes; the active
+        // one never goes.
+        let segments = segment_sizes(dir.path());
         assert!(
-            segments >= 4,
-            "only {segments} segments for ~48 KiB at 8 KiB each"
+            segments.len() >= 4,
+            "only {} segments for ~48 KiB at 8 KiB each",
+            segments.len()
         );
+        let mut rest: usize = segments.iter().map(|(_, size)| size).sum();
+        let mut survivors = &segments[..];
+        while survivors.len() > 1 && rest - survivors[0].1 >= 16384 {
+            rest -= survivors[0].1;
+            survivors = &survivors[1..];
+        }
+        assert!(
+            survivors.len() >= 2,
+            "a closed segment survives: {segments:?}"
+        );
+        let expected: Vec<i64> = survivors.iter().map(|(base, _)| *base).collect();
         let deleted = log.enforce_retention().await.unwrap();
-        assert!(deleted > 0);
+        assert_eq!(deleted, segments.len() - expected.len());
+        let kept: Vec<i64> = segment_sizes(dir.path()).iter().map(|(b, _)| *b).collect();
+        assert_eq!(kept, expected, "{segments:?}");
         let offsets = log.offsets();
-        assert!(offsets.log_start > 0, "log start moved");
+        assert_eq!(offsets.log_start, expected[0], "log start moved");
         assert!(matches!(
             log.read(0, 100).await.unwrap_err(),
             LogError::OffsetOutOfRange { .. }
