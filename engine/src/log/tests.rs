@@ -11,7 +11,7 @@ use super::*;
 use crate::batch::{BatchBuilder, RecordBatch, TimestampType};
 use crate::rt;
 use crate::storage::fault::FaultStorage;
-use crate::storage::DiskStorage;
+use crate::storage::{DiskStorage, Storage};
 use crate::testing::offsets_and_values as values;
 use crate::topic::IoMode;
 
@@ -444,6 +444,87 @@ fn flush_policies_and_acks_decide_the_durable_end() {
         assert_eq!((offsets.durable_end, offsets.high_watermark), (6, 6));
         log.close().await.unwrap();
     });
+}
+
+/// Waits until the syncs in flight of `log` have completed: a command on the appender's
+/// queue runs only after them (DeleteRecords below the log start changes nothing).
+async fn settle<S: Storage>(log: &PartitionLog<S>) {
+    let log_start = log.offsets().log_start;
+    assert_eq!(log.delete_records_before(0).await.unwrap(), log_start);
+}
+
+#[test]
+fn periodic_flush_by_bytes_syncs_the_group_that_reaches_the_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let batch_bytes = batch(0, 10, 0).len() as u64;
+        let periodic = TopicConfig::builder()
+            .flush(FlushPolicy::periodic(None, Some(batch_bytes * 5 / 2)))
+            .build()
+            .unwrap();
+        let log = open(dir.path(), periodic).await;
+        let mut durable_ends = Vec::new();
+        for tag in 0..4 {
+            log.append(batch(tag, 10, 0), Ack::Written).await.unwrap();
+            settle(&log).await;
+            durable_ends.push(log.offsets().durable_end);
+        }
+        assert_eq!(
+            durable_ends,
+            [0, 0, 30, 30],
+            "the third batch brings the unsynced bytes to 2.5 batches"
+        );
+        assert_eq!(
+            log.offsets().high_watermark,
+            40,
+            "not flush=always: all is readable"
+        );
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn periodic_flush_by_time_syncs_an_interval_after_the_last_sync() {
+    const INTERVAL: std::time::Duration = std::time::Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let interval_ms = INTERVAL.as_millis() as u64;
+        let periodic = TopicConfig::builder()
+            .flush(FlushPolicy::periodic(Some(interval_ms), None))
+            .build()
+            .unwrap();
+        // The appender starts counting the interval when it starts, after this.
+        let opened = std::time::Instant::now();
+        let log = open(dir.path(), periodic).await;
+        log.append(batch(0, 10, 0), Ack::Written).await.unwrap();
+        log.append(batch(1, 10, 0), Ack::Written).await.unwrap();
+        let durable_at = durable_by(&log, 20).await;
+        assert!(
+            durable_at >= opened + INTERVAL,
+            "synced {:?} after opening, before the interval",
+            durable_at - opened
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// Waits (on the log's change notification) until the durable end reaches `offset`;
+/// returns when it saw it. The bound only keeps a regression from hanging the run.
+async fn durable_by<S: Storage>(log: &PartitionLog<S>, offset: i64) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let version = log.version();
+        if log.offsets().durable_end >= offset {
+            return std::time::Instant::now();
+        }
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let changed = rt::timeout(remaining, log.changed_since(version)).await;
+        assert!(
+            changed.is_ok(),
+            "durable end {:?}, not {offset}, after 30 s",
+            log.offsets()
+        );
+    }
 }
 
 /// A `flush = always` log whose last write's fdatasync is held back: the bytes are in the
