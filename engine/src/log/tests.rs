@@ -11,7 +11,7 @@ use super::*;
 use crate::batch::{BatchBuilder, RecordBatch, TimestampType};
 use crate::rt;
 use crate::storage::fault::FaultStorage;
-use crate::storage::{DiskStorage, Storage};
+use crate::storage::{DiskStorage, Storage, StorageFile};
 use crate::testing::offsets_and_values as values;
 use crate::topic::IoMode;
 
@@ -224,10 +224,28 @@ fn segments_roll_and_retention_drops_the_oldest() {
             "a closed segment survives: {segments:?}"
         );
         let expected: Vec<i64> = survivors.iter().map(|(base, _)| *base).collect();
+        // A fetch's range of the first segment, held while retention deletes the file.
+        let held = log.read(0, 1 << 20).await.unwrap();
         let deleted = log.enforce_retention().await.unwrap();
         assert_eq!(deleted, segments.len() - expected.len());
         let kept: Vec<i64> = segment_sizes(dir.path()).iter().map(|(b, _)| *b).collect();
         assert_eq!(kept, expected, "{segments:?}");
+        let [ReadRange::File(range)] = &held.ranges[..] else {
+            panic!("one file range of a buffered log");
+        };
+        let bytes = range.file.read_at(range.position, range.len as usize).await;
+        let sent = values(&bytes.unwrap());
+        let first_segment_records = segments[1].0;
+        assert_eq!(
+            sent.len() as i64,
+            first_segment_records,
+            "the first segment, intact"
+        );
+        let last = (
+            first_segment_records - 1,
+            format!("{}-39", first_segment_records / 40 - 1),
+        );
+        assert_eq!(sent.last(), Some(&last));
         let offsets = log.offsets();
         assert_eq!(offsets.log_start, expected[0], "log start moved");
         assert!(matches!(
