@@ -106,16 +106,21 @@ fn a_long_poll_wakes_for(server: &Server, topic: &str, value: &str) {
     let request = fetch(topic, &[0], MAX_WAIT.as_millis() as i32, 1 << 20);
     let polling = std::thread::spawn(move || {
         let mut c = Connection::connect(address);
+        let request = c.with_topic_ids(request).expect("topic ids");
         let started = Instant::now();
-        let partitions = fetched(&mut c, &request);
-        (partitions, started.elapsed())
+        let response = c.call(&request, max_version(ApiKey::Fetch));
+        (response, started.elapsed())
     });
     // Time for the request to reach the broker and wait; if it were late, it would find the
     // record at once and the test would pass without testing the wake-up, never fail.
     std::thread::sleep(Duration::from_millis(300));
     let mut c = Connection::connect(address);
     assert_eq!(c.produce(topic, 0, &one(value), 1).error_code, NONE);
-    let (partitions, waited) = polling.join().expect("the long poll is answered");
+    let (response, waited) = polling.join().expect("the polling thread");
+    let response = response.unwrap_or_else(|error| {
+        panic!("{topic}: no answer to the long poll after {waited:?}: {error:#}")
+    });
+    let partitions = &response.responses[0].partitions;
     assert_eq!(partitions[0].error_code, NONE);
     assert_eq!(values(&partitions[0]), [value], "{topic}");
     assert_eq!(partitions[0].high_watermark, 1, "{topic}");
