@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::batch::{BatchBuilder, RecordBatch, TimestampType};
+use crate::batch::{BatchBuilder, BatchError, RecordBatch, TimestampType};
 use crate::rt;
 use crate::storage::fault::FaultStorage;
 use crate::storage::{DiskStorage, Storage, StorageFile};
@@ -360,9 +360,18 @@ fn delete_records_and_truncate_move_the_ends() {
         }
         assert_eq!(log.delete_records_before(125).await.unwrap(), 125);
         assert_eq!(log.offsets().log_start, 125);
+        let past = log.delete_records_before(401).await.unwrap_err();
         assert!(
-            log.delete_records_before(401).await.is_err(),
-            "past the high watermark"
+            matches!(
+                past,
+                LogError::OffsetOutOfRange {
+                    offset: 401,
+                    log_start: 125,
+                    high_watermark: 400,
+                    ..
+                }
+            ),
+            "past the high watermark: {past}"
         );
         log.truncate_to(300).await.unwrap();
         assert_eq!(log.offsets().log_end, 300);
@@ -724,15 +733,33 @@ fn invalid_batches_are_refused_and_nothing_is_written() {
         bad[last] ^= 1;
         let error = log.append(bad.into(), Ack::Written).await.unwrap_err();
         assert!(
-            matches!(error, LogError::InvalidBatch { log_end: 0, .. }),
+            matches!(
+                error,
+                LogError::InvalidBatch {
+                    log_end: 0,
+                    source: BatchError::CrcMismatch { .. },
+                    ..
+                }
+            ),
             "{error}"
         );
         let mut good_then_bad = batch(1, 2, 0).to_vec();
         good_then_bad.extend_from_slice(&batch(2, 2, 0)[..30]);
-        assert!(log
+        let error = log
             .append(good_then_bad.into(), Ack::Written)
             .await
-            .is_err());
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                LogError::InvalidBatch {
+                    log_end: 0,
+                    source: BatchError::Truncated { have: 30, .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert!(matches!(
             log.append(Bytes::new(), Ack::Written).await.unwrap_err(),
             LogError::Empty { .. }
