@@ -9,6 +9,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod batch;
+#[cfg(any(test, feature = "testing"))]
+pub mod error_examples;
 pub mod index;
 pub mod limits;
 pub mod log;

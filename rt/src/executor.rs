@@ -145,14 +145,14 @@ fn park(ctx: &Context, root_woken: &AtomicBool) -> Result<usize, DriverError> {
     if timeout == Some(Duration::ZERO) {
         return ctx.driver.borrow_mut().submit_and_reap();
     }
-    ctx.remote.parker.prepare_park();
-    if ctx.has_remote_work() || root_woken.load(Ordering::SeqCst) {
-        ctx.remote.parker.finish_park();
-        return ctx.driver.borrow_mut().submit_and_reap();
+    let slept = ctx.remote.parker.park(
+        || ctx.has_remote_work() || root_woken.load(Ordering::SeqCst),
+        || ctx.driver.borrow_mut().park(timeout),
+    );
+    match slept {
+        Some(result) => result,
+        None => ctx.driver.borrow_mut().submit_and_reap(),
     }
-    let result = ctx.driver.borrow_mut().park(timeout);
-    ctx.remote.parker.finish_park();
-    result
 }
 
 /// Puts a woken task on its executor's run queue: the local one when woken on the owning

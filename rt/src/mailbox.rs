@@ -10,7 +10,9 @@
 //! the receiver sets `sleeping` and then looks at its queues; a sender pushes and then
 //! swaps `sleeping` to false, signalling the receiver if it was set. Whichever runs second
 //! sees the other's write, so a message is never left behind a sleeping shard, and a busy
-//! shard costs its senders no system call.
+//! shard costs its senders no system call. The receiver's side is [`Parker::park`], which
+//! the executor calls to sleep in its ring and the loom tests call to wait on a modelled
+//! eventfd, so what loom checks is the code that runs.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
@@ -36,18 +38,37 @@ impl<S: Signal> Parker<S> {
         }
     }
 
+    /// Receiver: sleeps by calling `sleep` (which returns once the signal arrives, or for
+    /// other reasons), unless `has_work` finds work once the sleep is announced. Returns
+    /// `sleep`'s result, or `None` when it did not sleep. `has_work` must look at every
+    /// queue whose senders `unpark` this parker.
+    pub(crate) fn park<R>(
+        &self,
+        has_work: impl FnOnce() -> bool,
+        sleep: impl FnOnce() -> R,
+    ) -> Option<R> {
+        self.prepare_park();
+        if has_work() {
+            self.finish_park();
+            return None;
+        }
+        let slept = sleep();
+        self.finish_park();
+        Some(slept)
+    }
+
     /// Receiver: announces that it is about to sleep. It must check its queues afterwards
     /// and only sleep if they are empty.
     ///
     /// A read-modify-write rather than a store: it reads from the last sender's `unpark`
     /// swap, so everything that sender queued before is visible to the check that follows.
     /// That holds under acquire/release alone, not only under sequential consistency.
-    pub(crate) fn prepare_park(&self) {
+    fn prepare_park(&self) {
         self.sleeping.swap(true, Ordering::SeqCst);
     }
 
     /// Receiver: it is awake again (or decided not to sleep).
-    pub(crate) fn finish_park(&self) {
+    fn finish_park(&self) {
         self.sleeping.store(false, Ordering::SeqCst);
     }
 
@@ -266,25 +287,23 @@ mod loom_tests {
 
     type TestMailbox = Mailbox<u32, Arc<EventFd>>;
 
-    /// The receiver's loop: drain, and sleep (wait for a signal) only after announcing it
-    /// and finding the queue empty. If a wake-up could be lost, loom finds the interleaving
-    /// where the receiver waits forever and reports a deadlock.
-    fn receive(mailbox: &TestMailbox, eventfd: &EventFd, want: usize) -> Vec<u32> {
+    /// The receiver's loop, as the executor's: drain every mailbox, then park, sleeping
+    /// (waiting for a signal) only if no mailbox has items once the sleep is announced. If
+    /// a wake-up could be lost, loom finds the interleaving where the receiver waits
+    /// forever and reports a deadlock.
+    fn receive(mailboxes: &[&TestMailbox], eventfd: &EventFd, want: usize) -> Vec<u32> {
         let mut got = Vec::new();
         let mut out = VecDeque::new();
         loop {
-            mailbox.drain_into(&mut out);
-            got.extend(out.drain(..));
+            for mailbox in mailboxes {
+                mailbox.drain_into(&mut out);
+                got.extend(out.drain(..));
+            }
             if got.len() == want {
                 return got;
             }
-            mailbox.parker.prepare_park();
-            if mailbox.has_items() {
-                mailbox.parker.finish_park();
-                continue;
-            }
-            eventfd.0.wait();
-            mailbox.parker.finish_park();
+            let has_work = || mailboxes.iter().any(|mailbox| mailbox.has_items());
+            mailboxes[0].parker.park(has_work, || eventfd.0.wait());
         }
     }
 
@@ -304,7 +323,7 @@ mod loom_tests {
                     thread::spawn(move || mailbox.try_send(i).unwrap())
                 })
                 .collect();
-            let mut got = receive(&mailbox, &eventfd, 2);
+            let mut got = receive(&[&mailbox], &eventfd, 2);
             for sender in senders {
                 sender.join().unwrap();
             }
@@ -325,9 +344,31 @@ mod loom_tests {
                     }
                 })
             };
-            let got = receive(&mailbox, &eventfd, 2);
+            let got = receive(&[&mailbox], &eventfd, 2);
             assert_eq!(got, [0, 1], "one sender's items arrive in order");
             sender.join().unwrap();
+        });
+    }
+
+    /// Two mailboxes behind one parker, as a shard's woken tasks and messages are: an item
+    /// in either wakes the receiver.
+    #[test]
+    fn no_lost_wakeup_across_two_mailboxes_of_one_receiver() {
+        loom::model(|| {
+            let eventfd = Arc::new(EventFd(Notify::new()));
+            let parker = Arc::new(Parker::new(eventfd.clone()));
+            let runnables: Arc<TestMailbox> = Arc::new(Mailbox::unbounded(parker.clone()));
+            let messages: Arc<TestMailbox> = Arc::new(Mailbox::bounded(4, parker));
+            let senders: Vec<_> = [(runnables.clone(), 0), (messages.clone(), 1)]
+                .into_iter()
+                .map(|(mailbox, item)| thread::spawn(move || mailbox.try_send(item).unwrap()))
+                .collect();
+            let mut got = receive(&[&runnables, &messages], &eventfd, 2);
+            for sender in senders {
+                sender.join().unwrap();
+            }
+            got.sort_unstable();
+            assert_eq!(got, [0, 1]);
         });
     }
 }

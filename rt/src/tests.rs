@@ -455,24 +455,43 @@ fn full_submission_queue_is_submitted_and_retried() {
 
 #[test]
 fn many_timers_fire_in_order_and_never_early() {
+    const TIMERS: u64 = 10_000;
     run(async {
-        let start = Instant::now();
-        let fired = Rc::new(Cell::new(0usize));
-        let handles: Vec<_> = (0..10_000u64)
+        // Deadlines far enough ahead that every sleep is registered before the first one
+        // is due, spread over 50 ms in an order unrelated to the order of registration.
+        let base = Instant::now() + Duration::from_millis(250);
+        let fired: Rc<std::cell::RefCell<Vec<Instant>>> = Rc::default();
+        let handles: Vec<_> = (0..TIMERS)
             .map(|i| {
                 let fired = fired.clone();
-                let delay = Duration::from_micros((i * 7919) % 50_000);
+                let deadline = base + Duration::from_micros((i * 7919) % 50_000);
                 spawn_local(async move {
-                    sleep(delay).await;
-                    assert!(start.elapsed() >= delay, "timer fired early");
-                    fired.set(fired.get() + 1);
+                    let mut sleep = std::pin::pin!(sleep_until(deadline));
+                    // A sleep whose deadline passed before its first poll completes at once,
+                    // outside the timer heap: only registered ones have an order to keep.
+                    let registered = futures::poll!(sleep.as_mut()).is_pending();
+                    sleep.await;
+                    assert!(Instant::now() >= deadline, "timer fired early");
+                    if registered {
+                        fired.borrow_mut().push(deadline);
+                    }
                 })
             })
             .collect();
         for handle in handles {
             handle.await.unwrap();
         }
-        assert_eq!(fired.get(), 10_000);
+        let fired = fired.borrow();
+        assert!(
+            fired.len() as u64 > TIMERS / 2,
+            "only {} of {TIMERS} sleeps registered before their deadline",
+            fired.len()
+        );
+        let out_of_order = fired.windows(2).position(|pair| pair[0] > pair[1]);
+        assert_eq!(
+            out_of_order, None,
+            "timers fired out of deadline order (the deadlines are distinct)"
+        );
     });
 }
 
@@ -667,7 +686,36 @@ fn shutdown_cancels_io_that_would_wait_forever() {
         },
     )
     .unwrap();
-    runtime.shutdown().unwrap();
+    let receiving = futures::executor::block_on(runtime.shards()[0].spawn(|| async {
+        // The eventfd read and the receive.
+        settle_until(|| operations_in_flight() >= 2).await;
+    }));
+    assert_eq!(receiving, Ok(()));
+    finishes_within(Duration::from_secs(60), "runtime shutdown", move || {
+        runtime.shutdown()
+    })
+    .unwrap();
+}
+
+/// Runs `work` on a thread of its own and fails the test unless it finishes within
+/// `limit` (a generous bound, not a measurement): a regression that makes `work` hang fails
+/// here instead of stalling the whole run.
+fn finishes_within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
 }
 
 #[test]

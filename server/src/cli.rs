@@ -316,8 +316,10 @@ mod tests {
             Ok(("a".to_owned(), "b=c".to_owned()))
         );
         assert_eq!(parse_key_value("k="), Ok(("k".to_owned(), String::new())));
-        assert!(parse_key_value("novalue").is_err());
-        assert!(parse_key_value("=v").is_err());
+        for bad in ["novalue", "=v"] {
+            let refused = Err(format!("expected KEY=VALUE, got {bad:?}"));
+            assert_eq!(parse_key_value(bad), refused);
+        }
     }
 
     #[test]
@@ -371,8 +373,18 @@ mod tests {
             (group.as_str(), topic.as_str(), to),
             ("g", "t", ResetTo::Offset(7))
         );
-        for bad in ["offset:-1", "timestamp:x", "soon", "offset"] {
-            assert!(parse_reset_to(bad).is_err(), "{bad}");
+        let not_a_number = |value: &str| format!("expected a non-negative number, got {value:?}");
+        let not_a_target = |text: &str| {
+            format!("expected earliest, latest, offset:N or timestamp:MS, got {text:?}")
+        };
+        let refusals = [
+            ("offset:-1", not_a_number("-1")),
+            ("timestamp:x", not_a_number("x")),
+            ("soon", not_a_target("soon")),
+            ("offset", not_a_target("offset")),
+        ];
+        for (bad, refusal) in refusals {
+            assert_eq!(parse_reset_to(bad), Err(refusal), "{bad}");
         }
         assert_eq!(parse_reset_to("timestamp:5"), Ok(ResetTo::Timestamp(5)));
         assert_eq!(parse_reset_to("earliest"), Ok(ResetTo::Earliest));
@@ -381,8 +393,10 @@ mod tests {
             panic!("not a topic command");
         };
         assert_eq!(args.bootstrap, BOOTSTRAP_DEFAULT);
-        assert!(
-            Cli::try_parse_from(["ringlog", "topic", "create", "t", "--partitions", "0"]).is_err()
+        let zero = Cli::try_parse_from(["ringlog", "topic", "create", "t", "--partitions", "0"]);
+        assert_eq!(
+            zero.map(|_| ()).unwrap_err().kind(),
+            clap::error::ErrorKind::ValueValidation
         );
     }
 }

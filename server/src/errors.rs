@@ -96,6 +96,73 @@ fn screaming_snake(camel: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What every kind of engine error maps to. `error_examples` names the kinds by an
+    /// exhaustive match, so a new variant cannot compile without a name there, and this
+    /// table must then say what it maps to.
+    const CODES: [(&str, ResponseError); 38] = {
+        use ResponseError::{
+            CorruptMessage as Corrupt, InvalidPartitions, InvalidProducerEpoch, InvalidRecord,
+            InvalidTopicException, KafkaStorageError as Storage, MessageTooLarge,
+            NotLeaderOrFollower, OffsetOutOfRange, OutOfOrderSequenceNumber, TopicAlreadyExists,
+            UnknownServerError, UnknownTopicOrPartition,
+        };
+        [
+            ("Topic::Io", Storage),
+            ("Topic::NotADataDirectory", Storage),
+            ("Topic::NotADirectory", Storage),
+            ("Topic::DataDirLocked", Storage),
+            ("Topic::UnsupportedFormat", Storage),
+            ("Topic::CorruptMetadata", Storage),
+            ("Topic::AlreadyExists", TopicAlreadyExists),
+            ("Topic::Collides", InvalidTopicException),
+            ("Topic::NotFound", UnknownTopicOrPartition),
+            ("Topic::PartitionCount", InvalidPartitions),
+            ("Topic::PartitionsNotIncreased", InvalidPartitions),
+            ("Topic::LeftoverPartitionDir", Storage),
+            ("Topic::Poisoned", Storage),
+            ("TopicName", InvalidTopicException),
+            ("Log::InvalidBatch::Truncated", Corrupt),
+            ("Log::InvalidBatch::LengthOutOfBounds", Corrupt),
+            ("Log::InvalidBatch::TooLarge", MessageTooLarge),
+            ("Log::InvalidBatch::BadMagic", Corrupt),
+            ("Log::InvalidBatch::CrcMismatch", Corrupt),
+            ("Log::InvalidBatch::UnknownCompression", Corrupt),
+            ("Log::InvalidBatch::RecordCountMismatch", Corrupt),
+            ("Log::InvalidBatch::RecordsDecodedMismatch", Corrupt),
+            ("Log::InvalidBatch::Empty", Corrupt),
+            ("Log::InvalidBatch::InvalidRecord", Corrupt),
+            ("Log::InvalidBatch::Compressed", Corrupt),
+            ("Log::Empty", Corrupt),
+            ("Log::Io", Storage),
+            ("Log::StorageFailed", Storage),
+            ("Log::OffsetOutOfRange", OffsetOutOfRange),
+            ("Log::Closed", NotLeaderOrFollower),
+            ("Log::Producer::EpochFenced", InvalidProducerEpoch),
+            ("Log::Producer::OutOfOrder", OutOfOrderSequenceNumber),
+            ("Log::Producer::Invalid", InvalidRecord),
+            ("Log::Producer::MultipleBatches", InvalidRecord),
+            ("Log::Corrupt", Storage),
+            ("UnknownTopicOrPartition", UnknownTopicOrPartition),
+            ("Runtime", UnknownServerError),
+            ("ShardStopped", NotLeaderOrFollower),
+        ]
+    };
+
+    #[test]
+    fn every_kind_of_engine_error_maps_to_its_kafka_code() {
+        let examples = ringlog_engine::error_examples::examples();
+        let named: Vec<&str> = examples.iter().map(|(name, _)| *name).collect();
+        let tabled: Vec<&str> = CODES.iter().map(|(name, _)| *name).collect();
+        assert_eq!(named, tabled, "one row per kind of engine error, in order");
+        for ((kind, error), (_, expected)) in examples.iter().zip(CODES) {
+            assert_eq!(
+                (*kind, name(code(error))),
+                (*kind, name(expected.code())),
+                "{error}"
+            );
+        }
+    }
+
     #[test]
     fn engine_errors_get_the_codes_clients_expect() {
         let unknown = EngineError::UnknownTopicOrPartition {

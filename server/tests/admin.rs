@@ -22,6 +22,7 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
     alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
     ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
@@ -46,6 +47,7 @@ const APPEND: i8 = 2;
 const NONE: i16 = 0;
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+const MESSAGE_TOO_LARGE: i16 = 10;
 const INVALID_PARTITIONS: i16 = 37;
 const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_CONFIG: i16 = 40;
@@ -524,6 +526,68 @@ fn incremental_alter_configs_sets_and_reverts_single_keys_at_every_version() {
         let missing = incremental(&mut client, version, "nope", &set_segment, false);
         assert_eq!(missing.0, UNKNOWN_TOPIC_OR_PARTITION);
     }
+}
+
+/// Produces one record holding `value` to `topic`-`partition`; the partition's answer.
+fn produce_value(
+    client: &mut AdminClient,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+) -> PartitionProduceResponse {
+    let mut builder = BatchBuilder::new();
+    builder.push(0, None, Some(value), &[]).unwrap();
+    let data = PartitionProduceData::default()
+        .with_index(partition)
+        .with_records(Some(Bytes::from(builder.build())));
+    let request = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name(topic))
+            .with_partition_data(vec![data])]);
+    let mut response = client.call(&request, 9).unwrap();
+    response.responses.remove(0).partition_responses.remove(0)
+}
+
+#[test]
+fn config_changes_reach_partitions_already_open() {
+    let running = Running::start();
+    let mut client = running.client();
+    create_topic(&mut client, "live", 2, &[]);
+    for partition in 0..2 {
+        produce(&mut client, "live", partition, 1);
+    }
+    let big = vec![b'x'; 2000];
+    assert_eq!(produce_value(&mut client, "live", 1, &big).error_code, NONE);
+    let limit = [("max.message.bytes", "1000")];
+    assert_eq!(
+        alter_configs(&mut client, 2, TOPIC, "live", &limit, false).0,
+        NONE
+    );
+    for partition in 0..2 {
+        let refused = produce_value(&mut client, "live", partition, &big);
+        assert_eq!(
+            refused.error_code, MESSAGE_TOO_LARGE,
+            "partition {partition} applies the new max.message.bytes"
+        );
+        let small = produce_value(&mut client, "live", partition, b"small");
+        assert_eq!(small.error_code, NONE);
+        assert_eq!(small.log_append_time_ms, -1, "CreateTime");
+    }
+    let stamp = [("message.timestamp.type", SET, Some("LogAppendTime"))];
+    assert_eq!(incremental(&mut client, 1, "live", &stamp, false).0, NONE);
+    let stamped = produce_value(&mut client, "live", 0, b"stamped");
+    assert_eq!(stamped.error_code, NONE);
+    assert!(
+        stamped.log_append_time_ms > 0,
+        "the open partition stamps the broker's time: {stamped:?}"
+    );
+    let still_limited = produce_value(&mut client, "live", 0, &big);
+    assert_eq!(
+        still_limited.error_code, MESSAGE_TOO_LARGE,
+        "an incremental change keeps the other keys"
+    );
 }
 
 #[test]

@@ -32,6 +32,7 @@ use ringlog_server::metrics::HTTP_HEAD_BYTES_MAX;
 use ringlog_server::server::Server;
 
 const TOPIC: &str = "metered";
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 
 fn name(text: &str) -> TopicName {
     TopicName(StrBytes::from_string(text.to_owned()))
@@ -163,7 +164,10 @@ fn counters_move_by_what_clients_did(io_mode: IoMode) {
         batch_bytes += size;
     }
     let (error_code, _) = produce(&mut client, 9, 1);
-    assert_ne!(error_code, 0, "partition 9 does not exist");
+    assert_eq!(
+        error_code, UNKNOWN_TOPIC_OR_PARTITION,
+        "partition 9 does not exist"
+    );
     let fetched = fetch(&mut client);
     // A connection answers in order and counts each request before reading the next, so
     // once this answer is back, everything above is counted.

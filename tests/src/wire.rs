@@ -83,6 +83,18 @@ impl Connection {
     ) -> anyhow::Result<R::Response> {
         let api = ApiKey::try_from(R::KEY).map_err(|()| anyhow::anyhow!("API key {}", R::KEY))?;
         let correlation_id = self.send(api, version, request)?;
+        self.receive::<R>(version, correlation_id)
+    }
+
+    /// Reads the next response and decodes it as the answer to the `R` request sent with
+    /// `correlation_id` at `version` (see [`Connection::send`]), with the checks of
+    /// [`Connection::call`].
+    pub fn receive<R: Request>(
+        &mut self,
+        version: i16,
+        correlation_id: i32,
+    ) -> anyhow::Result<R::Response> {
+        let api = ApiKey::try_from(R::KEY).map_err(|()| anyhow::anyhow!("API key {}", R::KEY))?;
         let mut frame = self
             .read_frame()
             .context("reading the response")?

@@ -317,7 +317,12 @@ mod tests {
             have: 2,
         });
         assert_eq!(varint_of(&[0x80, 0x80]), truncated);
-        assert!(varint_of(&[]).is_err());
+        let empty = Err(RecordError::Truncated {
+            field: "v",
+            need: 1,
+            have: 0,
+        });
+        assert_eq!(varint_of(&[]), empty);
     }
 
     /// length 8, attributes 0, ts 0, offset 0, key null, value "hi", 0 headers.
@@ -399,7 +404,18 @@ mod tests {
         );
         let mut many_headers = ONE_RECORD;
         many_headers[8] = 0x7e; // 63 headers in 0 bytes
-        assert!(count_records(&many_headers).is_err());
+        let headers_missing = RecordError::Truncated {
+            field: "headers",
+            need: 126,
+            have: 0,
+        };
+        assert_eq!(
+            count_records(&many_headers),
+            Err(BatchError::InvalidRecord {
+                index: 0,
+                source: headers_missing
+            })
+        );
     }
 
     #[test]

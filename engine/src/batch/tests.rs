@@ -405,7 +405,13 @@ fn restamping_create_time_moves_both_timestamps_and_reseals_rewritten_values() {
     let at = bytes.len() - tail.len() - 5;
     assert_eq!(&bytes[at..at + 4], b"bbbb");
     bytes[at..at + 4].copy_from_slice(b"cccc");
-    assert!(validate(&bytes[..at + 5], BATCH_SIZE_BYTES_MAX).is_err());
+    assert!(
+        matches!(
+            validate(&bytes[..at + 5], BATCH_SIZE_BYTES_MAX),
+            Err(BatchError::CrcMismatch { .. })
+        ),
+        "the CRC no longer covers the rewritten value"
+    );
     restamp_create_time(&mut bytes, 50_000).unwrap();
     let (batch, rest) = RecordBatch::parse(&bytes).unwrap();
     assert_eq!(rest, tail, "restamping wrote past the batch");
@@ -427,8 +433,20 @@ fn stamping_refuses_buffers_that_do_not_hold_a_whole_batch() {
         stamp_base_offset(&mut bytes[..short], 1),
         Err(BatchError::Truncated { .. })
     ));
-    assert!(stamp_log_append_time(&mut bytes[..short], 1).is_err());
-    assert!(set_partition_leader_epoch(&mut bytes[..5], 1).is_err());
+    assert_eq!(
+        stamp_log_append_time(&mut bytes[..short], 1),
+        Err(BatchError::Truncated {
+            need: short + 1,
+            have: short
+        })
+    );
+    assert_eq!(
+        set_partition_leader_epoch(&mut bytes[..5], 1),
+        Err(BatchError::Truncated {
+            need: HEADER_SIZE_BYTES,
+            have: 5
+        })
+    );
     assert_eq!(bytes, before);
     bytes[MAGIC_AT] = 1;
     assert_eq!(

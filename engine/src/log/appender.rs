@@ -45,9 +45,7 @@ use super::{
     checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared, StorageFailure,
 };
 use crate::batch::BatchInfo;
-use crate::limits::{
-    CHECKPOINT_INTERVAL_MS, PRODUCER_ID_EXPIRATION_MS, RETENTION_CHECK_INTERVAL_MS,
-};
+use crate::limits::{CHECKPOINT_INTERVAL_MS, PRODUCER_ID_EXPIRATION_MS};
 use crate::rt;
 use crate::storage::Storage;
 use crate::topic::FlushPolicy;
@@ -115,7 +113,7 @@ pub(crate) async fn run<S: Storage>(shared: Rc<Shared<S>>, mut commands: queue::
     let mut appender = Appender {
         shared,
         durability: Durability::new(),
-        next_retention: now + Duration::from_millis(RETENTION_CHECK_INTERVAL_MS),
+        next_retention: now + retention::check_interval(),
         next_checkpoint: now + Duration::from_millis(CHECKPOINT_INTERVAL_MS),
         checkpointed_durable_end,
     };
@@ -200,7 +198,7 @@ impl<S: Storage> Appender<S> {
             }
         }
         if now >= self.next_retention {
-            self.next_retention = now + Duration::from_millis(RETENTION_CHECK_INTERVAL_MS);
+            self.next_retention = now + retention::check_interval();
             self.durability.drain(&shared).await;
             if let Err(error) = retention::apply(&shared, now_ms()).await {
                 tracing::warn!(partition = %shared.id, %error, "retention check failed");

@@ -353,13 +353,15 @@ fn a_lost_fdatasync_is_never_acknowledged() {
             .unwrap();
         log.append(batch(0), Ack::Durable).await.unwrap();
         storage.fail_nth_after_write(1);
+        let failed = log.append(batch(1), Ack::Durable).await.unwrap_err();
+        let LogError::StorageFailed { reason, .. } = &failed else {
+            panic!("EIO from the sync: {failed:?}");
+        };
+        assert!(reason.contains("Input/output error"), "{reason}");
+        let refused = log.append(batch(2), Ack::Durable).await.unwrap_err();
         assert!(
-            log.append(batch(1), Ack::Durable).await.is_err(),
-            "EIO from the sync"
-        );
-        assert!(
-            log.append(batch(2), Ack::Durable).await.is_err(),
-            "poisoned, not retried"
+            matches!(&refused, LogError::StorageFailed { reason: again, .. } if again == reason),
+            "poisoned, not retried: {refused:?}"
         );
         assert_eq!(log.offsets().durable_end, RECORDS_PER_BATCH as i64);
     })

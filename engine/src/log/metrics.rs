@@ -159,10 +159,15 @@ pub(crate) fn on_group_commit(bytes: u64, appends: usize, records: u64) {
 /// Wraps an fdatasync issued now so its completion records the latency. The sync is
 /// already submitted (linked after its write), so "now" is when it started.
 pub(crate) fn timed_fdatasync(sync: PendingSync) -> PendingSync {
+    timed(sync, &FDATASYNC_LATENCY_NS)
+}
+
+/// Wraps `sync` so its completion records in `histogram` the time since this call.
+fn timed<const N: usize>(sync: PendingSync, histogram: &'static Histogram<N>) -> PendingSync {
     let issued = Instant::now();
     Box::pin(async move {
         let result = sync.await;
-        FDATASYNC_LATENCY_NS.observe_duration(issued.elapsed());
+        histogram.observe_duration(issued.elapsed());
         result
     })
 }
@@ -197,12 +202,35 @@ mod tests {
         assert_eq!(snapshot.sum, 100_000_070_000);
     }
 
+    /// A histogram of its own, so observations of the process-wide one by other tests
+    /// running at the same time cannot make this pass or fail.
+    static TIMED: Histogram<17> = Histogram::new(LATENCY_BOUNDS_NS);
+
     #[test]
-    fn a_timed_sync_records_its_latency_and_passes_its_result_on() {
-        let before = FDATASYNC_LATENCY_NS.snapshot().count;
+    fn a_timed_sync_records_its_latency_from_issue_and_passes_its_result_on() {
         let failing: PendingSync = Box::pin(async { Err(std::io::ErrorKind::Other.into()) });
-        let result = futures::executor::block_on(timed_fdatasync(failing));
-        assert!(result.is_err());
-        assert!(FDATASYNC_LATENCY_NS.snapshot().count > before);
+        let timed_failing = timed(failing, &TIMED);
+        assert_eq!(
+            TIMED.snapshot().count,
+            0,
+            "nothing is recorded before completion"
+        );
+        // The sync was submitted when it was wrapped: time before its first poll counts.
+        std::thread::sleep(Duration::from_millis(20));
+        let result = futures::executor::block_on(timed_failing);
+        assert_eq!(result.unwrap_err().kind(), std::io::ErrorKind::Other);
+        let snapshot = TIMED.snapshot();
+        assert_eq!(snapshot.count, 1);
+        assert!(snapshot.sum >= 20_000_000, "{} ns", snapshot.sum);
+        assert_eq!(snapshot.bounds[7], 10_000_000);
+        assert_eq!(snapshot.cumulative[7], 0, "20 ms is above the 10 ms bucket");
+
+        let succeeding: PendingSync = Box::pin(async { Ok(()) });
+        futures::executor::block_on(timed(succeeding, &TIMED)).unwrap();
+        assert_eq!(
+            TIMED.snapshot().count,
+            2,
+            "a successful sync is counted too"
+        );
     }
 }

@@ -400,13 +400,20 @@ mod tests {
         for at in (0..bytes.len()).step_by(7) {
             let mut damaged = bytes.clone();
             damaged[at] ^= 0x10;
-            assert!(
-                decode(&damaged, 1000).is_err(),
-                "flip at byte {at} undetected"
+            assert_eq!(
+                decode(&damaged, 1000),
+                Err(SnapshotError::Crc),
+                "flip at byte {at}"
             );
         }
-        for len in [0, 10, bytes.len() - 1] {
-            assert!(decode(&bytes[..len], 1000).is_err(), "{len} bytes accepted");
+        let cut = bytes.len() - 1;
+        let short = [
+            (0, SnapshotError::Size { len: 0 }),
+            (10, SnapshotError::Size { len: 10 }),
+            (cut, SnapshotError::Crc),
+        ];
+        for (len, error) in short {
+            assert_eq!(decode(&bytes[..len], 1000), Err(error), "{len} bytes");
         }
     }
 

@@ -7,10 +7,37 @@
 //! the new log start offset is in the checkpoint, and the directory is fsynced after, so a
 //! crash in between leaves either the old or the new log start, never a hole.
 
+use std::time::Duration;
+
 use super::checkpoint;
 use super::segment::segment_path;
 use super::{LogError, Shared};
+use crate::limits::RETENTION_CHECK_INTERVAL_MS;
 use crate::storage::{Storage, StorageFile};
+
+/// How often a log's appender applies retention: [`RETENTION_CHECK_INTERVAL_MS`], except in
+/// the engine's own tests, where a thread may shorten it for the appenders it runs (see
+/// [`set_check_interval_for_tests`]) so the timer can be tested without waiting minutes.
+pub(crate) fn check_interval() -> Duration {
+    #[cfg(test)]
+    if let Some(interval) = CHECK_INTERVAL_FOR_TESTS.get() {
+        return interval;
+    }
+    Duration::from_millis(RETENTION_CHECK_INTERVAL_MS)
+}
+
+#[cfg(test)]
+thread_local! {
+    static CHECK_INTERVAL_FOR_TESTS: std::cell::Cell<Option<Duration>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Makes the appenders running on this thread schedule their retention checks `interval`
+/// apart, from the next one they schedule (`None`: the default again).
+#[cfg(test)]
+pub(crate) fn set_check_interval_for_tests(interval: Option<Duration>) {
+    CHECK_INTERVAL_FOR_TESTS.set(interval);
+}
 
 /// Deletes closed segments past the topic's retention; returns how many.
 pub(crate) async fn apply<S: Storage>(shared: &Shared<S>, now_ms: i64) -> Result<usize, LogError> {

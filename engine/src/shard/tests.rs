@@ -114,20 +114,36 @@ fn restart_reopens_every_partition_with_its_data() {
     engine.shutdown().unwrap();
 }
 
+/// Waits until the partition's fdatasyncs in flight have completed: a command on the
+/// appender's queue runs only after them, and DeleteRecords at offset 0 changes nothing.
+async fn settle(engine: &Engine, topic: &str, partition: u32) {
+    let log_start = engine.offsets(topic, partition).await.unwrap().log_start;
+    let unchanged = engine.delete_records_before(topic, partition, 0).await;
+    assert_eq!(unchanged.unwrap(), log_start);
+}
+
 #[test]
 fn topics_grow_change_and_go() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());
     block_on(async {
-        engine
-            .create_topic("t", 1, TopicConfig::default())
-            .await
+        let always = TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .build()
             .unwrap();
+        engine.create_topic("t", 1, always).await.unwrap();
         engine.add_partitions("t", 3).await.unwrap();
         engine
             .append("t", 2, batch("new partition"), Ack::Written)
             .await
             .unwrap();
+        settle(&engine, "t", 2).await;
+        let offsets = engine.offsets("t", 2).await.unwrap();
+        assert_eq!(
+            (offsets.log_end, offsets.durable_end),
+            (1, 1),
+            "flush.policy=always syncs an acks=1 append"
+        );
         let never = TopicConfig::builder()
             .flush(FlushPolicy::Never)
             .build()
@@ -137,9 +153,17 @@ fn topics_grow_change_and_go() {
             .append("t", 2, batch("unsynced"), Ack::Written)
             .await
             .unwrap();
+        settle(&engine, "t", 2).await;
         let offsets = engine.offsets("t", 2).await.unwrap();
         assert_eq!(offsets.log_end, 2);
-        assert_eq!(offsets.durable_end, 0, "the new flush policy applies");
+        assert_eq!(
+            offsets.durable_end, 1,
+            "the new flush policy (never) applies to the open partition"
+        );
+        assert_eq!(
+            offsets.high_watermark, 2,
+            "never: consumers read the log end"
+        );
         assert_eq!(engine.delete_records_before("t", 2, 1).await.unwrap(), 1);
         engine.delete_topic("t").await.unwrap();
         assert!(engine.topic("t").is_none());
@@ -184,4 +208,125 @@ fn two_thousand_partitions_at_default_settings_preallocate_within_the_node_budge
         0,
         "closed logs hold no preallocation"
     );
+}
+
+#[test]
+fn a_wait_beyond_the_high_watermark_times_out_when_nothing_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    block_on(async {
+        engine
+            .create_topic("quiet", 1, TopicConfig::default())
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let timeout = std::time::Duration::from_millis(300);
+        engine.wait_beyond("quiet", 0, 0, timeout).await.unwrap();
+        assert!(
+            started.elapsed() >= timeout,
+            "returned after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(engine.offsets("quiet", 0).await.unwrap().high_watermark, 0);
+    });
+    engine.shutdown().unwrap();
+}
+
+/// A wait with a long timeout and an append: the wait returns once the high watermark
+/// passes its offset (long before the timeout; half of it bounds the test).
+fn a_wait_wakes_when_an_append_moves_the_high_watermark(flush: FlushPolicy) {
+    const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    block_on(async {
+        let config = TopicConfig::builder().flush(flush).build().unwrap();
+        engine.create_topic("woken", 1, config).await.unwrap();
+        let started = std::time::Instant::now();
+        let waiting = engine.wait_beyond("woken", 0, 0, TIMEOUT);
+        let appending = async {
+            // Queued on the owning shard behind the wait, so the wait is in place first.
+            engine
+                .append("woken", 0, batch("wake up"), Ack::Written)
+                .await
+                .unwrap()
+        };
+        let (waited, appended) = futures::join!(waiting, appending);
+        waited.unwrap();
+        assert_eq!(appended.offset_first, 0);
+        assert!(
+            started.elapsed() < TIMEOUT / 2,
+            "{flush:?}: the wait ran {:?}, as if nothing woke it",
+            started.elapsed()
+        );
+        assert!(engine.offsets("woken", 0).await.unwrap().high_watermark > 0);
+    });
+    engine.shutdown().unwrap();
+}
+
+#[test]
+fn a_wait_wakes_when_the_log_end_passes_its_offset() {
+    a_wait_wakes_when_an_append_moves_the_high_watermark(FlushPolicy::Never);
+}
+
+#[test]
+fn a_wait_on_a_flush_always_topic_wakes_when_the_durable_end_passes_its_offset() {
+    a_wait_wakes_when_an_append_moves_the_high_watermark(FlushPolicy::Always);
+}
+
+#[test]
+fn a_read_range_stays_intact_when_delete_records_removes_its_segment() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let config = TopicConfig::builder().segment_bytes(4096).build().unwrap();
+    let expected: Vec<String> = (0..60)
+        .map(|i| format!("{i:03}-{}", "v".repeat(100)))
+        .collect();
+    let ranges = block_on(async {
+        engine.create_topic("trimmed", 1, config).await.unwrap();
+        for value in &expected {
+            engine
+                .append("trimmed", 0, batch(value), Ack::Written)
+                .await
+                .unwrap();
+        }
+        let ranges = engine.read_ranges("trimmed", 0, 0, 1 << 20).await.unwrap();
+        // Past the first two segments: both files go while the range is held.
+        let second_base = std::fs::read_dir(dir.path().join("trimmed-0"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter_map(|name| name.strip_suffix(".log")?.parse::<i64>().ok())
+            .filter(|&base| base > 0)
+            .min()
+            .unwrap();
+        let start = engine
+            .delete_records_before("trimmed", 0, second_base + 1)
+            .await
+            .unwrap();
+        assert_eq!(start, second_base + 1);
+        ranges
+    });
+    let first_segment = dir.path().join("trimmed-0/00000000000000000000.log");
+    assert!(
+        !first_segment.exists(),
+        "the segment the range reads is deleted"
+    );
+    let [SendablePiece::File(range)] = &ranges.pieces[..] else {
+        panic!("one file range from a buffered log: {:?}", ranges.pieces);
+    };
+    let file = std::fs::File::from(range.file.try_clone().unwrap());
+    let mut bytes = vec![0; usize::try_from(range.len).unwrap()];
+    file.read_exact_at(&mut bytes, range.position).unwrap();
+    let read = values(&bytes);
+    assert!(
+        !read.is_empty() && read.len() < expected.len(),
+        "{}",
+        read.len()
+    );
+    assert_eq!(
+        read,
+        expected[..read.len()],
+        "the bytes are the batches appended"
+    );
+    engine.shutdown().unwrap();
 }

@@ -21,7 +21,8 @@
 //! durable at completion, together with every sync of the file issued before it (a sync
 //! never returns before the writeback earlier ones started, so the durable image never
 //! goes back to older bytes). An operation in flight when the process dies fails with EIO
-//! and changes nothing.
+//! and changes nothing. Syncs can also be held (below): a held
+//! `sync_data` waits, before it is issued, until they are released.
 //!
 //! Faults it can inject:
 //! - **Fail the n-th mutating operation** ([`FaultStorage::fail_nth`]): it returns the
@@ -55,6 +56,11 @@
 //! - **Reads that return wrong data** ([`FaultStorage::corrupt_reads`]): reads of a chosen
 //!   byte range of a file come back with every bit flipped, without an error, while the
 //!   file itself is unchanged (a bad cable or controller; bit rot as the reader sees it).
+//! - **Hold syncs** ([`FaultStorage::hold_syncs`]): every `sync_data` called from then on
+//!   (the fdatasync `write_then_sync` leaves in flight among them) waits, before it
+//!   counts or changes anything, until [`FaultStorage::release_syncs`]; then it runs as
+//!   usual. A test sees writes completed with their syncs outstanding, for as long as it
+//!   likes. `write_at` with `sync_after` and `sync_dir` are not held.
 //! - **O_DIRECT misuse**: writes to a file opened `direct` must be 512-byte aligned in
 //!   offset, length and memory, or fail with EINVAL, as the kernel would.
 //!
@@ -189,6 +195,9 @@ struct State {
 struct Latency {
     rng: Rng,
     turns_max: u64,
+    /// `sync_data` waits while this is set; the wakers of the tasks waiting.
+    syncs_held: bool,
+    syncs_waiting: Vec<std::task::Waker>,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
@@ -352,6 +361,39 @@ impl FaultStorage {
     /// Whether a [`crash_at_sync`](Self::crash_at_sync) limit was reached.
     pub fn is_dead(&self) -> bool {
         self.state.borrow().dead
+    }
+
+    /// Makes every `sync_data` from now on wait until [`release_syncs`](Self::release_syncs)
+    /// (see the module header).
+    pub fn hold_syncs(&self) {
+        self.state.borrow_mut().syncs_held = true;
+    }
+
+    /// Lets the held syncs run, and later ones pass at once.
+    pub fn release_syncs(&self) {
+        let waiting = {
+            let mut state = self.state.borrow_mut();
+            state.syncs_held = false;
+            std::mem::take(&mut state.syncs_waiting)
+        };
+        for waker in waiting {
+            waker.wake();
+        }
+    }
+
+    /// Completes once syncs are not held.
+    async fn syncs_released(&self) {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            if !state.syncs_held {
+                return std::task::Poll::Ready(());
+            }
+            if !state.syncs_waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.syncs_waiting.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await;
     }
 
     /// Syncs (`sync_data`, `write_at` with `sync_after`, `sync_dir`) issued and let through:
@@ -1093,6 +1135,7 @@ impl StorageFile for FaultFile {
     /// Issued when first polled: it covers the writes completed by then, and makes them
     /// durable when it completes (after its latency), unless the process died meanwhile.
     async fn sync_data(&self) -> io::Result<()> {
+        self.storage.syncs_released().await;
         let issued = {
             let mut state = self.storage.state.borrow_mut();
             match state.gate(Op::SyncData) {
@@ -1558,6 +1601,37 @@ mod tests {
                 storage.crash_clean().file_bytes(&path("log")).unwrap(),
                 b"ab"
             );
+        });
+    }
+
+    #[test]
+    fn a_held_sync_waits_for_its_release_and_then_makes_the_bytes_durable() {
+        run(async {
+            let (storage, file) = with_log().await;
+            storage.hold_syncs();
+            let (written, _, sync) = file.write_then_sync(vec![b"held".to_vec()], 0).await;
+            written.unwrap();
+            let syncs_before = storage.sync_count();
+            let sync = rt::spawn_local(sync);
+            for _ in 0..10 {
+                rt::yield_now().await;
+            }
+            assert_eq!(
+                storage.sync_count(),
+                syncs_before,
+                "the held sync has not run"
+            );
+            assert_eq!(storage.durable_bytes(&path("log")).unwrap(), b"");
+            storage.sync_dir(Path::new(DIR)).await.unwrap();
+            assert_eq!(
+                storage.sync_count(),
+                syncs_before + 1,
+                "sync_dir is not held"
+            );
+            storage.release_syncs();
+            sync.await.unwrap().unwrap();
+            assert_eq!(storage.sync_count(), syncs_before + 2);
+            assert_eq!(storage.durable_bytes(&path("log")).unwrap(), b"held");
         });
     }
 

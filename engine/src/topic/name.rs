@@ -202,6 +202,12 @@ mod tests {
         let parsed: TopicName = "t1".parse().unwrap();
         assert_eq!(parsed, TopicName::try_from("t1").unwrap());
         assert_eq!(parsed.to_string(), "t1");
-        assert!(TopicName::try_from(String::from("bad name")).is_err());
+        assert_eq!(
+            TopicName::try_from(String::from("bad name")),
+            Err(TopicNameError::IllegalChar {
+                character: ' ',
+                index: 3
+            })
+        );
     }
 }

@@ -160,9 +160,20 @@ mod tests {
                 "flip at {at}: {error}"
             );
         }
-        std::fs::write(&path, &bytes[..SIZE_BYTES - 1]).unwrap();
-        assert!(ProducerIdAllocator::open(dir.path()).is_err());
-        std::fs::write(&path, encode(-1)).unwrap();
-        assert!(ProducerIdAllocator::open(dir.path()).is_err());
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let error = ProducerIdAllocator::open(dir.path()).unwrap_err();
+            let TopicError::CorruptMetadata {
+                path: named,
+                source,
+            } = &error
+            else {
+                panic!("{error:?}");
+            };
+            assert_eq!(named, &path);
+            assert!(matches!(**source, MetadataError::ProducerIds), "{source:?}");
+        };
+        refused(&bytes[..SIZE_BYTES - 1]);
+        refused(&encode(-1));
     }
 }

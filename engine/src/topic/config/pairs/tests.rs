@@ -288,7 +288,14 @@ fn apply_all_refuses_contradicting_flush_keys() {
 fn apply_all_is_all_or_nothing() {
     let mut config = TopicConfig::default();
     let pairs = [("segment.bytes", "1048576"), ("retention.ms", "-7")];
-    assert!(config.apply_all(pairs).is_err());
+    let error = config.apply_all(pairs).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ConfigError::OutOfRange { key: "retention.ms", value, .. } if value == "-7"
+        ),
+        "{error:?}"
+    );
     assert_eq!(
         config.segment_bytes(),
         TopicConfig::default().segment_bytes()
