@@ -179,7 +179,10 @@ fn log_examples() -> Vec<LogError> {
         },
         LogError::StorageFailed {
             partition: partition(),
-            reason: "EIO".into(),
+            source: crate::log::StorageFailure::new(
+                "fdatasync",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ),
         },
         LogError::OffsetOutOfRange {
             partition: partition(),

@@ -188,6 +188,9 @@ struct State {
     /// Operations delayed so far, and the issue numbers of those still in flight.
     delays_issued: u64,
     delays_in_flight: std::collections::BTreeSet<u64>,
+    /// `sync_data` waits while this is set; the wakers of the tasks waiting.
+    syncs_held: bool,
+    syncs_waiting: Vec<std::task::Waker>,
 }
 
 /// Each operation takes a pseudo-random number of executor turns, up to `turns_max`.
@@ -195,9 +198,6 @@ struct State {
 struct Latency {
     rng: Rng,
     turns_max: u64,
-    /// `sync_data` waits while this is set; the wakers of the tasks waiting.
-    syncs_held: bool,
-    syncs_waiting: Vec<std::task::Waker>,
 }
 
 /// What a mutating operation is, for the gate that decides whether it may proceed.
