@@ -181,7 +181,13 @@ impl Durability {
         result: io::Result<()>,
     ) {
         if let Err(source) = result {
-            let failure = StorageFailure::new("fdatasync", source);
+            // A seal trims, fdatasyncs and writes index files; a group sync only syncs.
+            let operation = if done.group {
+                "fdatasync"
+            } else {
+                "seal segment"
+            };
+            let failure = StorageFailure::new(operation, source);
             poison(shared, &failure);
             let later = self.in_flight.drain(..).flat_map(|sync| sync.waiters);
             let replies = done
