@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::segment::segment_path;
 use super::{LogError, Shared};
-use crate::index::{IndexError, SegmentIndex};
+use crate::index::{IndexError, IndexKind, SegmentIndex};
 use crate::storage::{OpenFlags, Storage, StorageFile};
 
 const FILE_NAME: &str = "recovery-checkpoint";
@@ -217,8 +217,8 @@ pub(crate) enum IndexFilesUnusable {
         #[source]
         source: std::io::Error,
     },
-    /// The files are damaged or disagree (the error names the file kind).
-    #[error("index files of segment {}: {source}", path.display())]
+    /// A file is damaged (`path` names it), or the two disagree (`path` is the segment's).
+    #[error("{}: {source}", path.display())]
     Damaged {
         path: PathBuf,
         #[source]
@@ -254,9 +254,10 @@ pub(crate) async fn read_index_files<S: Storage>(
         &contents[0],
         &contents[1],
     )
-    .map_err(|source| IndexFilesUnusable::Damaged {
-        path: segment_path(dir, base_offset, "log"),
-        source,
+    .map_err(|source| {
+        let extension = source.kind().map_or("log", IndexKind::extension);
+        let path = segment_path(dir, base_offset, extension);
+        IndexFilesUnusable::Damaged { path, source }
     })
 }
 
