@@ -399,6 +399,21 @@ fn stop(server: Server) -> (ExitStatus, String) {
     (status, log)
 }
 
+/// Writes `path` until the file system has no byte left.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = vec![0x5a; 64 << 10];
+    let mut len = block.len();
+    while len > 0 {
+        match file.write(&block[..len]) {
+            Ok(_) => {}
+            Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => len /= 2,
+            Err(error) => panic!("filling {}: {error}", path.display()),
+        }
+    }
+}
+
 /// A tmpfs of 16 MiB filled by one partition, with the server's I/O mode `io_mode`.
 fn a_full_disk(io_mode: &str) {
     let Some(fs) = TmpFs::mount(16 * MIB) else {
@@ -504,6 +519,45 @@ fn a_full_disk(io_mode: &str) {
     assert_eq!(filler.errors, [KAFKA_STORAGE_ERROR], "full again");
     assert_nothing_lost(&mut c, "filler", 0, &filler);
     let _ = stop(server);
+
+    // Not one byte free (a ballast file takes what the stop gave back): the broker still
+    // starts in the I/O mode it was given (its O_DIRECT probe cannot write a block, which
+    // says nothing about O_DIRECT), serves everything, and refuses writes that need space
+    // (a small one may still fit the slack of a file's last page).
+    let ballast = fs.path().join("ballast");
+    fill_up(&ballast);
+    let server = Server::start(&data, &options);
+    let mut c = Connection::connect(server.address());
+    assert_nothing_lost(&mut c, "filler", 0, &filler);
+    for (partition, produced) in steady.iter_mut().enumerate() {
+        assert_nothing_lost(&mut c, "steady", partition as i32, produced);
+        produced.errors.clear();
+        produce(
+            &mut c,
+            "steady",
+            partition as i32,
+            30..31,
+            (16, 4000),
+            false,
+            produced,
+        );
+        assert_eq!(produced.errors, [KAFKA_STORAGE_ERROR], "steady-{partition}");
+    }
+    let (_, log) = stop(server);
+    let serving = log.lines().find(|l| l.contains("ringlog serving")).unwrap();
+    let mode = if io_mode == "direct" {
+        "Direct"
+    } else {
+        "Buffered"
+    };
+    assert!(serving.contains(&format!("io_mode={mode}")), "{serving}");
+    assert!(!log.contains("refuses O_DIRECT"), "{log}");
+    assert!(
+        log.contains("could not write the O_DIRECT probe file")
+            && log.contains("No space left on device"),
+        "the probe's failure is logged as what it is:\n{log}"
+    );
+    std::fs::remove_file(&ballast).unwrap();
 
     // Space freed and a restart: the partition recovers and takes produce again.
     fs.resize(64 * MIB);
