@@ -345,3 +345,37 @@ fn a_sealed_segment_cut_short_refuses_the_offsets_it_lost() {
     })
     .unwrap();
 }
+
+/// Index files lost on a disk with no byte free: the rebuilt index cannot be written, which
+/// costs the next start a scan, not this start the partition: it opens and serves all.
+#[test]
+fn index_files_that_cannot_be_rewritten_do_not_keep_the_log_closed() {
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let bases = written(&storage, IoMode::Buffered).await;
+        for extension in ["index", "timeindex"] {
+            let path = segment_path(dir(), bases[1], extension);
+            storage.remove_file(&path).await.unwrap();
+        }
+        storage.limit_capacity(u64::MAX);
+        let used = u64::MAX - storage.free_bytes().unwrap();
+        storage.limit_capacity(used);
+        let log = PartitionLog::open(storage.clone(), dir(), id(), config(IoMode::Buffered))
+            .await
+            .unwrap();
+        let end = i64::from(BATCHES) * RECORDS_PER_BATCH;
+        assert_eq!(log.offsets().log_end, end);
+        let (served, refused) = read_each(&log).await;
+        assert!(refused.is_empty());
+        assert_eq!(served.len(), end as usize);
+        drop(log);
+        storage.limit_capacity(u64::MAX);
+        let log = PartitionLog::open(storage.clone(), dir(), id(), config(IoMode::Buffered))
+            .await
+            .unwrap();
+        let rebuilt = checkpoint::read_index_files(&storage, dir(), bases[1], 1024).await;
+        assert!(rebuilt.unwrap().is_sealed(), "written once there is room");
+        log.close().await.unwrap();
+    })
+    .unwrap();
+}

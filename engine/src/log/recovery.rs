@@ -193,7 +193,7 @@ async fn open_closed_segments<S: Storage>(
         if closed.segment.offset_next == next_base {
             let trimmed = closed.scan.valid_bytes == closed.segment.allocated_bytes;
             if !trimmed || closed.start == 0 {
-                reseal(storage, dir, &mut closed.segment, true)
+                reseal(storage, dir, &mut closed.segment, true, id)
                     .await
                     .map_err(io("seal segment"))?;
             }
@@ -215,7 +215,7 @@ async fn open_closed_segments<S: Storage>(
             "log ends inside a closed segment whose seal a crash interrupted; \
              dropping the segments after it"
         );
-        reseal(storage, dir, &mut closed.segment, false)
+        reseal(storage, dir, &mut closed.segment, false, id)
             .await
             .map_err(io("seal segment"))?;
         for &later in &bases[index + 1..] {
@@ -320,12 +320,15 @@ async fn open_closed<S: Storage>(
 }
 
 /// Cuts a closed segment at its valid bytes, fdatasyncs it and rewrites its index files,
-/// marked sealed if `sealed` (not for a segment about to become the active one).
+/// marked sealed if `sealed` (not for a segment about to become the active one). The index
+/// files only save the next recovery a scan: if they cannot be written (a disk with no
+/// byte free), the log opens with the index in memory, and the failure is logged.
 async fn reseal<S: Storage>(
     storage: &S,
     dir: &Path,
     segment: &mut Segment<S>,
     sealed: bool,
+    id: &PartitionId,
 ) -> std::io::Result<()> {
     let path = segment_path(dir, segment.base_offset, "log");
     let writer = storage
@@ -338,7 +341,16 @@ async fn reseal<S: Storage>(
     if sealed {
         index.mark_sealed();
     }
-    checkpoint::write_segment_index(storage, dir, segment.base_offset, &index).await
+    let written = checkpoint::write_segment_index(storage, dir, segment.base_offset, &index).await;
+    if let Err(error) = written {
+        tracing::warn!(
+            partition = %id,
+            segment = %path.display(),
+            %error,
+            "could not write the segment's index files; the next start scans it again"
+        );
+    }
+    Ok(())
 }
 
 /// Removes a segment's files.
