@@ -249,17 +249,10 @@ fn init_producer_id(c: &mut Connection) -> (i64, i16) {
     (answer.producer_id.0, answer.producer_epoch)
 }
 
-#[test]
-fn damaged_indexes_checkpoint_and_snapshots_cost_a_rebuild_and_nothing_else() {
-    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let data = data_dir.path().join("data");
-    let topic = "rebuilt";
-    let server = Server::start(&data, &options());
-    let mut c = Connection::connect(server.address());
-    let mut configs = TOPIC_CONFIGS.to_vec();
-    configs.push(("ringlog.io.mode", "buffered"));
-    assert_eq!(c.create_topic_with_configs(topic, 1, &configs), 0);
-    let (producer_id, epoch) = init_producer_id(&mut c);
+/// Produces [`BATCHES`] batches of one idempotent producer with acks=all: what was
+/// acknowledged, and the last batch with its offset (to send again later).
+fn fill_idempotent(c: &mut Connection, topic: &str) -> (Acknowledged, (bytes::Bytes, i64)) {
+    let (producer_id, epoch) = init_producer_id(c);
     let mut acknowledged = Acknowledged::new();
     let mut last = None;
     for batch in 0..BATCHES {
@@ -272,24 +265,29 @@ fn damaged_indexes_checkpoint_and_snapshots_cost_a_rebuild_and_nothing_else() {
         acknowledged.insert(answer.base_offset, values);
         last = Some((bytes, answer.base_offset));
     }
-    server.stop_cleanly();
+    (acknowledged, last.unwrap())
+}
 
-    let dir = partition_dir(&data, topic);
-    let segments = segments(&dir);
+/// Damages the metadata of the partition in `dir`: one `.index` cut short, one
+/// `.timeindex` emptied, one `.index` deleted, the checkpoint's CRC broken, the newest
+/// producer snapshot damaged and the one before it deleted. Returns each file whose
+/// damage recovery must log, with the words of its warning.
+fn damage_metadata(dir: &Path) -> Vec<(PathBuf, &'static str)> {
+    const INDEX_UNUSABLE: &str = "index files unusable; rebuilding them from the segment";
+    let segments = segments(dir);
     assert!(segments.len() >= 4);
     let with = |base: i64, extension: &str| dir.join(format!("{base:020}.{extension}"));
     let index = with(segments[1].0, "index");
     let len = std::fs::metadata(&index).unwrap().len();
-    std::fs::File::options()
-        .write(true)
-        .open(&index)
-        .unwrap()
-        .set_len(len - 5)
-        .unwrap();
-    std::fs::write(with(segments[2].0, "timeindex"), b"").unwrap();
-    std::fs::remove_file(with(segments[3].0, "index")).unwrap();
-    flip(&dir.join("recovery-checkpoint"), 20);
-    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(&dir)
+    let file = std::fs::File::options().write(true).open(&index).unwrap();
+    file.set_len(len - 5).unwrap();
+    let time_index = with(segments[2].0, "timeindex");
+    std::fs::write(&time_index, b"").unwrap();
+    let deleted_index = with(segments[3].0, "index");
+    std::fs::remove_file(&deleted_index).unwrap();
+    let checkpoint = dir.join("recovery-checkpoint");
+    flip(&checkpoint, 20);
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|e| e == "snapshot"))
@@ -299,33 +297,39 @@ fn damaged_indexes_checkpoint_and_snapshots_cost_a_rebuild_and_nothing_else() {
     let newest = snapshots.pop().unwrap();
     flip(&newest, 30);
     std::fs::remove_file(snapshots.pop().unwrap()).unwrap();
+    vec![
+        (index, INDEX_UNUSABLE),
+        (time_index, INDEX_UNUSABLE),
+        (deleted_index, INDEX_UNUSABLE),
+        (checkpoint, "recovery checkpoint damaged"),
+        (
+            newest,
+            "producer snapshot ignored; rebuilding the state from the log",
+        ),
+    ]
+}
+
+#[test]
+fn damaged_indexes_checkpoint_and_snapshots_cost_a_rebuild_and_nothing_else() {
+    let data_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = data_dir.path().join("data");
+    let topic = "rebuilt";
+    let server = Server::start(&data, &options());
+    let mut c = Connection::connect(server.address());
+    let mut configs = TOPIC_CONFIGS.to_vec();
+    configs.push(("ringlog.io.mode", "buffered"));
+    assert_eq!(c.create_topic_with_configs(topic, 1, &configs), 0);
+    let (acknowledged, last) = fill_idempotent(&mut c, topic);
+    server.stop_cleanly();
+
+    let dir = partition_dir(&data, topic);
+    let damaged = damage_metadata(&dir);
 
     let server = Server::start(&data, &options());
     let mut c = Connection::connect(server.address());
     let log = server.log();
     let partition = format!("partition={topic}-0");
-    for (file, message) in [
-        (
-            &index,
-            "index files unusable; rebuilding them from the segment",
-        ),
-        (
-            &with(segments[2].0, "timeindex"),
-            "index files unusable; rebuilding them from the segment",
-        ),
-        (
-            &with(segments[3].0, "index"),
-            "index files unusable; rebuilding them from the segment",
-        ),
-        (
-            &dir.join("recovery-checkpoint"),
-            "recovery checkpoint damaged",
-        ),
-        (
-            &newest,
-            "producer snapshot ignored; rebuilding the state from the log",
-        ),
-    ] {
+    for (file, message) in &damaged {
         let file = file.display().to_string();
         let found = lines_with(&log, &[message, &file]);
         assert_eq!(found.len(), 1, "'{message}' names {file}:\n{log}");
@@ -337,7 +341,7 @@ fn damaged_indexes_checkpoint_and_snapshots_cost_a_rebuild_and_nothing_else() {
     }
     assert!(fetch_each(&mut c, topic, &acknowledged).is_empty());
     // The producer state was rebuilt from the log: the last batch, sent again, is known.
-    let (bytes, offset) = last.unwrap();
+    let (bytes, offset) = last;
     let answer = c.produce_raw(topic, 0, bytes, -1);
     assert_eq!(
         (answer.error_code, answer.base_offset),

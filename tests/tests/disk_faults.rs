@@ -414,52 +414,97 @@ fn fill_up(path: &Path) {
     }
 }
 
-/// A tmpfs of 16 MiB filled by one partition, with the server's I/O mode `io_mode`.
-fn a_full_disk(io_mode: &str) {
-    let Some(fs) = TmpFs::mount(16 * MIB) else {
-        return;
-    };
+/// The full-disk test's broker and what its partitions were told: two `steady` partitions
+/// that write little, and a `filler` that fills the disk.
+struct FullDisk {
+    fs: TmpFs,
+    data: PathBuf,
+    options: ServerOptions,
+    steady: [Produced; 2],
+    filler: Produced,
+}
+
+impl FullDisk {
+    fn start(&self) -> (Server, Connection) {
+        let server = Server::start(&self.data, &self.options);
+        let c = Connection::connect(server.address());
+        (server, c)
+    }
+
+    /// Every partition holds everything it acknowledged.
+    fn assert_nothing_lost(&self, c: &mut Connection) {
+        assert_nothing_lost(c, "filler", 0, &self.filler);
+        for (partition, produced) in self.steady.iter().enumerate() {
+            assert_nothing_lost(c, "steady", partition as i32, produced);
+        }
+    }
+
+    /// Produces `batches` to each steady partition; returns their error codes.
+    fn produce_steady(
+        &mut self,
+        c: &mut Connection,
+        batches: std::ops::Range<usize>,
+        size: (usize, usize),
+    ) -> Vec<i16> {
+        let mut errors = Vec::new();
+        for (partition, produced) in self.steady.iter_mut().enumerate() {
+            produced.errors.clear();
+            produce(
+                c,
+                "steady",
+                partition as i32,
+                batches.clone(),
+                size,
+                false,
+                produced,
+            );
+            errors.extend(&produced.errors);
+        }
+        errors
+    }
+
+    /// Produces big batches to the filler until the disk refuses one.
+    fn fill(&mut self, c: &mut Connection, batches: std::ops::Range<usize>) {
+        self.filler.refused.clear();
+        self.filler.errors.clear();
+        produce(c, "filler", 0, batches, (16, 4000), true, &mut self.filler);
+        assert_eq!(
+            self.filler.errors,
+            [KAFKA_STORAGE_ERROR],
+            "the full disk is refused"
+        );
+    }
+}
+
+/// A tmpfs of 16 MiB filled by one partition, with the server's I/O mode `io_mode`: the
+/// filling partition is refused and poisoned, the others keep writing into what they
+/// preallocated, everything is served, and the stop names the poisoned partition.
+fn fill_a_disk(io_mode: &str) -> Option<FullDisk> {
+    let fs = TmpFs::mount(16 * MIB)?;
     let data = fs.path().join("data");
     let options = ServerOptions::default()
         .with("--io-mode", io_mode)
         .with("--auto-create-topics", "false");
-    let server = Server::start(&data, &options);
-    let mut c = Connection::connect(server.address());
+    let mut disk = FullDisk {
+        fs,
+        data,
+        options,
+        steady: [Produced::default(), Produced::default()],
+        filler: Produced::default(),
+    };
+    let (server, mut c) = disk.start();
     assert_eq!(c.create_topic("steady", 2), 0);
-    assert_eq!(
-        c.create_topic_with_configs("filler", 1, &[("segment.bytes", "4194304")]),
-        0
-    );
-    let mut steady = [Produced::default(), Produced::default()];
-    for (partition, produced) in steady.iter_mut().enumerate() {
-        produce(
-            &mut c,
-            "steady",
-            partition as i32,
-            0..20,
-            (10, 100),
-            false,
-            produced,
-        );
-        assert!(produced.errors.is_empty());
-    }
-    let mut filler = Produced::default();
-    produce(&mut c, "filler", 0, 0..1000, (16, 4000), true, &mut filler);
-    assert_eq!(
-        filler.errors,
-        [KAFKA_STORAGE_ERROR],
-        "the full disk is refused"
-    );
+    let filler_configs = [("segment.bytes", "4194304")];
+    assert_eq!(c.create_topic_with_configs("filler", 1, &filler_configs), 0);
+    assert!(disk.produce_steady(&mut c, 0..20, (10, 100)).is_empty());
+    disk.fill(&mut c, 0..1000);
+    let acknowledged = disk.filler.acknowledged.len();
     assert!(
-        filler.acknowledged.len() > 1000,
-        "the disk took {} records first",
-        filler.acknowledged.len()
+        acknowledged > 1000,
+        "the disk took {acknowledged} records first"
     );
     // The disk is full: the broker still answers and serves every partition.
-    assert_nothing_lost(&mut c, "filler", 0, &filler);
-    for (partition, produced) in steady.iter().enumerate() {
-        assert_nothing_lost(&mut c, "steady", partition as i32, produced);
-    }
+    disk.assert_nothing_lost(&mut c);
     let mut again = Produced::default();
     produce(&mut c, "filler", 0, 1000..1001, (1, 10), false, &mut again);
     assert_eq!(
@@ -468,22 +513,8 @@ fn a_full_disk(io_mode: &str) {
         "poisoned until restarted"
     );
     // The steady partitions write into space they preallocated before the disk filled.
-    for (partition, produced) in steady.iter_mut().enumerate() {
-        produce(
-            &mut c,
-            "steady",
-            partition as i32,
-            20..25,
-            (10, 100),
-            false,
-            produced,
-        );
-        assert!(
-            produced.errors.is_empty(),
-            "steady-{partition}: {:?}",
-            produced.errors
-        );
-    }
+    let errors = disk.produce_steady(&mut c, 20..25, (10, 100));
+    assert!(errors.is_empty(), "{errors:?}");
     let (status, log) = stop(server);
     assert_eq!(
         status.code(),
@@ -495,54 +526,33 @@ fn a_full_disk(io_mode: &str) {
             && log.contains("No space left on device"),
         "the log names the partition, the operation and the errno:\n{log}"
     );
+    Some(disk)
+}
 
+/// The full disk, then restarts: still full, with not one byte free, and with room again.
+fn a_full_disk(io_mode: &str) {
+    let Some(mut disk) = fill_a_disk(io_mode) else {
+        return;
+    };
     // A restart on the full disk: the broker starts and serves everything. The stop gave
     // back the space preallocated ahead of every partition, so the filler takes produce
     // again until the disk is full once more, and is then refused the same way.
-    let server = Server::start(&data, &options);
-    let mut c = Connection::connect(server.address());
-    assert_nothing_lost(&mut c, "filler", 0, &filler);
-    for (partition, produced) in steady.iter().enumerate() {
-        assert_nothing_lost(&mut c, "steady", partition as i32, produced);
-    }
-    filler.refused.clear();
-    filler.errors.clear();
-    produce(
-        &mut c,
-        "filler",
-        0,
-        2000..3000,
-        (16, 4000),
-        true,
-        &mut filler,
-    );
-    assert_eq!(filler.errors, [KAFKA_STORAGE_ERROR], "full again");
-    assert_nothing_lost(&mut c, "filler", 0, &filler);
+    let (server, mut c) = disk.start();
+    disk.assert_nothing_lost(&mut c);
+    disk.fill(&mut c, 2000..3000);
+    disk.assert_nothing_lost(&mut c);
     let _ = stop(server);
 
     // Not one byte free (a ballast file takes what the stop gave back): the broker still
     // starts in the I/O mode it was given (its O_DIRECT probe cannot write a block, which
     // says nothing about O_DIRECT), serves everything, and refuses writes that need space
     // (a small one may still fit the slack of a file's last page).
-    let ballast = fs.path().join("ballast");
+    let ballast = disk.fs.path().join("ballast");
     fill_up(&ballast);
-    let server = Server::start(&data, &options);
-    let mut c = Connection::connect(server.address());
-    assert_nothing_lost(&mut c, "filler", 0, &filler);
-    for (partition, produced) in steady.iter_mut().enumerate() {
-        assert_nothing_lost(&mut c, "steady", partition as i32, produced);
-        produced.errors.clear();
-        produce(
-            &mut c,
-            "steady",
-            partition as i32,
-            30..31,
-            (16, 4000),
-            false,
-            produced,
-        );
-        assert_eq!(produced.errors, [KAFKA_STORAGE_ERROR], "steady-{partition}");
-    }
+    let (server, mut c) = disk.start();
+    disk.assert_nothing_lost(&mut c);
+    let errors = disk.produce_steady(&mut c, 30..31, (16, 4000));
+    assert_eq!(errors, [KAFKA_STORAGE_ERROR; 2]);
     let (_, log) = stop(server);
     let serving = log.lines().find(|l| l.contains("ringlog serving")).unwrap();
     let mode = if io_mode == "direct" {
@@ -560,13 +570,9 @@ fn a_full_disk(io_mode: &str) {
     std::fs::remove_file(&ballast).unwrap();
 
     // Space freed and a restart: the partition recovers and takes produce again.
-    fs.resize(64 * MIB);
-    let server = Server::start(&data, &options);
-    let mut c = Connection::connect(server.address());
-    assert_nothing_lost(&mut c, "filler", 0, &filler);
-    for (partition, produced) in steady.iter().enumerate() {
-        assert_nothing_lost(&mut c, "steady", partition as i32, produced);
-    }
+    disk.fs.resize(64 * MIB);
+    let (server, mut c) = disk.start();
+    disk.assert_nothing_lost(&mut c);
     // A refused batch may have landed (its write completed, its fdatasync did not): the
     // log may hold it, which is why the next offset comes from the log.
     let mut after = Produced {
