@@ -214,6 +214,9 @@ async fn load<S: Storage>(
         );
         let (damaged_at, stop) = match found {
             Batches::Run(batches, range, offset_next) => {
+                // The batches from the index entry to the run's end were walked: checked
+                // for the file too (not what follows the run, which may be damaged).
+                let checked = target.start..from + range.end as u64;
                 let run = Run {
                     buf: buf.detach(),
                     range,
@@ -221,8 +224,6 @@ async fn load<S: Storage>(
                     offset_next,
                 };
                 shared.cache.insert(key, generation, run);
-                // Bytes checked on their way into the cache are checked for the file too.
-                let checked = target.start..from + valid as u64;
                 if let Some(segment) = shared
                     .state
                     .borrow_mut()

@@ -135,8 +135,17 @@ async fn read_each(log: &PartitionLog<FaultStorage>) -> (Vec<i64>, Vec<i64>) {
     (served, refused)
 }
 
+/// Runs `test` with buffered I/O, and with direct I/O without the batch cache, with it,
+/// and with one too small to keep a read (whose fetches fall back to the file).
 fn both_modes(test: impl Fn(IoMode)) {
-    for mode in [IoMode::Buffered, IoMode::Direct] {
+    let modes = [
+        (IoMode::Buffered, 0),
+        (IoMode::Direct, 0),
+        (IoMode::Direct, 64 << 20),
+        (IoMode::Direct, 4096),
+    ];
+    for (mode, cache_bytes) in modes {
+        super::cache::init_for_this_thread(cache_bytes);
         test(mode);
     }
 }
