@@ -58,7 +58,7 @@ fn log_kind(error: &LogError) -> &'static str {
         LogError::OffsetOutOfRange { .. } => "Log::OffsetOutOfRange",
         LogError::Closed { .. } => "Log::Closed",
         LogError::Producer { source, .. } => producer_kind(source),
-        LogError::Corrupt { .. } => "Log::Corrupt",
+        LogError::Damaged { .. } => "Log::Damaged",
     }
 }
 
@@ -195,9 +195,17 @@ fn log_examples() -> Vec<LogError> {
         },
     ]);
     errors.extend(producer_examples().into_iter().map(refused));
-    errors.push(LogError::Corrupt {
+    errors.push(LogError::Damaged {
         partition: partition(),
-        detail: "garbage".into(),
+        segment: 0,
+        offset: 7,
+        source: crate::log::ScanStop::Invalid {
+            position: 4096,
+            error: BatchError::CrcMismatch {
+                stored: 1,
+                computed: 2,
+            },
+        },
     });
     errors
 }

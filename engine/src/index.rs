@@ -119,6 +119,16 @@ impl SegmentIndex {
         self.offsets.base_offset()
     }
 
+    /// Whether the segment's seal wrote these indexes (see [`OffsetIndex::mark_sealed`]).
+    pub fn is_sealed(&self) -> bool {
+        self.offsets.is_sealed()
+    }
+
+    /// Marks the indexes as the seal of their segment writes them.
+    pub fn mark_sealed(&mut self) {
+        self.offsets.mark_sealed();
+    }
+
     pub fn offset_index(&self) -> &OffsetIndex {
         &self.offsets
     }

@@ -76,6 +76,10 @@ pub const INDEX_ENTRIES_PER_SEGMENT_MAX: usize = 1 << 20;
 pub const RETENTION_CHECK_INTERVAL_MS: u64 = 5 * 60 * 1000;
 /// Bytes recovery reads from a segment at a time while validating its tail.
 pub const RECOVERY_READ_CHUNK_BYTES: usize = 4 << 20;
+/// Bytes a fetch reads at a time (more for a larger batch) while it checks segment bytes
+/// nobody checked since the log was opened, before it sends them: about one fetch's worth
+/// for a partition, so most checks are one read.
+pub const FETCH_CHECK_READ_CHUNK_BYTES: usize = 1 << 20;
 /// How often a partition writes its recovery checkpoint (and the active segment's
 /// indexes) when its durable end has moved, bounding what recovery must scan after an
 /// unclean stop to what was written since (Kafka checkpoints its recovery point every 60 s).

@@ -37,12 +37,15 @@ mod queue;
 mod read;
 mod recovery;
 mod retention;
+mod scan;
 mod segment;
 
 #[cfg(test)]
 mod cache_tests;
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod damage_tests;
 #[cfg(test)]
 mod invariant_tests;
 #[cfg(test)]
@@ -72,6 +75,7 @@ use crate::topic::{FlushPolicy, TopicConfig};
 pub use prealloc::PreallocBudget;
 pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange, ReadRange};
+pub use scan::ScanStop;
 
 use appender::{Command, Pending};
 use segment::Segment;
@@ -141,11 +145,18 @@ pub enum LogError {
         #[source]
         source: ProducerError,
     },
-    /// The on-disk state is not what ringlog writes (and could not be recovered).
-    #[error("partition {partition}: {detail}")]
-    Corrupt {
+    /// The bytes of a segment where batches were acknowledged fail the batch checks (CRC,
+    /// framing, offsets): the disk damaged them. Nothing of them is served (Kafka's
+    /// CORRUPT_MESSAGE); the source says where and why the valid batches stopped.
+    #[error("partition {partition}: segment {segment} is damaged where offset {offset} is")]
+    Damaged {
         partition: PartitionId,
-        detail: String,
+        /// The damaged segment's base offset.
+        segment: i64,
+        /// The offset asked for.
+        offset: i64,
+        #[source]
+        source: ScanStop,
     },
 }
 

@@ -182,9 +182,19 @@ impl Engine {
         let registry = TopicRegistry::open(config.data_dir.clone())?;
         // After the registry, which holds the data directory's lock.
         let producer_ids = ProducerIdAllocator::open(registry.data_dir())?;
-        let direct_io_refused = crate::storage::probe_direct_io(registry.data_dir())
-            .err()
-            .map(|error| error.to_string());
+        let direct_io_refused = match crate::storage::probe_direct_io(registry.data_dir()) {
+            Ok(()) => None,
+            Err(error) if crate::storage::refuses_direct_io(&error) => Some(error.to_string()),
+            Err(error) => {
+                tracing::warn!(
+                    data_dir = %registry.data_dir().display(),
+                    %error,
+                    "could not write the O_DIRECT probe file; assuming the file system \
+                     takes O_DIRECT, as disk file systems do"
+                );
+                None
+            }
+        };
         let budget = PreallocBudget::for_dir(registry.data_dir());
         let shards = runtime.shards().to_vec();
         let per_shard = config.batch_cache_bytes / shards.len().max(1) as u64;

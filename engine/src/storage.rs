@@ -140,6 +140,14 @@ pub fn probe_direct_io(dir: &Path) -> io::Result<()> {
     removed
 }
 
+/// Whether an error of [`probe_direct_io`] means the file system refuses O_DIRECT (EINVAL,
+/// as ramfs and older tmpfs answer the open, or EOPNOTSUPP), rather than that the probe
+/// could not be written at all: a full disk (ENOSPC), a failing one (EIO) or a read-only
+/// one says nothing about O_DIRECT, and must not turn a disk's topics to buffered I/O.
+pub fn refuses_direct_io(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
+}
+
 /// Files on the local file system, through the io_uring runtime.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DiskStorage;
@@ -352,5 +360,27 @@ impl DiskFile {
             returned.push(slice.into_inner());
         }
         (result, returned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_einval_and_eopnotsupp_from_the_probe_mean_o_direct_is_refused() {
+        let refused = |errno| refuses_direct_io(&io::Error::from_raw_os_error(errno));
+        assert!(refused(libc::EINVAL) && refused(libc::EOPNOTSUPP));
+        for errno in [
+            libc::ENOSPC,
+            libc::EIO,
+            libc::EROFS,
+            libc::EDQUOT,
+            libc::EACCES,
+        ] {
+            assert!(!refused(errno), "errno {errno} says nothing about O_DIRECT");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        probe_direct_io(dir.path()).unwrap();
     }
 }

@@ -27,11 +27,15 @@ fn log_code(error: &LogError) -> i16 {
             source: BatchError::TooLarge { .. },
             ..
         } => ResponseError::MessageTooLarge,
-        LogError::InvalidBatch { .. } | LogError::Empty { .. } => ResponseError::CorruptMessage,
-        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        LogError::Io { .. } | LogError::StorageFailed { .. } | LogError::Corrupt { .. } => {
-            ResponseError::KafkaStorageError
+        // Damaged bytes on disk answer a fetch as Kafka's own broker does when a segment's
+        // batches do not parse: the Java consumer surfaces CORRUPT_MESSAGE to the
+        // application (which can seek past), where KAFKA_STORAGE_ERROR would be retried
+        // silently forever.
+        LogError::InvalidBatch { .. } | LogError::Empty { .. } | LogError::Damaged { .. } => {
+            ResponseError::CorruptMessage
         }
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::Io { .. } | LogError::StorageFailed { .. } => ResponseError::KafkaStorageError,
         LogError::Closed { .. } => ResponseError::NotLeaderOrFollower,
         LogError::Producer { source, .. } => return producer_code(source),
         _ => ResponseError::UnknownServerError,
@@ -141,7 +145,7 @@ mod tests {
             ("Log::Producer::OutOfOrder", OutOfOrderSequenceNumber),
             ("Log::Producer::Invalid", InvalidRecord),
             ("Log::Producer::MultipleBatches", InvalidRecord),
-            ("Log::Corrupt", Storage),
+            ("Log::Damaged", Corrupt),
             ("UnknownTopicOrPartition", UnknownTopicOrPartition),
             ("Runtime", UnknownServerError),
             ("ShardStopped", NotLeaderOrFollower),

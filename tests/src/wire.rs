@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -342,12 +342,32 @@ impl Connection {
 
     /// Creates `name` with `partitions` partitions; returns the error code.
     pub fn create_topic(&mut self, name: &str, partitions: i32) -> i16 {
+        self.create_topic_with_configs(name, partitions, &[])
+    }
+
+    /// Creates `name` with `partitions` partitions and the topic configs `configs` (Kafka
+    /// key names, e.g. `("segment.bytes", "1048576")`); returns the error code.
+    pub fn create_topic_with_configs(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, &str)],
+    ) -> i16 {
+        let configs = configs
+            .iter()
+            .map(|(key, value)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string((*key).to_owned()))
+                    .with_value(Some(StrBytes::from_string((*value).to_owned())))
+            })
+            .collect();
         let request = CreateTopicsRequest::default()
             .with_timeout_ms(10_000)
             .with_topics(vec![CreatableTopic::default()
                 .with_name(topic_name(name))
                 .with_num_partitions(partitions)
-                .with_replication_factor(1)]);
+                .with_replication_factor(1)
+                .with_configs(configs)]);
         let response = self
             .call(&request, max_version(ApiKey::CreateTopics))
             .expect("create topics");

@@ -8,7 +8,7 @@
 //! | -----: | ---: | ----------- | ------- | -------------------------------------------- |
 //! |      0 |    4 | magic       | [u8; 4] | names the kind of index (`RLOI`, `RLTI`)     |
 //! |      4 |    2 | version     | u16     | [`FORMAT_VERSION`]                           |
-//! |      6 |    2 | (per kind)  | u16     | reserved (offset index), max state (time)    |
+//! |      6 |    2 | (per kind)  | u16     | flags (offset index), max state (time)       |
 //! |      8 |    8 | base_offset | i64     | the segment's base offset, as in its name    |
 //!
 //! Invariants: a frame that passes [`Format::check`] has exactly `entry_count` entries after

@@ -18,6 +18,16 @@ pub enum IndexKind {
     Time,
 }
 
+impl IndexKind {
+    /// The extension of this kind's file.
+    pub fn extension(self) -> &'static str {
+        match self {
+            IndexKind::Offset => "index",
+            IndexKind::Time => "timeindex",
+        }
+    }
+}
+
 impl fmt::Display for IndexKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -136,4 +146,26 @@ pub enum IndexError {
         last_offset: i64,
         position_end: u64,
     },
+}
+
+impl IndexError {
+    /// The index file the error is about; `None` for an error about both (they disagree)
+    /// or about a batch.
+    pub fn kind(&self) -> Option<IndexKind> {
+        match self {
+            IndexError::Truncated { kind, .. }
+            | IndexError::BadMagic { kind, .. }
+            | IndexError::UnsupportedVersion { kind, .. }
+            | IndexError::TooManyEntries { kind, .. }
+            | IndexError::LengthMismatch { kind, .. }
+            | IndexError::CrcMismatch { kind, .. }
+            | IndexError::BaseOffsetMismatch { kind, .. }
+            | IndexError::InvalidHeaderField { kind, .. }
+            | IndexError::EntriesNotIncreasing { kind, .. } => Some(*kind),
+            IndexError::IndexesDisagree { .. }
+            | IndexError::InvalidBatch { .. }
+            | IndexError::BatchOutOfOrder { .. }
+            | IndexError::SegmentRangeExceeded { .. } => None,
+        }
+    }
 }

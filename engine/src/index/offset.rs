@@ -12,13 +12,19 @@
 //! and [`OffsetIndex::is_full`] says so); batches are appended in strictly increasing
 //! offset and position order, which is asserted (an appender that breaks it has a bug).
 //!
+//! The index of a sealed segment says so ([`OffsetIndex::mark_sealed`]): the seal writes
+//! it only after the segment file was trimmed to its last batch and fdatasynced, so a
+//! recovery that finds the flag knows every byte of the file was durable and whole once,
+//! and that damage found there is damage, not a write a crash interrupted. Appending to
+//! or truncating an index clears the flag.
+//!
 //! On disk (`{base_offset:020}.index`), little-endian:
 //!
 //! | offset | size | field       | type    | notes                                         |
 //! | -----: | ---: | ----------- | ------- | --------------------------------------------- |
 //! |      0 |    4 | magic       | [u8; 4] | `RLOI`                                        |
 //! |      4 |    2 | version     | u16     | 1                                             |
-//! |      6 |    2 | reserved    | u16     | 0                                             |
+//! |      6 |    2 | flags       | u16     | bit 0: sealed; the other bits 0               |
 //! |      8 |    8 | base_offset | i64     | the segment's base offset, as in its name     |
 //! |     16 |    4 | entry_count | u32     | at most `INDEX_ENTRIES_PER_SEGMENT_MAX`       |
 //! |     20 |    4 | crc         | u32     | CRC-32C of bytes 0..20 followed by 24..end    |
@@ -37,7 +43,9 @@ use super::error::{IndexError, IndexKind};
 use crate::limits::INDEX_ENTRIES_PER_SEGMENT_MAX;
 
 const MAGIC: [u8; 4] = *b"RLOI";
-const RESERVED_AT: usize = KIND_FIELD_AT;
+const FLAGS_AT: usize = KIND_FIELD_AT;
+/// `flags` bit: the index was written by the seal of its segment.
+const FLAG_SEALED: u16 = 1;
 const ENTRY_COUNT_AT: usize = COMMON_HEADER_SIZE_BYTES;
 const CRC_AT: usize = ENTRY_COUNT_AT + ENTRY_COUNT_SIZE;
 /// Size of the `.index` header; entries start here.
@@ -48,7 +56,7 @@ const ENTRY_POSITION_AT: usize = ENTRY_RELATIVE_OFFSET_AT + 4;
 /// Size of one `.index` entry.
 pub const OFFSET_INDEX_ENTRY_SIZE_BYTES: usize = ENTRY_POSITION_AT + 4;
 
-const _: () = assert!(RESERVED_AT == 6);
+const _: () = assert!(FLAGS_AT == 6);
 const _: () = assert!(BASE_OFFSET_AT == 8);
 const _: () = assert!(ENTRY_COUNT_AT == 16);
 const _: () = assert!(CRC_AT == 20);
@@ -94,6 +102,8 @@ pub struct OffsetIndex {
     /// after an append; after a decode or a truncation only what the entries imply.
     offset_next_min: i64,
     position_next_min: u64,
+    /// Written (or read back) as the index of a sealed segment; see the module doc.
+    sealed: bool,
 }
 
 impl OffsetIndex {
@@ -110,11 +120,22 @@ impl OffsetIndex {
             entries: Vec::new(),
             offset_next_min: base_offset,
             position_next_min: 0,
+            sealed: false,
         }
     }
 
     pub fn base_offset(&self) -> i64 {
         self.base_offset
+    }
+
+    /// Whether this is the index of a sealed segment (see the module doc).
+    pub fn is_sealed(&self) -> bool {
+        self.sealed
+    }
+
+    /// Marks the index as its segment's seal writes it: the segment is complete.
+    pub fn mark_sealed(&mut self) {
+        self.sealed = true;
     }
 
     pub fn index_interval_bytes(&self) -> u32 {
@@ -162,6 +183,7 @@ impl OffsetIndex {
             self.position_next_min
         );
         assert!(batch_size_bytes > 0, "empty batch at position {position}");
+        self.sealed = false;
         let relative_offset = relative_offset_of(self.base_offset, batch_base_offset);
         self.offset_next_min = batch_base_offset.saturating_add(1);
         self.position_next_min = u64::from(position) + u64::from(batch_size_bytes);
@@ -203,6 +225,7 @@ impl OffsetIndex {
             .entries
             .partition_point(|e| e.offset(base_offset) < offset);
         self.entries.truncate(keep);
+        self.sealed = false;
         self.offset_next_min = self.offset_next_min.min(offset.max(self.base_offset));
         self.position_next_min = self.position_next_min.min(self.position_after_last_entry());
     }
@@ -212,6 +235,7 @@ impl OffsetIndex {
     pub fn truncate_to_position(&mut self, position: u32) {
         let keep = self.entries.partition_point(|e| e.position < position);
         self.entries.truncate(keep);
+        self.sealed = false;
         self.position_next_min = self.position_next_min.min(u64::from(position));
         self.offset_next_min = self.offset_next_min.min(self.offset_after_last_entry());
     }
@@ -226,6 +250,8 @@ impl OffsetIndex {
     /// Appends this index in its on-disk format to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = FORMAT.begin(out, self.base_offset, self.entries.len());
+        let flags = if self.sealed { FLAG_SEALED } else { 0 };
+        codec::write_at(&mut out[start..], FLAGS_AT, &flags.to_le_bytes());
         out.reserve(self.entries.len() * OFFSET_INDEX_ENTRY_SIZE_BYTES);
         for entry in &self.entries {
             out.extend_from_slice(&entry.relative_offset.to_le_bytes());
@@ -244,12 +270,13 @@ impl OffsetIndex {
     ) -> Result<Self, IndexError> {
         let kind = IndexKind::Offset;
         let frame = FORMAT.check(bytes, base_offset)?;
-        let reserved = codec::read_u16(frame.header, RESERVED_AT);
-        if reserved != 0 {
-            let (field, value) = ("reserved", i64::from(reserved));
+        let flags = codec::read_u16(frame.header, FLAGS_AT);
+        if flags & !FLAG_SEALED != 0 {
+            let (field, value) = ("flags", i64::from(flags));
             return Err(IndexError::InvalidHeaderField { kind, field, value });
         }
         let mut index = OffsetIndex::new(base_offset, index_interval_bytes);
+        index.sealed = flags & FLAG_SEALED != 0;
         index.entries.reserve_exact(frame.entry_count);
         for (entry_index, raw) in frame
             .entries
@@ -509,13 +536,41 @@ mod tests {
             entry_index: 1,
         };
         assert_eq!(decode(&unordered), expected);
-        let mut reserved = encode_raw(BASE, &[]);
-        reserved[RESERVED_AT] = 1;
-        FORMAT.finish(&mut reserved, 0);
+        let mut unknown_flag = encode_raw(BASE, &[]);
+        unknown_flag[FLAGS_AT] = 2;
+        FORMAT.finish(&mut unknown_flag, 0);
         assert!(matches!(
-            decode(&reserved),
-            IndexError::InvalidHeaderField { .. }
+            decode(&unknown_flag),
+            IndexError::InvalidHeaderField {
+                field: "flags",
+                value: 2,
+                ..
+            }
         ));
+    }
+
+    #[test]
+    fn the_sealed_flag_round_trips_and_any_change_clears_it() {
+        let mut index = index_of(&[40; 7]);
+        let decode = |index: &OffsetIndex| {
+            let mut bytes = Vec::new();
+            index.encode(&mut bytes);
+            OffsetIndex::decode(BASE, 100, &bytes).unwrap()
+        };
+        assert!(
+            !decode(&index).is_sealed(),
+            "an index is not sealed by default"
+        );
+        index.mark_sealed();
+        let decoded = decode(&index);
+        assert!(decoded.is_sealed());
+        assert_eq!(decoded.entries(), index.entries());
+        let mut appended = decoded.clone();
+        appended.on_append(BASE + 7, 280, 40);
+        assert!(!appended.is_sealed(), "an append reopens the segment");
+        let mut truncated = decoded;
+        truncated.truncate_to(BASE + 3);
+        assert!(!truncated.is_sealed(), "a truncation reopens the segment");
     }
 
     #[test]

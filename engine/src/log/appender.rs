@@ -494,15 +494,28 @@ fn active_size<S: Storage>(shared: &Shared<S>) -> u64 {
         .map_or(0, |segment| segment.size_bytes)
 }
 
-/// Marks the log poisoned by `failure`, which later appends and syncs will fail with.
+/// Marks the log poisoned by `failure`, which later appends and syncs will fail with. A log
+/// already poisoned keeps its first failure: that is the cause, and what follows (the seal
+/// at close on a dead disk, say) only its consequence.
 pub(crate) fn poison<S: Storage>(shared: &Shared<S>, failure: &StorageFailure) {
+    let mut state = shared.state.borrow_mut();
+    if let Some(first) = &state.poisoned {
+        tracing::warn!(
+            partition = %shared.id,
+            operation = failure.operation(),
+            error = %failure.io_error(),
+            poisoned_by = first.operation(),
+            "storage failed again on a poisoned partition"
+        );
+        return;
+    }
     tracing::error!(
         partition = %shared.id,
         operation = failure.operation(),
         error = %failure.io_error(),
         "storage failed; partition poisoned"
     );
-    shared.state.borrow_mut().poisoned = Some(failure.clone());
+    state.poisoned = Some(failure.clone());
 }
 
 /// Fails every waiter of `replies` with `failure`, the typed cause kept as the source.

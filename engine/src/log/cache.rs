@@ -198,20 +198,22 @@ impl BatchCache {
 
     /// Keeps the batches of `run` that no entry holds yet (the first run of them), unless
     /// the log was truncated since `generation` or the run alone exceeds the budget; then
-    /// evicts least recently used entries until the budget holds.
-    pub(crate) fn insert(&self, log: u64, generation: u64, run: Run) {
+    /// evicts least recently used entries until the budget holds. False when it kept
+    /// nothing because of the truncation or the budget (so reading more cannot fill the
+    /// cache); true when it kept the batches or they were all cached already.
+    pub(crate) fn insert(&self, log: u64, generation: u64, run: Run) -> bool {
         let mut inner = self.inner.borrow_mut();
         let charge_bytes = run.buf.allocated_bytes() as u64;
         let current = inner.logs.get(&log).map(|entries| entries.generation);
         if current != Some(generation) || charge_bytes > inner.budget_bytes {
             drop(inner);
             recycle(Arc::new(run.buf));
-            return;
+            return false;
         }
         let Some(batches) = inner.uncovered(log, &run) else {
             drop(inner);
             recycle(Arc::new(run.buf));
-            return;
+            return true;
         };
         let start = run.range.start + batches.first().map_or(0, |(_, at)| *at);
         let end = match run
@@ -251,6 +253,7 @@ impl BatchCache {
         for buf in evicted {
             recycle(buf);
         }
+        true
     }
 
     /// The batches from the one holding `offset` on, as far as the log's entries hold them

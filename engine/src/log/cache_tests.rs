@@ -255,3 +255,39 @@ fn a_cache_too_small_for_a_read_answers_from_the_file() {
     })
     .unwrap();
 }
+
+/// A cache smaller than one read keeps nothing, and one smaller than the read-ahead
+/// distance evicts what the read-ahead task read before: either way the task stops once a
+/// chunk does not move the first gap forward, instead of reading the disk forever, and
+/// every fetch is still answered (from the file when the cache cannot hold it).
+#[test]
+fn read_ahead_stops_when_the_cache_cannot_keep_what_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    cache::init_for_this_thread(0);
+    rt::block_on(async {
+        let log = open(dir.path(), direct(64 << 20)).await;
+        for tag in 0..300 {
+            log.append(batch(tag, 10, 10_000), Ack::Written)
+                .await
+                .unwrap();
+        }
+        log.close().await.unwrap();
+    })
+    .unwrap();
+    for budget in [4096, 3 << 20] {
+        cache::init_for_this_thread(budget);
+        rt::block_on(async {
+            let log = open(dir.path(), direct(64 << 20)).await;
+            let (read, _) = read_all(&log, 1 << 20).await;
+            assert_eq!(trimmed(read), expected(300, 10), "budget {budget}");
+            let mut turns = 0;
+            while log.shared.reading_ahead.get() {
+                assert!(turns < 2_000, "budget {budget}: the read-ahead never stops");
+                rt::sleep(std::time::Duration::from_millis(1)).await;
+                turns += 1;
+            }
+            log.close().await.unwrap();
+        })
+        .unwrap();
+    }
+}

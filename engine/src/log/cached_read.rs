@@ -26,12 +26,10 @@ use bytes::Bytes;
 
 use super::cache::{Run, CACHE_HIT_BYTES, CACHE_MISS_BYTES, CACHE_READ_BYTES};
 use super::read::{read_target, ReadTarget};
+use super::scan::{walk_bytes, ScanStop, Walk};
 use super::segment::{segment_path, BatchHeader, HEADER_PREFIX_BYTES};
 use super::{LogError, PartitionLog, Shared};
-use crate::limits::{
-    BATCH_CACHE_READAHEAD_BYTES, BATCH_CACHE_READ_CHUNK_BYTES, BATCH_SIZE_BYTES_MAX,
-    BUF_ALIGN_BYTES,
-};
+use crate::limits::{BATCH_CACHE_READAHEAD_BYTES, BATCH_CACHE_READ_CHUNK_BYTES, BUF_ALIGN_BYTES};
 use crate::rt;
 use crate::storage::{OpenFlags, Storage, StorageFile};
 use crate::topic::IoMode;
@@ -145,7 +143,15 @@ fn read_ahead<S: Storage>(shared: &Rc<Shared<S>>, offset: i64) {
     shared.reading_ahead.set(true);
     let shared = shared.clone();
     let task = rt::spawn_local(async move {
+        // Each chunk must move the first gap forward: a cache too small for the
+        // read-ahead distance evicts what the task read before, and one too small for a
+        // chunk keeps nothing, and either would make the task read forever.
+        let mut gap_before = None;
         while let Some(gap) = gap_before_high_watermark(&shared, offset) {
+            if gap_before.is_some_and(|before| gap <= before) {
+                break;
+            }
+            gap_before = Some(gap);
             let loaded = load(&shared, gap, 0).await;
             read_ahead_stepped(&shared);
             match loaded {
@@ -179,7 +185,7 @@ fn gap_before_high_watermark<S: Storage>(shared: &Shared<S>, offset: i64) -> Opt
 /// Reads the batches from the one holding `offset` into the cache: one aligned O_DIRECT
 /// read of at least [`BATCH_CACHE_READ_CHUNK_BYTES`] (more if `bytes_wanted` asks, or if
 /// the batch is larger), from the index entry at or before the offset. True if it read
-/// any batch.
+/// any batch and the cache kept it (or held it already).
 async fn load<S: Storage>(
     shared: &Shared<S>,
     offset: i64,
@@ -210,20 +216,31 @@ async fn load<S: Storage>(
         let skip = (target.start - from) as usize;
         let found = whole_batches(
             &rt::initialized(&buf)[..valid],
-            skip,
+            (skip, target.start_offset),
             offset,
             high_watermark,
         );
-        let corrupt_at = match found {
+        let (damaged_at, stop) = match found {
             Batches::Run(batches, range, offset_next) => {
+                // The batches from the index entry to the run's end were walked: checked
+                // for the file too (not what follows the run, which may be damaged).
+                let checked = target.start..from + range.end as u64;
                 let run = Run {
                     buf: buf.detach(),
                     range,
                     batches,
                     offset_next,
                 };
-                shared.cache.insert(key, generation, run);
-                return Ok(true);
+                let kept = shared.cache.insert(key, generation, run);
+                if let Some(segment) = shared
+                    .state
+                    .borrow_mut()
+                    .segments
+                    .get_mut(&target.base_offset)
+                {
+                    segment.unverified.remove(checked);
+                }
+                return Ok(kept);
             }
             Batches::None => return Ok(false),
             // More of the segment is visible: read again, larger.
@@ -233,17 +250,15 @@ async fn load<S: Storage>(
             }
             // Everything visible is read and no batch holding the offset ends in it.
             Batches::Cut { .. } if read < len => return Ok(false),
-            Batches::Cut { .. } => valid,
-            Batches::Corrupt { at } => at,
+            Batches::Cut { .. } => (valid as u64, ScanStop::EndOfFile),
+            Batches::Damaged(walked) => {
+                (walked.valid_end, walked.stop.unwrap_or(ScanStop::EndOfFile))
+            }
         };
-        return Err(LogError::Corrupt {
-            partition: shared.id.clone(),
-            detail: format!(
-                "segment {}: no whole batch at byte {} (reading offset {offset})",
-                target.base_offset,
-                from + corrupt_at as u64
-            ),
-        });
+        let position = from + damaged_at;
+        return Err(super::read::damaged(
+            shared, &target, offset, position, stop,
+        ));
     }
 }
 
@@ -281,49 +296,60 @@ enum Batches {
     None,
     /// The batch holding the offset does not end within the chunk: it needs `needed` bytes.
     Cut { needed: u64 },
-    /// Bytes at `at` are not a batch header.
-    Corrupt { at: usize },
+    /// The batches fail the batch checks before the one holding the offset: where the
+    /// valid ones end (relative to the chunk) and why.
+    Damaged(Walk),
 }
 
-/// The whole batches of `chunk` from the one holding `offset` on, scanning headers from
-/// `skip` (an index position), and none at or past `offset_limit`.
-fn whole_batches(chunk: &[u8], skip: usize, offset: i64, offset_limit: i64) -> Batches {
-    let mut at = skip;
+/// The whole batches of `chunk` from the one holding `offset` on, walking them with the
+/// batch validator from `skip` (an index position, where the batch with base offset
+/// `skip_offset` begins), and none at or past `offset_limit`. Damage after the batch
+/// holding `offset` ends the run before it.
+fn whole_batches(
+    chunk: &[u8],
+    (skip, skip_offset): (usize, i64),
+    offset: i64,
+    offset_limit: i64,
+) -> Batches {
     let mut batches = Vec::new();
     let mut range = None::<std::ops::Range<usize>>;
     let mut offset_next = offset;
     let mut limited = false;
-    while let Some(header) = chunk.get(at..).and_then(BatchHeader::parse) {
-        let size = header.size_bytes;
-        if size < HEADER_PREFIX_BYTES as u64 || size > BATCH_SIZE_BYTES_MAX as u64 {
-            return Batches::Corrupt { at };
-        }
+    let bytes = chunk.get(skip..).unwrap_or_default();
+    let walked = walk_bytes(bytes, skip as u64, skip_offset, |header, position| {
         if header.base_offset >= offset_limit {
             limited = true;
-            break;
+            return false;
         }
-        let end = at + size as usize;
         if header.last_offset >= offset {
-            if end > chunk.len() {
-                if batches.is_empty() {
-                    return Batches::Cut { needed: end as u64 };
-                }
-                break;
-            }
+            let (at, end) = (position as usize, (position + header.size_bytes) as usize);
             let first = range.as_ref().map_or(at, |range| range.start);
             batches.push((header.base_offset, at - first));
             range = Some(first..end);
             offset_next = header.last_offset + 1;
         }
-        at = end;
+        true
+    });
+    if let Some(range) = range {
+        return Batches::Run(batches, range, offset_next);
     }
-    match range {
-        Some(range) => Batches::Run(batches, range, offset_next),
-        None if limited => Batches::None,
-        // The chunk ran out before the batch holding the offset.
-        None => Batches::Cut {
-            needed: (at + HEADER_PREFIX_BYTES) as u64,
-        },
+    if limited {
+        return Batches::None;
+    }
+    // Within the visible bytes, anything but more of a batch is damage (zeros included).
+    if walked.stop.is_some() {
+        return Batches::Damaged(walked);
+    }
+    // The chunk ran out before or inside the batch holding the offset.
+    let at = walked.valid_end as usize;
+    let needed = chunk
+        .get(at..)
+        .and_then(BatchHeader::parse)
+        .map_or(at + HEADER_PREFIX_BYTES, |header| {
+            at + header.size_bytes as usize
+        });
+    Batches::Cut {
+        needed: needed as u64,
     }
 }
 
@@ -348,33 +374,90 @@ mod tests {
             starts.push(chunk.len());
             chunk.extend_from_slice(&batch(base, 3));
         }
-        let Batches::Run(batches, range, next) = whole_batches(&chunk, 0, 4, i64::MAX) else {
+        let Batches::Run(batches, range, next) = whole_batches(&chunk, (0, 0), 4, i64::MAX) else {
             panic!("expected a run");
         };
         assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), [3, 6, 9]);
         assert_eq!((range.start, range.end, next), (starts[1], chunk.len(), 12));
         // The limit (high watermark) keeps later batches out.
-        let Batches::Run(batches, range, next) = whole_batches(&chunk, 0, 4, 9) else {
+        let Batches::Run(batches, range, next) = whole_batches(&chunk, (0, 0), 4, 9) else {
             panic!("expected a run");
         };
         assert_eq!((batches.len(), range.end, next), (2, starts[3], 9));
         // A chunk that ends inside the batch holding the offset asks for more.
         let cut = &chunk[..starts[2] + 80];
         assert!(matches!(
-            whole_batches(cut, 0, 7, i64::MAX),
+            whole_batches(cut, (0, 0), 7, i64::MAX),
             Batches::Cut { needed } if needed as usize == starts[3]
         ));
         // So does one that ends inside its header.
         let cut = &chunk[..starts[2] + 10];
         assert!(matches!(
-            whole_batches(cut, 0, 7, i64::MAX),
+            whole_batches(cut, (0, 0), 7, i64::MAX),
             Batches::Cut { needed } if needed as usize == starts[2] + HEADER_PREFIX_BYTES
         ));
         // Zeros are not a batch.
         let zeros = vec![0u8; 4096];
         assert!(matches!(
-            whole_batches(&zeros, 0, 0, i64::MAX),
-            Batches::Corrupt { at: 0 }
+            whole_batches(&zeros, (0, 0), 0, i64::MAX),
+            Batches::Damaged(Walk {
+                valid_end: 0,
+                stop: Some(ScanStop::Zeros { position: 0 }),
+                ..
+            })
         ));
+        // Scanning from an index entry: the batch there must have the entry's offset.
+        let Batches::Run(batches, ..) = whole_batches(&chunk, (starts[2], 6), 7, i64::MAX) else {
+            panic!("expected a run");
+        };
+        assert_eq!(batches.len(), 2);
+        assert!(matches!(
+            whole_batches(&chunk, (starts[2], 5), 7, i64::MAX),
+            Batches::Damaged(Walk {
+                stop: Some(ScanStop::OffsetGap {
+                    offset: 6,
+                    expected: 5,
+                    ..
+                }),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_damaged_batch_is_never_part_of_a_run() {
+        let mut chunk = Vec::new();
+        let mut starts = Vec::new();
+        for base in [0i64, 3, 6, 9] {
+            starts.push(chunk.len());
+            chunk.extend_from_slice(&batch(base, 3));
+        }
+        // A flipped bit in the records of the batch at offset 6.
+        chunk[starts[2] + 100] ^= 0x10;
+        let Batches::Run(batches, range, next) = whole_batches(&chunk, (0, 0), 1, i64::MAX) else {
+            panic!("expected a run");
+        };
+        assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), [0, 3]);
+        assert_eq!(
+            (range.end, next),
+            (starts[2], 6),
+            "the run ends before the damage"
+        );
+        for offset in [6, 7, 10] {
+            let Batches::Damaged(walked) = whole_batches(&chunk, (0, 0), offset, i64::MAX) else {
+                panic!("offset {offset} lies in or behind the damage");
+            };
+            assert_eq!(walked.valid_end, starts[2] as u64);
+            assert!(
+                matches!(walked.stop, Some(ScanStop::Invalid { .. })),
+                "{:?}",
+                walked.stop
+            );
+        }
+        // From an index entry past the damage, the later batches are served.
+        let Batches::Run(batches, ..) = whole_batches(&chunk, (starts[3], 9), 10, i64::MAX) else {
+            panic!("expected a run");
+        };
+        assert_eq!(batches, [(9, 0)]);
     }
 }

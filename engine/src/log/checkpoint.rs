@@ -18,11 +18,11 @@
 //! | 32 | 8 | log start offset |
 //! | 40 | 4 | CRC-32C of bytes 0..40 |
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::segment::segment_path;
 use super::{LogError, Shared};
-use crate::index::SegmentIndex;
+use crate::index::{IndexError, IndexKind, SegmentIndex};
 use crate::storage::{OpenFlags, Storage, StorageFile};
 
 const FILE_NAME: &str = "recovery-checkpoint";
@@ -96,7 +96,12 @@ pub(crate) async fn read<S: Storage>(storage: &S, dir: &Path) -> Option<Checkpoi
     let bytes = file.read_at(0, SIZE_BYTES + 1).await.ok()?;
     let checkpoint = Checkpoint::decode(&bytes);
     if checkpoint.is_none() {
-        tracing::warn!(dir = %dir.display(), "recovery checkpoint damaged; scanning the log");
+        tracing::warn!(
+            path = %dir.join(FILE_NAME).display(),
+            len = bytes.len(),
+            "recovery checkpoint damaged (size, magic, version or CRC); ignoring it and \
+             scanning the whole active segment"
+        );
     }
     checkpoint
 }
@@ -202,20 +207,46 @@ pub(crate) async fn write_segment_index<S: Storage>(
     storage.sync_dir(dir).await
 }
 
-/// Reads the index files of segment `base_offset`; `None` if either is missing or damaged.
+/// Why a segment's index files cannot be used (recovery then rebuilds them from the log).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IndexFilesUnusable {
+    /// A file is missing or could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is damaged (`path` names it), or the two disagree (`path` is the segment's).
+    #[error("{}: {source}", path.display())]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: IndexError,
+    },
+}
+
+/// Reads the index files of segment `base_offset`, or says why they cannot be used.
 pub(crate) async fn read_index_files<S: Storage>(
     storage: &S,
     dir: &Path,
     base_offset: i64,
     index_interval_bytes: u32,
-) -> Option<SegmentIndex> {
+) -> Result<SegmentIndex, IndexFilesUnusable> {
     let mut contents = Vec::with_capacity(2);
     for extension in ["index", "timeindex"] {
         let path = segment_path(dir, base_offset, extension);
-        let file = storage.open(&path, OpenFlags::READ).await.ok()?;
-        let size = file.size().await.ok()?;
-        let bytes = file.read_at(0, usize::try_from(size).ok()?).await.ok()?;
-        contents.push(bytes);
+        let read = async {
+            let file = storage.open(&path, OpenFlags::READ).await?;
+            let size = file.size().await?;
+            // A file larger than memory is damaged anyway; its size is checked on decode.
+            let len = usize::try_from(size).unwrap_or(usize::MAX);
+            file.read_at(0, len).await
+        };
+        match read.await {
+            Ok(bytes) => contents.push(bytes),
+            Err(source) => return Err(IndexFilesUnusable::Read { path, source }),
+        }
     }
     SegmentIndex::decode(
         base_offset,
@@ -223,7 +254,11 @@ pub(crate) async fn read_index_files<S: Storage>(
         &contents[0],
         &contents[1],
     )
-    .ok()
+    .map_err(|source| {
+        let extension = source.kind().map_or("log", IndexKind::extension);
+        let path = segment_path(dir, base_offset, extension);
+        IndexFilesUnusable::Damaged { path, source }
+    })
 }
 
 #[cfg(test)]

@@ -666,3 +666,196 @@ fn a_power_loss_under_flush_ms_keeps_what_was_acknowledged_before_the_window() {
     })
     .unwrap();
 }
+
+/// Two partitions on one small disk: the one that fills it is poisoned with ENOSPC, the
+/// other keeps taking appends in the space it had already preallocated, and after a crash
+/// both hold everything acknowledged.
+#[test]
+fn a_full_disk_poisons_only_the_partition_that_needs_space() {
+    let config_with = |preallocate| {
+        TopicConfig::builder()
+            .flush(FlushPolicy::Always)
+            .preallocate_bytes(preallocate)
+            .build()
+            .unwrap()
+    };
+    let other_id = PartitionId {
+        topic: std::sync::Arc::from("other"),
+        partition: 0,
+    };
+    let (filler_dir, other_dir) = (Path::new("/data/full-0"), Path::new("/data/other-0"));
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let filler = PartitionLog::open(storage.clone(), filler_dir, id(), config_with(0))
+            .await
+            .unwrap();
+        let other = PartitionLog::open(
+            storage.clone(),
+            other_dir,
+            other_id.clone(),
+            config_with(64 << 10),
+        )
+        .await
+        .unwrap();
+        other.append(batch(0), Ack::Durable).await.unwrap();
+        // Room for 96 KiB more than the files hold now.
+        storage.limit_capacity(u64::MAX);
+        let used = u64::MAX - storage.free_bytes().unwrap();
+        storage.limit_capacity(used + (96 << 10));
+        let mut filled = 0;
+        let failed = loop {
+            match filler.append(batch(filled), Ack::Durable).await {
+                Ok(_) => filled += 1,
+                Err(error) => break error,
+            }
+        };
+        assert!(filled > 10, "the disk took {filled} batches first");
+        assert_eq!(errno_in_chain(&failed), Some(libc::ENOSPC), "{failed}");
+        assert!(filler.poisoned().is_some());
+        // The other partition writes into what it holds: no new space needed.
+        for tag in 1..20 {
+            other.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        assert!(other.poisoned().is_none());
+        drop((filler, other));
+        let after = storage.crash_clean();
+        after.limit_capacity(u64::MAX);
+        let filler = PartitionLog::open(after.clone(), filler_dir, id(), config_with(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            read_all(&filler).await.len(),
+            filled as usize * RECORDS_PER_BATCH
+        );
+        filler.append(batch(filled), Ack::Durable).await.unwrap();
+        let other = PartitionLog::open(after, other_dir, other_id, config_with(64 << 10))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&other).await.len(), 20 * RECORDS_PER_BATCH);
+        filler.close().await.unwrap();
+        other.close().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// EIO on one partition's write poisons that partition only: another on the same storage
+/// keeps appending, and a restart recovers the failed one with everything acknowledged.
+#[test]
+fn eio_on_one_partition_leaves_the_others_writing() {
+    let other_id = PartitionId {
+        topic: std::sync::Arc::from("other"),
+        partition: 0,
+    };
+    let (failing_dir, other_dir) = (Path::new("/data/eio-0"), Path::new("/data/eio-other-0"));
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let failing = PartitionLog::open(storage.clone(), failing_dir, id(), config())
+            .await
+            .unwrap();
+        let other = PartitionLog::open(storage.clone(), other_dir, other_id.clone(), config())
+            .await
+            .unwrap();
+        for tag in 0..3 {
+            failing.append(batch(tag), Ack::Durable).await.unwrap();
+            other.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        storage.fail_nth(1, libc::EIO);
+        let failed = failing.append(batch(3), Ack::Durable).await.unwrap_err();
+        assert_eq!(errno_in_chain(&failed), Some(libc::EIO), "{failed}");
+        for tag in 3..10 {
+            other.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        let refused = failing.append(batch(4), Ack::Written).await.unwrap_err();
+        assert!(
+            matches!(refused, LogError::StorageFailed { .. }),
+            "{refused}"
+        );
+        // The seal at close fails too (the next operation is its trim): the partition keeps
+        // the failure that poisoned it, not the one that followed.
+        storage.fail_nth(1, libc::ENOSPC);
+        assert!(failing.close().await.is_err());
+        let poisoned = failing.poisoned().unwrap();
+        assert_eq!(
+            (poisoned.operation(), poisoned.io_error().raw_os_error()),
+            ("write", Some(libc::EIO))
+        );
+        drop((failing, other));
+        let after = storage.crash_clean();
+        let failing = PartitionLog::open(after.clone(), failing_dir, id(), config())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&failing).await.len(), 3 * RECORDS_PER_BATCH);
+        failing.append(batch(5), Ack::Durable).await.unwrap();
+        let other = PartitionLog::open(after, other_dir, other_id, config())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&other).await.len(), 10 * RECORDS_PER_BATCH);
+    })
+    .unwrap();
+}
+
+/// A short write (part of a group lands, then the disk is full) poisons the partition; the
+/// partial batch it left is cut by recovery, and nothing acknowledged is lost.
+#[test]
+fn a_short_write_then_a_full_disk_loses_nothing_acknowledged() {
+    for landed in [1, 40, 100, 300] {
+        let dir = Path::new("/data/short-0");
+        rt::block_on(async {
+            let storage = FaultStorage::new();
+            let log = PartitionLog::open(storage.clone(), dir, id(), config())
+                .await
+                .unwrap();
+            for tag in 0..3 {
+                log.append(batch(tag), Ack::Durable).await.unwrap();
+            }
+            let written_before = storage.stats().bytes_written;
+            // The group's write is its first mutating operation (4 KiB preallocated).
+            storage.fail_nth_partially(1, landed, libc::ENOSPC);
+            let failed = log.append(batch(3), Ack::Durable).await.unwrap_err();
+            assert_eq!(errno_in_chain(&failed), Some(libc::ENOSPC), "{failed}");
+            assert_eq!(
+                storage.stats().bytes_written - written_before,
+                landed,
+                "part of the batch landed"
+            );
+            drop(log);
+            for after in [storage.crash_clean(), storage.clone()] {
+                let log = PartitionLog::open(after, dir, id(), config())
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    log.offsets().log_end,
+                    3 * RECORDS_PER_BATCH as i64,
+                    "landed {landed}"
+                );
+                assert_eq!(read_all(&log).await.len(), 3 * RECORDS_PER_BATCH);
+                log.append(batch(4), Ack::Durable).await.unwrap();
+            }
+        })
+        .unwrap();
+    }
+}
+
+/// A read that fails with EIO answers that fetch with the error, typed, and harms nothing
+/// else: appends go on, and the partition is not poisoned.
+#[test]
+fn a_failed_read_is_an_error_for_that_read_only() {
+    let dir = Path::new("/data/read-eio-0");
+    rt::block_on(async {
+        let storage = FaultStorage::new();
+        let log = PartitionLog::open(storage.clone(), dir, id(), config())
+            .await
+            .unwrap();
+        for tag in 0..3 {
+            log.append(batch(tag), Ack::Durable).await.unwrap();
+        }
+        storage.fail_reads(&super::segment::segment_path(dir, 0, "log"));
+        let failed = log.read_bytes(0, 1 << 20).await.unwrap_err();
+        assert!(matches!(failed, LogError::Io { .. }), "{failed}");
+        assert_eq!(errno_in_chain(&failed), Some(libc::EIO));
+        log.append(batch(3), Ack::Durable).await.unwrap();
+        assert!(log.poisoned().is_none());
+        assert_eq!(log.offsets().durable_end, 4 * RECORDS_PER_BATCH as i64);
+    })
+    .unwrap();
+}

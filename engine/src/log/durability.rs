@@ -181,7 +181,13 @@ impl Durability {
         result: io::Result<()>,
     ) {
         if let Err(source) = result {
-            let failure = StorageFailure::new("fdatasync", source);
+            // A seal trims, fdatasyncs and writes index files; a group sync only syncs.
+            let operation = if done.group {
+                "fdatasync"
+            } else {
+                "seal segment"
+            };
+            let failure = StorageFailure::new(operation, source);
             poison(shared, &failure);
             let later = self.in_flight.drain(..).flat_map(|sync| sync.waiters);
             let replies = done
@@ -317,7 +323,10 @@ fn seal_future<S: Storage>(shared: &Rc<Shared<S>>, segment: &Segment<S>) -> Pend
     let writer = segment.writer.clone();
     let size = segment.size_bytes;
     let base = segment.base_offset;
-    let index = segment.index.clone();
+    let mut index = segment.index.clone();
+    // Written after the trim and the fdatasync: a recovery that finds the flag knows the
+    // segment was whole and durable.
+    index.mark_sealed();
     let storage = shared.storage.clone();
     let dir = shared.dir.clone();
     Box::pin(async move {

@@ -28,9 +28,12 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::producer_snapshot;
-use super::segment::{scan_headers, BatchHeader};
+use super::scan::{self, ScanStop};
+use super::segment::BatchHeader;
 use super::{LogError, Shared};
-use crate::limits::{BATCHES_PER_PRODUCER_MAX, PRODUCERS_PER_PARTITION_MAX};
+use crate::limits::{
+    BATCHES_PER_PRODUCER_MAX, PRODUCERS_PER_PARTITION_MAX, RECOVERY_READ_CHUNK_BYTES,
+};
 use crate::storage::Storage;
 
 /// Why an idempotent producer's batch was refused. Nothing of the request was written.
@@ -291,8 +294,10 @@ impl Producers {
 }
 
 /// Rebuilds the partition's producer state: the latest valid snapshot at or below the log
-/// end (and not below the first segment), then every batch header after it. Snapshots
-/// outside that range, and damaged ones, are removed.
+/// end (and not below the first segment), then every batch after it, walked with the batch
+/// validator. Snapshots outside that range, and damaged ones, are removed. A segment found
+/// damaged is replayed up to the damage, with a warning: the producers whose batches lay
+/// past it are forgotten, and a retry of one of those batches would be written again.
 pub(crate) async fn load<S: Storage>(shared: &Shared<S>) -> Result<(), LogError> {
     let (first_base, log_end) = {
         let state = shared.state.borrow();
@@ -313,26 +318,45 @@ pub(crate) async fn load<S: Storage>(shared: &Shared<S>) -> Result<(), LogError>
             .values()
             .filter(|segment| segment.offset_next > from)
             .map(|segment| {
-                let start = if from > segment.base_offset {
-                    u64::from(segment.index.lookup_offset(from).1)
+                let (offset, start) = if from > segment.base_offset {
+                    segment.index.lookup_offset(from)
                 } else {
-                    0
+                    (segment.base_offset, 0)
                 };
-                (segment.reader.clone(), start, segment.size_bytes)
+                let span = (u64::from(start), segment.size_bytes);
+                (segment.base_offset, segment.reader.clone(), span, offset)
             })
             .collect()
     };
     let mut replayed = 0u64;
-    for (reader, start, end) in spans {
-        scan_headers(&reader, start, end, |header, _| {
-            if header.base_offset >= from {
-                producers.replay(header);
-                replayed += 1;
-            }
-            true
-        })
+    for (base, reader, span, offset) in spans {
+        let walk = scan::walk(
+            &reader,
+            span,
+            offset,
+            RECOVERY_READ_CHUNK_BYTES,
+            |header, _| {
+                if header.base_offset >= from {
+                    producers.replay(header);
+                    replayed += 1;
+                }
+                true
+            },
+        )
         .await
         .map_err(|e| shared.error_io("read segment for producer state", e))?;
+        if let Some(segment) = shared.state.borrow_mut().segments.get_mut(&base) {
+            segment.unverified.remove(span.0..walk.valid_end);
+        }
+        if let Some(stop) = walk.stop.filter(|stop| *stop != ScanStop::EndOfFile) {
+            tracing::warn!(
+                partition = %shared.id,
+                segment = base,
+                stopped_by = %stop,
+                "producer state replayed only up to a damaged batch; idempotent producers \
+                 whose batches lie past it are forgotten"
+            );
+        }
     }
     tracing::debug!(
         partition = %shared.id,

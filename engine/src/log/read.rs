@@ -8,10 +8,19 @@
 //! Kafka does, so a consumer can make progress past a batch larger than its limit), and
 //! never past the high watermark or the segment's end. The last batch of a range may be
 //! cut short by `max_bytes`; Kafka clients discard such a partial batch and fetch it again.
+//!
+//! Bytes nobody checked since the log was opened (what recovery trusted to its index files
+//! and checkpoint, see `Segment::unverified`) are walked with the batch validator from the
+//! index entry on before they are sent, once: a batch the disk damaged is never sent. The
+//! fetch is answered up to the damage, or, if the offset asked for lies in or behind it
+//! (before the next index entry), refused with [`LogError::Damaged`] (CORRUPT_MESSAGE),
+//! naming the segment and byte, logged once per damaged batch.
 
-use super::segment::{find_batch, scan_headers, BatchHeader};
+use super::scan::{self, ScanStop};
+use super::segment::{find_batch, scan_headers, segment_path, BatchHeader};
 use super::{LogError, PartitionLog, Shared};
 use crate::batch::{Compression, RecordBatch};
+use crate::limits::FETCH_CHECK_READ_CHUNK_BYTES;
 use crate::storage::{Storage, StorageFile};
 use crate::topic::FlushPolicy;
 
@@ -70,9 +79,17 @@ pub(super) struct ReadTarget<F> {
     pub(super) reader: F,
     /// The segment's O_DIRECT descriptor, if it has one open.
     pub(super) direct_reader: Option<F>,
-    /// An index position at or before the batch wanted.
+    /// An index position at or before the batch wanted, and the base offset of the batch
+    /// there.
     pub(super) start: u64,
+    pub(super) start_offset: i64,
     pub(super) end: u64,
+    /// The offset after the segment's last batch (for a closed segment, the next one's
+    /// base).
+    pub(super) offset_end: i64,
+    pub(super) is_active: bool,
+    /// Whether bytes between `start` and `end` are unchecked (see the module doc).
+    pub(super) unchecked: bool,
 }
 
 /// The segment holding `offset`, where to start scanning it, and where its visible bytes
@@ -84,7 +101,8 @@ pub(super) fn read_target<S: Storage>(
 ) -> Option<ReadTarget<S::File>> {
     let state = shared.state.borrow();
     let (_, segment) = state.segments.range(..=offset).next_back()?;
-    let (_, start) = segment.index.lookup_offset(offset);
+    let (start_offset, start) = segment.index.lookup_offset(offset);
+    let start = u64::from(start);
     let is_active = state.segments.keys().next_back() == Some(&segment.base_offset);
     let mut end = segment.size_bytes;
     if is_active && state.config.flush() == FlushPolicy::Always {
@@ -94,8 +112,12 @@ pub(super) fn read_target<S: Storage>(
         base_offset: segment.base_offset,
         reader: segment.reader.clone(),
         direct_reader: segment.direct_reader.clone(),
-        start: u64::from(start),
+        start,
+        start_offset,
         end,
+        offset_end: segment.offset_next,
+        is_active,
+        unchecked: segment.unverified.overlaps(&(start..end)),
     })
 }
 
@@ -127,16 +149,30 @@ impl<S: Storage> PartitionLog<S> {
         let Some(target) = read_target(&self.shared, offset) else {
             return Ok(slice);
         };
-        let found = find_batch(&target.reader, target.start, target.end, offset)
-            .await
-            .map_err(|e| self.shared.error_io("read segment", e))?;
-        if let Some((header, position)) = found {
-            let len = max_bytes.max(header.size_bytes).min(target.end - position);
-            slice.ranges.push(ReadRange::File(FileRange {
-                file: target.reader,
-                position,
-                len,
-            }));
+        let found = if target.unchecked {
+            check_and_find(&self.shared, &target, offset, max_bytes).await?
+        } else {
+            find_batch(&target.reader, target.start, target.end, offset)
+                .await
+                .map_err(|e| self.shared.error_io("read segment", e))?
+                .map(|(header, position)| (header, position, target.end))
+        };
+        match found {
+            Some((header, position, valid_end)) => {
+                let len = max_bytes.max(header.size_bytes).min(valid_end - position);
+                slice.ranges.push(ReadRange::File(FileRange {
+                    file: target.reader,
+                    position,
+                    len,
+                }));
+            }
+            // A closed segment holds every offset below the next one's base: if its bytes
+            // end before the offset, they were lost.
+            None if !target.is_active && offset < target.offset_end => {
+                let stop = ScanStop::EndOfFile;
+                return Err(damaged(&self.shared, &target, offset, target.end, stop));
+            }
+            None => {}
         }
         Ok(slice)
     }
@@ -208,6 +244,96 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         Ok(None)
+    }
+}
+
+/// Finds the batch holding `offset` by walking the batches of `target` from its index
+/// entry with the batch validator, and goes on through the batches a fetch of `max_bytes`
+/// sends: the header and position of that batch and the end of the valid bytes walked,
+/// or `None` if the segment's visible bytes end first. What was walked is checked from
+/// then on; damage before the batch holding `offset` refuses the read.
+pub(super) async fn check_and_find<S: Storage>(
+    shared: &Shared<S>,
+    target: &ReadTarget<S::File>,
+    offset: i64,
+    max_bytes: u64,
+) -> Result<Option<(BatchHeader, u64, u64)>, LogError> {
+    let mut found: Option<(BatchHeader, u64)> = None;
+    let span = (target.start, target.end);
+    let walk = scan::walk(
+        &target.reader,
+        span,
+        target.start_offset,
+        FETCH_CHECK_READ_CHUNK_BYTES,
+        |header, position| {
+            if found.is_none() && header.last_offset >= offset {
+                found = Some((*header, position));
+            }
+            found.is_none_or(|(first, at)| {
+                position + header.size_bytes < at + max_bytes.max(first.size_bytes)
+            })
+        },
+    )
+    .await
+    .map_err(|e| shared.error_io("read segment", e))?;
+    if let Some(segment) = shared
+        .state
+        .borrow_mut()
+        .segments
+        .get_mut(&target.base_offset)
+    {
+        segment.unverified.remove(target.start..walk.valid_end);
+    }
+    let damage = walk.stop.filter(|stop| *stop != ScanStop::EndOfFile);
+    match (found, damage) {
+        (Some((header, position)), damage) => {
+            if let Some(stop) = damage {
+                // Served up to it; logged now, refused when a fetch reaches it.
+                let _ = damaged(shared, target, walk.offset_next, walk.valid_end, stop);
+            }
+            Ok(Some((header, position, walk.valid_end)))
+        }
+        (None, Some(stop)) => Err(damaged(shared, target, offset, walk.valid_end, stop)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The error of a read of `offset` that found the segment of `target` damaged at byte
+/// `position`; the first time that batch is found damaged, it is logged.
+pub(super) fn damaged<S: Storage>(
+    shared: &Shared<S>,
+    target: &ReadTarget<S::File>,
+    offset: i64,
+    position: u64,
+    stop: ScanStop,
+) -> LogError {
+    let mut state = shared.state.borrow_mut();
+    let first_time = state
+        .segments
+        .get_mut(&target.base_offset)
+        .is_some_and(|segment| {
+            let new = !segment.damage_logged.contains(&position);
+            if new {
+                segment.damage_logged.push(position);
+            }
+            new
+        });
+    if first_time {
+        tracing::error!(
+            partition = %shared.id,
+            segment = %segment_path(&shared.dir, target.base_offset, "log").display(),
+            position,
+            offset,
+            stopped_by = %stop,
+            "segment damaged: its batches from this byte fail their checks and are not \
+             served; fetches of their offsets answer CORRUPT_MESSAGE"
+        );
+    }
+    LogError::Damaged {
+        partition: shared.id.clone(),
+        segment: target.base_offset,
+        offset,
+        source: stop,
     }
 }
 

@@ -1,29 +1,45 @@
 //! Opening a partition log: finding its segments, trusting what the checkpoint says is
 //! valid and durable, and validating everything after it.
 //!
-//! Closed segments keep their index files (rebuilt by a scan if missing or damaged). The
-//! active segment is scanned from the checkpointed position — the whole segment if there
-//! is no usable checkpoint — batch by batch with the one batch validator (length, magic,
-//! CRC, record count) plus offset contiguity; the file is cut after the last whole valid
-//! batch. A torn or garbage tail is therefore never served. Why a scan stopped is a
-//! [`ScanStop`], named in the "partition recovered" line, and a stop that means damage (a
-//! bad batch that is not merely cut short, or a break in offsets) is also logged as a
-//! warning. Recovery time grows with the bytes written since the last checkpoint, not with
-//! the size of the log.
+//! Closed segments keep their index files (rebuilt by a scan if missing or damaged); the
+//! scan of a closed segment starts at its last indexed batch. The active segment is
+//! scanned from the checkpointed position — the whole segment if there is no usable
+//! checkpoint. Scans walk batch by batch with the one batch validator (length, magic, CRC,
+//! record count) plus offset contiguity (`scan.rs`). Why a scan stopped is a [`ScanStop`],
+//! named in the "partition recovered" line; a stop that means damage (a bad batch that is
+//! not merely cut short, or a break in offsets) is also logged, naming the segment file,
+//! the byte and the offset. Recovery time grows with the bytes written since the last
+//! checkpoint, not with the size of the log. What recovery trusted without reading (the
+//! prefix the index files or the checkpoint vouch for) is checked by the first fetch that
+//! reads it (`Segment::unverified`).
+//!
+//! What a damaged segment costs:
+//! - The active segment is cut after its last valid batch, so a torn or garbage tail is
+//!   never served; nothing later depends on its bytes.
+//! - A closed segment that breaks off before the next segment's base offset is either the
+//!   remains of a crash that interrupted its seal (then nothing after it was acknowledged
+//!   as durable: the seal comes before every later sync) or damage to sealed bytes. It is
+//!   damage when the segment is known to have been sealed: its own index files say so, a
+//!   later segment's do (seals run one after another, in log order), or the checkpoint
+//!   recorded a durable end past it. A damaged sealed segment is kept whole, and so are the
+//!   segments after it: only the offsets it can no longer serve are refused to fetches
+//!   (CORRUPT_MESSAGE), and the error names them. Without such evidence, it is the crash:
+//!   the segment is cut after its last valid batch and the later segments are removed,
+//!   with a warning naming what was dropped.
 //!
 //! Batch lengths and header fields are read through the layout of `batch/layout.rs`, and
 //! every I/O error becomes a [`LogError`] through `LogError::io`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use super::checkpoint::{self, Checkpoint};
-use super::segment::{parse_segment_name, segment_path, BatchHeader, Segment};
+pub(crate) use super::scan::ScanStop;
+use super::scan::{self as walker};
+use super::segment::{parse_segment_name, segment_path, Segment};
 use super::{LogError, PartitionId, Shared, State};
-use crate::batch::{self, BatchError};
-use crate::limits::{BATCH_SIZE_BYTES_MAX, BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_BYTES};
+use crate::limits::{BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_BYTES};
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{IoMode, TopicConfig};
 
@@ -34,58 +50,6 @@ fn io_error<'a>(
     operation: &'static str,
 ) -> impl FnOnce(std::io::Error) -> LogError + 'a {
     move |source| LogError::io(id, operation, source)
-}
-
-/// Why the scan of a segment stopped where it did. Positions are byte positions in the
-/// segment file; the scan keeps everything before them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ScanStop {
-    /// Whole valid batches up to the end of the file.
-    EndOfFile,
-    /// Zeros where the next batch would start: bytes preallocated (or, in direct mode,
-    /// padding) past the last write. The usual end of an active segment after a crash.
-    Zeros { position: u64 },
-    /// The bytes at `position` are not a valid batch: a torn write, a batch cut short by
-    /// the end of the file, or damage.
-    Invalid { position: u64, error: BatchError },
-    /// A valid batch at `position` whose base offset is not the one that follows the batch
-    /// before it.
-    OffsetGap {
-        position: u64,
-        offset: i64,
-        expected: i64,
-    },
-}
-
-impl ScanStop {
-    /// Whether the stop means damage rather than the end of what was written.
-    pub(crate) fn is_damage(&self) -> bool {
-        match self {
-            ScanStop::EndOfFile | ScanStop::Zeros { .. } => false,
-            ScanStop::Invalid { error, .. } => !matches!(error, BatchError::Truncated { .. }),
-            ScanStop::OffsetGap { .. } => true,
-        }
-    }
-}
-
-impl fmt::Display for ScanStop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ScanStop::EndOfFile => f.write_str("end of file"),
-            ScanStop::Zeros { position } => write!(f, "zeros from byte {position}"),
-            ScanStop::Invalid { position, error } => {
-                write!(f, "invalid batch at byte {position}: {error}")
-            }
-            ScanStop::OffsetGap {
-                position,
-                offset,
-                expected,
-            } => write!(
-                f,
-                "batch at byte {position} has offset {offset}, expected {expected}"
-            ),
-        }
-    }
 }
 
 /// What the scan of one segment found.
@@ -117,7 +81,14 @@ pub(crate) async fn open<S: Storage>(
         .collect();
     let checkpoint = checkpoint::read(&storage, dir).await;
     let interval = config.index_interval_bytes();
-    let (mut segments, bases) = open_closed_segments(&storage, dir, bases, interval, &id).await?;
+    if checkpoint.is_none() && !bases.is_empty() {
+        tracing::info!(
+            partition = %id,
+            "no usable recovery checkpoint; scanning the whole active segment"
+        );
+    }
+    let (mut segments, bases) =
+        open_closed_segments(&storage, dir, bases, (interval, checkpoint), &id).await?;
     let active_base = bases
         .last()
         .copied()
@@ -145,14 +116,6 @@ pub(crate) async fn open<S: Storage>(
         stopped_by = %scan.stop,
         "partition recovered"
     );
-    if scan.stop.is_damage() {
-        tracing::warn!(
-            partition = %id,
-            segment = active_base,
-            stopped_by = %scan.stop,
-            "active segment damaged; cut after its last valid batch"
-        );
-    }
     // The log starts with no charge on the preallocation budget: nothing past the valid
     // bytes is left preallocated.
     assert_eq!(
@@ -188,35 +151,73 @@ pub(crate) async fn open<S: Storage>(
     })
 }
 
-/// Opens every segment but the last as a closed one. Where the log breaks off inside a
-/// closed segment (a crash lost its unsynced tail after a later segment was created), that
-/// segment becomes the last one and the later ones are removed. Returns the closed
-/// segments and the bases that remain (the last is the active segment's).
+/// A closed segment as its scan left it, before recovery decides whether it is whole.
+struct Opened<S: Storage> {
+    segment: Segment<S>,
+    scan: Scan,
+    /// Where the scan started: the last indexed batch, or 0 without usable index files.
+    start: u64,
+    /// Whether its index files say its seal wrote them.
+    sealed: bool,
+}
+
+/// Opens every segment but the last as a closed one, and decides what a closed segment
+/// that breaks off before the next one's base offset is (see the module doc): damage to a
+/// sealed segment, kept with the segments after it; or a crash that interrupted its seal,
+/// in which case that segment becomes the last one and the later ones are removed.
+/// Returns the closed segments and the bases that remain (the last is the active one's).
 async fn open_closed_segments<S: Storage>(
     storage: &S,
     dir: &Path,
     mut bases: Vec<i64>,
-    interval: u32,
+    (interval, checkpoint): (u32, Option<Checkpoint>),
     id: &PartitionId,
 ) -> Result<(BTreeMap<i64, Segment<S>>, Vec<i64>), LogError> {
     let io = |operation| io_error(id, operation);
+    let closed = bases.len().saturating_sub(1);
+    let mut opened = Vec::with_capacity(closed);
+    for &base in &bases[..closed] {
+        opened.push(open_closed(storage, dir, base, interval, id).await?);
+    }
+    // A segment is known sealed if it or any later one was (seals complete in log order),
+    // or the checkpoint recorded a durable end that only its seal could let pass it.
+    let mut known_sealed = vec![false; closed];
+    let mut sealed_after = false;
+    for index in (0..closed).rev() {
+        sealed_after |= opened[index].sealed || durable_past(checkpoint, bases[index + 1]);
+        known_sealed[index] = sealed_after;
+    }
     let mut segments = BTreeMap::new();
-    let mut index = 0;
-    while index + 1 < bases.len() {
+    for (index, mut closed) in opened.into_iter().enumerate() {
         let (base, next_base) = (bases[index], bases[index + 1]);
-        let segment = open_closed(storage, dir, base, interval, id).await?;
-        if segment.offset_next == next_base {
-            segments.insert(base, segment);
-            index += 1;
+        if closed.segment.offset_next == next_base {
+            let trimmed = closed.scan.valid_bytes == closed.segment.allocated_bytes;
+            if !trimmed || closed.start == 0 {
+                reseal(storage, dir, &mut closed.segment, true, id)
+                    .await
+                    .map_err(io("seal segment"))?;
+            }
+            segments.insert(base, closed.segment);
+            continue;
+        }
+        if known_sealed[index] {
+            keep_damaged(dir, &mut closed, next_base, id);
+            segments.insert(base, closed.segment);
             continue;
         }
         tracing::warn!(
             partition = %id,
             segment = base,
-            valid_until = segment.offset_next,
+            valid_until = closed.segment.offset_next,
             next_segment = next_base,
-            "log ends inside a closed segment; dropping the segments after it"
+            stopped_by = %closed.scan.stop,
+            dropped_segments = ?&bases[index + 1..],
+            "log ends inside a closed segment whose seal a crash interrupted; \
+             dropping the segments after it"
         );
+        reseal(storage, dir, &mut closed.segment, false, id)
+            .await
+            .map_err(io("seal segment"))?;
         for &later in &bases[index + 1..] {
             remove_segment(storage, dir, later)
                 .await
@@ -224,65 +225,110 @@ async fn open_closed_segments<S: Storage>(
         }
         storage.sync_dir(dir).await.map_err(io("fsync directory"))?;
         bases.truncate(index + 1);
+        break;
     }
     Ok((segments, bases))
 }
 
+/// Whether `checkpoint` recorded a durable end past `offset` that proves the seal of the
+/// segment ending there completed: syncs complete in log order, and that segment's seal
+/// comes before any sync of a later offset. A checkpoint of an empty active prefix
+/// records the active segment's base without vouching for it; a clean one vouches for
+/// everything it names.
+fn durable_past(checkpoint: Option<Checkpoint>, offset: i64) -> bool {
+    checkpoint.is_some_and(|c| {
+        (c.position > 0 && c.offset_next > offset) || (c.clean && c.offset_next >= offset)
+    })
+}
+
+/// Keeps a sealed segment whose batches break off before `next_base` as it is: the whole
+/// file, and its place in the log. The bytes from the damage on stay unverified, so every
+/// fetch of the offsets they held walks into the damage and is refused; the segments
+/// after it serve as usual.
+fn keep_damaged<S: Storage>(dir: &Path, closed: &mut Opened<S>, next_base: i64, id: &PartitionId) {
+    let segment = &mut closed.segment;
+    let damaged_at = closed.scan.valid_bytes;
+    tracing::error!(
+        partition = %id,
+        segment = %segment_path(dir, segment.base_offset, "log").display(),
+        position = damaged_at,
+        offsets = %format_args!("{}..{next_base}", segment.offset_next),
+        stopped_by = %closed.scan.stop,
+        "sealed segment damaged; kept as it is, with the segments after it: fetches of \
+         these offsets answer CORRUPT_MESSAGE"
+    );
+    segment.unverified.add(damaged_at..segment.allocated_bytes);
+    segment.damage_logged.push(damaged_at);
+    segment.size_bytes = segment.allocated_bytes;
+    segment.offset_next = next_base;
+}
+
 /// Opens a closed segment. Its index files say where its last indexed batch starts; the
 /// scan from there to the end of the file finds where its valid bytes end (a few KiB for
-/// a sealed segment). A segment a crash caught before its seal completed (preallocated
-/// zeros, or an index from a checkpoint that covers only a prefix) is cut at its last
-/// valid batch and sealed again. Without index files, the whole segment is scanned.
+/// a sealed segment); the bytes before it are left for fetches to check. Without usable
+/// index files, the whole segment is scanned.
 async fn open_closed<S: Storage>(
     storage: &S,
     dir: &Path,
     base: i64,
     interval: u32,
     id: &PartitionId,
-) -> Result<Segment<S>, LogError> {
+) -> Result<Opened<S>, LogError> {
     let io = |operation| io_error(id, operation);
     let mut segment = Segment::open_read_only(storage, dir, base, interval)
         .await
         .map_err(io("open segment"))?;
-    let mut start = 0;
-    if let Some(mut index) = checkpoint::read_index_files(storage, dir, base, interval).await {
-        let (offset, position) = index.lookup_offset(i64::MAX);
-        if u64::from(position) <= segment.allocated_bytes {
-            index.truncate_to(offset, position);
-            segment.index = index;
-            segment.offset_next = offset;
-            start = u64::from(position);
+    let (mut start, mut sealed) = (0, false);
+    match checkpoint::read_index_files(storage, dir, base, interval).await {
+        Ok(mut index) => {
+            sealed = index.is_sealed();
+            let (offset, position) = index.lookup_offset(i64::MAX);
+            if u64::from(position) <= segment.allocated_bytes {
+                index.truncate_to(offset, position);
+                segment.index = index;
+                segment.offset_next = offset;
+                start = u64::from(position);
+            } else {
+                tracing::warn!(
+                    partition = %id,
+                    segment = %segment_path(dir, base, "log").display(),
+                    size_bytes = segment.allocated_bytes,
+                    indexed_position = position,
+                    "segment shorter than its index; rebuilding the index from the segment"
+                );
+            }
         }
-    } else {
-        tracing::warn!(partition = %id, segment = base, "index files unusable; rebuilding");
-    }
-    let scan = scan_and_index(&mut segment, start, id).await?;
-    if scan.stop.is_damage() {
-        tracing::warn!(
+        Err(unusable) => tracing::warn!(
             partition = %id,
-            segment = base,
-            stopped_by = %scan.stop,
-            "closed segment damaged; cut after its last valid batch"
-        );
+            %unusable,
+            "index files unusable; rebuilding them from the segment"
+        ),
     }
+    segment.unverified.add(0..start);
+    let scan = scan_and_index(&mut segment, start, id).await?;
     if let crate::index::MaxTimestamp::Known { timestamp_ms, .. } =
         segment.index.time_index().max_timestamp()
     {
         segment.max_timestamp = segment.max_timestamp.max(timestamp_ms);
     }
-    if scan.valid_bytes != segment.allocated_bytes || start == 0 {
-        reseal(storage, dir, &mut segment)
-            .await
-            .map_err(io("seal segment"))?;
-    }
-    Ok(segment)
+    Ok(Opened {
+        segment,
+        scan,
+        start,
+        sealed,
+    })
 }
 
-/// Cuts a closed segment at its valid bytes, fdatasyncs it and rewrites its index files.
+/// Cuts a closed segment at its valid bytes, fdatasyncs it and rewrites its index files,
+/// marked sealed if `sealed` (not for a segment about to become the active one). The index
+/// files only save the next recovery a scan: if they cannot be written (a disk with no
+/// byte free), the log opens with the index in memory, and the failure is logged.
 async fn reseal<S: Storage>(
     storage: &S,
     dir: &Path,
     segment: &mut Segment<S>,
+    sealed: bool,
+    id: &PartitionId,
 ) -> std::io::Result<()> {
     let path = segment_path(dir, segment.base_offset, "log");
     let writer = storage
@@ -291,7 +337,20 @@ async fn reseal<S: Storage>(
     writer.set_len(segment.size_bytes).await?;
     writer.sync_data().await?;
     segment.allocated_bytes = segment.size_bytes;
-    checkpoint::write_segment_index(storage, dir, segment.base_offset, &segment.index).await
+    let mut index = segment.index.clone();
+    if sealed {
+        index.mark_sealed();
+    }
+    let written = checkpoint::write_segment_index(storage, dir, segment.base_offset, &index).await;
+    if let Err(error) = written {
+        tracing::warn!(
+            partition = %id,
+            segment = %path.display(),
+            %error,
+            "could not write the segment's index files; the next start scans it again"
+        );
+    }
+    Ok(())
 }
 
 /// Removes a segment's files.
@@ -324,7 +383,7 @@ async fn recover_active<S: Storage>(
     });
     let mut start = 0;
     if let Some(checkpoint) = usable {
-        if let Some(index) =
+        if let Ok(index) =
             checkpoint::read_index_files(storage, dir, active.base_offset, interval).await
         {
             if index.position_next_min() <= checkpoint.position {
@@ -340,8 +399,20 @@ async fn recover_active<S: Storage>(
             }
         }
     }
+    active.unverified.add(0..start);
     let scan = scan_and_index(active, start, id).await?;
     let valid = scan.valid_bytes;
+    if scan.stop.is_damage() {
+        tracing::error!(
+            partition = %id,
+            segment = %segment_path(dir, active.base_offset, "log").display(),
+            position = valid,
+            offset = active.offset_next,
+            cut_bytes = active.allocated_bytes - valid,
+            stopped_by = %scan.stop,
+            "active segment damaged; cut after its last valid batch"
+        );
+    }
     let truncated = active.allocated_bytes != valid;
     if truncated {
         active
@@ -382,109 +453,38 @@ async fn scan_and_index<S: Storage>(
     start: u64,
     id: &PartitionId,
 ) -> Result<Scan, LogError> {
-    let file_end = segment.allocated_bytes;
-    let mut scan = Scan {
-        valid_bytes: start,
-        batches: 0,
-        stop: ScanStop::EndOfFile,
+    let reader = segment.reader.clone();
+    let span = (start, segment.allocated_bytes);
+    let walk = walker::walk(
+        &reader,
+        span,
+        segment.offset_next,
+        RECOVERY_READ_CHUNK_BYTES,
+        |header, position| {
+            segment.on_batch_written(header, position);
+            true
+        },
+    )
+    .await
+    .map_err(io_error(id, "read segment"))?;
+    let Some(stop) = walk.stop else {
+        unreachable!("the recovery scan's visitor never stops it");
     };
-    // One buffer for the whole scan: the unconsumed tail of a chunk (a batch cut by the
-    // chunk's end) stays at its front and the next read appends after it.
-    let mut pending: Vec<u8> = Vec::with_capacity(RECOVERY_READ_CHUNK_BYTES);
-    let mut read_at = start;
-    scan.stop = loop {
-        // Room for the batch at the front (however large) and at least half a chunk more.
-        let need = pending_need(&pending).max(pending.len() + RECOVERY_READ_CHUNK_BYTES / 2);
-        pending.reserve(need.saturating_sub(pending.len()));
-        let (read, filled) = segment
-            .reader
-            .read_append(read_at, std::mem::take(&mut pending))
-            .await;
-        pending = filled;
-        let read = read.map_err(io_error(id, "read segment"))?;
-        read_at += read as u64;
-        let at_end = read_at >= file_end || read == 0;
-        let (consumed, stop) = index_valid_prefix(segment, &pending, &mut scan, at_end);
-        pending.drain(..consumed);
-        if let Some(stop) = stop {
-            break stop;
-        }
-        if at_end {
-            // The validator consumes every byte or names the batch it stopped at.
-            assert!(
-                pending.is_empty(),
-                "a scan ended with bytes it did not judge"
-            );
-            break ScanStop::EndOfFile;
-        }
-    };
-    segment.size_bytes = scan.valid_bytes;
+    segment.size_bytes = walk.valid_end;
     // The next batch goes exactly where the scan stopped, whatever the index files knew.
-    segment.index.set_end(segment.offset_next, scan.valid_bytes);
-    Ok(scan)
-}
-
-/// Bytes needed to hold the batch `pending` starts with, if its length field is readable.
-fn pending_need(pending: &[u8]) -> usize {
-    batch::declared_size_bytes(pending).map_or(0, |size| size.min(BATCH_SIZE_BYTES_MAX))
-}
-
-/// Indexes the whole valid batches at the front of `bytes`; returns the bytes consumed and,
-/// if the scan must stop, why: at an invalid batch, a break in offsets, or a truncated
-/// batch if no more bytes will come (`at_end`).
-fn index_valid_prefix<S: Storage>(
-    segment: &mut Segment<S>,
-    bytes: &[u8],
-    scan: &mut Scan,
-    at_end: bool,
-) -> (usize, Option<ScanStop>) {
-    let prefix = batch::validate_prefix(bytes, BATCH_SIZE_BYTES_MAX);
-    let mut at = 0usize;
-    while at < prefix.valid.size_bytes {
-        let Some(header) = BatchHeader::parse(&bytes[at..]) else {
-            unreachable!("a batch the validator accepted has a whole header");
-        };
-        if header.base_offset != segment.offset_next {
-            let stop = ScanStop::OffsetGap {
-                position: scan.valid_bytes,
-                offset: header.base_offset,
-                expected: segment.offset_next,
-            };
-            return (at, Some(stop));
-        }
-        segment.on_batch_written(&header, scan.valid_bytes);
-        scan.valid_bytes += header.size_bytes;
-        scan.batches += 1;
-        at += header.size_bytes as usize;
-    }
-    assert_eq!(
-        at, prefix.valid.size_bytes,
-        "indexed exactly the valid prefix"
-    );
-    let position = scan.valid_bytes;
-    let stop = match prefix.error {
-        None => None,
-        Some(BatchError::Truncated { .. }) if !at_end => None,
-        Some(_) if is_zeros(&bytes[at..]) => Some(ScanStop::Zeros { position }),
-        Some(error) => Some(ScanStop::Invalid { position, error }),
-    };
-    (at, stop)
-}
-
-/// Whether `rest` starts with a header's worth of zeros (or is all zeros, if shorter): no
-/// batch does, since its length and magic are never zero.
-fn is_zeros(rest: &[u8]) -> bool {
-    !rest.is_empty()
-        && rest
-            .iter()
-            .take(batch::HEADER_SIZE_BYTES)
-            .all(|&byte| byte == 0)
+    segment.index.set_end(segment.offset_next, walk.valid_end);
+    Ok(Scan {
+        valid_bytes: walk.valid_end,
+        batches: walk.batches,
+        stop,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::walker::pending_need;
     use super::*;
-    use crate::batch::BatchBuilder;
+    use crate::batch::{self, BatchBuilder, BatchError};
     use crate::rt;
     use crate::storage::fault::FaultStorage;
 

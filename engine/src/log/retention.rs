@@ -240,6 +240,7 @@ async fn cut_active_segment<S: Storage>(shared: &Shared<S>, offset: i64) -> Resu
             unreachable!("the first segment is never removed")
         };
         active.index.truncate_to(cut_offset, cut_position as u32);
+        active.unverified.truncate(cut_position);
         active.size_bytes = cut_position;
         active.allocated_bytes = cut_position;
         shared.prealloc.release_all();

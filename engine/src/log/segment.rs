@@ -4,7 +4,10 @@
 //!
 //! Invariants: `size_bytes` is the number of valid bytes at the front of the file (the file
 //! may be longer: preallocated zeros); batches are contiguous in offset from `base_offset`
-//! to `offset_next`; only the active (last) segment of a log is written.
+//! to `offset_next`; only the active (last) segment of a log is written. The exception is a
+//! closed segment that recovery found damaged although it was sealed: it keeps its whole
+//! file and its place in the log (`offset_next` is the next segment's base), and the bytes
+//! from the damage on stay in `unverified`, which no fetch sends unchecked.
 //!
 //! File names: `{base_offset:020}.log`, `.index`, `.timeindex`, as Kafka names them.
 
@@ -12,6 +15,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::scan::Unverified;
 use crate::batch;
 use crate::index::SegmentIndex;
 use crate::limits::BUF_ALIGN_BYTES;
@@ -91,6 +95,12 @@ pub(crate) struct Segment<S: Storage> {
     /// An O_DIRECT descriptor for reading into the batch cache: the writer while the
     /// segment is written with direct I/O, else opened on the first such read.
     pub(crate) direct_reader: Option<S::File>,
+    /// Bytes nobody checked since the log was opened (see `log/scan.rs`): a fetch walks
+    /// them with the batch validator before it sends them.
+    pub(crate) unverified: Unverified,
+    /// Positions of damaged batches already logged, so a consumer retrying one does not
+    /// flood the log.
+    pub(crate) damage_logged: Vec<u64>,
 }
 
 impl<S: Storage> Segment<S> {
@@ -170,6 +180,8 @@ impl<S: Storage> Segment<S> {
             direct,
             direct_reader: direct.then(|| writer.clone()),
             writer,
+            unverified: Unverified::default(),
+            damage_logged: Vec::new(),
         }
     }
 

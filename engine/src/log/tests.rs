@@ -878,8 +878,10 @@ fn recovery_scans_only_what_follows_the_checkpoint() {
         at += batch.size_bytes();
     }
     assert_eq!(starts.len(), 15);
-    // Damage inside the checkpointed prefix goes unseen: recovery trusts the checkpoint and
-    // does not rescan it. Damage after it is found, and the log is cut there.
+    // Damage inside the checkpointed prefix goes unseen by recovery, which trusts the
+    // checkpoint and does not rescan it; the first fetch that reads it finds it, and
+    // refuses the damaged batch instead of serving it. Damage after the checkpoint is found
+    // by recovery, and the log is cut there.
     bytes[starts[1] + 30] ^= 0xff;
     bytes[starts[14] + 40] ^= 0xff;
     std::fs::write(&segment, &bytes).unwrap();
@@ -889,6 +891,18 @@ fn recovery_scans_only_what_follows_the_checkpoint() {
             log.offsets().log_end,
             14 * 4,
             "prefix trusted, damaged last batch cut"
+        );
+        let first = log.read_bytes(0, 1 << 20).await.unwrap();
+        assert_eq!(
+            values(&first).len(),
+            4,
+            "served up to the damaged batch, not past it"
+        );
+        assert_eq!(first.len(), starts[1]);
+        let refused = log.read_bytes(4, 1 << 20).await.unwrap_err();
+        assert!(
+            matches!(refused, LogError::Damaged { offset: 4, .. }),
+            "{refused}"
         );
         log.close().await.unwrap();
     });

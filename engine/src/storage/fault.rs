@@ -53,9 +53,15 @@
 //!   with ENOSPC and changes nothing. [`FaultStorage::free_bytes`] says what is left, as
 //!   statvfs would. A removed or replaced file's bytes are free at once, even while a
 //!   handle still holds it (a simplification), and whatever it then grows is not counted.
+//! - **A short write** ([`FaultStorage::fail_nth_partially`]): the n-th mutating
+//!   operation, if a write, lands only its first bytes (as many as asked, at most all)
+//!   and then fails with the given errno, as a `pwritev` that wrote part of its buffers
+//!   and whose continuation hit a full disk; any other operation just fails.
 //! - **Reads that return wrong data** ([`FaultStorage::corrupt_reads`]): reads of a chosen
 //!   byte range of a file come back with every bit flipped, without an error, while the
 //!   file itself is unchanged (a bad cable or controller; bit rot as the reader sees it).
+//! - **Reads that fail** ([`FaultStorage::fail_reads`]): every read of a chosen file fails
+//!   with EIO (an unreadable sector), while writes to it still work.
 //! - **Hold syncs** ([`FaultStorage::hold_syncs`]): every `sync_data` called from then on
 //!   (the fdatasync `write_then_sync` leaves in flight among them) waits, before it
 //!   counts or changes anything, until [`FaultStorage::release_syncs`]; then it runs as
@@ -93,6 +99,9 @@ pub enum Fault {
     /// and the file's dirty bytes are dropped from the next sync. Any other operation
     /// fails with EIO and changes nothing.
     SyncLost,
+    /// A short write: a write lands its first `landed` bytes (at most all), unsynced, then
+    /// fails with `errno`. Any other operation fails with `errno` and changes nothing.
+    Partial { landed: u64, errno: i32 },
 }
 
 /// Counters of what a [`FaultStorage`] was asked to do.
@@ -182,6 +191,8 @@ struct State {
     latency: Option<Latency>,
     /// Byte ranges of inodes whose reads come back with every bit flipped.
     read_corruptions: Vec<(InodeId, Range<u64>)>,
+    /// Inodes whose reads fail with EIO.
+    read_failures: Vec<InodeId>,
     /// Writes and syncs issued and not yet completed.
     writes_in_flight: u64,
     syncs_in_flight: u64,
@@ -219,6 +230,11 @@ enum Verdict {
     /// file's dirty bytes clean without syncing them.
     FailAfterWrite {
         lose_dirty: bool,
+    },
+    /// Land the first `landed` bytes of a write, then fail with this errno.
+    Partial {
+        landed: u64,
+        errno: i32,
     },
 }
 
@@ -290,6 +306,16 @@ impl FaultStorage {
         state.read_corruptions.push((id, range));
     }
 
+    /// From now on every read of the file now at `path` fails with EIO; writes to it
+    /// still work. Lasts as long as this storage (a crash forgets it).
+    pub fn fail_reads(&self, path: &Path) {
+        let mut state = self.state.borrow_mut();
+        let Some(id) = state.lookup(path, false) else {
+            panic!("no file {} to fail reads of", path.display());
+        };
+        state.read_failures.push(id);
+    }
+
     /// Waits out the latency of the operation just issued.
     async fn delay(&self) {
         let (turns, issued) = {
@@ -341,6 +367,12 @@ impl FaultStorage {
     /// Makes the `n`-th mutating operation from now fail as [`Fault::SyncLost`] describes.
     pub fn fail_nth_after_write(&self, n: u64) {
         self.inject(n, Fault::SyncLost);
+    }
+
+    /// Makes the `n`-th mutating operation from now a short write as
+    /// [`Fault::Partial`] describes: `landed` bytes land, then it fails with `errno`.
+    pub fn fail_nth_partially(&self, n: u64, landed: u64, errno: i32) {
+        self.inject(n, Fault::Partial { landed, errno });
     }
 
     /// Makes the `n`-th mutating operation from now (`n >= 1`) hit `fault`.
@@ -494,6 +526,10 @@ impl State {
                     Verdict::FailAfterWrite { lose_dirty: true }
                 }
                 (Fault::SyncLost, _) => Verdict::Refuse(libc::EIO),
+                (Fault::Partial { landed, errno }, Op::Write { .. }) => {
+                    Verdict::Partial { landed, errno }
+                }
+                (Fault::Partial { errno, .. }, _) => Verdict::Refuse(errno),
             }
         } else if is_sync
             && self
@@ -525,8 +561,11 @@ impl State {
     }
 
     /// What a read of `len` bytes at `offset` of inode `id` returns: `written`, with the
-    /// bytes of corrupted ranges flipped.
-    fn read(&self, id: InodeId, offset: u64, len: usize) -> Vec<u8> {
+    /// bytes of corrupted ranges flipped; EIO for a file whose reads fail.
+    fn read(&self, id: InodeId, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if self.read_failures.contains(&id) {
+            return Err(errno(libc::EIO));
+        }
         let written = &self.inodes[&id].written;
         let start = usize::try_from(offset)
             .unwrap_or(usize::MAX)
@@ -540,14 +579,14 @@ impl State {
                 bytes[at as usize - start] ^= 0xff;
             }
         }
-        bytes
+        Ok(bytes)
     }
 
     /// Gates an operation that either proceeds or fails without effect.
     fn gate_plain(&mut self, op: Op) -> io::Result<()> {
         match self.gate(op) {
             Verdict::Proceed => Ok(()),
-            Verdict::Refuse(code) => Err(errno(code)),
+            Verdict::Refuse(code) | Verdict::Partial { errno: code, .. } => Err(errno(code)),
             Verdict::FailAfterWrite { .. } => Err(errno(libc::EIO)),
         }
     }
@@ -1025,11 +1064,14 @@ impl FaultFile {
         if self.direct && !direct_aligned(bufs, offset) {
             return Err(errno(libc::EINVAL));
         }
-        let bytes: Vec<u8> = bufs
+        let mut bytes: Vec<u8> = bufs
             .iter()
             .flat_map(|buf| rt::initialized(buf))
             .copied()
             .collect();
+        if let Verdict::Partial { landed, .. } = verdict {
+            bytes.truncate(usize::try_from(landed).unwrap_or(usize::MAX));
+        }
         let offset = to_usize(offset)?;
         let end = offset
             .checked_add(bytes.len())
@@ -1053,6 +1095,7 @@ impl FaultFile {
         match verdict {
             Verdict::Proceed if sync_after => state.sync_inode(self.inode),
             Verdict::Proceed => {}
+            Verdict::Partial { errno: code, .. } => return Err(errno(code)),
             Verdict::FailAfterWrite { lose_dirty } => {
                 if lose_dirty {
                     state.inode_mut(self.inode).dirty.clear();
@@ -1065,7 +1108,7 @@ impl FaultFile {
     }
 
     /// What a read of `len` bytes at `offset` returns, after the read's latency.
-    async fn read_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+    async fn read_bytes(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         self.storage.delay().await;
         self.storage.state.borrow().read(self.inode, offset, len)
     }
@@ -1088,22 +1131,30 @@ impl StorageFile for FaultFile {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
-        Ok(self.read_bytes(offset, len).await)
+        self.read_bytes(offset, len).await
     }
 
     async fn read_append(&self, offset: u64, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         let spare = buf.capacity() - buf.len();
-        let bytes = self.read_bytes(offset, spare).await;
-        buf.extend_from_slice(&bytes);
-        (Ok(bytes.len()), buf)
+        match self.read_bytes(offset, spare).await {
+            Ok(bytes) => {
+                buf.extend_from_slice(&bytes);
+                (Ok(bytes.len()), buf)
+            }
+            Err(error) => (Err(error), buf),
+        }
     }
 
     async fn read_aligned(&self, offset: u64, buf: PooledBuf) -> (io::Result<usize>, PooledBuf) {
         let mut buf = buf;
         buf.clear();
-        let bytes = self.read_bytes(offset, buf.capacity()).await;
-        buf.extend_from_slice(&bytes);
-        (Ok(bytes.len()), buf)
+        match self.read_bytes(offset, buf.capacity()).await {
+            Ok(bytes) => {
+                buf.extend_from_slice(&bytes);
+                (Ok(bytes.len()), buf)
+            }
+            Err(error) => (Err(error), buf),
+        }
     }
 
     async fn write_at<B: IoBuf>(
@@ -1147,7 +1198,9 @@ impl StorageFile for FaultFile {
                     }
                     Ok(state.inode_mut(self.inode).begin_sync())
                 }
-                Verdict::Refuse(code) => return Err(errno(code)),
+                Verdict::Refuse(code) | Verdict::Partial { errno: code, .. } => {
+                    return Err(errno(code))
+                }
                 Verdict::FailAfterWrite { lose_dirty } => {
                     if lose_dirty {
                         state.inode_mut(self.inode).dirty.clear();
@@ -1833,6 +1886,46 @@ mod tests {
                 assert_eq!(durable, b"newer", "seed {seed}: {:?}", finished.borrow());
             }
             assert!(overtaken > 0, "some later sync completed first");
+        });
+    }
+
+    #[test]
+    fn a_short_write_lands_a_prefix_unsynced_then_fails() {
+        run(async {
+            let (storage, file) = with_log().await;
+            write(&file, 0, b"durable", true).await.unwrap();
+            storage.fail_nth_partially(1, 3, libc::ENOSPC);
+            assert_eq!(
+                raw(write(&file, 7, b"-partial", true).await),
+                Some(libc::ENOSPC)
+            );
+            assert_eq!(storage.file_bytes(&path("log")).unwrap(), b"durable-pa");
+            assert_eq!(
+                storage.crash_clean().file_bytes(&path("log")).unwrap(),
+                b"durable",
+                "the landed prefix was not synced"
+            );
+            storage.fail_nth_partially(1, 3, libc::ENOSPC);
+            assert_eq!(
+                raw(file.sync_data().await),
+                Some(libc::ENOSPC),
+                "any other operation just fails"
+            );
+        });
+    }
+
+    #[test]
+    fn reads_of_a_failing_file_fail_while_writes_go_on() {
+        run(async {
+            let (storage, file) = with_log().await;
+            write(&file, 0, b"abc", true).await.unwrap();
+            storage.fail_reads(&path("log"));
+            let read = file.read_at(0, 3).await;
+            assert_eq!(read.unwrap_err().raw_os_error(), Some(libc::EIO));
+            let (read, _) = file.read_append(0, Vec::with_capacity(3)).await;
+            assert_eq!(read.unwrap_err().raw_os_error(), Some(libc::EIO));
+            write(&file, 3, b"d", true).await.unwrap();
+            assert_eq!(storage.file_bytes(&path("log")).unwrap(), b"abcd");
         });
     }
 
