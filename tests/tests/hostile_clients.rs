@@ -518,8 +518,19 @@ fn a_client_that_never_reads_its_responses_stops_being_read_and_holds_bounded_me
     }
     let during = server.memory_kib();
     let samples = scrape(metrics);
-    // Each connection holds at most its limit and one batch over.
     let in_flight = samples.value(IN_FLIGHT);
+    let requests: Vec<usize> = floods.iter().map(|flood| flood.requests).collect();
+    eprintln!(
+        "never-read floods: requests sent before blocking {requests:?}; broker memory \
+         before {before:?}, during {during:?}; {in_flight} bytes in flight"
+    );
+    let grown_mib = during.resident_kib.saturating_sub(before.resident_kib) / 1024;
+    assert!(
+        grown_mib < 256,
+        "the broker grew by {grown_mib} MiB under {HOSTILE} connections that never read \
+         (before {before:?}, during {during:?})"
+    );
+    // Each connection holds at most its limit and one batch over.
     let bound = HOSTILE as u64 * (PER_CONNECTION + (1 << 20));
     assert!(
         in_flight <= bound,
@@ -528,17 +539,6 @@ fn a_client_that_never_reads_its_responses_stops_being_read_and_holds_bounded_me
     assert!(
         samples.value(READS_PAUSED) >= HOSTILE as u64,
         "the fetch floods were paused"
-    );
-    let grown_mib = during.resident_kib.saturating_sub(before.resident_kib) / 1024;
-    let requests: Vec<usize> = floods.iter().map(|flood| flood.requests).collect();
-    eprintln!(
-        "never-read floods: requests sent before blocking {requests:?}; broker memory \
-         before {before:?}, during {during:?}; {in_flight} bytes in flight"
-    );
-    assert!(
-        grown_mib < 256,
-        "the broker grew by {grown_mib} MiB under {HOSTILE} connections that never read \
-         (before {before:?}, during {during:?})"
     );
     // Others are served while the floods are held.
     produce_and_fetch(&mut client, "beside-the-floods", 100);
