@@ -11,9 +11,10 @@
 //!
 //! Limits (each a configuration key, see `config.rs`):
 //! - which connections are taken at all: [`admission`], at accept;
-//! - in-flight bytes, per connection and per shard: [`budget`]. The next request is read
-//!   only while both are below their limits, so a client that does not read its responses
-//!   stops being read; and a connection answers one Fetch at a time;
+//! - in-flight bytes, per connection and per shard: [`budget`]. The next request's body is
+//!   read only once it fits both (or the connection's fair share of the shard's), so a
+//!   client that does not read its responses stops being read; and a connection answers
+//!   one Fetch at a time;
 //! - the request size: a frame larger than `max_request_bytes`, or with a negative size, is
 //!   refused as soon as its 4-byte size is read, before its body is received or memory is
 //!   set aside for it, with a log line naming both sizes, and the connection is closed;
@@ -203,18 +204,6 @@ async fn read_requests(
     let mut input = BytesMut::with_capacity(IDLE_BUFFER_BYTES);
     let fetch_turn = FetchTurn::default();
     loop {
-        let waited = budget
-            .admit(|waited| {
-                let paused = match waited {
-                    budget::Waited::Shard => Paused::ForShard,
-                    _ => Paused::ForConnection,
-                };
-                activity.set_paused(paused, Instant::now());
-            })
-            .await;
-        if waited != budget::Waited::No {
-            activity.set_paused(Paused::No, Instant::now());
-        }
         let (frame, frame_charge) = read_frame(stream, &mut input, max, budget, activity).await?;
         let received = Instant::now();
         activity.request_read(received, !input.is_empty());
@@ -380,7 +369,8 @@ impl Drop for Working {
 }
 
 /// Reads the next frame's bytes (without the size prefix), charged to `budget` from the
-/// moment its size is known.
+/// moment its size is known: its body is received only once it fits the connection's and
+/// the shard's in-flight bytes (until then the connection is not read).
 async fn read_frame(
     stream: &TcpStream,
     input: &mut BytesMut,
@@ -394,7 +384,20 @@ async fn read_frame(
     if size > max {
         return Err(Closed::FrameTooLarge { size, max });
     }
-    let charge = budget.charge((FRAME_SIZE_PREFIX_BYTES + size) as u64);
+    let bytes = (FRAME_SIZE_PREFIX_BYTES + size) as u64;
+    let waited = budget
+        .admit(bytes, |waited| {
+            let paused = match waited {
+                budget::Waited::Shard => Paused::ForShard,
+                _ => Paused::ForConnection,
+            };
+            activity.set_paused(paused, Instant::now());
+        })
+        .await;
+    if waited != budget::Waited::No {
+        activity.set_paused(Paused::No, Instant::now());
+    }
+    let charge = budget.charge(bytes);
     fill(stream, input, FRAME_SIZE_PREFIX_BYTES + size, activity).await?;
     let mut frame = input.split_to(FRAME_SIZE_PREFIX_BYTES + size);
     let _ = frame.split_to(FRAME_SIZE_PREFIX_BYTES);

@@ -66,8 +66,15 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 static MANY_SOCKETS: Mutex<()> = Mutex::new(());
 
 fn start(flags: &[(&str, &str)]) -> (tempfile::TempDir, Server, SocketAddr) {
+    start_with(ServerOptions::default(), flags)
+}
+
+fn start_with(
+    options: ServerOptions,
+    flags: &[(&str, &str)],
+) -> (tempfile::TempDir, Server, SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = ServerOptions::default().with("--metrics-listen", "127.0.0.1:0");
+    let mut options = options.with("--metrics-listen", "127.0.0.1:0");
     for (flag, value) in flags {
         options = options.with(flag, value);
     }
@@ -476,18 +483,27 @@ fn record_bytes(response: &FetchResponse) -> u64 {
 fn a_client_that_never_reads_its_responses_stops_being_read_and_holds_bounded_memory() {
     const PER_CONNECTION: u64 = 8 << 20;
     const HOSTILE: usize = 4;
-    let (_dir, mut server, metrics) = start(&[
-        (
-            "--max-in-flight-bytes-per-connection",
-            &PER_CONNECTION.to_string(),
-        ),
-        (
-            "--max-in-flight-bytes-per-shard",
-            &(64u64 << 20).to_string(),
-        ),
-        ("--batch-cache-bytes", &(16u64 << 20).to_string()),
-        ("--connections-max-idle-ms", "8000"),
-    ]);
+    // One shard whose limit two of the four floods fill: the others must still be served
+    // (each connection keeps its fair share of the shard).
+    let one_shard = ServerOptions {
+        shards: 1,
+        ..ServerOptions::default()
+    };
+    let (_dir, mut server, metrics) = start_with(
+        one_shard,
+        &[
+            (
+                "--max-in-flight-bytes-per-connection",
+                &PER_CONNECTION.to_string(),
+            ),
+            (
+                "--max-in-flight-bytes-per-shard",
+                &(2 * PER_CONNECTION).to_string(),
+            ),
+            ("--batch-cache-bytes", &(16u64 << 20).to_string()),
+            ("--connections-max-idle-ms", "10000"),
+        ],
+    );
     let address = server.address();
     let mut client = Connection::connect(address);
     // 4 partitions of 24 batches of 512 KiB: 48 MiB, three times the batch cache.
@@ -540,13 +556,18 @@ fn a_client_that_never_reads_its_responses_stops_being_read_and_holds_bounded_me
         samples.value(READS_PAUSED) >= HOSTILE as u64,
         "the fetch floods were paused"
     );
-    // Others are served while the floods are held.
+    // Others are served while the floods are held, before the idle timeout frees them.
     produce_and_fetch(&mut client, "beside-the-floods", 100);
     let mut fetched = Connection::connect(address);
     let response = fetched
         .call(&fetch_everything("big", 4, 0), FETCH_VERSION)
         .unwrap();
     assert!(record_bytes(&response) > 0);
+    assert_eq!(
+        sample(metrics, CLOSED_STALLED),
+        0,
+        "served only once the floods were closed"
+    );
     // The stalled connections are closed after the idle timeout.
     let stalled = wait_for(metrics, CLOSED_STALLED, HOSTILE as u64, HANG_GUARD);
     assert!(

@@ -1,15 +1,27 @@
 //! In-flight bytes: what a connection, and all connections of a shard together, hold
 //! between reading a request and writing the last byte of its response.
 //!
-//! A request's frame is charged as soon as its size prefix is read (before its body is
-//! received into memory) and stays charged until its response is written; the response's
-//! bytes (encoded, plus the record bytes of a fetch) are charged from the moment the
-//! handler produces them until they are written. A connection reads its next request
-//! only while both its own bytes and its shard's are below their limits
-//! ([`Budget::admit`]): over either, it stops reading — backpressure, not an error — until
-//! responses drain. A client that never reads its responses therefore stops being read
-//! once it holds its connection's limit, and holds no more than that (plus one request
-//! and, for a fetch, one batch: see below) until the idle timeout closes it.
+//! A request's frame is charged once its 4-byte size is read, before its body is received
+//! into memory, and stays charged until its response is written; a response's bytes
+//! (encoded, plus the record bytes of a fetch) are charged from the moment its handler
+//! produced them until they are written. A connection receives the body of its next
+//! request only when that request fits ([`Budget::admit`]); until then it stops reading —
+//! backpressure, not an error — and waits for responses to drain. A request fits when:
+//!
+//! - the connection's own bytes stay within `max_in_flight_bytes_per_connection` with it
+//!   (or the connection holds nothing: a request larger than the limit is read alone);
+//! - and the shard's bytes stay within `max_in_flight_bytes_per_shard` with it (or the
+//!   shard holds nothing), *or* the connection's bytes stay within its fair share of the
+//!   shard's limit (the limit divided by the connections on the shard). The fair share
+//!   means that connections which stopped reading their responses can fill their own
+//!   limits and the shard's, but not take every other connection's share: a client that
+//!   reads its responses keeps being served. It also bounds the shard: the connections
+//!   over the shard's limit each hold at most their share, so the shard holds at most
+//!   twice its limit (and one request read alone).
+//!
+//! A client that never reads its responses therefore stops being read once it holds its
+//! connection's limit, and holds no more than that (plus one batch, see below) until the
+//! idle timeout closes it as stalled.
 //!
 //! A fetch asks [`Budget::room`] before it reads and reads no more than that, so the bytes
 //! it brings into memory are charged before they exist; with no room left it still gets
@@ -17,9 +29,9 @@
 //! ([`FetchTurn`]: the reader holds a second Fetch until the first one's response is
 //! written, as Kafka answers one request per connection at a time and Kafka clients keep
 //! one Fetch in flight per broker), so a connection is over its limit by at most one
-//! batch. Handlers never wait for room (only the reader does, before the next request),
-//! so a handler cannot wait for bytes that only its own connection's later responses
-//! would free.
+//! batch. Handlers never wait for room (only the reader does, before the next request's
+//! body), so a handler cannot wait for bytes that only its own connection's later
+//! responses would free.
 //!
 //! Everything here is shard-local (`Rc`, `Cell`): a connection stays on the shard that
 //! accepted it, and so do its charges.
@@ -32,11 +44,11 @@ use std::task::{Poll, Waker};
 /// Bytes in flight on all shards of the process together (the metrics' gauge).
 pub static IN_FLIGHT_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Times a connection stopped reading requests until responses drained: its own or its
-/// shard's in-flight bytes were over their limit, or a Fetch waited for the one before it
-/// ([`FetchTurn`]).
+/// shard's in-flight bytes had no room for the next request, or a Fetch waited for the
+/// one before it ([`FetchTurn`]).
 pub static READS_PAUSED: AtomicU64 = AtomicU64::new(0);
 
-/// Bytes held against one limit, and the readers waiting for them to fall below it.
+/// Bytes held against one limit, and the readers waiting for them to drain.
 #[derive(Debug)]
 struct Pool {
     used: Cell<u64>,
@@ -45,16 +57,18 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(limit: u64) -> Rc<Pool> {
-        Rc::new(Pool {
+    fn new(limit: u64) -> Pool {
+        Pool {
             used: Cell::new(0),
             limit,
             waiting: RefCell::new(Vec::new()),
-        })
+        }
     }
 
-    fn over(&self) -> bool {
-        self.used.get() >= self.limit
+    /// Whether `bytes` more stay within the limit, or nothing is held (so a request
+    /// larger than the limit is read alone rather than never).
+    fn fits(&self, bytes: u64) -> bool {
+        self.used.get() == 0 || self.used.get() + bytes <= self.limit
     }
 
     fn room(&self) -> u64 {
@@ -69,93 +83,134 @@ impl Pool {
         let used = self.used.get();
         assert!(bytes <= used, "releasing {bytes} of {used} bytes charged");
         self.used.set(used - bytes);
-        if !self.over() {
-            for waker in self.waiting.borrow_mut().drain(..) {
-                waker.wake();
-            }
+        for waker in self.waiting.borrow_mut().drain(..) {
+            waker.wake();
         }
+    }
+}
+
+/// A shard's pool and the connections sharing it.
+#[derive(Debug)]
+struct Shard {
+    pool: Pool,
+    connections: Cell<u64>,
+}
+
+impl Shard {
+    /// A connection's fair share of the shard's limit.
+    fn share(&self) -> u64 {
+        self.pool.limit / self.connections.get().max(1)
     }
 }
 
 thread_local! {
     /// This shard's pool, made by its first connection with the server's limit.
-    static SHARD_POOL: RefCell<Option<Rc<Pool>>> = const { RefCell::new(None) };
+    static SHARD: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// One connection's pool, counted among its shard's connections while it lives.
+#[derive(Debug)]
+struct Connection {
+    pool: Pool,
+    shard: Rc<Shard>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shard.connections.set(self.shard.connections.get() - 1);
+    }
 }
 
 /// Which limit a reader waited for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waited {
-    /// None: it was under both.
+    /// None: the request fit.
     No,
     /// Its own connection's (it has responses not yet written).
     Connection,
-    /// Only its shard's: other connections hold the bytes.
+    /// Its shard's: other connections hold the bytes, and the connection holds its share.
     Shard,
 }
 
 /// One connection's limit and its shard's (a clone shares both).
 #[derive(Debug, Clone)]
-pub struct Budget {
-    connection: Rc<Pool>,
-    shard: Rc<Pool>,
-}
+pub struct Budget(Rc<Connection>);
 
 impl Budget {
     /// A connection's budget of `per_connection` bytes, on this shard's pool of
     /// `per_shard` (set by the first connection of the shard; every connection of a server
     /// passes the same).
     pub fn new(per_connection: u64, per_shard: u64) -> Budget {
-        let shard = SHARD_POOL.with(|slot| {
-            slot.borrow_mut()
-                .get_or_insert_with(|| Pool::new(per_shard))
-                .clone()
+        let shard = SHARD.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let shard = slot.get_or_insert_with(|| {
+                Rc::new(Shard {
+                    pool: Pool::new(per_shard),
+                    connections: Cell::new(0),
+                })
+            });
+            shard.clone()
         });
-        Budget {
-            connection: Pool::new(per_connection),
+        shard.connections.set(shard.connections.get() + 1);
+        Budget(Rc::new(Connection {
+            pool: Pool::new(per_connection),
             shard,
-        }
+        }))
     }
 
-    /// Waits until the connection's and the shard's bytes are both below their limits;
-    /// says which one it waited for (the connection's, if both). `on_wait` is called once
-    /// if it has to wait, with the same answer, before it does.
-    pub async fn admit(&self, on_wait: impl FnOnce(Waited)) -> Waited {
+    /// Whether a request of `bytes` fits now (see the module doc), or which limit it
+    /// waits for.
+    fn fits(&self, bytes: u64) -> Waited {
+        let (connection, shard) = (&self.0.pool, &self.0.shard);
+        if !connection.fits(bytes) {
+            return Waited::Connection;
+        }
+        if shard.pool.fits(bytes) || connection.used.get() + bytes <= shard.share() {
+            return Waited::No;
+        }
+        Waited::Shard
+    }
+
+    /// Waits until a request of `bytes` fits; says which limit it waited for last (none
+    /// if it fit at once). `on_wait` is called each time the limit it waits for changes,
+    /// before it waits.
+    pub async fn admit(&self, bytes: u64, mut on_wait: impl FnMut(Waited)) -> Waited {
         let mut waited = Waited::No;
-        let mut on_wait = Some(on_wait);
         std::future::poll_fn(|cx| {
-            let pool = if self.connection.over() {
-                (&self.connection, Waited::Connection)
-            } else if self.shard.over() {
-                (&self.shard, Waited::Shard)
-            } else {
+            let now = self.fits(bytes);
+            if now == Waited::No {
                 return Poll::Ready(());
-            };
+            }
             if waited == Waited::No {
                 READS_PAUSED.fetch_add(1, Ordering::Relaxed);
             }
-            if waited != pool.1 {
-                waited = pool.1;
-                if let Some(on_wait) = on_wait.take() {
-                    on_wait(waited);
-                }
+            if waited != now {
+                waited = now;
+                on_wait(now);
             }
-            pool.0.waiting.borrow_mut().push(cx.waker().clone());
+            // Either pool's bytes draining may let it in (its own share grows as its own
+            // bytes drain).
+            self.0.pool.waiting.borrow_mut().push(cx.waker().clone());
+            let shard = &self.0.shard.pool;
+            shard.waiting.borrow_mut().push(cx.waker().clone());
             Poll::Pending
         })
         .await;
         waited
     }
 
-    /// The bytes that may still be charged before either limit is reached.
+    /// The bytes that may still be charged: what the connection's limit leaves, and no
+    /// more than the shard's limit or the connection's fair share leaves.
     pub fn room(&self) -> u64 {
-        self.connection.room().min(self.shard.room())
+        let (connection, shard) = (&self.0.pool, &self.0.shard);
+        let share = shard.share().saturating_sub(connection.used.get());
+        connection.room().min(shard.pool.room().max(share))
     }
 
     /// Charges `bytes` to the connection and the shard until the charge is dropped.
     pub fn charge(&self, bytes: u64) -> Charge {
         let charge = Charge {
-            connection: self.connection.clone(),
-            shard: self.shard.clone(),
+            budget: self.0.clone(),
             bytes: 0,
         };
         charge.resized(bytes)
@@ -211,14 +266,13 @@ impl Drop for FetchTurnHeld {
 /// Bytes charged to a connection and its shard; released when dropped.
 #[derive(Debug)]
 pub struct Charge {
-    connection: Rc<Pool>,
-    shard: Rc<Pool>,
+    budget: Rc<Connection>,
     bytes: u64,
 }
 
 impl Charge {
     /// The charge made `bytes`: more is charged at once, less released (waking readers
-    /// whose limit it brings below).
+    /// waiting for room).
     #[must_use]
     pub fn resized(mut self, bytes: u64) -> Charge {
         self.resize(bytes);
@@ -226,15 +280,16 @@ impl Charge {
     }
 
     fn resize(&mut self, bytes: u64) {
+        let (connection, shard) = (&self.budget.pool, &self.budget.shard.pool);
         if bytes >= self.bytes {
             let more = bytes - self.bytes;
-            self.connection.add(more);
-            self.shard.add(more);
+            connection.add(more);
+            shard.add(more);
             IN_FLIGHT_BYTES.fetch_add(more, Ordering::Relaxed);
         } else {
             let less = self.bytes - bytes;
-            self.connection.release(less);
-            self.shard.release(less);
+            connection.release(less);
+            shard.release(less);
             IN_FLIGHT_BYTES.fetch_sub(less, Ordering::Relaxed);
         }
         self.bytes = bytes;
@@ -258,22 +313,26 @@ mod tests {
     use futures::FutureExt;
 
     #[test]
-    fn a_reader_waits_while_its_connection_or_shard_is_over_and_resumes_when_bytes_drain() {
-        // Each test runs on its own thread, so it has its own shard pool.
+    fn a_request_waits_until_it_fits_its_connection_and_its_shard_or_its_share() {
+        // Each test runs on its own thread, so it has its own shard.
         let a = Budget::new(100, 150);
         let b = Budget::new(100, 150);
-        assert_eq!(a.admit(|_| {}).now_or_never(), Some(Waited::No));
+        // Two connections: a share of 75 each.
+        assert_eq!(a.fits(100), Waited::No);
         let first = a.charge(60);
         assert_eq!(a.room(), 40);
-        let second = a.charge(60);
-        assert_eq!((a.room(), b.room()), (0, 30));
-        // `a` is over its own limit: its reader waits; `b` is not, and the shard is not.
-        let mut waiting_a = Box::pin(a.admit(|waited| assert_eq!(waited, Waited::Connection)));
+        assert_eq!(a.fits(41), Waited::Connection);
+        let second = a.charge(40);
+        assert_eq!((a.room(), b.room()), (0, 75));
+        // `a` is at its own limit: its reader waits.
+        let mut waiting_a = Box::pin(a.admit(10, |waited| assert_eq!(waited, Waited::Connection)));
         assert!((&mut waiting_a).now_or_never().is_none());
-        assert_eq!(b.admit(|_| {}).now_or_never(), Some(Waited::No));
-        let third = b.charge(40);
-        // Now the shard is over: `b` waits for it alone.
-        let mut waiting_b = Box::pin(b.admit(|waited| assert_eq!(waited, Waited::Shard)));
+        let third = b.charge(50);
+        // The shard is full, but `b` holds less than its share of 75: it is still read.
+        assert_eq!(b.fits(25), Waited::No);
+        assert_eq!(b.room(), 25);
+        assert_eq!(b.fits(26), Waited::Shard);
+        let mut waiting_b = Box::pin(b.admit(30, |waited| assert_eq!(waited, Waited::Shard)));
         assert!((&mut waiting_b).now_or_never().is_none());
         drop(second);
         assert_eq!(waiting_a.now_or_never(), Some(Waited::Connection));
@@ -282,6 +341,11 @@ mod tests {
         assert_eq!((a.room(), b.room()), (40, 80));
         drop((first, third));
         assert_eq!((a.room(), b.room()), (100, 100));
+        // A request larger than every limit is read when nothing is held.
+        assert_eq!(a.fits(1000), Waited::No);
+        // A connection gone leaves its share to the others.
+        drop(a);
+        assert_eq!(b.0.shard.share(), 150);
     }
 
     #[test]
