@@ -4,7 +4,7 @@
 //! BENCHMARKS.md for how they are run and what they showed. `engine` measures the storage
 //! engine alone (appends, reads, recovery), in process, against those limits; `produce`,
 //! `consume` and `e2e` (both at once, with end-to-end latency) measure the broker over the
-//! Kafka protocol.
+//! Kafka protocol; `hostile` holds a hostile client load against it meanwhile.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -42,6 +42,9 @@ enum Command {
     Consume(broker::consume::ConsumeArgs),
     /// Produce and consume at once: end-to-end latency from a time stamp in each record.
     E2e(broker::e2e::E2eArgs),
+    /// Hold a hostile or excessive client load against a broker (idle connections, slow
+    /// frames, clients that never read, fetches of everything).
+    Hostile(broker::hostile::HostileArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Produce(args) => broker::produce::run(args),
         Command::Consume(args) => broker::consume::run(args),
         Command::E2e(args) => broker::e2e::run(args),
+        Command::Hostile(args) => broker::hostile::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use kafka_protocol::messages::{RequestKind, ResponseKind};
 
 use crate::config::ServerConfig;
+use crate::connection::Budget;
 use crate::handlers;
 use crate::protocol::Request;
 use crate::server::Lifecycle;
@@ -37,11 +38,13 @@ impl Broker {
     }
 
     /// Answers one request; `None` when the protocol wants no response (produce with
-    /// acks=0). A fetch response comes with the records its markers stand for.
+    /// acks=0). A fetch response comes with the records its markers stand for, no more
+    /// than `budget` (the connection's and its shard's in-flight bytes) has room for.
     pub async fn handle(
         &self,
         request: Request,
         peer: SocketAddr,
+        budget: &Budget,
     ) -> Option<(ResponseKind, Vec<Records>)> {
         let version = request.version;
         let client_id = request
@@ -66,7 +69,7 @@ impl Broker {
                 ResponseKind::Produce(response)
             }
             RequestKind::Fetch(body) => {
-                let (response, files) = handlers::fetch::handle(self, body, version).await;
+                let (response, files) = handlers::fetch::handle(self, body, version, budget).await;
                 return Some((ResponseKind::Fetch(response), files));
             }
             RequestKind::ListOffsets(body) => {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin::{AdminError, BOOTSTRAP_DEFAULT};
-use crate::config::{FileConfig, LoadError, ServerConfig, CONFIG_FILE_DEFAULT};
+use crate::config::{ClientLimits, FileConfig, LoadError, ServerConfig, CONFIG_FILE_DEFAULT};
 
 /// Exit status of a subcommand that exists but whose work is not implemented yet.
 pub const EXIT_CODE_NOT_IMPLEMENTED: i32 = 3;
@@ -33,7 +33,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the broker.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, list, describe and delete topics of a running broker (Kafka admin API).
     Topic(TopicArgs),
     /// List, describe, reset the offsets of and delete consumer groups (Kafka admin API).
@@ -234,7 +234,8 @@ pub struct ServeArgs {
     /// Partitions of auto-created topics (default 1).
     #[arg(long, value_name = "N")]
     pub default_partitions: Option<u32>,
-    /// Largest request frame accepted, in bytes (default 100 MiB).
+    /// Largest request frame accepted, in bytes; a larger one closes its connection before
+    /// it is read (Kafka's socket.request.max.bytes; default 100 MiB).
     #[arg(long, value_name = "N")]
     pub max_request_bytes: Option<usize>,
     /// How long a consumer group leaving Empty waits for more members before its first
@@ -245,6 +246,34 @@ pub struct ServeArgs {
     /// their last commit, in minutes (Kafka's offsets.retention.minutes; default 7 days).
     #[arg(long, value_name = "MINUTES")]
     pub offsets_retention_minutes: Option<u64>,
+    /// Connections held at once, all shards together; more are closed as they are accepted
+    /// (Kafka's max.connections; default: 16384 per shard, at most three quarters of the
+    /// open-file limit).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one IP address (Kafka's max.connections.per.ip;
+    /// default: no limit of its own).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Close a connection that completed no request and was answered nothing for this
+    /// long, in ms (Kafka's connections.max.idle.ms; default 600000, 10 minutes).
+    #[arg(long, value_name = "MS")]
+    pub connections_max_idle_ms: Option<u64>,
+    /// Close a connection whose request frame has not arrived whole this long after its
+    /// first byte, in ms (default 30000).
+    #[arg(long, value_name = "MS")]
+    pub request_read_timeout_ms: Option<u64>,
+    /// Request and response bytes one connection may have in flight before it stops
+    /// reading requests until its responses drain (default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_in_flight_bytes_per_connection: Option<u64>,
+    /// The same for all connections of one shard together (default 512 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_in_flight_bytes_per_shard: Option<u64>,
+    /// The most record bytes one Fetch response carries, whatever the request asks
+    /// (Kafka's fetch.max.bytes; default 57671680, 55 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub fetch_max_bytes: Option<u64>,
 }
 
 impl ServeArgs {
@@ -275,6 +304,15 @@ impl ServeArgs {
             .offsets_retention_minutes
             .unwrap_or(config.offsets_retention_minutes);
         config.batch_cache_bytes = self.batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
+        config.set_client_limits(&ClientLimits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            connections_max_idle_ms: self.connections_max_idle_ms,
+            request_read_timeout_ms: self.request_read_timeout_ms,
+            max_in_flight_bytes_per_connection: self.max_in_flight_bytes_per_connection,
+            max_in_flight_bytes_per_shard: self.max_in_flight_bytes_per_shard,
+            fetch_max_bytes: self.fetch_max_bytes,
+        });
         self.apply_topic_flags(&mut config)?;
         config.validate()?;
         Ok(config)
@@ -308,6 +346,43 @@ impl ServeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limit_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringlog.toml");
+        std::fs::write(&path, "max_connections = 3\nfetch_max_bytes = 4096\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "ringlog",
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--max-connections",
+            "7",
+            "--max-connections-per-ip",
+            "2",
+            "--connections-max-idle-ms",
+            "1500",
+            "--request-read-timeout-ms",
+            "700",
+            "--max-in-flight-bytes-per-connection",
+            "65536",
+            "--max-in-flight-bytes-per-shard",
+            "131072",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve");
+        };
+        let config = args.load().unwrap();
+        assert_eq!(config.max_connections, Some(7), "the flag wins");
+        assert_eq!(config.fetch_max_bytes, 4096, "the file's key stays");
+        assert_eq!(config.max_connections_per_ip, Some(2));
+        assert_eq!(config.connections_max_idle_ms, 1500);
+        assert_eq!(config.request_read_timeout_ms, 700);
+        assert_eq!(config.max_in_flight_bytes_per_connection, 65536);
+        assert_eq!(config.max_in_flight_bytes_per_shard, 131_072);
+    }
 
     #[test]
     fn config_flags_split_at_the_first_equals_sign() {

@@ -11,6 +11,8 @@ use ringlog_engine::limits::BATCH_CACHE_MEMORY_FRACTION_DEFAULT;
 use ringlog_engine::topic::{keys, ConfigError, IoMode, TopicConfig};
 use serde::Deserialize;
 
+use crate::limits::{CONNECTIONS_PER_SHARD_MAX, OPEN_FILES_RESERVED_DIVISOR};
+
 /// The configuration file's name when none is given.
 pub const CONFIG_FILE_DEFAULT: &str = "ringlog.toml";
 
@@ -44,6 +46,32 @@ pub struct ServerConfig {
     /// How long the committed offsets of a group without members are kept after their last
     /// commit (Kafka's `offsets.retention.minutes`).
     pub offsets_retention_minutes: u64,
+    /// Connections held at once, all shards together (Kafka's `max.connections`); a
+    /// connection over it is closed as it is accepted. `None`: the default, as many as the
+    /// shards' bound ([`CONNECTIONS_PER_SHARD_MAX`] each) and three quarters of the
+    /// open-file limit allow (see [`ServerConfig::max_connections_or_default`]).
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one IP address (Kafka's `max.connections.per.ip`);
+    /// `None`: no limit of its own.
+    pub max_connections_per_ip: Option<usize>,
+    /// A connection that completed no request and was answered nothing for this long, with
+    /// no request being handled, is closed (Kafka's `connections.max.idle.ms`). That
+    /// includes one that sends nothing, one whose request never completes, and one that does
+    /// not read its responses.
+    pub connections_max_idle_ms: u64,
+    /// A request frame must arrive whole within this long of its first byte, or the
+    /// connection is closed: a frame sent a byte at a time cannot hold a connection open.
+    pub request_read_timeout_ms: u64,
+    /// Request and response bytes one connection may have in flight (read and not yet
+    /// answered to the last byte) before it stops reading requests until its responses
+    /// drain.
+    pub max_in_flight_bytes_per_connection: u64,
+    /// The same, for all connections of one shard together.
+    pub max_in_flight_bytes_per_shard: u64,
+    /// The most record bytes one Fetch response carries, whatever the request asks (Kafka's
+    /// `fetch.max.bytes`); as in Kafka, the first partition with data still gets one whole
+    /// batch.
+    pub fetch_max_bytes: u64,
 }
 
 /// The longest `offsets_retention_minutes`: 100 years (also keeps it far from overflowing
@@ -52,6 +80,44 @@ const OFFSETS_RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
 /// The longest `group_initial_rebalance_delay_ms`: a group's first rebalance waits no more
 /// than 5 minutes.
 const GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
+/// The shortest `connections_max_idle_ms` and `request_read_timeout_ms`: tests set them
+/// small; below this a connection would be closed between two packets of one request.
+const CONNECTION_TIMEOUT_MS_MIN: u64 = 10;
+/// The longest `connections_max_idle_ms` and `request_read_timeout_ms`: a year (far from
+/// overflowing an `Instant`).
+const CONNECTION_TIMEOUT_MS_MAX: u64 = 366 * 24 * 60 * 60 * 1000;
+/// The smallest in-flight byte limit: one small request must fit.
+const IN_FLIGHT_BYTES_MIN: u64 = 1024;
+/// Kafka's `connections.max.idle.ms`: 10 minutes.
+pub const CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 10 * 60 * 1000;
+/// A request frame's bytes must all arrive within 30 s of its first: Kafka clients give up
+/// on a request after `request.timeout.ms` (30 s), sending included, so a frame slower than
+/// that is one no client still waits for.
+pub const REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Kafka's `fetch.max.bytes`: 55 MiB.
+pub const FETCH_MAX_BYTES_DEFAULT: u64 = 55 << 20;
+/// The largest `fetch_max_bytes`: what Fetch's 32-bit `max_bytes` can ask.
+const FETCH_MAX_BYTES_MAX: u64 = i32::MAX as u64;
+/// In flight per connection by default: a consumer's whole 50 MiB fetch (Kafka clients'
+/// `fetch.max.bytes`) or a producer's five pipelined 1 MiB requests fit with room to
+/// spare.
+pub const MAX_IN_FLIGHT_BYTES_PER_CONNECTION_DEFAULT: u64 = 64 << 20;
+/// In flight per shard by default: 512 requests of 1 MiB, about what Kafka's
+/// `queued.max.requests` (500) admits for the whole broker.
+pub const MAX_IN_FLIGHT_BYTES_PER_SHARD_DEFAULT: u64 = 512 << 20;
+
+/// The limits on clients as the file or the flags give them: each `None` leaves the value
+/// before it (the default, or the file's) as it is.
+#[derive(Debug, Default)]
+pub struct ClientLimits {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub request_read_timeout_ms: Option<u64>,
+    pub max_in_flight_bytes_per_connection: Option<u64>,
+    pub max_in_flight_bytes_per_shard: Option<u64>,
+    pub fetch_max_bytes: Option<u64>,
+}
 
 /// The file's shape: every key optional, unknown keys refused.
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +134,13 @@ pub struct FileConfig {
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub offsets_retention_minutes: Option<u64>,
     pub batch_cache_bytes: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub connections_max_idle_ms: Option<u64>,
+    pub request_read_timeout_ms: Option<u64>,
+    pub max_in_flight_bytes_per_connection: Option<u64>,
+    pub max_in_flight_bytes_per_shard: Option<u64>,
+    pub fetch_max_bytes: Option<u64>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -122,6 +195,13 @@ impl Default for ServerConfig {
             batch_cache_bytes: memory_bytes() / BATCH_CACHE_MEMORY_FRACTION_DEFAULT,
             group_initial_rebalance_delay_ms: 3000,
             offsets_retention_minutes: 7 * 24 * 60,
+            max_connections: None,
+            max_connections_per_ip: None,
+            connections_max_idle_ms: CONNECTIONS_MAX_IDLE_MS_DEFAULT,
+            request_read_timeout_ms: REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            max_in_flight_bytes_per_connection: MAX_IN_FLIGHT_BYTES_PER_CONNECTION_DEFAULT,
+            max_in_flight_bytes_per_shard: MAX_IN_FLIGHT_BYTES_PER_SHARD_DEFAULT,
+            fetch_max_bytes: FETCH_MAX_BYTES_DEFAULT,
         }
     }
 }
@@ -179,6 +259,13 @@ impl ServerConfig {
             group_initial_rebalance_delay_ms,
             offsets_retention_minutes,
             batch_cache_bytes,
+            max_connections,
+            max_connections_per_ip,
+            connections_max_idle_ms,
+            request_read_timeout_ms,
+            max_in_flight_bytes_per_connection,
+            max_in_flight_bytes_per_shard,
+            fetch_max_bytes,
             topic,
         } = file;
         if let Some(listen) = listen {
@@ -197,6 +284,15 @@ impl ServerConfig {
         config.offsets_retention_minutes =
             offsets_retention_minutes.unwrap_or(config.offsets_retention_minutes);
         config.batch_cache_bytes = batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
+        config.set_client_limits(&ClientLimits {
+            max_connections,
+            max_connections_per_ip,
+            connections_max_idle_ms,
+            request_read_timeout_ms,
+            max_in_flight_bytes_per_connection,
+            max_in_flight_bytes_per_shard,
+            fetch_max_bytes,
+        });
         for (key, value) in &topic {
             let value = match value {
                 toml::Value::String(text) => text.clone(),
@@ -208,6 +304,45 @@ impl ServerConfig {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Overrides the limits on clients that `limits` sets.
+    pub fn set_client_limits(&mut self, limits: &ClientLimits) {
+        self.max_connections = limits.max_connections.or(self.max_connections);
+        self.max_connections_per_ip = limits
+            .max_connections_per_ip
+            .or(self.max_connections_per_ip);
+        self.connections_max_idle_ms = limits
+            .connections_max_idle_ms
+            .unwrap_or(self.connections_max_idle_ms);
+        self.request_read_timeout_ms = limits
+            .request_read_timeout_ms
+            .unwrap_or(self.request_read_timeout_ms);
+        self.max_in_flight_bytes_per_connection = limits
+            .max_in_flight_bytes_per_connection
+            .unwrap_or(self.max_in_flight_bytes_per_connection);
+        self.max_in_flight_bytes_per_shard = limits
+            .max_in_flight_bytes_per_shard
+            .unwrap_or(self.max_in_flight_bytes_per_shard);
+        self.fetch_max_bytes = limits.fetch_max_bytes.unwrap_or(self.fetch_max_bytes);
+    }
+
+    /// `max_connections`, or its default for a process that may open `open_files_max`
+    /// descriptors: the shards' bound, and no more than leaves a quarter of the descriptors
+    /// ([`OPEN_FILES_RESERVED_DIVISOR`]) for files, pipes and fetches (at least one
+    /// connection).
+    pub fn max_connections_or_default(&self, open_files_max: u64) -> usize {
+        if let Some(max) = self.max_connections {
+            return max;
+        }
+        let for_connections = open_files_max - open_files_max / OPEN_FILES_RESERVED_DIVISOR;
+        let for_connections = usize::try_from(for_connections).unwrap_or(usize::MAX);
+        self.connections_max_static().min(for_connections).max(1)
+    }
+
+    /// The most connections the shards hold: [`CONNECTIONS_PER_SHARD_MAX`] each.
+    pub fn connections_max_static(&self) -> usize {
+        self.shards.saturating_mul(CONNECTIONS_PER_SHARD_MAX)
     }
 
     /// Sets one topic default (`flush.policy`, `segment.bytes`, …).
@@ -274,6 +409,58 @@ impl ServerConfig {
                 reason: "must be at most 300000 (5 minutes)",
             });
         }
+        self.validate_client_limits()
+    }
+
+    /// Checks the limits on clients against each other and the broker's static bounds.
+    fn validate_client_limits(&self) -> Result<(), LoadError> {
+        let invalid = |key, value: &dyn ToString, reason| {
+            Err(LoadError::Invalid {
+                key,
+                value: value.to_string(),
+                reason,
+            })
+        };
+        if let Some(max) = self.max_connections {
+            if !(1..=self.connections_max_static()).contains(&max) {
+                let reason = "must be at least 1 and at most 16384 per shard (each connection \
+                              keeps a receive in its shard's io_uring)";
+                return invalid("max_connections", &max, reason);
+            }
+        }
+        if self.max_connections_per_ip == Some(0) {
+            return invalid("max_connections_per_ip", &0, "must be at least 1");
+        }
+        let timeouts = [
+            ("connections_max_idle_ms", self.connections_max_idle_ms),
+            ("request_read_timeout_ms", self.request_read_timeout_ms),
+        ];
+        for (key, value) in timeouts {
+            if !(CONNECTION_TIMEOUT_MS_MIN..=CONNECTION_TIMEOUT_MS_MAX).contains(&value) {
+                return invalid(key, &value, "must be 10 ms to a year");
+            }
+        }
+        if self.max_in_flight_bytes_per_shard < IN_FLIGHT_BYTES_MIN {
+            let value = self.max_in_flight_bytes_per_shard;
+            return invalid(
+                "max_in_flight_bytes_per_shard",
+                &value,
+                "must be at least 1 KiB",
+            );
+        }
+        let per_connection = self.max_in_flight_bytes_per_connection;
+        if !(IN_FLIGHT_BYTES_MIN..=self.max_in_flight_bytes_per_shard).contains(&per_connection) {
+            let reason = "must be at least 1 KiB and at most max_in_flight_bytes_per_shard";
+            return invalid(
+                "max_in_flight_bytes_per_connection",
+                &per_connection,
+                reason,
+            );
+        }
+        if !(1024..=FETCH_MAX_BYTES_MAX).contains(&self.fetch_max_bytes) {
+            let reason = "must be 1 KiB to 2147483647 (Fetch's largest max_bytes)";
+            return invalid("fetch_max_bytes", &self.fetch_max_bytes, reason);
+        }
         Ok(())
     }
 }
@@ -322,6 +509,71 @@ mod tests {
         assert_eq!(config.topic_defaults.io_mode(), IoMode::Direct);
         assert!(!config.io_mode_chosen);
         assert_eq!(config.batch_cache_bytes, memory_bytes() / 8);
+    }
+
+    #[test]
+    fn client_limits_default_as_kafka_and_within_the_static_bounds() {
+        let config = parse("shards = 2").unwrap();
+        assert_eq!(config.connections_max_idle_ms, 600_000);
+        assert_eq!(config.request_read_timeout_ms, 30_000);
+        assert_eq!(config.fetch_max_bytes, 57_671_680);
+        assert_eq!(config.max_connections_per_ip, None);
+        assert_eq!(config.max_in_flight_bytes_per_connection, 64 << 20);
+        assert_eq!(config.max_in_flight_bytes_per_shard, 512 << 20);
+        // The default leaves a quarter of the descriptors, and never passes the shards'
+        // bound.
+        assert_eq!(config.max_connections_or_default(20_000), 15_000);
+        assert_eq!(config.max_connections_or_default(1 << 20), 2 * 16_384);
+        assert_eq!(config.max_connections_or_default(1), 1);
+        let set = parse(
+            "max_connections = 100\nmax_connections_per_ip = 10\nconnections_max_idle_ms = 50\n\
+             request_read_timeout_ms = 40\nmax_in_flight_bytes_per_connection = 4096\n\
+             max_in_flight_bytes_per_shard = 8192\nfetch_max_bytes = 2048\n",
+        )
+        .unwrap();
+        assert_eq!(set.max_connections_or_default(20_000), 100);
+        assert_eq!(set.max_connections_per_ip, Some(10));
+        assert_eq!(
+            (set.connections_max_idle_ms, set.request_read_timeout_ms),
+            (50, 40)
+        );
+        assert_eq!(
+            (
+                set.max_in_flight_bytes_per_connection,
+                set.max_in_flight_bytes_per_shard,
+                set.fetch_max_bytes
+            ),
+            (4096, 8192, 2048)
+        );
+    }
+
+    #[test]
+    fn client_limits_outside_their_bounds_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("max_connections = 0", "max_connections"),
+            ("shards = 1\nmax_connections = 16385", "max_connections"),
+            ("max_connections_per_ip = 0", "max_connections_per_ip"),
+            ("connections_max_idle_ms = 9", "connections_max_idle_ms"),
+            ("request_read_timeout_ms = 0", "request_read_timeout_ms"),
+            (
+                "max_in_flight_bytes_per_connection = 1023",
+                "max_in_flight_bytes_per_connection",
+            ),
+            (
+                "max_in_flight_bytes_per_connection = 2048\nmax_in_flight_bytes_per_shard = 1024",
+                "max_in_flight_bytes_per_connection",
+            ),
+            (
+                "max_in_flight_bytes_per_shard = 10",
+                "max_in_flight_bytes_per_shard",
+            ),
+            ("fetch_max_bytes = 1023", "fetch_max_bytes"),
+            ("fetch_max_bytes = 2147483648", "fetch_max_bytes"),
+        ] {
+            let error = parse(text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+        assert!(parse("shards = 1\nmax_connections = 16384").is_ok());
     }
 
     #[test]

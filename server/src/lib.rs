@@ -8,7 +8,8 @@
 //!   per listen address.
 //! - [`metrics`]: counters and histograms, served in the Prometheus text format.
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
-//! - [`limits`]: the network layer's bounds (connection buffers, requests in flight).
+//! - [`limits`]: the network layer's bounds (connection buffers, requests in flight,
+//!   connections per shard); [`open_files`]: the open-file limit connections count against.
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -24,6 +25,7 @@ pub mod handlers;
 pub mod limits;
 pub mod listen_check;
 pub mod metrics;
+pub mod open_files;
 pub mod protocol;
 pub mod server;
 pub mod zero_copy;

@@ -18,3 +18,22 @@ pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 32;
 /// segment file (`zero_copy.rs`): read, then written, this many bytes at a time, so a
 /// connection on that path holds at most this much beside its other buffers.
 pub const FETCH_COPY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Connections one shard holds at most, whatever `max_connections` says. Every connection
+/// keeps a receive in its shard's ring, and a ring has at most
+/// [`OPS_IN_FLIGHT_MAX`](ringlog_engine::rt::limits::OPS_IN_FLIGHT_MAX) (65,536) operations
+/// in the kernel: a quarter of them for idle connections leaves three quarters for the
+/// shard's disk writes, syncs, sends and accepts, so a shard full of connections still
+/// writes without waiting for one of them to receive something.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = ringlog_engine::rt::limits::OPS_IN_FLIGHT_MAX / 4;
+const _: () = assert!(CONNECTIONS_PER_SHARD_MAX >= 1);
+
+/// The default `max_connections` leaves this fraction (one in N) of the process's open-file
+/// limit to everything else: segment files and their O_DIRECT descriptors, the pipe (two
+/// descriptors) of each connection that fetches from files, and the descriptor of each
+/// file range a fetch response holds until it is sent.
+pub const OPEN_FILES_RESERVED_DIVISOR: u64 = 4;
+
+/// Refused connections are logged at most once per this interval (with the counts so far),
+/// so a client retrying in a loop cannot flood the log; the metrics count every one.
+pub const REFUSALS_LOG_INTERVAL_MS: u64 = 10_000;

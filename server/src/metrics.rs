@@ -8,6 +8,8 @@
 //!   bytes and response bytes (encoded and spliced, size prefixes included). Produce with
 //!   acks=0 counts as answered with no response bytes. Frames that do not decode close the
 //!   connection and are not counted;
+//! - connections: open now, refused at accept by limit, closed for a limit by reason; the
+//!   bytes in flight and how often a connection stopped reading for them (`connection`);
 //! - produce and fetch latency: from the whole request frame being read to its response
 //!   being handed to the socket (a long-polling fetch's wait included);
 //! - from the engine (`ringlog_engine::log::metrics`): records appended, group-commit bytes
@@ -36,6 +38,9 @@ use ringlog_engine::log::metrics::{self as log_metrics, Histogram, HistogramSnap
 use ringlog_engine::rt::{self, IoBuf, TcpListener, TcpStream};
 use ringlog_engine::shard::Engine;
 
+use crate::connection::admission::CONNECTIONS_OPEN;
+use crate::connection::budget::{IN_FLIGHT_BYTES, READS_PAUSED};
+use crate::connection::{Refusal, CLOSED_FOR_LIMIT};
 use crate::group::coordinator::{with_local, Coordinator};
 use crate::protocol::SUPPORTED_VERSIONS;
 use crate::server::{Lifecycle, ACCEPT_STOP_CHECK};
@@ -175,6 +180,7 @@ pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
     committed.sort();
     let mut out = Exposition::default();
     render_requests(&mut out);
+    render_connections(&mut out);
     render_engine(&mut out);
     render_partitions(&mut out, &offsets);
     render_groups(&mut out, &committed, &offsets);
@@ -233,6 +239,50 @@ fn render_requests(out: &mut Exposition) {
         &FETCH_LATENCY_NS.snapshot(),
         1e9,
     );
+}
+
+fn render_connections(out: &mut Exposition) {
+    let name = "ringlog_connections_open";
+    out.family(name, "Client connections open now.", "gauge");
+    out.sample(name, &[], CONNECTIONS_OPEN.load(Ordering::Relaxed));
+    let name = "ringlog_connections_refused_total";
+    out.family(
+        name,
+        "Connections closed as they were accepted because a connection limit was reached, \
+         by limit (max_connections, max_connections_per_ip, shard_full).",
+        "counter",
+    );
+    for refusal in Refusal::ALL {
+        out.sample(name, &[("reason", refusal.label())], refusal.count());
+    }
+    let name = "ringlog_connections_closed_total";
+    out.family(
+        name,
+        "Connections the broker closed for a limit, by reason: idle (connections_max_idle_ms), \
+         stalled (responses unread for connections_max_idle_ms), request_read_timeout \
+         (request_read_timeout_ms), request_too_large (max_request_bytes).",
+        "counter",
+    );
+    for (reason, count) in &CLOSED_FOR_LIMIT {
+        out.sample(name, &[("reason", reason)], count.load(Ordering::Relaxed));
+    }
+    let name = "ringlog_in_flight_bytes";
+    out.family(
+        name,
+        "Request and response bytes read and not yet answered to the last byte, all \
+         connections together.",
+        "gauge",
+    );
+    out.sample(name, &[], IN_FLIGHT_BYTES.load(Ordering::Relaxed));
+    let name = "ringlog_connection_reads_paused_total";
+    out.family(
+        name,
+        "Times a connection stopped reading requests until responses drained: its own or \
+         its shard's in-flight bytes were over their limit, or a Fetch waited for the one \
+         before it to be written.",
+        "counter",
+    );
+    out.sample(name, &[], READS_PAUSED.load(Ordering::Relaxed));
 }
 
 fn render_engine(out: &mut Exposition) {

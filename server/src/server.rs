@@ -25,12 +25,16 @@ use ringlog_engine::topic::IoMode;
 
 use crate::broker::Broker;
 use crate::config::ServerConfig;
-use crate::connection;
+use crate::connection::{self, ConnectionLimits};
+use crate::limits::{OPEN_FILES_RESERVED_DIVISOR, REFUSALS_LOG_INTERVAL_MS};
 use crate::listen_check::{self, ForeignListener};
 use crate::metrics;
+use crate::open_files;
 
 /// How long a stop waits for connections to finish their current request.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The open-file limit assumed when it cannot be read: Linux's usual soft limit.
+const OPEN_FILES_ASSUMED: u64 = 1024;
 /// How often an idle accept loop looks whether the server is stopping.
 pub(crate) const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(100);
 
@@ -140,7 +144,29 @@ impl Server {
             Some(address) => Some(bind_metrics(&engine, address, &lifecycle)?),
             None => None,
         };
-        let address = bind_all(&engine, &mut config, &lifecycle)?;
+        let open_files = match open_files::raise_to_hard_limit() {
+            Ok(limit) => limit,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+                OPEN_FILES_ASSUMED
+            }
+        };
+        let max_connections = config.max_connections_or_default(open_files);
+        let room = open_files - open_files / OPEN_FILES_RESERVED_DIVISOR;
+        if max_connections as u64 > room {
+            tracing::warn!(
+                max_connections,
+                open_files,
+                "max_connections leaves less than a quarter of the open-file limit to \
+                 segment files and fetches: raise the limit (ulimit -n) or lower \
+                 max_connections"
+            );
+        }
+        let connections = Arc::new(ConnectionLimits::new(
+            max_connections,
+            config.max_connections_per_ip,
+        ));
+        let address = bind_all(&engine, &mut config, &lifecycle, &connections)?;
         tracing::info!(
             listen = %address,
             metrics_listen = %metrics_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
@@ -150,6 +176,8 @@ impl Server {
             flush = ?config.topic_defaults.flush(),
             io_mode = ?config.topic_defaults.io_mode(),
             batch_cache_mib = cache_mib(&config),
+            max_connections,
+            open_files,
             "ringlog serving"
         );
         Ok(Server {
@@ -193,6 +221,7 @@ fn bind_all(
     engine: &Engine,
     config: &mut ServerConfig,
     lifecycle: &Arc<Lifecycle>,
+    connections: &Arc<ConnectionLimits>,
 ) -> Result<SocketAddr, ServerError> {
     let mut address = config.listen;
     let mut own_inodes = Vec::with_capacity(engine.shard_count());
@@ -227,9 +256,9 @@ fn bind_all(
         lifecycle.clone(),
     ));
     for shard in engine.shard_handles() {
-        let broker = broker.clone();
+        let (broker, connections) = (broker.clone(), connections.clone());
         let started = futures::executor::block_on(shard.run(move || {
-            rt::spawn_local(accept_loop(broker)).detach();
+            rt::spawn_local(accept_loop(broker, connections)).detach();
         }));
         if started.is_err() {
             return Err(shard_stopped());
@@ -289,19 +318,21 @@ thread_local! {
     static LISTENER: RefCell<Option<Rc<TcpListener>>> = const { RefCell::new(None) };
 }
 
-/// Accepts connections on this shard's listener until the server stops.
-async fn accept_loop(broker: Arc<Broker>) {
+/// Accepts connections on this shard's listener until the server stops; each one over a
+/// connection limit is closed at once (see `connection::admission`).
+async fn accept_loop(broker: Arc<Broker>, connections: Arc<ConnectionLimits>) {
     let Some(listener) = LISTENER.with(|slot| slot.borrow().clone()) else {
         return;
     };
     let mut incoming = listener.incoming();
+    let mut failures = AcceptFailures::default();
     while !broker.lifecycle.stopping.load(Ordering::SeqCst) {
         let next = rt::timeout(ACCEPT_STOP_CHECK, incoming.next()).await;
         let stream = match next {
             Err(rt::Elapsed) => continue,
             Ok(None) => break,
             Ok(Some(Err(error))) => {
-                tracing::warn!(%error, "accept failed");
+                failures.log(&error);
                 rt::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -310,7 +341,32 @@ async fn accept_loop(broker: Arc<Broker>) {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        rt::spawn_local(connection::serve(stream, peer, broker.clone())).detach();
+        // A refused connection is dropped here, which closes it.
+        let Ok(admitted) = connections.admit(peer.ip()) else {
+            continue;
+        };
+        rt::spawn_local(connection::serve(stream, peer, broker.clone(), admitted)).detach();
     }
     LISTENER.with(|slot| slot.borrow_mut().take());
+}
+
+/// Failed accepts (out of descriptors, say), logged at most once per
+/// [`REFUSALS_LOG_INTERVAL_MS`] with how many failed since the last line.
+#[derive(Default)]
+struct AcceptFailures {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn log(&mut self, error: &std::io::Error) {
+        self.unlogged += 1;
+        let interval = Duration::from_millis(REFUSALS_LOG_INTERVAL_MS);
+        if self.logged.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        tracing::warn!(%error, failed = self.unlogged, "accept failed (logged at most every 10 s)");
+        self.logged = Some(Instant::now());
+        self.unlogged = 0;
+    }
 }

@@ -3,18 +3,21 @@
 //! library holds what they share:
 //!
 //! - [`process`]: finding (or building) the `ringlog` binary, running `ringlog serve` on a
-//!   data directory and a free port, and stopping it with SIGTERM.
+//!   data directory and a free port, its memory, and stopping it with SIGTERM; raising the
+//!   open-file limit for tests that open many sockets.
 //! - [`python`]: a virtualenv under `target/` with pinned Kafka clients (kafka-python,
 //!   confluent-kafka, i.e. librdkafka, and aiokafka) and a runner for `tests/python/`.
 //! - [`node`]: kafkajs, pinned, under `target/`, and a runner for `tests/js/`.
 //! - [`script`]: what both runners share (a tool folder made once, JSON out of a script).
 //! - [`wire`]: a small Kafka client over a plain TCP socket, built on the `kafka-protocol`
 //!   crate, for requests at exact versions and for frames no real client would send.
+//! - [`metrics`]: a running server's `/metrics`, scraped into a map.
 //! - [`member`]: a consumer-group member on that client (join, sync, commit, fetch the
 //!   committed offsets) that reports every refusal instead of panicking, for tests that
 //!   kill the broker under it.
 
 pub mod member;
+pub mod metrics;
 pub mod node;
 pub mod process;
 pub mod python;

@@ -167,14 +167,17 @@ impl Server {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
                     let line = strip_ansi(&line);
+                    {
+                        let mut log = log
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        log.push_str(&line);
+                        log.push('\n');
+                    }
+                    // After the line is in the log, so the test finds it there.
                     if let Some(address) = listen_address(&line) {
                         let _ = address_tx.send(address);
                     }
-                    let mut log = log
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    log.push_str(&line);
-                    log.push('\n');
                 }
             })
         };
@@ -200,6 +203,34 @@ impl Server {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The metrics endpoint's address, from the `ringlog serving … metrics_listen=…` line
+    /// (a server started with `--metrics-listen`).
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        let log = self.log();
+        let line = log.lines().find(|line| line.contains("ringlog serving"))?;
+        let (_, rest) = line.split_once("metrics_listen=")?;
+        rest.split_whitespace().next()?.parse().ok()
+    }
+
+    /// The process's memory from `/proc/<pid>/status`: resident now and its peak
+    /// (`VmRSS`, `VmHWM`), in KiB.
+    pub fn memory_kib(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the server's /proc status");
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().strip_suffix("kB"))
+                .and_then(|kib| kib.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in the server's status"))
+        };
+        Memory {
+            resident_kib: field("VmRSS:"),
+            peak_kib: field("VmHWM:"),
+        }
     }
 
     /// Kills the process with SIGKILL (no chance to close anything) and waits for it.
@@ -291,6 +322,41 @@ impl Drop for Server {
             eprintln!("ringlog ({status}) log:\n{}", self.log());
         }
     }
+}
+
+/// A process's memory, as `/proc/<pid>/status` tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// `VmRSS`: resident now.
+    pub resident_kib: u64,
+    /// `VmHWM`: the most it was ever resident.
+    pub peak_kib: u64,
+}
+
+/// Raises this process's soft open-file limit to its hard limit (servers it starts
+/// inherit it); the limit now in force, or why it is below `needed`, for a test that opens
+/// that many sockets to skip visibly.
+pub fn raise_open_file_limit(needed: u64) -> Result<u64, String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit that the call only reads.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    if limit.rlim_cur < needed {
+        return Err(format!(
+            "the hard open-file limit is {}, and this test needs {needed}",
+            limit.rlim_cur
+        ));
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// The `ringlog` binary as a command: no input, no colours, stdout discarded, stderr piped

@@ -64,7 +64,12 @@ impl Connection {
 
     /// Connects to `address`, or says why not (a broker being restarted refuses).
     pub fn try_connect(address: SocketAddr) -> io::Result<Connection> {
-        let stream = TcpStream::connect(address)?;
+        Connection::from_stream(TcpStream::connect(address)?)
+    }
+
+    /// A client on a socket already connected (made with other options, or held idle).
+    pub fn from_stream(stream: TcpStream) -> io::Result<Connection> {
+        stream.set_nonblocking(false)?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_nodelay(true)?;
         Ok(Connection {
@@ -145,21 +150,7 @@ impl Connection {
         request: &R,
     ) -> anyhow::Result<i32> {
         self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("ringlog-e2e")));
-        let mut frame = BytesMut::new();
-        frame.put_i32(0);
-        header
-            .encode(&mut frame, api.request_header_version(version))
-            .context("request header")?;
-        request
-            .encode(&mut frame, version)
-            .with_context(|| format!("encoding {api:?} v{version}"))?;
-        let size = i32::try_from(frame.len() - 4)?;
-        frame[..4].copy_from_slice(&size.to_be_bytes());
+        let frame = request_frame(api, version, self.correlation_id, request)?;
         self.stream.write_all(&frame)?;
         Ok(self.correlation_id)
     }
@@ -373,6 +364,31 @@ impl Connection {
             .expect("create topics");
         response.topics[0].error_code
     }
+}
+
+/// `request` at `version` as a whole frame, size prefix included, with `correlation_id`.
+pub fn request_frame<R: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &R,
+) -> anyhow::Result<Vec<u8>> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("ringlog-e2e")));
+    let mut frame = BytesMut::new();
+    frame.put_i32(0);
+    header
+        .encode(&mut frame, api.request_header_version(version))
+        .context("request header")?;
+    request
+        .encode(&mut frame, version)
+        .with_context(|| format!("encoding {api:?} v{version}"))?;
+    let size = i32::try_from(frame.len() - 4)?;
+    frame[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(frame.to_vec())
 }
 
 /// Reads exactly `buffer.len()` bytes; `false` if the stream ended before the first one.

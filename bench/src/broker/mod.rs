@@ -10,6 +10,7 @@ pub mod acks;
 mod blackhole;
 pub mod consume;
 pub mod e2e;
+pub mod hostile;
 #[cfg(test)]
 mod poisoned;
 pub mod produce;

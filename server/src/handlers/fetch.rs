@@ -5,6 +5,15 @@
 //! Records never enter user space: each partition's data is a file range the connection
 //! splices to the socket (`zero_copy.rs`); the response carries a marker in its place.
 //!
+//! Limits: a response carries at most the least of the request's `max_bytes`, the broker's
+//! `fetch_max_bytes` (Kafka's `fetch.max.bytes`) and the room left in the connection's and
+//! its shard's in-flight bytes (`connection/budget.rs`), except that the first partition
+//! with data always gets one whole batch. Partitions are read in order, in waves of
+//! concurrent reads whose per-partition limits together fit what is left, so the bytes a
+//! fetch brings into memory (reads of a direct-I/O log into the batch cache) stay within
+//! that however many partitions it names; once it is spent, the remaining partitions
+//! answer their offsets without records, as in Kafka.
+//!
 //! Topics are named by name up to version 12 and by topic id from version 13 on; an id no
 //! topic has (a deleted topic's, or nil) is UNKNOWN_TOPIC_ID for each of its partitions.
 //! An id is checked again after every read, so a topic deleted and created again under the
@@ -35,6 +44,7 @@ use ringlog_engine::topic::TopicMeta;
 use uuid::Uuid;
 
 use crate::broker::Broker;
+use crate::connection::Budget;
 use crate::errors;
 use crate::zero_copy::{self, Records};
 
@@ -56,11 +66,15 @@ struct Wanted {
     max_bytes: u64,
 }
 
-/// The response, and the file ranges its markers stand for, in order.
+/// The response, and the file ranges its markers stand for, in order: no more record bytes
+/// than the request's `max_bytes`, the broker's `fetch_max_bytes` and what `budget` (the
+/// connection's and its shard's in-flight bytes) has room for, except that the first
+/// partition with data gets one whole batch.
 pub async fn handle(
     broker: &Broker,
     request: FetchRequest,
     version: i16,
+    budget: &Budget,
 ) -> (FetchResponse, Vec<Records>) {
     if version >= SESSION_VERSION && !FULL_REQUEST_EPOCHS.contains(&request.session_epoch) {
         let error = ResponseError::FetchSessionIdNotFound.code();
@@ -68,7 +82,9 @@ pub async fn handle(
     }
     let deadline = Instant::now() + Duration::from_millis(request.max_wait_ms.max(0) as u64);
     let min_bytes = u64::try_from(request.min_bytes.max(1)).unwrap_or(1);
-    let max_bytes = u64::try_from(request.max_bytes.max(1)).unwrap_or(u64::MAX);
+    let max_bytes = u64::try_from(request.max_bytes.max(1))
+        .unwrap_or(u64::MAX)
+        .min(broker.config.fetch_max_bytes);
     let names = topic_names(broker, &request.topics, version);
     let wanted: Vec<Wanted> = request
         .topics
@@ -86,7 +102,12 @@ pub async fn handle(
         })
         .collect();
     loop {
-        let mut results = read_all(broker, &wanted, max_bytes).await;
+        // The reads' bytes are charged before they exist; the response they become is
+        // charged by the connection until it is written.
+        let allowed = max_bytes.min(budget.room()).max(1);
+        let reserved = budget.charge(allowed);
+        let mut results = read_all(broker, &wanted, allowed).await;
+        drop(reserved);
         if version >= TOPIC_ID_VERSION {
             let names_now = topic_names(broker, &request.topics, version);
             forget_replaced(&wanted, &names_now, &mut results);
@@ -145,36 +166,96 @@ fn forget_replaced(
     }
 }
 
-/// Reads every partition; the request limit cuts later partitions (the first with data
-/// always gets its bytes, as in Kafka).
+/// Reads every partition, in order, within `max_bytes` (the first partition with data
+/// always gets its first batch, as in Kafka): in waves of concurrent reads whose limits
+/// together fit what is left of `max_bytes`, so the bytes a fetch brings into memory stay
+/// within it however many partitions it names and whatever each asks. A partition that a
+/// wave's result would take past `max_bytes` gets no records, and ends the reading: from
+/// then on, as once `max_bytes` is spent, the rest answer their offsets alone.
 async fn read_all(
     broker: &Broker,
     wanted: &[Wanted],
     max_bytes: u64,
 ) -> Vec<Result<ReadRanges, i16>> {
-    let reads = wanted.iter().map(|want| async move {
-        let Some(topic) = &want.topic else {
-            return Err(ResponseError::UnknownTopicId.code());
-        };
-        let Ok(partition) = u32::try_from(want.partition) else {
-            return Err(ResponseError::UnknownTopicOrPartition.code());
-        };
-        broker
-            .engine
-            .read_ranges(topic, partition, want.offset, want.max_bytes)
-            .await
-            .map_err(|error| errors::code(&error))
-    });
-    let mut results = join_all(reads).await;
+    let mut results = Vec::with_capacity(wanted.len());
     let mut total = 0u64;
-    for data in results.iter_mut().flatten() {
-        let len: u64 = data.pieces.iter().map(SendablePiece::len).sum();
-        if total > 0 && total + len > max_bytes {
-            data.pieces.clear();
+    let mut full = false;
+    while results.len() < wanted.len() {
+        let rest = &wanted[results.len()..];
+        let left = max_bytes.saturating_sub(total);
+        if left == 0 || full {
+            let offsets = rest.iter().map(|want| offsets_only(broker, want));
+            results.extend(join_all(offsets).await);
+            break;
         }
-        total += data.pieces.iter().map(SendablePiece::len).sum::<u64>();
+        let mut assigned = 0u64;
+        let mut limits = Vec::new();
+        for want in rest {
+            if assigned >= left && !limits.is_empty() {
+                break;
+            }
+            let limit = want.max_bytes.min(left - assigned);
+            assigned += limit;
+            limits.push(limit);
+        }
+        let reads = rest
+            .iter()
+            .zip(limits)
+            .map(|(want, limit)| read(broker, want, limit));
+        for mut result in join_all(reads).await {
+            if let Ok(data) = &mut result {
+                let len: u64 = data.pieces.iter().map(SendablePiece::len).sum();
+                if total > 0 && total + len > max_bytes {
+                    data.pieces.clear();
+                    full = true;
+                }
+                total += data.pieces.iter().map(SendablePiece::len).sum::<u64>();
+            }
+            results.push(result);
+        }
     }
     results
+}
+
+/// Reads one partition from its offset, up to `max_bytes` (and at least one batch).
+async fn read(broker: &Broker, want: &Wanted, max_bytes: u64) -> Result<ReadRanges, i16> {
+    let (topic, partition) = partition_of(want)?;
+    broker
+        .engine
+        .read_ranges(topic, partition, want.offset, max_bytes)
+        .await
+        .map_err(|error| errors::code(&error))
+}
+
+/// One partition's offsets without its records: OFFSET_OUT_OF_RANGE where a read would
+/// answer it.
+async fn offsets_only(broker: &Broker, want: &Wanted) -> Result<ReadRanges, i16> {
+    let (topic, partition) = partition_of(want)?;
+    let offsets = broker
+        .engine
+        .offsets(topic, partition)
+        .await
+        .map_err(|error| errors::code(&error))?;
+    if want.offset < offsets.log_start || want.offset > offsets.high_watermark {
+        return Err(ResponseError::OffsetOutOfRange.code());
+    }
+    Ok(ReadRanges {
+        pieces: Vec::new(),
+        high_watermark: offsets.high_watermark,
+        log_start: offsets.log_start,
+        log_end: offsets.log_end,
+    })
+}
+
+/// The topic and partition a request entry names, or the error code for it.
+fn partition_of(want: &Wanted) -> Result<(&str, u32), i16> {
+    let Some(topic) = &want.topic else {
+        return Err(ResponseError::UnknownTopicId.code());
+    };
+    let Ok(partition) = u32::try_from(want.partition) else {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    };
+    Ok((topic, partition))
 }
 
 /// Waits until any wanted partition's high watermark passes its fetch offset, or the
