@@ -73,6 +73,9 @@ pub use prealloc::PreallocBudget;
 pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange, ReadRange};
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use recovery::{scan_segment, ScanStop, SegmentScan};
+
 use appender::{Command, Pending};
 use segment::Segment;
 

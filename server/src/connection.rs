@@ -29,7 +29,7 @@ use crate::broker::Broker;
 use crate::handlers::api_versions;
 use crate::limits::{IDLE_BUFFER_BYTES, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX};
 use crate::metrics;
-use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
+use crate::protocol::{self, DecodeError, FrameSizeError, Framed, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
 use crate::zero_copy::{Part, Parts, Records};
 
@@ -237,19 +237,18 @@ async fn read_frame(
     input: &mut BytesMut,
     max: usize,
 ) -> Result<bytes::Bytes, Closed> {
-    fill(stream, input, FRAME_SIZE_PREFIX_BYTES).await?;
-    let size = i32::from_be_bytes([input[0], input[1], input[2], input[3]]);
-    let size = usize::try_from(size)
-        .ok()
-        .filter(|&size| size <= max)
-        .ok_or(Closed::FrameSize {
-            size: i64::from(size),
-            max,
+    loop {
+        let framed = protocol::take_frame(input, max).map_err(|FrameSizeError { size, max }| {
+            Closed::FrameSize {
+                size: i64::from(size),
+                max,
+            }
         })?;
-    fill(stream, input, FRAME_SIZE_PREFIX_BYTES + size).await?;
-    let mut frame = input.split_to(FRAME_SIZE_PREFIX_BYTES + size);
-    let _ = frame.split_to(FRAME_SIZE_PREFIX_BYTES);
-    Ok(frame.freeze())
+        match framed {
+            Framed::Frame(frame) => return Ok(frame),
+            Framed::Need(want) => fill(stream, input, want).await?,
+        }
+    }
 }
 
 /// Receives until `input` holds at least `want` bytes.

@@ -10,6 +10,7 @@
 //! - [`config`] and [`cli`]: `ringlog.toml` and the command line.
 //! - [`limits`]: the network layer's bounds (connection buffers, requests in flight).
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
+//! - `fuzzing` (tests and the `fuzzing` feature): the properties the fuzz targets check.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -19,6 +20,8 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod errors;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod group;
 pub mod handlers;
 pub mod limits;

@@ -23,6 +23,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::segment::{parse_segment_name, segment_path, BatchHeader, Segment};
 use super::{LogError, PartitionId, Shared, State};
 use crate::batch::{self, BatchError};
+use crate::index::{BatchMeta, IndexError, SegmentIndex};
 use crate::limits::{BATCH_SIZE_BYTES_MAX, BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_BYTES};
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{IoMode, TopicConfig};
@@ -55,6 +56,10 @@ pub(crate) enum ScanStop {
         offset: i64,
         expected: i64,
     },
+    /// A valid batch at `position` that the segment's index cannot address (its offsets or
+    /// bytes reach past what a segment holds): the appender rolls the segment before it
+    /// would write one, so it is damage.
+    Unindexable { position: u64, error: IndexError },
 }
 
 impl ScanStop {
@@ -63,7 +68,7 @@ impl ScanStop {
         match self {
             ScanStop::EndOfFile | ScanStop::Zeros { .. } => false,
             ScanStop::Invalid { error, .. } => !matches!(error, BatchError::Truncated { .. }),
-            ScanStop::OffsetGap { .. } => true,
+            ScanStop::OffsetGap { .. } | ScanStop::Unindexable { .. } => true,
         }
     }
 }
@@ -84,6 +89,9 @@ impl fmt::Display for ScanStop {
                 f,
                 "batch at byte {position} has offset {offset}, expected {expected}"
             ),
+            ScanStop::Unindexable { position, error } => {
+                write!(f, "batch at byte {position} cannot be indexed: {error}")
+            }
         }
     }
 }
@@ -382,6 +390,19 @@ async fn scan_and_index<S: Storage>(
     start: u64,
     id: &PartitionId,
 ) -> Result<Scan, LogError> {
+    scan_in_chunks(segment, start, id, RECOVERY_READ_CHUNK_BYTES).await
+}
+
+/// [`scan_and_index`], reading the file about `chunk_bytes` at a time (at least 2, so
+/// that every read asks for a byte more than the buffer holds). The result does not depend
+/// on the chunk size; the fuzz target checks that with small chunks.
+async fn scan_in_chunks<S: Storage>(
+    segment: &mut Segment<S>,
+    start: u64,
+    id: &PartitionId,
+    chunk_bytes: usize,
+) -> Result<Scan, LogError> {
+    assert!(chunk_bytes >= 2, "a scan chunk of {chunk_bytes} bytes");
     let file_end = segment.allocated_bytes;
     let mut scan = Scan {
         valid_bytes: start,
@@ -390,11 +411,11 @@ async fn scan_and_index<S: Storage>(
     };
     // One buffer for the whole scan: the unconsumed tail of a chunk (a batch cut by the
     // chunk's end) stays at its front and the next read appends after it.
-    let mut pending: Vec<u8> = Vec::with_capacity(RECOVERY_READ_CHUNK_BYTES);
+    let mut pending: Vec<u8> = Vec::with_capacity(chunk_bytes);
     let mut read_at = start;
     scan.stop = loop {
         // Room for the batch at the front (however large) and at least half a chunk more.
-        let need = pending_need(&pending).max(pending.len() + RECOVERY_READ_CHUNK_BYTES / 2);
+        let need = pending_need(&pending).max(pending.len() + chunk_bytes / 2);
         pending.reserve(need.saturating_sub(pending.len()));
         let (read, filled) = segment
             .reader
@@ -452,6 +473,10 @@ fn index_valid_prefix<S: Storage>(
             };
             return (at, Some(stop));
         }
+        if let Some(error) = index_refusal(&segment.index, &header, scan.valid_bytes) {
+            let position = scan.valid_bytes;
+            return (at, Some(ScanStop::Unindexable { position, error }));
+        }
         segment.on_batch_written(&header, scan.valid_bytes);
         scan.valid_bytes += header.size_bytes;
         scan.batches += 1;
@@ -462,13 +487,32 @@ fn index_valid_prefix<S: Storage>(
         "indexed exactly the valid prefix"
     );
     let position = scan.valid_bytes;
+    let rest = &bytes[at..];
     let stop = match prefix.error {
         None => None,
         Some(BatchError::Truncated { .. }) if !at_end => None,
-        Some(_) if is_zeros(&bytes[at..]) => Some(ScanStop::Zeros { position }),
+        // Zeros are judged on a header's worth of bytes, so that where a read chunk ended
+        // cannot make damage pass for preallocated space.
+        Some(_) if !at_end && rest.len() < batch::HEADER_SIZE_BYTES && is_zeros(rest) => None,
+        Some(_) if is_zeros(rest) => Some(ScanStop::Zeros { position }),
         Some(error) => Some(ScanStop::Invalid { position, error }),
     };
     (at, stop)
+}
+
+/// Why the segment's index refuses the valid batch `header` at byte `position`, if it does
+/// (indexing it anyway would panic: the index asserts what the appender checked).
+fn index_refusal(index: &SegmentIndex, header: &BatchHeader, position: u64) -> Option<IndexError> {
+    let batch = BatchMeta {
+        base_offset: header.base_offset,
+        last_offset: header.last_offset,
+        max_timestamp_ms: header.max_timestamp,
+        // A position past u32 makes the batch end past 2^32, which the index refuses.
+        position: u32::try_from(position).unwrap_or(u32::MAX),
+        // A valid batch is at most BATCH_SIZE_BYTES_MAX.
+        size_bytes: header.size_bytes as u32,
+    };
+    index.check_batch(&batch).err()
 }
 
 /// Whether `rest` starts with a header's worth of zeros (or is all zeros, if shorter): no
@@ -479,6 +523,59 @@ fn is_zeros(rest: &[u8]) -> bool {
             .iter()
             .take(batch::HEADER_SIZE_BYTES)
             .all(|&byte| byte == 0)
+}
+
+/// What the scan of a whole segment found, and the segment's state after it, for the
+/// fuzz target and its regression tests (`crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentScan {
+    pub(crate) valid_bytes: u64,
+    pub(crate) batches: u64,
+    pub(crate) stop: ScanStop,
+    pub(crate) size_bytes: u64,
+    pub(crate) offset_next: i64,
+    pub(crate) max_timestamp: i64,
+    pub(crate) index: crate::index::SegmentIndex,
+}
+
+/// Scans, from its start, the segment based at `base_offset` whose file holds `bytes`,
+/// with the real scan reading `chunk_bytes` at a time from an in-memory file.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn scan_segment(
+    base_offset: i64,
+    index_interval_bytes: u32,
+    bytes: &[u8],
+    chunk_bytes: usize,
+) -> SegmentScan {
+    let storage = crate::storage::fault::FaultStorage::new();
+    let dir = Path::new("/fuzz/scan-0");
+    storage.put_file(&segment_path(dir, base_offset, "log"), bytes);
+    let id = PartitionId {
+        topic: std::sync::Arc::from("scan"),
+        partition: 0,
+    };
+    // Without latency the in-memory storage completes every operation at once, so the
+    // scan needs no runtime and fuzzing starts no io_uring.
+    let scanned = futures::executor::block_on(async {
+        let mut segment = Segment::open_read_only(&storage, dir, base_offset, index_interval_bytes)
+            .await
+            .map_err(io_error(&id, "open segment"))?;
+        let scan = scan_in_chunks(&mut segment, 0, &id, chunk_bytes).await?;
+        Ok::<_, LogError>(SegmentScan {
+            valid_bytes: scan.valid_bytes,
+            batches: scan.batches,
+            stop: scan.stop,
+            size_bytes: segment.size_bytes,
+            offset_next: segment.offset_next,
+            max_timestamp: segment.max_timestamp,
+            index: segment.index,
+        })
+    });
+    match scanned {
+        Ok(scanned) => scanned,
+        Err(error) => panic!("an in-memory segment could not be scanned: {error}"),
+    }
 }
 
 #[cfg(test)]
@@ -577,6 +674,63 @@ mod tests {
             gap.stop.to_string(),
             format!("batch at byte {} has offset 7, expected 3", first.len())
         );
+    }
+
+    /// Found by the `recovery` fuzz target: with a read chunk ending a few zeros after the
+    /// last batch, garbage behind those zeros was reported as preallocated space (no damage)
+    /// while a larger chunk reported it as an invalid batch.
+    #[test]
+    fn zeros_are_judged_whatever_the_chunk_size() {
+        let valid = batch_at(0, 2);
+        let mut bytes = [valid.clone(), vec![0; 20]].concat();
+        bytes.extend_from_slice(&[1; 100]);
+        // Reads grow with the buffer, so where a chunk ends depends on the chunk size in
+        // ways that are easier to cover than to aim at.
+        for chunk_bytes in (2..=512).chain([RECOVERY_READ_CHUNK_BYTES]) {
+            let scan = scan_segment(0, 4096, &bytes, chunk_bytes);
+            assert_eq!(scan.valid_bytes, valid.len() as u64);
+            assert!(
+                matches!(
+                    scan.stop,
+                    ScanStop::Invalid {
+                        error: BatchError::BadMagic(0),
+                        ..
+                    }
+                ),
+                "chunk of {chunk_bytes} bytes: {}",
+                scan.stop
+            );
+        }
+    }
+
+    /// Found while writing the `recovery` fuzz target (confirmed with a crafted input
+    /// before the fuzzer reached it): valid compressed batches whose offsets run past what
+    /// the segment's index addresses made recovery panic in the index's assertion.
+    #[test]
+    fn a_batch_beyond_the_index_stops_the_scan() {
+        let huge = |base_offset| {
+            BatchBuilder::new()
+                .base_offset(base_offset)
+                .build_opaque(crate::batch::Compression::Gzip, i32::MAX, b"opaque")
+                .unwrap()
+        };
+        let per_batch = i64::from(i32::MAX);
+        let kept = [huge(0), huge(per_batch)].concat();
+        let scanned = scan(&[kept.clone(), huge(2 * per_batch)].concat());
+        assert_eq!(scanned.batches, 2);
+        assert_eq!(scanned.valid_bytes, kept.len() as u64);
+        assert!(
+            matches!(
+                scanned.stop,
+                ScanStop::Unindexable {
+                    position,
+                    error: IndexError::SegmentRangeExceeded { .. },
+                } if position == kept.len() as u64
+            ),
+            "{}",
+            scanned.stop
+        );
+        assert!(scanned.stop.is_damage());
     }
 
     #[test]
