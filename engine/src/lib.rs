@@ -11,6 +11,8 @@
 pub mod batch;
 #[cfg(any(test, feature = "testing"))]
 pub mod error_examples;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod index;
 pub mod limits;
 pub mod log;

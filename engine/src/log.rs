@@ -77,6 +77,9 @@ pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange, ReadRange};
 pub use scan::ScanStop;
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use recovery::{scan_segment, SegmentScan};
+
 use appender::{Command, Pending};
 use segment::Segment;
 

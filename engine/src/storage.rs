@@ -18,7 +18,7 @@ use std::pin::Pin;
 
 use crate::rt::{self, IoBuf, PooledBuf};
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fault;
 
 /// How to open a file.

@@ -52,7 +52,7 @@ use crate::broker::Broker;
 use crate::handlers::api_versions;
 use crate::limits::{IDLE_BUFFER_BYTES, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX};
 use crate::metrics;
-use crate::protocol::{self, DecodeError, FRAME_SIZE_PREFIX_BYTES};
+use crate::protocol::{self, DecodeError, FrameSizeError, Framed, FRAME_SIZE_PREFIX_BYTES};
 use crate::server::Lifecycle;
 use crate::zero_copy::{Part, Parts, Records};
 
@@ -378,12 +378,21 @@ async fn read_frame(
     budget: &Budget,
     activity: &Activity,
 ) -> Result<(Bytes, Charge), Closed> {
-    fill(stream, input, FRAME_SIZE_PREFIX_BYTES, activity).await?;
-    let size = i32::from_be_bytes([input[0], input[1], input[2], input[3]]);
-    let size = usize::try_from(size).map_err(|_| Closed::FrameSizeNegative { size })?;
-    if size > max {
-        return Err(Closed::FrameTooLarge { size, max });
-    }
+    // The size prefix is judged as soon as it is whole (`protocol::frame_size`, which the
+    // `frame` fuzz target drives through `protocol::take_frame`), before any of the body
+    // is waited for.
+    let size = loop {
+        match protocol::frame_size(input, max) {
+            Ok(Some(size)) => break size,
+            Ok(None) => fill(stream, input, FRAME_SIZE_PREFIX_BYTES, activity).await?,
+            Err(FrameSizeError { size, max }) => {
+                return Err(match usize::try_from(size) {
+                    Ok(size) => Closed::FrameTooLarge { size, max },
+                    Err(_) => Closed::FrameSizeNegative { size },
+                })
+            }
+        }
+    };
     let bytes = (FRAME_SIZE_PREFIX_BYTES + size) as u64;
     let waited = budget
         .admit(bytes, |waited| {
@@ -399,9 +408,10 @@ async fn read_frame(
     }
     let charge = budget.charge(bytes);
     fill(stream, input, FRAME_SIZE_PREFIX_BYTES + size, activity).await?;
-    let mut frame = input.split_to(FRAME_SIZE_PREFIX_BYTES + size);
-    let _ = frame.split_to(FRAME_SIZE_PREFIX_BYTES);
-    Ok((frame.freeze(), charge))
+    match protocol::take_frame(input, max) {
+        Ok(Framed::Frame(frame)) => Ok((frame, charge)),
+        framed => unreachable!("a whole frame of {size} bytes was received: {framed:?}"),
+    }
 }
 
 /// Receives until `input` holds at least `want` bytes.

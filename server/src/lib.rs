@@ -11,6 +11,7 @@
 //! - [`limits`]: the network layer's bounds (connection buffers, requests in flight,
 //!   connections per shard); [`open_files`]: the open-file limit connections count against.
 //! - [`admin`]: a small Kafka admin client and the `ringlog topic` commands built on it.
+//! - `fuzzing` (tests and the `fuzzing` feature): the properties the fuzz targets check.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -20,6 +21,8 @@ pub mod cli;
 pub mod config;
 pub mod connection;
 pub mod errors;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod group;
 pub mod handlers;
 pub mod limits;

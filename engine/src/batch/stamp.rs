@@ -106,15 +106,19 @@ pub fn stamp_split(
 
 /// For a producer that sends one built batch many times (the load generator): moves the
 /// batch's `CreateTime` timestamps to start at `base_timestamp_ms` (`maxTimestamp` keeps its
-/// distance from `baseTimestamp`, the records' deltas are untouched) and recomputes the CRC,
-/// which also covers any record bytes the caller rewrote in place (same lengths) before.
+/// distance from `baseTimestamp`, saturating at the ends of `i64`; the records' deltas are
+/// untouched) and recomputes the CRC, which also covers any record bytes the caller
+/// rewrote in place (same lengths) before.
 pub fn restamp_create_time(batch: &mut [u8], base_timestamp_ms: i64) -> Result<(), BatchError> {
     let size = frame(batch, BATCH_SIZE_BYTES_MAX)?;
     let batch = &mut batch[..size];
-    let span =
-        layout::read_i64(batch, MAX_TIMESTAMP_AT) - layout::read_i64(batch, BASE_TIMESTAMP_AT);
+    // Any two i64 are less than 2^64 apart, so the sums below cannot overflow an i128.
+    let span = i128::from(layout::read_i64(batch, MAX_TIMESTAMP_AT))
+        - i128::from(layout::read_i64(batch, BASE_TIMESTAMP_AT));
+    let max_timestamp_ms = (i128::from(base_timestamp_ms) + span)
+        .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
     layout::write_i64(batch, BASE_TIMESTAMP_AT, base_timestamp_ms);
-    layout::write_i64(batch, MAX_TIMESTAMP_AT, base_timestamp_ms + span);
+    layout::write_i64(batch, MAX_TIMESTAMP_AT, max_timestamp_ms);
     let crc = layout::crc_of(batch);
     layout::write_u32(batch, CRC_AT, crc);
     Ok(())

@@ -424,6 +424,27 @@ fn restamping_create_time_moves_both_timestamps_and_reseals_rewritten_values() {
     assert_eq!(values, [Some(&b"aaaa"[..]), Some(&b"cccc"[..])]);
 }
 
+/// Found by the `batch` fuzz target: a batch whose `maxTimestamp - baseTimestamp`
+/// overflowed an i64 panicked (debug) or wrapped to a wrong `maxTimestamp` (release).
+#[test]
+fn restamping_saturates_a_span_beyond_i64() {
+    for (base, max, new_base, expected_max) in [
+        (i64::MIN, i64::MAX, 1_000, i64::MAX),
+        (i64::MAX, i64::MIN, -1_000, i64::MIN),
+        (0, 10, i64::MAX - 5, i64::MAX),
+    ] {
+        let mut builder = BatchBuilder::new().base_timestamp(base).max_timestamp(max);
+        builder.push(0, None, Some(b"v"), &[]).unwrap();
+        let mut bytes = builder.build();
+        restamp_create_time(&mut bytes, new_base).unwrap();
+        let (batch, _) = RecordBatch::parse(&bytes).unwrap();
+        assert_eq!(
+            (batch.base_timestamp(), batch.max_timestamp()),
+            (new_base, expected_max)
+        );
+    }
+}
+
 #[test]
 fn stamping_refuses_buffers_that_do_not_hold_a_whole_batch() {
     let mut bytes = one_record_batch(b"value");

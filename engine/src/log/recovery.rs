@@ -37,8 +37,9 @@ use std::path::Path;
 use super::checkpoint::{self, Checkpoint};
 pub(crate) use super::scan::ScanStop;
 use super::scan::{self as walker};
-use super::segment::{parse_segment_name, segment_path, Segment};
+use super::segment::{parse_segment_name, segment_path, BatchHeader, Segment};
 use super::{LogError, PartitionId, Shared, State};
+use crate::index::{BatchMeta, IndexError, SegmentIndex};
 use crate::limits::{BUF_ALIGN_BYTES, RECOVERY_READ_CHUNK_BYTES};
 use crate::storage::{Storage, StorageFile};
 use crate::topic::{IoMode, TopicConfig};
@@ -453,22 +454,48 @@ async fn scan_and_index<S: Storage>(
     start: u64,
     id: &PartitionId,
 ) -> Result<Scan, LogError> {
+    scan_in_chunks(segment, start, id, RECOVERY_READ_CHUNK_BYTES).await
+}
+
+/// [`scan_and_index`], reading the file about `chunk_bytes` at a time (more for a larger
+/// batch). The result does not depend on the chunk size; the `recovery` fuzz target checks
+/// that with small chunks.
+async fn scan_in_chunks<S: Storage>(
+    segment: &mut Segment<S>,
+    start: u64,
+    id: &PartitionId,
+    chunk_bytes: usize,
+) -> Result<Scan, LogError> {
     let reader = segment.reader.clone();
     let span = (start, segment.allocated_bytes);
-    let walk = walker::walk(
+    let mut refused = None;
+    let mut walk = walker::walk(
         &reader,
         span,
         segment.offset_next,
-        RECOVERY_READ_CHUNK_BYTES,
+        chunk_bytes,
         |header, position| {
+            if let Some(error) = index_refusal(&segment.index, header, position) {
+                refused = Some(ScanStop::Unindexable { position, error });
+                return false;
+            }
             segment.on_batch_written(header, position);
             true
         },
     )
     .await
     .map_err(io_error(id, "read segment"))?;
-    let Some(stop) = walk.stop else {
-        unreachable!("the recovery scan's visitor never stops it");
+    let stop = match (refused, walk.stop) {
+        // The walk counted the refused batch before its visitor refused it: it is not kept.
+        (Some(ScanStop::Unindexable { position, error }), None) => {
+            walk.valid_end = position;
+            walk.batches -= 1;
+            ScanStop::Unindexable { position, error }
+        }
+        (None, Some(stop)) => stop,
+        (refused, stop) => {
+            unreachable!("the recovery scan stopped by {refused:?} and {stop:?}")
+        }
     };
     segment.size_bytes = walk.valid_end;
     // The next batch goes exactly where the scan stopped, whatever the index files knew.
@@ -478,6 +505,75 @@ async fn scan_and_index<S: Storage>(
         batches: walk.batches,
         stop,
     })
+}
+
+/// Why the segment's index refuses the valid batch `header` at byte `position`, if it does:
+/// offsets or bytes past what one segment addresses, which the appender rolls before
+/// writing (indexing it anyway would panic on the index's assertions).
+fn index_refusal(index: &SegmentIndex, header: &BatchHeader, position: u64) -> Option<IndexError> {
+    let batch = BatchMeta {
+        base_offset: header.base_offset,
+        last_offset: header.last_offset,
+        max_timestamp_ms: header.max_timestamp,
+        // A position past u32 makes the batch end past 2^32, which the index refuses.
+        position: u32::try_from(position).unwrap_or(u32::MAX),
+        // A valid batch is at most BATCH_SIZE_BYTES_MAX, far below 2^32.
+        size_bytes: u32::try_from(header.size_bytes).unwrap_or(u32::MAX),
+    };
+    index.check_batch(&batch).err()
+}
+
+/// What the scan of a whole segment found, and the segment's state after it, for the
+/// fuzz target and its regression tests (`crate::fuzzing`).
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentScan {
+    pub(crate) valid_bytes: u64,
+    pub(crate) batches: u64,
+    pub(crate) stop: ScanStop,
+    pub(crate) size_bytes: u64,
+    pub(crate) offset_next: i64,
+    pub(crate) max_timestamp: i64,
+    pub(crate) index: crate::index::SegmentIndex,
+}
+
+/// Scans, from its start, the segment based at `base_offset` whose file holds `bytes`,
+/// with the real scan reading `chunk_bytes` at a time from an in-memory file.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn scan_segment(
+    base_offset: i64,
+    index_interval_bytes: u32,
+    bytes: &[u8],
+    chunk_bytes: usize,
+) -> SegmentScan {
+    let storage = crate::storage::fault::FaultStorage::new();
+    let dir = Path::new("/fuzz/scan-0");
+    storage.put_file(&segment_path(dir, base_offset, "log"), bytes);
+    let id = PartitionId {
+        topic: std::sync::Arc::from("scan"),
+        partition: 0,
+    };
+    // Without latency the in-memory storage completes every operation at once, so the
+    // scan needs no runtime and fuzzing starts no io_uring.
+    let scanned = futures::executor::block_on(async {
+        let mut segment = Segment::open_read_only(&storage, dir, base_offset, index_interval_bytes)
+            .await
+            .map_err(io_error(&id, "open segment"))?;
+        let scan = scan_in_chunks(&mut segment, 0, &id, chunk_bytes).await?;
+        Ok::<_, LogError>(SegmentScan {
+            valid_bytes: scan.valid_bytes,
+            batches: scan.batches,
+            stop: scan.stop,
+            size_bytes: segment.size_bytes,
+            offset_next: segment.offset_next,
+            max_timestamp: segment.max_timestamp,
+            index: segment.index,
+        })
+    });
+    match scanned {
+        Ok(scanned) => scanned,
+        Err(error) => panic!("an in-memory segment could not be scanned: {error}"),
+    }
 }
 
 #[cfg(test)]
@@ -577,6 +673,63 @@ mod tests {
             gap.stop.to_string(),
             format!("batch at byte {} has offset 7, expected 3", first.len())
         );
+    }
+
+    /// Found by the `recovery` fuzz target: with a read chunk ending a few zeros after the
+    /// last batch, garbage behind those zeros was reported as preallocated space (no damage)
+    /// while a larger chunk reported it as an invalid batch.
+    #[test]
+    fn zeros_are_judged_whatever_the_chunk_size() {
+        let valid = batch_at(0, 2);
+        let mut bytes = [valid.clone(), vec![0; 20]].concat();
+        bytes.extend_from_slice(&[1; 100]);
+        // Reads grow with the buffer, so where a chunk ends depends on the chunk size in
+        // ways that are easier to cover than to aim at.
+        for chunk_bytes in (2..=512).chain([RECOVERY_READ_CHUNK_BYTES]) {
+            let scan = scan_segment(0, 4096, &bytes, chunk_bytes);
+            assert_eq!(scan.valid_bytes, valid.len() as u64);
+            assert!(
+                matches!(
+                    scan.stop,
+                    ScanStop::Invalid {
+                        error: BatchError::BadMagic(0),
+                        ..
+                    }
+                ),
+                "chunk of {chunk_bytes} bytes: {}",
+                scan.stop
+            );
+        }
+    }
+
+    /// Found while writing the `recovery` fuzz target (confirmed with a crafted input
+    /// before the fuzzer reached it): valid compressed batches whose offsets run past what
+    /// the segment's index addresses made recovery panic in the index's assertion.
+    #[test]
+    fn a_batch_beyond_the_index_stops_the_scan() {
+        let huge = |base_offset| {
+            BatchBuilder::new()
+                .base_offset(base_offset)
+                .build_opaque(crate::batch::Compression::Gzip, i32::MAX, b"opaque")
+                .unwrap()
+        };
+        let per_batch = i64::from(i32::MAX);
+        let kept = [huge(0), huge(per_batch)].concat();
+        let scanned = scan(&[kept.clone(), huge(2 * per_batch)].concat());
+        assert_eq!(scanned.batches, 2);
+        assert_eq!(scanned.valid_bytes, kept.len() as u64);
+        assert!(
+            matches!(
+                scanned.stop,
+                ScanStop::Unindexable {
+                    position,
+                    error: IndexError::SegmentRangeExceeded { .. },
+                } if position == kept.len() as u64
+            ),
+            "{}",
+            scanned.stop
+        );
+        assert!(scanned.stop.is_damage());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use super::segment::BatchHeader;
 use crate::batch::{self, BatchError};
+use crate::index::IndexError;
 use crate::limits::BATCH_SIZE_BYTES_MAX;
 use crate::storage::StorageFile;
 
@@ -35,6 +36,10 @@ pub enum ScanStop {
         offset: i64,
         expected: i64,
     },
+    /// A valid batch at `position` that the segment's index cannot address (its offsets or
+    /// bytes reach past what one segment holds): the appender rolls the segment before it
+    /// would write one, so it is damage. Only recovery, which indexes, stops here.
+    Unindexable { position: u64, error: IndexError },
 }
 
 impl ScanStop {
@@ -43,7 +48,7 @@ impl ScanStop {
         match self {
             ScanStop::EndOfFile | ScanStop::Zeros { .. } => false,
             ScanStop::Invalid { error, .. } => !matches!(error, BatchError::Truncated { .. }),
-            ScanStop::OffsetGap { .. } => true,
+            ScanStop::OffsetGap { .. } | ScanStop::Unindexable { .. } => true,
         }
     }
 }
@@ -64,6 +69,9 @@ impl fmt::Display for ScanStop {
                 f,
                 "batch at byte {position} has offset {offset}, expected {expected}"
             ),
+            ScanStop::Unindexable { position, error } => {
+                write!(f, "batch at byte {position} cannot be indexed: {error}")
+            }
         }
     }
 }
@@ -72,6 +80,7 @@ impl std::error::Error for ScanStop {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ScanStop::Invalid { error, .. } => Some(error),
+            ScanStop::Unindexable { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -223,10 +232,16 @@ fn walk_prefix(
         "walked exactly the valid prefix"
     );
     let position = walk.valid_end;
+    let rest = &bytes[at..];
     let step = match prefix.error {
         None => Step::Continue,
         Some(BatchError::Truncated { .. }) if !at_end => Step::Continue,
-        Some(_) if is_zeros(&bytes[at..]) => Step::Stop(ScanStop::Zeros { position }),
+        // Zeros are judged on a header's worth of bytes, so that where a read chunk ended
+        // cannot make damage behind a few zeros pass for preallocated space.
+        Some(_) if !at_end && rest.len() < batch::HEADER_SIZE_BYTES && is_zeros(rest) => {
+            Step::Continue
+        }
+        Some(_) if is_zeros(rest) => Step::Stop(ScanStop::Zeros { position }),
         Some(error) => Step::Stop(ScanStop::Invalid { position, error }),
     };
     (at, step)

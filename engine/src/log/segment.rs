@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::scan::Unverified;
 use crate::batch;
-use crate::index::SegmentIndex;
+use crate::index::{SegmentIndex, SEGMENT_BASE_OFFSET_MAX};
 use crate::limits::BUF_ALIGN_BYTES;
 use crate::rt::AlignedBuf;
 use crate::storage::{OpenFlags, Storage, StorageFile};
@@ -34,13 +34,18 @@ pub(crate) fn segment_path(dir: &Path, base_offset: i64, extension: &str) -> Pat
     dir.join(format!("{base_offset:020}.{extension}"))
 }
 
-/// Parses `00000000000000000042.log` into 42.
+/// Parses `00000000000000000042.log` into 42. A base offset past
+/// `SEGMENT_BASE_OFFSET_MAX` is not one ringlog writes (its index could not address the
+/// segment), so such a name is not a segment's.
 pub(crate) fn parse_segment_name(name: &str) -> Option<i64> {
     let digits = name.strip_suffix(".log")?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits
+        .parse()
+        .ok()
+        .filter(|&base| base <= SEGMENT_BASE_OFFSET_MAX)
 }
 
 /// The fields of one batch header the log needs.
@@ -299,6 +304,10 @@ mod tests {
         assert_eq!(parse_segment_name("42.log"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
         assert_eq!(parse_segment_name("00000000000000000042.index"), None);
+        let last = format!("{SEGMENT_BASE_OFFSET_MAX:020}.log");
+        assert_eq!(parse_segment_name(&last), Some(SEGMENT_BASE_OFFSET_MAX));
+        let past = format!("{:020}.log", SEGMENT_BASE_OFFSET_MAX + 1);
+        assert_eq!(parse_segment_name(&past), None);
     }
 
     #[test]

@@ -124,6 +124,27 @@ fn restart_keeps_everything_and_offsets_continue() {
     });
 }
 
+/// Found while writing the `recovery` fuzz target: a `.log` file named with a base offset
+/// past `SEGMENT_BASE_OFFSET_MAX` (which ringlog never writes) made opening the partition
+/// panic in the index's range assertion. It is not a segment name.
+#[test]
+fn a_segment_name_beyond_the_index_range_is_not_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join(format!("{:020}.log", i64::MAX));
+    std::fs::write(&foreign, batch(0, 1, 0)).unwrap();
+    run(async {
+        let log = open(dir.path(), config(IoMode::Buffered)).await;
+        assert_eq!(log.offsets().log_end, 0);
+        let appended = log.append(batch(1, 2, 0), Ack::Durable).await.unwrap();
+        assert_eq!(appended.offset_first, 0);
+        log.close().await.unwrap();
+    });
+    assert!(
+        foreign.exists(),
+        "a file that is not a segment is left alone"
+    );
+}
+
 #[test]
 fn unclean_stop_with_garbage_tail_recovers_every_acknowledged_batch() {
     both_modes(|mode| {

@@ -3,7 +3,7 @@
 //! or rewriting parts of an encoded message.
 use std::cmp;
 use std::collections::BTreeMap;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::{borrow::Borrow, fmt::Display};
 
 use anyhow::{bail, Result};
@@ -243,7 +243,15 @@ pub(crate) fn write_unknown_tagged_fields<B: ByteBufMut, R: RangeBounds<i32>>(
     range: R,
     unknown_tagged_fields: &BTreeMap<i32, Bytes>,
 ) -> Result<()> {
-    for (&k, v) in unknown_tagged_fields.range(range) {
+    // ringlog: tags are unsigned varints kept under `i32` keys, so the tags from 2^31 up
+    // have negative keys. On the wire they come after every other tag: a range open at the
+    // end includes them (the generated code always passes one). Without this they were
+    // counted in the number of tagged fields but never written.
+    let above_i32_max = match range.end_bound() {
+        Bound::Unbounded => unknown_tagged_fields.range(..0),
+        Bound::Included(_) | Bound::Excluded(_) => unknown_tagged_fields.range(0..0),
+    };
+    for (&k, v) in unknown_tagged_fields.range(range).chain(above_i32_max) {
         if v.len() > u32::MAX as usize {
             bail!("Tagged field is too long to encode ({} bytes)", v.len());
         }
