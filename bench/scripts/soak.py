@@ -51,8 +51,8 @@ BENCH = os.path.join(TARGET, "release", "ringlog-bench")
 VENV = os.path.join(TARGET, "soak-venv")
 
 MEMBER = r"""
-import json, sys, time
-from confluent_kafka import Consumer, TopicPartition
+import json, os, sys, time
+from confluent_kafka import Consumer
 bootstrap, group, topic, out = sys.argv[1:5]
 consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
                      "auto.offset.reset": "latest"})
@@ -68,7 +68,6 @@ while True:
     if now - last_report >= 1.0:
         with open(out + ".tmp", "w") as f:
             json.dump({"read": read}, f)
-        import os
         os.replace(out + ".tmp", out)
         last_report = now
 """
