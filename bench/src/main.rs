@@ -1,24 +1,12 @@
-//! `ringlog-bench`: ringlog's benchmarks. `probe` measures the machine's limits through the
-//! runtime (disk writes, the runtime's own per-operation cost, loopback TCP) so that the
-//! engine's and the broker's numbers can be read against what the hardware allows; see
-//! BENCHMARKS.md for how they are run and what they showed. `engine` measures the storage
-//! engine alone (appends, reads, recovery), in process, against those limits; `produce`,
-//! `consume` and `e2e` (both at once, with end-to-end latency) measure the broker over the
-//! Kafka protocol; `hostile` holds a hostile client load against it meanwhile.
+//! `ringlog-bench`: the command line of ringlog's benchmarks (see the library, `lib.rs`,
+//! for what each measures).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
-
-mod broker;
-mod engine;
-mod error;
-mod machine;
-mod probe;
-mod report;
-mod size;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ringlog_bench::{broker, engine, probe};
 
 /// ringlog's benchmarks and machine-limit probes.
 #[derive(Debug, Parser)]

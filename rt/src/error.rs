@@ -65,7 +65,8 @@ impl UnavailableCause {
         }
     }
 
-    fn remedy(self) -> &'static str {
+    /// What to do about it, as a sentence an operator can follow.
+    pub fn remedy(self) -> &'static str {
         match self {
             // The release is KERNEL_VERSION_MIN; a test in kernel.rs keeps the two equal.
             UnavailableCause::KernelTooOld | UnavailableCause::KernelMissingFeature(_) => {

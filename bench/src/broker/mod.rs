@@ -19,7 +19,7 @@ pub mod stamp;
 pub mod wire;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -90,15 +90,27 @@ impl Target {
                 .ok_or_else(|| BenchError::InvalidArguments(format!("{bootstrap}: no address")))?;
             return Ok(Target::remote(address));
         }
-        std::fs::create_dir_all(&args.data_parent)
-            .context(|| format!("creating {}", args.data_parent.display()))?;
+        let topic_defaults = topic_defaults(args)?;
+        Target::embedded(&args.data_parent, |config| {
+            config.shards = args.shards;
+            config.topic_defaults = topic_defaults;
+        })
+    }
+
+    /// Starts a broker in this process on a new temporary directory under `data_parent`
+    /// (created if missing), with [`ServerConfig::ephemeral`] as `configure` changes it.
+    pub fn embedded(
+        data_parent: &Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Result<Target, BenchError> {
+        std::fs::create_dir_all(data_parent)
+            .context(|| format!("creating {}", data_parent.display()))?;
         let dir = tempfile::Builder::new()
             .prefix("ringlog-embedded-")
-            .tempdir_in(&args.data_parent)
-            .context(|| format!("creating a directory in {}", args.data_parent.display()))?;
+            .tempdir_in(data_parent)
+            .context(|| format!("creating a directory in {}", data_parent.display()))?;
         let mut config = ServerConfig::ephemeral(dir.path().to_path_buf());
-        config.shards = args.shards;
-        config.topic_defaults = topic_defaults(args)?;
+        configure(&mut config);
         let server = Server::start(config)?;
         Ok(Target {
             address: server.address(),

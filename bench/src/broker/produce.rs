@@ -142,6 +142,10 @@ pub struct ProduceArgs {
     #[arg(long, hide = true, default_value_t = STALL_TIMEOUT_MS_DEFAULT)]
     #[serde(skip)]
     pub stall_timeout_ms: u64,
+    /// No progress line on stderr: for callers that show their own (`ringlog-tune`).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub quiet: bool,
 }
 
 impl ProduceArgs {
@@ -191,6 +195,9 @@ pub struct GroupCommits {
     /// fdatasyncs of group commits, and their mean latency.
     pub fdatasyncs: u64,
     pub fdatasync_mean_us: f64,
+    /// The upper bound of the engine's latency bucket holding the 99th percentile of the
+    /// run's fdatasyncs (the buckets are coarse: a bound, not an estimate); 0 without any.
+    pub fdatasync_p99_bound_us: f64,
 }
 
 /// The engine's group-commit counters at one moment.
@@ -222,8 +229,27 @@ impl GroupCounters {
             fdatasync_mean_us: (later.syncs.sum - self.syncs.sum) as f64
                 / fdatasyncs.max(1) as f64
                 / 1e3,
+            fdatasync_p99_bound_us: quantile_bound_ns(&self.syncs, &later.syncs, 0.99) as f64 / 1e3,
         }
     }
+}
+
+/// The smallest bucket bound at or below which `quantile` of the observations between
+/// `before` and `after` fall (the last bound when they are in the `+Inf` bucket; 0 when
+/// there are none).
+fn quantile_bound_ns(before: &HistogramSnapshot, after: &HistogramSnapshot, quantile: f64) -> u64 {
+    let total = after.count - before.count;
+    if total == 0 {
+        return 0;
+    }
+    let wanted = (total as f64 * quantile).ceil() as u64;
+    let cumulative = after.cumulative.iter().zip(&before.cumulative);
+    for (bound, (after, before)) in after.bounds.iter().zip(cumulative) {
+        if after - before >= wanted {
+            return *bound;
+        }
+    }
+    after.bounds.last().copied().unwrap_or(0)
 }
 
 /// The run's shared counters, read by the progress line.
@@ -472,12 +498,15 @@ fn drive(
         per_thread[index % args.client_threads as usize].push(plan);
     }
     let start = Instant::now();
-    let progress = {
+    let progress = if args.quiet {
+        None
+    } else {
         let shared = Arc::clone(shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("produce-progress".into())
             .spawn(move || print_progress(&shared))
-            .context(|| "starting the progress thread".into())?
+            .context(|| "starting the progress thread".into())?;
+        Some(thread)
     };
     let threads = per_thread
         .into_iter()
@@ -507,9 +536,11 @@ fn drive(
     }
     let elapsed = start.elapsed();
     shared.stop.store(true, Ordering::SeqCst);
-    progress
-        .join()
-        .map_err(|_| BenchError::ThreadPanicked("produce progress"))?;
+    if let Some(progress) = progress {
+        progress
+            .join()
+            .map_err(|_| BenchError::ThreadPanicked("produce progress"))?;
+    }
     first_error.map_or(Ok((latencies, elapsed)), Err)
 }
 

@@ -89,6 +89,28 @@ struct ClientOutcome {
 
 /// Runs the probe, prints its results and writes the JSON report if asked.
 pub fn run(args: &TcpEchoArgs) -> Result<(), BenchError> {
+    let results = measure(args)?;
+    println!(
+        "probe tcp-echo ({} client, {} B messages): {:.3} GB/s one-way, {:.3} GB/s round-trip \
+         over {:.2} s, {:.3} server enters/message",
+        args.client.name(),
+        args.message_bytes,
+        results.one_way_gb_per_s,
+        results.round_trip_gb_per_s,
+        results.elapsed_s,
+        results.server_enter_calls_per_message,
+    );
+    let report = Report {
+        probe: "tcp-echo",
+        parameters: args,
+        results,
+        machine: MachineInfo::gather(None),
+    };
+    report.write_json(args.json.as_deref())
+}
+
+/// Runs the probe and returns what it measured (nothing printed).
+pub fn measure(args: &TcpEchoArgs) -> Result<TcpEchoResults, BenchError> {
     if args.message_bytes == 0 || args.message_bytes > 8 << 20 || args.seconds <= 0.0 {
         return Err(BenchError::InvalidArguments(
             "--message-bytes must be in 1..=8MiB and --seconds positive".into(),
@@ -107,24 +129,7 @@ pub fn run(args: &TcpEchoArgs) -> Result<(), BenchError> {
             std::io::ErrorKind::UnexpectedEof.into(),
         ));
     }
-    let results = results(args, &outcome, enter_calls);
-    println!(
-        "probe tcp-echo ({} client, {} B messages): {:.3} GB/s one-way, {:.3} GB/s round-trip \
-         over {:.2} s, {:.3} server enters/message",
-        args.client.name(),
-        args.message_bytes,
-        results.one_way_gb_per_s,
-        results.round_trip_gb_per_s,
-        results.elapsed_s,
-        results.server_enter_calls_per_message,
-    );
-    let report = Report {
-        probe: "tcp-echo",
-        parameters: args,
-        results,
-        machine: MachineInfo::gather(None),
-    };
-    report.write_json(args.json.as_deref())
+    Ok(results(args, &outcome, enter_calls))
 }
 
 fn results(args: &TcpEchoArgs, outcome: &ClientOutcome, enter_calls: u64) -> TcpEchoResults {

@@ -90,15 +90,7 @@ struct Progress {
 
 /// Runs the probe, prints its results and writes the JSON report if asked.
 pub fn run(args: &WriteArgs) -> Result<(), BenchError> {
-    validate(args)?;
-    let file_path = args
-        .path
-        .join(format!("ringlog-probe-write-{}.dat", std::process::id()));
-    let outcome = rt::block_on(write_file(args, &file_path))?;
-    let removed =
-        std::fs::remove_file(&file_path).context(|| format!("deleting {}", file_path.display()));
-    let results = outcome?;
-    removed?;
+    let results = measure(args)?;
     println!(
         "probe write: {} {} B x {} at QD {} ({}): {:.1} MiB/s = {:.3} GB/s, {:.3} s \
          (writes {:.3} s, fallocate {:.3} s untimed), {:.3} enters/write, {} fdatasyncs",
@@ -126,6 +118,21 @@ pub fn run(args: &WriteArgs) -> Result<(), BenchError> {
         machine: MachineInfo::gather(Some(&args.path)),
     };
     report.write_json(args.json.as_deref())
+}
+
+/// Runs the probe and returns what it measured (nothing printed); the file is deleted,
+/// also after a failure.
+pub fn measure(args: &WriteArgs) -> Result<WriteResults, BenchError> {
+    validate(args)?;
+    let file_path = args
+        .path
+        .join(format!("ringlog-probe-write-{}.dat", std::process::id()));
+    let outcome = rt::block_on(write_file(args, &file_path))?;
+    let removed =
+        std::fs::remove_file(&file_path).context(|| format!("deleting {}", file_path.display()));
+    let results = outcome?;
+    removed?;
+    Ok(results)
 }
 
 fn validate(args: &WriteArgs) -> Result<(), BenchError> {
