@@ -1,6 +1,6 @@
 //! `throughput-latency.svg`: stage 1's points, records/s against produce p99 (log scale),
 //! one series (colour and marker) per flush policy, filled markers for direct I/O and
-//! hollow ones for buffered, the p99 budget as a dashed line and the recommended point
+//! hollow ones for buffered, the p99 budget as a red line and the recommended point
 //! ringed.
 
 use std::path::Path;
@@ -77,17 +77,19 @@ pub fn draw(
         .x_desc("throughput (million records/s)")
         .y_desc("produce p99 (ms, log scale)")
         .x_label_formatter(&|x| format!("{x:.2}"))
+        .y_labels(24)
+        .light_line_style(TRANSPARENT)
         .y_label_formatter(&|y| format!("{y}"))
         .draw()
         .map_err(|e| error(&e))?;
     chart
         .draw_series(LineSeries::new(
             [(0.0, p99_budget_ms), (x_max, p99_budget_ms)],
-            ShapeStyle::from(&BLACK.mix(0.5)).stroke_width(1),
+            ShapeStyle::from(&RED).stroke_width(2),
         ))
         .map_err(|e| error(&e))?
         .label(format!("p99 budget {p99_budget_ms} ms"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.5)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED.stroke_width(2)));
     draw_policies(&mut chart, &measured).map_err(|e| error(&e))?;
     draw_recommended(&mut chart, &measured, recommended).map_err(|e| error(&e))?;
     chart
@@ -168,4 +170,68 @@ fn draw_recommended(
         .label("recommended")
         .legend(|(x, y)| Circle::new((x + 8, y), 7, BLACK.stroke_width(2)));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sweep::grid::Grid;
+    use crate::sweep::point::Measurement;
+
+    /// Stage-1 outcomes with p99s from 1.3 ms to 50 ms, one of them failed.
+    fn outcomes() -> Vec<Outcome> {
+        Grid::short()
+            .stage1()
+            .into_iter()
+            .enumerate()
+            .map(|(index, point)| Outcome {
+                point,
+                result: if index == 3 {
+                    Err("broker: refused".into())
+                } else {
+                    Ok(Measurement {
+                        records_per_s: 600_000.0 + 30_000.0 * index as f64,
+                        mb_per_s: 1.0,
+                        p50_ms: 1.0,
+                        p99_ms: 1.3 * 1.14_f64.powi(index as i32),
+                        p999_ms: 1.0,
+                        fdatasyncs_per_s: 0.0,
+                        fdatasync_mean_ms: 0.0,
+                        fdatasync_p99_bound_ms: 0.0,
+                        group_bytes: 1.0,
+                        limit_mb_per_s: 1.0,
+                        ratio_to_limit: 1.0,
+                        at_risk_ms: None,
+                    })
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_chart_labels_the_log_axis_below_and_above_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chart.svg");
+        let outcomes = outcomes();
+        draw(&path, &outcomes, 10.0, Some(5)).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let document = roxmltree::Document::parse(&svg).unwrap();
+        let labels: Vec<f64> = document
+            .descendants()
+            .filter(|node| node.has_tag_name("text"))
+            .filter_map(|node| node.text()?.trim().parse().ok())
+            .collect();
+        assert!(labels.iter().any(|&ms| ms > 1.0 && ms < 10.0), "{labels:?}");
+        assert!(labels.iter().any(|&ms| ms > 10.0), "{labels:?}");
+        // One marker per measured point, one per series in the legend, and the ring with
+        // its legend marker: the failed point is left out.
+        let circles = document
+            .descendants()
+            .filter(|node| node.has_tag_name("circle"))
+            .count();
+        assert_eq!(circles, (outcomes.len() - 1) + 5 + 2);
+        if let Some(keep) = std::env::var_os("RINGLOG_TUNE_CHART_SAMPLE") {
+            std::fs::copy(&path, keep).unwrap();
+        }
+    }
 }

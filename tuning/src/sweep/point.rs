@@ -22,6 +22,8 @@ pub struct Load {
     pub record_bytes: u64,
     pub partitions: u32,
     pub seconds: f64,
+    /// Runs per point (the median by records/s is kept).
+    pub repeat: u32,
 }
 
 /// What one point measured. MB are 10^6 bytes.

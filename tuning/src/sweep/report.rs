@@ -54,7 +54,7 @@ impl ReportInput<'_> {
             text,
             "- machine: {} cores allowed, {} memory, Linux {}\n\
              - data directory: `{}` ({})\n\
-             - load: {} records, {} partitions, {} s per point, native producer over \
+             - load: {} records, {} partitions, {} s per point ({}), native producer over \
              loopback with 2 connections × 8 requests in flight, broker embedded with {} \
              shards\n\
              - asked: durability {}; produce p99 within {} ms\n\
@@ -69,6 +69,11 @@ impl ReportInput<'_> {
             size_label(sweep.load.record_bytes),
             sweep.load.partitions,
             sweep.load.seconds,
+            if sweep.load.repeat == 1 {
+                "one run each: on a noisy machine, `--repeat 3` keeps the median of three".into()
+            } else {
+                format!("the median of {} runs by records/s", sweep.load.repeat)
+            },
             sweep.shards,
             self.durability,
             self.p99_ms,
