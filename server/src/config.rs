@@ -630,4 +630,99 @@ mod tests {
         assert_eq!(groups.offsets_retention_minutes, 60);
         assert_eq!(groups.group_initial_rebalance_delay_ms, 0);
     }
+
+    /// The sample configuration the systemd unit reads (deploy/ringlog.toml).
+    const DEPLOYED_SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/ringlog.toml");
+
+    /// Every key `FileConfig` accepts, as its derived `Deserialize` names them to the
+    /// deserializer: a field added to the struct is in this list without anyone updating it.
+    fn file_config_keys() -> &'static [&'static str] {
+        use serde::de::{self, Visitor};
+
+        /// A deserializer that records the field names a struct asks for, then stops.
+        struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+        impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+            type Error = de::value::Error;
+
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("FileConfig is not read as a struct"))
+            }
+
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(de::Error::custom("only the field names were wanted"))
+            }
+
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
+                enum identifier ignored_any
+            }
+        }
+
+        let mut fields: &'static [&'static str] = &[];
+        assert!(FileConfig::deserialize(FieldNames(&mut fields)).is_err());
+        assert!(
+            fields.contains(&"data_dir") && fields.contains(&"topic"),
+            "{fields:?}"
+        );
+        fields
+    }
+
+    /// `text` with every commented-out setting uncommented: a comment line whose text is a
+    /// whole TOML `key = value` line (prose comments never parse as one).
+    fn uncomment_settings(text: &str) -> String {
+        let mut uncommented = String::with_capacity(text.len());
+        for line in text.lines() {
+            let setting = line.strip_prefix('#').map(str::trim).filter(|rest| {
+                toml::from_str::<toml::Table>(rest).is_ok_and(|table| {
+                    table.len() == 1 && table.values().all(|value| !value.is_table())
+                })
+            });
+            uncommented.push_str(setting.unwrap_or(line));
+            uncommented.push('\n');
+        }
+        uncommented
+    }
+
+    #[test]
+    fn the_deployed_sample_names_every_key_at_its_default() {
+        let path = Path::new(DEPLOYED_SAMPLE);
+        let loaded = ServerConfig::from_file(FileConfig::load(path, true).unwrap()).unwrap();
+        let defaults = ServerConfig {
+            data_dir: PathBuf::from("/var/lib/ringlog"),
+            ..ServerConfig::default()
+        };
+        assert_eq!(format!("{loaded:?}"), format!("{defaults:?}"));
+        assert!(
+            !loaded.io_mode_chosen,
+            "direct I/O falls back where it must"
+        );
+
+        // The keys set and the examples commented out together name every key once (TOML
+        // refuses a key given twice), and the examples are valid values too.
+        let text = std::fs::read_to_string(path).unwrap();
+        let every_setting = uncomment_settings(&text);
+        let table: toml::Table = toml::from_str(&every_setting).unwrap();
+        let mut named: Vec<&str> = table.keys().map(String::as_str).collect();
+        named.sort_unstable();
+        let mut accepted = file_config_keys().to_vec();
+        accepted.sort_unstable();
+        assert_eq!(named, accepted, "the keys of {DEPLOYED_SAMPLE}");
+        let topic = table.get("topic").and_then(toml::Value::as_table).unwrap();
+        let mut named: Vec<&str> = topic.keys().map(String::as_str).collect();
+        let mut topic_keys = keys::ALL.to_vec();
+        named.sort_unstable();
+        topic_keys.sort_unstable();
+        assert_eq!(named, topic_keys, "the [topic] keys of {DEPLOYED_SAMPLE}");
+        let examples: FileConfig = toml::from_str(&every_setting).unwrap();
+        let examples = ServerConfig::from_file(examples).unwrap();
+        assert!(examples.io_mode_chosen && examples.metrics_listen.is_some());
+    }
 }

@@ -1,7 +1,11 @@
-//! The `ringlog` binary.
+//! The `ringlog` binary: the command line, the log (`tracing` to stderr, filtered by
+//! `RUST_LOG`, coloured only on a terminal without `NO_COLOR`), and `serve`'s stop on SIGTERM
+//! or SIGINT.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -18,6 +22,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(log_in_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -29,6 +37,13 @@ fn main() -> ExitCode {
             admin::group::run(client, &args.command)
         }),
     }
+}
+
+/// Whether log lines may carry ANSI colours: only on a terminal, and not when `NO_COLOR` is
+/// set to anything but the empty string (<https://no-color.org>). The journal, a file or a
+/// pipe gets plain text that `grep` and log shippers read as written.
+fn log_in_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 /// Connects to `bootstrap`, runs one admin command, prints its output or its error.
@@ -120,5 +135,22 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> &'static str {
         "SIGTERM"
     } else {
         "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(log_in_colour(true, None));
+        assert!(
+            log_in_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!log_in_colour(true, Some(OsStr::new("1"))));
+        assert!(!log_in_colour(false, None));
+        assert!(!log_in_colour(false, Some(OsStr::new(""))));
     }
 }

@@ -19,6 +19,19 @@ impl Samples {
 
 /// Every sample of one scrape.
 pub fn scrape(address: SocketAddr) -> Samples {
+    let samples = exposition(address)
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            Some((sample.to_owned(), value.parse().ok()?))
+        })
+        .collect();
+    Samples(samples)
+}
+
+/// One scrape's body as the broker wrote it: `# HELP` and `# TYPE` lines, then samples.
+pub fn exposition(address: SocketAddr) -> String {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -30,16 +43,9 @@ pub fn scrape(address: SocketAddr) -> Samples {
     stream
         .read_to_string(&mut response)
         .expect("read the scrape");
-    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let samples = body
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (sample, value) = line.rsplit_once(' ')?;
-            Some((sample.to_owned(), value.parse().ok()?))
-        })
-        .collect();
-    Samples(samples)
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    body.to_owned()
 }
 
 /// One counter or gauge, scraped now (0 if absent).
