@@ -18,6 +18,7 @@ pub mod recommend;
 pub mod report;
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -271,7 +272,9 @@ pub fn run(args: &SweepArgs) -> Result<String, TuneError> {
         _ => Vec::new(),
     };
     bar.finish_and_clear();
-    let client_choice = choose_client(&stage2);
+    let client_choice = choice
+        .as_ref()
+        .and_then(|choice| choose_client(&stage2, stage1[choice.index].point.batch_bytes));
     let input = report::ReportInput {
         sweep: &sweep,
         limits: &limits,
@@ -332,7 +335,12 @@ fn measure_limits(
     bar: &ProgressBar,
     seconds: f64,
 ) -> Result<Limits, TuneError> {
-    let mut step = |message: &str| bar.set_message(message.to_owned());
+    let mut step = |message: &str| {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("{message}");
+        }
+        bar.set_message(message.to_owned());
+    };
     let mut limits = Limits::measure(
         &sweep.data_dir,
         sweep.load.partitions,
@@ -381,12 +389,28 @@ fn run_points(points: &[Point], sweep: &Sweep, limits: &Limits, bar: &ProgressBa
                 Some(error) => Err(error),
                 None => Ok(median_run(runs)),
             };
+            if !std::io::stderr().is_terminal() {
+                // No bar is drawn off a terminal: a line per point, for logs.
+                log_point(bar, point, &result);
+            }
             Outcome {
                 point: *point,
                 result,
             }
         })
         .collect()
+}
+
+fn log_point(bar: &ProgressBar, point: &Point, result: &Result<Measurement, String>) {
+    let position = bar.position();
+    let total = bar.length().unwrap_or(position);
+    match result {
+        Ok(measured) => eprintln!(
+            "[{position}/{total}] {point}: {:.0} records/s, p99 {:.2} ms",
+            measured.records_per_s, measured.p99_ms
+        ),
+        Err(error) => eprintln!("[{position}/{total}] {point}: failed: {error}"),
+    }
 }
 
 /// The run with the median records/s (the upper one of an even count).
@@ -409,24 +433,29 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Stage 2's pick: among the points that kept up with the offered rate, the lowest bound
-/// on a record's p99 (the request's p99 plus the linger it may wait).
-fn choose_client(stage2: &[Outcome]) -> Option<usize> {
-    stage2
+/// on a record's p99 (the request's p99 plus the linger it may wait), at stage 1's batch
+/// size `batch_bytes` if any point there kept up. `batch.size` is a cap: at full load
+/// batches fill to it, so stage 1 chooses it; below full load the linger decides.
+fn choose_client(stage2: &[Outcome], batch_bytes: u64) -> Option<usize> {
+    let kept_up: Vec<(usize, &Outcome, f64)> = stage2
         .iter()
         .enumerate()
         .filter_map(|(index, outcome)| {
             let measured = outcome.result.as_ref().ok()?;
             let offered = outcome.point.rate?;
             let kept_up = measured.records_per_s >= offered * STAGE2_KEPT_UP_FRACTION;
-            kept_up.then(|| {
-                (
-                    index,
-                    measured.p99_ms + outcome.point.linger_ms.unwrap_or(0.0),
-                )
-            })
+            let bound_ms = measured.p99_ms + outcome.point.linger_ms.unwrap_or(0.0);
+            kept_up.then_some((index, outcome, bound_ms))
         })
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(index, _)| index)
+        .collect();
+    let same_batch = kept_up
+        .iter()
+        .any(|(_, outcome, _)| outcome.point.batch_bytes == batch_bytes);
+    kept_up
+        .into_iter()
+        .filter(|(_, outcome, _)| !same_batch || outcome.point.batch_bytes == batch_bytes)
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .map(|(index, _, _)| index)
 }
 
 fn write_outputs(args: &SweepArgs, input: &report::ReportInput<'_>) -> Result<String, TuneError> {
@@ -465,6 +494,10 @@ fn write_outputs(args: &SweepArgs, input: &report::ReportInput<'_>) -> Result<St
         p99_ms: args.p99_ms,
         data_dir: &input.sweep.data_dir,
         shards: input.sweep.shards,
+        linger_ms: input
+            .client_choice
+            .and_then(|index| input.stage2.get(index))
+            .and_then(|outcome| outcome.point.linger_ms),
     };
     write("recommended.toml", &recommendation.toml())?;
     let _ = write!(
@@ -588,7 +621,13 @@ mod tests {
             outcome(1.0, 990.0, 3.0),  // 3 + 1 = 4
             outcome(5.0, 1000.0, 0.5), // 0.5 + 5 = 5.5
         ];
-        assert_eq!(choose_client(&stage2), Some(1));
-        assert_eq!(choose_client(&stage2[..1]), None);
+        let batch_bytes = stage2[0].point.batch_bytes;
+        assert_eq!(choose_client(&stage2, batch_bytes), Some(1));
+        assert_eq!(choose_client(&stage2[..1], batch_bytes), None);
+        // Stage 1's batch size first, if a point with it kept up.
+        let mut other_batch = stage2.clone();
+        other_batch[1].point.batch_bytes = batch_bytes * 4;
+        assert_eq!(choose_client(&other_batch, batch_bytes), Some(2));
+        assert_eq!(choose_client(&other_batch[..2], batch_bytes), Some(1));
     }
 }

@@ -110,6 +110,8 @@ pub struct Recommendation<'a> {
     pub p99_ms: f64,
     pub data_dir: &'a Path,
     pub shards: usize,
+    /// Stage 2's linger for the producers, if it ran.
+    pub linger_ms: Option<f64>,
 }
 
 impl Recommendation<'_> {
@@ -142,11 +144,15 @@ impl Recommendation<'_> {
                 self.p99_ms
             );
         }
+        let linger = self.linger_ms.map_or_else(
+            || "5 (the clients' usual default)".into(),
+            |ms| ms.to_string(),
+        );
         let _ = writeln!(
             text,
-            "# Producers: acks={}, batch.size={}, linger.ms as report.md says.\n",
+            "# Producers: acks={}, batch.size={}, linger.ms={linger} (report.md says why).\n",
             acks_name(point.acks),
-            point.batch_bytes
+            point.batch_bytes,
         );
         let data_dir = self.data_dir.display().to_string();
         let _ = writeln!(
@@ -178,7 +184,7 @@ impl Recommendation<'_> {
     fn flush_reason(&self) -> String {
         let measured = self.measured;
         let risk = match measured.at_risk_ms {
-            Some(0.0) => "nothing acknowledged is at risk".to_owned(),
+            Some(0.0) => "nothing acknowledged at risk".to_owned(),
             Some(ms) => format!("at most {ms:.1} ms of acknowledged writes at risk"),
             None => "acknowledged writes at risk until the OS writes them back".to_owned(),
         };
@@ -323,6 +329,7 @@ mod tests {
                 p99_ms: 10.0,
                 data_dir: dir,
                 shards: 2,
+                linger_ms: Some(1.0),
             }
             .toml();
             let file: ringlog_server::config::FileConfig = toml::from_str(&text).unwrap();

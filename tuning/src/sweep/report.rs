@@ -39,7 +39,10 @@ impl ReportInput<'_> {
              the point's mean group size where every group is synced, else the I/O mode's \
              sequential write, and never more than loopback TCP. \"At risk\" is the \
              acknowledged writes a power loss can take (0: none; ∞: until the OS writes \
-             them back).\n\n",
+             them back). A buffered point can pass its limit: one that never syncs ends \
+             with its writes in the page cache, where the probe's end with an fsync, and \
+             the write+fdatasync probes write with O_DIRECT where the file system allows \
+             it.\n\n",
         );
         table(&mut text, self.stage1, true);
         text.push_str("\n![throughput against p99](throughput-latency.svg)\n\n");
@@ -165,29 +168,24 @@ impl ReportInput<'_> {
     }
 
     fn client_settings(&self, text: &mut String, point: &Point) {
-        let linger_ms = self
-            .client_choice
-            .and_then(|index| self.stage2.get(index))
-            .and_then(|outcome| outcome.point.linger_ms);
-        let batch_bytes = self
-            .client_choice
-            .and_then(|index| self.stage2.get(index))
-            .map_or(point.batch_bytes, |outcome| outcome.point.batch_bytes);
+        let chosen = self.client_choice.and_then(|index| self.stage2.get(index));
+        let linger_ms = chosen.and_then(|outcome| outcome.point.linger_ms);
+        let batch_bytes = chosen.map_or(point.batch_bytes, |outcome| outcome.point.batch_bytes);
         let linger = linger_ms.map_or_else(|| "5".to_owned(), |ms| format!("{ms}"));
         let acks = acks_name(point.acks);
         let _ = writeln!(
             text,
             "Batching starts in the client. Producer settings that match (batch size from \
-             {}, linger from stage 2{}):\n\n\
+             {}: a cap, which batches fill to at full load; linger from stage 2{}):\n\n\
              | client | settings |\n|---|---|\n\
              | librdkafka (confluent-kafka, kcat: `-X`) | `acks={acks}` `batch.size={batch_bytes}` \
              `linger.ms={linger}` |\n\
              | kafka-python | `acks={}` `batch_size={batch_bytes}` `linger_ms={linger}` |\n\
              | Java | `acks={acks}` `batch.size={batch_bytes}` `linger.ms={linger}` |\n",
-            if self.client_choice.is_some() {
-                "stage 2"
-            } else {
+            if batch_bytes == point.batch_bytes {
                 "stage 1"
+            } else {
+                "stage 2, as no point at stage 1's size kept up"
             },
             if linger_ms.is_some() {
                 ""
@@ -217,7 +215,8 @@ impl ReportInput<'_> {
             let _ = writeln!(
                 text,
                 "\nChosen for the clients: batch {} with linger {} ms (the lowest record p99 \
-                 bound among the points that sent at least 95 % of the offered rate).",
+                 bound among the points that sent at least 95 % of the offered rate, at stage \
+                 1's batch size if one of those kept up).",
                 size_label(outcome.point.batch_bytes),
                 outcome.point.linger_ms.unwrap_or(0.0)
             );
@@ -283,10 +282,11 @@ fn table(text: &mut String, outcomes: &[Outcome], stage1: bool) {
             continue;
         };
         if stage1 {
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 text,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} / \
-                 {:.1} | {} | {:.0} | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} | \
+                 {:.0} | {:.2} | {} |",
                 point.flush,
                 io_mode_name(point.io_mode),
                 size_label(point.batch_bytes),
@@ -297,8 +297,11 @@ fn table(text: &mut String, outcomes: &[Outcome], stage1: bool) {
                 m.p99_ms,
                 m.p999_ms,
                 m.fdatasyncs_per_s,
-                m.fdatasync_mean_ms,
-                m.fdatasync_p99_bound_ms,
+                if m.fdatasyncs_per_s > 0.0 {
+                    format!("{:.2} / {:.1}", m.fdatasync_mean_ms, m.fdatasync_p99_bound_ms)
+                } else {
+                    "–".into()
+                },
                 size_label_rounded(m.group_bytes),
                 m.limit_mb_per_s,
                 m.ratio_to_limit,
