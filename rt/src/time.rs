@@ -4,7 +4,15 @@
 //! nearest one, so no kernel timer exists per sleep. A registration is a slab entry with a
 //! sequence number; the heap may hold stale deadlines of dropped sleeps, which are skipped
 //! when they surface (each costs O(log n) once). Registering, firing and dropping are all
-//! O(log n).
+//! O(log n), amortized.
+//!
+//! Stale deadlines are counted, and once they outnumber the live registrations (and a
+//! floor), the heap is rebuilt from the live ones. Without that, a loop that creates and
+//! drops a far sleep per turn (a partition's appender waiting for a command or its
+//! 5-minute retention check) would grow the heap by one entry per turn until the far
+//! deadline passed: millions of entries, hundreds of MiB, under a fast producer. With it
+//! the heap holds at most twice the live registrations plus the floor, and each rebuild,
+//! O(n), is paid for by the n/2 drops before it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -30,7 +38,13 @@ pub(crate) struct Timers {
     deadlines: BinaryHeap<Reverse<(Instant, u64, usize)>>,
     registrations: Slab<Registration>,
     sequence_next: u64,
+    /// Deadlines in the heap whose registration was dropped before it fired.
+    stale: usize,
 }
+
+/// Stale deadlines the heap may hold whatever the live count (a rebuild of a small heap
+/// is not worth it).
+const STALE_DEADLINES_FLOOR: usize = 1024;
 
 impl Timers {
     fn register(&mut self, deadline: Instant, waker: Waker) -> (usize, u64) {
@@ -52,9 +66,35 @@ impl Timers {
     }
 
     fn deregister(&mut self, key: usize, sequence: u64) {
-        if self.entry(key, sequence).is_some() {
-            self.registrations.remove(key);
+        let Some(entry) = self.entry(key, sequence) else {
+            return;
+        };
+        // A fired registration's deadline has left the heap already.
+        let in_heap = !entry.fired;
+        self.registrations.remove(key);
+        if in_heap {
+            self.stale += 1;
+            if self.stale > STALE_DEADLINES_FLOOR.max(self.registrations.len()) {
+                self.compact();
+            }
         }
+    }
+
+    /// Rebuilds the heap from the live registrations' deadlines.
+    fn compact(&mut self) {
+        let registrations = &self.registrations;
+        self.deadlines.retain(|&Reverse((_, sequence, key))| {
+            registrations
+                .get(key)
+                .is_some_and(|entry| entry.sequence == sequence && !entry.fired)
+        });
+        self.stale = 0;
+    }
+
+    /// Deadlines held, live and stale.
+    #[cfg(test)]
+    pub(crate) fn deadlines_held(&self) -> usize {
+        self.deadlines.len()
     }
 
     /// Wakes every sleep whose deadline is at or before `now`.
@@ -69,6 +109,8 @@ impl Timers {
                 if let Some(waker) = entry.waker.take() {
                     waker.wake();
                 }
+            } else {
+                self.stale = self.stale.saturating_sub(1);
             }
         }
     }
@@ -80,6 +122,7 @@ impl Timers {
                 return Some(deadline.saturating_duration_since(now));
             }
             self.deadlines.pop();
+            self.stale = self.stale.saturating_sub(1);
         }
         None
     }
@@ -87,6 +130,7 @@ impl Timers {
     /// Drops every registration (and its waker), for teardown.
     pub(crate) fn clear(&mut self) {
         self.deadlines.clear();
+        self.stale = 0;
         let registrations = std::mem::take(&mut self.registrations);
         drop(registrations);
     }
@@ -225,4 +269,79 @@ pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Outp
         deadline.as_mut().poll(cx).map(|()| Err(Elapsed))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use super::{context, sleep, sleep_until, STALE_DEADLINES_FLOOR};
+
+    fn deadlines_held() -> usize {
+        context::with(|ctx| ctx.timers.borrow().deadlines_held())
+    }
+
+    /// Registers `sleep` with the timers (one poll) and drops it.
+    fn register_and_drop(sleep: super::Sleep) {
+        let mut sleep = pin!(sleep);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(sleep.as_mut().poll(&mut cx), Poll::Pending);
+    }
+
+    #[test]
+    fn sleeps_dropped_before_their_deadline_do_not_pile_up_in_the_heap() {
+        crate::block_on(async {
+            let far = Instant::now() + Duration::from_secs(300);
+            // A few live sleeps stay registered throughout, as other tasks' timers would.
+            let mut live: Vec<_> = (0..10)
+                .map(|_| Box::pin(sleep(Duration::from_secs(600))))
+                .collect();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            for sleep in &mut live {
+                assert_eq!(sleep.as_mut().poll(&mut cx), Poll::Pending);
+            }
+            // An appender's loop: a far sleep created and dropped per turn, 200,000 turns.
+            for _ in 0..200_000 {
+                register_and_drop(sleep_until(far));
+            }
+            let held = deadlines_held();
+            assert!(
+                held <= 2 * live.len() + STALE_DEADLINES_FLOOR + 1,
+                "{held} deadlines held for {} live sleeps",
+                live.len()
+            );
+            // The live ones still fire: compaction kept their deadlines.
+            drop(live);
+            let started = Instant::now();
+            sleep(Duration::from_millis(20)).await;
+            assert!(started.elapsed() >= Duration::from_millis(20));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn compaction_keeps_every_live_deadline() {
+        crate::block_on(async {
+            // Interleave live sleeps with many dropped ones, so that compactions happen
+            // while live deadlines sit deep in the heap; each live one must still fire.
+            let mut live = Vec::new();
+            for index in 0..50u64 {
+                live.push(Box::pin(sleep(Duration::from_millis(5 + index % 7))));
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let last = live.last_mut().unwrap();
+                assert_eq!(last.as_mut().poll(&mut cx), Poll::Pending);
+                for _ in 0..100 {
+                    register_and_drop(sleep(Duration::from_secs(60)));
+                }
+            }
+            for sleep in live {
+                sleep.await;
+            }
+            assert!(deadlines_held() <= STALE_DEADLINES_FLOOR + 1);
+        })
+        .unwrap();
+    }
 }
