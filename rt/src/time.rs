@@ -182,6 +182,26 @@ impl Sleep {
     pub fn deadline(&self) -> Instant {
         self.deadline
     }
+
+    /// Moves the deadline, so that a loop can keep one sleep instead of creating one per
+    /// turn. A sleep that has completed can be reset and awaited again. Resetting to the
+    /// deadline it has changes nothing (its registration stays); another deadline drops the
+    /// registration, and the next poll registers the new one.
+    pub fn reset(mut self: Pin<&mut Self>, deadline: Instant) {
+        if self.deadline == deadline {
+            return;
+        }
+        self.deadline = deadline;
+        if let Some(registered) = self.registration.take() {
+            if context::is_current(registered.owner) {
+                context::try_with(|ctx| {
+                    ctx.timers
+                        .borrow_mut()
+                        .deregister(registered.key, registered.sequence);
+                });
+            }
+        }
+    }
 }
 
 impl Future for Sleep {
@@ -318,6 +338,34 @@ mod tests {
             let started = Instant::now();
             sleep(Duration::from_millis(20)).await;
             assert!(started.elapsed() >= Duration::from_millis(20));
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_reset_sleep_keeps_one_registration_and_fires_at_its_new_deadline() {
+        crate::block_on(async {
+            let far = Instant::now() + Duration::from_secs(300);
+            let mut sleep = pin!(sleep_until(far));
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let held_before = deadlines_held();
+            for _ in 0..10_000 {
+                // The same deadline each turn: no new registration.
+                sleep.as_mut().reset(far);
+                assert_eq!(sleep.as_mut().poll(&mut cx), Poll::Pending);
+            }
+            assert_eq!(deadlines_held(), held_before + 1);
+            let soon = Instant::now() + Duration::from_millis(20);
+            sleep.as_mut().reset(soon);
+            assert_eq!(sleep.deadline(), soon);
+            sleep.as_mut().await;
+            assert!(Instant::now() >= soon);
+            // Completed, then reset: it sleeps again.
+            let again = Instant::now() + Duration::from_millis(10);
+            sleep.as_mut().reset(again);
+            assert_eq!(sleep.as_mut().poll(&mut cx), Poll::Pending);
+            sleep.as_mut().await;
+            assert!(Instant::now() >= again);
         })
         .unwrap();
     }

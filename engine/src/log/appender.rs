@@ -118,8 +118,11 @@ pub(crate) async fn run<S: Storage>(shared: Rc<Shared<S>>, mut commands: queue::
         checkpointed_durable_end,
     };
     let mut queued = Vec::new();
+    // One sleep for the appender's life, moved when the next deadline moves: a sleep made
+    // per turn would register (and leave in the timers' heap) a deadline per turn.
+    let mut timer = pin!(rt::sleep_until(appender.next_deadline()));
     loop {
-        let mut timer = pin!(rt::sleep_until(appender.next_deadline()));
+        timer.as_mut().reset(appender.next_deadline());
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(true) = appender.durability.poll_oldest(&appender.shared, cx) {
                 return Poll::Ready(Event::SyncCompleted);
