@@ -17,8 +17,9 @@ use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
 
 use crate::limits::{
-    BUF_ALIGN_BYTES, BUF_HUGE_PAGE_THRESHOLD_BYTES, BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX,
-    BUF_SIZE_CLASS_MAX_BYTES, BUF_SIZE_CLASS_MIN_BYTES, HUGE_PAGE_BYTES,
+    BUF_ALIGN_BYTES, BUF_HUGE_PAGE_THRESHOLD_BYTES, BUF_MMAP_THRESHOLD_BYTES,
+    BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX, BUF_SIZE_CLASS_MAX_BYTES, BUF_SIZE_CLASS_MIN_BYTES,
+    HUGE_PAGE_BYTES,
 };
 
 /// A buffer the kernel may read from.
@@ -242,11 +243,16 @@ impl AlignedBuf {
             panic!("capacity overflow: an aligned buffer of {capacity} bytes")
         };
         let huge = allocated >= BUF_HUGE_PAGE_THRESHOLD_BYTES;
-        let layout = Self::layout(allocated);
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            alloc::handle_alloc_error(layout)
+        let ptr = if Self::mapped(allocated) {
+            Self::map(allocated)
+        } else {
+            let layout = Self::layout(allocated);
+            // SAFETY: the layout has a non-zero size.
+            let ptr = unsafe { alloc::alloc(layout) };
+            let Some(ptr) = NonNull::new(ptr) else {
+                alloc::handle_alloc_error(layout)
+            };
+            ptr
         };
         // Miri has no madvise; the advice changes nothing it checks.
         #[cfg(not(miri))]
@@ -279,6 +285,53 @@ impl AlignedBuf {
         isize::try_from(allocated)
             .is_ok()
             .then_some((capacity, allocated))
+    }
+
+    /// Whether a buffer of `allocated` bytes is mapped from the kernel, not malloc'd.
+    fn mapped(allocated: usize) -> bool {
+        !cfg!(miri) && allocated >= BUF_MMAP_THRESHOLD_BYTES
+    }
+
+    /// Maps `allocated` bytes aligned as [`AlignedBuf::layout`] says: mmap is page-aligned;
+    /// for huge-page buffers a huge page more is mapped and the ends cut off.
+    fn map(allocated: usize) -> NonNull<u8> {
+        let align = Self::layout(allocated).align();
+        let reserve = if align > BUF_ALIGN_BYTES {
+            allocated + align
+        } else {
+            allocated
+        };
+        // SAFETY: an anonymous private mapping at an address the kernel picks.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                reserve,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            alloc::handle_alloc_error(Self::layout(allocated))
+        }
+        let base = base as usize;
+        let start = base.next_multiple_of(align);
+        let (head, tail) = (start - base, base + reserve - (start + allocated));
+        // SAFETY: both ranges lie within the mapping just made, outside the buffer, and
+        // are page multiples (align and allocated are).
+        unsafe {
+            if head > 0 {
+                libc::munmap(base as *mut libc::c_void, head);
+            }
+            if tail > 0 {
+                libc::munmap((start + allocated) as *mut libc::c_void, tail);
+            }
+        }
+        match NonNull::new(start as *mut u8) {
+            Some(ptr) => ptr,
+            None => unreachable!("mmap returned a null mapping"),
+        }
     }
 
     fn layout(allocated: usize) -> Layout {
@@ -341,6 +394,11 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        if Self::mapped(self.allocated) {
+            // SAFETY: mapped in `with_capacity` with exactly this address and length.
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.allocated) };
+            return;
+        }
         // SAFETY: allocated in `with_capacity` with exactly this layout.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.allocated)) };
     }

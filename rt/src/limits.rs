@@ -63,6 +63,12 @@ pub const BUF_ALIGN_BYTES: usize = 4096;
 /// segment for the block layer, so an O_DIRECT write of it is one request that can merge
 /// with its neighbours, where 256 scattered 4 KiB pages exceed virtio's 254 segments.
 pub const BUF_HUGE_PAGE_THRESHOLD_BYTES: usize = 1 << 20;
+/// Buffers of at least this size are mapped from the kernel (`mmap`) rather than taken
+/// from malloc: page-aligned with no slack, and given back (`munmap`) when freed. From
+/// glibc's heaps, page-aligned buffers of mixed sizes churned through the batch cache left
+/// holes too small for the next aligned request (it needs size + alignment free): 26 %
+/// of resident memory was free heap (BENCHMARKS.md).
+pub const BUF_MMAP_THRESHOLD_BYTES: usize = 64 << 10;
 /// The x86-64 and aarch64 (4 KiB base pages) transparent huge page size.
 pub const HUGE_PAGE_BYTES: usize = 2 << 20;
 
