@@ -53,8 +53,11 @@ pub const TASKS_PER_TICK_MAX: usize = 256;
 pub const BUF_SIZE_CLASS_MIN_BYTES: usize = 4096;
 /// The largest pooled buffer; larger requests are allocated (aligned) and freed on drop.
 pub const BUF_SIZE_CLASS_MAX_BYTES: usize = 8 << 20;
-/// Bytes of idle buffers one size class keeps for reuse; the rest are freed.
-pub const BUF_POOL_RETAINED_BYTES_PER_CLASS_MAX: usize = 64 << 20;
+/// Bytes of idle buffers one shard's pool keeps for reuse, all size classes together; the
+/// rest are freed. Idle buffers are resident memory no budget charges: at 64 MiB a class
+/// (19 classes) the pools of a broker under load held some 300 MiB beside the batch
+/// cache's budget (BENCHMARKS.md), where a pool-wide bound keeps it to this per shard.
+pub const BUF_POOL_RETAINED_BYTES_MAX: usize = 64 << 20;
 /// Alignment of every pooled buffer: the page size, which satisfies O_DIRECT on the
 /// logical block sizes of common disks (512 B, 4 KiB).
 pub const BUF_ALIGN_BYTES: usize = 4096;
