@@ -2,9 +2,11 @@
 # The broker's resident memory under load: `ringlog serve` with no flags (direct I/O and the
 # batch cache at its default budget, an eighth of memory) as its own process on a fresh data
 # directory, then `ringlog-bench produce` with its defaults (4 partitions, 1 KiB records)
-# for DURATION_S seconds with acks=1, then as long with acks=all. VmRSS is sampled every
-# second; the peak (VmHWM) and the last sample of each phase are printed with the cache's
-# budget, so the excess over the budget can be read.
+# for DURATION_S seconds with acks=1, then as long with acks=all, then a consumer reading the
+# acks=1 topic from its start, then an end-to-end run (producer at 0.5 M records/s and
+# tailing consumers) for DURATION_S. VmRSS is sampled every second; the peak (VmHWM) and
+# the last sample of each phase are printed with the cache's budget, so the excess over
+# the budget can be read.
 #
 #   bench/scripts/rss.sh [RINGLOG_BINARY] [DURATION_S]
 #
@@ -36,26 +38,34 @@ budget_mib=$(sed -n 's/.*batch_cache_mib=\([0-9]*\).*/\1/p' "$WORK/server.log" |
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$server/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$server/status"; }
 
-phase() {
-    local acks=$1 topic=$2
-    "$BENCH" produce --bootstrap "127.0.0.1:$PORT" --topic "$topic" --partitions 4 \
-        --acks "$acks" --duration "$DURATION_S" >"$WORK/produce-$acks.log" 2>&1 &
-    local producer=$! last=0
-    while kill -0 "$producer" 2>/dev/null; do
+# run_phase NAME COMMAND...: runs the command while sampling the broker's VmRSS each second.
+run_phase() {
+    local name=$1 last=0
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    local client=$!
+    while kill -0 "$client" 2>/dev/null; do
         last=$(rss_kib)
         sleep 1
     done
-    if ! wait "$producer"; then
-        echo "acks=$acks: the producer failed:" >&2
-        tail -5 "$WORK/produce-$acks.log" >&2
+    if ! wait "$client"; then
+        echo "$name: the client failed:" >&2
+        tail -5 "$WORK/$name.log" >&2
         exit 1
     fi
     local rate
-    rate=$(grep -o '[0-9]* records/s' "$WORK/produce-$acks.log" | tail -1)
-    echo "acks=$acks: $rate; RSS at the end $((last / 1024)) MiB, peak so far $(($(hwm_kib) / 1024)) MiB"
+    rate=$(grep -o '[0-9]* records/s' "$WORK/$name.log" | tail -1 || true)
+    echo "$name: $rate; RSS at the end $((last / 1024)) MiB, peak so far $(($(hwm_kib) / 1024)) MiB"
 }
 
 echo "binary: $RINGLOG; batch cache budget: ${budget_mib} MiB; ${DURATION_S} s per phase"
 echo "RSS after start: $(($(rss_kib) / 1024)) MiB"
-phase 1 rss-acks1
-phase all rss-acksall
+B=(--bootstrap "127.0.0.1:$PORT")
+run_phase produce-acks1 "$BENCH" produce "${B[@]}" --topic rss-acks1 --partitions 4 \
+    --acks 1 --duration "$DURATION_S"
+run_phase produce-acksall "$BENCH" produce "${B[@]}" --topic rss-acksall --partitions 4 \
+    --acks all --duration "$DURATION_S"
+# Everything the acks=1 phase wrote, from the start: the cache's tail, then the disk.
+run_phase consume-from-start "$BENCH" consume "${B[@]}" --topic rss-acks1 --from earliest
+run_phase e2e-0.5M "$BENCH" e2e "${B[@]}" --topic rss-e2e --partitions 4 \
+    --rate 500000 --duration "$DURATION_S"
