@@ -192,12 +192,17 @@ impl Sleep {
             return;
         }
         self.deadline = deadline;
+        self.unregister();
+    }
+
+    /// Drops the registration, if any. Another runtime's timers are left alone: the
+    /// owner's are gone with it, and a stale registration there only wakes nobody.
+    fn unregister(&mut self) {
         if let Some(registered) = self.registration.take() {
             if context::is_current(registered.owner) {
                 context::try_with(|ctx| {
-                    ctx.timers
-                        .borrow_mut()
-                        .deregister(registered.key, registered.sequence);
+                    let mut timers = ctx.timers.borrow_mut();
+                    timers.deregister(registered.key, registered.sequence);
                 });
             }
         }
@@ -258,16 +263,7 @@ impl Future for Sleep {
 
 impl Drop for Sleep {
     fn drop(&mut self) {
-        // Another runtime's timers are left alone: the owner's are gone with it, and a
-        // stale registration there only wakes nobody.
-        if let Some(registered) = self.registration.take() {
-            if context::is_current(registered.owner) {
-                context::try_with(|ctx| {
-                    let mut timers = ctx.timers.borrow_mut();
-                    timers.deregister(registered.key, registered.sequence);
-                });
-            }
-        }
+        self.unregister();
     }
 }
 

@@ -474,12 +474,18 @@ fn direct_by_default() -> TopicConfig {
 
 /// The machine's memory in bytes, from `MemTotal` in /proc/meminfo (0 if it cannot be read).
 pub fn memory_bytes() -> u64 {
+    meminfo_bytes("MemTotal")
+}
+
+/// One `kB` field of /proc/meminfo (`MemTotal`, `MemAvailable`, …) in bytes; 0 if it cannot
+/// be read.
+pub fn meminfo_bytes(field: &str) -> u64 {
     let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
         return 0;
     };
     meminfo
         .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())
         .map_or(0, |kib| kib.saturating_mul(1024))
@@ -509,6 +515,9 @@ mod tests {
         assert_eq!(config.topic_defaults.io_mode(), IoMode::Direct);
         assert!(!config.io_mode_chosen);
         assert_eq!(config.batch_cache_bytes, memory_bytes() / 8);
+        let available = meminfo_bytes("MemAvailable");
+        assert!(available > 0 && available <= memory_bytes());
+        assert_eq!(meminfo_bytes("Mem"), 0, "a whole field name, not a prefix");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use ringlog_engine::storage::{probe_direct_io, refuses_direct_io};
 
-mod disk;
+pub(crate) mod disk;
 mod system;
 
 /// io_uring features ringlog's runtime uses need this kernel (see the runtime's driver).
@@ -194,21 +194,6 @@ fn free_space(data_dir: &Path) -> Item {
         }
         Err(error) => Item::warn(NAME, format!("statvfs failed: {error}"), "check the path"),
     }
-}
-
-/// Free bytes in `dir`'s file system for an unprivileged writer (`None`: not reported).
-pub fn free_bytes(dir: &Path) -> std::io::Result<Option<u64>> {
-    disk::free_bytes(dir)
-}
-
-/// `dir`'s file system type and device, as the check prints it.
-pub fn file_system_name(dir: &Path) -> String {
-    disk::file_system(dir).found
-}
-
-/// The fallocate item for `dir` (a real fallocate of a probe file, removed after).
-pub fn fallocate_item(dir: &Path) -> Item {
-    disk::fallocate(dir)
 }
 
 /// `bytes` with a binary unit: `1.5 GiB`.

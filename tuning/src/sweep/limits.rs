@@ -185,7 +185,7 @@ fn sync_write(
 /// freed memory goes back to the host, the first touch of a page is slow, and the broker's
 /// cache would pay it inside the first points. Returns the bytes touched.
 pub fn warm_memory(wanted: u64) -> u64 {
-    let available = available_memory_bytes();
+    let available = ringlog_server::config::meminfo_bytes("MemAvailable");
     let bytes = wanted.min(available.saturating_sub(WARM_RESERVE_BYTES));
     let page = 4096;
     let pages = bytes / page;
@@ -198,20 +198,6 @@ pub fn warm_memory(wanted: u64) -> u64 {
     }
     std::hint::black_box(&memory);
     pages * page
-}
-
-/// `MemAvailable` from /proc/meminfo (0 if it cannot be read).
-fn available_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|meminfo| {
-            meminfo
-                .lines()
-                .find_map(|line| line.strip_prefix("MemAvailable:"))
-                .and_then(|rest| rest.trim().strip_suffix("kB"))
-                .and_then(|kib| kib.trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib.saturating_mul(1024))
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ pub fn run(args: &SweepArgs) -> Result<String, TuneError> {
     let started = Instant::now();
     check_out_dir(&args.out)?;
     let data_dir = prepare_data_dir(&args.data_dir)?;
-    let free = check::free_bytes(&data_dir).map_err(|source| TuneError::DataDir {
+    let free = check::disk::free_bytes(&data_dir).map_err(|source| TuneError::DataDir {
         dir: data_dir.clone(),
         source,
     })?;
@@ -214,7 +214,7 @@ pub fn run(args: &SweepArgs) -> Result<String, TuneError> {
         });
     }
     let sweep = Sweep {
-        file_system: check::file_system_name(&data_dir),
+        file_system: check::disk::file_system(&data_dir).found,
         load: Load {
             record_bytes: args.record_size,
             partitions: args.partitions,
@@ -236,7 +236,7 @@ pub fn run(args: &SweepArgs) -> Result<String, TuneError> {
             before - stage1_points.len()
         ));
     }
-    let fallocate = check::fallocate_item(&sweep.data_dir);
+    let fallocate = check::disk::fallocate(&sweep.data_dir);
     let fallocate_ok = fallocate.status == Status::Ok;
     if !fallocate_ok {
         notes.push(format!(

@@ -302,7 +302,7 @@ fn table(text: &mut String, outcomes: &[Outcome], stage1: bool) {
                 } else {
                     "–".into()
                 },
-                size_label_rounded(m.group_bytes),
+                crate::check::human_bytes(m.group_bytes as u64),
                 m.limit_mb_per_s,
                 m.ratio_to_limit,
                 at_risk(m),
@@ -318,18 +318,9 @@ fn table(text: &mut String, outcomes: &[Outcome], stage1: bool) {
                 m.p50_ms,
                 m.p99_ms,
                 m.p99_ms + linger_ms,
-                size_label_rounded(m.group_bytes),
+                crate::check::human_bytes(m.group_bytes as u64),
                 m.ratio_to_limit,
             );
         }
-    }
-}
-
-/// A measured mean size: `212 KiB`, `1.3 MiB`.
-fn size_label_rounded(bytes: f64) -> String {
-    if bytes >= f64::from(1u32 << 20) {
-        format!("{:.1} MiB", bytes / f64::from(1u32 << 20))
-    } else {
-        format!("{:.0} KiB", bytes / 1024.0)
     }
 }
