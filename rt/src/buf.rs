@@ -8,7 +8,9 @@
 //! [`BufPool`] keeps freed buffers by power-of-two size class, every one aligned to
 //! [`BUF_ALIGN_BYTES`] so any of them can serve an O_DIRECT transfer. Getting a buffer of a
 //! class that has a free one allocates nothing; the pool keeps at most
-//! [`BUF_POOL_RETAINED_BYTES_MAX`] bytes idle, all classes together, and frees the rest.
+//! [`BUF_POOL_RETAINED_BYTES_MAX`] bytes idle, all classes together. A buffer freed into a
+//! full pool displaces idle ones of the class holding the most, so what stays idle follows
+//! the sizes in use now.
 //! The pool is per shard (`!Send`).
 
 use std::alloc::{self, Layout};
@@ -472,6 +474,9 @@ const CLASS_CAPACITIES: [usize; 19] = [
     8 << 20,
 ];
 const SIZE_CLASSES: usize = CLASS_CAPACITIES.len();
+/// Classes above the one asked for that [`BufPool::get_for_write`] takes an idle buffer
+/// from when its own has none.
+const BUF_POOL_LARGER_CLASSES_SERVED: usize = 2;
 const _: () = assert!(CLASS_CAPACITIES[0] == BUF_SIZE_CLASS_MIN_BYTES);
 const _: () = assert!(CLASS_CAPACITIES[SIZE_CLASSES - 1] == BUF_SIZE_CLASS_MAX_BYTES);
 const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES % BUF_ALIGN_BYTES == 0);
@@ -518,8 +523,21 @@ impl BufPool {
         }
     }
 
-    /// A buffer with at least `capacity` bytes and length 0.
+    /// A buffer with at least `capacity` bytes and length 0, of the smallest class that
+    /// holds them (a read that fills the buffer reads that class's capacity).
     pub fn get(&self, capacity: usize) -> PooledBuf {
+        self.get_from(capacity, 0)
+    }
+
+    /// Like [`get`](Self::get), but an idle buffer up to [`BUF_POOL_LARGER_CLASSES_SERVED`]
+    /// classes larger serves when the class asked for has none: for data written by its
+    /// length, where the unused tail (at most 1.5 × 1.5 − 1 of the size asked) costs far
+    /// less than mapping a new buffer and unmapping an idle one.
+    pub fn get_for_write(&self, capacity: usize) -> PooledBuf {
+        self.get_from(capacity, BUF_POOL_LARGER_CLASSES_SERVED)
+    }
+
+    fn get_from(&self, capacity: usize, larger_classes: usize) -> PooledBuf {
         let Some(class) = size_class(capacity) else {
             self.inner.stats.borrow_mut().allocated += 1;
             return PooledBuf {
@@ -527,7 +545,11 @@ impl BufPool {
                 pool: Weak::new(),
             };
         };
-        let reused = self.inner.free.borrow_mut()[class].pop();
+        let reused = {
+            let mut free = self.inner.free.borrow_mut();
+            let last = (class + larger_classes).min(SIZE_CLASSES - 1);
+            (class..=last).find_map(|larger| free[larger].pop())
+        };
         let buf = if let Some(mut buf) = reused {
             let mut stats = self.inner.stats.borrow_mut();
             stats.reused += 1;
@@ -569,12 +591,26 @@ impl PoolInner {
         if class_capacity(class) != buf.capacity() {
             return;
         }
+        let capacity = buf.capacity() as u64;
         let mut stats = self.stats.borrow_mut();
-        let idle_bytes = stats.idle_bytes + buf.capacity() as u64;
-        if idle_bytes <= BUF_POOL_RETAINED_BYTES_MAX as u64 {
-            stats.idle_bytes = idle_bytes;
-            self.free.borrow_mut()[class].push(buf);
+        let mut free = self.free.borrow_mut();
+        // The idle buffers follow what is freed now: one coming back to a full pool
+        // displaces idle buffers of the class holding the most idle bytes. Refusing it
+        // instead would leave the pool full of a class nobody asks for any more while
+        // every buffer of the class in use is mapped anew (46 % of a produce run's
+        // buffers were, before).
+        while stats.idle_bytes + capacity > BUF_POOL_RETAINED_BYTES_MAX as u64 {
+            let fullest = (0..SIZE_CLASSES)
+                .filter(|&other| other != class && !free[other].is_empty())
+                .max_by_key(|&other| free[other].len() * class_capacity(other));
+            let Some(displaced) = fullest.and_then(|other| free[other].pop()) else {
+                // Only its own class is idle: the pool already has plenty of these.
+                return;
+            };
+            stats.idle_bytes -= displaced.capacity() as u64;
         }
+        stats.idle_bytes += capacity;
+        free[class].push(buf);
     }
 }
 
@@ -716,9 +752,43 @@ mod tests {
             .map(AlignedBuf::capacity)
             .sum();
         assert_eq!(kept as u64, idle, "the count matches the free lists");
-        // Taking one back out lowers the count by its capacity.
-        let again = pool.get(64 << 10);
+        // Taking one back out lowers the count by its capacity (the class freed last is
+        // the one idle now).
+        let again = pool.get(8 << 20);
         assert_eq!(pool.stats().idle_bytes, idle - again.capacity() as u64);
+    }
+
+    #[test]
+    // Hundreds of MiB, zeroed byte by byte in the interpreter; the mapped path is not
+    // compiled under Miri anyway.
+    #[cfg_attr(miri, ignore)]
+    fn a_buffer_freed_into_a_full_pool_displaces_the_class_holding_the_most() {
+        let pool = BufPool::new();
+        let old_size = 1 << 20;
+        let new_size = 192 << 10;
+        let old: Vec<PooledBuf> = (0..BUF_POOL_RETAINED_BYTES_MAX / old_size)
+            .map(|_| pool.get(old_size))
+            .collect();
+        drop(old);
+        assert_eq!(pool.stats().idle_bytes, BUF_POOL_RETAINED_BYTES_MAX as u64);
+        // The sizes in use change: the new class's buffers are kept as they come back...
+        let new: Vec<PooledBuf> = (0..8).map(|_| pool.get(new_size)).collect();
+        let allocated = pool.stats().allocated;
+        drop(new);
+        let idle = pool.stats().idle_bytes;
+        assert!(idle <= BUF_POOL_RETAINED_BYTES_MAX as u64, "{idle} idle");
+        // ...and handed out again without allocating.
+        let again: Vec<PooledBuf> = (0..8).map(|_| pool.get(new_size)).collect();
+        assert_eq!(pool.stats().allocated, allocated, "all 8 reused");
+        drop(again);
+        // A class alone in a full pool is not displaced by its own kind.
+        let idle_before = pool.stats().idle_bytes;
+        let spare: Vec<PooledBuf> = (0..=BUF_POOL_RETAINED_BYTES_MAX / old_size)
+            .map(|_| pool.get(old_size))
+            .collect();
+        drop(spare);
+        assert!(pool.stats().idle_bytes <= BUF_POOL_RETAINED_BYTES_MAX as u64);
+        assert!(pool.stats().idle_bytes >= idle_before);
     }
 
     #[test]
@@ -745,6 +815,38 @@ mod tests {
             full.fill(0xA5);
             assert!(full.iter().all(|&byte| byte == 0xA5));
         }
+    }
+
+    #[test]
+    fn a_write_buffer_may_come_from_a_larger_idle_class_a_read_buffer_not() {
+        let pool = BufPool::new();
+        let idle = pool.get(128 << 10);
+        let idle_address = idle.stable_ptr();
+        drop(idle);
+        // Filled to its capacity, a read buffer must be of the class asked for.
+        let read = pool.get(96 << 10);
+        assert_eq!(read.capacity(), 96 << 10);
+        drop(read);
+        // The 96 KiB one just freed is taken first...
+        let write = pool.get_for_write(96 << 10);
+        assert_eq!(write.capacity(), 96 << 10);
+        // ...then the 128 KiB one, one class up, rather than a new buffer.
+        let allocated = pool.stats().allocated;
+        let larger = pool.get_for_write(96 << 10);
+        assert_eq!(larger.stable_ptr(), idle_address);
+        assert_eq!(pool.stats().allocated, allocated);
+        // Three classes up is too far: a new buffer of the class asked for.
+        drop(larger);
+        drop(write);
+        let far = pool.get(256 << 10);
+        drop(far);
+        let mut held = vec![pool.get_for_write(96 << 10), pool.get_for_write(96 << 10)];
+        held.push(pool.get_for_write(64 << 10));
+        assert_eq!(
+            held[2].capacity(),
+            64 << 10,
+            "256 KiB is three classes above 64"
+        );
     }
 
     #[test]

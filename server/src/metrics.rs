@@ -178,10 +178,21 @@ pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
         committed.extend(found.unwrap_or_default());
     }
     committed.sort();
+    let mut shards = Vec::new();
+    for shard in engine.shard_handles() {
+        let found = shard
+            .spawn(|| async { (rt::driver_stats(), rt::buf_pool().stats()) })
+            .await;
+        // A shard that stopped meanwhile has nothing to report.
+        if let Ok(stats) = found {
+            shards.push((shard.id(), stats));
+        }
+    }
     let mut out = Exposition::default();
     render_requests(&mut out);
     render_connections(&mut out);
     render_engine(&mut out);
+    render_shards(&mut out, &shards);
     render_partitions(&mut out, &offsets);
     render_groups(&mut out, &committed, &offsets);
     let in_flight = lifecycle.requests_in_flight.load(Ordering::Relaxed);
@@ -354,11 +365,76 @@ fn render_engine(out: &mut Exposition) {
         1.0,
     );
     out.histogram(
+        "ringlog_group_commit_write_seconds",
+        "Time a group commit's write took, from stamping (preallocation and the copy into \
+         an aligned buffer included) to the write's completion.",
+        &log_metrics::GROUP_COMMIT_WRITE_NS.snapshot(),
+        1e9,
+    );
+    out.histogram(
         "ringlog_fdatasync_latency_seconds",
         "Latency of group-commit and periodic-flush fdatasyncs.",
         &log_metrics::FDATASYNC_LATENCY_NS.snapshot(),
         1e9,
     );
+}
+
+/// The shards' rings and buffer pools: entries per `io_uring_enter` show how many
+/// operations (of all partitions and connections of the shard) share one submission.
+fn render_shards(out: &mut Exposition, shards: &[(usize, (rt::DriverStats, rt::PoolStats))]) {
+    type Read = fn(&(rt::DriverStats, rt::PoolStats)) -> u64;
+    let families: [(&str, &str, &str, Read); 7] = [
+        (
+            "ringlog_io_uring_enter_calls_total",
+            "io_uring_enter system calls the shard made, to submit or to wait.",
+            "counter",
+            |(driver, _)| driver.enter_calls,
+        ),
+        (
+            "ringlog_io_uring_submit_calls_total",
+            "io_uring_enter system calls that submitted entries (each submits everything \
+             the shard's tasks queued since the last).",
+            "counter",
+            |(driver, _)| driver.submit_calls,
+        ),
+        (
+            "ringlog_io_uring_entries_submitted_total",
+            "Submission queue entries the shard pushed (writes, fdatasyncs, reads, sends, \
+             timers).",
+            "counter",
+            |(driver, _)| driver.entries_submitted,
+        ),
+        (
+            "ringlog_io_uring_completions_total",
+            "Completion queue entries the shard reaped.",
+            "counter",
+            |(driver, _)| driver.completions_reaped,
+        ),
+        (
+            "ringlog_buffer_pool_reused_total",
+            "Aligned buffers the shard's pool handed out from its idle buffers.",
+            "counter",
+            |(_, pool)| pool.reused,
+        ),
+        (
+            "ringlog_buffer_pool_allocated_total",
+            "Aligned buffers the shard's pool allocated (none idle of the size asked).",
+            "counter",
+            |(_, pool)| pool.allocated,
+        ),
+        (
+            "ringlog_buffer_pool_idle_bytes",
+            "Bytes of aligned buffers the shard's pool keeps idle for reuse.",
+            "gauge",
+            |(_, pool)| pool.idle_bytes,
+        ),
+    ];
+    for (name, help, kind, read) in families {
+        out.family(name, help, kind);
+        for (index, stats) in shards {
+            out.sample(name, &[("shard", &index.to_string())], read(stats));
+        }
+    }
 }
 
 fn render_partitions(out: &mut Exposition, partitions: &[PartitionOffsets]) {

@@ -323,6 +323,7 @@ impl<S: Storage> Appender<S> {
             "stamped offsets differ from those admitted"
         );
         let position = active_size(&shared);
+        let started = Instant::now();
         match group::write_at_tail(&shared, stamped.buffers, position, must_sync).await {
             Ok(written) => {
                 let sync = written.sync;
@@ -333,7 +334,12 @@ impl<S: Storage> Appender<S> {
                     group_bytes,
                     written.staged,
                 );
-                super::metrics::on_group_commit(group_bytes, acks.len(), records);
+                super::metrics::on_group_commit(
+                    group_bytes,
+                    acks.len(),
+                    records,
+                    started.elapsed(),
+                );
                 self.durability.written_total += group_bytes;
                 self.answer(stamped.replies, &acks, sync, position + group_bytes);
                 Ok(())

@@ -270,7 +270,7 @@ async fn write_direct<S: Storage>(
     let tail_len = (position - aligned_start) as usize;
     let group_bytes: usize = buffers.iter().map(Bytes::len).sum();
     let padded = (tail_len + group_bytes).next_multiple_of(BUF_ALIGN_BYTES);
-    let mut staging = rt::buf_pool().get(padded);
+    let mut staging = rt::buf_pool().get_for_write(padded);
     {
         let state = shared.state.borrow();
         let tail = state
