@@ -16,6 +16,8 @@
 #   acksall    produce acks=all for DURATION s on a fresh broker.
 #   e2e1/e2eall  a producer at half this round's acks1 / acksall rate with a consumer
 #              following the tail: end-to-end latency (produce time stamp to arrival).
+#   p1/p1000   produce acks=1 and acks=all for DURATION s to 1 partition and to 1,000
+#              partitions, each on a fresh broker: the ratio of the two.
 #
 # Memory (see lib.sh): warm by default, WARM_BYTES (default 4 GiB: the broker's default
 # cache budget on a 24 GiB machine and the clients) faulted in and freed after every cache
@@ -108,5 +110,17 @@ for i in $(seq "$RUNS"); do
     done
     stop_server "acksall-e2e-$i"
     rm -rf "$data"
+
+    for acks in 1 all; do
+        for partitions in 1 1000; do
+            settle
+            start_server "$data"
+            "$BENCH" produce --bootstrap "$ADDRESS" --topic "p$partitions" \
+                --partitions "$partitions" --duration "$DURATION" --acks "$acks" \
+                --json "$OUT/p$partitions-acks$acks-$i.json" >&2
+            stop_server "p$partitions-acks$acks-$i"
+            rm -rf "$data"
+        done
+    done
 done
 { memory_note; python3 bench/scripts/summarize-defaults.py "$OUT"; } | tee "$OUT/summary.md"

@@ -76,6 +76,20 @@ def main():
         fmt = lambda v: f"{v:.2f}"  # noqa: E731
         print(f"| acks={acks} | {spread(records, rate)} | {spread(p50, fmt)} "
               f"| {spread(p99, fmt)} | p99 ≤ 5 ms |")
+    print("\n| produce, 1 vs 1,000 partitions | 1 partition | 1,000 partitions | ratio | target |")
+    print("|---|---|---|---|---|")
+    for acks in ["1", "all"]:
+        medians = []
+        cells = []
+        for partitions in ["1", "1000"]:
+            results = [doc["results"] for doc in runs(out, f"p{partitions}-acks{acks}")]
+            records = [r["records_per_sec"] for r in results]
+            cells.append(spread(records, rate))
+            medians.append(statistics.median(records) if records else None)
+        ratio = "–"
+        if all(medians):
+            ratio = f"{medians[1] / medians[0]:.2f}"
+        print(f"| acks={acks} | {cells[0]} | {cells[1]} | {ratio} | ≥ 0.7 |")
     rss = []
     for path in sorted(glob.glob(os.path.join(out, "rss-*.kib"))):
         with open(path) as file:
