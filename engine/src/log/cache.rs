@@ -8,10 +8,19 @@
 //!
 //! Layout: one [`BatchCache`] per shard (thread-local, see [`for_this_thread`]), shared by
 //! the shard's logs. A log's entries are runs of whole, consecutive batches, keyed by their
-//! first offset in a map per log; a run knows where each of its batches starts. One LRU
-//! order over all entries of the shard (ticks in a `BTreeMap`) decides what goes when the
-//! charged bytes pass the budget. A run is charged its whole buffer's allocation, since that
-//! is the memory it holds.
+//! first offset in a map per log; a run knows where each of its batches starts. A run is
+//! charged its whole buffer's allocation, since that is the memory it holds.
+//!
+//! Eviction resists scans. Runs read from the disk (a consumer catching up, its misses and
+//! read-ahead) go on probation; written groups are protected. When the charged bytes pass
+//! the budget, the least recently used run on probation goes first while the runs on
+//! probation hold more than a quarter of the budget, the least recently used protected one
+//! otherwise; a run is never evicted by its own insert. A run on probation is protected
+//! once a fetch reads again from an offset of it already served: a second reader, not the
+//! scan that brought it in, whose fetches move forward. So consumers replaying old data
+//! hold at most about a quarter of the cache (room enough for their read-ahead however
+//! full of written groups it is), and tailing consumers keep finding the recent batches.
+//! Both orders are ticks in a `BTreeMap`.
 //!
 //! Invariants: runs of one log never overlap (an insert keeps only batches no entry holds);
 //! every run starts and ends at batch boundaries; `used_bytes` is the sum of the entries'
@@ -86,6 +95,9 @@ struct Entry {
     offset_next: i64,
     charge_bytes: u64,
     tick: u64,
+    /// On probation (read from the disk): the offset after the furthest batch of it a
+    /// fetch was served. `None` once protected (written, or read again).
+    probation: Option<i64>,
 }
 
 impl Entry {
@@ -137,9 +149,19 @@ struct Inner {
     tick_next: u64,
     log_key_next: u64,
     logs: HashMap<u64, LogEntries>,
-    /// Entries from least to most recently used: tick → (log, first offset).
+    /// Protected entries from least to most recently used: tick → (log, first offset).
     lru: BTreeMap<u64, (u64, i64)>,
+    /// Entries on probation, the same way.
+    probation: BTreeMap<u64, (u64, i64)>,
+    /// The charges of the entries on probation.
+    probation_bytes: u64,
 }
+
+/// Runs on probation are evicted first only while they hold more than this share of the
+/// budget (1 / `PROBATION_SHARE_DIVISOR`); below it, protected runs go first. A consumer
+/// catching up so keeps room for its read-ahead however full of written groups the cache
+/// is, and scans hold at most about this share.
+const PROBATION_SHARE_DIVISOR: u64 = 4;
 
 impl Drop for BatchCache {
     fn drop(&mut self) {
@@ -159,6 +181,8 @@ impl BatchCache {
                 log_key_next: 0,
                 logs: HashMap::new(),
                 lru: BTreeMap::new(),
+                probation: BTreeMap::new(),
+                probation_bytes: 0,
             }),
         }
     }
@@ -174,7 +198,7 @@ impl BatchCache {
         CacheStats {
             budget_bytes: inner.budget_bytes,
             used_bytes: inner.used_bytes,
-            entries: inner.lru.len(),
+            entries: inner.lru.len() + inner.probation.len(),
         }
     }
 
@@ -196,12 +220,22 @@ impl BatchCache {
             .map_or(0, |entries| entries.generation)
     }
 
-    /// Keeps the batches of `run` that no entry holds yet (the first run of them), unless
-    /// the log was truncated since `generation` or the run alone exceeds the budget; then
-    /// evicts least recently used entries until the budget holds. False when it kept
-    /// nothing because of the truncation or the budget (so reading more cannot fill the
-    /// cache); true when it kept the batches or they were all cached already.
+    /// Keeps the batches of a written group (protected), as [`BatchCache::insert_read`]
+    /// does those read from the disk.
     pub(crate) fn insert(&self, log: u64, generation: u64, run: Run) -> bool {
+        self.insert_as(log, generation, run, false)
+    }
+
+    /// Keeps the batches of `run` that no entry holds yet (the first run of them), on
+    /// probation, unless the log was truncated since `generation` or the run alone exceeds
+    /// the budget; then evicts entries until the budget holds (see the module doc). False
+    /// when it kept nothing because of the truncation or the budget (so reading more cannot
+    /// fill the cache); true when it kept the batches or they were all cached already.
+    pub(crate) fn insert_read(&self, log: u64, generation: u64, run: Run) -> bool {
+        self.insert_as(log, generation, run, true)
+    }
+
+    fn insert_as(&self, log: u64, generation: u64, run: Run, read: bool) -> bool {
         let mut inner = self.inner.borrow_mut();
         let charge_bytes = run.buf.allocated_bytes() as u64;
         let current = inner.logs.get(&log).map(|entries| entries.generation);
@@ -241,14 +275,23 @@ impl BatchCache {
             offset_next,
             charge_bytes,
             tick,
+            probation: read.then_some(first),
         };
-        inner.lru.insert(tick, (log, first));
         inner.used_bytes += charge_bytes;
         CACHE_USED_BYTES.fetch_add(charge_bytes, Ordering::Relaxed);
+        if read {
+            inner.probation_bytes += charge_bytes;
+        }
         if let Some(entries) = inner.logs.get_mut(&log) {
             entries.entries.insert(first, entry);
         }
+        // The new run is in neither order yet, so the eviction it causes never takes it.
         let evicted = inner.evict_to_budget();
+        if read {
+            inner.probation.insert(tick, (log, first));
+        } else {
+            inner.lru.insert(tick, (log, first));
+        }
         drop(inner);
         for buf in evicted {
             recycle(buf);
@@ -277,7 +320,7 @@ impl BatchCache {
             if next >= entry.offset_next || (next != offset && *first != next) {
                 break;
             }
-            touched.push(*first);
+            let served_from = next;
             let from = entry.batch_holding(next);
             let start = entry.batches[from].1;
             let mut end = start;
@@ -297,13 +340,16 @@ impl BatchCache {
                 total += (end - start) as u64;
                 pieces.push(entry.bytes.slice(start..end));
             }
+            if !stopped {
+                next = entry.offset_next;
+            }
+            touched.push((*first, served_from, next));
             if stopped {
                 break;
             }
-            next = entry.offset_next;
         }
-        for first in touched {
-            inner.touch(log, first);
+        for (first, served_from, served_next) in touched {
+            inner.touch(log, first, served_from, served_next);
         }
         (!pieces.is_empty()).then_some((pieces, next))
     }
@@ -433,8 +479,9 @@ impl Inner {
         })
     }
 
-    /// Marks an entry as just used.
-    fn touch(&mut self, log: u64, first: i64) {
+    /// Marks an entry as just used by a fetch served from `served_from` up to
+    /// `served_next`; one on probation that served an offset before is protected.
+    fn touch(&mut self, log: u64, first: i64, served_from: i64, served_next: i64) {
         let tick = self.tick();
         let Some(entry) = self
             .logs
@@ -444,8 +491,28 @@ impl Inner {
             return;
         };
         let old = std::mem::replace(&mut entry.tick, tick);
-        self.lru.remove(&old);
-        self.lru.insert(tick, (log, first));
+        let was_on_probation = entry.probation.is_some();
+        if let Some(furthest) = entry.probation {
+            entry.probation = if served_from < furthest {
+                None
+            } else {
+                Some(furthest.max(served_next))
+            };
+        }
+        let protected = entry.probation.is_none();
+        if was_on_probation && protected {
+            self.probation_bytes -= entry.charge_bytes;
+        }
+        if was_on_probation {
+            self.probation.remove(&old);
+        } else {
+            self.lru.remove(&old);
+        }
+        if protected {
+            self.lru.insert(tick, (log, first));
+        } else {
+            self.probation.insert(tick, (log, first));
+        }
     }
 
     /// Removes the entries of `log` starting at `firsts`; returns their buffers.
@@ -459,7 +526,12 @@ impl Inner {
             else {
                 continue;
             };
-            self.lru.remove(&entry.tick);
+            if entry.probation.is_some() {
+                self.probation.remove(&entry.tick);
+                self.probation_bytes -= entry.charge_bytes;
+            } else {
+                self.lru.remove(&entry.tick);
+            }
             self.used_bytes -= entry.charge_bytes;
             CACHE_USED_BYTES.fetch_sub(entry.charge_bytes, Ordering::Relaxed);
             freed.push(release(entry));
@@ -467,11 +539,24 @@ impl Inner {
         freed
     }
 
-    /// Evicts least recently used entries until the charges fit the budget.
+    /// Evicts entries until the charges fit the budget: the least recently used on
+    /// probation while they hold more than their share, else the least recently used
+    /// protected one (see the module doc).
     fn evict_to_budget(&mut self) -> Vec<Arc<AlignedBuf>> {
         let mut freed = Vec::new();
         while self.used_bytes > self.budget_bytes {
-            let Some((_, (log, first))) = self.lru.first_key_value().map(|(t, v)| (*t, *v)) else {
+            let probation_first =
+                self.probation_bytes > self.budget_bytes / PROBATION_SHARE_DIVISOR;
+            let oldest = if probation_first {
+                self.probation
+                    .first_key_value()
+                    .or_else(|| self.lru.first_key_value())
+            } else {
+                self.lru
+                    .first_key_value()
+                    .or_else(|| self.probation.first_key_value())
+            };
+            let Some((log, first)) = oldest.map(|(_, v)| *v) else {
                 break;
             };
             let before = freed.len();

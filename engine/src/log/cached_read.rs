@@ -231,7 +231,7 @@ async fn load<S: Storage>(
                     batches,
                     offset_next,
                 };
-                let kept = shared.cache.insert(key, generation, run);
+                let kept = shared.cache.insert_read(key, generation, run);
                 if let Some(segment) = shared
                     .state
                     .borrow_mut()

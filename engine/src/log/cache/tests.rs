@@ -169,3 +169,65 @@ fn a_disabled_cache_keeps_nothing() {
     assert!(cache.get(log, 0, 1, i64::MAX).is_none());
     assert_eq!(cache.stats().used_bytes, 0);
 }
+
+#[test]
+fn a_scan_of_old_data_does_not_evict_recent_writes() {
+    let cache = BatchCache::new(8 * 4096);
+    let recent = cache.register();
+    let old = cache.register();
+    // Written groups fill half the budget.
+    for first in [0, 10, 20, 30] {
+        cache.insert(recent, 0, run(first, 2, 100, 4096));
+    }
+    // A consumer catching up on another log: 32 runs read from the disk, each read once,
+    // in order, four times what the budget holds.
+    for chunk in 0..32 {
+        let first = chunk * 10;
+        assert!(cache.insert_read(old, 0, run(first, 2, 100, 4096)));
+        let got = cache.get(old, first, 1 << 20, i64::MAX).unwrap();
+        assert_eq!(got.1, first + 2);
+    }
+    for first in [0, 10, 20, 30] {
+        assert!(
+            cache.get(recent, first, 1, i64::MAX).is_some(),
+            "the written run at {first} was evicted by the scan"
+        );
+    }
+    // The scan kept what the writes left room for: its last four runs.
+    assert_eq!(cache.stats().used_bytes, 8 * 4096);
+    assert!(cache.get(old, 270, 1, i64::MAX).is_none());
+    assert!(cache.get(old, 280, 1, i64::MAX).is_some());
+}
+
+#[test]
+fn a_run_read_again_from_an_offset_already_served_is_protected() {
+    let cache = BatchCache::new(4 * 4096);
+    let old = cache.register();
+    cache.insert_read(old, 0, run(0, 4, 100, 4096));
+    // The scan that brought it in moves forward through it...
+    assert_eq!(cache.get(old, 0, 200, i64::MAX).unwrap().1, 2);
+    assert_eq!(cache.get(old, 2, 200, i64::MAX).unwrap().1, 4);
+    // ...and later runs of the same scan pass through the cache on probation.
+    for chunk in 1..4 {
+        let first = chunk * 10;
+        cache.insert_read(old, 0, run(first, 2, 100, 4096));
+        cache.get(old, first, 1 << 20, i64::MAX).unwrap();
+    }
+    // A second reader from the start protects the first run...
+    assert_eq!(cache.get(old, 0, 1 << 20, i64::MAX).unwrap().1, 4);
+    // ...so the next runs of the scan evict the other runs on probation, not it, although
+    // it is older than they are in use.
+    for chunk in 4..12 {
+        let first = chunk * 10;
+        cache.insert_read(old, 0, run(first, 2, 100, 4096));
+        cache.get(old, first, 1 << 20, i64::MAX).unwrap();
+    }
+    assert!(
+        cache.get(old, 0, 1, i64::MAX).is_some(),
+        "the run read twice"
+    );
+    for evicted in [10, 20, 30, 40, 50, 60, 70, 80] {
+        assert!(cache.get(old, evicted, 1, i64::MAX).is_none(), "{evicted}");
+    }
+    assert_eq!(cache.stats().entries, 4);
+}
