@@ -474,9 +474,9 @@ const CLASS_CAPACITIES: [usize; 19] = [
     8 << 20,
 ];
 const SIZE_CLASSES: usize = CLASS_CAPACITIES.len();
-/// Classes above the one asked for that [`BufPool::get_for_write`] takes an idle buffer
-/// from when its own has none.
-const BUF_POOL_LARGER_CLASSES_SERVED: usize = 2;
+/// How much larger than the size asked an idle buffer [`BufPool::get_for_write`] hands out
+/// may be.
+const BUF_POOL_LARGER_SERVED_FACTOR: usize = 2;
 const _: () = assert!(CLASS_CAPACITIES[0] == BUF_SIZE_CLASS_MIN_BYTES);
 const _: () = assert!(CLASS_CAPACITIES[SIZE_CLASSES - 1] == BUF_SIZE_CLASS_MAX_BYTES);
 const _: () = assert!(BUF_SIZE_CLASS_MIN_BYTES % BUF_ALIGN_BYTES == 0);
@@ -529,15 +529,20 @@ impl BufPool {
         self.get_from(capacity, 0)
     }
 
-    /// Like [`get`](Self::get), but an idle buffer up to [`BUF_POOL_LARGER_CLASSES_SERVED`]
-    /// classes larger serves when the class asked for has none: for data written by its
-    /// length, where the unused tail (at most 1.5 × 1.5 − 1 of the size asked) costs far
-    /// less than mapping a new buffer and unmapping an idle one.
+    /// Like [`get`](Self::get), but when the class asked for has no idle buffer, an idle
+    /// one of a larger class serves if it is at most twice the size asked: for data written
+    /// by its length, where an unused tail of less than half the buffer costs less than
+    /// mapping a new buffer and unmapping an idle one.
     pub fn get_for_write(&self, capacity: usize) -> PooledBuf {
-        self.get_from(capacity, BUF_POOL_LARGER_CLASSES_SERVED)
+        self.get_from(
+            capacity,
+            capacity.saturating_mul(BUF_POOL_LARGER_SERVED_FACTOR),
+        )
     }
 
-    fn get_from(&self, capacity: usize, larger_classes: usize) -> PooledBuf {
+    /// A buffer of the class holding `capacity`, or an idle one of a larger class of at
+    /// most `capacity_max` bytes.
+    fn get_from(&self, capacity: usize, capacity_max: usize) -> PooledBuf {
         let Some(class) = size_class(capacity) else {
             self.inner.stats.borrow_mut().allocated += 1;
             return PooledBuf {
@@ -547,8 +552,9 @@ impl BufPool {
         };
         let reused = {
             let mut free = self.inner.free.borrow_mut();
-            let last = (class + larger_classes).min(SIZE_CLASSES - 1);
-            (class..=last).find_map(|larger| free[larger].pop())
+            let mut classes = (class..SIZE_CLASSES)
+                .take_while(|&larger| larger == class || class_capacity(larger) <= capacity_max);
+            classes.find_map(|larger| free[larger].pop())
         };
         let buf = if let Some(mut buf) = reused {
             let mut stats = self.inner.stats.borrow_mut();
@@ -594,6 +600,11 @@ impl PoolInner {
         let capacity = buf.capacity() as u64;
         let mut stats = self.stats.borrow_mut();
         let mut free = self.free.borrow_mut();
+        let own_class_bytes = free[class].len() as u64 * capacity;
+        if own_class_bytes + capacity > BUF_POOL_RETAINED_BYTES_MAX as u64 {
+            // Even with every other class displaced it would not fit.
+            return;
+        }
         // The idle buffers follow what is freed now: one coming back to a full pool
         // displaces idle buffers of the class holding the most idle bytes. Refusing it
         // instead would leave the pool full of a class nobody asks for any more while
@@ -835,18 +846,20 @@ mod tests {
         let larger = pool.get_for_write(96 << 10);
         assert_eq!(larger.stable_ptr(), idle_address);
         assert_eq!(pool.stats().allocated, allocated);
-        // Three classes up is too far: a new buffer of the class asked for.
+        // More than twice the size asked is too large: a new buffer of the class asked for.
         drop(larger);
         drop(write);
-        let far = pool.get(256 << 10);
-        drop(far);
-        let mut held = vec![pool.get_for_write(96 << 10), pool.get_for_write(96 << 10)];
-        held.push(pool.get_for_write(64 << 10));
+        drop(pool.get(256 << 10));
+        let held = [pool.get_for_write(96 << 10), pool.get_for_write(96 << 10)];
+        assert_eq!(held[1].capacity(), 128 << 10);
+        let small = pool.get_for_write(100 << 10);
         assert_eq!(
-            held[2].capacity(),
-            64 << 10,
-            "256 KiB is three classes above 64"
+            small.capacity(),
+            128 << 10,
+            "256 KiB is more than twice 100 KiB"
         );
+        // The 256 KiB buffer and this one were allocated.
+        assert_eq!(pool.stats().allocated, allocated + 2);
     }
 
     #[test]

@@ -554,15 +554,18 @@ impl Driver {
             return Err(errno);
         }
         // Nothing to submit, nothing to wait for: the completions are read from the shared
-        // queue without the kernel, unless it holds some back (overflow), which only an
-        // enter flushes.
-        if queued == 0 && want == 0 && !self.ring.submission().cq_overflow() {
+        // queue without the kernel, unless it holds some back: completions overflowed, or
+        // finished operations whose completion work is deferred to this thread (the ring is
+        // set up with DEFER_TASKRUN: the kernel raises TASKRUN and posts them only in an
+        // enter that asks for events, which `submit_and_wait` then does).
+        let held_back = {
+            let submission = self.ring.submission();
+            submission.cq_overflow() || submission.taskrun()
+        };
+        if queued == 0 && want == 0 && !held_back {
             return Ok(());
         }
         self.stats.enter_calls += 1;
-        if queued > 0 {
-            self.stats.submit_calls += 1;
-        }
         let result = match timeout {
             Some(timeout) if want > 0 => {
                 let timespec = types::Timespec::from(timeout);
@@ -571,6 +574,9 @@ impl Driver {
             }
             _ => self.ring.submitter().submit_and_wait(want),
         };
+        if result.is_ok() && queued > 0 {
+            self.stats.submit_calls += 1;
+        }
         result
             .map(drop)
             .map_err(|error| error.raw_os_error().unwrap_or(libc::EIO))

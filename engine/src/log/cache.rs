@@ -12,15 +12,17 @@
 //! charged its whole buffer's allocation, since that is the memory it holds.
 //!
 //! Eviction resists scans. Runs read from the disk (a consumer catching up, its misses and
-//! read-ahead) go on probation; written groups are protected. When the charged bytes pass
-//! the budget, the least recently used run on probation goes first while the runs on
-//! probation hold more than a quarter of the budget, the least recently used protected one
-//! otherwise; a run is never evicted by its own insert. A run on probation is protected
-//! once a fetch reads again from an offset of it already served: a second reader, not the
-//! scan that brought it in, whose fetches move forward. So consumers replaying old data
-//! hold at most about a quarter of the cache (room enough for their read-ahead however
-//! full of written groups it is), and tailing consumers keep finding the recent batches.
-//! Both orders are ticks in a `BTreeMap`.
+//! read-ahead) go on probation, in the order they were read; written groups are protected,
+//! in least-recently-used order. When the charged bytes pass the budget, the oldest run on
+//! probation goes first while the runs on probation hold more than their floor, the least
+//! recently used protected one otherwise; a run is never evicted by its own insert. The
+//! floor is a quarter of the budget, raised to the read-ahead windows of four partitions
+//! catching up at once (72 MiB) where the budget allows, but at most half of it. A run on
+//! probation is protected once a fetch reads again from an offset of it already served: a
+//! second reader, not the scan that brought it in, whose fetches move forward; a scan's own
+//! reads leave a run where it was, so what a scan has read goes before what it read ahead.
+//! So consumers replaying old data hold about the floor, and tailing consumers keep finding
+//! the recent batches. Both orders are ticks in a `BTreeMap`.
 //!
 //! Invariants: runs of one log never overlap (an insert keeps only batches no entry holds);
 //! every run starts and ends at batch boundaries; `used_bytes` is the sum of the entries'
@@ -42,6 +44,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::limits::{BATCH_CACHE_READAHEAD_BYTES, BATCH_CACHE_READ_CHUNK_BYTES};
 use crate::rt::{self, AlignedBuf};
 
 /// Record bytes fetches found in the cache.
@@ -157,11 +160,12 @@ struct Inner {
     probation_bytes: u64,
 }
 
-/// Runs on probation are evicted first only while they hold more than this share of the
-/// budget (1 / `PROBATION_SHARE_DIVISOR`); below it, protected runs go first. A consumer
-/// catching up so keeps room for its read-ahead however full of written groups the cache
-/// is, and scans hold at most about this share.
+/// Runs on probation are evicted first only while they hold more than their floor (see
+/// [`Inner::probation_floor`]); below it, protected runs go first.
 const PROBATION_SHARE_DIVISOR: u64 = 4;
+/// The floor is at least the read-ahead windows (the distance and the chunk being read) of
+/// this many partitions catching up at once on a shard, budget permitting.
+const PROBATION_READERS_MIN: u64 = 4;
 
 impl Drop for BatchCache {
     fn drop(&mut self) {
@@ -480,7 +484,10 @@ impl Inner {
     }
 
     /// Marks an entry as just used by a fetch served from `served_from` up to
-    /// `served_next`; one on probation that served an offset before is protected.
+    /// `served_next`. A protected entry becomes the most recently used. One on probation
+    /// that served an offset before is protected (a second reader); otherwise it keeps its
+    /// place in the probation order, which is the order runs were read in: the runs a scan
+    /// has read go before those it read ahead and has not reached yet.
     fn touch(&mut self, log: u64, first: i64, served_from: i64, served_next: i64) {
         let tick = self.tick();
         let Some(entry) = self
@@ -490,29 +497,34 @@ impl Inner {
         else {
             return;
         };
-        let old = std::mem::replace(&mut entry.tick, tick);
-        let was_on_probation = entry.probation.is_some();
-        if let Some(furthest) = entry.probation {
-            entry.probation = if served_from < furthest {
-                None
-            } else {
-                Some(furthest.max(served_next))
-            };
+        match entry.probation {
+            Some(furthest) if served_from >= furthest => {
+                entry.probation = Some(furthest.max(served_next));
+            }
+            Some(_) => {
+                entry.probation = None;
+                let old = std::mem::replace(&mut entry.tick, tick);
+                self.probation_bytes -= entry.charge_bytes;
+                self.probation.remove(&old);
+                self.lru.insert(tick, (log, first));
+            }
+            None => {
+                let old = std::mem::replace(&mut entry.tick, tick);
+                self.lru.remove(&old);
+                self.lru.insert(tick, (log, first));
+            }
         }
-        let protected = entry.probation.is_none();
-        if was_on_probation && protected {
-            self.probation_bytes -= entry.charge_bytes;
-        }
-        if was_on_probation {
-            self.probation.remove(&old);
-        } else {
-            self.lru.remove(&old);
-        }
-        if protected {
-            self.lru.insert(tick, (log, first));
-        } else {
-            self.probation.insert(tick, (log, first));
-        }
+    }
+
+    /// What runs on probation may hold before they are evicted first: a quarter of the
+    /// budget, or the read-ahead windows of `PROBATION_READERS_MIN` partitions catching up
+    /// if that is more, but at most half the budget.
+    fn probation_floor(&self) -> u64 {
+        let window = BATCH_CACHE_READAHEAD_BYTES + BATCH_CACHE_READ_CHUNK_BYTES as u64;
+        let readers = PROBATION_READERS_MIN * window;
+        (self.budget_bytes / PROBATION_SHARE_DIVISOR)
+            .max(readers)
+            .min(self.budget_bytes / 2)
     }
 
     /// Removes the entries of `log` starting at `firsts`; returns their buffers.
@@ -545,8 +557,7 @@ impl Inner {
     fn evict_to_budget(&mut self) -> Vec<Arc<AlignedBuf>> {
         let mut freed = Vec::new();
         while self.used_bytes > self.budget_bytes {
-            let probation_first =
-                self.probation_bytes > self.budget_bytes / PROBATION_SHARE_DIVISOR;
+            let probation_first = self.probation_bytes > self.probation_floor();
             let oldest = if probation_first {
                 self.probation
                     .first_key_value()

@@ -231,3 +231,34 @@ fn a_run_read_again_from_an_offset_already_served_is_protected() {
     }
     assert_eq!(cache.stats().entries, 4);
 }
+
+#[test]
+fn a_scan_keeps_what_it_read_ahead_and_drops_what_it_has_read() {
+    // Eight runs of budget: six written, and a floor of four runs for the scan.
+    let cache = BatchCache::new(8 * 4096);
+    let recent = cache.register();
+    let old = cache.register();
+    for first in [100, 110, 120, 130, 140, 150] {
+        cache.insert(recent, 0, run(first, 2, 100, 4096));
+    }
+    // The consumer reads run 0, the read-ahead brings 10 and 20, the consumer reads 10,
+    // the read-ahead brings 30, 40 and 50.
+    cache.insert_read(old, 0, run(0, 2, 100, 4096));
+    cache.get(old, 0, 1 << 20, i64::MAX).unwrap();
+    cache.insert_read(old, 0, run(10, 2, 100, 4096));
+    cache.insert_read(old, 0, run(20, 2, 100, 4096));
+    cache.get(old, 10, 1 << 20, i64::MAX).unwrap();
+    for first in [30, 40, 50] {
+        cache.insert_read(old, 0, run(first, 2, 100, 4096));
+    }
+    // What was read (0, then 10) went first; 20, read ahead and not reached yet, stays.
+    for gone in [0, 10] {
+        assert!(cache.get(old, gone, 1, i64::MAX).is_none(), "{gone} kept");
+    }
+    for kept in [20, 30, 40, 50] {
+        assert!(
+            cache.get(old, kept, 1, i64::MAX).is_some(),
+            "{kept} evicted"
+        );
+    }
+}
