@@ -315,3 +315,50 @@ fn delete_records_removing_the_segment_being_sent_leaves_the_response_intact_buf
 fn delete_records_removing_the_segment_being_sent_leaves_the_response_intact_direct() {
     delete_records_during_a_send_leaves_it_intact("direct");
 }
+
+/// A Fetch whose `min_bytes` is more than the partition holds waits out `max_wait_ms`
+/// without spinning. One small record is there: a broker that went back to reading
+/// whenever the partition had anything past the fetch offset would re-read it until the
+/// deadline, a core busy for the whole wait.
+#[test]
+fn a_fetch_short_of_min_bytes_waits_without_spinning() {
+    const MAX_WAIT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data"), "direct");
+    let mut c = Connection::connect(server.address());
+    create_topic(&mut c, "trickle", 1, &[]);
+    assert_eq!(c.produce("trickle", 0, &one("small"), 1).error_code, NONE);
+    let request =
+        fetch("trickle", &[0], MAX_WAIT.as_millis() as i32, 1 << 20).with_min_bytes(1 << 20);
+    let cpu_before = process_cpu(server.pid());
+    let started = Instant::now();
+    let partitions = fetched(&mut c, &request);
+    let waited = started.elapsed();
+    let cpu = process_cpu(server.pid()).saturating_sub(cpu_before);
+    assert!(
+        waited >= MAX_WAIT,
+        "answered after {waited:?}, before max_wait_ms"
+    );
+    assert_eq!(values(&partitions[0]), ["small"]);
+    assert!(
+        cpu < MAX_WAIT / 4,
+        "the broker used {cpu:?} of CPU time while the fetch waited {waited:?}"
+    );
+}
+
+/// CPU time (user and system) the process `pid` has used so far, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the broker's stat");
+    // The command name is in parentheses and may hold spaces: count fields after it. The
+    // first is the state (field 3); utime and stime are fields 14 and 15.
+    let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<u64> = after
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|field| field.parse().expect("clock ticks"))
+        .collect();
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(fields.iter().sum::<u64>() * 1_000 / ticks_per_second)
+}

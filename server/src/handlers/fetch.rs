@@ -123,7 +123,7 @@ pub async fn handle(
         if ready >= min_bytes || failed || Instant::now() >= deadline {
             return respond(request, results, version);
         }
-        wait_for_growth(broker, &wanted, deadline).await;
+        wait_for_growth(broker, &wanted, &results, deadline).await;
     }
 }
 
@@ -258,18 +258,31 @@ fn partition_of(want: &Wanted) -> Result<(&str, u32), i16> {
     Ok((topic, partition))
 }
 
-/// Waits until any wanted partition's high watermark passes its fetch offset, or the
+/// Waits until any wanted partition has more than the read just found (`results`, one per
+/// wanted partition): its high watermark passes both its fetch offset and the high
+/// watermark that read saw. Waiting only for the fetch offset would return at once for a
+/// partition with data short of `min_bytes`, and the request would re-read it until the
 /// deadline.
-async fn wait_for_growth(broker: &Broker, wanted: &[Wanted], deadline: Instant) {
+async fn wait_for_growth(
+    broker: &Broker,
+    wanted: &[Wanted],
+    results: &[Result<ReadRanges, i16>],
+    deadline: Instant,
+) {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let waits: Vec<_> = wanted
         .iter()
-        .filter_map(|want| {
+        .zip(results)
+        .filter_map(|(want, result)| {
             let topic = want.topic.as_deref()?;
             let partition = u32::try_from(want.partition).ok()?;
+            let seen = result
+                .as_ref()
+                .map_or(want.offset, |read| read.high_watermark);
+            let beyond = want.offset.max(seen);
             let wait = broker
                 .engine
-                .wait_beyond(topic, partition, want.offset, remaining);
+                .wait_beyond(topic, partition, beyond, remaining);
             Some(Box::pin(wait))
         })
         .collect();
