@@ -547,21 +547,21 @@ impl Driver {
 
     /// One `io_uring_enter`; the errno if it failed.
     fn enter_once(&mut self, want: usize, timeout: Option<Duration>) -> Result<(), i32> {
-        let queued = self.ring.submission().len();
-        #[cfg(test)]
-        if let Some(errno) = self.faults.enter_errnos.pop_front() {
-            self.stats.enter_calls += 1;
-            return Err(errno);
-        }
         // Nothing to submit, nothing to wait for: the completions are read from the shared
         // queue without the kernel, unless it holds some back: completions overflowed, or
         // finished operations whose completion work is deferred to this thread (the ring is
         // set up with DEFER_TASKRUN: the kernel raises TASKRUN and posts them only in an
         // enter that asks for events, which `submit_and_wait` then does).
-        let held_back = {
+        let (queued, held_back) = {
             let submission = self.ring.submission();
-            submission.cq_overflow() || submission.taskrun()
+            let held_back = submission.cq_overflow() || submission.taskrun();
+            (submission.len(), held_back)
         };
+        #[cfg(test)]
+        if let Some(errno) = self.faults.enter_errnos.pop_front() {
+            self.stats.enter_calls += 1;
+            return Err(errno);
+        }
         if queued == 0 && want == 0 && !held_back {
             return Ok(());
         }

@@ -170,24 +170,23 @@ pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
             }
         }
     }
+    // One visit per shard: its groups' committed offsets, its ring's and its pool's counters.
     let mut committed = Vec::new();
-    for shard in engine.shard_handles() {
-        let found = shard
-            .spawn(|| async { with_local(Coordinator::committed_offsets).unwrap_or_default() })
-            .await;
-        committed.extend(found.unwrap_or_default());
-    }
-    committed.sort();
     let mut shards = Vec::new();
     for shard in engine.shard_handles() {
         let found = shard
-            .spawn(|| async { (rt::driver_stats(), rt::buf_pool().stats()) })
+            .spawn(|| async {
+                let offsets = with_local(Coordinator::committed_offsets).unwrap_or_default();
+                (offsets, (rt::driver_stats(), rt::buf_pool().stats()))
+            })
             .await;
         // A shard that stopped meanwhile has nothing to report.
-        if let Ok(stats) = found {
+        if let Ok((offsets, stats)) = found {
+            committed.extend(offsets);
             shards.push((shard.id(), stats));
         }
     }
+    committed.sort();
     let mut out = Exposition::default();
     render_requests(&mut out);
     render_connections(&mut out);
