@@ -57,6 +57,7 @@ fn log_kind(error: &LogError) -> &'static str {
         LogError::StorageFailed { .. } => "Log::StorageFailed",
         LogError::OffsetOutOfRange { .. } => "Log::OffsetOutOfRange",
         LogError::Closed { .. } => "Log::Closed",
+        LogError::NotContiguous { .. } => "Log::NotContiguous",
         LogError::Producer { source, .. } => producer_kind(source),
         LogError::Damaged { .. } => "Log::Damaged",
     }
@@ -192,6 +193,11 @@ fn log_examples() -> Vec<LogError> {
         },
         LogError::Closed {
             partition: partition(),
+        },
+        LogError::NotContiguous {
+            partition: partition(),
+            expected: 10,
+            found: 12,
         },
     ]);
     errors.extend(producer_examples().into_iter().map(refused));

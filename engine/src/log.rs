@@ -53,6 +53,8 @@ mod prealloc_tests;
 #[cfg(test)]
 mod producer_tests;
 #[cfg(test)]
+mod replicated_tests;
+#[cfg(test)]
 mod tests;
 
 use std::cell::{Cell, RefCell};
@@ -136,6 +138,14 @@ pub enum LogError {
         offset: i64,
         log_start: i64,
         high_watermark: i64,
+    },
+    /// A replicated append does not continue the log: its batch at `found` is where the
+    /// log expected `expected`. Nothing of the request was written.
+    #[error("partition {partition}: replicated batch at offset {found}, log end {expected}")]
+    NotContiguous {
+        partition: PartitionId,
+        expected: i64,
+        found: i64,
     },
     /// The log's appender has stopped (the log was closed).
     #[error("partition {partition}: log is closed")]
@@ -463,19 +473,7 @@ impl<S: Storage> PartitionLog<S> {
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
-        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
-        let info = crate::batch::validate(&batches, max_message_bytes).map_err(|source| {
-            LogError::InvalidBatch {
-                partition: self.shared.id.clone(),
-                log_end: self.offsets().log_end,
-                source,
-            }
-        })?;
-        if info.batch_count == 0 {
-            return Err(LogError::Empty {
-                partition: self.shared.id.clone(),
-            });
-        }
+        let info = self.validate(&batches)?;
         let producer = producers::ProducerBatch::of_request(&batches).map_err(|source| {
             LogError::Producer {
                 partition: self.shared.id.clone(),
@@ -488,10 +486,52 @@ impl<S: Storage> PartitionLog<S> {
             info,
             producer,
             ack,
+            replicated: false,
             reply,
         };
         self.send(Command::Append(pending)).await?;
         outcome.await.map_err(|_| self.closed())?
+    }
+
+    /// Appends batches another replica stamped: the leader of a replicated partition gave
+    /// them their offsets, leader epoch and timestamps, and this replica writes them byte
+    /// for byte, so every replica's log is the same bytes. The first batch's base offset
+    /// must be this log's end, and each next batch must start where the previous one
+    /// ended ([`LogError::NotContiguous`] otherwise, and nothing is written). Batches are
+    /// validated (CRC and framing) as any append's; idempotent producers' batches are
+    /// recorded in the producers' state without the sequence rules, which the leader
+    /// applied, so this replica can take over deduplication when it leads.
+    pub async fn append_replicated(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
+        let info = self.validate(&batches)?;
+        let (reply, outcome) = oneshot::channel();
+        let pending = Pending {
+            batches,
+            info,
+            producer: None,
+            ack,
+            replicated: true,
+            reply,
+        };
+        self.send(Command::Append(pending)).await?;
+        outcome.await.map_err(|_| self.closed())?
+    }
+
+    /// Validates the batches of an append: the one check every way in goes through.
+    fn validate(&self, batches: &[u8]) -> Result<crate::batch::BatchInfo, LogError> {
+        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
+        let info = crate::batch::validate(batches, max_message_bytes).map_err(|source| {
+            LogError::InvalidBatch {
+                partition: self.shared.id.clone(),
+                log_end: self.offsets().log_end,
+                source,
+            }
+        })?;
+        if info.batch_count == 0 {
+            return Err(LogError::Empty {
+                partition: self.shared.id.clone(),
+            });
+        }
+        Ok(info)
     }
 
     /// The log's offsets now.

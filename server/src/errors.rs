@@ -103,7 +103,7 @@ mod tests {
     /// What every kind of engine error maps to. `error_examples` names the kinds by an
     /// exhaustive match, so a new variant cannot compile without a name there, and this
     /// table must then say what it maps to.
-    const CODES: [(&str, ResponseError); 38] = {
+    const CODES: [(&str, ResponseError); 39] = {
         use ResponseError::{
             CorruptMessage as Corrupt, InvalidPartitions, InvalidProducerEpoch, InvalidRecord,
             InvalidTopicException, KafkaStorageError as Storage, MessageTooLarge,
@@ -141,6 +141,7 @@ mod tests {
             ("Log::StorageFailed", Storage),
             ("Log::OffsetOutOfRange", OffsetOutOfRange),
             ("Log::Closed", NotLeaderOrFollower),
+            ("Log::NotContiguous", UnknownServerError),
             ("Log::Producer::EpochFenced", InvalidProducerEpoch),
             ("Log::Producer::OutOfOrder", OutOfOrderSequenceNumber),
             ("Log::Producer::Invalid", InvalidRecord),

@@ -41,6 +41,7 @@ use super::durability::{self, Durability};
 use super::group;
 use super::producers::{ProducerBatch, Verdict};
 use super::queue;
+use super::segment::BatchHeader;
 use super::{
     checkpoint, producer_snapshot, retention, Ack, Appended, LogError, Shared, StorageFailure,
 };
@@ -57,6 +58,11 @@ pub(crate) struct Pending {
     /// The idempotent producer's batch, if the request holds one (then it is the only one).
     pub(crate) producer: Option<ProducerBatch>,
     pub(crate) ack: Ack,
+    /// Batches another replica stamped (see [`PartitionLog::append_replicated`]): written
+    /// as they are, at the offsets they carry, which must continue the log.
+    ///
+    /// [`PartitionLog::append_replicated`]: super::PartitionLog::append_replicated
+    pub(crate) replicated: bool,
     pub(crate) reply: oneshot::Sender<Result<Appended, LogError>>,
 }
 
@@ -451,7 +457,12 @@ fn admit<S: Storage>(
     let mut admitted = Vec::with_capacity(group.len());
     let mut duplicates = Vec::new();
     for pending in group {
-        if let Some(batch) = pending.producer {
+        if pending.replicated {
+            if let Err(error) = admit_replicated(shared, &mut state, &pending, offset_next) {
+                let _ = pending.reply.send(Err(error));
+                continue;
+            }
+        } else if let Some(batch) = pending.producer {
             match state.producers.check(&batch) {
                 Ok(Verdict::Append) => state.producers.record(&batch, offset_next, now),
                 Ok(Verdict::Duplicate {
@@ -483,6 +494,39 @@ fn admit<S: Storage>(
         admitted.push(pending);
     }
     (admitted, duplicates, offset_next)
+}
+
+/// Checks that replicated batches continue the log at `offset_next` without a gap or an
+/// overlap, and records their idempotent producers as recovery does: the leader applied
+/// the rules when it accepted them, and a replica keeps what the leader wrote.
+fn admit_replicated<S: Storage>(
+    shared: &Shared<S>,
+    state: &mut super::State<S>,
+    pending: &Pending,
+    offset_next: i64,
+) -> Result<(), LogError> {
+    let mut headers = Vec::with_capacity(pending.info.batch_count);
+    let mut expected = offset_next;
+    let mut at = 0usize;
+    while at < pending.batches.len() {
+        let Some(header) = BatchHeader::parse(&pending.batches[at..]) else {
+            unreachable!("a validated batch at byte {at} of an append does not parse");
+        };
+        if header.base_offset != expected {
+            return Err(LogError::NotContiguous {
+                partition: shared.id.clone(),
+                expected,
+                found: header.base_offset,
+            });
+        }
+        expected = header.last_offset + 1;
+        at += header.size_bytes as usize;
+        headers.push(header);
+    }
+    for header in &headers {
+        state.producers.replay(header);
+    }
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, the unit of Kafka timestamps.

@@ -96,6 +96,13 @@ pub(crate) fn stamp<S: Storage>(shared: &Shared<S>, group: Vec<Pending>) -> Stam
     for pending in group {
         let batches = pending.batches;
         let offset_first = state.offset_assign_next;
+        // A replicated batch carries the leader's offsets, which `admit` checked continue
+        // the log (stamping them again writes the same bytes), and the leader's time.
+        let append_time = if pending.replicated {
+            None
+        } else {
+            append_time
+        };
         let mut at = 0usize;
         while at < batches.len() {
             // The batches were validated on the way in: one that does not parse now is a

@@ -47,6 +47,7 @@ fn pending(batches: Bytes, info: BatchInfo) -> Pending {
         info,
         producer: None,
         ack: Ack::Written,
+        replicated: false,
         reply,
     }
 }
