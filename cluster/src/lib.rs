@@ -1,0 +1,17 @@
+//! Replication for ringlog: every partition is a Raft group (raft-rs), and the partition
+//! log is the group's Raft log — data entries are record batches in the segments, stamped
+//! by the leader with their offsets and its term (as `partitionLeaderEpoch`), so every
+//! replica holds the same bytes; Raft's own entries live in a journal beside the segments
+//! and take no Kafka offset (`journal.rs`, `entries.rs`, `storage.rs`). `replica.rs`
+//! drives one group: proposals, persistence through the partition log's group commit,
+//! commit (the high watermark), and leadership.
+
+pub mod entries;
+pub mod journal;
+pub mod limits;
+pub mod logger;
+pub mod replica;
+pub mod storage;
+
+#[cfg(test)]
+mod tests;

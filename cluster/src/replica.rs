@@ -1,0 +1,800 @@
+//! One replica of a replicated partition: the partition log, its Raft journal, and the
+//! raft-rs node whose log they are, driven by the shard that owns the partition.
+//!
+//! The driver calls [`Replica::tick`] on a timer, [`Replica::step`] for each message from a
+//! peer, and [`Replica::process_ready`] after either (and after proposals); it sends what
+//! `process_ready` returns. Proposals ([`Replica::propose`]) are answered when their
+//! entries commit.
+//!
+//! - **The leader stamps.** A proposed batch gets the next Kafka offset and the leader's
+//!   term as `partitionLeaderEpoch` before it becomes an entry; one batch is one entry.
+//! - **Persistence in order.** A Ready's entries are persisted in index order: runs of data
+//!   entries through the partition log's group commit (`append_replicated`, durable),
+//!   internal entries in the journal (fdatasynced) — a later entry is never written before
+//!   an earlier one is durable, so a crash leaves a prefix of the log. Entries that replace
+//!   ones already persisted (a new leader's) first cut the partition log and record a
+//!   truncation in the journal.
+//! - **Hard state** is written to the journal before the messages that depend on it are
+//!   returned, fdatasynced when the term or vote changed (a commit index alone is
+//!   rebuilt by the leader after a crash, so it is written without a sync).
+//! - **Commit** moves the high watermark to the end of the last committed data entry;
+//!   consumers of a replicated partition read below it.
+//! - A replica that stops leading fails its proposals not yet committed with
+//!   [`ReplicaError::NotLeader`]; a client retries them at the new leader.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+use ringlog_engine::batch::{self, RecordBatch};
+use ringlog_engine::log::{Ack, Appended, LogError, PartitionId, PartitionLog};
+use ringlog_engine::storage::Storage;
+use ringlog_engine::topic::TopicConfig;
+
+use crate::entries::{EntryTable, Kind, Meta};
+use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
+use crate::limits::{
+    APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
+    ENTRY_FETCH_BYTES_MAX,
+};
+use crate::storage::{self, RaftStorage};
+
+/// How a replica takes part in its group.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// This replica's node id (never 0).
+    pub node_id: u64,
+    /// The group's voters, this node included, when the group is created.
+    pub voters: Vec<u64>,
+    /// Ticks without a leader's word before a follower campaigns (randomized up to twice
+    /// this), and between a leader's heartbeats.
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+}
+
+/// Errors of a replica.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// This replica does not lead the partition; `leader` is the one it knows, if any.
+    #[error("partition {partition}: not the leader (leader: {leader:?})")]
+    NotLeader {
+        partition: PartitionId,
+        leader: Option<u64>,
+    },
+    #[error("partition {partition}: partition log")]
+    Log {
+        partition: PartitionId,
+        #[source]
+        source: LogError,
+    },
+    #[error("partition {partition}: raft journal")]
+    Journal {
+        partition: PartitionId,
+        #[source]
+        source: JournalError,
+    },
+    #[error("partition {partition}: raft")]
+    Raft {
+        partition: PartitionId,
+        #[source]
+        source: raft::Error,
+    },
+    /// The partition log and the journal disagree, or an entry's data is not a batch of
+    /// its term at the next offset: a bug or damage, never repaired by guessing.
+    #[error("partition {partition}: replicated log is inconsistent: {reason}")]
+    Inconsistent {
+        partition: PartitionId,
+        reason: String,
+    },
+}
+
+/// A proposal waiting for its last entry to commit.
+struct Proposal {
+    term: u64,
+    appended: Appended,
+    reply: oneshot::Sender<Result<Appended, ReplicaError>>,
+}
+
+/// One replica of a partition's Raft group.
+pub struct Replica<S: Storage> {
+    id: PartitionId,
+    log: PartitionLog<S>,
+    journal: Journal<S>,
+    storage: RaftStorage,
+    node: RawNode<RaftStorage>,
+    /// Proposals by the index of their last entry.
+    proposals: BTreeMap<u64, Proposal>,
+    high_watermark: i64,
+    /// The term and vote last written to the journal, to sync only when they change.
+    persisted_term_vote: (u64, u64),
+}
+
+impl<S: Storage> Replica<S> {
+    /// Opens the replica in `dir`: the partition log (recovered), the journal, and the
+    /// window of entries rebuilt from both.
+    pub async fn open(
+        storage: S,
+        dir: &Path,
+        id: PartitionId,
+        topic: TopicConfig,
+        config: &ReplicaConfig,
+    ) -> Result<Replica<S>, ReplicaError> {
+        let journal_error = |source| ReplicaError::Journal {
+            partition: id.clone(),
+            source,
+        };
+        let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic)
+            .await
+            .map_err(|source| log_error(&id, source))?;
+        let (mut journal, mut state) = Journal::open(storage, dir).await.map_err(journal_error)?;
+        if state.conf_state.voters.is_empty() {
+            // A new group: its voters are the configured ones, from the partition's start.
+            let mut conf_state = ConfState::default();
+            conf_state.voters.clone_from(&config.voters);
+            let anchor = Anchor {
+                index: 0,
+                term: 0,
+                offset: log.offsets().log_start,
+            };
+            let records = [Record::ConfState(conf_state), Record::Anchor(anchor)];
+            journal
+                .append(&records, true)
+                .await
+                .map_err(journal_error)?;
+            for record in &records {
+                state.apply(record);
+            }
+        }
+        let table = rebuild(&id, &log, &mut journal, &state).await?;
+        // Applying an entry only moves the high watermark (configuration changes are
+        // recorded as they apply), so what the hard state says committed is applied.
+        let applied = state.hard_state.commit.min(table.last_index());
+        let high_watermark = table.offset_at(applied + 1);
+        let persisted_term_vote = (state.hard_state.term, state.hard_state.vote);
+        let storage = RaftStorage::new(storage::State {
+            table,
+            hard_state: state.hard_state.clone(),
+            conf_state: state.conf_state.clone(),
+            fetches: Vec::new(),
+        });
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            max_size_per_msg: APPEND_MESSAGE_BYTES_MAX,
+            max_inflight_msgs: APPEND_MESSAGES_IN_FLIGHT_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            ..raft::Config::default()
+        };
+        let logger = crate::logger::logger(&id.to_string());
+        let node = RawNode::new(&raft_config, storage.clone(), &logger).map_err(|source| {
+            ReplicaError::Raft {
+                partition: id.clone(),
+                source,
+            }
+        })?;
+        let mut replica = Replica {
+            id,
+            log,
+            journal,
+            storage,
+            node,
+            proposals: BTreeMap::new(),
+            high_watermark,
+            persisted_term_vote,
+        };
+        // raft-rs reads entries it has yet to apply without waiting: they must be cached.
+        replica.read_back_from(applied + 1).await?;
+        Ok(replica)
+    }
+
+    /// The partition's name.
+    pub fn id(&self) -> &PartitionId {
+        &self.id
+    }
+
+    /// The partition log this replica's entries are written to.
+    pub fn log(&self) -> &PartitionLog<S> {
+        &self.log
+    }
+
+    /// Whether this replica leads its group now.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|&id| id != raft::INVALID_ID)
+    }
+
+    /// The current term: the partition's leader epoch.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// The offset below which records are committed (on a majority, durably): what
+    /// consumers may read.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    /// The last Raft index this replica holds durably, and its term.
+    pub fn last_index_and_term(&self) -> (u64, u64) {
+        let state = self.storage.state.borrow();
+        let last = state.table.last_index();
+        (last, state.table.term(last).unwrap_or(0))
+    }
+
+    /// Advances the group's clock by one tick.
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Starts an election now (an operator's or a test's choice; followers campaign on
+    /// their own when the leader goes quiet).
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        self.node
+            .campaign()
+            .map_err(|source| self.raft_error(source))
+    }
+
+    /// Takes a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+        self.node
+            .step(message)
+            .map_err(|source| self.raft_error(source))
+    }
+
+    /// Proposes the record batches of a produce request: each batch is stamped with its
+    /// offsets and the leader's term and becomes one entry. The answer comes when the last
+    /// entry commits, with the offsets the batches got.
+    pub fn propose(
+        &mut self,
+        batches: &[u8],
+        max_message_bytes: usize,
+    ) -> Result<oneshot::Receiver<Result<Appended, ReplicaError>>, ReplicaError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        batch::validate(batches, max_message_bytes).map_err(|source| {
+            log_error(
+                &self.id,
+                LogError::InvalidBatch {
+                    partition: self.id.clone(),
+                    log_end: self.offset_next(),
+                    source,
+                },
+            )
+        })?;
+        let term = self.term();
+        let epoch = i32::try_from(term).map_err(|_| self.inconsistent("term past i32"))?;
+        let offset_first = self.offset_next();
+        let mut offset = offset_first;
+        let mut rest = batches;
+        while !rest.is_empty() {
+            let Ok((parsed, after)) = RecordBatch::parse(rest) else {
+                unreachable!("a validated request holds whole batches");
+            };
+            let mut stamped = BytesMut::from(parsed.as_bytes());
+            let stamped_ok = batch::stamp_base_offset(&mut stamped, offset)
+                .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch));
+            assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
+            offset += parsed.offset_count() as i64;
+            let mut message = Message::default();
+            message.set_msg_type(MessageType::MsgPropose);
+            message.from = self.node.raft.id;
+            let entry = Entry {
+                data: stamped.freeze(),
+                ..Entry::default()
+            };
+            message.entries = vec![entry].into();
+            // `RawNode::propose` takes the data as a `Vec`; stepping the proposal keeps
+            // the stamped `Bytes` as they are.
+            self.node
+                .raft
+                .step(message)
+                .map_err(|source| self.raft_error(source))?;
+            rest = after;
+        }
+        let (reply, answer) = oneshot::channel();
+        let appended = Appended {
+            offset_first,
+            offset_next: offset,
+            log_append_time_ms: None,
+        };
+        let last_index = self.node.raft.raft_log.last_index();
+        self.proposals.insert(
+            last_index,
+            Proposal {
+                term,
+                appended,
+                reply,
+            },
+        );
+        Ok(answer)
+    }
+
+    /// Whether [`Replica::process_ready`] has work.
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready() || !self.storage.state.borrow().fetches.is_empty()
+    }
+
+    /// Persists what raft-rs has ready, applies what committed, and returns the messages
+    /// to send to peers, in order.
+    pub async fn process_ready(&mut self) -> Result<Vec<Message>, ReplicaError> {
+        self.serve_fetches().await?;
+        if !self.node.has_ready() {
+            return Ok(Vec::new());
+        }
+        let mut ready = self.node.ready();
+        let mut out = ready.take_messages();
+        if ready.snapshot().get_metadata().index != 0 {
+            return Err(self.inconsistent("a snapshot arrived, and none is ever sent yet"));
+        }
+        self.apply(ready.take_committed_entries()).await?;
+        self.persist_entries(ready.take_entries()).await?;
+        if let Some(hard_state) = ready.hs() {
+            self.persist_hard_state(hard_state.clone()).await?;
+        }
+        out.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.storage.state.borrow_mut().hard_state.commit = commit;
+        }
+        out.extend(light.take_messages());
+        self.apply(light.take_committed_entries()).await?;
+        self.node.advance_apply();
+        if !self.is_leader() {
+            self.fail_proposals();
+        }
+        let keep_from = self.keep_cached_from();
+        (self.storage.state.borrow_mut().table).evict(keep_from, ENTRY_CACHE_BYTES_MAX);
+        Ok(out)
+    }
+
+    /// Closes the partition log (everything written is synced).
+    pub async fn close(self) -> Result<(), ReplicaError> {
+        self.log
+            .close()
+            .await
+            .map_err(|source| log_error(&self.id, source))
+    }
+
+    /// The Kafka offset the next proposed batch gets: after the last data entry of the
+    /// whole Raft log, entries not yet persisted included.
+    fn offset_next(&self) -> i64 {
+        let unstable = &self.node.raft.raft_log.unstable.entries;
+        unstable
+            .iter()
+            .rev()
+            .filter(|entry| is_data(entry))
+            .find_map(|entry| RecordBatch::parse(&entry.data).ok())
+            .map_or_else(
+                || self.storage.state.borrow().table.offset_next(),
+                |(batch, _)| batch.base_offset() + batch.offset_count() as i64,
+            )
+    }
+
+    /// Writes `entries` after cutting whatever they replace, in index order (module doc).
+    async fn persist_entries(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
+        let Some(first) = entries.first().map(|entry| entry.index) else {
+            return Ok(());
+        };
+        let last_index = self.storage.state.borrow().table.last_index();
+        if first <= last_index {
+            self.truncate_from(first).await?;
+        }
+        let mut at = 0;
+        while at < entries.len() {
+            let run = entries[at..]
+                .iter()
+                .take_while(|entry| is_data(entry) == is_data(&entries[at]))
+                .count();
+            if is_data(&entries[at]) {
+                self.persist_data(&entries[at..at + run]).await?;
+            } else {
+                self.persist_internal(&entries[at..at + run]).await?;
+            }
+            at += run;
+        }
+        Ok(())
+    }
+
+    /// Writes a run of data entries in one group commit, durable on return.
+    async fn persist_data(&mut self, entries: &[Entry]) -> Result<(), ReplicaError> {
+        let mut metas = Vec::with_capacity(entries.len());
+        let mut offset = self.storage.state.borrow().table.offset_next();
+        for entry in entries {
+            let Ok((batch, [])) = RecordBatch::parse(&entry.data) else {
+                return Err(self.inconsistent("a data entry is not one record batch"));
+            };
+            if batch.base_offset() != offset
+                || u64::try_from(batch.partition_leader_epoch()) != Ok(entry.term)
+            {
+                return Err(self.inconsistent(&format!(
+                    "entry {} of term {} holds a batch at offset {} of epoch {}, expected \
+                     offset {offset}",
+                    entry.index,
+                    entry.term,
+                    batch.base_offset(),
+                    batch.partition_leader_epoch()
+                )));
+            }
+            let offset_next = offset + batch.offset_count() as i64;
+            metas.push(Meta {
+                term: entry.term,
+                kind: Kind::Data {
+                    offset_first: offset,
+                    offset_next,
+                    bytes: Some(entry.data.clone()),
+                },
+            });
+            offset = offset_next;
+        }
+        // Queued together, the appends leave in one group commit.
+        let appends = entries
+            .iter()
+            .map(|entry| self.log.append_replicated(entry.data.clone(), Ack::Durable));
+        for appended in futures::future::join_all(appends).await {
+            appended.map_err(|source| log_error(&self.id, source))?;
+        }
+        let mut state = self.storage.state.borrow_mut();
+        for (entry, meta) in entries.iter().zip(metas) {
+            state.table.push(entry.index, meta);
+        }
+        Ok(())
+    }
+
+    /// Writes a run of internal entries to the journal, durable on return.
+    async fn persist_internal(&mut self, entries: &[Entry]) -> Result<(), ReplicaError> {
+        let offset = self.storage.state.borrow().table.offset_next();
+        let internals: Vec<Internal> = entries
+            .iter()
+            .map(|entry| Internal {
+                index: entry.index,
+                term: entry.term,
+                offset,
+                entry_type: entry.get_entry_type(),
+                context: entry.context.clone(),
+                data: entry.data.clone(),
+            })
+            .collect();
+        let records: Vec<Record> = internals.iter().cloned().map(Record::Internal).collect();
+        self.journal
+            .append(&records, true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        let mut state = self.storage.state.borrow_mut();
+        for internal in &internals {
+            state.table.push_internal(internal);
+        }
+        Ok(())
+    }
+
+    /// Drops every entry from `index` on: the partition log is cut first, then the
+    /// journal records the truncation, so a crash between leaves an older log, not a mix.
+    async fn truncate_from(&mut self, index: u64) -> Result<(), ReplicaError> {
+        let offset = self.storage.state.borrow().table.offset_at(index);
+        if offset < self.high_watermark {
+            return Err(self.inconsistent(&format!(
+                "entries from index {index} (offset {offset}) would be cut below the high \
+                 watermark {}",
+                self.high_watermark
+            )));
+        }
+        if offset < self.log.offsets().log_end {
+            self.log
+                .truncate_to(offset)
+                .await
+                .map_err(|source| log_error(&self.id, source))?;
+        }
+        self.journal
+            .append(&[Record::Truncation { index }], true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.storage.state.borrow_mut().table.truncate_from(index);
+        Ok(())
+    }
+
+    async fn persist_hard_state(
+        &mut self,
+        hard_state: raft::eraftpb::HardState,
+    ) -> Result<(), ReplicaError> {
+        let term_vote = (hard_state.term, hard_state.vote);
+        let sync = term_vote != self.persisted_term_vote;
+        self.journal
+            .append(&[Record::HardState(hard_state.clone())], sync)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.persisted_term_vote = term_vote;
+        self.storage.state.borrow_mut().hard_state = hard_state;
+        Ok(())
+    }
+
+    /// Applies committed entries: data moves the high watermark, configuration changes
+    /// take effect and are recorded; proposals up to the last are answered.
+    async fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ReplicaError> {
+        let Some(last) = entries.last().map(|entry| (entry.index, entry.term)) else {
+            return Ok(());
+        };
+        for entry in &entries {
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if is_data(entry) => {
+                    if let Ok((batch, _)) = RecordBatch::parse(&entry.data) {
+                        self.high_watermark = batch.base_offset() + batch.offset_count() as i64;
+                    }
+                }
+                EntryType::EntryNormal => {}
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    self.apply_conf_change(entry).await?;
+                }
+            }
+        }
+        self.answer_proposals(last.0, last.1);
+        Ok(())
+    }
+
+    async fn apply_conf_change(&mut self, entry: &Entry) -> Result<(), ReplicaError> {
+        let conf_state = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let change: ConfChange = protobuf::Message::parse_from_bytes(&entry.data)
+                .map_err(|_| self.inconsistent("a configuration change does not decode"))?;
+            self.node.apply_conf_change(&change)
+        } else {
+            let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(&entry.data)
+                .map_err(|_| self.inconsistent("a configuration change does not decode"))?;
+            self.node.apply_conf_change(&change)
+        }
+        .map_err(|source| self.raft_error(source))?;
+        self.journal
+            .append(&[Record::ConfState(conf_state.clone())], true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.storage.state.borrow_mut().conf_state = conf_state;
+        Ok(())
+    }
+
+    /// Answers the proposals whose last entry is at or below `index` (which committed in
+    /// `term`): committed if their entry is still the one proposed (same term), else lost
+    /// to a new leader.
+    fn answer_proposals(&mut self, index: u64, term_of_index: u64) {
+        let later = self.proposals.split_off(&(index + 1));
+        let answered = std::mem::replace(&mut self.proposals, later);
+        for (proposal_index, proposal) in answered {
+            let term = if proposal_index == index {
+                Some(term_of_index)
+            } else {
+                self.storage.state.borrow().table.term(proposal_index)
+            };
+            let outcome = if term == Some(proposal.term) {
+                Ok(proposal.appended)
+            } else {
+                Err(self.not_leader())
+            };
+            let _ = proposal.reply.send(outcome);
+        }
+    }
+
+    fn fail_proposals(&mut self) {
+        for (_, proposal) in std::mem::take(&mut self.proposals) {
+            let _ = proposal.reply.send(Err(self.not_leader()));
+        }
+    }
+
+    /// Reads back the data entries raft-rs asked for that are no longer cached, then
+    /// tells it to ask again.
+    async fn serve_fetches(&mut self) -> Result<(), ReplicaError> {
+        let fetches = std::mem::take(&mut self.storage.state.borrow_mut().fetches);
+        for fetch in fetches {
+            for index in fetch.low..fetch.high {
+                if let Some(offset) = self.uncached_offset(index) {
+                    self.read_back(index, offset).await?;
+                }
+            }
+            self.node.on_entries_fetched(fetch.context);
+        }
+        Ok(())
+    }
+
+    /// Caches the data of every entry from `index` to the last.
+    async fn read_back_from(&mut self, index: u64) -> Result<(), ReplicaError> {
+        let last = self.storage.state.borrow().table.last_index();
+        for index in index..=last {
+            let missing = self.uncached_offset(index);
+            if let Some(offset) = missing {
+                self.read_back(index, offset).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The offset of the data entry at `index` if its bytes are not cached.
+    fn uncached_offset(&self, index: u64) -> Option<i64> {
+        let state = self.storage.state.borrow();
+        match state.table.get(index).map(|meta| &meta.kind) {
+            Some(Kind::Data {
+                offset_first,
+                bytes: None,
+                ..
+            }) => Some(*offset_first),
+            _ => None,
+        }
+    }
+
+    /// Reads the batches from the data entry `index` (at `offset`) on, up to
+    /// `ENTRY_FETCH_BYTES_MAX`, into the table.
+    async fn read_back(&mut self, index: u64, offset: i64) -> Result<(), ReplicaError> {
+        let bytes = self
+            .log
+            .read_bytes(offset, ENTRY_FETCH_BYTES_MAX)
+            .await
+            .map_err(|source| log_error(&self.id, source))?;
+        let bytes = Bytes::from(bytes);
+        let mut state = self.storage.state.borrow_mut();
+        let mut at = 0;
+        let mut index = index;
+        while let Ok((batch, _)) = RecordBatch::parse(&bytes[at..]) {
+            let size = batch.size_bytes();
+            while matches!(
+                state.table.get(index).map(|meta| &meta.kind),
+                Some(Kind::Internal { .. })
+            ) {
+                index += 1;
+            }
+            match state.table.get(index).map(|meta| &meta.kind) {
+                Some(Kind::Data { offset_first, .. }) if *offset_first == batch.base_offset() => {
+                    state.table.fill(index, bytes.slice(at..at + size));
+                }
+                _ => break,
+            }
+            index += 1;
+            at += size;
+        }
+        Ok(())
+    }
+
+    /// The first index whose cached bytes must stay: those not applied yet, and on a
+    /// leader those some follower still lacks.
+    fn keep_cached_from(&self) -> u64 {
+        let applied = self.node.raft.raft_log.applied;
+        let mut keep_from = applied + 1;
+        if self.is_leader() {
+            for (_, progress) in self.node.raft.prs().iter() {
+                keep_from = keep_from.min(progress.matched + 1);
+            }
+        }
+        keep_from
+    }
+
+    fn not_leader(&self) -> ReplicaError {
+        ReplicaError::NotLeader {
+            partition: self.id.clone(),
+            leader: self.leader(),
+        }
+    }
+
+    fn raft_error(&self, source: raft::Error) -> ReplicaError {
+        if matches!(source, raft::Error::ProposalDropped) {
+            return self.not_leader();
+        }
+        ReplicaError::Raft {
+            partition: self.id.clone(),
+            source,
+        }
+    }
+
+    fn journal_error(&self, source: JournalError) -> ReplicaError {
+        ReplicaError::Journal {
+            partition: self.id.clone(),
+            source,
+        }
+    }
+
+    fn inconsistent(&self, reason: &str) -> ReplicaError {
+        ReplicaError::Inconsistent {
+            partition: self.id.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Whether an entry is a record batch (a normal entry with data) rather than one of
+/// Raft's own (a new leader's empty entry, a configuration change).
+fn is_data(entry: &Entry) -> bool {
+    entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty()
+}
+
+fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
+    ReplicaError::Log {
+        partition: partition.clone(),
+        source,
+    }
+}
+
+/// Rebuilds the window from the anchor: the batches of the partition log from the
+/// anchor's offset, with the journal's internal entries placed at their offsets. Internal
+/// entries past the end of the batches (their data was lost in a crash before they were
+/// relied on) are dropped, and the journal records that.
+async fn rebuild<S: Storage>(
+    id: &PartitionId,
+    log: &PartitionLog<S>,
+    journal: &mut Journal<S>,
+    state: &crate::journal::JournalState,
+) -> Result<EntryTable, ReplicaError> {
+    let inconsistent = |reason: String| ReplicaError::Inconsistent {
+        partition: id.clone(),
+        reason,
+    };
+    let mut table = EntryTable::new(state.anchor);
+    let mut internals = state.internals.values().peekable();
+    let mut offset = state.anchor.offset;
+    let log_end = log.offsets().log_end;
+    while offset < log_end {
+        let bytes = log
+            .read_bytes(offset, ENTRY_FETCH_BYTES_MAX)
+            .await
+            .map_err(|source| log_error(id, source))?;
+        let mut rest = &bytes[..];
+        let before = offset;
+        while let Ok((batch, after)) = RecordBatch::parse(rest) {
+            while let Some(internal) = internals
+                .next_if(|i| i.offset <= batch.base_offset() && i.index == table.last_index() + 1)
+            {
+                table.push_internal(internal);
+            }
+            if batch.base_offset() != offset {
+                return Err(inconsistent(format!(
+                    "batch at offset {} where {offset} was expected",
+                    batch.base_offset()
+                )));
+            }
+            let term = u64::try_from(batch.partition_leader_epoch()).unwrap_or(0);
+            let offset_next = offset + batch.offset_count() as i64;
+            table.push(
+                table.last_index() + 1,
+                Meta {
+                    term,
+                    kind: Kind::Data {
+                        offset_first: offset,
+                        offset_next,
+                        bytes: None,
+                    },
+                },
+            );
+            offset = offset_next;
+            rest = after;
+        }
+        if offset == before {
+            return Err(inconsistent(format!("no whole batch at offset {offset}")));
+        }
+    }
+    while let Some(internal) =
+        internals.next_if(|i| i.offset == offset && i.index == table.last_index() + 1)
+    {
+        table.push_internal(internal);
+    }
+    if let Some(lost) = internals.next() {
+        tracing::warn!(
+            partition = %id,
+            index = lost.index,
+            offset = lost.offset,
+            log_end = offset,
+            "raft journal holds entries past the partition log's end; dropping them"
+        );
+        let index = table.last_index() + 1;
+        journal
+            .append(&[Record::Truncation { index }], true)
+            .await
+            .map_err(|source| ReplicaError::Journal {
+                partition: id.clone(),
+                source,
+            })?;
+    }
+    Ok(table)
+}

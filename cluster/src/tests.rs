@@ -1,0 +1,291 @@
+//! Three replicas of one partition in one thread, on real files through the real io_uring
+//! runtime, exchanging raft-rs's messages in memory: elections, replication, a leader cut
+//! off while it still takes proposals, healing (its uncommitted entries replaced), and a
+//! restart of every replica from disk. After each phase every replica's partition log
+//! must be the same bytes, offsets dense from 0, and nothing committed lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use raft::eraftpb::Message;
+use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::log::{Appended, PartitionId};
+use ringlog_engine::rt;
+use ringlog_engine::storage::DiskStorage;
+use ringlog_engine::topic::TopicConfig;
+
+use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+
+const NODES: [u64; 3] = [1, 2, 3];
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+fn id() -> PartitionId {
+    PartitionId {
+        topic: std::sync::Arc::from("replicated"),
+        partition: 0,
+    }
+}
+
+fn config(node_id: u64) -> ReplicaConfig {
+    ReplicaConfig {
+        node_id,
+        voters: NODES.to_vec(),
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+    }
+}
+
+/// A batch of `count` records whose values are `"{tag}-{i}"`.
+fn batch(tag: &str, count: usize) -> Bytes {
+    let mut builder = BatchBuilder::new();
+    for i in 0..count {
+        let value = format!("{tag}-{i}");
+        builder
+            .push(i as i64, None, Some(value.as_bytes()), &[])
+            .unwrap();
+    }
+    Bytes::from(builder.build())
+}
+
+type Answer = oneshot::Receiver<Result<Appended, ReplicaError>>;
+
+/// The replicas, and which of them the network cuts off.
+struct Cluster {
+    dir: PathBuf,
+    replicas: BTreeMap<u64, Replica<DiskStorage>>,
+    isolated: BTreeSet<u64>,
+    /// Messages sent and not yet delivered.
+    in_flight: Vec<Message>,
+}
+
+impl Cluster {
+    async fn open(dir: &Path) -> Cluster {
+        let mut replicas = BTreeMap::new();
+        for node in NODES {
+            let replica = Replica::open(
+                DiskStorage,
+                &dir.join(format!("node-{node}")),
+                id(),
+                TopicConfig::default(),
+                &config(node),
+            )
+            .await
+            .unwrap();
+            replicas.insert(node, replica);
+        }
+        Cluster {
+            dir: dir.to_path_buf(),
+            replicas,
+            isolated: BTreeSet::new(),
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn cut_off(&self, from: u64, to: u64) -> bool {
+        self.isolated.contains(&from) || self.isolated.contains(&to)
+    }
+
+    /// Processes every replica's Ready and delivers messages until the cluster is quiet.
+    async fn settle(&mut self) {
+        for _ in 0..1000 {
+            for replica in self.replicas.values_mut() {
+                if replica.has_ready() {
+                    let sent = replica.process_ready().await.unwrap();
+                    self.in_flight.extend(sent);
+                }
+            }
+            if self.in_flight.is_empty() {
+                if self.replicas.values().all(|replica| !replica.has_ready()) {
+                    return;
+                }
+                continue;
+            }
+            for message in std::mem::take(&mut self.in_flight) {
+                if self.cut_off(message.from, message.to) {
+                    continue;
+                }
+                if let Some(replica) = self.replicas.get_mut(&message.to) {
+                    replica.step(message).unwrap();
+                }
+            }
+        }
+        panic!("the cluster did not settle");
+    }
+
+    /// Ticks every replica (settling after each tick) until `node_ok` holds of the leader
+    /// the connected replicas agree on; returns that leader.
+    async fn elect(&mut self, node_ok: impl Fn(u64) -> bool) -> u64 {
+        for _ in 0..200 {
+            for replica in self.replicas.values_mut() {
+                replica.tick();
+            }
+            self.settle().await;
+            let leaders: Vec<u64> = self
+                .replicas
+                .iter()
+                .filter(|(node, replica)| replica.is_leader() && !self.isolated.contains(node))
+                .map(|(node, _)| *node)
+                .collect();
+            if let [leader] = leaders[..] {
+                let agreed = self
+                    .replicas
+                    .iter()
+                    .filter(|(node, _)| !self.isolated.contains(node))
+                    .all(|(_, replica)| replica.leader() == Some(leader));
+                if agreed && node_ok(leader) {
+                    return leader;
+                }
+            }
+        }
+        panic!("no leader was elected");
+    }
+
+    fn propose(&mut self, node: u64, tag: &str, count: usize) -> Answer {
+        self.replicas
+            .get_mut(&node)
+            .unwrap()
+            .propose(&batch(tag, count), MAX_MESSAGE_BYTES)
+            .unwrap()
+    }
+
+    /// Every replica's partition log, as bytes.
+    async fn logs(&self) -> BTreeMap<u64, Vec<u8>> {
+        let mut logs = BTreeMap::new();
+        for (node, replica) in &self.replicas {
+            let bytes = replica.log().read_bytes(0, 64 << 20).await.unwrap();
+            logs.insert(*node, bytes);
+        }
+        logs
+    }
+
+    async fn close(self) -> PathBuf {
+        for replica in self.replicas.into_values() {
+            replica.close().await.unwrap();
+        }
+        self.dir
+    }
+}
+
+/// The values of a log's records in offset order, checking offsets are dense from 0 and
+/// each batch carries a leader epoch.
+fn values(log: &[u8]) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut rest = log;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        let (batch, after) = RecordBatch::parse(rest).unwrap();
+        assert_eq!(batch.base_offset(), offset, "offsets are dense");
+        assert!(batch.partition_leader_epoch() > 0, "stamped with the term");
+        for record in batch.records().unwrap() {
+            let record = record.unwrap();
+            values.push(String::from_utf8(record.value.unwrap().to_vec()).unwrap());
+        }
+        offset += batch.offset_count() as i64;
+        rest = after;
+    }
+    values
+}
+
+fn answered(answer: &mut Answer) -> Option<Result<Appended, ReplicaError>> {
+    answer.try_recv().unwrap()
+}
+
+async fn assert_identical(cluster: &Cluster) -> Vec<String> {
+    let logs = cluster.logs().await;
+    let first = logs.values().next().unwrap();
+    for (node, log) in &logs {
+        assert_eq!(log, first, "node {node}'s log differs from node 1's");
+    }
+    let high_watermarks: BTreeSet<i64> = cluster
+        .replicas
+        .values()
+        .map(Replica::high_watermark)
+        .collect();
+    assert_eq!(high_watermarks.len(), 1, "every replica commits as far");
+    values(first)
+}
+
+#[test]
+fn three_replicas_elect_replicate_fail_over_heal_and_restart_with_identical_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let first_leader = cluster.elect(|_| true).await;
+
+        // Replication: proposals commit on a majority and land on every replica.
+        let mut answers: Vec<Answer> = (0..5)
+            .map(|round| cluster.propose(first_leader, &format!("a{round}"), round + 1))
+            .collect();
+        cluster.settle().await;
+        let offsets: Vec<(i64, i64)> = answers
+            .iter_mut()
+            .map(|answer| {
+                let appended = answered(answer).unwrap().unwrap();
+                (appended.offset_first, appended.offset_next)
+            })
+            .collect();
+        assert_eq!(offsets, [(0, 1), (1, 3), (3, 6), (6, 10), (10, 15)]);
+        let committed = assert_identical(&cluster).await;
+        assert_eq!(committed.len(), 15);
+        assert_eq!(cluster.replicas[&first_leader].high_watermark(), 15);
+
+        // The leader is cut off and still takes a proposal, which cannot commit.
+        cluster.isolated.insert(first_leader);
+        let mut lost = cluster.propose(first_leader, "lost", 4);
+        cluster.settle().await;
+        let cut_off_log = cluster.replicas[&first_leader].log().offsets();
+        assert_eq!(
+            cut_off_log.log_end, 19,
+            "the cut-off leader wrote its entry"
+        );
+        assert!(answered(&mut lost).is_none(), "and cannot commit it");
+        let second_leader = cluster.elect(|leader| leader != first_leader).await;
+        assert!(cluster.replicas[&second_leader].term() > 1);
+        let mut kept = cluster.propose(second_leader, "kept", 3);
+        cluster.settle().await;
+        assert_eq!(answered(&mut kept).unwrap().unwrap().offset_first, 15);
+
+        // Healed: the old leader learns the new term, its entry is replaced and its
+        // proposal refused; every log is the same again.
+        cluster.isolated.clear();
+        for _ in 0..30 {
+            for replica in cluster.replicas.values_mut() {
+                replica.tick();
+            }
+            cluster.settle().await;
+        }
+        match answered(&mut lost) {
+            Some(Err(ReplicaError::NotLeader { .. })) => {}
+            other => panic!("the cut-off leader's proposal: {other:?}"),
+        }
+        let healed = assert_identical(&cluster).await;
+        assert_eq!(&healed[..15], &committed[..]);
+        assert_eq!(&healed[15..], ["kept-0", "kept-1", "kept-2"]);
+
+        // Restart: every replica rebuilds its window from its files and goes on.
+        let before: BTreeMap<u64, (u64, u64)> = cluster
+            .replicas
+            .iter()
+            .map(|(node, replica)| (*node, replica.last_index_and_term()))
+            .collect();
+        let dir = cluster.close().await;
+        let mut cluster = Cluster::open(&dir).await;
+        let after: BTreeMap<u64, (u64, u64)> = cluster
+            .replicas
+            .iter()
+            .map(|(node, replica)| (*node, replica.last_index_and_term()))
+            .collect();
+        assert_eq!(after, before, "the windows rebuilt from disk");
+        let leader = cluster.elect(|_| true).await;
+        let mut more = cluster.propose(leader, "after-restart", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 18);
+        let restarted = assert_identical(&cluster).await;
+        assert_eq!(&restarted[..18], &healed[..]);
+        assert_eq!(restarted.len(), 20);
+        cluster.close().await;
+    })
+    .unwrap();
+}
