@@ -14,4 +14,6 @@ pub mod replica;
 pub mod storage;
 
 #[cfg(test)]
+mod simulation_tests;
+#[cfg(test)]
 mod tests;

@@ -37,8 +37,7 @@ use ringlog_engine::topic::TopicConfig;
 use crate::entries::{EntryTable, Kind, Meta};
 use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
 use crate::limits::{
-    APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
-    ENTRY_FETCH_BYTES_MAX,
+    APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_FETCH_BYTES_MAX,
 };
 use crate::storage::{self, RaftStorage};
 
@@ -53,6 +52,9 @@ pub struct ReplicaConfig {
     /// this), and between a leader's heartbeats.
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
+    /// Bytes of data entries kept in memory beyond those that must be (see
+    /// `ENTRY_CACHE_BYTES_MAX`, the usual value).
+    pub entry_cache_bytes_max: u64,
 }
 
 /// Errors of a replica.
@@ -111,6 +113,7 @@ pub struct Replica<S: Storage> {
     high_watermark: i64,
     /// The term and vote last written to the journal, to sync only when they change.
     persisted_term_vote: (u64, u64),
+    entry_cache_bytes_max: u64,
 }
 
 impl<S: Storage> Replica<S> {
@@ -188,6 +191,7 @@ impl<S: Storage> Replica<S> {
             proposals: BTreeMap::new(),
             high_watermark,
             persisted_term_vote,
+            entry_cache_bytes_max: config.entry_cache_bytes_max,
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -355,7 +359,7 @@ impl<S: Storage> Replica<S> {
             self.fail_proposals();
         }
         let keep_from = self.keep_cached_from();
-        (self.storage.state.borrow_mut().table).evict(keep_from, ENTRY_CACHE_BYTES_MAX);
+        (self.storage.state.borrow_mut().table).evict(keep_from, self.entry_cache_bytes_max);
         Ok(out)
     }
 

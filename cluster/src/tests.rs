@@ -18,27 +18,28 @@ use ringlog_engine::topic::TopicConfig;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 
-const NODES: [u64; 3] = [1, 2, 3];
-const MAX_MESSAGE_BYTES: usize = 1 << 20;
+pub(crate) const NODES: [u64; 3] = [1, 2, 3];
+pub(crate) const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
-fn id() -> PartitionId {
+pub(crate) fn id() -> PartitionId {
     PartitionId {
         topic: std::sync::Arc::from("replicated"),
         partition: 0,
     }
 }
 
-fn config(node_id: u64) -> ReplicaConfig {
+pub(crate) fn config(node_id: u64) -> ReplicaConfig {
     ReplicaConfig {
         node_id,
         voters: NODES.to_vec(),
         election_ticks: 10,
         heartbeat_ticks: 2,
+        entry_cache_bytes_max: crate::limits::ENTRY_CACHE_BYTES_MAX,
     }
 }
 
 /// A batch of `count` records whose values are `"{tag}-{i}"`.
-fn batch(tag: &str, count: usize) -> Bytes {
+pub(crate) fn batch(tag: &str, count: usize) -> Bytes {
     let mut builder = BatchBuilder::new();
     for i in 0..count {
         let value = format!("{tag}-{i}");
@@ -170,7 +171,7 @@ impl Cluster {
 
 /// The values of a log's records in offset order, checking offsets are dense from 0 and
 /// each batch carries a leader epoch.
-fn values(log: &[u8]) -> Vec<String> {
+pub(crate) fn values(log: &[u8]) -> Vec<String> {
     let mut values = Vec::new();
     let mut rest = log;
     let mut offset = 0;
