@@ -281,15 +281,14 @@ fn env_number(name: &str) -> Option<u64> {
 #[test]
 fn seeded_faults_never_lose_an_acknowledged_record_and_replicas_converge() {
     let steps = env_number("RINGLOG_SIM_STEPS").unwrap_or(300) as usize;
-    let seeds: Vec<u64> = match env_number("RINGLOG_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => {
-            let base = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |elapsed| elapsed.as_nanos() as u64);
-            let count = env_number("RINGLOG_SIM_SEEDS").unwrap_or(3);
-            (0..count).map(|i| base.wrapping_add(i)).collect()
-        }
+    let seeds: Vec<u64> = if let Some(seed) = env_number("RINGLOG_SIM_SEED") {
+        vec![seed]
+    } else {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |elapsed| elapsed.as_nanos() as u64);
+        let count = env_number("RINGLOG_SIM_SEEDS").unwrap_or(3);
+        (0..count).map(|i| base.wrapping_add(i)).collect()
     };
     for seed in seeds {
         eprintln!("simulating seed {seed} (replay: RINGLOG_SIM_SEED={seed})");
