@@ -180,6 +180,12 @@ impl<S: Storage> Journal<S> {
             .await
             .map_err(io("open"))?;
         let size = file.size().await.map_err(io("size"))?;
+        if size == 0 {
+            // The file may have just been created: its name is durable only once the
+            // directory is synced, and a journal that vanished in a power loss would
+            // forget votes.
+            storage.sync_dir(dir).await.map_err(io("sync directory"))?;
+        }
         let bytes = file
             .read_at(0, usize::try_from(size).unwrap_or(usize::MAX))
             .await

@@ -10,8 +10,8 @@ pub const JOURNAL_RECORD_BYTES_MAX: usize = 1024 * 1024;
 pub const JOURNAL_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Bytes of persisted data entries a replica keeps in memory for Raft's storage reads
-/// beyond those it must keep (entries not applied yet, or, on a leader, not on every
-/// follower yet). Older entries are read back from the partition log when asked for.
+/// beyond those it must keep (entries not applied yet). Older entries are read back from
+/// the partition log when a lagging follower needs them.
 pub const ENTRY_CACHE_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// Data entries read from the partition log in one go when Raft asks for entries a replica

@@ -85,6 +85,12 @@ pub enum ReplicaError {
         #[source]
         source: raft::Error,
     },
+    /// The replica cannot run with this configuration yet.
+    #[error("partition {partition}: not supported yet: {what}")]
+    Unsupported {
+        partition: PartitionId,
+        what: &'static str,
+    },
     /// The partition log and the journal disagree, or an entry's data is not a batch of
     /// its term at the next offset: a bug or damage, never repaired by guessing.
     #[error("partition {partition}: replicated log is inconsistent: {reason}")]
@@ -130,12 +136,32 @@ impl<S: Storage> Replica<S> {
             partition: id.clone(),
             source,
         };
+        if topic.retention_ms().is_some() || topic.retention_bytes().is_some() {
+            // Retention would delete segments below the window, whose entries Raft still
+            // counts on; it needs snapshots and a moving anchor (not built yet).
+            return Err(ReplicaError::Unsupported {
+                partition: id,
+                what: "retention on a replicated partition (set retention.ms and \
+                       retention.bytes to -1)",
+            });
+        }
         let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic)
             .await
             .map_err(|source| log_error(&id, source))?;
         let (mut journal, mut state) = Journal::open(storage, dir).await.map_err(journal_error)?;
         if state.conf_state.voters.is_empty() {
             // A new group: its voters are the configured ones, from the partition's start.
+            // A log with records but no journal lost its journal: starting it as a new
+            // group would renumber its entries and forget its votes.
+            let offsets = log.offsets();
+            if offsets.log_end > offsets.log_start {
+                return Err(ReplicaError::Inconsistent {
+                    partition: id,
+                    reason: "the partition log holds records but its raft journal is missing \
+                             or empty"
+                        .to_string(),
+                });
+            }
             let mut conf_state = ConfState::default();
             conf_state.voters.clone_from(&config.voters);
             let anchor = Anchor {
@@ -267,7 +293,7 @@ impl<S: Storage> Replica<S> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        batch::validate(batches, max_message_bytes).map_err(|source| {
+        let info = batch::validate(batches, max_message_bytes).map_err(|source| {
             log_error(
                 &self.id,
                 LogError::InvalidBatch {
@@ -277,11 +303,16 @@ impl<S: Storage> Replica<S> {
                 },
             )
         })?;
+        if info.batch_count == 0 {
+            let partition = self.id.clone();
+            return Err(log_error(&self.id, LogError::Empty { partition }));
+        }
         let term = self.term();
         let epoch = i32::try_from(term).map_err(|_| self.inconsistent("term past i32"))?;
         let offset_first = self.offset_next();
         let mut offset = offset_first;
         let mut rest = batches;
+        let mut entries = Vec::with_capacity(info.batch_count);
         while !rest.is_empty() {
             let Ok((parsed, after)) = RecordBatch::parse(rest) else {
                 unreachable!("a validated request holds whole batches");
@@ -291,22 +322,23 @@ impl<S: Storage> Replica<S> {
                 .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch));
             assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
             offset += parsed.offset_count() as i64;
-            let mut message = Message::default();
-            message.set_msg_type(MessageType::MsgPropose);
-            message.from = self.node.raft.id;
-            let entry = Entry {
+            entries.push(Entry {
                 data: stamped.freeze(),
                 ..Entry::default()
-            };
-            message.entries = vec![entry].into();
-            // `RawNode::propose` takes the data as a `Vec`; stepping the proposal keeps
-            // the stamped `Bytes` as they are.
-            self.node
-                .raft
-                .step(message)
-                .map_err(|source| self.raft_error(source))?;
+            });
             rest = after;
         }
+        // One proposal of every batch: raft-rs appends all of them or none.
+        // (`RawNode::propose` takes one entry's data as a `Vec`; stepping the proposal
+        // keeps the stamped `Bytes` as they are.)
+        let mut message = Message::default();
+        message.set_msg_type(MessageType::MsgPropose);
+        message.from = self.node.raft.id;
+        message.entries = entries.into();
+        self.node
+            .raft
+            .step(message)
+            .map_err(|source| self.raft_error(source))?;
         let (reply, answer) = oneshot::channel();
         let appended = Appended {
             offset_first,
@@ -596,10 +628,12 @@ impl<S: Storage> Replica<S> {
     async fn serve_fetches(&mut self) -> Result<(), ReplicaError> {
         let fetches = std::mem::take(&mut self.storage.state.borrow_mut().fetches);
         for fetch in fetches {
-            for index in fetch.low..fetch.high {
-                if let Some(offset) = self.uncached_offset(index) {
-                    self.read_back(index, offset).await?;
-                }
+            // The first missing entry on, one read of at most `ENTRY_FETCH_BYTES_MAX`:
+            // raft-rs sends what is cached from `low` on and asks again for the rest.
+            let missing = (fetch.low..fetch.high)
+                .find_map(|index| self.uncached_offset(index).map(|offset| (index, offset)));
+            if let Some((index, offset)) = missing {
+                self.read_back(index, offset).await?;
             }
             self.node.on_entries_fetched(fetch.context);
         }
@@ -663,17 +697,11 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// The first index whose cached bytes must stay: those not applied yet, and on a
-    /// leader those some follower still lacks.
+    /// The first index whose cached bytes must stay: those not applied yet, which raft-rs
+    /// reads without waiting. A follower that lags is served entries read back from the
+    /// log, so a follower that is down pins nothing in memory.
     fn keep_cached_from(&self) -> u64 {
-        let applied = self.node.raft.raft_log.applied;
-        let mut keep_from = applied + 1;
-        if self.is_leader() {
-            for (_, progress) in self.node.raft.prs().iter() {
-                keep_from = keep_from.min(progress.matched + 1);
-            }
-        }
-        keep_from
+        self.node.raft.raft_log.applied + 1
     }
 
     fn not_leader(&self) -> ReplicaError {

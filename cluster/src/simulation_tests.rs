@@ -14,10 +14,9 @@ use raft::eraftpb::Message;
 use ringlog_engine::log::Appended;
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
-use ringlog_engine::topic::TopicConfig;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
-use crate::tests::{batch, config, id, values, MAX_MESSAGE_BYTES, NODES};
+use crate::tests::{batch, config, id, topic, values, MAX_MESSAGE_BYTES, NODES};
 
 /// SplitMix64: small, seedable, and good enough to pick actions.
 struct Rng(u64);
@@ -70,7 +69,7 @@ impl Simulation {
             DiskStorage,
             &self.dir.join(format!("node-{node}")),
             id(),
-            TopicConfig::default(),
+            topic(),
             &ReplicaConfig {
                 entry_cache_bytes_max: self.entry_cache_bytes_max,
                 ..config(node)

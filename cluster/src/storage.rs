@@ -80,6 +80,10 @@ impl raft::Storage for RaftStorage {
         let mut size = 0u64;
         for index in low..high {
             let Some(entry) = table.entry(index) else {
+                // Fewer entries than asked for are an answer: the rest are sent next.
+                if !entries.is_empty() {
+                    break;
+                }
                 if !context.can_async() {
                     unreachable!("raft read entry {index}, not cached, and may not wait");
                 }

@@ -28,6 +28,15 @@ pub(crate) fn id() -> PartitionId {
     }
 }
 
+/// A topic without retention, as a replicated partition needs until snapshots exist.
+pub(crate) fn topic() -> TopicConfig {
+    TopicConfig::builder()
+        .retention_ms(None)
+        .retention_bytes(None)
+        .build()
+        .unwrap()
+}
+
 pub(crate) fn config(node_id: u64) -> ReplicaConfig {
     ReplicaConfig {
         node_id,
@@ -69,7 +78,7 @@ impl Cluster {
                 DiskStorage,
                 &dir.join(format!("node-{node}")),
                 id(),
-                TopicConfig::default(),
+                topic(),
                 &config(node),
             )
             .await
@@ -287,6 +296,74 @@ fn three_replicas_elect_replicate_fail_over_heal_and_restart_with_identical_logs
         assert_eq!(&restarted[..18], &healed[..]);
         assert_eq!(restarted.len(), 20);
         cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_request_of_several_batches_is_one_proposal_and_an_empty_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut request = batch("x", 2).to_vec();
+        request.extend_from_slice(&batch("y", 3));
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        let empty = replica.propose(&[], MAX_MESSAGE_BYTES).unwrap_err();
+        assert!(matches!(empty, ReplicaError::Log { .. }), "{empty:?}");
+        let mut answer = replica.propose(&request, MAX_MESSAGE_BYTES).unwrap();
+        cluster.settle().await;
+        let appended = answered(&mut answer).unwrap().unwrap();
+        assert_eq!((appended.offset_first, appended.offset_next), (0, 5));
+        let values = assert_identical(&cluster).await;
+        assert_eq!(values, ["x-0", "x-1", "y-0", "y-1", "y-2"]);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_replica_refuses_retention_and_a_log_whose_journal_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let open = |topic: TopicConfig| {
+            let dir = dir.path().join("node-1");
+            async move { Replica::open(DiskStorage, &dir, id(), topic, &config(1)).await }
+        };
+        let retained = open(TopicConfig::default()).await.err().unwrap();
+        assert!(
+            matches!(retained, ReplicaError::Unsupported { .. }),
+            "{retained:?}"
+        );
+        // A single voter commits alone: a log with one record.
+        let mut alone = Replica::open(
+            DiskStorage,
+            &dir.path().join("node-1"),
+            id(),
+            topic(),
+            &ReplicaConfig {
+                voters: vec![1],
+                ..config(1)
+            },
+        )
+        .await
+        .unwrap();
+        alone.campaign().unwrap();
+        while alone.has_ready() {
+            alone.process_ready().await.unwrap();
+        }
+        let mut answer = alone.propose(&batch("only", 1), MAX_MESSAGE_BYTES).unwrap();
+        while alone.has_ready() {
+            alone.process_ready().await.unwrap();
+        }
+        assert_eq!(answered(&mut answer).unwrap().unwrap().offset_next, 1);
+        alone.close().await.unwrap();
+        std::fs::remove_file(dir.path().join("node-1/raft.journal")).unwrap();
+        let orphan = open(topic()).await.err().unwrap();
+        assert!(
+            matches!(orphan, ReplicaError::Inconsistent { .. }),
+            "{orphan:?}"
+        );
     })
     .unwrap();
 }

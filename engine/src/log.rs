@@ -473,7 +473,8 @@ impl<S: Storage> PartitionLog<S> {
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
-        let info = self.validate(&batches)?;
+        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
+        let info = self.validate(&batches, max_message_bytes)?;
         let producer = producers::ProducerBatch::of_request(&batches).map_err(|source| {
             LogError::Producer {
                 partition: self.shared.id.clone(),
@@ -500,9 +501,11 @@ impl<S: Storage> PartitionLog<S> {
     /// ended ([`LogError::NotContiguous`] otherwise, and nothing is written). Batches are
     /// validated (CRC and framing) as any append's; idempotent producers' batches are
     /// recorded in the producers' state without the sequence rules, which the leader
-    /// applied, so this replica can take over deduplication when it leads.
+    /// applied, so this replica can take over deduplication when it leads. The size limit
+    /// is the engine's, not the topic's `max.message.bytes`: the leader applied that when
+    /// it accepted the batch, and a replica configured lower must still copy it.
     pub async fn append_replicated(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
-        let info = self.validate(&batches)?;
+        let info = self.validate(&batches, crate::limits::BATCH_SIZE_BYTES_MAX)?;
         let (reply, outcome) = oneshot::channel();
         let pending = Pending {
             batches,
@@ -517,8 +520,11 @@ impl<S: Storage> PartitionLog<S> {
     }
 
     /// Validates the batches of an append: the one check every way in goes through.
-    fn validate(&self, batches: &[u8]) -> Result<crate::batch::BatchInfo, LogError> {
-        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
+    fn validate(
+        &self,
+        batches: &[u8],
+        max_message_bytes: usize,
+    ) -> Result<crate::batch::BatchInfo, LogError> {
         let info = crate::batch::validate(batches, max_message_bytes).map_err(|source| {
             LogError::InvalidBatch {
                 partition: self.shared.id.clone(),
