@@ -278,16 +278,17 @@ mod tests {
         let examples = examples();
         let mut names: Vec<&str> = examples.iter().map(|(name, _)| *name).collect();
         // As many as `kind` has arms.
-        assert_eq!(names.len(), 38, "{names:?}");
+        assert_eq!(names.len(), 39, "{names:?}");
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 38, "each kind once");
+        assert_eq!(names.len(), 39, "each kind once");
         let kinds_named = [
             "TopicName",
             "UnknownTopicOrPartition",
             "Runtime",
             "ShardStopped",
             "Log::Empty",
+            "Log::NotContiguous",
             "Log::InvalidBatch::TooLarge",
             "Log::Producer::MultipleBatches",
             "Topic::Poisoned",
