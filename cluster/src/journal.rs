@@ -220,14 +220,7 @@ impl<S: Storage> Journal<S> {
     /// Appends `records`, durable on return when `sync` is set. Rewrites the file with only
     /// what is live first if it has grown past `JOURNAL_BYTES_MAX`.
     pub async fn append(&mut self, records: &[Record], sync: bool) -> Result<(), JournalError> {
-        let mut bytes = Vec::new();
-        for record in records {
-            encode(record, &mut bytes).map_err(|len| JournalError::RecordTooLarge {
-                path: self.dir.join(FILE_NAME),
-                len,
-                max: JOURNAL_RECORD_BYTES_MAX,
-            })?;
-        }
+        let bytes = self.encode_all(records)?;
         if self.size_bytes + bytes.len() as u64 > JOURNAL_BYTES_MAX {
             self.rewrite().await?;
         }
@@ -244,14 +237,7 @@ impl<S: Storage> Journal<S> {
     /// Replaces the file with one holding only the live state: written and fdatasynced
     /// under a temporary name, renamed over the journal, the directory synced.
     async fn rewrite(&mut self) -> Result<(), JournalError> {
-        let mut bytes = Vec::new();
-        for record in self.state.records() {
-            encode(&record, &mut bytes).map_err(|len| JournalError::RecordTooLarge {
-                path: self.dir.join(FILE_NAME),
-                len,
-                max: JOURNAL_RECORD_BYTES_MAX,
-            })?;
-        }
+        let bytes = self.encode_all(&self.state.records())?;
         let temporary = self.dir.join(TEMPORARY_NAME);
         let file = self
             .storage
@@ -275,6 +261,19 @@ impl<S: Storage> Journal<S> {
         self.file = file;
         self.size_bytes = len;
         Ok(())
+    }
+
+    /// The framed bytes of `records`, or the error naming the first one over the limit.
+    fn encode_all(&self, records: &[Record]) -> Result<Vec<u8>, JournalError> {
+        let mut bytes = Vec::new();
+        for record in records {
+            encode(record, &mut bytes).map_err(|len| JournalError::RecordTooLarge {
+                path: self.dir.join(FILE_NAME),
+                len,
+                max: JOURNAL_RECORD_BYTES_MAX,
+            })?;
+        }
+        Ok(bytes)
     }
 
     /// The journal's size in bytes.

@@ -5,6 +5,7 @@
 //! and take no Kafka offset (`journal.rs`, `entries.rs`, `storage.rs`). `replica.rs`
 //! drives one group: proposals, persistence through the partition log's group commit,
 //! commit (the high watermark), and leadership.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod entries;
 pub mod journal;

@@ -14,30 +14,19 @@ use raft::eraftpb::Message;
 use ringlog_engine::log::Appended;
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
+use ringlog_engine::testing::Rng;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::tests::{batch, config, id, topic, values, MAX_MESSAGE_BYTES, NODES};
 
-/// SplitMix64: small, seedable, and good enough to pick actions.
-struct Rng(u64);
+/// True with probability `percent` in 100.
+fn chance(rng: &mut Rng, percent: u64) -> bool {
+    rng.below(100) < percent
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `percent` in 100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// One of `items`.
+fn pick<T: Copy>(rng: &mut Rng, items: &[T]) -> T {
+    items[rng.below(items.len() as u64) as usize]
 }
 
 type Answer = oneshot::Receiver<Result<Appended, ReplicaError>>;
@@ -91,12 +80,12 @@ impl Simulation {
         let mut kept = Vec::new();
         for message in std::mem::take(&mut self.network) {
             // Some messages wait a round or more: delivery order changes.
-            if self.rng.chance(20) {
+            if chance(&mut self.rng, 20) {
                 kept.push(message);
                 continue;
             }
             let cut = self.isolated.contains(&message.from) || self.isolated.contains(&message.to);
-            if cut || self.rng.chance(self.loss_percent) {
+            if cut || chance(&mut self.rng, self.loss_percent) {
                 continue;
             }
             if let Some(replica) = self.replicas.get_mut(&message.to) {
@@ -147,9 +136,11 @@ impl Simulation {
                     .filter(|(_, replica)| replica.is_leader())
                     .map(|(node, _)| *node)
                     .collect();
-                if let Some(&leader) = leaders.get(self.rng.below(leaders.len().max(1))) {
+                if let Some(&leader) =
+                    leaders.get(self.rng.below(leaders.len().max(1) as u64) as usize)
+                {
                     let tag = format!("p{}", self.proposals);
-                    let count = 1 + self.rng.below(4);
+                    let count = 1 + self.rng.below(4) as usize;
                     self.proposals += 1;
                     let replica = self.replicas.get_mut(&leader).unwrap();
                     if let Ok(answer) = replica.propose(&batch(&tag, count), MAX_MESSAGE_BYTES) {
@@ -158,14 +149,14 @@ impl Simulation {
                 }
             }
             80..=87 => {
-                let node = NODES[self.rng.below(NODES.len())];
+                let node = pick(&mut self.rng, &NODES);
                 if !self.isolated.remove(&node) && self.isolated.is_empty() {
                     self.isolated.insert(node);
                 }
             }
-            88..=93 => self.loss_percent = [0, 0, 10, 30][self.rng.below(4)],
+            88..=93 => self.loss_percent = pick(&mut self.rng, &[0, 0, 10, 30]),
             _ => {
-                let node = NODES[self.rng.below(NODES.len())];
+                let node = pick(&mut self.rng, &NODES);
                 let replica = self.replicas.remove(&node).unwrap();
                 replica.close().await.unwrap();
                 let reopened = self.open_replica(node).await;

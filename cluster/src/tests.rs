@@ -7,13 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use futures::channel::oneshot;
 use raft::eraftpb::Message;
-use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::batch::RecordBatch;
 use ringlog_engine::log::{Appended, PartitionId};
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
+pub(crate) use ringlog_engine::testing::tagged_batch as batch;
 use ringlog_engine::topic::TopicConfig;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
@@ -45,18 +45,6 @@ pub(crate) fn config(node_id: u64) -> ReplicaConfig {
         heartbeat_ticks: 2,
         entry_cache_bytes_max: crate::limits::ENTRY_CACHE_BYTES_MAX,
     }
-}
-
-/// A batch of `count` records whose values are `"{tag}-{i}"`.
-pub(crate) fn batch(tag: &str, count: usize) -> Bytes {
-    let mut builder = BatchBuilder::new();
-    for i in 0..count {
-        let value = format!("{tag}-{i}");
-        builder
-            .push(i as i64, None, Some(value.as_bytes()), &[])
-            .unwrap();
-    }
-    Bytes::from(builder.build())
 }
 
 type Answer = oneshot::Receiver<Result<Appended, ReplicaError>>;

@@ -19,6 +19,6 @@ pub mod log;
 pub use ringlog_rt as rt;
 pub mod shard;
 pub mod storage;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "testing", feature = "fuzzing"))]
+pub mod testing;
 pub mod topic;

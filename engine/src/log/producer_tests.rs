@@ -15,7 +15,7 @@ use crate::limits::PRODUCER_ID_EXPIRATION_MS;
 use crate::rt;
 use crate::storage::fault::FaultStorage;
 use crate::storage::DiskStorage;
-use crate::testing::offsets_and_values;
+use crate::testing::{offsets_and_values, tagged_batch as plain};
 
 fn id() -> PartitionId {
     PartitionId {
@@ -39,17 +39,6 @@ fn idempotent(pid: i64, epoch: i16, sequence: i32, count: i32) -> Bytes {
         let value = format!("{pid}/{epoch}/{}", sequence.wrapping_add(i));
         builder
             .push(i64::from(i), None, Some(value.as_bytes()), &[])
-            .unwrap();
-    }
-    Bytes::from(builder.build())
-}
-
-fn plain(tag: &str, count: usize) -> Bytes {
-    let mut builder = BatchBuilder::new();
-    for i in 0..count {
-        let value = format!("{tag}-{i}");
-        builder
-            .push(i as i64, None, Some(value.as_bytes()), &[])
             .unwrap();
     }
     Bytes::from(builder.build())

@@ -11,6 +11,7 @@ use super::*;
 use crate::batch::{BatchBuilder, TimestampType};
 use crate::rt;
 use crate::storage::DiskStorage;
+use crate::testing::tagged_batch as batch;
 use crate::topic::IoMode;
 
 fn id(partition: u32) -> PartitionId {
@@ -20,17 +21,12 @@ fn id(partition: u32) -> PartitionId {
     }
 }
 
-fn batch(tag: &str, count: usize, producer: Option<(i64, i32)>) -> Bytes {
-    let mut builder = BatchBuilder::new()
-        .base_timestamp(1_700_000_000_000)
-        .max_timestamp(1_700_000_000_000);
-    if let Some((pid, sequence)) = producer {
-        builder = builder.producer(pid, 0, sequence);
-    }
+/// A batch of `count` records of idempotent producer `pid` (epoch 0) from `sequence`.
+fn idempotent(pid: i64, sequence: i32, count: usize) -> Bytes {
+    let mut builder = BatchBuilder::new().producer(pid, 0, sequence);
     for i in 0..count {
-        let value = format!("{tag}-{i}");
         builder
-            .push(i as i64, None, Some(value.as_bytes()), &[])
+            .push(i as i64, None, Some(b"idempotent"), &[])
             .unwrap();
     }
     Bytes::from(builder.build())
@@ -65,7 +61,7 @@ fn a_replica_writes_the_leaders_bytes_at_the_leaders_offsets() {
             let replica = open(&dir.path().join("replica"), 0, config).await;
             for (round, count) in [3, 1, 7].into_iter().enumerate() {
                 leader
-                    .append(batch(&format!("r{round}"), count, None), Ack::Durable)
+                    .append(batch(&format!("r{round}"), count), Ack::Durable)
                     .await
                     .unwrap();
             }
@@ -92,18 +88,9 @@ fn a_replicated_batch_must_continue_the_log() {
     run(async {
         let leader = open(&dir.path().join("leader"), 0, TopicConfig::default()).await;
         let replica = open(&dir.path().join("replica"), 0, TopicConfig::default()).await;
-        leader
-            .append(batch("a", 2, None), Ack::Written)
-            .await
-            .unwrap();
-        leader
-            .append(batch("b", 3, None), Ack::Written)
-            .await
-            .unwrap();
-        leader
-            .append(batch("c", 1, None), Ack::Written)
-            .await
-            .unwrap();
+        leader.append(batch("a", 2), Ack::Written).await.unwrap();
+        leader.append(batch("b", 3), Ack::Written).await.unwrap();
+        leader.append(batch("c", 1), Ack::Written).await.unwrap();
         let bytes = Bytes::from(everything(&leader).await);
         let second = second_batch(&bytes);
         // The second batch alone leaves a gap at 0..2: refused, nothing written.
@@ -159,10 +146,10 @@ fn a_replica_answers_a_producers_retry_with_the_leaders_offsets() {
         let leader = open(&dir.path().join("leader"), 0, TopicConfig::default()).await;
         let replica = open(&dir.path().join("replica"), 0, TopicConfig::default()).await;
         leader
-            .append(batch("plain", 4, None), Ack::Written)
+            .append(batch("plain", 4), Ack::Written)
             .await
             .unwrap();
-        let produced = batch("idem", 3, Some((77, 0)));
+        let produced = idempotent(77, 0, 3);
         let original = leader.append(produced.clone(), Ack::Written).await.unwrap();
         let bytes = Bytes::from(everything(&leader).await);
         replica
@@ -179,11 +166,11 @@ fn a_replica_answers_a_producers_retry_with_the_leaders_offsets() {
         );
         // Its next batch continues the sequence, its gap is refused.
         replica
-            .append(batch("idem", 1, Some((77, 3))), Ack::Written)
+            .append(idempotent(77, 3, 1), Ack::Written)
             .await
             .unwrap();
         let gap = replica
-            .append(batch("idem", 1, Some((77, 9))), Ack::Written)
+            .append(idempotent(77, 9, 1), Ack::Written)
             .await
             .unwrap_err();
         assert!(matches!(gap, LogError::Producer { .. }), "{gap:?}");

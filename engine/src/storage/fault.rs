@@ -86,6 +86,7 @@ use std::rc::Rc;
 
 use super::{OpenFlags, Storage, StorageFile};
 use crate::rt::{self, IoBuf, PooledBuf};
+use crate::testing::Rng;
 
 /// The unit a crash keeps or tears, and the alignment O_DIRECT writes need.
 pub const SECTOR_BYTES: u64 = 512;
@@ -686,7 +687,7 @@ impl State {
                 },
             );
         }
-        let seed_next = rng.map_or(self.seed, Rng::next);
+        let seed_next = rng.map_or(self.seed, Rng::next_u64);
         let used_bytes = inodes
             .values()
             .map(|inode| inode.written.len() as u64)
@@ -874,30 +875,11 @@ impl Inode {
                 if intact_left > 0 {
                     intact_left -= 1;
                 } else if self.durable.get(at) != Some(&self.written[at]) {
-                    image[at] = rng.next() as u8;
+                    image[at] = rng.next_u64() as u8;
                 }
             }
         }
         image
-    }
-}
-
-/// splitmix64: small, seedable and good enough to choose what a crash keeps.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..bound` (`bound > 0`).
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
     }
 }
 
