@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
-use ringlog_engine::batch::{self, RecordBatch};
+use ringlog_engine::batch::{self, FrameHeader};
 use ringlog_engine::log::{Ack, Appended, LogError, PartitionId, PartitionLog};
 use ringlog_engine::storage::Storage;
 use ringlog_engine::topic::TopicConfig;
@@ -117,8 +117,6 @@ pub struct Replica<S: Storage> {
     /// Proposals by the index of their last entry.
     proposals: BTreeMap<u64, Proposal>,
     high_watermark: i64,
-    /// The term and vote last written to the journal, to sync only when they change.
-    persisted_term_vote: (u64, u64),
     entry_cache_bytes_max: u64,
 }
 
@@ -183,7 +181,6 @@ impl<S: Storage> Replica<S> {
         // recorded as they apply), so what the hard state says committed is applied.
         let applied = state.hard_state.commit.min(table.last_index());
         let high_watermark = table.offset_at(applied + 1);
-        let persisted_term_vote = (state.hard_state.term, state.hard_state.vote);
         let storage = RaftStorage::new(storage::State {
             table,
             hard_state: state.hard_state.clone(),
@@ -216,7 +213,6 @@ impl<S: Storage> Replica<S> {
             node,
             proposals: BTreeMap::new(),
             high_watermark,
-            persisted_term_vote,
             entry_cache_bytes_max: config.entry_cache_bytes_max,
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
@@ -314,14 +310,15 @@ impl<S: Storage> Replica<S> {
         let mut rest = batches;
         let mut entries = Vec::with_capacity(info.batch_count);
         while !rest.is_empty() {
-            let Ok((parsed, after)) = RecordBatch::parse(rest) else {
+            let Ok(header) = FrameHeader::parse(rest) else {
                 unreachable!("a validated request holds whole batches");
             };
-            let mut stamped = BytesMut::from(parsed.as_bytes());
+            let (this, after) = rest.split_at(header.size_bytes);
+            let mut stamped = BytesMut::from(this);
             let stamped_ok = batch::stamp_base_offset(&mut stamped, offset)
                 .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch));
             assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
-            offset += parsed.offset_count() as i64;
+            offset += header.offset_count as i64;
             entries.push(Entry {
                 data: stamped.freeze(),
                 ..Entry::default()
@@ -411,10 +408,10 @@ impl<S: Storage> Replica<S> {
             .iter()
             .rev()
             .filter(|entry| is_data(entry))
-            .find_map(|entry| RecordBatch::parse(&entry.data).ok())
+            .find_map(|entry| FrameHeader::parse(&entry.data).ok())
             .map_or_else(
                 || self.storage.state.borrow().table.offset_next(),
-                |(batch, _)| batch.base_offset() + batch.offset_count() as i64,
+                |header| header.offset_next(),
             )
     }
 
@@ -448,22 +445,22 @@ impl<S: Storage> Replica<S> {
         let mut metas = Vec::with_capacity(entries.len());
         let mut offset = self.storage.state.borrow().table.offset_next();
         for entry in entries {
-            let Ok((batch, [])) = RecordBatch::parse(&entry.data) else {
-                return Err(self.inconsistent("a data entry is not one record batch"));
+            // The frame and fields only: `append_replicated` below validates the whole
+            // batch (CRC included) before anything is written.
+            let header = match FrameHeader::parse(&entry.data) {
+                Ok(header) if header.size_bytes == entry.data.len() => header,
+                _ => return Err(self.inconsistent("a data entry is not one record batch")),
             };
-            if batch.base_offset() != offset
-                || u64::try_from(batch.partition_leader_epoch()) != Ok(entry.term)
+            if header.base_offset != offset
+                || u64::try_from(header.partition_leader_epoch) != Ok(entry.term)
             {
                 return Err(self.inconsistent(&format!(
                     "entry {} of term {} holds a batch at offset {} of epoch {}, expected \
                      offset {offset}",
-                    entry.index,
-                    entry.term,
-                    batch.base_offset(),
-                    batch.partition_leader_epoch()
+                    entry.index, entry.term, header.base_offset, header.partition_leader_epoch
                 )));
             }
-            let offset_next = offset + batch.offset_count() as i64;
+            let offset_next = header.offset_next();
             metas.push(Meta {
                 term: entry.term,
                 kind: Kind::Data {
@@ -543,13 +540,16 @@ impl<S: Storage> Replica<S> {
         &mut self,
         hard_state: raft::eraftpb::HardState,
     ) -> Result<(), ReplicaError> {
-        let term_vote = (hard_state.term, hard_state.vote);
-        let sync = term_vote != self.persisted_term_vote;
+        // The storage's hard state is the one last written (its commit index alone may be
+        // ahead): sync only when the term or vote changes.
+        let sync = {
+            let persisted = &self.storage.state.borrow().hard_state;
+            (hard_state.term, hard_state.vote) != (persisted.term, persisted.vote)
+        };
         self.journal
             .append(&[Record::HardState(hard_state.clone())], sync)
             .await
             .map_err(|source| self.journal_error(source))?;
-        self.persisted_term_vote = term_vote;
         self.storage.state.borrow_mut().hard_state = hard_state;
         Ok(())
     }
@@ -563,8 +563,8 @@ impl<S: Storage> Replica<S> {
         for entry in &entries {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if is_data(entry) => {
-                    if let Ok((batch, _)) = RecordBatch::parse(&entry.data) {
-                        self.high_watermark = batch.base_offset() + batch.offset_count() as i64;
+                    if let Ok(header) = FrameHeader::parse(&entry.data) {
+                        self.high_watermark = header.offset_next();
                     }
                 }
                 EntryType::EntryNormal => {}
@@ -677,8 +677,8 @@ impl<S: Storage> Replica<S> {
         let mut state = self.storage.state.borrow_mut();
         let mut at = 0;
         let mut index = index;
-        while let Ok((batch, _)) = RecordBatch::parse(&bytes[at..]) {
-            let size = batch.size_bytes();
+        while let Ok(header) = FrameHeader::parse(&bytes[at..]) {
+            let size = header.size_bytes;
             while matches!(
                 state.table.get(index).map(|meta| &meta.kind),
                 Some(Kind::Internal { .. })
@@ -686,7 +686,7 @@ impl<S: Storage> Replica<S> {
                 index += 1;
             }
             match state.table.get(index).map(|meta| &meta.kind) {
-                Some(Kind::Data { offset_first, .. }) if *offset_first == batch.base_offset() => {
+                Some(Kind::Data { offset_first, .. }) if *offset_first == header.base_offset => {
                     state.table.fill(index, bytes.slice(at..at + size));
                 }
                 _ => break,
@@ -774,20 +774,22 @@ async fn rebuild<S: Storage>(
             .map_err(|source| log_error(id, source))?;
         let mut rest = &bytes[..];
         let before = offset;
-        while let Ok((batch, after)) = RecordBatch::parse(rest) {
+        // `read_bytes` checks every batch it serves that nobody checked since the log was
+        // opened; the headers are all the window needs.
+        while let Ok(header) = FrameHeader::parse(rest) {
             while let Some(internal) = internals
-                .next_if(|i| i.offset <= batch.base_offset() && i.index == table.last_index() + 1)
+                .next_if(|i| i.offset <= header.base_offset && i.index == table.last_index() + 1)
             {
                 table.push_internal(internal);
             }
-            if batch.base_offset() != offset {
+            if header.base_offset != offset {
                 return Err(inconsistent(format!(
                     "batch at offset {} where {offset} was expected",
-                    batch.base_offset()
+                    header.base_offset
                 )));
             }
-            let term = u64::try_from(batch.partition_leader_epoch()).unwrap_or(0);
-            let offset_next = offset + batch.offset_count() as i64;
+            let term = u64::try_from(header.partition_leader_epoch).unwrap_or(0);
+            let offset_next = header.offset_next();
             table.push(
                 table.last_index() + 1,
                 Meta {
@@ -800,7 +802,7 @@ async fn rebuild<S: Storage>(
                 },
             );
             offset = offset_next;
-            rest = after;
+            rest = &rest[header.size_bytes..];
         }
         if offset == before {
             return Err(inconsistent(format!("no whole batch at offset {offset}")));

@@ -39,6 +39,6 @@ pub use stamp::{
     stamp_split,
 };
 pub use validate::{validate, validate_prefix, BatchInfo, ValidPrefix};
-pub use view::RecordBatch;
+pub use view::{FrameHeader, RecordBatch};
 
 pub use crate::limits::BATCH_SIZE_BYTES_MAX;

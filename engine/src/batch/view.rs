@@ -210,6 +210,38 @@ impl fmt::Debug for RecordBatch<'_> {
     }
 }
 
+/// The header fields of a batch that was validated already (by a leader when it accepted
+/// the batch, or about to be by the log's append), read without computing its CRC again:
+/// only the frame is checked (magic, length bounds, the whole batch present).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub base_offset: i64,
+    pub partition_leader_epoch: i32,
+    /// `lastOffsetDelta + 1`, as [`RecordBatch::offset_count`]; a negative delta reads as
+    /// one offset (validation refuses such a batch).
+    pub offset_count: u64,
+    pub size_bytes: usize,
+}
+
+impl FrameHeader {
+    /// The header of the batch at the front of `bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<FrameHeader, BatchError> {
+        let size_bytes = frame(bytes, BATCH_SIZE_BYTES_MAX)?;
+        let last_offset_delta = layout::read_i32(bytes, LAST_OFFSET_DELTA_AT);
+        Ok(FrameHeader {
+            base_offset: layout::read_i64(bytes, BASE_OFFSET_AT),
+            partition_leader_epoch: layout::read_i32(bytes, PARTITION_LEADER_EPOCH_AT),
+            offset_count: u64::try_from(last_offset_delta).map_or(1, |delta| delta + 1),
+            size_bytes,
+        })
+    }
+
+    /// The offset after the batch.
+    pub fn offset_next(&self) -> i64 {
+        self.base_offset + self.offset_count as i64
+    }
+}
+
 /// Finds the size of the batch at the front of `bytes` from its header alone: checks that the
 /// magic byte is 2, that `batchLength` is within bounds and the size limit, and that the whole
 /// batch is present. Everything that touches a batch in place starts here.
