@@ -7,12 +7,15 @@
 //! commit (the high watermark), and leadership.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod controller;
 pub mod entries;
 pub mod journal;
 pub mod limits;
 pub mod logger;
+pub mod node;
 pub mod replica;
 pub mod storage;
+pub mod transport;
 
 #[cfg(test)]
 mod simulation_tests;

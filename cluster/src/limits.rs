@@ -22,3 +22,59 @@ pub const ENTRY_FETCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// `max_size_per_msg`), and messages in flight to one follower (`max_inflight_msgs`).
 pub const APPEND_MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
 pub const APPEND_MESSAGES_IN_FLIGHT_MAX: usize = 256;
+
+/// Bytes of the controller's log read at once when a node applies its commands (a
+/// create-topic command is a few hundred bytes).
+pub const CONTROLLER_READ_BYTES_MAX: u64 = 1024 * 1024;
+
+/// How long creating a topic waits, once the controller committed the command, for this
+/// node to apply it, in milliseconds (applying is a registry write and the partitions'
+/// opening: milliseconds).
+pub const CONTROLLER_APPLY_WAIT_MS: u64 = 10_000;
+
+/// The largest frame between nodes (`transport.rs`), counted as its length field counts it:
+/// kind and body. raft-rs fills an append message with entries up to
+/// `APPEND_MESSAGE_BYTES_MAX` (their own encodings, not the 2 to 6 bytes each takes in the
+/// message, so up to twice that for the smallest entries) but always takes the first entry
+/// whole, and a data entry is one record batch, up to the engine's `BATCH_SIZE_BYTES_MAX`.
+/// 64 KiB more covers the topic name and the message's other fields. A longer length read
+/// from a peer closes its connection before any of the body is read.
+pub const TRANSPORT_FRAME_BYTES_MAX: usize = ringlog_engine::limits::BATCH_SIZE_BYTES_MAX
+    + 2 * APPEND_MESSAGE_BYTES_MAX as usize
+    + 64 * 1024;
+
+/// Bytes of frames queued for one peer, and being written to it, on one shard. Past this,
+/// new messages to that peer are dropped and counted: Raft resends what is lost.
+pub const TRANSPORT_PEER_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The longest cluster name a hello carries, in bytes.
+pub const TRANSPORT_CLUSTER_NAME_BYTES_MAX: usize = 255;
+
+/// The longest Kafka host a hello carries, in bytes (a DNS name has at most 253).
+pub const TRANSPORT_HOST_BYTES_MAX: usize = 255;
+
+/// Connections from peers one shard serves at once: one per shard of every other node is
+/// what a cluster needs; a connection past this is closed as soon as it is accepted.
+pub const TRANSPORT_CONNECTIONS_MAX: usize = 4096;
+
+/// How long a connection may take to connect and exchange hellos, in milliseconds (either
+/// side: a connection that says nothing is closed after this).
+pub const TRANSPORT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// How long one write of queued frames to a peer may take, in milliseconds, before the
+/// connection is given up as dead (a peer gone without a FIN or RST) and made again.
+pub const TRANSPORT_SEND_TIMEOUT_MS: u64 = 30_000;
+
+/// The wait before reconnecting to a peer: this after a connection ends, doubled after each
+/// failed attempt up to `TRANSPORT_RECONNECT_BACKOFF_MAX_MS`.
+pub const TRANSPORT_RECONNECT_BACKOFF_MIN_MS: u64 = 50;
+pub const TRANSPORT_RECONNECT_BACKOFF_MAX_MS: u64 = 1_000;
+
+/// The wait before accepting again after accept failed (out of descriptors, say).
+pub const TRANSPORT_ACCEPT_RETRY_MS: u64 = 100;
+
+/// A connection's receive buffer to start with. A receive or send buffer that a large
+/// frame or batch grew past `TRANSPORT_BUFFER_RETAINED_BYTES_MAX` is given back once empty
+/// (a receive buffer starts again at `TRANSPORT_READ_BUFFER_BYTES`).
+pub const TRANSPORT_READ_BUFFER_BYTES: usize = 64 * 1024;
+pub const TRANSPORT_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;

@@ -130,22 +130,34 @@ impl<S: Storage> Replica<S> {
         topic: TopicConfig,
         config: &ReplicaConfig,
     ) -> Result<Replica<S>, ReplicaError> {
+        refuse_unsupported(&id, &topic)?;
+        let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic.clone())
+            .await
+            .map_err(|source| log_error(&id, source))?;
+        Self::open_with_log(log, storage, dir, &topic, config).await
+    }
+
+    /// Opens the replica of `log`, a partition log already opened (and recovered) in
+    /// `dir` (the engine opens every partition's log when it starts; the replica wraps
+    /// it rather than opening it twice): the journal, and the window of entries rebuilt
+    /// from both. `topic` is the partition's configuration, checked as [`Replica::open`]
+    /// checks it. From then on the log is written only through this replica, and its
+    /// readers see only committed batches.
+    pub async fn open_with_log(
+        log: PartitionLog<S>,
+        storage: S,
+        dir: &Path,
+        topic: &TopicConfig,
+        config: &ReplicaConfig,
+    ) -> Result<Replica<S>, ReplicaError> {
+        let id = log.id().clone();
+        // The log runs with its own configuration: neither may ask for retention.
+        refuse_unsupported(&id, topic)?;
+        refuse_unsupported(&id, &log.config())?;
         let journal_error = |source| ReplicaError::Journal {
             partition: id.clone(),
             source,
         };
-        if topic.retention_ms().is_some() || topic.retention_bytes().is_some() {
-            // Retention would delete segments below the window, whose entries Raft still
-            // counts on; it needs snapshots and a moving anchor (not built yet).
-            return Err(ReplicaError::Unsupported {
-                partition: id,
-                what: "retention on a replicated partition (set retention.ms and \
-                       retention.bytes to -1)",
-            });
-        }
-        let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic)
-            .await
-            .map_err(|source| log_error(&id, source))?;
         let (mut journal, mut state) = Journal::open(storage, dir).await.map_err(journal_error)?;
         if state.conf_state.voters.is_empty() {
             // A new group: its voters are the configured ones, from the partition's start.
@@ -217,6 +229,13 @@ impl<S: Storage> Replica<S> {
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
+        // Only then is the log marked replicated: its readers stop at the commit end, and
+        // the entries just read back lie above it.
+        replica
+            .log
+            .set_commit_end(high_watermark)
+            .await
+            .map_err(|source| log_error(&replica.id, source))?;
         Ok(replica)
     }
 
@@ -243,6 +262,27 @@ impl<S: Storage> Replica<S> {
     /// The current term: the partition's leader epoch.
     pub fn term(&self) -> u64 {
         self.node.raft.term
+    }
+
+    /// The voters in sync, as Kafka's ISR: on the leader, those that acknowledged every
+    /// committed entry and were heard from within the last election timeout; elsewhere
+    /// (a follower does not know), every voter.
+    pub fn in_sync(&self) -> Vec<u64> {
+        let raft = &self.node.raft;
+        let mut voters: Vec<u64> = raft.prs().conf().voters().ids().iter().collect();
+        voters.sort_unstable();
+        if !self.is_leader() {
+            return voters;
+        }
+        let committed = raft.raft_log.committed;
+        voters.retain(|&id| {
+            id == raft.id
+                || raft
+                    .prs()
+                    .get(id)
+                    .is_some_and(|progress| progress.recent_active && progress.matched >= committed)
+        });
+        voters
     }
 
     /// The offset below which records are committed (on a majority, durably): what
@@ -560,6 +600,7 @@ impl<S: Storage> Replica<S> {
         let Some(last) = entries.last().map(|entry| (entry.index, entry.term)) else {
             return Ok(());
         };
+        let high_watermark_before = self.high_watermark;
         for entry in &entries {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if is_data(entry) => {
@@ -572,6 +613,14 @@ impl<S: Storage> Replica<S> {
                     self.apply_conf_change(entry).await?;
                 }
             }
+        }
+        if self.high_watermark != high_watermark_before {
+            // Committed entries are persisted here (raft-rs hands over none that are not),
+            // so the commit end lies within the log.
+            self.log
+                .set_commit_end(self.high_watermark)
+                .await
+                .map_err(|source| log_error(&self.id, source))?;
         }
         self.answer_proposals(last.0, last.1);
         Ok(())
@@ -740,6 +789,20 @@ impl<S: Storage> Replica<S> {
 /// Raft's own (a new leader's empty entry, a configuration change).
 fn is_data(entry: &Entry) -> bool {
     entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty()
+}
+
+/// Refuses a topic configuration a replica cannot run with yet.
+fn refuse_unsupported(id: &PartitionId, topic: &TopicConfig) -> Result<(), ReplicaError> {
+    if topic.retention_ms().is_some() || topic.retention_bytes().is_some() {
+        // Retention would delete segments below the window, whose entries Raft still
+        // counts on; it needs snapshots and a moving anchor (not built yet).
+        return Err(ReplicaError::Unsupported {
+            partition: id.clone(),
+            what: "retention on a replicated partition (set retention.ms and \
+                   retention.bytes to -1)",
+        });
+    }
+    Ok(())
 }
 
 fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {

@@ -41,6 +41,7 @@ fn topic_kind(error: &TopicError) -> &'static str {
         TopicError::CorruptMetadata { .. } => "Topic::CorruptMetadata",
         TopicError::AlreadyExists { .. } => "Topic::AlreadyExists",
         TopicError::Collides { .. } => "Topic::Collides",
+        TopicError::IdTaken { .. } => "Topic::IdTaken",
         TopicError::NotFound { .. } => "Topic::NotFound",
         TopicError::PartitionCount { .. } => "Topic::PartitionCount",
         TopicError::PartitionsNotIncreased { .. } => "Topic::PartitionsNotIncreased",
@@ -58,6 +59,8 @@ fn log_kind(error: &LogError) -> &'static str {
         LogError::OffsetOutOfRange { .. } => "Log::OffsetOutOfRange",
         LogError::Closed { .. } => "Log::Closed",
         LogError::NotContiguous { .. } => "Log::NotContiguous",
+        LogError::Replicated { .. } => "Log::Replicated",
+        LogError::CommitRefused { .. } => "Log::CommitRefused",
         LogError::Producer { source, .. } => producer_kind(source),
         LogError::Damaged { .. } => "Log::Damaged",
     }
@@ -135,6 +138,10 @@ fn topic_examples() -> Vec<TopicError> {
             source: Box::new(MetadataError::Marker("?".into())),
         },
         TopicError::AlreadyExists { name: name() },
+        TopicError::IdTaken {
+            name: name(),
+            id: "00000000-0000-0000-0000-000000000000".into(),
+        },
         TopicError::Collides {
             name: name(),
             existing: "u".into(),
@@ -198,6 +205,16 @@ fn log_examples() -> Vec<LogError> {
             partition: partition(),
             expected: 10,
             found: 12,
+        },
+        LogError::Replicated {
+            partition: partition(),
+        },
+        LogError::CommitRefused {
+            partition: partition(),
+            refusal: crate::log::CommitRefusal::Backwards {
+                commit_end: 3,
+                current: 5,
+            },
         },
     ]);
     errors.extend(producer_examples().into_iter().map(refused));
@@ -278,10 +295,10 @@ mod tests {
         let examples = examples();
         let mut names: Vec<&str> = examples.iter().map(|(name, _)| *name).collect();
         // As many as `kind` has arms.
-        assert_eq!(names.len(), 39, "{names:?}");
+        assert_eq!(names.len(), 42, "{names:?}");
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), 39, "each kind once");
+        assert_eq!(names.len(), 42, "each kind once");
         let kinds_named = [
             "TopicName",
             "UnknownTopicOrPartition",
@@ -289,6 +306,8 @@ mod tests {
             "ShardStopped",
             "Log::Empty",
             "Log::NotContiguous",
+            "Log::Replicated",
+            "Log::CommitRefused",
             "Log::InvalidBatch::TooLarge",
             "Log::Producer::MultipleBatches",
             "Topic::Poisoned",

@@ -11,11 +11,14 @@
 //! Offsets: `log_start_offset ≤ high_watermark ≤ log_end_offset`. The log end is the
 //! offset after the last batch whose write completed; the durable end is the offset below
 //! which everything is fdatasynced; the high watermark (what consumers may read) is the
-//! durable end for `flush = always` topics and the log end otherwise. After a failed write
-//! or fdatasync the log is poisoned: the waiters of the failing group and every later
-//! append fail with [`LogError::StorageFailed`], whose source is the [`StorageFailure`]
-//! (operation and I/O error) that poisoned it, until the partition is reopened and
-//! recovered.
+//! durable end for `flush = always` topics and the log end otherwise. A replicated log (one
+//! whose partition is a Raft group, `ringlog-cluster`) is marked so by its first
+//! [`PartitionLog::set_commit_end`]: its high watermark is then the commit end its replica
+//! sets, reads never serve a byte at or past it, and only the replica writes to it
+//! (`log/commit.rs`). After a failed write or fdatasync the log is poisoned: the waiters
+//! of the failing group and every later append fail with [`LogError::StorageFailed`], whose
+//! source is the [`StorageFailure`] (operation and I/O error) that poisoned it, until the
+//! partition is reopened and recovered.
 //!
 //! Idempotent producers: the log keeps each producer's epoch and last batches
 //! (`log/producers.rs`), checks every idempotent batch against them in queue order, and
@@ -27,6 +30,7 @@ mod appender;
 pub mod cache;
 mod cached_read;
 mod checkpoint;
+mod commit;
 mod durability;
 mod group;
 pub mod metrics;
@@ -74,6 +78,7 @@ use crate::rt::JoinHandle;
 use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
 
+pub use commit::CommitRefusal;
 pub use prealloc::PreallocBudget;
 pub use producers::ProducerError;
 pub use read::{FetchSlice, FileRange, ReadRange};
@@ -150,6 +155,18 @@ pub enum LogError {
     /// The log's appender has stopped (the log was closed).
     #[error("partition {partition}: log is closed")]
     Closed { partition: PartitionId },
+    /// An ordinary append to a replicated log: such a log is written only through its
+    /// replica ([`PartitionLog::append_replicated`]), so nothing bypasses its Raft group.
+    /// Nothing was written.
+    #[error("partition {partition}: the log is replicated, written only through its replica")]
+    Replicated { partition: PartitionId },
+    /// A replicated log refused to move its commit end, or to cut batches below it; the log
+    /// is as it was.
+    #[error("partition {partition}: {refusal}")]
+    CommitRefused {
+        partition: PartitionId,
+        refusal: CommitRefusal,
+    },
     /// An idempotent producer's batch broke the sequence rules (see `log/producers.rs`);
     /// nothing of the request was written.
     #[error("partition {partition}: idempotent batch refused")]
@@ -271,6 +288,12 @@ pub(crate) struct State<S: Storage> {
     pub(crate) config: TopicConfig,
     /// Idempotent producers' state, covering every batch below `offset_assign_next`.
     pub(crate) producers: producers::Producers,
+    /// The commit end and what reads need of it, once the log is replicated
+    /// (`log/commit.rs`); `None` for a log that is not.
+    pub(crate) commit: Option<commit::Commit>,
+    /// Bumped when a truncation starts and again when it ends (odd while one runs), so a
+    /// commit end looked up across one is looked up again (`log/commit.rs`).
+    pub(crate) truncations: u64,
 }
 
 impl<S: Storage> State<S> {
@@ -289,6 +312,15 @@ impl<S: Storage> State<S> {
             self.log_end,
             self.offset_assign_next
         );
+        if let Some(commit) = &self.commit {
+            assert!(
+                self.log_start <= commit.end && commit.end <= self.log_end,
+                "commit end {} outside the log {}..={}",
+                commit.end,
+                self.log_start,
+                self.log_end
+            );
+        }
     }
 
     /// Asserts what holds between group commits, when no write is in flight: the offsets
@@ -332,10 +364,12 @@ impl<S: Storage> State<S> {
         }
     }
 
-    /// What consumers may read up to: the durable end for `flush = always`, else the log
-    /// end.
+    /// What consumers may read up to: the commit end of a replicated log, else the durable
+    /// end for `flush = always` and the log end otherwise.
     pub(crate) fn high_watermark(&self) -> i64 {
-        if self.config.flush() == FlushPolicy::Always {
+        if let Some(commit) = &self.commit {
+            commit.end
+        } else if self.config.flush() == FlushPolicy::Always {
             self.durable_end
         } else {
             self.log_end
@@ -350,7 +384,8 @@ pub(crate) struct Shared<S: Storage> {
     pub(crate) state: RefCell<State<S>>,
     /// The active segment's preallocation: its step and its charge on the node's budget.
     pub(crate) prealloc: prealloc::Prealloc,
-    /// Bumped on every change of the log end; long-polling fetches wait on it.
+    /// Bumped on every change of the log end, durable end or commit end; long-polling
+    /// fetches wait on it.
     pub(crate) version: Cell<u64>,
     pub(crate) waiters: RefCell<Vec<std::task::Waker>>,
     /// The shard's batch cache (used by direct-I/O logs, see `log/cached_read.rs`) and
@@ -472,8 +507,15 @@ impl<S: Storage> PartitionLog<S> {
     /// append already waiting. `batches` is not changed
     /// (it may be a slice of a shared request buffer): the stamps go into copies of the
     /// headers, and the records are written from it.
+    ///
+    /// A replicated log (see [`PartitionLog::set_commit_end`]) refuses it with
+    /// [`LogError::Replicated`]: it is written only through its replica.
     pub async fn append(&self, batches: Bytes, ack: Ack) -> Result<Appended, LogError> {
-        let max_message_bytes = self.shared.state.borrow().config.max_message_bytes() as usize;
+        let max_message_bytes = {
+            let state = self.shared.state.borrow();
+            state.refuse_if_replicated(&self.shared.id)?;
+            state.config.max_message_bytes() as usize
+        };
         let info = self.validate(&batches, max_message_bytes)?;
         let producer = producers::ProducerBatch::of_request(&batches).map_err(|source| {
             LogError::Producer {
@@ -564,7 +606,8 @@ impl<S: Storage> PartitionLog<S> {
 
     /// Truncates the log so `offset` is its new end (dropping every batch at or after the
     /// batch holding `offset`; `offset` should be a batch boundary). Waits for appends
-    /// queued before it.
+    /// queued before it. A replicated log refuses an offset below its commit end
+    /// ([`CommitRefusal::TruncateCommitted`]): committed batches are never cut.
     pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
         let (reply, done) = oneshot::channel();
         self.send(Command::Truncate { offset, reply }).await?;
@@ -608,7 +651,7 @@ impl<S: Storage> PartitionLog<S> {
         result
     }
 
-    /// Waits until the log end moves past `version` (see [`PartitionLog::version`]) or the
+    /// Waits until the log moves past `version` (see [`PartitionLog::version`]) or the
     /// future is dropped; for long-polling fetches.
     pub async fn changed_since(&self, version: u64) {
         std::future::poll_fn(|cx| {
@@ -621,7 +664,8 @@ impl<S: Storage> PartitionLog<S> {
         .await;
     }
 
-    /// A number that changes whenever the log end or durable end moves.
+    /// A number that changes whenever the log end, durable end or (for a replicated log)
+    /// commit end moves.
     pub fn version(&self) -> u64 {
         self.shared.version.get()
     }

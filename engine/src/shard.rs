@@ -152,6 +152,12 @@ thread_local! {
     static LOGS: RefCell<Logs> = RefCell::new(HashMap::new());
 }
 
+/// The log of a partition this shard owns (called on the owning shard; `None` elsewhere
+/// or if the partition does not exist). The cluster layer wraps it in a replica.
+pub fn local_log(topic: &str, partition: u32) -> Option<PartitionLog<DiskStorage>> {
+    shard_log(topic, partition)
+}
+
 fn shard_log(topic: &str, partition: u32) -> Option<PartitionLog<DiskStorage>> {
     LOGS.with(|logs| logs.borrow().get(&(Rc::from(topic), partition)).cloned())
 }
@@ -310,6 +316,23 @@ impl Engine {
     ) -> Result<TopicMeta, EngineError> {
         let name = TopicName::new(name)?;
         let meta = self.registry().create(&name, partitions, config)?.clone();
+        self.open_partitions(&meta, 0).await?;
+        Ok(meta)
+    }
+
+    /// [`Engine::create_topic`] under a given topic id (a cluster's nodes use the id the
+    /// controller chose).
+    pub async fn create_topic_with_id(
+        &self,
+        name: &str,
+        id: [u8; 16],
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, EngineError> {
+        let name = TopicName::new(name)?;
+        let meta = (self.registry())
+            .create_with_id(&name, Some(id), partitions, config)?
+            .clone();
         self.open_partitions(&meta, 0).await?;
         Ok(meta)
     }

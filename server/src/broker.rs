@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kafka_protocol::messages::{RequestKind, ResponseKind};
+use kafka_protocol::ResponseError;
 
 use crate::config::ServerConfig;
 use crate::connection::Budget;
@@ -12,6 +13,7 @@ use crate::handlers;
 use crate::protocol::Request;
 use crate::server::Lifecycle;
 use crate::zero_copy::Records;
+use ringlog_cluster::node::Cluster;
 use ringlog_engine::shard::Engine;
 use ringlog_engine::topic::TopicMeta;
 
@@ -24,17 +26,72 @@ pub struct Broker {
     pub config: Arc<ServerConfig>,
     pub cluster_id: String,
     pub lifecycle: Arc<Lifecycle>,
+    /// The cluster layer, when this node is one of a cluster: topics are then replicated
+    /// and written through it.
+    pub cluster: Option<Cluster>,
 }
 
 impl Broker {
-    pub fn new(engine: Engine, config: Arc<ServerConfig>, lifecycle: Arc<Lifecycle>) -> Broker {
-        let cluster_id = format!("ringlog-{}", config.advertised_listener.port());
+    pub fn new(
+        engine: Engine,
+        config: Arc<ServerConfig>,
+        lifecycle: Arc<Lifecycle>,
+        cluster: Option<Cluster>,
+    ) -> Broker {
+        let cluster_id = cluster_id(&config);
         Broker {
             engine,
             config,
             cluster_id,
             lifecycle,
+            cluster,
         }
+    }
+
+    /// The node id this broker reports: its cluster node id, or 0 alone.
+    pub fn node_id(&self) -> i32 {
+        self.cluster
+            .as_ref()
+            .map_or(NODE_ID, |cluster| node_id_i32(cluster.node_id()))
+    }
+
+    /// Whether this node may answer reads of a partition: always alone; in a cluster, a
+    /// replicated partition only at its leader (NOT_LEADER_OR_FOLLOWER elsewhere, and
+    /// LEADER_NOT_AVAILABLE while it has none). `epoch` is the client's leader epoch, or
+    /// -1 when it sends none: an older one is FENCED_LEADER_EPOCH, a newer one (this
+    /// node has not heard of it yet) UNKNOWN_LEADER_EPOCH, as Kafka answers.
+    pub fn check_leader(&self, topic: &str, partition: u32, epoch: i32) -> Result<(), i16> {
+        let Some(cluster) = self.replicated(topic) else {
+            return Ok(());
+        };
+        let Some(status) = cluster.status(topic, partition) else {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        };
+        match status.leader {
+            None => return Err(ResponseError::LeaderNotAvailable.code()),
+            Some(leader) if leader != cluster.node_id() => {
+                return Err(ResponseError::NotLeaderOrFollower.code())
+            }
+            Some(_) => {}
+        }
+        if epoch >= 0 {
+            let term = i64::try_from(status.term).unwrap_or(i64::MAX);
+            match i64::from(epoch).cmp(&term) {
+                std::cmp::Ordering::Less => return Err(ResponseError::FencedLeaderEpoch.code()),
+                std::cmp::Ordering::Greater => {
+                    return Err(ResponseError::UnknownLeaderEpoch.code())
+                }
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster layer if `topic` is one of its replicated topics.
+    pub fn replicated(&self, topic: &str) -> Option<&Cluster> {
+        self.cluster
+            .as_ref()
+            .filter(|_| ringlog_cluster::node::is_replicated(topic))
     }
 
     /// Answers one request; `None` when the protocol wants no response (produce with
@@ -151,6 +208,19 @@ impl Broker {
         }
         let partitions = self.config.default_partitions;
         let defaults = self.config.topic_defaults.clone();
+        if let Some(cluster) = self.replicated(name) {
+            // Through the controller: only the node that leads it can create a topic.
+            return match cluster.create_topic(name, partitions, defaults).await {
+                Ok(meta) => {
+                    tracing::info!(topic = name, partitions, "topic auto-created in the cluster");
+                    Some(meta)
+                }
+                Err(error) => {
+                    tracing::debug!(topic = name, %error, "topic not auto-created");
+                    self.engine.topic(name)
+                }
+            };
+        }
         match self.engine.create_topic(name, partitions, defaults).await {
             Ok(meta) => {
                 tracing::info!(topic = name, partitions, "topic auto-created");
@@ -159,5 +229,23 @@ impl Broker {
             // Another request created it meanwhile, or the name is invalid.
             Err(_) => self.engine.topic(name),
         }
+    }
+}
+
+/// A cluster node id as Kafka's 32-bit broker id (the configuration refuses ids past
+/// `i32::MAX`, so the fallback of -1, no broker, is never taken).
+pub fn node_id_i32(id: u64) -> i32 {
+    i32::try_from(id).unwrap_or(-1)
+}
+
+/// The cluster id Metadata reports: a cluster's nodes derive the same one from the
+/// smallest node id's internal address; a single node from its port.
+pub fn cluster_id(config: &ServerConfig) -> String {
+    match &config.cluster {
+        Some(membership) => {
+            let first = membership.peers.iter().min_by_key(|(id, _)| *id);
+            first.map_or_else(String::new, |(_, address)| format!("ringlog-{address}"))
+        }
+        None => format!("ringlog-{}", config.advertised_listener.port()),
     }
 }

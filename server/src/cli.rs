@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin::{AdminError, BOOTSTRAP_DEFAULT};
-use crate::config::{ClientLimits, FileConfig, LoadError, ServerConfig, CONFIG_FILE_DEFAULT};
+use crate::config::{
+    ClientLimits, ClusterKeys, FileConfig, LoadError, ServerConfig, CONFIG_FILE_DEFAULT,
+};
 
 /// Exit status of a subcommand that exists but whose work is not implemented yet.
 pub const EXIT_CODE_NOT_IMPLEMENTED: i32 = 3;
@@ -274,6 +276,16 @@ pub struct ServeArgs {
     /// (Kafka's fetch.max.bytes; default 57671680, 55 MiB).
     #[arg(long, value_name = "BYTES")]
     pub fetch_max_bytes: Option<u64>,
+    /// This node's id in a cluster (1 or more); needs --peers and --internal-listen.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Every node of the cluster, this one included, as ID@HOST:PORT (their internal
+    /// listeners), comma-separated.
+    #[arg(long, value_name = "ID@HOST:PORT,...", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Where this node listens for its peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub internal_listen: Option<SocketAddr>,
 }
 
 impl ServeArgs {
@@ -313,6 +325,14 @@ impl ServeArgs {
             max_in_flight_bytes_per_shard: self.max_in_flight_bytes_per_shard,
             fetch_max_bytes: self.fetch_max_bytes,
         });
+        let flags = ClusterKeys {
+            node_id: self.node_id,
+            peers: self.peers.clone(),
+            internal_listen: self.internal_listen,
+        };
+        config.cluster = flags
+            .or(ClusterKeys::of(config.cluster.as_ref()))
+            .membership()?;
         self.apply_topic_flags(&mut config)?;
         config.validate()?;
         Ok(config)

@@ -4,7 +4,7 @@
 //! `./data`, the Kafka listener on `127.0.0.1:9092`, one shard per available core. An
 //! unknown key or a bad value is an error naming the key.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use ringlog_engine::limits::BATCH_CACHE_MEMORY_FRACTION_DEFAULT;
@@ -72,7 +72,134 @@ pub struct ServerConfig {
     /// `fetch.max.bytes`); as in Kafka, the first partition with data still gets one whole
     /// batch.
     pub fetch_max_bytes: u64,
+    /// This node's place in a cluster (`node_id`, `peers`, `internal_listen`), or `None`
+    /// for a single node.
+    pub cluster: Option<ClusterMembership>,
 }
+
+/// A node's place in a cluster, as the file or the flags give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMembership {
+    /// This node's id (1 or more, unique in the cluster).
+    pub node_id: u64,
+    /// Every node of the cluster, this one included: id and internal listener.
+    pub peers: Vec<(u64, SocketAddr)>,
+    /// Where this node listens for its peers.
+    pub internal_listen: SocketAddr,
+}
+
+/// The cluster keys as the file or the flags give them; each `None` leaves the value
+/// before it.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterKeys {
+    pub node_id: Option<u64>,
+    pub peers: Option<Vec<String>>,
+    pub internal_listen: Option<SocketAddr>,
+}
+
+impl ClusterKeys {
+    /// The keys of a membership already loaded (the file's), to lay flags over.
+    pub fn of(membership: Option<&ClusterMembership>) -> ClusterKeys {
+        let Some(membership) = membership else {
+            return ClusterKeys::default();
+        };
+        ClusterKeys {
+            node_id: Some(membership.node_id),
+            peers: Some(
+                (membership.peers.iter())
+                    .map(|(id, address)| format!("{id}@{address}"))
+                    .collect(),
+            ),
+            internal_listen: Some(membership.internal_listen),
+        }
+    }
+
+    /// These keys where given, `earlier`'s where not.
+    #[must_use]
+    pub fn or(self, earlier: ClusterKeys) -> ClusterKeys {
+        ClusterKeys {
+            node_id: self.node_id.or(earlier.node_id),
+            peers: self.peers.or(earlier.peers),
+            internal_listen: self.internal_listen.or(earlier.internal_listen),
+        }
+    }
+
+    /// The membership the keys describe: all three keys or none.
+    pub fn membership(self) -> Result<Option<ClusterMembership>, LoadError> {
+        let invalid = |key, value: String, reason| LoadError::Invalid { key, value, reason };
+        let (node_id, peers, internal_listen) = match (self.node_id, self.peers, self.internal_listen)
+        {
+            (None, None, None) => return Ok(None),
+            (Some(node_id), Some(peers), Some(internal_listen)) => {
+                (node_id, peers, internal_listen)
+            }
+            (node_id, peers, internal_listen) => {
+                let given = [
+                    node_id.map(|_| "node_id"),
+                    peers.map(|_| "peers"),
+                    internal_listen.map(|_| "internal_listen"),
+                ];
+                let given: Vec<_> = given.into_iter().flatten().collect();
+                return Err(invalid(
+                    "node_id, peers, internal_listen",
+                    given.join(", "),
+                    "a cluster node needs all three (only these were given)",
+                ));
+            }
+        };
+        if !(1..=NODE_ID_MAX).contains(&node_id) {
+            let reason = "must be 1 to 2147483647 (Kafka's broker ids are 32-bit)";
+            return Err(invalid("node_id", node_id.to_string(), reason));
+        }
+        let mut parsed: Vec<(u64, SocketAddr)> = Vec::with_capacity(peers.len());
+        for peer in &peers {
+            let peer = peer.trim();
+            let reason = "each peer is ID@HOST:PORT, with a node id of 1 to 2147483647 and \
+                          the node's internal listener";
+            let (id, address) = peer
+                .split_once('@')
+                .ok_or_else(|| invalid("peers", peer.to_owned(), reason))?;
+            let id: u64 = id
+                .parse()
+                .ok()
+                .filter(|id| (1..=NODE_ID_MAX).contains(id))
+                .ok_or_else(|| invalid("peers", peer.to_owned(), reason))?;
+            let address = address
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addresses| addresses.next())
+                .ok_or_else(|| invalid("peers", peer.to_owned(), reason))?;
+            if parsed.iter().any(|&(other, _)| other == id) {
+                return Err(invalid("peers", peer.to_owned(), "a node id is given twice"));
+            }
+            parsed.push((id, address));
+        }
+        if !parsed.iter().any(|&(id, _)| id == node_id) {
+            return Err(invalid(
+                "peers",
+                peers.join(","),
+                "must include this node (node_id) with its internal listener",
+            ));
+        }
+        if parsed.len() > CLUSTER_NODES_MAX {
+            return Err(invalid(
+                "peers",
+                parsed.len().to_string(),
+                "at most 64 nodes (every node is a voter of every partition)",
+            ));
+        }
+        Ok(Some(ClusterMembership {
+            node_id,
+            peers: parsed,
+            internal_listen,
+        }))
+    }
+}
+
+/// The largest node id: Kafka's broker ids are `i32`.
+const NODE_ID_MAX: u64 = i32::MAX as u64;
+/// The most nodes a cluster has while every node replicates every partition.
+const CLUSTER_NODES_MAX: usize = 64;
 
 /// The longest `offsets_retention_minutes`: 100 years (also keeps it far from overflowing
 /// when turned into seconds).
@@ -141,6 +268,12 @@ pub struct FileConfig {
     pub max_in_flight_bytes_per_connection: Option<u64>,
     pub max_in_flight_bytes_per_shard: Option<u64>,
     pub fetch_max_bytes: Option<u64>,
+    /// This node's id in a cluster.
+    pub node_id: Option<u64>,
+    /// Every node of the cluster as `ID@HOST:PORT` (its internal listener).
+    pub peers: Option<Vec<String>>,
+    /// Where this node listens for its peers.
+    pub internal_listen: Option<SocketAddr>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -202,6 +335,7 @@ impl Default for ServerConfig {
             max_in_flight_bytes_per_connection: MAX_IN_FLIGHT_BYTES_PER_CONNECTION_DEFAULT,
             max_in_flight_bytes_per_shard: MAX_IN_FLIGHT_BYTES_PER_SHARD_DEFAULT,
             fetch_max_bytes: FETCH_MAX_BYTES_DEFAULT,
+            cluster: None,
         }
     }
 }
@@ -266,8 +400,17 @@ impl ServerConfig {
             max_in_flight_bytes_per_connection,
             max_in_flight_bytes_per_shard,
             fetch_max_bytes,
+            node_id,
+            peers,
+            internal_listen,
             topic,
         } = file;
+        config.cluster = ClusterKeys {
+            node_id,
+            peers,
+            internal_listen,
+        }
+        .membership()?;
         if let Some(listen) = listen {
             config.listen = listen;
             config.advertised_listener = listen;
@@ -698,6 +841,77 @@ mod tests {
             uncommented.push('\n');
         }
         uncommented
+    }
+
+    #[test]
+    fn cluster_keys_come_all_three_or_none_and_name_this_node() {
+        let keys = |node_id: Option<u64>, peers: Option<&[&str]>, internal: Option<&str>| {
+            ClusterKeys {
+                node_id,
+                peers: peers.map(|peers| peers.iter().map(|p| (*p).to_owned()).collect()),
+                internal_listen: internal.map(|a| a.parse().unwrap()),
+            }
+        };
+        let peers = ["1@127.0.0.1:9191", "2@127.0.0.1:9192", "3@127.0.0.1:9193"];
+        let membership = keys(Some(2), Some(&peers), Some("127.0.0.1:9192"))
+            .membership()
+            .unwrap()
+            .unwrap();
+        assert_eq!(membership.node_id, 2);
+        assert_eq!(membership.peers.len(), 3);
+        assert_eq!(membership.peers[2], (3, "127.0.0.1:9193".parse().unwrap()));
+        assert_eq!(keys(None, None, None).membership().unwrap(), None);
+
+        let refused = |keys: ClusterKeys| match keys.membership() {
+            Err(LoadError::Invalid { key, .. }) => key,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            refused(keys(Some(2), Some(&peers), None)),
+            "node_id, peers, internal_listen"
+        );
+        assert_eq!(
+            refused(keys(Some(4), Some(&peers), Some("127.0.0.1:9194"))),
+            "peers",
+            "this node is not among the peers"
+        );
+        assert_eq!(
+            refused(keys(Some(0), Some(&peers), Some("127.0.0.1:9191"))),
+            "node_id"
+        );
+        let twice = ["1@127.0.0.1:9191", "1@127.0.0.1:9192"];
+        assert_eq!(
+            refused(keys(Some(1), Some(&twice), Some("127.0.0.1:9191"))),
+            "peers"
+        );
+        for bad in ["127.0.0.1:9191", "x@127.0.0.1:9191", "1@nowhere", "0@127.0.0.1:1"] {
+            assert_eq!(
+                refused(keys(Some(1), Some(&[bad]), Some("127.0.0.1:9191"))),
+                "peers",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cluster_flags_override_the_files_keys() {
+        let file = parse(
+            "node_id = 1\npeers = [\"1@127.0.0.1:9191\", \"2@127.0.0.1:9192\"]\n\
+             internal_listen = \"127.0.0.1:9191\"\n",
+        )
+        .unwrap();
+        let flags = ClusterKeys {
+            node_id: Some(2),
+            internal_listen: Some("127.0.0.1:9192".parse().unwrap()),
+            ..ClusterKeys::default()
+        };
+        let merged = flags
+            .or(ClusterKeys::of(file.cluster.as_ref()))
+            .membership()
+            .unwrap()
+            .unwrap();
+        assert_eq!(merged.node_id, 2);
+        assert_eq!(merged.peers, file.cluster.unwrap().peers, "peers from the file");
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! One place decides which code a failure gets, so every API answers alike.
 
 use kafka_protocol::ResponseError;
+use ringlog_cluster::node::ClusterError;
+use ringlog_cluster::replica::ReplicaError;
 use ringlog_engine::batch::BatchError;
 use ringlog_engine::log::{LogError, ProducerError};
 use ringlog_engine::shard::EngineError;
@@ -36,7 +38,9 @@ fn log_code(error: &LogError) -> i16 {
         }
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         LogError::Io { .. } | LogError::StorageFailed { .. } => ResponseError::KafkaStorageError,
-        LogError::Closed { .. } => ResponseError::NotLeaderOrFollower,
+        // Only its replica writes a replicated log; a produce reaching the log directly
+        // did not go through the partition's leader, so the client looks for it again.
+        LogError::Closed { .. } | LogError::Replicated { .. } => ResponseError::NotLeaderOrFollower,
         LogError::Producer { source, .. } => return producer_code(source),
         _ => ResponseError::UnknownServerError,
     };
@@ -56,7 +60,9 @@ fn producer_code(error: &ProducerError) -> i16 {
 
 fn topic_code(error: &TopicError) -> i16 {
     let kind = match error {
-        TopicError::AlreadyExists { .. } => ResponseError::TopicAlreadyExists,
+        TopicError::AlreadyExists { .. } | TopicError::IdTaken { .. } => {
+            ResponseError::TopicAlreadyExists
+        }
         TopicError::Collides { .. } => ResponseError::InvalidTopicException,
         TopicError::NotFound { .. } => ResponseError::UnknownTopicOrPartition,
         TopicError::PartitionCount { .. } | TopicError::PartitionsNotIncreased { .. } => {
@@ -96,6 +102,26 @@ fn screaming_snake(camel: &str) -> String {
     out
 }
 
+/// The Kafka error code for a failure of the cluster layer: a node that does not lead the
+/// partition (or the controller) says so, so the client refreshes its metadata and goes to
+/// the leader.
+pub fn cluster_code(error: &ClusterError) -> i16 {
+    let kind = match error {
+        ClusterError::Engine(engine) => return code(engine),
+        ClusterError::Replica(ReplicaError::NotLeader { .. }) => ResponseError::NotLeaderOrFollower,
+        ClusterError::Replica(ReplicaError::Log { source, .. }) => return log_code(source),
+        ClusterError::NoReplica { .. } | ClusterError::ShardStopped => {
+            ResponseError::NotLeaderOrFollower
+        }
+        ClusterError::NotController { .. } => ResponseError::NotController,
+        ClusterError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
+        ClusterError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        ClusterError::ApplyTimedOut { .. } => ResponseError::RequestTimedOut,
+        _ => ResponseError::UnknownServerError,
+    };
+    kind.code()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +129,7 @@ mod tests {
     /// What every kind of engine error maps to. `error_examples` names the kinds by an
     /// exhaustive match, so a new variant cannot compile without a name there, and this
     /// table must then say what it maps to.
-    const CODES: [(&str, ResponseError); 39] = {
+    const CODES: [(&str, ResponseError); 42] = {
         use ResponseError::{
             CorruptMessage as Corrupt, InvalidPartitions, InvalidProducerEpoch, InvalidRecord,
             InvalidTopicException, KafkaStorageError as Storage, MessageTooLarge,
@@ -119,6 +145,7 @@ mod tests {
             ("Topic::CorruptMetadata", Storage),
             ("Topic::AlreadyExists", TopicAlreadyExists),
             ("Topic::Collides", InvalidTopicException),
+            ("Topic::IdTaken", TopicAlreadyExists),
             ("Topic::NotFound", UnknownTopicOrPartition),
             ("Topic::PartitionCount", InvalidPartitions),
             ("Topic::PartitionsNotIncreased", InvalidPartitions),
@@ -142,6 +169,8 @@ mod tests {
             ("Log::OffsetOutOfRange", OffsetOutOfRange),
             ("Log::Closed", NotLeaderOrFollower),
             ("Log::NotContiguous", UnknownServerError),
+            ("Log::Replicated", NotLeaderOrFollower),
+            ("Log::CommitRefused", UnknownServerError),
             ("Log::Producer::EpochFenced", InvalidProducerEpoch),
             ("Log::Producer::OutOfOrder", OutOfOrderSequenceNumber),
             ("Log::Producer::Invalid", InvalidRecord),

@@ -37,3 +37,11 @@ pub const OPEN_FILES_RESERVED_DIVISOR: u64 = 4;
 /// Refused connections are logged at most once per this interval (with the counts so far),
 /// so a client retrying in a loop cannot flood the log; the metrics count every one.
 pub const REFUSALS_LOG_INTERVAL_MS: u64 = 10_000;
+
+/// One Raft tick of a cluster node, in ms: the clock of every replicated partition.
+pub const RAFT_TICK_MS: u64 = 100;
+/// Ticks without a leader's word before a follower campaigns (randomized up to twice
+/// this): a dead leader is replaced within 1 to 2 s and an election.
+pub const RAFT_ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+pub const RAFT_HEARTBEAT_TICKS: usize = 2;

@@ -23,8 +23,11 @@ use ringlog_engine::rt::{self, RuntimeConfig, TcpListener};
 use ringlog_engine::shard::{Engine, EngineConfig, EngineError};
 use ringlog_engine::topic::IoMode;
 
+use ringlog_cluster::node::{Cluster, ClusterConfig, ClusterError, Peer};
+
 use crate::broker::Broker;
-use crate::config::ServerConfig;
+use crate::config::{ClusterMembership, LoadError, ServerConfig};
+use crate::limits::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_TICK_MS};
 use crate::connection::{self, ConnectionLimits};
 use crate::limits::{OPEN_FILES_RESERVED_DIVISOR, REFUSALS_LOG_INTERVAL_MS};
 use crate::listen_check::{self, ForeignListener};
@@ -44,6 +47,10 @@ pub(crate) const ACCEPT_STOP_CHECK: Duration = Duration::from_millis(100);
 pub enum ServerError {
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Config(#[from] LoadError),
     #[error("cannot listen on {address}")]
     Listen {
         address: SocketAddr,
@@ -250,10 +257,15 @@ fn bind_all(
         Ok(Some(holder)) => return Err(ServerError::AddressInUse { address, holder }),
         Err(source) => return Err(ServerError::Listen { address, source }),
     }
+    let cluster = match config.cluster.clone() {
+        Some(membership) => Some(start_cluster(engine, config, &membership)?),
+        None => None,
+    };
     let broker = Arc::new(Broker::new(
         engine.clone(),
         Arc::new(config.clone()),
         lifecycle.clone(),
+        cluster,
     ));
     for shard in engine.shard_handles() {
         let (broker, connections) = (broker.clone(), connections.clone());
@@ -265,6 +277,47 @@ fn bind_all(
         }
     }
     Ok(address)
+}
+
+/// Joins the cluster: the internal listener, the controller, a replica of every
+/// partition. Replicated topics keep all their data (retention needs snapshots, which are
+/// not built yet), so the topic defaults lose theirs.
+fn start_cluster(
+    engine: &Engine,
+    config: &mut ServerConfig,
+    membership: &ClusterMembership,
+) -> Result<Cluster, ServerError> {
+    if config.topic_defaults.retention_ms().is_some()
+        || config.topic_defaults.retention_bytes().is_some()
+    {
+        tracing::info!(
+            "replicated topics keep all their data: retention.ms and retention.bytes default \
+             to -1 in a cluster (retention needs snapshots, not built yet)"
+        );
+        config.set_topic_default("retention.ms", "-1")?;
+        config.set_topic_default("retention.bytes", "-1")?;
+    }
+    let cluster_config = ClusterConfig {
+        node_id: membership.node_id,
+        peers: (membership.peers.iter())
+            .map(|&(id, internal)| Peer { id, internal })
+            .collect(),
+        internal_listen: membership.internal_listen,
+        kafka_advertised: config.advertised_listener,
+        cluster_name: crate::broker::cluster_id(config),
+        data_dir: config.data_dir.clone(),
+        tick: Duration::from_millis(RAFT_TICK_MS),
+        election_ticks: RAFT_ELECTION_TICKS,
+        heartbeat_ticks: RAFT_HEARTBEAT_TICKS,
+    };
+    let cluster = Cluster::start(engine.clone(), cluster_config)?;
+    tracing::info!(
+        node_id = membership.node_id,
+        internal_listen = %membership.internal_listen,
+        peers = membership.peers.len(),
+        "cluster node started"
+    );
+    Ok(cluster)
 }
 
 /// A failed bind, naming the process that holds the address when that is why.

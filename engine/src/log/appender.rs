@@ -462,6 +462,10 @@ fn admit<S: Storage>(
                 let _ = pending.reply.send(Err(error));
                 continue;
             }
+        } else if let Err(error) = state.refuse_if_replicated(&shared.id) {
+            // Queued before the log became replicated: still, only its replica writes it.
+            let _ = pending.reply.send(Err(error));
+            continue;
         } else if let Some(batch) = pending.producer {
             match state.producers.check(&batch) {
                 Ok(Verdict::Append) => state.producers.record(&batch, offset_next, now),

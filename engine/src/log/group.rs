@@ -341,8 +341,9 @@ async fn write_buffers<F: StorageFile, B: IoBuf>(
     }
 }
 
-/// Records a written group: segment size, index entries, log end; and keeps a direct-mode
-/// group's staging buffer in the batch cache, where fetches find it (no copy).
+/// Records a written group: segment size, index entries, log end, and for a replicated log
+/// where its batches end (`log/commit.rs`); and keeps a direct-mode group's staging buffer
+/// in the batch cache, where fetches find it (no copy).
 pub(crate) fn finish<S: Storage>(
     shared: &Shared<S>,
     headers: &[(BatchHeader, u64)],
@@ -374,6 +375,7 @@ pub(crate) fn finish<S: Storage>(
             group_bytes,
         );
         let log_end = state.offset_assign_next;
+        let state = &mut *state;
         let Some(segment) = state.segments.values_mut().next_back() else {
             unreachable!("a log always has an active segment");
         };
@@ -385,6 +387,15 @@ pub(crate) fn finish<S: Storage>(
             segment.on_batch_written(header, position + position_in_group);
         }
         segment.size_bytes = position + group_bytes;
+        // A replicated log's reads stop where the batch at its commit end begins: keep
+        // where these batches (all above it) end, for when the commit end reaches them.
+        if let Some(commit) = state.commit.as_mut() {
+            let ends = headers.iter().map(|(header, position_in_group)| {
+                let position_end = position + position_in_group + header.size_bytes;
+                (header.last_offset + 1, position_end)
+            });
+            commit.on_batches_written(segment.base_offset, ends);
+        }
         state.log_end = log_end;
         state.assert_at_rest();
     }

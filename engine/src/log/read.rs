@@ -6,8 +6,9 @@
 //! start, scans batch headers from there to the batch holding `offset`, and returns the
 //! byte range from that batch on: up to `max_bytes`, but always the whole first batch (as
 //! Kafka does, so a consumer can make progress past a batch larger than its limit), and
-//! never past the high watermark or the segment's end. The last batch of a range may be
-//! cut short by `max_bytes`; Kafka clients discard such a partial batch and fetch it again.
+//! never past the high watermark (for a replicated log, the commit end: no byte of a batch
+//! at or past it) or the segment's end. The last batch of a range may be cut short by
+//! `max_bytes`; Kafka clients discard such a partial batch and fetch it again.
 //!
 //! Bytes nobody checked since the log was opened (what recovery trusted to its index files
 //! and checkpoint, see `Segment::unverified`) are walked with the batch validator from the
@@ -93,8 +94,9 @@ pub(super) struct ReadTarget<F> {
 }
 
 /// The segment holding `offset`, where to start scanning it, and where its visible bytes
-/// end (the high watermark's position in the active segment of a `flush = always` topic,
-/// else the segment's size).
+/// end: the segment's size, but no further than the high watermark's position in the active
+/// segment of a `flush = always` topic, nor, in a replicated log, than the batch at the
+/// commit end (`log/commit.rs`).
 pub(super) fn read_target<S: Storage>(
     shared: &Shared<S>,
     offset: i64,
@@ -107,6 +109,9 @@ pub(super) fn read_target<S: Storage>(
     let mut end = segment.size_bytes;
     if is_active && state.config.flush() == FlushPolicy::Always {
         end = end.min(state.durable_position.unwrap_or(end));
+    }
+    if let Some(commit) = &state.commit {
+        end = end.min(commit.visible_end(segment));
     }
     Some(ReadTarget {
         base_offset: segment.base_offset,

@@ -134,6 +134,8 @@ pub(crate) async fn open<S: Storage>(
         poisoned: None,
         config,
         producers: super::producers::Producers::default(),
+        commit: None,
+        truncations: 0,
     };
     state.assert_at_rest();
     Ok(Shared {

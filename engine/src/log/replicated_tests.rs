@@ -2,6 +2,14 @@
 //! leader's bytes, at the leader's offsets; a batch that would leave a gap or overlap is
 //! refused whole; and a replica keeps the idempotent producers' state, so it answers a
 //! producer's retry as the leader would once it leads.
+//!
+//! And of the commit end (`PartitionLog::set_commit_end`, `log/commit.rs`): readers of a
+//! replicated log see exactly the committed batches — for batches written in this process
+//! (positions kept as groups commit) and after reopening (positions found by a header
+//! scan), with the commit end in an older segment or at a segment's base — in every way a
+//! read is served (buffered file ranges, direct-I/O file ranges, the batch cache); waiters
+//! wake when it moves; ordinary appends, a commit end moving back, past the log or into a
+//! batch, and truncation below it are refused.
 
 use std::path::Path;
 
@@ -186,4 +194,377 @@ fn second_batch(bytes: &[u8]) -> std::ops::Range<usize> {
     };
     let start = size(0);
     start..start + size(start)
+}
+
+/// How a test's log is read: buffered file ranges, direct-I/O file ranges (no batch cache),
+/// or the batch cache of a direct-I/O log.
+const READ_PATHS: [(IoMode, u64); 3] = [
+    (IoMode::Buffered, 0),
+    (IoMode::Direct, 0),
+    (IoMode::Direct, 64 << 20),
+];
+
+/// Runs `test` once per read path, each with a new directory (and this thread's batch
+/// cache set up as the path needs, before the test opens its log).
+fn for_each_read_path(test: impl Fn(&Path, TopicConfig)) {
+    for (io_mode, cache_bytes) in READ_PATHS {
+        super::cache::init_for_this_thread(cache_bytes);
+        let dir = tempfile::tempdir().unwrap();
+        let config = TopicConfig::builder().io_mode(io_mode).build().unwrap();
+        test(dir.path(), config);
+    }
+}
+
+/// A batch of `count` records of `value_bytes` bytes each at `base_offset`, as a leader
+/// stamped it.
+fn batch_at(base_offset: i64, count: usize, value_bytes: usize) -> Bytes {
+    let mut builder = BatchBuilder::new().base_offset(base_offset);
+    for i in 0..count {
+        let value = vec![b'a' + (base_offset + i as i64).rem_euclid(26) as u8; value_bytes];
+        builder.push(i as i64, None, Some(&value), &[]).unwrap();
+    }
+    Bytes::from(builder.build())
+}
+
+/// Appends batches of the given record counts from `offset` on, each its own replicated
+/// append (so its own group); returns their bytes.
+async fn replicate(
+    log: &PartitionLog<DiskStorage>,
+    offset: i64,
+    counts: &[usize],
+    value_bytes: usize,
+) -> Vec<Bytes> {
+    let mut offset = offset;
+    let mut batches = Vec::new();
+    for &count in counts {
+        let bytes = batch_at(offset, count, value_bytes);
+        let appended = log
+            .append_replicated(bytes.clone(), Ack::Durable)
+            .await
+            .unwrap();
+        assert_eq!(appended.offset_first, offset);
+        offset = appended.offset_next;
+        batches.push(bytes);
+    }
+    batches
+}
+
+/// Everything readers see, fetch by fetch from the log start: a read past what the
+/// previous one returned is refused if it lies past the high watermark, so a read that
+/// serves uncommitted bytes fails here.
+async fn visible(log: &PartitionLog<DiskStorage>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = log.offsets().log_start;
+    loop {
+        let bytes = log.read_bytes(offset, 64 << 20).await.unwrap();
+        if bytes.is_empty() {
+            return out;
+        }
+        let mut at = 0;
+        while at < bytes.len() {
+            let header = segment::BatchHeader::parse(&bytes[at..]).unwrap();
+            offset = header.last_offset + 1;
+            at += header.size_bytes as usize;
+        }
+        assert_eq!(at, bytes.len(), "a read serves whole batches");
+        out.extend_from_slice(&bytes);
+    }
+}
+
+fn concat(batches: &[Bytes]) -> Vec<u8> {
+    batches.concat()
+}
+
+fn refusal(error: LogError) -> CommitRefusal {
+    match error {
+        LogError::CommitRefused { refusal, .. } => refusal,
+        other => panic!("expected a commit refusal, got {other:?}"),
+    }
+}
+
+/// Asserts that readers see exactly `committed`, up to `commit_end`.
+async fn assert_visible(log: &PartitionLog<DiskStorage>, commit_end: i64, committed: &[u8]) {
+    assert_eq!(log.offsets().high_watermark, commit_end);
+    let at_end = log.read(commit_end, 64 << 20).await.unwrap();
+    assert!(
+        at_end.ranges.is_empty(),
+        "nothing is served at the commit end"
+    );
+    assert_eq!(at_end.high_watermark, commit_end);
+    if commit_end < log.offsets().log_end {
+        let past = log.read(commit_end + 1, 64 << 20).await.unwrap_err();
+        assert!(
+            matches!(past, LogError::OffsetOutOfRange { high_watermark, .. }
+                if high_watermark == commit_end),
+            "{past:?}"
+        );
+    }
+    assert_eq!(visible(log).await, committed, "commit end {commit_end}");
+}
+
+#[test]
+fn uncommitted_batches_written_here_are_invisible() {
+    for_each_read_path(|dir, config| {
+        run(async {
+            let log = open(dir, 0, config).await;
+            log.set_commit_end(0).await.unwrap();
+            let batches = replicate(&log, 0, &[3, 2, 4], 100).await;
+            assert_eq!(log.offsets().log_end, 9);
+            assert_visible(&log, 0, &[]).await;
+            assert!(log.read_bytes(0, 64 << 20).await.unwrap().is_empty());
+            log.set_commit_end(5).await.unwrap();
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            assert_eq!(
+                log.read_bytes(0, 64 << 20).await.unwrap(),
+                concat(&batches[..2])
+            );
+            assert_eq!(log.read_bytes(3, 64 << 20).await.unwrap(), batches[1]);
+            // More written above the commit end stays invisible too.
+            let more = replicate(&log, 9, &[1, 5], 100).await;
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            log.set_commit_end(10).await.unwrap();
+            let mut committed = concat(&batches);
+            committed.extend_from_slice(&more[0]);
+            assert_visible(&log, 10, &committed).await;
+            log.set_commit_end(15).await.unwrap();
+            committed.extend_from_slice(&more[1]);
+            assert_visible(&log, 15, &committed).await;
+            log.close().await.unwrap();
+        });
+    });
+}
+
+#[test]
+fn uncommitted_batches_recovered_at_open_are_invisible() {
+    for_each_read_path(|dir, config| {
+        run(async {
+            let log = open(dir, 0, config.clone()).await;
+            let batches = replicate(&log, 0, &[3, 2, 4], 100).await;
+            log.close().await.unwrap();
+            // Reopened, the log knows no position above any commit end: it scans.
+            let log = open(dir, 0, config).await;
+            assert_eq!(log.offsets().high_watermark, 9, "not replicated yet");
+            log.set_commit_end(3).await.unwrap();
+            assert_visible(&log, 3, &batches[0]).await;
+            log.set_commit_end(5).await.unwrap();
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            // Batches written now, above recovered ones still uncommitted.
+            let more = replicate(&log, 9, &[2, 2], 100).await;
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            log.set_commit_end(11).await.unwrap();
+            let mut committed = concat(&batches);
+            committed.extend_from_slice(&more[0]);
+            assert_visible(&log, 11, &committed).await;
+            log.close().await.unwrap();
+        });
+    });
+}
+
+#[test]
+fn a_commit_end_in_an_older_segment_cuts_that_segment_only() {
+    // Marked replicated before the batches are written (positions kept as groups commit),
+    // or after (positions found by scanning).
+    for mark_first in [true, false] {
+        for_each_read_path(|dir, config| {
+            let config = TopicConfig::builder()
+                .io_mode(config.io_mode())
+                .segment_bytes(crate::limits::SEGMENT_SIZE_BYTES_MIN)
+                .build()
+                .unwrap();
+            run(async {
+                let log = open(dir, 0, config).await;
+                if mark_first {
+                    log.set_commit_end(0).await.unwrap();
+                }
+                // About 1 KiB per batch: three or so per 4 KiB segment.
+                let batches = replicate(&log, 0, &[1; 14], 1000).await;
+                let bases: Vec<i64> = log.shared.state.borrow().segments.keys().copied().collect();
+                assert!(bases.len() >= 4, "segments {bases:?}");
+                let (second, third) = (bases[1], bases[2]);
+                assert!(second >= 2 && third >= second + 2, "segments {bases:?}");
+                // Inside the first segment, after its first batch.
+                log.set_commit_end(1).await.unwrap();
+                assert_visible(&log, 1, &batches[0]).await;
+                // At the second segment's base: the first whole, the second not at all.
+                let up_to = |end: i64| concat(&batches[..end as usize]);
+                log.set_commit_end(second).await.unwrap();
+                assert_visible(&log, second, &up_to(second)).await;
+                // Inside the second (an older, closed segment).
+                log.set_commit_end(second + 1).await.unwrap();
+                assert_visible(&log, second + 1, &up_to(second + 1)).await;
+                log.set_commit_end(third + 1).await.unwrap();
+                assert_visible(&log, third + 1, &up_to(third + 1)).await;
+                log.set_commit_end(14).await.unwrap();
+                assert_visible(&log, 14, &up_to(14)).await;
+                log.close().await.unwrap();
+            });
+        });
+    }
+}
+
+#[test]
+fn an_ordinary_append_to_a_replicated_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(dir.path(), 0, TopicConfig::default()).await;
+        log.append(batch("before", 2), Ack::Written).await.unwrap();
+        // An append queued before the log becomes replicated is refused when its group
+        // forms.
+        let mut queued = std::pin::pin!(log.append(batch("queued", 1), Ack::Written));
+        assert!(futures::poll!(queued.as_mut()).is_pending(), "queued");
+        log.set_commit_end(2).await.unwrap();
+        let queued = queued.await;
+        assert!(
+            matches!(queued, Err(LogError::Replicated { .. })),
+            "{queued:?}"
+        );
+        assert_eq!(log.offsets().log_end, 2, "nothing written");
+        // Once it is, appends are refused at once.
+        let refused = log.append(batch("after", 1), Ack::Written).await;
+        assert!(
+            matches!(refused, Err(LogError::Replicated { .. })),
+            "{refused:?}"
+        );
+        // Before anything else is looked at: the batches are not the log's to judge.
+        let empty = log.append(Bytes::new(), Ack::Written).await;
+        assert!(
+            matches!(empty, Err(LogError::Replicated { .. })),
+            "{empty:?}"
+        );
+        assert_eq!(log.offsets().log_end, 2, "nothing written");
+        // The replica's own appends go on.
+        replicate(&log, 2, &[1], 10).await;
+        assert_eq!(log.offsets().log_end, 3);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_commit_end_moving_back_past_the_log_or_into_a_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(dir.path(), 0, TopicConfig::default()).await;
+        let batches = replicate(&log, 0, &[3, 2, 4], 100).await;
+        // A refused first call leaves the log as it was: not replicated.
+        let past = refusal(log.set_commit_end(10).await.unwrap_err());
+        assert_eq!(
+            past,
+            CommitRefusal::OutsideLog {
+                commit_end: 10,
+                log_start: 0,
+                log_end: 9
+            }
+        );
+        assert_eq!(log.offsets().high_watermark, 9);
+        log.set_commit_end(5).await.unwrap();
+        let back = refusal(log.set_commit_end(3).await.unwrap_err());
+        assert_eq!(
+            back,
+            CommitRefusal::Backwards {
+                commit_end: 3,
+                current: 5
+            }
+        );
+        let past = refusal(log.set_commit_end(10).await.unwrap_err());
+        assert!(matches!(
+            past,
+            CommitRefusal::OutsideLog { commit_end: 10, .. }
+        ));
+        let below = refusal(log.set_commit_end(-1).await.unwrap_err());
+        assert!(matches!(
+            below,
+            CommitRefusal::OutsideLog { commit_end: -1, .. }
+        ));
+        let inside = refusal(log.set_commit_end(7).await.unwrap_err());
+        assert_eq!(
+            inside,
+            CommitRefusal::InsideBatch {
+                commit_end: 7,
+                batch_offset: 5
+            }
+        );
+        // None of them moved it; setting it where it is changes nothing.
+        log.set_commit_end(5).await.unwrap();
+        assert_visible(&log, 5, &concat(&batches[..2])).await;
+        log.set_commit_end(9).await.unwrap();
+        assert_visible(&log, 9, &concat(&batches)).await;
+    });
+}
+
+/// Waits until the log's high watermark passes `offset`, as the broker's long-polling
+/// fetch does (`Engine::wait_beyond`).
+async fn wait_beyond(log: &PartitionLog<DiskStorage>, offset: i64) {
+    loop {
+        let version = log.version();
+        if log.offsets().high_watermark > offset {
+            return;
+        }
+        log.changed_since(version).await;
+    }
+}
+
+#[test]
+fn a_waiter_wakes_when_the_commit_end_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open(dir.path(), 0, TopicConfig::default()).await;
+        log.set_commit_end(0).await.unwrap();
+        let woken = std::rc::Rc::new(std::cell::Cell::new(false));
+        let waiter = rt::spawn_local({
+            let (log, woken) = (log.clone(), woken.clone());
+            async move {
+                wait_beyond(&log, 0).await;
+                woken.set(true);
+            }
+        });
+        // Batches written above the commit end move the log end, not the high watermark.
+        replicate(&log, 0, &[2, 3], 10).await;
+        for _ in 0..10 {
+            rt::yield_now().await;
+        }
+        assert!(!woken.get(), "woken before anything was committed");
+        log.set_commit_end(2).await.unwrap();
+        let waited = rt::timeout(std::time::Duration::from_secs(10), waiter).await;
+        assert!(
+            matches!(waited, Ok(Ok(()))),
+            "the waiter was not woken by the commit end moving"
+        );
+        assert!(woken.get());
+    });
+}
+
+#[test]
+fn truncation_cuts_above_the_commit_end_only() {
+    for_each_read_path(|dir, config| {
+        run(async {
+            let log = open(dir, 0, config).await;
+            log.set_commit_end(0).await.unwrap();
+            let batches = replicate(&log, 0, &[3, 2, 4, 1], 100).await;
+            log.set_commit_end(5).await.unwrap();
+            let below = refusal(log.truncate_to(3).await.unwrap_err());
+            assert_eq!(
+                below,
+                CommitRefusal::TruncateCommitted {
+                    offset: 3,
+                    commit_end: 5
+                }
+            );
+            assert_eq!(log.offsets().log_end, 10, "nothing cut");
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            log.truncate_to(5).await.unwrap();
+            assert_eq!(log.offsets().log_end, 5);
+            assert_visible(&log, 5, &concat(&batches[..2])).await;
+            // A new leader's batches at the same offsets, of other sizes: the ends of the
+            // ones cut must not be taken for theirs.
+            let replaced = replicate(&log, 5, &[4, 1], 300).await;
+            log.set_commit_end(9).await.unwrap();
+            let mut committed = concat(&batches[..2]);
+            committed.extend_from_slice(&replaced[0]);
+            assert_visible(&log, 9, &committed).await;
+            log.set_commit_end(10).await.unwrap();
+            committed.extend_from_slice(&replaced[1]);
+            assert_visible(&log, 10, &committed).await;
+            log.close().await.unwrap();
+        });
+    });
 }

@@ -155,11 +155,33 @@ async fn remove_segment_files<S: Storage>(
         .map_err(|e| shared.error_io("fsync directory", e))
 }
 
-/// Cuts the log so it ends before the batch holding `offset`.
+/// Cuts the log so it ends before the batch holding `offset`; a replicated log refuses to
+/// cut below its commit end. While the cut runs, the log's truncation count is odd, so a
+/// commit end is not set from a log half cut (`log/commit.rs`).
 pub(crate) async fn truncate_to<S: Storage>(
     shared: &Shared<S>,
     offset: i64,
 ) -> Result<(), LogError> {
+    {
+        let mut state = shared.state.borrow_mut();
+        state.refuse_cutting_committed(&shared.id, offset)?;
+        state.truncations += 1;
+    }
+    let cut = cut_from(shared, offset).await;
+    {
+        let mut state = shared.state.borrow_mut();
+        state.truncations += 1;
+        let log_end = state.log_end;
+        if let Some(commit) = state.commit.as_mut() {
+            commit.on_truncated(log_end);
+        }
+    }
+    shared.notify_waiters();
+    cut
+}
+
+/// The cut of [`truncate_to`].
+async fn cut_from<S: Storage>(shared: &Shared<S>, offset: i64) -> Result<(), LogError> {
     let (log_start, log_end) = {
         let state = shared.state.borrow();
         (state.log_start, state.log_end)
@@ -201,7 +223,6 @@ pub(crate) async fn truncate_to<S: Storage>(
     super::producers::load(shared).await?;
     checkpoint::write(shared, false).await?;
     shared.state.borrow().assert_at_rest();
-    shared.notify_waiters();
     Ok(())
 }
 

@@ -77,6 +77,9 @@ pub enum TopicError {
     /// A topic of this name exists already.
     #[error("topic {name} already exists")]
     AlreadyExists { name: String },
+    /// The topic id asked for is nil or another topic's.
+    #[error("topic {name} cannot take id {id}: it is nil or another topic's")]
+    IdTaken { name: String, id: String },
     /// A different topic has the same name once '.' and '_' are treated alike.
     #[error("topic {name} collides with existing topic {existing} ('.' and '_' are alike)")]
     Collides { name: String, existing: String },

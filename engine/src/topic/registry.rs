@@ -105,7 +105,28 @@ impl TopicRegistry {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<&TopicMeta, TopicError> {
+        self.create_with_id(name, None, partitions, config)
+    }
+
+    /// [`TopicRegistry::create`] with the topic id given (a cluster's nodes create a topic
+    /// under the id its controller chose, so clients see one id from every broker); `None`
+    /// draws a new random one. A nil id, or one another topic has, is refused.
+    pub fn create_with_id(
+        &mut self,
+        name: &TopicName,
+        id: Option<[u8; 16]>,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<&TopicMeta, TopicError> {
         self.check_not_poisoned()?;
+        if let Some(id) = id {
+            if id == [0; 16] || self.topics.values().any(|meta| meta.id == id) {
+                return Err(TopicError::IdTaken {
+                    name: name.to_string(),
+                    id: Uuid::from_bytes(id).hyphenated().to_string(),
+                });
+            }
+        }
         check_partition_count(name, partitions)?;
         if self.topics.contains_key(name) {
             return Err(TopicError::AlreadyExists {
@@ -126,7 +147,7 @@ impl TopicRegistry {
         self.check_no_leftover_dirs(name, 0..partitions)?;
         let meta = TopicMeta {
             name: name.clone(),
-            id: self.new_topic_id(),
+            id: id.unwrap_or_else(|| self.new_topic_id()),
             partitions,
             config,
         };

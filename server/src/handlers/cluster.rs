@@ -8,7 +8,7 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::broker::{Broker, NODE_ID};
+use crate::broker::{node_id_i32, Broker, NODE_ID};
 
 /// `endpoint_type` of brokers (Kafka's `EndpointType.BROKER`).
 pub const ENDPOINT_BROKER: i8 = 1;
@@ -43,12 +43,23 @@ pub fn handle(
             .with_error_code(ResponseError::UnsupportedEndpointType.code())
             .with_error_message(Some(StrBytes::from_string(message)));
     }
-    let address = broker.config.advertised_listener;
-    let node = DescribeClusterBroker::default()
-        .with_broker_id(BrokerId(NODE_ID))
-        .with_host(StrBytes::from_string(address.ip().to_string()))
-        .with_port(i32::from(address.port()))
-        .with_rack(None);
+    let node = |id: i32, host: String, port: u16| {
+        DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(id))
+            .with_host(StrBytes::from_string(host))
+            .with_port(i32::from(port))
+            .with_rack(None)
+    };
+    let (nodes, controller) = if let Some(cluster) = &broker.cluster {
+        let nodes = (cluster.brokers().into_iter())
+            .map(|(id, (host, port))| node(node_id_i32(id), host, port))
+            .collect();
+        (nodes, cluster.controller().map_or(-1, node_id_i32))
+    } else {
+        let address = broker.config.advertised_listener;
+        let host = address.ip().to_string();
+        (vec![node(NODE_ID, host, address.port())], NODE_ID)
+    };
     let operations = if request.include_cluster_authorized_operations {
         cluster_operations()
     } else {
@@ -56,8 +67,8 @@ pub fn handle(
     };
     response
         .with_cluster_id(StrBytes::from_string(broker.cluster_id.clone()))
-        .with_controller_id(BrokerId(NODE_ID))
-        .with_brokers(vec![node])
+        .with_controller_id(BrokerId(controller))
+        .with_brokers(nodes)
         .with_cluster_authorized_operations(operations)
 }
 

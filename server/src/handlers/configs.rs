@@ -452,6 +452,13 @@ async fn alter_resource(
         other => return Err(unsupported_resource(other)),
     }
     let current = topic_config(broker, name)?;
+    if broker.replicated(name).is_some() {
+        // A change must reach every replica through the controller, which carries only
+        // topic creation yet.
+        return Err(Refusal::invalid_request(
+            crate::handlers::topics::NOT_IN_A_CLUSTER_YET.to_owned(),
+        ));
+    }
     let defaults = &broker.config.topic_defaults;
     let ops = &resource.ops;
     let next = match mode {

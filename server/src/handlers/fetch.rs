@@ -64,6 +64,8 @@ struct Wanted {
     partition: i32,
     offset: i64,
     max_bytes: u64,
+    /// The client's leader epoch for the partition (-1: none given).
+    leader_epoch: i32,
 }
 
 /// The response, and the file ranges its markers stand for, in order: no more record bytes
@@ -98,6 +100,7 @@ pub async fn handle(
                 partition: partition.partition,
                 offset: partition.fetch_offset,
                 max_bytes: u64::try_from(partition.partition_max_bytes.max(0)).unwrap_or(0),
+                leader_epoch: partition.current_leader_epoch,
             })
         })
         .collect();
@@ -220,6 +223,7 @@ async fn read_all(
 /// Reads one partition from its offset, up to `max_bytes` (and at least one batch).
 async fn read(broker: &Broker, want: &Wanted, max_bytes: u64) -> Result<ReadRanges, i16> {
     let (topic, partition) = partition_of(want)?;
+    broker.check_leader(topic, partition, want.leader_epoch)?;
     broker
         .engine
         .read_ranges(topic, partition, want.offset, max_bytes)
@@ -231,6 +235,7 @@ async fn read(broker: &Broker, want: &Wanted, max_bytes: u64) -> Result<ReadRang
 /// answer it.
 async fn offsets_only(broker: &Broker, want: &Wanted) -> Result<ReadRanges, i16> {
     let (topic, partition) = partition_of(want)?;
+    broker.check_leader(topic, partition, want.leader_epoch)?;
     let offsets = broker
         .engine
         .offsets(topic, partition)
@@ -399,6 +404,7 @@ mod tests {
             partition: 0,
             offset: 0,
             max_bytes: 1,
+            leader_epoch: -1,
         };
         let wanted = [
             wanted(Some("kept"), 0),

@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::broker::{Broker, NODE_ID};
+use crate::broker::Broker;
 use crate::group::coordinator::{offset_key, Coordinator, GroupRecord};
 use crate::group::records::RecordKey;
 use crate::group::state::{
@@ -67,7 +67,7 @@ pub fn find_coordinator(
             .map(|key| {
                 CoordinatorEntry::default()
                     .with_key(key)
-                    .with_node_id(BrokerId(NODE_ID))
+                    .with_node_id(BrokerId(broker.node_id()))
                     .with_host(host.clone())
                     .with_port(port)
                     .with_error_code(code(error))
@@ -83,7 +83,7 @@ pub fn find_coordinator(
         return response.with_node_id(BrokerId(-1)).with_port(-1);
     }
     response
-        .with_node_id(BrokerId(NODE_ID))
+        .with_node_id(BrokerId(broker.node_id()))
         .with_host(host)
         .with_port(port)
 }

@@ -37,15 +37,30 @@ pub async fn handle(
             let name = name.clone();
             let index = partition.partition_index;
             let timestamp = partition.timestamp;
+            let client_epoch = partition.current_leader_epoch;
             async move {
                 let entry = ListOffsetsPartitionResponse::default().with_partition_index(index);
-                match lookup(broker, &name, index, timestamp).await {
-                    // Every partition's leader epoch is 0; an offset of -1 (none found)
-                    // has no epoch, and the field is there from version 4 on.
+                // A single node's partitions are at leader epoch 0; a replicated one's is
+                // its group's term (the current one, not the term of the batch found).
+                let epoch = match u32::try_from(index) {
+                    Ok(partition) => leader_epoch(broker, &name, partition),
+                    Err(_) => 0,
+                };
+                let found = match u32::try_from(index) {
+                    Ok(partition) => broker.check_leader(&name, partition, client_epoch),
+                    Err(_) => Ok(()),
+                };
+                let found = match found {
+                    Ok(()) => lookup(broker, &name, index, timestamp).await,
+                    Err(code) => Err(code),
+                };
+                match found {
+                    // An offset of -1 (none found) has no epoch, and the field is there
+                    // from version 4 on.
                     Ok((offset, timestamp)) => entry
                         .with_offset(offset)
                         .with_timestamp(timestamp)
-                        .with_leader_epoch(if version >= 4 && offset >= 0 { 0 } else { -1 }),
+                        .with_leader_epoch(if version >= 4 && offset >= 0 { epoch } else { -1 }),
                     Err(code) => entry
                         .with_error_code(code)
                         .with_offset(-1)
@@ -61,6 +76,14 @@ pub async fn handle(
         );
     }
     ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// The partition's leader epoch: its group's term in a cluster, else 0.
+pub fn leader_epoch(broker: &Broker, topic: &str, partition: u32) -> i32 {
+    broker
+        .replicated(topic)
+        .and_then(|cluster| cluster.status(topic, partition))
+        .map_or(0, |status| i32::try_from(status.term).unwrap_or(i32::MAX))
 }
 
 async fn lookup(

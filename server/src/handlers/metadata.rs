@@ -12,18 +12,16 @@ use kafka_protocol::ResponseError;
 use ringlog_engine::topic::TopicMeta;
 use uuid::Uuid;
 
-use crate::broker::{Broker, NODE_ID};
+use crate::broker::{node_id_i32, Broker, NODE_ID};
 
 pub async fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> MetadataResponse {
-    let address = broker.config.advertised_listener;
-    let node = MetadataResponseBroker::default()
-        .with_node_id(BrokerId(NODE_ID))
-        .with_host(StrBytes::from_string(address.ip().to_string()))
-        .with_port(i32::from(address.port()));
+    let nodes = brokers(broker);
     // Before version 4 a Metadata request always allows auto-creation.
     let allow_create = version < 4 || request.allow_auto_topic_creation;
     let topics = match request.topics {
-        None => broker.engine.topics().iter().map(topic_entry).collect(),
+        None => (broker.engine.topics().iter())
+            .map(|meta| topic_entry(broker, meta))
+            .collect(),
         Some(requested) => {
             let mut entries = Vec::with_capacity(requested.len());
             for topic in requested {
@@ -34,10 +32,14 @@ pub async fn handle(broker: &Broker, request: MetadataRequest, version: i16) -> 
         }
     };
     let cluster_id = (version >= 2).then(|| StrBytes::from_string(broker.cluster_id.clone()));
+    let controller = match &broker.cluster {
+        Some(cluster) => cluster.controller().map_or(-1, node_id_i32),
+        None => NODE_ID,
+    };
     MetadataResponse::default()
-        .with_brokers(vec![node])
+        .with_brokers(nodes)
         .with_cluster_id(cluster_id)
-        .with_controller_id(BrokerId(NODE_ID))
+        .with_controller_id(BrokerId(controller))
         .with_topics(
             topics
                 .into_iter()
@@ -59,7 +61,7 @@ async fn requested_topic(
             .into_iter()
             .find(|meta| Uuid::from_bytes(meta.id) == id);
         return match found {
-            Some(meta) => topic_entry(&meta),
+            Some(meta) => topic_entry(broker, &meta),
             None => MetadataResponseTopic::default()
                 .with_topic_id(id)
                 .with_error_code(ResponseError::UnknownTopicId.code()),
@@ -77,7 +79,7 @@ async fn requested_topic(
         broker.engine.topic(&text)
     };
     match meta {
-        Some(meta) => topic_entry(&meta),
+        Some(meta) => topic_entry(broker, &meta),
         None => MetadataResponseTopic::default()
             .with_name(Some(name))
             .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
@@ -103,15 +105,55 @@ fn for_version(topic: MetadataResponseTopic, version: i16) -> MetadataResponseTo
     topic.with_partitions(partitions)
 }
 
-fn topic_entry(meta: &TopicMeta) -> MetadataResponseTopic {
+/// The brokers clients may connect to: this node alone, or every node of the cluster this
+/// one has heard from (itself included), at their advertised Kafka addresses.
+fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    let entry = |id: i32, host: String, port: u16| {
+        MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(StrBytes::from_string(host))
+            .with_port(i32::from(port))
+    };
+    if let Some(cluster) = &broker.cluster {
+        (cluster.brokers().into_iter())
+            .map(|(id, (host, port))| entry(node_id_i32(id), host, port))
+            .collect()
+    } else {
+        let address = broker.config.advertised_listener;
+        vec![entry(NODE_ID, address.ip().to_string(), address.port())]
+    }
+}
+
+fn topic_entry(broker: &Broker, meta: &TopicMeta) -> MetadataResponseTopic {
     let partitions = (0..meta.partitions)
         .map(|partition| {
-            MetadataResponsePartition::default()
-                .with_partition_index(i32::try_from(partition).unwrap_or(i32::MAX))
-                .with_leader_id(BrokerId(NODE_ID))
-                .with_leader_epoch(0)
-                .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                .with_isr_nodes(vec![BrokerId(NODE_ID)])
+            let entry = MetadataResponsePartition::default()
+                .with_partition_index(i32::try_from(partition).unwrap_or(i32::MAX));
+            let Some(cluster) = broker.replicated(meta.name.as_str()) else {
+                return entry
+                    .with_leader_id(BrokerId(broker.node_id()))
+                    .with_leader_epoch(0)
+                    .with_replica_nodes(vec![BrokerId(broker.node_id())])
+                    .with_isr_nodes(vec![BrokerId(broker.node_id())]);
+            };
+            let ids = |ids: &[u64]| -> Vec<BrokerId> {
+                ids.iter().map(|&id| BrokerId(node_id_i32(id))).collect()
+            };
+            let replicas = ids(&cluster.voters());
+            let status = cluster
+                .status(meta.name.as_str(), partition)
+                .unwrap_or_default();
+            let entry = entry
+                .with_leader_epoch(i32::try_from(status.term).unwrap_or(i32::MAX))
+                .with_replica_nodes(replicas)
+                .with_isr_nodes(ids(&status.in_sync));
+            match status.leader {
+                Some(leader) => entry.with_leader_id(BrokerId(node_id_i32(leader))),
+                // During an election: clients wait and ask again.
+                None => entry
+                    .with_leader_id(BrokerId(-1))
+                    .with_error_code(ResponseError::LeaderNotAvailable.code()),
+            }
         })
         .collect();
     MetadataResponseTopic::default()

@@ -59,6 +59,11 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                 // A slice of the request's buffer: the engine validates it, stamps copies of
                 // the batch headers and writes the records from it, with no copy here.
                 let batches = partition.records.unwrap_or_default();
+                if let Some(cluster) = broker.replicated(&name) {
+                    return replicated(broker, cluster, &name, partition_id, batches, version)
+                        .await
+                        .with_index(index);
+                }
                 match broker
                     .engine
                     .append(&name, partition_id, batches, ack)
@@ -88,6 +93,42 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
         );
     }
     ProduceResponse::default().with_responses(topics)
+}
+
+/// A replicated partition's batches: proposed to its group, answered when committed (a
+/// majority holds them durably), whatever the acks asked (acks=1 is answered at commit
+/// too, until the leader's own durable write is reported per proposal). A node that does
+/// not lead the partition answers NOT_LEADER_OR_FOLLOWER, so the client refreshes its
+/// metadata and retries at the leader.
+async fn replicated(
+    broker: &Broker,
+    cluster: &ringlog_cluster::node::Cluster,
+    topic: &str,
+    partition: u32,
+    batches: bytes::Bytes,
+    version: i16,
+) -> PartitionProduceResponse {
+    let max_message_bytes = broker
+        .engine
+        .topic(topic)
+        .map_or(0, |meta| meta.config.max_message_bytes() as usize);
+    let response = PartitionProduceResponse::default();
+    match cluster
+        .propose(topic, partition, batches, max_message_bytes)
+        .await
+    {
+        Ok(appended) => response
+            .with_base_offset(appended.offset_first)
+            .with_log_append_time_ms(-1),
+        Err(error) => {
+            tracing::debug!(topic, partition, %error, "replicated produce failed");
+            let message = (version >= 8).then(|| StrBytes::from_string(error.to_string()));
+            response
+                .with_error_code(errors::cluster_code(&error))
+                .with_base_offset(-1)
+                .with_error_message(message)
+        }
+    }
 }
 
 /// The same error for every partition of `request`.

@@ -22,6 +22,11 @@ use crate::errors;
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::TopicConfig;
 
+/// Why deleting a topic or adding partitions is refused in a cluster: those changes must
+/// go through the controller like creation does, and only creation does yet.
+pub const NOT_IN_A_CLUSTER_YET: &str =
+    "not supported in a cluster yet: only creating topics goes through the controller";
+
 pub async fn create(
     broker: &Broker,
     request: CreateTopicsRequest,
@@ -50,6 +55,19 @@ pub async fn create(
                     ResponseError::InvalidTopicException,
                     "invalid topic name",
                 )
+            });
+            continue;
+        }
+        if let Some(cluster) = broker.replicated(&name) {
+            let factor = i16::try_from(cluster.voters().len()).unwrap_or(i16::MAX);
+            results.push(match cluster.create_topic(&name, partitions, config).await {
+                Ok(meta) => result
+                    .with_topic_id(Uuid::from_bytes(meta.id))
+                    .with_num_partitions(i32::try_from(meta.partitions).unwrap_or(i32::MAX))
+                    .with_replication_factor(factor),
+                Err(error) => result
+                    .with_error_code(errors::cluster_code(&error))
+                    .with_error_message(Some(StrBytes::from_string(error.to_string()))),
             });
             continue;
         }
@@ -89,8 +107,23 @@ fn checked_topic(
             "partitions must be >= 1".to_owned(),
         ));
     };
-    if !matches!(topic.replication_factor, -1 | 1) || !topic.assignments.is_empty() {
-        let message = "a single ringlog node keeps one replica".to_owned();
+    // A cluster replicates every partition on every node (static membership): the
+    // factor is the cluster's size.
+    let factor = broker
+        .replicated(topic.name.0.as_str())
+        .map_or(1, |cluster| cluster.voters().len());
+    let factor_ok = topic.replication_factor == -1
+        || usize::try_from(topic.replication_factor).is_ok_and(|asked| asked == factor);
+    if !factor_ok || !topic.assignments.is_empty() {
+        let message = if factor == 1 {
+            "a single ringlog node keeps one replica".to_owned()
+        } else {
+            format!(
+                "every partition has a replica on each of the cluster's {factor} nodes; \
+                 replication factor {} or explicit assignments are not supported yet",
+                topic.replication_factor
+            )
+        };
         return Err((ResponseError::InvalidReplicationFactor, message));
     }
     let mut config = broker.config.topic_defaults.clone();
@@ -154,6 +187,12 @@ pub async fn delete(
             results.push(result.with_error_code(code).with_error_message(message));
             continue;
         }
+        if broker.replicated(name.0.as_str()).is_some() {
+            let code = ResponseError::InvalidRequest.code();
+            let message = (version >= 5).then(|| StrBytes::from_static_str(NOT_IN_A_CLUSTER_YET));
+            results.push(result.with_error_code(code).with_error_message(message));
+            continue;
+        }
         results.push(match broker.engine.delete_topic(name.0.as_str()).await {
             Ok(meta) if version >= 6 => result.with_topic_id(Uuid::from_bytes(meta.id)),
             Ok(_) => result,
@@ -190,6 +229,11 @@ pub async fn create_partitions(
                     "topic {} appears more than once in the request",
                     *topic.name
                 ),
+            ))
+        } else if broker.replicated(topic.name.0.as_str()).is_some() {
+            Err(Refusal(
+                ResponseError::InvalidRequest.code(),
+                NOT_IN_A_CLUSTER_YET.to_owned(),
             ))
         } else if crate::group::is_internal(topic.name.0.as_str()) {
             // Groups are placed by the partition count: a new count would move them.

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# Replication on one machine (issue 15): what a three-node cluster (three `ringlog serve`
+# processes, every partition a Raft group on all three) costs against one node, measured
+# on the same machine, so the figures are about cost, not scale. Three measurements:
+#
+#   throughput [RUNS] [DURATION_S] [TOPICS]
+#       acks=all produce of 1 KiB records (64 KiB batches of 63) by the native load
+#       generator, RUNS rounds interleaved, each on fresh data directories:
+#         single-never   one `ringlog serve` (no cluster flags, 2 shards), topics at the
+#                        serve default flush.policy=never (acks=all answered once written)
+#         single-always  the same with flush.policy=always (answered once fdatasynced: the
+#                        durability a cluster replica gives every write)
+#         cluster        three nodes, 2 shards each, topics created through the controller
+#                        (replication factor 3; produce answered at Raft commit: a majority
+#                        wrote and fdatasynced it)
+#       TOPICS topics of one partition each (default 6), one `ringlog-bench produce`
+#       process per topic (--connections 1 --in-flight 8, DURATION_S seconds, default 15),
+#       all started together, each bootstrapped at its partition's leader as Metadata names
+#       it (the native generator sends every partition to the one broker it is given, so a
+#       topic per process is how its partitions reach the leaders on all three nodes). The
+#       run's records/s is the sum over the processes. Around the producers the script
+#       reads each node's CPU time (utime+stime from /proc/PID/stat) and the bytes sent on
+#       every TCP connection between nodes (`ss -tin` bytes_sent over every socket whose
+#       local or peer port is an internal listener: both ends of each connection, so each
+#       direction is counted once, at its sender).
+#
+#   failover [KILLS]
+#       bench/scripts/cluster_failover.py: a kafka-python producer (acks=all) sends to a
+#       one-partition topic, one record at a time; the partition's leader is killed with
+#       SIGKILL KILLS times (default 20), restarted each time and left to catch up. Prints
+#       the time from the kill to the first acknowledgement from the new leader and to the
+#       first Metadata answer naming a new leader.
+#
+#   idle [RUNS] [TOPICS] [PARTITIONS] [SECONDS]
+#       A fresh cluster, idle: each node's CPU and the bytes per second between nodes over
+#       SECONDS (default 30) with only the controller's partition, then again after
+#       creating TOPICS x PARTITIONS (default 10 x 100) partitions (10 s after every
+#       partition has a leader). RUNS fresh clusters (default 3).
+#
+# Nodes listen on 127.0.0.1: Kafka 19092-19094 (single node: 19092), internal 19191-19193.
+# The raft timing is the server's (server/src/limits.rs): 100 ms ticks, election after 10
+# ticks randomized to 10-19 (1-2 s), heartbeats every 2 ticks; pre-vote and check-quorum.
+#
+# Usage: bench/scripts/cluster.sh throughput|failover|idle [ARGS...]
+# Env:   BIN_DIR (ringlog and ringlog-bench; default: build them into target/release),
+#        BENCH_DIR (data; default target/bench-tmp, the real disk, not tmpfs),
+#        BENCH_OUT (results; default target/bench-results/cluster-<what>-<timestamp>),
+#        PYTHON (with kafka-python; default target/e2e-venv/bin/python),
+#        WARM_BYTES (memory faulted in and freed before each throughput run; default 8 GiB),
+#        SERVER_FLAGS (extra `ringlog serve` flags for every node).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. bench/scripts/lib.sh
+
+WHAT=${1:-}
+shift || true
+DIR=${BENCH_DIR:-target/bench-tmp}
+OUT=${BENCH_OUT:-target/bench-results/cluster-$WHAT-$(date +%Y%m%d-%H%M%S)}
+PYTHON=${PYTHON:-target/e2e-venv/bin/python}
+WARM_BYTES=${WARM_BYTES:-$((8 << 30))}
+PEERS=1@127.0.0.1:19191,2@127.0.0.1:19192,3@127.0.0.1:19193
+BOOTSTRAP=127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094
+INTERNAL_PORTS='( sport = :19191 or sport = :19192 or sport = :19193 or dport = :19191 or dport = :19192 or dport = :19193 )'
+
+if [ -n "${BIN_DIR:-}" ]; then
+    RINGLOG=$BIN_DIR/ringlog
+    BENCH=$BIN_DIR/ringlog-bench
+else
+    cargo build --release -p ringlog-server --bin ringlog >&2
+    cargo build --release -p ringlog-bench --bin ringlog-bench >&2
+    RINGLOG=target/release/ringlog
+    BENCH=target/release/ringlog-bench
+fi
+[ -x "$PYTHON" ] || { echo "missing $PYTHON (kafka-python; see tests/)" >&2; exit 2; }
+mkdir -p "$DIR" "$OUT"
+
+NODE_PIDS=()
+# start_node N LOG: one cluster node on a fresh data directory $DIR/cluster-nodeN.
+start_node() {
+    local n=$1 log=$2
+    rm -rf "$DIR/cluster-node$n"
+    # shellcheck disable=SC2086
+    "$RINGLOG" serve --node-id "$n" --peers "$PEERS" --internal-listen "127.0.0.1:1919$n" \
+        --listen "127.0.0.1:$((19091 + n))" --data-dir "$DIR/cluster-node$n" \
+        ${SERVER_FLAGS:-} >"$log" 2>&1 &
+    NODE_PIDS+=($!)
+}
+
+# start_cluster PREFIX: three nodes, logs PREFIX-nodeN.log.
+start_cluster() {
+    NODE_PIDS=()
+    local n
+    for n in 1 2 3; do start_node "$n" "$1-node$n.log"; done
+}
+
+# start_single PREFIX: one node without cluster flags on 127.0.0.1:19092.
+start_single() {
+    NODE_PIDS=()
+    rm -rf "$DIR/cluster-single"
+    # shellcheck disable=SC2086
+    "$RINGLOG" serve --listen 127.0.0.1:19092 --data-dir "$DIR/cluster-single" \
+        ${SERVER_FLAGS:-} >"$1-node1.log" 2>&1 &
+    NODE_PIDS+=($!)
+}
+
+# stop_nodes: SIGTERM to the nodes this script started, then waits for them.
+stop_nodes() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    NODE_PIDS=()
+}
+trap stop_nodes EXIT
+
+# cpu_ticks: each started node's utime+stime in clock ticks, space-separated.
+cpu_ticks() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do awk '{ printf "%d ", $14 + $15 }' "/proc/$pid/stat"; done
+}
+
+# internal_bytes: bytes sent so far on every open connection between nodes.
+internal_bytes() {
+    ss -tin "$INTERNAL_PORTS" | grep -o 'bytes_sent:[0-9]*' |
+        awk -F: '{ sum += $2 } END { printf "%d", sum }'
+}
+
+# rss_kib: each started node's VmRSS in KiB, space-separated.
+rss_kib() {
+    local pid
+    for pid in "${NODE_PIDS[@]}"; do awk '/VmRSS/ { printf "%d ", $2 }' "/proc/$pid/status"; done
+}
+
+throughput() {
+    local runs=${1:-5} duration=${2:-15} topics=${3:-6}
+    local names=() t
+    for t in $(seq 0 $((topics - 1))); do names+=("bench$t"); done
+    { memory_note; machine_info "$DIR"; } | tee "$OUT/machine.txt" >&2
+    local i config
+    for i in $(seq 1 "$runs"); do
+        for config in single-never single-always cluster; do
+            local prefix=$OUT/$config-$i
+            settle
+            if [ "$config" = cluster ]; then start_cluster "$prefix"; else start_single "$prefix"; fi
+            local flush=()
+            [ "$config" = single-always ] && flush=(--config flush.policy=always)
+            local servers=$BOOTSTRAP
+            [ "$config" = cluster ] || servers=127.0.0.1:19092
+            "$PYTHON" bench/scripts/cluster_admin.py create "$servers" 1 "${names[@]}" \
+                "${flush[@]}" 2>>"$prefix-admin.log"
+            "$PYTHON" bench/scripts/cluster_admin.py leaders "$servers" "${names[@]}" \
+                >"$prefix-leaders.json" 2>>"$prefix-admin.log"
+            local leaders=() name
+            for name in "${names[@]}"; do
+                leaders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2] + "/0"])' \
+                    "$prefix-leaders.json" "$name")")
+            done
+            {
+                echo "load $(cat /proc/loadavg)"
+                echo "ticks_before $(cpu_ticks)"
+                echo "net_before $(internal_bytes)"
+                echo "time_before $(date +%s.%N)"
+            } >"$prefix.meta"
+            local pids=() t
+            for t in "${!names[@]}"; do
+                name=${names[$t]}
+                "$BENCH" produce --bootstrap "${leaders[$t]}" --topic "$name" --partitions 1 \
+                    --acks all --duration "$duration" --connections 1 --in-flight 8 \
+                    --json "$prefix-$name.json" >"$prefix-$name.log" 2>&1 &
+                pids+=($!)
+            done
+            local failed=0 pid
+            for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+            {
+                echo "time_after $(date +%s.%N)"
+                echo "net_after $(internal_bytes)"
+                echo "ticks_after $(cpu_ticks)"
+                echo "rss_kib $(rss_kib)"
+                echo "producers_failed $failed"
+                echo "load_after $(cat /proc/loadavg)"
+            } >>"$prefix.meta"
+            stop_nodes
+            if [ "$config" = cluster ]; then
+                echo "data_bytes $(du -sb "$DIR"/cluster-node{1,2,3} | awk '{ printf "%d ", $1 }')" \
+                    >>"$prefix.meta"
+            fi
+            echo "$config run $i: $(grep -h 'records in' "$prefix"-bench*.log |
+                awk '{ s += $7 } END { printf "%.0f records/s", s }'), failed $failed" >&2
+        done
+    done
+    rm -rf "$DIR"/cluster-node{1,2,3} "$DIR/cluster-single"
+    echo "load at end: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
+    python3 bench/scripts/summarize-cluster.py throughput "$OUT" | tee "$OUT/summary.md"
+}
+
+idle() {
+    local runs=${1:-3} topics=${2:-10} partitions=${3:-100} seconds=${4:-30}
+    local names=() t
+    for t in $(seq 0 $((topics - 1))); do names+=("idle$t"); done
+    machine_info "$DIR" | tee "$OUT/machine.txt" >&2
+    local i
+    for i in $(seq 1 "$runs"); do
+        local prefix=$OUT/idle-$i
+        start_cluster "$prefix"
+        "$PYTHON" bench/scripts/cluster_admin.py wait-leaders "$BOOTSTRAP" 0 \
+            >"$prefix-controller.json" 2>>"$prefix-admin.log"
+        sleep 10
+        # window NAME: CPU ticks, bytes between nodes and RSS over $seconds.
+        window() {
+            {
+                echo "$1_load $(cat /proc/loadavg)"
+                echo "$1_ticks_before $(cpu_ticks)"
+                echo "$1_net_before $(internal_bytes)"
+                echo "$1_time_before $(date +%s.%N)"
+                sleep "$seconds"
+                echo "$1_time_after $(date +%s.%N)"
+                echo "$1_net_after $(internal_bytes)"
+                echo "$1_ticks_after $(cpu_ticks)"
+                echo "$1_rss_kib $(rss_kib)"
+            } >>"$prefix.meta"
+        }
+        window empty
+        local started
+        started=$(date +%s.%N)
+        "$PYTHON" bench/scripts/cluster_admin.py create "$BOOTSTRAP" "$partitions" \
+            "${names[@]}" 2>>"$prefix-admin.log"
+        "$PYTHON" bench/scripts/cluster_admin.py wait-leaders "$BOOTSTRAP" \
+            $((topics * partitions)) >"$prefix-leaders.json" 2>>"$prefix-admin.log"
+        echo "create_s $(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')" \
+            >>"$prefix.meta"
+        sleep 10
+        window full
+        echo "partitions $((topics * partitions))" >>"$prefix.meta"
+        echo "open_files $(for pid in "${NODE_PIDS[@]}"; do ls "/proc/$pid/fd" | wc -l; done | xargs)" \
+            >>"$prefix.meta"
+        stop_nodes
+        echo "idle run $i done: $(cat "$prefix-leaders.json")" >&2
+    done
+    rm -rf "$DIR"/cluster-node{1,2,3}
+    python3 bench/scripts/summarize-cluster.py idle "$OUT" | tee "$OUT/summary.md"
+}
+
+case "$WHAT" in
+throughput) throughput "$@" ;;
+idle) idle "$@" ;;
+failover)
+    machine_info "$DIR" | tee "$OUT/machine.txt" >&2
+    "$PYTHON" bench/scripts/cluster_failover.py --ringlog "$RINGLOG" --data-parent "$DIR" \
+        --out "$OUT" --kills "${1:-20}" | tee "$OUT/summary.md"
+    ;;
+*)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d'
+    exit 2
+    ;;
+esac

@@ -1,0 +1,708 @@
+//! A node of a cluster: every partition's replica on the shard that owns it, each driven
+//! by a task of its own; the controller group on shard 0; and the internal transport
+//! between nodes.
+//!
+//! - **Membership is static**: every node of `peers` is a voter of every group (the
+//!   replication factor is the cluster's size). The controller group and every topic's
+//!   groups start with the same voters on every node.
+//! - **One task per group** owns its [`Replica`]. Ticks, peers' messages and proposals
+//!   reach it through its inbox; after each batch of commands it runs
+//!   [`Replica::process_ready`] until nothing is ready, and hands the messages to the
+//!   shard's [`Transport`]. A replica that fails (a failed write, an inconsistency) stops
+//!   its task, is reported, and answers nothing more until the node restarts.
+//! - **Ticks** come from one timer task per shard, every [`ClusterConfig::tick`].
+//! - **Routing.** A peer's message arrives on whichever shard accepted the connection and
+//!   is sent to the owner's mailbox unless it is the owner (see `transport.rs`).
+//! - **Status.** Each group task publishes its leader, term and in-sync voters into a
+//!   table every shard reads (Metadata, Produce and Fetch routing).
+//! - **The controller** (`controller.rs`): creating a topic proposes a command to the
+//!   controller group; every node applies the committed commands in order, creating the
+//!   topic in its registry and a replica of each partition.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use raft::eraftpb::Message;
+use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::log::{Appended, PartitionId};
+use ringlog_engine::rt::{self, ShardHandle, TcpListener};
+use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
+use ringlog_engine::storage::DiskStorage;
+use ringlog_engine::topic::{shard_for, TopicConfig, TopicMeta, TopicName};
+
+use crate::controller::{CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
+use crate::limits::{CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX};
+use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::transport::{self, Hello, Incoming, Transport};
+
+/// A node of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its node id (never 0, unique).
+    pub id: u64,
+    /// Its internal listener.
+    pub internal: SocketAddr,
+}
+
+/// How this node takes part in the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    /// Every node of the cluster, this one included.
+    pub peers: Vec<Peer>,
+    /// Where this node listens for its peers.
+    pub internal_listen: SocketAddr,
+    /// Where Kafka clients reach this node (sent to peers for their Metadata answers).
+    pub kafka_advertised: SocketAddr,
+    /// The cluster's name: nodes of differently named clusters refuse each other.
+    pub cluster_name: String,
+    /// The data directory (the controller's log lives in it).
+    pub data_dir: PathBuf,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Ticks without a leader before a follower campaigns (randomized up to twice this).
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+}
+
+/// Errors of the cluster layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+    #[error("cannot listen for peers on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No replica of this partition on this node (the topic is unknown here, or the
+    /// replica stopped after a failure).
+    #[error("{topic}-{partition}: no replica on this node")]
+    NoReplica { topic: String, partition: u32 },
+    /// The controller group has no leader on this node: creating a topic goes through it.
+    #[error("this node does not lead the controller (leader: {leader:?})")]
+    NotController { leader: Option<u64> },
+    #[error("topic {name} already exists")]
+    TopicExists { name: String },
+    #[error("the controller committed the command but this node did not apply it within {ms} ms")]
+    ApplyTimedOut { ms: u64 },
+    #[error("cannot create the controller's directory {}", path.display())]
+    ControllerDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a shard of this node stopped")]
+    ShardStopped,
+    #[error("invalid topic: {0}")]
+    InvalidTopic(String),
+    #[error("cluster configuration: {0}")]
+    InvalidConfig(String),
+}
+
+/// What a group's task last published: what routing and Metadata need.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupStatus {
+    pub leader: Option<u64>,
+    /// The Raft term: the partition's leader epoch.
+    pub term: u64,
+    /// The voters the leader knows to be caught up (all voters, as far as a follower
+    /// knows).
+    pub in_sync: Vec<u64>,
+}
+
+struct Inner {
+    engine: Engine,
+    config: ClusterConfig,
+    status: Mutex<HashMap<(String, u32), GroupStatus>>,
+    /// Kafka addresses (host, port) of the nodes heard from (this one included).
+    brokers: Mutex<BTreeMap<u64, (String, u16)>>,
+    /// The controller log's offset applied so far.
+    controller_applied: std::sync::atomic::AtomicI64,
+}
+
+/// The node's cluster layer: `Send + Sync`, cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+/// A command to a group's task.
+enum Command {
+    Tick,
+    Step(Message),
+    Propose {
+        batches: Bytes,
+        max_message_bytes: usize,
+        reply: oneshot::Sender<Result<oneshot::Receiver<ProposalResult>, ReplicaError>>,
+    },
+}
+
+type ProposalResult = Result<Appended, ReplicaError>;
+type GroupKey = (Rc<str>, u32);
+
+/// A shard's part of the node.
+struct Local {
+    shard: usize,
+    transport: Rc<Transport>,
+    groups: RefCell<HashMap<GroupKey, mpsc::UnboundedSender<Command>>>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
+}
+
+fn local() -> Option<Rc<Local>> {
+    LOCAL.with(|local| local.borrow().clone())
+}
+
+impl Cluster {
+    /// Joins the cluster: the transport and a ticker on every shard, the controller on
+    /// shard 0, and a replica of every partition of every (non-internal) topic the engine
+    /// holds. Blocks until all are open.
+    pub fn start(engine: Engine, config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        let mut brokers = BTreeMap::new();
+        let kafka = &config.kafka_advertised;
+        brokers.insert(config.node_id, (kafka.ip().to_string(), kafka.port()));
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                engine,
+                config,
+                status: Mutex::new(HashMap::new()),
+                brokers: Mutex::new(brokers),
+                controller_applied: std::sync::atomic::AtomicI64::new(0),
+            }),
+        };
+        futures::executor::block_on(cluster.start_shards())?;
+        Ok(cluster)
+    }
+
+    async fn start_shards(&self) -> Result<(), ClusterError> {
+        for (index, shard) in self.shards().iter().enumerate() {
+            let cluster = self.clone();
+            shard
+                .spawn(move || async move { cluster.start_on_shard(index) })
+                .await
+                .map_err(|_| ClusterError::ShardStopped)??;
+        }
+        let cluster = self.clone();
+        self.shards()[0]
+            .spawn(move || async move { cluster.start_controller().await })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)??;
+        for meta in self.inner.engine.topics() {
+            if is_replicated(meta.name.as_str()) {
+                self.open_replicas(&meta).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn shards(&self) -> &[ShardHandle] {
+        self.inner.engine.shard_handles()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.config.node_id
+    }
+
+    /// Every voter of every group.
+    pub fn voters(&self) -> Vec<u64> {
+        self.inner.config.peers.iter().map(|peer| peer.id).collect()
+    }
+
+    /// The Kafka addresses (host, port) of the nodes this one has heard from, itself
+    /// included.
+    pub fn brokers(&self) -> BTreeMap<u64, (String, u16)> {
+        lock(&self.inner.brokers).clone()
+    }
+
+    /// What the partition's group last published, if it has a replica here.
+    pub fn status(&self, topic: &str, partition: u32) -> Option<GroupStatus> {
+        lock(&self.inner.status)
+            .get(&(topic.to_owned(), partition))
+            .cloned()
+    }
+
+    /// The controller group's leader, as this node knows it.
+    pub fn controller(&self) -> Option<u64> {
+        self.status(CONTROLLER_TOPIC, 0)
+            .and_then(|status| status.leader)
+    }
+
+    /// Proposes a produce request's batches to the partition's group; answers when they
+    /// commit, with their offsets.
+    pub async fn propose(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: Bytes,
+        max_message_bytes: usize,
+    ) -> Result<Appended, ClusterError> {
+        let owner = owner(topic, partition, self.shards().len());
+        let key_topic = topic.to_owned();
+        let answer = self.shards()[owner]
+            .spawn(move || async move {
+                let no_replica = || ClusterError::NoReplica {
+                    topic: key_topic.clone(),
+                    partition,
+                };
+                let inbox = local()
+                    .and_then(|local| {
+                        let key = (Rc::from(key_topic.as_str()), partition);
+                        local.groups.borrow().get(&key).cloned()
+                    })
+                    .ok_or_else(no_replica)?;
+                let (reply, replied) = oneshot::channel();
+                let command = Command::Propose {
+                    batches,
+                    max_message_bytes,
+                    reply,
+                };
+                inbox.unbounded_send(command).map_err(|_| no_replica())?;
+                let committed = replied.await.map_err(|_| no_replica())??;
+                committed.await.map_err(|_| no_replica())?.map_err(ClusterError::from)
+            })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)?;
+        answer
+    }
+
+    /// Creates a topic on every node through the controller group: proposes the command
+    /// (this node must lead the controller) and answers once this node applied it.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ClusterError> {
+        let name = TopicName::new(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        if !is_replicated(name.as_str()) {
+            return Err(ClusterError::InvalidTopic(format!(
+                "{name}: internal topics are not replicated"
+            )));
+        }
+        if self.inner.engine.topic(name.as_str()).is_some() {
+            return Err(ClusterError::TopicExists {
+                name: name.to_string(),
+            });
+        }
+        let id = *uuid_v4().as_bytes();
+        let command = CreateTopic::new(&name, id, partitions, &config);
+        let mut builder = BatchBuilder::new();
+        let value = command.encode();
+        builder
+            .push(0, Some(CREATE_TOPIC_KEY), Some(value.as_slice()), &[])
+            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        let batch = Bytes::from(builder.build());
+        let committed = match self
+            .propose(CONTROLLER_TOPIC, 0, batch, usize::MAX)
+            .await
+        {
+            Err(ClusterError::Replica(ReplicaError::NotLeader { leader, .. })) => {
+                return Err(ClusterError::NotController { leader })
+            }
+            other => other?,
+        };
+        self.wait_applied(committed.offset_next).await?;
+        match self.inner.engine.topic(name.as_str()) {
+            Some(meta) if meta.id == id => Ok(meta),
+            // Another request created the name first; its command won.
+            _ => Err(ClusterError::TopicExists {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Waits until this node applied the controller's log up to `offset`.
+    async fn wait_applied(&self, offset: i64) -> Result<(), ClusterError> {
+        let inner = self.inner.clone();
+        let applied = move || {
+            (inner.controller_applied).load(std::sync::atomic::Ordering::Acquire) >= offset
+        };
+        let shard = self.shards()[0].clone();
+        let waited = shard
+            .spawn(move || async move {
+                for _ in 0..CONTROLLER_APPLY_WAIT_MS {
+                    if applied() {
+                        return true;
+                    }
+                    rt::sleep(Duration::from_millis(1)).await;
+                }
+                applied()
+            })
+            .await;
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClusterError::ApplyTimedOut {
+                ms: CONTROLLER_APPLY_WAIT_MS,
+            }),
+            Err(_) => Err(ClusterError::ShardStopped),
+        }
+    }
+}
+
+impl Cluster {
+    /// The shard's transport, listener and ticker.
+    fn start_on_shard(&self, shard: usize) -> Result<(), ClusterError> {
+        let config = &self.inner.config;
+        let hello = Hello {
+            node_id: config.node_id,
+            cluster_name: config.cluster_name.clone(),
+            kafka_host: config.kafka_advertised.ip().to_string(),
+            kafka_port: config.kafka_advertised.port(),
+        };
+        hello
+            .validate()
+            .map_err(|e| ClusterError::InvalidConfig(e.to_string()))?;
+        let peers = config
+            .peers
+            .iter()
+            .filter(|peer| peer.id != config.node_id)
+            .map(|peer| (peer.id, peer.internal))
+            .collect();
+        let transport = Transport::new(hello.clone(), peers);
+        let listener = TcpListener::bind_reuse_port(config.internal_listen).map_err(|source| {
+            ClusterError::Listen {
+                address: config.internal_listen,
+                source,
+            }
+        })?;
+        let local = Rc::new(Local {
+            shard,
+            transport,
+            groups: RefCell::new(HashMap::new()),
+        });
+        LOCAL.with(|slot| *slot.borrow_mut() = Some(local.clone()));
+        let cluster = self.clone();
+        let on_hello = move |hello: &Hello| {
+            let kafka = (hello.kafka_host.clone(), hello.kafka_port);
+            lock(&cluster.inner.brokers).insert(hello.node_id, kafka);
+        };
+        let cluster = self.clone();
+        let deliver = move |incoming: Incoming| cluster.route(incoming);
+        rt::spawn_local(transport::serve(Rc::new(listener), hello, on_hello, deliver)).detach();
+        let tick = config.tick;
+        rt::spawn_local(async move {
+            loop {
+                rt::sleep(tick).await;
+                let groups: Vec<_> = local.groups.borrow().values().cloned().collect();
+                for inbox in groups {
+                    let _ = inbox.unbounded_send(Command::Tick);
+                }
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Sends a peer's message to the task of its group, on the shard that owns it.
+    fn route(&self, incoming: Incoming) {
+        let owner = owner(&incoming.topic, incoming.partition, self.shards().len());
+        let Some(here) = local() else { return };
+        if owner == here.shard {
+            deliver_local(&here, &incoming.topic, incoming.partition, incoming.message);
+            return;
+        }
+        let work = Box::new(move || {
+            if let Some(local) = local() {
+                deliver_local(&local, &incoming.topic, incoming.partition, incoming.message);
+            }
+        });
+        // A full mailbox drops the message, as a lossy network would; Raft resends.
+        let _ = self.shards()[owner].try_run(work);
+    }
+
+    /// Opens the controller group on this shard (0) and starts applying its commands.
+    async fn start_controller(&self) -> Result<(), ClusterError> {
+        let dir = self.inner.config.data_dir.join(format!("{CONTROLLER_TOPIC}-0"));
+        rt::create_dir_all(&dir)
+            .await
+            .map_err(|source| ClusterError::ControllerDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let config = TopicConfig::builder()
+            .retention_ms(None)
+            .build()
+            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        let replica = Replica::open(
+            DiskStorage,
+            &dir,
+            controller_id(),
+            config,
+            &self.replica_config(),
+        )
+        .await?;
+        let log = replica.log().clone();
+        self.spawn_group(replica);
+        let cluster = self.clone();
+        rt::spawn_local(async move {
+            if let Err(error) = cluster.apply_controller(log).await {
+                tracing::error!(%error, "the controller's commands stopped applying on this node");
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    fn replica_config(&self) -> ReplicaConfig {
+        let config = &self.inner.config;
+        ReplicaConfig {
+            node_id: config.node_id,
+            voters: self.voters(),
+            election_ticks: config.election_ticks,
+            heartbeat_ticks: config.heartbeat_ticks,
+            entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
+        }
+    }
+
+    /// Applies the controller's committed commands in order, forever.
+    async fn apply_controller(
+        &self,
+        log: ringlog_engine::log::PartitionLog<DiskStorage>,
+    ) -> Result<(), ClusterError> {
+        let mut next = 0_i64;
+        loop {
+            let version = log.version();
+            if log.offsets().high_watermark <= next {
+                log.changed_since(version).await;
+                continue;
+            }
+            let bytes = log
+                .read_bytes(next, CONTROLLER_READ_BYTES_MAX)
+                .await
+                .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
+            let mut rest = bytes.as_slice();
+            while !rest.is_empty() {
+                let (batch, after) = RecordBatch::parse(rest)
+                    .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+                rest = after;
+                let batch_next = batch.base_offset() + i64::try_from(batch.offset_count()).unwrap_or(i64::MAX);
+                if batch_next <= next {
+                    continue;
+                }
+                let records = batch
+                    .records()
+                    .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+                for record in records {
+                    let record = record
+                        .map_err(|e| ClusterError::InvalidTopic(format!("controller record: {e}")))?;
+                    if record.key == Some(CREATE_TOPIC_KEY) {
+                        let command = CreateTopic::decode(record.value.unwrap_or_default())
+                            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+                        self.apply_create_topic(&command).await?;
+                    }
+                }
+                next = batch_next;
+                (self.inner.controller_applied)
+                    .store(next, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+
+    /// Creates a committed topic here (once: a topic that exists is left as it is).
+    async fn apply_create_topic(&self, command: &CreateTopic) -> Result<(), ClusterError> {
+        let engine = &self.inner.engine;
+        if let Some(meta) = engine.topic(&command.name) {
+            if meta.id != command.id {
+                tracing::warn!(
+                    topic = command.name,
+                    "a committed create-topic command names a topic that exists with another id; \
+                     the first one stays"
+                );
+            }
+            return Ok(());
+        }
+        let name = command
+            .topic_name()
+            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        let config = command
+            .config()
+            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        let meta = engine
+            .create_topic_with_id(name.as_str(), command.id, command.partitions, config)
+            .await?;
+        tracing::info!(topic = %name, partitions = command.partitions, "topic created by the controller");
+        self.open_replicas(&meta).await
+    }
+
+    /// Wraps each of the topic's partition logs in a replica, on its shard.
+    async fn open_replicas(&self, meta: &TopicMeta) -> Result<(), ClusterError> {
+        for partition in 0..meta.partitions {
+            let topic = meta.name.as_str().to_owned();
+            let config = meta.config.clone();
+            let dir = self.inner.config.data_dir.join(format!("{topic}-{partition}"));
+            let cluster = self.clone();
+            let owner = owner(&topic, partition, self.shards().len());
+            self.shards()[owner]
+                .spawn(move || async move {
+                    let log = engine_shard::local_log(&topic, partition).ok_or_else(|| {
+                        ClusterError::NoReplica {
+                            topic: topic.clone(),
+                            partition,
+                        }
+                    })?;
+                    let replica = Replica::open_with_log(
+                        log,
+                        DiskStorage,
+                        &dir,
+                        &config,
+                        &cluster.replica_config(),
+                    )
+                    .await?;
+                    cluster.spawn_group(replica);
+                    Ok::<(), ClusterError>(())
+                })
+                .await
+                .map_err(|_| ClusterError::ShardStopped)??;
+        }
+        Ok(())
+    }
+
+    /// Starts the task that drives `replica`, on this shard.
+    fn spawn_group(&self, replica: Replica<DiskStorage>) {
+        let Some(local) = local() else { return };
+        let id = replica.id().clone();
+        let key: GroupKey = (Rc::from(&*id.topic), id.partition);
+        let (inbox, commands) = mpsc::unbounded();
+        local.groups.borrow_mut().insert(key.clone(), inbox);
+        let cluster = self.clone();
+        rt::spawn_local(async move {
+            let failure = cluster.drive(replica, commands, &local, &key).await;
+            local.groups.borrow_mut().remove(&key);
+            lock(&cluster.inner.status).remove(&(key.0.to_string(), key.1));
+            tracing::error!(partition = %id, error = %failure, "replica stopped; restart the node to reopen it");
+        })
+        .detach();
+    }
+
+    /// A group's task: commands in, ready out, status published. Returns why it stopped.
+    async fn drive(
+        &self,
+        mut replica: Replica<DiskStorage>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        local: &Local,
+        key: &GroupKey,
+    ) -> ReplicaError {
+        let mut published = None;
+        loop {
+            let Some(first) = commands.next().await else {
+                return ReplicaError::Unsupported {
+                    partition: replica.id().clone(),
+                    what: "its inbox closed",
+                };
+            };
+            let mut command = Some(first);
+            while let Some(next) = command.take() {
+                if let Err(error) = apply_command(&mut replica, next) {
+                    return error;
+                }
+                command = commands.try_recv().ok();
+            }
+            while replica.has_ready() {
+                match replica.process_ready().await {
+                    Ok(messages) => {
+                        for message in messages {
+                            local.transport.send(message.to, &key.0, key.1, &message);
+                        }
+                    }
+                    Err(error) => return error,
+                }
+            }
+            let status = GroupStatus {
+                leader: replica.leader(),
+                term: replica.term(),
+                in_sync: replica.in_sync(),
+            };
+            if published.as_ref() != Some(&status) {
+                lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
+                published = Some(status);
+            }
+        }
+    }
+}
+
+fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result<(), ReplicaError> {
+    match command {
+        Command::Tick => {
+            replica.tick();
+            Ok(())
+        }
+        Command::Step(message) => match replica.step(message) {
+            // A message of an older term or for a stale peer is Raft's to ignore.
+            Err(ReplicaError::Raft { source, .. }) if is_ignorable(&source) => Ok(()),
+            other => other,
+        },
+        Command::Propose {
+            batches,
+            max_message_bytes,
+            reply,
+        } => {
+            let _ = reply.send(replica.propose(&batches, max_message_bytes));
+            Ok(())
+        }
+    }
+}
+
+/// raft-rs errors a peer's message may cause that say nothing about this replica.
+fn is_ignorable(error: &raft::Error) -> bool {
+    matches!(
+        error,
+        raft::Error::StepPeerNotFound | raft::Error::StepLocalMsg | raft::Error::ProposalDropped
+    )
+}
+
+fn deliver_local(local: &Local, topic: &str, partition: u32, message: Message) {
+    let key: GroupKey = (Rc::from(topic), partition);
+    // A message for a group not (yet) open here is dropped; Raft resends it.
+    if let Some(inbox) = local.groups.borrow().get(&key) {
+        let _ = inbox.unbounded_send(Command::Step(message));
+    }
+}
+
+/// The shard that owns a group: the controller lives on shard 0, partitions where the
+/// engine places them.
+fn owner(topic: &str, partition: u32, shards: usize) -> usize {
+    match TopicName::new(topic) {
+        Ok(name) if topic != CONTROLLER_TOPIC => shard_for(&name, partition, shards),
+        // The controller, and a name no topic can have (a peer's message for it finds no
+        // group and is dropped).
+        _ => 0,
+    }
+}
+
+/// Whether a topic's partitions are replicated: every topic but the node's internal ones
+/// (`__consumer_offsets` stays on each node for now).
+pub fn is_replicated(topic: &str) -> bool {
+    !topic.starts_with("__")
+}
+
+fn controller_id() -> PartitionId {
+    PartitionId {
+        topic: Arc::from(CONTROLLER_TOPIC),
+        partition: 0,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn uuid_v4() -> uuid::Uuid {
+    uuid::Uuid::new_v4()
+}

@@ -1,0 +1,1082 @@
+//! The internal transport: raft-rs messages between the nodes of a cluster, for every
+//! partition's group at once.
+//!
+//! **Topology.** A node runs one [`Transport`] per shard. Each opens its own connection to
+//! every peer, so two nodes are joined by one connection per (sending shard, peer) pair,
+//! each carrying messages one way. Receiving happens on whichever shard of the peer
+//! accepted the connection ([`serve`] on a listener bound with SO_REUSEPORT on every
+//! shard), which is not in general the shard that owns the partition: the `deliver`
+//! callback routes each message on (the node sends it to the owner's mailbox). Messages of
+//! one connection arrive in the order they were sent; there is no order between
+//! connections, which Raft does not need.
+//!
+//! **Wire format.** A connection is a stream of frames. Lengths and numbers are big-endian
+//! (network order, as Kafka's framing on the same node is):
+//!
+//! | offset | size | field                                                           |
+//! |-------:|-----:|-----------------------------------------------------------------|
+//! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
+//! |      4 |    1 | kind: 1 hello, 2 Raft                                           |
+//! |      5 |    … | body, by kind (below)                                           |
+//!
+//! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
+//! body (`n`, `h`: the strings' lengths), nothing after it:
+//!
+//! |       offset | size | field                                                    |
+//! |-------------:|-----:|----------------------------------------------------------|
+//! |            0 |    8 | node id                                                  |
+//! |            8 |    2 | cluster name length `n`, at most 255                     |
+//! |           10 |  `n` | cluster name                                             |
+//! |     10 + `n` |    2 | Kafka host length `h`, at most 255                       |
+//! |     12 + `n` |  `h` | Kafka host                                               |
+//! | 12 + `n + h` |    2 | Kafka port                                               |
+//!
+//! A Raft frame's body (`t`: the topic name's length):
+//!
+//! | offset  | size | field                                                          |
+//! |--------:|-----:|----------------------------------------------------------------|
+//! |       0 |    2 | topic name length `t`, 1 ..= 249                               |
+//! |       2 |  `t` | topic name                                                     |
+//! | 2 + `t` |    4 | partition                                                      |
+//! | 6 + `t` |    … | raft-rs's `eraftpb.Message`, protobuf, to the end of the frame |
+//!
+//! There is no batch kind: a sender packs every frame queued for a peer into one send, so
+//! the messages of many groups share a system call. The connecting side sends its hello
+//! first; the accepting side checks it (same cluster name, not its own node id) and answers
+//! with its own, which the connecting side checks (same cluster, the node it meant to
+//! reach). After that only the connecting side sends, and only Raft frames.
+//!
+//! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
+//! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
+//! `TRANSPORT_FRAME_BYTES_MAX`), each string's against its field's limit. A receive buffer
+//! grows only to the frame being read, so to at most the frame limit, and shrinks back once
+//! empty. A bad frame (too long, empty, of an unknown kind, a field running past its frame,
+//! a name too long or not UTF-8, a message that does not decode or names other nodes than
+//! the connection's two) closes its connection with a logged reason; nothing else is
+//! affected.
+//!
+//! **Loss.** Sending never waits. A peer's queue is bounded in bytes
+//! (`TRANSPORT_PEER_QUEUE_BYTES_MAX`); past it, and for a peer this transport does not
+//! know, messages are dropped and counted. When a connection fails or cannot be made, what
+//! was queued for it is dropped, and the writer reconnects after a backoff. Raft resends
+//! whatever is lost, so the transport never retries a message itself.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use protobuf::{CodedOutputStream, Message as _};
+use raft::eraftpb::Message;
+use ringlog_engine::limits::TOPIC_NAME_LEN_MAX;
+use ringlog_engine::rt::{self, IoBuf, JoinHandle, TcpListener, TcpStream};
+
+use crate::limits::{
+    TRANSPORT_ACCEPT_RETRY_MS, TRANSPORT_BUFFER_RETAINED_BYTES_MAX,
+    TRANSPORT_CLUSTER_NAME_BYTES_MAX, TRANSPORT_CONNECTIONS_MAX, TRANSPORT_FRAME_BYTES_MAX,
+    TRANSPORT_HANDSHAKE_TIMEOUT_MS, TRANSPORT_HOST_BYTES_MAX, TRANSPORT_PEER_QUEUE_BYTES_MAX,
+    TRANSPORT_READ_BUFFER_BYTES, TRANSPORT_RECONNECT_BACKOFF_MAX_MS,
+    TRANSPORT_RECONNECT_BACKOFF_MIN_MS, TRANSPORT_SEND_TIMEOUT_MS,
+};
+
+const LEN_AT: usize = 0;
+const KIND_AT: usize = LEN_AT + 4;
+const BODY_AT: usize = KIND_AT + 1;
+const _: () = assert!(BODY_AT == 5);
+/// What the length field does not count.
+const LEN_FIELD_BYTES: usize = KIND_AT - LEN_AT;
+
+const KIND_HELLO: u8 = 1;
+const KIND_RAFT: u8 = 2;
+
+/// A string's length prefix.
+const STRING_LEN_BYTES: usize = 2;
+const PARTITION_BYTES: usize = 4;
+
+/// The largest hello frame's length field: kind, node id, the two strings at their limits,
+/// port. The first frame of a connection is bounded by this, not by the frame limit, so a
+/// connection that has not introduced itself cannot make the receiver allocate much.
+const HELLO_FRAME_LEN_MAX: usize = 1
+    + 8
+    + STRING_LEN_BYTES
+    + TRANSPORT_CLUSTER_NAME_BYTES_MAX
+    + STRING_LEN_BYTES
+    + TRANSPORT_HOST_BYTES_MAX
+    + 2;
+const _: () = assert!(HELLO_FRAME_LEN_MAX == 525);
+const _: () = assert!(HELLO_FRAME_LEN_MAX <= TRANSPORT_FRAME_BYTES_MAX);
+// A peer's queue holds at least the largest frame, or that frame could never be sent.
+const _: () =
+    assert!(LEN_FIELD_BYTES + TRANSPORT_FRAME_BYTES_MAX <= TRANSPORT_PEER_QUEUE_BYTES_MAX);
+// A topic name's length fits its u16 prefix.
+const _: () = assert!(TOPIC_NAME_LEN_MAX <= u16::MAX as usize);
+const _: () = assert!(TRANSPORT_HOST_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(TRANSPORT_CLUSTER_NAME_BYTES_MAX <= u16::MAX as usize);
+
+/// How a node introduces itself on a connection, in both directions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub node_id: u64,
+    /// Nodes of different clusters refuse each other's connections.
+    pub cluster_name: String,
+    /// Where Kafka clients reach this node (what Metadata advertises for it).
+    pub kafka_host: String,
+    pub kafka_port: u16,
+}
+
+impl Hello {
+    /// Whether this hello fits the wire's bounds; a node checks its configured values with
+    /// this before starting a transport.
+    pub fn validate(&self) -> Result<(), FrameError> {
+        bounded(
+            "cluster name",
+            &self.cluster_name,
+            TRANSPORT_CLUSTER_NAME_BYTES_MAX,
+        )?;
+        bounded("Kafka host", &self.kafka_host, TRANSPORT_HOST_BYTES_MAX)
+    }
+
+    fn assert_valid(&self) {
+        if let Err(error) = self.validate() {
+            panic!("the local hello must be validated before use: {error}");
+        }
+    }
+}
+
+fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), FrameError> {
+    if value.len() > max {
+        return Err(FrameError::TooLong {
+            field,
+            len: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// A Raft message from a peer, for the group `(topic, partition)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    /// The sending node (the connection's hello said so, and the message agrees).
+    pub from: u64,
+    pub topic: String,
+    pub partition: u32,
+    pub message: Message,
+}
+
+/// Why a frame is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("a frame of {len} bytes (kind and body); the limit here is {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("an empty frame (no kind)")]
+    Empty,
+    #[error("unknown frame kind {kind}")]
+    UnknownKind { kind: u8 },
+    #[error("the {field} runs past the end of its frame")]
+    Truncated { field: &'static str },
+    #[error("a {field} of {len} bytes; the limit is {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("an empty topic name")]
+    TopicEmpty,
+    #[error("the {field} is not UTF-8: {source}")]
+    NotUtf8 {
+        field: &'static str,
+        source: std::str::Utf8Error,
+    },
+    #[error("{count} bytes after the end of a hello")]
+    TrailingBytes { count: usize },
+    #[error("the Raft message does not decode: {source}")]
+    Message { source: protobuf::ProtobufError },
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("i/o error: {source}")]
+    Io {
+        #[from]
+        source: io::Error,
+    },
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    #[error("the peer closed the connection {received} bytes into a frame of {expected}")]
+    ClosedMidFrame { received: usize, expected: usize },
+    #[error("no hello exchanged within {ms} ms")]
+    HandshakeTimeout { ms: u64 },
+    #[error("a send did not complete within {ms} ms")]
+    SendTimeout { ms: u64 },
+    #[error("a frame of kind {kind} before the hello")]
+    ExpectedHello { kind: u8 },
+    #[error("a second hello")]
+    UnexpectedHello,
+    #[error("the accepting side sent more than its hello")]
+    UnexpectedData,
+    #[error("the peer is of cluster {theirs:?}, this node of {ours:?}")]
+    ClusterMismatch { ours: String, theirs: String },
+    #[error("the peer says it is node {got}, expected node {expected}")]
+    WrongNode { expected: u64, got: u64 },
+    #[error("the peer says it is node {node_id}, this node's own id")]
+    SameNode { node_id: u64 },
+    #[error("a Raft message from node {from} to node {to} on a connection from {peer} to {local}")]
+    Misaddressed {
+        from: u64,
+        to: u64,
+        peer: u64,
+        local: u64,
+    },
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames.
+
+/// The two kinds of frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Hello,
+    Raft,
+}
+
+impl Kind {
+    fn code(self) -> u8 {
+        match self {
+            Kind::Hello => KIND_HELLO,
+            Kind::Raft => KIND_RAFT,
+        }
+    }
+}
+
+/// Judges the frame at the start of `bytes` as soon as enough of its header is there:
+/// `None` until then, else its kind and length field (kind and body). The length is
+/// checked against `len_max` with only its own 4 bytes present.
+fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, FrameError> {
+    let Some(len_field) = bytes.get(LEN_AT..KIND_AT) else {
+        return Ok(None);
+    };
+    let mut len = [0; LEN_FIELD_BYTES];
+    len.copy_from_slice(len_field);
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    if len > len_max {
+        return Err(FrameError::TooLarge { len, max: len_max });
+    }
+    let Some(&kind) = bytes.get(KIND_AT) else {
+        return Ok(None);
+    };
+    match kind {
+        KIND_HELLO => Ok(Some((Kind::Hello, len))),
+        KIND_RAFT => Ok(Some((Kind::Raft, len))),
+        kind => Err(FrameError::UnknownKind { kind }),
+    }
+}
+
+/// Reads a frame body's fields in order, each checked against the bytes left.
+struct Fields<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn take(&mut self, count: usize, field: &'static str) -> Result<&'a [u8], FrameError> {
+        if self.bytes.len() < count {
+            return Err(FrameError::Truncated { field });
+        }
+        let (head, tail) = self.bytes.split_at(count);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], FrameError> {
+        let mut array = [0; N];
+        array.copy_from_slice(self.take(N, field)?);
+        Ok(array)
+    }
+
+    fn string(&mut self, field: &'static str, max: usize) -> Result<&'a str, FrameError> {
+        let len = usize::from(u16::from_be_bytes(self.array(field)?));
+        if len > max {
+            return Err(FrameError::TooLong { field, len, max });
+        }
+        std::str::from_utf8(self.take(len, field)?)
+            .map_err(|source| FrameError::NotUtf8 { field, source })
+    }
+}
+
+fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
+    let mut fields = Fields { bytes: body };
+    let hello = Hello {
+        node_id: u64::from_be_bytes(fields.array("node id")?),
+        cluster_name: fields
+            .string("cluster name", TRANSPORT_CLUSTER_NAME_BYTES_MAX)?
+            .to_owned(),
+        kafka_host: fields
+            .string("Kafka host", TRANSPORT_HOST_BYTES_MAX)?
+            .to_owned(),
+        kafka_port: u16::from_be_bytes(fields.array("Kafka port")?),
+    };
+    if !fields.bytes.is_empty() {
+        return Err(FrameError::TrailingBytes {
+            count: fields.bytes.len(),
+        });
+    }
+    Ok(hello)
+}
+
+/// A Raft frame's body: the group's topic and partition, and the message.
+fn decode_raft(body: &[u8]) -> Result<(&str, u32, Message), FrameError> {
+    let mut fields = Fields { bytes: body };
+    let topic = fields.string("topic name", TOPIC_NAME_LEN_MAX)?;
+    if topic.is_empty() {
+        return Err(FrameError::TopicEmpty);
+    }
+    let partition = u32::from_be_bytes(fields.array("partition")?);
+    let message =
+        Message::parse_from_bytes(fields.bytes).map_err(|source| FrameError::Message { source })?;
+    Ok((topic, partition, message))
+}
+
+/// Appends a frame's header; its length field is patched by [`finish_frame`].
+fn begin_frame(out: &mut Vec<u8>, kind: Kind) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; LEN_FIELD_BYTES]);
+    out.push(kind.code());
+    start
+}
+
+/// Writes the length of the frame begun at `start`.
+fn finish_frame(out: &mut [u8], start: usize) {
+    let len = out.len() - start - LEN_FIELD_BYTES;
+    assert!(
+        (1..=TRANSPORT_FRAME_BYTES_MAX).contains(&len),
+        "frame length {len}"
+    );
+    out[start + LEN_AT..start + KIND_AT].copy_from_slice(&(len as u32).to_be_bytes());
+}
+
+fn put_string(out: &mut Vec<u8>, value: &str) {
+    let len = u16::try_from(value.len());
+    let Ok(len) = len else {
+        unreachable!("strings are bounded below u16::MAX before they are encoded")
+    };
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn encode_hello(hello: &Hello) -> Vec<u8> {
+    hello.assert_valid();
+    let mut out = Vec::with_capacity(LEN_FIELD_BYTES + HELLO_FRAME_LEN_MAX);
+    let start = begin_frame(&mut out, Kind::Hello);
+    out.extend_from_slice(&hello.node_id.to_be_bytes());
+    put_string(&mut out, &hello.cluster_name);
+    put_string(&mut out, &hello.kafka_host);
+    out.extend_from_slice(&hello.kafka_port.to_be_bytes());
+    finish_frame(&mut out, start);
+    out
+}
+
+/// Why a message could not be queued.
+#[derive(Debug)]
+enum Unsent {
+    QueueFull,
+    /// A topic name out of bounds, a frame above the limit, or an encoding failure: never
+    /// sendable, so a bug (or an entry above the batch limit) on this side.
+    Unsendable(String),
+}
+
+/// The length field of a Raft frame for `topic` and a message of `message_bytes`.
+fn raft_frame_len(topic: &str, message_bytes: usize) -> usize {
+    1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + message_bytes
+}
+
+/// Appends a Raft frame to `out` if it fits `room` bytes; leaves `out` as it was if not.
+fn encode_raft(
+    out: &mut Vec<u8>,
+    room: usize,
+    topic: &str,
+    partition: u32,
+    message: &Message,
+) -> Result<(), Unsent> {
+    if topic.is_empty() || topic.len() > TOPIC_NAME_LEN_MAX {
+        return Err(Unsent::Unsendable(format!(
+            "topic name of {} bytes",
+            topic.len()
+        )));
+    }
+    let len = raft_frame_len(topic, message.compute_size() as usize);
+    if len > TRANSPORT_FRAME_BYTES_MAX {
+        return Err(Unsent::Unsendable(format!(
+            "a frame of {len} bytes; the limit is {TRANSPORT_FRAME_BYTES_MAX}"
+        )));
+    }
+    if LEN_FIELD_BYTES + len > room {
+        return Err(Unsent::QueueFull);
+    }
+    out.reserve(LEN_FIELD_BYTES + len);
+    let start = begin_frame(out, Kind::Raft);
+    put_string(out, topic);
+    out.extend_from_slice(&partition.to_be_bytes());
+    let mut stream = CodedOutputStream::vec(out);
+    // `compute_size` above cached the sizes this relies on; the message is borrowed, so it
+    // cannot have changed since.
+    let written = message
+        .write_to_with_cached_sizes(&mut stream)
+        .and_then(|()| stream.flush());
+    drop(stream);
+    if let Err(error) = written {
+        out.truncate(start);
+        return Err(Unsent::Unsendable(format!(
+            "the message does not encode: {error}"
+        )));
+    }
+    assert_eq!(
+        out.len() - start,
+        LEN_FIELD_BYTES + len,
+        "the size computed is written"
+    );
+    finish_frame(out, start);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading frames from a connection.
+
+/// A connection's receive buffer: frames are read into it in as few receives as the
+/// kernel allows and handed out in place. Its capacity is at most the larger of
+/// `TRANSPORT_READ_BUFFER_BYTES` and the frame being read (so at most the frame limit plus
+/// its length field), and it shrinks back once emptied of a large frame. A receive
+/// abandoned half-way (a timeout) takes the buffer with it: the connection is given up then.
+struct FrameReader {
+    buf: Vec<u8>,
+    /// Bytes of `buf` before this are consumed.
+    start: usize,
+    /// Bytes of the frame handed out last, consumed at the next call.
+    handed_out: usize,
+}
+
+impl FrameReader {
+    fn new() -> FrameReader {
+        FrameReader {
+            buf: Vec::with_capacity(TRANSPORT_READ_BUFFER_BYTES),
+            start: 0,
+            handed_out: 0,
+        }
+    }
+
+    /// Bytes received and not yet handed out in a frame.
+    fn buffered(&self) -> usize {
+        self.buf.len() - self.start - self.handed_out
+    }
+
+    /// The next whole frame: its kind and body, its length field at most `len_max`.
+    async fn next(
+        &mut self,
+        stream: &TcpStream,
+        len_max: usize,
+    ) -> Result<(Kind, &[u8]), ConnectionError> {
+        self.start += std::mem::take(&mut self.handed_out);
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > TRANSPORT_BUFFER_RETAINED_BYTES_MAX {
+                self.buf = Vec::with_capacity(TRANSPORT_READ_BUFFER_BYTES);
+            }
+        }
+        let (kind, len) = loop {
+            match frame_header(&self.buf[self.start..], len_max)? {
+                Some((kind, len)) if self.buf.len() - self.start >= LEN_FIELD_BYTES + len => {
+                    break (kind, len);
+                }
+                Some((_, len)) => self.receive(stream, LEN_FIELD_BYTES + len).await?,
+                None => self.receive(stream, BODY_AT).await?,
+            }
+        };
+        self.handed_out = LEN_FIELD_BYTES + len;
+        Ok((
+            kind,
+            &self.buf[self.start + BODY_AT..self.start + self.handed_out],
+        ))
+    }
+
+    /// Receives once, with room for `want` bytes from `start` (more than it holds).
+    async fn receive(&mut self, stream: &TcpStream, want: usize) -> Result<(), ConnectionError> {
+        assert!(
+            self.buf.len() < self.start + want,
+            "receiving only what is missing"
+        );
+        if self.start + want > self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+            let capacity = want.max(TRANSPORT_READ_BUFFER_BYTES);
+            if capacity > self.buf.capacity() {
+                self.buf.reserve_exact(capacity - self.buf.len());
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let (len, capacity) = (buf.len(), buf.capacity());
+        let (received, slice) = stream.recv(buf.slice(len..capacity)).await;
+        self.buf = slice.into_inner();
+        assert!(
+            self.buf.capacity() == capacity,
+            "a receive does not reallocate"
+        );
+        if received? > 0 {
+            return Ok(());
+        }
+        let received = self.buf.len() - self.start;
+        if received == 0 {
+            Err(ConnectionError::PeerClosed)
+        } else {
+            Err(ConnectionError::ClosedMidFrame {
+                received,
+                expected: want,
+            })
+        }
+    }
+}
+
+/// Reads the first frame of a connection, which must be a hello.
+async fn read_hello(
+    reader: &mut FrameReader,
+    stream: &TcpStream,
+) -> Result<Hello, ConnectionError> {
+    match reader.next(stream, HELLO_FRAME_LEN_MAX).await? {
+        (Kind::Hello, body) => Ok(decode_hello(body)?),
+        (kind, _) => Err(ConnectionError::ExpectedHello { kind: kind.code() }),
+    }
+}
+
+/// Runs `future` within the handshake timeout.
+async fn within_handshake<T>(
+    future: impl std::future::Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    let ms = TRANSPORT_HANDSHAKE_TIMEOUT_MS;
+    rt::timeout(Duration::from_millis(ms), future)
+        .await
+        .unwrap_or(Err(ConnectionError::HandshakeTimeout { ms }))
+}
+
+fn check_cluster(local: &Hello, peer: &Hello) -> Result<(), ConnectionError> {
+    if peer.cluster_name != local.cluster_name {
+        return Err(ConnectionError::ClusterMismatch {
+            ours: local.cluster_name.clone(),
+            theirs: peer.cluster_name.clone(),
+        });
+    }
+    if peer.node_id == local.node_id {
+        return Err(ConnectionError::SameNode {
+            node_id: peer.node_id,
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Sending.
+
+/// What a [`Transport`] has done since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Messages encoded into a peer's queue.
+    pub messages_queued: u64,
+    /// Messages dropped because their peer's queue was full.
+    pub messages_dropped_queue_full: u64,
+    /// Messages to a node this transport has no address for.
+    pub messages_dropped_unknown_peer: u64,
+    /// Messages that can never be sent: a frame above the limit, a topic name out of
+    /// bounds, an encoding failure (each logged as an error).
+    pub messages_dropped_unsendable: u64,
+    /// Messages queued, or being written, when their connection failed or could not be
+    /// made.
+    pub messages_dropped_disconnected: u64,
+    /// Writes of queued frames (each one send of everything queued for a peer).
+    pub batches_sent: u64,
+    pub bytes_sent: u64,
+    /// Connections to peers that completed their hello exchange.
+    pub connections_opened: u64,
+    /// Attempts to connect that failed (refused, timed out, a hello refused).
+    pub connect_failures: u64,
+}
+
+type Stats = Rc<RefCell<TransportStats>>;
+
+/// Frames waiting for a peer's writer, and what the writer is sending.
+#[derive(Default)]
+struct Outbox {
+    frames: Vec<u8>,
+    messages: u64,
+    in_flight_bytes: usize,
+    in_flight_messages: u64,
+    /// Whether dropping for a full queue was logged since the last batch went out.
+    full_logged: bool,
+}
+
+/// One peer, as this shard's transport sees it.
+struct Peer {
+    id: u64,
+    address: SocketAddr,
+    queue_bytes_max: usize,
+    outbox: RefCell<Outbox>,
+    /// The writer, when it waits for frames.
+    writer: Cell<Option<Waker>>,
+    /// The hello the peer answered on the latest connection.
+    answered: RefCell<Option<Hello>>,
+}
+
+impl Peer {
+    fn wake_writer(&self) {
+        if let Some(waker) = self.writer.take() {
+            waker.wake();
+        }
+    }
+
+    fn enqueue(&self, topic: &str, partition: u32, message: &Message) -> Result<(), Unsent> {
+        let mut outbox = self.outbox.borrow_mut();
+        let queued = outbox.frames.len() + outbox.in_flight_bytes;
+        assert!(queued <= self.queue_bytes_max, "{queued} bytes queued");
+        let room = self.queue_bytes_max - queued;
+        encode_raft(&mut outbox.frames, room, topic, partition, message)?;
+        outbox.messages += 1;
+        assert!(outbox.frames.len() + outbox.in_flight_bytes <= self.queue_bytes_max);
+        Ok(())
+    }
+
+    /// Moves what is queued into `batch` (empty), to be written.
+    fn take_batch(&self, mut batch: Vec<u8>) -> Vec<u8> {
+        assert!(batch.is_empty());
+        let mut outbox = self.outbox.borrow_mut();
+        assert_eq!(outbox.in_flight_bytes, 0, "one batch in flight at a time");
+        std::mem::swap(&mut outbox.frames, &mut batch);
+        outbox.in_flight_bytes = batch.len();
+        outbox.in_flight_messages = std::mem::take(&mut outbox.messages);
+        batch
+    }
+
+    fn batch_sent(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        outbox.in_flight_bytes = 0;
+        outbox.in_flight_messages = 0;
+        outbox.full_logged = false;
+    }
+
+    /// Drops what was queued and in flight (the connection failed); returns how many
+    /// messages.
+    fn discard(&self) -> u64 {
+        let mut outbox = self.outbox.borrow_mut();
+        let dropped = outbox.messages + outbox.in_flight_messages;
+        outbox.frames.clear();
+        if outbox.frames.capacity() > TRANSPORT_BUFFER_RETAINED_BYTES_MAX {
+            outbox.frames = Vec::new();
+        }
+        outbox.messages = 0;
+        outbox.in_flight_bytes = 0;
+        outbox.in_flight_messages = 0;
+        dropped
+    }
+}
+
+/// Aborts a task when dropped (a [`JoinHandle`] dropped detaches it).
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// One shard's sending side of the transport: a queue and a writer task per peer.
+///
+/// Dropping it stops its writers and closes their connections.
+pub struct Transport {
+    local: Hello,
+    peers: HashMap<u64, Rc<Peer>>,
+    stats: Stats,
+    _writers: Vec<AbortOnDrop>,
+}
+
+impl Transport {
+    /// A transport from the node `local` describes to `peers` (node id, internal address),
+    /// with a writer task per peer that connects at once and stays connected.
+    ///
+    /// # Panics
+    /// Outside a ringlog runtime, or if `local` does not pass [`Hello::validate`].
+    pub fn new(local: Hello, peers: Vec<(u64, SocketAddr)>) -> Rc<Transport> {
+        Self::with_queue_bytes_max(local, peers, TRANSPORT_PEER_QUEUE_BYTES_MAX)
+    }
+
+    fn with_queue_bytes_max(
+        local: Hello,
+        peers: Vec<(u64, SocketAddr)>,
+        queue_bytes_max: usize,
+    ) -> Rc<Transport> {
+        local.assert_valid();
+        let stats = Stats::default();
+        let local_shared = Rc::new(local.clone());
+        let mut writers = Vec::with_capacity(peers.len());
+        let peers: HashMap<u64, Rc<Peer>> = peers
+            .into_iter()
+            .map(|(id, address)| {
+                let peer = Rc::new(Peer {
+                    id,
+                    address,
+                    queue_bytes_max,
+                    outbox: RefCell::default(),
+                    writer: Cell::new(None),
+                    answered: RefCell::new(None),
+                });
+                let writer = run_writer(peer.clone(), local_shared.clone(), stats.clone());
+                writers.push(AbortOnDrop(Some(rt::spawn_local(writer))));
+                (id, peer)
+            })
+            .collect();
+        Rc::new(Transport {
+            local,
+            peers,
+            stats,
+            _writers: writers,
+        })
+    }
+
+    /// Queues `message` for node `to`, for the group `(topic, partition)`, and wakes that
+    /// peer's writer; never waits. The message is dropped (and counted in
+    /// [`Transport::stats`]) if `to` is not a peer, if the peer's queue is full, or if it
+    /// can never be sent (logged as an error).
+    ///
+    /// # Panics
+    /// If `message` is not from this node to `to`: the receiver would refuse it.
+    pub fn send(&self, to: u64, topic: &str, partition: u32, message: &Message) {
+        assert_eq!(message.to, to, "a message goes to the node it names");
+        assert_eq!(
+            message.from, self.local.node_id,
+            "a message is sent by its sender"
+        );
+        let Some(peer) = self.peers.get(&to) else {
+            tracing::debug!(
+                to,
+                topic,
+                partition,
+                "dropping a Raft message to an unknown node"
+            );
+            self.stats.borrow_mut().messages_dropped_unknown_peer += 1;
+            return;
+        };
+        let mut stats = self.stats.borrow_mut();
+        match peer.enqueue(topic, partition, message) {
+            Ok(()) => {
+                stats.messages_queued += 1;
+                peer.wake_writer();
+            }
+            Err(Unsent::QueueFull) => {
+                stats.messages_dropped_queue_full += 1;
+                let mut outbox = peer.outbox.borrow_mut();
+                if !std::mem::replace(&mut outbox.full_logged, true) {
+                    tracing::warn!(
+                        peer = to,
+                        queued_bytes_max = peer.queue_bytes_max,
+                        "the queue to a peer is full: dropping Raft messages until it drains"
+                    );
+                }
+            }
+            Err(Unsent::Unsendable(reason)) => {
+                stats.messages_dropped_unsendable += 1;
+                tracing::error!(peer = to, topic, partition, %reason, "dropping a Raft message");
+            }
+        }
+    }
+
+    /// The hello `node_id` answered on this shard's latest connection to it: its Kafka
+    /// address, once connected.
+    pub fn peer_hello(&self, node_id: u64) -> Option<Hello> {
+        self.peers.get(&node_id)?.answered.borrow().clone()
+    }
+
+    pub fn stats(&self) -> TransportStats {
+        *self.stats.borrow()
+    }
+}
+
+/// A peer's writer: connects (again after a backoff whenever the connection fails), then
+/// sends whatever is queued, all of it in one send.
+async fn run_writer(peer: Rc<Peer>, local: Rc<Hello>, stats: Stats) {
+    let backoff_min = Duration::from_millis(TRANSPORT_RECONNECT_BACKOFF_MIN_MS);
+    let backoff_max = Duration::from_millis(TRANSPORT_RECONNECT_BACKOFF_MAX_MS);
+    let mut backoff = backoff_min;
+    let mut failing = false;
+    loop {
+        match connect(&peer, &local).await {
+            Ok((stream, hello)) => {
+                stats.borrow_mut().connections_opened += 1;
+                tracing::debug!(peer = peer.id, address = %peer.address, "connected to a peer");
+                *peer.answered.borrow_mut() = Some(hello);
+                failing = false;
+                backoff = backoff_min;
+                let error = write_until_closed(&peer, &stream, &stats).await;
+                let _ = stream.shutdown(Shutdown::Both);
+                tracing::warn!(peer = peer.id, address = %peer.address, %error,
+                    "the connection to a peer ended; reconnecting");
+            }
+            Err(error) => {
+                stats.borrow_mut().connect_failures += 1;
+                // The first failure in a row is worth a warning; the retries are not.
+                if failing {
+                    tracing::debug!(peer = peer.id, address = %peer.address, %error,
+                        "connecting to a peer failed again");
+                } else {
+                    tracing::warn!(peer = peer.id, address = %peer.address, %error,
+                        "connecting to a peer failed; retrying");
+                }
+                if failing {
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+                failing = true;
+            }
+        }
+        stats.borrow_mut().messages_dropped_disconnected += peer.discard();
+        rt::sleep(backoff).await;
+    }
+}
+
+/// Connects to `peer` and exchanges hellos.
+async fn connect(peer: &Peer, local: &Hello) -> Result<(TcpStream, Hello), ConnectionError> {
+    within_handshake(async {
+        let stream = TcpStream::connect(peer.address).await?;
+        stream.set_nodelay(true)?;
+        let (sent, _) = stream.send_all(encode_hello(local)).await;
+        sent?;
+        let mut reader = FrameReader::new();
+        let hello = read_hello(&mut reader, &stream).await?;
+        if reader.buffered() > 0 {
+            return Err(ConnectionError::UnexpectedData);
+        }
+        check_cluster(local, &hello)?;
+        if hello.node_id != peer.id {
+            return Err(ConnectionError::WrongNode {
+                expected: peer.id,
+                got: hello.node_id,
+            });
+        }
+        Ok((stream, hello))
+    })
+    .await
+}
+
+/// Sends what is queued for `peer` until the connection fails; returns why.
+async fn write_until_closed(peer: &Rc<Peer>, stream: &TcpStream, stats: &Stats) -> ConnectionError {
+    let closed: Rc<RefCell<Option<ConnectionError>>> = Rc::default();
+    let _watcher = AbortOnDrop(Some(rt::spawn_local(watch(
+        stream.clone(),
+        peer.clone(),
+        closed.clone(),
+    ))));
+    let timeout = Duration::from_millis(TRANSPORT_SEND_TIMEOUT_MS);
+    let mut spare = Vec::new();
+    loop {
+        poll_fn(|cx| {
+            if closed.borrow().is_some() || !peer.outbox.borrow().frames.is_empty() {
+                return Poll::Ready(());
+            }
+            peer.writer.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await;
+        if let Some(error) = closed.borrow_mut().take() {
+            return error;
+        }
+        let batch = peer.take_batch(spare);
+        let bytes = batch.len();
+        let Ok((sent, mut batch)) = rt::timeout(timeout, stream.send_all(batch)).await else {
+            return ConnectionError::SendTimeout {
+                ms: TRANSPORT_SEND_TIMEOUT_MS,
+            };
+        };
+        if let Err(source) = sent {
+            return ConnectionError::Io { source };
+        }
+        peer.batch_sent();
+        let mut stats = stats.borrow_mut();
+        stats.batches_sent += 1;
+        stats.bytes_sent += bytes as u64;
+        batch.clear();
+        if batch.capacity() > TRANSPORT_BUFFER_RETAINED_BYTES_MAX {
+            batch = Vec::new();
+        }
+        spare = batch;
+    }
+}
+
+/// Waits for the accepting side to close the connection (it sends nothing after its
+/// hello), so the writer reconnects at once rather than at its next failed send.
+async fn watch(stream: TcpStream, peer: Rc<Peer>, closed: Rc<RefCell<Option<ConnectionError>>>) {
+    let (received, _) = stream.recv(Vec::with_capacity(1)).await;
+    let error = match received {
+        Ok(0) => ConnectionError::PeerClosed,
+        Ok(_) => ConnectionError::UnexpectedData,
+        Err(source) => ConnectionError::Io { source },
+    };
+    *closed.borrow_mut() = Some(error);
+    peer.wake_writer();
+}
+
+// ---------------------------------------------------------------------------------------
+// Receiving.
+
+/// What the accepting side shares between its connections.
+struct Inbound<H, D> {
+    local: Hello,
+    on_hello: H,
+    deliver: D,
+    connections: Cell<usize>,
+}
+
+/// Accepts peers' connections on `listener` until dropped: each one's hello is checked,
+/// answered with `local`, and given to `on_hello` (a peer's node id and Kafka address);
+/// then each Raft message it carries is given to `deliver`. A connection with a bad frame
+/// is closed (logged); the others go on. Connections already accepted stay open when this
+/// future is dropped, until their peers close them.
+///
+/// # Panics
+/// Outside a ringlog runtime, or if `local` does not pass [`Hello::validate`].
+pub async fn serve(
+    listener: Rc<TcpListener>,
+    local: Hello,
+    on_hello: impl Fn(&Hello) + 'static,
+    deliver: impl Fn(Incoming) + 'static,
+) {
+    local.assert_valid();
+    let inbound = Rc::new(Inbound {
+        local,
+        on_hello,
+        deliver,
+        connections: Cell::new(0),
+    });
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accepting a peer's connection failed");
+                rt::sleep(Duration::from_millis(TRANSPORT_ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        if inbound.connections.get() >= TRANSPORT_CONNECTIONS_MAX {
+            tracing::warn!(
+                limit = TRANSPORT_CONNECTIONS_MAX,
+                "refusing a peer's connection: this shard serves as many as it may"
+            );
+            continue;
+        }
+        let inbound = inbound.clone();
+        rt::spawn_local(async move { serve_counted(&inbound, stream).await }).detach();
+    }
+}
+
+async fn serve_counted<H, D>(inbound: &Inbound<H, D>, stream: TcpStream)
+where
+    H: Fn(&Hello),
+    D: Fn(Incoming),
+{
+    let _counted = Counted::enter(&inbound.connections);
+    let address = stream.peer_addr().ok();
+    let node = Cell::new(None);
+    let result = serve_connection(
+        &stream,
+        &inbound.local,
+        |hello| {
+            node.set(Some(hello.node_id));
+            (inbound.on_hello)(hello);
+        },
+        &inbound.deliver,
+    )
+    .await;
+    match result {
+        ConnectionError::PeerClosed => {
+            tracing::debug!(?address, node = node.get(), "a peer closed its connection");
+        }
+        error => {
+            tracing::warn!(?address, node = node.get(), %error, "closing a peer's connection");
+        }
+    }
+}
+
+/// One connection counted in its shard's total while it lives.
+struct Counted<'a>(&'a Cell<usize>);
+
+impl<'a> Counted<'a> {
+    fn enter(count: &'a Cell<usize>) -> Counted<'a> {
+        count.set(count.get() + 1);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        assert!(self.0.get() > 0);
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+/// Serves one accepted connection until it fails or closes; returns why.
+async fn serve_connection(
+    stream: &TcpStream,
+    local: &Hello,
+    on_hello: impl Fn(&Hello),
+    deliver: impl Fn(Incoming),
+) -> ConnectionError {
+    let mut reader = FrameReader::new();
+    let hello = within_handshake(async {
+        let hello = read_hello(&mut reader, stream).await?;
+        check_cluster(local, &hello)?;
+        let (sent, _) = stream.send_all(encode_hello(local)).await;
+        sent?;
+        Ok(hello)
+    })
+    .await;
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err(error) => return error,
+    };
+    on_hello(&hello);
+    loop {
+        let incoming = match reader.next(stream, TRANSPORT_FRAME_BYTES_MAX).await {
+            Ok((Kind::Raft, body)) => match decode_raft(body) {
+                Ok((topic, partition, message)) => Incoming {
+                    from: hello.node_id,
+                    topic: topic.to_owned(),
+                    partition,
+                    message,
+                },
+                Err(error) => return error.into(),
+            },
+            Ok((Kind::Hello, _)) => return ConnectionError::UnexpectedHello,
+            Err(error) => return error,
+        };
+        let message = &incoming.message;
+        if message.from != hello.node_id || message.to != local.node_id {
+            return ConnectionError::Misaddressed {
+                from: message.from,
+                to: message.to,
+                peer: hello.node_id,
+                local: local.node_id,
+            };
+        }
+        deliver(incoming);
+    }
+}
+
+#[cfg(test)]
+#[path = "transport_tests.rs"]
+mod tests;

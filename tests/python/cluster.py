@@ -1,0 +1,156 @@
+"""A producer and a consumer across a leader's death, driven by tests/tests/cluster.rs.
+
+    cluster.py run BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+
+BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
+partitions, replication factor 3) through the admin client, produces COUNT records
+("r<i>", keyed so every partition gets some) with kafka-python at its default settings
+(acks=all, idempotent, retries), waiting for each acknowledgement in turn. Halfway, it
+writes WORK_DIR/half (a JSON map of partition -> leader node id, as the client sees it)
+and waits for WORK_DIR/killed, which the test creates once it has killed a node with
+SIGKILL; the same producer then goes on. At the end a consumer (no group: assigned every
+partition) reads every partition from the start to its end.
+
+Prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
+"duplicates": [values read more than once], "read": n, "leaders_before": {...},
+"leaders_after": {...}, "offsets_dense": bool}.
+"""
+
+import json
+import os
+import sys
+import time
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+DEADLINE_S = 120.0
+
+
+def create_topic(bootstrap, topic, partitions):
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+            try:
+                admin.create_topics([NewTopic(topic, partitions, 3)])
+            finally:
+                admin.close()
+            return
+        except TopicAlreadyExistsError:
+            return
+        except KafkaError as error:
+            # The controller may still be electing its leader.
+            if time.monotonic() > deadline:
+                raise
+            print(f"create_topics: {error!r}; retrying", file=sys.stderr)
+            time.sleep(0.5)
+
+
+def leaders(producer, topic):
+    metadata = producer._metadata
+    found = {}
+    for partition in sorted(producer.partitions_for(topic) or []):
+        found[str(partition)] = metadata.leader_for_partition(TopicPartition(topic, partition))
+    return found
+
+
+def produce(producer, topic, first, count, acknowledged, failed):
+    for i in range(first, first + count):
+        value = f"r{i}".encode()
+        try:
+            meta = producer.send(topic, key=f"k{i}".encode(), value=value).get(timeout=60)
+            acknowledged[value.decode()] = (meta.partition, meta.offset)
+        except KafkaError as error:
+            print(f"record {i} not acknowledged: {error!r}", file=sys.stderr)
+            failed.append(value.decode())
+
+
+def wait_for(path):
+    deadline = time.monotonic() + DEADLINE_S
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+def consume(bootstrap, topic, partitions):
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=2000,
+    )
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    records = []
+    deadline = time.monotonic() + DEADLINE_S
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer did not reach the end offsets")
+        for batch in consumer.poll(timeout_ms=1000).values():
+            for record in batch:
+                records.append((record.partition, record.offset, record.value.decode()))
+    consumer.close()
+    return records
+
+
+def run(bootstrap, topic, partitions, count, work_dir):
+    servers = bootstrap.split(",")
+    create_topic(servers, topic, partitions)
+    producer = KafkaProducer(bootstrap_servers=servers)
+    deadline = time.monotonic() + DEADLINE_S
+    while len(producer.partitions_for(topic) or []) < partitions:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the topic's partitions never appeared")
+        time.sleep(0.1)
+    acknowledged, failed = {}, []
+    half = count // 2
+    produce(producer, topic, 0, half, acknowledged, failed)
+    before = leaders(producer, topic)
+    with open(os.path.join(work_dir, "half.tmp"), "w") as out:
+        json.dump(before, out)
+    os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
+    wait_for(os.path.join(work_dir, "killed"))
+    produce(producer, topic, half, count - half, acknowledged, failed)
+    producer.flush()
+    after = leaders(producer, topic)
+    producer.close()
+    records = consume(servers, topic, partitions)
+    seen = {}
+    for _, _, value in records:
+        seen[value] = seen.get(value, 0) + 1
+    by_partition = {}
+    for partition, offset, _ in records:
+        by_partition.setdefault(partition, []).append(offset)
+    dense = all(
+        sorted(offsets) == list(range(min(offsets), min(offsets) + len(offsets)))
+        for offsets in by_partition.values()
+    )
+    print(
+        json.dumps(
+            {
+                "acknowledged": len(acknowledged),
+                "failed": len(failed),
+                "lost": sorted(v for v in acknowledged if v not in seen),
+                "duplicates": sorted(v for v, n in seen.items() if n > 1),
+                "read": len(records),
+                "leaders_before": before,
+                "leaders_after": after,
+                "offsets_dense": dense,
+            }
+        )
+    )
+
+
+def main():
+    if len(sys.argv) != 7 or sys.argv[1] != "run":
+        sys.exit(__doc__)
+    run(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+//! A three-node cluster of real `ringlog serve` processes on loopback, every partition
+//! replicated on all three: kafka-python, at its default settings, creates a topic,
+//! produces, and goes on producing while the node leading a partition is killed with
+//! SIGKILL (tests/python/cluster.py). No acknowledged record may be lost, the offsets a
+//! consumer reads stay dense, a new leader takes over, and once the killed node is back
+//! and has caught up, every node's segments are the same bytes.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ringlog_tests::process::{Server, ServerOptions};
+use ringlog_tests::python::run_script;
+
+const TOPIC: &str = "replicated";
+const PARTITIONS: usize = 3;
+const COUNT: usize = 400;
+const WAIT: Duration = Duration::from_secs(120);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+fn wait_for(path: &Path) {
+    let deadline = Instant::now() + WAIT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The three nodes' flags: node ids 1..=3, internal listeners on free ports.
+struct Cluster {
+    internal_ports: Vec<u16>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Cluster {
+    fn options(&self, node: usize) -> ServerOptions {
+        let peers: Vec<String> = (self.internal_ports.iter().enumerate())
+            .map(|(index, port)| format!("{}@127.0.0.1:{port}", index + 1))
+            .collect();
+        ServerOptions::default()
+            .with("--node-id", &(node + 1).to_string())
+            .with("--peers", &peers.join(","))
+            .with(
+                "--internal-listen",
+                &format!("127.0.0.1:{}", self.internal_ports[node]),
+            )
+    }
+
+    fn start(&self, node: usize) -> Server {
+        Server::start(&self.dirs[node], &self.options(node))
+    }
+}
+
+/// Each partition's segment bytes in a data directory, by file name.
+fn segments(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut found = BTreeMap::new();
+    for partition in 0..PARTITIONS {
+        let partition_dir = dir.join(format!("{TOPIC}-{partition}"));
+        for entry in std::fs::read_dir(&partition_dir).expect("partition directory") {
+            let path = entry.expect("directory entry").path();
+            if path.extension().is_some_and(|ext| ext == "log") {
+                let name = format!("{partition}/{}", path.file_name().unwrap().to_string_lossy());
+                found.insert(name, std::fs::read(&path).expect("segment bytes"));
+            }
+        }
+    }
+    found
+}
+
+/// The bytes of every segment, cut at the end of its last whole batch (a segment's file
+/// may be preallocated beyond it).
+fn written(segments: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    segments
+        .into_iter()
+        .map(|(name, bytes)| {
+            let mut end = 0;
+            while end + 12 <= bytes.len() {
+                let length =
+                    i32::from_be_bytes(bytes[end + 8..end + 12].try_into().unwrap()) as usize;
+                if length == 0 || end + 12 + length > bytes.len() {
+                    break;
+                }
+                end += 12 + length;
+            }
+            (name, bytes[..end].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let cluster = Cluster {
+        internal_ports: (0..3).map(|_| free_port()).collect(),
+        dirs: (0..3).map(|n| root.path().join(format!("node{}", n + 1))).collect(),
+    };
+    let mut nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
+    let bootstrap: Vec<String> = (nodes.iter().flatten())
+        .map(Server::bootstrap)
+        .collect();
+    let work = root.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let script = {
+        let (bootstrap, work) = (bootstrap.join(","), work.to_string_lossy().into_owned());
+        std::thread::spawn(move || {
+            run_script(
+                "cluster.py",
+                &[
+                    "run",
+                    &bootstrap,
+                    TOPIC,
+                    &PARTITIONS.to_string(),
+                    &COUNT.to_string(),
+                    &work,
+                ],
+            )
+        })
+    };
+    wait_for(&work.join("half"));
+    let leaders: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let victim = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
+    assert!((1..=3).contains(&victim), "leader {victim} is a node id");
+    let killed_log = nodes[victim - 1].take().expect("the leader runs").kill();
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    let log_of_others = || {
+        nodes
+            .iter()
+            .flatten()
+            .map(Server::log)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert_eq!(
+        result["lost"],
+        serde_json::json!([]),
+        "acknowledged records lost: {result}\nkilled node's log:\n{killed_log}\nothers:\n{}",
+        log_of_others()
+    );
+    assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
+    assert_eq!(result["acknowledged"], COUNT, "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+    let new_leader = result["leaders_after"]["0"].as_u64().expect("a new leader");
+    assert_ne!(
+        new_leader as usize, victim,
+        "partition 0 is led by a live node after the kill: {result}"
+    );
+
+    // The killed node comes back, catches up, and every node holds the same bytes.
+    nodes[victim - 1] = Some(cluster.start(victim - 1));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all: Vec<_> = (cluster.dirs.iter())
+            .map(|dir| written(segments(dir)))
+            .collect();
+        if all.windows(2).all(|pair| pair[0] == pair[1]) {
+            let records: usize = all[0].values().map(Vec::len).sum();
+            assert!(records > 0, "the segments hold the records");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up: segment sizes {:?}",
+            all.iter()
+                .map(|s| s.iter().map(|(n, b)| (n.clone(), b.len())).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
