@@ -275,7 +275,10 @@ impl Cluster {
                 };
                 inbox.unbounded_send(command).map_err(|_| no_replica())?;
                 let committed = replied.await.map_err(|_| no_replica())??;
-                committed.await.map_err(|_| no_replica())?.map_err(ClusterError::from)
+                committed
+                    .await
+                    .map_err(|_| no_replica())?
+                    .map_err(ClusterError::from)
             })
             .await
             .map_err(|_| ClusterError::ShardStopped)?;
@@ -309,10 +312,7 @@ impl Cluster {
             .push(0, Some(CREATE_TOPIC_KEY), Some(value.as_slice()), &[])
             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         let batch = Bytes::from(builder.build());
-        let committed = match self
-            .propose(CONTROLLER_TOPIC, 0, batch, usize::MAX)
-            .await
-        {
+        let committed = match self.propose(CONTROLLER_TOPIC, 0, batch, usize::MAX).await {
             Err(ClusterError::Replica(ReplicaError::NotLeader { leader, .. })) => {
                 return Err(ClusterError::NotController { leader })
             }
@@ -331,9 +331,8 @@ impl Cluster {
     /// Waits until this node applied the controller's log up to `offset`.
     async fn wait_applied(&self, offset: i64) -> Result<(), ClusterError> {
         let inner = self.inner.clone();
-        let applied = move || {
-            (inner.controller_applied).load(std::sync::atomic::Ordering::Acquire) >= offset
-        };
+        let applied =
+            move || (inner.controller_applied).load(std::sync::atomic::Ordering::Acquire) >= offset;
         let shard = self.shards()[0].clone();
         let waited = shard
             .spawn(move || async move {
@@ -395,7 +394,13 @@ impl Cluster {
         };
         let cluster = self.clone();
         let deliver = move |incoming: Incoming| cluster.route(incoming);
-        rt::spawn_local(transport::serve(Rc::new(listener), hello, on_hello, deliver)).detach();
+        rt::spawn_local(transport::serve(
+            Rc::new(listener),
+            hello,
+            on_hello,
+            deliver,
+        ))
+        .detach();
         let tick = config.tick;
         rt::spawn_local(async move {
             loop {
@@ -420,7 +425,12 @@ impl Cluster {
         }
         let work = Box::new(move || {
             if let Some(local) = local() {
-                deliver_local(&local, &incoming.topic, incoming.partition, incoming.message);
+                deliver_local(
+                    &local,
+                    &incoming.topic,
+                    incoming.partition,
+                    incoming.message,
+                );
             }
         });
         // A full mailbox drops the message, as a lossy network would; Raft resends.
@@ -429,7 +439,11 @@ impl Cluster {
 
     /// Opens the controller group on this shard (0) and starts applying its commands.
     async fn start_controller(&self) -> Result<(), ClusterError> {
-        let dir = self.inner.config.data_dir.join(format!("{CONTROLLER_TOPIC}-0"));
+        let dir = self
+            .inner
+            .config
+            .data_dir
+            .join(format!("{CONTROLLER_TOPIC}-0"));
         rt::create_dir_all(&dir)
             .await
             .map_err(|source| ClusterError::ControllerDir {
@@ -492,7 +506,8 @@ impl Cluster {
                 let (batch, after) = RecordBatch::parse(rest)
                     .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
                 rest = after;
-                let batch_next = batch.base_offset() + i64::try_from(batch.offset_count()).unwrap_or(i64::MAX);
+                let batch_next =
+                    batch.base_offset() + i64::try_from(batch.offset_count()).unwrap_or(i64::MAX);
                 if batch_next <= next {
                     continue;
                 }
@@ -500,8 +515,9 @@ impl Cluster {
                     .records()
                     .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
                 for record in records {
-                    let record = record
-                        .map_err(|e| ClusterError::InvalidTopic(format!("controller record: {e}")))?;
+                    let record = record.map_err(|e| {
+                        ClusterError::InvalidTopic(format!("controller record: {e}"))
+                    })?;
                     if record.key == Some(CREATE_TOPIC_KEY) {
                         let command = CreateTopic::decode(record.value.unwrap_or_default())
                             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
@@ -509,8 +525,7 @@ impl Cluster {
                     }
                 }
                 next = batch_next;
-                (self.inner.controller_applied)
-                    .store(next, std::sync::atomic::Ordering::Release);
+                (self.inner.controller_applied).store(next, std::sync::atomic::Ordering::Release);
             }
         }
     }
@@ -546,7 +561,11 @@ impl Cluster {
         for partition in 0..meta.partitions {
             let topic = meta.name.as_str().to_owned();
             let config = meta.config.clone();
-            let dir = self.inner.config.data_dir.join(format!("{topic}-{partition}"));
+            let dir = self
+                .inner
+                .config
+                .data_dir
+                .join(format!("{topic}-{partition}"));
             let cluster = self.clone();
             let owner = owner(&topic, partition, self.shards().len());
             self.shards()[owner]

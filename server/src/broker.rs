@@ -78,9 +78,7 @@ impl Broker {
             let term = i64::try_from(status.term).unwrap_or(i64::MAX);
             match i64::from(epoch).cmp(&term) {
                 std::cmp::Ordering::Less => return Err(ResponseError::FencedLeaderEpoch.code()),
-                std::cmp::Ordering::Greater => {
-                    return Err(ResponseError::UnknownLeaderEpoch.code())
-                }
+                std::cmp::Ordering::Greater => return Err(ResponseError::UnknownLeaderEpoch.code()),
                 std::cmp::Ordering::Equal => {}
             }
         }
@@ -212,7 +210,11 @@ impl Broker {
             // Through the controller: only the node that leads it can create a topic.
             return match cluster.create_topic(name, partitions, defaults).await {
                 Ok(meta) => {
-                    tracing::info!(topic = name, partitions, "topic auto-created in the cluster");
+                    tracing::info!(
+                        topic = name,
+                        partitions,
+                        "topic auto-created in the cluster"
+                    );
                     Some(meta)
                 }
                 Err(error) => {

@@ -127,26 +127,26 @@ impl ClusterKeys {
     /// The membership the keys describe: all three keys or none.
     pub fn membership(self) -> Result<Option<ClusterMembership>, LoadError> {
         let invalid = |key, value: String, reason| LoadError::Invalid { key, value, reason };
-        let (node_id, peers, internal_listen) = match (self.node_id, self.peers, self.internal_listen)
-        {
-            (None, None, None) => return Ok(None),
-            (Some(node_id), Some(peers), Some(internal_listen)) => {
-                (node_id, peers, internal_listen)
-            }
-            (node_id, peers, internal_listen) => {
-                let given = [
-                    node_id.map(|_| "node_id"),
-                    peers.map(|_| "peers"),
-                    internal_listen.map(|_| "internal_listen"),
-                ];
-                let given: Vec<_> = given.into_iter().flatten().collect();
-                return Err(invalid(
-                    "node_id, peers, internal_listen",
-                    given.join(", "),
-                    "a cluster node needs all three (only these were given)",
-                ));
-            }
-        };
+        let (node_id, peers, internal_listen) =
+            match (self.node_id, self.peers, self.internal_listen) {
+                (None, None, None) => return Ok(None),
+                (Some(node_id), Some(peers), Some(internal_listen)) => {
+                    (node_id, peers, internal_listen)
+                }
+                (node_id, peers, internal_listen) => {
+                    let given = [
+                        node_id.map(|_| "node_id"),
+                        peers.map(|_| "peers"),
+                        internal_listen.map(|_| "internal_listen"),
+                    ];
+                    let given: Vec<_> = given.into_iter().flatten().collect();
+                    return Err(invalid(
+                        "node_id, peers, internal_listen",
+                        given.join(", "),
+                        "a cluster node needs all three (only these were given)",
+                    ));
+                }
+            };
         if !(1..=NODE_ID_MAX).contains(&node_id) {
             let reason = "must be 1 to 2147483647 (Kafka's broker ids are 32-bit)";
             return Err(invalid("node_id", node_id.to_string(), reason));
@@ -170,7 +170,11 @@ impl ClusterKeys {
                 .and_then(|mut addresses| addresses.next())
                 .ok_or_else(|| invalid("peers", peer.to_owned(), reason))?;
             if parsed.iter().any(|&(other, _)| other == id) {
-                return Err(invalid("peers", peer.to_owned(), "a node id is given twice"));
+                return Err(invalid(
+                    "peers",
+                    peer.to_owned(),
+                    "a node id is given twice",
+                ));
             }
             parsed.push((id, address));
         }
@@ -845,13 +849,12 @@ mod tests {
 
     #[test]
     fn cluster_keys_come_all_three_or_none_and_name_this_node() {
-        let keys = |node_id: Option<u64>, peers: Option<&[&str]>, internal: Option<&str>| {
-            ClusterKeys {
+        let keys =
+            |node_id: Option<u64>, peers: Option<&[&str]>, internal: Option<&str>| ClusterKeys {
                 node_id,
                 peers: peers.map(|peers| peers.iter().map(|p| (*p).to_owned()).collect()),
                 internal_listen: internal.map(|a| a.parse().unwrap()),
-            }
-        };
+            };
         let peers = ["1@127.0.0.1:9191", "2@127.0.0.1:9192", "3@127.0.0.1:9193"];
         let membership = keys(Some(2), Some(&peers), Some("127.0.0.1:9192"))
             .membership()
@@ -884,7 +887,12 @@ mod tests {
             refused(keys(Some(1), Some(&twice), Some("127.0.0.1:9191"))),
             "peers"
         );
-        for bad in ["127.0.0.1:9191", "x@127.0.0.1:9191", "1@nowhere", "0@127.0.0.1:1"] {
+        for bad in [
+            "127.0.0.1:9191",
+            "x@127.0.0.1:9191",
+            "1@nowhere",
+            "0@127.0.0.1:1",
+        ] {
             assert_eq!(
                 refused(keys(Some(1), Some(&[bad]), Some("127.0.0.1:9191"))),
                 "peers",
@@ -911,7 +919,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(merged.node_id, 2);
-        assert_eq!(merged.peers, file.cluster.unwrap().peers, "peers from the file");
+        assert_eq!(
+            merged.peers,
+            file.cluster.unwrap().peers,
+            "peers from the file"
+        );
     }
 
     #[test]

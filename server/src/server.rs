@@ -27,9 +27,9 @@ use ringlog_cluster::node::{Cluster, ClusterConfig, ClusterError, Peer};
 
 use crate::broker::Broker;
 use crate::config::{ClusterMembership, LoadError, ServerConfig};
-use crate::limits::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_TICK_MS};
 use crate::connection::{self, ConnectionLimits};
 use crate::limits::{OPEN_FILES_RESERVED_DIVISOR, REFUSALS_LOG_INTERVAL_MS};
+use crate::limits::{RAFT_ELECTION_TICKS, RAFT_HEARTBEAT_TICKS, RAFT_TICK_MS};
 use crate::listen_check::{self, ForeignListener};
 use crate::metrics;
 use crate::open_files;

@@ -70,7 +70,10 @@ fn segments(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         for entry in std::fs::read_dir(&partition_dir).expect("partition directory") {
             let path = entry.expect("directory entry").path();
             if path.extension().is_some_and(|ext| ext == "log") {
-                let name = format!("{partition}/{}", path.file_name().unwrap().to_string_lossy());
+                let name = format!(
+                    "{partition}/{}",
+                    path.file_name().unwrap().to_string_lossy()
+                );
                 found.insert(name, std::fs::read(&path).expect("segment bytes"));
             }
         }
@@ -103,12 +106,12 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
     let root = tempfile::tempdir().expect("temp dir");
     let cluster = Cluster {
         internal_ports: (0..3).map(|_| free_port()).collect(),
-        dirs: (0..3).map(|n| root.path().join(format!("node{}", n + 1))).collect(),
+        dirs: (0..3)
+            .map(|n| root.path().join(format!("node{}", n + 1)))
+            .collect(),
     };
     let mut nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
-    let bootstrap: Vec<String> = (nodes.iter().flatten())
-        .map(Server::bootstrap)
-        .collect();
+    let bootstrap: Vec<String> = (nodes.iter().flatten()).map(Server::bootstrap).collect();
     let work = root.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
     let script = {
@@ -174,7 +177,10 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
             Instant::now() < deadline,
             "the restarted node did not catch up: segment sizes {:?}",
             all.iter()
-                .map(|s| s.iter().map(|(n, b)| (n.clone(), b.len())).collect::<Vec<_>>())
+                .map(|s| s
+                    .iter()
+                    .map(|(n, b)| (n.clone(), b.len()))
+                    .collect::<Vec<_>>())
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(200));

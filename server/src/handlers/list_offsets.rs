@@ -60,7 +60,11 @@ pub async fn handle(
                     Ok((offset, timestamp)) => entry
                         .with_offset(offset)
                         .with_timestamp(timestamp)
-                        .with_leader_epoch(if version >= 4 && offset >= 0 { epoch } else { -1 }),
+                        .with_leader_epoch(if version >= 4 && offset >= 0 {
+                            epoch
+                        } else {
+                            -1
+                        }),
                     Err(code) => entry
                         .with_error_code(code)
                         .with_offset(-1)

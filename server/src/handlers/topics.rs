@@ -60,15 +60,17 @@ pub async fn create(
         }
         if let Some(cluster) = broker.replicated(&name) {
             let factor = i16::try_from(cluster.voters().len()).unwrap_or(i16::MAX);
-            results.push(match cluster.create_topic(&name, partitions, config).await {
-                Ok(meta) => result
-                    .with_topic_id(Uuid::from_bytes(meta.id))
-                    .with_num_partitions(i32::try_from(meta.partitions).unwrap_or(i32::MAX))
-                    .with_replication_factor(factor),
-                Err(error) => result
-                    .with_error_code(errors::cluster_code(&error))
-                    .with_error_message(Some(StrBytes::from_string(error.to_string()))),
-            });
+            results.push(
+                match cluster.create_topic(&name, partitions, config).await {
+                    Ok(meta) => result
+                        .with_topic_id(Uuid::from_bytes(meta.id))
+                        .with_num_partitions(i32::try_from(meta.partitions).unwrap_or(i32::MAX))
+                        .with_replication_factor(factor),
+                    Err(error) => result
+                        .with_error_code(errors::cluster_code(&error))
+                        .with_error_message(Some(StrBytes::from_string(error.to_string()))),
+                },
+            );
             continue;
         }
         results.push(
