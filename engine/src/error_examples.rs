@@ -138,13 +138,13 @@ fn topic_examples() -> Vec<TopicError> {
             source: Box::new(MetadataError::Marker("?".into())),
         },
         TopicError::AlreadyExists { name: name() },
-        TopicError::IdTaken {
-            name: name(),
-            id: "00000000-0000-0000-0000-000000000000".into(),
-        },
         TopicError::Collides {
             name: name(),
             existing: "u".into(),
+        },
+        TopicError::IdTaken {
+            name: name(),
+            id: "00000000-0000-0000-0000-000000000000".into(),
         },
         TopicError::NotFound { name: name() },
         TopicError::PartitionCount {
