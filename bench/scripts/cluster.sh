@@ -31,6 +31,11 @@
 #       the time from the kill to the first acknowledgement from the new leader and to the
 #       first Metadata answer naming a new leader.
 #
+#   profile [DURATION_S] [PERF_S]
+#       One single-always and one cluster run as above, each with `perf record -F 499 -a
+#       -g` over PERF_S seconds (default 10) of it; prints the samples by process, thread,
+#       shared object and symbol.
+#
 #   idle [RUNS] [TOPICS] [PARTITIONS] [SECONDS]
 #       A fresh cluster, idle: each node's CPU and the bytes per second between nodes over
 #       SECONDS (default 30) with only the controller's partition, then again after
@@ -47,7 +52,9 @@
 #        BENCH_OUT (results; default target/bench-results/cluster-<what>-<timestamp>),
 #        PYTHON (with kafka-python; default target/e2e-venv/bin/python),
 #        WARM_BYTES (memory faulted in and freed before each throughput run; default 8 GiB),
-#        SERVER_FLAGS (extra `ringlog serve` flags for every node).
+#        SERVER_FLAGS (extra `ringlog serve` flags for every node),
+#        PERF_ARGS (profile: perf record's sampling flags; default "-F 499 -a -g", frame
+#        pointers; "-F 99 -a --call-graph dwarf,16384" gives callers through libc).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/scripts/lib.sh
@@ -121,7 +128,7 @@ cpu_ticks() {
 # internal_bytes: bytes sent so far on every open connection between nodes.
 internal_bytes() {
     ss -tin "$INTERNAL_PORTS" | grep -o 'bytes_sent:[0-9]*' |
-        awk -F: '{ sum += $2 } END { printf "%d", sum }'
+        awk -F: '{ sum += $2 } END { printf "%.0f", sum }'
 }
 
 # rss_kib: each started node's VmRSS in KiB, space-separated.
@@ -130,66 +137,102 @@ rss_kib() {
     for pid in "${NODE_PIDS[@]}"; do awk '/VmRSS/ { printf "%d ", $2 }' "/proc/$pid/status"; done
 }
 
-throughput() {
-    local runs=${1:-5} duration=${2:-15} topics=${3:-6}
+# produce_run CONFIG PREFIX DURATION TOPICS [PERF_S]: one throughput run (see the top) on
+# fresh nodes, results under PREFIX; with PERF_S, `perf record` samples the whole machine
+# for PERF_S seconds from 2 s after the producers start (PREFIX.perf.data).
+produce_run() {
+    local config=$1 prefix=$2 duration=$3 topics=$4 perf_s=${5:-}
     local names=() t
     for t in $(seq 0 $((topics - 1))); do names+=("bench$t"); done
+    settle
+    if [ "$config" = cluster ]; then start_cluster "$prefix"; else start_single "$prefix"; fi
+    local flush=()
+    [ "$config" = single-always ] && flush=(--config flush.policy=always)
+    local servers=$BOOTSTRAP
+    [ "$config" = cluster ] || servers=127.0.0.1:19092
+    "$PYTHON" bench/scripts/cluster_admin.py create "$servers" 1 "${names[@]}" \
+        "${flush[@]}" 2>>"$prefix-admin.log"
+    "$PYTHON" bench/scripts/cluster_admin.py leaders "$servers" "${names[@]}" \
+        >"$prefix-leaders.json" 2>>"$prefix-admin.log"
+    local leaders=() name
+    for name in "${names[@]}"; do
+        leaders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2] + "/0"])' \
+            "$prefix-leaders.json" "$name")")
+    done
+    {
+        echo "load $(cat /proc/loadavg)"
+        echo "ticks_before $(cpu_ticks)"
+        echo "net_before $(internal_bytes)"
+        echo "time_before $(date +%s.%N)"
+    } >"$prefix.meta"
+    local pids=()
+    for t in "${!names[@]}"; do
+        name=${names[$t]}
+        "$BENCH" produce --bootstrap "${leaders[$t]}" --topic "$name" --partitions 1 \
+            --acks all --duration "$duration" --connections 1 --in-flight 8 \
+            --json "$prefix-$name.json" >"$prefix-$name.log" 2>&1 &
+        pids+=($!)
+    done
+    if [ -n "$perf_s" ]; then
+        sleep 2
+        # shellcheck disable=SC2086
+        perf record ${PERF_ARGS:--F 499 -a -g} -o "$prefix.perf.data" -- sleep "$perf_s" \
+            2>"$prefix-perf.log"
+    fi
+    local failed=0 pid
+    for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+    {
+        echo "time_after $(date +%s.%N)"
+        echo "net_after $(internal_bytes)"
+        echo "ticks_after $(cpu_ticks)"
+        echo "rss_kib $(rss_kib)"
+        echo "producers_failed $failed"
+        echo "load_after $(cat /proc/loadavg)"
+        echo "node_pids ${NODE_PIDS[*]}"
+    } >>"$prefix.meta"
+    stop_nodes
+    if [ "$config" = cluster ]; then
+        echo "data_bytes $(du -sb "$DIR"/cluster-node{1,2,3} | awk '{ printf "%.0f ", $1 }')" \
+            >>"$prefix.meta"
+    fi
+    echo "$config $(basename "$prefix"): $(grep -h 'records in' "$prefix"-bench*.log |
+        awk '{ s += $7 } END { printf "%.0f records/s", s }'), failed $failed" >&2
+}
+
+throughput() {
+    local runs=${1:-5} duration=${2:-15} topics=${3:-6}
     { memory_note; machine_info "$DIR"; } | tee "$OUT/machine.txt" >&2
     local i config
     for i in $(seq 1 "$runs"); do
         for config in single-never single-always cluster; do
-            local prefix=$OUT/$config-$i
-            settle
-            if [ "$config" = cluster ]; then start_cluster "$prefix"; else start_single "$prefix"; fi
-            local flush=()
-            [ "$config" = single-always ] && flush=(--config flush.policy=always)
-            local servers=$BOOTSTRAP
-            [ "$config" = cluster ] || servers=127.0.0.1:19092
-            "$PYTHON" bench/scripts/cluster_admin.py create "$servers" 1 "${names[@]}" \
-                "${flush[@]}" 2>>"$prefix-admin.log"
-            "$PYTHON" bench/scripts/cluster_admin.py leaders "$servers" "${names[@]}" \
-                >"$prefix-leaders.json" 2>>"$prefix-admin.log"
-            local leaders=() name
-            for name in "${names[@]}"; do
-                leaders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2] + "/0"])' \
-                    "$prefix-leaders.json" "$name")")
-            done
-            {
-                echo "load $(cat /proc/loadavg)"
-                echo "ticks_before $(cpu_ticks)"
-                echo "net_before $(internal_bytes)"
-                echo "time_before $(date +%s.%N)"
-            } >"$prefix.meta"
-            local pids=() t
-            for t in "${!names[@]}"; do
-                name=${names[$t]}
-                "$BENCH" produce --bootstrap "${leaders[$t]}" --topic "$name" --partitions 1 \
-                    --acks all --duration "$duration" --connections 1 --in-flight 8 \
-                    --json "$prefix-$name.json" >"$prefix-$name.log" 2>&1 &
-                pids+=($!)
-            done
-            local failed=0 pid
-            for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
-            {
-                echo "time_after $(date +%s.%N)"
-                echo "net_after $(internal_bytes)"
-                echo "ticks_after $(cpu_ticks)"
-                echo "rss_kib $(rss_kib)"
-                echo "producers_failed $failed"
-                echo "load_after $(cat /proc/loadavg)"
-            } >>"$prefix.meta"
-            stop_nodes
-            if [ "$config" = cluster ]; then
-                echo "data_bytes $(du -sb "$DIR"/cluster-node{1,2,3} | awk '{ printf "%d ", $1 }')" \
-                    >>"$prefix.meta"
-            fi
-            echo "$config run $i: $(grep -h 'records in' "$prefix"-bench*.log |
-                awk '{ s += $7 } END { printf "%.0f records/s", s }'), failed $failed" >&2
+            produce_run "$config" "$OUT/$config-$i" "$duration" "$topics"
         done
     done
     rm -rf "$DIR"/cluster-node{1,2,3} "$DIR/cluster-single"
     echo "load at end: $(cat /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
     python3 bench/scripts/summarize-cluster.py throughput "$OUT" | tee "$OUT/summary.md"
+}
+
+# profile [DURATION_S] [PERF_S]: one single-always and one cluster run, each with the
+# whole machine sampled by perf; prints where the CPU went, by process and thread, by
+# shared object and by symbol (the nodes' pids are in PREFIX.meta: node_pids).
+profile() {
+    local duration=${1:-15} perf_s=${2:-10} config
+    { memory_note; machine_info "$DIR" "perf --version"; } | tee "$OUT/machine.txt" >&2
+    for config in single-always cluster; do
+        produce_run "$config" "$OUT/$config-1" "$duration" 6 "$perf_s"
+        {
+            echo "## $config: $(grep node_pids "$OUT/$config-1.meta")"
+            local sort
+            for sort in pid comm dso sym; do
+                echo "### by $sort"
+                # awk reads to the end: head would close the pipe early (pipefail).
+                perf report -i "$OUT/$config-1.perf.data" --no-children --sort "$sort" \
+                    --stdio -g none 2>/dev/null | grep -v -e '^#' -e '^$' | awk 'NR <= 30'
+            done
+        } | tee "$OUT/$config-profile.txt"
+    done
+    rm -rf "$DIR"/cluster-node{1,2,3} "$DIR/cluster-single"
 }
 
 idle() {
@@ -241,6 +284,7 @@ idle() {
 
 case "$WHAT" in
 throughput) throughput "$@" ;;
+profile) profile "$@" ;;
 idle) idle "$@" ;;
 failover)
     machine_info "$DIR" | tee "$OUT/machine.txt" >&2

@@ -93,7 +93,7 @@ def throughput(out):
             f"{statistics.median(col('p50_ms')):.1f} / {statistics.median(col('p99_ms')):.1f} | "
             f"{spread(col('cores'), lambda v: f'{v:.2f}')} | "
             f"{spread(col('cpu_s_per_gb'), lambda v: f'{v:.1f}')} | "
-            f"{spread(col('net_per_byte'), lambda v: f'{v:.2f}')} | "
+            f"{spread(col('net_per_byte'), lambda v: f'{v:.2f}') if config == 'cluster' else '–'} | "
             f"{spread(col('load'), lambda v: f'{v:.1f}')} |"
         )
     print()

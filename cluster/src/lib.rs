@@ -18,6 +18,8 @@ pub mod storage;
 pub mod transport;
 
 #[cfg(test)]
+mod idempotence_tests;
+#[cfg(test)]
 mod simulation_tests;
 #[cfg(test)]
 mod tests;

@@ -122,6 +122,9 @@ pub struct GroupStatus {
     /// The voters the leader knows to be caught up (all voters, as far as a follower
     /// knows).
     pub in_sync: Vec<u64>,
+    /// Whether this node leads and has applied an entry of its term: its high watermark
+    /// then covers everything committed (see [`Replica::leads_with_own_commit`]).
+    pub leads_with_own_commit: bool,
 }
 
 struct Inner {
@@ -647,6 +650,7 @@ impl Cluster {
                 leader: replica.leader(),
                 term: replica.term(),
                 in_sync: replica.in_sync(),
+                leads_with_own_commit: replica.leads_with_own_commit(),
             };
             if published.as_ref() != Some(&status) {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
@@ -705,10 +709,10 @@ fn owner(topic: &str, partition: u32, shards: usize) -> usize {
     }
 }
 
-/// Whether a topic's partitions are replicated: every topic but the node's internal ones
-/// (`__consumer_offsets` stays on each node for now).
+/// Whether a topic's partitions are replicated: every topic, `__consumer_offsets`
+/// included, but the controller's own log.
 pub fn is_replicated(topic: &str) -> bool {
-    !topic.starts_with("__")
+    topic != CONTROLLER_TOPIC
 }
 
 fn controller_id() -> PartitionId {

@@ -21,8 +21,17 @@
 //!   consumers of a replicated partition read below it.
 //! - A replica that stops leading fails its proposals not yet committed with
 //!   [`ReplicaError::NotLeader`]; a client retries them at the new leader.
+//! - **Idempotent producers.** Before it stamps a batch of an idempotent producer, the
+//!   leader checks it with the partition log's rules (`PartitionLog::check_producer_batch`)
+//!   against the log's producer state (every batch it holds, committed or not, whoever
+//!   proposed it) followed by the producer's batches it proposed that the log does not hold
+//!   yet. A retry is not proposed again: it is answered with the original's offsets at once
+//!   if they are committed, else when the high watermark reaches them (or refused with
+//!   `NotLeader` if leadership is lost first); a gap or an older epoch is refused with the
+//!   log's `LogError::Producer`. An idempotent producer's request holds one batch, as Kafka
+//!   requires.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use bytes::{Bytes, BytesMut};
@@ -30,7 +39,10 @@ use futures::channel::oneshot;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 use ringlog_engine::batch::{self, FrameHeader};
-use ringlog_engine::log::{Ack, Appended, LogError, PartitionId, PartitionLog};
+use ringlog_engine::limits::BATCHES_PER_PRODUCER_MAX;
+use ringlog_engine::log::{
+    Ack, Appended, LogError, PartitionId, PartitionLog, ProducerBatch, ProducerCheck,
+};
 use ringlog_engine::storage::Storage;
 use ringlog_engine::topic::TopicConfig;
 
@@ -100,7 +112,8 @@ pub enum ReplicaError {
     },
 }
 
-/// A proposal waiting for its last entry to commit.
+/// A proposal waiting for its last entry to commit, or a retried idempotent batch waiting
+/// for its original to commit (then `term` is the term the retry was taken in).
 struct Proposal {
     term: u64,
     appended: Appended,
@@ -116,6 +129,17 @@ pub struct Replica<S: Storage> {
     node: RawNode<RaftStorage>,
     /// Proposals by the index of their last entry.
     proposals: BTreeMap<u64, Proposal>,
+    /// Retries of idempotent batches whose original is not committed yet: answered when
+    /// the high watermark reaches its end. Bounded, as `proposals` are, by the produce
+    /// requests in flight.
+    retries: Vec<Proposal>,
+    /// The idempotent batches this leader proposed that the partition log does not hold
+    /// yet (not persisted), by producer, each with its first offset: a proposed batch is
+    /// checked against the log's producer state followed by these. The last
+    /// `BATCHES_PER_PRODUCER_MAX` of a producer only, as the log keeps (the rules look no
+    /// further back). Batches go once persisted, so it holds at most those proposed in one
+    /// turn of the driver, and all go when leadership is lost.
+    producers_proposed: HashMap<i64, Vec<(ProducerBatch, i64)>>,
     high_watermark: i64,
     entry_cache_bytes_max: u64,
 }
@@ -224,6 +248,8 @@ impl<S: Storage> Replica<S> {
             storage,
             node,
             proposals: BTreeMap::new(),
+            retries: Vec::new(),
+            producers_proposed: HashMap::new(),
             high_watermark,
             entry_cache_bytes_max: config.entry_cache_bytes_max,
         };
@@ -262,6 +288,18 @@ impl<S: Storage> Replica<S> {
     /// The current term: the partition's leader epoch.
     pub fn term(&self) -> u64 {
         self.node.raft.term
+    }
+
+    /// Whether this replica leads and has applied an entry of its own term: only then does
+    /// its log hold, below the high watermark, every entry any leader committed (Raft's
+    /// leader completeness), so state rebuilt from the log (consumer groups) is whole.
+    pub fn leads_with_own_commit(&self) -> bool {
+        let log = &self.node.raft.raft_log;
+        self.is_leader()
+            && log.applied >= log.committed
+            && log
+                .term(log.committed)
+                .is_ok_and(|term| term == self.node.raft.term)
     }
 
     /// The voters in sync, as Kafka's ISR: on the leader, those that acknowledged every
@@ -320,7 +358,9 @@ impl<S: Storage> Replica<S> {
 
     /// Proposes the record batches of a produce request: each batch is stamped with its
     /// offsets and the leader's term and becomes one entry. The answer comes when the last
-    /// entry commits, with the offsets the batches got.
+    /// entry commits, with the offsets the batches got. An idempotent producer's batch (the
+    /// only one of its request) is checked first (module doc): a retry is not proposed, and
+    /// is answered with its original's offsets once they are committed.
     pub fn propose(
         &mut self,
         batches: &[u8],
@@ -342,6 +382,25 @@ impl<S: Storage> Replica<S> {
         if info.batch_count == 0 {
             let partition = self.id.clone();
             return Err(log_error(&self.id, LogError::Empty { partition }));
+        }
+        let producer = ProducerBatch::of_request(batches).map_err(|source| {
+            let partition = self.id.clone();
+            log_error(&self.id, LogError::Producer { partition, source })
+        })?;
+        if let Some(batch) = &producer {
+            match self.check_producer(batch)? {
+                ProducerCheck::Append => {}
+                ProducerCheck::Duplicate {
+                    offset_first,
+                    offset_next,
+                } => {
+                    return Ok(self.answer_retry(Appended {
+                        offset_first,
+                        offset_next,
+                        log_append_time_ms: None,
+                    }));
+                }
+            }
         }
         let term = self.term();
         let epoch = i32::try_from(term).map_err(|_| self.inconsistent("term past i32"))?;
@@ -382,6 +441,18 @@ impl<S: Storage> Replica<S> {
             offset_next: offset,
             log_append_time_ms: None,
         };
+        if let Some(batch) = producer {
+            // `of_request` found it the request's only batch: it starts at `offset_first`.
+            assert_eq!(info.batch_count, 1, "an idempotent request holds one batch");
+            let proposed = self
+                .producers_proposed
+                .entry(batch.producer_id())
+                .or_default();
+            proposed.push((batch, offset_first));
+            if proposed.len() > BATCHES_PER_PRODUCER_MAX {
+                proposed.remove(0);
+            }
+        }
         let last_index = self.node.raft.raft_log.last_index();
         self.proposals.insert(
             last_index,
@@ -392,6 +463,47 @@ impl<S: Storage> Replica<S> {
             },
         );
         Ok(answer)
+    }
+
+    /// Checks an idempotent producer's batch against the log's producer state followed by
+    /// the producer's batches proposed and not yet persisted.
+    fn check_producer(&self, batch: &ProducerBatch) -> Result<ProducerCheck, ReplicaError> {
+        let proposed = self
+            .producers_proposed
+            .get(&batch.producer_id())
+            .map_or(&[][..], Vec::as_slice);
+        self.log
+            .check_producer_batch(batch, proposed)
+            .map_err(|source| log_error(&self.id, source))
+    }
+
+    /// The answer to a retried batch whose original lies at `appended`: now if it is
+    /// committed, else when the high watermark reaches its end (the original is in this
+    /// leader's log or proposed by it, so it commits unless leadership is lost).
+    fn answer_retry(
+        &mut self,
+        appended: Appended,
+    ) -> oneshot::Receiver<Result<Appended, ReplicaError>> {
+        assert!(
+            appended.offset_first < appended.offset_next
+                && appended.offset_next <= self.offset_next(),
+            "a retry's original {}..{} lies in the log or among the proposals (end {})",
+            appended.offset_first,
+            appended.offset_next,
+            self.offset_next()
+        );
+        let (reply, answer) = oneshot::channel();
+        if appended.offset_next <= self.high_watermark {
+            let _ = reply.send(Ok(appended));
+        } else {
+            let term = self.term();
+            self.retries.push(Proposal {
+                term,
+                appended,
+                reply,
+            });
+        }
+        answer
     }
 
     /// Whether [`Replica::process_ready`] has work.
@@ -413,6 +525,7 @@ impl<S: Storage> Replica<S> {
         }
         self.apply(ready.take_committed_entries()).await?;
         self.persist_entries(ready.take_entries()).await?;
+        self.forget_persisted_producers();
         if let Some(hard_state) = ready.hs() {
             self.persist_hard_state(hard_state.clone()).await?;
         }
@@ -623,6 +736,7 @@ impl<S: Storage> Replica<S> {
                 .map_err(|source| log_error(&self.id, source))?;
         }
         self.answer_proposals(last.0, last.1);
+        self.answer_retries();
         Ok(())
     }
 
@@ -666,10 +780,46 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// Answers the retries whose original the high watermark now covers. One taken in an
+    /// earlier term is refused instead: the batch at its offsets may have been replaced
+    /// since (in the term it was taken in, this replica led and its log was not cut).
+    fn answer_retries(&mut self) {
+        let term = self.term();
+        let high_watermark = self.high_watermark;
+        let (done, waiting): (Vec<Proposal>, Vec<Proposal>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|retry| retry.term != term || retry.appended.offset_next <= high_watermark);
+        self.retries = waiting;
+        for retry in done {
+            let outcome = if retry.term == term {
+                Ok(retry.appended)
+            } else {
+                Err(self.not_leader())
+            };
+            let _ = retry.reply.send(outcome);
+        }
+    }
+
+    /// Drops the proposed idempotent batches the partition log now holds: its producer
+    /// state covers them.
+    fn forget_persisted_producers(&mut self) {
+        let persisted_end = self.storage.state.borrow().table.offset_next();
+        self.producers_proposed.retain(|_, proposed| {
+            proposed.retain(|(_, offset_first)| *offset_first >= persisted_end);
+            !proposed.is_empty()
+        });
+    }
+
+    /// Refuses the proposals and retries not yet answered, and forgets the batches
+    /// proposed: this replica no longer leads.
     fn fail_proposals(&mut self) {
         for (_, proposal) in std::mem::take(&mut self.proposals) {
             let _ = proposal.reply.send(Err(self.not_leader()));
         }
+        for retry in std::mem::take(&mut self.retries) {
+            let _ = retry.reply.send(Err(self.not_leader()));
+        }
+        self.producers_proposed.clear();
     }
 
     /// Reads back the data entries raft-rs asked for that are no longer cached, then

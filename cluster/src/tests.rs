@@ -47,19 +47,21 @@ pub(crate) fn config(node_id: u64) -> ReplicaConfig {
     }
 }
 
-type Answer = oneshot::Receiver<Result<Appended, ReplicaError>>;
+pub(crate) type Answer = oneshot::Receiver<Result<Appended, ReplicaError>>;
 
-/// The replicas, and which of them the network cuts off.
-struct Cluster {
+/// The replicas, and which of them (or which links between them) the network cuts off.
+pub(crate) struct Cluster {
     dir: PathBuf,
-    replicas: BTreeMap<u64, Replica<DiskStorage>>,
-    isolated: BTreeSet<u64>,
+    pub(crate) replicas: BTreeMap<u64, Replica<DiskStorage>>,
+    pub(crate) isolated: BTreeSet<u64>,
+    /// Links `(from, to)` whose messages are dropped, one way only.
+    pub(crate) blocked: BTreeSet<(u64, u64)>,
     /// Messages sent and not yet delivered.
-    in_flight: Vec<Message>,
+    pub(crate) in_flight: Vec<Message>,
 }
 
 impl Cluster {
-    async fn open(dir: &Path) -> Cluster {
+    pub(crate) async fn open(dir: &Path) -> Cluster {
         let mut replicas = BTreeMap::new();
         for node in NODES {
             let replica = Replica::open(
@@ -77,16 +79,25 @@ impl Cluster {
             dir: dir.to_path_buf(),
             replicas,
             isolated: BTreeSet::new(),
+            blocked: BTreeSet::new(),
             in_flight: Vec::new(),
         }
     }
 
     fn cut_off(&self, from: u64, to: u64) -> bool {
-        self.isolated.contains(&from) || self.isolated.contains(&to)
+        self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+            || self.blocked.contains(&(from, to))
     }
 
     /// Processes every replica's Ready and delivers messages until the cluster is quiet.
-    async fn settle(&mut self) {
+    pub(crate) async fn settle(&mut self) {
+        self.settle_until(|_| false).await;
+    }
+
+    /// [`Cluster::settle`], stopping early (true) once `stop` holds after the replicas
+    /// processed their Ready: the messages they just sent are then still in flight.
+    pub(crate) async fn settle_until(&mut self, stop: impl Fn(&Cluster) -> bool) -> bool {
         for _ in 0..1000 {
             for replica in self.replicas.values_mut() {
                 if replica.has_ready() {
@@ -94,9 +105,12 @@ impl Cluster {
                     self.in_flight.extend(sent);
                 }
             }
+            if stop(self) {
+                return true;
+            }
             if self.in_flight.is_empty() {
                 if self.replicas.values().all(|replica| !replica.has_ready()) {
-                    return;
+                    return false;
                 }
                 continue;
             }
@@ -114,7 +128,7 @@ impl Cluster {
 
     /// Ticks every replica (settling after each tick) until `node_ok` holds of the leader
     /// the connected replicas agree on; returns that leader.
-    async fn elect(&mut self, node_ok: impl Fn(u64) -> bool) -> u64 {
+    pub(crate) async fn elect(&mut self, node_ok: impl Fn(u64) -> bool) -> u64 {
         for _ in 0..200 {
             for replica in self.replicas.values_mut() {
                 replica.tick();
@@ -140,7 +154,7 @@ impl Cluster {
         panic!("no leader was elected");
     }
 
-    fn propose(&mut self, node: u64, tag: &str, count: usize) -> Answer {
+    pub(crate) fn propose(&mut self, node: u64, tag: &str, count: usize) -> Answer {
         self.replicas
             .get_mut(&node)
             .unwrap()
@@ -149,7 +163,7 @@ impl Cluster {
     }
 
     /// Every replica's partition log, as bytes.
-    async fn logs(&self) -> BTreeMap<u64, Vec<u8>> {
+    pub(crate) async fn logs(&self) -> BTreeMap<u64, Vec<u8>> {
         let mut logs = BTreeMap::new();
         for (node, replica) in &self.replicas {
             let bytes = replica.log().read_bytes(0, 64 << 20).await.unwrap();
@@ -158,7 +172,7 @@ impl Cluster {
         logs
     }
 
-    async fn close(self) -> PathBuf {
+    pub(crate) async fn close(self) -> PathBuf {
         for replica in self.replicas.into_values() {
             replica.close().await.unwrap();
         }
@@ -186,11 +200,11 @@ pub(crate) fn values(log: &[u8]) -> Vec<String> {
     values
 }
 
-fn answered(answer: &mut Answer) -> Option<Result<Appended, ReplicaError>> {
+pub(crate) fn answered(answer: &mut Answer) -> Option<Result<Appended, ReplicaError>> {
     answer.try_recv().unwrap()
 }
 
-async fn assert_identical(cluster: &Cluster) -> Vec<String> {
+pub(crate) async fn assert_identical(cluster: &Cluster) -> Vec<String> {
     let logs = cluster.logs().await;
     let first = logs.values().next().unwrap();
     for (node, log) in &logs {

@@ -80,7 +80,7 @@ use crate::topic::{FlushPolicy, TopicConfig};
 
 pub use commit::CommitRefusal;
 pub use prealloc::PreallocBudget;
-pub use producers::ProducerError;
+pub use producers::{ProducerBatch, ProducerError, Verdict as ProducerCheck};
 pub use read::{FetchSlice, FileRange, ReadRange};
 pub use scan::ScanStop;
 
@@ -559,6 +559,28 @@ impl<S: Storage> PartitionLog<S> {
         };
         self.send(Command::Append(pending)).await?;
         outcome.await.map_err(|_| self.closed())?
+    }
+
+    /// Checks an idempotent producer's batch as the append path would check it next, and
+    /// changes nothing: against the producers' state, which covers every batch below the
+    /// next offset to assign (written or queued), followed by `proposed` — batches already
+    /// stamped, each with its first offset, in offset order, but not yet appended (a
+    /// replicated partition's leader passes those it proposed; those the state covers
+    /// already and other producers' are skipped). A retry of one of the producer's last
+    /// batches is [`ProducerCheck::Duplicate`] with the original's offsets; a gap, a new
+    /// epoch not at sequence 0 or an older epoch is [`LogError::Producer`].
+    pub fn check_producer_batch(
+        &self,
+        batch: &ProducerBatch,
+        proposed: &[(ProducerBatch, i64)],
+    ) -> Result<ProducerCheck, LogError> {
+        let state = self.shared.state.borrow();
+        (state.producers)
+            .check_after(batch, proposed, state.offset_assign_next)
+            .map_err(|source| LogError::Producer {
+                partition: self.shared.id.clone(),
+                source,
+            })
     }
 
     /// Validates the batches of an append: the one check every way in goes through.

@@ -142,7 +142,12 @@ impl Server {
             initial_rebalance_delay: Duration::from_millis(config.group_initial_rebalance_delay_ms),
             offsets_retention: Duration::from_secs(config.offsets_retention_minutes * 60),
         };
-        crate::group::coordinator::start(&engine, settings)?;
+        // In a cluster every node gives `__consumer_offsets` the same id.
+        let offsets_topic_id = config
+            .cluster
+            .as_ref()
+            .map(|_| offsets_topic_id(&crate::broker::cluster_id(&config)));
+        crate::group::coordinator::start(&engine, settings, offsets_topic_id)?;
         let lifecycle = Arc::new(Lifecycle {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
@@ -258,7 +263,11 @@ fn bind_all(
         Err(source) => return Err(ServerError::Listen { address, source }),
     }
     let cluster = match config.cluster.clone() {
-        Some(membership) => Some(start_cluster(engine, config, &membership)?),
+        Some(membership) => {
+            let cluster = start_cluster(engine, config, &membership)?;
+            crate::group::coordinator::attach_cluster(engine, &cluster)?;
+            Some(cluster)
+        }
         None => None,
     };
     let broker = Arc::new(Broker::new(
@@ -318,6 +327,27 @@ fn start_cluster(
         "cluster node started"
     );
     Ok(cluster)
+}
+
+/// The topic id of `__consumer_offsets` in the cluster named `cluster_id`: the same on
+/// every node (two FNV-1a 64 hashes of the name, marked as a version 8 UUID), where a
+/// single node draws a random one.
+fn offsets_topic_id(cluster_id: &str) -> [u8; 16] {
+    let fnv = |seed: u8| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in std::iter::once(seed).chain(cluster_id.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash.to_be_bytes()
+    };
+    let mut id = [0; 16];
+    id[..8].copy_from_slice(&fnv(1));
+    id[8..].copy_from_slice(&fnv(2));
+    // RFC 9562: version 8 (custom) and the variant bits.
+    id[6] = (id[6] & 0x0f) | 0x80;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
 }
 
 /// A failed bind, naming the process that holds the address when that is why.

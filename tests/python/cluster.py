@@ -1,6 +1,7 @@
 """A producer and a consumer across a leader's death, driven by tests/tests/cluster.rs.
 
     cluster.py run BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py groups BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -146,10 +147,70 @@ def run(bootstrap, topic, partitions, count, work_dir):
     )
 
 
+def read_group(servers, topic, group, expected):
+    """Reads `expected` records in `group` (from its committed offsets, else the earliest),
+    commits, closes; returns the values read and the coordinator's node id."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=servers,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=1000,
+    )
+    values = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(values) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"group {group} read {len(values)} of {expected} records")
+        for batch in consumer.poll(timeout_ms=1000).values():
+            values.extend(record.value.decode() for record in batch)
+    # Whatever else is there (a duplicate would show here).
+    for batch in consumer.poll(timeout_ms=2000).values():
+        values.extend(record.value.decode() for record in batch)
+    consumer.commit()
+    # kafka-python names the coordinator's connection "coordinator-<node id>".
+    coordinator = int(str(consumer._coordinator.coordinator_id).rsplit("-", 1)[-1])
+    consumer.close(autocommit=False)
+    return values, coordinator
+
+
+def groups(bootstrap, topic, partitions, count, work_dir):
+    """COUNT records, read and committed by a group; the group's coordinator is killed
+    (WORK_DIR/half names it, WORK_DIR/killed says it is dead); COUNT more records, which
+    the same group, a new consumer, reads from its committed offsets: those, and only
+    those."""
+    servers = bootstrap.split(",")
+    create_topic(servers, topic, partitions)
+    producer = KafkaProducer(bootstrap_servers=servers)
+    for i in range(count):
+        producer.send(topic, key=f"k{i}".encode(), value=f"a{i}".encode()).get(timeout=60)
+    first, coordinator = read_group(servers, topic, "readers", count)
+    with open(os.path.join(work_dir, "half.tmp"), "w") as out:
+        json.dump({"coordinator": coordinator}, out)
+    os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
+    wait_for(os.path.join(work_dir, "killed"))
+    for i in range(count):
+        producer.send(topic, key=f"k{i}".encode(), value=f"b{i}".encode()).get(timeout=60)
+    producer.close()
+    second, coordinator_after = read_group(servers, topic, "readers", count)
+    print(
+        json.dumps(
+            {
+                "first": sorted(first),
+                "second": sorted(second),
+                "coordinator_before": coordinator,
+                "coordinator_after": coordinator_after,
+            }
+        )
+    )
+
+
 def main():
-    if len(sys.argv) != 7 or sys.argv[1] != "run":
+    if len(sys.argv) != 7 or sys.argv[1] not in ("run", "groups"):
         sys.exit(__doc__)
-    run(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    mode = run if sys.argv[1] == "run" else groups
+    mode(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
 
 
 if __name__ == "__main__":

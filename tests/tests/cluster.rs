@@ -1,9 +1,12 @@
 //! A three-node cluster of real `ringlog serve` processes on loopback, every partition
-//! replicated on all three: kafka-python, at its default settings, creates a topic,
-//! produces, and goes on producing while the node leading a partition is killed with
-//! SIGKILL (tests/python/cluster.py). No acknowledged record may be lost, the offsets a
-//! consumer reads stay dense, a new leader takes over, and once the killed node is back
-//! and has caught up, every node's segments are the same bytes.
+//! replicated on all three (tests/python/cluster.py, kafka-python at its default
+//! settings):
+//! - a producer goes on producing while the node leading a partition is killed with
+//!   SIGKILL: no acknowledged record is lost, the offsets a consumer reads stay dense, a
+//!   new leader takes over, and once the killed node is back and has caught up, every
+//!   node's segments are the same bytes;
+//! - a consumer group's committed offsets survive the death of its coordinator: the group
+//!   resumes, at the new coordinator, exactly after what it committed.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -101,8 +104,16 @@ fn written(segments: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
+/// Three nodes started, and `cluster.py MODE` running against them in a thread.
+struct Run {
+    cluster: Cluster,
+    nodes: Vec<Option<Server>>,
+    work: PathBuf,
+    script: std::thread::JoinHandle<serde_json::Value>,
+    _root: tempfile::TempDir,
+}
+
+fn start(mode: &'static str, count: usize) -> Run {
     let root = tempfile::tempdir().expect("temp dir");
     let cluster = Cluster {
         internal_ports: (0..3).map(|_| free_port()).collect(),
@@ -110,7 +121,7 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
             .map(|n| root.path().join(format!("node{}", n + 1)))
             .collect(),
     };
-    let mut nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
+    let nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
     let bootstrap: Vec<String> = (nodes.iter().flatten()).map(Server::bootstrap).collect();
     let work = root.path().join("work");
     std::fs::create_dir_all(&work).expect("work dir");
@@ -120,16 +131,34 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
             run_script(
                 "cluster.py",
                 &[
-                    "run",
+                    mode,
                     &bootstrap,
                     TOPIC,
                     &PARTITIONS.to_string(),
-                    &COUNT.to_string(),
+                    &count.to_string(),
                     &work,
                 ],
             )
         })
     };
+    Run {
+        cluster,
+        nodes,
+        work,
+        script,
+        _root: root,
+    }
+}
+
+#[test]
+fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start("run", COUNT);
     wait_for(&work.join("half"));
     let leaders: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
@@ -185,6 +214,46 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+#[test]
+fn committed_offsets_survive_the_death_of_the_groups_coordinator() {
+    const RECORDS: usize = 60;
+    let Run {
+        cluster: _cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start("groups", RECORDS);
+    wait_for(&work.join("half"));
+    let half: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let coordinator = half["coordinator"].as_u64().expect("a coordinator id") as usize;
+    assert!((1..=3).contains(&coordinator), "{half}");
+    let killed_log = nodes[coordinator - 1].take().expect("it runs").kill();
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    let expected = |prefix: &str| {
+        let mut values: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}{i}")).collect();
+        values.sort();
+        serde_json::json!(values)
+    };
+    assert_eq!(result["first"], expected("a"), "{result}");
+    assert_eq!(
+        result["second"],
+        expected("b"),
+        "the group resumes after its committed offsets, at another coordinator: {result}\n\
+         killed coordinator's log:\n{killed_log}"
+    );
+    assert_ne!(
+        result["coordinator_after"].as_u64(),
+        Some(coordinator as u64),
+        "{result}"
+    );
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }

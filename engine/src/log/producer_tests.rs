@@ -1,7 +1,8 @@
 //! Tests of the idempotent-producer rules through the partition log (duplicates answered
 //! with the original offsets and written once, gaps, fenced and new epochs, unknown
-//! producers, sequence wrap, expiry, in-flight retries), and of the producer state's
-//! survival: reopen after a clean close (snapshot), after a crash without a snapshot, with
+//! producers, sequence wrap, expiry, in-flight retries), of the check a replicated
+//! partition's leader makes before proposing (the same rules, over batches proposed and not
+//! yet appended too), and of the producer state's survival: reopen after a clean close (snapshot), after a crash without a snapshot, with
 //! a damaged snapshot, across segment rolls, and after truncation.
 
 use std::path::Path;
@@ -364,6 +365,88 @@ fn a_retry_of_a_batch_in_flight_waits_for_it_and_gets_its_offsets() {
             "the acks=all answer came after a sync"
         );
         assert_eq!(all_records(&log).await.len(), 2);
+        log.close().await.unwrap();
+    });
+}
+
+fn refusal(checked: Result<ProducerCheck, LogError>) -> ProducerError {
+    match checked {
+        Err(LogError::Producer { source, .. }) => source,
+        other => panic!("expected a producer error, got {other:?}"),
+    }
+}
+
+/// The producer fields of a request's one idempotent batch.
+fn producer_batch(bytes: &[u8]) -> ProducerBatch {
+    ProducerBatch::of_request(bytes).unwrap().unwrap()
+}
+
+#[test]
+fn the_check_before_proposing_applies_the_rules_over_proposed_batches_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async {
+        let log = open_disk(dir.path(), config()).await;
+        for n in 0..5 {
+            let appended = log.append(idempotent(1, 0, n * 2, 2), Ack::Written).await;
+            assert_eq!(appended.unwrap().offset_first, i64::from(n) * 2);
+        }
+        let before = rules_view(&log.shared.state.borrow().producers);
+        let check = |pid, epoch, sequence, count, proposed: &[(ProducerBatch, i64)]| {
+            let batch = producer_batch(&idempotent(pid, epoch, sequence, count));
+            log.check_producer_batch(&batch, proposed)
+        };
+        let duplicate = |offset_first, offset_next| ProducerCheck::Duplicate {
+            offset_first,
+            offset_next,
+        };
+
+        // Against the log alone: as `append` would answer.
+        assert_eq!(check(1, 0, 0, 2, &[]).unwrap(), duplicate(0, 2));
+        assert_eq!(check(1, 0, 10, 1, &[]).unwrap(), ProducerCheck::Append);
+        assert_eq!(check(2, 0, 7, 1, &[]).unwrap(), ProducerCheck::Append);
+        let gap = refusal(check(1, 0, 11, 1, &[]));
+        assert!(
+            matches!(gap, ProducerError::OutOfOrder { expected: 10, .. }),
+            "{gap:?}"
+        );
+
+        // With batches proposed after the log: stamped at 10 and 12, not appended.
+        let proposed = [
+            (producer_batch(&idempotent(1, 0, 10, 2)), 10),
+            (producer_batch(&idempotent(9, 0, 0, 1)), 12),
+            (producer_batch(&idempotent(1, 0, 12, 1)), 13),
+        ];
+        assert_eq!(check(1, 0, 10, 2, &proposed).unwrap(), duplicate(10, 12));
+        assert_eq!(check(1, 0, 12, 1, &proposed).unwrap(), duplicate(13, 14));
+        assert_eq!(
+            check(1, 0, 13, 1, &proposed).unwrap(),
+            ProducerCheck::Append
+        );
+        let bumped = [(producer_batch(&idempotent(1, 2, 0, 1)), 10)];
+        let fenced = refusal(check(1, 1, 0, 1, &bumped));
+        assert!(
+            matches!(fenced, ProducerError::EpochFenced { current: 2, .. }),
+            "{fenced:?}"
+        );
+        // Two proposed batches push the log's two oldest out of the producer's window.
+        let forgotten = refusal(check(1, 0, 0, 2, &proposed));
+        assert!(
+            matches!(forgotten, ProducerError::OutOfOrder { expected: 13, .. }),
+            "{forgotten:?}"
+        );
+        assert_eq!(check(1, 0, 4, 2, &proposed).unwrap(), duplicate(4, 6));
+
+        // A proposed batch the log holds already is not counted twice: the oldest batch
+        // stays in the window.
+        let appended = [(producer_batch(&idempotent(1, 0, 8, 2)), 8)];
+        assert_eq!(check(1, 0, 0, 2, &appended).unwrap(), duplicate(0, 2));
+
+        assert_eq!(
+            rules_view(&log.shared.state.borrow().producers),
+            before,
+            "the check changed nothing"
+        );
+        assert_eq!(log.offsets().log_end, 10);
         log.close().await.unwrap();
     });
 }

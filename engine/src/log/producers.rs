@@ -24,6 +24,11 @@
 //!
 //! The state is rebuilt on open from the latest producer snapshot and the batch headers
 //! after it (`producer_snapshot.rs`, `load` below), never from anything a client says.
+//!
+//! A replicated partition's leader applies the same rules before it proposes a batch
+//! (`PartitionLog::check_producer_batch`, `Producers::check_after`): against this state
+//! followed by the batches it proposed that the log does not hold yet, recorded on a copy of
+//! the one producer's entry, so the rules are these and nowhere else.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -87,7 +92,7 @@ pub(crate) fn sequence_after(sequence: i32, increment: i32) -> i32 {
 
 /// The producer fields of one idempotent batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ProducerBatch {
+pub struct ProducerBatch {
     pub(crate) producer_id: i64,
     pub(crate) epoch: i16,
     pub(crate) sequence_first: i32,
@@ -122,9 +127,10 @@ impl ProducerBatch {
         }
     }
 
-    /// The producer batch of a request's records: `None` if no batch has a producer id;
-    /// refused if one has and the request holds more than one batch.
-    pub(crate) fn of_request(batches: &[u8]) -> Result<Option<ProducerBatch>, ProducerError> {
+    /// The producer batch of a request's records (validated batches): `None` if no batch
+    /// has a producer id; refused if one has and the request holds more than one batch, or
+    /// its epoch or sequence is negative.
+    pub fn of_request(batches: &[u8]) -> Result<Option<ProducerBatch>, ProducerError> {
         let mut at = 0usize;
         let mut count = 0usize;
         let mut found = None;
@@ -142,6 +148,11 @@ impl ProducerBatch {
             }),
             found => Ok(found),
         }
+    }
+
+    /// The producer's id (never negative).
+    pub fn producer_id(&self) -> i64 {
+        self.producer_id
     }
 }
 
@@ -165,9 +176,9 @@ pub(crate) struct ProducerEntry {
     pub(crate) last_timestamp_ms: i64,
 }
 
-/// What to do with a batch that passed the rules.
+/// What to do with a batch that passed the rules (public as `log::ProducerCheck`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub enum Verdict {
     /// Write it.
     Append,
     /// Answer with the original's offsets, `offset_first..offset_next`; write nothing.
@@ -225,6 +236,38 @@ impl Producers {
             return Err(out_of_order(expected));
         }
         Ok(Verdict::Append)
+    }
+
+    /// Applies the rules to `batch` as if the batches of `proposed` (each with the offset
+    /// it was stamped with, in offset order) were recorded first: those of the same
+    /// producer at or past `offset_assign_next`, which this state does not cover yet (the
+    /// others it does). They are recorded on a copy of the producer's entry; `self` is not
+    /// changed.
+    pub(crate) fn check_after(
+        &self,
+        batch: &ProducerBatch,
+        proposed: &[(ProducerBatch, i64)],
+        offset_assign_next: i64,
+    ) -> Result<Verdict, ProducerError> {
+        let mut ahead = proposed
+            .iter()
+            .filter(|(earlier, offset_first)| {
+                earlier.producer_id == batch.producer_id && *offset_first >= offset_assign_next
+            })
+            .peekable();
+        if ahead.peek().is_none() {
+            return self.check(batch);
+        }
+        let mut producer = Producers::default();
+        if let Some(entry) = self.entries.get(&batch.producer_id) {
+            producer.entries.insert(batch.producer_id, entry.clone());
+        }
+        for (earlier, offset_first) in ahead {
+            // The idle time decides nothing in the rules.
+            producer.record(earlier, *offset_first, 0);
+        }
+        debug_assert_eq!(producer.entries.len(), 1);
+        producer.check(batch)
     }
 
     /// Records `batch`, written (or about to be) at `offset_first`, at `timestamp_ms`.

@@ -37,6 +37,7 @@ use super::records::{self, GroupValue, OffsetValue, RecordKey};
 use super::state::Group;
 use super::{partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS};
 use crate::broker::Broker;
+use ringlog_cluster::node::Cluster;
 
 /// Writes queued for one partition of `__consumer_offsets` before writers wait.
 const GROUP_WRITES_QUEUED_MAX: usize = 1024;
@@ -90,6 +91,11 @@ pub struct Coordinator {
     /// One sender per queue, shared behind an async lock: a clone per write would get a
     /// guaranteed slot of its own and make the bound meaningless.
     writers: RefCell<HashMap<u32, Rc<futures::lock::Mutex<mpsc::Sender<Write>>>>>,
+    /// In a cluster: the cluster layer, through which records are written.
+    cluster: RefCell<Option<Cluster>>,
+    /// In a cluster: the partitions this shard serves groups of, each with the term it
+    /// was loaded in (the term in which this node leads it).
+    loaded: RefCell<HashMap<u32, u64>>,
 }
 
 /// Records waiting for their partition's writer, and who waits for them.
@@ -109,14 +115,36 @@ enum WriteRecords {
 
 /// Creates `__consumer_offsets` if it does not exist, and on every shard replays the
 /// partitions it owns and starts its tick. Blocks until every shard has loaded.
-pub fn start(engine: &Engine, settings: GroupSettings) -> Result<(), EngineError> {
+///
+/// A node of a cluster passes `cluster_topic_id`, the topic id every node of the cluster
+/// gives `__consumer_offsets` (its partitions are replicated, so every node must create
+/// the same topic); its partitions are then loaded only where and when this node leads
+/// them (see [`attach_cluster`]), not here.
+pub fn start(
+    engine: &Engine,
+    settings: GroupSettings,
+    cluster_topic_id: Option<[u8; 16]>,
+) -> Result<(), EngineError> {
     let partitions = if let Some(meta) = engine.topic(OFFSETS_TOPIC) {
         meta.partitions
     } else {
         let config = offsets_topic_config();
-        let created = engine.create_topic(OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS, config);
-        futures::executor::block_on(created)?.partitions
+        let created = match cluster_topic_id {
+            Some(id) => futures::executor::block_on(engine.create_topic_with_id(
+                OFFSETS_TOPIC,
+                id,
+                OFFSETS_TOPIC_PARTITIONS,
+                config,
+            )),
+            None => futures::executor::block_on(engine.create_topic(
+                OFFSETS_TOPIC,
+                OFFSETS_TOPIC_PARTITIONS,
+                config,
+            )),
+        };
+        created?.partitions
     };
+    let replay_at_start = cluster_topic_id.is_none();
     let shards = engine.shard_count();
     for (index, shard) in engine.shard_handles().iter().enumerate() {
         let engine = engine.clone();
@@ -128,10 +156,14 @@ pub fn start(engine: &Engine, settings: GroupSettings) -> Result<(), EngineError
                 groups: RefCell::new(HashMap::new()),
                 memberships: RefCell::new(HashMap::new()),
                 writers: RefCell::new(HashMap::new()),
+                cluster: RefCell::new(None),
+                loaded: RefCell::new(HashMap::new()),
             });
             for partition in 0..partitions {
                 if offsets_shard(partition, shards) == index {
-                    coordinator.replay(partition).await?;
+                    if replay_at_start {
+                        coordinator.replay(partition).await?;
+                    }
                     let (queue, queued) = mpsc::channel(GROUP_WRITES_QUEUED_MAX);
                     let queue = Rc::new(futures::lock::Mutex::new(queue));
                     coordinator.writers.borrow_mut().insert(partition, queue);
@@ -206,19 +238,121 @@ where
         .spawn(move || async move {
             let coordinator = COORDINATOR.with(|slot| slot.borrow().clone());
             match coordinator {
-                Some(coordinator) => Some(work(coordinator).await),
-                None => None,
+                Some(coordinator) => match coordinator.serves(partition) {
+                    Ok(()) => Ok(work(coordinator).await),
+                    Err(error) => Err(error),
+                },
+                None => Err(ResponseError::CoordinatorNotAvailable),
             }
         })
         .await;
     match result {
-        Ok(Some(answer)) => Ok(answer),
-        // Not loaded yet, or the shard is stopping: the client finds the coordinator again.
-        Ok(None) | Err(_) => Err(ResponseError::CoordinatorNotAvailable),
+        Ok(answer) => answer,
+        // The shard is stopping: the client finds the coordinator again.
+        Err(_) => Err(ResponseError::CoordinatorNotAvailable),
     }
 }
 
+/// In a cluster, gives every shard's coordinator the cluster layer: from then on it
+/// writes through the partitions' Raft groups, and serves the groups of a partition of
+/// `__consumer_offsets` only while this node leads it — loaded from the partition's log
+/// once the leader has committed an entry of its own term (so the log holds everything
+/// committed before), dropped when leadership moves (the tick does both).
+pub fn attach_cluster(engine: &Engine, cluster: &Cluster) -> Result<(), EngineError> {
+    for shard in engine.shard_handles() {
+        let cluster = cluster.clone();
+        let attached = futures::executor::block_on(shard.spawn(move || async move {
+            if let Some(coordinator) = COORDINATOR.with(|slot| slot.borrow().clone()) {
+                *coordinator.cluster.borrow_mut() = Some(cluster);
+            }
+        }));
+        if attached.is_err() {
+            return Err(EngineError::ShardStopped {
+                topic: OFFSETS_TOPIC.to_owned(),
+                partition: 0,
+            });
+        }
+    }
+    Ok(())
+}
+
 impl Coordinator {
+    /// Whether this shard answers for the groups of `partition`: always alone; in a
+    /// cluster, only while this node leads the partition and has loaded it
+    /// (NOT_COORDINATOR elsewhere, COORDINATOR_LOAD_IN_PROGRESS until loaded), as Kafka's
+    /// coordinators answer.
+    fn serves(&self, partition: u32) -> Result<(), ResponseError> {
+        let cluster = self.cluster.borrow();
+        let Some(cluster) = cluster.as_ref() else {
+            return Ok(());
+        };
+        let status = cluster.status(OFFSETS_TOPIC, partition).unwrap_or_default();
+        if status.leader != Some(cluster.node_id()) {
+            return Err(ResponseError::NotCoordinator);
+        }
+        match self.loaded.borrow().get(&partition) {
+            Some(&term) if term == status.term => Ok(()),
+            _ => Err(ResponseError::CoordinatorLoadInProgress),
+        }
+    }
+
+    /// In a cluster, loads the groups of the partitions this node has come to lead, and
+    /// forgets those of the partitions it no longer leads (their next coordinator loads
+    /// them from the log). Called on every tick.
+    async fn follow_leadership(&self) {
+        let Some(cluster) = self.cluster.borrow().clone() else {
+            return;
+        };
+        // The partitions this shard owns are those it has a writer for.
+        let here: Vec<u32> = self.writers.borrow().keys().copied().collect();
+        for partition in here {
+            let status = cluster.status(OFFSETS_TOPIC, partition).unwrap_or_default();
+            let leads = status.leader == Some(cluster.node_id());
+            let loaded = self.loaded.borrow().get(&partition).copied();
+            if leads && status.leads_with_own_commit && loaded != Some(status.term) {
+                self.forget(partition);
+                match self.replay(partition).await {
+                    Ok(()) => {
+                        self.loaded.borrow_mut().insert(partition, status.term);
+                        tracing::info!(
+                            partition,
+                            term = status.term,
+                            "now coordinating the groups of {OFFSETS_TOPIC}-{partition}"
+                        );
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition, %error, "loading groups failed; tried again at the next tick");
+                    }
+                }
+            } else if !leads && loaded.is_some() {
+                self.forget(partition);
+                self.loaded.borrow_mut().remove(&partition);
+                tracing::info!(
+                    partition,
+                    "no longer coordinating the groups of {OFFSETS_TOPIC}-{partition}"
+                );
+            }
+        }
+    }
+
+    /// Drops the groups of `partition` from memory; their members are told
+    /// NOT_COORDINATOR and find the new coordinator.
+    fn forget(&self, partition: u32) {
+        let mut groups = self.groups.borrow_mut();
+        let gone: Vec<String> = groups
+            .keys()
+            .filter(|id| partition_for(id, self.partitions) == partition)
+            .cloned()
+            .collect();
+        let mut memberships = self.memberships.borrow_mut();
+        for id in gone {
+            if let Some(mut group) = groups.remove(&id) {
+                group.kill(ResponseError::NotCoordinator);
+            }
+            memberships.remove(&id);
+        }
+    }
+
     /// Runs `change` on the group named `id` (created Empty if missing and `create`),
     /// without holding the borrow past it.
     pub fn with_group<T>(
@@ -329,6 +463,17 @@ impl Coordinator {
             tracing::warn!(partition, %error, "could not encode group records");
             ResponseError::UnknownServerError
         })?;
+        let cluster = self.cluster.borrow().clone();
+        if let Some(cluster) = cluster {
+            // Answered once a majority holds the records.
+            let proposed = cluster
+                .propose(OFFSETS_TOPIC, partition, batches, usize::MAX)
+                .await;
+            return proposed.map(|a| a.offset_first).map_err(|error| {
+                tracing::warn!(partition, %error, "could not replicate group records");
+                ResponseError::NotCoordinator
+            });
+        }
         let appended = self
             .engine
             .append(OFFSETS_TOPIC, partition, batches, Ack::Durable)
@@ -345,6 +490,10 @@ impl Coordinator {
     /// before it are deleted and a replay reads only the rewrite and what followed. Only
     /// the partition's writer calls this, so memory is exactly what the log says.
     async fn compact_if_due(&self, partition: u32) -> Result<(), EngineError> {
+        if self.cluster.borrow().is_some() {
+            // A replicated log's start cannot move yet (that needs snapshots).
+            return Ok(());
+        }
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
         let held = offsets.log_end - offsets.log_start;
         // Cheap checks first: this runs after every write of the partition.
@@ -429,7 +578,8 @@ impl Coordinator {
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
         let mut offset = offsets.log_start;
         let mut applied = 0_u64;
-        while offset < offsets.log_end {
+        // The high watermark: everything at start alone; what committed in a cluster.
+        while offset < offsets.high_watermark {
             let read = self
                 .engine
                 .read(OFFSETS_TOPIC, partition, offset, REPLAY_READ_BYTES)
@@ -675,6 +825,7 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
     let mut next_retention = Instant::now() + retention_check;
     loop {
         rt::sleep(TICK).await;
+        coordinator.follow_leadership().await;
         let now = Instant::now();
         for (group, record) in coordinator.tick(now, now_ms()) {
             let coordinator = coordinator.clone();

@@ -3,7 +3,8 @@
 //! (see `group::coordinator`); the group state machine decides, these functions only
 //! translate between Kafka's messages and it.
 //!
-//! This node coordinates every group (a single-node cluster). Transactions are not
+//! A single node coordinates every group; in a cluster, the leader of the group's
+//! partition of `__consumer_offsets` does (see `group::coordinator`). Transactions are not
 //! supported: a FindCoordinator for a transactional id is answered with
 //! COORDINATOR_NOT_AVAILABLE and a message saying so.
 
@@ -26,14 +27,16 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
-use crate::broker::Broker;
+use crate::broker::{node_id_i32, Broker};
 use crate::group::coordinator::{offset_key, Coordinator, GroupRecord};
 use crate::group::records::RecordKey;
 use crate::group::state::{
     GroupState, JoinOutcome, JoinRequest, Reply, SyncOutcome, SyncStep, SESSION_TIMEOUT_MS_MAX,
     SESSION_TIMEOUT_MS_MIN,
 };
-use crate::group::{on_coordinator, GROUP_STRING_BYTES_MAX};
+use crate::group::{
+    on_coordinator, GROUP_STRING_BYTES_MAX, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS,
+};
 
 /// FindCoordinator `key_type` of a consumer group.
 const KEY_TYPE_GROUP: i8 = 0;
@@ -53,39 +56,78 @@ pub fn find_coordinator(
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let address = broker.config.advertised_listener;
-    let error =
+    let unsupported =
         (request.key_type != KEY_TYPE_GROUP).then_some(ResponseError::CoordinatorNotAvailable);
-    let message = error
+    let message = unsupported
         .map(|_| text("ringlog coordinates consumer groups only; transactions are not supported"));
-    let host = text(&address.ip().to_string());
-    let port = i32::from(address.port());
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
-                CoordinatorEntry::default()
-                    .with_key(key)
-                    .with_node_id(BrokerId(broker.node_id()))
-                    .with_host(host.clone())
-                    .with_port(port)
-                    .with_error_code(code(error))
-                    .with_error_message(message.clone())
+                let entry = CoordinatorEntry::default().with_key(key.clone());
+                if let Some(error) = unsupported {
+                    return entry
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(error.code())
+                        .with_error_message(message.clone());
+                }
+                match coordinator_of(broker, key.as_str()) {
+                    Ok((id, host, port)) => entry
+                        .with_node_id(BrokerId(id))
+                        .with_host(text(&host))
+                        .with_port(port),
+                    Err(error) => entry
+                        .with_node_id(BrokerId(-1))
+                        .with_port(-1)
+                        .with_error_code(error.code()),
+                }
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     let response = FindCoordinatorResponse::default()
-        .with_error_code(code(error))
+        .with_error_code(code(unsupported))
         .with_error_message(message);
-    if error.is_some() {
+    if unsupported.is_some() {
         return response.with_node_id(BrokerId(-1)).with_port(-1);
     }
-    response
-        .with_node_id(BrokerId(broker.node_id()))
-        .with_host(host)
-        .with_port(port)
+    match coordinator_of(broker, request.key.as_str()) {
+        Ok((id, host, port)) => response
+            .with_node_id(BrokerId(id))
+            .with_host(text(&host))
+            .with_port(port),
+        Err(error) => response
+            .with_error_code(error.code())
+            .with_node_id(BrokerId(-1))
+            .with_port(-1),
+    }
+}
+
+/// The node coordinating `group`: this one alone; in a cluster, the leader of the group's
+/// partition of `__consumer_offsets` (COORDINATOR_NOT_AVAILABLE while it has none, or
+/// while its address is not known here yet).
+fn coordinator_of(broker: &Broker, group: &str) -> Result<(i32, String, i32), ResponseError> {
+    let Some(cluster) = broker.replicated(OFFSETS_TOPIC) else {
+        let address = broker.config.advertised_listener;
+        let port = i32::from(address.port());
+        return Ok((broker.node_id(), address.ip().to_string(), port));
+    };
+    let partitions = broker
+        .engine
+        .topic(OFFSETS_TOPIC)
+        .map_or(OFFSETS_TOPIC_PARTITIONS, |meta| meta.partitions);
+    let partition = crate::group::partition_for(group, partitions);
+    let leader = cluster
+        .status(OFFSETS_TOPIC, partition)
+        .and_then(|status| status.leader)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    let (host, port) = cluster
+        .brokers()
+        .remove(&leader)
+        .ok_or(ResponseError::CoordinatorNotAvailable)?;
+    Ok((node_id_i32(leader), host, i32::from(port)))
 }
 
 pub async fn join(
