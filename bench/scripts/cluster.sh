@@ -53,6 +53,8 @@
 #        PYTHON (with kafka-python; default target/e2e-venv/bin/python),
 #        WARM_BYTES (memory faulted in and freed before each throughput run; default 8 GiB),
 #        SERVER_FLAGS (extra `ringlog serve` flags for every node),
+#        METRICS (set: nodes serve /metrics on 127.0.0.1:19291-19293, saved before and
+#        after each throughput run's producers as PREFIX-nodeN-metrics-{before,after}.txt),
 #        PERF_ARGS (profile: perf record's sampling flags; default "-F 499 -a -g", frame
 #        pointers; "-F 99 -a --call-graph dwarf,16384" gives callers through libc).
 set -euo pipefail
@@ -89,7 +91,7 @@ start_node() {
     # shellcheck disable=SC2086
     "$RINGLOG" serve --node-id "$n" --peers "$PEERS" --internal-listen "127.0.0.1:1919$n" \
         --listen "127.0.0.1:$((19091 + n))" --data-dir "$DIR/cluster-node$n" \
-        ${SERVER_FLAGS:-} >"$log" 2>&1 &
+        ${METRICS:+--metrics-listen 127.0.0.1:1929$n} ${SERVER_FLAGS:-} >"$log" 2>&1 &
     NODE_PIDS+=($!)
 }
 
@@ -106,7 +108,7 @@ start_single() {
     rm -rf "$DIR/cluster-single"
     # shellcheck disable=SC2086
     "$RINGLOG" serve --listen 127.0.0.1:19092 --data-dir "$DIR/cluster-single" \
-        ${SERVER_FLAGS:-} >"$1-node1.log" 2>&1 &
+        ${METRICS:+--metrics-listen 127.0.0.1:19291} ${SERVER_FLAGS:-} >"$1-node1.log" 2>&1 &
     NODE_PIDS+=($!)
 }
 
@@ -129,6 +131,16 @@ cpu_ticks() {
 internal_bytes() {
     ss -tin "$INTERNAL_PORTS" | grep -o 'bytes_sent:[0-9]*' |
         awk -F: '{ sum += $2 } END { printf "%.0f", sum }'
+}
+
+# save_metrics PREFIX WHEN: with METRICS set, each started node's /metrics to
+# PREFIX-nodeN-metrics-WHEN.txt.
+save_metrics() {
+    [ -n "${METRICS:-}" ] || return 0
+    local n
+    for n in $(seq 1 ${#NODE_PIDS[@]}); do
+        curl -sf "http://127.0.0.1:1929$n/metrics" >"$1-node$n-metrics-$2.txt" || true
+    done
 }
 
 # rss_kib: each started node's VmRSS in KiB, space-separated.
@@ -159,6 +171,7 @@ produce_run() {
         leaders+=("$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2] + "/0"])' \
             "$prefix-leaders.json" "$name")")
     done
+    save_metrics "$prefix" before
     {
         echo "load $(cat /proc/loadavg)"
         echo "ticks_before $(cpu_ticks)"
@@ -190,6 +203,7 @@ produce_run() {
         echo "load_after $(cat /proc/loadavg)"
         echo "node_pids ${NODE_PIDS[*]}"
     } >>"$prefix.meta"
+    save_metrics "$prefix" after
     stop_nodes
     if [ "$config" = cluster ]; then
         echo "data_bytes $(du -sb "$DIR"/cluster-node{1,2,3} | awk '{ printf "%.0f ", $1 }')" \

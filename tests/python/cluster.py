@@ -1,12 +1,14 @@
 """A producer and a consumer across a leader's death, driven by tests/tests/cluster.rs.
 
     cluster.py run BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py run-confluent BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py groups BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
 ("r<i>", keyed so every partition gets some) with kafka-python at its default settings
-(acks=all, idempotent, retries), waiting for each acknowledgement in turn. Halfway, it
+(acks=all, idempotent, retries), or with confluent-kafka (librdkafka) at its defaults
+(acks=all, retries) for run-confluent, waiting for each acknowledgement in turn. Halfway, it
 writes WORK_DIR/half (a JSON map of partition -> leader node id, as the client sees it)
 and waits for WORK_DIR/killed, which the test creates once it has killed a node with
 SIGKILL; the same producer then goes on. At the end a consumer (no group: assigned every
@@ -68,6 +70,59 @@ def produce(producer, topic, first, count, acknowledged, failed):
             failed.append(value.decode())
 
 
+class ConfluentProducer:
+    """librdkafka's producer at its default settings, one record at a time."""
+
+    def __init__(self, servers):
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": ",".join(servers)})
+
+    def produce(self, topic, first, count, acknowledged, failed):
+        for i in range(first, first + count):
+            value = f"r{i}".encode()
+            outcome = {}
+
+            def delivered(error, message, outcome=outcome):
+                outcome["error"] = error
+                outcome["at"] = (message.partition(), message.offset())
+
+            self.producer.produce(topic, key=f"k{i}".encode(), value=value, on_delivery=delivered)
+            deadline = time.monotonic() + 60
+            while "error" not in outcome and time.monotonic() < deadline:
+                self.producer.poll(0.1)
+            if outcome.get("error") is None and "at" in outcome:
+                acknowledged[value.decode()] = outcome["at"]
+            else:
+                print(f"record {i} not acknowledged: {outcome!r}", file=sys.stderr)
+                failed.append(value.decode())
+
+    def leaders(self, topic):
+        metadata = self.producer.list_topics(topic, timeout=10)
+        partitions = metadata.topics[topic].partitions
+        return {str(p): partitions[p].leader for p in sorted(partitions)}
+
+    def close(self):
+        self.producer.flush(30)
+
+
+class KafkaPythonProducer:
+    """kafka-python's producer at its default settings, one record at a time."""
+
+    def __init__(self, servers):
+        self.producer = KafkaProducer(bootstrap_servers=servers)
+
+    def produce(self, topic, first, count, acknowledged, failed):
+        produce(self.producer, topic, first, count, acknowledged, failed)
+
+    def leaders(self, topic):
+        return leaders(self.producer, topic)
+
+    def close(self):
+        self.producer.flush()
+        self.producer.close()
+
+
 def wait_for(path):
     deadline = time.monotonic() + DEADLINE_S
     while not os.path.exists(path):
@@ -99,26 +154,25 @@ def consume(bootstrap, topic, partitions):
     return records
 
 
-def run(bootstrap, topic, partitions, count, work_dir):
+def run(bootstrap, topic, partitions, count, work_dir, client):
     servers = bootstrap.split(",")
     create_topic(servers, topic, partitions)
-    producer = KafkaProducer(bootstrap_servers=servers)
+    producer = client(servers)
     deadline = time.monotonic() + DEADLINE_S
-    while len(producer.partitions_for(topic) or []) < partitions:
+    while len(producer.leaders(topic)) < partitions:
         if time.monotonic() > deadline:
             raise TimeoutError("the topic's partitions never appeared")
         time.sleep(0.1)
     acknowledged, failed = {}, []
     half = count // 2
-    produce(producer, topic, 0, half, acknowledged, failed)
-    before = leaders(producer, topic)
+    producer.produce(topic, 0, half, acknowledged, failed)
+    before = producer.leaders(topic)
     with open(os.path.join(work_dir, "half.tmp"), "w") as out:
         json.dump(before, out)
     os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
     wait_for(os.path.join(work_dir, "killed"))
-    produce(producer, topic, half, count - half, acknowledged, failed)
-    producer.flush()
-    after = leaders(producer, topic)
+    producer.produce(topic, half, count - half, acknowledged, failed)
+    after = producer.leaders(topic)
     producer.close()
     records = consume(servers, topic, partitions)
     seen = {}
@@ -207,10 +261,14 @@ def groups(bootstrap, topic, partitions, count, work_dir):
 
 
 def main():
-    if len(sys.argv) != 7 or sys.argv[1] not in ("run", "groups"):
+    modes = {
+        "run": lambda *args: run(*args, KafkaPythonProducer),
+        "run-confluent": lambda *args: run(*args, ConfluentProducer),
+        "groups": groups,
+    }
+    if len(sys.argv) != 7 or sys.argv[1] not in modes:
         sys.exit(__doc__)
-    mode = run if sys.argv[1] == "run" else groups
-    mode(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
+    modes[sys.argv[1]](sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
 
 
 if __name__ == "__main__":

@@ -152,13 +152,28 @@ fn start(mode: &'static str, count: usize) -> Run {
 
 #[test]
 fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
+    // kafka-python's producer is idempotent by default: its retries after the failover
+    // must not be written twice either.
+    leader_killed("run", true);
+}
+
+#[test]
+fn a_librdkafka_producer_fails_over_without_losing_a_record() {
+    // librdkafka's producer is not idempotent by default (at least once): a retry of a
+    // batch whose answer the dead leader never sent may be written twice, as in Kafka.
+    leader_killed("run-confluent", false);
+}
+
+/// Produces across a SIGKILL of partition 0's leader with the client of `mode`, then
+/// checks the records and, after the killed node's restart, the replicas' bytes.
+fn leader_killed(mode: &'static str, idempotent: bool) {
     let Run {
         cluster,
         mut nodes,
         work,
         script,
         _root,
-    } = start("run", COUNT);
+    } = start(mode, COUNT);
     wait_for(&work.join("half"));
     let leaders: serde_json::Value =
         serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
@@ -184,6 +199,13 @@ fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
     assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
     assert_eq!(result["acknowledged"], COUNT, "{result}");
     assert_eq!(result["offsets_dense"], true, "{result}");
+    if idempotent {
+        assert_eq!(
+            result["duplicates"],
+            serde_json::json!([]),
+            "an idempotent producer's records are written once: {result}"
+        );
+    }
     let new_leader = result["leaders_after"]["0"].as_u64().expect("a new leader");
     assert_ne!(
         new_leader as usize, victim,
