@@ -96,6 +96,7 @@ def throughput(out):
             f"{spread(col('net_per_byte'), lambda v: f'{v:.2f}') if config == 'cluster' else '–'} | "
             f"{spread(col('load'), lambda v: f'{v:.1f}')} |"
         )
+    throughput_metrics(out, configs)
     print()
     cluster = runs["cluster"]
     for single in ["single-always", "single-never"]:
@@ -111,6 +112,72 @@ def throughput(out):
         print(f"cluster / {single}: records/s {medians:.2f} (ratio of medians); per round "
               f"{', '.join(f'{p:.2f}' for p in paired)} (median {statistics.median(paired):.2f}); "
               f"CPU per GB {cpu:.2f}x")
+
+
+def metric_sums(path):
+    """{name: value summed over labels} of a Prometheus text file (counters, _sum, _count)."""
+    sums = {}
+    with open(path) as file:
+        for line in file:
+            if line.startswith("#") or not line.strip():
+                continue
+            name_labels, _, value = line.rpartition(" ")
+            name = name_labels.split("{", 1)[0]
+            if name.endswith("_bucket"):
+                continue
+            sums[name] = sums.get(name, 0.0) + float(value)
+    return sums
+
+
+METRICS = [
+    # (label, function of the summed deltas over all nodes and the bytes acknowledged)
+    ("group commits per GB acked", lambda d, acked: d["ringlog_group_commit_bytes_count"] / (acked / 1e9)),
+    ("mean group commit, KiB", lambda d, acked: d["ringlog_group_commit_bytes_sum"]
+        / d["ringlog_group_commit_bytes_count"] / 1024),
+    ("mean appends per group commit", lambda d, acked: d["ringlog_group_commit_appends_sum"]
+        / d["ringlog_group_commit_appends_count"]),
+    ("fdatasyncs per GB acked", lambda d, acked: d["ringlog_fdatasync_latency_seconds_count"] / (acked / 1e9)),
+    ("mean fdatasync, ms", lambda d, acked: 1e3 * d["ringlog_fdatasync_latency_seconds_sum"]
+        / d["ringlog_fdatasync_latency_seconds_count"]),
+    ("pool buffers allocated per GB acked", lambda d, acked: d["ringlog_buffer_pool_allocated_total"] / (acked / 1e9)),
+    ("pool buffers reused per GB acked", lambda d, acked: d["ringlog_buffer_pool_reused_total"] / (acked / 1e9)),
+    ("io_uring_enter calls per GB acked", lambda d, acked: d["ringlog_io_uring_enter_calls_total"] / (acked / 1e9)),
+]
+
+
+def throughput_metrics(out, configs):
+    """With METRICS set, the nodes' counters over the producers' run, all nodes summed."""
+    rows = {}
+    for config in configs:
+        for before in sorted(glob.glob(os.path.join(out, f"{config}-*-node1-metrics-before.txt"))):
+            run = before.rsplit("-node1-", 1)[0]
+            acked = 0
+            for json_path in glob.glob(f"{run}-bench*.json"):
+                with open(json_path) as file:
+                    acked += json.load(file)["results"]["bytes"]
+            delta = {}
+            for b in glob.glob(f"{run}-node*-metrics-before.txt"):
+                a = b.replace("-before.txt", "-after.txt")
+                if not os.path.exists(a):
+                    continue
+                sb, sa = metric_sums(b), metric_sums(a)
+                for name, value in sa.items():
+                    delta[name] = delta.get(name, 0.0) + value - sb.get(name, 0.0)
+            try:
+                values = [f(delta, acked) for _, f in METRICS]
+            except (KeyError, ZeroDivisionError):
+                continue
+            rows.setdefault(config, []).append(values)
+    if not rows:
+        return
+    print()
+    print("| nodes' counters (all nodes), median over runs | "
+          + " | ".join(config for config in configs if config in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for index, (label, _) in enumerate(METRICS):
+        cells = [f"{statistics.median(r[index] for r in rows[config]):,.1f}"
+                 for config in configs if config in rows]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def idle(out):

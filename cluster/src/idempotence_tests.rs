@@ -265,8 +265,12 @@ fn a_retry_at_a_new_leader_of_a_committed_batch_gets_the_original_offsets() {
         assert_eq!(range(&mut next), (5, 6), "the sequence goes on");
 
         cluster.isolated.clear();
+        // Every replica has the records and knows they committed (its reads stop at
+        // its commit end).
         tick_until(&mut cluster, |cluster| {
-            NODES.iter().all(|node| log_end(cluster, *node) == 6)
+            NODES.iter().all(|node| {
+                log_end(cluster, *node) == 6 && cluster.replicas[node].high_watermark() == 6
+            })
         })
         .await;
         cluster.settle().await;
@@ -331,8 +335,12 @@ fn a_retry_at_a_new_leader_of_a_batch_not_yet_committed_waits_for_its_commit() {
         assert_eq!(range(&mut next), (5, 6), "the sequence goes on");
 
         cluster.isolated.clear();
+        // Every replica has the records and knows they committed (its reads stop at
+        // its commit end).
         tick_until(&mut cluster, |cluster| {
-            NODES.iter().all(|node| log_end(cluster, *node) == 6)
+            NODES.iter().all(|node| {
+                log_end(cluster, *node) == 6 && cluster.replicas[node].high_watermark() == 6
+            })
         })
         .await;
         cluster.settle().await;
@@ -378,8 +386,12 @@ fn a_retry_waiting_at_a_leader_that_steps_down_is_refused_and_goes_to_the_next()
         let mut moved = propose(&mut cluster, second_leader, &produced).unwrap();
         cluster.settle().await;
         assert_eq!(range(&mut moved), (0, 3));
+        // Every replica has the records and knows they committed (its reads stop at
+        // its commit end).
         tick_until(&mut cluster, |cluster| {
-            NODES.iter().all(|node| log_end(cluster, *node) == 3)
+            NODES.iter().all(|node| {
+                log_end(cluster, *node) == 3 && cluster.replicas[node].high_watermark() == 3
+            })
         })
         .await;
         let values = assert_identical(&cluster).await;

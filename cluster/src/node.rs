@@ -31,12 +31,13 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 use raft::eraftpb::Message;
-use ringlog_engine::batch::{BatchBuilder, RecordBatch};
+use ringlog_engine::batch::{BatchBuilder, FrameHeader, RecordBatch};
+use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::log::{Appended, PartitionId};
 use ringlog_engine::rt::{self, ShardHandle, TcpListener};
 use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
 use ringlog_engine::storage::DiskStorage;
-use ringlog_engine::topic::{shard_for, TopicConfig, TopicMeta, TopicName};
+use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, TopicName};
 
 use crate::controller::{CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
 use crate::limits::{CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX};
@@ -111,6 +112,10 @@ pub enum ClusterError {
     InvalidTopic(String),
     #[error("cluster configuration: {0}")]
     InvalidConfig(String),
+    #[error("invalid topic configuration: {0}")]
+    InvalidTopicConfig(String),
+    #[error("invalid partition count {0}: 1 to {PARTITIONS_PER_TOPIC_MAX}")]
+    InvalidPartitions(u32),
 }
 
 /// What a group's task last published: what routing and Metadata need.
@@ -141,6 +146,60 @@ struct Inner {
 #[derive(Clone)]
 pub struct Cluster {
     inner: Arc<Inner>,
+}
+
+impl ClusterError {
+    /// Whether every node refuses the same create-topic command with this error (a bad
+    /// name, configuration or partition count, a name taken): then the refusal is the
+    /// command's outcome everywhere, and applying goes on.
+    fn is_deterministic(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::InvalidTopic(_)
+                | ClusterError::InvalidTopicConfig(_)
+                | ClusterError::InvalidPartitions(_)
+                | ClusterError::TopicExists { .. }
+                | ClusterError::Engine(
+                    EngineError::Topic(
+                        TopicError::AlreadyExists { .. }
+                            | TopicError::Collides { .. }
+                            | TopicError::PartitionCount { .. }
+                            | TopicError::IdTaken { .. }
+                    ) | EngineError::TopicName(_)
+                )
+        )
+    }
+}
+
+/// What creating a replicated topic needs besides a free name: a partition count within
+/// bounds, no retention (a replica refuses it until snapshots exist), and no existing topic
+/// whose name collides ('.' and '_' alike). The proposer and every applying node check it.
+fn check_creatable(
+    engine: &Engine,
+    name: &TopicName,
+    partitions: u32,
+    config: &TopicConfig,
+) -> Result<(), ClusterError> {
+    if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
+        return Err(ClusterError::InvalidPartitions(partitions));
+    }
+    if config.retention_ms().is_some() || config.retention_bytes().is_some() {
+        return Err(ClusterError::InvalidTopicConfig(
+            "a replicated topic keeps all its data: retention.ms and retention.bytes must \
+             be -1 (retention needs snapshots, not built yet)"
+                .to_owned(),
+        ));
+    }
+    let key = name.collision_key();
+    if let Some(other) = (engine.topics().into_iter())
+        .find(|meta| meta.name != *name && meta.name.collision_key() == key)
+    {
+        return Err(ClusterError::InvalidTopic(format!(
+            "{name} collides with existing topic {} ('.' and '_' are alike)",
+            other.name
+        )));
+    }
+    Ok(())
 }
 
 /// A command to a group's task.
@@ -307,6 +366,8 @@ impl Cluster {
                 name: name.to_string(),
             });
         }
+        // What applying would refuse is refused here, so a committed command applies.
+        check_creatable(&self.inner.engine, &name, partitions, &config)?;
         let id = *uuid_v4().as_bytes();
         let command = CreateTopic::new(&name, id, partitions, &config);
         let mut builder = BatchBuilder::new();
@@ -505,7 +566,8 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
             let mut rest = bytes.as_slice();
-            while !rest.is_empty() {
+            // A read may end inside its last batch: that one is read again from `next`.
+            while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
                 let (batch, after) = RecordBatch::parse(rest)
                     .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
                 rest = after;
@@ -524,7 +586,19 @@ impl Cluster {
                     if record.key == Some(CREATE_TOPIC_KEY) {
                         let command = CreateTopic::decode(record.value.unwrap_or_default())
                             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
-                        self.apply_create_topic(&command).await?;
+                        match self.apply_create_topic(&command).await {
+                            Ok(()) => {}
+                            // Refused alike on every node: the command's outcome, not a
+                            // reason to stop applying the ones after it.
+                            Err(refused) if refused.is_deterministic() => {
+                                tracing::warn!(
+                                    topic = command.name,
+                                    error = %refused,
+                                    "a committed create-topic command is refused; skipped"
+                                );
+                            }
+                            Err(error) => return Err(error),
+                        }
                     }
                 }
                 next = batch_next;
@@ -551,7 +625,8 @@ impl Cluster {
             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         let config = command
             .config()
-            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+            .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
+        check_creatable(engine, &name, command.partitions, &config)?;
         let meta = engine
             .create_topic_with_id(name.as_str(), command.id, command.partitions, config)
             .await?;
@@ -573,6 +648,12 @@ impl Cluster {
             let owner = owner(&topic, partition, self.shards().len());
             self.shards()[owner]
                 .spawn(move || async move {
+                    let key: GroupKey = (Rc::from(topic.as_str()), partition);
+                    if local().is_some_and(|local| local.groups.borrow().contains_key(&key)) {
+                        // Opened already (the controller's applier and the start both
+                        // open a topic created just before a restart).
+                        return Ok(());
+                    }
                     let log = engine_shard::local_log(&topic, partition).ok_or_else(|| {
                         ClusterError::NoReplica {
                             topic: topic.clone(),

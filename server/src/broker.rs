@@ -57,7 +57,7 @@ impl Broker {
 
     /// Whether this node may answer reads of a partition: always alone; in a cluster, a
     /// replicated partition only at its leader (NOT_LEADER_OR_FOLLOWER elsewhere, and
-    /// LEADER_NOT_AVAILABLE while it has none). `epoch` is the client's leader epoch, or
+    /// while it has none). `epoch` is the client's leader epoch, or
     /// -1 when it sends none: an older one is FENCED_LEADER_EPOCH, a newer one (this
     /// node has not heard of it yet) UNKNOWN_LEADER_EPOCH, as Kafka answers.
     pub fn check_leader(&self, topic: &str, partition: u32, epoch: i32) -> Result<(), i16> {
@@ -68,7 +68,9 @@ impl Broker {
             return Err(ResponseError::NotLeaderOrFollower.code());
         };
         match status.leader {
-            None => return Err(ResponseError::LeaderNotAvailable.code()),
+            // During an election Kafka answers reads NOT_LEADER_OR_FOLLOWER too (the Java
+            // consumer has no case for LEADER_NOT_AVAILABLE in a fetch response).
+            None => return Err(ResponseError::NotLeaderOrFollower.code()),
             Some(leader) if leader != cluster.node_id() => {
                 return Err(ResponseError::NotLeaderOrFollower.code())
             }

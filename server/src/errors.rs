@@ -116,6 +116,8 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
         ClusterError::NotController { .. } => ResponseError::NotController,
         ClusterError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         ClusterError::InvalidTopic(_) => ResponseError::InvalidTopicException,
+        ClusterError::InvalidTopicConfig(_) => ResponseError::InvalidConfig,
+        ClusterError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         ClusterError::ApplyTimedOut { .. } => ResponseError::RequestTimedOut,
         _ => ResponseError::UnknownServerError,
     };

@@ -51,6 +51,27 @@ def create_topic(bootstrap, topic, partitions):
             time.sleep(0.5)
 
 
+def refused_topic(servers):
+    """Creates a topic the cluster must refuse (retention on a replicated topic); returns
+    the error's name. A refusal that only applying found would stop the controller, and
+    every later creation with it."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+        try:
+            admin.create_topics(
+                [NewTopic("refused", 1, 3, topic_configs={"retention.ms": "86400000"})]
+            )
+            return None
+        except KafkaError as error:
+            name = type(error).__name__
+            if "NotController" not in name or time.monotonic() > deadline:
+                return name
+            time.sleep(0.5)
+        finally:
+            admin.close()
+
+
 def leaders(producer, topic):
     metadata = producer._metadata
     found = {}
@@ -156,6 +177,7 @@ def consume(bootstrap, topic, partitions):
 
 def run(bootstrap, topic, partitions, count, work_dir, client):
     servers = bootstrap.split(",")
+    refused = refused_topic(servers)
     create_topic(servers, topic, partitions)
     producer = client(servers)
     deadline = time.monotonic() + DEADLINE_S
@@ -196,6 +218,7 @@ def run(bootstrap, topic, partitions, count, work_dir, client):
                 "leaders_before": before,
                 "leaders_after": after,
                 "offsets_dense": dense,
+                "refused": refused,
             }
         )
     )

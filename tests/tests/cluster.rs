@@ -199,6 +199,10 @@ fn leader_killed(mode: &'static str, idempotent: bool) {
     assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
     assert_eq!(result["acknowledged"], COUNT, "{result}");
     assert_eq!(result["offsets_dense"], true, "{result}");
+    assert_eq!(
+        result["refused"], "InvalidConfigurationError",
+        "retention on a replicated topic is refused before the controller commits it: {result}"
+    );
     if idempotent {
         assert_eq!(
             result["duplicates"],
