@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Replication on one machine (issue 15): what a three-node cluster (three `ringlog serve`
 # processes, every partition a Raft group on all three) costs against one node, measured
-# on the same machine, so the figures are about cost, not scale. Three measurements:
+# on the same machine, so the figures are about cost, not scale. Three measurements and a
+# profile:
 #
 #   throughput [RUNS] [DURATION_S] [TOPICS]
 #       acks=all produce of 1 KiB records (64 KiB batches of 63) by the native load
-#       generator, RUNS rounds interleaved, each on fresh data directories:
+#       generator, RUNS rounds (default 5) interleaved, each on fresh data directories:
 #         single-never   one `ringlog serve` (no cluster flags, 2 shards), topics at the
-#                        serve default flush.policy=never (acks=all answered once written)
-#         single-always  the same with flush.policy=always (answered once fdatasynced: the
-#                        durability a cluster replica gives every write)
+#                        serve default flush.policy=never
+#         single-always  the same with flush.policy=always (acks=all waits for an
+#                        fdatasync under either policy, README "Delivery semantics": the
+#                        two are the same limit measured twice)
 #         cluster        three nodes, 2 shards each, topics created through the controller
 #                        (replication factor 3; produce answered at Raft commit: a majority
 #                        wrote and fdatasynced it)
@@ -46,7 +48,8 @@
 # The raft timing is the server's (server/src/limits.rs): 100 ms ticks, election after 10
 # ticks randomized to 10-19 (1-2 s), heartbeats every 2 ticks; pre-vote and check-quorum.
 #
-# Usage: bench/scripts/cluster.sh throughput|failover|idle [ARGS...]
+# Usage: bench/scripts/cluster.sh throughput|failover|idle|profile [ARGS...]
+#        (as root: runs drop the page cache, see lib.sh; profile needs perf)
 # Env:   BIN_DIR (ringlog and ringlog-bench; default: build them into target/release),
 #        BENCH_DIR (data; default target/bench-tmp, the real disk, not tmpfs),
 #        BENCH_OUT (results; default target/bench-results/cluster-<what>-<timestamp>),
@@ -63,6 +66,13 @@ cd "$(dirname "$0")/../.."
 
 WHAT=${1:-}
 shift || true
+case "$WHAT" in
+throughput | failover | idle | profile) ;;
+*)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d'
+    exit 2
+    ;;
+esac
 DIR=${BENCH_DIR:-target/bench-tmp}
 OUT=${BENCH_OUT:-target/bench-results/cluster-$WHAT-$(date +%Y%m%d-%H%M%S)}
 PYTHON=${PYTHON:-target/e2e-venv/bin/python}
@@ -304,9 +314,5 @@ failover)
     machine_info "$DIR" | tee "$OUT/machine.txt" >&2
     "$PYTHON" bench/scripts/cluster_failover.py --ringlog "$RINGLOG" --data-parent "$DIR" \
         --out "$OUT" --kills "${1:-20}" | tee "$OUT/summary.md"
-    ;;
-*)
-    sed -n '2,/^set -euo/p' "$0" | sed '$d'
-    exit 2
     ;;
 esac
