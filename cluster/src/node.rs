@@ -355,19 +355,7 @@ impl Cluster {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
-        let name = TopicName::new(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
-        if !is_replicated(name.as_str()) {
-            return Err(ClusterError::InvalidTopic(format!(
-                "{name}: internal topics are not replicated"
-            )));
-        }
-        if self.inner.engine.topic(name.as_str()).is_some() {
-            return Err(ClusterError::TopicExists {
-                name: name.to_string(),
-            });
-        }
-        // What applying would refuse is refused here, so a committed command applies.
-        check_creatable(&self.inner.engine, &name, partitions, &config)?;
+        let name = self.check_new_topic(name, partitions, &config)?;
         let id = *uuid_v4().as_bytes();
         let command = CreateTopic::new(&name, id, partitions, &config);
         let mut builder = BatchBuilder::new();
@@ -390,6 +378,30 @@ impl Cluster {
                 name: name.to_string(),
             }),
         }
+    }
+
+    /// What creating the topic would refuse before proposing it (the name, an existing
+    /// topic, what applying refuses), without proposing: CreateTopics' `validate_only`.
+    pub fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: &TopicConfig,
+    ) -> Result<TopicName, ClusterError> {
+        let name = TopicName::new(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        if !is_replicated(name.as_str()) {
+            return Err(ClusterError::InvalidTopic(format!(
+                "{name}: internal topics are not replicated"
+            )));
+        }
+        if self.inner.engine.topic(name.as_str()).is_some() {
+            return Err(ClusterError::TopicExists {
+                name: name.to_string(),
+            });
+        }
+        // What applying would refuse is refused here, so a committed command applies.
+        check_creatable(&self.inner.engine, &name, partitions, config)?;
+        Ok(name)
     }
 
     /// Waits until this node applied the controller's log up to `offset`.

@@ -31,7 +31,8 @@ pub use layout::{Compression, TimestampType, HEADER_SIZE_BYTES, LOG_OVERHEAD_BYT
 // (`log/segment.rs`) and recovery's chunked scan: one layout for the whole engine.
 pub(crate) use layout::{
     declared_size_bytes, read_i16, read_i32, read_i64, BASE_OFFSET_AT, BASE_SEQUENCE_AT,
-    LAST_OFFSET_DELTA_AT, MAX_TIMESTAMP_AT, PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT,
+    LAST_OFFSET_DELTA_AT, MAX_TIMESTAMP_AT, PARTITION_LEADER_EPOCH_AT, PRODUCER_EPOCH_AT,
+    PRODUCER_ID_AT, RECORD_COUNT_AT,
 };
 pub use record::{Header, Record, Records};
 pub use stamp::{

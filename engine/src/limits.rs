@@ -130,3 +130,13 @@ pub const BATCH_CACHE_READ_CHUNK_BYTES: usize = 2 << 20;
 /// How far ahead of a catching-up consumer the log reads into the batch cache: the
 /// consumer's next fetches find their batches in memory while the disk reads further on.
 pub const BATCH_CACHE_READAHEAD_BYTES: u64 = 16 << 20;
+
+/// The most leader epochs a partition log remembers the first offset of
+/// (`log/epochs.rs`, 12 bytes each): a Raft term or Kafka leader epoch per election, so a
+/// partition reaches it only after that many leader changes; the oldest is then forgotten.
+pub const LEADER_EPOCHS_MAX: usize = 65_536;
+
+/// The largest `min.insync.replicas` a topic accepts: far above any replication factor a
+/// cluster of ringlog nodes has (one replica per node), so only nonsense is refused here;
+/// CreateTopics in a cluster checks it against the replication factor.
+pub const MIN_INSYNC_REPLICAS_MAX: u64 = 1024;

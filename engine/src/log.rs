@@ -32,6 +32,7 @@ mod cached_read;
 mod checkpoint;
 mod commit;
 mod durability;
+mod epochs;
 mod group;
 pub mod metrics;
 mod prealloc;
@@ -50,6 +51,8 @@ mod cache_tests;
 mod crash_tests;
 #[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod epoch_tests;
 #[cfg(test)]
 mod invariant_tests;
 #[cfg(test)]
@@ -79,9 +82,10 @@ use crate::storage::Storage;
 use crate::topic::{FlushPolicy, TopicConfig};
 
 pub use commit::CommitRefusal;
+pub use epochs::EPOCH_UNDEFINED;
 pub use prealloc::PreallocBudget;
 pub use producers::{ProducerBatch, ProducerError, Verdict as ProducerCheck};
-pub use read::{FetchSlice, FileRange, ReadRange};
+pub use read::{FetchSlice, FileRange, FoundOffset, ReadRange};
 pub use scan::ScanStop;
 
 #[cfg(any(test, feature = "fuzzing"))]
@@ -294,6 +298,8 @@ pub(crate) struct State<S: Storage> {
     /// Bumped when a truncation starts and again when it ends (odd while one runs), so a
     /// commit end looked up across one is looked up again (`log/commit.rs`).
     pub(crate) truncations: u64,
+    /// Each leader epoch's first offset, as far as the log was scanned (`log/epochs.rs`).
+    pub(crate) epochs: epochs::Epochs,
 }
 
 impl<S: Storage> State<S> {

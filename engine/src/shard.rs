@@ -50,7 +50,8 @@ use bytes::Bytes;
 use futures::future::join_all;
 
 use crate::log::{
-    Ack, Appended, LogError, Offsets, PartitionId, PartitionLog, PreallocBudget, ReadRange,
+    Ack, Appended, FoundOffset, LogError, Offsets, PartitionId, PartitionLog, PreallocBudget,
+    ReadRange,
 };
 use crate::rt::{self, Runtime, RuntimeConfig, ShardHandle};
 use crate::storage::DiskStorage;
@@ -577,7 +578,7 @@ impl Engine {
         topic: &str,
         partition: u32,
         timestamp_ms: i64,
-    ) -> Result<Option<(i64, i64)>, EngineError> {
+    ) -> Result<Option<FoundOffset>, EngineError> {
         self.on_log(topic, partition, move |log| async move {
             Ok(log.offset_for_timestamp(timestamp_ms).await?)
         })
@@ -589,9 +590,37 @@ impl Engine {
         &self,
         topic: &str,
         partition: u32,
-    ) -> Result<Option<(i64, i64)>, EngineError> {
+    ) -> Result<Option<FoundOffset>, EngineError> {
         self.on_log(topic, partition, |log| async move {
             Ok(log.max_timestamp_offset().await?)
+        })
+        .await
+    }
+
+    /// Where leader epoch `requested` ends in a partition led at epoch `current`, and the
+    /// largest epoch at or below it (see [`PartitionLog::epoch_end_offset`]).
+    pub async fn epoch_end_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        requested: i32,
+        current: i32,
+    ) -> Result<(i32, i64), EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            Ok(log.epoch_end_offset(requested, current).await?)
+        })
+        .await
+    }
+
+    /// The leader epoch of the batch holding `offset` (see [`PartitionLog::epoch_at`]).
+    pub async fn epoch_at(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<Option<i32>, EngineError> {
+        self.on_log(topic, partition, move |log| async move {
+            Ok(log.epoch_at(offset).await?)
         })
         .await
     }

@@ -13,12 +13,28 @@ use crate::handlers;
 use crate::protocol::Request;
 use crate::server::Lifecycle;
 use crate::zero_copy::Records;
-use ringlog_cluster::node::Cluster;
+use ringlog_cluster::node::{Cluster, GroupStatus};
 use ringlog_engine::shard::Engine;
 use ringlog_engine::topic::TopicMeta;
 
 /// The node id ringlog reports for itself (a single-node cluster).
 pub const NODE_ID: i32 = 0;
+
+/// Where a partition's leader is, for a client that asked another node (KIP-951).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderHint {
+    pub leader_id: i32,
+    pub leader_epoch: i32,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Whether a partition error tells the client to look for the leader, so a KIP-951 hint
+/// goes with it.
+pub fn wants_leader_hint(code: i16) -> bool {
+    code == ResponseError::NotLeaderOrFollower.code()
+        || code == ResponseError::FencedLeaderEpoch.code()
+}
 
 /// Shared state of the request handlers.
 pub struct Broker {
@@ -61,8 +77,20 @@ impl Broker {
     /// -1 when it sends none: an older one is FENCED_LEADER_EPOCH, a newer one (this
     /// node has not heard of it yet) UNKNOWN_LEADER_EPOCH, as Kafka answers.
     pub fn check_leader(&self, topic: &str, partition: u32, epoch: i32) -> Result<(), i16> {
+        self.leader_status(topic, partition, epoch).map(|_| ())
+    }
+
+    /// [`Broker::check_leader`], answering the group status it checked (`None` for a
+    /// partition that is not replicated), so a caller that needs the term or whether this
+    /// leader committed in it reads the same status the check passed.
+    pub fn leader_status(
+        &self,
+        topic: &str,
+        partition: u32,
+        epoch: i32,
+    ) -> Result<Option<GroupStatus>, i16> {
         let Some(cluster) = self.replicated(topic) else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(status) = cluster.status(topic, partition) else {
             return Err(ResponseError::NotLeaderOrFollower.code());
@@ -84,7 +112,24 @@ impl Broker {
                 std::cmp::Ordering::Equal => {}
             }
         }
-        Ok(())
+        Ok(Some(status))
+    }
+
+    /// KIP-951's hint for a client told NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH about
+    /// a replicated partition: the leader this node knows, at its epoch (the term), and that
+    /// leader's Kafka address; `None` when the partition is not replicated, has no leader
+    /// this node knows, or the leader's address is not known here yet.
+    pub fn leader_hint(&self, topic: &str, partition: u32) -> Option<LeaderHint> {
+        let cluster = self.replicated(topic)?;
+        let status = cluster.status(topic, partition)?;
+        let leader = status.leader?;
+        let (host, port) = cluster.brokers().remove(&leader)?;
+        Some(LeaderHint {
+            leader_id: node_id_i32(leader),
+            leader_epoch: i32::try_from(status.term).unwrap_or(i32::MAX),
+            host,
+            port,
+        })
     }
 
     /// The cluster layer if `topic` is one of its replicated topics.
@@ -132,6 +177,9 @@ impl Broker {
             RequestKind::ListOffsets(body) => {
                 ResponseKind::ListOffsets(handlers::list_offsets::handle(self, body, version).await)
             }
+            RequestKind::OffsetForLeaderEpoch(body) => ResponseKind::OffsetForLeaderEpoch(
+                handlers::offset_for_leader_epoch::handle(self, body).await,
+            ),
             RequestKind::CreateTopics(body) => {
                 ResponseKind::CreateTopics(handlers::topics::create(self, body, version).await)
             }
@@ -203,7 +251,7 @@ impl Broker {
         if let Some(meta) = self.engine.topic(name) {
             return Some(meta);
         }
-        if !self.config.auto_create_topics {
+        if !self.config.auto_create_topics || is_reserved(name) {
             return None;
         }
         let partitions = self.config.default_partitions;
@@ -234,6 +282,14 @@ impl Broker {
             Err(_) => self.engine.topic(name),
         }
     }
+}
+
+/// Whether `topic` is a name no client may create: the controller's log
+/// (`__cluster_metadata`, as in Kafka's KRaft), which lives in the data directory outside the
+/// topic registry, so a topic of that name would collide with it on disk — on a single node
+/// too, which may later join a cluster.
+pub fn is_reserved(topic: &str) -> bool {
+    topic == ringlog_cluster::controller::CONTROLLER_TOPIC
 }
 
 /// A cluster node id as Kafka's 32-bit broker id (the configuration refuses ids past

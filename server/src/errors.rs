@@ -104,12 +104,15 @@ fn screaming_snake(camel: &str) -> String {
 
 /// The Kafka error code for a failure of the cluster layer: a node that does not lead the
 /// partition (or the controller) says so, so the client refreshes its metadata and goes to
-/// the leader.
+/// the leader. A replica that failed answers as Kafka's broker answers for a partition it
+/// cannot serve: KAFKA_STORAGE_ERROR where its storage failed (the partition's log or its
+/// Raft journal), NOT_LEADER_OR_FOLLOWER otherwise (a stopped replica, a Raft error, an
+/// inconsistency): both are retriable, so a Java producer looks for the leader again rather
+/// than failing its records, which UNKNOWN_SERVER_ERROR would make it do.
 pub fn cluster_code(error: &ClusterError) -> i16 {
     let kind = match error {
         ClusterError::Engine(engine) => return code(engine),
-        ClusterError::Replica(ReplicaError::NotLeader { .. }) => ResponseError::NotLeaderOrFollower,
-        ClusterError::Replica(ReplicaError::Log { source, .. }) => return log_code(source),
+        ClusterError::Replica(replica) => return replica_code(replica),
         ClusterError::NoReplica { .. } | ClusterError::ShardStopped => {
             ResponseError::NotLeaderOrFollower
         }
@@ -119,9 +122,34 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
         ClusterError::InvalidTopicConfig(_) => ResponseError::InvalidConfig,
         ClusterError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         ClusterError::ApplyTimedOut { .. } => ResponseError::RequestTimedOut,
+        ClusterError::ControllerDir { .. } => ResponseError::KafkaStorageError,
         _ => ResponseError::UnknownServerError,
     };
     kind.code()
+}
+
+/// A replica's failure (see [`cluster_code`]).
+fn replica_code(error: &ReplicaError) -> i16 {
+    let kind = match error {
+        ReplicaError::Log { source, .. } => return log_code(source),
+        ReplicaError::Journal { .. } => ResponseError::KafkaStorageError,
+        _ => ResponseError::NotLeaderOrFollower,
+    };
+    kind.code()
+}
+
+/// The Kafka error code for a CreateTopics refused by the cluster layer: where any other
+/// request would answer NOT_LEADER_OR_FOLLOWER (this node does not lead the controller, its
+/// replica of the controller stopped), CreateTopics answers NOT_CONTROLLER, the code its
+/// clients retry on after refreshing the controller id; NOT_LEADER_OR_FOLLOWER is not a
+/// CreateTopics error.
+pub fn create_topic_code(error: &ClusterError) -> i16 {
+    let code = cluster_code(error);
+    if code == ResponseError::NotLeaderOrFollower.code() {
+        ResponseError::NotController.code()
+    } else {
+        code
+    }
 }
 
 #[cfg(test)]
@@ -276,5 +304,59 @@ mod tests {
             };
             assert_eq!(code(&EngineError::Log(failed)), 56, "errno {errno}");
         }
+    }
+
+    #[test]
+    fn a_failed_replica_answers_a_retriable_code() {
+        let partition = ringlog_engine::log::PartitionId {
+            topic: std::sync::Arc::from("t"),
+            partition: 0,
+        };
+        let replica = |error| ClusterError::Replica(error);
+        let inconsistent = replica(ReplicaError::Inconsistent {
+            partition: partition.clone(),
+            reason: "test".into(),
+        });
+        let unsupported = replica(ReplicaError::Unsupported {
+            partition: partition.clone(),
+            what: "test",
+        });
+        let not_leader = replica(ReplicaError::NotLeader {
+            partition: partition.clone(),
+            leader: Some(2),
+        });
+        for error in [&inconsistent, &unsupported, &not_leader] {
+            assert_eq!(
+                name(cluster_code(error)),
+                "NOT_LEADER_OR_FOLLOWER",
+                "{error}"
+            );
+            assert_eq!(name(create_topic_code(error)), "NOT_CONTROLLER", "{error}");
+        }
+        let failed = LogError::StorageFailed {
+            partition: partition.clone(),
+            source: ringlog_engine::log::StorageFailure::new(
+                "write",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ),
+        };
+        let log = replica(ReplicaError::Log {
+            partition,
+            source: failed,
+        });
+        assert_eq!(name(cluster_code(&log)), "KAFKA_STORAGE_ERROR");
+        assert_eq!(name(create_topic_code(&log)), "KAFKA_STORAGE_ERROR");
+        for error in [
+            ClusterError::NoReplica {
+                topic: "t".into(),
+                partition: 0,
+            },
+            ClusterError::ShardStopped,
+        ] {
+            assert_eq!(name(cluster_code(&error)), "NOT_LEADER_OR_FOLLOWER");
+            assert_eq!(name(create_topic_code(&error)), "NOT_CONTROLLER");
+        }
+        let exists = ClusterError::TopicExists { name: "t".into() };
+        assert_eq!(name(create_topic_code(&exists)), "TOPIC_ALREADY_EXISTS");
     }
 }

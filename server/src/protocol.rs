@@ -30,6 +30,8 @@ pub const SUPPORTED_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::DeleteRecords, 0, 2),
+    // After a leader change: librdkafka sends version 2, the Java client 3 and 4.
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     // Consumer groups (classic protocol). Low minimums on purpose: librdkafka, aiokafka,
     // kafkajs and kafka-python 2 stop at JoinGroup v5 / SyncGroup v3, and kafkajs never
     // reads the broker's minimum.

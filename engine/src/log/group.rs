@@ -396,6 +396,14 @@ pub(crate) fn finish<S: Storage>(
             });
             commit.on_batches_written(segment.base_offset, ends);
         }
+        let epochs = headers.iter().map(|(header, _)| {
+            (
+                header.leader_epoch,
+                header.base_offset,
+                header.last_offset + 1,
+            )
+        });
+        state.epochs.on_group_written(state.log_end, epochs);
         state.log_end = log_end;
         state.assert_at_rest();
     }

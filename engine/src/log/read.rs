@@ -74,6 +74,34 @@ impl<F> FetchSlice<F> {
     }
 }
 
+/// A record found by timestamp (Kafka's ListOffsets): its offset, its timestamp, and the
+/// leader epoch of its batch (`None` where the batch carries none, as the Java client
+/// writes -1 on a single node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundOffset {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub leader_epoch: Option<i32>,
+}
+
+impl FoundOffset {
+    /// The offset and timestamp.
+    pub fn pair(&self) -> (i64, i64) {
+        (self.offset, self.timestamp)
+    }
+
+    /// The record at or after `timestamp_ms` in the batch `bytes` (see
+    /// `first_record_at_or_after`), with its batch's epoch.
+    fn in_batch(bytes: &[u8], header: &BatchHeader, timestamp_ms: i64) -> FoundOffset {
+        let (offset, timestamp) = first_record_at_or_after(bytes, header, timestamp_ms);
+        FoundOffset {
+            offset,
+            timestamp,
+            leader_epoch: (header.leader_epoch >= 0).then_some(header.leader_epoch),
+        }
+    }
+}
+
 /// Where the bytes of one segment that a read may see end.
 pub(super) struct ReadTarget<F> {
     pub(super) base_offset: i64,
@@ -207,7 +235,7 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn offset_for_timestamp(
         &self,
         timestamp_ms: i64,
-    ) -> Result<Option<(i64, i64)>, LogError> {
+    ) -> Result<Option<FoundOffset>, LogError> {
         let hw = self.offsets().high_watermark;
         let candidates: Vec<(S::File, u64, u64)> = {
             let state = self.shared.state.borrow();
@@ -241,11 +269,7 @@ impl<S: Storage> PartitionLog<S> {
             if let Some((header, position)) = found {
                 let bytes = reader.read_at(position, header.size_bytes as usize).await;
                 let bytes = bytes.map_err(|e| self.shared.error_io("read segment", e))?;
-                return Ok(Some(first_record_at_or_after(
-                    &bytes,
-                    &header,
-                    timestamp_ms,
-                )));
+                return Ok(Some(FoundOffset::in_batch(&bytes, &header, timestamp_ms)));
             }
         }
         Ok(None)
@@ -343,19 +367,35 @@ pub(super) fn damaged<S: Storage>(
 }
 
 impl<S: Storage> PartitionLog<S> {
-    /// The record with the largest timestamp below the high watermark, as (offset,
-    /// timestamp); the first such record if several share it; `None` for an empty log
-    /// (Kafka's ListOffsets MAX_TIMESTAMP). For a compressed batch, its first offset.
-    pub async fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, LogError> {
+    /// The record with the largest timestamp below the high watermark, with its offset,
+    /// timestamp and batch epoch; the first such record if several share it; `None` for an
+    /// empty log (Kafka's ListOffsets MAX_TIMESTAMP). For a compressed batch, its first
+    /// offset.
+    ///
+    /// A segment's `max_timestamp` counts every batch written to it, and in a replicated
+    /// log batches above the commit end (the high watermark) are written but not committed:
+    /// the segment holding the high watermark may owe its maximum to one of those. Segments
+    /// wholly below the high watermark are judged by their maximum; the one holding it is
+    /// scanned over its committed batches, when its maximum could beat theirs.
+    pub async fn max_timestamp_offset(&self) -> Result<Option<FoundOffset>, LogError> {
         let hw = self.offsets().high_watermark;
-        let best = {
+        let (whole, straddling) = {
             let state = self.shared.state.borrow();
-            let mut best: Option<(i64, S::File, u64, u64)> = None;
+            let mut whole: Option<(i64, S::File, u64, u64)> = None;
+            let mut straddling = None;
             for segment in state.segments.values() {
                 if segment.max_timestamp == i64::MIN || segment.base_offset >= hw {
                     continue;
                 }
-                if best
+                if segment.offset_next > hw {
+                    straddling = Some((
+                        segment.max_timestamp,
+                        segment.reader.clone(),
+                        segment.size_bytes,
+                    ));
+                    continue;
+                }
+                if whole
                     .as_ref()
                     .is_none_or(|(ts, ..)| segment.max_timestamp > *ts)
                 {
@@ -363,41 +403,61 @@ impl<S: Storage> PartitionLog<S> {
                         .index
                         .lookup_timestamp(segment.max_timestamp)
                         .unwrap_or((0, 0));
-                    let entry = (
+                    let reader = segment.reader.clone();
+                    whole = Some((
                         segment.max_timestamp,
-                        segment.reader.clone(),
+                        reader,
                         u64::from(start),
-                    );
-                    best = Some((entry.0, entry.1, entry.2, segment.size_bytes));
+                        segment.size_bytes,
+                    ));
                 }
             }
-            best
+            (whole, straddling)
         };
-        let Some((max_timestamp, reader, start, end)) = best else {
-            return Ok(None);
-        };
-        let mut found: Option<(BatchHeader, u64)> = None;
-        scan_headers(&reader, start, end, |header, position| {
-            if header.base_offset >= hw {
-                return false;
+        let mut found: Option<(BatchHeader, u64, S::File)> = None;
+        if let Some((max_timestamp, reader, start, end)) = whole {
+            let mut hit = None;
+            scan_headers(&reader, start, end, |header, position| {
+                if header.max_timestamp == max_timestamp && header.base_offset < hw {
+                    hit = Some((*header, position));
+                    return false;
+                }
+                true
+            })
+            .await
+            .map_err(|e| self.shared.error_io("read segment", e))?;
+            found = hit.map(|(header, position)| (header, position, reader));
+        }
+        if let Some((segment_max, reader, end)) = straddling {
+            let best = found.as_ref().map(|(header, ..)| header.max_timestamp);
+            if best.is_none_or(|best| segment_max > best) {
+                let mut hit: Option<(BatchHeader, u64)> = None;
+                scan_headers(&reader, 0, end, |header, position| {
+                    if header.base_offset >= hw {
+                        return false;
+                    }
+                    let top = hit.map_or(best, |(top, _)| Some(top.max_timestamp));
+                    if top.is_none_or(|top| header.max_timestamp > top) {
+                        hit = Some((*header, position));
+                    }
+                    true
+                })
+                .await
+                .map_err(|e| self.shared.error_io("read segment", e))?;
+                if let Some((header, position)) = hit {
+                    found = Some((header, position, reader));
+                }
             }
-            if header.max_timestamp == max_timestamp {
-                found = Some((*header, position));
-                return false;
-            }
-            true
-        })
-        .await
-        .map_err(|e| self.shared.error_io("read segment", e))?;
-        let Some((header, position)) = found else {
+        }
+        let Some((header, position, reader)) = found else {
             return Ok(None);
         };
         let bytes = reader.read_at(position, header.size_bytes as usize).await;
         let bytes = bytes.map_err(|e| self.shared.error_io("read segment", e))?;
-        Ok(Some(first_record_at_or_after(
+        Ok(Some(FoundOffset::in_batch(
             &bytes,
             &header,
-            max_timestamp,
+            header.max_timestamp,
         )))
     }
 }

@@ -136,6 +136,7 @@ pub(crate) async fn open<S: Storage>(
         producers: super::producers::Producers::default(),
         commit: None,
         truncations: 0,
+        epochs: super::epochs::Epochs::new(log_start),
     };
     state.assert_at_rest();
     Ok(Shared {

@@ -175,6 +175,7 @@ pub(crate) async fn truncate_to<S: Storage>(
         if let Some(commit) = state.commit.as_mut() {
             commit.on_truncated(log_end);
         }
+        state.epochs.on_truncated(log_end);
     }
     shared.notify_waiters();
     cut

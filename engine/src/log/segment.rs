@@ -59,6 +59,9 @@ pub(crate) struct BatchHeader {
     pub(crate) producer_id: i64,
     pub(crate) producer_epoch: i16,
     pub(crate) base_sequence: i32,
+    /// The batch's `partitionLeaderEpoch`: a replicated log's Raft term; on a single node,
+    /// what the client wrote (librdkafka 0, the Java client -1).
+    pub(crate) leader_epoch: i32,
 }
 
 impl BatchHeader {
@@ -77,6 +80,7 @@ impl BatchHeader {
             producer_id: batch::read_i64(header, batch::PRODUCER_ID_AT),
             producer_epoch: batch::read_i16(header, batch::PRODUCER_EPOCH_AT),
             base_sequence: batch::read_i32(header, batch::BASE_SEQUENCE_AT),
+            leader_epoch: batch::read_i32(header, batch::PARTITION_LEADER_EPOCH_AT),
         })
     }
 }

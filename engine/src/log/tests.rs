@@ -418,16 +418,31 @@ fn offset_for_timestamp_finds_the_first_record_at_or_after() {
                 .await
                 .unwrap();
         }
-        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 0)));
         assert_eq!(
-            log.offset_for_timestamp(3005).await.unwrap(),
+            log.offset_for_timestamp(0).await.unwrap().map(|f| f.pair()),
+            Some((0, 0))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(3005)
+                .await
+                .unwrap()
+                .map(|f| f.pair()),
             Some((35, 3005))
         );
         assert_eq!(
-            log.offset_for_timestamp(3010).await.unwrap(),
+            log.offset_for_timestamp(3010)
+                .await
+                .unwrap()
+                .map(|f| f.pair()),
             Some((40, 4000))
         );
-        assert_eq!(log.offset_for_timestamp(1_000_000).await.unwrap(), None);
+        assert_eq!(
+            log.offset_for_timestamp(1_000_000)
+                .await
+                .unwrap()
+                .map(|f| f.pair()),
+            None
+        );
         log.close().await.unwrap();
     });
 }
@@ -437,7 +452,11 @@ fn the_largest_timestamp_is_found_record_exactly() {
     let dir = tempfile::tempdir().unwrap();
     run(async {
         let log = open(dir.path(), config(IoMode::Buffered)).await;
-        assert_eq!(log.max_timestamp_offset().await.unwrap(), None, "empty log");
+        assert_eq!(
+            log.max_timestamp_offset().await.unwrap().map(|f| f.pair()),
+            None,
+            "empty log"
+        );
         // Batch timestamps 1000*t + i for t in [3, 9, 2]: the largest, 9009, is the last
         // record of the second batch, offset 19.
         for (tag, time) in [(0, 3000), (1, 9000), (2, 2000)] {
@@ -445,11 +464,14 @@ fn the_largest_timestamp_is_found_record_exactly() {
                 .await
                 .unwrap();
         }
-        assert_eq!(log.max_timestamp_offset().await.unwrap(), Some((19, 9009)));
+        assert_eq!(
+            log.max_timestamp_offset().await.unwrap().map(|f| f.pair()),
+            Some((19, 9009))
+        );
         log.close().await.unwrap();
         let log = open(dir.path(), config(IoMode::Buffered)).await;
         assert_eq!(
-            log.max_timestamp_offset().await.unwrap(),
+            log.max_timestamp_offset().await.unwrap().map(|f| f.pair()),
             Some((19, 9009)),
             "after restart"
         );

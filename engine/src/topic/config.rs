@@ -15,8 +15,8 @@ mod pairs;
 
 use crate::batch::{TimestampType, BATCH_SIZE_BYTES_MAX, HEADER_SIZE_BYTES};
 use crate::limits::{
-    INDEX_INTERVAL_BYTES_MAX, PREALLOCATE_STEP_BYTES_MAX, SEGMENT_SIZE_BYTES_MAX,
-    SEGMENT_SIZE_BYTES_MIN, TOPIC_SETTING_VALUE_MAX,
+    INDEX_INTERVAL_BYTES_MAX, MIN_INSYNC_REPLICAS_MAX, PREALLOCATE_STEP_BYTES_MAX,
+    SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, TOPIC_SETTING_VALUE_MAX,
 };
 
 /// The config keys a topic understands, as CreateTopics, DescribeConfigs and AlterConfigs
@@ -49,6 +49,10 @@ pub mod keys {
     pub const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
     /// Kafka: `CreateTime` | `LogAppendTime`.
     pub const MESSAGE_TIMESTAMP_TYPE: &str = "message.timestamp.type";
+    /// Kafka: the fewest in-sync replicas (the leader included) a produce with acks=all
+    /// needs to a replicated partition; with fewer it is refused (NOT_ENOUGH_REPLICAS)
+    /// without being written. No effect on a single node, which is its only replica.
+    pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
     /// ringlog: `buffered` (page cache) | `direct` (O_DIRECT).
     pub const IO_MODE: &str = "ringlog.io.mode";
     /// ringlog: the largest step a partition preallocates its segment file by (steps start
@@ -57,7 +61,7 @@ pub mod keys {
     pub const PREALLOCATE_BYTES: &str = "ringlog.preallocate.bytes";
 
     /// Every key, in the order `TopicConfig::to_pairs` lists them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         FLUSH_POLICY,
         FLUSH_MS,
         FLUSH_BYTES,
@@ -69,6 +73,7 @@ pub mod keys {
         INDEX_INTERVAL_BYTES,
         MAX_MESSAGE_BYTES,
         MESSAGE_TIMESTAMP_TYPE,
+        MIN_INSYNC_REPLICAS,
         IO_MODE,
         PREALLOCATE_BYTES,
     ];
@@ -198,6 +203,7 @@ pub struct TopicConfig {
     index_interval_bytes: u32,
     max_message_bytes: u32,
     timestamp_type: TimestampType,
+    min_insync_replicas: u32,
     preallocate_bytes: u64,
 }
 
@@ -214,6 +220,7 @@ impl Default for TopicConfig {
             index_interval_bytes: INDEX_INTERVAL_BYTES_DEFAULT,
             max_message_bytes: MAX_MESSAGE_BYTES_DEFAULT,
             timestamp_type: TimestampType::CreateTime,
+            min_insync_replicas: 1,
             preallocate_bytes: PREALLOCATE_BYTES_DEFAULT,
         }
     }
@@ -267,6 +274,10 @@ impl TopicConfig {
     pub fn timestamp_type(&self) -> TimestampType {
         self.timestamp_type
     }
+    /// The fewest in-sync replicas an acks=all produce to a replicated partition needs.
+    pub fn min_insync_replicas(&self) -> u32 {
+        self.min_insync_replicas
+    }
     /// The largest step a partition's segment file grows by per fallocate (see
     /// `log/prealloc.rs` for how the step adapts); `0` preallocates only what each write
     /// needs.
@@ -289,6 +300,7 @@ impl TopicConfig {
         check_optional(keys::RETENTION_BYTES, self.retention_bytes)?;
         check(keys::INDEX_INTERVAL_BYTES, self.index_interval_bytes.into())?;
         check(keys::MAX_MESSAGE_BYTES, self.max_message_bytes.into())?;
+        check(keys::MIN_INSYNC_REPLICAS, self.min_insync_replicas.into())?;
         check(keys::PREALLOCATE_BYTES, self.preallocate_bytes)
     }
 }
@@ -346,6 +358,11 @@ impl TopicConfigBuilder {
         self.config.timestamp_type = timestamp_type;
         self
     }
+    /// See [`TopicConfig::min_insync_replicas`].
+    pub fn min_insync_replicas(mut self, min_insync_replicas: u32) -> Self {
+        self.config.min_insync_replicas = min_insync_replicas;
+        self
+    }
     /// See [`TopicConfig::preallocate_bytes`].
     pub fn preallocate_bytes(mut self, preallocate_bytes: u64) -> Self {
         self.config.preallocate_bytes = preallocate_bytes;
@@ -378,6 +395,7 @@ fn bounds(key: &'static str) -> Bounds {
         keys::INDEX_INTERVAL_BYTES => (0, INDEX_INTERVAL_BYTES_MAX.into(), false),
         keys::MAX_MESSAGE_BYTES => (HEADER_SIZE_BYTES as u64, BATCH_SIZE_BYTES_MAX as u64, false),
         keys::PREALLOCATE_BYTES => (0, PREALLOCATE_STEP_BYTES_MAX, false),
+        keys::MIN_INSYNC_REPLICAS => (1, MIN_INSYNC_REPLICAS_MAX, false),
         _ => unreachable!("no numeric bounds for config key {key}"),
     };
     Bounds {

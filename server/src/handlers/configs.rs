@@ -227,7 +227,10 @@ fn topic_entries(config: &TopicConfig, defaults: &TopicConfig) -> Vec<Entry> {
 fn topic_key_type(key: &str) -> i8 {
     match key {
         keys::FLUSH_POLICY | keys::MESSAGE_TIMESTAMP_TYPE | keys::IO_MODE => TYPE_STRING,
-        keys::SEGMENT_BYTES | keys::INDEX_INTERVAL_BYTES | keys::MAX_MESSAGE_BYTES => TYPE_INT,
+        keys::SEGMENT_BYTES
+        | keys::INDEX_INTERVAL_BYTES
+        | keys::MAX_MESSAGE_BYTES
+        | keys::MIN_INSYNC_REPLICAS => TYPE_INT,
         _ => TYPE_LONG,
     }
 }

@@ -25,25 +25,35 @@
 //! requests (epoch 0 or -1) whose forgotten topics mean nothing. A request continuing a
 //! session (any other epoch) names one ringlog never made: FETCH_SESSION_ID_NOT_FOUND.
 //!
-//! Versions 14 to 16 change nothing ringlog answers: 14 allows an error for tiered storage
-//! ringlog does not have, 15 moves the follower's replica id (ringlog has no followers),
-//! and 16 adds leader hints (KIP-951) that come only with NOT_LEADER_OR_FOLLOWER. ringlog
-//! leads every partition itself, so such a hint would name this node at the epoch the client
-//! already has and change nothing; those tagged fields stay absent.
+//! Versions 14 and 15 change nothing ringlog answers: 14 allows an error for tiered storage
+//! ringlog does not have, 15 moves the follower's replica id (ringlog's followers replicate
+//! through Raft, not Fetch). 16 adds leader hints (KIP-951): in a cluster, a partition
+//! answered NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH carries the leader this node
+//! knows and its epoch (`CurrentLeader`), and the response that leader's address
+//! (`NodeEndpoints`), so the consumer goes there without a metadata refresh.
+//!
+//! `DivergingEpoch` (version 12 on) is never filled: it tells a fetcher whose last epoch
+//! ends past where the leader's log has that epoch end, which happens only after an
+//! unclean truncation of data the fetcher already read. Raft never truncates committed
+//! entries, and consumers read only committed ones, so a consumer's position is always on
+//! the leader's log; OffsetForLeaderEpoch answers the same question for clients that ask.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::future::{join_all, select_all};
 use kafka_protocol::messages::fetch_request::FetchTopic;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::shard::{ReadRanges, SendablePiece};
 use ringlog_engine::topic::TopicMeta;
 use uuid::Uuid;
 
-use crate::broker::Broker;
+use crate::broker::{wants_leader_hint, Broker};
 use crate::connection::Budget;
 use crate::errors;
 use crate::zero_copy::{self, Records};
@@ -52,6 +62,8 @@ use crate::zero_copy::{self, Records};
 const TOPIC_ID_VERSION: i16 = 13;
 /// The first version with fetch sessions.
 const SESSION_VERSION: i16 = 7;
+/// The first version with KIP-951's leader hints.
+const LEADER_HINT_VERSION: i16 = 16;
 /// The session epochs of a full request: INITIAL (make a session) and FINAL (none).
 const FULL_REQUEST_EPOCHS: [i32; 2] = [0, -1];
 
@@ -124,7 +136,11 @@ pub async fn handle(
             .sum();
         let failed = results.iter().any(Result::is_err);
         if ready >= min_bytes || failed || Instant::now() >= deadline {
-            return respond(request, results, version);
+            let (response, files) = respond(request, results, version);
+            if version >= LEADER_HINT_VERSION {
+                return (with_leader_hints(broker, response, &names), files);
+            }
+            return (response, files);
         }
         wait_for_growth(broker, &wanted, &results, deadline).await;
     }
@@ -296,6 +312,46 @@ async fn wait_for_growth(
         return;
     }
     let _ = select_all(waits).await;
+}
+
+/// Adds KIP-951's hints to the partitions told to look for their leader: the leader and its
+/// epoch in the partition, its address once in `node_endpoints`. `names` are the response
+/// topics' names, in order (the response names them by id from version 13 on).
+fn with_leader_hints(
+    broker: &Broker,
+    mut response: FetchResponse,
+    names: &[Option<String>],
+) -> FetchResponse {
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    for (topic, name) in response.responses.iter_mut().zip(names) {
+        let Some(name) = name else {
+            continue;
+        };
+        for partition in &mut topic.partitions {
+            if !wants_leader_hint(partition.error_code) {
+                continue;
+            }
+            let Ok(index) = u32::try_from(partition.partition_index) else {
+                continue;
+            };
+            let Some(hint) = broker.leader_hint(name, index) else {
+                continue;
+            };
+            partition.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(hint.leader_id))
+                .with_leader_epoch(hint.leader_epoch);
+            if !endpoints.iter().any(|e| e.node_id.0 == hint.leader_id) {
+                endpoints.push(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(hint.leader_id))
+                        .with_host(StrBytes::from_string(hint.host))
+                        .with_port(i32::from(hint.port))
+                        .with_rack(None),
+                );
+            }
+        }
+    }
+    response.with_node_endpoints(endpoints)
 }
 
 fn respond(

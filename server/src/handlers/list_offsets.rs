@@ -6,7 +6,14 @@
 //! for a topic without it, which every ringlog topic is: the earliest local offset (-4) is
 //! the log start offset, and the latest tiered offset (-5) is -1, nothing being tiered.
 //! From version 7, -3 asks for the record with the largest timestamp (its offset and
-//! timestamp; -1 and -1 for an empty partition).
+//! timestamp; -1 and -1 for an empty partition), among the committed records of a
+//! replicated partition.
+//!
+//! The leader epoch answered (version 4 on) is the epoch of the batch holding the offset
+//! found (its `partitionLeaderEpoch`, -1 where it carries none, as the Java client's
+//! batches on a single node), and the current one for LATEST. In a cluster only the leader
+//! answers (see `Broker::leader_status`), and a leader that has not yet committed an entry
+//! of its own term answers LATEST with OFFSET_NOT_AVAILABLE (see [`answer`]).
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_response::{
@@ -14,6 +21,9 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 use kafka_protocol::ResponseError;
+
+use ringlog_engine::log::FoundOffset;
+use ringlog_engine::shard::EngineError;
 
 use crate::broker::Broker;
 use crate::errors;
@@ -40,30 +50,14 @@ pub async fn handle(
             let client_epoch = partition.current_leader_epoch;
             async move {
                 let entry = ListOffsetsPartitionResponse::default().with_partition_index(index);
-                // A single node's partitions are at leader epoch 0; a replicated one's is
-                // its group's term (the current one, not the term of the batch found).
-                let epoch = match u32::try_from(index) {
-                    Ok(partition) => leader_epoch(broker, &name, partition),
-                    Err(_) => 0,
-                };
-                let found = match u32::try_from(index) {
-                    Ok(partition) => broker.check_leader(&name, partition, client_epoch),
-                    Err(_) => Ok(()),
-                };
-                let found = match found {
-                    Ok(()) => lookup(broker, &name, index, timestamp).await,
-                    Err(code) => Err(code),
-                };
-                match found {
-                    // An offset of -1 (none found) has no epoch, and the field is there
-                    // from version 4 on.
-                    Ok((offset, timestamp)) => entry
-                        .with_offset(offset)
-                        .with_timestamp(timestamp)
-                        .with_leader_epoch(if version >= 4 && offset >= 0 {
-                            epoch
-                        } else {
-                            -1
+                match answer(broker, &name, index, timestamp, client_epoch).await {
+                    // The leader epoch is in responses from version 4 on.
+                    Ok(found) => entry
+                        .with_offset(found.offset)
+                        .with_timestamp(found.timestamp)
+                        .with_leader_epoch(match found.leader_epoch {
+                            Some(epoch) if version >= 4 => epoch,
+                            _ => -1,
                         }),
                     Err(code) => entry
                         .with_error_code(code)
@@ -82,46 +76,105 @@ pub async fn handle(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
-/// The partition's leader epoch: its group's term in a cluster, else 0.
-pub fn leader_epoch(broker: &Broker, topic: &str, partition: u32) -> i32 {
-    broker
-        .replicated(topic)
-        .and_then(|cluster| cluster.status(topic, partition))
-        .map_or(0, |status| i32::try_from(status.term).unwrap_or(i32::MAX))
-}
+/// What ListOffsets finds when there is nothing: offset and timestamp -1, no epoch.
+const NOT_FOUND: FoundOffset = FoundOffset {
+    offset: -1,
+    timestamp: -1,
+    leader_epoch: None,
+};
 
-async fn lookup(
+/// One partition's answer: the offset, its timestamp (-1 for the special timestamps) and
+/// the leader epoch of the batch holding it (the current one for LATEST, as Kafka answers).
+///
+/// The group's status is read once: the epoch answered for LATEST is the term that was
+/// checked. A leader that has not yet committed an entry of its own term has a commit end
+/// that may lie below what the previous leader already handed out (Raft commits earlier
+/// terms' entries only with one of the current term), so LATEST, and a lookup that finds
+/// nothing below its commit end, are OFFSET_NOT_AVAILABLE until it has, as Kafka answers
+/// while a new leader's high watermark lags its epoch's start; the client retries.
+async fn answer(
     broker: &Broker,
     topic: &str,
     index: i32,
     timestamp: i64,
-) -> Result<(i64, i64), i16> {
+    client_epoch: i32,
+) -> Result<FoundOffset, i16> {
     let partition =
         u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
+    let status = broker.leader_status(topic, partition, client_epoch)?;
+    // A single node's partitions are at leader epoch 0.
+    let current_epoch = status
+        .as_ref()
+        .map_or(0, |status| i32::try_from(status.term).unwrap_or(i32::MAX));
+    let lagging = status
+        .as_ref()
+        .is_some_and(|status| !status.leads_with_own_commit);
+    let not_available = ResponseError::OffsetNotAvailable.code();
     let engine = &broker.engine;
-    match timestamp {
-        LATEST | EARLIEST | EARLIEST_LOCAL | LATEST_TIERED => {
-            let offsets = engine
+    let code = |error: EngineError| errors::code(&error);
+    let found = match timestamp {
+        LATEST if lagging => return Err(not_available),
+        LATEST => FoundOffset {
+            offset: engine
                 .offsets(topic, partition)
                 .await
-                .map_err(|e| errors::code(&e))?;
-            let offset = match timestamp {
-                LATEST => offsets.high_watermark,
-                LATEST_TIERED => -1,
-                _ => offsets.log_start,
-            };
-            Ok((offset, -1))
+                .map_err(code)?
+                .high_watermark,
+            timestamp: -1,
+            leader_epoch: Some(current_epoch),
+        },
+        EARLIEST | EARLIEST_LOCAL => {
+            let log_start = engine
+                .offsets(topic, partition)
+                .await
+                .map_err(code)?
+                .log_start;
+            let epoch = engine.epoch_at(topic, partition, log_start).await;
+            FoundOffset {
+                offset: log_start,
+                timestamp: -1,
+                leader_epoch: epoch.map_err(code)?,
+            }
         }
+        LATEST_TIERED => NOT_FOUND,
         MAX_TIMESTAMP => {
             let found = engine.max_timestamp_offset(topic, partition).await;
-            Ok(found.map_err(|e| errors::code(&e))?.unwrap_or((-1, -1)))
+            nothing_below_commit(found.map_err(code)?, lagging)?
         }
         timestamp if timestamp >= 0 => {
             let found = engine
                 .offset_for_timestamp(topic, partition, timestamp)
                 .await;
-            Ok(found.map_err(|e| errors::code(&e))?.unwrap_or((-1, -1)))
+            nothing_below_commit(found.map_err(code)?, lagging)?
         }
-        _ => Err(ResponseError::UnsupportedVersion.code()),
+        _ => return Err(ResponseError::UnsupportedVersion.code()),
+    };
+    Ok(found)
+}
+
+/// A lookup's result; nothing found by a leader whose commit end may lag is
+/// OFFSET_NOT_AVAILABLE (see [`answer`]).
+fn nothing_below_commit(found: Option<FoundOffset>, lagging: bool) -> Result<FoundOffset, i16> {
+    match found {
+        Some(found) => Ok(found),
+        None if lagging => Err(ResponseError::OffsetNotAvailable.code()),
+        None => Ok(NOT_FOUND),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_found_by_a_lagging_leader_is_not_available() {
+        let found = FoundOffset {
+            offset: 7,
+            timestamp: 70,
+            leader_epoch: Some(3),
+        };
+        assert_eq!(nothing_below_commit(Some(found), true), Ok(found));
+        assert_eq!(nothing_below_commit(None, false), Ok(NOT_FOUND));
+        assert_eq!(nothing_below_commit(None, true), Err(78));
     }
 }

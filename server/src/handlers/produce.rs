@@ -11,24 +11,39 @@
 //! and not stored again; a gap is OUT_OF_ORDER_SEQUENCE_NUMBER, an older epoch
 //! INVALID_PRODUCER_EPOCH (see `errors.rs` and the engine's `log/producers.rs`).
 //!
-//! Versions 10 and 11 change nothing ringlog answers. 10 adds leader hints (KIP-951) that
-//! come only with NOT_LEADER_OR_FOLLOWER; ringlog leads every partition itself, so a hint
-//! would name this node at the epoch the client already has and change nothing, and those
-//! tagged fields stay absent. 11 allows TRANSACTION_ABORTABLE, and ringlog has no
-//! transactions. Version 13 names topics by id; 12 and 13 are not implemented.
+//! In a cluster, a replicated partition's batches are proposed to its Raft group and
+//! answered at commit (see [`replicated`]). A node that does not lead the partition answers
+//! NOT_LEADER_OR_FOLLOWER, and from version 10 on (KIP-951) says where the leader is: the
+//! partition's `CurrentLeader` (the leader this node knows and its epoch, the Raft term)
+//! and that leader's address in the response's `NodeEndpoints`, so the client retries
+//! there without waiting for a metadata refresh. Without a known leader (an election) the
+//! hint is absent. A single node leads every partition itself and never gives one.
+//!
+//! acks=all to a replicated partition with fewer in-sync replicas than the topic's
+//! `min.insync.replicas` is refused with NOT_ENOUGH_REPLICAS before anything is proposed,
+//! as Kafka refuses it (Raft's majority would refuse to commit without one anyway; the
+//! setting asks for more than a majority, or fails fast rather than at the timeout).
+//!
+//! Version 11 allows TRANSACTION_ABORTABLE, and ringlog has no transactions. Version 13
+//! names topics by id; 12 and 13 are not implemented.
 
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::TopicProduceData;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_engine::log::Ack;
 
-use crate::broker::Broker;
+use ringlog_cluster::node::GroupStatus;
+
+use crate::broker::{wants_leader_hint, Broker};
 use crate::errors;
 
 pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> ProduceResponse {
+    let acks = request.acks;
     let ack = match request.acks {
         -1 => Ack::Durable,
         0 | 1 => Ack::Written,
@@ -60,6 +75,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                 // the batch headers and writes the records from it, with no copy here.
                 let batches = partition.records.unwrap_or_default();
                 if let Some(cluster) = broker.replicated(&name) {
+                    if acks == -1 {
+                        let refused = refuse_below_min_insync(broker, cluster, &name, partition_id);
+                        if let Some(refused) = refused {
+                            return refused.with_index(index);
+                        }
+                    }
                     return replicated(broker, cluster, &name, partition_id, batches, version)
                         .await
                         .with_index(index);
@@ -92,7 +113,85 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                 .with_partition_responses(partition_responses),
         );
     }
-    ProduceResponse::default().with_responses(topics)
+    let response = ProduceResponse::default().with_responses(topics);
+    if version >= LEADER_HINT_VERSION {
+        with_leader_hints(broker, response)
+    } else {
+        response
+    }
+}
+
+/// The first version with KIP-951's leader hints.
+const LEADER_HINT_VERSION: i16 = 10;
+
+/// Adds KIP-951's hints to the partitions told to look for their leader: the leader and its
+/// epoch in the partition, its address once in `node_endpoints`.
+fn with_leader_hints(broker: &Broker, mut response: ProduceResponse) -> ProduceResponse {
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    for topic in &mut response.responses {
+        for partition in &mut topic.partition_responses {
+            if !wants_leader_hint(partition.error_code) {
+                continue;
+            }
+            let Ok(index) = u32::try_from(partition.index) else {
+                continue;
+            };
+            let Some(hint) = broker.leader_hint(topic.name.0.as_str(), index) else {
+                continue;
+            };
+            partition.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(hint.leader_id))
+                .with_leader_epoch(hint.leader_epoch);
+            if !endpoints.iter().any(|e| e.node_id.0 == hint.leader_id) {
+                endpoints.push(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(hint.leader_id))
+                        .with_host(StrBytes::from_string(hint.host))
+                        .with_port(i32::from(hint.port))
+                        .with_rack(None),
+                );
+            }
+        }
+    }
+    response.with_node_endpoints(endpoints)
+}
+
+/// Refuses an acks=all produce to a partition this node leads with fewer in-sync voters
+/// than the topic's `min.insync.replicas`: NOT_ENOUGH_REPLICAS, with the message Kafka's
+/// broker gives, and nothing proposed. A node that does not lead the partition passes:
+/// proposing there answers NOT_LEADER_OR_FOLLOWER, which the client needs to find the
+/// leader.
+fn refuse_below_min_insync(
+    broker: &Broker,
+    cluster: &ringlog_cluster::node::Cluster,
+    topic: &str,
+    partition: u32,
+) -> Option<PartitionProduceResponse> {
+    let status = cluster.status(topic, partition)?;
+    let min_insync =
+        (broker.engine.topic(topic)).map_or(1, |meta| meta.config.min_insync_replicas());
+    let message = below_min_insync(&status, cluster.node_id(), min_insync)?;
+    tracing::debug!(topic, partition, %message, "produce refused");
+    Some(
+        PartitionProduceResponse::default()
+            .with_error_code(ResponseError::NotEnoughReplicas.code())
+            .with_base_offset(-1)
+            .with_error_message(Some(StrBytes::from_string(message))),
+    )
+}
+
+/// Why a produce with acks=all is refused at `node` by `status` under `min_insync`, if it
+/// is: only where `node` leads.
+fn below_min_insync(status: &GroupStatus, node: u64, min_insync: u32) -> Option<String> {
+    let in_sync = status.in_sync.len();
+    if status.leader != Some(node) || in_sync >= min_insync as usize {
+        return None;
+    }
+    Some(format!(
+        "the size of the current ISR {:?} ({in_sync}) is below min.insync.replicas \
+         ({min_insync}) for this partition",
+        status.in_sync
+    ))
 }
 
 /// A replicated partition's batches: proposed to its group, answered when committed (a
@@ -156,4 +255,31 @@ fn refuse_topic(topic: TopicProduceData, error: ResponseError) -> TopicProduceRe
     TopicProduceResponse::default()
         .with_name(topic.name)
         .with_partition_responses(partitions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_all_needs_min_insync_replicas_at_the_leader_only() {
+        let status = |leader, in_sync: &[u64]| GroupStatus {
+            leader: Some(leader),
+            term: 3,
+            in_sync: in_sync.to_vec(),
+            ..GroupStatus::default()
+        };
+        assert_eq!(below_min_insync(&status(1, &[1, 2, 3]), 1, 3), None);
+        assert_eq!(below_min_insync(&status(1, &[1, 2]), 1, 2), None);
+        let refused = below_min_insync(&status(1, &[1, 2]), 1, 3).unwrap();
+        assert!(
+            refused.contains("(2) is below min.insync.replicas (3)"),
+            "{refused}"
+        );
+        assert_eq!(
+            below_min_insync(&status(2, &[2]), 1, 3),
+            None,
+            "not the leader"
+        );
+    }
 }

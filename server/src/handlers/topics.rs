@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, NODE_ID};
 use crate::errors;
+use ringlog_cluster::node::ClusterError;
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::TopicConfig;
 
@@ -36,6 +37,15 @@ pub async fn create(
     for topic in request.topics {
         let result = CreatableTopicResult::default().with_name(topic.name.clone());
         let name = topic.name.0.as_str().to_owned();
+        if crate::broker::is_reserved(&name) {
+            let message = format!("{name} is reserved for the cluster's metadata log");
+            results.push(failed(
+                result,
+                ResponseError::InvalidTopicException,
+                &message,
+            ));
+            continue;
+        }
         let (partitions, config) = match checked_topic(broker, &topic) {
             Ok(checked) => checked,
             Err((error, message)) => {
@@ -43,6 +53,20 @@ pub async fn create(
                 continue;
             }
         };
+        if let Some(cluster) = broker.replicated(&name) {
+            results.push(
+                create_replicated(
+                    cluster,
+                    result,
+                    &name,
+                    partitions,
+                    config,
+                    request.validate_only,
+                )
+                .await,
+            );
+            continue;
+        }
         if request.validate_only {
             let valid = ringlog_engine::topic::TopicName::new(name.as_str()).is_ok();
             results.push(if valid {
@@ -56,21 +80,6 @@ pub async fn create(
                     "invalid topic name",
                 )
             });
-            continue;
-        }
-        if let Some(cluster) = broker.replicated(&name) {
-            let factor = i16::try_from(cluster.voters().len()).unwrap_or(i16::MAX);
-            results.push(
-                match cluster.create_topic(&name, partitions, config).await {
-                    Ok(meta) => result
-                        .with_topic_id(Uuid::from_bytes(meta.id))
-                        .with_num_partitions(i32::try_from(meta.partitions).unwrap_or(i32::MAX))
-                        .with_replication_factor(factor),
-                    Err(error) => result
-                        .with_error_code(errors::cluster_code(&error))
-                        .with_error_message(Some(StrBytes::from_string(error.to_string()))),
-                },
-            );
             continue;
         }
         results.push(
@@ -90,6 +99,46 @@ pub async fn create(
         .map(|result| created_for_version(result, version))
         .collect();
     CreateTopicsResponse::default().with_topics(results)
+}
+
+/// Creates a replicated topic through the controller, or with `validate_only` checks what
+/// creating it would check, this node leading the controller included (a request another
+/// node would refuse is not reported valid), and answers the replication factor it would
+/// get: the cluster's size.
+async fn create_replicated(
+    cluster: &ringlog_cluster::node::Cluster,
+    result: CreatableTopicResult,
+    name: &str,
+    partitions: u32,
+    config: TopicConfig,
+    validate_only: bool,
+) -> CreatableTopicResult {
+    let factor = i16::try_from(cluster.voters().len()).unwrap_or(i16::MAX);
+    let outcome = if validate_only {
+        let leads = cluster.controller() == Some(cluster.node_id());
+        let checked = if leads {
+            cluster
+                .check_new_topic(name, partitions, &config)
+                .map(|_| ())
+        } else {
+            Err(ClusterError::NotController {
+                leader: cluster.controller(),
+            })
+        };
+        checked.map(|()| (None, partitions))
+    } else {
+        (cluster.create_topic(name, partitions, config).await)
+            .map(|meta| (Some(Uuid::from_bytes(meta.id)), meta.partitions))
+    };
+    match outcome {
+        Ok((id, partitions)) => result
+            .with_topic_id(id.unwrap_or_else(Uuid::nil))
+            .with_num_partitions(i32::try_from(partitions).unwrap_or(i32::MAX))
+            .with_replication_factor(factor),
+        Err(error) => result
+            .with_error_code(errors::create_topic_code(&error))
+            .with_error_message(Some(StrBytes::from_string(error.to_string()))),
+    }
 }
 
 /// A creatable topic's partition count (-1: the server default) and configuration (the
@@ -137,7 +186,31 @@ fn checked_topic(
     config
         .apply_all(pairs)
         .map_err(|error| (ResponseError::InvalidConfig, error.to_string()))?;
+    check_min_insync(
+        &config,
+        broker.replicated(topic.name.0.as_str()).map(|_| factor),
+    )?;
     Ok((partitions, config))
+}
+
+/// In a cluster, `min.insync.replicas` above the replication factor would refuse every
+/// acks=all produce: refused at creation (INVALID_CONFIG). A single node is its partitions'
+/// only replica and ignores the setting.
+fn check_min_insync(
+    config: &TopicConfig,
+    factor: Option<usize>,
+) -> Result<(), (ResponseError, String)> {
+    let min_insync = config.min_insync_replicas();
+    match factor {
+        Some(factor) if min_insync as usize > factor => Err((
+            ResponseError::InvalidConfig,
+            format!(
+                "min.insync.replicas={min_insync} is above the replication factor {factor}: \
+                 no produce with acks=all could succeed"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Clears the fields `version` does not have (counts from 5, topic ids from 7).
@@ -328,6 +401,25 @@ mod tests {
     use kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment;
 
     use super::*;
+
+    #[test]
+    fn min_insync_replicas_may_not_exceed_a_clusters_replication_factor() {
+        let config = |n| {
+            TopicConfig::builder()
+                .min_insync_replicas(n)
+                .build()
+                .unwrap()
+        };
+        assert!(check_min_insync(&config(3), Some(3)).is_ok());
+        assert!(check_min_insync(&config(2), Some(3)).is_ok());
+        let (code, message) = check_min_insync(&config(4), Some(3)).unwrap_err();
+        assert_eq!(code, ResponseError::InvalidConfig);
+        assert!(message.contains("min.insync.replicas=4"), "{message}");
+        assert!(
+            check_min_insync(&config(4), None).is_ok(),
+            "a single node ignores it"
+        );
+    }
 
     #[test]
     fn partition_counts_must_grow_and_stay_within_the_limit() {

@@ -49,6 +49,9 @@ impl TopicConfig {
                 self.max_message_bytes = narrow(key, parse_required(key, value)?)?;
             }
             keys::MESSAGE_TIMESTAMP_TYPE => self.timestamp_type = parse_timestamp_type(value)?,
+            keys::MIN_INSYNC_REPLICAS => {
+                self.min_insync_replicas = narrow(key, parse_required(key, value)?)?;
+            }
             keys::IO_MODE => self.io_mode = parse_io_mode(value)?,
             keys::PREALLOCATE_BYTES => self.preallocate_bytes = parse_required(key, value)?,
             _ => unreachable!("known_key returned {key}, which apply does not handle"),
@@ -135,6 +138,7 @@ impl TopicConfig {
             keys::INDEX_INTERVAL_BYTES => self.index_interval_bytes.to_string(),
             keys::MAX_MESSAGE_BYTES => self.max_message_bytes.to_string(),
             keys::MESSAGE_TIMESTAMP_TYPE => timestamp_type_word(self.timestamp_type).to_owned(),
+            keys::MIN_INSYNC_REPLICAS => self.min_insync_replicas.to_string(),
             keys::IO_MODE => io_mode_word(self.io_mode).to_owned(),
             keys::PREALLOCATE_BYTES => self.preallocate_bytes.to_string(),
             _ => unreachable!("value_of called with unknown key {key}"),
