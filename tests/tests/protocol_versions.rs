@@ -25,12 +25,15 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_response::LeaderIdAndEpoch;
 use kafka_protocol::messages::{
     alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
     BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest,
+    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_server::protocol::SUPPORTED_VERSIONS;
@@ -107,6 +110,7 @@ impl Matrix {
             ApiKey::DeleteGroups => groups::delete_groups(&mut c, version),
             ApiKey::OffsetDelete => groups::offset_delete(&mut c, version),
             ApiKey::InitProducerId => init_producer_id(&mut c, version),
+            ApiKey::OffsetForLeaderEpoch => self.offset_for_leader_epoch(&mut c, version),
             other => bail!("no request for {other:?} in the version matrix: add one"),
         }
     }
@@ -320,6 +324,44 @@ impl Matrix {
         ensure!(
             got == want,
             "(partition, error, offset) {got:?}, want {want:?}"
+        );
+        Ok(())
+    }
+
+    /// A single node leads at epoch 0: epoch 0 ends at the log end (its current epoch),
+    /// epoch -1 (none) has no answer, and an unknown partition is refused.
+    fn offset_for_leader_epoch(&self, c: &mut Connection, version: i16) -> anyhow::Result<()> {
+        let high_watermark = self.high_watermark(TOPIC, 0)?;
+        let partition = |index, epoch| {
+            OffsetForLeaderPartition::default()
+                .with_partition(index)
+                .with_current_leader_epoch(0)
+                .with_leader_epoch(epoch)
+        };
+        let request = OffsetForLeaderEpochRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![OffsetForLeaderTopic::default()
+                .with_topic(topic_name(TOPIC))
+                .with_partitions(vec![
+                    partition(0, 0),
+                    partition(0, -1),
+                    partition(9, 0),
+                ])]);
+        let response = c.call(&request, version)?;
+        let topic = single(&response.topics, "topic")?;
+        let got: Vec<(i32, i16, i32, i64)> = topic
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        let want = vec![
+            (0, NONE, 0, high_watermark),
+            (0, NONE, -1, -1),
+            (9, UNKNOWN_TOPIC_OR_PARTITION, -1, -1),
+        ];
+        ensure!(
+            got == want,
+            "(partition, error, epoch, end offset) {got:?}, want {want:?}"
         );
         Ok(())
     }
