@@ -7,8 +7,10 @@
 //! commit (the high watermark), and leadership.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod applied;
 pub mod controller;
 pub mod entries;
+mod inbox;
 pub mod journal;
 pub mod limits;
 pub mod logger;

@@ -32,6 +32,17 @@ pub const CONTROLLER_READ_BYTES_MAX: u64 = 1024 * 1024;
 /// opening: milliseconds).
 pub const CONTROLLER_APPLY_WAIT_MS: u64 = 10_000;
 
+/// How long creating a topic waits for the controller to commit its command, in
+/// milliseconds (a commit takes a round trip and an fdatasync on a majority).
+pub const CONTROLLER_PROPOSE_TIMEOUT_MS: u64 = 10_000;
+
+/// Peers' messages and proposals a group's inbox holds (ticks are a flag beside it, never
+/// queued). A peer's message that finds the inbox full is dropped and counted (Raft sends
+/// again), a proposal refused with a retriable error: a group whose task is held up (a slow
+/// fsync) makes its senders wait or retry instead of queueing without limit. A follower
+/// receives at most `APPEND_MESSAGES_IN_FLIGHT_MAX` appends and a few heartbeats and votes.
+pub const GROUP_INBOX_COMMANDS_MAX: usize = 4 * APPEND_MESSAGES_IN_FLIGHT_MAX;
+
 /// The largest frame between nodes (`transport.rs`), counted as its length field counts it:
 /// kind and body. raft-rs fills an append message with entries up to
 /// `APPEND_MESSAGE_BYTES_MAX` (their own encodings, not the 2 to 6 bytes each takes in the

@@ -10,7 +10,15 @@
 //!   [`Replica::process_ready`] until nothing is ready, and hands the messages to the
 //!   shard's [`Transport`]. A replica that fails (a failed write, an inconsistency) stops
 //!   its task, is reported, and answers nothing more until the node restarts.
-//! - **Ticks** come from one timer task per shard, every [`ClusterConfig::tick`].
+//! - **The inbox is bounded** (`GROUP_INBOX_COMMANDS_MAX`): a peer's message that finds it
+//!   full is dropped and counted ([`Cluster::steps_dropped`]; Raft sends again), a proposal
+//!   is refused with [`ClusterError::InboxFull`], which a client retries.
+//! - **Ticks** come from one timer task per shard, every [`ClusterConfig::tick`]. A tick is
+//!   a flag in the inbox that the task clears, not a queued command: a task held up by a
+//!   slow fsync ticks once when it is back, never a burst that starts elections.
+//! - **Proposals have a deadline** (the caller's): past it the caller is answered
+//!   [`ClusterError::ProposalTimedOut`]; a proposal still in the inbox then is not made,
+//!   one already made may still commit (as a Kafka produce that timed out may).
 //! - **Routing.** A peer's message arrives on whichever shard accepted the connection and
 //!   is sent to the owner's mailbox unless it is the owner (see `transport.rs`).
 //! - **Status.** Each group task publishes its leader, term and in-sync voters into a
@@ -23,13 +31,13 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::channel::{mpsc, oneshot};
-use futures::StreamExt;
+use futures::channel::oneshot;
 use raft::eraftpb::Message;
 use ringlog_engine::batch::{BatchBuilder, FrameHeader, RecordBatch};
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
@@ -39,8 +47,11 @@ use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
 use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, TopicName};
 
+use crate::applied::{Applied, Stopped};
 use crate::controller::{CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
+use crate::inbox::{self, Inbox};
 use crate::limits::{CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX};
+use crate::limits::{CONTROLLER_PROPOSE_TIMEOUT_MS, GROUP_INBOX_COMMANDS_MAX};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::transport::{self, Hello, Incoming, Transport};
 
@@ -108,6 +119,23 @@ pub enum ClusterError {
     },
     #[error("a shard of this node stopped")]
     ShardStopped,
+    /// The group's inbox is full (its task is held up): a retriable refusal.
+    #[error("{topic}-{partition}: the replica's inbox is full; try again")]
+    InboxFull { topic: String, partition: u32 },
+    /// The proposal did not commit within its deadline. It may still commit.
+    #[error("{topic}-{partition}: the proposal did not commit within {ms} ms")]
+    ProposalTimedOut {
+        topic: String,
+        partition: u32,
+        ms: u64,
+    },
+    /// A group's task found its inbox gone (its replica was taken off the shard).
+    #[error("{topic}-{partition}: the replica's inbox closed")]
+    InboxClosed { topic: String, partition: u32 },
+    /// This node's applier of the controller's commands stopped (its error is logged):
+    /// nothing the controller commits is applied here until the node restarts.
+    #[error("the controller's commands no longer apply on this node")]
+    ControllerStopped,
     #[error("invalid topic: {0}")]
     InvalidTopic(String),
     #[error("cluster configuration: {0}")]
@@ -139,7 +167,9 @@ struct Inner {
     /// Kafka addresses (host, port) of the nodes heard from (this one included).
     brokers: Mutex<BTreeMap<u64, (String, u16)>>,
     /// The controller log's offset applied so far.
-    controller_applied: std::sync::atomic::AtomicI64,
+    controller_applied: AtomicI64,
+    /// Peers' messages dropped because their group's inbox was full (every shard's).
+    steps_dropped: Arc<AtomicU64>,
 }
 
 /// The node's cluster layer: `Send + Sync`, cheap to clone.
@@ -202,25 +232,31 @@ fn check_creatable(
     Ok(())
 }
 
-/// A command to a group's task.
+/// A command to a group's task (ticks are a flag of its inbox, see `inbox.rs`).
 enum Command {
-    Tick,
     Step(Message),
     Propose {
         batches: Bytes,
         max_message_bytes: usize,
-        reply: oneshot::Sender<Result<oneshot::Receiver<ProposalResult>, ReplicaError>>,
+        /// The term the proposer decided under, if it must be written in that term only.
+        expected_term: Option<u64>,
+        reply: oneshot::Sender<ProposeAnswer>,
     },
 }
 
 type ProposalResult = Result<Appended, ReplicaError>;
+type ProposeAnswer = Result<oneshot::Receiver<ProposalResult>, ReplicaError>;
 type GroupKey = (Rc<str>, u32);
 
 /// A shard's part of the node.
 struct Local {
     shard: usize,
     transport: Rc<Transport>,
-    groups: RefCell<HashMap<GroupKey, mpsc::UnboundedSender<Command>>>,
+    groups: RefCell<HashMap<GroupKey, Rc<Inbox<Command>>>>,
+    /// How far the controller's log is applied (used on shard 0, the controller's).
+    controller_applied: Applied,
+    /// The node's count of peers' messages dropped at a full inbox.
+    steps_dropped: Arc<AtomicU64>,
 }
 
 thread_local! {
@@ -245,7 +281,8 @@ impl Cluster {
                 config,
                 status: Mutex::new(HashMap::new()),
                 brokers: Mutex::new(brokers),
-                controller_applied: std::sync::atomic::AtomicI64::new(0),
+                controller_applied: AtomicI64::new(0),
+                steps_dropped: Arc::new(AtomicU64::new(0)),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -307,44 +344,40 @@ impl Cluster {
     }
 
     /// Proposes a produce request's batches to the partition's group; answers when they
-    /// commit, with their offsets.
+    /// commit, with their offsets, or [`ClusterError::ProposalTimedOut`] after `timeout`
+    /// (a proposal still queued then is not made; one made may still commit). With
+    /// `expected_term`, the replica refuses the proposal unless that is its term
+    /// ([`ReplicaError::TermChanged`]).
     pub async fn propose(
         &self,
         topic: &str,
         partition: u32,
         batches: Bytes,
         max_message_bytes: usize,
+        expected_term: Option<u64>,
+        timeout: Duration,
     ) -> Result<Appended, ClusterError> {
         let owner = owner(topic, partition, self.shards().len());
-        let key_topic = topic.to_owned();
-        let answer = self.shards()[owner]
+        let topic = topic.to_owned();
+        self.shards()[owner]
             .spawn(move || async move {
-                let no_replica = || ClusterError::NoReplica {
-                    topic: key_topic.clone(),
-                    partition,
-                };
-                let inbox = local()
-                    .and_then(|local| {
-                        let key = (Rc::from(key_topic.as_str()), partition);
-                        local.groups.borrow().get(&key).cloned()
-                    })
-                    .ok_or_else(no_replica)?;
-                let (reply, replied) = oneshot::channel();
-                let command = Command::Propose {
+                let command = |reply| Command::Propose {
                     batches,
                     max_message_bytes,
+                    expected_term,
                     reply,
                 };
-                inbox.unbounded_send(command).map_err(|_| no_replica())?;
-                let committed = replied.await.map_err(|_| no_replica())??;
-                committed
-                    .await
-                    .map_err(|_| no_replica())?
-                    .map_err(ClusterError::from)
+                let proposed = rt::timeout(timeout, propose_here(&topic, partition, command));
+                proposed.await.unwrap_or_else(|_| {
+                    Err(ClusterError::ProposalTimedOut {
+                        topic,
+                        partition,
+                        ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    })
+                })
             })
             .await
-            .map_err(|_| ClusterError::ShardStopped)?;
-        answer
+            .map_err(|_| ClusterError::ShardStopped)?
     }
 
     /// Creates a topic on every node through the controller group: proposes the command
@@ -364,7 +397,9 @@ impl Cluster {
             .push(0, Some(CREATE_TOPIC_KEY), Some(value.as_slice()), &[])
             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         let batch = Bytes::from(builder.build());
-        let committed = match self.propose(CONTROLLER_TOPIC, 0, batch, usize::MAX).await {
+        let timeout = Duration::from_millis(CONTROLLER_PROPOSE_TIMEOUT_MS);
+        let proposed = self.propose(CONTROLLER_TOPIC, 0, batch, usize::MAX, None, timeout);
+        let committed = match proposed.await {
             Err(ClusterError::Replica(ReplicaError::NotLeader { leader, .. })) => {
                 return Err(ClusterError::NotController { leader })
             }
@@ -404,30 +439,28 @@ impl Cluster {
         Ok(name)
     }
 
-    /// Waits until this node applied the controller's log up to `offset`.
+    /// Waits until this node applied the controller's log up to `offset` (woken by the
+    /// applier on shard 0), for at most `CONTROLLER_APPLY_WAIT_MS`.
     async fn wait_applied(&self, offset: i64) -> Result<(), ClusterError> {
-        let inner = self.inner.clone();
-        let applied =
-            move || (inner.controller_applied).load(std::sync::atomic::Ordering::Acquire) >= offset;
-        let shard = self.shards()[0].clone();
-        let waited = shard
+        let waited = self.shards()[0]
             .spawn(move || async move {
-                for _ in 0..CONTROLLER_APPLY_WAIT_MS {
-                    if applied() {
-                        return true;
-                    }
-                    rt::sleep(Duration::from_millis(1)).await;
+                let local = local().ok_or(ClusterError::ShardStopped)?;
+                let deadline = Duration::from_millis(CONTROLLER_APPLY_WAIT_MS);
+                match rt::timeout(deadline, local.controller_applied.wait(offset)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(Stopped)) => Err(ClusterError::ControllerStopped),
+                    Err(_) => Err(ClusterError::ApplyTimedOut {
+                        ms: CONTROLLER_APPLY_WAIT_MS,
+                    }),
                 }
-                applied()
             })
             .await;
-        match waited {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ClusterError::ApplyTimedOut {
-                ms: CONTROLLER_APPLY_WAIT_MS,
-            }),
-            Err(_) => Err(ClusterError::ShardStopped),
-        }
+        waited.map_err(|_| ClusterError::ShardStopped)?
+    }
+
+    /// Peers' messages dropped so far because their group's inbox was full.
+    pub fn steps_dropped(&self) -> u64 {
+        self.inner.steps_dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -461,6 +494,8 @@ impl Cluster {
             shard,
             transport,
             groups: RefCell::new(HashMap::new()),
+            controller_applied: Applied::new(),
+            steps_dropped: self.inner.steps_dropped.clone(),
         });
         LOCAL.with(|slot| *slot.borrow_mut() = Some(local.clone()));
         let cluster = self.clone();
@@ -481,9 +516,8 @@ impl Cluster {
         rt::spawn_local(async move {
             loop {
                 rt::sleep(tick).await;
-                let groups: Vec<_> = local.groups.borrow().values().cloned().collect();
-                for inbox in groups {
-                    let _ = inbox.unbounded_send(Command::Tick);
+                for inbox in local.groups.borrow().values() {
+                    inbox.tick();
                 }
             }
         })
@@ -544,6 +578,11 @@ impl Cluster {
         rt::spawn_local(async move {
             if let Err(error) = cluster.apply_controller(log).await {
                 tracing::error!(%error, "the controller's commands stopped applying on this node");
+                // Those waiting for a command to apply are answered now, not at their
+                // deadline.
+                if let Some(local) = local() {
+                    local.controller_applied.stop();
+                }
             }
         })
         .detach();
@@ -614,7 +653,10 @@ impl Cluster {
                     }
                 }
                 next = batch_next;
-                (self.inner.controller_applied).store(next, std::sync::atomic::Ordering::Release);
+                (self.inner.controller_applied).store(next, Ordering::Release);
+                if let Some(local) = local() {
+                    local.controller_applied.advance(next);
+                }
             }
         }
     }
@@ -694,7 +736,8 @@ impl Cluster {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
         let key: GroupKey = (Rc::from(&*id.topic), id.partition);
-        let (inbox, commands) = mpsc::unbounded();
+        let inbox = Inbox::new(GROUP_INBOX_COMMANDS_MAX);
+        let commands = Rc::downgrade(&inbox);
         local.groups.borrow_mut().insert(key.clone(), inbox);
         let cluster = self.clone();
         rt::spawn_local(async move {
@@ -710,24 +753,25 @@ impl Cluster {
     async fn drive(
         &self,
         mut replica: Replica<DiskStorage>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
+        commands: Weak<Inbox<Command>>,
         local: &Local,
         key: &GroupKey,
-    ) -> ReplicaError {
+    ) -> ClusterError {
         let mut published = None;
         loop {
-            let Some(first) = commands.next().await else {
-                return ReplicaError::Unsupported {
-                    partition: replica.id().clone(),
-                    what: "its inbox closed",
+            let Some(taken) = inbox::take(&commands).await else {
+                return ClusterError::InboxClosed {
+                    topic: key.0.to_string(),
+                    partition: key.1,
                 };
             };
-            let mut command = Some(first);
-            while let Some(next) = command.take() {
-                if let Err(error) = apply_command(&mut replica, next) {
-                    return error;
+            if taken.tick {
+                replica.tick();
+            }
+            for command in taken.commands {
+                if let Err(error) = apply_command(&mut replica, command) {
+                    return error.into();
                 }
-                command = commands.try_recv().ok();
             }
             while replica.has_ready() {
                 match replica.process_ready().await {
@@ -736,7 +780,7 @@ impl Cluster {
                             local.transport.send(message.to, &key.0, key.1, &message);
                         }
                     }
-                    Err(error) => return error,
+                    Err(error) => return error.into(),
                 }
             }
             let status = GroupStatus {
@@ -753,12 +797,41 @@ impl Cluster {
     }
 }
 
+/// Queues a proposal in the group's inbox, on the shard that owns the group, and waits for
+/// its commit. `command` makes the command from the channel its answer comes back on.
+async fn propose_here(
+    topic: &str,
+    partition: u32,
+    command: impl FnOnce(oneshot::Sender<ProposeAnswer>) -> Command,
+) -> Result<Appended, ClusterError> {
+    let no_replica = || ClusterError::NoReplica {
+        topic: topic.to_owned(),
+        partition,
+    };
+    let inbox = local()
+        .and_then(|local| {
+            let key = (Rc::from(topic), partition);
+            local.groups.borrow().get(&key).cloned()
+        })
+        .ok_or_else(no_replica)?;
+    let (reply, replied) = oneshot::channel();
+    if inbox.push(command(reply)).is_err() {
+        return Err(ClusterError::InboxFull {
+            topic: topic.to_owned(),
+            partition,
+        });
+    }
+    drop(inbox);
+    // A closed channel: the group's task stopped before it answered.
+    let committed = replied.await.map_err(|_| no_replica())??;
+    committed
+        .await
+        .map_err(|_| no_replica())?
+        .map_err(ClusterError::from)
+}
+
 fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result<(), ReplicaError> {
     match command {
-        Command::Tick => {
-            replica.tick();
-            Ok(())
-        }
         Command::Step(message) => match replica.step(message) {
             // A message of an older term or for a stale peer is Raft's to ignore.
             Err(ReplicaError::Raft { source, .. }) if is_ignorable(&source) => Ok(()),
@@ -767,9 +840,14 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
         Command::Propose {
             batches,
             max_message_bytes,
+            expected_term,
             reply,
         } => {
-            let _ = reply.send(replica.propose(&batches, max_message_bytes));
+            // Its proposer gave up waiting (its deadline passed): not proposed at all.
+            if !reply.is_canceled() {
+                let proposed = replica.propose_in_term(&batches, max_message_bytes, expected_term);
+                let _ = reply.send(proposed);
+            }
             Ok(())
         }
     }
@@ -783,11 +861,22 @@ fn is_ignorable(error: &raft::Error) -> bool {
     )
 }
 
+/// Hands a peer's message to its group's task, on the shard that owns the group. A message
+/// for a group not (yet) open here is dropped, as is one that finds the group's inbox full
+/// (counted): Raft sends again.
 fn deliver_local(local: &Local, topic: &str, partition: u32, message: Message) {
     let key: GroupKey = (Rc::from(topic), partition);
-    // A message for a group not (yet) open here is dropped; Raft resends it.
-    if let Some(inbox) = local.groups.borrow().get(&key) {
-        let _ = inbox.unbounded_send(Command::Step(message));
+    let Some(inbox) = local.groups.borrow().get(&key).cloned() else {
+        return;
+    };
+    if inbox.push(Command::Step(message)).is_err() {
+        let dropped = local.steps_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            topic,
+            partition,
+            dropped,
+            "a group's inbox is full; message dropped"
+        );
     }
 }
 
@@ -821,4 +910,99 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn uuid_v4() -> uuid::Uuid {
     uuid::Uuid::new_v4()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::channel::oneshot;
+
+    use super::{apply_command, Command};
+    use crate::replica::ReplicaError;
+    use crate::tests::{answered, assert_identical, batch, Cluster, MAX_MESSAGE_BYTES};
+    use ringlog_engine::rt;
+
+    fn proposal(
+        tag: &str,
+        expected_term: Option<u64>,
+    ) -> (Command, oneshot::Receiver<super::ProposeAnswer>) {
+        let (reply, replied) = oneshot::channel();
+        let command = Command::Propose {
+            batches: batch(tag, 1),
+            max_message_bytes: MAX_MESSAGE_BYTES,
+            expected_term,
+            reply,
+        };
+        (command, replied)
+    }
+
+    #[test]
+    fn a_proposal_is_refused_in_another_term_than_its_proposer_decided_under() {
+        let dir = tempfile::tempdir().unwrap();
+        rt::block_on(async {
+            let mut cluster = Cluster::open(dir.path()).await;
+            let first = cluster.elect(|_| true).await;
+            let loaded_in = cluster.replicas[&first].term();
+            // Leadership moves away and back: the same node leads, in a later term. (A
+            // node that missed a term's entry loses the next election, so it takes a few.)
+            let mut leader = first;
+            for _ in 0..10 {
+                cluster.isolated = [leader].into();
+                leader = cluster.elect(|node| node != leader).await;
+                if leader == first {
+                    break;
+                }
+            }
+            assert_eq!(leader, first, "leadership did not come back");
+            cluster.isolated.clear();
+            cluster.settle().await;
+            let term = cluster.replicas[&first].term();
+            assert!(term > loaded_in);
+            let replica = cluster.replicas.get_mut(&first).unwrap();
+            let (stale, mut refused) = proposal("stale", Some(loaded_in));
+            apply_command(replica, stale).unwrap();
+            let refused = refused.try_recv().unwrap().unwrap();
+            assert!(
+                matches!(refused, Err(ReplicaError::TermChanged { expected, .. }) if expected == loaded_in),
+                "{refused:?}"
+            );
+            let (current, mut taken) = proposal("current", Some(term));
+            apply_command(replica, current).unwrap();
+            let mut answer = taken.try_recv().unwrap().unwrap().unwrap();
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+            // Heartbeats bring the node that was cut off last up to date.
+            for _ in 0..20 {
+                for replica in cluster.replicas.values_mut() {
+                    replica.tick();
+                }
+                cluster.settle().await;
+            }
+            assert_eq!(assert_identical(&cluster).await, ["current-0"]);
+            cluster.close().await;
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_proposal_whose_proposer_gave_up_is_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        rt::block_on(async {
+            let mut cluster = Cluster::open(dir.path()).await;
+            let leader = cluster.elect(|_| true).await;
+            let replica = cluster.replicas.get_mut(&leader).unwrap();
+            let (late, replied) = proposal("late", None);
+            // Its deadline passed while it waited in the inbox.
+            drop(replied);
+            apply_command(replica, late).unwrap();
+            let (kept, mut taken) = proposal("kept", None);
+            apply_command(replica, kept).unwrap();
+            let mut answer = taken.try_recv().unwrap().unwrap().unwrap();
+            cluster.settle().await;
+            let appended = answered(&mut answer).unwrap().unwrap();
+            assert_eq!(appended.offset_first, 0, "nothing was proposed before it");
+            assert_eq!(assert_identical(&cluster).await, ["kept-0"]);
+            cluster.close().await;
+        })
+        .unwrap();
+    }
 }

@@ -79,6 +79,14 @@ pub enum ReplicaError {
         partition: PartitionId,
         leader: Option<u64>,
     },
+    /// A proposal made for one term (what its proposer decided under) reached the replica
+    /// in another: refused, as Kafka's coordinator epoch fences a former leader's writes.
+    #[error("partition {partition}: proposed for term {expected}, the term is {term}")]
+    TermChanged {
+        partition: PartitionId,
+        expected: u64,
+        term: u64,
+    },
     #[error("partition {partition}: partition log")]
     Log {
         partition: PartitionId,
@@ -354,6 +362,25 @@ impl<S: Storage> Replica<S> {
         self.node
             .step(message)
             .map_err(|source| self.raft_error(source))
+    }
+
+    /// [`Replica::propose`], refused with [`ReplicaError::TermChanged`] when the replica's
+    /// term is not `expected_term` (if given): a proposer that decided what to write under
+    /// one term (a group coordinator loaded in it) never has it written in another.
+    pub fn propose_in_term(
+        &mut self,
+        batches: &[u8],
+        max_message_bytes: usize,
+        expected_term: Option<u64>,
+    ) -> Result<oneshot::Receiver<Result<Appended, ReplicaError>>, ReplicaError> {
+        match expected_term {
+            Some(expected) if expected != self.term() => Err(ReplicaError::TermChanged {
+                partition: self.id.clone(),
+                expected,
+                term: self.term(),
+            }),
+            _ => self.propose(batches, max_message_bytes),
+        }
     }
 
     /// Proposes the record batches of a produce request: each batch is stamped with its

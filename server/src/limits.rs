@@ -45,3 +45,20 @@ pub const RAFT_TICK_MS: u64 = 100;
 pub const RAFT_ELECTION_TICKS: usize = 10;
 /// Ticks between a leader's heartbeats.
 pub const RAFT_HEARTBEAT_TICKS: usize = 2;
+
+/// Group writes queued for one partition of `__consumer_offsets` before writers wait (the
+/// writer takes all of them as one append).
+pub const GROUP_WRITES_QUEUED_MAX: usize = 1024;
+
+/// Bytes of `__consumer_offsets` read per step while a partition's groups are loaded.
+pub const GROUP_REPLAY_READ_BYTES: u64 = 1 << 20;
+
+/// A batch of group records is closed at this size and the next one begun (below
+/// `GROUP_REPLAY_READ_BYTES`, so a load's read always holds a whole batch).
+pub const GROUP_RECORD_BATCH_BYTES_MAX: usize = 512 * 1024;
+const _: () = assert!((GROUP_RECORD_BATCH_BYTES_MAX as u64) < GROUP_REPLAY_READ_BYTES);
+
+/// How long a group write in a cluster waits for its commit, in ms, before it is answered
+/// COORDINATOR_NOT_AVAILABLE (Kafka's `offsets.commit.timeout.ms`): the partition's writer
+/// holds its queue behind one proposal at most this long.
+pub const GROUP_WRITE_TIMEOUT_MS: u64 = 5_000;

@@ -50,6 +50,8 @@ pub enum ServerError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
+    Groups(#[from] crate::group::coordinator::GroupLoadError),
+    #[error(transparent)]
     Config(#[from] LoadError),
     #[error("cannot listen on {address}")]
     Listen {

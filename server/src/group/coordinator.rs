@@ -16,9 +16,22 @@
 //! - A tick (every [`TICK`]) expires sessions, ends join phases whose time is up, records
 //!   groups that became Empty, and expires the committed offsets of groups without
 //!   members after `offsets.retention.minutes` (7 days by default).
+//! - In a cluster a partition's groups are loaded by a task of their own (the tick of the
+//!   shard's other groups goes on meanwhile), all or nothing: a read that ends below the
+//!   high watermark or a batch that does not decode fails the load, and the partition
+//!   stays COORDINATOR_LOAD_IN_PROGRESS until a later load succeeds.
+//! - **Writes are fenced by the load they were decided under.** Each partition has a load
+//!   epoch, moved by every load and every `forget`. A write carries the epoch (and, in a
+//!   cluster, the term the partition was loaded in) it was made under: a write of an older
+//!   epoch is refused with NOT_COORDINATOR before it is proposed, the replica refuses a
+//!   proposal of another term, and a write is applied to memory only if the epoch is
+//!   still the same once it committed. `forget` fails the writes queued.
+//! - A group write that does not commit within `GROUP_WRITE_TIMEOUT_MS` is answered
+//!   COORDINATOR_NOT_AVAILABLE. It may still commit, so the partition is forgotten and
+//!   loaded again, and a load waits until everything in the log is committed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,8 +40,8 @@ use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use kafka_protocol::ResponseError;
-use ringlog_engine::batch::{BatchBuilder, RecordBatch};
-use ringlog_engine::log::Ack;
+use ringlog_engine::batch::{BatchBuilder, BatchError, FrameHeader, RecordBatch};
+use ringlog_engine::log::{Ack, LogError};
 use ringlog_engine::rt;
 use ringlog_engine::shard::{Engine, EngineError};
 use ringlog_engine::topic::{shard_for, FlushPolicy, TopicConfig, TopicName};
@@ -37,10 +50,13 @@ use super::records::{self, GroupValue, OffsetValue, RecordKey};
 use super::state::Group;
 use super::{partition_for, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS};
 use crate::broker::Broker;
-use ringlog_cluster::node::Cluster;
+use crate::limits::{
+    GROUP_RECORD_BATCH_BYTES_MAX, GROUP_REPLAY_READ_BYTES, GROUP_WRITES_QUEUED_MAX,
+    GROUP_WRITE_TIMEOUT_MS,
+};
+use ringlog_cluster::node::{Cluster, ClusterError};
+use ringlog_cluster::replica::ReplicaError;
 
-/// Writes queued for one partition of `__consumer_offsets` before writers wait.
-const GROUP_WRITES_QUEUED_MAX: usize = 1024;
 /// How often a shard's groups are ticked.
 pub const TICK: Duration = Duration::from_millis(100);
 /// What the coordinator is configured with.
@@ -54,10 +70,6 @@ pub struct GroupSettings {
 }
 /// How often offsets are checked for expiry.
 const RETENTION_CHECK: Duration = Duration::from_secs(60);
-/// Bytes read per step while replaying a partition.
-const REPLAY_READ_BYTES: u64 = 1 << 20;
-/// A batch of group records is closed at this size and the next one begun.
-const RECORD_BATCH_BYTES_MAX: usize = 512 * 1024;
 /// Segment size of `__consumer_offsets`. Smaller than Kafka's 100 MiB: compaction frees a
 /// segment only once the log start has passed all of it.
 const OFFSETS_SEGMENT_BYTES: u64 = 16 << 20;
@@ -91,6 +103,14 @@ pub struct Coordinator {
     /// One sender per queue, shared behind an async lock: a clone per write would get a
     /// guaranteed slot of its own and make the bound meaningless.
     writers: RefCell<HashMap<u32, Rc<futures::lock::Mutex<mpsc::Sender<Write>>>>>,
+    /// The other end of each writer's queue, shared with its writer so that `forget` can
+    /// fail what is queued (borrowed only inside a poll, never across an `.await`).
+    queued: RefCell<HashMap<u32, Rc<RefCell<mpsc::Receiver<Write>>>>>,
+    /// Each partition's load epoch (0 until the first load or `forget`): see the module
+    /// doc.
+    load_epochs: RefCell<HashMap<u32, u64>>,
+    /// In a cluster: the partitions whose load task runs.
+    loading: RefCell<HashSet<u32>>,
     /// In a cluster: the cluster layer, through which records are written.
     cluster: RefCell<Option<Cluster>>,
     /// In a cluster: the partitions this shard serves groups of, each with the term it
@@ -101,7 +121,57 @@ pub struct Coordinator {
 /// Records waiting for their partition's writer, and who waits for them.
 struct Write {
     records: WriteRecords,
+    /// What the write was decided under.
+    fence: Fence,
     reply: oneshot::Sender<Result<(), ResponseError>>,
+}
+
+/// The load a write was decided under: the partition's load epoch, and in a cluster the
+/// term it was loaded in (the term the write must be proposed in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fence {
+    epoch: u64,
+    term: Option<u64>,
+}
+
+/// Why a partition's groups could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupLoadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A whole batch of the log does not decode: damage, or a bug that wrote it.
+    #[error("{OFFSETS_TOPIC}-{partition}: the batch at offset {offset} does not decode")]
+    Damaged {
+        partition: u32,
+        offset: i64,
+        #[source]
+        source: BatchError,
+    },
+    /// A read below the high watermark returned no whole batch.
+    #[error(
+        "{OFFSETS_TOPIC}-{partition}: reading stopped at offset {offset}, below the high \
+         watermark {high_watermark}"
+    )]
+    Short {
+        partition: u32,
+        offset: i64,
+        high_watermark: i64,
+    },
+    /// The log holds entries not committed yet (a write that timed out may still commit):
+    /// loading waits until it has none.
+    #[error(
+        "{OFFSETS_TOPIC}-{partition}: offsets {high_watermark} to {log_end} are not \
+         committed yet"
+    )]
+    Uncommitted {
+        partition: u32,
+        high_watermark: i64,
+        log_end: i64,
+    },
+    /// The partition was forgotten (leadership moved) while it loaded.
+    #[error("{OFFSETS_TOPIC}-{partition}: forgotten while loading")]
+    Forgotten { partition: u32 },
 }
 
 /// What a queued write appends.
@@ -124,7 +194,7 @@ pub fn start(
     engine: &Engine,
     settings: GroupSettings,
     cluster_topic_id: Option<[u8; 16]>,
-) -> Result<(), EngineError> {
+) -> Result<(), GroupLoadError> {
     let partitions = if let Some(meta) = engine.topic(OFFSETS_TOPIC) {
         meta.partitions
     } else {
@@ -156,32 +226,31 @@ pub fn start(
                 groups: RefCell::new(HashMap::new()),
                 memberships: RefCell::new(HashMap::new()),
                 writers: RefCell::new(HashMap::new()),
+                queued: RefCell::new(HashMap::new()),
+                load_epochs: RefCell::new(HashMap::new()),
+                loading: RefCell::new(HashSet::new()),
                 cluster: RefCell::new(None),
                 loaded: RefCell::new(HashMap::new()),
             });
             for partition in 0..partitions {
                 if offsets_shard(partition, shards) == index {
                     if replay_at_start {
-                        coordinator.replay(partition).await?;
+                        coordinator.replay(partition, 0).await?;
                     }
-                    let (queue, queued) = mpsc::channel(GROUP_WRITES_QUEUED_MAX);
-                    let queue = Rc::new(futures::lock::Mutex::new(queue));
-                    coordinator.writers.borrow_mut().insert(partition, queue);
-                    let writer = write_loop(Rc::downgrade(&coordinator), partition, queued);
-                    rt::spawn_local(writer).detach();
+                    coordinator.start_writer(partition);
                 }
             }
             COORDINATOR.with(|slot| *slot.borrow_mut() = Some(coordinator.clone()));
             rt::spawn_local(tick_loop(coordinator)).detach();
-            Ok::<(), EngineError>(())
+            Ok::<(), GroupLoadError>(())
         }));
         match loaded {
             Ok(result) => result?,
             Err(_) => {
-                return Err(EngineError::ShardStopped {
+                return Err(GroupLoadError::Engine(EngineError::ShardStopped {
                     topic: OFFSETS_TOPIC.to_owned(),
                     partition: 0,
-                })
+                }))
             }
         }
     }
@@ -296,10 +365,11 @@ impl Coordinator {
         }
     }
 
-    /// In a cluster, loads the groups of the partitions this node has come to lead, and
-    /// forgets those of the partitions it no longer leads (their next coordinator loads
-    /// them from the log). Called on every tick.
-    async fn follow_leadership(&self) {
+    /// In a cluster, starts loading the groups of the partitions this node has come to
+    /// lead (each in a task of its own, see [`Self::load`]), and forgets those of the
+    /// partitions it no longer leads (their next coordinator loads them from the log).
+    /// Called on every tick.
+    fn follow_leadership(self: &Rc<Self>) {
         let Some(cluster) = self.cluster.borrow().clone() else {
             return;
         };
@@ -309,24 +379,14 @@ impl Coordinator {
             let status = cluster.status(OFFSETS_TOPIC, partition).unwrap_or_default();
             let leads = status.leader == Some(cluster.node_id());
             let loaded = self.loaded.borrow().get(&partition).copied();
-            if leads && status.leads_with_own_commit && loaded != Some(status.term) {
+            let loading = self.loading.borrow().contains(&partition);
+            if leads && status.leads_with_own_commit && loaded != Some(status.term) && !loading {
                 self.forget(partition);
-                match self.replay(partition).await {
-                    Ok(()) => {
-                        self.loaded.borrow_mut().insert(partition, status.term);
-                        tracing::info!(
-                            partition,
-                            term = status.term,
-                            "now coordinating the groups of {OFFSETS_TOPIC}-{partition}"
-                        );
-                    }
-                    Err(error) => {
-                        tracing::warn!(partition, %error, "loading groups failed; tried again at the next tick");
-                    }
-                }
-            } else if !leads && loaded.is_some() {
+                self.loading.borrow_mut().insert(partition);
+                rt::spawn_local(self.clone().load(partition, status.term)).detach();
+            } else if !leads && (loaded.is_some() || loading) {
+                // A load under way finds its epoch moved and gives up.
                 self.forget(partition);
-                self.loaded.borrow_mut().remove(&partition);
                 tracing::info!(
                     partition,
                     "no longer coordinating the groups of {OFFSETS_TOPIC}-{partition}"
@@ -335,9 +395,96 @@ impl Coordinator {
         }
     }
 
-    /// Drops the groups of `partition` from memory; their members are told
-    /// NOT_COORDINATOR and find the new coordinator.
+    /// Loads `partition`'s groups from its log, for `term`; serves them only if all of the
+    /// log up to its high watermark was read and nothing forgot the partition meanwhile.
+    async fn load(self: Rc<Self>, partition: u32, term: u64) {
+        let epoch = self.load_epoch(partition);
+        let loaded = self.replay(partition, epoch).await;
+        self.loading.borrow_mut().remove(&partition);
+        let forgotten = self.load_epoch(partition) != epoch;
+        match loaded {
+            Ok(()) if !forgotten => {
+                self.loaded.borrow_mut().insert(partition, term);
+                tracing::info!(
+                    partition,
+                    term,
+                    "now coordinating the groups of {OFFSETS_TOPIC}-{partition}"
+                );
+            }
+            outcome => {
+                // Partial state is never served: dropped (`forget` dropped what was
+                // applied before it; this drops what was applied after).
+                self.drop_groups(partition, ResponseError::CoordinatorLoadInProgress);
+                if let Err(error) = outcome {
+                    tracing::warn!(
+                        partition,
+                        %error,
+                        "loading groups failed; tried again at the next tick"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The load epoch of `partition` (module doc).
+    fn load_epoch(&self, partition: u32) -> u64 {
+        self.load_epochs
+            .borrow()
+            .get(&partition)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What a write to `partition` made now is decided under; in a cluster, only while
+    /// the partition is loaded (NOT_COORDINATOR otherwise: this node does not serve it).
+    fn fence(&self, partition: u32) -> Result<Fence, ResponseError> {
+        let epoch = self.load_epoch(partition);
+        if self.cluster.borrow().is_none() {
+            return Ok(Fence { epoch, term: None });
+        }
+        match self.loaded.borrow().get(&partition) {
+            Some(&term) => Ok(Fence {
+                epoch,
+                term: Some(term),
+            }),
+            None => Err(ResponseError::NotCoordinator),
+        }
+    }
+
+    /// Starts the one writer of `partition` (see [`write_loop`]).
+    fn start_writer(self: &Rc<Self>, partition: u32) {
+        let (queue, queued) = mpsc::channel(GROUP_WRITES_QUEUED_MAX);
+        let queue = Rc::new(futures::lock::Mutex::new(queue));
+        let queued = Rc::new(RefCell::new(queued));
+        self.writers.borrow_mut().insert(partition, queue);
+        self.queued.borrow_mut().insert(partition, queued.clone());
+        let writer = write_loop(Rc::downgrade(self), partition, queued);
+        rt::spawn_local(writer).detach();
+    }
+
+    /// Whether memory holds `partition`'s groups as its log says: always alone; in a
+    /// cluster, once loaded.
+    fn holds(&self, partition: u32) -> bool {
+        self.cluster.borrow().is_none() || self.loaded.borrow().contains_key(&partition)
+    }
+
+    /// Ends this load of `partition`: moves its load epoch, fails the writes queued for
+    /// it, and drops its groups from memory (their members are told NOT_COORDINATOR and
+    /// find the new coordinator). Writes in flight are not applied when they complete.
     fn forget(&self, partition: u32) {
+        *self.load_epochs.borrow_mut().entry(partition).or_insert(0) += 1;
+        self.loaded.borrow_mut().remove(&partition);
+        let queued = self.queued.borrow().get(&partition).cloned();
+        if let Some(queued) = queued {
+            while let Ok(write) = queued.borrow_mut().try_recv() {
+                let _ = write.reply.send(Err(ResponseError::NotCoordinator));
+            }
+        }
+        self.drop_groups(partition, ResponseError::NotCoordinator);
+    }
+
+    /// Drops the groups of `partition` from memory, telling their members `error`.
+    fn drop_groups(&self, partition: u32, error: ResponseError) {
         let mut groups = self.groups.borrow_mut();
         let gone: Vec<String> = groups
             .keys()
@@ -347,7 +494,7 @@ impl Coordinator {
         let mut memberships = self.memberships.borrow_mut();
         for id in gone {
             if let Some(mut group) = groups.remove(&id) {
-                group.kill(ResponseError::NotCoordinator);
+                group.kill(error);
             }
             memberships.remove(&id);
         }
@@ -414,10 +561,17 @@ impl Coordinator {
         let Some(queue) = queue else {
             return Err(ResponseError::CoordinatorNotAvailable);
         };
+        // Decided now, against memory as it is now: fenced by this load.
+        let fence = self.fence(partition)?;
         let (reply, answer) = oneshot::channel();
         let records = WriteRecords::Given(records);
+        let write = Write {
+            records,
+            fence,
+            reply,
+        };
         // Waits while the queue is full: backpressure on the clients that commit.
-        let queued = queue.lock().await.send(Write { records, reply }).await;
+        let queued = queue.lock().await.send(write).await;
         queued.map_err(|_| ResponseError::CoordinatorNotAvailable)?;
         answer
             .await
@@ -426,8 +580,21 @@ impl Coordinator {
 
     /// Writes everything queued for `partition` as one append (a group commit of the
     /// coordinator's records), applies it to memory, answers its writers, and compacts
-    /// when due.
-    async fn write_queued(&self, partition: u32, writes: Vec<Write>) {
+    /// when due. Writes of another load epoch are refused unwritten; what is written is
+    /// applied only if the epoch did not move meanwhile (module doc).
+    async fn write_queued(&self, partition: u32, mut writes: Vec<Write>) {
+        let epoch = self.load_epoch(partition);
+        let (current, stale): (Vec<Write>, Vec<Write>) = writes
+            .drain(..)
+            .partition(|write| write.fence.epoch == epoch);
+        for write in stale {
+            let _ = write.reply.send(Err(ResponseError::NotCoordinator));
+        }
+        let writes = current;
+        // One epoch is one load: its writes share the term it was loaded in.
+        let Some(fence) = writes.first().map(|write| write.fence) else {
+            return;
+        };
         let mut records: Vec<GroupRecord> = Vec::new();
         for write in &writes {
             match &write.records {
@@ -437,11 +604,18 @@ impl Coordinator {
                 }
             }
         }
-        let written = if records.is_empty() {
+        let mut written = if records.is_empty() {
             Ok(())
         } else {
-            self.append(partition, &records).await.map(|_| ())
+            self.append(partition, &records, fence.term)
+                .await
+                .map(|_| ())
         };
+        if written.is_ok() && self.load_epoch(partition) != epoch {
+            // Committed, but memory is no longer of the load it was decided under: the
+            // partition's next load reads it from the log.
+            written = Err(ResponseError::NotCoordinator);
+        }
         if written.is_ok() {
             for (key, value) in records {
                 self.apply(key, value.as_deref(), false);
@@ -457,21 +631,33 @@ impl Coordinator {
         }
     }
 
-    /// Appends `records` to `partition` durably; returns the first record's offset.
-    async fn append(&self, partition: u32, records: &[GroupRecord]) -> Result<i64, ResponseError> {
+    /// Appends `records` to `partition` durably; returns the first record's offset. In a
+    /// cluster they are proposed in `term` (the term the partition was loaded in) and
+    /// answered once a majority holds them, or after `GROUP_WRITE_TIMEOUT_MS`.
+    async fn append(
+        &self,
+        partition: u32,
+        records: &[GroupRecord],
+        term: Option<u64>,
+    ) -> Result<i64, ResponseError> {
         let batches = encode_batches(records).map_err(|error| {
             tracing::warn!(partition, %error, "could not encode group records");
             ResponseError::UnknownServerError
         })?;
         let cluster = self.cluster.borrow().clone();
         if let Some(cluster) = cluster {
-            // Answered once a majority holds the records.
+            let timeout = Duration::from_millis(GROUP_WRITE_TIMEOUT_MS);
             let proposed = cluster
-                .propose(OFFSETS_TOPIC, partition, batches, usize::MAX)
+                .propose(OFFSETS_TOPIC, partition, batches, usize::MAX, term, timeout)
                 .await;
             return proposed.map(|a| a.offset_first).map_err(|error| {
                 tracing::warn!(partition, %error, "could not replicate group records");
-                ResponseError::NotCoordinator
+                if matches!(error, ClusterError::ProposalTimedOut { .. }) {
+                    // It may still commit, and memory would then be behind the log: the
+                    // partition is loaded again (once nothing in its log is uncommitted).
+                    self.forget(partition);
+                }
+                write_refusal(&error)
             });
         }
         let appended = self
@@ -506,7 +692,7 @@ impl Coordinator {
         let new_start = if live.is_empty() {
             offsets.log_end
         } else {
-            match self.append(partition, &live).await {
+            match self.append(partition, &live, None).await {
                 Ok(first) => first,
                 Err(_) => return Ok(()),
             }
@@ -573,20 +759,46 @@ impl Coordinator {
             .await
     }
 
-    /// Reads one partition from its start to its end into memory.
-    async fn replay(&self, partition: u32) -> Result<(), EngineError> {
+    /// Reads one partition from its start to its high watermark into memory, all of it or
+    /// an error: a read that ends below the high watermark, a batch that does not decode,
+    /// entries above the high watermark (not committed yet), or the partition forgotten
+    /// (its load epoch no longer `epoch`) while it reads.
+    async fn replay(&self, partition: u32, epoch: u64) -> Result<(), GroupLoadError> {
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
+        if offsets.high_watermark < offsets.log_end {
+            return Err(GroupLoadError::Uncommitted {
+                partition,
+                high_watermark: offsets.high_watermark,
+                log_end: offsets.log_end,
+            });
+        }
         let mut offset = offsets.log_start;
         let mut applied = 0_u64;
         // The high watermark: everything at start alone; what committed in a cluster.
         while offset < offsets.high_watermark {
             let read = self
                 .engine
-                .read(OFFSETS_TOPIC, partition, offset, REPLAY_READ_BYTES)
+                .read(OFFSETS_TOPIC, partition, offset, GROUP_REPLAY_READ_BYTES)
                 .await?;
-            let next = self.apply_batches(&read.bytes, partition, &mut applied);
+            if self.load_epoch(partition) != epoch {
+                return Err(GroupLoadError::Forgotten { partition });
+            }
+            let next = decode_batches(&read.bytes, partition, offset, |key, value| {
+                match records::decode_key(key) {
+                    Ok(key) => {
+                        self.apply(key, value, true);
+                        applied += 1;
+                    }
+                    // A kind of record this version does not know (a newer one wrote it).
+                    Err(error) => tracing::warn!(partition, %error, "skipping a group record"),
+                }
+            })?;
             if next <= offset {
-                break;
+                return Err(GroupLoadError::Short {
+                    partition,
+                    offset,
+                    high_watermark: offsets.high_watermark,
+                });
             }
             offset = next;
         }
@@ -594,35 +806,6 @@ impl Coordinator {
             tracing::info!(partition, records = applied, "consumer groups loaded");
         }
         Ok(())
-    }
-
-    /// Applies every record of the batches in `bytes`; returns the offset after the last
-    /// whole batch.
-    fn apply_batches(&self, mut bytes: &[u8], partition: u32, applied: &mut u64) -> i64 {
-        let mut next = -1;
-        while let Ok((batch, rest)) = RecordBatch::parse(bytes) {
-            bytes = rest;
-            next = batch.base_offset() + i64::from(batch.last_offset_delta()) + 1;
-            let Ok(records) = batch.records() else {
-                tracing::warn!(
-                    partition,
-                    offset = batch.base_offset(),
-                    "unreadable group batch"
-                );
-                continue;
-            };
-            for record in records.flatten() {
-                let Some(key) = record.key else { continue };
-                match records::decode_key(key) {
-                    Ok(key) => {
-                        self.apply(key, record.value, true);
-                        *applied += 1;
-                    }
-                    Err(error) => tracing::warn!(partition, %error, "skipping a group record"),
-                }
-            }
-        }
-        next
     }
 
     /// Applies one record to memory: the last record of a key wins, a tombstone deletes it.
@@ -690,7 +873,9 @@ impl Coordinator {
     fn tick(&self, now: Instant, now_ms: i64) -> Vec<(String, GroupValue)> {
         let mut groups = self.groups.borrow_mut();
         let mut dirty = Vec::new();
-        for group in groups.values_mut() {
+        // A partition being loaded holds part of its groups: not ticked until whole.
+        let held = |group: &&mut Group| self.holds(partition_for(&group.id, self.partitions));
+        for group in groups.values_mut().filter(held) {
             group.tick(now);
             if group.state() == super::state::GroupState::Empty {
                 group.empty_since_ms.get_or_insert(now_ms);
@@ -780,6 +965,33 @@ fn expired_offsets<'a>(
     expired
 }
 
+/// What a group write the cluster layer refused is answered, as Kafka's coordinator maps
+/// its append errors: NOT_COORDINATOR when another node leads (or will), so the client
+/// finds the coordinator again; COORDINATOR_NOT_AVAILABLE when this one is busy, timed out
+/// or its replica failed (the client retries; a replica that stopped gives up leading);
+/// UNKNOWN_SERVER_ERROR for records the log refuses (a bug here, not a client's to fix).
+fn write_refusal(error: &ClusterError) -> ResponseError {
+    match error {
+        ClusterError::Replica(
+            ReplicaError::NotLeader { .. } | ReplicaError::TermChanged { .. },
+        )
+        | ClusterError::NoReplica { .. }
+        | ClusterError::ShardStopped => ResponseError::NotCoordinator,
+        ClusterError::Replica(ReplicaError::Log { source, .. }) if is_refusal(source) => {
+            ResponseError::UnknownServerError
+        }
+        _ => ResponseError::CoordinatorNotAvailable,
+    }
+}
+
+/// Whether the log refused the records themselves (rather than failed to store them).
+fn is_refusal(error: &LogError) -> bool {
+    matches!(
+        error,
+        LogError::InvalidBatch { .. } | LogError::Empty { .. } | LogError::Producer { .. }
+    )
+}
+
 /// The key of a committed offset.
 pub fn offset_key(group: &str, topic: &str, partition: i32) -> RecordKey {
     RecordKey::Offset {
@@ -805,17 +1017,61 @@ pub fn offset_record(value: &OffsetValue) -> Bytes {
 async fn write_loop(
     coordinator: Weak<Coordinator>,
     partition: u32,
-    mut queued: mpsc::Receiver<Write>,
+    queued: Rc<RefCell<mpsc::Receiver<Write>>>,
 ) {
-    while let Some(first) = queued.next().await {
+    loop {
+        // Borrowed only while polled: `forget` takes from the queue between polls.
+        let first = std::future::poll_fn(|cx| queued.borrow_mut().poll_next_unpin(cx)).await;
+        let Some(first) = first else {
+            return;
+        };
         let Some(coordinator) = coordinator.upgrade() else {
             return;
         };
         let mut writes = vec![first];
-        while let Ok(write) = queued.try_recv() {
+        while let Ok(write) = queued.borrow_mut().try_recv() {
             writes.push(write);
         }
         coordinator.write_queued(partition, writes).await;
+    }
+}
+
+/// Hands `each` the key and value of every keyed record of the whole batches at the front
+/// of `bytes` (read from `offset` of `partition`); returns the offset after the last whole
+/// batch (`offset` if there is none: the read ended inside the first). A batch that is
+/// whole but does not decode is damage.
+fn decode_batches<'a>(
+    mut bytes: &'a [u8],
+    partition: u32,
+    offset: i64,
+    mut each: impl FnMut(&'a [u8], Option<&'a [u8]>),
+) -> Result<i64, GroupLoadError> {
+    let mut next = offset;
+    let damaged = |offset, source| GroupLoadError::Damaged {
+        partition,
+        offset,
+        source,
+    };
+    loop {
+        match FrameHeader::parse(bytes) {
+            Ok(_) => {}
+            // The end of the read, which may cut the last batch short.
+            Err(BatchError::Truncated { .. }) => return Ok(next),
+            Err(source) => return Err(damaged(next, source)),
+        }
+        let (batch, rest) = RecordBatch::parse(bytes).map_err(|source| damaged(next, source))?;
+        let base_offset = batch.base_offset();
+        let records = batch
+            .records()
+            .map_err(|source| damaged(base_offset, source))?;
+        for record in records {
+            let record = record.map_err(|source| damaged(base_offset, source))?;
+            if let Some(key) = record.key {
+                each(key, record.value);
+            }
+        }
+        bytes = rest;
+        next = base_offset + i64::from(batch.last_offset_delta()) + 1;
     }
 }
 
@@ -825,7 +1081,7 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
     let mut next_retention = Instant::now() + retention_check;
     loop {
         rt::sleep(TICK).await;
-        coordinator.follow_leadership().await;
+        coordinator.follow_leadership();
         let now = Instant::now();
         for (group, record) in coordinator.tick(now, now_ms()) {
             let coordinator = coordinator.clone();
@@ -847,21 +1103,29 @@ async fn tick_loop(coordinator: Rc<Coordinator>) {
         }
         if now >= next_retention {
             next_retention = now + retention_check;
-            let queues: Vec<_> = coordinator.writers.borrow().values().cloned().collect();
-            for queue in queues {
+            let queues: Vec<_> = coordinator.writers.borrow().clone().into_iter().collect();
+            for (partition, queue) in queues {
+                // Only what memory holds whole can be judged expired.
+                let Ok(fence) = coordinator.fence(partition) else {
+                    continue;
+                };
                 // Not awaited: the writer answers whenever it gets there; a full or busy
                 // queue is asked again at the next check.
                 let (reply, _) = oneshot::channel();
                 let records = WriteRecords::Expired { now_ms: now_ms() };
                 if let Some(mut queue) = queue.try_lock() {
-                    let _ = queue.try_send(Write { records, reply });
+                    let _ = queue.try_send(Write {
+                        records,
+                        fence,
+                        reply,
+                    });
                 }
             }
         }
     }
 }
 
-/// The records as uncompressed record batches, each at most `RECORD_BATCH_BYTES_MAX`.
+/// The records as uncompressed record batches, each at most `GROUP_RECORD_BATCH_BYTES_MAX`.
 fn encode_batches(records: &[GroupRecord]) -> Result<Bytes, ringlog_engine::batch::BatchError> {
     let timestamp = now_ms();
     let new_builder = || {
@@ -873,7 +1137,7 @@ fn encode_batches(records: &[GroupRecord]) -> Result<Bytes, ringlog_engine::batc
     let mut builder = new_builder();
     for (key, value) in records {
         let key = records::encode_key(key);
-        if builder.record_count() > 0 && builder.size_bytes() >= RECORD_BATCH_BYTES_MAX {
+        if builder.record_count() > 0 && builder.size_bytes() >= GROUP_RECORD_BATCH_BYTES_MAX {
             out.extend_from_slice(&std::mem::replace(&mut builder, new_builder()).build());
         }
         builder.push(0, Some(&key), value.as_deref(), &[])?;
@@ -891,8 +1155,186 @@ pub fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::pin;
+    use std::sync::Arc;
+
     use super::*;
     use crate::group::state::{JoinRequest, INITIAL_REBALANCE_DELAY};
+    use ringlog_engine::log::PartitionId;
+    use ringlog_engine::rt::RuntimeConfig;
+    use ringlog_engine::shard::EngineConfig;
+
+    /// An engine of one shard in `dir` with the coordinator started (alone, not in a
+    /// cluster: the fences work the same way).
+    fn started(dir: &std::path::Path) -> Engine {
+        let config = EngineConfig {
+            data_dir: dir.to_path_buf(),
+            runtime: RuntimeConfig {
+                shards: 1,
+                pin_threads: false,
+            },
+            batch_cache_bytes: 0,
+        };
+        let engine = Engine::open(&config).unwrap();
+        let settings = GroupSettings {
+            initial_rebalance_delay: INITIAL_REBALANCE_DELAY,
+            offsets_retention: Duration::from_secs(7 * 24 * 3600),
+        };
+        start(&engine, settings, None).unwrap();
+        engine
+    }
+
+    /// Runs `work` with the shard's coordinator, on the shard.
+    fn on_shard<T: Send + 'static, F: Future<Output = T> + 'static>(
+        engine: &Engine,
+        work: impl FnOnce(Rc<Coordinator>) -> F + Send + 'static,
+    ) -> T {
+        let handle = engine.shard_handles()[0].clone();
+        futures::executor::block_on(handle.spawn(move || async move {
+            let coordinator = COORDINATOR.with(|slot| slot.borrow().clone()).unwrap();
+            work(coordinator).await
+        }))
+        .unwrap()
+    }
+
+    fn commit(group: &str, offset: i64) -> Vec<GroupRecord> {
+        let value = OffsetValue {
+            offset,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        vec![(offset_key(group, "t", 0), Some(offset_record(&value)))]
+    }
+
+    #[test]
+    fn a_write_queued_when_its_partition_is_forgotten_fails_and_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = started(dir.path());
+        let (answer, in_memory) = on_shard(&engine, |coordinator| async move {
+            let partition = partition_for("g", coordinator.partitions);
+            let mut persisted = pin!(coordinator.persist("g", commit("g", 5)));
+            // Queued: its writer has not run yet.
+            assert!(futures::poll!(persisted.as_mut()).is_pending());
+            coordinator.forget(partition);
+            let answer = persisted.await;
+            let in_memory = coordinator.with_group("g", false, |_| ()).is_some();
+            (answer, in_memory)
+        });
+        assert_eq!(answer, Err(ResponseError::NotCoordinator));
+        assert!(!in_memory, "a forgotten partition's group came back");
+    }
+
+    #[test]
+    fn a_write_in_flight_when_its_partition_is_forgotten_is_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = started(dir.path());
+        let (answer, in_memory) = on_shard(&engine, |coordinator| async move {
+            let partition = partition_for("g", coordinator.partitions);
+            let (reply, mut answer) = oneshot::channel();
+            let write = Write {
+                records: WriteRecords::Given(commit("g", 5)),
+                fence: coordinator.fence(partition).unwrap(),
+                reply,
+            };
+            let mut written = pin!(coordinator.write_queued(partition, vec![write]));
+            assert!(futures::poll!(written.as_mut()).is_pending());
+            assert_eq!(answer.try_recv(), Ok(None), "the append is in flight");
+            coordinator.forget(partition);
+            written.await;
+            let in_memory = coordinator.with_group("g", false, |_| ()).is_some();
+            (answer.await.unwrap(), in_memory)
+        });
+        assert_eq!(answer, Err(ResponseError::NotCoordinator));
+        assert!(
+            !in_memory,
+            "applied to a partition this node no longer serves"
+        );
+    }
+
+    #[test]
+    fn a_write_of_an_older_load_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = started(dir.path());
+        let (answer, log_end) = on_shard(&engine, |coordinator| async move {
+            let partition = partition_for("g", coordinator.partitions);
+            let fence = coordinator.fence(partition).unwrap();
+            coordinator.forget(partition);
+            let (reply, answer) = oneshot::channel();
+            let records = WriteRecords::Given(commit("g", 5));
+            let write = Write {
+                records,
+                fence,
+                reply,
+            };
+            coordinator.write_queued(partition, vec![write]).await;
+            let offsets = coordinator.engine.offsets(OFFSETS_TOPIC, partition).await;
+            (answer.await.unwrap(), offsets.unwrap().log_end)
+        });
+        assert_eq!(answer, Err(ResponseError::NotCoordinator));
+        assert_eq!(log_end, 0, "nothing was written");
+    }
+
+    #[test]
+    fn a_load_stops_at_a_batch_that_does_not_decode_and_at_a_read_cut_short() {
+        let first = encode_batches(&commit("g", 1)).unwrap();
+        let second = encode_batches(&commit("g", 2)).unwrap();
+        let mut keys = 0;
+        let whole = [&first[..], &second[..]].concat();
+        let next = decode_batches(&whole, 0, 0, |_, _| keys += 1).unwrap();
+        assert_eq!((next, keys), (1, 2), "both batches start at 0 here");
+        // The read ends inside the second batch: it is read again from where it starts.
+        let cut = &whole[..whole.len() - 1];
+        assert_eq!(decode_batches(cut, 0, 0, |_, _| {}).unwrap(), 1);
+        assert_eq!(
+            decode_batches(&first[..20], 0, 7, |_, _| {}).unwrap(),
+            7,
+            "no batch"
+        );
+        let mut damaged = whole.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 0xff;
+        let error = decode_batches(&damaged, 0, 0, |_, _| {}).unwrap_err();
+        assert!(
+            matches!(error, GroupLoadError::Damaged { offset: 1, .. }),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_refused_group_write_sends_the_client_elsewhere_only_when_another_node_leads() {
+        let partition = PartitionId {
+            topic: Arc::from(OFFSETS_TOPIC),
+            partition: 0,
+        };
+        let not_leader = ClusterError::Replica(ReplicaError::NotLeader {
+            partition: partition.clone(),
+            leader: Some(2),
+        });
+        assert_eq!(write_refusal(&not_leader), ResponseError::NotCoordinator);
+        let timed_out = ClusterError::ProposalTimedOut {
+            topic: OFFSETS_TOPIC.to_owned(),
+            partition: 0,
+            ms: 5_000,
+        };
+        assert_eq!(
+            write_refusal(&timed_out),
+            ResponseError::CoordinatorNotAvailable
+        );
+        let failed = ClusterError::Replica(ReplicaError::Inconsistent {
+            partition: partition.clone(),
+            reason: "damage".to_owned(),
+        });
+        assert_eq!(
+            write_refusal(&failed),
+            ResponseError::CoordinatorNotAvailable
+        );
+        let refused = ClusterError::Replica(ReplicaError::Log {
+            partition: partition.clone(),
+            source: LogError::Empty { partition },
+        });
+        assert_eq!(write_refusal(&refused), ResponseError::UnknownServerError);
+    }
 
     fn committed_at(group: &mut Group, topic: &str, commit_timestamp_ms: i64) {
         let value = OffsetValue {

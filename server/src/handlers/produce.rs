@@ -27,6 +27,8 @@
 //! Version 11 allows TRANSACTION_ABORTABLE, and ringlog has no transactions. Version 13
 //! names topics by id; 12 and 13 are not implemented.
 
+use std::time::Duration;
+
 use futures::future::join_all;
 use kafka_protocol::messages::produce_request::TopicProduceData;
 use kafka_protocol::messages::produce_response::{
@@ -35,6 +37,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
+use ringlog_cluster::node::ClusterError;
 use ringlog_engine::log::Ack;
 
 use ringlog_cluster::node::GroupStatus;
@@ -49,6 +52,8 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
         0 | 1 => Ack::Written,
         _ => return refuse_all(request, ResponseError::InvalidRequiredAcks),
     };
+    // A replicated partition's answer waits at most this long for the commit.
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
         let name = topic.name.0.as_str().to_owned();
@@ -81,7 +86,8 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                             return refused.with_index(index);
                         }
                     }
-                    return replicated(broker, cluster, &name, partition_id, batches, version)
+                    let proposed = (partition_id, batches, timeout);
+                    return replicated(broker, cluster, &name, proposed, version)
                         .await
                         .with_index(index);
                 }
@@ -198,13 +204,14 @@ fn below_min_insync(status: &GroupStatus, node: u64, min_insync: u32) -> Option<
 /// majority holds them durably), whatever the acks asked (acks=1 is answered at commit
 /// too, until the leader's own durable write is reported per proposal). A node that does
 /// not lead the partition answers NOT_LEADER_OR_FOLLOWER, so the client refreshes its
-/// metadata and retries at the leader.
+/// metadata and retries at the leader. Past the request's `timeout_ms` it answers
+/// REQUEST_TIMED_OUT (the batches may still commit, as in Kafka), as it does when the
+/// partition's replica has no room for another proposal.
 async fn replicated(
     broker: &Broker,
     cluster: &ringlog_cluster::node::Cluster,
     topic: &str,
-    partition: u32,
-    batches: bytes::Bytes,
+    (partition, batches, timeout): (u32, bytes::Bytes, Duration),
     version: i16,
 ) -> PartitionProduceResponse {
     let max_message_bytes = broker
@@ -213,7 +220,7 @@ async fn replicated(
         .map_or(0, |meta| meta.config.max_message_bytes() as usize);
     let response = PartitionProduceResponse::default();
     match cluster
-        .propose(topic, partition, batches, max_message_bytes)
+        .propose(topic, partition, batches, max_message_bytes, None, timeout)
         .await
     {
         Ok(appended) => response
@@ -222,8 +229,14 @@ async fn replicated(
         Err(error) => {
             tracing::debug!(topic, partition, %error, "replicated produce failed");
             let message = (version >= 8).then(|| StrBytes::from_string(error.to_string()));
+            let code = match error {
+                ClusterError::ProposalTimedOut { .. } | ClusterError::InboxFull { .. } => {
+                    ResponseError::RequestTimedOut.code()
+                }
+                _ => errors::cluster_code(&error),
+            };
             response
-                .with_error_code(errors::cluster_code(&error))
+                .with_error_code(code)
                 .with_base_offset(-1)
                 .with_error_message(message)
         }
