@@ -11,10 +11,15 @@
 //! `ringlog serving listen=…` line it logs on stderr once every shard accepts. Its stderr
 //! is collected (and printed if the test panics). Dropping a running server sends SIGTERM
 //! and, if it has not exited after a grace period, SIGKILL: no test leaves one behind.
+//! A server may run under a command prefix that ends by exec'ing the binary (`ip netns
+//! exec NAME`, to run it in a network namespace), so its process id is still the server's.
+//!
+//! Also here, for tests that coordinate with servers and scripts: a free port on loopback
+//! and waiting for a marker file.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -27,6 +32,31 @@ use std::time::{Duration, Instant};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`wait_for`] waits for a marker file.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A port on 127.0.0.1 that was free a moment ago (the kernel picked it for a listener that
+/// is closed again), for a server that must be told its port before it starts.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// Waits until `path` exists (a marker file a script or a test thread writes); panics after
+/// two minutes.
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + MARKER_TIMEOUT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// The `target/<profile>` folder the running test executable was built into.
 pub fn profile_dir() -> PathBuf {
@@ -123,6 +153,10 @@ pub struct ServerOptions {
     pub listen: String,
     /// Extra `ringlog serve` flags, e.g. `["--auto-create-topics", "false"]`.
     pub args: Vec<String>,
+    /// A command the binary is run under, which must exec it (so the child's process id
+    /// is the server's, and SIGKILL reaches it): e.g. `["ip", "netns", "exec", "ns1"]`.
+    /// Empty by default.
+    pub command_prefix: Vec<String>,
 }
 
 impl Default for ServerOptions {
@@ -131,6 +165,7 @@ impl Default for ServerOptions {
             shards: 2,
             listen: "127.0.0.1:0".to_owned(),
             args: Vec::new(),
+            command_prefix: Vec::new(),
         }
     }
 }
@@ -148,7 +183,7 @@ impl ServerOptions {
 impl Server {
     /// Starts `ringlog serve` on `data_dir` and waits until it listens.
     pub fn start(data_dir: &Path, options: &ServerOptions) -> Server {
-        let mut child = ringlog_command()
+        let mut child = ringlog_command_under(&options.command_prefix)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
@@ -362,7 +397,19 @@ pub fn raise_open_file_limit(needed: u64) -> Result<u64, String> {
 /// The `ringlog` binary as a command: no input, no colours, stdout discarded, stderr piped
 /// (the log the tests read).
 fn ringlog_command() -> Command {
-    let mut command = Command::new(ringlog_binary());
+    ringlog_command_under(&[])
+}
+
+/// [`ringlog_command`] run under `prefix` (see [`ServerOptions::command_prefix`]).
+fn ringlog_command_under(prefix: &[String]) -> Command {
+    let mut command = match prefix.split_first() {
+        None => Command::new(ringlog_binary()),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(ringlog_binary());
+            command
+        }
+    };
     command
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -9,36 +9,16 @@
 //!   resumes, at the new coordinator, exactly after what it committed.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ringlog_tests::process::{Server, ServerOptions};
+use ringlog_tests::process::{free_port, wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script;
 
 const TOPIC: &str = "replicated";
 const PARTITIONS: usize = 3;
 const COUNT: usize = 400;
 const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + WAIT;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The three nodes' flags: node ids 1..=3, internal listeners on free ports.
 struct Cluster {

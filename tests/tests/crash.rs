@@ -17,7 +17,7 @@
 //! `RINGLOG_CRASH_CYCLES=<n>` (default 4) turns the test into a soak.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kafka_protocol::messages::{ApiKey, InitProducerIdRequest};
 use kafka_protocol::records::Record;
 use ringlog_tests::member::Member;
-use ringlog_tests::process::{Server, ServerOptions};
+use ringlog_tests::process::{free_port, Server, ServerOptions};
 use ringlog_tests::wire::{
     self, decode_batches, encode_batch, fetch_request, idempotent_batch, max_version,
     produce_request, Connection, FETCH_BY_NAME_VERSION_MAX,
@@ -88,13 +88,6 @@ type Shared = Arc<Mutex<Seen>>;
 fn lock(seen: &Shared) -> std::sync::MutexGuard<'_, Seen> {
     seen.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 /// A connection, trying again until the broker accepts or the run stops.

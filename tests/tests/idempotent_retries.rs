@@ -5,11 +5,7 @@
 //! finally told — with the retry reaching the same broker, one restarted cleanly in
 //! between, and one killed with SIGKILL in between.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-use ringlog_tests::process::{Server, ServerOptions};
+use ringlog_tests::process::{free_port, wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script;
 use ringlog_tests::wire::Connection;
 
@@ -17,26 +13,6 @@ const TOPIC: &str = "exactly-once";
 const COUNT: usize = 30;
 /// The Produce request whose answer is lost (after the first few went through).
 const CUT_AT: usize = 12;
-const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
-fn wait_for(path: &Path) {
-    let deadline = Instant::now() + WAIT;
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// How the broker fares between the lost answer and the retry.
 #[derive(Clone, Copy, PartialEq)]
