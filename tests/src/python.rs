@@ -12,8 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use crate::script::{prepared_dir, run, run_json};
+use crate::script::{prepared_dir, run, run_json, run_json_within};
 
 /// The clients the tests use, pinned: wheels for CPython 3.11 on x86_64 Linux exist for
 /// each (kafka-python is pure Python; confluent-kafka bundles librdkafka).
@@ -55,6 +56,19 @@ pub fn script(name: &str) -> PathBuf {
 /// Runs `tests/python/<name>` with `args` and returns the JSON it printed; panics with its
 /// output if it fails, prints something else, or runs too long.
 pub fn run_script(name: &str, args: &[&str]) -> serde_json::Value {
+    run_json(script_command(name, args), &format!("{name} {args:?}"))
+}
+
+/// [`run_script`] for a script that may run up to `timeout` (a soak).
+pub fn run_script_within(name: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    run_json_within(
+        script_command(name, args),
+        &format!("{name} {args:?}"),
+        timeout,
+    )
+}
+
+fn script_command(name: &str, args: &[&str]) -> Command {
     let mut command = Command::new(venv_python());
     command
         .arg(script(name))
@@ -62,5 +76,5 @@ pub fn run_script(name: &str, args: &[&str]) -> serde_json::Value {
         .env("PYTHONUNBUFFERED", "1")
         // No __pycache__ in the source tree (lab.py imports clients.py).
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    run_json(command, &format!("{name} {args:?}"))
+    command
 }

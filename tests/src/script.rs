@@ -54,14 +54,19 @@ pub fn run(command: &mut Command) {
 
 /// Runs a script and returns the JSON it printed; panics with its output if it fails,
 /// prints something else, or runs too long. `what` names it in messages.
-pub fn run_json(mut command: Command, what: &str) -> serde_json::Value {
+pub fn run_json(command: Command, what: &str) -> serde_json::Value {
+    run_json_within(command, what, SCRIPT_TIMEOUT)
+}
+
+/// [`run_json`] for a script that may run up to `timeout` (a soak).
+pub fn run_json_within(mut command: Command, what: &str, timeout: Duration) -> serde_json::Value {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|error| panic!("{what} does not start: {error}"));
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     // The pipes are read by threads so a chatty script cannot block on a full pipe.
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
@@ -81,7 +86,7 @@ pub fn run_json(mut command: Command, what: &str) -> serde_json::Value {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "{what} ran longer than {SCRIPT_TIMEOUT:?}; stderr:\n{}",
+                "{what} ran longer than {timeout:?}; stderr:\n{}",
                 stderr.join().unwrap_or_default()
             );
         }
