@@ -177,6 +177,42 @@ impl EntryTable {
         }
     }
 
+    /// Moves the anchor forward to `anchor.index`, dropping the entries up to it: the
+    /// window then starts after it. `anchor` must describe an entry of the window as the
+    /// window does (its term, and where the data after it starts).
+    pub fn compact_to(&mut self, anchor: Anchor) {
+        assert!(
+            anchor.index >= self.anchor.index && anchor.index <= self.last_index(),
+            "anchor {} outside the window {}..={}",
+            anchor.index,
+            self.anchor.index,
+            self.last_index()
+        );
+        assert_eq!(
+            self.term(anchor.index),
+            Some(anchor.term),
+            "the anchor's term"
+        );
+        assert_eq!(
+            self.offset_at(anchor.index + 1),
+            anchor.offset,
+            "the anchor's offset"
+        );
+        while self.anchor.index < anchor.index {
+            if let Some(Meta {
+                kind: Kind::Data {
+                    bytes: Some(bytes), ..
+                },
+                ..
+            }) = self.entries.pop_front()
+            {
+                self.cached_bytes -= bytes.len() as u64;
+            }
+            self.anchor.index += 1;
+        }
+        self.anchor = anchor;
+    }
+
     /// The entry at `index` as Raft knows it; `None` if it is a data entry whose bytes are
     /// not cached (or outside the window).
     pub fn entry(&self, index: u64) -> Option<Entry> {
@@ -315,6 +351,48 @@ mod tests {
         assert_eq!(table.cached_bytes(), 10);
         table.push(7, data(4, 110, 111, 1));
         assert_eq!(table.term(7), Some(4));
+    }
+
+    #[test]
+    fn compaction_moves_the_anchor_and_keeps_what_follows() {
+        let mut table = table();
+        let anchor = Anchor {
+            index: 6,
+            term: 2,
+            offset: 110,
+        };
+        table.compact_to(anchor);
+        assert_eq!(table.anchor(), anchor);
+        assert_eq!((table.first_index(), table.last_index()), (7, 8));
+        assert_eq!((table.term(6), table.term(5)), (Some(2), None));
+        assert_eq!(table.entry(7).unwrap().data.len(), 20);
+        assert_eq!(
+            table.cached_bytes(),
+            20,
+            "the dropped entry's bytes are uncounted"
+        );
+        assert_eq!(table.offset_at(7), 110);
+        // Up to the last entry: the window is then empty after it.
+        let last = Anchor {
+            index: 8,
+            term: 3,
+            offset: 115,
+        };
+        table.compact_to(last);
+        assert_eq!((table.first_index(), table.last_index()), (9, 8));
+        assert_eq!((table.cached_bytes(), table.offset_next()), (0, 115));
+        table.push(9, data(3, 115, 116, 1));
+        assert_eq!(table.offset_at(9), 115);
+    }
+
+    #[test]
+    #[should_panic(expected = "the anchor's offset")]
+    fn an_anchor_that_misplaces_the_data_is_a_bug() {
+        table().compact_to(Anchor {
+            index: 5,
+            term: 1,
+            offset: 111,
+        });
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - the **anchor**: the last Raft index (and its term) below the partition's window of
 //!   entries, and the Kafka offset where the entry after it starts;
 //! - **truncations**: "every entry from index N on is gone";
-//! - the **hard state** (term, vote, commit) and the **configuration** (voters, learners).
+//! - the **hard state** (term, vote, commit) and the **configuration** (voters, learners);
+//! - **snapshots** installed from a leader: the new anchor, and the offset from which the
+//!   partition log must be cut and filled up to the anchor's offset with the leader's
+//!   batches (`fill_from`). The fill is done once a later anchor record says so.
 //!
 //! Each record is framed and checksummed on its own (little-endian):
 //!
@@ -17,19 +20,19 @@
 //! |-------:|-----:|-------------------------------------------------------------|
 //! |      0 |    4 | CRC-32C of bytes 4 .. 9 + body length                      |
 //! |      4 |    4 | body length, at most `JOURNAL_RECORD_BYTES_MAX`             |
-//! |      8 |    1 | kind: 1 anchor, 2 internal entry, 3 truncation, 4 hard state, 5 configuration |
+//! |      8 |    1 | kind: 1 anchor, 2 internal entry, 3 truncation, 4 hard state, 5 configuration, 6 snapshot |
 //! |      9 |    … | body, by kind (below)                                       |
 //!
 //! Bodies: anchor `index u64, term u64, offset i64`; internal entry `index u64, term u64,
 //! offset i64, entry type u8, context length u32, context, data`; truncation `index u64`;
 //! hard state `term u64, vote u64, commit u64`; configuration: raft-rs's `ConfState` in
-//! its protobuf encoding.
+//! its protobuf encoding; snapshot `index u64, term u64, offset i64, fill_from i64`.
 //!
 //! Reading keeps the longest prefix of whole records whose checksums hold: a record is
 //! made durable (fdatasync) before anything relies on it, so what follows a bad record was
 //! never relied on, and opening cuts it off. Later records override earlier ones: an
 //! internal entry or truncation at index N drops every internal entry at N or after, an
-//! anchor at N every one at N or before. The file is rewritten (to a temporary file,
+//! anchor at N every one at N or before, a snapshot every one. The file is rewritten (to a temporary file,
 //! fdatasynced, renamed over it, directory synced) with only what is live once it grows
 //! past `JOURNAL_BYTES_MAX`.
 
@@ -58,6 +61,7 @@ const KIND_INTERNAL: u8 = 2;
 const KIND_TRUNCATION: u8 = 3;
 const KIND_HARD_STATE: u8 = 4;
 const KIND_CONF_STATE: u8 = 5;
+const KIND_SNAPSHOT: u8 = 6;
 
 /// The last entry below a partition's Raft window, and where the entry after it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,9 +90,17 @@ pub struct Internal {
 pub enum Record {
     Anchor(Anchor),
     Internal(Internal),
-    Truncation { index: u64 },
+    Truncation {
+        index: u64,
+    },
     HardState(HardState),
     ConfState(ConfState),
+    /// A leader's snapshot was taken: `anchor` is the new anchor, and the partition log is
+    /// to be cut at `fill_from` and filled with the leader's batches up to `anchor.offset`.
+    Snapshot {
+        anchor: Anchor,
+        fill_from: i64,
+    },
 }
 
 /// What the journal holds once its records are applied in order.
@@ -98,6 +110,9 @@ pub struct JournalState {
     pub internals: BTreeMap<u64, Internal>,
     pub hard_state: HardState,
     pub conf_state: ConfState,
+    /// Set while a snapshot's fill is not done: the offset the partition log is to be cut
+    /// at before it is filled up to the anchor's offset.
+    pub fill_from: Option<i64>,
 }
 
 impl JournalState {
@@ -107,6 +122,12 @@ impl JournalState {
             Record::Anchor(anchor) => {
                 self.anchor = *anchor;
                 self.internals = self.internals.split_off(&(anchor.index + 1));
+                self.fill_from = None;
+            }
+            Record::Snapshot { anchor, fill_from } => {
+                self.anchor = *anchor;
+                self.internals.clear();
+                self.fill_from = Some(*fill_from);
             }
             Record::Internal(internal) => {
                 self.internals.split_off(&internal.index);
@@ -122,8 +143,15 @@ impl JournalState {
 
     /// The records that rebuild this state in a fresh journal.
     fn records(&self) -> Vec<Record> {
+        let anchor = match self.fill_from {
+            Some(fill_from) => Record::Snapshot {
+                anchor: self.anchor,
+                fill_from,
+            },
+            None => Record::Anchor(self.anchor),
+        };
         let mut records = vec![
-            Record::Anchor(self.anchor),
+            anchor,
             Record::HardState(self.hard_state.clone()),
             Record::ConfState(self.conf_state.clone()),
         ];
@@ -327,6 +355,13 @@ fn encode(record: &Record, out: &mut Vec<u8>) -> Result<(), usize> {
             body = encoded;
             KIND_CONF_STATE
         }
+        Record::Snapshot { anchor, fill_from } => {
+            body.extend_from_slice(&anchor.index.to_le_bytes());
+            body.extend_from_slice(&anchor.term.to_le_bytes());
+            body.extend_from_slice(&anchor.offset.to_le_bytes());
+            body.extend_from_slice(&fill_from.to_le_bytes());
+            KIND_SNAPSHOT
+        }
     };
     if body.len() > JOURNAL_RECORD_BYTES_MAX {
         return Err(body.len());
@@ -404,6 +439,14 @@ fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
             ..HardState::default()
         }),
         KIND_CONF_STATE => Record::ConfState(ConfState::parse_from_bytes(body).ok()?),
+        KIND_SNAPSHOT => Record::Snapshot {
+            anchor: Anchor {
+                index: fields.u64()?,
+                term: fields.u64()?,
+                offset: fields.u64()? as i64,
+            },
+            fill_from: fields.u64()? as i64,
+        },
         _ => return None,
     };
     Some((record, BODY_AT + len))
@@ -475,6 +518,15 @@ mod tests {
             }),
             Record::Truncation { index: 12 },
             hard_state(4, 2, 8),
+            Record::Snapshot {
+                anchor: Anchor {
+                    index: 30,
+                    term: 4,
+                    offset: 500,
+                },
+                fill_from: 180,
+            },
+            internal(31, 4, 500),
         ]
     }
 
@@ -490,10 +542,33 @@ mod tests {
         for record in &sample() {
             state.apply(record);
         }
-        assert_eq!(state.anchor.offset, 100);
-        assert_eq!(state.internals.keys().copied().collect::<Vec<_>>(), [5, 9]);
+        // The snapshot dropped every internal entry before it and left a fill to do.
+        assert_eq!((state.anchor.index, state.anchor.offset), (30, 500));
+        assert_eq!(state.fill_from, Some(180));
+        assert_eq!(state.internals.keys().copied().collect::<Vec<_>>(), [31]);
         assert_eq!((state.hard_state.term, state.hard_state.commit), (4, 8));
         assert_eq!(state.conf_state.voters, [1, 2, 3]);
+        // A rewrite keeps the fill to do.
+        let mut rebuilt = JournalState::default();
+        for record in &state.records() {
+            rebuilt.apply(record);
+        }
+        assert_eq!(rebuilt, state);
+        // An anchor says the fill is done.
+        let done = Anchor {
+            index: 30,
+            term: 4,
+            offset: 500,
+        };
+        state.apply(&Record::Anchor(done));
+        assert_eq!(state.fill_from, None);
+
+        let mut state = JournalState::default();
+        for record in &sample()[..8] {
+            state.apply(record);
+        }
+        assert_eq!(state.anchor.offset, 100);
+        assert_eq!(state.internals.keys().copied().collect::<Vec<_>>(), [5, 9]);
         state.apply(&internal(7, 4, 150));
         assert_eq!(state.internals.keys().copied().collect::<Vec<_>>(), [5, 7]);
         state.apply(&Record::Anchor(Anchor {
@@ -551,7 +626,7 @@ mod tests {
                     .unwrap();
             }
             assert!(journal.size_bytes() <= JOURNAL_BYTES_MAX);
-            journal.append(&[internal(20, 9, 300)], true).await.unwrap();
+            journal.append(&[internal(32, 9, 500)], true).await.unwrap();
             let expected = journal.state.clone();
             drop(journal);
             let (_, state) = Journal::open(DiskStorage, dir.path()).await.unwrap();
@@ -559,7 +634,7 @@ mod tests {
             assert_eq!(state.hard_state.commit, appends - 1);
             assert_eq!(
                 state.internals.keys().copied().collect::<Vec<_>>(),
-                [5, 9, 20]
+                [31, 32]
             );
         })
         .unwrap();

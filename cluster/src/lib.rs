@@ -10,12 +10,14 @@
 mod applied;
 pub mod controller;
 pub mod entries;
+pub mod fill;
 mod inbox;
 pub mod journal;
 pub mod limits;
 pub mod logger;
 pub mod node;
 pub mod replica;
+pub mod snapshot;
 pub mod storage;
 pub mod transport;
 
@@ -23,5 +25,7 @@ pub mod transport;
 mod idempotence_tests;
 #[cfg(test)]
 mod simulation_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

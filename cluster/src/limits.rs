@@ -89,3 +89,34 @@ pub const TRANSPORT_ACCEPT_RETRY_MS: u64 = 100;
 /// (a receive buffer starts again at `TRANSPORT_READ_BUFFER_BYTES`).
 pub const TRANSPORT_READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const TRANSPORT_BUFFER_RETAINED_BYTES_MAX: usize = 1024 * 1024;
+
+/// Applied entries a replica's window keeps behind its applied index; the anchor moves in
+/// steps of this many (80 bytes of memory each, plus one journal record per step). A
+/// follower lagging within the window is sent entries; beyond it, a snapshot.
+pub const WINDOW_ENTRIES_KEEP: u64 = 1024;
+
+/// The most entries a leader keeps in its window for followers in touch that are catching
+/// up (5 MiB of entry table): a follower further behind gets a snapshot and copies the
+/// batches in bulk.
+pub const WINDOW_ENTRIES_MAX: u64 = 64 * 1024;
+
+/// Ticks a leader waits for a follower it sent a snapshot to before it takes the snapshot
+/// as lost and sends it again (1 s at the usual tick of 100 ms). A snapshot message is a
+/// few bytes (the anchor; the batches are fetched apart), so repeating it is cheap: a
+/// follower still filling takes the repeat once done, finds it no newer than what it
+/// installed, and answers with its log's end, which resumes replication to it.
+pub const SNAPSHOT_SILENCE_TICKS_MAX: usize = 10;
+
+/// Bytes of batches one fill request asks a peer for (`snapshot.rs`); the answer's frame
+/// must fit `TRANSPORT_FRAME_BYTES_MAX` with the largest batch, which is always sent whole.
+pub const FILL_CHUNK_BYTES_MAX: u32 = 1024 * 1024;
+
+/// How long a fill waits for a peer's answer before asking the next peer, and how long it
+/// waits after a peer could not serve (its commit end not there yet, or it is down), in
+/// milliseconds.
+pub const FILL_ANSWER_TIMEOUT_MS: u64 = 5_000;
+pub const FILL_RETRY_MS: u64 = 200;
+
+/// Fill requests one shard serves at once (each a read of up to `FILL_CHUNK_BYTES_MAX`);
+/// past this a request is answered empty and its asker tries another peer.
+pub const FILL_SERVES_MAX: usize = 16;

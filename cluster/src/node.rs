@@ -49,11 +49,15 @@ use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, Topic
 
 use crate::applied::{Applied, Stopped};
 use crate::controller::{CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
+use crate::fill::{FillCounters, Fills};
 use crate::inbox::{self, Inbox};
-use crate::limits::{CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX};
+use crate::limits::{
+    CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
+    WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
+};
 use crate::limits::{CONTROLLER_PROPOSE_TIMEOUT_MS, GROUP_INBOX_COMMANDS_MAX};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
-use crate::transport::{self, Hello, Incoming, Transport};
+use crate::transport::{self, Hello, Incoming, Payload, Transport};
 
 /// A node of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +174,7 @@ struct Inner {
     controller_applied: AtomicI64,
     /// Peers' messages dropped because their group's inbox was full (every shard's).
     steps_dropped: Arc<AtomicU64>,
+    fill_counters: Arc<FillCounters>,
 }
 
 /// The node's cluster layer: `Send + Sync`, cheap to clone.
@@ -252,6 +257,8 @@ type GroupKey = (Rc<str>, u32);
 struct Local {
     shard: usize,
     transport: Rc<Transport>,
+    /// Snapshot fills: served to peers, fetched for this shard's replicas.
+    fills: Rc<Fills>,
     groups: RefCell<HashMap<GroupKey, Rc<Inbox<Command>>>>,
     /// How far the controller's log is applied (used on shard 0, the controller's).
     controller_applied: Applied,
@@ -283,6 +290,7 @@ impl Cluster {
                 brokers: Mutex::new(brokers),
                 controller_applied: AtomicI64::new(0),
                 steps_dropped: Arc::new(AtomicU64::new(0)),
+                fill_counters: Arc::default(),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -477,13 +485,19 @@ impl Cluster {
         hello
             .validate()
             .map_err(|e| ClusterError::InvalidConfig(e.to_string()))?;
-        let peers = config
+        let peers: Vec<(u64, SocketAddr)> = config
             .peers
             .iter()
             .filter(|peer| peer.id != config.node_id)
             .map(|peer| (peer.id, peer.internal))
             .collect();
+        let peer_ids = peers.iter().map(|(id, _)| *id).collect();
         let transport = Transport::new(hello.clone(), peers);
+        let fills = Fills::new(
+            peer_ids,
+            transport.clone(),
+            self.inner.fill_counters.clone(),
+        );
         let listener = TcpListener::bind_reuse_port(config.internal_listen).map_err(|source| {
             ClusterError::Listen {
                 address: config.internal_listen,
@@ -493,6 +507,7 @@ impl Cluster {
         let local = Rc::new(Local {
             shard,
             transport,
+            fills,
             groups: RefCell::new(HashMap::new()),
             controller_applied: Applied::new(),
             steps_dropped: self.inner.steps_dropped.clone(),
@@ -530,17 +545,12 @@ impl Cluster {
         let owner = owner(&incoming.topic, incoming.partition, self.shards().len());
         let Some(here) = local() else { return };
         if owner == here.shard {
-            deliver_local(&here, &incoming.topic, incoming.partition, incoming.message);
+            deliver_here(&here, incoming);
             return;
         }
         let work = Box::new(move || {
             if let Some(local) = local() {
-                deliver_local(
-                    &local,
-                    &incoming.topic,
-                    incoming.partition,
-                    incoming.message,
-                );
+                deliver_here(&local, incoming);
             }
         });
         // A full mailbox drops the message, as a lossy network would; Raft resends.
@@ -597,6 +607,8 @@ impl Cluster {
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
             entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
+            window_entries_keep: WINDOW_ENTRIES_KEEP,
+            window_entries_max: WINDOW_ENTRIES_MAX,
         }
     }
 
@@ -732,9 +744,11 @@ impl Cluster {
     }
 
     /// Starts the task that drives `replica`, on this shard.
-    fn spawn_group(&self, replica: Replica<DiskStorage>) {
+    fn spawn_group(&self, mut replica: Replica<DiskStorage>) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
+        replica.set_fill_source(local.fills.source());
+        local.fills.register(replica.log().clone());
         let key: GroupKey = (Rc::from(&*id.topic), id.partition);
         let inbox = Inbox::new(GROUP_INBOX_COMMANDS_MAX);
         let commands = Rc::downgrade(&inbox);
@@ -743,6 +757,7 @@ impl Cluster {
         rt::spawn_local(async move {
             let failure = cluster.drive(replica, commands, &local, &key).await;
             local.groups.borrow_mut().remove(&key);
+            local.fills.forget(&id);
             lock(&cluster.inner.status).remove(&(key.0.to_string(), key.1));
             tracing::error!(partition = %id, error = %failure, "replica stopped; restart the node to reopen it");
         })
@@ -859,6 +874,28 @@ fn is_ignorable(error: &raft::Error) -> bool {
         error,
         raft::Error::StepPeerNotFound | raft::Error::StepLocalMsg | raft::Error::ProposalDropped
     )
+}
+
+/// Hands a peer's frame, on the shard that owns its group, to the group's task (a Raft
+/// message) or to the shard's fills (a fill request or answer).
+fn deliver_here(local: &Local, incoming: Incoming) {
+    let Incoming {
+        from,
+        topic,
+        partition,
+        payload,
+    } = incoming;
+    match payload {
+        Payload::Raft(message) => deliver_local(local, &topic, partition, message),
+        Payload::FillRequest { offset, max_bytes } => {
+            local
+                .fills
+                .serve(from, &topic, partition, offset, max_bytes);
+        }
+        Payload::FillChunk { offset, batches } => {
+            local.fills.answered(&topic, partition, offset, batches);
+        }
+    }
 }
 
 /// Hands a peer's message to its group's task, on the shard that owns the group. A message

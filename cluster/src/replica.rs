@@ -21,6 +21,11 @@
 //!   consumers of a replicated partition read below it.
 //! - A replica that stops leading fails its proposals not yet committed with
 //!   [`ReplicaError::NotLeader`]; a client retries them at the new leader.
+//! - **The window moves.** Once applied, entries leave the window in steps
+//!   ([`Replica::compact`]): the anchor follows the applied index, held back on a leader
+//!   for followers that are catching up, up to a bound. A follower that needs entries
+//!   below its leader's anchor gets a snapshot and copies the batches below it from a peer
+//!   in bulk (`snapshot.rs`).
 //! - **Idempotent producers.** Before it stamps a batch of an idempotent producer, the
 //!   leader checks it with the partition log's rules (`PartitionLog::check_producer_batch`)
 //!   against the log's producer state (every batch it holds, committed or not, whoever
@@ -33,11 +38,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use ringlog_engine::batch::{self, FrameHeader};
 use ringlog_engine::limits::BATCHES_PER_PRODUCER_MAX;
 use ringlog_engine::log::{
@@ -50,7 +58,9 @@ use crate::entries::{EntryTable, Kind, Meta};
 use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
 use crate::limits::{
     APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_FETCH_BYTES_MAX,
+    SNAPSHOT_SILENCE_TICKS_MAX,
 };
+use crate::snapshot::{self, FillSource};
 use crate::storage::{self, RaftStorage};
 
 /// How a replica takes part in its group.
@@ -67,6 +77,20 @@ pub struct ReplicaConfig {
     /// Bytes of data entries kept in memory beyond those that must be (see
     /// `ENTRY_CACHE_BYTES_MAX`, the usual value).
     pub entry_cache_bytes_max: u64,
+    /// Applied entries the window keeps (the anchor moves in steps of this), and the most
+    /// a leader keeps for followers catching up (see [`Replica::compact`];
+    /// `WINDOW_ENTRIES_KEEP` and `WINDOW_ENTRIES_MAX`, the usual values).
+    pub window_entries_keep: u64,
+    pub window_entries_max: u64,
+}
+
+/// What a replica did with snapshots, for the node's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots this replica installed as a follower.
+    pub installed: u64,
+    /// Bytes of batches it copied from peers to fill them.
+    pub fill_bytes: u64,
 }
 
 /// Errors of a replica.
@@ -150,6 +174,16 @@ pub struct Replica<S: Storage> {
     producers_proposed: HashMap<i64, Vec<(ProducerBatch, i64)>>,
     high_watermark: i64,
     entry_cache_bytes_max: u64,
+    window_entries_keep: u64,
+    window_entries_max: u64,
+    /// Set while a snapshot's fill is to be done (`snapshot.rs`): the offset the log is
+    /// trusted to. Nothing else happens until it is done.
+    fill_from: Option<i64>,
+    fill_source: Option<Rc<dyn FillSource>>,
+    /// On a leader: ticks each follower has spent waiting for a snapshot it was sent. The
+    /// transport may lose the message, and raft-rs waits for it until told it failed.
+    snapshot_ticks: HashMap<u64, usize>,
+    snapshot_stats: SnapshotStats,
 }
 
 impl<S: Storage> Replica<S> {
@@ -220,11 +254,8 @@ impl<S: Storage> Replica<S> {
                 state.apply(record);
             }
         }
-        let table = rebuild(&id, &log, &mut journal, &state).await?;
-        // Applying an entry only moves the high watermark (configuration changes are
-        // recorded as they apply), so what the hard state says committed is applied.
+        let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
         let applied = state.hard_state.commit.min(table.last_index());
-        let high_watermark = table.offset_at(applied + 1);
         let storage = RaftStorage::new(storage::State {
             table,
             hard_state: state.hard_state.clone(),
@@ -260,6 +291,12 @@ impl<S: Storage> Replica<S> {
             producers_proposed: HashMap::new(),
             high_watermark,
             entry_cache_bytes_max: config.entry_cache_bytes_max,
+            window_entries_keep: config.window_entries_keep.max(1),
+            window_entries_max: config.window_entries_max.max(config.window_entries_keep),
+            fill_from: state.fill_from.map(|_| high_watermark),
+            fill_source: None,
+            snapshot_ticks: HashMap::new(),
+            snapshot_stats: SnapshotStats::default(),
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -344,9 +381,54 @@ impl<S: Storage> Replica<S> {
         (last, state.table.term(last).unwrap_or(0))
     }
 
-    /// Advances the group's clock by one tick.
+    /// Where this replica fetches the batches of a snapshot it installs (needed before
+    /// a snapshot arrives or a fill left undone is resumed).
+    pub fn set_fill_source(&mut self, source: Rc<dyn FillSource>) {
+        self.fill_source = Some(source);
+    }
+
+    /// What this replica did with snapshots.
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.snapshot_stats
+    }
+
+    /// The anchor: the last index below the window (`snapshot.rs`).
+    pub fn anchor(&self) -> Anchor {
+        self.storage.state.borrow().table.anchor()
+    }
+
+    /// Advances the group's clock by one tick. A replica filling a snapshot stands still:
+    /// it must not campaign with a log it does not hold yet.
     pub fn tick(&mut self) {
+        if self.fill_from.is_some() {
+            return;
+        }
         self.node.tick();
+        self.retry_silent_snapshots();
+    }
+
+    /// On a leader, tells raft-rs a snapshot failed once its follower has been silent
+    /// about it for `SNAPSHOT_SILENCE_TICKS_MAX`: the message may have been lost, and
+    /// raft-rs sends nothing more to that follower until told. A follower still filling
+    /// gets the snapshot again and ignores it once done (it is no newer than its commit).
+    fn retry_silent_snapshots(&mut self) {
+        if !self.is_leader() {
+            self.snapshot_ticks.clear();
+            return;
+        }
+        let waiting: Vec<u64> = (self.node.raft.prs().iter())
+            .filter(|(_, progress)| progress.state == ProgressState::Snapshot)
+            .map(|(&id, _)| id)
+            .collect();
+        self.snapshot_ticks.retain(|id, _| waiting.contains(id));
+        for id in waiting {
+            let ticks = self.snapshot_ticks.entry(id).or_insert(0);
+            *ticks += 1;
+            if *ticks >= SNAPSHOT_SILENCE_TICKS_MAX {
+                self.snapshot_ticks.remove(&id);
+                self.node.report_snapshot(id, SnapshotStatus::Failure);
+            }
+        }
     }
 
     /// Starts an election now (an operator's or a test's choice; followers campaign on
@@ -535,12 +617,15 @@ impl<S: Storage> Replica<S> {
 
     /// Whether [`Replica::process_ready`] has work.
     pub fn has_ready(&self) -> bool {
-        self.node.has_ready() || !self.storage.state.borrow().fetches.is_empty()
+        self.fill_from.is_some()
+            || self.node.has_ready()
+            || !self.storage.state.borrow().fetches.is_empty()
     }
 
     /// Persists what raft-rs has ready, applies what committed, and returns the messages
     /// to send to peers, in order.
     pub async fn process_ready(&mut self) -> Result<Vec<Message>, ReplicaError> {
+        self.fill().await?;
         self.serve_fetches().await?;
         if !self.node.has_ready() {
             return Ok(Vec::new());
@@ -548,7 +633,7 @@ impl<S: Storage> Replica<S> {
         let mut ready = self.node.ready();
         let mut out = ready.take_messages();
         if ready.snapshot().get_metadata().index != 0 {
-            return Err(self.inconsistent("a snapshot arrived, and none is ever sent yet"));
+            self.install(ready.snapshot()).await?;
         }
         self.apply(ready.take_committed_entries()).await?;
         self.persist_entries(ready.take_entries()).await?;
@@ -567,9 +652,164 @@ impl<S: Storage> Replica<S> {
         if !self.is_leader() {
             self.fail_proposals();
         }
+        self.compact().await?;
         let keep_from = self.keep_cached_from();
         (self.storage.state.borrow_mut().table).evict(keep_from, self.entry_cache_bytes_max);
         Ok(out)
+    }
+
+    /// Moves the anchor forward once `window_entries_keep` more entries were applied
+    /// behind it, keeping `window_entries_keep` applied entries in the window. A leader
+    /// keeps, besides, the entries its followers that are in touch still need, up to
+    /// `window_entries_max` behind the applied index; a follower further behind (or out
+    /// of touch) gets a snapshot. The anchor is written without a sync: one lost in a
+    /// crash leaves a longer window, which is only slower to open.
+    async fn compact(&mut self) -> Result<(), ReplicaError> {
+        let applied = self.node.raft.raft_log.applied;
+        let mut target = applied.saturating_sub(self.window_entries_keep);
+        if self.is_leader() {
+            let raft = &self.node.raft;
+            let needed = (raft.prs().iter())
+                .filter(|(&id, progress)| id != raft.id && progress.recent_active)
+                .map(|(_, progress)| progress.matched)
+                .min();
+            if let Some(needed) = needed {
+                target = target.min(needed.max(applied.saturating_sub(self.window_entries_max)));
+            }
+        }
+        let anchor = self.anchor();
+        if target < anchor.index + self.window_entries_keep {
+            return Ok(());
+        }
+        let moved = {
+            let table = &self.storage.state.borrow().table;
+            let Some(term) = table.term(target) else {
+                return Err(self.inconsistent(&format!("applied entry {target} has no term")));
+            };
+            Anchor {
+                index: target,
+                term,
+                offset: table.offset_at(target + 1),
+            }
+        };
+        self.journal
+            .append(&[Record::Anchor(moved)], false)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.storage.state.borrow_mut().table.compact_to(moved);
+        Ok(())
+    }
+
+    /// Installs a leader's snapshot (`snapshot.rs`): records the new anchor and the offset
+    /// this log is trusted to (its commit end: committed bytes are the leader's too) with
+    /// the hard state and configuration that go with it, empties the window, and fills
+    /// the log up to the anchor's offset.
+    async fn install(&mut self, snapshot: &Snapshot) -> Result<(), ReplicaError> {
+        let metadata = snapshot.get_metadata();
+        let Some(offset) = snapshot::decode_data(&snapshot.data) else {
+            return Err(self.inconsistent("a snapshot's data does not decode"));
+        };
+        let fill_from = self.high_watermark;
+        if offset < fill_from {
+            return Err(self.inconsistent(&format!(
+                "a snapshot ends at offset {offset}, below the commit end {fill_from}"
+            )));
+        }
+        let anchor = Anchor {
+            index: metadata.index,
+            term: metadata.term,
+            offset,
+        };
+        let mut hard_state = self.node.raft.hard_state();
+        hard_state.commit = hard_state.commit.max(anchor.index);
+        let conf_state = metadata.get_conf_state().clone();
+        let records = [
+            Record::Snapshot { anchor, fill_from },
+            Record::ConfState(conf_state.clone()),
+            Record::HardState(hard_state.clone()),
+        ];
+        self.journal
+            .append(&records, true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        {
+            let mut state = self.storage.state.borrow_mut();
+            state.table = EntryTable::new(anchor);
+            state.conf_state = conf_state;
+            state.hard_state = hard_state;
+        }
+        self.fail_proposals();
+        tracing::info!(
+            partition = %self.id,
+            index = anchor.index,
+            offset_from = fill_from,
+            offset_to = offset,
+            "installing a snapshot: copying the batches below it from a peer"
+        );
+        self.fill_from = Some(fill_from);
+        self.fill().await?;
+        self.snapshot_stats.installed += 1;
+        Ok(())
+    }
+
+    /// Does the fill a snapshot left, if any: cuts the log to the offset it trusts,
+    /// copies the batches up to the anchor's offset from peers, and records that it is
+    /// done. The batches are validated and written as a follower writes entries.
+    async fn fill(&mut self) -> Result<(), ReplicaError> {
+        let Some(fill_from) = self.fill_from else {
+            return Ok(());
+        };
+        let Some(source) = self.fill_source.clone() else {
+            return Err(ReplicaError::Unsupported {
+                partition: self.id.clone(),
+                what: "a snapshot to install, without a source to fill it from",
+            });
+        };
+        let anchor = self.anchor();
+        if self.log.offsets().log_end > fill_from {
+            self.log
+                .truncate_to(fill_from)
+                .await
+                .map_err(|source| log_error(&self.id, source))?;
+        }
+        loop {
+            let log_end = self.log.offsets().log_end;
+            if log_end >= anchor.offset {
+                break;
+            }
+            let Some(chunk) = source.fetch(&self.id, log_end, anchor.offset).await else {
+                return Err(ReplicaError::Unsupported {
+                    partition: self.id.clone(),
+                    what: "a snapshot's fill, stopped with the node",
+                });
+            };
+            let batches = snapshot::whole_batches(&chunk, log_end, anchor.offset)
+                .map_err(|reason| self.inconsistent(&reason))?;
+            if batches.is_empty() {
+                continue;
+            }
+            let len = batches.len() as u64;
+            self.log
+                .append_replicated(batches, Ack::Durable)
+                .await
+                .map_err(|source| log_error(&self.id, source))?;
+            self.snapshot_stats.fill_bytes += len;
+        }
+        if self.log.offsets().log_end != anchor.offset {
+            return Err(self.inconsistent("a snapshot's fill went past the anchor's offset"));
+        }
+        self.journal
+            .append(&[Record::Anchor(anchor)], true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.fill_from = None;
+        self.high_watermark = anchor.offset;
+        self.log
+            .set_commit_end(anchor.offset)
+            .await
+            .map_err(|source| log_error(&self.id, source))?;
+        tracing::info!(partition = %self.id, offset = anchor.offset, "snapshot installed");
+        Ok(())
     }
 
     /// Closes the partition log (everything written is synced).
@@ -987,6 +1227,32 @@ fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
         partition: partition.clone(),
         source,
     }
+}
+
+/// The window a replica opens with, and its high watermark. If a snapshot's fill was not
+/// done, the log is cut back to what it trusted and the window is empty after the
+/// snapshot's anchor (the fill is done again before anything else, `process_ready`).
+async fn open_window<S: Storage>(
+    id: &PartitionId,
+    log: &PartitionLog<S>,
+    journal: &mut Journal<S>,
+    state: &crate::journal::JournalState,
+) -> Result<(EntryTable, i64), ReplicaError> {
+    if let Some(fill_from) = state.fill_from {
+        let fill_from = fill_from.min(log.offsets().log_end);
+        if log.offsets().log_end > fill_from {
+            log.truncate_to(fill_from)
+                .await
+                .map_err(|source| log_error(id, source))?;
+        }
+        return Ok((EntryTable::new(state.anchor), fill_from));
+    }
+    let table = rebuild(id, log, journal, state).await?;
+    // Applying an entry only moves the high watermark (configuration changes are recorded
+    // as they apply), so what the hard state says committed is applied.
+    let applied = state.hard_state.commit.min(table.last_index());
+    let high_watermark = table.offset_at(applied + 1);
+    Ok((table, high_watermark))
 }
 
 /// Rebuilds the window from the anchor: the batches of the partition log from the

@@ -8,8 +8,9 @@
 //! (`on_entries_fetched`). Reads that may not wait only ever ask for entries that are not
 //! applied yet, which the table always caches.
 //!
-//! Snapshots are not served yet: the anchor only moves when the window is rebuilt, so no
-//! follower is ever behind it (see `docs/ARCHITECTURE.md`, "Replication").
+//! A snapshot is the anchor (`snapshot.rs`): raft-rs asks for one when a follower needs
+//! entries at or below it, and the follower copies the batches below the anchor's offset
+//! from a peer's log.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -119,9 +120,22 @@ impl raft::Storage for RaftStorage {
         Ok(self.state.borrow().table.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let state = self.state.borrow();
+        let anchor = state.table.anchor();
+        // Index 0 is no snapshot (nothing below the window); one older than asked for
+        // would not do.
+        if anchor.index == 0 || anchor.index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snapshot = Snapshot::default();
+        snapshot.data = crate::snapshot::encode_data(anchor.offset);
+        let metadata = snapshot.mut_metadata();
+        metadata.index = anchor.index;
+        metadata.term = anchor.term;
+        metadata.set_conf_state(state.conf_state.clone());
+        Ok(snapshot)
     }
 }

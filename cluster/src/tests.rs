@@ -44,6 +44,8 @@ pub(crate) fn config(node_id: u64) -> ReplicaConfig {
         election_ticks: 10,
         heartbeat_ticks: 2,
         entry_cache_bytes_max: crate::limits::ENTRY_CACHE_BYTES_MAX,
+        window_entries_keep: crate::limits::WINDOW_ENTRIES_KEEP,
+        window_entries_max: crate::limits::WINDOW_ENTRIES_MAX,
     }
 }
 
@@ -62,6 +64,11 @@ pub(crate) struct Cluster {
 
 impl Cluster {
     pub(crate) async fn open(dir: &Path) -> Cluster {
+        Self::open_with(dir, config).await
+    }
+
+    /// Opens the replicas with the configuration `config` gives each node.
+    pub(crate) async fn open_with(dir: &Path, config: impl Fn(u64) -> ReplicaConfig) -> Cluster {
         let mut replicas = BTreeMap::new();
         for node in NODES {
             let replica = Replica::open(
@@ -170,6 +177,11 @@ impl Cluster {
             logs.insert(*node, bytes);
         }
         logs
+    }
+
+    /// The directory under which each replica has its own (`node-{id}`).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(crate) async fn close(self) -> PathBuf {

@@ -16,7 +16,7 @@
 //! | offset | size | field                                                           |
 //! |-------:|-----:|-----------------------------------------------------------------|
 //! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
-//! |      4 |    1 | kind: 1 hello, 2 Raft                                           |
+//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk            |
 //! |      5 |    … | body, by kind (below)                                           |
 //!
 //! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
@@ -40,11 +40,21 @@
 //! | 2 + `t` |    4 | partition                                                      |
 //! | 6 + `t` |    … | raft-rs's `eraftpb.Message`, protobuf, to the end of the frame |
 //!
+//! The fill frames carry a snapshot's batches (`snapshot.rs`): a replica installing a
+//! snapshot asks a peer for the batches of its committed log from an offset on, and the
+//! peer answers on its own connection back. Both start as a Raft frame does (topic name,
+//! partition), then:
+//!
+//! | kind | field after the partition                                              |
+//! |-----:|------------------------------------------------------------------------|
+//! |    3 | `offset i64` (≥ 0), `max_bytes u32` (1 ..= `FILL_CHUNK_BYTES_MAX`)     |
+//! |    4 | `offset i64` (≥ 0), the batches from it, to the end of the frame (none: the peer cannot serve that offset now) |
+//!
 //! There is no batch kind: a sender packs every frame queued for a peer into one send, so
 //! the messages of many groups share a system call. The connecting side sends its hello
 //! first; the accepting side checks it (same cluster name, not its own node id) and answers
 //! with its own, which the connecting side checks (same cluster, the node it meant to
-//! reach). After that only the connecting side sends, and only Raft frames.
+//! reach). After that only the connecting side sends, and only Raft and fill frames.
 //!
 //! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
 //! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
@@ -76,7 +86,7 @@ use ringlog_engine::limits::TOPIC_NAME_LEN_MAX;
 use ringlog_engine::rt::{self, IoBuf, JoinHandle, TcpListener, TcpStream};
 
 use crate::limits::{
-    TRANSPORT_ACCEPT_RETRY_MS, TRANSPORT_BUFFER_RETAINED_BYTES_MAX,
+    FILL_CHUNK_BYTES_MAX, TRANSPORT_ACCEPT_RETRY_MS, TRANSPORT_BUFFER_RETAINED_BYTES_MAX,
     TRANSPORT_CLUSTER_NAME_BYTES_MAX, TRANSPORT_CONNECTIONS_MAX, TRANSPORT_FRAME_BYTES_MAX,
     TRANSPORT_HANDSHAKE_TIMEOUT_MS, TRANSPORT_HOST_BYTES_MAX, TRANSPORT_PEER_QUEUE_BYTES_MAX,
     TRANSPORT_READ_BUFFER_BYTES, TRANSPORT_RECONNECT_BACKOFF_MAX_MS,
@@ -92,6 +102,8 @@ const LEN_FIELD_BYTES: usize = KIND_AT - LEN_AT;
 
 const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
+const KIND_FILL_REQUEST: u8 = 3;
+const KIND_FILL_CHUNK: u8 = 4;
 
 /// A string's length prefix.
 const STRING_LEN_BYTES: usize = 2;
@@ -158,14 +170,40 @@ fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), FrameErro
     Ok(())
 }
 
-/// A Raft message from a peer, for the group `(topic, partition)`.
+/// A frame from a peer, for the group `(topic, partition)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
-    /// The sending node (the connection's hello said so, and the message agrees).
+    /// The sending node (the connection's hello said so, and a Raft message agrees).
     pub from: u64,
     pub topic: String,
     pub partition: u32,
-    pub message: Message,
+    pub payload: Payload,
+}
+
+/// What a peer sent a group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Raft(Message),
+    /// Asks for the batches of the committed log from `offset` on, about `max_bytes`.
+    FillRequest {
+        offset: i64,
+        max_bytes: u32,
+    },
+    /// Answers a fill request: the batches from `offset` on (empty: not servable now).
+    FillChunk {
+        offset: i64,
+        batches: bytes::Bytes,
+    },
+}
+
+impl Incoming {
+    /// The Raft message, if that is what this is.
+    pub fn message(&self) -> Option<&Message> {
+        match &self.payload {
+            Payload::Raft(message) => Some(message),
+            _ => None,
+        }
+    }
 }
 
 /// Why a frame is refused.
@@ -197,6 +235,8 @@ pub enum FrameError {
     TrailingBytes { count: usize },
     #[error("the Raft message does not decode: {source}")]
     Message { source: protobuf::ProtobufError },
+    #[error("a fill frame's {field} of {value} is out of bounds")]
+    FillOutOfBounds { field: &'static str, value: i64 },
 }
 
 /// Why a connection ended.
@@ -242,11 +282,13 @@ pub enum ConnectionError {
 // ---------------------------------------------------------------------------------------
 // Frames.
 
-/// The two kinds of frame.
+/// The kinds of frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Hello,
     Raft,
+    FillRequest,
+    FillChunk,
 }
 
 impl Kind {
@@ -254,6 +296,8 @@ impl Kind {
         match self {
             Kind::Hello => KIND_HELLO,
             Kind::Raft => KIND_RAFT,
+            Kind::FillRequest => KIND_FILL_REQUEST,
+            Kind::FillChunk => KIND_FILL_CHUNK,
         }
     }
 }
@@ -280,6 +324,8 @@ fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, F
     match kind {
         KIND_HELLO => Ok(Some((Kind::Hello, len))),
         KIND_RAFT => Ok(Some((Kind::Raft, len))),
+        KIND_FILL_REQUEST => Ok(Some((Kind::FillRequest, len))),
+        KIND_FILL_CHUNK => Ok(Some((Kind::FillChunk, len))),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -335,17 +381,54 @@ fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
     Ok(hello)
 }
 
-/// A Raft frame's body: the group's topic and partition, and the message.
-fn decode_raft(body: &[u8]) -> Result<(&str, u32, Message), FrameError> {
+/// The group a Raft or fill frame's body names, and the fields after it.
+fn decode_group(body: &[u8]) -> Result<(&str, u32, Fields<'_>), FrameError> {
     let mut fields = Fields { bytes: body };
     let topic = fields.string("topic name", TOPIC_NAME_LEN_MAX)?;
     if topic.is_empty() {
         return Err(FrameError::TopicEmpty);
     }
     let partition = u32::from_be_bytes(fields.array("partition")?);
+    Ok((topic, partition, fields))
+}
+
+/// A Raft frame's body: the group's topic and partition, and the message.
+fn decode_raft(body: &[u8]) -> Result<(&str, u32, Message), FrameError> {
+    let (topic, partition, fields) = decode_group(body)?;
     let message =
         Message::parse_from_bytes(fields.bytes).map_err(|source| FrameError::Message { source })?;
     Ok((topic, partition, message))
+}
+
+/// A fill frame's body (request or chunk): the group, and what it asks or answers.
+fn decode_fill(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
+    let (topic, partition, mut fields) = decode_group(body)?;
+    let offset = i64::from_be_bytes(fields.array("offset")?);
+    if offset < 0 {
+        return Err(FrameError::FillOutOfBounds {
+            field: "offset",
+            value: offset,
+        });
+    }
+    let payload = if kind == Kind::FillRequest {
+        let max_bytes = u32::from_be_bytes(fields.array("max bytes")?);
+        if !(1..=FILL_CHUNK_BYTES_MAX).contains(&max_bytes) {
+            return Err(FrameError::FillOutOfBounds {
+                field: "max bytes",
+                value: i64::from(max_bytes),
+            });
+        }
+        if !fields.bytes.is_empty() {
+            return Err(FrameError::TrailingBytes {
+                count: fields.bytes.len(),
+            });
+        }
+        Payload::FillRequest { offset, max_bytes }
+    } else {
+        let batches = bytes::Bytes::copy_from_slice(fields.bytes);
+        Payload::FillChunk { offset, batches }
+    };
+    Ok((topic, partition, payload))
 }
 
 /// Appends a frame's header; its length field is patched by [`finish_frame`].
@@ -385,6 +468,13 @@ fn encode_hello(hello: &Hello) -> Vec<u8> {
     out.extend_from_slice(&hello.kafka_port.to_be_bytes());
     finish_frame(&mut out, start);
     out
+}
+
+/// A frame to queue: a Raft message, or a fill request or chunk.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    Raft(&'a Message),
+    Fill(&'a Payload),
 }
 
 /// Why a message could not be queued.
@@ -446,6 +536,55 @@ fn encode_raft(
         LEN_FIELD_BYTES + len,
         "the size computed is written"
     );
+    finish_frame(out, start);
+    Ok(())
+}
+
+/// Appends a fill frame (request or chunk) to `out` if it fits `room` bytes.
+fn encode_fill(
+    out: &mut Vec<u8>,
+    room: usize,
+    topic: &str,
+    partition: u32,
+    payload: &Payload,
+) -> Result<(), Unsent> {
+    if topic.is_empty() || topic.len() > TOPIC_NAME_LEN_MAX {
+        return Err(Unsent::Unsendable(format!(
+            "topic name of {} bytes",
+            topic.len()
+        )));
+    }
+    let (kind, offset, tail_bytes) = match payload {
+        Payload::FillRequest { offset, max_bytes } => {
+            assert!(
+                (1..=FILL_CHUNK_BYTES_MAX).contains(max_bytes),
+                "{max_bytes}"
+            );
+            (Kind::FillRequest, *offset, 4)
+        }
+        Payload::FillChunk { offset, batches } => (Kind::FillChunk, *offset, batches.len()),
+        Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
+    };
+    assert!(offset >= 0, "fill offset {offset}");
+    let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + 8 + tail_bytes;
+    if len > TRANSPORT_FRAME_BYTES_MAX {
+        return Err(Unsent::Unsendable(format!(
+            "a frame of {len} bytes; the limit is {TRANSPORT_FRAME_BYTES_MAX}"
+        )));
+    }
+    if LEN_FIELD_BYTES + len > room {
+        return Err(Unsent::QueueFull);
+    }
+    out.reserve(LEN_FIELD_BYTES + len);
+    let start = begin_frame(out, kind);
+    put_string(out, topic);
+    out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    match payload {
+        Payload::FillRequest { max_bytes, .. } => out.extend_from_slice(&max_bytes.to_be_bytes()),
+        Payload::FillChunk { batches, .. } => out.extend_from_slice(batches),
+        Payload::Raft(_) => {}
+    }
     finish_frame(out, start);
     Ok(())
 }
@@ -642,12 +781,17 @@ impl Peer {
         }
     }
 
-    fn enqueue(&self, topic: &str, partition: u32, message: &Message) -> Result<(), Unsent> {
+    fn enqueue(&self, topic: &str, partition: u32, frame: Outgoing<'_>) -> Result<(), Unsent> {
         let mut outbox = self.outbox.borrow_mut();
         let queued = outbox.frames.len() + outbox.in_flight_bytes;
         assert!(queued <= self.queue_bytes_max, "{queued} bytes queued");
         let room = self.queue_bytes_max - queued;
-        encode_raft(&mut outbox.frames, room, topic, partition, message)?;
+        match frame {
+            Outgoing::Raft(message) => {
+                encode_raft(&mut outbox.frames, room, topic, partition, message)?;
+            }
+            Outgoing::Fill(fill) => encode_fill(&mut outbox.frames, room, topic, partition, fill)?,
+        }
         outbox.messages += 1;
         assert!(outbox.frames.len() + outbox.in_flight_bytes <= self.queue_bytes_max);
         Ok(())
@@ -764,6 +908,23 @@ impl Transport {
             message.from, self.local.node_id,
             "a message is sent by its sender"
         );
+        self.queue(to, topic, partition, Outgoing::Raft(message));
+    }
+
+    /// Queues a fill request or chunk (`snapshot.rs`) for node `to`, as
+    /// [`Transport::send`] queues a Raft message (counted with them, dropped as they are).
+    ///
+    /// # Panics
+    /// If `payload` is a Raft message (use [`Transport::send`]).
+    pub fn send_fill(&self, to: u64, topic: &str, partition: u32, payload: &Payload) {
+        assert!(
+            !matches!(payload, Payload::Raft(_)),
+            "Raft messages go through send"
+        );
+        self.queue(to, topic, partition, Outgoing::Fill(payload));
+    }
+
+    fn queue(&self, to: u64, topic: &str, partition: u32, frame: Outgoing<'_>) {
         let Some(peer) = self.peers.get(&to) else {
             tracing::debug!(
                 to,
@@ -775,7 +936,7 @@ impl Transport {
             return;
         };
         let mut stats = self.stats.borrow_mut();
-        match peer.enqueue(topic, partition, message) {
+        match peer.enqueue(topic, partition, frame) {
             Ok(()) => {
                 stats.messages_queued += 1;
                 peer.wake_writer();
@@ -1051,27 +1212,31 @@ async fn serve_connection(
     };
     on_hello(&hello);
     loop {
-        let incoming = match reader.next(stream, TRANSPORT_FRAME_BYTES_MAX).await {
-            Ok((Kind::Raft, body)) => match decode_raft(body) {
-                Ok((topic, partition, message)) => Incoming {
-                    from: hello.node_id,
-                    topic: topic.to_owned(),
-                    partition,
-                    message,
-                },
-                Err(error) => return error.into(),
-            },
+        let decoded = match reader.next(stream, TRANSPORT_FRAME_BYTES_MAX).await {
+            Ok((Kind::Raft, body)) => decode_raft(body)
+                .map(|(topic, partition, message)| (topic, partition, Payload::Raft(message))),
+            Ok((kind @ (Kind::FillRequest | Kind::FillChunk), body)) => decode_fill(kind, body),
             Ok((Kind::Hello, _)) => return ConnectionError::UnexpectedHello,
             Err(error) => return error,
         };
-        let message = &incoming.message;
-        if message.from != hello.node_id || message.to != local.node_id {
-            return ConnectionError::Misaddressed {
-                from: message.from,
-                to: message.to,
-                peer: hello.node_id,
-                local: local.node_id,
-            };
+        let incoming = match decoded {
+            Ok((topic, partition, payload)) => Incoming {
+                from: hello.node_id,
+                topic: topic.to_owned(),
+                partition,
+                payload,
+            },
+            Err(error) => return error.into(),
+        };
+        if let Some(message) = incoming.message() {
+            if message.from != hello.node_id || message.to != local.node_id {
+                return ConnectionError::Misaddressed {
+                    from: message.from,
+                    to: message.to,
+                    peer: hello.node_id,
+                    local: local.node_id,
+                };
+            }
         }
         deliver(incoming);
     }

@@ -213,12 +213,15 @@ proptest! {
                 match kind {
                     Kind::Hello => drop(decode_hello(body)),
                     Kind::Raft => drop(decode_raft(body)),
+                    fill => drop(decode_fill(fill, body)),
                 }
             }
         }
         // Bodies straight from the bytes, past any header.
         drop(decode_hello(&bytes));
         drop(decode_raft(&bytes));
+        drop(decode_fill(Kind::FillRequest, &bytes));
+        drop(decode_fill(Kind::FillChunk, &bytes));
     }
 }
 
@@ -240,8 +243,8 @@ fn a_length_is_judged_from_its_own_four_bytes() {
         Err(FrameError::Empty)
     ));
     assert!(matches!(
-        frame_header(&[0, 0, 0, 1, 3], TRANSPORT_FRAME_BYTES_MAX),
-        Err(FrameError::UnknownKind { kind: 3 })
+        frame_header(&[0, 0, 0, 1, 5], TRANSPORT_FRAME_BYTES_MAX),
+        Err(FrameError::UnknownKind { kind: 5 })
     ));
 }
 
@@ -334,7 +337,7 @@ fn two_transports_exchange_many_groups_messages_intact_and_in_order() {
             for (got, (to, topic, partition, message)) in received.iter().zip(expected) {
                 assert_eq!(got.from, 3 - to);
                 assert_eq!((&got.topic, got.partition), (topic, *partition));
-                assert_eq!(&got.message, message);
+                assert_eq!(got.message(), Some(message));
             }
         }
         for transport in [&transport_1, &transport_2] {
@@ -441,14 +444,14 @@ fn a_peer_down_at_first_is_reached_once_it_listens() {
                 .messages
                 .borrow()
                 .iter()
-                .any(|incoming| incoming.message.index == index)
+                .any(|incoming| incoming.message().is_some_and(|m| m.index == index))
         };
         wait_until("the burst arrived", || arrived(first_burst + 99)).await;
         let indexes: Vec<u64> = received
             .messages
             .borrow()
             .iter()
-            .map(|incoming| incoming.message.index)
+            .filter_map(|incoming| incoming.message().map(|m| m.index))
             .collect();
         // What arrived is in order, without duplicates, and all of the burst.
         assert!(
@@ -556,6 +559,7 @@ struct BadCase {
 fn bad_cases() -> Vec<BadCase> {
     let mut cases = framing_cases();
     cases.extend(body_cases());
+    cases.extend(fill_cases());
     cases.extend(cases_before_hello());
     cases
 }
@@ -683,6 +687,126 @@ fn body_cases() -> Vec<BadCase> {
     ]
 }
 
+/// Bad fill frames after the hello.
+fn fill_cases() -> Vec<BadCase> {
+    vec![
+        case(
+            "a fill request for a negative offset",
+            frame(KIND_FILL_REQUEST, &fill_body(-1, &1u32.to_be_bytes())),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::FillOutOfBounds {
+                        field: "offset",
+                        value: -1
+                    }
+                )
+            },
+        ),
+        case(
+            "a fill request for no bytes",
+            frame(KIND_FILL_REQUEST, &fill_body(0, &0u32.to_be_bytes())),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::FillOutOfBounds {
+                        field: "max bytes",
+                        ..
+                    }
+                )
+            },
+        ),
+        case(
+            "a fill request for more than a chunk",
+            frame(
+                KIND_FILL_REQUEST,
+                &fill_body(0, &(FILL_CHUNK_BYTES_MAX + 1).to_be_bytes()),
+            ),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::FillOutOfBounds {
+                        field: "max bytes",
+                        ..
+                    }
+                )
+            },
+        ),
+        case(
+            "a fill request cut in its size",
+            frame(KIND_FILL_REQUEST, &fill_body(0, &[0, 1])),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "max bytes" }
+                )
+            },
+        ),
+        case(
+            "bytes after a fill request",
+            frame(KIND_FILL_REQUEST, &fill_body(0, &[0, 0, 0, 1, 9])),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 1 }),
+        ),
+        case(
+            "a fill chunk cut in its offset",
+            frame(KIND_FILL_CHUNK, &raft_body(b"topic", 0, &[0; 7])),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "offset" }
+                )
+            },
+        ),
+    ]
+}
+
+/// A fill frame's body for group ("topic", 0): the offset, then `tail` as it is.
+fn fill_body(offset: i64, tail: &[u8]) -> Vec<u8> {
+    let mut rest = offset.to_be_bytes().to_vec();
+    rest.extend_from_slice(tail);
+    raft_body(b"topic", 0, &rest)
+}
+
+#[test]
+fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
+    run(async {
+        let listener = listen();
+        let (received, _serving) = start_serving(listener.clone(), hello(2));
+        let transport = Transport::new(hello(1), vec![(2, listener.local_addr())]);
+        let request = Payload::FillRequest {
+            offset: 12,
+            max_bytes: FILL_CHUNK_BYTES_MAX,
+        };
+        let chunk = Payload::FillChunk {
+            offset: 7,
+            batches: bytes::Bytes::from(vec![5; 100_000]),
+        };
+        let unservable = Payload::FillChunk {
+            offset: 0,
+            batches: bytes::Bytes::new(),
+        };
+        transport.send(2, "topic", 3, &message(1, 2, 1, 10));
+        transport.send_fill(2, "topic", 3, &request);
+        transport.send_fill(2, "other", 0, &chunk);
+        transport.send_fill(2, "other", 1, &unservable);
+        transport.send(2, "topic", 3, &message(1, 2, 2, 10));
+        wait_until("all five", || received.messages.borrow().len() == 5).await;
+        let got: Vec<_> = (received.messages.borrow().iter())
+            .map(|incoming| (incoming.from, incoming.partition, incoming.payload.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 3, Payload::Raft(message(1, 2, 1, 10))),
+                (1, 3, request),
+                (1, 0, chunk),
+                (1, 1, unservable),
+                (1, 3, Payload::Raft(message(1, 2, 2, 10))),
+            ]
+        );
+    });
+}
+
 /// Bad first frames.
 fn cases_before_hello() -> Vec<BadCase> {
     let before_hello = |name, bytes, reason| BadCase {
@@ -770,7 +894,7 @@ fn each_bad_frame_closes_its_connection_with_its_reason() {
                     (delivered[0].topic.as_str(), delivered[0].partition),
                     ("good", 7)
                 );
-                assert_eq!(delivered[0].message, message(1, 2, 42, 10));
+                assert_eq!(delivered[0].message(), Some(&message(1, 2, 42, 10)));
             } else {
                 assert!(received.is_empty(), "{}: answered a bad hello", case.name);
                 assert!(hellos.borrow().is_empty(), "{}", case.name);

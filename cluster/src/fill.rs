@@ -1,0 +1,245 @@
+//! The node's side of snapshot fills (`snapshot.rs`), one per shard: serving peers' fill
+//! requests from the committed logs of the shard's groups, and fetching the chunks a
+//! replica of the shard needs to fill a snapshot it installs.
+//!
+//! - **Serving.** A request names a group and an offset; the answer is the whole batches
+//!   of this node's log from that offset, below its commit end (a replicated log's reads
+//!   stop there), about `FILL_CHUNK_BYTES_MAX` of them (the first batch always whole). A
+//!   group not open here, an offset outside the committed log, or a shard already serving
+//!   `FILL_SERVES_MAX` requests gets an empty chunk: the asker tries another peer.
+//! - **Fetching.** One request in flight per filling replica, to one peer at a time, in
+//!   turn from the last that answered; an answer that does not come within
+//!   `FILL_ANSWER_TIMEOUT_MS` or comes empty sends the next request to the next peer after
+//!   `FILL_RETRY_MS`. Answers are matched to requests by group and offset; one nobody waits
+//!   for (late, or a peer's mistake) is dropped.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::future::LocalBoxFuture;
+use ringlog_engine::batch::FrameHeader;
+use ringlog_engine::log::{PartitionId, PartitionLog};
+use ringlog_engine::rt;
+use ringlog_engine::storage::DiskStorage;
+
+use crate::limits::{FILL_ANSWER_TIMEOUT_MS, FILL_CHUNK_BYTES_MAX, FILL_RETRY_MS, FILL_SERVES_MAX};
+use crate::snapshot::FillSource;
+use crate::transport::{Payload, Transport};
+
+type Group = (Rc<str>, u32);
+
+/// What the node's fills did, over every shard.
+#[derive(Debug, Default)]
+pub struct FillCounters {
+    /// Bytes of batches this node received for fills, and served to peers' fills.
+    pub bytes_received: AtomicU64,
+    pub bytes_served: AtomicU64,
+    /// Requests this node sent that went unanswered in time or were answered empty.
+    pub requests_retried: AtomicU64,
+}
+
+/// One shard's fills.
+pub struct Fills {
+    peers: Vec<u64>,
+    transport: Rc<Transport>,
+    counters: Arc<FillCounters>,
+    /// The logs of the shard's groups, to serve from.
+    logs: RefCell<HashMap<Group, PartitionLog<DiskStorage>>>,
+    /// The requests this shard's replicas wait on, by group and offset.
+    waiting: RefCell<HashMap<(Group, i64), oneshot::Sender<Bytes>>>,
+    /// The peer that answered last: asked first next time.
+    next_peer: Cell<usize>,
+    serving: Cell<usize>,
+}
+
+impl Fills {
+    /// The fills of a shard of a node whose other nodes are `peers`.
+    pub fn new(
+        peers: Vec<u64>,
+        transport: Rc<Transport>,
+        counters: Arc<FillCounters>,
+    ) -> Rc<Fills> {
+        Rc::new(Fills {
+            peers,
+            transport,
+            counters,
+            logs: RefCell::default(),
+            waiting: RefCell::default(),
+            next_peer: Cell::new(0),
+            serving: Cell::new(0),
+        })
+    }
+
+    /// Serves fill requests for `log`'s group from now on.
+    pub fn register(&self, log: PartitionLog<DiskStorage>) {
+        let id = log.id();
+        let group = (Rc::from(&*id.topic), id.partition);
+        self.logs.borrow_mut().insert(group, log);
+    }
+
+    /// Stops serving `partition` (its replica stopped).
+    pub fn forget(&self, partition: &PartitionId) {
+        let group = (Rc::from(&*partition.topic), partition.partition);
+        self.logs.borrow_mut().remove(&group);
+    }
+
+    /// A fill source for this shard's replicas.
+    pub fn source(self: &Rc<Self>) -> Rc<dyn FillSource> {
+        Rc::new(PeerSource {
+            fills: self.clone(),
+        })
+    }
+
+    /// Answers node `from`'s request for `(topic, partition)`'s batches from `offset`.
+    pub fn serve(
+        self: &Rc<Self>,
+        from: u64,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+    ) {
+        let group: Group = (Rc::from(topic), partition);
+        let log = self.logs.borrow().get(&group).cloned();
+        let (Some(log), true) = (log, self.serving.get() < FILL_SERVES_MAX) else {
+            self.answer_to(from, &group, offset, Bytes::new());
+            return;
+        };
+        self.serving.set(self.serving.get() + 1);
+        let fills = self.clone();
+        rt::spawn_local(async move {
+            let batches = match log.read_bytes(offset, u64::from(max_bytes)).await {
+                Ok(bytes) => leading_batches(&Bytes::from(bytes), offset, max_bytes as usize),
+                Err(error) => {
+                    tracing::debug!(partition = %log.id(), offset, %error, "cannot serve a fill");
+                    Bytes::new()
+                }
+            };
+            fills.serving.set(fills.serving.get() - 1);
+            (fills.counters.bytes_served).fetch_add(batches.len() as u64, Ordering::Relaxed);
+            fills.answer_to(from, &group, offset, batches);
+        })
+        .detach();
+    }
+
+    /// Hands a peer's answer to the replica waiting for it, if any.
+    pub fn answered(&self, topic: &str, partition: u32, offset: i64, batches: Bytes) {
+        let group: Group = (Rc::from(topic), partition);
+        if let Some(waiting) = self.waiting.borrow_mut().remove(&(group, offset)) {
+            let _ = waiting.send(batches);
+        }
+    }
+
+    fn answer_to(&self, to: u64, group: &Group, offset: i64, batches: Bytes) {
+        let chunk = Payload::FillChunk { offset, batches };
+        self.transport.send_fill(to, &group.0, group.1, &chunk);
+    }
+
+    /// Asks peers in turn until one answers with batches.
+    async fn fetch(&self, group: Group, offset: i64) -> Option<Bytes> {
+        let count = self.peers.len();
+        if count == 0 {
+            return None;
+        }
+        let mut turn = self.next_peer.get();
+        loop {
+            let peer = self.peers[turn % count];
+            let (reply, answer) = oneshot::channel();
+            self.waiting
+                .borrow_mut()
+                .insert((group.clone(), offset), reply);
+            let request = Payload::FillRequest {
+                offset,
+                max_bytes: FILL_CHUNK_BYTES_MAX,
+            };
+            self.transport.send_fill(peer, &group.0, group.1, &request);
+            let wait = Duration::from_millis(FILL_ANSWER_TIMEOUT_MS);
+            if let Ok(Ok(batches)) = rt::timeout(wait, answer).await {
+                if !batches.is_empty() {
+                    self.next_peer.set(turn % count);
+                    (self.counters.bytes_received)
+                        .fetch_add(batches.len() as u64, Ordering::Relaxed);
+                    return Some(batches);
+                }
+            }
+            self.waiting.borrow_mut().remove(&(group.clone(), offset));
+            self.counters
+                .requests_retried
+                .fetch_add(1, Ordering::Relaxed);
+            turn += 1;
+            rt::sleep(Duration::from_millis(FILL_RETRY_MS)).await;
+        }
+    }
+}
+
+/// A replica's view of its shard's fills.
+struct PeerSource {
+    fills: Rc<Fills>,
+}
+
+impl FillSource for PeerSource {
+    fn fetch(
+        &self,
+        partition: &PartitionId,
+        offset: i64,
+        _offset_end: i64,
+    ) -> LocalBoxFuture<'static, Option<Bytes>> {
+        let fills = self.fills.clone();
+        let group: Group = (Rc::from(&*partition.topic), partition.partition);
+        Box::pin(async move { fills.fetch(group, offset).await })
+    }
+}
+
+/// The whole batches at the front of `bytes` (read from `offset`) that fit `max_bytes`,
+/// the first always: what one chunk carries.
+fn leading_batches(bytes: &Bytes, offset: i64, max_bytes: usize) -> Bytes {
+    let mut at = 0;
+    while let Ok(header) = FrameHeader::parse(&bytes[at..]) {
+        let fits = at == 0 || at + header.size_bytes <= max_bytes;
+        if (at == 0 && header.base_offset > offset) || !fits || bytes.len() - at < header.size_bytes
+        {
+            break;
+        }
+        at += header.size_bytes;
+    }
+    bytes.slice(..at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlog_engine::batch::BatchBuilder;
+
+    fn batch_at(base_offset: i64, values: usize) -> Vec<u8> {
+        let mut builder = BatchBuilder::new().base_offset(base_offset);
+        for i in 0..values {
+            builder.push(i as i64, None, Some(&[7; 100]), &[]).unwrap();
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn a_chunk_holds_whole_batches_within_its_size_and_the_first_always() {
+        let (a, b, c) = (batch_at(0, 5), batch_at(5, 5), batch_at(10, 5));
+        let all = Bytes::from([a.clone(), b.clone(), c.clone()].concat());
+        assert_eq!(leading_batches(&all, 0, all.len()), all);
+        assert_eq!(
+            leading_batches(&all, 0, a.len() + b.len()).len(),
+            a.len() + b.len()
+        );
+        // The first batch alone is larger than asked: sent whole anyway.
+        assert_eq!(leading_batches(&all, 0, 10).len(), a.len());
+        // A cut last batch is left out.
+        let cut = all.slice(..all.len() - 3);
+        assert_eq!(leading_batches(&cut, 0, all.len()).len(), a.len() + b.len());
+        // The batch holding the offset starts before it: that is where a read starts.
+        assert_eq!(leading_batches(&all, 3, a.len()).len(), a.len());
+        assert!(leading_batches(&all.slice(..20), 0, all.len()).is_empty());
+    }
+}

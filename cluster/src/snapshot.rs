@@ -1,0 +1,156 @@
+//! Snapshots by segment shipping: how a replica that fell behind its leader's window
+//! catches up by copying the leader's batches in bulk rather than entry by entry.
+//!
+//! **What a snapshot is.** A replica's window starts after its *anchor* (`journal.rs`):
+//! the Raft index and term of the last entry it no longer keeps as an entry, and the Kafka
+//! offset where the batches after it start. Everything below the anchor is committed, so it
+//! is the same bytes in every replica's partition log. raft-rs's snapshot of a partition is
+//! therefore just the anchor: its metadata carries the index, term and configuration, its
+//! data the anchor's offset (the byte table below). No state is serialized: the partition
+//! log *is* the state.
+//!
+//! **Installing one** (a follower, `Replica::process_ready`): the replica records the new
+//! anchor and the offset its own log is trusted to (its high watermark: committed, so the
+//! leader's bytes too) in one journal record, cuts its log there, and *fills* it up to the
+//! anchor's offset with batches fetched from a peer through a [`FillSource`] — chunks of
+//! whole batches read from the peer's committed log (the internal transport carries them,
+//! `transport.rs`), each validated as any append and written through the group commit. A
+//! later anchor record says the fill is done. A crash in between leaves the fill to do:
+//! opening cuts the log back to the trusted offset and the fill starts again, so a half
+//! filled log is never taken for a whole one. While a fill is pending the replica neither
+//! campaigns nor answers its leader.
+//!
+//! **Any peer may serve a fill**: bytes below a replica's commit end are committed, hence
+//! the same on every replica, so a fill does not depend on who leads now.
+//!
+//! Snapshot data (little-endian, as the project's own formats are):
+//!
+//! | offset | size | field                                          |
+//! |-------:|-----:|------------------------------------------------|
+//! |      0 |    1 | version: 1                                     |
+//! |      1 |    8 | the anchor's offset: where the window's data starts |
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use ringlog_engine::batch::FrameHeader;
+use ringlog_engine::log::PartitionId;
+
+const VERSION: u8 = 1;
+const VERSION_AT: usize = 0;
+const OFFSET_AT: usize = VERSION_AT + 1;
+const DATA_BYTES: usize = OFFSET_AT + 8;
+const _: () = assert!(DATA_BYTES == 9);
+
+/// The data of a partition's snapshot whose batches end at `offset`.
+pub fn encode_data(offset: i64) -> Bytes {
+    let mut data = Vec::with_capacity(DATA_BYTES);
+    data.push(VERSION);
+    data.extend_from_slice(&offset.to_le_bytes());
+    Bytes::from(data)
+}
+
+/// The offset a snapshot's data names; `None` if it is not data this version wrote.
+pub fn decode_data(data: &[u8]) -> Option<i64> {
+    if data.len() != DATA_BYTES || data[VERSION_AT] != VERSION {
+        return None;
+    }
+    let offset = i64::from_le_bytes(data[OFFSET_AT..DATA_BYTES].try_into().ok()?);
+    (offset >= 0).then_some(offset)
+}
+
+/// Where a replica fetches the batches a snapshot's fill needs.
+pub trait FillSource {
+    /// Whole batches of `partition`'s committed log from the one at `offset` on, ending at
+    /// or before `offset_end` (a cut last batch is allowed; the replica drops it). Waits
+    /// and retries (other peers, with a backoff) until some peer answers with at least one
+    /// batch; `None` only when the node is stopping.
+    fn fetch(
+        &self,
+        partition: &PartitionId,
+        offset: i64,
+        offset_end: i64,
+    ) -> LocalBoxFuture<'static, Option<Bytes>>;
+}
+
+/// The whole batches at the front of `bytes`: the first at `offset`, each next where the
+/// previous ended, none past `offset_end`. Empty if the first is cut; an error naming what
+/// is wrong if a batch is misplaced (a peer serving another log is a bug or damage).
+pub fn whole_batches(bytes: &Bytes, offset: i64, offset_end: i64) -> Result<Bytes, String> {
+    let mut at = 0;
+    let mut next = offset;
+    while next < offset_end {
+        let Ok(header) = FrameHeader::parse(&bytes[at..]) else {
+            break;
+        };
+        if header.base_offset != next {
+            return Err(format!(
+                "a fill chunk holds a batch at offset {} where {next} was expected",
+                header.base_offset
+            ));
+        }
+        if header.offset_next() > offset_end {
+            return Err(format!(
+                "a fill chunk's batch at offset {next} ends at {}, past the snapshot's {offset_end}",
+                header.offset_next()
+            ));
+        }
+        if bytes.len() - at < header.size_bytes {
+            break;
+        }
+        at += header.size_bytes;
+        next = header.offset_next();
+    }
+    Ok(bytes.slice(..at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringlog_engine::batch::BatchBuilder;
+
+    fn batch_at(base_offset: i64, count: usize) -> Bytes {
+        let mut builder = BatchBuilder::new().base_offset(base_offset);
+        for i in 0..count {
+            builder.push(i as i64, None, Some(b"value"), &[]).unwrap();
+        }
+        Bytes::from(builder.build())
+    }
+
+    #[test]
+    fn snapshot_data_reads_back_and_refuses_what_it_did_not_write() {
+        assert_eq!(decode_data(&encode_data(0)), Some(0));
+        assert_eq!(decode_data(&encode_data(123_456)), Some(123_456));
+        let data = encode_data(77);
+        for cut in 0..data.len() {
+            assert_eq!(decode_data(&data[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = data.to_vec();
+        longer.push(0);
+        assert_eq!(decode_data(&longer), None);
+        let mut other_version = data.to_vec();
+        other_version[VERSION_AT] = 2;
+        assert_eq!(decode_data(&other_version), None);
+        assert_eq!(decode_data(&encode_data(-1)), None);
+    }
+
+    #[test]
+    fn a_chunk_is_taken_up_to_its_last_whole_batch_within_the_snapshot() {
+        let batches: Vec<Bytes> = [(10, 3), (13, 2), (15, 5)]
+            .into_iter()
+            .map(|(base, count)| batch_at(base, count))
+            .collect();
+        let all = Bytes::from(batches.concat());
+        let first_two = batches[0].len() + batches[1].len();
+        assert_eq!(whole_batches(&all, 10, 20).unwrap(), all);
+        // The last batch cut short: dropped.
+        let cut = all.slice(..all.len() - 1);
+        assert_eq!(whole_batches(&cut, 10, 20).unwrap().len(), first_two);
+        // Nothing whole at all.
+        assert!(whole_batches(&all.slice(..5), 10, 20).unwrap().is_empty());
+        // Up to the snapshot's end only: exactly at a batch boundary is fine.
+        assert_eq!(whole_batches(&all, 10, 15).unwrap().len(), first_two);
+        // A batch straddling the snapshot's end, or one at the wrong offset, is refused.
+        assert!(whole_batches(&all, 10, 14).is_err());
+        assert!(whole_batches(&all, 11, 20).is_err());
+    }
+}

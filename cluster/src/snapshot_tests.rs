@@ -1,0 +1,236 @@
+//! Snapshots by segment shipping (`snapshot.rs`) among three replicas in one thread, on
+//! real files: a follower cut off while its leader's window moves past it catches up by a
+//! snapshot whose batches it copies from a peer's log, and a fill cut short by a crash is
+//! done again when the replica opens. After each, every replica's log is the same bytes.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::future::LocalBoxFuture;
+use ringlog_engine::log::{PartitionId, PartitionLog};
+use ringlog_engine::rt;
+use ringlog_engine::storage::DiskStorage;
+
+use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::snapshot::FillSource;
+use crate::tests::{answered, assert_identical, config, id, topic, Cluster, NODES};
+
+/// A window of 4 applied entries, at most 8 kept for followers: snapshots come quickly.
+fn small_window(node: u64) -> ReplicaConfig {
+    ReplicaConfig {
+        window_entries_keep: 4,
+        window_entries_max: 8,
+        ..config(node)
+    }
+}
+
+/// Fills from the other replicas' logs directly, a few hundred bytes at a time (so a fill
+/// takes several chunks); `chunks_left`, when set, makes it stop (as a node stopping
+/// does) after that many chunks.
+struct PeerLogs {
+    logs: Vec<PartitionLog<DiskStorage>>,
+    chunks_left: Cell<Option<usize>>,
+    fetches: Rc<Cell<usize>>,
+}
+
+impl FillSource for PeerLogs {
+    fn fetch(
+        &self,
+        _partition: &PartitionId,
+        offset: i64,
+        _offset_end: i64,
+    ) -> LocalBoxFuture<'static, Option<Bytes>> {
+        if let Some(left) = self.chunks_left.get() {
+            if left == 0 {
+                return Box::pin(async { None });
+            }
+            self.chunks_left.set(Some(left - 1));
+        }
+        self.fetches.set(self.fetches.get() + 1);
+        let logs = self.logs.clone();
+        Box::pin(async move {
+            for log in logs {
+                if let Ok(bytes) = log.read_bytes(offset, 300).await {
+                    if !bytes.is_empty() {
+                        return Some(Bytes::from(bytes));
+                    }
+                }
+            }
+            panic!("no peer serves offset {offset}");
+        })
+    }
+}
+
+/// Gives `node` a source reading the other replicas' logs; returns its fetch count.
+fn fill_from_peers(cluster: &mut Cluster, node: u64, chunks: Option<usize>) -> Rc<Cell<usize>> {
+    let logs = (cluster.replicas.iter())
+        .filter(|(other, _)| **other != node)
+        .map(|(_, replica)| replica.log().clone())
+        .collect();
+    let fetches = Rc::new(Cell::new(0));
+    let source = PeerLogs {
+        logs,
+        chunks_left: Cell::new(chunks),
+        fetches: fetches.clone(),
+    };
+    let replica = cluster.replicas.get_mut(&node).unwrap();
+    replica.set_fill_source(Rc::new(source));
+    fetches
+}
+
+/// Ticks and settles until `node`'s log holds `count` records.
+async fn catch_up(cluster: &mut Cluster, node: u64, count: i64) {
+    for _ in 0..100 {
+        for replica in cluster.replicas.values_mut() {
+            replica.tick();
+        }
+        cluster.settle().await;
+        if cluster.replicas[&node].high_watermark() == count {
+            return;
+        }
+    }
+    panic!("node {node} did not catch up to {count}");
+}
+
+/// A follower cut off while the leader commits `rounds` proposals of 3 records; returns
+/// (leader, follower).
+async fn leave_behind(cluster: &mut Cluster, rounds: usize) -> (u64, u64) {
+    let leader = cluster.elect(|_| true).await;
+    let follower = *NODES.iter().find(|node| **node != leader).unwrap();
+    cluster.isolated.insert(follower);
+    for round in 0..rounds {
+        let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+    }
+    let anchor = cluster.replicas[&leader].anchor();
+    let (behind, _) = cluster.replicas[&follower].last_index_and_term();
+    assert!(
+        anchor.index > behind,
+        "the leader's window ({anchor:?}) moved past the follower's last entry {behind}"
+    );
+    (leader, follower)
+}
+
+#[test]
+fn a_follower_behind_the_window_copies_the_batches_below_it_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let (leader, follower) = leave_behind(&mut cluster, 30).await;
+        let fetches = fill_from_peers(&mut cluster, follower, None);
+        cluster.isolated.clear();
+        catch_up(&mut cluster, follower, 90).await;
+
+        let stats = cluster.replicas[&follower].snapshot_stats();
+        assert_eq!(stats.installed, 1);
+        assert!(
+            fetches.get() > 1,
+            "copied in several chunks: {}",
+            fetches.get()
+        );
+        let anchor = cluster.replicas[&follower].anchor();
+        assert!(anchor.index > 0 && anchor.offset > 0, "{anchor:?}");
+        // Everything below the anchor came by copy; the rest as entries.
+        assert!(stats.fill_bytes > 0);
+        let values = assert_identical(&cluster).await;
+        assert_eq!(values.len(), 90);
+        assert_eq!(&values[..3], ["r0-0", "r0-1", "r0-2"]);
+
+        // It takes part as any follower from then on, and all of it survives a restart.
+        let mut more = cluster.propose(leader, "after", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 90);
+        let windows: Vec<_> = (cluster.replicas.values())
+            .map(|replica| (replica.anchor(), replica.last_index_and_term()))
+            .collect();
+        let dir = cluster.close().await;
+        let mut cluster = Cluster::open_with(&dir, small_window).await;
+        let reopened: Vec<_> = (cluster.replicas.values())
+            .map(|replica| (replica.anchor(), replica.last_index_and_term()))
+            .collect();
+        assert_eq!(reopened, windows, "anchors and windows rebuilt from disk");
+        let leader = cluster.elect(|_| true).await;
+        let mut last = cluster.propose(leader, "restarted", 1);
+        cluster.settle().await;
+        assert_eq!(answered(&mut last).unwrap().unwrap().offset_first, 92);
+        assert_eq!(assert_identical(&cluster).await.len(), 93);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_fill_cut_short_is_done_again_when_the_replica_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let (_, follower) = leave_behind(&mut cluster, 20).await;
+        fill_from_peers(&mut cluster, follower, Some(2));
+        cluster.isolated.clear();
+        // Heal until the follower installs the snapshot and its fill stops part-way.
+        let mut stopped = None;
+        'heal: for _ in 0..100 {
+            for replica in cluster.replicas.values_mut() {
+                replica.tick();
+            }
+            for _ in 0..50 {
+                for (node, replica) in &mut cluster.replicas {
+                    if !replica.has_ready() {
+                        continue;
+                    }
+                    match replica.process_ready().await {
+                        Ok(sent) => cluster.in_flight.extend(sent),
+                        Err(error) => {
+                            assert_eq!(*node, follower, "{error}");
+                            stopped = Some(error);
+                            break 'heal;
+                        }
+                    }
+                }
+                for message in std::mem::take(&mut cluster.in_flight) {
+                    cluster
+                        .replicas
+                        .get_mut(&message.to)
+                        .unwrap()
+                        .step(message)
+                        .unwrap();
+                }
+            }
+        }
+        assert!(
+            matches!(stopped, Some(ReplicaError::Unsupported { .. })),
+            "{stopped:?}"
+        );
+        let partial = cluster.replicas[&follower].log().offsets().log_end;
+        let anchor = cluster.replicas[&follower].anchor();
+        assert!(
+            partial < anchor.offset,
+            "stopped part-way: {partial} of {}",
+            anchor.offset
+        );
+
+        // A crash: the follower is dropped as it is, and opened again from its files.
+        drop(cluster.replicas.remove(&follower));
+        let reopened = open(&cluster.dir().join(format!("node-{follower}")), follower).await;
+        assert_eq!(reopened.anchor(), anchor, "the snapshot's anchor is kept");
+        cluster.replicas.insert(follower, reopened);
+        assert!(
+            cluster.replicas[&follower].has_ready(),
+            "the fill is still to do"
+        );
+        fill_from_peers(&mut cluster, follower, None);
+        catch_up(&mut cluster, follower, 60).await;
+        assert_eq!(assert_identical(&cluster).await.len(), 60);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+async fn open(dir: &Path, node: u64) -> Replica<DiskStorage> {
+    Replica::open(DiskStorage, dir, id(), topic(), &small_window(node))
+        .await
+        .unwrap()
+}
