@@ -175,6 +175,10 @@ struct Inner {
     /// Peers' messages dropped because their group's inbox was full (every shard's).
     steps_dropped: Arc<AtomicU64>,
     fill_counters: Arc<FillCounters>,
+    /// This process's incarnation (`Hello::incarnation`), and the last one each peer
+    /// announced.
+    incarnation: u64,
+    incarnations: Mutex<HashMap<u64, u64>>,
 }
 
 /// The node's cluster layer: `Send + Sync`, cheap to clone.
@@ -240,6 +244,8 @@ fn check_creatable(
 /// A command to a group's task (ticks are a flag of its inbox, see `inbox.rs`).
 enum Command {
     Step(Message),
+    /// A peer's process restarted (its hello's incarnation changed).
+    PeerRestarted(u64),
     Propose {
         batches: Bytes,
         max_message_bytes: usize,
@@ -291,6 +297,8 @@ impl Cluster {
                 controller_applied: AtomicI64::new(0),
                 steps_dropped: Arc::new(AtomicU64::new(0)),
                 fill_counters: Arc::default(),
+                incarnation: uuid_v4().as_u64_pair().0,
+                incarnations: Mutex::default(),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -481,6 +489,7 @@ impl Cluster {
             cluster_name: config.cluster_name.clone(),
             kafka_host: config.kafka_advertised.ip().to_string(),
             kafka_port: config.kafka_advertised.port(),
+            incarnation: self.inner.incarnation,
         };
         hello
             .validate()
@@ -517,6 +526,10 @@ impl Cluster {
         let on_hello = move |hello: &Hello| {
             let kafka = (hello.kafka_host.clone(), hello.kafka_port);
             lock(&cluster.inner.brokers).insert(hello.node_id, kafka);
+            let before = lock(&cluster.inner.incarnations).insert(hello.node_id, hello.incarnation);
+            if before.is_some_and(|before| before != hello.incarnation) {
+                cluster.peer_restarted(hello.node_id);
+            }
         };
         let cluster = self.clone();
         let deliver = move |incoming: Incoming| cluster.route(incoming);
@@ -555,6 +568,36 @@ impl Cluster {
         });
         // A full mailbox drops the message, as a lossy network would; Raft resends.
         let _ = self.shards()[owner].try_run(work);
+    }
+
+    /// Tells every group of every shard that `peer` restarted: a leader forgets what the
+    /// peer acknowledged and finds its log's end again (`Replica::peer_restarted`).
+    fn peer_restarted(&self, peer: u64) {
+        tracing::info!(
+            peer,
+            "a peer restarted; its groups' leaders probe its log again"
+        );
+        for shard in self.shards() {
+            let work = Box::new(move || {
+                let Some(local) = local() else { return };
+                for (key, inbox) in local.groups.borrow().iter() {
+                    if inbox.push(Command::PeerRestarted(peer)).is_err() {
+                        tracing::warn!(
+                            topic = %key.0,
+                            partition = key.1,
+                            peer,
+                            "a group's inbox is full: it keeps the restarted peer's old progress"
+                        );
+                    }
+                }
+            });
+            if shard.try_run(work).is_err() {
+                tracing::warn!(
+                    peer,
+                    "a shard's mailbox is full: a peer's restart not passed on"
+                );
+            }
+        }
     }
 
     /// Opens the controller group on this shard (0) and starts applying its commands.
@@ -852,6 +895,10 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
             Err(ReplicaError::Raft { source, .. }) if is_ignorable(&source) => Ok(()),
             other => other,
         },
+        Command::PeerRestarted(peer) => {
+            replica.peer_restarted(peer);
+            Ok(())
+        }
         Command::Propose {
             batches,
             max_message_bytes,

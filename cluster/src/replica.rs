@@ -431,6 +431,22 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// `peer`'s process restarted: if this replica leads, it forgets what the peer
+    /// acknowledged before (the peer may have lost its unsynced tail, or all of its data
+    /// with its directory) and probes for its log's end again, from its own last entry
+    /// down; a peer that lost everything is then sent a snapshot.
+    pub fn peer_restarted(&mut self, peer: u64) {
+        if !self.is_leader() || peer == self.node.raft.id {
+            return;
+        }
+        let last = self.node.raft.raft_log.last_index();
+        if let Some(progress) = self.node.raft.mut_prs().get_mut(peer) {
+            progress.matched = 0;
+            progress.become_probe();
+            progress.next_idx = last + 1;
+        }
+    }
+
     /// Starts an election now (an operator's or a test's choice; followers campaign on
     /// their own when the leader goes quiet).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
@@ -439,8 +455,23 @@ impl<S: Storage> Replica<S> {
             .map_err(|source| self.raft_error(source))
     }
 
-    /// Takes a message from a peer.
-    pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+    /// Takes a message from a peer. A heartbeat whose commit index lies past this
+    /// replica's log (its leader still counts entries this replica lost with its data
+    /// directory, until it learns of the restart, [`Replica::peer_restarted`]) commits only
+    /// what the log holds: raft-rs would otherwise stop on it.
+    pub fn step(&mut self, mut message: Message) -> Result<(), ReplicaError> {
+        if message.get_msg_type() == MessageType::MsgHeartbeat {
+            let (last, _) = self.last_index_and_term();
+            if message.commit > last {
+                tracing::debug!(
+                    partition = %self.id,
+                    commit = message.commit,
+                    last,
+                    "a heartbeat commits past this log's end; committing to its end"
+                );
+                message.commit = last;
+            }
+        }
         self.node
             .step(message)
             .map_err(|source| self.raft_error(source))

@@ -234,3 +234,38 @@ async fn open(dir: &Path, node: u64) -> Replica<DiskStorage> {
         .await
         .unwrap()
 }
+
+#[test]
+fn a_follower_whose_data_is_wiped_is_probed_again_and_refilled() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        let follower = *NODES.iter().find(|node| **node != leader).unwrap();
+        for round in 0..30 {
+            let mut answer = cluster.propose(leader, &format!("w{round}"), 2);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        // The follower's data directory is lost; it comes back empty, as a new group.
+        let wiped = cluster.replicas.remove(&follower).unwrap();
+        wiped.close().await.unwrap();
+        let follower_dir = cluster.dir().join(format!("node-{follower}"));
+        std::fs::remove_dir_all(&follower_dir).unwrap();
+        cluster
+            .replicas
+            .insert(follower, open(&follower_dir, follower).await);
+        fill_from_peers(&mut cluster, follower, None);
+        // Its leader hears of the restart (a new incarnation in the peer's hello).
+        cluster
+            .replicas
+            .get_mut(&leader)
+            .unwrap()
+            .peer_restarted(follower);
+        catch_up(&mut cluster, follower, 60).await;
+        assert_eq!(cluster.replicas[&follower].snapshot_stats().installed, 1);
+        assert_eq!(assert_identical(&cluster).await.len(), 60);
+        cluster.close().await;
+    })
+    .unwrap();
+}

@@ -30,6 +30,7 @@
 //! |     10 + `n` |    2 | Kafka host length `h`, at most 255                       |
 //! |     12 + `n` |  `h` | Kafka host                                               |
 //! | 12 + `n + h` |    2 | Kafka port                                               |
+//! | 14 + `n + h` |    8 | incarnation: drawn at random when the node's process starts |
 //!
 //! A Raft frame's body (`t`: the topic name's length):
 //!
@@ -118,8 +119,9 @@ const HELLO_FRAME_LEN_MAX: usize = 1
     + TRANSPORT_CLUSTER_NAME_BYTES_MAX
     + STRING_LEN_BYTES
     + TRANSPORT_HOST_BYTES_MAX
-    + 2;
-const _: () = assert!(HELLO_FRAME_LEN_MAX == 525);
+    + 2
+    + 8;
+const _: () = assert!(HELLO_FRAME_LEN_MAX == 533);
 const _: () = assert!(HELLO_FRAME_LEN_MAX <= TRANSPORT_FRAME_BYTES_MAX);
 // A peer's queue holds at least the largest frame, or that frame could never be sent.
 const _: () =
@@ -138,6 +140,10 @@ pub struct Hello {
     /// Where Kafka clients reach this node (what Metadata advertises for it).
     pub kafka_host: String,
     pub kafka_port: u16,
+    /// Drawn at random each time the node's process starts: a peer seeing another one
+    /// knows the node restarted, and may have lost what it had not made durable — or, its
+    /// data directory replaced, everything.
+    pub incarnation: u64,
 }
 
 impl Hello {
@@ -372,6 +378,7 @@ fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
             .string("Kafka host", TRANSPORT_HOST_BYTES_MAX)?
             .to_owned(),
         kafka_port: u16::from_be_bytes(fields.array("Kafka port")?),
+        incarnation: u64::from_be_bytes(fields.array("incarnation")?),
     };
     if !fields.bytes.is_empty() {
         return Err(FrameError::TrailingBytes {
@@ -466,6 +473,7 @@ fn encode_hello(hello: &Hello) -> Vec<u8> {
     put_string(&mut out, &hello.cluster_name);
     put_string(&mut out, &hello.kafka_host);
     out.extend_from_slice(&hello.kafka_port.to_be_bytes());
+    out.extend_from_slice(&hello.incarnation.to_be_bytes());
     finish_frame(&mut out, start);
     out
 }

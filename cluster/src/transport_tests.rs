@@ -32,6 +32,7 @@ fn hello(node_id: u64) -> Hello {
         cluster_name: "test-cluster".to_owned(),
         kafka_host: format!("kafka-{node_id}.example"),
         kafka_port: 9000 + node_id as u16,
+        incarnation: 77 + node_id,
     }
 }
 
@@ -154,14 +155,22 @@ async fn send_and_wait_closed(
 // The codec.
 
 fn arbitrary_hello() -> impl Strategy<Value = Hello> {
-    (any::<u64>(), "[a-z0-9-]{0,255}", "\\PC{0,60}", any::<u16>()).prop_map(
-        |(node_id, cluster_name, kafka_host, kafka_port)| Hello {
-            node_id,
-            cluster_name,
-            kafka_host,
-            kafka_port,
-        },
+    (
+        any::<u64>(),
+        "[a-z0-9-]{0,255}",
+        "\\PC{0,60}",
+        any::<u16>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(node_id, cluster_name, kafka_host, kafka_port, incarnation)| Hello {
+                node_id,
+                cluster_name,
+                kafka_host,
+                kafka_port,
+                incarnation,
+            },
+        )
 }
 
 proptest! {

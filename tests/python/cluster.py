@@ -3,6 +3,7 @@
     cluster.py run BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py run-confluent BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py groups BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py ship BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -14,6 +15,11 @@ and waits for WORK_DIR/killed, which the test creates once it has killed a node 
 SIGKILL; the same producer then goes on. At the end a consumer (no group: assigned every
 partition) reads every partition from the start to its end.
 
+ship (a wiped follower catching up by a snapshot) produces COUNT records, each its own batch
+(so its own Raft entry; librdkafka with batch.num.messages=1, at its defaults otherwise),
+writes WORK_DIR/half and waits for WORK_DIR/killed (the test wipes a follower's data
+directory and restarts it), produces COUNT more, and reads everything back.
+
 Prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
 "leaders_after": {...}, "offsets_dense": bool}.
@@ -21,6 +27,7 @@ Prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not rea
 
 import json
 import os
+from collections import Counter
 import sys
 import time
 
@@ -283,11 +290,68 @@ def groups(bootstrap, topic, partitions, count, work_dir):
     )
 
 
+def ship(bootstrap, topic, partitions, count, work_dir):
+    from confluent_kafka import Producer
+
+    servers = bootstrap.split(",")
+    create_topic(servers, topic, partitions)
+    producer = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 1})
+    acknowledged, failed = {}, []
+
+    def delivered(error, message):
+        value = message.value().decode()
+        if error is None:
+            acknowledged[value] = (message.partition(), message.offset())
+        else:
+            print(f"{value} not acknowledged: {error}", file=sys.stderr)
+            failed.append(value)
+
+    def produce_range(first):
+        for i in range(first, first + count):
+            while True:
+                try:
+                    # One key: every record in one partition, whose log then holds
+                    # 2 * COUNT batches.
+                    producer.produce(
+                        topic, key=b"ship", value=f"r{i}".encode(), on_delivery=delivered
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        if producer.flush(DEADLINE_S) != 0:
+            raise TimeoutError("records still unacknowledged")
+
+    produce_range(0)
+    metadata = producer.list_topics(topic, timeout=10).topics[topic].partitions
+    with open(os.path.join(work_dir, "half.tmp"), "w") as out:
+        partition = next(iter(acknowledged.values()))[0]
+        json.dump({"partition": partition, "leader": metadata[partition].leader}, out)
+    os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
+    wait_for(os.path.join(work_dir, "killed"))
+    produce_range(count)
+    records = consume(servers, topic, partitions)
+    read = [value for _, _, value in records]
+    print(
+        json.dumps(
+            {
+                "acknowledged": len(acknowledged),
+                "failed": len(failed),
+                "lost": sorted(set(acknowledged) - set(read)),
+                "duplicates": sorted(v for v, n in Counter(read).items() if n > 1),
+                "read": len(read),
+                "offsets_dense": [o for _, o, _ in records] == list(range(len(records))),
+            }
+        )
+    )
+
+
 def main():
     modes = {
         "run": lambda *args: run(*args, KafkaPythonProducer),
         "run-confluent": lambda *args: run(*args, ConfluentProducer),
         "groups": groups,
+        "ship": ship,
     }
     if len(sys.argv) != 7 or sys.argv[1] not in modes:
         sys.exit(__doc__)

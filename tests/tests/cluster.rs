@@ -45,12 +45,16 @@ impl Cluster {
     }
 }
 
-/// Each partition's segment bytes in a data directory, by file name.
+/// Each partition's segment bytes in a data directory, by file name (none for a partition
+/// not created there yet).
 fn segments(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut found = BTreeMap::new();
     for partition in 0..PARTITIONS {
         let partition_dir = dir.join(format!("{TOPIC}-{partition}"));
-        for entry in std::fs::read_dir(&partition_dir).expect("partition directory") {
+        let Ok(entries) = std::fs::read_dir(&partition_dir) else {
+            continue;
+        };
+        for entry in entries {
             let path = entry.expect("directory entry").path();
             if path.extension().is_some_and(|ext| ext == "log") {
                 let name = format!(
@@ -259,6 +263,70 @@ fn committed_offsets_survive_the_death_of_the_groups_coordinator() {
         result["coordinator_after"].as_u64(),
         Some(coordinator as u64),
         "{result}"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+#[test]
+fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
+    // Enough batches in one partition that the leader's window (1,024 applied entries
+    // kept, moving in steps of as many) has moved past its start when the follower
+    // returns empty.
+    const RECORDS: usize = 2_500;
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start("ship", RECORDS);
+    wait_for(&work.join("half"));
+    let half: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let partition = half["partition"].as_u64().expect("the records' partition");
+    let leader = half["leader"].as_u64().expect("a leader") as usize;
+    let follower = (1..=3).find(|node| *node != leader).expect("a follower");
+    nodes[follower - 1].take().expect("it runs").kill();
+    let dir = &cluster.dirs[follower - 1];
+    std::fs::remove_dir_all(dir).expect("wipe the follower's data directory");
+    std::fs::create_dir_all(dir).expect("an empty data directory");
+    nodes[follower - 1] = Some(cluster.start(follower - 1));
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    assert_eq!(result["lost"], serde_json::json!([]), "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    assert_eq!(result["acknowledged"], 2 * RECORDS, "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all: Vec<_> = (cluster.dirs.iter())
+            .map(|dir| written(segments(dir)))
+            .collect();
+        if all.windows(2).all(|pair| pair[0] == pair[1]) {
+            let bytes: usize = all[0].values().map(Vec::len).sum();
+            assert!(
+                bytes > 2 * RECORDS * 60,
+                "the segments hold the records: {bytes}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node did not catch up; its log:\n{}",
+            nodes[follower - 1].as_ref().expect("it runs").log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // It caught up by a snapshot: the batches below the leader's anchor were copied.
+    let log = nodes[follower - 1].as_ref().expect("it runs").log();
+    let installed = format!("partition={TOPIC}-{partition}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("snapshot installed") && line.contains(&installed)),
+        "no snapshot installed for {TOPIC}-{partition}; the wiped node's log:\n{log}"
     );
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
