@@ -499,21 +499,19 @@ fn raft_frame_len(topic: &str, message_bytes: usize) -> usize {
     1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + message_bytes
 }
 
-/// Appends a Raft frame to `out` if it fits `room` bytes; leaves `out` as it was if not.
-fn encode_raft(
-    out: &mut Vec<u8>,
-    room: usize,
-    topic: &str,
-    partition: u32,
-    message: &Message,
-) -> Result<(), Unsent> {
+/// Refuses a topic name no frame can carry (a bug on this side).
+fn check_topic(topic: &str) -> Result<(), Unsent> {
     if topic.is_empty() || topic.len() > TOPIC_NAME_LEN_MAX {
         return Err(Unsent::Unsendable(format!(
             "topic name of {} bytes",
             topic.len()
         )));
     }
-    let len = raft_frame_len(topic, message.compute_size() as usize);
+    Ok(())
+}
+
+/// Whether a frame whose length field is `len` may be sent at all, and fits `room` now.
+fn check_room(len: usize, room: usize) -> Result<(), Unsent> {
     if len > TRANSPORT_FRAME_BYTES_MAX {
         return Err(Unsent::Unsendable(format!(
             "a frame of {len} bytes; the limit is {TRANSPORT_FRAME_BYTES_MAX}"
@@ -522,6 +520,20 @@ fn encode_raft(
     if LEN_FIELD_BYTES + len > room {
         return Err(Unsent::QueueFull);
     }
+    Ok(())
+}
+
+/// Appends a Raft frame to `out` if it fits `room` bytes; leaves `out` as it was if not.
+fn encode_raft(
+    out: &mut Vec<u8>,
+    room: usize,
+    topic: &str,
+    partition: u32,
+    message: &Message,
+) -> Result<(), Unsent> {
+    check_topic(topic)?;
+    let len = raft_frame_len(topic, message.compute_size() as usize);
+    check_room(len, room)?;
     out.reserve(LEN_FIELD_BYTES + len);
     let start = begin_frame(out, Kind::Raft);
     put_string(out, topic);
@@ -556,12 +568,7 @@ fn encode_fill(
     partition: u32,
     payload: &Payload,
 ) -> Result<(), Unsent> {
-    if topic.is_empty() || topic.len() > TOPIC_NAME_LEN_MAX {
-        return Err(Unsent::Unsendable(format!(
-            "topic name of {} bytes",
-            topic.len()
-        )));
-    }
+    check_topic(topic)?;
     let (kind, offset, tail_bytes) = match payload {
         Payload::FillRequest { offset, max_bytes } => {
             assert!(
@@ -575,14 +582,7 @@ fn encode_fill(
     };
     assert!(offset >= 0, "fill offset {offset}");
     let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + 8 + tail_bytes;
-    if len > TRANSPORT_FRAME_BYTES_MAX {
-        return Err(Unsent::Unsendable(format!(
-            "a frame of {len} bytes; the limit is {TRANSPORT_FRAME_BYTES_MAX}"
-        )));
-    }
-    if LEN_FIELD_BYTES + len > room {
-        return Err(Unsent::QueueFull);
-    }
+    check_room(len, room)?;
     out.reserve(LEN_FIELD_BYTES + len);
     let start = begin_frame(out, kind);
     put_string(out, topic);

@@ -88,6 +88,33 @@ fn written(segments: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Waits until every node's segments hold the same bytes (up to their last whole batch);
+/// returns how many. Fails after `WAIT` with the log `restarted` gives (the node that had
+/// to catch up).
+fn wait_until_identical(cluster: &Cluster, restarted: impl Fn() -> Option<String>) -> usize {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let all: Vec<_> = (cluster.dirs.iter())
+            .map(|dir| written(segments(dir)))
+            .collect();
+        if all.windows(2).all(|pair| pair[0] == pair[1]) {
+            return all[0].values().map(Vec::len).sum();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up: segment sizes {:?}; its log:\n{}",
+            all.iter()
+                .map(|s| s
+                    .iter()
+                    .map(|(n, b)| (n.clone(), b.len()))
+                    .collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+            restarted().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Three nodes started, and `cluster.py MODE` running against them in a thread.
 struct Run {
     cluster: Cluster,
@@ -202,28 +229,8 @@ fn leader_killed(mode: &'static str, idempotent: bool) {
 
     // The killed node comes back, catches up, and every node holds the same bytes.
     nodes[victim - 1] = Some(cluster.start(victim - 1));
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let all: Vec<_> = (cluster.dirs.iter())
-            .map(|dir| written(segments(dir)))
-            .collect();
-        if all.windows(2).all(|pair| pair[0] == pair[1]) {
-            let records: usize = all[0].values().map(Vec::len).sum();
-            assert!(records > 0, "the segments hold the records");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted node did not catch up: segment sizes {:?}",
-            all.iter()
-                .map(|s| s
-                    .iter()
-                    .map(|(n, b)| (n.clone(), b.len()))
-                    .collect::<Vec<_>>())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let bytes = wait_until_identical(&cluster, || nodes[victim - 1].as_ref().map(Server::log));
+    assert!(bytes > 0, "the segments hold the records");
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
@@ -300,26 +307,11 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
     assert_eq!(result["acknowledged"], 2 * RECORDS, "{result}");
     assert_eq!(result["offsets_dense"], true, "{result}");
 
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let all: Vec<_> = (cluster.dirs.iter())
-            .map(|dir| written(segments(dir)))
-            .collect();
-        if all.windows(2).all(|pair| pair[0] == pair[1]) {
-            let bytes: usize = all[0].values().map(Vec::len).sum();
-            assert!(
-                bytes > 2 * RECORDS * 60,
-                "the segments hold the records: {bytes}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the wiped node did not catch up; its log:\n{}",
-            nodes[follower - 1].as_ref().expect("it runs").log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let bytes = wait_until_identical(&cluster, || nodes[follower - 1].as_ref().map(Server::log));
+    assert!(
+        bytes > 2 * RECORDS * 60,
+        "the segments hold the records: {bytes}"
+    );
     // It caught up by a snapshot: the batches below the leader's anchor were copied.
     let log = nodes[follower - 1].as_ref().expect("it runs").log();
     let installed = format!("partition={TOPIC}-{partition}");
