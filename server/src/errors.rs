@@ -113,15 +113,21 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
     let kind = match error {
         ClusterError::Engine(engine) => return code(engine),
         ClusterError::Replica(replica) => return replica_code(replica),
-        ClusterError::NoReplica { .. } | ClusterError::ShardStopped => {
-            ResponseError::NotLeaderOrFollower
-        }
         ClusterError::NotController { .. } => ResponseError::NotController,
         ClusterError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         ClusterError::InvalidTopic(_) => ResponseError::InvalidTopicException,
         ClusterError::InvalidTopicConfig(_) => ResponseError::InvalidConfig,
         ClusterError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
-        ClusterError::ApplyTimedOut { .. } => ResponseError::RequestTimedOut,
+        // A full inbox or a proposal past its deadline: the client retries later.
+        ClusterError::ApplyTimedOut { .. }
+        | ClusterError::InboxFull { .. }
+        | ClusterError::ProposalTimedOut { .. } => ResponseError::RequestTimedOut,
+        // No replica here, or its task or the controller's applier stopped on this node
+        // (logged): the client goes to another (CreateTopics answers NOT_CONTROLLER).
+        ClusterError::NoReplica { .. }
+        | ClusterError::ShardStopped
+        | ClusterError::InboxClosed { .. }
+        | ClusterError::ControllerStopped => ResponseError::NotLeaderOrFollower,
         ClusterError::ControllerDir { .. } => ResponseError::KafkaStorageError,
         _ => ResponseError::UnknownServerError,
     };
@@ -356,6 +362,19 @@ mod tests {
             assert_eq!(name(cluster_code(&error)), "NOT_LEADER_OR_FOLLOWER");
             assert_eq!(name(create_topic_code(&error)), "NOT_CONTROLLER");
         }
+        let full = ClusterError::InboxFull {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert_eq!(name(cluster_code(&full)), "REQUEST_TIMED_OUT");
+        assert_eq!(name(create_topic_code(&full)), "REQUEST_TIMED_OUT");
+        let stopped = ClusterError::ControllerStopped;
+        assert_eq!(name(create_topic_code(&stopped)), "NOT_CONTROLLER");
+        let closed = ClusterError::InboxClosed {
+            topic: "t".into(),
+            partition: 0,
+        };
+        assert_eq!(name(cluster_code(&closed)), "NOT_LEADER_OR_FOLLOWER");
         let exists = ClusterError::TopicExists { name: "t".into() };
         assert_eq!(name(create_topic_code(&exists)), "TOPIC_ALREADY_EXISTS");
     }
