@@ -314,7 +314,9 @@ fn describe_configs_shows_values_and_sources_at_every_version() {
         let all = describe_configs(&mut client, version, TOPIC, "described", None, false);
         assert_eq!(all.error_code, NONE, "v{version}");
         assert_eq!(all.resource_name.as_str(), "described");
-        assert_eq!(all.configs.len(), 13, "every key ringlog knows");
+        assert_eq!(all.configs.len(), 14, "every key ringlog knows");
+        let insync = entry(&all, "min.insync.replicas");
+        assert_eq!(insync.value.as_deref(), Some("1"), "Kafka's default");
         let retention = entry(&all, "retention.ms");
         assert_eq!(retention.value.as_deref(), Some("1000"));
         assert_eq!(retention.config_source, DYNAMIC_TOPIC_CONFIG, "v{version}");
