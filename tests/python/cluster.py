@@ -159,6 +159,21 @@ def wait_for(path):
         time.sleep(0.05)
 
 
+def end_offsets(consumer, tps):
+    """The partitions' end offsets, asked again while a partition has none: kafka-python
+    3.0.12 raises KeyError when a leader answers OFFSET_NOT_AVAILABLE (a new leader that
+    has not committed in its term yet, as Kafka answers) instead of retrying."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return consumer.end_offsets(tps)
+        except (KeyError, KafkaError) as error:
+            if time.monotonic() > deadline:
+                raise
+            print(f"end_offsets: {error!r}; retrying", file=sys.stderr)
+            time.sleep(0.5)
+
+
 def consume(bootstrap, topic, partitions):
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -169,7 +184,7 @@ def consume(bootstrap, topic, partitions):
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
-    ends = consumer.end_offsets(tps)
+    ends = end_offsets(consumer, tps)
     records = []
     deadline = time.monotonic() + DEADLINE_S
     while any(consumer.position(tp) < ends[tp] for tp in tps):
