@@ -138,7 +138,7 @@ impl Fills {
 
     fn answer_to(&self, to: u64, group: &Group, offset: i64, batches: Bytes) {
         let chunk = Payload::FillChunk { offset, batches };
-        self.transport.send_fill(to, &group.0, group.1, &chunk);
+        self.transport.send_payload(to, &group.0, group.1, &chunk);
     }
 
     /// Asks peers in turn until one answers with batches.
@@ -158,7 +158,8 @@ impl Fills {
                 offset,
                 max_bytes: FILL_CHUNK_BYTES_MAX,
             };
-            self.transport.send_fill(peer, &group.0, group.1, &request);
+            self.transport
+                .send_payload(peer, &group.0, group.1, &request);
             let wait = Duration::from_millis(FILL_ANSWER_TIMEOUT_MS);
             if let Ok(Ok(batches)) = rt::timeout(wait, answer).await {
                 if !batches.is_empty() {

@@ -16,6 +16,7 @@ pub mod journal;
 pub mod limits;
 pub mod logger;
 pub mod node;
+pub mod rejoin;
 pub mod replica;
 pub mod snapshot;
 pub mod storage;

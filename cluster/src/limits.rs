@@ -120,3 +120,7 @@ pub const FILL_RETRY_MS: u64 = 200;
 /// Fill requests one shard serves at once (each a read of up to `FILL_CHUNK_BYTES_MAX`);
 /// past this a request is answered empty and its asker tries another peer.
 pub const FILL_SERVES_MAX: usize = 16;
+
+/// Ticks between a rejoining replica's rounds of asking the voters that have not answered
+/// (`rejoin.rs`): half a second at the default tick of 100 ms.
+pub const REJOIN_ASK_TICKS: usize = 5;

@@ -30,9 +30,9 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ use crate::limits::{
     WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
 use crate::limits::{CONTROLLER_PROPOSE_TIMEOUT_MS, GROUP_INBOX_COMMANDS_MAX};
+use crate::rejoin::LogState;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::transport::{self, Hello, Incoming, Payload, Transport};
 
@@ -121,6 +122,12 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write the rejoin marker {path}")]
+    RejoinMarker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a shard of this node stopped")]
     ShardStopped,
     /// The group's inbox is full (its task is held up): a retriable refusal.
@@ -162,6 +169,8 @@ pub struct GroupStatus {
     /// Whether this node leads and has applied an entry of its term: its high watermark
     /// then covers everything committed (see [`Replica::leads_with_own_commit`]).
     pub leads_with_own_commit: bool,
+    /// Whether this node's replica is still rejoining the group (`rejoin.rs`).
+    pub rejoining: bool,
 }
 
 struct Inner {
@@ -179,7 +188,15 @@ struct Inner {
     /// announced.
     incarnation: u64,
     incarnations: Mutex<HashMap<u64, u64>>,
+    /// Set while this node rejoins the cluster with a new data directory (`REJOIN_MARKER`
+    /// in it): every replica it opens rejoins its group (`rejoin.rs`).
+    rejoining: AtomicBool,
 }
+
+/// The file in the data directory that says this node rejoins the cluster: made, before
+/// anything else, when the node starts without the controller's directory (a new or a
+/// wiped data directory); removed once every group the node held then has rejoined.
+pub const REJOIN_MARKER: &str = "cluster-rejoining";
 
 /// The node's cluster layer: `Send + Sync`, cheap to clone.
 #[derive(Clone)]
@@ -244,6 +261,10 @@ fn check_creatable(
 /// A command to a group's task (ticks are a flag of its inbox, see `inbox.rs`).
 enum Command {
     Step(Message),
+    /// A rejoining peer asks for this replica's term and last entry.
+    RejoinAsk(u64),
+    /// A peer answers this replica's rejoin question.
+    RejoinAnswer(u64, LogState),
     /// A peer's process restarted (its hello's incarnation changed).
     PeerRestarted(u64),
     Propose {
@@ -285,6 +306,7 @@ impl Cluster {
     /// shard 0, and a replica of every partition of every (non-internal) topic the engine
     /// holds. Blocks until all are open.
     pub fn start(engine: Engine, config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        let rejoining = mark_rejoining(&config.data_dir)?;
         let mut brokers = BTreeMap::new();
         let kafka = &config.kafka_advertised;
         brokers.insert(config.node_id, (kafka.ip().to_string(), kafka.port()));
@@ -299,6 +321,7 @@ impl Cluster {
                 fill_counters: Arc::default(),
                 incarnation: uuid_v4().as_u64_pair().0,
                 incarnations: Mutex::default(),
+                rejoining: AtomicBool::new(rejoining),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -627,6 +650,11 @@ impl Cluster {
         .await?;
         let log = replica.log().clone();
         self.spawn_group(replica);
+        if self.inner.rejoining.load(Ordering::Acquire) {
+            let cluster = self.clone();
+            let log = log.clone();
+            rt::spawn_local(async move { cluster.end_rejoin(log).await }).detach();
+        }
         let cluster = self.clone();
         rt::spawn_local(async move {
             if let Err(error) = cluster.apply_controller(log).await {
@@ -640,6 +668,47 @@ impl Cluster {
         })
         .detach();
         Ok(())
+    }
+
+    /// Ends the node's rejoin once it is over: the controller's replica rejoined, the
+    /// controller's log is applied as far as it was committed then (so every group that
+    /// existed is open here), and every replica opened meanwhile rejoined. Groups opened
+    /// after that are new to every node and need no rejoin.
+    async fn end_rejoin(&self, controller_log: ringlog_engine::log::PartitionLog<DiskStorage>) {
+        let key = (CONTROLLER_TOPIC.to_owned(), 0);
+        let mut target = None;
+        loop {
+            rt::sleep(self.inner.config.tick).await;
+            let status = lock(&self.inner.status);
+            if status.get(&key).is_none_or(|group| group.rejoining) {
+                continue;
+            }
+            let target = *target.get_or_insert_with(|| controller_log.offsets().high_watermark);
+            if self.inner.controller_applied.load(Ordering::Acquire) < target
+                || status.values().any(|group| group.rejoining)
+            {
+                continue;
+            }
+            break;
+        }
+        let marker = self.inner.config.data_dir.join(REJOIN_MARKER);
+        let removed = match rt::remove_file(&marker).await {
+            Ok(()) => rt::sync_dir(&self.inner.config.data_dir).await,
+            Err(error) => Err(error),
+        };
+        match removed {
+            Ok(()) => {
+                self.inner.rejoining.store(false, Ordering::Release);
+                tracing::info!("rejoined the cluster: every group this node holds rejoined");
+            }
+            // Left set: groups opened from now on rejoin too, which is safe (only slower),
+            // and the next start tries again.
+            Err(error) => tracing::error!(
+                path = %marker.display(),
+                %error,
+                "cannot remove the rejoin marker"
+            ),
+        }
     }
 
     fn replica_config(&self) -> ReplicaConfig {
@@ -790,6 +859,15 @@ impl Cluster {
     fn spawn_group(&self, mut replica: Replica<DiskStorage>) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
+        if self.inner.rejoining.load(Ordering::Acquire) {
+            replica.start_rejoin();
+        }
+        // Published before the task runs: the node's rejoin is not over while it is.
+        let status = GroupStatus {
+            rejoining: replica.rejoining(),
+            ..GroupStatus::default()
+        };
+        lock(&self.inner.status).insert((id.topic.to_string(), id.partition), status);
         replica.set_fill_source(local.fills.source());
         local.fills.register(replica.log().clone());
         let key: GroupKey = (Rc::from(&*id.topic), id.partition);
@@ -825,8 +903,16 @@ impl Cluster {
             };
             if taken.tick {
                 replica.tick();
+                for peer in replica.rejoin_asks() {
+                    (local.transport).send_payload(peer, &key.0, key.1, &Payload::RejoinAsk);
+                }
             }
             for command in taken.commands {
+                if let Command::RejoinAsk(peer) = command {
+                    let answer = Payload::RejoinAnswer(replica.log_state());
+                    local.transport.send_payload(peer, &key.0, key.1, &answer);
+                    continue;
+                }
                 if let Err(error) = apply_command(&mut replica, command) {
                     return error.into();
                 }
@@ -846,6 +932,7 @@ impl Cluster {
                 term: replica.term(),
                 in_sync: replica.in_sync(),
                 leads_with_own_commit: replica.leads_with_own_commit(),
+                rejoining: replica.rejoining(),
             };
             if published.as_ref() != Some(&status) {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
@@ -899,6 +986,12 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
             replica.peer_restarted(peer);
             Ok(())
         }
+        Command::RejoinAnswer(peer, state) => {
+            replica.rejoin_answer(peer, state);
+            Ok(())
+        }
+        // Answered by the group's task, which holds the transport.
+        Command::RejoinAsk(_) => Ok(()),
         Command::Propose {
             batches,
             max_message_bytes,
@@ -933,7 +1026,11 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         payload,
     } = incoming;
     match payload {
-        Payload::Raft(message) => deliver_local(local, &topic, partition, message),
+        Payload::Raft(message) => deliver_local(local, &topic, partition, Command::Step(message)),
+        Payload::RejoinAsk => deliver_local(local, &topic, partition, Command::RejoinAsk(from)),
+        Payload::RejoinAnswer(state) => {
+            deliver_local(local, &topic, partition, Command::RejoinAnswer(from, state));
+        }
         Payload::FillRequest { offset, max_bytes } => {
             local
                 .fills
@@ -947,13 +1044,13 @@ fn deliver_here(local: &Local, incoming: Incoming) {
 
 /// Hands a peer's message to its group's task, on the shard that owns the group. A message
 /// for a group not (yet) open here is dropped, as is one that finds the group's inbox full
-/// (counted): Raft sends again.
-fn deliver_local(local: &Local, topic: &str, partition: u32, message: Message) {
+/// (counted): Raft sends again, as a rejoining replica asks again.
+fn deliver_local(local: &Local, topic: &str, partition: u32, command: Command) {
     let key: GroupKey = (Rc::from(topic), partition);
     let Some(inbox) = local.groups.borrow().get(&key).cloned() else {
         return;
     };
-    if inbox.push(Command::Step(message)).is_err() {
+    if inbox.push(command).is_err() {
         let dropped = local.steps_dropped.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(
             topic,
@@ -986,6 +1083,34 @@ fn controller_id() -> PartitionId {
         topic: Arc::from(CONTROLLER_TOPIC),
         partition: 0,
     }
+}
+
+/// Makes the rejoin marker (durably) if `data_dir` holds no controller directory: a new
+/// or wiped data directory, whose node must not trust its empty memory of any group.
+/// Returns whether the node rejoins (the marker is there, made now or left by an earlier
+/// start that did not finish rejoining).
+fn mark_rejoining(data_dir: &Path) -> Result<bool, ClusterError> {
+    let marker = data_dir.join(REJOIN_MARKER);
+    let failed = |source| ClusterError::RejoinMarker {
+        path: marker.clone(),
+        source,
+    };
+    if marker.exists() {
+        return Ok(true);
+    }
+    if data_dir.join(format!("{CONTROLLER_TOPIC}-0")).exists() {
+        return Ok(false);
+    }
+    let file = std::fs::File::create(&marker).map_err(failed)?;
+    file.sync_all().map_err(failed)?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed)?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        "no cluster state in the data directory: every group rejoins before this node votes"
+    );
+    Ok(true)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

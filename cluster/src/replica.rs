@@ -58,8 +58,9 @@ use crate::entries::{EntryTable, Kind, Meta};
 use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
 use crate::limits::{
     APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_FETCH_BYTES_MAX,
-    SNAPSHOT_SILENCE_TICKS_MAX,
+    REJOIN_ASK_TICKS, SNAPSHOT_SILENCE_TICKS_MAX,
 };
+use crate::rejoin::{LogState, Rejoin};
 use crate::snapshot::{self, FillSource};
 use crate::storage::{self, RaftStorage};
 
@@ -184,6 +185,8 @@ pub struct Replica<S: Storage> {
     /// transport may lose the message, and raft-rs waits for it until told it failed.
     snapshot_ticks: HashMap<u64, usize>,
     snapshot_stats: SnapshotStats,
+    /// Set while the replica rejoins its group with no memory of it (`rejoin.rs`).
+    rejoin: Option<Rejoin>,
 }
 
 impl<S: Storage> Replica<S> {
@@ -297,6 +300,7 @@ impl<S: Storage> Replica<S> {
             fill_source: None,
             snapshot_ticks: HashMap::new(),
             snapshot_stats: SnapshotStats::default(),
+            rejoin: None,
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -398,9 +402,9 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Advances the group's clock by one tick. A replica filling a snapshot stands still:
-    /// it must not campaign with a log it does not hold yet.
+    /// it must not campaign with a log it does not hold yet; nor does one rejoining.
     pub fn tick(&mut self) {
-        if self.fill_from.is_some() {
+        if self.fill_from.is_some() || self.rejoin.is_some() {
             return;
         }
         self.node.tick();
@@ -447,6 +451,87 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// Makes this replica rejoin its group before it votes again (`rejoin.rs`): its node
+    /// lost its data directory, or is new and cannot tell. Called before the replica
+    /// takes any message.
+    pub fn start_rejoin(&mut self) {
+        tracing::info!(
+            partition = %self.id,
+            "rejoining: asking every other voter for its term and log before taking part"
+        );
+        self.rejoin = Some(Rejoin::default());
+    }
+
+    /// Whether this replica is still rejoining its group (it withholds its vote).
+    pub fn rejoining(&self) -> bool {
+        self.rejoin.is_some()
+    }
+
+    /// On a tick, the voters a rejoining replica asks for their term and log now (every
+    /// `REJOIN_ASK_TICKS`, those that have not answered).
+    pub fn rejoin_asks(&mut self) -> Vec<u64> {
+        let others = self.other_voters();
+        match &mut self.rejoin {
+            Some(rejoin) => rejoin.due(&others, REJOIN_ASK_TICKS),
+            None => Vec::new(),
+        }
+    }
+
+    /// What this replica answers a rejoining peer: its term and the last entry it holds.
+    pub fn log_state(&self) -> LogState {
+        let (last_index, last_term) = self.last_index_and_term();
+        LogState {
+            term: self.node.raft.term,
+            last_index,
+            last_term,
+        }
+    }
+
+    /// Takes a voter's answer to this replica's rejoin question. The last one moves it to
+    /// the highest term its peers know, with a vote for itself (written with the next
+    /// Ready, before anything is sent), and sets the floor its log must reach.
+    pub fn rejoin_answer(&mut self, from: u64, state: LogState) {
+        let others = self.other_voters();
+        let Some(adopted) =
+            (self.rejoin.as_mut()).and_then(|rejoin| rejoin.answer(from, state, &others))
+        else {
+            return;
+        };
+        let raft = &mut self.node.raft;
+        if adopted.term > raft.term {
+            raft.become_follower(adopted.term, raft::INVALID_ID);
+            raft.vote = raft.id;
+        }
+        tracing::info!(
+            partition = %self.id,
+            term = raft.term,
+            floor_term = adopted.floor_term,
+            floor_index = adopted.floor_index,
+            "rejoining: every voter answered; following, without a vote until the log reaches the floor"
+        );
+        self.check_rejoined();
+    }
+
+    /// Ends the rejoin once the log (filled, if a snapshot is being filled) reaches the
+    /// floor.
+    fn check_rejoined(&mut self) {
+        let Some(rejoin) = &self.rejoin else { return };
+        let (last_index, last_term) = self.last_index_and_term();
+        if self.fill_from.is_none() && rejoin.reached(last_term, last_index) {
+            self.rejoin = None;
+            tracing::info!(partition = %self.id, last_index, last_term, "rejoined: votes again");
+        }
+    }
+
+    fn other_voters(&self) -> Vec<u64> {
+        let raft = &self.node.raft;
+        let mut voters: Vec<u64> = (raft.prs().conf().voters().ids().iter())
+            .filter(|&id| id != raft.id)
+            .collect();
+        voters.sort_unstable();
+        voters
+    }
+
     /// Starts an election now (an operator's or a test's choice; followers campaign on
     /// their own when the leader goes quiet).
     pub fn campaign(&mut self) -> Result<(), ReplicaError> {
@@ -459,7 +544,21 @@ impl<S: Storage> Replica<S> {
     /// replica's log (its leader still counts entries this replica lost with its data
     /// directory, until it learns of the restart, [`Replica::peer_restarted`]) commits only
     /// what the log holds: raft-rs would otherwise stop on it.
+    ///
+    /// A replica rejoining takes nothing while it asks its peers, and grants no vote
+    /// after (`rejoin.rs`).
     pub fn step(&mut self, mut message: Message) -> Result<(), ReplicaError> {
+        if let Some(rejoin) = &self.rejoin {
+            let votes = matches!(
+                message.get_msg_type(),
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgTimeoutNow
+            );
+            if !rejoin.takes_messages() || votes {
+                return Ok(());
+            }
+        }
         if message.get_msg_type() == MessageType::MsgHeartbeat {
             let (last, _) = self.last_index_and_term();
             if message.commit > last {
@@ -684,6 +783,7 @@ impl<S: Storage> Replica<S> {
             self.fail_proposals();
         }
         self.compact().await?;
+        self.check_rejoined();
         let keep_from = self.keep_cached_from();
         (self.storage.state.borrow_mut().table).evict(keep_from, self.entry_cache_bytes_max);
         Ok(out)

@@ -83,9 +83,7 @@ fn fill_from_peers(cluster: &mut Cluster, node: u64, chunks: Option<usize>) -> R
 /// Ticks and settles until `node`'s log holds `count` records.
 async fn catch_up(cluster: &mut Cluster, node: u64, count: i64) {
     for _ in 0..100 {
-        for replica in cluster.replicas.values_mut() {
-            replica.tick();
-        }
+        cluster.tick();
         cluster.settle().await;
         if cluster.replicas[&node].high_watermark() == count {
             return;
@@ -235,6 +233,19 @@ async fn open(dir: &Path, node: u64) -> Replica<DiskStorage> {
         .unwrap()
 }
 
+/// `node`'s data directory is lost: it comes back empty, rejoining (as its node makes a
+/// replica of a new data directory do), with the other replicas' logs to fill from.
+async fn wipe(cluster: &mut Cluster, node: u64) {
+    let wiped = cluster.replicas.remove(&node).unwrap();
+    wiped.close().await.unwrap();
+    let node_dir = cluster.dir().join(format!("node-{node}"));
+    std::fs::remove_dir_all(&node_dir).unwrap();
+    let mut replica = open(&node_dir, node).await;
+    replica.start_rejoin();
+    cluster.replicas.insert(node, replica);
+    fill_from_peers(cluster, node, None);
+}
+
 #[test]
 fn a_follower_whose_data_is_wiped_is_probed_again_and_refilled() {
     let dir = tempfile::tempdir().unwrap();
@@ -247,15 +258,7 @@ fn a_follower_whose_data_is_wiped_is_probed_again_and_refilled() {
             cluster.settle().await;
             assert!(answered(&mut answer).unwrap().is_ok());
         }
-        // The follower's data directory is lost; it comes back empty, as a new group.
-        let wiped = cluster.replicas.remove(&follower).unwrap();
-        wiped.close().await.unwrap();
-        let follower_dir = cluster.dir().join(format!("node-{follower}"));
-        std::fs::remove_dir_all(&follower_dir).unwrap();
-        cluster
-            .replicas
-            .insert(follower, open(&follower_dir, follower).await);
-        fill_from_peers(&mut cluster, follower, None);
+        wipe(&mut cluster, follower).await;
         // Its leader hears of the restart (a new incarnation in the peer's hello).
         cluster
             .replicas
@@ -264,7 +267,62 @@ fn a_follower_whose_data_is_wiped_is_probed_again_and_refilled() {
             .peer_restarted(follower);
         catch_up(&mut cluster, follower, 60).await;
         assert_eq!(cluster.replicas[&follower].snapshot_stats().installed, 1);
+        assert!(!cluster.replicas[&follower].rejoining());
         assert_eq!(assert_identical(&cluster).await.len(), 60);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_wiped_follower_votes_for_no_one_lacking_what_it_acknowledged_before() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut followers = NODES.iter().copied().filter(|node| *node != leader);
+        let (wiped, stale) = (followers.next().unwrap(), followers.next().unwrap());
+        // 40 records committed by the leader and one follower, the other cut off.
+        cluster.isolated.insert(stale);
+        for round in 0..20 {
+            let mut answer = cluster.propose(leader, &format!("c{round}"), 2);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        let term_before = cluster.replicas[&leader].term();
+        // That follower loses its data directory, then the leader is cut off: the stale
+        // follower and the wiped one are a majority, and only the cut-off leader holds
+        // the records. The wiped one cannot hear from every voter, so takes no part: no
+        // leader, rather than the stale one (which an empty log would vote for).
+        wipe(&mut cluster, wiped).await;
+        // The stale one is behind the leader's window: it will need a snapshot too.
+        fill_from_peers(&mut cluster, stale, None);
+        cluster.isolated.remove(&stale);
+        cluster.isolated.insert(leader);
+        for _ in 0..100 {
+            cluster.tick();
+            cluster.settle().await;
+            assert!(
+                !cluster.replicas[&stale].is_leader() && !cluster.replicas[&wiped].is_leader(),
+                "a leader without the committed records"
+            );
+        }
+        assert!(cluster.replicas[&wiped].rejoining());
+        // The leader is back: the wiped follower hears from every voter, takes the
+        // highest term, and follows; the records are kept.
+        cluster.isolated.remove(&leader);
+        let elected = cluster.elect(|_| true).await;
+        assert_eq!(
+            elected, leader,
+            "only the leader holds every committed record"
+        );
+        assert!(cluster.replicas[&wiped].term() > term_before);
+        catch_up(&mut cluster, wiped, 40).await;
+        catch_up(&mut cluster, stale, 40).await;
+        assert!(!cluster.replicas[&wiped].rejoining());
+        let values = assert_identical(&cluster).await;
+        assert_eq!(values.len(), 40);
+        assert_eq!(values[0], "c0-0");
         cluster.close().await;
     })
     .unwrap();

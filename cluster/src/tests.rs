@@ -137,9 +137,7 @@ impl Cluster {
     /// the connected replicas agree on; returns that leader.
     pub(crate) async fn elect(&mut self, node_ok: impl Fn(u64) -> bool) -> u64 {
         for _ in 0..200 {
-            for replica in self.replicas.values_mut() {
-                replica.tick();
-            }
+            self.tick();
             self.settle().await;
             let leaders: Vec<u64> = self
                 .replicas
@@ -159,6 +157,25 @@ impl Cluster {
             }
         }
         panic!("no leader was elected");
+    }
+
+    /// Ticks every replica. A rejoining replica's questions (`rejoin.rs`) are answered at
+    /// once by the replicas it can reach, as the node's transport would carry them.
+    pub(crate) fn tick(&mut self) {
+        let nodes: Vec<u64> = self.replicas.keys().copied().collect();
+        for node in nodes {
+            let replica = self.replicas.get_mut(&node).unwrap();
+            replica.tick();
+            for peer in replica.rejoin_asks() {
+                if self.cut_off(node, peer) || self.cut_off(peer, node) {
+                    continue;
+                }
+                if let Some(state) = self.replicas.get(&peer).map(Replica::log_state) {
+                    let replica = self.replicas.get_mut(&node).unwrap();
+                    replica.rejoin_answer(peer, state);
+                }
+            }
+        }
     }
 
     pub(crate) fn propose(&mut self, node: u64, tag: &str, count: usize) -> Answer {

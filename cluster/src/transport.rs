@@ -16,7 +16,7 @@
 //! | offset | size | field                                                           |
 //! |-------:|-----:|-----------------------------------------------------------------|
 //! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
-//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk            |
+//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer |
 //! |      5 |    … | body, by kind (below)                                           |
 //!
 //! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
@@ -51,11 +51,20 @@
 //! |    3 | `offset i64` (≥ 0), `max_bytes u32` (1 ..= `FILL_CHUNK_BYTES_MAX`)     |
 //! |    4 | `offset i64` (≥ 0), the batches from it, to the end of the frame (none: the peer cannot serve that offset now) |
 //!
+//! The rejoin frames (`rejoin.rs`): a replica rejoining its group with no memory of it asks
+//! each other voter for its term and last entry; the voter answers on its own connection
+//! back. Both start as a Raft frame does, then:
+//!
+//! | kind | field after the partition                                              |
+//! |-----:|------------------------------------------------------------------------|
+//! |    5 | nothing                                                                |
+//! |    6 | `term u64`, `last_index u64`, `last_term u64` (at most `term`)         |
+//!
 //! There is no batch kind: a sender packs every frame queued for a peer into one send, so
 //! the messages of many groups share a system call. The connecting side sends its hello
 //! first; the accepting side checks it (same cluster name, not its own node id) and answers
 //! with its own, which the connecting side checks (same cluster, the node it meant to
-//! reach). After that only the connecting side sends, and only Raft and fill frames.
+//! reach). After that only the connecting side sends, and only Raft, fill and rejoin frames.
 //!
 //! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
 //! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
@@ -93,6 +102,7 @@ use crate::limits::{
     TRANSPORT_READ_BUFFER_BYTES, TRANSPORT_RECONNECT_BACKOFF_MAX_MS,
     TRANSPORT_RECONNECT_BACKOFF_MIN_MS, TRANSPORT_SEND_TIMEOUT_MS,
 };
+use crate::rejoin::LogState;
 
 const LEN_AT: usize = 0;
 const KIND_AT: usize = LEN_AT + 4;
@@ -105,6 +115,8 @@ const KIND_HELLO: u8 = 1;
 const KIND_RAFT: u8 = 2;
 const KIND_FILL_REQUEST: u8 = 3;
 const KIND_FILL_CHUNK: u8 = 4;
+const KIND_REJOIN_ASK: u8 = 5;
+const KIND_REJOIN_ANSWER: u8 = 6;
 
 /// A string's length prefix.
 const STRING_LEN_BYTES: usize = 2;
@@ -200,6 +212,10 @@ pub enum Payload {
         offset: i64,
         batches: bytes::Bytes,
     },
+    /// A rejoining replica asks for the group's term and last entry here (`rejoin.rs`).
+    RejoinAsk,
+    /// Answers a rejoin question.
+    RejoinAnswer(LogState),
 }
 
 impl Incoming {
@@ -243,6 +259,8 @@ pub enum FrameError {
     Message { source: protobuf::ProtobufError },
     #[error("a fill frame's {field} of {value} is out of bounds")]
     FillOutOfBounds { field: &'static str, value: i64 },
+    #[error("a rejoin answer's last entry is of term {last_term}, after its term {term}")]
+    RejoinAnswerTerms { term: u64, last_term: u64 },
 }
 
 /// Why a connection ended.
@@ -295,6 +313,8 @@ enum Kind {
     Raft,
     FillRequest,
     FillChunk,
+    RejoinAsk,
+    RejoinAnswer,
 }
 
 impl Kind {
@@ -304,6 +324,8 @@ impl Kind {
             Kind::Raft => KIND_RAFT,
             Kind::FillRequest => KIND_FILL_REQUEST,
             Kind::FillChunk => KIND_FILL_CHUNK,
+            Kind::RejoinAsk => KIND_REJOIN_ASK,
+            Kind::RejoinAnswer => KIND_REJOIN_ANSWER,
         }
     }
 }
@@ -332,6 +354,8 @@ fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, F
         KIND_RAFT => Ok(Some((Kind::Raft, len))),
         KIND_FILL_REQUEST => Ok(Some((Kind::FillRequest, len))),
         KIND_FILL_CHUNK => Ok(Some((Kind::FillChunk, len))),
+        KIND_REJOIN_ASK => Ok(Some((Kind::RejoinAsk, len))),
+        KIND_REJOIN_ANSWER => Ok(Some((Kind::RejoinAnswer, len))),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -438,6 +462,32 @@ fn decode_fill(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameErr
     Ok((topic, partition, payload))
 }
 
+/// A rejoin frame's body (question or answer): the group, and the answer's state.
+fn decode_rejoin(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
+    let (topic, partition, mut fields) = decode_group(body)?;
+    let payload = if kind == Kind::RejoinAsk {
+        Payload::RejoinAsk
+    } else {
+        let term = u64::from_be_bytes(fields.array("term")?);
+        let last_index = u64::from_be_bytes(fields.array("last index")?);
+        let last_term = u64::from_be_bytes(fields.array("last term")?);
+        if last_term > term {
+            return Err(FrameError::RejoinAnswerTerms { term, last_term });
+        }
+        Payload::RejoinAnswer(LogState {
+            term,
+            last_index,
+            last_term,
+        })
+    };
+    if !fields.bytes.is_empty() {
+        return Err(FrameError::TrailingBytes {
+            count: fields.bytes.len(),
+        });
+    }
+    Ok((topic, partition, payload))
+}
+
 /// Appends a frame's header; its length field is patched by [`finish_frame`].
 fn begin_frame(out: &mut Vec<u8>, kind: Kind) -> usize {
     let start = out.len();
@@ -478,11 +528,11 @@ fn encode_hello(hello: &Hello) -> Vec<u8> {
     out
 }
 
-/// A frame to queue: a Raft message, or a fill request or chunk.
+/// A frame to queue: a Raft message, or another frame for a group (fill, rejoin).
 #[derive(Clone, Copy)]
 enum Outgoing<'a> {
     Raft(&'a Message),
-    Fill(&'a Payload),
+    Payload(&'a Payload),
 }
 
 /// Why a message could not be queued.
@@ -560,8 +610,8 @@ fn encode_raft(
     Ok(())
 }
 
-/// Appends a fill frame (request or chunk) to `out` if it fits `room` bytes.
-fn encode_fill(
+/// Appends a fill or rejoin frame to `out` if it fits `room` bytes.
+fn encode_group_frame(
     out: &mut Vec<u8>,
     room: usize,
     topic: &str,
@@ -569,29 +619,47 @@ fn encode_fill(
     payload: &Payload,
 ) -> Result<(), Unsent> {
     check_topic(topic)?;
-    let (kind, offset, tail_bytes) = match payload {
+    let (kind, body_bytes) = match payload {
         Payload::FillRequest { offset, max_bytes } => {
             assert!(
                 (1..=FILL_CHUNK_BYTES_MAX).contains(max_bytes),
                 "{max_bytes}"
             );
-            (Kind::FillRequest, *offset, 4)
+            assert!(*offset >= 0, "fill offset {offset}");
+            (Kind::FillRequest, 8 + 4)
         }
-        Payload::FillChunk { offset, batches } => (Kind::FillChunk, *offset, batches.len()),
+        Payload::FillChunk { offset, batches } => {
+            assert!(*offset >= 0, "fill offset {offset}");
+            (Kind::FillChunk, 8 + batches.len())
+        }
+        Payload::RejoinAsk => (Kind::RejoinAsk, 0),
+        Payload::RejoinAnswer(state) => {
+            assert!(state.last_term <= state.term, "{state:?}");
+            (Kind::RejoinAnswer, 3 * 8)
+        }
         Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
     };
-    assert!(offset >= 0, "fill offset {offset}");
-    let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + 8 + tail_bytes;
+    let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + body_bytes;
     check_room(len, room)?;
     out.reserve(LEN_FIELD_BYTES + len);
     let start = begin_frame(out, kind);
     put_string(out, topic);
     out.extend_from_slice(&partition.to_be_bytes());
-    out.extend_from_slice(&offset.to_be_bytes());
     match payload {
-        Payload::FillRequest { max_bytes, .. } => out.extend_from_slice(&max_bytes.to_be_bytes()),
-        Payload::FillChunk { batches, .. } => out.extend_from_slice(batches),
-        Payload::Raft(_) => {}
+        Payload::FillRequest { offset, max_bytes } => {
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&max_bytes.to_be_bytes());
+        }
+        Payload::FillChunk { offset, batches } => {
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(batches);
+        }
+        Payload::RejoinAnswer(state) => {
+            out.extend_from_slice(&state.term.to_be_bytes());
+            out.extend_from_slice(&state.last_index.to_be_bytes());
+            out.extend_from_slice(&state.last_term.to_be_bytes());
+        }
+        Payload::RejoinAsk | Payload::Raft(_) => {}
     }
     finish_frame(out, start);
     Ok(())
@@ -798,7 +866,9 @@ impl Peer {
             Outgoing::Raft(message) => {
                 encode_raft(&mut outbox.frames, room, topic, partition, message)?;
             }
-            Outgoing::Fill(fill) => encode_fill(&mut outbox.frames, room, topic, partition, fill)?,
+            Outgoing::Payload(payload) => {
+                encode_group_frame(&mut outbox.frames, room, topic, partition, payload)?;
+            }
         }
         outbox.messages += 1;
         assert!(outbox.frames.len() + outbox.in_flight_bytes <= self.queue_bytes_max);
@@ -919,17 +989,18 @@ impl Transport {
         self.queue(to, topic, partition, Outgoing::Raft(message));
     }
 
-    /// Queues a fill request or chunk (`snapshot.rs`) for node `to`, as
+    /// Queues a fill request or chunk (`snapshot.rs`), or a rejoin question or answer
+    /// (`rejoin.rs`), for node `to`, as
     /// [`Transport::send`] queues a Raft message (counted with them, dropped as they are).
     ///
     /// # Panics
     /// If `payload` is a Raft message (use [`Transport::send`]).
-    pub fn send_fill(&self, to: u64, topic: &str, partition: u32, payload: &Payload) {
+    pub fn send_payload(&self, to: u64, topic: &str, partition: u32, payload: &Payload) {
         assert!(
             !matches!(payload, Payload::Raft(_)),
             "Raft messages go through send"
         );
-        self.queue(to, topic, partition, Outgoing::Fill(payload));
+        self.queue(to, topic, partition, Outgoing::Payload(payload));
     }
 
     fn queue(&self, to: u64, topic: &str, partition: u32, frame: Outgoing<'_>) {
@@ -1224,6 +1295,7 @@ async fn serve_connection(
             Ok((Kind::Raft, body)) => decode_raft(body)
                 .map(|(topic, partition, message)| (topic, partition, Payload::Raft(message))),
             Ok((kind @ (Kind::FillRequest | Kind::FillChunk), body)) => decode_fill(kind, body),
+            Ok((kind @ (Kind::RejoinAsk | Kind::RejoinAnswer), body)) => decode_rejoin(kind, body),
             Ok((Kind::Hello, _)) => return ConnectionError::UnexpectedHello,
             Err(error) => return error,
         };

@@ -222,6 +222,9 @@ proptest! {
                 match kind {
                     Kind::Hello => drop(decode_hello(body)),
                     Kind::Raft => drop(decode_raft(body)),
+                    rejoin @ (Kind::RejoinAsk | Kind::RejoinAnswer) => {
+                        drop(decode_rejoin(rejoin, body));
+                    }
                     fill => drop(decode_fill(fill, body)),
                 }
             }
@@ -231,6 +234,8 @@ proptest! {
         drop(decode_raft(&bytes));
         drop(decode_fill(Kind::FillRequest, &bytes));
         drop(decode_fill(Kind::FillChunk, &bytes));
+        drop(decode_rejoin(Kind::RejoinAsk, &bytes));
+        drop(decode_rejoin(Kind::RejoinAnswer, &bytes));
     }
 }
 
@@ -252,8 +257,8 @@ fn a_length_is_judged_from_its_own_four_bytes() {
         Err(FrameError::Empty)
     ));
     assert!(matches!(
-        frame_header(&[0, 0, 0, 1, 5], TRANSPORT_FRAME_BYTES_MAX),
-        Err(FrameError::UnknownKind { kind: 5 })
+        frame_header(&[0, 0, 0, 1, 7], TRANSPORT_FRAME_BYTES_MAX),
+        Err(FrameError::UnknownKind { kind: 7 })
     ));
 }
 
@@ -569,6 +574,7 @@ fn bad_cases() -> Vec<BadCase> {
     let mut cases = framing_cases();
     cases.extend(body_cases());
     cases.extend(fill_cases());
+    cases.extend(rejoin_cases());
     cases.extend(cases_before_hello());
     cases
 }
@@ -769,6 +775,59 @@ fn fill_cases() -> Vec<BadCase> {
     ]
 }
 
+/// Bad rejoin frames after the hello.
+fn rejoin_cases() -> Vec<BadCase> {
+    let answer = |term: u64, last_index: u64, last_term: u64| {
+        let mut rest = term.to_be_bytes().to_vec();
+        rest.extend_from_slice(&last_index.to_be_bytes());
+        rest.extend_from_slice(&last_term.to_be_bytes());
+        rest
+    };
+    let mut trailing = answer(5, 10, 5);
+    trailing.push(0);
+    vec![
+        case(
+            "bytes after a rejoin question",
+            frame(KIND_REJOIN_ASK, &raft_body(b"topic", 0, &[1])),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 1 }),
+        ),
+        case(
+            "a rejoin answer cut in its last term",
+            frame(
+                KIND_REJOIN_ANSWER,
+                &raft_body(b"topic", 0, &answer(5, 10, 5)[..20]),
+            ),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "last term" }
+                )
+            },
+        ),
+        case(
+            "bytes after a rejoin answer",
+            frame(KIND_REJOIN_ANSWER, &raft_body(b"topic", 0, &trailing)),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 1 }),
+        ),
+        case(
+            "a rejoin answer whose last entry is of a later term than its own",
+            frame(
+                KIND_REJOIN_ANSWER,
+                &raft_body(b"topic", 0, &answer(5, 10, 6)),
+            ),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::RejoinAnswerTerms {
+                        term: 5,
+                        last_term: 6
+                    }
+                )
+            },
+        ),
+    ]
+}
+
 /// A fill frame's body for group ("topic", 0): the offset, then `tail` as it is.
 fn fill_body(offset: i64, tail: &[u8]) -> Vec<u8> {
     let mut rest = offset.to_be_bytes().to_vec();
@@ -795,9 +854,9 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
             batches: bytes::Bytes::new(),
         };
         transport.send(2, "topic", 3, &message(1, 2, 1, 10));
-        transport.send_fill(2, "topic", 3, &request);
-        transport.send_fill(2, "other", 0, &chunk);
-        transport.send_fill(2, "other", 1, &unservable);
+        transport.send_payload(2, "topic", 3, &request);
+        transport.send_payload(2, "other", 0, &chunk);
+        transport.send_payload(2, "other", 1, &unservable);
         transport.send(2, "topic", 3, &message(1, 2, 2, 10));
         wait_until("all five", || received.messages.borrow().len() == 5).await;
         let got: Vec<_> = (received.messages.borrow().iter())
@@ -811,6 +870,41 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
                 (1, 0, chunk),
                 (1, 1, unservable),
                 (1, 3, Payload::Raft(message(1, 2, 2, 10))),
+            ]
+        );
+    });
+}
+
+#[test]
+fn rejoin_questions_and_answers_arrive_as_sent() {
+    run(async {
+        let listener = listen();
+        let (received, _serving) = start_serving(listener.clone(), hello(2));
+        let transport = Transport::new(hello(1), vec![(2, listener.local_addr())]);
+        let answer = Payload::RejoinAnswer(LogState {
+            term: u64::MAX,
+            last_index: 1 << 40,
+            last_term: 7,
+        });
+        transport.send_payload(2, "topic", 3, &Payload::RejoinAsk);
+        transport.send_payload(2, "other", 0, &answer);
+        transport.send(2, "topic", 3, &message(1, 2, 1, 10));
+        wait_until("all three", || received.messages.borrow().len() == 3).await;
+        let got: Vec<_> = (received.messages.borrow().iter())
+            .map(|incoming| {
+                (
+                    incoming.topic.clone(),
+                    incoming.partition,
+                    incoming.payload.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("topic".to_owned(), 3, Payload::RejoinAsk),
+                ("other".to_owned(), 0, answer),
+                ("topic".to_owned(), 3, Payload::Raft(message(1, 2, 1, 10))),
             ]
         );
     });

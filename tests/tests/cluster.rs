@@ -320,6 +320,42 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
             .any(|line| line.contains("snapshot installed") && line.contains(&installed)),
         "no snapshot installed for {TOPIC}-{partition}; the wiped node's log:\n{log}"
     );
+    // It rejoined every group (asked every voter, caught up to the most up-to-date log)
+    // before it voted again, then dropped its rejoin marker (`rejoin.rs`).
+    let marker = dir.join(ringlog_cluster::node::REJOIN_MARKER);
+    let deadline = Instant::now() + WAIT;
+    while marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the wiped node never finished rejoining; its log:\n{}",
+            nodes[follower - 1]
+                .as_ref()
+                .map(Server::log)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = nodes[follower - 1].as_ref().expect("it runs").log();
+    assert!(
+        log.contains("rejoined the cluster"),
+        "the wiped node's log:\n{log}"
+    );
+    // The records' group was rejoined behind a floor: the most up-to-date log among the
+    // other voters, which held the records.
+    let floor = log
+        .lines()
+        .find(|line| line.contains("every voter answered") && line.contains(&installed))
+        .and_then(|line| line.split("floor_index=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|index| index.parse::<u64>().ok());
+    assert!(
+        floor.is_some_and(|floor| floor as usize >= RECORDS),
+        "the rejoin of {TOPIC}-{partition} had no floor past the records: {floor:?}"
+    );
+    for (index, dir) in cluster.dirs.iter().enumerate() {
+        let marker = dir.join(ringlog_cluster::node::REJOIN_MARKER);
+        assert!(!marker.exists(), "node {} is still rejoining", index + 1);
+    }
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
