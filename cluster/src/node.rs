@@ -501,6 +501,43 @@ impl Cluster {
     pub fn steps_dropped(&self) -> u64 {
         self.inner.steps_dropped.load(Ordering::Relaxed)
     }
+
+    /// What the node's metrics show of the cluster layer, read now.
+    pub fn metrics(&self) -> ClusterMetrics {
+        let status = lock(&self.inner.status);
+        let fills = &self.inner.fill_counters;
+        ClusterMetrics {
+            groups: status.len() as u64,
+            groups_led: status
+                .values()
+                .filter(|group| group.leader == Some(self.inner.config.node_id))
+                .count() as u64,
+            groups_rejoining: status.values().filter(|group| group.rejoining).count() as u64,
+            rejoining: self.inner.rejoining.load(Ordering::Acquire),
+            steps_dropped: self.steps_dropped(),
+            fill_bytes_received: fills.bytes_received.load(Ordering::Relaxed),
+            fill_bytes_served: fills.bytes_served.load(Ordering::Relaxed),
+            fill_requests_retried: fills.requests_retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The cluster layer's figures for the node's metrics ([`Cluster::metrics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterMetrics {
+    /// Groups with a replica on this node (the controller's included), those it leads, and
+    /// those still rejoining (`rejoin.rs`).
+    pub groups: u64,
+    pub groups_led: u64,
+    pub groups_rejoining: u64,
+    /// Whether the node rejoins the cluster (its rejoin marker is there).
+    pub rejoining: bool,
+    /// Peers' messages dropped at a full group inbox.
+    pub steps_dropped: u64,
+    /// Snapshot fills: bytes received and served, requests retried (`fill.rs`).
+    pub fill_bytes_received: u64,
+    pub fill_bytes_served: u64,
+    pub fill_requests_retried: u64,
 }
 
 impl Cluster {
@@ -671,8 +708,8 @@ impl Cluster {
     }
 
     /// Ends the node's rejoin once it is over: the controller's replica rejoined, the
-    /// controller's log is applied as far as it was committed then (so every group that
-    /// existed is open here), and every replica opened meanwhile rejoined. Groups opened
+    /// controller's log is applied as far as it reached then (so every group that existed
+    /// is open here), and every replica opened meanwhile rejoined. Groups opened
     /// after that are new to every node and need no rejoin.
     async fn end_rejoin(&self, controller_log: ringlog_engine::log::PartitionLog<DiskStorage>) {
         let key = (CONTROLLER_TOPIC.to_owned(), 0);
@@ -683,7 +720,10 @@ impl Cluster {
             if status.get(&key).is_none_or(|group| group.rejoining) {
                 continue;
             }
-            let target = *target.get_or_insert_with(|| controller_log.offsets().high_watermark);
+            // Its log's end, not its high watermark: the log reached the floor, but the
+            // commit may not have followed yet, and a topic created in between must be
+            // opened (and rejoined) before the marker goes.
+            let target = *target.get_or_insert_with(|| controller_log.offsets().log_end);
             if self.inner.controller_applied.load(Ordering::Acquire) < target
                 || status.values().any(|group| group.rejoining)
             {

@@ -25,7 +25,7 @@ use ringlog_engine::testing::Rng;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::FillSource;
-use crate::tests::{batch, config, id, topic, values, MAX_MESSAGE_BYTES, NODES};
+use crate::tests::{batch, config, id, read_from_first, topic, values, MAX_MESSAGE_BYTES, NODES};
 
 /// True with probability `percent` in 100.
 fn chance(rng: &mut Rng, percent: u64) -> bool {
@@ -85,16 +85,7 @@ impl FillSource for OtherLogs {
             .filter(|(node, _)| **node != self.node)
             .map(|(_, log)| log.clone())
             .collect();
-        Box::pin(async move {
-            for log in others {
-                if let Ok(bytes) = log.read_bytes(offset, 4096).await {
-                    if !bytes.is_empty() {
-                        return Some(Bytes::from(bytes));
-                    }
-                }
-            }
-            panic!("no other replica's committed log holds offset {offset}");
-        })
+        Box::pin(async move { Some(read_from_first(others, offset, 4096).await) })
     }
 }
 

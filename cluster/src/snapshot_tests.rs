@@ -15,7 +15,9 @@ use ringlog_engine::storage::DiskStorage;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::FillSource;
-use crate::tests::{answered, assert_identical, config, id, topic, Cluster, NODES};
+use crate::tests::{
+    answered, assert_identical, config, id, read_from_first, topic, Cluster, NODES,
+};
 
 /// A window of 4 applied entries, at most 8 kept for followers: snapshots come quickly.
 fn small_window(node: u64) -> ReplicaConfig {
@@ -50,16 +52,7 @@ impl FillSource for PeerLogs {
         }
         self.fetches.set(self.fetches.get() + 1);
         let logs = self.logs.clone();
-        Box::pin(async move {
-            for log in logs {
-                if let Ok(bytes) = log.read_bytes(offset, 300).await {
-                    if !bytes.is_empty() {
-                        return Some(Bytes::from(bytes));
-                    }
-                }
-            }
-            panic!("no peer serves offset {offset}");
-        })
+        Box::pin(async move { Some(read_from_first(logs, offset, 300).await) })
     }
 }
 

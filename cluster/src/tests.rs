@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use futures::channel::oneshot;
 use raft::eraftpb::Message;
 use ringlog_engine::batch::RecordBatch;
-use ringlog_engine::log::{Appended, PartitionId};
+use ringlog_engine::log::{Appended, PartitionId, PartitionLog};
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
 pub(crate) use ringlog_engine::testing::tagged_batch as batch;
@@ -227,6 +228,23 @@ pub(crate) fn values(log: &[u8]) -> Vec<String> {
         rest = after;
     }
     values
+}
+
+/// What a peer serves a fill: up to `chunk_bytes` of batches from `offset`, from the first
+/// of `logs` that holds the offset (committed batches are the same bytes on every replica).
+pub(crate) async fn read_from_first(
+    logs: Vec<PartitionLog<DiskStorage>>,
+    offset: i64,
+    chunk_bytes: u64,
+) -> Bytes {
+    for log in logs {
+        if let Ok(bytes) = log.read_bytes(offset, chunk_bytes).await {
+            if !bytes.is_empty() {
+                return Bytes::from(bytes);
+            }
+        }
+    }
+    panic!("no other replica's log holds offset {offset}");
 }
 
 pub(crate) fn answered(answer: &mut Answer) -> Option<Result<Appended, ReplicaError>> {

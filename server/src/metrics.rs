@@ -17,7 +17,10 @@
 //!   evicted bytes and its size; fetch bytes spliced, sent from the cache, or copied
 //!   (`zero_copy`);
 //! - at scrape time: every partition's log start, high watermark and log end offsets, and
-//!   every consumer group's committed offset and lag per partition.
+//!   every consumer group's committed offset and lag per partition;
+//! - in a cluster (`ringlog_cluster_*`): the Raft groups this node holds, leads and is still
+//!   rejoining, whether the node rejoins, peers' messages dropped at a full group inbox,
+//!   and snapshot fills' bytes received and served and requests retried.
 //!
 //! The request path only does relaxed atomic adds on statics (no lock, no allocation); a
 //! scrape reads them without stopping anyone, so counters are not a consistent snapshot of
@@ -33,6 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
+use ringlog_cluster::node::ClusterMetrics;
 use ringlog_engine::log::cache;
 use ringlog_engine::log::metrics::{self as log_metrics, Histogram, HistogramSnapshot};
 use ringlog_engine::rt::{self, IoBuf, TcpListener, TcpStream};
@@ -194,6 +198,9 @@ pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
     render_shards(&mut out, &shards);
     render_partitions(&mut out, &offsets);
     render_groups(&mut out, &committed, &offsets);
+    if let Some(cluster) = lifecycle.cluster.get() {
+        render_cluster(&mut out, &cluster.metrics());
+    }
     let in_flight = lifecycle.requests_in_flight.load(Ordering::Relaxed);
     out.family(
         "ringlog_requests_in_flight",
@@ -380,6 +387,61 @@ fn render_engine(out: &mut Exposition) {
 
 /// The shards' rings and buffer pools: entries per `io_uring_enter` show how many
 /// operations (of all partitions and connections of the shard) share one submission.
+fn render_cluster(out: &mut Exposition, metrics: &ClusterMetrics) {
+    let gauges = [
+        (
+            "ringlog_cluster_groups",
+            "Raft groups with a replica on this node, the controller's included.",
+            metrics.groups,
+        ),
+        (
+            "ringlog_cluster_groups_led",
+            "Raft groups this node leads.",
+            metrics.groups_led,
+        ),
+        (
+            "ringlog_cluster_groups_rejoining",
+            "Raft groups whose replica here rejoins (withholds its vote until caught up).",
+            metrics.groups_rejoining,
+        ),
+        (
+            "ringlog_cluster_rejoining",
+            "1 while this node rejoins the cluster with a new data directory.",
+            u64::from(metrics.rejoining),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, help, "gauge");
+        out.sample(name, &[], value);
+    }
+    let counters = [
+        (
+            "ringlog_cluster_steps_dropped_total",
+            "Peers' Raft messages dropped at a full group inbox.",
+            metrics.steps_dropped,
+        ),
+        (
+            "ringlog_cluster_fill_received_bytes_total",
+            "Bytes of batches received to fill snapshots.",
+            metrics.fill_bytes_received,
+        ),
+        (
+            "ringlog_cluster_fill_served_bytes_total",
+            "Bytes of batches served to peers' snapshot fills.",
+            metrics.fill_bytes_served,
+        ),
+        (
+            "ringlog_cluster_fill_requests_retried_total",
+            "Fill requests unanswered in time or answered empty, asked again.",
+            metrics.fill_requests_retried,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(name, help, "counter");
+        out.sample(name, &[], value);
+    }
+}
+
 fn render_shards(out: &mut Exposition, shards: &[(usize, (rt::DriverStats, rt::PoolStats))]) {
     type Read = fn(&(rt::DriverStats, rt::PoolStats)) -> u64;
     let families: [(&str, &str, &str, Read); 7] = [
@@ -724,6 +786,40 @@ mod tests {
                         x_seconds_sum 3.0025\n\
                         x_seconds_count 3\n";
         assert_eq!(out.text, expected);
+    }
+
+    #[test]
+    fn cluster_figures_are_exposed_by_name() {
+        let mut out = Exposition::default();
+        let metrics = ClusterMetrics {
+            groups: 12,
+            groups_led: 4,
+            groups_rejoining: 2,
+            rejoining: true,
+            steps_dropped: 5,
+            fill_bytes_received: 1 << 20,
+            fill_bytes_served: 77,
+            fill_requests_retried: 3,
+        };
+        render_cluster(&mut out, &metrics);
+        for line in [
+            "ringlog_cluster_groups 12\n",
+            "ringlog_cluster_groups_led 4\n",
+            "ringlog_cluster_groups_rejoining 2\n",
+            "ringlog_cluster_rejoining 1\n",
+            "ringlog_cluster_steps_dropped_total 5\n",
+            "ringlog_cluster_fill_received_bytes_total 1048576\n",
+            "ringlog_cluster_fill_served_bytes_total 77\n",
+            "ringlog_cluster_fill_requests_retried_total 3\n",
+            "# TYPE ringlog_cluster_fill_served_bytes_total counter\n",
+            "# TYPE ringlog_cluster_groups_rejoining gauge\n",
+        ] {
+            assert!(
+                out.text.contains(line),
+                "{line:?} missing from:\n{}",
+                out.text
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -82,6 +82,8 @@ pub struct Lifecycle {
     pub stopping: AtomicBool,
     /// Requests being answered right now.
     pub requests_in_flight: AtomicUsize,
+    /// The node's cluster layer, once joined (for the metrics).
+    pub cluster: OnceLock<Cluster>,
 }
 
 /// A running server.
@@ -153,6 +155,7 @@ impl Server {
         let lifecycle = Arc::new(Lifecycle {
             stopping: AtomicBool::new(false),
             requests_in_flight: AtomicUsize::new(0),
+            cluster: OnceLock::new(),
         });
         let metrics_address = match config.metrics_listen {
             Some(address) => Some(bind_metrics(&engine, address, &lifecycle)?),
@@ -268,6 +271,7 @@ fn bind_all(
         Some(membership) => {
             let cluster = start_cluster(engine, config, &membership)?;
             crate::group::coordinator::attach_cluster(engine, &cluster)?;
+            let _ = lifecycle.cluster.set(cluster.clone());
             Some(cluster)
         }
         None => None,
