@@ -631,11 +631,12 @@ impl Cluster {
     }
 
     /// Tells every group of every shard that `peer` restarted: a leader forgets what the
-    /// peer acknowledged and finds its log's end again (`Replica::peer_restarted`).
+    /// peer acknowledged and finds its log's end again, and a group the peer led elects
+    /// another leader at once (`Replica::peer_restarted`).
     fn peer_restarted(&self, peer: u64) {
         tracing::info!(
             peer,
-            "a peer restarted; its groups' leaders probe its log again"
+            "a peer restarted; its groups' leaders probe its log again, and the groups it led elect"
         );
         for shard in self.shards() {
             let work = Box::new(move || {

@@ -435,19 +435,58 @@ impl<S: Storage> Replica<S> {
         }
     }
 
-    /// `peer`'s process restarted: if this replica leads, it forgets what the peer
-    /// acknowledged before (the peer may have lost its unsynced tail, or all of its data
-    /// with its directory) and probes for its log's end again, from its own last entry
-    /// down; a peer that lost everything is then sent a snapshot.
+    /// `peer`'s process restarted, and every leadership it held ended with that process: a
+    /// replica starts as a follower and leads again only by winning an election.
+    ///
+    /// - If this replica leads, it forgets what the peer acknowledged before (the peer may
+    ///   have lost its unsynced tail, or all of its data with its directory) and probes for
+    ///   its log's end again, from its own last entry down; a peer that lost everything is
+    ///   then sent a snapshot.
+    /// - If it follows the peer, it forgets that leader at once rather than an election
+    ///   timeout later: Metadata then answers LEADER_NOT_AVAILABLE instead of naming a node
+    ///   that refuses every request with NOT_LEADER_OR_FOLLOWER (kafka-python 3.0.12 asks
+    ///   ListOffsets of a stale leader again and again without refreshing its metadata), and
+    ///   the leader's lease no longer refuses another voter's campaign. The lowest-numbered
+    ///   of the other voters campaigns now, as the old leader's leadership transfer would
+    ///   have made it (no pre-vote round: the leader is known to be gone); if its log is
+    ///   not up to date the others refuse it and elect on their own timeout, as without.
     pub fn peer_restarted(&mut self, peer: u64) {
-        if !self.is_leader() || peer == self.node.raft.id {
+        let own = self.node.raft.id;
+        if peer == own {
             return;
         }
-        let last = self.node.raft.raft_log.last_index();
-        if let Some(progress) = self.node.raft.mut_prs().get_mut(peer) {
-            progress.matched = 0;
-            progress.become_probe();
-            progress.next_idx = last + 1;
+        if self.is_leader() {
+            let last = self.node.raft.raft_log.last_index();
+            if let Some(progress) = self.node.raft.mut_prs().get_mut(peer) {
+                progress.matched = 0;
+                progress.become_probe();
+                progress.next_idx = last + 1;
+            }
+            return;
+        }
+        if self.node.raft.leader_id != peer {
+            return;
+        }
+        self.node.raft.leader_id = raft::INVALID_ID;
+        let successor = (self.node.raft.prs().conf().voters().ids().iter())
+            .filter(|&id| id != peer)
+            .min();
+        // One filling a snapshot or rejoining holds no log to lead with (see `tick`).
+        if successor != Some(own) || self.fill_from.is_some() || self.rejoin.is_some() {
+            return;
+        }
+        tracing::info!(
+            partition = %self.id,
+            leader = peer,
+            "the leader's process restarted: campaigning now"
+        );
+        let mut transfer = Message::default();
+        transfer.set_msg_type(MessageType::MsgTimeoutNow);
+        transfer.from = own;
+        transfer.to = own;
+        // A message of term 0 is raft-rs's own, stepped whatever the replica's term.
+        if let Err(error) = self.node.step(transfer) {
+            tracing::warn!(partition = %self.id, %error, "campaigning after a leader's restart failed");
         }
     }
 

@@ -350,6 +350,63 @@ fn three_replicas_elect_replicate_fail_over_heal_and_restart_with_identical_logs
 }
 
 #[test]
+fn a_restarted_leaders_followers_elect_a_successor_at_once_without_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let old_leader = cluster.elect(|_| true).await;
+        let mut answer = cluster.propose(old_leader, "before", 3);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+        let term = cluster.replicas[&old_leader].term();
+
+        // Its process restarts: the replica comes back a follower, knowing no leader.
+        let replica = cluster.replicas.remove(&old_leader).unwrap();
+        replica.close().await.unwrap();
+        let node_dir = dir.path().join(format!("node-{old_leader}"));
+        let replica = Replica::open(DiskStorage, &node_dir, id(), topic(), &config(old_leader))
+            .await
+            .unwrap();
+        cluster.replicas.insert(old_leader, replica);
+        cluster.settle().await;
+        let followers: Vec<u64> = NODES.into_iter().filter(|n| *n != old_leader).collect();
+        for follower in &followers {
+            assert_eq!(cluster.replicas[follower].leader(), Some(old_leader));
+        }
+
+        // The followers hear of the restart (a new incarnation in its hello): they forget
+        // their leader, and the lower-numbered campaigns now, not an election timeout later.
+        for follower in &followers {
+            let replica = cluster.replicas.get_mut(follower).unwrap();
+            replica.peer_restarted(old_leader);
+        }
+        cluster.settle().await;
+        let successor = followers[0];
+        assert!(cluster.replicas[&successor].is_leader());
+        assert_eq!(cluster.replicas[&successor].term(), term + 1);
+        for replica in cluster.replicas.values() {
+            assert_eq!(replica.leader(), Some(successor));
+        }
+        let mut answer = cluster.propose(successor, "after", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut answer).unwrap().unwrap().offset_first, 3);
+        assert_eq!(assert_identical(&cluster).await.len(), 5);
+
+        // A restart of a node that leads nothing changes no follower's leader.
+        cluster
+            .replicas
+            .get_mut(&followers[1])
+            .unwrap()
+            .peer_restarted(old_leader);
+        cluster.settle().await;
+        assert!(cluster.replicas[&successor].is_leader());
+        assert_eq!(cluster.replicas[&followers[1]].leader(), Some(successor));
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
 fn a_request_of_several_batches_is_one_proposal_and_an_empty_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
