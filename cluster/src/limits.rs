@@ -36,6 +36,11 @@ pub const CONTROLLER_APPLY_WAIT_MS: u64 = 10_000;
 /// milliseconds (a commit takes a round trip and an fdatasync on a majority).
 pub const CONTROLLER_PROPOSE_TIMEOUT_MS: u64 = 10_000;
 
+/// How long a node that forwarded a topic's auto-creation to the controller's leader waits
+/// for the topic in its own metadata before answering the client without it (the client
+/// asks again, as it does while Kafka creates a topic).
+pub const FORWARDED_CREATE_WAIT_MS: u64 = 3_000;
+
 /// Peers' messages and proposals a group's inbox holds (ticks are a flag beside it, never
 /// queued). A peer's message that finds the inbox full is dropped and counted (Raft sends
 /// again), a proposal refused with a retriable error: a group whose task is held up (a slow

@@ -48,14 +48,16 @@ use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, TopicName};
 
 use crate::applied::{Applied, Stopped};
-use crate::controller::{CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
+use crate::controller::{CommandError, CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
 use crate::fill::{FillCounters, Fills};
 use crate::inbox::{self, Inbox};
 use crate::limits::{
     CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
     WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
-use crate::limits::{CONTROLLER_PROPOSE_TIMEOUT_MS, GROUP_INBOX_COMMANDS_MAX};
+use crate::limits::{
+    CONTROLLER_PROPOSE_TIMEOUT_MS, FORWARDED_CREATE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX,
+};
 use crate::rejoin::LogState;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::transport::{self, Hello, Incoming, Payload, Transport};
@@ -428,8 +430,56 @@ impl Cluster {
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
         let name = self.check_new_topic(name, partitions, &config)?;
-        let id = *uuid_v4().as_bytes();
-        let command = CreateTopic::new(&name, id, partitions, &config);
+        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, &config);
+        self.propose_create(&name, &command).await
+    }
+
+    /// [`Cluster::create_topic`] from any node, for a topic a client's request
+    /// auto-creates: a node that does not lead the controller forwards the command to the
+    /// node that does (`Payload::Forward`) and answers once its own applier has the topic,
+    /// waiting at most `FORWARDED_CREATE_WAIT_MS` (the client asks again after that, as it
+    /// does while Kafka creates a topic). A topic of that name created meanwhile by another
+    /// request is answered as created.
+    pub async fn create_topic_anywhere(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<TopicMeta, ClusterError> {
+        let name = self.check_new_topic(name, partitions, &config)?;
+        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, &config);
+        let leader = match self.propose_create(&name, &command).await {
+            Err(ClusterError::NotController {
+                leader: Some(leader),
+            }) if leader != self.node_id() => leader,
+            other => return other,
+        };
+        let forward = Payload::Forward(Bytes::from(command.encode()));
+        let sent = self.shards()[0]
+            .spawn(move || async move {
+                let local = local().ok_or(ClusterError::ShardStopped)?;
+                local
+                    .transport
+                    .send_payload(leader, CONTROLLER_TOPIC, 0, &forward);
+                Ok::<(), ClusterError>(())
+            })
+            .await;
+        sent.map_err(|_| ClusterError::ShardStopped)??;
+        tracing::debug!(topic = %name, leader, "topic creation forwarded to the controller");
+        self.wait_for_topic(
+            name.as_str(),
+            Duration::from_millis(FORWARDED_CREATE_WAIT_MS),
+        )
+        .await
+    }
+
+    /// Proposes a topic's creation to the controller group (led here, else
+    /// `NotController`) and answers once this node applied it.
+    async fn propose_create(
+        &self,
+        name: &TopicName,
+        command: &CreateTopic,
+    ) -> Result<TopicMeta, ClusterError> {
         let mut builder = BatchBuilder::new();
         let value = command.encode();
         builder
@@ -446,12 +496,79 @@ impl Cluster {
         };
         self.wait_applied(committed.offset_next).await?;
         match self.inner.engine.topic(name.as_str()) {
-            Some(meta) if meta.id == id => Ok(meta),
+            Some(meta) if meta.id == command.id => Ok(meta),
             // Another request created the name first; its command won.
             _ => Err(ClusterError::TopicExists {
                 name: name.to_string(),
             }),
         }
+    }
+
+    /// A command another node forwarded to this one, as the controller's leader
+    /// (`Payload::Forward`): proposed as if a client had asked here. Nothing is answered:
+    /// the forwarding node waits for the topic in its own applied metadata. A command that
+    /// does not decode, or is for another group, is dropped with a warning.
+    fn forwarded(&self, from: u64, topic: &str, partition: u32, command: &[u8]) {
+        if topic != CONTROLLER_TOPIC || partition != 0 {
+            tracing::warn!(
+                from,
+                topic,
+                partition,
+                "a forwarded command for a group other than the controller's; dropped"
+            );
+            return;
+        }
+        let command = match CreateTopic::decode(command) {
+            Ok(command) => command,
+            Err(error) => {
+                tracing::warn!(from, %error, "a forwarded controller command does not decode; dropped");
+                return;
+            }
+        };
+        let cluster = self.clone();
+        rt::spawn_local(async move {
+            let created = async {
+                let invalid = |error: CommandError| ClusterError::InvalidTopic(error.to_string());
+                let name = command.topic_name().map_err(invalid)?;
+                let config = command.config().map_err(invalid)?;
+                cluster.check_new_topic(name.as_str(), command.partitions, &config)?;
+                cluster.propose_create(&name, &command).await
+            };
+            match created.await {
+                Ok(meta) => tracing::info!(from, topic = %meta.name, "topic created for a peer"),
+                Err(error) => tracing::debug!(from, %error, "a peer's topic not created"),
+            }
+        })
+        .detach();
+    }
+
+    /// Waits until this node's applier has topic `name`, for at most `wait`.
+    async fn wait_for_topic(&self, name: &str, wait: Duration) -> Result<TopicMeta, ClusterError> {
+        let name = name.to_owned();
+        let cluster = self.clone();
+        let waited = self.shards()[0]
+            .spawn(move || async move {
+                let local = local().ok_or(ClusterError::ShardStopped)?;
+                let waiting = async {
+                    loop {
+                        // Read before looking: a topic applied after this is past it.
+                        let applied = cluster.inner.controller_applied.load(Ordering::Acquire);
+                        if let Some(meta) = cluster.inner.engine.topic(&name) {
+                            return Ok(meta);
+                        }
+                        if local.controller_applied.wait(applied + 1).await.is_err() {
+                            return Err(ClusterError::ControllerStopped);
+                        }
+                    }
+                };
+                rt::timeout(wait, waiting).await.unwrap_or_else(|_| {
+                    Err(ClusterError::ApplyTimedOut {
+                        ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    })
+                })
+            })
+            .await;
+        waited.map_err(|_| ClusterError::ShardStopped)?
     }
 
     /// What creating the topic would refuse before proposing it (the name, an existing
@@ -615,6 +732,10 @@ impl Cluster {
 
     /// Sends a peer's message to the task of its group, on the shard that owns it.
     fn route(&self, incoming: Incoming) {
+        if let Payload::Forward(command) = &incoming.payload {
+            self.forwarded(incoming.from, &incoming.topic, incoming.partition, command);
+            return;
+        }
         let owner = owner(&incoming.topic, incoming.partition, self.shards().len());
         let Some(here) = local() else { return };
         if owner == here.shard {
@@ -1080,6 +1201,7 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         Payload::FillChunk { offset, batches } => {
             local.fills.answered(&topic, partition, offset, batches);
         }
+        Payload::Forward(_) => unreachable!("forwarded commands are handled by Cluster::route"),
     }
 }
 

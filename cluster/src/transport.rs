@@ -16,7 +16,7 @@
 //! | offset | size | field                                                           |
 //! |-------:|-----:|-----------------------------------------------------------------|
 //! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
-//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer |
+//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer, 7 forwarded command |
 //! |      5 |    … | body, by kind (below)                                           |
 //!
 //! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
@@ -60,11 +60,18 @@
 //! |    5 | nothing                                                                |
 //! |    6 | `term u64`, `last_index u64`, `last_term u64` (at most `term`)         |
 //!
+//! A forwarded command (kind 7) starts as a Raft frame does, naming the controller's group,
+//! then carries a controller command (`controller.rs`, at least one byte) to the end of the
+//! frame: a node that does not lead the controller asks its leader to propose it (a topic a
+//! client's request auto-creates at another node). The transport bounds it by the frame
+//! limit only; the controller's decoder checks the rest.
+//!
 //! There is no batch kind: a sender packs every frame queued for a peer into one send, so
 //! the messages of many groups share a system call. The connecting side sends its hello
 //! first; the accepting side checks it (same cluster name, not its own node id) and answers
 //! with its own, which the connecting side checks (same cluster, the node it meant to
-//! reach). After that only the connecting side sends, and only Raft, fill and rejoin frames.
+//! reach). After that only the connecting side sends, and only Raft, fill, rejoin and
+//! forwarded frames.
 //!
 //! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
 //! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
@@ -117,6 +124,7 @@ const KIND_FILL_REQUEST: u8 = 3;
 const KIND_FILL_CHUNK: u8 = 4;
 const KIND_REJOIN_ASK: u8 = 5;
 const KIND_REJOIN_ANSWER: u8 = 6;
+const KIND_FORWARD: u8 = 7;
 
 /// A string's length prefix.
 const STRING_LEN_BYTES: usize = 2;
@@ -216,6 +224,9 @@ pub enum Payload {
     RejoinAsk,
     /// Answers a rejoin question.
     RejoinAnswer(LogState),
+    /// A command for the group's leader to propose, from a node that does not lead it:
+    /// the controller's group only (`Cluster::create_topic_anywhere`).
+    Forward(bytes::Bytes),
 }
 
 impl Incoming {
@@ -315,6 +326,7 @@ enum Kind {
     FillChunk,
     RejoinAsk,
     RejoinAnswer,
+    Forward,
 }
 
 impl Kind {
@@ -326,6 +338,7 @@ impl Kind {
             Kind::FillChunk => KIND_FILL_CHUNK,
             Kind::RejoinAsk => KIND_REJOIN_ASK,
             Kind::RejoinAnswer => KIND_REJOIN_ANSWER,
+            Kind::Forward => KIND_FORWARD,
         }
     }
 }
@@ -356,6 +369,7 @@ fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, F
         KIND_FILL_CHUNK => Ok(Some((Kind::FillChunk, len))),
         KIND_REJOIN_ASK => Ok(Some((Kind::RejoinAsk, len))),
         KIND_REJOIN_ANSWER => Ok(Some((Kind::RejoinAnswer, len))),
+        KIND_FORWARD => Ok(Some((Kind::Forward, len))),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -488,6 +502,16 @@ fn decode_rejoin(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameE
     Ok((topic, partition, payload))
 }
 
+/// A forwarded command's body: the group, and the command (not empty).
+fn decode_forward(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
+    let (topic, partition, fields) = decode_group(body)?;
+    if fields.bytes.is_empty() {
+        return Err(FrameError::Truncated { field: "command" });
+    }
+    let command = bytes::Bytes::copy_from_slice(fields.bytes);
+    Ok((topic, partition, Payload::Forward(command)))
+}
+
 /// Appends a frame's header; its length field is patched by [`finish_frame`].
 fn begin_frame(out: &mut Vec<u8>, kind: Kind) -> usize {
     let start = out.len();
@@ -610,7 +634,7 @@ fn encode_raft(
     Ok(())
 }
 
-/// Appends a fill or rejoin frame to `out` if it fits `room` bytes.
+/// Appends a fill, rejoin or forwarded frame to `out` if it fits `room` bytes.
 fn encode_group_frame(
     out: &mut Vec<u8>,
     room: usize,
@@ -637,6 +661,10 @@ fn encode_group_frame(
             assert!(state.last_term <= state.term, "{state:?}");
             (Kind::RejoinAnswer, 3 * 8)
         }
+        Payload::Forward(command) => {
+            assert!(!command.is_empty(), "an empty forwarded command");
+            (Kind::Forward, command.len())
+        }
         Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
     };
     let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + body_bytes;
@@ -659,6 +687,7 @@ fn encode_group_frame(
             out.extend_from_slice(&state.last_index.to_be_bytes());
             out.extend_from_slice(&state.last_term.to_be_bytes());
         }
+        Payload::Forward(command) => out.extend_from_slice(command),
         Payload::RejoinAsk | Payload::Raft(_) => {}
     }
     finish_frame(out, start);
@@ -1296,6 +1325,7 @@ async fn serve_connection(
                 .map(|(topic, partition, message)| (topic, partition, Payload::Raft(message))),
             Ok((kind @ (Kind::FillRequest | Kind::FillChunk), body)) => decode_fill(kind, body),
             Ok((kind @ (Kind::RejoinAsk | Kind::RejoinAnswer), body)) => decode_rejoin(kind, body),
+            Ok((Kind::Forward, body)) => decode_forward(body),
             Ok((Kind::Hello, _)) => return ConnectionError::UnexpectedHello,
             Err(error) => return error,
         };

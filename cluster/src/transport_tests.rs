@@ -225,6 +225,7 @@ proptest! {
                     rejoin @ (Kind::RejoinAsk | Kind::RejoinAnswer) => {
                         drop(decode_rejoin(rejoin, body));
                     }
+                    Kind::Forward => drop(decode_forward(body)),
                     fill => drop(decode_fill(fill, body)),
                 }
             }
@@ -236,6 +237,7 @@ proptest! {
         drop(decode_fill(Kind::FillChunk, &bytes));
         drop(decode_rejoin(Kind::RejoinAsk, &bytes));
         drop(decode_rejoin(Kind::RejoinAnswer, &bytes));
+        drop(decode_forward(&bytes));
     }
 }
 
@@ -257,8 +259,8 @@ fn a_length_is_judged_from_its_own_four_bytes() {
         Err(FrameError::Empty)
     ));
     assert!(matches!(
-        frame_header(&[0, 0, 0, 1, 7], TRANSPORT_FRAME_BYTES_MAX),
-        Err(FrameError::UnknownKind { kind: 7 })
+        frame_header(&[0, 0, 0, 1, 8], TRANSPORT_FRAME_BYTES_MAX),
+        Err(FrameError::UnknownKind { kind: 8 })
     ));
 }
 
@@ -825,6 +827,26 @@ fn rejoin_cases() -> Vec<BadCase> {
                 )
             },
         ),
+        case(
+            "a forwarded frame without a command",
+            frame(KIND_FORWARD, &raft_body(b"topic", 0, &[])),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "command" }
+                )
+            },
+        ),
+        case(
+            "a forwarded frame cut in its partition",
+            frame(KIND_FORWARD, &raft_body(b"topic", 0, &[])[..8]),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "partition" }
+                )
+            },
+        ),
     ]
 }
 
@@ -876,7 +898,7 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
 }
 
 #[test]
-fn rejoin_questions_and_answers_arrive_as_sent() {
+fn rejoin_questions_answers_and_forwarded_commands_arrive_as_sent() {
     run(async {
         let listener = listen();
         let (received, _serving) = start_serving(listener.clone(), hello(2));
@@ -889,7 +911,9 @@ fn rejoin_questions_and_answers_arrive_as_sent() {
         transport.send_payload(2, "topic", 3, &Payload::RejoinAsk);
         transport.send_payload(2, "other", 0, &answer);
         transport.send(2, "topic", 3, &message(1, 2, 1, 10));
-        wait_until("all three", || received.messages.borrow().len() == 3).await;
+        let command = Payload::Forward(bytes::Bytes::from_static(b"any command"));
+        transport.send_payload(2, "__cluster_metadata", 0, &command);
+        wait_until("all four", || received.messages.borrow().len() == 4).await;
         let got: Vec<_> = (received.messages.borrow().iter())
             .map(|incoming| {
                 (
@@ -905,6 +929,7 @@ fn rejoin_questions_and_answers_arrive_as_sent() {
                 ("topic".to_owned(), 3, Payload::RejoinAsk),
                 ("other".to_owned(), 0, answer),
                 ("topic".to_owned(), 3, Payload::Raft(message(1, 2, 1, 10))),
+                ("__cluster_metadata".to_owned(), 0, command),
             ]
         );
     });

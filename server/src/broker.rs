@@ -257,8 +257,11 @@ impl Broker {
         let partitions = self.config.default_partitions;
         let defaults = self.config.topic_defaults.clone();
         if let Some(cluster) = self.replicated(name) {
-            // Through the controller: only the node that leads it can create a topic.
-            return match cluster.create_topic(name, partitions, defaults).await {
+            // Through the controller, forwarded to the node leading it if that is not this one.
+            return match cluster
+                .create_topic_anywhere(name, partitions, defaults)
+                .await
+            {
                 Ok(meta) => {
                     tracing::info!(
                         topic = name,

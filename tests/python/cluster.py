@@ -4,6 +4,7 @@
     cluster.py run-confluent BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py groups BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py ship BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py auto-create BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -20,7 +21,14 @@ ship (a wiped follower catching up by a snapshot) produces COUNT records, each i
 writes WORK_DIR/half and waits for WORK_DIR/killed (the test wipes a follower's data
 directory and restarts it), produces COUNT more, and reads everything back.
 
-Prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
+auto-create (a topic auto-created at any node) gives each node in turn, alone, as the
+bootstrap server of a kafka-python producer at its defaults, which sends COUNT records to a
+topic of its own that does not exist yet (TOPIC-<node index>, with the server's default
+partition count; PARTITIONS is unused); a consumer bootstrapped at the same node reads
+every partition back. Prints
+{"topics": {name: [values read, in offset order]}, "dense": {name: bool}}.
+
+Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
 "leaders_after": {...}, "offsets_dense": bool}.
 """
@@ -305,6 +313,21 @@ def groups(bootstrap, topic, partitions, count, work_dir):
     )
 
 
+def auto_create(bootstrap, topic, partitions, count, work_dir):
+    read, dense = {}, {}
+    for index, server in enumerate(bootstrap.split(",")):
+        name = f"{topic}-{index}"
+        producer = KafkaProducer(bootstrap_servers=[server])
+        for i in range(count):
+            producer.send(name, value=f"v{i}".encode()).get(timeout=60)
+        created = len(producer.partitions_for(name))
+        producer.close()
+        records = consume([server], name, created)
+        read[name] = [value for _, _, value in records]
+        dense[name] = [offset for _, offset, _ in records] == list(range(len(records)))
+    print(json.dumps({"topics": read, "dense": dense}))
+
+
 def ship(bootstrap, topic, partitions, count, work_dir):
     from confluent_kafka import Producer
 
@@ -366,6 +389,7 @@ def main():
         "run": lambda *args: run(*args, KafkaPythonProducer),
         "run-confluent": lambda *args: run(*args, ConfluentProducer),
         "groups": groups,
+        "auto-create": auto_create,
         "ship": ship,
     }
     if len(sys.argv) != 7 or sys.argv[1] not in modes:

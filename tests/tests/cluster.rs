@@ -6,7 +6,10 @@
 //!   new leader takes over, and once the killed node is back and has caught up, every
 //!   node's segments are the same bytes;
 //! - a consumer group's committed offsets survive the death of its coordinator: the group
-//!   resumes, at the new coordinator, exactly after what it committed.
+//!   resumes, at the new coordinator, exactly after what it committed;
+//! - a producer bootstrapped at any one node auto-creates its topic there (a node that
+//!   does not lead the controller forwards the creation to the one that does);
+//! - a follower whose data directory is wiped catches up by a snapshot and rejoins.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -270,6 +273,41 @@ fn committed_offsets_survive_the_death_of_the_groups_coordinator() {
         result["coordinator_after"].as_u64(),
         Some(coordinator as u64),
         "{result}"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+#[test]
+fn a_topic_is_auto_created_from_whichever_node_a_producer_bootstraps_at() {
+    // Each node in turn is a producer's only bootstrap server; at least two of the three
+    // do not lead the controller and forward the creation to the node that does.
+    const RECORDS: usize = 20;
+    let Run {
+        cluster: _cluster,
+        nodes,
+        work: _work,
+        script,
+        _root,
+    } = start("auto-create", RECORDS);
+    let result = script.join().expect("the script thread");
+    let expected: Vec<String> = (0..RECORDS).map(|i| format!("v{i}")).collect();
+    for index in 0..3 {
+        let name = format!("{TOPIC}-{index}");
+        assert_eq!(
+            result["topics"][&name],
+            serde_json::json!(expected),
+            "{name}: {result}"
+        );
+        assert_eq!(result["dense"][&name], true, "{result}");
+    }
+    let logs: Vec<String> = nodes.iter().flatten().map(Server::log).collect();
+    assert!(
+        logs.iter()
+            .any(|log| log.contains("topic created for a peer")),
+        "no creation was forwarded to the controller's leader:\n{}",
+        logs.join("\n")
     );
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
