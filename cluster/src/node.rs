@@ -181,6 +181,8 @@ struct Inner {
     status: Mutex<HashMap<(String, u32), GroupStatus>>,
     /// Kafka addresses (host, port) of the nodes heard from (this one included).
     brokers: Mutex<BTreeMap<u64, (String, u16)>>,
+    /// Each peer's connections to this node open now, over every shard ([`PeerLink`]).
+    links: Mutex<HashMap<u64, usize>>,
     /// The controller log's offset applied so far.
     controller_applied: AtomicI64,
     /// Peers' messages dropped because their group's inbox was full (every shard's).
@@ -260,6 +262,28 @@ fn check_creatable(
     Ok(())
 }
 
+/// One of a peer's connections to this node, counted in `Inner::links` while it is open
+/// (the transport drops it when the connection ends).
+struct PeerLink {
+    inner: Arc<Inner>,
+    peer: u64,
+}
+
+impl PeerLink {
+    fn open(inner: Arc<Inner>, peer: u64) -> PeerLink {
+        *lock(&inner.links).entry(peer).or_insert(0) += 1;
+        PeerLink { inner, peer }
+    }
+}
+
+impl Drop for PeerLink {
+    fn drop(&mut self) {
+        if let Some(open) = lock(&self.inner.links).get_mut(&self.peer) {
+            *open = open.saturating_sub(1);
+        }
+    }
+}
+
 /// A command to a group's task (ticks are a flag of its inbox, see `inbox.rs`).
 enum Command {
     Step(Message),
@@ -318,6 +342,7 @@ impl Cluster {
                 config,
                 status: Mutex::new(HashMap::new()),
                 brokers: Mutex::new(brokers),
+                links: Mutex::default(),
                 controller_applied: AtomicI64::new(0),
                 steps_dropped: Arc::new(AtomicU64::new(0)),
                 fill_counters: Arc::default(),
@@ -369,6 +394,19 @@ impl Cluster {
     /// included.
     pub fn brokers(&self) -> BTreeMap<u64, (String, u16)> {
         lock(&self.inner.brokers).clone()
+    }
+
+    /// The live nodes among [`Cluster::brokers`]: this one, and every peer with a
+    /// connection to this node open now. A peer's process that dies closes its
+    /// connections at once (the kernel does), so a killed node leaves this set within
+    /// milliseconds, not an election timeout later; it comes back with its first
+    /// connection.
+    pub fn live_brokers(&self) -> BTreeMap<u64, (String, u16)> {
+        let links = lock(&self.inner.links).clone();
+        let own = self.node_id();
+        let mut brokers = self.brokers();
+        brokers.retain(|id, _| *id == own || links.get(id).is_some_and(|open| *open > 0));
+        brokers
     }
 
     /// What the partition's group last published, if it has a replica here.
@@ -707,6 +745,7 @@ impl Cluster {
             if before.is_some_and(|before| before != hello.incarnation) {
                 cluster.peer_restarted(hello.node_id);
             }
+            PeerLink::open(cluster.inner.clone(), hello.node_id)
         };
         let cluster = self.clone();
         let deliver = move |incoming: Incoming| cluster.route(incoming);

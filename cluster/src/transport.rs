@@ -1212,17 +1212,19 @@ struct Inbound<H, D> {
 }
 
 /// Accepts peers' connections on `listener` until dropped: each one's hello is checked,
-/// answered with `local`, and given to `on_hello` (a peer's node id and Kafka address);
-/// then each Raft message it carries is given to `deliver`. A connection with a bad frame
+/// answered with `local`, and given to `on_hello` (a peer's node id and Kafka address),
+/// whose answer is kept as long as the connection lasts and dropped when it ends (a guard
+/// counting a peer's open connections, say); then each Raft message it carries is given
+/// to `deliver`. A connection with a bad frame
 /// is closed (logged); the others go on. Connections already accepted stay open when this
 /// future is dropped, until their peers close them.
 ///
 /// # Panics
 /// Outside a ringlog runtime, or if `local` does not pass [`Hello::validate`].
-pub async fn serve(
+pub async fn serve<G: 'static>(
     listener: Rc<TcpListener>,
     local: Hello,
-    on_hello: impl Fn(&Hello) + 'static,
+    on_hello: impl Fn(&Hello) -> G + 'static,
     deliver: impl Fn(Incoming) + 'static,
 ) {
     local.assert_valid();
@@ -1253,20 +1255,22 @@ pub async fn serve(
     }
 }
 
-async fn serve_counted<H, D>(inbound: &Inbound<H, D>, stream: TcpStream)
+async fn serve_counted<H, G, D>(inbound: &Inbound<H, D>, stream: TcpStream)
 where
-    H: Fn(&Hello),
+    H: Fn(&Hello) -> G,
     D: Fn(Incoming),
 {
     let _counted = Counted::enter(&inbound.connections);
     let address = stream.peer_addr().ok();
     let node = Cell::new(None);
+    // Dropped when this function returns: the connection is over.
+    let guard = RefCell::new(None);
     let result = serve_connection(
         &stream,
         &inbound.local,
         |hello| {
             node.set(Some(hello.node_id));
-            (inbound.on_hello)(hello);
+            *guard.borrow_mut() = Some((inbound.on_hello)(hello));
         },
         &inbound.deliver,
     )

@@ -5,7 +5,7 @@
 //! bad frame closing only its own connection with its reason, and the hello exchange
 //! telling each side the other's Kafka address.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::{Shutdown, SocketAddr};
 use std::rc::Rc;
@@ -505,6 +505,48 @@ async fn next_message(reader: &mut FrameReader, stream: &TcpStream) -> Message {
         (Kind::Raft, body) => decode_raft(body).unwrap().2,
         (kind, _) => panic!("a {kind:?} frame"),
     }
+}
+
+/// Counts the connections open now in a shared cell, as the node counts its peers' links.
+struct OpenLink(Rc<Cell<usize>>);
+
+impl OpenLink {
+    fn open(count: &Rc<Cell<usize>>) -> OpenLink {
+        count.set(count.get() + 1);
+        OpenLink(count.clone())
+    }
+}
+
+impl Drop for OpenLink {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+#[test]
+fn what_the_hello_callback_answers_lives_as_long_as_the_connection() {
+    run(async {
+        let listener = listen();
+        let open = Rc::new(Cell::new(0));
+        let counted = open.clone();
+        let _serving = AbortOnDrop(Some(rt::spawn_local(serve(
+            listener.clone(),
+            hello(2),
+            move |_: &Hello| OpenLink::open(&counted),
+            |_| {},
+        ))));
+        let first = Transport::new(hello(1), vec![(2, listener.local_addr())]);
+        first.send(2, "topic", 0, &message(1, 2, 0, 10));
+        wait_until("node 1 is connected", || open.get() == 1).await;
+        let second = TcpStream::connect(listener.local_addr()).await.unwrap();
+        let _ = second.send_all(encode_hello(&hello(3))).await;
+        wait_until("node 3 is connected too", || open.get() == 2).await;
+        second.shutdown(Shutdown::Both).unwrap();
+        drop(second);
+        wait_until("node 3's connection is over", || open.get() == 1).await;
+        drop(first);
+        wait_until("node 1's connection is over", || open.get() == 0).await;
+    });
 }
 
 #[test]

@@ -118,12 +118,12 @@ impl Broker {
     /// KIP-951's hint for a client told NOT_LEADER_OR_FOLLOWER or FENCED_LEADER_EPOCH about
     /// a replicated partition: the leader this node knows, at its epoch (the term), and that
     /// leader's Kafka address; `None` when the partition is not replicated, has no leader
-    /// this node knows, or the leader's address is not known here yet.
+    /// this node knows, or the leader is not live here (`Cluster::live_brokers`).
     pub fn leader_hint(&self, topic: &str, partition: u32) -> Option<LeaderHint> {
         let cluster = self.replicated(topic)?;
         let status = cluster.status(topic, partition)?;
         let leader = status.leader?;
-        let (host, port) = cluster.brokers().remove(&leader)?;
+        let (host, port) = cluster.live_brokers().remove(&leader)?;
         Some(LeaderHint {
             leader_id: node_id_i32(leader),
             leader_epoch: i32::try_from(status.term).unwrap_or(i32::MAX),

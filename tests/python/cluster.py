@@ -34,6 +34,7 @@ Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged a
 """
 
 import json
+import logging
 import os
 from collections import Counter
 import sys
@@ -256,7 +257,8 @@ def run(bootstrap, topic, partitions, count, work_dir, client):
 
 def read_group(servers, topic, group, expected):
     """Reads `expected` records in `group` (from its committed offsets, else the earliest),
-    commits, closes; returns the values read and the coordinator's node id."""
+    commits, closes; returns the values read, the coordinator's node id and the generation
+    the consumer joined."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=servers,
@@ -278,8 +280,9 @@ def read_group(servers, topic, group, expected):
     consumer.commit()
     # kafka-python names the coordinator's connection "coordinator-<node id>".
     coordinator = int(str(consumer._coordinator.coordinator_id).rsplit("-", 1)[-1])
+    generation = consumer._coordinator._generation.generation_id
     consumer.close(autocommit=False)
-    return values, coordinator
+    return values, coordinator, generation
 
 
 def groups(bootstrap, topic, partitions, count, work_dir):
@@ -292,7 +295,7 @@ def groups(bootstrap, topic, partitions, count, work_dir):
     producer = KafkaProducer(bootstrap_servers=servers)
     for i in range(count):
         producer.send(topic, key=f"k{i}".encode(), value=f"a{i}".encode()).get(timeout=60)
-    first, coordinator = read_group(servers, topic, "readers", count)
+    first, coordinator, generation = read_group(servers, topic, "readers", count)
     with open(os.path.join(work_dir, "half.tmp"), "w") as out:
         json.dump({"coordinator": coordinator}, out)
     os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
@@ -300,7 +303,7 @@ def groups(bootstrap, topic, partitions, count, work_dir):
     for i in range(count):
         producer.send(topic, key=f"k{i}".encode(), value=f"b{i}".encode()).get(timeout=60)
     producer.close()
-    second, coordinator_after = read_group(servers, topic, "readers", count)
+    second, coordinator_after, generation_after = read_group(servers, topic, "readers", count)
     print(
         json.dumps(
             {
@@ -308,6 +311,8 @@ def groups(bootstrap, topic, partitions, count, work_dir):
                 "second": sorted(second),
                 "coordinator_before": coordinator,
                 "coordinator_after": coordinator_after,
+                "generation_before": generation,
+                "generation_after": generation_after,
             }
         )
     )
@@ -384,6 +389,15 @@ def ship(bootstrap, topic, partitions, count, work_dir):
     )
 
 
+def log_kafka_python(path):
+    """Sends kafka-python's debug log (every request and response) to `path`: set
+    RINGLOG_TEST_KAFKA_LOG to diagnose a failing or slow run."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("kafka").addHandler(handler)
+    logging.getLogger("kafka").setLevel(logging.DEBUG)
+
+
 def main():
     modes = {
         "run": lambda *args: run(*args, KafkaPythonProducer),
@@ -394,6 +408,8 @@ def main():
     }
     if len(sys.argv) != 7 or sys.argv[1] not in modes:
         sys.exit(__doc__)
+    if os.environ.get("RINGLOG_TEST_KAFKA_LOG"):
+        log_kafka_python(os.environ["RINGLOG_TEST_KAFKA_LOG"])
     modes[sys.argv[1]](sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
 
 

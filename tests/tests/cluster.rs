@@ -274,6 +274,12 @@ fn committed_offsets_survive_the_death_of_the_groups_coordinator() {
         Some(coordinator as u64),
         "{result}"
     );
+    // The first consumer's leave emptied the group, recorded (generation 2) before the
+    // leave was answered: the new coordinator loads it Empty and the next consumer joins
+    // generation 3 at once. Loaded with the member that left, the group would hold the
+    // join until that member's session expired and answer generation 2.
+    assert_eq!(result["generation_before"], 1, "{result}");
+    assert_eq!(result["generation_after"], 3, "{result}");
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }

@@ -51,7 +51,7 @@ pub fn handle(
             .with_rack(None)
     };
     let (nodes, controller) = if let Some(cluster) = &broker.cluster {
-        let nodes = (cluster.brokers().into_iter())
+        let nodes = (cluster.live_brokers().into_iter())
             .map(|(id, (host, port))| node(node_id_i32(id), host, port))
             .collect();
         (nodes, cluster.controller().map_or(-1, node_id_i32))

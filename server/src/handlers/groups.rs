@@ -107,7 +107,7 @@ pub fn find_coordinator(
 
 /// The node coordinating `group`: this one alone; in a cluster, the leader of the group's
 /// partition of `__consumer_offsets` (COORDINATOR_NOT_AVAILABLE while it has none, or
-/// while its address is not known here yet).
+/// while that leader is not live here: `Cluster::live_brokers`).
 fn coordinator_of(broker: &Broker, group: &str) -> Result<(i32, String, i32), ResponseError> {
     let Some(cluster) = broker.replicated(OFFSETS_TOPIC) else {
         let address = broker.config.advertised_listener;
@@ -124,7 +124,7 @@ fn coordinator_of(broker: &Broker, group: &str) -> Result<(i32, String, i32), Re
         .and_then(|status| status.leader)
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
     let (host, port) = cluster
-        .brokers()
+        .live_brokers()
         .remove(&leader)
         .ok_or(ResponseError::CoordinatorNotAvailable)?;
     Ok((node_id_i32(leader), host, i32::from(port)))
@@ -384,6 +384,18 @@ pub async fn leave(
                     .unwrap_or(Some(ResponseError::UnknownMemberId))
             })
             .collect();
+        // The last member gone, the group is Empty: recorded before the answer, so that a
+        // coordinator taking over after this one dies does not load the members that left
+        // and hold a new member's join until their sessions expire. A write that fails is
+        // left to the coordinator's tick, which tries again (the flag stays set).
+        let emptied = coordinator
+            .with_group(&group_id, false, |group| {
+                std::mem::take(&mut group.membership_dirty)
+            })
+            .unwrap_or(false);
+        if emptied && coordinator.persist_membership(&group_id).await.is_err() {
+            coordinator.with_group(&group_id, false, |group| group.membership_dirty = true);
+        }
         errors
     })
     .await;

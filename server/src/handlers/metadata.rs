@@ -105,8 +105,11 @@ fn for_version(topic: MetadataResponseTopic, version: i16) -> MetadataResponseTo
     topic.with_partitions(partitions)
 }
 
-/// The brokers clients may connect to: this node alone, or every node of the cluster this
-/// one has heard from (itself included), at their advertised Kafka addresses.
+/// The brokers clients may connect to: this node alone, or the live nodes of the cluster
+/// (itself, and every peer connected to it now: `Cluster::live_brokers`), at their
+/// advertised Kafka addresses. A killed node drops out within milliseconds, so clients
+/// stop choosing it for their next request (kafka-python 3.0.12 raises out of `poll` when
+/// the node it picks for a metadata refresh refuses the connection).
 fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
     let entry = |id: i32, host: String, port: u16| {
         MetadataResponseBroker::default()
@@ -115,7 +118,7 @@ fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
             .with_port(i32::from(port))
     };
     if let Some(cluster) = &broker.cluster {
-        (cluster.brokers().into_iter())
+        (cluster.live_brokers().into_iter())
             .map(|(id, (host, port))| entry(node_id_i32(id), host, port))
             .collect()
     } else {
@@ -125,6 +128,10 @@ fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
 }
 
 fn topic_entry(broker: &Broker, meta: &TopicMeta) -> MetadataResponseTopic {
+    let live = broker
+        .cluster
+        .as_ref()
+        .map(ringlog_cluster::node::Cluster::live_brokers);
     let partitions = (0..meta.partitions)
         .map(|partition| {
             let entry = MetadataResponsePartition::default()
@@ -139,18 +146,24 @@ fn topic_entry(broker: &Broker, meta: &TopicMeta) -> MetadataResponseTopic {
             let ids = |ids: &[u64]| -> Vec<BrokerId> {
                 ids.iter().map(|&id| BrokerId(node_id_i32(id))).collect()
             };
-            let replicas = ids(&cluster.voters());
+            let voters = cluster.voters();
+            let is_live = |id: &u64| live.as_ref().is_some_and(|live| live.contains_key(id));
+            let offline: Vec<u64> = voters.iter().copied().filter(|id| !is_live(id)).collect();
             let status = cluster
                 .status(meta.name.as_str(), partition)
                 .unwrap_or_default();
             let entry = entry
                 .with_leader_epoch(i32::try_from(status.term).unwrap_or(i32::MAX))
-                .with_replica_nodes(replicas)
-                .with_isr_nodes(ids(&status.in_sync));
+                .with_replica_nodes(ids(&voters))
+                .with_isr_nodes(ids(&status.in_sync))
+                .with_offline_replicas(ids(&offline));
             match status.leader {
-                Some(leader) => entry.with_leader_id(BrokerId(node_id_i32(leader))),
-                // During an election: clients wait and ask again.
-                None => entry
+                Some(leader) if is_live(&leader) => {
+                    entry.with_leader_id(BrokerId(node_id_i32(leader)))
+                }
+                // During an election, or while the leader this node knows of is gone (its
+                // connections closed): clients wait and ask again.
+                _ => entry
                     .with_leader_id(BrokerId(-1))
                     .with_error_code(ResponseError::LeaderNotAvailable.code()),
             }
