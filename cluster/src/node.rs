@@ -42,7 +42,7 @@ use raft::eraftpb::Message;
 use ringlog_engine::batch::{BatchBuilder, FrameHeader, RecordBatch};
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::log::{Appended, PartitionId};
-use ringlog_engine::rt::{self, ShardHandle, TcpListener};
+use ringlog_engine::rt::{self, ShardHandle, TcpListener, TrySendError};
 use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
 use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, TopicName};
@@ -278,8 +278,21 @@ impl PeerLink {
 
 impl Drop for PeerLink {
     fn drop(&mut self) {
-        if let Some(open) = lock(&self.inner.links).get_mut(&self.peer) {
-            *open = open.saturating_sub(1);
+        let gone = lock(&self.inner.links)
+            .get_mut(&self.peer)
+            .is_some_and(|open| {
+                *open = open.saturating_sub(1);
+                *open == 0
+            });
+        if gone {
+            let cluster = Cluster {
+                inner: self.inner.clone(),
+            };
+            cluster.tell_groups(
+                self.peer,
+                "every connection of a peer closed",
+                Command::PeerGone,
+            );
         }
     }
 }
@@ -293,6 +306,8 @@ enum Command {
     RejoinAnswer(u64, LogState),
     /// A peer's process restarted (its hello's incarnation changed).
     PeerRestarted(u64),
+    /// Every connection a peer had to this node closed.
+    PeerGone(u64),
     Propose {
         batches: Bytes,
         max_message_bytes: usize,
@@ -798,24 +813,32 @@ impl Cluster {
             peer,
             "a peer restarted; its groups' leaders probe its log again, and the groups it led elect"
         );
+        self.tell_groups(peer, "a peer restarted", Command::PeerRestarted);
+    }
+
+    /// Pushes `command(peer)` into every group's inbox on every shard; `what` names the
+    /// event in the warnings when an inbox or a shard's mailbox is full (the event is then
+    /// lost for those groups, which fall back on Raft's own timeouts).
+    fn tell_groups(&self, peer: u64, what: &'static str, command: fn(u64) -> Command) {
         for shard in self.shards() {
             let work = Box::new(move || {
                 let Some(local) = local() else { return };
                 for (key, inbox) in local.groups.borrow().iter() {
-                    if inbox.push(Command::PeerRestarted(peer)).is_err() {
+                    if inbox.push(command(peer)).is_err() {
                         tracing::warn!(
                             topic = %key.0,
                             partition = key.1,
                             peer,
-                            "a group's inbox is full: it keeps the restarted peer's old progress"
+                            "a group's inbox is full: not told that {what}"
                         );
                     }
                 }
             });
-            if shard.try_run(work).is_err() {
+            // A stopping node's shards take nothing more (`Closed`): nothing is lost.
+            if let Err(TrySendError::Full(_)) = shard.try_run(work) {
                 tracing::warn!(
                     peer,
-                    "a shard's mailbox is full: a peer's restart not passed on"
+                    "a shard's mailbox is full: its groups not told that {what}"
                 );
             }
         }
@@ -1185,6 +1208,10 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
         },
         Command::PeerRestarted(peer) => {
             replica.peer_restarted(peer);
+            Ok(())
+        }
+        Command::PeerGone(peer) => {
+            replica.peer_gone(peer);
             Ok(())
         }
         Command::RejoinAnswer(peer, state) => {

@@ -187,6 +187,9 @@ pub struct Replica<S: Storage> {
     snapshot_stats: SnapshotStats,
     /// Set while the replica rejoins its group with no memory of it (`rejoin.rs`).
     rejoin: Option<Rejoin>,
+    /// Set when the leader's connections all closed and this replica is to campaign, with
+    /// pre-vote, at its next tick ([`Replica::peer_gone`]).
+    campaign_at_tick: bool,
 }
 
 impl<S: Storage> Replica<S> {
@@ -301,6 +304,7 @@ impl<S: Storage> Replica<S> {
             snapshot_ticks: HashMap::new(),
             snapshot_stats: SnapshotStats::default(),
             rejoin: None,
+            campaign_at_tick: false,
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -407,6 +411,15 @@ impl<S: Storage> Replica<S> {
         if self.fill_from.is_some() || self.rejoin.is_some() {
             return;
         }
+        if std::mem::take(&mut self.campaign_at_tick) && self.leader().is_none() {
+            tracing::info!(
+                partition = %self.id,
+                "the leader's connections all closed: campaigning (pre-vote)"
+            );
+            if let Err(error) = self.campaign() {
+                tracing::warn!(partition = %self.id, %error, "campaigning failed");
+            }
+        }
         self.node.tick();
         self.retry_silent_snapshots();
     }
@@ -464,15 +477,7 @@ impl<S: Storage> Replica<S> {
             }
             return;
         }
-        if self.node.raft.leader_id != peer {
-            return;
-        }
-        self.node.raft.leader_id = raft::INVALID_ID;
-        let successor = (self.node.raft.prs().conf().voters().ids().iter())
-            .filter(|&id| id != peer)
-            .min();
-        // One filling a snapshot or rejoining holds no log to lead with (see `tick`).
-        if successor != Some(own) || self.fill_from.is_some() || self.rejoin.is_some() {
+        if !self.forget_leader(peer) {
             return;
         }
         tracing::info!(
@@ -488,6 +493,38 @@ impl<S: Storage> Replica<S> {
         if let Err(error) = self.node.step(transfer) {
             tracing::warn!(partition = %self.id, %error, "campaigning after a leader's restart failed");
         }
+    }
+
+    /// Every connection `peer` had to this node closed: its process most likely died (the
+    /// kernel closes a dead process's sockets at once), though a connection can also drop
+    /// with the peer alive. A follower of `peer` forgets that leader at once (Metadata
+    /// answers LEADER_NOT_AVAILABLE, and its lease no longer refuses a vote), and the
+    /// lowest-numbered other voter campaigns at its next tick, with pre-vote, rather than
+    /// an election timeout after the last heartbeat. The tick's delay lets the other
+    /// voters hear of the closed connections first, so that their leases do not refuse
+    /// the pre-vote. A voter that still hears from a live `peer` learns it is the leader
+    /// again from its next heartbeat, and refuses the pre-vote if it did not forget.
+    pub fn peer_gone(&mut self, peer: u64) {
+        if self.is_leader() || peer == self.node.raft.id {
+            return;
+        }
+        if self.forget_leader(peer) {
+            self.campaign_at_tick = true;
+        }
+    }
+
+    /// Forgets the leader if it is `peer`; whether this replica should then campaign: it
+    /// is the lowest-numbered of the other voters, and holds its log (neither filling a
+    /// snapshot nor rejoining, see `tick`).
+    fn forget_leader(&mut self, peer: u64) -> bool {
+        if self.node.raft.leader_id != peer {
+            return false;
+        }
+        self.node.raft.leader_id = raft::INVALID_ID;
+        let successor = (self.node.raft.prs().conf().voters().ids().iter())
+            .filter(|&id| id != peer)
+            .min();
+        successor == Some(self.node.raft.id) && self.fill_from.is_none() && self.rejoin.is_none()
     }
 
     /// Makes this replica rejoin its group before it votes again (`rejoin.rs`): its node

@@ -407,6 +407,64 @@ fn a_restarted_leaders_followers_elect_a_successor_at_once_without_a_tick() {
 }
 
 #[test]
+fn when_a_leaders_connections_close_its_followers_elect_at_the_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        let term = cluster.replicas[&leader].term();
+        let followers: Vec<u64> = NODES.into_iter().filter(|n| *n != leader).collect();
+        let successor = followers[0];
+
+        // Connections can close with the leader alive: told alone, the successor's
+        // pre-vote is refused by the other follower, which still heard the leader lately.
+        cluster
+            .replicas
+            .get_mut(&successor)
+            .unwrap()
+            .peer_gone(leader);
+        assert_eq!(cluster.replicas[&successor].leader(), None);
+        for _ in 0..3 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        assert!(cluster.replicas[&leader].is_leader());
+        assert_eq!(cluster.replicas[&leader].term(), term);
+        for replica in cluster.replicas.values() {
+            assert_eq!(
+                replica.leader(),
+                Some(leader),
+                "the leader's heartbeats go on"
+            );
+        }
+
+        // The leader dies: both followers see its connections close and forget it; the
+        // successor campaigns at the next tick, not an election timeout later.
+        cluster.isolated.insert(leader);
+        for follower in &followers {
+            cluster
+                .replicas
+                .get_mut(follower)
+                .unwrap()
+                .peer_gone(leader);
+        }
+        for follower in &followers {
+            assert_eq!(cluster.replicas[follower].leader(), None);
+        }
+        cluster.tick();
+        cluster.settle().await;
+        assert!(cluster.replicas[&successor].is_leader());
+        assert_eq!(cluster.replicas[&successor].term(), term + 1);
+        assert_eq!(cluster.replicas[&followers[1]].leader(), Some(successor));
+        let mut answer = cluster.propose(successor, "after", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut answer).unwrap().unwrap().offset_first, 0);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
 fn a_request_of_several_batches_is_one_proposal_and_an_empty_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
