@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
@@ -482,9 +482,21 @@ impl Cluster {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
-        let name = self.check_new_topic(name, partitions, &config)?;
-        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, &config);
+        let (name, command) = self.new_topic_command(name, partitions, &config)?;
         self.propose_create(&name, &command).await
+    }
+
+    /// The command creating a topic, with a new id, once [`Cluster::check_new_topic`]
+    /// passed.
+    fn new_topic_command(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: &TopicConfig,
+    ) -> Result<(TopicName, CreateTopic), ClusterError> {
+        let name = self.check_new_topic(name, partitions, config)?;
+        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, config);
+        Ok((name, command))
     }
 
     /// [`Cluster::create_topic`] from any node, for a topic a client's request
@@ -499,8 +511,7 @@ impl Cluster {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
-        let name = self.check_new_topic(name, partitions, &config)?;
-        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, &config);
+        let (name, command) = self.new_topic_command(name, partitions, &config)?;
         let leader = match self.propose_create(&name, &command).await {
             Err(ClusterError::NotController {
                 leader: Some(leader),
@@ -547,7 +558,8 @@ impl Cluster {
             }
             other => other?,
         };
-        self.wait_applied(committed.offset_next).await?;
+        let wait = Duration::from_millis(CONTROLLER_APPLY_WAIT_MS);
+        self.wait_applied(committed.offset_next, wait).await?;
         match self.inner.engine.topic(name.as_str()) {
             Some(meta) if meta.id == command.id => Ok(meta),
             // Another request created the name first; its command won.
@@ -595,33 +607,26 @@ impl Cluster {
         .detach();
     }
 
-    /// Waits until this node's applier has topic `name`, for at most `wait`.
+    /// Waits until this node's applier has topic `name`, for at most `wait`: one applied
+    /// command at a time.
     async fn wait_for_topic(&self, name: &str, wait: Duration) -> Result<TopicMeta, ClusterError> {
-        let name = name.to_owned();
-        let cluster = self.clone();
-        let waited = self.shards()[0]
-            .spawn(move || async move {
-                let local = local().ok_or(ClusterError::ShardStopped)?;
-                let waiting = async {
-                    loop {
-                        // Read before looking: a topic applied after this is past it.
-                        let applied = cluster.inner.controller_applied.load(Ordering::Acquire);
-                        if let Some(meta) = cluster.inner.engine.topic(&name) {
-                            return Ok(meta);
-                        }
-                        if local.controller_applied.wait(applied + 1).await.is_err() {
-                            return Err(ClusterError::ControllerStopped);
-                        }
-                    }
-                };
-                rt::timeout(wait, waiting).await.unwrap_or_else(|_| {
-                    Err(ClusterError::ApplyTimedOut {
+        let deadline = Instant::now() + wait;
+        loop {
+            // Read before looking: a topic applied after this is past it.
+            let applied = self.inner.controller_applied.load(Ordering::Acquire);
+            if let Some(meta) = self.inner.engine.topic(name) {
+                return Ok(meta);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.wait_applied(applied + 1, left).await {
+                Err(ClusterError::ApplyTimedOut { .. }) => {
+                    return Err(ClusterError::ApplyTimedOut {
                         ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     })
-                })
-            })
-            .await;
-        waited.map_err(|_| ClusterError::ShardStopped)?
+                }
+                other => other?,
+            }
+        }
     }
 
     /// What creating the topic would refuse before proposing it (the name, an existing
@@ -649,17 +654,16 @@ impl Cluster {
     }
 
     /// Waits until this node applied the controller's log up to `offset` (woken by the
-    /// applier on shard 0), for at most `CONTROLLER_APPLY_WAIT_MS`.
-    async fn wait_applied(&self, offset: i64) -> Result<(), ClusterError> {
+    /// applier on shard 0), for at most `wait`.
+    async fn wait_applied(&self, offset: i64, wait: Duration) -> Result<(), ClusterError> {
         let waited = self.shards()[0]
             .spawn(move || async move {
                 let local = local().ok_or(ClusterError::ShardStopped)?;
-                let deadline = Duration::from_millis(CONTROLLER_APPLY_WAIT_MS);
-                match rt::timeout(deadline, local.controller_applied.wait(offset)).await {
+                match rt::timeout(wait, local.controller_applied.wait(offset)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(Stopped)) => Err(ClusterError::ControllerStopped),
                     Err(_) => Err(ClusterError::ApplyTimedOut {
-                        ms: CONTROLLER_APPLY_WAIT_MS,
+                        ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     }),
                 }
             })
@@ -680,7 +684,7 @@ impl Cluster {
             groups: status.len() as u64,
             groups_led: status
                 .values()
-                .filter(|group| group.leader == Some(self.inner.config.node_id))
+                .filter(|group| group.leader == Some(self.node_id()))
                 .count() as u64,
             groups_rejoining: status.values().filter(|group| group.rejoining).count() as u64,
             rejoining: self.inner.rejoining.load(Ordering::Acquire),
