@@ -6,7 +6,8 @@
 //!   (`GROUP_INBOX_COMMANDS_MAX`); a push past it gives the command back, for the sender to
 //!   drop (a peer's message: Raft sends again) or refuse (a proposal).
 //! - **A tick is a flag**, not a command: set however many times while the task is busy (a
-//!   slow fsync), it is taken once, so ticks never pile up and arrive in a burst.
+//!   slow fsync), it is taken once, so ticks never pile up and arrive in a burst. While the
+//!   group sleeps (`hibernation.rs`) ticks are not even flagged: its task is not woken.
 //! - **Held weakly by the task.** The shard's map of groups owns the inbox; once it lets
 //!   go, the task's [`take`] ends with `None` (the inbox closed) instead of waiting forever.
 
@@ -20,6 +21,8 @@ pub(crate) struct Inbox<T> {
     commands: RefCell<VecDeque<T>>,
     capacity: usize,
     tick_due: Cell<bool>,
+    /// Set while the group sleeps: ticks are dropped.
+    asleep: Cell<bool>,
     /// The task waiting in [`take`], if it waits.
     waker: RefCell<Option<Waker>>,
 }
@@ -38,14 +41,24 @@ impl<T> Inbox<T> {
             commands: RefCell::new(VecDeque::new()),
             capacity,
             tick_due: Cell::new(false),
+            asleep: Cell::new(false),
             waker: RefCell::new(None),
         })
     }
 
-    /// Marks a tick due (once, however often it is called before the task takes it).
+    /// Marks a tick due (once, however often it is called before the task takes it),
+    /// unless the group sleeps.
     pub(crate) fn tick(&self) {
+        if self.asleep.get() {
+            return;
+        }
         self.tick_due.set(true);
         self.wake();
+    }
+
+    /// Whether the group sleeps (its task says so after each turn).
+    pub(crate) fn set_asleep(&self, asleep: bool) {
+        self.asleep.set(asleep);
     }
 
     /// Queues `command`, or gives it back if the inbox is full.
@@ -132,6 +145,22 @@ mod tests {
             take(&weak).now_or_never().is_none(),
             "nothing more: it waits"
         );
+    }
+
+    #[test]
+    fn a_sleeping_groups_ticks_do_not_wake_its_task_but_commands_do() {
+        let inbox = Inbox::<u32>::new(1);
+        let weak = Rc::downgrade(&inbox);
+        inbox.set_asleep(true);
+        inbox.tick();
+        assert!(take(&weak).now_or_never().is_none(), "no tick taken");
+        inbox.push(7).unwrap();
+        let taken = take(&weak).now_or_never().unwrap().unwrap();
+        assert!(!taken.tick);
+        assert_eq!(Vec::from(taken.commands), [7]);
+        inbox.set_asleep(false);
+        inbox.tick();
+        assert!(take(&weak).now_or_never().unwrap().unwrap().tick);
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod applied;
 pub mod controller;
 pub mod entries;
 pub mod fill;
+pub mod hibernation;
 mod inbox;
 pub mod journal;
 pub mod limits;
@@ -22,6 +23,8 @@ pub mod snapshot;
 pub mod storage;
 pub mod transport;
 
+#[cfg(test)]
+mod hibernation_tests;
 #[cfg(test)]
 mod idempotence_tests;
 #[cfg(test)]

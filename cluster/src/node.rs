@@ -26,9 +26,20 @@
 //! - **The controller** (`controller.rs`): creating a topic proposes a command to the
 //!   controller group; every node applies the committed commands in order, creating the
 //!   topic in its registry and a replica of each partition.
+//! - **Liveness.** Idle groups sleep (`hibernation.rs`), so a peer's death must be noticed
+//!   without their heartbeats. A node notices it two ways, and tells every group of every
+//!   shard (`Command::PeerGone`): every connection the peer had to it closed (its process
+//!   died: the kernel closes its sockets), or nothing came from the peer for an election
+//!   timeout (a network partition leaves connections open). Any frame counts as heard
+//!   (`Inner::heard`, set as frames are routed), and each shard sends every peer an alive
+//!   frame every heartbeat interval, so an idle node pair exchanges a few bytes a second
+//!   instead of every group's heartbeats. A follower of the silent or gone peer forgets
+//!   that leader and the lowest-numbered other voter campaigns, with pre-vote, at its next
+//!   tick; a leader wakes to let its in-sync set and quorum check see the loss. A group
+//!   whose replica here stops after a failure wakes its peers, who then elect.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
@@ -50,6 +61,7 @@ use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, Topic
 use crate::applied::{Applied, Stopped};
 use crate::controller::{CommandError, CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
 use crate::fill::{FillCounters, Fills};
+use crate::hibernation::Signal;
 use crate::inbox::{self, Inbox};
 use crate::limits::{
     CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
@@ -91,6 +103,9 @@ pub struct ClusterConfig {
     pub election_ticks: usize,
     /// Ticks between a leader's heartbeats.
     pub heartbeat_ticks: usize,
+    /// Whether idle groups sleep (`hibernation.rs`): on by default; off, every group ticks
+    /// and heartbeats forever, as raft-rs alone does.
+    pub hibernate: bool,
 }
 
 /// Errors of the cluster layer.
@@ -173,6 +188,8 @@ pub struct GroupStatus {
     pub leads_with_own_commit: bool,
     /// Whether this node's replica is still rejoining the group (`rejoin.rs`).
     pub rejoining: bool,
+    /// Whether the group sleeps here (`hibernation.rs`).
+    pub asleep: bool,
 }
 
 struct Inner {
@@ -195,6 +212,10 @@ struct Inner {
     /// Set while this node rejoins the cluster with a new data directory (`REJOIN_MARKER`
     /// in it): every replica it opens rejoins its group (`rejoin.rs`).
     rejoining: AtomicBool,
+    /// When this node last heard anything from each peer, in milliseconds since `started`
+    /// ("Liveness" in the module doc).
+    heard: HashMap<u64, AtomicU64>,
+    started: Instant,
 }
 
 /// The file in the data directory that says this node rejoins the cluster: made, before
@@ -306,8 +327,11 @@ enum Command {
     RejoinAnswer(u64, LogState),
     /// A peer's process restarted (its hello's incarnation changed).
     PeerRestarted(u64),
-    /// Every connection a peer had to this node closed.
+    /// Every connection a peer had to this node closed, or it has been silent for an
+    /// election timeout.
     PeerGone(u64),
+    /// A peer's word about the group sleeping.
+    Hibernation(u64, Signal),
     Propose {
         batches: Bytes,
         max_message_bytes: usize,
@@ -351,6 +375,10 @@ impl Cluster {
         let mut brokers = BTreeMap::new();
         let kafka = &config.kafka_advertised;
         brokers.insert(config.node_id, (kafka.ip().to_string(), kafka.port()));
+        let heard = (config.peers.iter())
+            .filter(|peer| peer.id != config.node_id)
+            .map(|peer| (peer.id, AtomicU64::new(0)))
+            .collect();
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 engine,
@@ -364,6 +392,8 @@ impl Cluster {
                 incarnation: uuid_v4().as_u64_pair().0,
                 incarnations: Mutex::default(),
                 rejoining: AtomicBool::new(rejoining),
+                heard,
+                started: Instant::now(),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -687,6 +717,7 @@ impl Cluster {
                 .filter(|group| group.leader == Some(self.node_id()))
                 .count() as u64,
             groups_rejoining: status.values().filter(|group| group.rejoining).count() as u64,
+            groups_asleep: status.values().filter(|group| group.asleep).count() as u64,
             rejoining: self.inner.rejoining.load(Ordering::Acquire),
             steps_dropped: self.steps_dropped(),
             fill_bytes_received: fills.bytes_received.load(Ordering::Relaxed),
@@ -704,6 +735,8 @@ pub struct ClusterMetrics {
     pub groups: u64,
     pub groups_led: u64,
     pub groups_rejoining: u64,
+    /// Groups asleep here (`hibernation.rs`).
+    pub groups_asleep: u64,
     /// Whether the node rejoins the cluster (its rejoin marker is there).
     pub rejoining: bool,
     /// Peers' messages dropped at a full group inbox.
@@ -775,21 +808,62 @@ impl Cluster {
             deliver,
         ))
         .detach();
-        let tick = config.tick;
-        rt::spawn_local(async move {
-            loop {
-                rt::sleep(tick).await;
-                for inbox in local.groups.borrow().values() {
-                    inbox.tick();
+        let cluster = self.clone();
+        rt::spawn_local(async move { cluster.run_ticker(&local).await }).detach();
+        Ok(())
+    }
+
+    /// The shard's clock: ticks its groups, sends its peers an alive frame every heartbeat
+    /// interval, and tells its groups of a peer it has not heard from for an election
+    /// timeout ("Liveness" in the module doc).
+    async fn run_ticker(&self, local: &Local) {
+        let config = &self.inner.config;
+        let silence_ms = duration_ms(config.tick) * config.election_ticks as u64;
+        let mut silent = HashSet::new();
+        let mut ticks = 0_usize;
+        loop {
+            rt::sleep(config.tick).await;
+            ticks = ticks.wrapping_add(1);
+            for inbox in local.groups.borrow().values() {
+                inbox.tick();
+            }
+            if ticks % config.heartbeat_ticks.max(1) == 0 {
+                for &peer in self.inner.heard.keys() {
+                    local.transport.send_alive(peer);
                 }
             }
-        })
-        .detach();
-        Ok(())
+            let now = self.elapsed_ms();
+            for (&peer, heard) in &self.inner.heard {
+                let quiet_ms = now.saturating_sub(heard.load(Ordering::Relaxed));
+                if quiet_ms <= silence_ms {
+                    silent.remove(&peer);
+                } else if silent.insert(peer) {
+                    if local.shard == 0 {
+                        tracing::info!(
+                            peer,
+                            quiet_ms,
+                            "nothing heard from a peer for an election timeout"
+                        );
+                    }
+                    tell_local(local, peer, "a peer is silent", Command::PeerGone);
+                }
+            }
+        }
+    }
+
+    /// Milliseconds since this node's cluster layer started.
+    fn elapsed_ms(&self) -> u64 {
+        duration_ms(self.inner.started.elapsed())
     }
 
     /// Sends a peer's message to the task of its group, on the shard that owns it.
     fn route(&self, incoming: Incoming) {
+        if let Some(heard) = self.inner.heard.get(&incoming.from) {
+            heard.fetch_max(self.elapsed_ms(), Ordering::Relaxed);
+        }
+        if incoming.payload == Payload::Alive {
+            return;
+        }
         if let Payload::Forward(command) = &incoming.payload {
             self.forwarded(incoming.from, &incoming.topic, incoming.partition, command);
             return;
@@ -826,16 +900,8 @@ impl Cluster {
     fn tell_groups(&self, peer: u64, what: &'static str, command: fn(u64) -> Command) {
         for shard in self.shards() {
             let work = Box::new(move || {
-                let Some(local) = local() else { return };
-                for (key, inbox) in local.groups.borrow().iter() {
-                    if inbox.push(command(peer)).is_err() {
-                        tracing::warn!(
-                            topic = %key.0,
-                            partition = key.1,
-                            peer,
-                            "a group's inbox is full: not told that {what}"
-                        );
-                    }
+                if let Some(local) = local() {
+                    tell_local(&local, peer, what, command);
                 }
             });
             // A stopping node's shards take nothing more (`Closed`): nothing is lost.
@@ -949,6 +1015,7 @@ impl Cluster {
             entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
             window_entries_keep: WINDOW_ENTRIES_KEEP,
             window_entries_max: WINDOW_ENTRIES_MAX,
+            hibernate: config.hibernate,
         }
     }
 
@@ -1105,6 +1172,13 @@ impl Cluster {
         let cluster = self.clone();
         rt::spawn_local(async move {
             let failure = cluster.drive(replica, commands, &local, &key).await;
+            // The group's peers may sleep: woken, they elect a leader without this replica.
+            for peer in cluster.voters() {
+                if peer != cluster.node_id() {
+                    let wake = Payload::Hibernation(Signal::Wake { term: 0 });
+                    local.transport.send_payload(peer, &key.0, key.1, &wake);
+                }
+            }
             local.groups.borrow_mut().remove(&key);
             local.fills.forget(&id);
             lock(&cluster.inner.status).remove(&(key.0.to_string(), key.1));
@@ -1155,12 +1229,22 @@ impl Cluster {
                     Err(error) => return error.into(),
                 }
             }
+            // After the Ready's messages: a follower's agreement to sleep follows its
+            // answer to the heartbeat that carried the commit index.
+            for (to, signal) in replica.take_hibernation_signals() {
+                let payload = Payload::Hibernation(signal);
+                local.transport.send_payload(to, &key.0, key.1, &payload);
+            }
+            if let Some(inbox) = commands.upgrade() {
+                inbox.set_asleep(replica.asleep());
+            }
             let status = GroupStatus {
                 leader: replica.leader(),
                 term: replica.term(),
                 in_sync: replica.in_sync(),
                 leads_with_own_commit: replica.leads_with_own_commit(),
                 rejoining: replica.rejoining(),
+                asleep: replica.asleep(),
             };
             if published.as_ref() != Some(&status) {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
@@ -1168,6 +1252,25 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Pushes `command(peer)` into the inbox of every group of this shard (see
+/// [`Cluster::tell_groups`]).
+fn tell_local(local: &Local, peer: u64, what: &'static str, command: fn(u64) -> Command) {
+    for (key, inbox) in local.groups.borrow().iter() {
+        if inbox.push(command(peer)).is_err() {
+            tracing::warn!(
+                topic = %key.0,
+                partition = key.1,
+                peer,
+                "a group's inbox is full: not told that {what}"
+            );
+        }
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Queues a proposal in the group's inbox, on the shard that owns the group, and waits for
@@ -1216,6 +1319,10 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
         }
         Command::PeerGone(peer) => {
             replica.peer_gone(peer);
+            Ok(())
+        }
+        Command::Hibernation(peer, signal) => {
+            replica.hibernation_signal(peer, signal);
             Ok(())
         }
         Command::RejoinAnswer(peer, state) => {
@@ -1271,7 +1378,12 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         Payload::FillChunk { offset, batches } => {
             local.fills.answered(&topic, partition, offset, batches);
         }
-        Payload::Forward(_) => unreachable!("forwarded commands are handled by Cluster::route"),
+        Payload::Hibernation(signal) => {
+            deliver_local(local, &topic, partition, Command::Hibernation(from, signal));
+        }
+        Payload::Forward(_) | Payload::Alive => {
+            unreachable!("forwarded commands and alive frames are handled by Cluster::route")
+        }
     }
 }
 

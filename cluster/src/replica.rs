@@ -55,6 +55,7 @@ use ringlog_engine::storage::Storage;
 use ringlog_engine::topic::TopicConfig;
 
 use crate::entries::{EntryTable, Kind, Meta};
+use crate::hibernation::{Hibernation, Signal};
 use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
 use crate::limits::{
     APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_FETCH_BYTES_MAX,
@@ -83,6 +84,8 @@ pub struct ReplicaConfig {
     /// `WINDOW_ENTRIES_KEEP` and `WINDOW_ENTRIES_MAX`, the usual values).
     pub window_entries_keep: u64,
     pub window_entries_max: u64,
+    /// Whether the group may sleep while idle (`hibernation.rs`).
+    pub hibernate: bool,
 }
 
 /// What a replica did with snapshots, for the node's metrics.
@@ -190,6 +193,8 @@ pub struct Replica<S: Storage> {
     /// Set when the leader's connections all closed and this replica is to campaign, with
     /// pre-vote, at its next tick ([`Replica::peer_gone`]).
     campaign_at_tick: bool,
+    /// Whether the group sleeps, and the agreement to (`hibernation.rs`).
+    hibernation: Hibernation,
 }
 
 impl<S: Storage> Replica<S> {
@@ -305,6 +310,11 @@ impl<S: Storage> Replica<S> {
             snapshot_stats: SnapshotStats::default(),
             rejoin: None,
             campaign_at_tick: false,
+            hibernation: Hibernation::new(
+                config.hibernate,
+                config.election_ticks,
+                config.heartbeat_ticks,
+            ),
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -406,9 +416,10 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Advances the group's clock by one tick. A replica filling a snapshot stands still:
-    /// it must not campaign with a log it does not hold yet; nor does one rejoining.
+    /// it must not campaign with a log it does not hold yet; nor does one rejoining; nor
+    /// one asleep (`hibernation.rs`). A quiet leader asks its followers to sleep.
     pub fn tick(&mut self) {
-        if self.fill_from.is_some() || self.rejoin.is_some() {
+        if self.fill_from.is_some() || self.rejoin.is_some() || self.hibernation.asleep() {
             return;
         }
         if std::mem::take(&mut self.campaign_at_tick) && self.leader().is_none() {
@@ -422,6 +433,114 @@ impl<S: Storage> Replica<S> {
         }
         self.node.tick();
         self.retry_silent_snapshots();
+        if self.is_leader() {
+            let quiet = self.quiet_at();
+            let followers = self.other_voters();
+            self.hibernation.leader_tick(quiet, &followers);
+        }
+    }
+
+    /// Whether the group sleeps (its ticks skipped, `hibernation.rs`).
+    pub fn asleep(&self) -> bool {
+        self.hibernation.asleep()
+    }
+
+    /// On a leader with nothing to do, its term and last index: its log is persisted,
+    /// committed, applied and on every voter, which replicates; nothing is proposed,
+    /// waiting, being filled or read back, and no configuration change or leadership
+    /// transfer is pending. (Messages waiting to be sent, such as heartbeats, do not
+    /// count: they say nothing new.)
+    fn quiet_at(&self) -> Option<(u64, u64)> {
+        let raft = &self.node.raft;
+        let log = &raft.raft_log;
+        let last = log.last_index();
+        let busy = !self.is_leader()
+            || self.fill_from.is_some()
+            || self.rejoin.is_some()
+            || !self.proposals.is_empty()
+            || !self.retries.is_empty()
+            || !self.snapshot_ticks.is_empty()
+            || raft.lead_transferee.is_some()
+            || raft.pending_conf_index > log.applied
+            || !self.storage.state.borrow().fetches.is_empty();
+        if busy || log.committed != last || log.applied != last || log.persisted != last {
+            return None;
+        }
+        let caught_up = (raft.prs().iter()).all(|(&id, progress)| {
+            id == raft.id
+                || (progress.matched == last && progress.state == ProgressState::Replicate)
+        });
+        caught_up.then_some((raft.term, last))
+    }
+
+    /// Takes a peer's word about sleeping (`hibernation.rs`).
+    pub fn hibernation_signal(&mut self, from: u64, signal: Signal) {
+        match signal {
+            Signal::Ask { term, index } => {
+                if self.settled_at(from, term, index) {
+                    self.hibernation.agree(from, term, index);
+                }
+            }
+            Signal::Agree { term, index } => {
+                let quiet = self.quiet_at();
+                let followers = self.other_voters();
+                if self
+                    .hibernation
+                    .agreed(from, term, index, quiet, &followers)
+                {
+                    tracing::debug!(partition = %self.id, term, index, "asleep");
+                }
+            }
+            Signal::Wake { .. } => self.wake(None),
+        }
+    }
+
+    /// Whether this replica follows `leader` in `term` and holds (persisted), has committed
+    /// and has applied its log to exactly `index`, with nothing being filled or read back:
+    /// it may sleep.
+    fn settled_at(&self, leader: u64, term: u64, index: u64) -> bool {
+        let raft = &self.node.raft;
+        let log = &raft.raft_log;
+        raft.state == StateRole::Follower
+            && raft.term == term
+            && raft.leader_id == leader
+            && log.last_index() == index
+            && log.committed == index
+            && log.applied == index
+            && log.persisted == index
+            && self.storage.state.borrow().fetches.is_empty()
+            && self.fill_from.is_none()
+            && self.rejoin.is_none()
+    }
+
+    /// Whether `message` is a follower's answer, in this leader's term, to a heartbeat or
+    /// an append it already counted (a late one: every follower had the whole log when
+    /// the group fell asleep): stepped without waking the leader.
+    fn is_plain_acknowledgement(&self, message: &Message) -> bool {
+        let answer = match message.get_msg_type() {
+            MessageType::MsgHeartbeatResponse => true,
+            MessageType::MsgAppendResponse => !message.reject,
+            _ => false,
+        };
+        let raft = &self.node.raft;
+        answer
+            && self.is_leader()
+            && message.term == raft.term
+            && message.index <= raft.raft_log.last_index()
+    }
+
+    /// Wakes the group here if it sleeps; `tell`: also wake its leader (the replica is a
+    /// follower woken by something else than that leader).
+    fn wake(&mut self, tell: Option<u64>) {
+        let term = self.node.raft.term;
+        if self.hibernation.wake(tell.map(|leader| (leader, term))) {
+            tracing::debug!(partition = %self.id, "awake");
+        }
+    }
+
+    /// The signals about sleeping to send now, by recipient (`hibernation.rs`).
+    pub fn take_hibernation_signals(&mut self) -> Vec<(u64, Signal)> {
+        self.hibernation.take_outbox()
     }
 
     /// On a leader, tells raft-rs a snapshot failed once its follower has been silent
@@ -469,6 +588,7 @@ impl<S: Storage> Replica<S> {
             return;
         }
         if self.is_leader() {
+            self.wake(None);
             let last = self.node.raft.raft_log.last_index();
             if let Some(progress) = self.node.raft.mut_prs().get_mut(peer) {
                 progress.matched = 0;
@@ -477,7 +597,12 @@ impl<S: Storage> Replica<S> {
             }
             return;
         }
-        if !self.forget_leader(peer) {
+        let leader = self.leader();
+        let successor = self.forget_leader(peer);
+        if leader == Some(peer) {
+            self.wake(None);
+        }
+        if !successor {
             return;
         }
         tracing::info!(
@@ -504,12 +629,27 @@ impl<S: Storage> Replica<S> {
     /// voters hear of the closed connections first, so that their leases do not refuse
     /// the pre-vote. A voter that still hears from a live `peer` learns it is the leader
     /// again from its next heartbeat, and refuses the pre-vote if it did not forget.
+    ///
+    /// The node also calls this for a peer it has not heard from for an election timeout
+    /// (a network partition leaves connections open). A sleeping group wakes for it when
+    /// `peer` is one of its voters and this replica leads (its in-sync set and quorum check
+    /// must see the silence), or when `peer` leads it.
     pub fn peer_gone(&mut self, peer: u64) {
-        if self.is_leader() || peer == self.node.raft.id {
+        if peer == self.node.raft.id {
             return;
         }
+        if self.is_leader() {
+            if self.other_voters().contains(&peer) {
+                self.wake(None);
+            }
+            return;
+        }
+        let leader = self.leader();
         if self.forget_leader(peer) {
             self.campaign_at_tick = true;
+        }
+        if leader == Some(peer) {
+            self.wake(None);
         }
     }
 
@@ -624,6 +764,10 @@ impl<S: Storage> Replica<S> {
     /// A replica rejoining takes nothing while it asks its peers, and grants no vote
     /// after (`rejoin.rs`).
     pub fn step(&mut self, mut message: Message) -> Result<(), ReplicaError> {
+        if self.hibernation.asleep() && !self.is_plain_acknowledgement(&message) {
+            let leader = self.leader().filter(|&leader| leader != message.from);
+            self.wake(leader.filter(|_| !self.is_leader()));
+        }
         if let Some(rejoin) = &self.rejoin {
             let votes = matches!(
                 message.get_msg_type(),
@@ -684,6 +828,7 @@ impl<S: Storage> Replica<S> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        self.wake(None);
         let info = batch::validate(batches, max_message_bytes).map_err(|source| {
             log_error(
                 &self.id,

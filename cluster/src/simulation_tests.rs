@@ -5,7 +5,11 @@
 //! acknowledged record present exactly once and in the order acknowledged.
 //!
 //! Seeds divisible by 3 run with a window of a few entries, so lagging replicas catch up
-//! by snapshots, filled from whichever other replica's log serves the batches.
+//! by snapshots, filled from whichever other replica's log serves the batches. Even seeds
+//! let idle groups sleep (`hibernation.rs`) during quiet stretches; their signals are lost and delayed as Raft's
+//! messages are, and the node's liveness is modelled as the node tells it: a replica cut
+//! off, and those it is cut off from, hear that the other is gone, and a restarted
+//! replica's peers hear that it restarted.
 //!
 //! The seed is printed; `RINGLOG_SIM_SEED` replays one, `RINGLOG_SIM_STEPS` lengthens the
 //! run (a soak), `RINGLOG_SIM_SEEDS` runs more seeds.
@@ -23,6 +27,7 @@ use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::testing::Rng;
 
+use crate::hibernation::Signal;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::FillSource;
 use crate::tests::{batch, config, id, read_from_first, topic, values, MAX_MESSAGE_BYTES, NODES};
@@ -46,6 +51,11 @@ struct Simulation {
     isolated: BTreeSet<u64>,
     /// Messages sent and not delivered yet, in the order sent.
     network: Vec<Message>,
+    /// Hibernation signals sent and not delivered yet: (from, to, signal).
+    signals: Vec<(u64, u64, Signal)>,
+    hibernate: bool,
+    /// Rounds that ended with some replica asleep.
+    rounds_asleep: u64,
     /// Percent of messages lost in flight while the network is lossy.
     loss_percent: u64,
     /// The leader seen in each term.
@@ -100,6 +110,7 @@ impl Simulation {
                 entry_cache_bytes_max: self.entry_cache_bytes_max,
                 window_entries_keep: self.window.0,
                 window_entries_max: self.window.1,
+                hibernate: self.hibernate,
                 ..config(node)
             },
         )
@@ -120,13 +131,33 @@ impl Simulation {
 
     /// One round: every replica processes its Ready, then part of the network delivers.
     async fn round(&mut self) {
-        for replica in self.replicas.values_mut() {
+        for (&node, replica) in &mut self.replicas {
             if replica.has_ready() {
                 let sent = replica.process_ready().await.unwrap();
                 self.network.extend(sent);
             }
+            let signals = replica.take_hibernation_signals();
+            (self.signals).extend(signals.into_iter().map(|(to, signal)| (node, to, signal)));
         }
         self.observe_leaders();
+        let mut kept = Vec::new();
+        for (from, to, signal) in std::mem::take(&mut self.signals) {
+            if chance(&mut self.rng, 20) {
+                kept.push((from, to, signal));
+                continue;
+            }
+            let cut = self.isolated.contains(&from) || self.isolated.contains(&to);
+            if cut || chance(&mut self.rng, self.loss_percent) {
+                continue;
+            }
+            if let Some(replica) = self.replicas.get_mut(&to) {
+                replica.hibernation_signal(from, signal);
+            }
+        }
+        self.signals = kept;
+        if self.replicas.values().any(Replica::asleep) {
+            self.rounds_asleep += 1;
+        }
         let mut kept = Vec::new();
         for message in std::mem::take(&mut self.network) {
             // Some messages wait a round or more: delivery order changes.
@@ -202,17 +233,46 @@ impl Simulation {
                 let node = pick(&mut self.rng, &NODES);
                 if !self.isolated.remove(&node) && self.isolated.is_empty() {
                     self.isolated.insert(node);
+                    self.tell_gone(node);
                 }
             }
             88..=93 => self.loss_percent = pick(&mut self.rng, &[0, 0, 10, 30]),
+            // A quiet stretch: nothing proposed for long enough that an idle group sleeps.
+            94..=95 => {
+                for _ in 0..20 {
+                    for replica in self.replicas.values_mut() {
+                        replica.tick();
+                    }
+                    self.round().await;
+                }
+            }
             _ => {
                 let node = pick(&mut self.rng, &NODES);
                 self.close_replica(node).await;
                 let reopened = self.open_replica(node).await;
                 self.replicas.insert(node, reopened);
+                for (&peer, replica) in &mut self.replicas {
+                    if peer != node {
+                        replica.peer_restarted(node);
+                    }
+                }
             }
         }
         self.round().await;
+    }
+
+    /// What the nodes' liveness tells when `node` is cut off: its peers that `node` is
+    /// gone, and `node` that they are.
+    fn tell_gone(&mut self, node: u64) {
+        for (&peer, replica) in &mut self.replicas {
+            if peer == node {
+                for other in NODES.into_iter().filter(|&other| other != node) {
+                    replica.peer_gone(other);
+                }
+            } else {
+                replica.peer_gone(node);
+            }
+        }
     }
 
     /// Heals the network and runs until every replica holds the same log.
@@ -248,6 +308,9 @@ async fn simulate(dir: &std::path::Path, seed: u64, steps: usize) {
         replicas: BTreeMap::new(),
         isolated: BTreeSet::new(),
         network: Vec::new(),
+        signals: Vec::new(),
+        hibernate: seed % 2 == 0,
+        rounds_asleep: 0,
         loss_percent: 0,
         leaders: BTreeMap::new(),
         waiting: Vec::new(),
@@ -316,12 +379,13 @@ async fn simulate(dir: &std::path::Path, seed: u64, steps: usize) {
     }
     eprintln!(
         "seed {seed}: {steps} steps, {} proposals, {} acknowledged, {} records, {} terms, \
-         {} snapshots installed",
+         {} snapshots installed, {} rounds with a replica asleep",
         simulation.proposals,
         simulation.acknowledged.len(),
         values.len(),
         simulation.leaders.len(),
-        simulation.snapshots_installed
+        simulation.snapshots_installed,
+        simulation.rounds_asleep
     );
 }
 

@@ -17,6 +17,7 @@ use ringlog_engine::storage::DiskStorage;
 pub(crate) use ringlog_engine::testing::tagged_batch as batch;
 use ringlog_engine::topic::TopicConfig;
 
+use crate::hibernation::Signal;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 
 pub(crate) const NODES: [u64; 3] = [1, 2, 3];
@@ -44,6 +45,7 @@ pub(crate) fn config(node_id: u64) -> ReplicaConfig {
         voters: NODES.to_vec(),
         election_ticks: 10,
         heartbeat_ticks: 2,
+        hibernate: false,
         entry_cache_bytes_max: crate::limits::ENTRY_CACHE_BYTES_MAX,
         window_entries_keep: crate::limits::WINDOW_ENTRIES_KEEP,
         window_entries_max: crate::limits::WINDOW_ENTRIES_MAX,
@@ -61,6 +63,8 @@ pub(crate) struct Cluster {
     pub(crate) blocked: BTreeSet<(u64, u64)>,
     /// Messages sent and not yet delivered.
     pub(crate) in_flight: Vec<Message>,
+    /// Hibernation signals sent and not yet delivered: (from, to, signal).
+    pub(crate) signals: Vec<(u64, u64, Signal)>,
 }
 
 impl Cluster {
@@ -89,6 +93,7 @@ impl Cluster {
             isolated: BTreeSet::new(),
             blocked: BTreeSet::new(),
             in_flight: Vec::new(),
+            signals: Vec::new(),
         }
     }
 
@@ -107,20 +112,22 @@ impl Cluster {
     /// processed their Ready: the messages they just sent are then still in flight.
     pub(crate) async fn settle_until(&mut self, stop: impl Fn(&Cluster) -> bool) -> bool {
         for _ in 0..1000 {
-            for replica in self.replicas.values_mut() {
+            for (&node, replica) in &mut self.replicas {
                 if replica.has_ready() {
                     let sent = replica.process_ready().await.unwrap();
                     self.in_flight.extend(sent);
                 }
+                let signals = replica.take_hibernation_signals();
+                (self.signals).extend(signals.into_iter().map(|(to, signal)| (node, to, signal)));
             }
             if stop(self) {
                 return true;
             }
-            if self.in_flight.is_empty() {
-                if self.replicas.values().all(|replica| !replica.has_ready()) {
-                    return false;
-                }
-                continue;
+            if self.in_flight.is_empty()
+                && self.signals.is_empty()
+                && self.replicas.values().all(|replica| !replica.has_ready())
+            {
+                return false;
             }
             for message in std::mem::take(&mut self.in_flight) {
                 if self.cut_off(message.from, message.to) {
@@ -128,6 +135,15 @@ impl Cluster {
                 }
                 if let Some(replica) = self.replicas.get_mut(&message.to) {
                     replica.step(message).unwrap();
+                }
+            }
+            // After the messages, as the node sends them after a Ready's messages on the
+            // same connection.
+            for (from, to, signal) in std::mem::take(&mut self.signals) {
+                if !self.cut_off(from, to) {
+                    if let Some(replica) = self.replicas.get_mut(&to) {
+                        replica.hibernation_signal(from, signal);
+                    }
                 }
             }
         }

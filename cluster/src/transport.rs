@@ -16,7 +16,7 @@
 //! | offset | size | field                                                           |
 //! |-------:|-----:|-----------------------------------------------------------------|
 //! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
-//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer, 7 forwarded command |
+//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer, 7 forwarded command, 8 hibernation, 9 alive |
 //! |      5 |    … | body, by kind (below)                                           |
 //!
 //! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
@@ -66,12 +66,25 @@
 //! client's request auto-creates at another node). The transport bounds it by the frame
 //! limit only; the controller's decoder checks the rest.
 //!
+//! A hibernation frame (kind 8, `hibernation.rs`) starts as a Raft frame does, then:
+//!
+//! | offset | size | field                                                       |
+//! |-------:|-----:|-------------------------------------------------------------|
+//! |      0 |    1 | 1 ask, 2 agree, 3 wake                                      |
+//! |      1 |    8 | term                                                        |
+//! |      9 |    8 | index (ask, agree); 0 (wake)                                |
+//!
+//! An alive frame (kind 9) has no body and names no group: each shard sends one to every
+//! peer every heartbeat interval, so that a node hears from its peers while their groups
+//! sleep (`node.rs`, liveness). It reaches `deliver` as [`Payload::Alive`] with an empty
+//! topic.
+//!
 //! There is no batch kind: a sender packs every frame queued for a peer into one send, so
 //! the messages of many groups share a system call. The connecting side sends its hello
 //! first; the accepting side checks it (same cluster name, not its own node id) and answers
 //! with its own, which the connecting side checks (same cluster, the node it meant to
-//! reach). After that only the connecting side sends, and only Raft, fill, rejoin and
-//! forwarded frames.
+//! reach). After that only the connecting side sends, and only Raft, fill, rejoin,
+//! forwarded, hibernation and alive frames.
 //!
 //! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
 //! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
@@ -102,6 +115,7 @@ use raft::eraftpb::Message;
 use ringlog_engine::limits::TOPIC_NAME_LEN_MAX;
 use ringlog_engine::rt::{self, IoBuf, JoinHandle, TcpListener, TcpStream};
 
+use crate::hibernation::Signal;
 use crate::limits::{
     FILL_CHUNK_BYTES_MAX, TRANSPORT_ACCEPT_RETRY_MS, TRANSPORT_BUFFER_RETAINED_BYTES_MAX,
     TRANSPORT_CLUSTER_NAME_BYTES_MAX, TRANSPORT_CONNECTIONS_MAX, TRANSPORT_FRAME_BYTES_MAX,
@@ -125,6 +139,13 @@ const KIND_FILL_CHUNK: u8 = 4;
 const KIND_REJOIN_ASK: u8 = 5;
 const KIND_REJOIN_ANSWER: u8 = 6;
 const KIND_FORWARD: u8 = 7;
+const KIND_HIBERNATION: u8 = 8;
+const KIND_ALIVE: u8 = 9;
+
+/// A hibernation frame's signal codes.
+const SIGNAL_ASK: u8 = 1;
+const SIGNAL_AGREE: u8 = 2;
+const SIGNAL_WAKE: u8 = 3;
 
 /// A string's length prefix.
 const STRING_LEN_BYTES: usize = 2;
@@ -227,6 +248,10 @@ pub enum Payload {
     /// A command for the group's leader to propose, from a node that does not lead it:
     /// the controller's group only (`Cluster::create_topic_anywhere`).
     Forward(bytes::Bytes),
+    /// About the group sleeping (`hibernation.rs`).
+    Hibernation(Signal),
+    /// The peer is there (no group: the topic is empty).
+    Alive,
 }
 
 impl Incoming {
@@ -264,7 +289,7 @@ pub enum FrameError {
         field: &'static str,
         source: std::str::Utf8Error,
     },
-    #[error("{count} bytes after the end of a hello")]
+    #[error("{count} bytes after the last field of a frame")]
     TrailingBytes { count: usize },
     #[error("the Raft message does not decode: {source}")]
     Message { source: protobuf::ProtobufError },
@@ -272,6 +297,10 @@ pub enum FrameError {
     FillOutOfBounds { field: &'static str, value: i64 },
     #[error("a rejoin answer's last entry is of term {last_term}, after its term {term}")]
     RejoinAnswerTerms { term: u64, last_term: u64 },
+    #[error("unknown hibernation signal {code}")]
+    UnknownSignal { code: u8 },
+    #[error("a wake signal with index {index} (must be 0)")]
+    WakeIndex { index: u64 },
 }
 
 /// Why a connection ended.
@@ -327,6 +356,8 @@ enum Kind {
     RejoinAsk,
     RejoinAnswer,
     Forward,
+    Hibernation,
+    Alive,
 }
 
 impl Kind {
@@ -339,6 +370,8 @@ impl Kind {
             Kind::RejoinAsk => KIND_REJOIN_ASK,
             Kind::RejoinAnswer => KIND_REJOIN_ANSWER,
             Kind::Forward => KIND_FORWARD,
+            Kind::Hibernation => KIND_HIBERNATION,
+            Kind::Alive => KIND_ALIVE,
         }
     }
 }
@@ -370,6 +403,8 @@ fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, F
         KIND_REJOIN_ASK => Ok(Some((Kind::RejoinAsk, len))),
         KIND_REJOIN_ANSWER => Ok(Some((Kind::RejoinAnswer, len))),
         KIND_FORWARD => Ok(Some((Kind::Forward, len))),
+        KIND_HIBERNATION => Ok(Some((Kind::Hibernation, len))),
+        KIND_ALIVE => Ok(Some((Kind::Alive, len))),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -510,6 +545,27 @@ fn decode_forward(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
     }
     let command = bytes::Bytes::copy_from_slice(fields.bytes);
     Ok((topic, partition, Payload::Forward(command)))
+}
+
+/// A hibernation frame's body: the group, and the signal.
+fn decode_hibernation(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
+    let (topic, partition, mut fields) = decode_group(body)?;
+    let [code] = fields.array("signal")?;
+    let term = u64::from_be_bytes(fields.array("term")?);
+    let index = u64::from_be_bytes(fields.array("index")?);
+    if !fields.bytes.is_empty() {
+        return Err(FrameError::TrailingBytes {
+            count: fields.bytes.len(),
+        });
+    }
+    let signal = match code {
+        SIGNAL_ASK => Signal::Ask { term, index },
+        SIGNAL_AGREE => Signal::Agree { term, index },
+        SIGNAL_WAKE if index == 0 => Signal::Wake { term },
+        SIGNAL_WAKE => return Err(FrameError::WakeIndex { index }),
+        code => return Err(FrameError::UnknownSignal { code }),
+    };
+    Ok((topic, partition, Payload::Hibernation(signal)))
 }
 
 /// Appends a frame's header; its length field is patched by [`finish_frame`].
@@ -665,7 +721,9 @@ fn encode_group_frame(
             assert!(!command.is_empty(), "an empty forwarded command");
             (Kind::Forward, command.len())
         }
+        Payload::Hibernation(_) => (Kind::Hibernation, 1 + 2 * 8),
         Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
+        Payload::Alive => unreachable!("alive frames are encoded by encode_alive"),
     };
     let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + body_bytes;
     check_room(len, room)?;
@@ -688,8 +746,26 @@ fn encode_group_frame(
             out.extend_from_slice(&state.last_term.to_be_bytes());
         }
         Payload::Forward(command) => out.extend_from_slice(command),
-        Payload::RejoinAsk | Payload::Raft(_) => {}
+        Payload::Hibernation(signal) => {
+            let (code, term, index) = match *signal {
+                Signal::Ask { term, index } => (SIGNAL_ASK, term, index),
+                Signal::Agree { term, index } => (SIGNAL_AGREE, term, index),
+                Signal::Wake { term } => (SIGNAL_WAKE, term, 0),
+            };
+            out.push(code);
+            out.extend_from_slice(&term.to_be_bytes());
+            out.extend_from_slice(&index.to_be_bytes());
+        }
+        Payload::RejoinAsk | Payload::Raft(_) | Payload::Alive => {}
     }
+    finish_frame(out, start);
+    Ok(())
+}
+
+/// Appends an alive frame (no body) to `out` if it fits `room` bytes.
+fn encode_alive(out: &mut Vec<u8>, room: usize) -> Result<(), Unsent> {
+    check_room(1, room)?;
+    let start = begin_frame(out, Kind::Alive);
     finish_frame(out, start);
     Ok(())
 }
@@ -895,6 +971,7 @@ impl Peer {
             Outgoing::Raft(message) => {
                 encode_raft(&mut outbox.frames, room, topic, partition, message)?;
             }
+            Outgoing::Payload(Payload::Alive) => encode_alive(&mut outbox.frames, room)?,
             Outgoing::Payload(payload) => {
                 encode_group_frame(&mut outbox.frames, room, topic, partition, payload)?;
             }
@@ -1030,6 +1107,12 @@ impl Transport {
             "Raft messages go through send"
         );
         self.queue(to, topic, partition, Outgoing::Payload(payload));
+    }
+
+    /// Queues an alive frame for node `to` (node liveness, `node.rs`), as
+    /// [`Transport::send`] queues a Raft message.
+    pub fn send_alive(&self, to: u64) {
+        self.queue(to, "", 0, Outgoing::Payload(&Payload::Alive));
     }
 
     fn queue(&self, to: u64, topic: &str, partition: u32, frame: Outgoing<'_>) {
@@ -1330,6 +1413,11 @@ async fn serve_connection(
             Ok((kind @ (Kind::FillRequest | Kind::FillChunk), body)) => decode_fill(kind, body),
             Ok((kind @ (Kind::RejoinAsk | Kind::RejoinAnswer), body)) => decode_rejoin(kind, body),
             Ok((Kind::Forward, body)) => decode_forward(body),
+            Ok((Kind::Hibernation, body)) => decode_hibernation(body),
+            Ok((Kind::Alive, [])) => Ok(("", 0, Payload::Alive)),
+            Ok((Kind::Alive, body)) => {
+                return FrameError::TrailingBytes { count: body.len() }.into()
+            }
             Ok((Kind::Hello, _)) => return ConnectionError::UnexpectedHello,
             Err(error) => return error,
         };

@@ -259,8 +259,8 @@ fn a_length_is_judged_from_its_own_four_bytes() {
         Err(FrameError::Empty)
     ));
     assert!(matches!(
-        frame_header(&[0, 0, 0, 1, 8], TRANSPORT_FRAME_BYTES_MAX),
-        Err(FrameError::UnknownKind { kind: 8 })
+        frame_header(&[0, 0, 0, 1, 10], TRANSPORT_FRAME_BYTES_MAX),
+        Err(FrameError::UnknownKind { kind: 10 })
     ));
 }
 
@@ -619,6 +619,7 @@ fn bad_cases() -> Vec<BadCase> {
     cases.extend(body_cases());
     cases.extend(fill_cases());
     cases.extend(rejoin_cases());
+    cases.extend(hibernation_cases());
     cases.extend(cases_before_hello());
     cases
 }
@@ -666,8 +667,8 @@ fn framing_cases() -> Vec<BadCase> {
         }),
         case(
             "an unknown kind, body never sent",
-            vec![0, 0, 0, 9, 9],
-            |error| matches!(frame_error(error), FrameError::UnknownKind { kind: 9 }),
+            vec![0, 0, 0, 9, 11],
+            |error| matches!(frame_error(error), FrameError::UnknownKind { kind: 11 }),
         ),
         case("a second hello", encode_hello(&hello(1)), |error| {
             matches!(error, ConnectionError::UnexpectedHello)
@@ -940,7 +941,7 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
 }
 
 #[test]
-fn rejoin_questions_answers_and_forwarded_commands_arrive_as_sent() {
+fn rejoin_forwarded_hibernation_and_alive_frames_arrive_as_sent() {
     run(async {
         let listener = listen();
         let (received, _serving) = start_serving(listener.clone(), hello(2));
@@ -955,7 +956,17 @@ fn rejoin_questions_answers_and_forwarded_commands_arrive_as_sent() {
         transport.send(2, "topic", 3, &message(1, 2, 1, 10));
         let command = Payload::Forward(bytes::Bytes::from_static(b"any command"));
         transport.send_payload(2, "__cluster_metadata", 0, &command);
-        wait_until("all four", || received.messages.borrow().len() == 4).await;
+        let ask = Payload::Hibernation(Signal::Ask {
+            term: 3,
+            index: u64::MAX,
+        });
+        let agree = Payload::Hibernation(Signal::Agree { term: 3, index: 9 });
+        let wake = Payload::Hibernation(Signal::Wake { term: u64::MAX });
+        transport.send_payload(2, "topic", 3, &ask);
+        transport.send_alive(2);
+        transport.send_payload(2, "topic", 4, &agree);
+        transport.send_payload(2, "other", 0, &wake);
+        wait_until("all eight", || received.messages.borrow().len() == 8).await;
         let got: Vec<_> = (received.messages.borrow().iter())
             .map(|incoming| {
                 (
@@ -972,9 +983,55 @@ fn rejoin_questions_answers_and_forwarded_commands_arrive_as_sent() {
                 ("other".to_owned(), 0, answer),
                 ("topic".to_owned(), 3, Payload::Raft(message(1, 2, 1, 10))),
                 ("__cluster_metadata".to_owned(), 0, command),
+                ("topic".to_owned(), 3, ask),
+                (String::new(), 0, Payload::Alive),
+                ("topic".to_owned(), 4, agree),
+                ("other".to_owned(), 0, wake),
             ]
         );
     });
+}
+
+/// Bad hibernation and alive frames after the hello.
+fn hibernation_cases() -> Vec<BadCase> {
+    let signal = |code: u8, index: u64| {
+        let mut rest = vec![code];
+        rest.extend_from_slice(&5u64.to_be_bytes());
+        rest.extend_from_slice(&index.to_be_bytes());
+        rest
+    };
+    let mut trailing = signal(1, 10);
+    trailing.push(0);
+    vec![
+        case(
+            "an unknown hibernation signal",
+            frame(KIND_HIBERNATION, &raft_body(b"topic", 0, &signal(4, 10))),
+            |error| matches!(frame_error(error), FrameError::UnknownSignal { code: 4 }),
+        ),
+        case(
+            "a wake signal with an index",
+            frame(KIND_HIBERNATION, &raft_body(b"topic", 0, &signal(3, 1))),
+            |error| matches!(frame_error(error), FrameError::WakeIndex { index: 1 }),
+        ),
+        case(
+            "a hibernation signal cut in its index",
+            frame(
+                KIND_HIBERNATION,
+                &raft_body(b"topic", 0, &signal(2, 1)[..16]),
+            ),
+            |error| matches!(frame_error(error), FrameError::Truncated { field: "index" }),
+        ),
+        case(
+            "bytes after a hibernation signal",
+            frame(KIND_HIBERNATION, &raft_body(b"topic", 0, &trailing)),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 1 }),
+        ),
+        case(
+            "an alive frame with a body",
+            frame(KIND_ALIVE, &[0, 0]),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 2 }),
+        ),
+    ]
 }
 
 /// Bad first frames.

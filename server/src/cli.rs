@@ -286,6 +286,10 @@ pub struct ServeArgs {
     /// Where this node listens for its peers.
     #[arg(long, value_name = "HOST:PORT")]
     pub internal_listen: Option<SocketAddr>,
+    /// In a cluster, let idle partitions' Raft groups sleep: no ticks, no heartbeats
+    /// until a write, a peer's message or a node's failure wakes them (default true).
+    #[arg(long, value_name = "BOOL")]
+    pub raft_hibernate: Option<bool>,
 }
 
 impl ServeArgs {
@@ -307,6 +311,7 @@ impl ServeArgs {
         config.shards = self.shards.unwrap_or(config.shards);
         config.metrics_listen = self.metrics_listen.or(config.metrics_listen);
         config.auto_create_topics = self.auto_create_topics.unwrap_or(config.auto_create_topics);
+        config.raft_hibernate = self.raft_hibernate.unwrap_or(config.raft_hibernate);
         config.default_partitions = self.default_partitions.unwrap_or(config.default_partitions);
         config.max_request_bytes = self.max_request_bytes.unwrap_or(config.max_request_bytes);
         config.group_initial_rebalance_delay_ms = self

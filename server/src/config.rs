@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// This node's place in a cluster (`node_id`, `peers`, `internal_listen`), or `None`
     /// for a single node.
     pub cluster: Option<ClusterMembership>,
+    /// In a cluster: whether idle partitions' Raft groups sleep (no ticks, no heartbeats)
+    /// until something happens to them. Off only to compare or to rule it out.
+    pub raft_hibernate: bool,
 }
 
 /// A node's place in a cluster, as the file or the flags give it.
@@ -278,6 +281,7 @@ pub struct FileConfig {
     pub peers: Option<Vec<String>>,
     /// Where this node listens for its peers.
     pub internal_listen: Option<SocketAddr>,
+    pub raft_hibernate: Option<bool>,
     /// Topic defaults as Kafka-style keys: `flush.policy = "always"`, `segment.bytes = …`.
     #[serde(default)]
     pub topic: toml::Table,
@@ -325,6 +329,7 @@ impl Default for ServerConfig {
             shards: ringlog_engine::rt::allowed_cpus().len().max(1),
             metrics_listen: None,
             auto_create_topics: true,
+            raft_hibernate: true,
             default_partitions: 1,
             max_request_bytes: 100 << 20,
             topic_defaults: direct_by_default(),
@@ -407,6 +412,7 @@ impl ServerConfig {
             node_id,
             peers,
             internal_listen,
+            raft_hibernate,
             topic,
         } = file;
         config.cluster = ClusterKeys {
@@ -424,6 +430,7 @@ impl ServerConfig {
         config.shards = shards.unwrap_or(config.shards);
         config.metrics_listen = metrics_listen.or(config.metrics_listen);
         config.auto_create_topics = auto_create_topics.unwrap_or(config.auto_create_topics);
+        config.raft_hibernate = raft_hibernate.unwrap_or(config.raft_hibernate);
         config.default_partitions = default_partitions.unwrap_or(config.default_partitions);
         config.max_request_bytes = max_request_bytes.unwrap_or(config.max_request_bytes);
         config.group_initial_rebalance_delay_ms =

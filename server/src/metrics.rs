@@ -18,8 +18,8 @@
 //!   (`zero_copy`);
 //! - at scrape time: every partition's log start, high watermark and log end offsets, and
 //!   every consumer group's committed offset and lag per partition;
-//! - in a cluster (`ringlog_cluster_*`): the Raft groups this node holds, leads and is still
-//!   rejoining, whether the node rejoins, peers' messages dropped at a full group inbox,
+//! - in a cluster (`ringlog_cluster_*`): the Raft groups this node holds, leads, is still
+//!   rejoining and has asleep (idle, `hibernation.rs`), whether the node rejoins, peers' messages dropped at a full group inbox,
 //!   and snapshot fills' bytes received and served and requests retried.
 //!
 //! The request path only does relaxed atomic adds on statics (no lock, no allocation); a
@@ -403,6 +403,11 @@ fn render_cluster(out: &mut Exposition, metrics: &ClusterMetrics) {
             "ringlog_cluster_groups_rejoining",
             "Raft groups whose replica here rejoins (withholds its vote until caught up).",
             metrics.groups_rejoining,
+        ),
+        (
+            "ringlog_cluster_groups_asleep",
+            "Raft groups asleep here: idle, neither ticking nor heartbeating.",
+            metrics.groups_asleep,
         ),
         (
             "ringlog_cluster_rejoining",
@@ -795,6 +800,7 @@ mod tests {
             groups: 12,
             groups_led: 4,
             groups_rejoining: 2,
+            groups_asleep: 6,
             rejoining: true,
             steps_dropped: 5,
             fill_bytes_received: 1 << 20,
@@ -806,6 +812,7 @@ mod tests {
             "ringlog_cluster_groups 12\n",
             "ringlog_cluster_groups_led 4\n",
             "ringlog_cluster_groups_rejoining 2\n",
+            "ringlog_cluster_groups_asleep 6\n",
             "ringlog_cluster_rejoining 1\n",
             "ringlog_cluster_steps_dropped_total 5\n",
             "ringlog_cluster_fill_received_bytes_total 1048576\n",

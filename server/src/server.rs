@@ -324,6 +324,7 @@ fn start_cluster(
         tick: Duration::from_millis(RAFT_TICK_MS),
         election_ticks: RAFT_ELECTION_TICKS,
         heartbeat_ticks: RAFT_HEARTBEAT_TICKS,
+        hibernate: config.raft_hibernate,
     };
     let cluster = Cluster::start(engine.clone(), cluster_config)?;
     tracing::info!(

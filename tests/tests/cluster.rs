@@ -5,6 +5,8 @@
 //!   SIGKILL: no acknowledged record is lost, the offsets a consumer reads stay dense, a
 //!   new leader takes over, and once the killed node is back and has caught up, every
 //!   node's segments are the same bytes;
+//! - the same with every partition's group asleep (idle, `hibernation.rs`) when the leader
+//!   is killed: the node's liveness wakes the followers, which elect;
 //! - a consumer group's committed offsets survive the death of its coordinator: the group
 //!   resumes, at the new coordinator, exactly after what it committed;
 //! - a producer bootstrapped at any one node auto-creates its topic there (a node that
@@ -15,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ringlog_tests::metrics::scrape;
 use ringlog_tests::process::{free_port, wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script;
 
@@ -41,6 +44,7 @@ impl Cluster {
                 "--internal-listen",
                 &format!("127.0.0.1:{}", self.internal_ports[node]),
             )
+            .with("--metrics-listen", "127.0.0.1:0")
     }
 
     fn start(&self, node: usize) -> Server {
@@ -168,19 +172,56 @@ fn start(mode: &'static str, count: usize) -> Run {
 fn a_leader_killed_with_sigkill_loses_no_acknowledged_record() {
     // kafka-python's producer is idempotent by default: its retries after the failover
     // must not be written twice either.
-    leader_killed("run", true);
+    leader_killed("run", true, false);
 }
 
 #[test]
 fn a_librdkafka_producer_fails_over_without_losing_a_record() {
     // librdkafka's producer is not idempotent by default (at least once): a retry of a
     // batch whose answer the dead leader never sent may be written twice, as in Kafka.
-    leader_killed("run-confluent", false);
+    leader_killed("run-confluent", false, false);
+}
+
+#[test]
+fn a_leader_killed_while_every_group_sleeps_loses_no_acknowledged_record() {
+    // Nothing ticks or heartbeats: only the node's liveness (the dead node's connections
+    // closing) can wake the followers so that they elect.
+    leader_killed("run", true, true);
+}
+
+/// Waits until every group on every running node sleeps (`ringlog_cluster_groups_asleep`
+/// equals `ringlog_cluster_groups`, the controller's and `__consumer_offsets`'s included).
+fn wait_until_asleep(nodes: &[Option<Server>]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counts: Vec<(u64, u64)> = (nodes.iter().flatten())
+            .map(|node| {
+                let address = node.metrics_address().expect("a metrics endpoint");
+                let samples = scrape(address);
+                (
+                    samples.value("ringlog_cluster_groups"),
+                    samples.value("ringlog_cluster_groups_asleep"),
+                )
+            })
+            .collect();
+        if counts
+            .iter()
+            .all(|&(groups, asleep)| groups > 0 && asleep == groups)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle groups never all slept: (groups, asleep) per node {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Produces across a SIGKILL of partition 0's leader with the client of `mode`, then
-/// checks the records and, after the killed node's restart, the replicas' bytes.
-fn leader_killed(mode: &'static str, idempotent: bool) {
+/// checks the records and, after the killed node's restart, the replicas' bytes; if
+/// `asleep`, the kill waits until every group of every node sleeps.
+fn leader_killed(mode: &'static str, idempotent: bool, asleep: bool) {
     let Run {
         cluster,
         mut nodes,
@@ -193,6 +234,9 @@ fn leader_killed(mode: &'static str, idempotent: bool) {
         serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
     let victim = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
     assert!((1..=3).contains(&victim), "leader {victim} is a node id");
+    if asleep {
+        wait_until_asleep(&nodes);
+    }
     let killed_log = nodes[victim - 1].take().expect("the leader runs").kill();
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
