@@ -96,13 +96,13 @@ impl Hibernation {
     /// A leader's tick: `quiet` is its (term, last index) if it is quiet now; `followers`
     /// the other voters. Queues the questions due.
     pub(crate) fn leader_tick(&mut self, quiet: Option<(u64, u64)>, followers: &[u64]) {
-        if !self.enabled || quiet.is_none() || quiet != self.quiet_at {
+        if !self.enabled {
+            return;
+        }
+        if quiet != self.quiet_at {
             self.quiet_at = quiet;
             self.quiet_ticks = 0;
             self.agreed.clear();
-            if !self.enabled || quiet.is_none() {
-                return;
-            }
         }
         let Some((term, index)) = quiet else { return };
         self.quiet_ticks += 1;

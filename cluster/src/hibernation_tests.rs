@@ -22,6 +22,16 @@ async fn open(dir: &Path) -> Cluster {
     Cluster::open_with(dir, hibernating).await
 }
 
+/// A group with a leader and two committed records on every replica.
+async fn with_records(dir: &Path) -> (Cluster, u64) {
+    let mut cluster = open(dir).await;
+    let leader = cluster.elect(|_| true).await;
+    let mut answer = cluster.propose(leader, "before", 2);
+    cluster.settle().await;
+    assert!(answered(&mut answer).unwrap().is_ok());
+    (cluster, leader)
+}
+
 /// Ticks (settling after each) until every replica sleeps; how many ticks it took.
 async fn sleep(cluster: &mut Cluster) -> usize {
     for ticks in 1..=100 {
@@ -50,11 +60,7 @@ async fn assert_silent(cluster: &mut Cluster, count: usize) {
 fn an_idle_group_sleeps_sends_nothing_and_a_proposal_wakes_it_and_commits() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
-        let mut cluster = open(dir.path()).await;
-        let leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(leader, "before", 2);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
+        let (mut cluster, leader) = with_records(dir.path()).await;
 
         // Quiet for an election timeout (10 ticks), then one round of asking.
         let ticks = sleep(&mut cluster).await;
@@ -111,11 +117,7 @@ fn a_group_with_a_follower_behind_does_not_sleep() {
 fn a_sleeping_groups_followers_wake_and_elect_when_the_leaders_node_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
-        let mut cluster = open(dir.path()).await;
-        let old_leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(old_leader, "before", 2);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
+        let (mut cluster, old_leader) = with_records(dir.path()).await;
         sleep(&mut cluster).await;
 
         // The leader's node is cut off: nothing tells the sleeping followers but the
@@ -153,11 +155,7 @@ fn a_sleeping_groups_followers_wake_and_elect_when_the_leaders_node_is_gone() {
 fn a_restarted_follower_wakes_the_group_and_rejoins_without_an_election() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
-        let mut cluster = open(dir.path()).await;
-        let leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(leader, "before", 2);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
+        let (mut cluster, leader) = with_records(dir.path()).await;
         sleep(&mut cluster).await;
         let term = cluster.replicas[&leader].term();
 

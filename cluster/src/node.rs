@@ -213,8 +213,10 @@ struct Inner {
     /// in it): every replica it opens rejoins its group (`rejoin.rs`).
     rejoining: AtomicBool,
     /// When this node last heard anything from each peer, in milliseconds since `started`
-    /// ("Liveness" in the module doc).
+    /// ("Liveness" in the module doc), to the tick: routing a frame reads `clock_ms`, which
+    /// the shards' tickers move, rather than the clock, and writes only once a tick.
     heard: HashMap<u64, AtomicU64>,
+    clock_ms: AtomicU64,
     started: Instant,
 }
 
@@ -393,6 +395,7 @@ impl Cluster {
                 incarnations: Mutex::default(),
                 rejoining: AtomicBool::new(rejoining),
                 heard,
+                clock_ms: AtomicU64::new(0),
                 started: Instant::now(),
             }),
         };
@@ -833,6 +836,7 @@ impl Cluster {
                 }
             }
             let now = self.elapsed_ms();
+            self.inner.clock_ms.fetch_max(now, Ordering::Relaxed);
             for (&peer, heard) in &self.inner.heard {
                 let quiet_ms = now.saturating_sub(heard.load(Ordering::Relaxed));
                 if quiet_ms <= silence_ms {
@@ -859,7 +863,10 @@ impl Cluster {
     /// Sends a peer's message to the task of its group, on the shard that owns it.
     fn route(&self, incoming: Incoming) {
         if let Some(heard) = self.inner.heard.get(&incoming.from) {
-            heard.fetch_max(self.elapsed_ms(), Ordering::Relaxed);
+            let now = self.inner.clock_ms.load(Ordering::Relaxed);
+            if heard.load(Ordering::Relaxed) < now {
+                heard.fetch_max(now, Ordering::Relaxed);
+            }
         }
         if incoming.payload == Payload::Alive {
             return;

@@ -597,12 +597,7 @@ impl<S: Storage> Replica<S> {
             }
             return;
         }
-        let leader = self.leader();
-        let successor = self.forget_leader(peer);
-        if leader == Some(peer) {
-            self.wake(None);
-        }
-        if !successor {
+        if !self.forget_leader(peer) {
             return;
         }
         tracing::info!(
@@ -644,23 +639,20 @@ impl<S: Storage> Replica<S> {
             }
             return;
         }
-        let leader = self.leader();
         if self.forget_leader(peer) {
             self.campaign_at_tick = true;
         }
-        if leader == Some(peer) {
-            self.wake(None);
-        }
     }
 
-    /// Forgets the leader if it is `peer`; whether this replica should then campaign: it
-    /// is the lowest-numbered of the other voters, and holds its log (neither filling a
-    /// snapshot nor rejoining, see `tick`).
+    /// Forgets the leader if it is `peer`, waking the group (it must tick to elect);
+    /// whether this replica should then campaign: it is the lowest-numbered of the other
+    /// voters, and holds its log (neither filling a snapshot nor rejoining, see `tick`).
     fn forget_leader(&mut self, peer: u64) -> bool {
         if self.node.raft.leader_id != peer {
             return false;
         }
         self.node.raft.leader_id = raft::INVALID_ID;
+        self.wake(None);
         let successor = (self.node.raft.prs().conf().voters().ids().iter())
             .filter(|&id| id != peer)
             .min();
