@@ -4,9 +4,11 @@
 //!
 //! - **Serving.** A request names a group and an offset; the answer is the whole batches
 //!   of this node's log from that offset, below its commit end (a replicated log's reads
-//!   stop there), about `FILL_CHUNK_BYTES_MAX` of them (the first batch always whole). A
-//!   group not open here, an offset outside the committed log, or a shard already serving
-//!   `FILL_SERVES_MAX` requests gets an empty chunk: the asker tries another peer.
+//!   stop there), about `FILL_CHUNK_BYTES_MAX` of them (the first batch always whole), and
+//!   the log's start. An offset below the log's start gets no batches and that start: the
+//!   asker's log must start there (retention deleted the rest). A group not open here, an
+//!   offset past the committed log, or a shard already serving `FILL_SERVES_MAX` requests
+//!   gets an empty chunk: the asker tries another peer.
 //! - **Fetching.** One request in flight per filling replica, to one peer at a time, in
 //!   turn from the last that answered; an answer that does not come within
 //!   `FILL_ANSWER_TIMEOUT_MS` or comes empty sends the next request to the next peer after
@@ -29,7 +31,7 @@ use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
 
 use crate::limits::{FILL_ANSWER_TIMEOUT_MS, FILL_CHUNK_BYTES_MAX, FILL_RETRY_MS, FILL_SERVES_MAX};
-use crate::snapshot::FillSource;
+use crate::snapshot::{Fetched, FillSource};
 use crate::transport::{Payload, Transport};
 
 type Group = (Rc<str>, u32);
@@ -52,7 +54,7 @@ pub struct Fills {
     /// The logs of the shard's groups, to serve from.
     logs: RefCell<HashMap<Group, PartitionLog<DiskStorage>>>,
     /// The requests this shard's replicas wait on, by group and offset.
-    waiting: RefCell<HashMap<(Group, i64), oneshot::Sender<Bytes>>>,
+    waiting: RefCell<HashMap<(Group, i64), oneshot::Sender<Fetched>>>,
     /// The peer that answered last: asked first next time.
     next_peer: Cell<usize>,
     serving: Cell<usize>,
@@ -108,9 +110,14 @@ impl Fills {
         let group: Group = (Rc::from(topic), partition);
         let log = self.logs.borrow().get(&group).cloned();
         let (Some(log), true) = (log, self.serving.get() < FILL_SERVES_MAX) else {
-            self.answer_to(from, &group, offset, Bytes::new());
+            self.answer_to(from, &group, offset, 0, Bytes::new());
             return;
         };
+        let log_start = log.offsets().log_start;
+        if offset < log_start {
+            self.answer_to(from, &group, offset, log_start, Bytes::new());
+            return;
+        }
         self.serving.set(self.serving.get() + 1);
         let fills = self.clone();
         rt::spawn_local(async move {
@@ -123,26 +130,31 @@ impl Fills {
             };
             fills.serving.set(fills.serving.get() - 1);
             (fills.counters.bytes_served).fetch_add(batches.len() as u64, Ordering::Relaxed);
-            fills.answer_to(from, &group, offset, batches);
+            fills.answer_to(from, &group, offset, log_start, batches);
         })
         .detach();
     }
 
     /// Hands a peer's answer to the replica waiting for it, if any.
-    pub fn answered(&self, topic: &str, partition: u32, offset: i64, batches: Bytes) {
+    pub fn answered(&self, topic: &str, partition: u32, offset: i64, fetched: Fetched) {
         let group: Group = (Rc::from(topic), partition);
         if let Some(waiting) = self.waiting.borrow_mut().remove(&(group, offset)) {
-            let _ = waiting.send(batches);
+            let _ = waiting.send(fetched);
         }
     }
 
-    fn answer_to(&self, to: u64, group: &Group, offset: i64, batches: Bytes) {
-        let chunk = Payload::FillChunk { offset, batches };
+    fn answer_to(&self, to: u64, group: &Group, offset: i64, log_start: i64, batches: Bytes) {
+        let chunk = Payload::FillChunk {
+            offset,
+            log_start,
+            batches,
+        };
         self.transport.send_payload(to, &group.0, group.1, &chunk);
     }
 
-    /// Asks peers in turn until one answers with batches.
-    async fn fetch(&self, group: Group, offset: i64) -> Option<Bytes> {
+    /// Asks peers in turn until one answers with batches or with its log's start past
+    /// `offset`.
+    async fn fetch(&self, group: Group, offset: i64) -> Option<Fetched> {
         let count = self.peers.len();
         if count == 0 {
             return None;
@@ -161,13 +173,18 @@ impl Fills {
             self.transport
                 .send_payload(peer, &group.0, group.1, &request);
             let wait = Duration::from_millis(FILL_ANSWER_TIMEOUT_MS);
-            if let Ok(Ok(batches)) = rt::timeout(wait, answer).await {
-                if !batches.is_empty() {
+            match rt::timeout(wait, answer).await {
+                Ok(Ok(Fetched::Batches(batches))) if !batches.is_empty() => {
                     self.next_peer.set(turn % count);
                     (self.counters.bytes_received)
                         .fetch_add(batches.len() as u64, Ordering::Relaxed);
-                    return Some(batches);
+                    return Some(Fetched::Batches(batches));
                 }
+                Ok(Ok(starts @ Fetched::StartsAt(_))) => {
+                    self.next_peer.set(turn % count);
+                    return Some(starts);
+                }
+                _ => {}
             }
             self.waiting.borrow_mut().remove(&(group.clone(), offset));
             self.counters
@@ -190,7 +207,7 @@ impl FillSource for PeerSource {
         partition: &PartitionId,
         offset: i64,
         _offset_end: i64,
-    ) -> LocalBoxFuture<'static, Option<Bytes>> {
+    ) -> LocalBoxFuture<'static, Option<Fetched>> {
         let fills = self.fills.clone();
         let group: Group = (Rc::from(&*partition.topic), partition.partition);
         Box::pin(async move { fills.fetch(group, offset).await })

@@ -47,7 +47,7 @@ use ringlog_engine::storage::{OpenFlags, Storage, StorageFile};
 
 use crate::limits::{JOURNAL_BYTES_MAX, JOURNAL_RECORD_BYTES_MAX};
 
-const FILE_NAME: &str = "raft.journal";
+const FILE_NAME: &str = ringlog_engine::log::RAFT_JOURNAL_FILE;
 const TEMPORARY_NAME: &str = "raft.journal.tmp";
 
 const CRC_AT: usize = 0;
@@ -260,6 +260,11 @@ impl<S: Storage> Journal<S> {
             self.state.apply(record);
         }
         Ok(())
+    }
+
+    /// Makes every record appended so far durable.
+    pub async fn sync(&mut self) -> Result<(), JournalError> {
+        (self.file.sync_data().await).map_err(|source| self.error("fdatasync", source))
     }
 
     /// Replaces the file with one holding only the live state: written and fdatasynced

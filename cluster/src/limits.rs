@@ -105,6 +105,15 @@ pub const WINDOW_ENTRIES_KEEP: u64 = 1024;
 /// batches in bulk.
 pub const WINDOW_ENTRIES_MAX: u64 = 64 * 1024;
 
+/// The fewest ticks between two fdatasyncs of a replica's journal for its moving anchor
+/// (10 s at the usual tick of 100 ms). Retention may delete a replicated log's segments
+/// only below an anchor that is durable (a crash that lost a later anchor would reopen
+/// with a window reaching into deleted segments), and the anchor moves every
+/// `WINDOW_ENTRIES_KEEP` entries: syncing each move would cost a busy partition an
+/// fdatasync every thousand batches, for a bound that retention, checked every few
+/// minutes, never needs to the second.
+pub const ANCHOR_SYNC_TICKS: usize = 100;
+
 /// Ticks a leader waits for a follower it sent a snapshot to before it takes the snapshot
 /// as lost and sends it again (1 s at the usual tick of 100 ms). A snapshot message is a
 /// few bytes (the anchor; the batches are fetched apart), so repeating it is cheap: a

@@ -64,14 +64,13 @@ use crate::fill::{FillCounters, Fills};
 use crate::hibernation::Signal;
 use crate::inbox::{self, Inbox};
 use crate::limits::{
-    CONTROLLER_APPLY_WAIT_MS, CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX,
-    WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
-};
-use crate::limits::{
-    CONTROLLER_PROPOSE_TIMEOUT_MS, FORWARDED_CREATE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX,
+    ANCHOR_SYNC_TICKS, CONTROLLER_APPLY_WAIT_MS, CONTROLLER_PROPOSE_TIMEOUT_MS,
+    CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX, FORWARDED_CREATE_WAIT_MS,
+    GROUP_INBOX_COMMANDS_MAX, WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
 use crate::rejoin::LogState;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::snapshot::Fetched;
 use crate::transport::{self, Hello, Incoming, Payload, Transport};
 
 /// A node of the cluster.
@@ -255,23 +254,11 @@ impl ClusterError {
 }
 
 /// What creating a replicated topic needs besides a free name: a partition count within
-/// bounds, no retention (a replica refuses it until snapshots exist), and no existing topic
-/// whose name collides ('.' and '_' alike). The proposer and every applying node check it.
-fn check_creatable(
-    engine: &Engine,
-    name: &TopicName,
-    partitions: u32,
-    config: &TopicConfig,
-) -> Result<(), ClusterError> {
+/// bounds, and no existing topic whose name collides ('.' and '_' alike). The proposer and
+/// every applying node check it.
+fn check_creatable(engine: &Engine, name: &TopicName, partitions: u32) -> Result<(), ClusterError> {
     if !(1..=PARTITIONS_PER_TOPIC_MAX).contains(&partitions) {
         return Err(ClusterError::InvalidPartitions(partitions));
-    }
-    if config.retention_ms().is_some() || config.retention_bytes().is_some() {
-        return Err(ClusterError::InvalidTopicConfig(
-            "a replicated topic keeps all its data: retention.ms and retention.bytes must \
-             be -1 (retention needs snapshots, not built yet)"
-                .to_owned(),
-        ));
     }
     let key = name.collision_key();
     if let Some(other) = (engine.topics().into_iter())
@@ -527,7 +514,7 @@ impl Cluster {
         partitions: u32,
         config: &TopicConfig,
     ) -> Result<(TopicName, CreateTopic), ClusterError> {
-        let name = self.check_new_topic(name, partitions, config)?;
+        let name = self.check_new_topic(name, partitions)?;
         let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, config);
         Ok((name, command))
     }
@@ -628,8 +615,9 @@ impl Cluster {
             let created = async {
                 let invalid = |error: CommandError| ClusterError::InvalidTopic(error.to_string());
                 let name = command.topic_name().map_err(invalid)?;
-                let config = command.config().map_err(invalid)?;
-                cluster.check_new_topic(name.as_str(), command.partitions, &config)?;
+                // Its configuration must rebuild here as on every applying node.
+                command.config().map_err(invalid)?;
+                cluster.check_new_topic(name.as_str(), command.partitions)?;
                 cluster.propose_create(&name, &command).await
             };
             match created.await {
@@ -664,12 +652,7 @@ impl Cluster {
 
     /// What creating the topic would refuse before proposing it (the name, an existing
     /// topic, what applying refuses), without proposing: CreateTopics' `validate_only`.
-    pub fn check_new_topic(
-        &self,
-        name: &str,
-        partitions: u32,
-        config: &TopicConfig,
-    ) -> Result<TopicName, ClusterError> {
+    pub fn check_new_topic(&self, name: &str, partitions: u32) -> Result<TopicName, ClusterError> {
         let name = TopicName::new(name).map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         if !is_replicated(name.as_str()) {
             return Err(ClusterError::InvalidTopic(format!(
@@ -682,7 +665,7 @@ impl Cluster {
             });
         }
         // What applying would refuse is refused here, so a committed command applies.
-        check_creatable(&self.inner.engine, &name, partitions, config)?;
+        check_creatable(&self.inner.engine, &name, partitions)?;
         Ok(name)
     }
 
@@ -1023,6 +1006,7 @@ impl Cluster {
             window_entries_keep: WINDOW_ENTRIES_KEEP,
             window_entries_max: WINDOW_ENTRIES_MAX,
             hibernate: config.hibernate,
+            anchor_sync_ticks: ANCHOR_SYNC_TICKS,
         }
     }
 
@@ -1106,7 +1090,7 @@ impl Cluster {
         let config = command
             .config()
             .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
-        check_creatable(engine, &name, command.partitions, &config)?;
+        check_creatable(engine, &name, command.partitions)?;
         let meta = engine
             .create_topic_with_id(name.as_str(), command.id, command.partitions, config)
             .await?;
@@ -1118,7 +1102,6 @@ impl Cluster {
     async fn open_replicas(&self, meta: &TopicMeta) -> Result<(), ClusterError> {
         for partition in 0..meta.partitions {
             let topic = meta.name.as_str().to_owned();
-            let config = meta.config.clone();
             let dir = self
                 .inner
                 .config
@@ -1140,14 +1123,9 @@ impl Cluster {
                             partition,
                         }
                     })?;
-                    let replica = Replica::open_with_log(
-                        log,
-                        DiskStorage,
-                        &dir,
-                        &config,
-                        &cluster.replica_config(),
-                    )
-                    .await?;
+                    let replica =
+                        Replica::open_with_log(log, DiskStorage, &dir, &cluster.replica_config())
+                            .await?;
                     cluster.spawn_group(replica);
                     Ok::<(), ClusterError>(())
                 })
@@ -1382,8 +1360,17 @@ fn deliver_here(local: &Local, incoming: Incoming) {
                 .fills
                 .serve(from, &topic, partition, offset, max_bytes);
         }
-        Payload::FillChunk { offset, batches } => {
-            local.fills.answered(&topic, partition, offset, batches);
+        Payload::FillChunk {
+            offset,
+            log_start,
+            batches,
+        } => {
+            let fetched = if batches.is_empty() && log_start > offset {
+                Fetched::StartsAt(log_start)
+            } else {
+                Fetched::Batches(batches)
+            };
+            local.fills.answered(&topic, partition, offset, fetched);
         }
         Payload::Hibernation(signal) => {
             deliver_local(local, &topic, partition, Command::Hibernation(from, signal));

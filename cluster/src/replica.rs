@@ -62,7 +62,7 @@ use crate::limits::{
     REJOIN_ASK_TICKS, SNAPSHOT_SILENCE_TICKS_MAX,
 };
 use crate::rejoin::{LogState, Rejoin};
-use crate::snapshot::{self, FillSource};
+use crate::snapshot::{self, Fetched, FillSource};
 use crate::storage::{self, RaftStorage};
 
 /// How a replica takes part in its group.
@@ -86,6 +86,9 @@ pub struct ReplicaConfig {
     pub window_entries_max: u64,
     /// Whether the group may sleep while idle (`hibernation.rs`).
     pub hibernate: bool,
+    /// The fewest ticks between two syncs of the anchor that bound the log's retention
+    /// (`ANCHOR_SYNC_TICKS`, the usual value; 0: every move of the anchor is synced).
+    pub anchor_sync_ticks: usize,
 }
 
 /// What a replica did with snapshots, for the node's metrics.
@@ -180,6 +183,10 @@ pub struct Replica<S: Storage> {
     entry_cache_bytes_max: u64,
     window_entries_keep: u64,
     window_entries_max: u64,
+    /// Ticks since the anchor was last made durable, and the fewest between two syncs
+    /// ([`Replica::compact`]).
+    ticks_since_anchor_sync: usize,
+    anchor_sync_ticks: usize,
     /// Set while a snapshot's fill is to be done (`snapshot.rs`): the offset the log is
     /// trusted to. Nothing else happens until it is done.
     fill_from: Option<i64>,
@@ -207,30 +214,24 @@ impl<S: Storage> Replica<S> {
         topic: TopicConfig,
         config: &ReplicaConfig,
     ) -> Result<Replica<S>, ReplicaError> {
-        refuse_unsupported(&id, &topic)?;
-        let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic.clone())
+        let log = PartitionLog::open(storage.clone(), dir, id.clone(), topic)
             .await
             .map_err(|source| log_error(&id, source))?;
-        Self::open_with_log(log, storage, dir, &topic, config).await
+        Self::open_with_log(log, storage, dir, config).await
     }
 
     /// Opens the replica of `log`, a partition log already opened (and recovered) in
     /// `dir` (the engine opens every partition's log when it starts; the replica wraps
     /// it rather than opening it twice): the journal, and the window of entries rebuilt
-    /// from both. `topic` is the partition's configuration, checked as [`Replica::open`]
-    /// checks it. From then on the log is written only through this replica, and its
-    /// readers see only committed batches.
+    /// from both. From then on the log is written only through this replica, its readers
+    /// see only committed batches, and its retention deletes nothing the window holds.
     pub async fn open_with_log(
         log: PartitionLog<S>,
         storage: S,
         dir: &Path,
-        topic: &TopicConfig,
         config: &ReplicaConfig,
     ) -> Result<Replica<S>, ReplicaError> {
         let id = log.id().clone();
-        // The log runs with its own configuration: neither may ask for retention.
-        refuse_unsupported(&id, topic)?;
-        refuse_unsupported(&id, &log.config())?;
         let journal_error = |source| ReplicaError::Journal {
             partition: id.clone(),
             source,
@@ -266,6 +267,14 @@ impl<S: Storage> Replica<S> {
             }
         }
         let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
+        if state.fill_from.is_none() {
+            // Everything below the anchor is committed and out of the window: retention
+            // may have it, once the anchor read back is sure to survive a power loss.
+            if state.anchor.offset > log.offsets().log_start {
+                journal.sync().await.map_err(journal_error)?;
+            }
+            log.bound_retention(state.anchor.offset);
+        }
         let applied = state.hard_state.commit.min(table.last_index());
         let storage = RaftStorage::new(storage::State {
             table,
@@ -304,6 +313,8 @@ impl<S: Storage> Replica<S> {
             entry_cache_bytes_max: config.entry_cache_bytes_max,
             window_entries_keep: config.window_entries_keep.max(1),
             window_entries_max: config.window_entries_max.max(config.window_entries_keep),
+            ticks_since_anchor_sync: 0,
+            anchor_sync_ticks: config.anchor_sync_ticks,
             fill_from: state.fill_from.map(|_| high_watermark),
             fill_source: None,
             snapshot_ticks: HashMap::new(),
@@ -419,6 +430,7 @@ impl<S: Storage> Replica<S> {
     /// it must not campaign with a log it does not hold yet; nor does one rejoining; nor
     /// one asleep (`hibernation.rs`). A quiet leader asks its followers to sleep.
     pub fn tick(&mut self) {
+        self.ticks_since_anchor_sync = self.ticks_since_anchor_sync.saturating_add(1);
         if self.fill_from.is_some() || self.rejoin.is_some() || self.hibernation.asleep() {
             return;
         }
@@ -1007,7 +1019,10 @@ impl<S: Storage> Replica<S> {
     /// keeps, besides, the entries its followers that are in touch still need, up to
     /// `window_entries_max` behind the applied index; a follower further behind (or out
     /// of touch) gets a snapshot. The anchor is written without a sync: one lost in a
-    /// crash leaves a longer window, which is only slower to open.
+    /// crash leaves a longer window, which is only slower to open. At most every
+    /// `anchor_sync_ticks`, though, it is synced, and the log's retention may then delete
+    /// what lies below it: never below an anchor a crash could lose, or the window would
+    /// reopen reaching into deleted segments.
     async fn compact(&mut self) -> Result<(), ReplicaError> {
         let applied = self.node.raft.raft_log.applied;
         let mut target = applied.saturating_sub(self.window_entries_keep);
@@ -1036,11 +1051,16 @@ impl<S: Storage> Replica<S> {
                 offset: table.offset_at(target + 1),
             }
         };
+        let sync = self.ticks_since_anchor_sync >= self.anchor_sync_ticks;
         self.journal
-            .append(&[Record::Anchor(moved)], false)
+            .append(&[Record::Anchor(moved)], sync)
             .await
             .map_err(|source| self.journal_error(source))?;
         self.storage.state.borrow_mut().table.compact_to(moved);
+        if sync {
+            self.ticks_since_anchor_sync = 0;
+            self.log.bound_retention(moved.offset);
+        }
         Ok(())
     }
 
@@ -1121,11 +1141,19 @@ impl<S: Storage> Replica<S> {
             if log_end >= anchor.offset {
                 break;
             }
-            let Some(chunk) = source.fetch(&self.id, log_end, anchor.offset).await else {
+            let Some(fetched) = source.fetch(&self.id, log_end, anchor.offset).await else {
                 return Err(ReplicaError::Unsupported {
                     partition: self.id.clone(),
                     what: "a snapshot's fill, stopped with the node",
                 });
+            };
+            let chunk = match fetched {
+                Fetched::Batches(chunk) => chunk,
+                Fetched::StartsAt(start) if start > log_end => {
+                    self.restart_log(start.min(anchor.offset)).await?;
+                    continue;
+                }
+                Fetched::StartsAt(_) => continue,
             };
             let batches = snapshot::whole_batches(&chunk, log_end, anchor.offset)
                 .map_err(|reason| self.inconsistent(&reason))?;
@@ -1152,7 +1180,30 @@ impl<S: Storage> Replica<S> {
             .set_commit_end(anchor.offset)
             .await
             .map_err(|source| log_error(&self.id, source))?;
+        self.ticks_since_anchor_sync = 0;
+        self.log.bound_retention(anchor.offset);
         tracing::info!(partition = %self.id, offset = anchor.offset, "snapshot installed");
+        Ok(())
+    }
+
+    /// Empties the log being filled and starts it again at `offset`: the peer asked for
+    /// the batches from this log's end has none before `offset`, its retention having
+    /// deleted them (all replicas run the same retention, so the batches are gone for
+    /// good). A crash before the fill is done cuts the log back to its start, and the
+    /// fill asks again.
+    async fn restart_log(&mut self, offset: i64) -> Result<(), ReplicaError> {
+        tracing::info!(
+            partition = %self.id,
+            log_end = self.log.offsets().log_end,
+            offset,
+            "a peer's log starts past this one's end (retention there): starting this \
+             log again at its start"
+        );
+        self.log
+            .restart_at(offset)
+            .await
+            .map_err(|source| log_error(&self.id, source))?;
+        self.high_watermark = offset;
         Ok(())
     }
 
@@ -1552,20 +1603,6 @@ fn is_data(entry: &Entry) -> bool {
     entry.get_entry_type() == EntryType::EntryNormal && !entry.data.is_empty()
 }
 
-/// Refuses a topic configuration a replica cannot run with yet.
-fn refuse_unsupported(id: &PartitionId, topic: &TopicConfig) -> Result<(), ReplicaError> {
-    if topic.retention_ms().is_some() || topic.retention_bytes().is_some() {
-        // Retention would delete segments below the window, whose entries Raft still
-        // counts on; it needs snapshots and a moving anchor (not built yet).
-        return Err(ReplicaError::Unsupported {
-            partition: id.clone(),
-            what: "retention on a replicated partition (set retention.ms and \
-                   retention.bytes to -1)",
-        });
-    }
-    Ok(())
-}
-
 fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
     ReplicaError::Log {
         partition: partition.clone(),
@@ -1583,13 +1620,14 @@ async fn open_window<S: Storage>(
     state: &crate::journal::JournalState,
 ) -> Result<(EntryTable, i64), ReplicaError> {
     if let Some(fill_from) = state.fill_from {
-        let fill_from = fill_from.min(log.offsets().log_end);
         if log.offsets().log_end > fill_from {
             log.truncate_to(fill_from)
                 .await
                 .map_err(|source| log_error(id, source))?;
         }
-        return Ok((EntryTable::new(state.anchor), fill_from));
+        // The log may start past what it trusted (the fill started it again there,
+        // `Replica::restart_log`): a cut stops at its start.
+        return Ok((EntryTable::new(state.anchor), log.offsets().log_end));
     }
     let table = rebuild(id, log, journal, state).await?;
     // Applying an entry only moves the high watermark (configuration changes are recorded

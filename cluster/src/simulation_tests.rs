@@ -18,7 +18,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-use bytes::Bytes;
 use futures::channel::oneshot;
 use futures::future::LocalBoxFuture;
 use raft::eraftpb::Message;
@@ -29,7 +28,7 @@ use ringlog_engine::testing::Rng;
 
 use crate::hibernation::Signal;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
-use crate::snapshot::FillSource;
+use crate::snapshot::{Fetched, FillSource};
 use crate::tests::{batch, config, id, read_from_first, topic, values, MAX_MESSAGE_BYTES, NODES};
 
 /// True with probability `percent` in 100.
@@ -90,7 +89,7 @@ impl FillSource for OtherLogs {
         _partition: &PartitionId,
         offset: i64,
         _offset_end: i64,
-    ) -> LocalBoxFuture<'static, Option<Bytes>> {
+    ) -> LocalBoxFuture<'static, Option<Fetched>> {
         let others: Vec<_> = (self.logs.borrow().iter())
             .filter(|(node, _)| **node != self.node)
             .map(|(_, log)| log.clone())

@@ -58,18 +58,29 @@ pub fn decode_data(data: &[u8]) -> Option<i64> {
     (offset >= 0).then_some(offset)
 }
 
+/// What a peer answered a fill with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fetched {
+    /// Whole batches from the offset asked for on (a cut last batch is allowed; the
+    /// replica drops it).
+    Batches(Bytes),
+    /// The peer's log starts at this offset, past the one asked for: its retention
+    /// deleted the batches before it.
+    StartsAt(i64),
+}
+
 /// Where a replica fetches the batches a snapshot's fill needs.
 pub trait FillSource {
     /// Whole batches of `partition`'s committed log from the one at `offset` on, ending at
-    /// or before `offset_end` (a cut last batch is allowed; the replica drops it). Waits
-    /// and retries (other peers, with a backoff) until some peer answers with at least one
-    /// batch; `None` only when the node is stopping.
+    /// or before `offset_end`, or where a peer's log starts if that is past `offset`.
+    /// Waits and retries (other peers, with a backoff) until some peer answers with at
+    /// least one batch or its log's start; `None` only when the node is stopping.
     fn fetch(
         &self,
         partition: &PartitionId,
         offset: i64,
         offset_end: i64,
-    ) -> LocalBoxFuture<'static, Option<Bytes>>;
+    ) -> LocalBoxFuture<'static, Option<Fetched>>;
 }
 
 /// The whole batches at the front of `bytes`: the first at `offset`, each next where the

@@ -2,21 +2,23 @@
 //! real files: a follower cut off while its leader's window moves past it catches up by a
 //! snapshot whose batches it copies from a peer's log, and a fill cut short by a crash is
 //! done again when the replica opens. After each, every replica's log is the same bytes.
+//! With retention on, a follower whose peers deleted what it lacks starts its log where
+//! theirs start, and retention never deletes what a window holds.
 
 use std::cell::Cell;
 use std::path::Path;
 use std::rc::Rc;
 
-use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use ringlog_engine::log::{PartitionId, PartitionLog};
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
+use ringlog_engine::topic::TopicConfig;
 
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
-use crate::snapshot::FillSource;
+use crate::snapshot::{Fetched, FillSource};
 use crate::tests::{
-    answered, assert_identical, config, id, read_from_first, topic, Cluster, NODES,
+    answered, assert_identical, config, id, read_from_first, topic, values_from, Cluster, NODES,
 };
 
 /// A window of 4 applied entries, at most 8 kept for followers: snapshots come quickly.
@@ -43,7 +45,7 @@ impl FillSource for PeerLogs {
         _partition: &PartitionId,
         offset: i64,
         _offset_end: i64,
-    ) -> LocalBoxFuture<'static, Option<Bytes>> {
+    ) -> LocalBoxFuture<'static, Option<Fetched>> {
         if let Some(left) = self.chunks_left.get() {
             if left == 0 {
                 return Box::pin(async { None });
@@ -319,4 +321,135 @@ fn a_wiped_follower_votes_for_no_one_lacking_what_it_acknowledged_before() {
         cluster.close().await;
     })
     .unwrap();
+}
+
+/// Segments of 4 KiB (about 40 of the tests' batches) and retention of nothing more than
+/// it must keep: only the anchor bounds what retention deletes.
+fn retained() -> TopicConfig {
+    let mut config = topic();
+    config
+        .apply_all([("segment.bytes", "4096"), ("retention.bytes", "0")])
+        .unwrap();
+    config
+}
+
+/// Every replica's committed batches from the highest log start on (where retention left
+/// them all), which must be the same bytes; returns their values.
+async fn assert_identical_tails(cluster: &Cluster) -> Vec<String> {
+    let from = (cluster.replicas.values())
+        .map(|replica| replica.log().offsets().log_start)
+        .max()
+        .unwrap();
+    let mut tails = Vec::new();
+    for (node, replica) in &cluster.replicas {
+        let tail = replica.log().read_bytes(from, 64 << 20).await.unwrap();
+        if let Some((_, first)) = tails.first() {
+            assert_eq!(&tail, first, "node {node}'s log differs from {from} on");
+        }
+        tails.push((*node, tail));
+    }
+    values_from(&tails[0].1, from)
+}
+
+#[test]
+fn a_follower_whose_peers_deleted_what_it_lacks_starts_its_log_where_theirs_start() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with_topic(dir.path(), small_window, retained()).await;
+        let (leader, follower) = leave_behind(&mut cluster, 200).await;
+        let follower_end = cluster.replicas[&follower].log().offsets().log_end;
+        for (node, replica) in &cluster.replicas {
+            let deleted = replica.log().enforce_retention().await.unwrap();
+            let log_start = replica.log().offsets().log_start;
+            let anchor = replica.anchor();
+            assert!(
+                log_start <= anchor.offset,
+                "node {node}: retention deleted into the window ({log_start} > {anchor:?})"
+            );
+            if *node != follower {
+                assert!(
+                    deleted > 0 && log_start > follower_end,
+                    "node {node}: {log_start}"
+                );
+            }
+        }
+
+        // The follower installs the snapshot; its first fetch finds the peers' logs
+        // starting past its end, and it starts its own there. Then a crash, one chunk
+        // later.
+        fill_from_peers(&mut cluster, follower, Some(2));
+        cluster.isolated.clear();
+        let mut stopped = false;
+        for _ in 0..100 {
+            cluster.tick();
+            if let Err(error) = try_settle(&mut cluster).await {
+                assert!(matches!(error, ReplicaError::Unsupported { .. }), "{error}");
+                stopped = true;
+                break;
+            }
+        }
+        assert!(stopped, "the fill stopped part-way");
+        let restarted_at = cluster.replicas[&follower].log().offsets().log_start;
+        assert!(restarted_at > follower_end, "{restarted_at}");
+        drop(cluster.replicas.remove(&follower));
+        let follower_dir = cluster.dir().join(format!("node-{follower}"));
+        let reopened = Replica::open(
+            DiskStorage,
+            &follower_dir,
+            id(),
+            retained(),
+            &small_window(follower),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reopened.log().offsets().log_start, restarted_at);
+        cluster.replicas.insert(follower, reopened);
+        fill_from_peers(&mut cluster, follower, None);
+        catch_up(&mut cluster, follower, 600).await;
+
+        let values = assert_identical_tails(&cluster).await;
+        assert_eq!(values.last().unwrap(), "r199-2");
+        let from = 600 - values.len();
+        assert_eq!(values[0], format!("r{}-{}", from / 3, from % 3));
+
+        // It goes on as any follower, and all of it survives a restart.
+        let mut more = cluster.propose(leader, "after", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 600);
+        let dir = cluster.close().await;
+        let mut cluster = Cluster::open_with_topic(&dir, small_window, retained()).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut last = cluster.propose(leader, "restarted", 1);
+        cluster.settle().await;
+        assert_eq!(answered(&mut last).unwrap().unwrap().offset_first, 602);
+        assert_eq!(
+            assert_identical_tails(&cluster).await.last().unwrap(),
+            "restarted-0"
+        );
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+/// One round of `Cluster::settle`, stopping at the first replica error.
+async fn try_settle(cluster: &mut Cluster) -> Result<(), ReplicaError> {
+    for _ in 0..50 {
+        for replica in cluster.replicas.values_mut() {
+            if replica.has_ready() {
+                let sent = replica.process_ready().await?;
+                cluster.in_flight.extend(sent);
+            }
+        }
+        for message in std::mem::take(&mut cluster.in_flight) {
+            if cluster.isolated.contains(&message.to) || cluster.isolated.contains(&message.from) {
+                continue;
+            }
+            cluster
+                .replicas
+                .get_mut(&message.to)
+                .unwrap()
+                .step(message)?;
+        }
+    }
+    Ok(())
 }

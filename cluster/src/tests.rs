@@ -19,6 +19,7 @@ use ringlog_engine::topic::TopicConfig;
 
 use crate::hibernation::Signal;
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::snapshot::Fetched;
 
 pub(crate) const NODES: [u64; 3] = [1, 2, 3];
 pub(crate) const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -46,6 +47,7 @@ pub(crate) fn config(node_id: u64) -> ReplicaConfig {
         election_ticks: 10,
         heartbeat_ticks: 2,
         hibernate: false,
+        anchor_sync_ticks: 0,
         entry_cache_bytes_max: crate::limits::ENTRY_CACHE_BYTES_MAX,
         window_entries_keep: crate::limits::WINDOW_ENTRIES_KEEP,
         window_entries_max: crate::limits::WINDOW_ENTRIES_MAX,
@@ -74,13 +76,23 @@ impl Cluster {
 
     /// Opens the replicas with the configuration `config` gives each node.
     pub(crate) async fn open_with(dir: &Path, config: impl Fn(u64) -> ReplicaConfig) -> Cluster {
+        Self::open_with_topic(dir, config, topic()).await
+    }
+
+    /// Opens the replicas with the configuration `config` gives each node, of a partition
+    /// configured as `topic`.
+    pub(crate) async fn open_with_topic(
+        dir: &Path,
+        config: impl Fn(u64) -> ReplicaConfig,
+        topic: TopicConfig,
+    ) -> Cluster {
         let mut replicas = BTreeMap::new();
         for node in NODES {
             let replica = Replica::open(
                 DiskStorage,
                 &dir.join(format!("node-{node}")),
                 id(),
-                topic(),
+                topic.clone(),
                 &config(node),
             )
             .await
@@ -229,9 +241,14 @@ impl Cluster {
 /// The values of a log's records in offset order, checking offsets are dense from 0 and
 /// each batch carries a leader epoch.
 pub(crate) fn values(log: &[u8]) -> Vec<String> {
+    values_from(log, 0)
+}
+
+/// [`values`] of batches that start at `offset`.
+pub(crate) fn values_from(log: &[u8], offset: i64) -> Vec<String> {
     let mut values = Vec::new();
     let mut rest = log;
-    let mut offset = 0;
+    let mut offset = offset;
     while !rest.is_empty() {
         let (batch, after) = RecordBatch::parse(rest).unwrap();
         assert_eq!(batch.base_offset(), offset, "offsets are dense");
@@ -247,20 +264,31 @@ pub(crate) fn values(log: &[u8]) -> Vec<String> {
 }
 
 /// What a peer serves a fill: up to `chunk_bytes` of batches from `offset`, from the first
-/// of `logs` that holds the offset (committed batches are the same bytes on every replica).
+/// of `logs` that holds the offset (committed batches are the same bytes on every replica);
+/// failing that, the lowest start of those that start past it (their retention deleted
+/// it).
 pub(crate) async fn read_from_first(
     logs: Vec<PartitionLog<DiskStorage>>,
     offset: i64,
     chunk_bytes: u64,
-) -> Bytes {
+) -> Fetched {
+    let mut starts = None;
     for log in logs {
+        let log_start = log.offsets().log_start;
+        if offset < log_start {
+            starts = Some(starts.map_or(log_start, |s: i64| s.min(log_start)));
+            continue;
+        }
         if let Ok(bytes) = log.read_bytes(offset, chunk_bytes).await {
             if !bytes.is_empty() {
-                return Bytes::from(bytes);
+                return Fetched::Batches(Bytes::from(bytes));
             }
         }
     }
-    panic!("no other replica's log holds offset {offset}");
+    match starts {
+        Some(start) => Fetched::StartsAt(start),
+        None => panic!("no other replica's log holds offset {offset}"),
+    }
 }
 
 pub(crate) fn answered(answer: &mut Answer) -> Option<Result<Appended, ReplicaError>> {
@@ -503,18 +531,13 @@ fn a_request_of_several_batches_is_one_proposal_and_an_empty_one_is_refused() {
 }
 
 #[test]
-fn a_replica_refuses_retention_and_a_log_whose_journal_is_gone() {
+fn a_replica_refuses_a_log_whose_journal_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
         let open = |topic: TopicConfig| {
             let dir = dir.path().join("node-1");
             async move { Replica::open(DiskStorage, &dir, id(), topic, &config(1)).await }
         };
-        let retained = open(TopicConfig::default()).await.err().unwrap();
-        assert!(
-            matches!(retained, ReplicaError::Unsupported { .. }),
-            "{retained:?}"
-        );
         // A single voter commits alone: a log with one record.
         let mut alone = Replica::open(
             DiskStorage,

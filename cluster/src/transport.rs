@@ -49,7 +49,7 @@
 //! | kind | field after the partition                                              |
 //! |-----:|------------------------------------------------------------------------|
 //! |    3 | `offset i64` (≥ 0), `max_bytes u32` (1 ..= `FILL_CHUNK_BYTES_MAX`)     |
-//! |    4 | `offset i64` (≥ 0), the batches from it, to the end of the frame (none: the peer cannot serve that offset now) |
+//! |    4 | `offset i64` (≥ 0), `log_start i64` (≥ 0, the peer's log start), the batches from `offset`, to the end of the frame (none: the peer cannot serve that offset now, or, if `log_start` is past `offset`, its retention deleted it) |
 //!
 //! The rejoin frames (`rejoin.rs`): a replica rejoining its group with no memory of it asks
 //! each other voter for its term and last entry; the voter answers on its own connection
@@ -236,9 +236,11 @@ pub enum Payload {
         offset: i64,
         max_bytes: u32,
     },
-    /// Answers a fill request: the batches from `offset` on (empty: not servable now).
+    /// Answers a fill request: the batches from `offset` on (empty: not servable now, or,
+    /// with `log_start` past `offset`, deleted by the peer's retention).
     FillChunk {
         offset: i64,
+        log_start: i64,
         batches: bytes::Bytes,
     },
     /// A rejoining replica asks for the group's term and last entry here (`rejoin.rs`).
@@ -505,8 +507,19 @@ fn decode_fill(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameErr
         }
         Payload::FillRequest { offset, max_bytes }
     } else {
+        let log_start = i64::from_be_bytes(fields.array("log start")?);
+        if log_start < 0 {
+            return Err(FrameError::FillOutOfBounds {
+                field: "log start",
+                value: log_start,
+            });
+        }
         let batches = bytes::Bytes::copy_from_slice(fields.bytes);
-        Payload::FillChunk { offset, batches }
+        Payload::FillChunk {
+            offset,
+            log_start,
+            batches,
+        }
     };
     Ok((topic, partition, payload))
 }
@@ -708,9 +721,16 @@ fn encode_group_frame(
             assert!(*offset >= 0, "fill offset {offset}");
             (Kind::FillRequest, 8 + 4)
         }
-        Payload::FillChunk { offset, batches } => {
-            assert!(*offset >= 0, "fill offset {offset}");
-            (Kind::FillChunk, 8 + batches.len())
+        Payload::FillChunk {
+            offset,
+            log_start,
+            batches,
+        } => {
+            assert!(
+                *offset >= 0 && *log_start >= 0,
+                "fill {offset}, {log_start}"
+            );
+            (Kind::FillChunk, 2 * 8 + batches.len())
         }
         Payload::RejoinAsk => (Kind::RejoinAsk, 0),
         Payload::RejoinAnswer(state) => {
@@ -736,8 +756,13 @@ fn encode_group_frame(
             out.extend_from_slice(&offset.to_be_bytes());
             out.extend_from_slice(&max_bytes.to_be_bytes());
         }
-        Payload::FillChunk { offset, batches } => {
+        Payload::FillChunk {
+            offset,
+            log_start,
+            batches,
+        } => {
             out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(&log_start.to_be_bytes());
             out.extend_from_slice(batches);
         }
         Payload::RejoinAnswer(state) => {

@@ -764,6 +764,29 @@ fn fill_cases() -> Vec<BadCase> {
             },
         ),
         case(
+            "a fill chunk from a negative log start",
+            frame(KIND_FILL_CHUNK, &fill_body(0, &(-5i64).to_be_bytes())),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::FillOutOfBounds {
+                        field: "log start",
+                        value: -5
+                    }
+                )
+            },
+        ),
+        case(
+            "a fill chunk without its log start",
+            frame(KIND_FILL_CHUNK, &fill_body(0, &[0; 7])),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated { field: "log start" }
+                )
+            },
+        ),
+        case(
             "a fill request for no bytes",
             frame(KIND_FILL_REQUEST, &fill_body(0, &0u32.to_be_bytes())),
             |error| {
@@ -912,10 +935,12 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
         };
         let chunk = Payload::FillChunk {
             offset: 7,
+            log_start: 0,
             batches: bytes::Bytes::from(vec![5; 100_000]),
         };
         let unservable = Payload::FillChunk {
             offset: 0,
+            log_start: 4096,
             batches: bytes::Bytes::new(),
         };
         transport.send(2, "topic", 3, &message(1, 2, 1, 10));

@@ -88,6 +88,12 @@ pub use producers::{ProducerBatch, ProducerError, Verdict as ProducerCheck};
 pub use read::{FetchSlice, FileRange, FoundOffset, ReadRange};
 pub use scan::ScanStop;
 
+/// The file in which `ringlog-cluster` keeps a partition's Raft journal, beside its
+/// segments. The engine only looks for it: a log whose directory holds one is a Raft
+/// group's, and retention deletes nothing of it until its replica bounds it
+/// ([`PartitionLog::bound_retention`]).
+pub const RAFT_JOURNAL_FILE: &str = "raft.journal";
+
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use recovery::{scan_segment, SegmentScan};
 
@@ -300,6 +306,10 @@ pub(crate) struct State<S: Storage> {
     pub(crate) truncations: u64,
     /// Each leader epoch's first offset, as far as the log was scanned (`log/epochs.rs`).
     pub(crate) epochs: epochs::Epochs,
+    /// For a Raft group's log: retention deletes no segment that does not end at or below
+    /// this offset (its replica's durable anchor, [`PartitionLog::bound_retention`]).
+    /// `None`: retention is bounded only by the topic's configuration.
+    pub(crate) retention_bound: Option<i64>,
 }
 
 impl<S: Storage> State<S> {
@@ -647,6 +657,26 @@ impl<S: Storage> PartitionLog<S> {
     pub async fn enforce_retention(&self) -> Result<usize, LogError> {
         let (reply, done) = oneshot::channel();
         self.send(Command::Retention { reply }).await?;
+        done.await.map_err(|_| self.closed())?
+    }
+
+    /// Lets retention delete the segments of this log that end at or below `offset`, and
+    /// none beyond: a Raft group's replica keeps the entries of its window (from its
+    /// durable anchor's offset on) out of retention's reach. The bound only moves forward.
+    pub fn bound_retention(&self, offset: i64) {
+        let mut state = self.shared.state.borrow_mut();
+        state.retention_bound = Some(state.retention_bound.map_or(offset, |b| b.max(offset)));
+    }
+
+    /// Empties the log and starts it again at `offset`, past its end (Kafka's "truncate
+    /// fully and start at"): every segment and producer snapshot is deleted and a new, empty
+    /// segment begins at `offset`; the producer state and leader epochs start empty, and a
+    /// replicated log's commit end moves to `offset`. For a replica whose snapshot's fill
+    /// finds its peers' logs starting past its own end, because retention there deleted
+    /// what it lacks. Returns the new log start offset.
+    pub async fn restart_at(&self, offset: i64) -> Result<i64, LogError> {
+        let (reply, done) = oneshot::channel();
+        self.send(Command::RestartAt { offset, reply }).await?;
         done.await.map_err(|_| self.closed())?
     }
 

@@ -295,23 +295,12 @@ fn bind_all(
 }
 
 /// Joins the cluster: the internal listener, the controller, a replica of every
-/// partition. Replicated topics keep all their data (retention needs snapshots, which are
-/// not built yet), so the topic defaults lose theirs.
+/// partition.
 fn start_cluster(
     engine: &Engine,
     config: &mut ServerConfig,
     membership: &ClusterMembership,
 ) -> Result<Cluster, ServerError> {
-    if config.topic_defaults.retention_ms().is_some()
-        || config.topic_defaults.retention_bytes().is_some()
-    {
-        tracing::info!(
-            "replicated topics keep all their data: retention.ms and retention.bytes default \
-             to -1 in a cluster (retention needs snapshots, not built yet)"
-        );
-        config.set_topic_default("retention.ms", "-1")?;
-        config.set_topic_default("retention.bytes", "-1")?;
-    }
     let cluster_config = ClusterConfig {
         node_id: membership.node_id,
         peers: (membership.peers.iter())

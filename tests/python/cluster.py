@@ -68,15 +68,15 @@ def create_topic(bootstrap, topic, partitions):
 
 
 def refused_topic(servers):
-    """Creates a topic the cluster must refuse (retention on a replicated topic); returns
-    the error's name. A refusal that only applying found would stop the controller, and
-    every later creation with it."""
+    """Creates a topic the cluster must refuse (more partitions than a topic may have);
+    returns the error's name. A refusal that only applying found would stop the
+    controller, and every later creation with it."""
     deadline = time.monotonic() + DEADLINE_S
     while True:
         admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
         try:
             admin.create_topics(
-                [NewTopic("refused", 1, 3, topic_configs={"retention.ms": "86400000"})]
+                [NewTopic("refused", 100_001, 3)]
             )
             return None
         except KafkaError as error:

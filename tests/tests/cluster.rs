@@ -258,8 +258,8 @@ fn leader_killed(mode: &'static str, idempotent: bool, asleep: bool) {
     assert_eq!(result["acknowledged"], COUNT, "{result}");
     assert_eq!(result["offsets_dense"], true, "{result}");
     assert_eq!(
-        result["refused"], "InvalidConfigurationError",
-        "retention on a replicated topic is refused before the controller commits it: {result}"
+        result["refused"], "InvalidPartitionsError",
+        "a topic of too many partitions is refused before the controller commits it: {result}"
     );
     if idempotent {
         assert_eq!(

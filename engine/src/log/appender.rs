@@ -85,6 +85,10 @@ pub(crate) enum Command {
         offset: i64,
         reply: oneshot::Sender<Result<i64, LogError>>,
     },
+    RestartAt {
+        offset: i64,
+        reply: oneshot::Sender<Result<i64, LogError>>,
+    },
     Retention {
         reply: oneshot::Sender<Result<usize, LogError>>,
     },
@@ -238,6 +242,9 @@ impl<S: Storage> Appender<S> {
                 }
                 Command::DeleteBefore { offset, reply } => {
                     let _ = reply.send(retention::delete_before(&shared, offset).await);
+                }
+                Command::RestartAt { offset, reply } => {
+                    let _ = reply.send(retention::restart_at(&shared, offset).await);
                 }
                 Command::Retention { reply } => {
                     let _ = reply.send(retention::apply(&shared, now_ms()).await);

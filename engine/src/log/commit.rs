@@ -125,6 +125,16 @@ impl Commit {
         assert!(self.end <= log_end, "a truncation cut committed batches");
     }
 
+    /// The log was emptied and starts again at `offset`, past everything it held
+    /// ([`PartitionLog::restart_at`]): nothing is above the commit end, which is `offset`
+    /// at the start of the new segment.
+    pub(crate) fn on_restarted(&mut self, offset: i64) {
+        assert!(offset >= self.end, "a restart moved the commit end back");
+        self.end = offset;
+        self.position = (offset, 0);
+        self.above.clear();
+    }
+
     /// Drops the batch ends at or below `commit_end`; the position of the batch starting
     /// at `commit_end` if one of them ends there.
     fn pass(&mut self, commit_end: i64) -> Option<(i64, u64)> {

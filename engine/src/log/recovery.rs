@@ -137,6 +137,12 @@ pub(crate) async fn open<S: Storage>(
         commit: None,
         truncations: 0,
         epochs: super::epochs::Epochs::new(log_start),
+        // A Raft group's log deletes nothing by retention until its replica says how far
+        // its window leaves the log to retention: the engine opens every partition when it
+        // starts, before the replica wraps it.
+        retention_bound: (names.iter())
+            .any(|name| name == super::RAFT_JOURNAL_FILE)
+            .then_some(log_start),
     };
     state.assert_at_rest();
     Ok(Shared {

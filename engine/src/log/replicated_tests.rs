@@ -10,6 +10,11 @@
 //! read is served (buffered file ranges, direct-I/O file ranges, the batch cache); waiters
 //! wake when it moves; ordinary appends, a commit end moving back, past the log or into a
 //! batch, and truncation below it are refused.
+//!
+//! And of what a Raft group's replica needs of retention: a log whose directory holds a
+//! Raft journal deletes nothing until its replica bounds retention, never a segment past
+//! the bound; and a log emptied and started again past its end (`restart_at`) takes the
+//! leader's batches from there, keeps its commit end, and reopens as it was left.
 
 use std::path::Path;
 
@@ -564,6 +569,118 @@ fn truncation_cuts_above_the_commit_end_only() {
             log.set_commit_end(10).await.unwrap();
             committed.extend_from_slice(&replaced[1]);
             assert_visible(&log, 10, &committed).await;
+            log.close().await.unwrap();
+        });
+    });
+}
+
+/// Small segments and retention of everything (a byte kept is too many): what retention
+/// may delete, only the bound decides.
+fn retain_nothing(config: TopicConfig) -> TopicConfig {
+    let mut config = config;
+    config
+        .apply_all([("segment.bytes", "4096"), ("retention.bytes", "0")])
+        .unwrap();
+    config
+}
+
+/// The base offsets of the log's segment files.
+fn segment_bases(dir: &Path) -> Vec<i64> {
+    let mut bases: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+#[test]
+fn retention_of_a_raft_groups_log_stops_at_its_bound() {
+    for_each_read_path(|dir, config| {
+        run(async {
+            let config = retain_nothing(config);
+            let log = open(dir, 0, config.clone()).await;
+            log.set_commit_end(0).await.unwrap();
+            // Ten segments of one 3,000-byte batch each (a batch larger than what is left
+            // of a segment rolls it).
+            let batches = replicate(&log, 0, &[1; 10], 3000).await;
+            log.set_commit_end(10).await.unwrap();
+            log.close().await.unwrap();
+            std::fs::write(dir.join(RAFT_JOURNAL_FILE), b"").unwrap();
+
+            // Reopened as the engine opens every log at start: a Raft group's, not yet
+            // wrapped by its replica. Retention deletes nothing.
+            let log = open(dir, 0, config).await;
+            assert_eq!(log.enforce_retention().await.unwrap(), 0);
+            assert_eq!(segment_bases(dir), (0..10).collect::<Vec<_>>());
+
+            // Bounded at offset 4: segments 0..=3 end at or below it and go.
+            log.bound_retention(4);
+            assert_eq!(log.enforce_retention().await.unwrap(), 4);
+            assert_eq!(log.offsets().log_start, 4);
+            assert_eq!(segment_bases(dir), (4..10).collect::<Vec<_>>());
+            // The bound never moves back.
+            log.bound_retention(2);
+            assert_eq!(log.enforce_retention().await.unwrap(), 0);
+            log.bound_retention(7);
+            assert_eq!(log.enforce_retention().await.unwrap(), 3);
+            assert_eq!(segment_bases(dir), (7..10).collect::<Vec<_>>());
+            log.set_commit_end(10).await.unwrap();
+            assert_visible(&log, 10, &concat(&batches[7..])).await;
+            // The active segment is never deleted, whatever the bound.
+            log.bound_retention(i64::MAX);
+            assert_eq!(log.enforce_retention().await.unwrap(), 2);
+            assert_eq!(segment_bases(dir), [9]);
+            log.close().await.unwrap();
+        });
+    });
+}
+
+#[test]
+fn a_log_restarted_past_its_end_takes_batches_from_there_and_reopens_so() {
+    for_each_read_path(|dir, config| {
+        run(async {
+            let log = open(dir, 0, config.clone()).await;
+            log.set_commit_end(0).await.unwrap();
+            replicate(&log, 0, &[3, 2], 100).await;
+            log.set_commit_end(3).await.unwrap();
+
+            // Not past the end: refused, nothing changes.
+            let refused = log.restart_at(5).await.unwrap_err();
+            assert!(matches!(
+                refused,
+                LogError::OffsetOutOfRange { offset: 5, .. }
+            ));
+            assert_eq!(log.offsets().log_end, 5);
+
+            assert_eq!(log.restart_at(40).await.unwrap(), 40);
+            let offsets = log.offsets();
+            assert_eq!(
+                (offsets.log_start, offsets.log_end, offsets.high_watermark),
+                (40, 40, 40)
+            );
+            assert_eq!(segment_bases(dir), [40]);
+            assert!(
+                log.read(3, 1024).await.is_err(),
+                "nothing below the new start"
+            );
+            // A batch that does not start at the new end is refused; the leader's are taken.
+            assert!(log
+                .append_replicated(batch_at(41, 1, 10), Ack::Durable)
+                .await
+                .is_err());
+            let batches = replicate(&log, 40, &[2, 4], 100).await;
+            log.set_commit_end(42).await.unwrap();
+            assert_visible(&log, 42, &batches[0]).await;
+            log.close().await.unwrap();
+
+            let log = open(dir, 0, config).await;
+            log.set_commit_end(46).await.unwrap();
+            assert_eq!(log.offsets().log_start, 40);
+            assert_visible(&log, 46, &concat(&batches)).await;
             log.close().await.unwrap();
         });
     });

@@ -1,16 +1,18 @@
 //! Dropping data from a partition log: retention by time and size (whole closed segments,
-//! oldest first), deletion of records below an offset (DeleteRecords), and truncation of
-//! the end (after a failed write is recovered, or by an operator). Producer snapshots go
-//! with the segments below them; truncation rebuilds the producer state.
+//! oldest first, never past a Raft group's bound), deletion of records below an offset
+//! (DeleteRecords), truncation of the end (after a failed write is recovered, by an
+//! operator, or by a replica), and a restart of an emptied log at a later offset (a
+//! replica catching up with peers whose retention deleted what it lacks). Producer
+//! snapshots go with the segments below them; truncation rebuilds the producer state.
 //!
-//! All three run on the appender task, between group commits. Files are removed only after
-//! the new log start offset is in the checkpoint, and the directory is fsynced after, so a
-//! crash in between leaves either the old or the new log start, never a hole.
+//! All of them run on the appender task, between group commits. Files are removed only
+//! after the new log start offset is in the checkpoint, and the directory is fsynced after,
+//! so a crash in between leaves either the old or the new log start, never a hole.
 
 use std::time::Duration;
 
 use super::checkpoint;
-use super::segment::segment_path;
+use super::segment::{segment_path, Segment};
 use super::{LogError, Shared};
 use crate::limits::RETENTION_CHECK_INTERVAL_MS;
 use crate::storage::{Storage, StorageFile};
@@ -45,10 +47,14 @@ pub(crate) async fn apply<S: Storage>(shared: &Shared<S>, now_ms: i64) -> Result
         let state = shared.state.borrow();
         let retention_ms = state.config.retention_ms();
         let retention_bytes = state.config.retention_bytes();
+        let bound = state.retention_bound.unwrap_or(i64::MAX);
         let mut total: u64 = state.segments.values().map(|s| s.size_bytes).sum();
         let closed = state.segments.len().saturating_sub(1);
         let mut expired = Vec::new();
         for segment in state.segments.values().take(closed) {
+            if segment.offset_next > bound {
+                break;
+            }
             let too_old = retention_ms.is_some_and(|ms| {
                 segment.max_timestamp != i64::MIN
                     && segment.max_timestamp
@@ -128,6 +134,73 @@ pub(crate) async fn delete_before<S: Storage>(
         super::producer_snapshot::remove_outside(shared, first_base..=i64::MAX).await?;
     }
     Ok(log_start)
+}
+
+/// Empties the log and starts it again at `offset`, past its end
+/// ([`super::PartitionLog::restart_at`]). The new segment is created and the directory
+/// synced before the checkpoint names the new log start, and the old files go only after:
+/// a crash before the checkpoint leaves the old log with an empty segment after a gap,
+/// which recovery drops as an unfinished roll; a crash after it leaves the new log start
+/// with old segments below it.
+pub(crate) async fn restart_at<S: Storage>(
+    shared: &Shared<S>,
+    offset: i64,
+) -> Result<i64, LogError> {
+    let (log_start, log_end, direct, interval) = {
+        let state = shared.state.borrow();
+        (
+            state.log_start,
+            state.log_end,
+            state.config.io_mode() == crate::topic::IoMode::Direct,
+            state.config.index_interval_bytes(),
+        )
+    };
+    if offset <= log_end {
+        return Err(LogError::OffsetOutOfRange {
+            partition: shared.id.clone(),
+            offset,
+            log_start,
+            high_watermark: log_end,
+        });
+    }
+    if let Some(key) = shared.cache_key.get() {
+        shared.cache.remove_from(key, log_start);
+    }
+    let segment = Segment::open(&shared.storage, &shared.dir, offset, direct, interval)
+        .await
+        .map_err(|e| shared.error_io("create segment", e))?;
+    shared
+        .storage
+        .sync_dir(&shared.dir)
+        .await
+        .map_err(|e| shared.error_io("fsync directory", e))?;
+    let removed: Vec<i64> = {
+        let mut state = shared.state.borrow_mut();
+        state.truncations += 1;
+        let removed = state.segments.keys().copied().collect();
+        state.segments.clear();
+        // The old active segment's preallocation goes with its file.
+        shared.prealloc.release_all();
+        state.segments.insert(offset, segment);
+        state.log_start = offset;
+        state.log_end = offset;
+        state.offset_assign_next = offset;
+        state.durable_end = offset;
+        state.durable_position = Some(0);
+        state.producers = super::producers::Producers::default();
+        state.epochs = super::epochs::Epochs::new(offset);
+        if let Some(commit) = state.commit.as_mut() {
+            commit.on_restarted(offset);
+        }
+        state.truncations += 1;
+        state.assert_at_rest();
+        removed
+    };
+    shared.notify_waiters();
+    checkpoint::write(shared, false).await?;
+    remove_segment_files(shared, &removed).await?;
+    super::producer_snapshot::remove_outside(shared, offset..=i64::MAX).await?;
+    Ok(offset)
 }
 
 async fn remove_segment_files<S: Storage>(

@@ -117,9 +117,7 @@ async fn create_replicated(
     let outcome = if validate_only {
         let leads = cluster.controller() == Some(cluster.node_id());
         let checked = if leads {
-            cluster
-                .check_new_topic(name, partitions, &config)
-                .map(|_| ())
+            cluster.check_new_topic(name, partitions).map(|_| ())
         } else {
             Err(ClusterError::NotController {
                 leader: cluster.controller(),
