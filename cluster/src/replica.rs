@@ -313,7 +313,8 @@ impl<S: Storage> Replica<S> {
             entry_cache_bytes_max: config.entry_cache_bytes_max,
             window_entries_keep: config.window_entries_keep.max(1),
             window_entries_max: config.window_entries_max.max(config.window_entries_keep),
-            ticks_since_anchor_sync: 0,
+            // The first move of the anchor after opening is synced.
+            ticks_since_anchor_sync: config.anchor_sync_ticks,
             anchor_sync_ticks: config.anchor_sync_ticks,
             fill_from: state.fill_from.map(|_| high_watermark),
             fill_source: None,

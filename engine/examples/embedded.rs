@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         data_dir,
         runtime: RuntimeConfig::default(),
         batch_cache_bytes: 64 << 20,
+        retention_check_interval: None,
     })?;
     futures::executor::block_on(async {
         if engine.topic("greetings").is_none() {

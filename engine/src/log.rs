@@ -86,6 +86,7 @@ pub use epochs::EPOCH_UNDEFINED;
 pub use prealloc::PreallocBudget;
 pub use producers::{ProducerBatch, ProducerError, Verdict as ProducerCheck};
 pub use read::{FetchSlice, FileRange, FoundOffset, ReadRange};
+pub use retention::set_check_interval_for_this_thread as set_retention_check_interval_for_this_thread;
 pub use scan::ScanStop;
 
 /// The file in which `ringlog-cluster` keeps a partition's Raft journal, beside its

@@ -23,6 +23,7 @@
 //!     data_dir: dir.path().to_path_buf(),
 //!     runtime: RuntimeConfig { shards: 2, pin_threads: false },
 //!     batch_cache_bytes: 64 << 20,
+//!     retention_check_interval: None,
 //! };
 //! let engine = Engine::open(&config)?;
 //! futures::executor::block_on(async {
@@ -70,6 +71,9 @@ pub struct EngineConfig {
     /// Memory for the batch caches of direct-I/O logs, split evenly across the shards; 0
     /// turns them off (see `log/cache.rs`).
     pub batch_cache_bytes: u64,
+    /// How often each log applies its retention (Kafka's `log.retention.check.interval.ms`);
+    /// `None`: every `RETENTION_CHECK_INTERVAL_MS` (5 minutes).
+    pub retention_check_interval: Option<std::time::Duration>,
 }
 
 /// Errors of the engine's API.
@@ -205,8 +209,12 @@ impl Engine {
         let budget = PreallocBudget::for_dir(registry.data_dir());
         let shards = runtime.shards().to_vec();
         let per_shard = config.batch_cache_bytes / shards.len().max(1) as u64;
+        let retention_check_interval = config.retention_check_interval;
         let inits = shards.iter().map(|shard| {
-            shard.spawn(move || async move { crate::log::cache::init_for_this_thread(per_shard) })
+            shard.spawn(move || async move {
+                crate::log::cache::init_for_this_thread(per_shard);
+                crate::log::set_retention_check_interval_for_this_thread(retention_check_interval);
+            })
         });
         for (shard, init) in futures::executor::block_on(join_all(inits))
             .into_iter()

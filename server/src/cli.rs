@@ -248,6 +248,10 @@ pub struct ServeArgs {
     /// their last commit, in minutes (Kafka's offsets.retention.minutes; default 7 days).
     #[arg(long, value_name = "MINUTES")]
     pub offsets_retention_minutes: Option<u64>,
+    /// How often each partition applies its topic's retention, in ms (Kafka's
+    /// log.retention.check.interval.ms; default 300000, 5 minutes).
+    #[arg(long, value_name = "MS")]
+    pub retention_check_interval_ms: Option<u64>,
     /// Connections held at once, all shards together; more are closed as they are accepted
     /// (Kafka's max.connections; default: 16384 per shard, at most three quarters of the
     /// open-file limit).
@@ -320,6 +324,9 @@ impl ServeArgs {
         config.offsets_retention_minutes = self
             .offsets_retention_minutes
             .unwrap_or(config.offsets_retention_minutes);
+        config.retention_check_interval_ms = self
+            .retention_check_interval_ms
+            .unwrap_or(config.retention_check_interval_ms);
         config.batch_cache_bytes = self.batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
         config.set_client_limits(&ClientLimits {
             max_connections: self.max_connections,

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     /// How long the committed offsets of a group without members are kept after their last
     /// commit (Kafka's `offsets.retention.minutes`).
     pub offsets_retention_minutes: u64,
+    /// How often each partition applies its topic's retention (Kafka's
+    /// `log.retention.check.interval.ms`).
+    pub retention_check_interval_ms: u64,
     /// Connections held at once, all shards together (Kafka's `max.connections`); a
     /// connection over it is closed as it is accepted. `None`: the default, as many as the
     /// shards' bound ([`CONNECTIONS_PER_SHARD_MAX`] each) and three quarters of the
@@ -211,6 +214,8 @@ const CLUSTER_NODES_MAX: usize = 64;
 /// The longest `offsets_retention_minutes`: 100 years (also keeps it far from overflowing
 /// when turned into seconds).
 const OFFSETS_RETENTION_MINUTES_MAX: u64 = 100 * 366 * 24 * 60;
+/// The bounds of `retention_check_interval_ms`: 10 ms (tests) to a day.
+const RETENTION_CHECK_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400_000;
 /// The longest `group_initial_rebalance_delay_ms`: a group's first rebalance waits no more
 /// than 5 minutes.
 const GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
@@ -267,6 +272,7 @@ pub struct FileConfig {
     pub max_request_bytes: Option<usize>,
     pub group_initial_rebalance_delay_ms: Option<u64>,
     pub offsets_retention_minutes: Option<u64>,
+    pub retention_check_interval_ms: Option<u64>,
     pub batch_cache_bytes: Option<u64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
@@ -337,6 +343,7 @@ impl Default for ServerConfig {
             batch_cache_bytes: memory_bytes() / BATCH_CACHE_MEMORY_FRACTION_DEFAULT,
             group_initial_rebalance_delay_ms: 3000,
             offsets_retention_minutes: 7 * 24 * 60,
+            retention_check_interval_ms: ringlog_engine::limits::RETENTION_CHECK_INTERVAL_MS,
             max_connections: None,
             max_connections_per_ip: None,
             connections_max_idle_ms: CONNECTIONS_MAX_IDLE_MS_DEFAULT,
@@ -401,6 +408,7 @@ impl ServerConfig {
             max_request_bytes,
             group_initial_rebalance_delay_ms,
             offsets_retention_minutes,
+            retention_check_interval_ms,
             batch_cache_bytes,
             max_connections,
             max_connections_per_ip,
@@ -437,6 +445,8 @@ impl ServerConfig {
             group_initial_rebalance_delay_ms.unwrap_or(config.group_initial_rebalance_delay_ms);
         config.offsets_retention_minutes =
             offsets_retention_minutes.unwrap_or(config.offsets_retention_minutes);
+        config.retention_check_interval_ms =
+            retention_check_interval_ms.unwrap_or(config.retention_check_interval_ms);
         config.batch_cache_bytes = batch_cache_bytes.unwrap_or(config.batch_cache_bytes);
         config.set_client_limits(&ClientLimits {
             max_connections,
@@ -547,6 +557,13 @@ impl ServerConfig {
                 key: "offsets_retention_minutes",
                 value: self.offsets_retention_minutes.to_string(),
                 reason: "must be 1 minute to 100 years",
+            });
+        }
+        if !RETENTION_CHECK_INTERVAL_MS_RANGE.contains(&self.retention_check_interval_ms) {
+            return Err(LoadError::Invalid {
+                key: "retention_check_interval_ms",
+                value: self.retention_check_interval_ms.to_string(),
+                reason: "must be 10 to 86400000 (a day)",
             });
         }
         if self.batch_cache_bytes > memory_bytes() {
@@ -783,6 +800,10 @@ mod tests {
             (
                 "group_initial_rebalance_delay_ms = 300001",
                 "group_initial_rebalance_delay_ms",
+            ),
+            (
+                "retention_check_interval_ms = 9",
+                "retention_check_interval_ms",
             ),
         ] {
             let error = parse(text).unwrap_err().to_string();

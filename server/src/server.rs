@@ -139,6 +139,9 @@ impl Server {
                 pin_threads: true,
             },
             batch_cache_bytes: config.batch_cache_bytes,
+            retention_check_interval: Some(Duration::from_millis(
+                config.retention_check_interval_ms,
+            )),
         };
         let engine = Engine::open(&engine_config)?;
         choose_io_mode(&engine, &mut config)?;

@@ -47,13 +47,13 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 DEADLINE_S = 120.0
 
 
-def create_topic(bootstrap, topic, partitions):
+def create_topic(bootstrap, topic, partitions, configs=None):
     deadline = time.monotonic() + DEADLINE_S
     while True:
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
             try:
-                admin.create_topics([NewTopic(topic, partitions, 3)])
+                admin.create_topics([NewTopic(topic, partitions, 3, topic_configs=configs or {})])
             finally:
                 admin.close()
             return
@@ -333,11 +333,20 @@ def auto_create(bootstrap, topic, partitions, count, work_dir):
     print(json.dumps({"topics": read, "dense": dense}))
 
 
-def ship(bootstrap, topic, partitions, count, work_dir):
+# Segments of 16 KiB (about 230 of ship's single-record batches) of which 64 KiB are kept:
+# retention deletes most of what ship writes.
+RETAINED = {"segment.bytes": "16384", "retention.bytes": "65536"}
+
+
+def ship(bootstrap, topic, partitions, count, work_dir, configs=None):
+    """Writes `count` single-record batches to one partition, waits for the test to kill
+    (and maybe wipe and restart) a node, writes as many again, and reads the partition
+    back from its start: with retention (`configs`), that start is where retention left
+    it, and every acknowledged record from there on must be read once."""
     from confluent_kafka import Producer
 
     servers = bootstrap.split(",")
-    create_topic(servers, topic, partitions)
+    create_topic(servers, topic, partitions, configs)
     producer = Producer({"bootstrap.servers": bootstrap, "batch.num.messages": 1})
     acknowledged, failed = {}, []
 
@@ -375,15 +384,19 @@ def ship(bootstrap, topic, partitions, count, work_dir):
     produce_range(count)
     records = consume(servers, topic, partitions)
     read = [value for _, _, value in records]
+    offsets = [o for _, o, _ in records]
+    first = offsets[0] if offsets else 0
+    expected = {value for value, (_, offset) in acknowledged.items() if offset >= first}
     print(
         json.dumps(
             {
                 "acknowledged": len(acknowledged),
                 "failed": len(failed),
-                "lost": sorted(set(acknowledged) - set(read)),
+                "lost": sorted(expected - set(read)),
                 "duplicates": sorted(v for v, n in Counter(read).items() if n > 1),
                 "read": len(read),
-                "offsets_dense": [o for _, o, _ in records] == list(range(len(records))),
+                "first_offset": first,
+                "offsets_dense": offsets == list(range(first, first + len(records))),
             }
         )
     )
@@ -405,6 +418,7 @@ def main():
         "groups": groups,
         "auto-create": auto_create,
         "ship": ship,
+        "ship-retained": lambda *args: ship(*args, RETAINED),
     }
     if len(sys.argv) != 7 or sys.argv[1] not in modes:
         sys.exit(__doc__)

@@ -11,7 +11,10 @@
 //!   resumes, at the new coordinator, exactly after what it committed;
 //! - a producer bootstrapped at any one node auto-creates its topic there (a node that
 //!   does not lead the controller forwards the creation to the one that does);
-//! - a follower whose data directory is wiped catches up by a snapshot and rejoins.
+//! - a follower whose data directory is wiped catches up by a snapshot and rejoins;
+//! - the same on a topic with retention, whose leader deleted the start of its log before
+//!   the follower returned: the follower's log starts where the leader's does, and a
+//!   consumer reads every acknowledged record from there once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,10 +29,12 @@ const PARTITIONS: usize = 3;
 const COUNT: usize = 400;
 const WAIT: Duration = Duration::from_secs(120);
 
-/// The three nodes' flags: node ids 1..=3, internal listeners on free ports.
+/// The three nodes' flags: node ids 1..=3, internal listeners on free ports, and the
+/// test's own.
 struct Cluster {
     internal_ports: Vec<u16>,
     dirs: Vec<PathBuf>,
+    flags: Vec<(&'static str, &'static str)>,
 }
 
 impl Cluster {
@@ -37,14 +42,15 @@ impl Cluster {
         let peers: Vec<String> = (self.internal_ports.iter().enumerate())
             .map(|(index, port)| format!("{}@127.0.0.1:{port}", index + 1))
             .collect();
-        ServerOptions::default()
+        let options = ServerOptions::default()
             .with("--node-id", &(node + 1).to_string())
             .with("--peers", &peers.join(","))
             .with(
                 "--internal-listen",
                 &format!("127.0.0.1:{}", self.internal_ports[node]),
             )
-            .with("--metrics-listen", "127.0.0.1:0")
+            .with("--metrics-listen", "127.0.0.1:0");
+        (self.flags.iter()).fold(options, |options, (flag, value)| options.with(flag, value))
     }
 
     fn start(&self, node: usize) -> Server {
@@ -132,12 +138,18 @@ struct Run {
 }
 
 fn start(mode: &'static str, count: usize) -> Run {
+    start_with(mode, count, Vec::new())
+}
+
+/// [`start`], the nodes run with `flags` besides.
+fn start_with(mode: &'static str, count: usize, flags: Vec<(&'static str, &'static str)>) -> Run {
     let root = tempfile::tempdir().expect("temp dir");
     let cluster = Cluster {
         internal_ports: (0..3).map(|_| free_port()).collect(),
         dirs: (0..3)
             .map(|n| root.path().join(format!("node{}", n + 1)))
             .collect(),
+        flags,
     };
     let nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
     let bootstrap: Vec<String> = (nodes.iter().flatten()).map(Server::bootstrap).collect();
@@ -394,6 +406,7 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
     assert_eq!(result["failed"], 0, "{result}");
     assert_eq!(result["acknowledged"], 2 * RECORDS, "{result}");
     assert_eq!(result["offsets_dense"], true, "{result}");
+    assert_eq!(result["first_offset"], 0, "no retention: {result}");
 
     let bytes = wait_until_identical(&cluster, || nodes[follower - 1].as_ref().map(Server::log));
     assert!(
@@ -447,4 +460,126 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
+}
+
+#[test]
+fn a_wiped_follower_starts_its_log_where_retention_left_its_peers() {
+    // Retention keeps 64 KiB of 16 KiB segments, checked every 200 ms; the leader's
+    // window (its anchor moves after 2,048 applied entries) lets it delete the first
+    // segments while all three nodes are up.
+    const RECORDS: usize = 2_500;
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start_with(
+        "ship-retained",
+        RECORDS,
+        vec![("--retention-check-interval-ms", "200")],
+    );
+    wait_for(&work.join("half"));
+    let half: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let partition = half["partition"].as_u64().expect("the records' partition");
+    let leader = half["leader"].as_u64().expect("a leader") as usize;
+    let follower = (1..=3).find(|node| *node != leader).expect("a follower");
+    // The leader's retention deletes its first segment.
+    let first_segment = cluster.dirs[leader - 1]
+        .join(format!("{TOPIC}-{partition}"))
+        .join(format!("{:020}.log", 0));
+    let deadline = Instant::now() + WAIT;
+    while first_segment.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the leader's retention deleted nothing; its log:\n{}",
+            nodes[leader - 1]
+                .as_ref()
+                .map(Server::log)
+                .unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[follower - 1].take().expect("it runs").kill();
+    let dir = &cluster.dirs[follower - 1];
+    std::fs::remove_dir_all(dir).expect("wipe the follower's data directory");
+    std::fs::create_dir_all(dir).expect("an empty data directory");
+    nodes[follower - 1] = Some(cluster.start(follower - 1));
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    assert_eq!(result["lost"], serde_json::json!([]), "{result}");
+    assert_eq!(result["duplicates"], serde_json::json!([]), "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+    let first = result["first_offset"].as_u64().expect("a first offset") as usize;
+    assert!(
+        first > 0 && result["read"] == 2 * RECORDS - first,
+        "retention moved the log start and everything after it is read: {result}"
+    );
+
+    // The follower's fill found its peers' logs starting past its (empty) end, and its
+    // log starts where retention left theirs. From the latest start of the three, every
+    // node's log is the same bytes (segment boundaries may differ: a fill writes whole
+    // chunks).
+    let log = || nodes[follower - 1].as_ref().map(Server::log);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let streams: Vec<(i64, Vec<u8>)> = (cluster.dirs.iter())
+            .map(|dir| batches_from_start(written(segments(dir))))
+            .collect();
+        let from = streams.iter().map(|(start, _)| *start).max().unwrap_or(0);
+        let tails: Vec<Option<&[u8]>> = (streams.iter())
+            .map(|(start, bytes)| tail_from(*start, bytes, from))
+            .collect();
+        if tails[0].is_some_and(|tail| !tail.is_empty()) && tails.windows(2).all(|p| p[0] == p[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower's log never matched its peers' from offset {from} (starts and \
+             sizes {:?}); its log:\n{}",
+            streams
+                .iter()
+                .map(|(start, bytes)| (*start, bytes.len()))
+                .collect::<Vec<_>>(),
+            log().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = log().unwrap_or_default();
+    assert!(
+        text.lines()
+            .any(|line| line.contains("starting this log again")
+                && line.contains(&format!("partition={TOPIC}-{partition}"))),
+        "the follower did not start its log at its peers' start; its log:\n{text}"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+/// The partition's segments (one partition's: the test writes one) as one stream of
+/// batches, with the base offset of its first batch.
+fn batches_from_start(segments: BTreeMap<String, Vec<u8>>) -> (i64, Vec<u8>) {
+    let bytes: Vec<u8> = segments.into_values().flatten().collect();
+    let start = bytes
+        .get(..8)
+        .map_or(0, |base| i64::from_be_bytes(base.try_into().unwrap()));
+    (start, bytes)
+}
+
+/// The batches of `bytes` (whose first batch is at `start`) from the one at `from`; `None`
+/// if no batch starts there.
+fn tail_from(start: i64, bytes: &[u8], from: i64) -> Option<&[u8]> {
+    let mut at = 0;
+    let mut offset = start;
+    while offset < from {
+        let header = bytes.get(at..at + 12)?;
+        let length = i32::from_be_bytes(header[8..12].try_into().unwrap()) as usize;
+        let next = bytes.get(at + 12 + length..at + 12 + length + 8)?;
+        at += 12 + length;
+        offset = i64::from_be_bytes(next.try_into().unwrap());
+    }
+    (offset == from).then(|| &bytes[at..])
 }

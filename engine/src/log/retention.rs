@@ -17,28 +17,25 @@ use super::{LogError, Shared};
 use crate::limits::RETENTION_CHECK_INTERVAL_MS;
 use crate::storage::{Storage, StorageFile};
 
-/// How often a log's appender applies retention: [`RETENTION_CHECK_INTERVAL_MS`], except in
-/// the engine's own tests, where a thread may shorten it for the appenders it runs (see
-/// [`set_check_interval_for_tests`]) so the timer can be tested without waiting minutes.
+/// How often a log's appender applies retention: what [`set_check_interval_for_this_thread`]
+/// set for the thread it runs on (the engine sets each shard's from
+/// `EngineConfig::retention_check_interval`), else [`RETENTION_CHECK_INTERVAL_MS`].
 pub(crate) fn check_interval() -> Duration {
-    #[cfg(test)]
-    if let Some(interval) = CHECK_INTERVAL_FOR_TESTS.get() {
-        return interval;
-    }
-    Duration::from_millis(RETENTION_CHECK_INTERVAL_MS)
+    CHECK_INTERVAL
+        .get()
+        .unwrap_or(Duration::from_millis(RETENTION_CHECK_INTERVAL_MS))
 }
 
-#[cfg(test)]
 thread_local! {
-    static CHECK_INTERVAL_FOR_TESTS: std::cell::Cell<Option<Duration>> =
+    static CHECK_INTERVAL: std::cell::Cell<Option<Duration>> =
         const { std::cell::Cell::new(None) };
 }
 
 /// Makes the appenders running on this thread schedule their retention checks `interval`
-/// apart, from the next one they schedule (`None`: the default again).
-#[cfg(test)]
-pub(crate) fn set_check_interval_for_tests(interval: Option<Duration>) {
-    CHECK_INTERVAL_FOR_TESTS.set(interval);
+/// apart, from the next one they schedule (`None`: [`RETENTION_CHECK_INTERVAL_MS`], Kafka's
+/// `log.retention.check.interval.ms` default).
+pub fn set_check_interval_for_this_thread(interval: Option<Duration>) {
+    CHECK_INTERVAL.set(interval);
 }
 
 /// Deletes closed segments past the topic's retention; returns how many.

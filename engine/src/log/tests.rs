@@ -347,7 +347,7 @@ fn time_retention_deletes_the_segments_whose_newest_record_is_too_old() {
 #[test]
 fn the_appender_applies_retention_on_its_timer() {
     let dir = tempfile::tempdir().unwrap();
-    retention::set_check_interval_for_tests(Some(std::time::Duration::from_millis(100)));
+    retention::set_check_interval_for_this_thread(Some(std::time::Duration::from_millis(100)));
     run(async {
         let log = open(dir.path(), minute_retention()).await;
         let first_recent = old_then_recent(&log).await;
@@ -367,7 +367,7 @@ fn the_appender_applies_retention_on_its_timer() {
         assert_eq!(kept, expected);
         log.close().await.unwrap();
     });
-    retention::set_check_interval_for_tests(None);
+    retention::set_check_interval_for_this_thread(None);
 }
 
 #[test]

@@ -18,6 +18,7 @@ fn engine(dir: &std::path::Path) -> Engine {
             pin_threads: false,
         },
         batch_cache_bytes: 64 << 20,
+        retention_check_interval: None,
     };
     Engine::open(&config).unwrap()
 }

@@ -1174,6 +1174,7 @@ mod tests {
                 pin_threads: false,
             },
             batch_cache_bytes: 0,
+            retention_check_interval: None,
         };
         let engine = Engine::open(&config).unwrap();
         let settings = GroupSettings {
