@@ -152,14 +152,18 @@ impl Fills {
         self.transport.send_payload(to, &group.0, group.1, &chunk);
     }
 
-    /// Asks peers in turn until one answers with batches or with its log's start past
-    /// `offset`.
+    /// Asks peers in turn until one answers with batches. A peer whose log starts past
+    /// `offset` does not end the search: only once every peer was asked since the first
+    /// such answer, none with batches, is the lowest start they named the answer (a peer
+    /// that keeps the batches longer, or answers later, is preferred to emptying a log).
     async fn fetch(&self, group: Group, offset: i64) -> Option<Fetched> {
         let count = self.peers.len();
         if count == 0 {
             return None;
         }
         let mut turn = self.next_peer.get();
+        // The lowest log start named past `offset`, and the peers asked since the first.
+        let mut starts: Option<(i64, usize)> = None;
         loop {
             let peer = self.peers[turn % count];
             let (reply, answer) = oneshot::channel();
@@ -180,11 +184,17 @@ impl Fills {
                         .fetch_add(batches.len() as u64, Ordering::Relaxed);
                     return Some(Fetched::Batches(batches));
                 }
-                Ok(Ok(starts @ Fetched::StartsAt(_))) => {
-                    self.next_peer.set(turn % count);
-                    return Some(starts);
+                Ok(Ok(Fetched::StartsAt(start))) => {
+                    let lowest = starts.map_or(start, |(lowest, _)| lowest.min(start));
+                    starts = Some((lowest, starts.map_or(0, |(_, asked)| asked)));
                 }
                 _ => {}
+            }
+            if let Some((lowest, asked)) = starts.as_mut() {
+                *asked += 1;
+                if *asked >= count {
+                    return Some(Fetched::StartsAt(*lowest));
+                }
             }
             self.waiting.borrow_mut().remove(&(group.clone(), offset));
             self.counters

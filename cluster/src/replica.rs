@@ -1154,7 +1154,12 @@ impl<S: Storage> Replica<S> {
                     self.restart_log(start.min(anchor.offset)).await?;
                     continue;
                 }
-                Fetched::StartsAt(_) => continue,
+                Fetched::StartsAt(start) => {
+                    return Err(self.inconsistent(&format!(
+                        "a fill source named log start {start}, not past the offset {log_end} \
+                         asked for"
+                    )));
+                }
             };
             let batches = snapshot::whole_batches(&chunk, log_end, anchor.offset)
                 .map_err(|reason| self.inconsistent(&reason))?;
@@ -1187,11 +1192,10 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    /// Empties the log being filled and starts it again at `offset`: the peer asked for
-    /// the batches from this log's end has none before `offset`, its retention having
-    /// deleted them (all replicas run the same retention, so the batches are gone for
-    /// good). A crash before the fill is done cuts the log back to its start, and the
-    /// fill asks again.
+    /// Empties the log being filled and starts it again at `offset`: no peer asked for
+    /// the batches from this log's end has them, their retention having deleted them
+    /// (the source asks every peer before it says so). A crash before the fill is done
+    /// reopens the log at its start, or at its old end, and the fill asks again.
     async fn restart_log(&mut self, offset: i64) -> Result<(), ReplicaError> {
         tracing::info!(
             partition = %self.id,
@@ -1204,6 +1208,8 @@ impl<S: Storage> Replica<S> {
             .restart_at(offset)
             .await
             .map_err(|source| log_error(&self.id, source))?;
+        // The log is trusted to its new start: what a later cut must not go below.
+        self.fill_from = Some(offset);
         self.high_watermark = offset;
         Ok(())
     }

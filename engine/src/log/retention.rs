@@ -135,10 +135,12 @@ pub(crate) async fn delete_before<S: Storage>(
 
 /// Empties the log and starts it again at `offset`, past its end
 /// ([`super::PartitionLog::restart_at`]). The new segment is created and the directory
-/// synced before the checkpoint names the new log start, and the old files go only after:
-/// a crash before the checkpoint leaves the old log with an empty segment after a gap,
-/// which recovery drops as an unfinished roll; a crash after it leaves the new log start
-/// with old segments below it.
+/// synced before the checkpoint names the new log start, and the old files go only after.
+/// A crash before the old files are gone leaves the old log and an empty segment after a
+/// gap, which recovery takes for an unfinished roll: it drops the new segment and opens
+/// the old log (whether the checkpoint names the new start or not; the recovered start is
+/// clamped to what the segments hold). A Raft replica's journal still holds the fill that
+/// asked for the restart, so the fill runs again and restarts the log again.
 pub(crate) async fn restart_at<S: Storage>(
     shared: &Shared<S>,
     offset: i64,
@@ -160,9 +162,6 @@ pub(crate) async fn restart_at<S: Storage>(
             high_watermark: log_end,
         });
     }
-    if let Some(key) = shared.cache_key.get() {
-        shared.cache.remove_from(key, log_start);
-    }
     let segment = Segment::open(&shared.storage, &shared.dir, offset, direct, interval)
         .await
         .map_err(|e| shared.error_io("create segment", e))?;
@@ -171,9 +170,13 @@ pub(crate) async fn restart_at<S: Storage>(
         .sync_dir(&shared.dir)
         .await
         .map_err(|e| shared.error_io("fsync directory", e))?;
+    // Right before the state changes: a cache read finishing meanwhile must not keep what
+    // goes.
+    if let Some(key) = shared.cache_key.get() {
+        shared.cache.remove_from(key, log_start);
+    }
     let removed: Vec<i64> = {
         let mut state = shared.state.borrow_mut();
-        state.truncations += 1;
         let removed = state.segments.keys().copied().collect();
         state.segments.clear();
         // The old active segment's preallocation goes with its file.
@@ -189,7 +192,9 @@ pub(crate) async fn restart_at<S: Storage>(
         if let Some(commit) = state.commit.as_mut() {
             commit.on_restarted(offset);
         }
-        state.truncations += 1;
+        // A whole cut, made without an await: a commit end looked up before it is looked
+        // up again (`log/commit.rs`).
+        state.truncations += 2;
         state.assert_at_rest();
         removed
     };
