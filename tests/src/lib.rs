@@ -12,6 +12,8 @@
 //! - [`wire`]: a small Kafka client over a plain TCP socket, built on the `kafka-protocol`
 //!   crate, for requests at exact versions and for frames no real client would send.
 //! - [`metrics`]: a running server's `/metrics`, scraped into a map.
+//! - [`slow_disk`]: a cgroup whose writes to a disk the kernel throttles, to make a running
+//!   node's disk slow for a while (fault tests).
 //! - [`member`]: a consumer-group member on that client (join, sync, commit, fetch the
 //!   committed offsets) that reports every refusal instead of panicking, for tests that
 //!   kill the broker under it.
@@ -22,6 +24,7 @@ pub mod node;
 pub mod process;
 pub mod python;
 pub mod script;
+pub mod slow_disk;
 pub mod wire;
 
 /// Lowercase hex of `bytes`: how the Python scripts and the tests exchange binary data in

@@ -22,7 +22,8 @@
 //! partition, restarted on its data directory after 1.5–5 s; isolation of a random node,
 //! or of a partition's leader, for 1.5–5 s (an election takes 1–2 s, so some isolations
 //! end before one, as a long pause would); the same node cut from one other node only, for
-//! as long; 0.5–2.5 s of calm between faults. The leader is the
+//! as long; the same node's disk made slow for as long (below); 0.5–2.5 s of calm between
+//! faults. The leader is the
 //! one the live nodes' Metadata names with the highest leader epoch. The seed is printed at
 //! the start; `RINGLOG_FAULT_SEED=<n>` replays its choices (which fault, which partition or
 //! node, how long), though not the timing of the processes, so a replay is close to the run
@@ -44,10 +45,13 @@
 //!   bytes, and those bytes are exactly the batches read, ending at the high watermark;
 //! - every node stops cleanly (exit status 0).
 //!
-//! **Slow disks are not injected.** The engine's fault-injecting storage
-//! (`engine/src/storage/fault.rs`) is an in-memory backend compiled only into the engine's
-//! own tests and fuzz targets; the `ringlog` binary cannot run on it without a production
-//! hook, and the kernel here has no device-mapper (`dm-delay`) and no `tc netem`.
+//! **Slow disks** are the kernel's block I/O throttle (`ringlog_tests::slow_disk`): the
+//! node's process is moved into a cgroup that may write at most `SLOW_WRITE_IOPS` requests
+//! and `SLOW_WRITE_BYTES_PER_S` a second to the data directory's disk, and back after the
+//! fault. Every write the node makes then waits its turn: its O_DIRECT segment writes, its
+//! fdatasyncs, its Raft journal. The test checks that the slowed nodes did write through
+//! the throttle. Where the machine has neither cgroup v1's blkio nor v2's io controller (or
+//! the test is not root), the step injects nothing and says so.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -62,6 +66,7 @@ use kafka_protocol::messages::{ApiKey, MetadataRequest};
 use kafka_protocol::records::Record;
 use ringlog_tests::process::{wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script_within;
+use ringlog_tests::slow_disk::SlowDisk;
 use ringlog_tests::wire::{decode_batches, max_version, topic_name, Connection};
 use ringlog_tests::TestRng;
 
@@ -86,6 +91,11 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// A locally administered MAC address no interface of the test has: frames sent to it are
 /// flooded by the bridge and dropped by every veth.
 const UNUSED_MAC: &str = "02:00:5e:00:de:ad";
+/// A slow disk's write requests a second: each group commit (a write and an fdatasync)
+/// then waits tens of milliseconds, a hundred times what this machine's disk takes.
+const SLOW_WRITE_IOPS: u32 = 20;
+/// A slow disk's written bytes a second: a few times what the producers write.
+const SLOW_WRITE_BYTES_PER_S: u64 = 256 << 10;
 
 #[test]
 fn faults_lose_no_acknowledged_record_and_leave_identical_replicas() {
@@ -132,6 +142,17 @@ fn faults_lose_no_acknowledged_record_and_leave_identical_replicas() {
     }
     std::fs::write(work.join("stop"), b"").expect("stop marker");
     let result = script.join().expect("the producers' script");
+    if let (Some(disk), true) = (&cluster.slow_disk, cluster.slowed_steps > 0) {
+        let written = disk.written_bytes();
+        eprintln!(
+            "fault harness: {} slow-disk steps; the slowed nodes wrote {written} bytes \
+             through the throttle",
+            cluster.slowed_steps
+        );
+        if written == 0 {
+            cluster.fail(seed, "the slowed nodes wrote nothing through the throttle");
+        }
+    }
     let Some(leaders) = cluster.agreed_leaders() else {
         cluster.fail(seed, "the nodes never agreed on every partition's leader");
     };
@@ -173,7 +194,7 @@ fn seed() -> u64 {
 /// drawn before it acts, the same count every step, so a seed replays the same choices
 /// whatever the leaders turn out to be.
 fn inject(cluster: &mut Cluster, rng: &mut TestRng, step: u64, steps: u64) {
-    let kind = rng.below(6);
+    let kind = rng.below(8);
     let partition = rng.below(PARTITIONS as u64) as usize;
     let random_node = rng.below(NODES as u64) as usize;
     let other = 1 + rng.below(NODES as u64 - 1) as usize;
@@ -194,7 +215,11 @@ fn inject(cluster: &mut Cluster, rng: &mut TestRng, step: u64, steps: u64) {
     let what = match kind {
         0 | 1 => format!("SIGKILL node {} ({whom})", node + 1),
         2 | 3 => format!("isolate node {} ({whom})", node + 1),
-        _ => format!("cut node {} ({whom}) from node {} only", node + 1, peer + 1),
+        4 | 5 => format!("cut node {} ({whom}) from node {} only", node + 1, peer + 1),
+        _ => match &cluster.slow_disk_refused {
+            None => format!("slow the disk of node {} ({whom})", node + 1),
+            Some(reason) => format!("nothing (slow disks unavailable: {reason})"),
+        },
     };
     eprintln!(
         "fault harness: step {step}/{steps}: {what} for {:.1} s, then {:.1} s calm",
@@ -212,10 +237,17 @@ fn inject(cluster: &mut Cluster, rng: &mut TestRng, step: u64, steps: u64) {
             std::thread::sleep(fault_for);
             cluster.network.heal(node);
         }
-        _ => {
+        4 | 5 => {
             cluster.network.cut(node, peer);
             std::thread::sleep(fault_for);
             cluster.network.mend(node, peer);
+        }
+        _ => {
+            let pid = cluster.slow(node);
+            std::thread::sleep(fault_for);
+            if let (Some(pid), Some(disk)) = (pid, cluster.slow_disk.as_mut()) {
+                disk.restore(pid);
+            }
         }
     }
     std::thread::sleep(calm_for);
@@ -446,6 +478,14 @@ fn remove_leftovers() {
             let _ = ip(&["link", "del", name]);
         }
     }
+    // A killed run's slow-disk cgroup: empty, its processes being gone.
+    for root in ["/sys/fs/cgroup/blkio", "/sys/fs/cgroup"] {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if is_stale(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
 }
 
 /// Three nodes, one per namespace. Fields drop in order: the servers before the network.
@@ -454,6 +494,10 @@ struct Cluster {
     dirs: Vec<PathBuf>,
     /// The logs of each node's earlier runs (ended by SIGKILL).
     history: Vec<String>,
+    /// The throttled cgroup slow-disk steps move a node into, or why there is none.
+    slow_disk: Option<SlowDisk>,
+    slow_disk_refused: Option<String>,
+    slowed_steps: u32,
     network: Network,
 }
 
@@ -462,10 +506,22 @@ impl Cluster {
         let dirs: Vec<PathBuf> = (1..=NODES)
             .map(|node| root.join(format!("node{node}")))
             .collect();
+        let name = format!("rlf{}-slow", std::process::id());
+        let (slow_disk, slow_disk_refused) =
+            match SlowDisk::create(root, &name, SLOW_WRITE_IOPS, SLOW_WRITE_BYTES_PER_S) {
+                Ok(disk) => (Some(disk), None),
+                Err(reason) => {
+                    eprintln!("fault harness: slow disks will not be injected: {reason}");
+                    (None, Some(reason))
+                }
+            };
         let mut cluster = Cluster {
             nodes: (0..NODES).map(|_| None).collect(),
             dirs,
             history: vec![String::new(); NODES],
+            slow_disk,
+            slow_disk_refused,
+            slowed_steps: 0,
             network,
         };
         for node in 0..NODES {
@@ -510,6 +566,19 @@ impl Cluster {
         let log = server.kill();
         self.history[node].push_str(&log);
         self.history[node].push_str("---- SIGKILL ----\n");
+    }
+
+    /// Moves `node`'s process into the slow disk's cgroup; its pid, to move it back.
+    fn slow(&mut self, node: usize) -> Option<u32> {
+        let disk = self.slow_disk.as_mut()?;
+        let pid = self.nodes[node].as_ref().expect("the node runs").pid();
+        match disk.slow(pid) {
+            Ok(()) => {
+                self.slowed_steps += 1;
+                Some(pid)
+            }
+            Err(error) => panic!("slowing node {}'s disk: {error}", node + 1),
+        }
     }
 
     fn restart(&mut self, node: usize) {
