@@ -46,7 +46,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
-use ringlog_engine::batch::{self, FrameHeader};
+use ringlog_engine::batch::{self, FrameHeader, TimestampType};
 use ringlog_engine::limits::BATCHES_PER_PRODUCER_MAX;
 use ringlog_engine::log::{
     Ack, Appended, LogError, PartitionId, PartitionLog, ProducerBatch, ProducerCheck,
@@ -869,6 +869,10 @@ impl<S: Storage> Replica<S> {
         }
         let term = self.term();
         let epoch = i32::try_from(term).map_err(|_| self.inconsistent("term past i32"))?;
+        // A LogAppendTime topic's batches carry the leader's clock, stamped once here: the
+        // replicas write the bytes as they are.
+        let append_time =
+            (self.log.config().timestamp_type() == TimestampType::LogAppendTime).then(now_ms);
         let offset_first = self.offset_next();
         let mut offset = offset_first;
         let mut rest = batches;
@@ -880,7 +884,11 @@ impl<S: Storage> Replica<S> {
             let (this, after) = rest.split_at(header.size_bytes);
             let mut stamped = BytesMut::from(this);
             let stamped_ok = batch::stamp_base_offset(&mut stamped, offset)
-                .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch));
+                .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch))
+                .and_then(|()| match append_time {
+                    Some(time) => batch::stamp_log_append_time(&mut stamped, time),
+                    None => Ok(()),
+                });
             assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
             offset += header.offset_count as i64;
             entries.push(Entry {
@@ -904,7 +912,7 @@ impl<S: Storage> Replica<S> {
         let appended = Appended {
             offset_first,
             offset_next: offset,
-            log_append_time_ms: None,
+            log_append_time_ms: append_time,
         };
         if let Some(batch) = producer {
             // `of_request` found it the request's only batch: it starts at `offset_first`.
@@ -1602,6 +1610,16 @@ impl<S: Storage> Replica<S> {
             reason: reason.to_string(),
         }
     }
+}
+
+/// The wall clock in milliseconds since the Unix epoch, as Kafka's brokers stamp
+/// LogAppendTime (0 for a clock before the epoch).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// Whether an entry is a record batch (a normal entry with data) rather than one of

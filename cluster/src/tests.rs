@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::channel::oneshot;
 use raft::eraftpb::Message;
-use ringlog_engine::batch::RecordBatch;
+use ringlog_engine::batch::{RecordBatch, TimestampType};
 use ringlog_engine::log::{Appended, PartitionId, PartitionLog};
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
@@ -569,4 +569,45 @@ fn a_replica_refuses_a_log_whose_journal_is_gone() {
         );
     })
     .unwrap();
+}
+
+#[test]
+fn a_log_append_time_topic_carries_the_leaders_clock_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut topic = topic();
+        topic
+            .apply_all([("message.timestamp.type", "LogAppendTime")])
+            .unwrap();
+        let mut cluster = Cluster::open_with_topic(dir.path(), config, topic).await;
+        let leader = cluster.elect(|_| true).await;
+        let before = now_ms();
+        let mut answer = cluster.propose(leader, "stamped", 3);
+        cluster.settle().await;
+        let after = now_ms();
+        let appended = answered(&mut answer).unwrap().unwrap();
+        let stamped = appended
+            .log_append_time_ms
+            .expect("the leader's time is answered");
+        assert!(
+            (before..=after).contains(&stamped),
+            "{before} ≤ {stamped} ≤ {after}"
+        );
+        // The same bytes everywhere (a replica stamping its own clock would differ), and
+        // the batch reads as LogAppendTime at the answered time (its CRC checked).
+        assert_identical(&cluster).await;
+        let log = cluster.logs().await.remove(&leader).unwrap();
+        let (batch, _) = RecordBatch::parse(&log).unwrap();
+        assert_eq!(batch.timestamp_type(), TimestampType::LogAppendTime);
+        assert_eq!(batch.max_timestamp(), stamped);
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
