@@ -7,8 +7,9 @@
 //!   groups start with the same voters on every node.
 //! - **One task per group** owns its [`Replica`]. Ticks, peers' messages and proposals
 //!   reach it through its inbox; after each batch of commands it runs
-//!   [`Replica::process_ready`] until nothing is ready, and hands the messages to the
-//!   shard's [`Transport`]. A replica that fails (a failed write, an inconsistency) stops
+//!   [`Replica::process_ready_sending`] until nothing is ready, handing the messages to the
+//!   shard's [`Transport`] as soon as each may go (a leader's appends before its own write
+//!   of the entries). A replica that fails (a failed write, an inconsistency) stops
 //!   its task, is reported, and answers nothing more until the node restarts.
 //! - **The inbox is bounded** (`GROUP_INBOX_COMMANDS_MAX`): a peer's message that finds it
 //!   full is dropped and counted ([`Cluster::steps_dropped`]; Raft sends again), a proposal
@@ -1205,13 +1206,13 @@ impl Cluster {
                 }
             }
             while replica.has_ready() {
-                match replica.process_ready().await {
-                    Ok(messages) => {
-                        for message in messages {
-                            local.transport.send(message.to, &key.0, key.1, &message);
-                        }
+                let send = |messages: Vec<Message>| {
+                    for message in messages {
+                        local.transport.send(message.to, &key.0, key.1, &message);
                     }
-                    Err(error) => return error.into(),
+                };
+                if let Err(error) = replica.process_ready_sending(send).await {
+                    return error.into();
                 }
             }
             // After the Ready's messages: a follower's agreement to sleep follows its

@@ -989,13 +989,30 @@ impl<S: Storage> Replica<S> {
     /// Persists what raft-rs has ready, applies what committed, and returns the messages
     /// to send to peers, in order.
     pub async fn process_ready(&mut self) -> Result<Vec<Message>, ReplicaError> {
+        let mut out = Vec::new();
+        self.process_ready_sending(|messages| out.extend(messages))
+            .await?;
+        Ok(out)
+    }
+
+    /// [`Replica::process_ready`], handing the messages to `send` as soon as they may go:
+    /// a leader's appends and heartbeats (raft-rs's `messages`) before its own write of
+    /// the entries, so its followers write them while it does (raft's leader may append
+    /// to its followers before its own log holds the entries; it counts itself only once
+    /// they are durable), and what depends on this replica's durable state (raft-rs's
+    /// `persisted_messages`: votes, a follower's answers) only after it is.
+    pub async fn process_ready_sending(
+        &mut self,
+        mut send: impl FnMut(Vec<Message>),
+    ) -> Result<(), ReplicaError> {
         self.fill().await?;
         self.serve_fetches().await?;
         if !self.node.has_ready() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let mut ready = self.node.ready();
-        let mut out = ready.take_messages();
+        send(ready.take_messages());
+        let mut out = Vec::new();
         if ready.snapshot().get_metadata().index != 0 {
             self.install(ready.snapshot()).await?;
         }
@@ -1020,7 +1037,8 @@ impl<S: Storage> Replica<S> {
         self.check_rejoined();
         let keep_from = self.keep_cached_from();
         (self.storage.state.borrow_mut().table).evict(keep_from, self.entry_cache_bytes_max);
-        Ok(out)
+        send(out);
+        Ok(())
     }
 
     /// Moves the anchor forward once `window_entries_keep` more entries were applied

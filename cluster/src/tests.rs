@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use ringlog_engine::batch::{RecordBatch, TimestampType};
 use ringlog_engine::log::{Appended, PartitionId, PartitionLog};
 use ringlog_engine::rt;
@@ -610,4 +610,43 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+#[test]
+fn a_leader_hands_its_appends_over_before_its_own_log_holds_the_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        let log = cluster.replicas[&leader].log().clone();
+        let log_end = log.offsets().log_end;
+        let mut answer = cluster.propose(leader, "early", 2);
+        // (log end when handed over, appends carrying entries)
+        let mut handed = Vec::new();
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        replica
+            .process_ready_sending(|messages| {
+                let appends = (messages.iter())
+                    .filter(|m| m.get_msg_type() == MessageType::MsgAppend && !m.entries.is_empty())
+                    .count();
+                handed.push((log.offsets().log_end, appends));
+                cluster.in_flight.extend(messages);
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            handed.first(),
+            Some(&(log_end, 2)),
+            "both followers' appends go before the leader writes: {handed:?}"
+        );
+        assert_eq!(log.offsets().log_end, log_end + 2, "then the leader writes");
+        cluster.settle().await;
+        assert_eq!(
+            answered(&mut answer).unwrap().unwrap().offset_next,
+            log_end + 2
+        );
+        assert_identical(&cluster).await;
+        cluster.close().await;
+    })
+    .unwrap();
 }
