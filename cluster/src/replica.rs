@@ -267,9 +267,12 @@ impl<S: Storage> Replica<S> {
             }
         }
         let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
-        if state.fill_from.is_none() {
+        let topic = log.config();
+        let retained = topic.retention_ms().is_some() || topic.retention_bytes().is_some();
+        if state.fill_from.is_none() && retained {
             // Everything below the anchor is committed and out of the window: retention
-            // may have it, once the anchor read back is sure to survive a power loss.
+            // may have it, once the anchor read back is sure to survive a power loss (one
+            // fdatasync per partition with retention whose anchor moved, at opening).
             if state.anchor.offset > log.offsets().log_start {
                 journal.sync().await.map_err(journal_error)?;
             }
