@@ -267,17 +267,9 @@ impl<S: Storage> Replica<S> {
             }
         }
         let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
-        let topic = log.config();
-        let retained = topic.retention_ms().is_some() || topic.retention_bytes().is_some();
-        if state.fill_from.is_none() && retained {
-            // Everything below the anchor is committed and out of the window: retention
-            // may have it, once the anchor read back is sure to survive a power loss (one
-            // fdatasync per partition with retention whose anchor moved, at opening).
-            if state.anchor.offset > log.offsets().log_start {
-                journal.sync().await.map_err(journal_error)?;
-            }
-            log.bound_retention(state.anchor.offset);
-        }
+        bound_retention_at_open(&log, &mut journal, &state)
+            .await
+            .map_err(journal_error)?;
         let applied = state.hard_state.commit.min(table.last_index());
         let storage = RaftStorage::new(storage::State {
             table,
@@ -1654,6 +1646,27 @@ fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
         partition: partition.clone(),
         source,
     }
+}
+
+/// Lets retention have what lies below the anchor of a log just opened, if its topic has
+/// retention and no fill is pending: everything there is committed and out of the window.
+/// The anchor read back is first made sure to survive a power loss (one fdatasync per
+/// such partition whose anchor moved).
+async fn bound_retention_at_open<S: Storage>(
+    log: &PartitionLog<S>,
+    journal: &mut Journal<S>,
+    state: &crate::journal::JournalState,
+) -> Result<(), JournalError> {
+    let topic = log.config();
+    let retained = topic.retention_ms().is_some() || topic.retention_bytes().is_some();
+    if state.fill_from.is_some() || !retained {
+        return Ok(());
+    }
+    if state.anchor.offset > log.offsets().log_start {
+        journal.sync().await?;
+    }
+    log.bound_retention(state.anchor.offset);
+    Ok(())
 }
 
 /// The window a replica opens with, and its high watermark. If a snapshot's fill was not

@@ -35,9 +35,35 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long [`wait_for`] waits for a marker file.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A port on 127.0.0.1 that was free a moment ago (the kernel picked it for a listener that
-/// is closed again), for a server that must be told its port before it starts.
+/// A port on 127.0.0.1 that was free a moment ago, for a server that must be told its port
+/// before it starts (a cluster node's internal listener, which its peers are given).
+///
+/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where no
+/// listener bound to port 0 and no outgoing connection gets a port: a port the kernel
+/// picked would be free again the moment it is returned, and another test's listener on
+/// port 0 could take it before the server binds it. Each draw is checked bindable; a
+/// process-wide counter keeps this process's draws apart.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_start.max(10_001));
+    let span = high - low;
+    // Different processes start at different places (their pid), and step by a prime.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let draw = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + (start + draw.wrapping_mul(131)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
