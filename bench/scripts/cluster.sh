@@ -56,6 +56,8 @@
 #        PYTHON (with kafka-python; default target/e2e-venv/bin/python),
 #        WARM_BYTES (memory faulted in and freed before each throughput run; default 8 GiB),
 #        SERVER_FLAGS (extra `ringlog serve` flags for every node),
+#        CONFIGS (throughput: the configurations each round runs, in order; default
+#        "single-never single-always cluster"),
 #        METRICS (set: nodes serve /metrics on 127.0.0.1:19291-19293, saved before and
 #        after each throughput run's producers as PREFIX-nodeN-metrics-{before,after}.txt),
 #        PERF_ARGS (profile: perf record's sampling flags; default "-F 499 -a -g", frame
@@ -228,7 +230,7 @@ throughput() {
     { memory_note; machine_info "$DIR"; } | tee "$OUT/machine.txt" >&2
     local i config
     for i in $(seq 1 "$runs"); do
-        for config in single-never single-always cluster; do
+        for config in ${CONFIGS:-single-never single-always cluster}; do
             produce_run "$config" "$OUT/$config-$i" "$duration" "$topics"
         done
     done

@@ -70,7 +70,7 @@ use crate::limits::{
     GROUP_INBOX_COMMANDS_MAX, WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
 use crate::rejoin::LogState;
-use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
 use crate::transport::{self, Hello, Incoming, Payload, Transport};
 
@@ -327,6 +327,8 @@ enum Command {
         max_message_bytes: usize,
         /// The term the proposer decided under, if it must be written in that term only.
         expected_term: Option<u64>,
+        /// When the proposal is answered (at commit, or at the leader's write).
+        answer: AnswerAt,
         reply: oneshot::Sender<ProposeAnswer>,
     },
 }
@@ -458,11 +460,13 @@ impl Cluster {
             .and_then(|status| status.leader)
     }
 
-    /// Proposes a produce request's batches to the partition's group; answers when they
-    /// commit, with their offsets, or [`ClusterError::ProposalTimedOut`] after `timeout`
-    /// (a proposal still queued then is not made; one made may still commit). With
-    /// `expected_term`, the replica refuses the proposal unless that is its term
+    /// Proposes a produce request's batches to the partition's group; answers when
+    /// `answer` says (they commit, or the leader's own write of them is durable), with
+    /// their offsets, or [`ClusterError::ProposalTimedOut`] after `timeout` (a proposal
+    /// still queued then is not made; one made may still commit). With `expected_term`,
+    /// the replica refuses the proposal unless that is its term
     /// ([`ReplicaError::TermChanged`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn propose(
         &self,
         topic: &str,
@@ -470,6 +474,7 @@ impl Cluster {
         batches: Bytes,
         max_message_bytes: usize,
         expected_term: Option<u64>,
+        answer: AnswerAt,
         timeout: Duration,
     ) -> Result<Appended, ClusterError> {
         let owner = owner(topic, partition, self.shards().len());
@@ -480,6 +485,7 @@ impl Cluster {
                     batches,
                     max_message_bytes,
                     expected_term,
+                    answer,
                     reply,
                 };
                 let proposed = rt::timeout(timeout, propose_here(&topic, partition, command));
@@ -572,7 +578,15 @@ impl Cluster {
             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         let batch = Bytes::from(builder.build());
         let timeout = Duration::from_millis(CONTROLLER_PROPOSE_TIMEOUT_MS);
-        let proposed = self.propose(CONTROLLER_TOPIC, 0, batch, usize::MAX, None, timeout);
+        let proposed = self.propose(
+            CONTROLLER_TOPIC,
+            0,
+            batch,
+            usize::MAX,
+            None,
+            AnswerAt::Commit,
+            timeout,
+        );
         let committed = match proposed.await {
             Err(ClusterError::Replica(ReplicaError::NotLeader { leader, .. })) => {
                 return Err(ClusterError::NotController { leader })
@@ -1321,11 +1335,13 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
             batches,
             max_message_bytes,
             expected_term,
+            answer,
             reply,
         } => {
             // Its proposer gave up waiting (its deadline passed): not proposed at all.
             if !reply.is_canceled() {
-                let proposed = replica.propose_in_term(&batches, max_message_bytes, expected_term);
+                let proposed =
+                    replica.propose_in_term(&batches, max_message_bytes, expected_term, answer);
                 let _ = reply.send(proposed);
             }
             Ok(())
@@ -1466,7 +1482,7 @@ mod tests {
     use futures::channel::oneshot;
 
     use super::{apply_command, Command};
-    use crate::replica::ReplicaError;
+    use crate::replica::{AnswerAt, ReplicaError};
     use crate::tests::{answered, assert_identical, batch, Cluster, MAX_MESSAGE_BYTES};
     use ringlog_engine::rt;
 
@@ -1479,6 +1495,7 @@ mod tests {
             batches: batch(tag, 1),
             max_message_bytes: MAX_MESSAGE_BYTES,
             expected_term,
+            answer: AnswerAt::Commit,
             reply,
         };
         (command, replied)

@@ -156,7 +156,20 @@ pub enum ReplicaError {
 struct Proposal {
     term: u64,
     appended: Appended,
+    /// Answered once the leader's own write of its entries is durable (acks=1), not at
+    /// commit.
+    at_leader_write: bool,
     reply: oneshot::Sender<Result<Appended, ReplicaError>>,
+}
+
+/// When a proposal is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerAt {
+    /// Once its entries commit: a majority holds them durably (acks=all).
+    Commit,
+    /// Once the leader's own write of its entries is durable (Kafka's acks=1): a leader
+    /// that fails before the entries reach a majority may lose them, as acks=1 allows.
+    LeaderWrite,
 }
 
 /// One replica of a partition's Raft group.
@@ -804,6 +817,7 @@ impl<S: Storage> Replica<S> {
         batches: &[u8],
         max_message_bytes: usize,
         expected_term: Option<u64>,
+        answer: AnswerAt,
     ) -> Result<oneshot::Receiver<Result<Appended, ReplicaError>>, ReplicaError> {
         match expected_term {
             Some(expected) if expected != self.term() => Err(ReplicaError::TermChanged {
@@ -811,7 +825,7 @@ impl<S: Storage> Replica<S> {
                 expected,
                 term: self.term(),
             }),
-            _ => self.propose(batches, max_message_bytes),
+            _ => self.propose_answered(batches, max_message_bytes, answer),
         }
     }
 
@@ -824,6 +838,18 @@ impl<S: Storage> Replica<S> {
         &mut self,
         batches: &[u8],
         max_message_bytes: usize,
+    ) -> Result<oneshot::Receiver<Result<Appended, ReplicaError>>, ReplicaError> {
+        self.propose_answered(batches, max_message_bytes, AnswerAt::Commit)
+    }
+
+    /// [`Replica::propose`], answered when `answer` says: at commit, or once the leader's
+    /// own write is durable. A retry of an idempotent producer's batch is answered at
+    /// commit either way.
+    pub fn propose_answered(
+        &mut self,
+        batches: &[u8],
+        max_message_bytes: usize,
+        answer: AnswerAt,
     ) -> Result<oneshot::Receiver<Result<Appended, ReplicaError>>, ReplicaError> {
         if !self.is_leader() {
             return Err(self.not_leader());
@@ -869,29 +895,7 @@ impl<S: Storage> Replica<S> {
         let append_time =
             (self.log.config().timestamp_type() == TimestampType::LogAppendTime).then(now_ms);
         let offset_first = self.offset_next();
-        let mut offset = offset_first;
-        let mut rest = batches;
-        let mut entries = Vec::with_capacity(info.batch_count);
-        while !rest.is_empty() {
-            let Ok(header) = FrameHeader::parse(rest) else {
-                unreachable!("a validated request holds whole batches");
-            };
-            let (this, after) = rest.split_at(header.size_bytes);
-            let mut stamped = BytesMut::from(this);
-            let stamped_ok = batch::stamp_base_offset(&mut stamped, offset)
-                .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch))
-                .and_then(|()| match append_time {
-                    Some(time) => batch::stamp_log_append_time(&mut stamped, time),
-                    None => Ok(()),
-                });
-            assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
-            offset += header.offset_count as i64;
-            entries.push(Entry {
-                data: stamped.freeze(),
-                ..Entry::default()
-            });
-            rest = after;
-        }
+        let (entries, offset) = stamp_entries(batches, offset_first, epoch, append_time);
         // One proposal of every batch: raft-rs appends all of them or none.
         // (`RawNode::propose` takes one entry's data as a `Vec`; stepping the proposal
         // keeps the stamped `Bytes` as they are.)
@@ -903,7 +907,7 @@ impl<S: Storage> Replica<S> {
             .raft
             .step(message)
             .map_err(|source| self.raft_error(source))?;
-        let (reply, answer) = oneshot::channel();
+        let (reply, answered) = oneshot::channel();
         let appended = Appended {
             offset_first,
             offset_next: offset,
@@ -927,10 +931,11 @@ impl<S: Storage> Replica<S> {
             Proposal {
                 term,
                 appended,
+                at_leader_write: answer == AnswerAt::LeaderWrite,
                 reply,
             },
         );
-        Ok(answer)
+        Ok(answered)
     }
 
     /// Checks an idempotent producer's batch against the log's producer state followed by
@@ -968,6 +973,7 @@ impl<S: Storage> Replica<S> {
             self.retries.push(Proposal {
                 term,
                 appended,
+                at_leader_write: false,
                 reply,
             });
         }
@@ -1012,7 +1018,12 @@ impl<S: Storage> Replica<S> {
             self.install(ready.snapshot()).await?;
         }
         self.apply(ready.take_committed_entries()).await?;
-        self.persist_entries(ready.take_entries()).await?;
+        let entries = ready.take_entries();
+        let written = entries.last().map(|entry| (entry.index, entry.term));
+        self.persist_entries(entries).await?;
+        if let Some((index, term)) = written {
+            self.answer_leader_writes(index, term);
+        }
         self.forget_persisted_producers();
         if let Some(hard_state) = ready.hs() {
             self.persist_hard_state(hard_state.clone()).await?;
@@ -1470,6 +1481,21 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// Answers the acks=1 proposals whose entries this leader's write just made durable
+    /// (up to `index`, written in `term`): those proposed in that term. One proposed in an
+    /// earlier term waits for its commit as any other (its entries may have been replaced).
+    fn answer_leader_writes(&mut self, index: u64, term: u64) {
+        let written: Vec<u64> = (self.proposals.range(..=index))
+            .filter(|(_, proposal)| proposal.at_leader_write && proposal.term == term)
+            .map(|(&at, _)| at)
+            .collect();
+        for at in written {
+            if let Some(proposal) = self.proposals.remove(&at) {
+                let _ = proposal.reply.send(Ok(proposal.appended));
+            }
+        }
+    }
+
     /// Answers the retries whose original the high watermark now covers. One taken in an
     /// earlier term is refused instead: the batch at its offsets may have been replaced
     /// since (in the term it was taken in, this replica led and its log was not cut).
@@ -1623,6 +1649,41 @@ impl<S: Storage> Replica<S> {
             reason: reason.to_string(),
         }
     }
+}
+
+/// A validated request's batches as entries, each stamped with its offsets from
+/// `offset_first`, the leader's `epoch` and, on a LogAppendTime topic, `append_time`;
+/// with the offset after the last.
+fn stamp_entries(
+    batches: &[u8],
+    offset_first: i64,
+    epoch: i32,
+    append_time: Option<i64>,
+) -> (Vec<Entry>, i64) {
+    let mut offset = offset_first;
+    let mut rest = batches;
+    let mut entries = Vec::new();
+    while !rest.is_empty() {
+        let Ok(header) = FrameHeader::parse(rest) else {
+            unreachable!("a validated request holds whole batches");
+        };
+        let (this, after) = rest.split_at(header.size_bytes);
+        let mut stamped = BytesMut::from(this);
+        let stamped_ok = batch::stamp_base_offset(&mut stamped, offset)
+            .and_then(|()| batch::set_partition_leader_epoch(&mut stamped, epoch))
+            .and_then(|()| match append_time {
+                Some(time) => batch::stamp_log_append_time(&mut stamped, time),
+                None => Ok(()),
+            });
+        assert!(stamped_ok.is_ok(), "a validated batch could not be stamped");
+        offset += header.offset_count as i64;
+        entries.push(Entry {
+            data: stamped.freeze(),
+            ..Entry::default()
+        });
+        rest = after;
+    }
+    (entries, offset)
 }
 
 /// The wall clock in milliseconds since the Unix epoch, as Kafka's brokers stamp

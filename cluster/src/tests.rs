@@ -18,7 +18,7 @@ pub(crate) use ringlog_engine::testing::tagged_batch as batch;
 use ringlog_engine::topic::TopicConfig;
 
 use crate::hibernation::Signal;
-use crate::replica::{Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
 
 pub(crate) const NODES: [u64; 3] = [1, 2, 3];
@@ -646,6 +646,56 @@ fn a_leader_hands_its_appends_over_before_its_own_log_holds_the_entries() {
             log_end + 2
         );
         assert_identical(&cluster).await;
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn an_acks_1_proposal_is_answered_at_the_leaders_write_and_acks_all_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        let high_watermark = cluster.replicas[&leader].high_watermark();
+        // Both followers cut off: nothing can commit.
+        for node in NODES.iter().filter(|node| **node != leader) {
+            cluster.isolated.insert(*node);
+        }
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        let mut at_write = replica
+            .propose_answered(&batch("one", 2), MAX_MESSAGE_BYTES, AnswerAt::LeaderWrite)
+            .unwrap();
+        let mut at_commit = replica
+            .propose_answered(&batch("all", 3), MAX_MESSAGE_BYTES, AnswerAt::Commit)
+            .unwrap();
+        cluster.settle().await;
+        let written = answered(&mut at_write).expect("answered at the leader's write");
+        let written = written.unwrap();
+        assert_eq!(
+            (written.offset_first, written.offset_next),
+            (high_watermark, high_watermark + 2)
+        );
+        assert_eq!(
+            cluster.replicas[&leader].high_watermark(),
+            high_watermark,
+            "nothing committed"
+        );
+        assert!(
+            answered(&mut at_commit).is_none(),
+            "acks=all waits for a commit"
+        );
+        // The followers are back: both commit, and the acks=all proposal is answered.
+        cluster.isolated.clear();
+        for _ in 0..20 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        let committed = answered(&mut at_commit)
+            .expect("answered at commit")
+            .unwrap();
+        assert_eq!(committed.offset_next, high_watermark + 5);
+        assert_eq!(assert_identical(&cluster).await.len(), 5);
         cluster.close().await;
     })
     .unwrap();

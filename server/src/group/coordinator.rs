@@ -55,7 +55,7 @@ use crate::limits::{
     GROUP_WRITE_TIMEOUT_MS,
 };
 use ringlog_cluster::node::{Cluster, ClusterError};
-use ringlog_cluster::replica::ReplicaError;
+use ringlog_cluster::replica::{AnswerAt, ReplicaError};
 
 /// How often a shard's groups are ticked.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -648,7 +648,15 @@ impl Coordinator {
         if let Some(cluster) = cluster {
             let timeout = Duration::from_millis(GROUP_WRITE_TIMEOUT_MS);
             let proposed = cluster
-                .propose(OFFSETS_TOPIC, partition, batches, usize::MAX, term, timeout)
+                .propose(
+                    OFFSETS_TOPIC,
+                    partition,
+                    batches,
+                    usize::MAX,
+                    term,
+                    AnswerAt::Commit,
+                    timeout,
+                )
                 .await;
             return proposed.map(|a| a.offset_first).map_err(|error| {
                 tracing::warn!(partition, %error, "could not replicate group records");

@@ -12,7 +12,8 @@
 //! INVALID_PRODUCER_EPOCH (see `errors.rs` and the engine's `log/producers.rs`).
 //!
 //! In a cluster, a replicated partition's batches are proposed to its Raft group and
-//! answered at commit (see [`replicated`]). A node that does not lead the partition answers
+//! answered at commit for acks=all, at the leader's durable write for acks=1 (see
+//! [`replicated`]). A node that does not lead the partition answers
 //! NOT_LEADER_OR_FOLLOWER, and from version 10 on (KIP-951) says where the leader is: the
 //! partition's `CurrentLeader` (the leader this node knows and its epoch, the Raft term)
 //! and that leader's address in the response's `NodeEndpoints`, so the client retries
@@ -38,6 +39,7 @@ use kafka_protocol::messages::{BrokerId, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use ringlog_cluster::node::ClusterError;
+use ringlog_cluster::replica::AnswerAt;
 use ringlog_engine::log::Ack;
 
 use ringlog_cluster::node::GroupStatus;
@@ -86,7 +88,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                             return refused.with_index(index);
                         }
                     }
-                    let proposed = (partition_id, batches, timeout);
+                    let answer = if acks == 1 {
+                        AnswerAt::LeaderWrite
+                    } else {
+                        AnswerAt::Commit
+                    };
+                    let proposed = (partition_id, batches, answer, timeout);
                     return replicated(broker, cluster, &name, proposed, version)
                         .await
                         .with_index(index);
@@ -201,9 +208,9 @@ fn below_min_insync(status: &GroupStatus, node: u64, min_insync: u32) -> Option<
 }
 
 /// A replicated partition's batches: proposed to its group, answered when committed (a
-/// majority holds them durably), whatever the acks asked (acks=1 is answered at commit
-/// too, until the leader's own durable write is reported per proposal). A node that does
-/// not lead the partition answers NOT_LEADER_OR_FOLLOWER, so the client refreshes its
+/// majority holds them durably) for acks=all, once the leader's own write of them is
+/// durable for acks=1 (acks=0 is not answered at all). A node that does not lead the
+/// partition answers NOT_LEADER_OR_FOLLOWER, so the client refreshes its
 /// metadata and retries at the leader. Past the request's `timeout_ms` it answers
 /// REQUEST_TIMED_OUT (the batches may still commit, as in Kafka), as it does when the
 /// partition's replica has no room for another proposal.
@@ -211,7 +218,7 @@ async fn replicated(
     broker: &Broker,
     cluster: &ringlog_cluster::node::Cluster,
     topic: &str,
-    (partition, batches, timeout): (u32, bytes::Bytes, Duration),
+    (partition, batches, answer, timeout): (u32, bytes::Bytes, AnswerAt, Duration),
     version: i16,
 ) -> PartitionProduceResponse {
     let max_message_bytes = broker
@@ -220,12 +227,20 @@ async fn replicated(
         .map_or(0, |meta| meta.config.max_message_bytes() as usize);
     let response = PartitionProduceResponse::default();
     match cluster
-        .propose(topic, partition, batches, max_message_bytes, None, timeout)
+        .propose(
+            topic,
+            partition,
+            batches,
+            max_message_bytes,
+            None,
+            answer,
+            timeout,
+        )
         .await
     {
         Ok(appended) => response
             .with_base_offset(appended.offset_first)
-            .with_log_append_time_ms(-1),
+            .with_log_append_time_ms(appended.log_append_time_ms.unwrap_or(-1)),
         Err(error) => {
             tracing::debug!(topic, partition, %error, "replicated produce failed");
             let message = (version >= 8).then(|| StrBytes::from_string(error.to_string()));
