@@ -1482,9 +1482,14 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Answers the acks=1 proposals whose entries this leader's write just made durable
-    /// (up to `index`, written in `term`): those proposed in that term. One proposed in an
-    /// earlier term waits for its commit as any other (its entries may have been replaced).
+    /// (up to `index`, written in `term`): those proposed in that term, while it still
+    /// leads in it. One proposed in an earlier term waits for its commit as any other (its
+    /// entries may have been replaced), and a replica that stepped down in the meantime
+    /// (its entries will likely be cut) fails them with the rest (`fail_proposals`).
     fn answer_leader_writes(&mut self, index: u64, term: u64) {
+        if !self.is_leader() || self.term() != term {
+            return;
+        }
         let written: Vec<u64> = (self.proposals.range(..=index))
             .filter(|(_, proposal)| proposal.at_leader_write && proposal.term == term)
             .map(|(&at, _)| at)

@@ -54,7 +54,8 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
         0 | 1 => Ack::Written,
         _ => return refuse_all(request, ResponseError::InvalidRequiredAcks),
     };
-    // A replicated partition's answer waits at most this long for the commit.
+    // A replicated partition's answer waits at most this long (for the commit, or the leader's
+    // write for acks=1).
     let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
     let mut topics = Vec::with_capacity(request.topic_data.len());
     for topic in request.topic_data {
@@ -88,10 +89,12 @@ pub async fn handle(broker: &Broker, request: ProduceRequest, version: i16) -> P
                             return refused.with_index(index);
                         }
                     }
-                    let answer = if acks == 1 {
-                        AnswerAt::LeaderWrite
-                    } else {
+                    // acks=0 is not answered at all: it holds the request no longer than
+                    // acks=1 does.
+                    let answer = if acks == -1 {
                         AnswerAt::Commit
+                    } else {
+                        AnswerAt::LeaderWrite
                     };
                     let proposed = (partition_id, batches, answer, timeout);
                     return replicated(broker, cluster, &name, proposed, version)
