@@ -163,7 +163,8 @@ impl Fills {
         }
         let mut turn = self.next_peer.get();
         // The lowest log start named past `offset`, and the peers asked since the first.
-        let mut starts: Option<(i64, usize)> = None;
+        let mut lowest_start: Option<i64> = None;
+        let mut asked_since = 0;
         loop {
             let peer = self.peers[turn % count];
             let (reply, answer) = oneshot::channel();
@@ -185,18 +186,17 @@ impl Fills {
                     return Some(Fetched::Batches(batches));
                 }
                 Ok(Ok(Fetched::StartsAt(start))) => {
-                    let lowest = starts.map_or(start, |(lowest, _)| lowest.min(start));
-                    starts = Some((lowest, starts.map_or(0, |(_, asked)| asked)));
+                    lowest_start = Some(lowest_start.map_or(start, |lowest| lowest.min(start)));
                 }
                 _ => {}
             }
-            if let Some((lowest, asked)) = starts.as_mut() {
-                *asked += 1;
-                if *asked >= count {
-                    return Some(Fetched::StartsAt(*lowest));
+            self.waiting.borrow_mut().remove(&(group.clone(), offset));
+            if let Some(lowest) = lowest_start {
+                asked_since += 1;
+                if asked_since >= count {
+                    return Some(Fetched::StartsAt(lowest));
                 }
             }
-            self.waiting.borrow_mut().remove(&(group.clone(), offset));
             self.counters
                 .requests_retried
                 .fetch_add(1, Ordering::Relaxed);

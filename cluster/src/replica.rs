@@ -1693,7 +1693,7 @@ fn stamp_entries(
 
 /// The wall clock in milliseconds since the Unix epoch, as Kafka's brokers stamp
 /// LogAppendTime (0 for a clock before the epoch).
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {

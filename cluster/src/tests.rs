@@ -18,7 +18,7 @@ pub(crate) use ringlog_engine::testing::tagged_batch as batch;
 use ringlog_engine::topic::TopicConfig;
 
 use crate::hibernation::Signal;
-use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{now_ms, AnswerAt, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
 
 pub(crate) const NODES: [u64; 3] = [1, 2, 3];
@@ -603,13 +603,6 @@ fn a_log_append_time_topic_carries_the_leaders_clock_on_every_replica() {
         cluster.close().await;
     })
     .unwrap();
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 #[test]

@@ -404,6 +404,27 @@ fn a_topic_is_auto_created_from_whichever_node_a_producer_bootstraps_at() {
     }
 }
 
+/// Waits for `cluster.py ship` to write its first half; the records' partition, its leader
+/// and a follower of it (node ids).
+fn ship_half_way(work: &Path) -> (u64, usize, usize) {
+    wait_for(&work.join("half"));
+    let half: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let partition = half["partition"].as_u64().expect("the records' partition");
+    let leader = half["leader"].as_u64().expect("a leader") as usize;
+    let follower = (1..=3).find(|node| *node != leader).expect("a follower");
+    (partition, leader, follower)
+}
+
+/// Kills node `node` (its id), empties its data directory and starts it again.
+fn wipe_and_restart(cluster: &Cluster, nodes: &mut [Option<Server>], node: usize) {
+    nodes[node - 1].take().expect("it runs").kill();
+    let dir = &cluster.dirs[node - 1];
+    std::fs::remove_dir_all(dir).expect("wipe the node's data directory");
+    std::fs::create_dir_all(dir).expect("an empty data directory");
+    nodes[node - 1] = Some(cluster.start(node - 1));
+}
+
 #[test]
 fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
     // Enough batches in one partition that the leader's window (1,024 applied entries
@@ -417,17 +438,8 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
         script,
         _root,
     } = start("ship", RECORDS);
-    wait_for(&work.join("half"));
-    let half: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
-    let partition = half["partition"].as_u64().expect("the records' partition");
-    let leader = half["leader"].as_u64().expect("a leader") as usize;
-    let follower = (1..=3).find(|node| *node != leader).expect("a follower");
-    nodes[follower - 1].take().expect("it runs").kill();
-    let dir = &cluster.dirs[follower - 1];
-    std::fs::remove_dir_all(dir).expect("wipe the follower's data directory");
-    std::fs::create_dir_all(dir).expect("an empty data directory");
-    nodes[follower - 1] = Some(cluster.start(follower - 1));
+    let (partition, _leader, follower) = ship_half_way(&work);
+    wipe_and_restart(&cluster, &mut nodes, follower);
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
     assert_eq!(result["lost"], serde_json::json!([]), "{result}");
@@ -451,7 +463,7 @@ fn a_wiped_follower_catches_up_by_copying_the_leaders_batches() {
     );
     // It rejoined every group (asked every voter, caught up to the most up-to-date log)
     // before it voted again, then dropped its rejoin marker (`rejoin.rs`).
-    let marker = dir.join(ringlog_cluster::node::REJOIN_MARKER);
+    let marker = cluster.dirs[follower - 1].join(ringlog_cluster::node::REJOIN_MARKER);
     let deadline = Instant::now() + WAIT;
     while marker.exists() {
         assert!(
@@ -507,12 +519,7 @@ fn a_wiped_follower_starts_its_log_where_retention_left_its_peers() {
         RECORDS,
         vec![("--retention-check-interval-ms", "200")],
     );
-    wait_for(&work.join("half"));
-    let half: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
-    let partition = half["partition"].as_u64().expect("the records' partition");
-    let leader = half["leader"].as_u64().expect("a leader") as usize;
-    let follower = (1..=3).find(|node| *node != leader).expect("a follower");
+    let (partition, leader, follower) = ship_half_way(&work);
     // The leader's retention deletes its first segment.
     let first_segment = cluster.dirs[leader - 1]
         .join(format!("{TOPIC}-{partition}"))
@@ -529,11 +536,7 @@ fn a_wiped_follower_starts_its_log_where_retention_left_its_peers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    nodes[follower - 1].take().expect("it runs").kill();
-    let dir = &cluster.dirs[follower - 1];
-    std::fs::remove_dir_all(dir).expect("wipe the follower's data directory");
-    std::fs::create_dir_all(dir).expect("an empty data directory");
-    nodes[follower - 1] = Some(cluster.start(follower - 1));
+    wipe_and_restart(&cluster, &mut nodes, follower);
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
     assert_eq!(result["lost"], serde_json::json!([]), "{result}");
