@@ -2,9 +2,70 @@
 //! (creating a topic answers once this node applied the command). The applier advances it,
 //! or marks it stopped when it fails; either wakes every waiter, none of which polls. It
 //! lives on shard 0 with the controller, so nothing here is shared between threads.
+//!
+//! The offset is also kept on disk ([`APPLIED_FILE`], replaced atomically after each batch
+//! of commands applied), so a restarted node applies only what it had not: applying a
+//! command again is harmless for most (a topic created or deleted already is left as it
+//! is), but replaying old configuration changes would set each old configuration again for
+//! a moment, long enough for a retention check to delete by it. The file is one line:
+//! `ringlog-controller-applied 1 <offset>`.
 
 use std::cell::{Cell, RefCell};
+use std::io;
+use std::path::Path;
 use std::task::{Poll, Waker};
+
+use ringlog_engine::rt;
+
+/// The file in the data directory that holds how far the controller's log is applied.
+pub const APPLIED_FILE: &str = "cluster-applied";
+const APPLIED_MAGIC: &str = "ringlog-controller-applied 1";
+/// The longest file this module writes, with room: a longer one is not read.
+const APPLIED_FILE_BYTES_MAX: u64 = 64;
+
+/// The controller offset applied so far by this data directory's node: 0 if the file is
+/// not there (a new directory, or one from before the file existed: the log is applied
+/// again from its start, which only repeats what it did).
+pub(crate) fn read_applied(data_dir: &Path) -> Result<i64, String> {
+    let path = data_dir.join(APPLIED_FILE);
+    let bad = |what: &str| format!("{}: {what}", path.display());
+    let length = match std::fs::metadata(&path) {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(bad(&error.to_string())),
+    };
+    if length > APPLIED_FILE_BYTES_MAX {
+        return Err(bad(&format!(
+            "{length} bytes, at most {APPLIED_FILE_BYTES_MAX}"
+        )));
+    }
+    let text = std::fs::read_to_string(&path).map_err(|error| bad(&error.to_string()))?;
+    let offset = (text.strip_suffix('\n'))
+        .and_then(|line| line.strip_prefix(APPLIED_MAGIC))
+        .and_then(|rest| rest.strip_prefix(' '))
+        .and_then(|number| number.parse::<i64>().ok())
+        .filter(|offset| *offset >= 0);
+    offset.ok_or_else(|| {
+        bad(&format!(
+            "not `{APPLIED_MAGIC} <offset>`; remove it to apply the controller's log again"
+        ))
+    })
+}
+
+/// Replaces the file with `offset`, durably: written to a temporary file, synced, renamed
+/// over the old one, and the directory synced.
+pub(crate) async fn write_applied(data_dir: &Path, offset: i64) -> io::Result<()> {
+    let path = data_dir.join(APPLIED_FILE);
+    let tmp = data_dir.join(format!("{APPLIED_FILE}.tmp"));
+    let file = rt::File::create(&tmp).await?;
+    let line = format!("{APPLIED_MAGIC} {offset}\n").into_bytes();
+    let (written, _) = file.write_all_at(line, 0).await;
+    written?;
+    file.sync_all().await?;
+    file.close().await?;
+    rt::rename(&tmp, &path).await?;
+    rt::sync_dir(data_dir).await
+}
 
 /// The controller log's offset applied on this node, and whether its applier stopped.
 pub(crate) struct Applied {
@@ -21,9 +82,10 @@ pub(crate) struct Applied {
 pub(crate) struct Stopped;
 
 impl Applied {
-    pub(crate) fn new() -> Applied {
+    /// Applied up to `offset` (from [`read_applied`]).
+    pub(crate) fn new(offset: i64) -> Applied {
         Applied {
-            offset: Cell::new(0),
+            offset: Cell::new(offset),
             stopped: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
         }
@@ -76,12 +138,13 @@ mod tests {
     use std::pin::pin;
 
     use futures::FutureExt;
+    use ringlog_engine::rt;
 
-    use super::{Applied, Stopped};
+    use super::{read_applied, write_applied, Applied, Stopped, APPLIED_FILE};
 
     #[test]
     fn a_waiter_is_answered_when_the_applier_gets_there_or_stops() {
-        let applied = Applied::new();
+        let applied = Applied::new(0);
         let mut reached = pin!(applied.wait(5));
         let mut never = pin!(applied.wait(9));
         assert!(reached.as_mut().now_or_never().is_none());
@@ -101,5 +164,29 @@ mod tests {
             Some(Ok(())),
             "applied before it stopped"
         );
+    }
+
+    #[test]
+    fn the_applied_offset_survives_in_its_file_and_a_damaged_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_applied(dir.path()), Ok(0), "no file: from the start");
+        rt::block_on(write_applied(dir.path(), 4_321))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_applied(dir.path()), Ok(4_321));
+        rt::block_on(write_applied(dir.path(), 4_400))
+            .unwrap()
+            .unwrap();
+        assert_eq!(read_applied(dir.path()), Ok(4_400));
+        for damaged in [
+            "",
+            "ringlog-controller-applied 1 -3\n",
+            "ringlog 1 5\n",
+            "x".repeat(100).as_str(),
+        ] {
+            std::fs::write(dir.path().join(APPLIED_FILE), damaged).unwrap();
+            let error = read_applied(dir.path()).unwrap_err();
+            assert!(error.contains(APPLIED_FILE), "{error}");
+        }
     }
 }

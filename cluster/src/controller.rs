@@ -3,39 +3,73 @@
 //! The controller is a Raft group of every node, built like any replicated partition (a
 //! [`crate::replica::Replica`] over a partition log), in `{data_dir}/__cluster_metadata-0`,
 //! outside the topic registry so no Kafka client sees it (as Kafka's KRaft keeps its
-//! metadata in `__cluster_metadata`). Its records are commands; every node applies the
-//! committed ones in offset order, so every node's registry goes through the same
-//! changes. Today the one command is *create topic*, carrying the topic id the proposer
-//! drew and the topic's whole configuration, so every node creates the same topic with the
-//! same id whatever its own defaults are.
+//! metadata in `__cluster_metadata`). Its records are commands ([`Change`]); every node
+//! applies the committed ones in offset order, so every node's registry goes through the
+//! same changes. A command names its topic by name *and* id, so a command meant for a topic
+//! that was deleted (and perhaps created again under the same name) changes nothing. It
+//! carries every value it needs (a whole configuration, or the resolved value of each key
+//! it sets), never "the default", since nodes may be started with different defaults.
 //!
-//! A command is the value of one record (key `"create-topic"`); its bytes, big-endian:
+//! A command is the value of one record (its key names the kind, for a reader of the log:
+//! `create-topic`, `delete-topic`, `create-partitions`, `alter-config`); its bytes,
+//! big-endian, start with `version u8` (1) and `kind u8`, then by kind:
 //!
-//! | field      | type                | meaning                                   |
-//! |------------|---------------------|-------------------------------------------|
-//! | version    | u8                  | 1                                         |
-//! | kind       | u8                  | 1: create topic                           |
-//! | id         | 16 bytes            | the topic id (a UUID, never nil)          |
-//! | partitions | u32                 | partition count                           |
-//! | name       | u16 length + bytes  | the topic name (UTF-8, at most 249 bytes) |
-//! | pairs      | u16 count           | configuration entries that follow         |
-//! | key        | u16 length + bytes  | a topic configuration key                 |
-//! | value      | u16 length + bytes  | its value                                 |
+//! | kind | name              | fields after the kind                                                   |
+//! |-----:|-------------------|-------------------------------------------------------------------------|
+//! |    1 | create topic      | `id [16]`, `partitions u32`, `name str`, `pairs`                        |
+//! |    2 | delete topic      | `id [16]`, `name str`                                                   |
+//! |    3 | create partitions | `id [16]`, `partitions u32` (the new total), `name str`                 |
+//! |    4 | alter config      | `id [16]`, `name str`, `pairs` (set over the topic's current configuration) |
+//!
+//! `str` is `u16 length + UTF-8 bytes` (a topic name at most 249 bytes); `pairs` is a
+//! `u16 count` (at most 64) of `key str, value str`. The id is the topic's (a UUID, never
+//! nil). Create topic's pairs are the whole configuration, so every node creates the same
+//! topic whatever its own defaults are; alter config's are the keys it sets, each with its
+//! value (AlterConfigs sends every key, IncrementalAlterConfigs those it edits).
 //!
 //! Every length is bounded before it is trusted; a command that does not decode is an
 //! error that stops the node's applying (it would mean a bug or damage), never skipped.
 
-use ringlog_engine::topic::{ConfigError, TopicConfig, TopicName};
+use ringlog_engine::topic::{keys, ConfigError, TopicConfig, TopicName};
 
 /// The directory name (under the data directory) of the controller's log.
 pub const CONTROLLER_TOPIC: &str = "__cluster_metadata";
-/// The record key of a create-topic command.
-pub const CREATE_TOPIC_KEY: &[u8] = b"create-topic";
 
 const VERSION: u8 = 1;
 const KIND_CREATE_TOPIC: u8 = 1;
-/// The most configuration entries a command carries (a topic has about a dozen keys).
+const KIND_DELETE_TOPIC: u8 = 2;
+const KIND_CREATE_PARTITIONS: u8 = 3;
+const KIND_ALTER_CONFIG: u8 = 4;
+/// The most configuration entries a command carries: every key a topic has, with room to
+/// grow. A command's pairs are distinct known keys (a configuration's, or an alter request's
+/// once checked), so no command the node builds has more.
 const PAIRS_MAX: usize = 64;
+const _: () = assert!(keys::ALL.len() <= PAIRS_MAX);
+
+/// A change to the cluster's metadata: one controller command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    CreateTopic(CreateTopic),
+    DeleteTopic(TopicRef),
+    /// Raises the topic's partition count to `partitions`.
+    CreatePartitions {
+        topic: TopicRef,
+        partitions: u32,
+    },
+    /// Sets `pairs` over the topic's configuration.
+    AlterConfig {
+        topic: TopicRef,
+        pairs: Vec<(String, String)>,
+    },
+}
+
+/// A topic as a command names it: a name, and the id that tells this topic from one of
+/// the same name deleted or created since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRef {
+    pub name: String,
+    pub id: [u8; 16],
+}
 
 /// A topic to create on every node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +103,116 @@ pub enum CommandError {
     Config(#[source] ConfigError),
 }
 
+impl Change {
+    /// The record key naming the command's kind.
+    pub fn key(&self) -> &'static [u8] {
+        match self {
+            Change::CreateTopic(_) => b"create-topic",
+            Change::DeleteTopic(_) => b"delete-topic",
+            Change::CreatePartitions { .. } => b"create-partitions",
+            Change::AlterConfig { .. } => b"alter-config",
+        }
+    }
+
+    /// The name of the topic the command changes.
+    pub fn topic_name(&self) -> &str {
+        match self {
+            Change::CreateTopic(create) => &create.name,
+            Change::DeleteTopic(topic)
+            | Change::CreatePartitions { topic, .. }
+            | Change::AlterConfig { topic, .. } => &topic.name,
+        }
+    }
+
+    /// The command's bytes (see the module doc).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.topic_name().len());
+        out.push(VERSION);
+        match self {
+            Change::CreateTopic(create) => {
+                out.push(KIND_CREATE_TOPIC);
+                out.extend_from_slice(&create.id);
+                out.extend_from_slice(&create.partitions.to_be_bytes());
+                put_str(&mut out, &create.name);
+                put_pairs(&mut out, &create.pairs);
+            }
+            Change::DeleteTopic(topic) => {
+                out.push(KIND_DELETE_TOPIC);
+                out.extend_from_slice(&topic.id);
+                put_str(&mut out, &topic.name);
+            }
+            Change::CreatePartitions { topic, partitions } => {
+                out.push(KIND_CREATE_PARTITIONS);
+                out.extend_from_slice(&topic.id);
+                out.extend_from_slice(&partitions.to_be_bytes());
+                put_str(&mut out, &topic.name);
+            }
+            Change::AlterConfig { topic, pairs } => {
+                out.push(KIND_ALTER_CONFIG);
+                out.extend_from_slice(&topic.id);
+                put_str(&mut out, &topic.name);
+                put_pairs(&mut out, pairs);
+            }
+        }
+        out
+    }
+
+    /// Decodes a command, every length checked against what is left.
+    pub fn decode(bytes: &[u8]) -> Result<Change, CommandError> {
+        let mut reader = Reader { bytes, at: 0 };
+        let version = reader.u8()?;
+        if version != VERSION {
+            return Err(CommandError::Version(version));
+        }
+        let kind = reader.u8()?;
+        let id = reader.array::<16>()?;
+        let change = match kind {
+            KIND_CREATE_TOPIC => {
+                let partitions = u32::from_be_bytes(reader.array()?);
+                let name = reader.str()?;
+                let pairs = reader.pairs()?;
+                Change::CreateTopic(CreateTopic {
+                    name,
+                    id,
+                    partitions,
+                    pairs,
+                })
+            }
+            KIND_DELETE_TOPIC => Change::DeleteTopic(TopicRef {
+                name: reader.str()?,
+                id,
+            }),
+            KIND_CREATE_PARTITIONS => {
+                let partitions = u32::from_be_bytes(reader.array()?);
+                let name = reader.str()?;
+                Change::CreatePartitions {
+                    topic: TopicRef { name, id },
+                    partitions,
+                }
+            }
+            KIND_ALTER_CONFIG => {
+                let name = reader.str()?;
+                let pairs = reader.pairs()?;
+                Change::AlterConfig {
+                    topic: TopicRef { name, id },
+                    pairs,
+                }
+            }
+            other => return Err(CommandError::Kind(other)),
+        };
+        let rest = bytes.len() - reader.at;
+        if rest != 0 {
+            return Err(CommandError::Trailing(rest));
+        }
+        Ok(change)
+    }
+
+    /// The command's topic name, checked.
+    pub fn checked_name(&self) -> Result<TopicName, CommandError> {
+        TopicName::new(self.topic_name()).map_err(|error| CommandError::Name(error.to_string()))
+    }
+}
+
 impl CreateTopic {
     /// The command for `config`'s topic.
     pub fn new(name: &TopicName, id: [u8; 16], partitions: u32, config: &TopicConfig) -> Self {
@@ -76,78 +220,49 @@ impl CreateTopic {
             name: name.as_str().to_owned(),
             id,
             partitions,
-            pairs: config
-                .to_pairs()
-                .into_iter()
-                .map(|(key, value)| (key.to_owned(), value))
-                .collect(),
+            pairs: config_pairs(config),
         }
-    }
-
-    /// The command's bytes (see the module doc).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.name.len() + self.pairs.len() * 48);
-        out.push(VERSION);
-        out.push(KIND_CREATE_TOPIC);
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&self.partitions.to_be_bytes());
-        put_str(&mut out, &self.name);
-        let count = u16::try_from(self.pairs.len()).unwrap_or(u16::MAX);
-        out.extend_from_slice(&count.to_be_bytes());
-        for (key, value) in self.pairs.iter().take(usize::from(count)) {
-            put_str(&mut out, key);
-            put_str(&mut out, value);
-        }
-        out
-    }
-
-    /// Decodes a command, every length checked against what is left.
-    pub fn decode(bytes: &[u8]) -> Result<CreateTopic, CommandError> {
-        let mut reader = Reader { bytes, at: 0 };
-        let version = reader.u8()?;
-        if version != VERSION {
-            return Err(CommandError::Version(version));
-        }
-        let kind = reader.u8()?;
-        if kind != KIND_CREATE_TOPIC {
-            return Err(CommandError::Kind(kind));
-        }
-        let mut id = [0; 16];
-        id.copy_from_slice(reader.take(16)?);
-        let partitions = u32::from_be_bytes(reader.array()?);
-        let name = reader.str()?;
-        let count = usize::from(u16::from_be_bytes(reader.array()?));
-        if count > PAIRS_MAX {
-            return Err(CommandError::TooManyPairs(count));
-        }
-        let mut pairs = Vec::with_capacity(count);
-        for _ in 0..count {
-            pairs.push((reader.str()?, reader.str()?));
-        }
-        let rest = bytes.len() - reader.at;
-        if rest != 0 {
-            return Err(CommandError::Trailing(rest));
-        }
-        Ok(CreateTopic {
-            name,
-            id,
-            partitions,
-            pairs,
-        })
-    }
-
-    /// The topic's name, checked.
-    pub fn topic_name(&self) -> Result<TopicName, CommandError> {
-        TopicName::new(self.name.as_str()).map_err(|error| CommandError::Name(error.to_string()))
     }
 
     /// The topic's configuration, rebuilt from the command's entries over the defaults.
     pub fn config(&self) -> Result<TopicConfig, CommandError> {
-        let mut config = TopicConfig::default();
-        config
-            .apply_all(self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .map_err(CommandError::Config)?;
-        Ok(config)
+        applied_over(&TopicConfig::default(), &self.pairs)
+    }
+}
+
+/// Every key of `config` with its value, as a create or alter command carries them.
+pub fn config_pairs(config: &TopicConfig) -> Vec<(String, String)> {
+    config
+        .to_pairs()
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), value))
+        .collect()
+}
+
+/// `base` with `pairs` set over it, checked as a topic's configuration.
+pub fn applied_over(
+    base: &TopicConfig,
+    pairs: &[(String, String)],
+) -> Result<TopicConfig, CommandError> {
+    let mut config = base.clone();
+    config
+        .apply_all(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(CommandError::Config)?;
+    Ok(config)
+}
+
+fn put_pairs(out: &mut Vec<u8>, pairs: &[(String, String)]) {
+    // Encoding more than the decoder takes would commit a command no node can apply; the
+    // pairs are distinct known keys (see `PAIRS_MAX`).
+    assert!(
+        pairs.len() <= PAIRS_MAX,
+        "{} configuration entries",
+        pairs.len()
+    );
+    out.extend_from_slice(&(pairs.len() as u16).to_be_bytes());
+    for (key, value) in pairs {
+        put_str(out, key);
+        put_str(out, value);
     }
 }
 
@@ -191,13 +306,25 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| CommandError::NotUtf8)
     }
+
+    fn pairs(&mut self) -> Result<Vec<(String, String)>, CommandError> {
+        let count = usize::from(u16::from_be_bytes(self.array()?));
+        if count > PAIRS_MAX {
+            return Err(CommandError::TooManyPairs(count));
+        }
+        let mut pairs = Vec::with_capacity(count);
+        for _ in 0..count {
+            pairs.push((self.str()?, self.str()?));
+        }
+        Ok(pairs)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn command() -> CreateTopic {
+    fn create() -> CreateTopic {
         let config = TopicConfig::builder()
             .retention_ms(None)
             .segment_bytes(1 << 20)
@@ -206,43 +333,86 @@ mod tests {
         CreateTopic::new(&TopicName::new("orders").unwrap(), [7; 16], 6, &config)
     }
 
+    fn orders() -> TopicRef {
+        TopicRef {
+            name: "orders".to_owned(),
+            id: [7; 16],
+        }
+    }
+
+    fn every_kind() -> Vec<Change> {
+        vec![
+            Change::CreateTopic(create()),
+            Change::DeleteTopic(orders()),
+            Change::CreatePartitions {
+                topic: orders(),
+                partitions: 12,
+            },
+            Change::AlterConfig {
+                topic: orders(),
+                pairs: vec![("retention.ms".to_owned(), "60000".to_owned())],
+            },
+        ]
+    }
+
     #[test]
-    fn a_command_round_trips_with_its_configuration() {
-        let command = command();
-        let decoded = CreateTopic::decode(&command.encode()).unwrap();
-        assert_eq!(decoded, command);
+    fn every_command_round_trips() {
+        for change in every_kind() {
+            assert_eq!(Change::decode(&change.encode()).unwrap(), change);
+            assert_eq!(change.checked_name().unwrap().as_str(), "orders");
+        }
+        let Change::CreateTopic(decoded) =
+            Change::decode(&Change::CreateTopic(create()).encode()).unwrap()
+        else {
+            panic!("not a create");
+        };
         let config = decoded.config().unwrap();
         assert_eq!(config.retention_ms(), None);
         assert_eq!(config.segment_bytes(), 1 << 20);
-        assert_eq!(decoded.topic_name().unwrap().as_str(), "orders");
+    }
+
+    #[test]
+    fn an_alter_sets_its_keys_over_the_current_configuration() {
+        let current = create().config().unwrap();
+        let pairs = vec![("retention.ms".to_owned(), "60000".to_owned())];
+        let altered = applied_over(&current, &pairs).unwrap();
+        assert_eq!(altered.retention_ms(), Some(60_000));
+        assert_eq!(altered.segment_bytes(), 1 << 20, "a key not named is kept");
+        let bad = vec![("retention.ms".to_owned(), "soon".to_owned())];
+        assert!(matches!(
+            applied_over(&current, &bad),
+            Err(CommandError::Config(_))
+        ));
     }
 
     #[test]
     fn every_truncation_and_trailing_byte_is_refused() {
-        let bytes = command().encode();
-        for len in 0..bytes.len() {
-            assert!(
-                CreateTopic::decode(&bytes[..len]).is_err(),
-                "a command cut at {len} of {} bytes decoded",
-                bytes.len()
-            );
+        for change in every_kind() {
+            let bytes = change.encode();
+            for len in 0..bytes.len() {
+                assert!(
+                    Change::decode(&bytes[..len]).is_err(),
+                    "{change:?} cut at {len} of {} bytes decoded",
+                    bytes.len()
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Change::decode(&longer), Err(CommandError::Trailing(1)));
+            let mut wrong = bytes;
+            wrong[1] = 9;
+            assert_eq!(Change::decode(&wrong), Err(CommandError::Kind(9)));
         }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert_eq!(CreateTopic::decode(&longer), Err(CommandError::Trailing(1)));
-        let mut wrong = bytes;
-        wrong[1] = 9;
-        assert_eq!(CreateTopic::decode(&wrong), Err(CommandError::Kind(9)));
     }
 
     #[test]
     fn too_many_pairs_are_refused_before_allocating() {
-        let mut bytes = command().encode();
+        let mut bytes = Change::CreateTopic(create()).encode();
         // The pair count sits after version, kind, id, partitions and the name.
         let at = 2 + 16 + 4 + 2 + "orders".len();
         bytes[at..at + 2].copy_from_slice(&u16::MAX.to_be_bytes());
         assert_eq!(
-            CreateTopic::decode(&bytes),
+            Change::decode(&bytes),
             Err(CommandError::TooManyPairs(usize::from(u16::MAX)))
         );
     }

@@ -14,6 +14,9 @@
 //!   `FILL_ANSWER_TIMEOUT_MS` or comes empty sends the next request to the next peer after
 //!   `FILL_RETRY_MS`. Answers are matched to requests by group and offset; one nobody waits
 //!   for (late, or a peer's mistake) is dropped.
+//! - **Tags.** Requests and answers carry the tag of the asking replica's topic
+//!   (`transport.rs`): a request for another incarnation of a topic of the same name is
+//!   answered empty, and an answer for another is dropped.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -32,9 +35,15 @@ use ringlog_engine::storage::DiskStorage;
 
 use crate::limits::{FILL_ANSWER_TIMEOUT_MS, FILL_CHUNK_BYTES_MAX, FILL_RETRY_MS, FILL_SERVES_MAX};
 use crate::snapshot::{Fetched, FillSource};
-use crate::transport::{Payload, Transport};
+use crate::transport::{Group as Addressed, Payload, Transport};
 
 type Group = (Rc<str>, u32);
+
+/// A partition log served here, with its topic's tag.
+struct Served {
+    tag: u64,
+    log: PartitionLog<DiskStorage>,
+}
 
 /// What the node's fills did, over every shard.
 #[derive(Debug, Default)]
@@ -52,7 +61,7 @@ pub struct Fills {
     transport: Rc<Transport>,
     counters: Arc<FillCounters>,
     /// The logs of the shard's groups, to serve from.
-    logs: RefCell<HashMap<Group, PartitionLog<DiskStorage>>>,
+    logs: RefCell<HashMap<Group, Served>>,
     /// The requests this shard's replicas wait on, by group and offset.
     waiting: RefCell<HashMap<(Group, i64), oneshot::Sender<Fetched>>>,
     /// The peer that answered last: asked first next time.
@@ -78,11 +87,15 @@ impl Fills {
         })
     }
 
-    /// Serves fill requests for `log`'s group from now on.
-    pub fn register(&self, log: PartitionLog<DiskStorage>) {
+    /// Serves fill requests for `log`'s group, of the topic tagged `tag`, from now on.
+    pub fn register(&self, log: PartitionLog<DiskStorage>, tag: u64) {
         let id = log.id();
         let group = (Rc::from(&*id.topic), id.partition);
-        self.logs.borrow_mut().insert(group, log);
+        self.logs.borrow_mut().insert(group, Served { tag, log });
+    }
+
+    fn tag_of(&self, group: &Group) -> Option<u64> {
+        self.logs.borrow().get(group).map(|served| served.tag)
     }
 
     /// Stops serving `partition` (its replica stopped).
@@ -98,24 +111,20 @@ impl Fills {
         })
     }
 
-    /// Answers node `from`'s request for `(topic, partition)`'s batches from `offset`.
-    pub fn serve(
-        self: &Rc<Self>,
-        from: u64,
-        topic: &str,
-        partition: u32,
-        offset: i64,
-        max_bytes: u32,
-    ) {
-        let group: Group = (Rc::from(topic), partition);
-        let log = self.logs.borrow().get(&group).cloned();
+    /// Answers node `from`'s request for `asked`'s batches from `offset`.
+    pub fn serve(self: &Rc<Self>, from: u64, asked: Addressed<'_>, offset: i64, max_bytes: u32) {
+        let group: Group = (Rc::from(asked.topic), asked.partition);
+        let tag = asked.tag;
+        let log = (self.logs.borrow().get(&group))
+            .filter(|served| served.tag == tag)
+            .map(|served| served.log.clone());
         let (Some(log), true) = (log, self.serving.get() < FILL_SERVES_MAX) else {
-            self.answer_to(from, &group, offset, 0, Bytes::new());
+            self.answer_to(from, &group, tag, offset, 0, Bytes::new());
             return;
         };
         let log_start = log.offsets().log_start;
         if offset < log_start {
-            self.answer_to(from, &group, offset, log_start, Bytes::new());
+            self.answer_to(from, &group, tag, offset, log_start, Bytes::new());
             return;
         }
         self.serving.set(self.serving.get() + 1);
@@ -130,26 +139,38 @@ impl Fills {
             };
             fills.serving.set(fills.serving.get() - 1);
             (fills.counters.bytes_served).fetch_add(batches.len() as u64, Ordering::Relaxed);
-            fills.answer_to(from, &group, offset, log_start, batches);
+            fills.answer_to(from, &group, tag, offset, log_start, batches);
         })
         .detach();
     }
 
-    /// Hands a peer's answer to the replica waiting for it, if any.
-    pub fn answered(&self, topic: &str, partition: u32, offset: i64, fetched: Fetched) {
-        let group: Group = (Rc::from(topic), partition);
+    /// Hands a peer's answer to the replica waiting for it, if any (of the same topic).
+    pub fn answered(&self, answered: Addressed<'_>, offset: i64, fetched: Fetched) {
+        let group: Group = (Rc::from(answered.topic), answered.partition);
+        if self.tag_of(&group) != Some(answered.tag) {
+            return;
+        }
         if let Some(waiting) = self.waiting.borrow_mut().remove(&(group, offset)) {
             let _ = waiting.send(fetched);
         }
     }
 
-    fn answer_to(&self, to: u64, group: &Group, offset: i64, log_start: i64, batches: Bytes) {
+    fn answer_to(
+        &self,
+        to: u64,
+        group: &Group,
+        tag: u64,
+        offset: i64,
+        log_start: i64,
+        batches: Bytes,
+    ) {
         let chunk = Payload::FillChunk {
             offset,
             log_start,
             batches,
         };
-        self.transport.send_payload(to, &group.0, group.1, &chunk);
+        self.transport
+            .send_payload(to, addressed(group, tag), &chunk);
     }
 
     /// Asks peers in turn until one answers with batches. A peer whose log starts past
@@ -158,6 +179,8 @@ impl Fills {
     /// that keeps the batches longer, or answers later, is preferred to emptying a log).
     async fn fetch(&self, group: Group, offset: i64) -> Option<Fetched> {
         let count = self.peers.len();
+        // A replica fills only while registered here (`Cluster::spawn_group`).
+        let tag = self.tag_of(&group)?;
         if count == 0 {
             return None;
         }
@@ -175,8 +198,7 @@ impl Fills {
                 offset,
                 max_bytes: FILL_CHUNK_BYTES_MAX,
             };
-            self.transport
-                .send_payload(peer, &group.0, group.1, &request);
+            (self.transport).send_payload(peer, addressed(&group, tag), &request);
             let wait = Duration::from_millis(FILL_ANSWER_TIMEOUT_MS);
             match rt::timeout(wait, answer).await {
                 Ok(Ok(Fetched::Batches(batches))) if !batches.is_empty() => {
@@ -203,6 +225,14 @@ impl Fills {
             turn += 1;
             rt::sleep(Duration::from_millis(FILL_RETRY_MS)).await;
         }
+    }
+}
+
+fn addressed(group: &Group, tag: u64) -> Addressed<'_> {
+    Addressed {
+        topic: &group.0,
+        partition: group.1,
+        tag,
     }
 }
 

@@ -24,9 +24,17 @@
 //!   is sent to the owner's mailbox unless it is the owner (see `transport.rs`).
 //! - **Status.** Each group task publishes its leader, term and in-sync voters into a
 //!   table every shard reads (Metadata, Produce and Fetch routing).
-//! - **The controller** (`controller.rs`): creating a topic proposes a command to the
-//!   controller group; every node applies the committed commands in order, creating the
-//!   topic in its registry and a replica of each partition.
+//! - **The controller** (`controller.rs`): creating or deleting a topic, adding partitions
+//!   and altering a configuration propose a command to the controller group; every node
+//!   applies the committed commands in order, changing its registry and opening (or
+//!   closing) the partitions' replicas. A node that does not lead the controller forwards a
+//!   configuration change or an auto-created topic to the leader; CreateTopics,
+//!   DeleteTopics and CreatePartitions are answered NOT_CONTROLLER there, as Kafka does.
+//! - **A deleted topic's groups** are closed before its logs: each task ends at its next
+//!   turn, its replica (journal included) dropped, before the directories go. Frames name a
+//!   group with its topic's tag (`transport.rs`), so a group of a topic created again
+//!   under the old name never hears the old one's replicas on a node that has not applied
+//!   the deletion yet.
 //! - **Liveness.** Idle groups sleep (`hibernation.rs`), so a peer's death must be noticed
 //!   without their heartbeats. A node notices it two ways, and tells every group of every
 //!   shard (`Command::PeerGone`): every connection the peer had to it closed (its process
@@ -59,8 +67,10 @@ use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
 use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, TopicName};
 
-use crate::applied::{Applied, Stopped};
-use crate::controller::{CommandError, CreateTopic, CONTROLLER_TOPIC, CREATE_TOPIC_KEY};
+use crate::applied::{read_applied, write_applied, Applied, Stopped};
+use crate::controller::{
+    applied_over, Change, CommandError, CreateTopic, TopicRef, CONTROLLER_TOPIC,
+};
 use crate::fill::{FillCounters, Fills};
 use crate::hibernation::Signal;
 use crate::inbox::{self, Inbox};
@@ -72,7 +82,7 @@ use crate::limits::{
 use crate::rejoin::LogState;
 use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
-use crate::transport::{self, Hello, Incoming, Payload, Transport};
+use crate::transport::{self, topic_tag, Group, Hello, Incoming, Payload, Transport};
 
 /// A node of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +182,13 @@ pub enum ClusterError {
     InvalidTopicConfig(String),
     #[error("invalid partition count {0}: 1 to {PARTITIONS_PER_TOPIC_MAX}")]
     InvalidPartitions(u32),
+    #[error("topic {name} partition count: {message}")]
+    PartitionsNotIncreased { name: String, message: String },
+    #[error("unknown topic {name}")]
+    UnknownTopic { name: String },
+    /// The file recording how far the controller's log is applied is unreadable.
+    #[error("the controller's applied offset: {0}")]
+    AppliedFile(String),
 }
 
 /// What a group's task last published: what routing and Metadata need.
@@ -232,15 +249,17 @@ pub struct Cluster {
 }
 
 impl ClusterError {
-    /// Whether every node refuses the same create-topic command with this error (a bad
-    /// name, configuration or partition count, a name taken): then the refusal is the
-    /// command's outcome everywhere, and applying goes on.
+    /// Whether every node refuses the same command with this error (a bad name,
+    /// configuration or partition count, a name taken, a topic gone): then the refusal is
+    /// the command's outcome everywhere, and applying goes on.
     fn is_deterministic(&self) -> bool {
         matches!(
             self,
             ClusterError::InvalidTopic(_)
                 | ClusterError::InvalidTopicConfig(_)
                 | ClusterError::InvalidPartitions(_)
+                | ClusterError::PartitionsNotIncreased { .. }
+                | ClusterError::UnknownTopic { .. }
                 | ClusterError::TopicExists { .. }
                 | ClusterError::Engine(
                     EngineError::Topic(
@@ -248,10 +267,34 @@ impl ClusterError {
                             | TopicError::Collides { .. }
                             | TopicError::PartitionCount { .. }
                             | TopicError::IdTaken { .. }
+                            | TopicError::NotFound { .. }
+                            | TopicError::PartitionsNotIncreased { .. }
                     ) | EngineError::TopicName(_)
                 )
         )
     }
+}
+
+/// A command's name for `meta`'s topic.
+fn topic_ref(meta: &TopicMeta) -> TopicRef {
+    TopicRef {
+        name: meta.name.as_str().to_owned(),
+        id: meta.id,
+    }
+}
+
+/// A topic's partition count may only grow, within bounds.
+fn check_partitions_raised(meta: &TopicMeta, partitions: u32) -> Result<(), ClusterError> {
+    if partitions > PARTITIONS_PER_TOPIC_MAX {
+        return Err(ClusterError::InvalidPartitions(partitions));
+    }
+    if partitions <= meta.partitions {
+        return Err(ClusterError::PartitionsNotIncreased {
+            name: meta.name.to_string(),
+            message: format!("has {}, asked {partitions}", meta.partitions),
+        });
+    }
+    Ok(())
 }
 
 /// What creating a replicated topic needs besides a free name: a partition count within
@@ -337,15 +380,33 @@ type ProposalResult = Result<Appended, ReplicaError>;
 type ProposeAnswer = Result<oneshot::Receiver<ProposalResult>, ReplicaError>;
 type GroupKey = (Rc<str>, u32);
 
+/// A group whose replica lives on this shard.
+struct Hosted {
+    /// Its topic's tag (`transport.rs`): frames with another are not for it.
+    tag: u64,
+    inbox: Rc<Inbox<Command>>,
+    /// Answered once its task ended and its replica is dropped (`Cluster::close_group`).
+    ended: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+fn group(key: &GroupKey, tag: u64) -> Group<'_> {
+    Group {
+        topic: &key.0,
+        partition: key.1,
+        tag,
+    }
+}
+
 /// A shard's part of the node.
 struct Local {
     shard: usize,
     transport: Rc<Transport>,
     /// Snapshot fills: served to peers, fetched for this shard's replicas.
     fills: Rc<Fills>,
-    groups: RefCell<HashMap<GroupKey, Rc<Inbox<Command>>>>,
-    /// How far the controller's log is applied (used on shard 0, the controller's).
+    groups: RefCell<HashMap<GroupKey, Hosted>>,
+    /// How far the controller's log is applied, and the log (on shard 0, the controller's).
     controller_applied: Applied,
+    controller_log: RefCell<Option<ringlog_engine::log::PartitionLog<DiskStorage>>>,
     /// The node's count of peers' messages dropped at a full inbox.
     steps_dropped: Arc<AtomicU64>,
 }
@@ -364,6 +425,7 @@ impl Cluster {
     /// holds. Blocks until all are open.
     pub fn start(engine: Engine, config: ClusterConfig) -> Result<Cluster, ClusterError> {
         let rejoining = mark_rejoining(&config.data_dir)?;
+        let applied = read_applied(&config.data_dir).map_err(ClusterError::AppliedFile)?;
         let mut brokers = BTreeMap::new();
         let kafka = &config.kafka_advertised;
         brokers.insert(config.node_id, (kafka.ip().to_string(), kafka.port()));
@@ -378,7 +440,7 @@ impl Cluster {
                 status: Mutex::new(HashMap::new()),
                 brokers: Mutex::new(brokers),
                 links: Mutex::default(),
-                controller_applied: AtomicI64::new(0),
+                controller_applied: AtomicI64::new(applied),
                 steps_dropped: Arc::new(AtomicU64::new(0)),
                 fill_counters: Arc::default(),
                 incarnation: uuid_v4().as_u64_pair().0,
@@ -408,10 +470,15 @@ impl Cluster {
             .map_err(|_| ClusterError::ShardStopped)??;
         for meta in self.inner.engine.topics() {
             if is_replicated(meta.name.as_str()) {
-                self.open_replicas(&meta).await?;
+                self.open_replicas(&meta, 0).await?;
             }
         }
-        Ok(())
+        // Only now: a command applied while the replicas above open could delete one.
+        let cluster = self.clone();
+        self.shards()[0]
+            .spawn(move || async move { cluster.start_applying() })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)?
     }
 
     fn shards(&self) -> &[ShardHandle] {
@@ -510,7 +577,7 @@ impl Cluster {
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
         let (name, command) = self.new_topic_command(name, partitions, &config)?;
-        self.propose_create(&name, &command).await
+        self.propose_create(&name, command).await
     }
 
     /// The command creating a topic, with a new id, once [`Cluster::check_new_topic`]
@@ -539,29 +606,17 @@ impl Cluster {
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
         let (name, command) = self.new_topic_command(name, partitions, &config)?;
-        let leader = match self.propose_create(&name, &command).await {
+        let leader = match self.propose_create(&name, command.clone()).await {
             Err(ClusterError::NotController {
                 leader: Some(leader),
             }) if leader != self.node_id() => leader,
             other => return other,
         };
-        let forward = Payload::Forward(Bytes::from(command.encode()));
-        let sent = self.shards()[0]
-            .spawn(move || async move {
-                let local = local().ok_or(ClusterError::ShardStopped)?;
-                local
-                    .transport
-                    .send_payload(leader, CONTROLLER_TOPIC, 0, &forward);
-                Ok::<(), ClusterError>(())
-            })
-            .await;
-        sent.map_err(|_| ClusterError::ShardStopped)??;
+        self.forward(leader, &Change::CreateTopic(command)).await?;
         tracing::debug!(topic = %name, leader, "topic creation forwarded to the controller");
-        self.wait_for_topic(
-            name.as_str(),
-            Duration::from_millis(FORWARDED_CREATE_WAIT_MS),
-        )
-        .await
+        let wait = Duration::from_millis(FORWARDED_CREATE_WAIT_MS);
+        self.wait_for(wait, |engine| engine.topic(name.as_str()))
+            .await
     }
 
     /// Proposes a topic's creation to the controller group (led here, else
@@ -569,12 +624,130 @@ impl Cluster {
     async fn propose_create(
         &self,
         name: &TopicName,
-        command: &CreateTopic,
+        command: CreateTopic,
     ) -> Result<TopicMeta, ClusterError> {
+        let id = command.id;
+        self.propose_change(&Change::CreateTopic(command)).await?;
+        match self.inner.engine.topic(name.as_str()) {
+            Some(meta) if meta.id == id => Ok(meta),
+            // Another request created the name first; its command won.
+            _ => Err(ClusterError::TopicExists {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Deletes a replicated topic on every node through the controller (this node must
+    /// lead it, else `NotController`); answers, with what the topic was, once this node
+    /// applied the deletion.
+    pub async fn delete_topic(&self, name: &str) -> Result<TopicMeta, ClusterError> {
+        let meta = self.replicated_topic(name)?;
+        self.propose_change(&Change::DeleteTopic(topic_ref(&meta)))
+            .await?;
+        Ok(meta)
+    }
+
+    /// Raises a replicated topic's partition count to `partitions` through the controller
+    /// (this node must lead it); answers once this node applied it and opened the new
+    /// partitions' replicas.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicMeta, ClusterError> {
+        let meta = self.replicated_topic(name)?;
+        check_partitions_raised(&meta, partitions)?;
+        let change = Change::CreatePartitions {
+            topic: topic_ref(&meta),
+            partitions,
+        };
+        self.propose_change(&change).await?;
+        match self.inner.engine.topic(name) {
+            Some(now) if now.id == meta.id && now.partitions >= partitions => Ok(now),
+            _ => Err(ClusterError::UnknownTopic {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// What [`Cluster::create_partitions`] would refuse before proposing (CreatePartitions'
+    /// `validate_only`): the topic, and a count that grows within bounds.
+    pub fn check_create_partitions(&self, name: &str, partitions: u32) -> Result<(), ClusterError> {
+        check_partitions_raised(&self.replicated_topic(name)?, partitions)
+    }
+
+    /// Sets `pairs` (keys with their values, checked against the topic's configuration)
+    /// over a replicated topic's configuration on every node, through the controller:
+    /// proposed here if this node leads it, else forwarded to the node that does. Answers
+    /// with the topic once this node applied the change (a forwarded one within
+    /// `FORWARDED_CREATE_WAIT_MS`).
+    pub async fn alter_config_anywhere(
+        &self,
+        name: &str,
+        pairs: Vec<(String, String)>,
+    ) -> Result<TopicMeta, ClusterError> {
+        let meta = self.replicated_topic(name)?;
+        applied_over(&meta.config, &pairs)
+            .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
+        let change = Change::AlterConfig {
+            topic: topic_ref(&meta),
+            pairs,
+        };
+        let leader = match self.propose_change(&change).await {
+            Err(ClusterError::NotController {
+                leader: Some(leader),
+            }) if leader != self.node_id() => leader,
+            other => {
+                other?;
+                return self.replicated_topic(name);
+            }
+        };
+        self.forward(leader, &change).await?;
+        let Change::AlterConfig { pairs, .. } = &change else {
+            unreachable!("made above");
+        };
+        // Applied here once setting the pairs again would change nothing (or the topic
+        // is another one now, deleted and created again).
+        let applied = |engine: &Engine| {
+            let now = engine.topic(name)?;
+            let done = now.id != meta.id
+                || applied_over(&now.config, pairs).is_ok_and(|config| config == now.config);
+            done.then_some(now)
+        };
+        let wait = Duration::from_millis(FORWARDED_CREATE_WAIT_MS);
+        let now = self.wait_for(wait, applied).await?;
+        if now.id != meta.id {
+            return Err(ClusterError::UnknownTopic {
+                name: name.to_owned(),
+            });
+        }
+        Ok(now)
+    }
+
+    /// A replicated topic's partition count, as this node applied it.
+    pub fn partition_count(&self, name: &str) -> Option<u32> {
+        Some(self.replicated_topic(name).ok()?.partitions)
+    }
+
+    /// A replicated topic this node holds.
+    fn replicated_topic(&self, name: &str) -> Result<TopicMeta, ClusterError> {
+        self.inner
+            .engine
+            .topic(name)
+            .filter(|meta| is_replicated(meta.name.as_str()))
+            .ok_or_else(|| ClusterError::UnknownTopic {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Proposes a change to the controller group (led here, else `NotController`) and
+    /// answers once this node applied it (whatever its outcome: a command refused when
+    /// applied is refused alike on every node).
+    async fn propose_change(&self, change: &Change) -> Result<(), ClusterError> {
         let mut builder = BatchBuilder::new();
-        let value = command.encode();
+        let value = change.encode();
         builder
-            .push(0, Some(CREATE_TOPIC_KEY), Some(value.as_slice()), &[])
+            .push(0, Some(change.key()), Some(value.as_slice()), &[])
             .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
         let batch = Bytes::from(builder.build());
         let timeout = Duration::from_millis(CONTROLLER_PROPOSE_TIMEOUT_MS);
@@ -594,20 +767,31 @@ impl Cluster {
             other => other?,
         };
         let wait = Duration::from_millis(CONTROLLER_APPLY_WAIT_MS);
-        self.wait_applied(committed.offset_next, wait).await?;
-        match self.inner.engine.topic(name.as_str()) {
-            Some(meta) if meta.id == command.id => Ok(meta),
-            // Another request created the name first; its command won.
-            _ => Err(ClusterError::TopicExists {
-                name: name.to_string(),
-            }),
-        }
+        self.wait_applied(committed.offset_next, wait).await
+    }
+
+    /// Sends `change` to node `leader`, the controller's leader, to propose.
+    async fn forward(&self, leader: u64, change: &Change) -> Result<(), ClusterError> {
+        let forward = Payload::Forward(Bytes::from(change.encode()));
+        let sent = self.shards()[0]
+            .spawn(move || async move {
+                let local = local().ok_or(ClusterError::ShardStopped)?;
+                let controller = Group {
+                    topic: CONTROLLER_TOPIC,
+                    partition: 0,
+                    tag: 0,
+                };
+                local.transport.send_payload(leader, controller, &forward);
+                Ok::<(), ClusterError>(())
+            })
+            .await;
+        sent.map_err(|_| ClusterError::ShardStopped)?
     }
 
     /// A command another node forwarded to this one, as the controller's leader
-    /// (`Payload::Forward`): proposed as if a client had asked here. Nothing is answered:
-    /// the forwarding node waits for the topic in its own applied metadata. A command that
-    /// does not decode, or is for another group, is dropped with a warning.
+    /// (`Payload::Forward`): checked and proposed as if a client had asked here. Nothing
+    /// is answered: the forwarding node waits for the change in its own applied metadata.
+    /// A command that does not decode, or is for another group, is dropped with a warning.
     fn forwarded(&self, from: u64, topic: &str, partition: u32, command: &[u8]) {
         if topic != CONTROLLER_TOPIC || partition != 0 {
             tracing::warn!(
@@ -618,8 +802,8 @@ impl Cluster {
             );
             return;
         }
-        let command = match CreateTopic::decode(command) {
-            Ok(command) => command,
+        let change = match Change::decode(command) {
+            Ok(change) => change,
             Err(error) => {
                 tracing::warn!(from, %error, "a forwarded controller command does not decode; dropped");
                 return;
@@ -627,31 +811,66 @@ impl Cluster {
         };
         let cluster = self.clone();
         rt::spawn_local(async move {
-            let created = async {
-                let invalid = |error: CommandError| ClusterError::InvalidTopic(error.to_string());
-                let name = command.topic_name().map_err(invalid)?;
-                // Its configuration must rebuild here as on every applying node.
-                command.config().map_err(invalid)?;
-                cluster.check_new_topic(name.as_str(), command.partitions)?;
-                cluster.propose_create(&name, &command).await
+            let made = async {
+                cluster.check_change(&change)?;
+                cluster.propose_change(&change).await
             };
-            match created.await {
-                Ok(meta) => tracing::info!(from, topic = %meta.name, "topic created for a peer"),
-                Err(error) => tracing::debug!(from, %error, "a peer's topic not created"),
+            let topic = change.topic_name();
+            match made.await {
+                Ok(()) => tracing::info!(from, topic, "a peer's controller command made"),
+                Err(error) => {
+                    tracing::debug!(from, topic, %error, "a peer's controller command not made");
+                }
             }
         })
         .detach();
     }
 
-    /// Waits until this node's applier has topic `name`, for at most `wait`: one applied
-    /// command at a time.
-    async fn wait_for_topic(&self, name: &str, wait: Duration) -> Result<TopicMeta, ClusterError> {
+    /// What applying `change` would refuse here, checked before it is proposed.
+    fn check_change(&self, change: &Change) -> Result<(), ClusterError> {
+        let invalid = |error: CommandError| ClusterError::InvalidTopic(error.to_string());
+        let name = change.checked_name().map_err(invalid)?;
+        let current = |topic: &TopicRef| {
+            self.replicated_topic(&topic.name)
+                .ok()
+                .filter(|meta| meta.id == topic.id)
+                .ok_or_else(|| ClusterError::UnknownTopic {
+                    name: topic.name.clone(),
+                })
+        };
+        match change {
+            Change::CreateTopic(create) => {
+                // Its configuration must rebuild here as on every applying node.
+                create.config().map_err(invalid)?;
+                self.check_new_topic(name.as_str(), create.partitions)?;
+            }
+            Change::DeleteTopic(topic) => {
+                current(topic)?;
+            }
+            Change::CreatePartitions { topic, partitions } => {
+                check_partitions_raised(&current(topic)?, *partitions)?;
+            }
+            Change::AlterConfig { topic, pairs } => {
+                applied_over(&current(topic)?.config, pairs)
+                    .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `found` finds what it looks for in this node's applied metadata, for at
+    /// most `wait`: looking again after each command applied.
+    async fn wait_for<T>(
+        &self,
+        wait: Duration,
+        found: impl Fn(&Engine) -> Option<T>,
+    ) -> Result<T, ClusterError> {
         let deadline = Instant::now() + wait;
         loop {
-            // Read before looking: a topic applied after this is past it.
+            // Read before looking: a change applied after this is past it.
             let applied = self.inner.controller_applied.load(Ordering::Acquire);
-            if let Some(meta) = self.inner.engine.topic(name) {
-                return Ok(meta);
+            if let Some(found) = found(&self.inner.engine) {
+                return Ok(found);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.wait_applied(applied + 1, left).await {
@@ -786,7 +1005,8 @@ impl Cluster {
             transport,
             fills,
             groups: RefCell::new(HashMap::new()),
-            controller_applied: Applied::new(),
+            controller_applied: Applied::new(self.inner.controller_applied.load(Ordering::Acquire)),
+            controller_log: RefCell::new(None),
             steps_dropped: self.inner.steps_dropped.clone(),
         });
         LOCAL.with(|slot| *slot.borrow_mut() = Some(local.clone()));
@@ -825,8 +1045,8 @@ impl Cluster {
         loop {
             rt::sleep(config.tick).await;
             ticks = ticks.wrapping_add(1);
-            for inbox in local.groups.borrow().values() {
-                inbox.tick();
+            for hosted in local.groups.borrow().values() {
+                hosted.inbox.tick();
             }
             if ticks % config.heartbeat_ticks.max(1) == 0 {
                 for &peer in self.inner.heard.keys() {
@@ -945,12 +1165,25 @@ impl Cluster {
         )
         .await?;
         let log = replica.log().clone();
-        self.spawn_group(replica);
+        if let Some(local) = local() {
+            *local.controller_log.borrow_mut() = Some(log.clone());
+        }
+        self.spawn_group(replica, 0);
         if self.inner.rejoining.load(Ordering::Acquire) {
             let cluster = self.clone();
-            let log = log.clone();
             rt::spawn_local(async move { cluster.end_rejoin(log).await }).detach();
         }
+        Ok(())
+    }
+
+    /// Starts applying the controller's committed commands, on shard 0, the controller's.
+    fn start_applying(&self) -> Result<(), ClusterError> {
+        let log = local()
+            .and_then(|local| local.controller_log.borrow().clone())
+            .ok_or_else(|| ClusterError::NoReplica {
+                topic: CONTROLLER_TOPIC.to_owned(),
+                partition: 0,
+            })?;
         let cluster = self.clone();
         rt::spawn_local(async move {
             if let Err(error) = cluster.apply_controller(log).await {
@@ -1025,12 +1258,14 @@ impl Cluster {
         }
     }
 
-    /// Applies the controller's committed commands in order, forever.
+    /// Applies the controller's committed commands in order, forever, from where this node
+    /// left off (`applied.rs`).
     async fn apply_controller(
         &self,
         log: ringlog_engine::log::PartitionLog<DiskStorage>,
     ) -> Result<(), ClusterError> {
-        let mut next = 0_i64;
+        let mut next = self.inner.controller_applied.load(Ordering::Acquire);
+        let data_dir = self.inner.config.data_dir.clone();
         loop {
             let version = log.version();
             if log.offsets().high_watermark <= next {
@@ -1042,6 +1277,7 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
             let mut rest = bytes.as_slice();
+            let before = next;
             // A read may end inside its last batch: that one is read again from `next`.
             while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
                 let (batch, after) = RecordBatch::parse(rest)
@@ -1059,31 +1295,71 @@ impl Cluster {
                     let record = record.map_err(|e| {
                         ClusterError::InvalidTopic(format!("controller record: {e}"))
                     })?;
-                    if record.key == Some(CREATE_TOPIC_KEY) {
-                        let command = CreateTopic::decode(record.value.unwrap_or_default())
-                            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
-                        match self.apply_create_topic(&command).await {
-                            Ok(()) => {}
-                            // Refused alike on every node: the command's outcome, not a
-                            // reason to stop applying the ones after it.
-                            Err(refused) if refused.is_deterministic() => {
-                                tracing::warn!(
-                                    topic = command.name,
-                                    error = %refused,
-                                    "a committed create-topic command is refused; skipped"
-                                );
-                            }
-                            Err(error) => return Err(error),
+                    let change = Change::decode(record.value.unwrap_or_default())
+                        .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+                    match self.apply_change(&change).await {
+                        Ok(()) => {}
+                        // Refused alike on every node: the command's outcome, not a
+                        // reason to stop applying the ones after it.
+                        Err(refused) if refused.is_deterministic() => {
+                            tracing::warn!(
+                                topic = change.topic_name(),
+                                command = %String::from_utf8_lossy(change.key()),
+                                error = %refused,
+                                "a committed controller command is refused; skipped"
+                            );
                         }
+                        Err(error) => return Err(error),
                     }
                 }
                 next = batch_next;
+            }
+            if next > before {
+                write_applied(&data_dir, next)
+                    .await
+                    .map_err(|e| ClusterError::AppliedFile(e.to_string()))?;
                 (self.inner.controller_applied).store(next, Ordering::Release);
                 if let Some(local) = local() {
                     local.controller_applied.advance(next);
                 }
             }
         }
+    }
+
+    async fn apply_change(&self, change: &Change) -> Result<(), ClusterError> {
+        match change {
+            Change::CreateTopic(create) => self.apply_create_topic(create).await,
+            Change::DeleteTopic(topic) => self.apply_delete_topic(topic).await,
+            Change::CreatePartitions { topic, partitions } => {
+                self.apply_create_partitions(topic, *partitions).await
+            }
+            Change::AlterConfig { topic, pairs } => {
+                let Some(meta) = self.current(topic) else {
+                    return Ok(());
+                };
+                let config = applied_over(&meta.config, pairs)
+                    .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
+                self.inner.engine.alter_config(&topic.name, config).await?;
+                tracing::info!(
+                    topic = topic.name,
+                    "configuration altered by the controller"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The topic a command names, if it is still the one here (same id).
+    fn current(&self, topic: &TopicRef) -> Option<TopicMeta> {
+        let meta = self.inner.engine.topic(&topic.name)?;
+        if meta.id != topic.id {
+            tracing::debug!(
+                topic = topic.name,
+                "a controller command for an earlier topic of the same name; nothing to do"
+            );
+            return None;
+        }
+        Some(meta)
     }
 
     /// Creates a committed topic here (once: a topic that exists is left as it is).
@@ -1099,23 +1375,109 @@ impl Cluster {
             }
             return Ok(());
         }
-        let name = command
-            .topic_name()
-            .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+        let invalid = |e: CommandError| ClusterError::InvalidTopic(e.to_string());
+        let name = Change::CreateTopic(command.clone())
+            .checked_name()
+            .map_err(invalid)?;
         let config = command
             .config()
             .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
         check_creatable(engine, &name, command.partitions)?;
-        let meta = engine
-            .create_topic_with_id(name.as_str(), command.id, command.partitions, config)
-            .await?;
+        let meta = loop {
+            let created = engine
+                .create_topic_with_id(
+                    name.as_str(),
+                    command.id,
+                    command.partitions,
+                    config.clone(),
+                )
+                .await;
+            match created {
+                Err(EngineError::Topic(TopicError::LeftoverPartitionDir { path })) => {
+                    // In a cluster only the controller's commands make topics, so a
+                    // directory of a topic the registry does not hold is what a deletion
+                    // cut short by a crash left: its topic is gone on every node.
+                    tracing::warn!(path = %path.display(), "removing a deleted topic's leftover directory");
+                    std::fs::remove_dir_all(&path).map_err(|source| {
+                        ClusterError::Engine(EngineError::Topic(TopicError::Io {
+                            op: "removing a deleted topic's leftover directory",
+                            path,
+                            source,
+                        }))
+                    })?;
+                }
+                other => break other?,
+            }
+        };
         tracing::info!(topic = %name, partitions = command.partitions, "topic created by the controller");
-        self.open_replicas(&meta).await
+        self.open_replicas(&meta, 0).await
     }
 
-    /// Wraps each of the topic's partition logs in a replica, on its shard.
-    async fn open_replicas(&self, meta: &TopicMeta) -> Result<(), ClusterError> {
+    /// Deletes a committed topic here: closes its groups, then its logs and directories.
+    async fn apply_delete_topic(&self, topic: &TopicRef) -> Result<(), ClusterError> {
+        let Some(meta) = self.current(topic) else {
+            return Ok(());
+        };
         for partition in 0..meta.partitions {
+            let name = topic.name.clone();
+            let owner = owner(&name, partition, self.shards().len());
+            let cluster = self.clone();
+            let ended = self.shards()[owner]
+                .spawn(move || async move { close_group(&cluster, &name, partition) })
+                .await
+                .map_err(|_| ClusterError::ShardStopped)?;
+            if let Some(ended) = ended {
+                // The task ends at its next turn; a dropped sender means it ended anyway.
+                let _ = ended.await;
+            }
+        }
+        let deleted = self.inner.engine.delete_topic(&topic.name).await;
+        if let Err(error) = deleted {
+            if self.inner.engine.topic(&topic.name).is_some() {
+                return Err(error.into());
+            }
+            // The registry no longer has it: deleted, with a directory left behind, which a
+            // later creation of the name removes.
+            tracing::error!(topic = topic.name, %error, "a deleted topic's data was not all removed");
+        }
+        tracing::info!(topic = topic.name, "topic deleted by the controller");
+        Ok(())
+    }
+
+    /// Adds a committed topic's new partitions here, and their replicas.
+    async fn apply_create_partitions(
+        &self,
+        topic: &TopicRef,
+        partitions: u32,
+    ) -> Result<(), ClusterError> {
+        let Some(meta) = self.current(topic) else {
+            return Ok(());
+        };
+        if meta.partitions >= partitions {
+            // Applied already (or refused alike everywhere: the count must grow).
+            return Err(ClusterError::PartitionsNotIncreased {
+                name: topic.name.clone(),
+                message: format!("has {}, asked {partitions}", meta.partitions),
+            });
+        }
+        let first = meta.partitions;
+        let meta = self
+            .inner
+            .engine
+            .add_partitions(&topic.name, partitions)
+            .await?;
+        tracing::info!(
+            topic = topic.name,
+            partitions,
+            "partitions added by the controller"
+        );
+        self.open_replicas(&meta, first).await
+    }
+
+    /// Wraps each of the topic's partition logs from `first` on in a replica, on its shard.
+    async fn open_replicas(&self, meta: &TopicMeta, first: u32) -> Result<(), ClusterError> {
+        let tag = topic_tag(&meta.id);
+        for partition in first..meta.partitions {
             let topic = meta.name.as_str().to_owned();
             let dir = self
                 .inner
@@ -1141,7 +1503,7 @@ impl Cluster {
                     let replica =
                         Replica::open_with_log(log, DiskStorage, &dir, &cluster.replica_config())
                             .await?;
-                    cluster.spawn_group(replica);
+                    cluster.spawn_group(replica, tag);
                     Ok::<(), ClusterError>(())
                 })
                 .await
@@ -1150,8 +1512,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the task that drives `replica`, on this shard.
-    fn spawn_group(&self, mut replica: Replica<DiskStorage>) {
+    /// Starts the task that drives `replica`, of the topic tagged `tag`, on this shard.
+    fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
         if self.inner.rejoining.load(Ordering::Acquire) {
@@ -1164,19 +1526,32 @@ impl Cluster {
         };
         lock(&self.inner.status).insert((id.topic.to_string(), id.partition), status);
         replica.set_fill_source(local.fills.source());
-        local.fills.register(replica.log().clone());
+        local.fills.register(replica.log().clone(), tag);
         let key: GroupKey = (Rc::from(&*id.topic), id.partition);
         let inbox = Inbox::new(GROUP_INBOX_COMMANDS_MAX);
         let commands = Rc::downgrade(&inbox);
-        local.groups.borrow_mut().insert(key.clone(), inbox);
+        let (ended, on_end) = oneshot::channel();
+        let hosted = Hosted {
+            tag,
+            inbox,
+            ended: RefCell::new(Some(on_end)),
+        };
+        local.groups.borrow_mut().insert(key.clone(), hosted);
         let cluster = self.clone();
         rt::spawn_local(async move {
-            let failure = cluster.drive(replica, commands, &local, &key).await;
+            let failure = cluster.drive(replica, commands, &local, &key, tag).await;
+            if let ClusterError::InboxClosed { .. } = failure {
+                // Closed on purpose (`close_group`), which took it off the shard; the
+                // replica is dropped now.
+                tracing::debug!(partition = %id, "replica closed");
+                let _ = ended.send(());
+                return;
+            }
             // The group's peers may sleep: woken, they elect a leader without this replica.
             for peer in cluster.voters() {
                 if peer != cluster.node_id() {
                     let wake = Payload::Hibernation(Signal::Wake { term: 0 });
-                    local.transport.send_payload(peer, &key.0, key.1, &wake);
+                    local.transport.send_payload(peer, group(&key, tag), &wake);
                 }
             }
             local.groups.borrow_mut().remove(&key);
@@ -1194,7 +1569,9 @@ impl Cluster {
         commands: Weak<Inbox<Command>>,
         local: &Local,
         key: &GroupKey,
+        tag: u64,
     ) -> ClusterError {
+        let to = group(key, tag);
         let mut published = None;
         loop {
             let Some(taken) = inbox::take(&commands).await else {
@@ -1206,13 +1583,13 @@ impl Cluster {
             if taken.tick {
                 replica.tick();
                 for peer in replica.rejoin_asks() {
-                    (local.transport).send_payload(peer, &key.0, key.1, &Payload::RejoinAsk);
+                    (local.transport).send_payload(peer, to, &Payload::RejoinAsk);
                 }
             }
             for command in taken.commands {
                 if let Command::RejoinAsk(peer) = command {
                     let answer = Payload::RejoinAnswer(replica.log_state());
-                    local.transport.send_payload(peer, &key.0, key.1, &answer);
+                    local.transport.send_payload(peer, to, &answer);
                     continue;
                 }
                 if let Err(error) = apply_command(&mut replica, command) {
@@ -1222,7 +1599,7 @@ impl Cluster {
             while replica.has_ready() {
                 let send = |messages: Vec<Message>| {
                     for message in messages {
-                        local.transport.send(message.to, &key.0, key.1, &message);
+                        local.transport.send(message.to, to, &message);
                     }
                 };
                 if let Err(error) = replica.process_ready_sending(send).await {
@@ -1231,9 +1608,9 @@ impl Cluster {
             }
             // After the Ready's messages: a follower's agreement to sleep follows its
             // answer to the heartbeat that carried the commit index.
-            for (to, signal) in replica.take_hibernation_signals() {
+            for (peer, signal) in replica.take_hibernation_signals() {
                 let payload = Payload::Hibernation(signal);
-                local.transport.send_payload(to, &key.0, key.1, &payload);
+                local.transport.send_payload(peer, to, &payload);
             }
             if let Some(inbox) = commands.upgrade() {
                 inbox.set_asleep(replica.asleep());
@@ -1254,11 +1631,28 @@ impl Cluster {
     }
 }
 
+/// Takes a group off this shard (a deleted topic's): its task ends at its next turn, and
+/// the receiver answers once it has and its replica is dropped. `None` if the group is not
+/// here.
+fn close_group(cluster: &Cluster, topic: &str, partition: u32) -> Option<oneshot::Receiver<()>> {
+    let local = local()?;
+    let key: GroupKey = (Rc::from(topic), partition);
+    let hosted = local.groups.borrow_mut().remove(&key)?;
+    let id = PartitionId {
+        topic: Arc::from(topic),
+        partition,
+    };
+    local.fills.forget(&id);
+    lock(&cluster.inner.status).remove(&(topic.to_owned(), partition));
+    let ended = hosted.ended.borrow_mut().take();
+    ended
+}
+
 /// Pushes `command(peer)` into the inbox of every group of this shard (see
 /// [`Cluster::tell_groups`]).
 fn tell_local(local: &Local, peer: u64, what: &'static str, command: fn(u64) -> Command) {
-    for (key, inbox) in local.groups.borrow().iter() {
-        if inbox.push(command(peer)).is_err() {
+    for (key, hosted) in local.groups.borrow().iter() {
+        if hosted.inbox.push(command(peer)).is_err() {
             tracing::warn!(
                 topic = %key.0,
                 partition = key.1,
@@ -1287,7 +1681,8 @@ async fn propose_here(
     let inbox = local()
         .and_then(|local| {
             let key = (Rc::from(topic), partition);
-            local.groups.borrow().get(&key).cloned()
+            let inbox = local.groups.borrow().get(&key)?.inbox.clone();
+            Some(inbox)
         })
         .ok_or_else(no_replica)?;
     let (reply, replied) = oneshot::channel();
@@ -1364,18 +1759,22 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         from,
         topic,
         partition,
+        tag,
         payload,
     } = incoming;
+    let to = Group {
+        topic: &topic,
+        partition,
+        tag,
+    };
     match payload {
-        Payload::Raft(message) => deliver_local(local, &topic, partition, Command::Step(message)),
-        Payload::RejoinAsk => deliver_local(local, &topic, partition, Command::RejoinAsk(from)),
+        Payload::Raft(message) => deliver_local(local, to, Command::Step(message)),
+        Payload::RejoinAsk => deliver_local(local, to, Command::RejoinAsk(from)),
         Payload::RejoinAnswer(state) => {
-            deliver_local(local, &topic, partition, Command::RejoinAnswer(from, state));
+            deliver_local(local, to, Command::RejoinAnswer(from, state));
         }
         Payload::FillRequest { offset, max_bytes } => {
-            local
-                .fills
-                .serve(from, &topic, partition, offset, max_bytes);
+            local.fills.serve(from, to, offset, max_bytes);
         }
         Payload::FillChunk {
             offset,
@@ -1387,10 +1786,10 @@ fn deliver_here(local: &Local, incoming: Incoming) {
             } else {
                 Fetched::Batches(batches)
             };
-            local.fills.answered(&topic, partition, offset, fetched);
+            local.fills.answered(to, offset, fetched);
         }
         Payload::Hibernation(signal) => {
-            deliver_local(local, &topic, partition, Command::Hibernation(from, signal));
+            deliver_local(local, to, Command::Hibernation(from, signal));
         }
         Payload::Forward(_) | Payload::Alive => {
             unreachable!("forwarded commands and alive frames are handled by Cluster::route")
@@ -1399,11 +1798,20 @@ fn deliver_here(local: &Local, incoming: Incoming) {
 }
 
 /// Hands a peer's message to its group's task, on the shard that owns the group. A message
-/// for a group not (yet) open here is dropped, as is one that finds the group's inbox full
+/// for a group not (yet) open here, or for another topic of the same name (its tag), is
+/// dropped, as is one that finds the group's inbox full
 /// (counted): Raft sends again, as a rejoining replica asks again.
-fn deliver_local(local: &Local, topic: &str, partition: u32, command: Command) {
+fn deliver_local(local: &Local, to: Group<'_>, command: Command) {
+    let Group {
+        topic,
+        partition,
+        tag,
+    } = to;
     let key: GroupKey = (Rc::from(topic), partition);
-    let Some(inbox) = local.groups.borrow().get(&key).cloned() else {
+    let inbox = (local.groups.borrow().get(&key))
+        .filter(|hosted| hosted.tag == tag)
+        .map(|hosted| hosted.inbox.clone());
+    let Some(inbox) = inbox else {
         return;
     };
     if inbox.push(command).is_err() {
@@ -1479,11 +1887,21 @@ fn uuid_v4() -> uuid::Uuid {
 
 #[cfg(test)]
 mod tests {
-    use futures::channel::oneshot;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::sync::Arc;
 
-    use super::{apply_command, Command};
+    use futures::channel::oneshot;
+    use raft::eraftpb::Message;
+
+    use super::{apply_command, deliver_local, Command, GroupKey, Hosted, Local};
+    use crate::applied::Applied;
+    use crate::fill::Fills;
+    use crate::inbox::{self, Inbox};
     use crate::replica::{AnswerAt, ReplicaError};
     use crate::tests::{answered, assert_identical, batch, Cluster, MAX_MESSAGE_BYTES};
+    use crate::transport::{Group, Hello, Transport};
     use ringlog_engine::rt;
 
     fn proposal(
@@ -1499,6 +1917,51 @@ mod tests {
             reply,
         };
         (command, replied)
+    }
+
+    #[test]
+    fn a_frame_reaches_only_the_group_of_its_topics_tag() {
+        rt::block_on(async {
+            let hello = Hello {
+                node_id: 1,
+                cluster_name: "c".to_owned(),
+                kafka_host: "127.0.0.1".to_owned(),
+                kafka_port: 9092,
+                incarnation: 1,
+            };
+            let transport = Transport::new(hello, Vec::new());
+            let fills = Fills::new(Vec::new(), transport.clone(), Arc::default());
+            let local = Local {
+                shard: 0,
+                transport,
+                fills,
+                groups: RefCell::new(HashMap::new()),
+                controller_applied: Applied::new(0),
+                controller_log: RefCell::new(None),
+                steps_dropped: Arc::default(),
+            };
+            let inbox = Inbox::new(8);
+            let key: GroupKey = (Rc::from("orders"), 2);
+            let hosted = Hosted {
+                tag: 0xBEEF,
+                inbox: inbox.clone(),
+                ended: RefCell::new(None),
+            };
+            local.groups.borrow_mut().insert(key, hosted);
+            let to = |tag| Group {
+                topic: "orders",
+                partition: 2,
+                tag,
+            };
+            // The same topic name and partition, an earlier (or later) topic's tag.
+            deliver_local(&local, to(0xDEAD), Command::Step(Message::default()));
+            deliver_local(&local, to(0xBEEF), Command::PeerGone(3));
+            let taken = inbox::take(&Rc::downgrade(&inbox)).await.unwrap();
+            let commands: Vec<_> = taken.commands.into_iter().collect();
+            assert_eq!(commands.len(), 1, "only the frame of the group's own tag");
+            assert!(matches!(commands[0], Command::PeerGone(3)));
+        })
+        .unwrap();
     }
 
     #[test]

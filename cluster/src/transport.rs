@@ -34,19 +34,26 @@
 //!
 //! A Raft frame's body (`t`: the topic name's length):
 //!
-//! | offset  | size | field                                                          |
-//! |--------:|-----:|----------------------------------------------------------------|
-//! |       0 |    2 | topic name length `t`, 1 ..= 249                               |
-//! |       2 |  `t` | topic name                                                     |
-//! | 2 + `t` |    4 | partition                                                      |
-//! | 6 + `t` |    … | raft-rs's `eraftpb.Message`, protobuf, to the end of the frame |
+//! | offset   | size | field                                                          |
+//! |---------:|-----:|----------------------------------------------------------------|
+//! |        0 |    2 | topic name length `t`, 1 ..= 249                               |
+//! |        2 |  `t` | topic name                                                     |
+//! |  2 + `t` |    4 | partition                                                      |
+//! |  6 + `t` |    8 | topic tag: the topic id's first 8 bytes (0: the controller)    |
+//! | 14 + `t` |    … | raft-rs's `eraftpb.Message`, protobuf, to the end of the frame |
+//!
+//! **The tag tells a topic from an earlier one of the same name.** A topic deleted and
+//! created again is a new group under the old name. A node that has not yet applied the
+//! deletion still runs the old group, whose leader, of a higher term, would otherwise feed
+//! its entries to the new group's replicas. A frame reaches only the group of its topic,
+//! partition *and* tag ([`Group`]); one for another incarnation finds no group and is dropped.
 //!
 //! The fill frames carry a snapshot's batches (`snapshot.rs`): a replica installing a
 //! snapshot asks a peer for the batches of its committed log from an offset on, and the
 //! peer answers on its own connection back. Both start as a Raft frame does (topic name,
-//! partition), then:
+//! partition, tag), then:
 //!
-//! | kind | field after the partition                                              |
+//! | kind | field after the tag                                                    |
 //! |-----:|------------------------------------------------------------------------|
 //! |    3 | `offset i64` (≥ 0), `max_bytes u32` (1 ..= `FILL_CHUNK_BYTES_MAX`)     |
 //! |    4 | `offset i64` (≥ 0), `log_start i64` (≥ 0, the peer's log start), the batches from `offset`, to the end of the frame (none: the peer cannot serve that offset now, or, if `log_start` is past `offset`, its retention deleted it) |
@@ -55,12 +62,12 @@
 //! each other voter for its term and last entry; the voter answers on its own connection
 //! back. Both start as a Raft frame does, then:
 //!
-//! | kind | field after the partition                                              |
+//! | kind | field after the tag                                                    |
 //! |-----:|------------------------------------------------------------------------|
 //! |    5 | nothing                                                                |
 //! |    6 | `term u64`, `last_index u64`, `last_term u64` (at most `term`)         |
 //!
-//! A forwarded command (kind 7) starts as a Raft frame does, naming the controller's group,
+//! A forwarded command (kind 7) starts as a Raft frame does, naming the controller's group (tag 0),
 //! then carries a controller command (`controller.rs`, at least one byte) to the end of the
 //! frame: a node that does not lead the controller asks its leader to propose it (a topic a
 //! client's request auto-creates at another node). The transport bounds it by the frame
@@ -150,6 +157,7 @@ const SIGNAL_WAKE: u8 = 3;
 /// A string's length prefix.
 const STRING_LEN_BYTES: usize = 2;
 const PARTITION_BYTES: usize = 4;
+const TAG_BYTES: usize = 8;
 
 /// The largest hello frame's length field: kind, node id, the two strings at their limits,
 /// port. The first frame of a connection is bounded by this, not by the frame limit, so a
@@ -217,13 +225,30 @@ fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), FrameErro
     Ok(())
 }
 
-/// A frame from a peer, for the group `(topic, partition)`.
+/// The group a frame is for: a partition of a topic, and the tag of that topic (the first
+/// 8 bytes of its id; see "The tag" in the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub tag: u64,
+}
+
+/// A topic's tag: the first 8 bytes of its id.
+pub fn topic_tag(id: &[u8; 16]) -> u64 {
+    let mut tag = [0; 8];
+    tag.copy_from_slice(&id[..8]);
+    u64::from_be_bytes(tag)
+}
+
+/// A frame from a peer, for the group `(topic, partition, tag)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
     /// The sending node (the connection's hello said so, and a Raft message agrees).
     pub from: u64,
     pub topic: String,
     pub partition: u32,
+    pub tag: u64,
     pub payload: Payload,
 }
 
@@ -464,27 +489,35 @@ fn decode_hello(body: &[u8]) -> Result<Hello, FrameError> {
 }
 
 /// The group a Raft or fill frame's body names, and the fields after it.
-fn decode_group(body: &[u8]) -> Result<(&str, u32, Fields<'_>), FrameError> {
+fn decode_group(body: &[u8]) -> Result<(Group<'_>, Fields<'_>), FrameError> {
     let mut fields = Fields { bytes: body };
     let topic = fields.string("topic name", TOPIC_NAME_LEN_MAX)?;
     if topic.is_empty() {
         return Err(FrameError::TopicEmpty);
     }
     let partition = u32::from_be_bytes(fields.array("partition")?);
-    Ok((topic, partition, fields))
+    let tag = u64::from_be_bytes(fields.array("topic tag")?);
+    Ok((
+        Group {
+            topic,
+            partition,
+            tag,
+        },
+        fields,
+    ))
 }
 
 /// A Raft frame's body: the group's topic and partition, and the message.
-fn decode_raft(body: &[u8]) -> Result<(&str, u32, Message), FrameError> {
-    let (topic, partition, fields) = decode_group(body)?;
+fn decode_raft(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, fields) = decode_group(body)?;
     let message =
         Message::parse_from_bytes(fields.bytes).map_err(|source| FrameError::Message { source })?;
-    Ok((topic, partition, message))
+    Ok((group, Payload::Raft(message)))
 }
 
 /// A fill frame's body (request or chunk): the group, and what it asks or answers.
-fn decode_fill(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
-    let (topic, partition, mut fields) = decode_group(body)?;
+fn decode_fill(kind: Kind, body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, mut fields) = decode_group(body)?;
     let offset = i64::from_be_bytes(fields.array("offset")?);
     if offset < 0 {
         return Err(FrameError::FillOutOfBounds {
@@ -521,12 +554,12 @@ fn decode_fill(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameErr
             batches,
         }
     };
-    Ok((topic, partition, payload))
+    Ok((group, payload))
 }
 
 /// A rejoin frame's body (question or answer): the group, and the answer's state.
-fn decode_rejoin(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
-    let (topic, partition, mut fields) = decode_group(body)?;
+fn decode_rejoin(kind: Kind, body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, mut fields) = decode_group(body)?;
     let payload = if kind == Kind::RejoinAsk {
         Payload::RejoinAsk
     } else {
@@ -547,22 +580,22 @@ fn decode_rejoin(kind: Kind, body: &[u8]) -> Result<(&str, u32, Payload), FrameE
             count: fields.bytes.len(),
         });
     }
-    Ok((topic, partition, payload))
+    Ok((group, payload))
 }
 
 /// A forwarded command's body: the group, and the command (not empty).
-fn decode_forward(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
-    let (topic, partition, fields) = decode_group(body)?;
+fn decode_forward(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, fields) = decode_group(body)?;
     if fields.bytes.is_empty() {
         return Err(FrameError::Truncated { field: "command" });
     }
     let command = bytes::Bytes::copy_from_slice(fields.bytes);
-    Ok((topic, partition, Payload::Forward(command)))
+    Ok((group, Payload::Forward(command)))
 }
 
 /// A hibernation frame's body: the group, and the signal.
-fn decode_hibernation(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
-    let (topic, partition, mut fields) = decode_group(body)?;
+fn decode_hibernation(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, mut fields) = decode_group(body)?;
     let [code] = fields.array("signal")?;
     let term = u64::from_be_bytes(fields.array("term")?);
     let index = u64::from_be_bytes(fields.array("index")?);
@@ -578,7 +611,7 @@ fn decode_hibernation(body: &[u8]) -> Result<(&str, u32, Payload), FrameError> {
         SIGNAL_WAKE => return Err(FrameError::WakeIndex { index }),
         code => return Err(FrameError::UnknownSignal { code }),
     };
-    Ok((topic, partition, Payload::Hibernation(signal)))
+    Ok((group, Payload::Hibernation(signal)))
 }
 
 /// Appends a frame's header; its length field is patched by [`finish_frame`].
@@ -639,7 +672,7 @@ enum Unsent {
 
 /// The length field of a Raft frame for `topic` and a message of `message_bytes`.
 fn raft_frame_len(topic: &str, message_bytes: usize) -> usize {
-    1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + message_bytes
+    1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + TAG_BYTES + message_bytes
 }
 
 /// Refuses a topic name no frame can carry (a bug on this side).
@@ -670,10 +703,14 @@ fn check_room(len: usize, room: usize) -> Result<(), Unsent> {
 fn encode_raft(
     out: &mut Vec<u8>,
     room: usize,
-    topic: &str,
-    partition: u32,
+    group: Group<'_>,
     message: &Message,
 ) -> Result<(), Unsent> {
+    let Group {
+        topic,
+        partition,
+        tag,
+    } = group;
     check_topic(topic)?;
     let len = raft_frame_len(topic, message.compute_size() as usize);
     check_room(len, room)?;
@@ -681,6 +718,7 @@ fn encode_raft(
     let start = begin_frame(out, Kind::Raft);
     put_string(out, topic);
     out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&tag.to_be_bytes());
     let mut stream = CodedOutputStream::vec(out);
     // `compute_size` above cached the sizes this relies on; the message is borrowed, so it
     // cannot have changed since.
@@ -707,10 +745,14 @@ fn encode_raft(
 fn encode_group_frame(
     out: &mut Vec<u8>,
     room: usize,
-    topic: &str,
-    partition: u32,
+    group: Group<'_>,
     payload: &Payload,
 ) -> Result<(), Unsent> {
+    let Group {
+        topic,
+        partition,
+        tag,
+    } = group;
     check_topic(topic)?;
     let (kind, body_bytes) = match payload {
         Payload::FillRequest { offset, max_bytes } => {
@@ -745,12 +787,13 @@ fn encode_group_frame(
         Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
         Payload::Alive => unreachable!("alive frames are encoded by encode_alive"),
     };
-    let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + body_bytes;
+    let len = 1 + STRING_LEN_BYTES + topic.len() + PARTITION_BYTES + TAG_BYTES + body_bytes;
     check_room(len, room)?;
     out.reserve(LEN_FIELD_BYTES + len);
     let start = begin_frame(out, kind);
     put_string(out, topic);
     out.extend_from_slice(&partition.to_be_bytes());
+    out.extend_from_slice(&tag.to_be_bytes());
     match payload {
         Payload::FillRequest { offset, max_bytes } => {
             out.extend_from_slice(&offset.to_be_bytes());
@@ -987,18 +1030,18 @@ impl Peer {
         }
     }
 
-    fn enqueue(&self, topic: &str, partition: u32, frame: Outgoing<'_>) -> Result<(), Unsent> {
+    fn enqueue(&self, group: Group<'_>, frame: Outgoing<'_>) -> Result<(), Unsent> {
         let mut outbox = self.outbox.borrow_mut();
         let queued = outbox.frames.len() + outbox.in_flight_bytes;
         assert!(queued <= self.queue_bytes_max, "{queued} bytes queued");
         let room = self.queue_bytes_max - queued;
         match frame {
             Outgoing::Raft(message) => {
-                encode_raft(&mut outbox.frames, room, topic, partition, message)?;
+                encode_raft(&mut outbox.frames, room, group, message)?;
             }
             Outgoing::Payload(Payload::Alive) => encode_alive(&mut outbox.frames, room)?,
             Outgoing::Payload(payload) => {
-                encode_group_frame(&mut outbox.frames, room, topic, partition, payload)?;
+                encode_group_frame(&mut outbox.frames, room, group, payload)?;
             }
         }
         outbox.messages += 1;
@@ -1104,20 +1147,20 @@ impl Transport {
         })
     }
 
-    /// Queues `message` for node `to`, for the group `(topic, partition)`, and wakes that
+    /// Queues `message` for node `to`, for `group`, and wakes that
     /// peer's writer; never waits. The message is dropped (and counted in
     /// [`Transport::stats`]) if `to` is not a peer, if the peer's queue is full, or if it
     /// can never be sent (logged as an error).
     ///
     /// # Panics
     /// If `message` is not from this node to `to`: the receiver would refuse it.
-    pub fn send(&self, to: u64, topic: &str, partition: u32, message: &Message) {
+    pub fn send(&self, to: u64, group: Group<'_>, message: &Message) {
         assert_eq!(message.to, to, "a message goes to the node it names");
         assert_eq!(
             message.from, self.local.node_id,
             "a message is sent by its sender"
         );
-        self.queue(to, topic, partition, Outgoing::Raft(message));
+        self.queue(to, group, Outgoing::Raft(message));
     }
 
     /// Queues a fill request or chunk (`snapshot.rs`), or a rejoin question or answer
@@ -1126,33 +1169,38 @@ impl Transport {
     ///
     /// # Panics
     /// If `payload` is a Raft message (use [`Transport::send`]).
-    pub fn send_payload(&self, to: u64, topic: &str, partition: u32, payload: &Payload) {
+    pub fn send_payload(&self, to: u64, group: Group<'_>, payload: &Payload) {
         assert!(
             !matches!(payload, Payload::Raft(_)),
             "Raft messages go through send"
         );
-        self.queue(to, topic, partition, Outgoing::Payload(payload));
+        self.queue(to, group, Outgoing::Payload(payload));
     }
 
     /// Queues an alive frame for node `to` (node liveness, `node.rs`), as
     /// [`Transport::send`] queues a Raft message.
     pub fn send_alive(&self, to: u64) {
-        self.queue(to, "", 0, Outgoing::Payload(&Payload::Alive));
+        let nobody = Group {
+            topic: "",
+            partition: 0,
+            tag: 0,
+        };
+        self.queue(to, nobody, Outgoing::Payload(&Payload::Alive));
     }
 
-    fn queue(&self, to: u64, topic: &str, partition: u32, frame: Outgoing<'_>) {
+    fn queue(&self, to: u64, group: Group<'_>, frame: Outgoing<'_>) {
         let Some(peer) = self.peers.get(&to) else {
             tracing::debug!(
                 to,
-                topic,
-                partition,
+                topic = group.topic,
+                partition = group.partition,
                 "dropping a Raft message to an unknown node"
             );
             self.stats.borrow_mut().messages_dropped_unknown_peer += 1;
             return;
         };
         let mut stats = self.stats.borrow_mut();
-        match peer.enqueue(topic, partition, frame) {
+        match peer.enqueue(group, frame) {
             Ok(()) => {
                 stats.messages_queued += 1;
                 peer.wake_writer();
@@ -1170,7 +1218,13 @@ impl Transport {
             }
             Err(Unsent::Unsendable(reason)) => {
                 stats.messages_dropped_unsendable += 1;
-                tracing::error!(peer = to, topic, partition, %reason, "dropping a Raft message");
+                tracing::error!(
+                    peer = to,
+                    topic = group.topic,
+                    partition = group.partition,
+                    %reason,
+                    "dropping a Raft message"
+                );
             }
         }
     }
@@ -1433,13 +1487,19 @@ async fn serve_connection(
     on_hello(&hello);
     loop {
         let decoded = match reader.next(stream, TRANSPORT_FRAME_BYTES_MAX).await {
-            Ok((Kind::Raft, body)) => decode_raft(body)
-                .map(|(topic, partition, message)| (topic, partition, Payload::Raft(message))),
+            Ok((Kind::Raft, body)) => decode_raft(body),
             Ok((kind @ (Kind::FillRequest | Kind::FillChunk), body)) => decode_fill(kind, body),
             Ok((kind @ (Kind::RejoinAsk | Kind::RejoinAnswer), body)) => decode_rejoin(kind, body),
             Ok((Kind::Forward, body)) => decode_forward(body),
             Ok((Kind::Hibernation, body)) => decode_hibernation(body),
-            Ok((Kind::Alive, [])) => Ok(("", 0, Payload::Alive)),
+            Ok((Kind::Alive, [])) => Ok((
+                Group {
+                    topic: "",
+                    partition: 0,
+                    tag: 0,
+                },
+                Payload::Alive,
+            )),
             Ok((Kind::Alive, body)) => {
                 return FrameError::TrailingBytes { count: body.len() }.into()
             }
@@ -1447,10 +1507,11 @@ async fn serve_connection(
             Err(error) => return error,
         };
         let incoming = match decoded {
-            Ok((topic, partition, payload)) => Incoming {
+            Ok((group, payload)) => Incoming {
                 from: hello.node_id,
-                topic: topic.to_owned(),
-                partition,
+                topic: group.topic.to_owned(),
+                partition: group.partition,
+                tag: group.tag,
                 payload,
             },
             Err(error) => return error.into(),

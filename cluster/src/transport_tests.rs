@@ -110,8 +110,22 @@ fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
 
 fn raft_frame(topic: &str, partition: u32, message: &Message) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_raft(&mut out, usize::MAX, topic, partition, message).unwrap();
+    encode_raft(&mut out, usize::MAX, at(topic, partition), message).unwrap();
     out
+}
+
+/// The group `(topic, partition)` with a tag of its own (see [`tag_of`]).
+fn at(topic: &str, partition: u32) -> Group<'_> {
+    Group {
+        topic,
+        partition,
+        tag: tag_of(partition),
+    }
+}
+
+/// The tag the tests give partition `partition`'s topic: not 0, and not the same for two.
+fn tag_of(partition: u32) -> u64 {
+    0xA5A5_0000_0000_0000 | u64::from(partition)
 }
 
 /// A Raft body with any topic bytes (too long, not UTF-8) and message bytes.
@@ -119,6 +133,7 @@ fn raft_body(topic: &[u8], partition: u32, message: &[u8]) -> Vec<u8> {
     let mut body = (topic.len() as u16).to_be_bytes().to_vec();
     body.extend_from_slice(topic);
     body.extend_from_slice(&partition.to_be_bytes());
+    body.extend_from_slice(&tag_of(partition).to_be_bytes());
     body.extend_from_slice(message);
     body
 }
@@ -204,10 +219,9 @@ proptest! {
         let (kind, len) = frame_header(&encoded, TRANSPORT_FRAME_BYTES_MAX).unwrap().unwrap();
         prop_assert_eq!(kind, Kind::Raft);
         prop_assert_eq!(LEN_FIELD_BYTES + len, encoded.len());
-        let (got_topic, got_partition, got) = decode_raft(&encoded[BODY_AT..]).unwrap();
-        prop_assert_eq!(got_topic, topic.as_str());
-        prop_assert_eq!(got_partition, partition);
-        prop_assert_eq!(got, sent);
+        let (group, got) = decode_raft(&encoded[BODY_AT..]).unwrap();
+        prop_assert_eq!(group, at(&topic, partition));
+        prop_assert_eq!(got, Payload::Raft(sent));
     }
 
     /// Any bytes are judged without a panic, and a frame is admitted only within bounds.
@@ -270,14 +284,8 @@ fn the_largest_message_raft_sends_fits_a_frame() {
     // limit (each a few bytes more in the message than raft-rs counts it).
     let largest = message(1, 2, u64::MAX, BATCH_SIZE_BYTES_MAX);
     let mut encoded = Vec::new();
-    encode_raft(
-        &mut encoded,
-        usize::MAX,
-        &"t".repeat(249),
-        u32::MAX,
-        &largest,
-    )
-    .unwrap();
+    let longest = "t".repeat(249);
+    encode_raft(&mut encoded, usize::MAX, at(&longest, u32::MAX), &largest).unwrap();
     let mut many = message(1, 2, u64::MAX, 0);
     let entry = Entry {
         index: u64::MAX,
@@ -290,18 +298,18 @@ fn the_largest_message_raft_sends_fits_a_frame() {
         many.entries.push(entry.clone());
     }
     let mut encoded = Vec::new();
-    encode_raft(&mut encoded, usize::MAX, &"t".repeat(249), u32::MAX, &many).unwrap();
+    encode_raft(&mut encoded, usize::MAX, at(&longest, u32::MAX), &many).unwrap();
 }
 
 #[test]
 fn messages_that_cannot_be_sent_or_have_no_peer_are_dropped_and_counted() {
     run(async {
         let transport = Transport::new(hello(1), vec![(2, unused_address())]);
-        transport.send(7, "topic", 0, &message(1, 7, 0, 10));
+        transport.send(7, at("topic", 0), &message(1, 7, 0, 10));
         let too_large = message(1, 2, 0, TRANSPORT_FRAME_BYTES_MAX);
-        transport.send(2, "topic", 0, &too_large);
-        transport.send(2, &"t".repeat(250), 0, &message(1, 2, 0, 10));
-        transport.send(2, "", 0, &message(1, 2, 0, 10));
+        transport.send(2, at("topic", 0), &too_large);
+        transport.send(2, at(&"t".repeat(250), 0), &message(1, 2, 0, 10));
+        transport.send(2, at("", 0), &message(1, 2, 0, 10));
         let stats = transport.stats();
         assert_eq!(stats.messages_dropped_unknown_peer, 1);
         assert_eq!(stats.messages_dropped_unsendable, 3);
@@ -334,7 +342,7 @@ fn two_transports_exchange_many_groups_messages_intact_and_in_order() {
             let (topic, partition) = (format!("topic-{}", index % 3), (index % 4) as u32);
             for (from, to, transport) in [(1, 2, &transport_1), (2, 1, &transport_2)] {
                 let sending = message(from, to, index, data_bytes);
-                transport.send(to, &topic, partition, &sending);
+                transport.send(to, at(&topic, partition), &sending);
                 sent.push((to, topic.clone(), partition, sending));
             }
             if index % 100 == 99 {
@@ -431,7 +439,7 @@ fn a_peer_down_at_first_is_reached_once_it_listens() {
     run(async {
         let address = unused_address();
         let transport = Transport::new(hello(1), vec![(2, address)]);
-        transport.send(2, "early", 0, &message(1, 2, 0, 100));
+        transport.send(2, at("early", 0), &message(1, 2, 0, 100));
         wait_until("two attempts failed", || {
             transport.stats().connect_failures >= 2
         })
@@ -447,13 +455,13 @@ fn a_peer_down_at_first_is_reached_once_it_listens() {
                 Instant::now() < deadline,
                 "nothing arrived once the peer listened"
             );
-            transport.send(2, "late", 0, &message(1, 2, index, 100));
+            transport.send(2, at("late", 0), &message(1, 2, index, 100));
             index += 1;
             rt::sleep(Duration::from_millis(10)).await;
         }
         let first_burst = index;
         for index in first_burst..first_burst + 100 {
-            transport.send(2, "late", 1, &message(1, 2, index, 100));
+            transport.send(2, at("late", 1), &message(1, 2, index, 100));
         }
         let arrived = |index| {
             received
@@ -502,7 +510,10 @@ async fn next_message(reader: &mut FrameReader, stream: &TcpStream) -> Message {
         .await
         .unwrap()
     {
-        (Kind::Raft, body) => decode_raft(body).unwrap().2,
+        (Kind::Raft, body) => match decode_raft(body).unwrap().1 {
+            Payload::Raft(message) => message,
+            other => panic!("{other:?}"),
+        },
         (kind, _) => panic!("a {kind:?} frame"),
     }
 }
@@ -536,7 +547,7 @@ fn what_the_hello_callback_answers_lives_as_long_as_the_connection() {
             |_| {},
         ))));
         let first = Transport::new(hello(1), vec![(2, listener.local_addr())]);
-        first.send(2, "topic", 0, &message(1, 2, 0, 10));
+        first.send(2, at("topic", 0), &message(1, 2, 0, 10));
         wait_until("node 1 is connected", || open.get() == 1).await;
         let second = TcpStream::connect(listener.local_addr()).await.unwrap();
         let _ = second.send_all(encode_hello(&hello(3))).await;
@@ -555,14 +566,14 @@ fn a_connection_the_peer_closes_is_made_again_at_once() {
         let listener = listen();
         let transport = Transport::new(hello(1), vec![(2, listener.local_addr())]);
         let (stream, mut reader) = accept_as_node_2(&listener).await;
-        transport.send(2, "topic", 0, &message(1, 2, 0, 10));
+        transport.send(2, at("topic", 0), &message(1, 2, 0, 10));
         assert_eq!(next_message(&mut reader, &stream).await.index, 0);
         stream.shutdown(Shutdown::Both).unwrap();
         drop(stream);
 
         // Nothing is sent meanwhile: only noticing the close makes the writer reconnect.
         let (stream, mut reader) = accept_as_node_2(&listener).await;
-        transport.send(2, "topic", 0, &message(1, 2, 1, 10));
+        transport.send(2, at("topic", 0), &message(1, 2, 1, 10));
         assert_eq!(next_message(&mut reader, &stream).await.index, 1);
         assert_eq!(transport.stats().connections_opened, 2);
     });
@@ -584,7 +595,7 @@ fn a_full_queue_drops_new_messages_and_counts_them() {
         let mut index = 0;
         while transport.stats().messages_dropped_queue_full == 0 {
             assert!(index < 100_000, "the queue never filled");
-            transport.send(2, "topic", 0, &message(1, 2, index, 64 * 1024));
+            transport.send(2, at("topic", 0), &message(1, 2, index, 64 * 1024));
             let queued = {
                 let outbox = peer.outbox.borrow();
                 outbox.frames.len() + outbox.in_flight_bytes
@@ -943,15 +954,18 @@ fn fill_requests_and_chunks_arrive_as_sent_between_raft_messages() {
             log_start: 4096,
             batches: bytes::Bytes::new(),
         };
-        transport.send(2, "topic", 3, &message(1, 2, 1, 10));
-        transport.send_payload(2, "topic", 3, &request);
-        transport.send_payload(2, "other", 0, &chunk);
-        transport.send_payload(2, "other", 1, &unservable);
-        transport.send(2, "topic", 3, &message(1, 2, 2, 10));
+        transport.send(2, at("topic", 3), &message(1, 2, 1, 10));
+        transport.send_payload(2, at("topic", 3), &request);
+        transport.send_payload(2, at("other", 0), &chunk);
+        transport.send_payload(2, at("other", 1), &unservable);
+        transport.send(2, at("topic", 3), &message(1, 2, 2, 10));
         wait_until("all five", || received.messages.borrow().len() == 5).await;
         let got: Vec<_> = (received.messages.borrow().iter())
             .map(|incoming| (incoming.from, incoming.partition, incoming.payload.clone()))
             .collect();
+        for incoming in received.messages.borrow().iter() {
+            assert_eq!(incoming.tag, tag_of(incoming.partition), "{incoming:?}");
+        }
         assert_eq!(
             got,
             [
@@ -976,21 +990,21 @@ fn rejoin_forwarded_hibernation_and_alive_frames_arrive_as_sent() {
             last_index: 1 << 40,
             last_term: 7,
         });
-        transport.send_payload(2, "topic", 3, &Payload::RejoinAsk);
-        transport.send_payload(2, "other", 0, &answer);
-        transport.send(2, "topic", 3, &message(1, 2, 1, 10));
+        transport.send_payload(2, at("topic", 3), &Payload::RejoinAsk);
+        transport.send_payload(2, at("other", 0), &answer);
+        transport.send(2, at("topic", 3), &message(1, 2, 1, 10));
         let command = Payload::Forward(bytes::Bytes::from_static(b"any command"));
-        transport.send_payload(2, "__cluster_metadata", 0, &command);
+        transport.send_payload(2, at("__cluster_metadata", 0), &command);
         let ask = Payload::Hibernation(Signal::Ask {
             term: 3,
             index: u64::MAX,
         });
         let agree = Payload::Hibernation(Signal::Agree { term: 3, index: 9 });
         let wake = Payload::Hibernation(Signal::Wake { term: u64::MAX });
-        transport.send_payload(2, "topic", 3, &ask);
+        transport.send_payload(2, at("topic", 3), &ask);
         transport.send_alive(2);
-        transport.send_payload(2, "topic", 4, &agree);
-        transport.send_payload(2, "other", 0, &wake);
+        transport.send_payload(2, at("topic", 4), &agree);
+        transport.send_payload(2, at("other", 0), &wake);
         wait_until("all eight", || received.messages.borrow().len() == 8).await;
         let got: Vec<_> = (received.messages.borrow().iter())
             .map(|incoming| {
@@ -1162,7 +1176,7 @@ fn the_listener_keeps_serving_others_while_bad_connections_are_closed() {
         let listener = listen();
         let (received, _serving) = start_serving(listener.clone(), hello(2));
         let transport = Transport::new(hello(1), vec![(2, listener.local_addr())]);
-        transport.send(2, "before", 0, &message(1, 2, 0, 10));
+        transport.send(2, at("before", 0), &message(1, 2, 0, 10));
         wait_until("the first message", || {
             received.messages.borrow().len() == 1
         })
@@ -1183,10 +1197,10 @@ fn the_listener_keeps_serving_others_while_bad_connections_are_closed() {
                 case.name
             );
         }
-        transport.send(2, "after", 0, &message(1, 2, 1, 10));
+        transport.send(2, at("after", 0), &message(1, 2, 1, 10));
         // A connection made after the bad ones is served too.
         let late = Transport::new(hello(3), vec![(2, listener.local_addr())]);
-        late.send(2, "late", 0, &message(3, 2, 2, 10));
+        late.send(2, at("late", 0), &message(3, 2, 2, 10));
         let from_good_peers = || {
             received
                 .messages

@@ -117,7 +117,10 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
         ClusterError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         ClusterError::InvalidTopic(_) => ResponseError::InvalidTopicException,
         ClusterError::InvalidTopicConfig(_) => ResponseError::InvalidConfig,
-        ClusterError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        ClusterError::InvalidPartitions(_) | ClusterError::PartitionsNotIncreased { .. } => {
+            ResponseError::InvalidPartitions
+        }
+        ClusterError::UnknownTopic { .. } => ResponseError::UnknownTopicOrPartition,
         // A full inbox or a proposal past its deadline: the client retries later.
         ClusterError::ApplyTimedOut { .. }
         | ClusterError::InboxFull { .. }
@@ -128,7 +131,9 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
         | ClusterError::ShardStopped
         | ClusterError::InboxClosed { .. }
         | ClusterError::ControllerStopped => ResponseError::NotLeaderOrFollower,
-        ClusterError::ControllerDir { .. } => ResponseError::KafkaStorageError,
+        ClusterError::ControllerDir { .. } | ClusterError::AppliedFile(_) => {
+            ResponseError::KafkaStorageError
+        }
         _ => ResponseError::UnknownServerError,
     };
     kind.code()

@@ -5,6 +5,7 @@
     cluster.py groups BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py ship BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py auto-create BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py admin BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -27,6 +28,16 @@ topic of its own that does not exist yet (TOPIC-<node index>, with the server's 
 partition count; PARTITIONS is unused); a consumer bootstrapped at the same node reads
 every partition back. Prints
 {"topics": {name: [values read, in offset order]}, "dense": {name: bool}}.
+
+admin (changes through the controller, with the admin clients at their defaults) creates
+TOPIC, produces COUNT records ("a<i>") and reads them back; raises its partition count by 2
+(CreatePartitions) and produces COUNT records ("b<i>") to the new partitions; deletes it
+(DeleteTopics) and creates it again at once under the same name with 2 partitions, and
+produces COUNT records ("c<i>"). It also creates TOPIC-configs and changes its configuration
+twice: AlterConfigs from kafka-python (retention.ms=3600000, max.message.bytes=500000),
+then IncrementalAlterConfigs from confluent-kafka (SET segment.bytes=2097152, DELETE
+retention.ms). Prints {"first": [values], "added": [values], "recreated": [values],
+"recreated_dense": bool, "configs": {key: value as DescribeConfigs answers}}.
 
 Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
@@ -333,6 +344,117 @@ def auto_create(bootstrap, topic, partitions, count, work_dir):
     print(json.dumps({"topics": read, "dense": dense}))
 
 
+def produce_values(servers, topic, values, partitions):
+    """Sends `values` round-robin over `partitions` with a kafka-python producer at its
+    defaults, each acknowledged before the next."""
+    producer = KafkaProducer(bootstrap_servers=servers)
+    for i, value in enumerate(values):
+        partition = partitions[i % len(partitions)]
+        producer.send(topic, value=value.encode(), partition=partition).get(timeout=60)
+    producer.close()
+
+
+def admin_call(what, call):
+    """Calls the admin client until it answers without error: right after a change the
+    clients' metadata may still name a node that does not lead the controller."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        try:
+            return call()
+        except KafkaError as error:
+            if time.monotonic() > deadline:
+                raise
+            print(f"{what}: {error!r}; retrying", file=sys.stderr)
+            time.sleep(0.5)
+
+
+def topic_gone(admin, topic):
+    deadline = time.monotonic() + DEADLINE_S
+    while topic in admin.list_topics():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{topic} is still listed")
+        time.sleep(0.1)
+
+
+def admin_changes(bootstrap, topic, partitions, count, work_dir):
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+    from confluent_kafka import admin as confluent_admin
+
+    servers = bootstrap.split(",")
+    create_topic(servers, topic, partitions)
+    produce_values(servers, topic, [f"a{i}" for i in range(count)], list(range(partitions)))
+    first = [value for _, _, value in consume(servers, topic, partitions)]
+
+    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    grown = partitions + 2
+    admin_call("create_partitions", lambda: admin.create_partitions({topic: NewPartitions(grown)}))
+    new = list(range(partitions, grown))
+    produce_values(servers, topic, [f"b{i}" for i in range(count)], new)
+    added = [value for p, _, value in consume(servers, topic, grown) if p in new]
+
+    admin_call("delete_topics", lambda: admin.delete_topics([topic]))
+    topic_gone(admin, topic)
+    create_topic(servers, topic, 2)
+    produce_values(servers, topic, [f"c{i}" for i in range(count)], [0, 1])
+    records = consume(servers, topic, 2)
+    recreated = [value for _, _, value in records]
+    dense = all(
+        [offset for p, offset, _ in records if p == partition]
+        == list(range(sum(1 for p, _, _ in records if p == partition)))
+        for partition in (0, 1)
+    )
+
+    configs_topic = f"{topic}-configs"
+    create_topic(servers, configs_topic, 1)
+    resource = ConfigResource(
+        ConfigResourceType.TOPIC,
+        configs_topic,
+        configs={"retention.ms": "3600000", "max.message.bytes": "500000"},
+    )
+    admin_call("alter_configs", lambda: admin.alter_configs([resource]))
+    client = confluent_admin.AdminClient({"bootstrap.servers": bootstrap})
+    edits = [
+        confluent_admin.ConfigEntry(
+            "segment.bytes",
+            "2097152",
+            incremental_operation=confluent_admin.AlterConfigOpType.SET,
+        ),
+        confluent_admin.ConfigEntry(
+            "retention.ms", None, incremental_operation=confluent_admin.AlterConfigOpType.DELETE
+        ),
+    ]
+    edit = confluent_admin.ConfigResource(
+        confluent_admin.ResourceType.TOPIC, configs_topic, incremental_configs=edits
+    )
+    for future in client.incremental_alter_configs([edit]).values():
+        future.result(timeout=60)
+    # The node that answered applied the change; the one DescribeConfigs reaches may apply
+    # it a moment later (as a Kafka broker's metadata trails its controller's).
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        described = client.describe_configs(
+            [confluent_admin.ConfigResource(confluent_admin.ResourceType.TOPIC, configs_topic)]
+        )
+        configs = {}
+        for future in described.values():
+            configs = {key: entry.value for key, entry in future.result(timeout=60).items()}
+        if configs.get("segment.bytes") == "2097152" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    admin.close()
+    print(
+        json.dumps(
+            {
+                "first": first,
+                "added": added,
+                "recreated": recreated,
+                "recreated_dense": dense,
+                "configs": configs,
+            }
+        )
+    )
+
+
 # Segments of 16 KiB (about 230 of ship's single-record batches) of which 64 KiB are kept:
 # retention deletes most of what ship writes.
 RETAINED = {"segment.bytes": "16384", "retention.bytes": "65536"}
@@ -417,6 +539,7 @@ def main():
         "run-confluent": lambda *args: run(*args, ConfluentProducer),
         "groups": groups,
         "auto-create": auto_create,
+        "admin": admin_changes,
         "ship": ship,
         "ship-retained": lambda *args: ship(*args, RETAINED),
     }

@@ -11,6 +11,10 @@
 //!   resumes, at the new coordinator, exactly after what it committed;
 //! - a producer bootstrapped at any one node auto-creates its topic there (a node that
 //!   does not lead the controller forwards the creation to the one that does);
+//! - the admin clients' changes go through the controller to every node: partitions added,
+//!   a topic deleted and created again at once under its name (the new topic holds only
+//!   its own records, though a node may not have applied the deletion yet when its groups
+//!   start), configurations altered both ways;
 //! - a follower whose data directory is wiped catches up by a snapshot and rejoins;
 //! - the same on a topic with retention, whose leader deleted the start of its log before
 //!   the follower returned: the follower's log starts where the leader's does, and a
@@ -385,7 +389,7 @@ fn a_topic_is_auto_created_from_whichever_node_a_producer_bootstraps_at() {
         let logs: Vec<String> = nodes.iter().flatten().map(Server::log).collect();
         let found = logs
             .iter()
-            .any(|log| log.contains("topic created for a peer"));
+            .any(|log| log.contains("a peer's controller command made"));
         (found, logs)
     };
     let deadline = Instant::now() + WAIT;
@@ -402,6 +406,100 @@ fn a_topic_is_auto_created_from_whichever_node_a_producer_bootstraps_at() {
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
+}
+
+#[test]
+fn admin_changes_go_through_the_controller_to_every_node() {
+    const RECORDS: usize = 30;
+    let Run {
+        cluster,
+        nodes,
+        work: _work,
+        script,
+        _root,
+    } = start("admin", RECORDS);
+    let result = script.join().expect("the script thread");
+    let values = |prefix: &str| -> Vec<String> {
+        let mut values: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}{i}")).collect();
+        values.sort();
+        values
+    };
+    let read = |key: &str| -> Vec<String> {
+        let mut read: Vec<String> = serde_json::from_value(result[key].clone()).expect(key);
+        read.sort();
+        read
+    };
+    assert_eq!(read("first"), values("a"), "{result}");
+    assert_eq!(read("added"), values("b"), "{result}");
+    assert_eq!(
+        read("recreated"),
+        values("c"),
+        "the topic created again holds its own records only: {result}"
+    );
+    assert_eq!(result["recreated_dense"], true, "{result}");
+    let configs = &result["configs"];
+    assert_eq!(configs["segment.bytes"], "2097152", "{result}");
+    assert_eq!(configs["max.message.bytes"], "500000", "{result}");
+    assert_ne!(
+        configs["retention.ms"], "3600000",
+        "DELETE reverts it: {result}"
+    );
+    // Every node applied the same changes: the same registry entries, and no directory of
+    // the deleted topic's partitions left.
+    let configs_topic = format!("{TOPIC}-configs");
+    let deadline = Instant::now() + WAIT;
+    let entries = loop {
+        let entries: Vec<_> = (cluster.dirs.iter())
+            .map(|dir| (registered(dir, TOPIC), registered(dir, &configs_topic)))
+            .collect();
+        let settled = entries.iter().all(|(topic, configs)| {
+            topic.as_ref().is_some_and(|t| t["partitions"] == 2)
+                && configs
+                    .as_ref()
+                    .is_some_and(|c| c["config"]["segment.bytes"] == "2097152")
+        });
+        if settled || Instant::now() > deadline {
+            break entries;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for (dir, entry) in cluster.dirs.iter().zip(&entries) {
+        assert_eq!(entry, &entries[0], "{} differs from node 1", dir.display());
+        for partition in 0..5 {
+            let exists = dir.join(format!("{TOPIC}-{partition}")).exists();
+            assert_eq!(
+                exists,
+                partition < 2,
+                "{}: partition {partition}",
+                dir.display()
+            );
+        }
+    }
+    let configs = &entries[0].1.as_ref().expect("the configs topic")["config"];
+    assert_eq!(configs["max.message.bytes"], "500000");
+    assert_eq!(configs["retention.ms"], result["configs"]["retention.ms"]);
+    for node in nodes.iter().flatten() {
+        let log = node.log();
+        for applied in [
+            "partitions added by the controller",
+            "topic deleted by the controller",
+            "configuration altered by the controller",
+        ] {
+            assert!(log.contains(applied), "no \"{applied}\" in:\n{log}");
+        }
+    }
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+/// Topic `name`'s entry in the registry of the node whose data directory is `dir`.
+fn registered(dir: &Path, name: &str) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("topics.json")).ok()?;
+    let registry: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (registry["topics"].as_array()?.iter())
+        .find(|topic| topic["name"] == name)
+        .cloned()
 }
 
 /// Waits for `cluster.py ship` to write its first half; the records' partition, its leader

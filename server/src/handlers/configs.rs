@@ -455,19 +455,15 @@ async fn alter_resource(
         other => return Err(unsupported_resource(other)),
     }
     let current = topic_config(broker, name)?;
-    if broker.replicated(name).is_some() {
-        // A change must reach every replica through the controller, which carries only
-        // topic creation yet.
-        return Err(Refusal::invalid_request(
-            crate::handlers::topics::NOT_IN_A_CLUSTER_YET.to_owned(),
-        ));
-    }
     let defaults = &broker.config.topic_defaults;
     let ops = &resource.ops;
     let next = match mode {
         Mode::Replace => replaced_config(defaults, ops)?,
         Mode::Incremental => edited_config(&current, defaults, ops)?,
     };
+    if let Some(cluster) = broker.replicated(name) {
+        return alter_replicated(cluster, name, &current, next, mode, validate_only).await;
+    }
     if validate_only {
         return Ok(());
     }
@@ -482,6 +478,57 @@ async fn alter_resource(
         .await
         .map_err(|error| Refusal::engine(&error))?;
     updated.map(|_| ())
+}
+
+/// A replicated topic's change goes through the controller, from any node (one that does
+/// not lead it forwards the change), and is answered once this node applied it. The
+/// command carries values, never "the default": AlterConfigs sends the whole configuration
+/// it computed (over this node's defaults); IncrementalAlterConfigs only the keys whose
+/// value it changes, set over the configuration as each node has it when it applies the
+/// command, so a concurrent edit of other keys is kept.
+async fn alter_replicated(
+    cluster: &ringlog_cluster::node::Cluster,
+    name: &str,
+    current: &TopicConfig,
+    next: TopicConfig,
+    mode: Mode,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let factor = cluster.voters().len();
+    crate::handlers::topics::check_min_insync(&next, Some(factor))
+        .map_err(|(error, message)| Refusal::new(error, message))?;
+    if validate_only {
+        return Ok(());
+    }
+    let pairs = match mode {
+        Mode::Replace => ringlog_cluster::controller::config_pairs(&next),
+        Mode::Incremental => changed_pairs(current, &next),
+    };
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    cluster
+        .alter_config_anywhere(name, pairs)
+        .await
+        .map(|_| ())
+        .map_err(|error| Refusal {
+            code: errors::cluster_code(&error),
+            message: error.to_string(),
+        })
+}
+
+/// The keys whose value differs between `current` and `next`, with their values in
+/// `next`; the flush keys all together if any of them differs, since they make one policy
+/// (set together, they give `next`'s policy whatever the current one is).
+fn changed_pairs(current: &TopicConfig, next: &TopicConfig) -> Vec<(String, String)> {
+    let before = current.to_pairs();
+    let after = next.to_pairs();
+    let flush_changed = (before.iter().zip(&after))
+        .any(|((key, old), (_, new))| FLUSH_KEYS.contains(key) && old != new);
+    (before.into_iter().zip(after))
+        .filter(|((key, old), (_, new))| old != new || (flush_changed && FLUSH_KEYS.contains(key)))
+        .map(|(_, (key, new))| (key.to_owned(), new))
+        .collect()
 }
 
 /// AlterConfigs: the defaults with the given keys set. Entries without a value are

@@ -2,7 +2,10 @@
 //! everything, so a replication factor other than 1 (or -1, "the default") is refused;
 //! explicit replica assignments are refused likewise, except CreatePartitions' assignments
 //! that name exactly this node once per new partition (what a Kafka tool sends for a
-//! one-node cluster).
+//! one-node cluster). In a cluster all three go through the controller, and a node that
+//! does not lead it answers NOT_CONTROLLER (the client asks Metadata for the controller
+//! and sends the request there, as it does with Kafka); every node holds a replica of
+//! every partition, so assignments must name every node.
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -22,11 +25,6 @@ use crate::errors;
 use ringlog_cluster::node::ClusterError;
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::TopicConfig;
-
-/// Why deleting a topic or adding partitions is refused in a cluster: those changes must
-/// go through the controller like creation does, and only creation does yet.
-pub const NOT_IN_A_CLUSTER_YET: &str =
-    "not supported in a cluster yet: only creating topics goes through the controller";
 
 pub async fn create(
     broker: &Broker,
@@ -194,7 +192,7 @@ fn checked_topic(
 /// In a cluster, `min.insync.replicas` above the replication factor would refuse every
 /// acks=all produce: refused at creation (INVALID_CONFIG). A single node is its partitions'
 /// only replica and ignores the setting.
-fn check_min_insync(
+pub(crate) fn check_min_insync(
     config: &TopicConfig,
     factor: Option<usize>,
 ) -> Result<(), (ResponseError, String)> {
@@ -260,21 +258,19 @@ pub async fn delete(
             results.push(result.with_error_code(code).with_error_message(message));
             continue;
         }
-        if broker.replicated(name.0.as_str()).is_some() {
-            let code = ResponseError::InvalidRequest.code();
-            let message = (version >= 5).then(|| StrBytes::from_static_str(NOT_IN_A_CLUSTER_YET));
-            results.push(result.with_error_code(code).with_error_message(message));
-            continue;
-        }
-        results.push(match broker.engine.delete_topic(name.0.as_str()).await {
+        let deleted = match broker.replicated(name.0.as_str()) {
+            Some(cluster) => (cluster.delete_topic(name.0.as_str()).await)
+                .map_err(|error| (errors::create_topic_code(&error), error.to_string())),
+            None => (broker.engine.delete_topic(name.0.as_str()).await)
+                .map_err(|error| (errors::code(&error), error.to_string())),
+        };
+        results.push(match deleted {
             Ok(meta) if version >= 6 => result.with_topic_id(Uuid::from_bytes(meta.id)),
             Ok(_) => result,
-            Err(error) => {
+            Err((code, message)) => {
                 // Error messages are in responses from version 5 on.
-                let message = (version >= 5).then(|| StrBytes::from_string(error.to_string()));
-                result
-                    .with_error_code(errors::code(&error))
-                    .with_error_message(message)
+                let message = (version >= 5).then(|| StrBytes::from_string(message));
+                result.with_error_code(code).with_error_message(message)
             }
         });
     }
@@ -303,17 +299,14 @@ pub async fn create_partitions(
                     *topic.name
                 ),
             ))
-        } else if broker.replicated(topic.name.0.as_str()).is_some() {
-            Err(Refusal(
-                ResponseError::InvalidRequest.code(),
-                NOT_IN_A_CLUSTER_YET.to_owned(),
-            ))
         } else if crate::group::is_internal(topic.name.0.as_str()) {
             // Groups are placed by the partition count: a new count would move them.
             Err(Refusal(
                 ResponseError::InvalidTopicException.code(),
                 "the internal topic's partition count is fixed".to_owned(),
             ))
+        } else if let Some(cluster) = broker.replicated(topic.name.0.as_str()) {
+            add_replicated_partitions(cluster, topic, request.validate_only).await
         } else {
             add_partitions(broker, topic, request.validate_only).await
         };
@@ -342,7 +335,7 @@ async fn add_partitions(
         return Err(Refusal(code, format!("topic {name} does not exist")));
     };
     let count = check_partition_count(meta.partitions, topic.count)?;
-    check_assignments(topic, count - meta.partitions)?;
+    check_assignments(topic, count - meta.partitions, &[BrokerId(NODE_ID)])?;
     if validate_only {
         return Ok(());
     }
@@ -350,6 +343,45 @@ async fn add_partitions(
         Ok(_) => Ok(()),
         Err(error) => Err(Refusal(errors::code(&error), error.to_string())),
     }
+}
+
+/// CreatePartitions of a replicated topic: through the controller, which this node must
+/// lead (with `validate_only` too: a request another node would refuse is not valid).
+async fn add_replicated_partitions(
+    cluster: &ringlog_cluster::node::Cluster,
+    topic: &CreatePartitionsTopic,
+    validate_only: bool,
+) -> Result<(), Refusal> {
+    let name = topic.name.0.as_str();
+    let refused =
+        |error: ClusterError| Refusal(errors::create_topic_code(&error), error.to_string());
+    let current = cluster.partition_count(name).ok_or_else(|| {
+        refused(ClusterError::UnknownTopic {
+            name: name.to_owned(),
+        })
+    })?;
+    let count = check_partition_count(current, topic.count)?;
+    let mut every_node: Vec<BrokerId> = cluster.voters().into_iter().map(broker_id).collect();
+    every_node.sort_unstable();
+    check_assignments(topic, count - current, &every_node)?;
+    if validate_only {
+        if cluster.controller() != Some(cluster.node_id()) {
+            let leader = cluster.controller();
+            return Err(refused(ClusterError::NotController { leader }));
+        }
+        return cluster
+            .check_create_partitions(name, count)
+            .map_err(refused);
+    }
+    cluster
+        .create_partitions(name, count)
+        .await
+        .map(|_| ())
+        .map_err(refused)
+}
+
+fn broker_id(node: u64) -> BrokerId {
+    BrokerId(i32::try_from(node).unwrap_or(i32::MAX))
 }
 
 /// The new partition count, if it is larger than `current` and within the limit.
@@ -371,8 +403,13 @@ fn check_partition_count(current: u32, requested: i32) -> Result<u32, Refusal> {
     Ok(count)
 }
 
-/// Assignments, when given, name this node alone for each new partition.
-fn check_assignments(topic: &CreatePartitionsTopic, added: u32) -> Result<(), Refusal> {
+/// Assignments, when given, name `replicas` (sorted), in any order, for each new partition:
+/// this node alone, or every node of a cluster.
+fn check_assignments(
+    topic: &CreatePartitionsTopic,
+    added: u32,
+    replicas: &[BrokerId],
+) -> Result<(), Refusal> {
     let Some(assignments) = &topic.assignments else {
         return Ok(());
     };
@@ -384,11 +421,14 @@ fn check_assignments(topic: &CreatePartitionsTopic, added: u32) -> Result<(), Re
         );
         return Err(Refusal(code, message));
     }
-    let this_node_only = assignments
-        .iter()
-        .all(|assignment| assignment.broker_ids.as_slice() == [BrokerId(NODE_ID)]);
-    if !this_node_only {
-        let message = format!("a single ringlog node keeps one replica, on broker {NODE_ID}");
+    let as_placed = assignments.iter().all(|assignment| {
+        let mut named = assignment.broker_ids.clone();
+        named.sort_unstable();
+        named == replicas
+    });
+    if !as_placed {
+        let named: Vec<i32> = replicas.iter().map(|id| id.0).collect();
+        let message = format!("every partition has one replica on each of brokers {named:?}");
         return Err(Refusal(code, message));
     }
     Ok(())
@@ -431,20 +471,28 @@ mod tests {
     }
 
     #[test]
-    fn assignments_must_name_this_node_once_per_new_partition() {
+    fn assignments_must_name_the_replicas_once_per_new_partition() {
         let on = |ids: &[i32]| {
             CreatePartitionsAssignment::default()
                 .with_broker_ids(ids.iter().copied().map(BrokerId).collect())
         };
         let topic = |assignments| CreatePartitionsTopic::default().with_assignments(assignments);
-        assert!(check_assignments(&topic(None), 2).is_ok());
-        assert!(check_assignments(&topic(Some(vec![on(&[0]), on(&[0])])), 2).is_ok());
+        let alone = [BrokerId(0)];
+        assert!(check_assignments(&topic(None), 2, &alone).is_ok());
+        assert!(check_assignments(&topic(Some(vec![on(&[0]), on(&[0])])), 2, &alone).is_ok());
         let code = ResponseError::InvalidReplicaAssignment.code();
-        let short = check_assignments(&topic(Some(vec![on(&[0])])), 2).unwrap_err();
+        let short = check_assignments(&topic(Some(vec![on(&[0])])), 2, &alone).unwrap_err();
         assert_eq!(short.0, code);
-        let elsewhere = check_assignments(&topic(Some(vec![on(&[1])])), 1).unwrap_err();
+        let elsewhere = check_assignments(&topic(Some(vec![on(&[1])])), 1, &alone).unwrap_err();
         assert_eq!(elsewhere.0, code);
-        let replicated = check_assignments(&topic(Some(vec![on(&[0, 1])])), 1).unwrap_err();
+        let replicated = check_assignments(&topic(Some(vec![on(&[0, 1])])), 1, &alone).unwrap_err();
         assert_eq!(replicated.0, code);
+        // A cluster's: every node, in any order; a subset or a repeat is refused.
+        let cluster = [BrokerId(1), BrokerId(2), BrokerId(3)];
+        assert!(check_assignments(&topic(Some(vec![on(&[3, 1, 2])])), 1, &cluster).is_ok());
+        for wrong in [&[1, 2][..], &[1, 2, 2], &[1, 2, 3, 4]] {
+            let refusal = check_assignments(&topic(Some(vec![on(wrong)])), 1, &cluster);
+            assert_eq!(refusal.unwrap_err().0, code, "{wrong:?}");
+        }
     }
 }
