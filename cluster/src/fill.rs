@@ -31,7 +31,7 @@ use futures::future::LocalBoxFuture;
 use ringlog_engine::batch::FrameHeader;
 use ringlog_engine::log::{PartitionId, PartitionLog};
 use ringlog_engine::rt;
-use ringlog_engine::storage::DiskStorage;
+use ringlog_engine::storage::{DiskStorage, Storage};
 
 use crate::limits::{FILL_ANSWER_TIMEOUT_MS, FILL_CHUNK_BYTES_MAX, FILL_RETRY_MS, FILL_SERVES_MAX};
 use crate::snapshot::{Fetched, FillSource};
@@ -122,20 +122,13 @@ impl Fills {
             self.answer_to(from, &group, tag, offset, 0, Bytes::new());
             return;
         };
-        let log_start = log.offsets().log_start;
-        if offset < log_start {
-            self.answer_to(from, &group, tag, offset, log_start, Bytes::new());
-            return;
-        }
         self.serving.set(self.serving.get() + 1);
         let fills = self.clone();
         rt::spawn_local(async move {
-            let batches = match log.read_bytes(offset, u64::from(max_bytes)).await {
-                Ok(bytes) => leading_batches(&Bytes::from(bytes), offset, max_bytes as usize),
-                Err(error) => {
-                    tracing::debug!(partition = %log.id(), offset, %error, "cannot serve a fill");
-                    Bytes::new()
-                }
+            let (log_start, batches) = match read_for_fill(&log, offset, max_bytes).await {
+                Some(Fetched::Batches { batches, log_start }) => (log_start, batches),
+                Some(Fetched::StartsAt(first)) => (first, Bytes::new()),
+                None => (0, Bytes::new()),
             };
             fills.serving.set(fills.serving.get() - 1);
             (fills.counters.bytes_served).fetch_add(batches.len() as u64, Ordering::Relaxed);
@@ -201,11 +194,11 @@ impl Fills {
             (self.transport).send_payload(peer, addressed(&group, tag), &request);
             let wait = Duration::from_millis(FILL_ANSWER_TIMEOUT_MS);
             match rt::timeout(wait, answer).await {
-                Ok(Ok(Fetched::Batches(batches))) if !batches.is_empty() => {
+                Ok(Ok(Fetched::Batches { batches, log_start })) if !batches.is_empty() => {
                     self.next_peer.set(turn % count);
                     (self.counters.bytes_received)
                         .fetch_add(batches.len() as u64, Ordering::Relaxed);
-                    return Some(Fetched::Batches(batches));
+                    return Some(Fetched::Batches { batches, log_start });
                 }
                 Ok(Ok(Fetched::StartsAt(start))) => {
                     lowest_start = Some(lowest_start.map_or(start, |lowest| lowest.min(start)));
@@ -251,6 +244,40 @@ impl FillSource for PeerSource {
         let fills = self.fills.clone();
         let group: Group = (Rc::from(&*partition.topic), partition.partition);
         Box::pin(async move { fills.fetch(group, offset).await })
+    }
+}
+
+/// What `log` answers a fill from `offset` with: its whole batches from the one at
+/// `offset` on, about `max_bytes` of them, with its log start; or, if its first batch at or
+/// after its log start begins past `offset`, where that batch begins (retention or the
+/// group deleted what lies before). `None`: nothing to serve now (past the committed end,
+/// or a failed read).
+pub async fn read_for_fill<S: Storage>(
+    log: &PartitionLog<S>,
+    offset: i64,
+    max_bytes: u32,
+) -> Option<Fetched> {
+    let log_start = log.offsets().log_start;
+    // A read from inside a batch starts at the batch: the one holding the log start.
+    let read = log
+        .read_bytes(offset.max(log_start), u64::from(max_bytes))
+        .await;
+    let bytes = match read {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(error) => {
+            tracing::debug!(partition = %log.id(), offset, %error, "cannot serve a fill");
+            return None;
+        }
+    };
+    match FrameHeader::parse(&bytes).map(|header| header.base_offset) {
+        Ok(first) if first > offset => Some(Fetched::StartsAt(first)),
+        Ok(_) => {
+            let batches = leading_batches(&bytes, offset, max_bytes as usize);
+            (!batches.is_empty()).then_some(Fetched::Batches { batches, log_start })
+        }
+        // Nothing committed from the start on: the log starts at its end.
+        Err(_) if offset < log_start => Some(Fetched::StartsAt(log_start)),
+        Err(_) => None,
     }
 }
 

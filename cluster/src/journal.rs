@@ -12,7 +12,11 @@
 //! - the **hard state** (term, vote, commit) and the **configuration** (voters, learners);
 //! - **snapshots** installed from a leader: the new anchor, and the offset from which the
 //!   partition log must be cut and filled up to the anchor's offset with the leader's
-//!   batches (`fill_from`). The fill is done once a later anchor record says so.
+//!   batches (`fill_from`). The fill is done once a later anchor record says so;
+//! - the **log start** the group decided (DeleteRecords, a compaction of
+//!   `__consumer_offsets`): recorded when the entry deciding it is applied, so a crash
+//!   before the partition log's start moved cannot lose it (raft-rs does not apply an
+//!   entry twice).
 //!
 //! Each record is framed and checksummed on its own (little-endian):
 //!
@@ -20,13 +24,14 @@
 //! |-------:|-----:|-------------------------------------------------------------|
 //! |      0 |    4 | CRC-32C of bytes 4 .. 9 + body length                      |
 //! |      4 |    4 | body length, at most `JOURNAL_RECORD_BYTES_MAX`             |
-//! |      8 |    1 | kind: 1 anchor, 2 internal entry, 3 truncation, 4 hard state, 5 configuration, 6 snapshot |
+//! |      8 |    1 | kind: 1 anchor, 2 internal entry, 3 truncation, 4 hard state, 5 configuration, 6 snapshot, 7 log start |
 //! |      9 |    … | body, by kind (below)                                       |
 //!
 //! Bodies: anchor `index u64, term u64, offset i64`; internal entry `index u64, term u64,
 //! offset i64, entry type u8, context length u32, context, data`; truncation `index u64`;
 //! hard state `term u64, vote u64, commit u64`; configuration: raft-rs's `ConfState` in
-//! its protobuf encoding; snapshot `index u64, term u64, offset i64, fill_from i64`.
+//! its protobuf encoding; snapshot `index u64, term u64, offset i64, fill_from i64`; log
+//! start `offset i64` (the latest, or the highest, counts).
 //!
 //! Reading keeps the longest prefix of whole records whose checksums hold: a record is
 //! made durable (fdatasync) before anything relies on it, so what follows a bad record was
@@ -62,6 +67,7 @@ const KIND_TRUNCATION: u8 = 3;
 const KIND_HARD_STATE: u8 = 4;
 const KIND_CONF_STATE: u8 = 5;
 const KIND_SNAPSHOT: u8 = 6;
+const KIND_LOG_START: u8 = 7;
 
 /// The last entry below a partition's Raft window, and where the entry after it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +107,10 @@ pub enum Record {
         anchor: Anchor,
         fill_from: i64,
     },
+    /// The group decided that the partition's log starts at `offset` (at the latest).
+    LogStart {
+        offset: i64,
+    },
 }
 
 /// What the journal holds once its records are applied in order.
@@ -113,6 +123,8 @@ pub struct JournalState {
     /// Set while a snapshot's fill is not done: the offset the partition log is to be cut
     /// at before it is filled up to the anchor's offset.
     pub fill_from: Option<i64>,
+    /// The highest log start the group decided (0: none).
+    pub log_start: i64,
 }
 
 impl JournalState {
@@ -138,6 +150,7 @@ impl JournalState {
             }
             Record::HardState(hard_state) => self.hard_state = hard_state.clone(),
             Record::ConfState(conf_state) => self.conf_state = conf_state.clone(),
+            Record::LogStart { offset } => self.log_start = self.log_start.max(*offset),
         }
     }
 
@@ -155,6 +168,11 @@ impl JournalState {
             Record::HardState(self.hard_state.clone()),
             Record::ConfState(self.conf_state.clone()),
         ];
+        if self.log_start > 0 {
+            records.push(Record::LogStart {
+                offset: self.log_start,
+            });
+        }
         records.extend(self.internals.values().cloned().map(Record::Internal));
         records
     }
@@ -367,6 +385,10 @@ fn encode(record: &Record, out: &mut Vec<u8>) -> Result<(), usize> {
             body.extend_from_slice(&fill_from.to_le_bytes());
             KIND_SNAPSHOT
         }
+        Record::LogStart { offset } => {
+            body.extend_from_slice(&offset.to_le_bytes());
+            KIND_LOG_START
+        }
     };
     if body.len() > JOURNAL_RECORD_BYTES_MAX {
         return Err(body.len());
@@ -452,6 +474,9 @@ fn decode(bytes: &[u8]) -> Option<(Record, usize)> {
             },
             fill_from: fields.u64()? as i64,
         },
+        KIND_LOG_START => Record::LogStart {
+            offset: fields.u64()? as i64,
+        },
         _ => return None,
     };
     Some((record, BODY_AT + len))
@@ -532,6 +557,7 @@ mod tests {
                 fill_from: 180,
             },
             internal(31, 4, 500),
+            Record::LogStart { offset: 450 },
         ]
     }
 
@@ -553,7 +579,11 @@ mod tests {
         assert_eq!(state.internals.keys().copied().collect::<Vec<_>>(), [31]);
         assert_eq!((state.hard_state.term, state.hard_state.commit), (4, 8));
         assert_eq!(state.conf_state.voters, [1, 2, 3]);
-        // A rewrite keeps the fill to do.
+        assert_eq!(state.log_start, 450);
+        // A log start never goes back.
+        state.apply(&Record::LogStart { offset: 300 });
+        assert_eq!(state.log_start, 450);
+        // A rewrite keeps the fill to do and the log start.
         let mut rebuilt = JournalState::default();
         for record in &state.records() {
             rebuilt.apply(record);

@@ -374,10 +374,16 @@ enum Command {
         answer: AnswerAt,
         reply: oneshot::Sender<ProposeAnswer>,
     },
+    /// Proposes that the partition's log start at `offset` (DeleteRecords).
+    MoveLogStart {
+        offset: i64,
+        reply: oneshot::Sender<Answer<i64>>,
+    },
 }
 
-type ProposalResult = Result<Appended, ReplicaError>;
-type ProposeAnswer = Result<oneshot::Receiver<ProposalResult>, ReplicaError>;
+/// A replica's answer to a proposal: refused, or the channel its outcome comes on.
+type Answer<T> = Result<oneshot::Receiver<Result<T, ReplicaError>>, ReplicaError>;
+type ProposeAnswer = Answer<Appended>;
 type GroupKey = (Rc<str>, u32);
 
 /// A group whose replica lives on this shard.
@@ -557,6 +563,35 @@ impl Cluster {
                 };
                 let proposed = rt::timeout(timeout, propose_here(&topic, partition, command));
                 proposed.await.unwrap_or_else(|_| {
+                    Err(ClusterError::ProposalTimedOut {
+                        topic,
+                        partition,
+                        ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    })
+                })
+            })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)?
+    }
+
+    /// Moves a replicated partition's log start to `offset` on every replica (Kafka's
+    /// DeleteRecords; `Replica::propose_log_start`): this node must lead the partition.
+    /// Answers with the leader's new log start once it moved, or
+    /// [`ClusterError::ProposalTimedOut`] after `timeout` (the move may still happen).
+    pub async fn move_log_start(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        timeout: Duration,
+    ) -> Result<i64, ClusterError> {
+        let owner = owner(topic, partition, self.shards().len());
+        let topic = topic.to_owned();
+        self.shards()[owner]
+            .spawn(move || async move {
+                let command = |reply| Command::MoveLogStart { offset, reply };
+                let moved = rt::timeout(timeout, propose_here(&topic, partition, command));
+                moved.await.unwrap_or_else(|_| {
                     Err(ClusterError::ProposalTimedOut {
                         topic,
                         partition,
@@ -1669,11 +1704,11 @@ fn duration_ms(duration: Duration) -> u64 {
 
 /// Queues a proposal in the group's inbox, on the shard that owns the group, and waits for
 /// its commit. `command` makes the command from the channel its answer comes back on.
-async fn propose_here(
+async fn propose_here<T>(
     topic: &str,
     partition: u32,
-    command: impl FnOnce(oneshot::Sender<ProposeAnswer>) -> Command,
-) -> Result<Appended, ClusterError> {
+    command: impl FnOnce(oneshot::Sender<Answer<T>>) -> Command,
+) -> Result<T, ClusterError> {
     let no_replica = || ClusterError::NoReplica {
         topic: topic.to_owned(),
         partition,
@@ -1741,6 +1776,12 @@ fn apply_command(replica: &mut Replica<DiskStorage>, command: Command) -> Result
             }
             Ok(())
         }
+        Command::MoveLogStart { offset, reply } => {
+            if !reply.is_canceled() {
+                let _ = reply.send(replica.propose_log_start(offset));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -1784,7 +1825,7 @@ fn deliver_here(local: &Local, incoming: Incoming) {
             let fetched = if batches.is_empty() && log_start > offset {
                 Fetched::StartsAt(log_start)
             } else {
-                Fetched::Batches(batches)
+                Fetched::Batches { batches, log_start }
             };
             local.fills.answered(to, offset, fetched);
         }

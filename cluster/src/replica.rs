@@ -35,6 +35,16 @@
 //!   `NotLeader` if leadership is lost first); a gap or an older epoch is refused with the
 //!   log's `LogError::Producer`. An idempotent producer's request holds one batch, as Kafka
 //!   requires.
+//! - **The log start moves by the group's decision** ([`Replica::propose_log_start`]:
+//!   DeleteRecords, a compaction of `__consumer_offsets`). The leader proposes an internal
+//!   entry (empty data, the offset in its context), so it takes no Kafka offset. Every
+//!   replica that applies it records the offset in its journal (synced: raft-rs applies an
+//!   entry once) and moves its anchor to its applied index at once, the window's entries
+//!   all applied; once the anchor is at or past the offset and durable, it moves its
+//!   partition log's start there (`PartitionLog::delete_records_before`). Never before: a
+//!   window reopened after a crash must not reach below the log's start. A follower that
+//!   then needs entries below its leader's anchor gets a snapshot, and its fill starts its
+//!   log where its peers' start. The leader answers once its own log start moved.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -215,6 +225,21 @@ pub struct Replica<S: Storage> {
     campaign_at_tick: bool,
     /// Whether the group sleeps, and the agreement to (`hibernation.rs`).
     hibernation: Hibernation,
+    /// A log start the group decided that this log's start has not reached yet.
+    pending_log_start: Option<i64>,
+    /// On a leader: those waiting for the log start to reach an offset they proposed.
+    /// Bounded by the DeleteRecords requests (and compactions) in flight.
+    start_waiters: Vec<(i64, oneshot::Sender<Result<i64, ReplicaError>>)>,
+}
+
+/// The context of an internal entry that moves the log start: this prefix, then the offset
+/// (8 bytes, big-endian).
+const LOG_START_CONTEXT: &[u8] = b"ringlog.log-start:";
+
+/// The log start an internal entry decides, if it is one that does.
+fn log_start_of(entry: &Entry) -> Option<i64> {
+    let offset = entry.context.strip_prefix(LOG_START_CONTEXT)?;
+    Some(i64::from_be_bytes(offset.try_into().ok()?))
 }
 
 impl<S: Storage> Replica<S> {
@@ -251,35 +276,11 @@ impl<S: Storage> Replica<S> {
         };
         let (mut journal, mut state) = Journal::open(storage, dir).await.map_err(journal_error)?;
         if state.conf_state.voters.is_empty() {
-            // A new group: its voters are the configured ones, from the partition's start.
-            // A log with records but no journal lost its journal: starting it as a new
-            // group would renumber its entries and forget its votes.
-            let offsets = log.offsets();
-            if offsets.log_end > offsets.log_start {
-                return Err(ReplicaError::Inconsistent {
-                    partition: id,
-                    reason: "the partition log holds records but its raft journal is missing \
-                             or empty"
-                        .to_string(),
-                });
-            }
-            let mut conf_state = ConfState::default();
-            conf_state.voters.clone_from(&config.voters);
-            let anchor = Anchor {
-                index: 0,
-                term: 0,
-                offset: log.offsets().log_start,
-            };
-            let records = [Record::ConfState(conf_state), Record::Anchor(anchor)];
-            journal
-                .append(&records, true)
-                .await
-                .map_err(journal_error)?;
-            for record in &records {
-                state.apply(record);
-            }
+            start_group(&id, &log, &mut journal, &mut state, &config.voters).await?;
         }
         let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
+        let pending_log_start =
+            (state.log_start > log.offsets().log_start).then_some(state.log_start);
         bound_retention_at_open(&log, &mut journal, &state)
             .await
             .map_err(journal_error)?;
@@ -335,6 +336,8 @@ impl<S: Storage> Replica<S> {
                 config.election_ticks,
                 config.heartbeat_ticks,
             ),
+            pending_log_start,
+            start_waiters: Vec::new(),
         };
         // raft-rs reads entries it has yet to apply without waiting: they must be cached.
         replica.read_back_from(applied + 1).await?;
@@ -345,6 +348,8 @@ impl<S: Storage> Replica<S> {
             .set_commit_end(high_watermark)
             .await
             .map_err(|source| log_error(&replica.id, source))?;
+        // A start decided before a crash, if the anchor had reached it.
+        replica.move_log_start().await?;
         Ok(replica)
     }
 
@@ -938,6 +943,45 @@ impl<S: Storage> Replica<S> {
         Ok(answered)
     }
 
+    /// Proposes that the partition's log start at `offset` (at most the high watermark) on
+    /// every replica (module doc): answered with this log's new start once it moved, or at
+    /// once if it is there already; refused if this replica stops leading first.
+    pub fn propose_log_start(
+        &mut self,
+        offset: i64,
+    ) -> Result<oneshot::Receiver<Result<i64, ReplicaError>>, ReplicaError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        let log_start = self.log.offsets().log_start;
+        if offset > self.high_watermark || offset < 0 {
+            let partition = self.id.clone();
+            let high_watermark = self.high_watermark;
+            return Err(log_error(
+                &self.id,
+                LogError::OffsetOutOfRange {
+                    partition,
+                    offset,
+                    log_start,
+                    high_watermark,
+                },
+            ));
+        }
+        let (reply, answered) = oneshot::channel();
+        if offset <= log_start {
+            let _ = reply.send(Ok(log_start));
+            return Ok(answered);
+        }
+        self.wake(None);
+        let mut context = LOG_START_CONTEXT.to_vec();
+        context.extend_from_slice(&offset.to_be_bytes());
+        self.node
+            .propose(context, Vec::new())
+            .map_err(|source| self.raft_error(source))?;
+        self.start_waiters.push((offset, reply));
+        Ok(answered)
+    }
+
     /// Checks an idempotent producer's batch against the log's producer state followed by
     /// the producer's batches proposed and not yet persisted.
     fn check_producer(&self, batch: &ProducerBatch) -> Result<ProducerCheck, ReplicaError> {
@@ -1058,6 +1102,16 @@ impl<S: Storage> Replica<S> {
     /// reopen reaching into deleted segments.
     async fn compact(&mut self) -> Result<(), ReplicaError> {
         let applied = self.node.raft.raft_log.applied;
+        let anchor = self.anchor();
+        // A log start decided past the anchor: every applied entry leaves the window, which
+        // then starts at or past it (a follower that still needs them gets a snapshot).
+        let start_waits = self
+            .pending_log_start
+            .is_some_and(|offset| offset > anchor.offset);
+        if start_waits && applied > anchor.index {
+            self.move_anchor(applied, true).await?;
+            return self.move_log_start().await;
+        }
         let mut target = applied.saturating_sub(self.window_entries_keep);
         if self.is_leader() {
             let raft = &self.node.raft;
@@ -1069,10 +1123,16 @@ impl<S: Storage> Replica<S> {
                 target = target.min(needed.max(applied.saturating_sub(self.window_entries_max)));
             }
         }
-        let anchor = self.anchor();
-        if target < anchor.index + self.window_entries_keep {
-            return Ok(());
+        if target >= anchor.index + self.window_entries_keep {
+            let sync = self.ticks_since_anchor_sync >= self.anchor_sync_ticks;
+            self.move_anchor(target, sync).await?;
         }
+        self.move_log_start().await
+    }
+
+    /// Moves the anchor to `target` (applied), synced if `sync`; a synced anchor bounds the
+    /// log's retention.
+    async fn move_anchor(&mut self, target: u64, sync: bool) -> Result<(), ReplicaError> {
         let moved = {
             let table = &self.storage.state.borrow().table;
             let Some(term) = table.term(target) else {
@@ -1084,7 +1144,6 @@ impl<S: Storage> Replica<S> {
                 offset: table.offset_at(target + 1),
             }
         };
-        let sync = self.ticks_since_anchor_sync >= self.anchor_sync_ticks;
         self.journal
             .append(&[Record::Anchor(moved)], sync)
             .await
@@ -1169,6 +1228,8 @@ impl<S: Storage> Replica<S> {
                 .await
                 .map_err(|source| log_error(&self.id, source))?;
         }
+        // The latest log start a peer named: the group may have moved it inside a batch.
+        let mut peers_start = 0;
         loop {
             let log_end = self.log.offsets().log_end;
             if log_end >= anchor.offset {
@@ -1181,7 +1242,10 @@ impl<S: Storage> Replica<S> {
                 });
             };
             let chunk = match fetched {
-                Fetched::Batches(chunk) => chunk,
+                Fetched::Batches { batches, log_start } => {
+                    peers_start = peers_start.max(log_start);
+                    batches
+                }
                 Fetched::StartsAt(start) if start > log_end => {
                     self.restart_log(start.min(anchor.offset)).await?;
                     continue;
@@ -1221,7 +1285,9 @@ impl<S: Storage> Replica<S> {
         self.ticks_since_anchor_sync = 0;
         self.log.bound_retention(anchor.offset);
         tracing::info!(partition = %self.id, offset = anchor.offset, "snapshot installed");
-        Ok(())
+        // The group's decisions below the anchor are not applied here: its start is theirs.
+        self.decide_log_start(peers_start).await?;
+        self.move_log_start().await
     }
 
     /// Empties the log being filled and starts it again at `offset`: no peer asked for
@@ -1422,7 +1488,11 @@ impl<S: Storage> Replica<S> {
                         self.high_watermark = header.offset_next();
                     }
                 }
-                EntryType::EntryNormal => {}
+                EntryType::EntryNormal => {
+                    if let Some(offset) = log_start_of(entry) {
+                        self.decide_log_start(offset).await?;
+                    }
+                }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     self.apply_conf_change(entry).await?;
                 }
@@ -1438,6 +1508,54 @@ impl<S: Storage> Replica<S> {
         }
         self.answer_proposals(last.0, last.1);
         self.answer_retries();
+        Ok(())
+    }
+
+    /// Records a log start the group decided (synced: raft-rs does not apply an entry
+    /// again after a restart); [`Replica::compact`] moves the log there.
+    async fn decide_log_start(&mut self, offset: i64) -> Result<(), ReplicaError> {
+        if offset <= self.log.offsets().log_start || self.pending_log_start >= Some(offset) {
+            return Ok(());
+        }
+        self.journal
+            .append(&[Record::LogStart { offset }], true)
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.pending_log_start = Some(offset);
+        Ok(())
+    }
+
+    /// Moves the partition log's start to the one the group decided, once the anchor is at
+    /// or past it (and durable: a window reopened after a crash must not reach below the
+    /// start); answers the leader's waiters it satisfies.
+    async fn move_log_start(&mut self) -> Result<(), ReplicaError> {
+        let Some(offset) = self.pending_log_start else {
+            return Ok(());
+        };
+        let anchor = self.anchor();
+        if offset > anchor.offset || self.fill_from.is_some() {
+            return Ok(());
+        }
+        self.journal
+            .sync()
+            .await
+            .map_err(|source| self.journal_error(source))?;
+        self.ticks_since_anchor_sync = 0;
+        self.log.bound_retention(anchor.offset);
+        let start = self
+            .log
+            .delete_records_before(offset)
+            .await
+            .map_err(|source| log_error(&self.id, source))?;
+        self.pending_log_start = None;
+        tracing::info!(partition = %self.id, log_start = start, "log start moved by the group");
+        for (wanted, reply) in std::mem::take(&mut self.start_waiters) {
+            if wanted <= start {
+                let _ = reply.send(Ok(start));
+            } else {
+                self.start_waiters.push((wanted, reply));
+            }
+        }
         Ok(())
     }
 
@@ -1536,6 +1654,9 @@ impl<S: Storage> Replica<S> {
     fn fail_proposals(&mut self) {
         for (_, proposal) in std::mem::take(&mut self.proposals) {
             let _ = proposal.reply.send(Err(self.not_leader()));
+        }
+        for (_, reply) in std::mem::take(&mut self.start_waiters) {
+            let _ = reply.send(Err(self.not_leader()));
         }
         for retry in std::mem::take(&mut self.retries) {
             let _ = retry.reply.send(Err(self.not_leader()));
@@ -1712,6 +1833,48 @@ fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
         partition: partition.clone(),
         source,
     }
+}
+
+/// Makes a new group's journal: its voters are the configured ones, from the partition's
+/// start. A log with records but no journal lost its journal: starting it as a new group
+/// would renumber its entries and forget its votes.
+async fn start_group<S: Storage>(
+    id: &PartitionId,
+    log: &PartitionLog<S>,
+    journal: &mut Journal<S>,
+    state: &mut crate::journal::JournalState,
+    voters: &[u64],
+) -> Result<(), ReplicaError> {
+    let offsets = log.offsets();
+    if offsets.log_end > offsets.log_start {
+        return Err(ReplicaError::Inconsistent {
+            partition: id.clone(),
+            reason: "the partition log holds records but its raft journal is missing \
+                         or empty"
+                .to_string(),
+        });
+    }
+    let conf_state = ConfState {
+        voters: voters.to_vec(),
+        ..ConfState::default()
+    };
+    let anchor = Anchor {
+        index: 0,
+        term: 0,
+        offset: log.offsets().log_start,
+    };
+    let records = [Record::ConfState(conf_state), Record::Anchor(anchor)];
+    journal
+        .append(&records, true)
+        .await
+        .map_err(|source| ReplicaError::Journal {
+            partition: id.clone(),
+            source,
+        })?;
+    for record in &records {
+        state.apply(record);
+    }
+    Ok(())
 }
 
 /// Lets retention have what lies below the anchor of a log just opened, if its topic has

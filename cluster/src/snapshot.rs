@@ -62,10 +62,11 @@ pub fn decode_data(data: &[u8]) -> Option<i64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetched {
     /// Whole batches from the offset asked for on (a cut last batch is allowed; the
-    /// replica drops it).
-    Batches(Bytes),
-    /// The peer's log starts at this offset, past the one asked for: its retention
-    /// deleted the batches before it.
+    /// replica drops it), and the peer's log start (which may lie inside the first batch:
+    /// the group moved it there, `Replica::propose_log_start`).
+    Batches { batches: Bytes, log_start: i64 },
+    /// The peer's first batch starts at this offset, past the one asked for: its
+    /// retention, or the group's decision, deleted the batches before it.
     StartsAt(i64),
 }
 

@@ -348,7 +348,10 @@ async fn assert_identical_tails(cluster: &Cluster) -> Vec<String> {
         }
         tails.push((*node, tail));
     }
-    values_from(&tails[0].1, from)
+    // A log start inside a batch: reads start at the batch.
+    let first = ringlog_engine::batch::FrameHeader::parse(&tails[0].1)
+        .map_or(from, |header| header.base_offset);
+    values_from(&tails[0].1, first)
 }
 
 #[test]
@@ -426,6 +429,75 @@ fn a_follower_whose_peers_deleted_what_it_lacks_starts_its_log_where_theirs_star
             assert_identical_tails(&cluster).await.last().unwrap(),
             "restarted-0"
         );
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_group_moves_every_replicas_log_start_and_a_follower_left_behind_starts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        // 60 records committed while one follower is cut off, far behind.
+        let (leader, behind) = leave_behind(&mut cluster, 20).await;
+        let with = *NODES
+            .iter()
+            .find(|node| **node != leader && **node != behind)
+            .unwrap();
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        assert!(
+            matches!(replica.propose_log_start(61), Err(ReplicaError::Log { .. })),
+            "past the high watermark"
+        );
+        let mut moved = replica.propose_log_start(31).unwrap();
+        assert!(moved.try_recv().unwrap().is_none(), "not before it commits");
+        cluster.settle().await;
+        assert_eq!(moved.try_recv().unwrap().unwrap().unwrap(), 31);
+        for node in [leader, with] {
+            let replica = &cluster.replicas[&node];
+            assert_eq!(replica.log().offsets().log_start, 31, "node {node}");
+            assert!(
+                replica.anchor().offset >= 31,
+                "node {node}: the window starts past it"
+            );
+            assert!(
+                replica.log().read_bytes(30, 1 << 20).await.is_err(),
+                "node {node}"
+            );
+        }
+        // Once there, asking again is answered at once.
+        let again = cluster
+            .replicas
+            .get_mut(&leader)
+            .unwrap()
+            .propose_log_start(20);
+        assert_eq!(again.unwrap().try_recv().unwrap().unwrap().unwrap(), 31);
+
+        // The follower left behind gets a snapshot; its peers' logs start past what it
+        // holds, so its own starts there too.
+        cluster.isolated.clear();
+        fill_from_peers(&mut cluster, behind, None);
+        catch_up(&mut cluster, behind, 60).await;
+        assert_eq!(cluster.replicas[&behind].log().offsets().log_start, 31);
+        let mut more = cluster.propose(leader, "after", 2);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 60);
+        let values = assert_identical_tails(&cluster).await;
+        // Offset 31 is round 10's second record; reads start at its batch.
+        assert_eq!(values[0], "r10-0");
+        assert_eq!(values.last().unwrap(), "after-1");
+
+        // Every replica's start survives a restart.
+        let dir = cluster.close().await;
+        let cluster = Cluster::open_with(&dir, small_window).await;
+        for (node, replica) in &cluster.replicas {
+            assert_eq!(
+                replica.log().offsets().log_start,
+                31,
+                "node {node} reopened"
+            );
+        }
         cluster.close().await;
     })
     .unwrap();

@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use futures::channel::oneshot;
 use raft::eraftpb::{Message, MessageType};
 use ringlog_engine::batch::{RecordBatch, TimestampType};
@@ -274,15 +273,13 @@ pub(crate) async fn read_from_first(
 ) -> Fetched {
     let mut starts = None;
     for log in logs {
-        let log_start = log.offsets().log_start;
-        if offset < log_start {
-            starts = Some(starts.map_or(log_start, |s: i64| s.min(log_start)));
-            continue;
-        }
-        if let Ok(bytes) = log.read_bytes(offset, chunk_bytes).await {
-            if !bytes.is_empty() {
-                return Fetched::Batches(Bytes::from(bytes));
+        let chunk_bytes = u32::try_from(chunk_bytes).unwrap_or(u32::MAX);
+        match crate::fill::read_for_fill(&log, offset, chunk_bytes).await {
+            Some(batches @ Fetched::Batches { .. }) => return batches,
+            Some(Fetched::StartsAt(start)) => {
+                starts = Some(starts.map_or(start, |s: i64| s.min(start)));
             }
+            None => {}
         }
     }
     match starts {

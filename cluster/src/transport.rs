@@ -56,7 +56,7 @@
 //! | kind | field after the tag                                                    |
 //! |-----:|------------------------------------------------------------------------|
 //! |    3 | `offset i64` (≥ 0), `max_bytes u32` (1 ..= `FILL_CHUNK_BYTES_MAX`)     |
-//! |    4 | `offset i64` (≥ 0), `log_start i64` (≥ 0, the peer's log start), the batches from `offset`, to the end of the frame (none: the peer cannot serve that offset now, or, if `log_start` is past `offset`, its retention deleted it) |
+//! |    4 | `offset i64` (≥ 0), `log_start i64` (≥ 0), the batches from `offset`, to the end of the frame. With batches, `log_start` is the peer's log start (it may lie inside the first batch). Without: if `log_start` is past `offset`, it is where the peer's first batch begins (its retention, or its group, deleted what lies before); else the peer cannot serve that offset now |
 //!
 //! The rejoin frames (`rejoin.rs`): a replica rejoining its group with no memory of it asks
 //! each other voter for its term and last entry; the voter answers on its own connection

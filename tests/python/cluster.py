@@ -36,8 +36,11 @@ TOPIC, produces COUNT records ("a<i>") and reads them back; raises its partition
 produces COUNT records ("c<i>"). It also creates TOPIC-configs and changes its configuration
 twice: AlterConfigs from kafka-python (retention.ms=3600000, max.message.bytes=500000),
 then IncrementalAlterConfigs from confluent-kafka (SET segment.bytes=2097152, DELETE
-retention.ms). Prints {"first": [values], "added": [values], "recreated": [values],
-"recreated_dense": bool, "configs": {key: value as DescribeConfigs answers}}.
+retention.ms). Last, it creates TOPIC-records (one partition), produces COUNT records
+("d<i>"), deletes those before offset 10 with confluent-kafka's DeleteRecords and reads the
+partition from its start. Prints {"first": [values], "added": [values], "recreated":
+[values], "recreated_dense": bool, "configs": {key: value as DescribeConfigs answers},
+"low_watermark": n, "after_delete": [[offset, value]]}.
 
 Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
@@ -266,10 +269,15 @@ def run(bootstrap, topic, partitions, count, work_dir, client):
     )
 
 
-def read_group(servers, topic, group, expected):
+# Partitions of the topic whose offsets read_group commits again and again.
+CHURN_PARTITIONS = 40
+
+
+def read_group(servers, topic, group, expected, recommits=0):
     """Reads `expected` records in `group` (from its committed offsets, else the earliest),
-    commits, closes; returns the values read, the coordinator's node id and the generation
-    the consumer joined."""
+    commits, then commits `recommits` times the offsets of CHURN_PARTITIONS partitions of
+    TOPIC-churn; closes; returns the values read, the coordinator's node id and the
+    generation the consumer joined."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=servers,
@@ -289,6 +297,18 @@ def read_group(servers, topic, group, expected):
     for batch in consumer.poll(timeout_ms=2000).values():
         values.extend(record.value.decode() for record in batch)
     consumer.commit()
+    if recommits:
+        # Offsets of many partitions at once: many records per commit.
+        from kafka.structs import OffsetAndMetadata
+
+        churn = f"{topic}-churn"
+        create_topic(servers, churn, CHURN_PARTITIONS)
+        offsets = {
+            TopicPartition(churn, p): OffsetAndMetadata(0, "", -1)
+            for p in range(CHURN_PARTITIONS)
+        }
+        for _ in range(recommits):
+            consumer.commit(offsets)
     # kafka-python names the coordinator's connection "coordinator-<node id>".
     coordinator = int(str(consumer._coordinator.coordinator_id).rsplit("-", 1)[-1])
     generation = consumer._coordinator._generation.generation_id
@@ -297,16 +317,17 @@ def read_group(servers, topic, group, expected):
 
 
 def groups(bootstrap, topic, partitions, count, work_dir):
-    """COUNT records, read and committed by a group; the group's coordinator is killed
-    (WORK_DIR/half names it, WORK_DIR/killed says it is dead); COUNT more records, which
-    the same group, a new consumer, reads from its committed offsets: those, and only
-    those."""
+    """COUNT records, read and committed by a group, which then commits 40 partitions'
+    offsets 30 times (so its coordinator compacts its partition of __consumer_offsets: more
+    than 1,000 records, of which 44 live); the group's coordinator is killed (WORK_DIR/half names
+    it, WORK_DIR/killed says it is dead); COUNT more records, which the same group, a new
+    consumer, reads from its committed offsets: those, and only those."""
     servers = bootstrap.split(",")
     create_topic(servers, topic, partitions)
     producer = KafkaProducer(bootstrap_servers=servers)
     for i in range(count):
         producer.send(topic, key=f"k{i}".encode(), value=f"a{i}".encode()).get(timeout=60)
-    first, coordinator, generation = read_group(servers, topic, "readers", count)
+    first, coordinator, generation = read_group(servers, topic, "readers", count, 30)
     with open(os.path.join(work_dir, "half.tmp"), "w") as out:
         json.dump({"coordinator": coordinator}, out)
     os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
@@ -378,6 +399,7 @@ def topic_gone(admin, topic):
 
 def admin_changes(bootstrap, topic, partitions, count, work_dir):
     from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+    import confluent_kafka
     from confluent_kafka import admin as confluent_admin
 
     servers = bootstrap.split(",")
@@ -441,6 +463,12 @@ def admin_changes(bootstrap, topic, partitions, count, work_dir):
         if configs.get("segment.bytes") == "2097152" or time.monotonic() > deadline:
             break
         time.sleep(0.1)
+    records_topic = f"{topic}-records"
+    create_topic(servers, records_topic, 1)
+    produce_values(servers, records_topic, [f"d{i}" for i in range(count)], [0])
+    deleted = client.delete_records([confluent_kafka.TopicPartition(records_topic, 0, 10)])
+    low_watermark = [future.result(timeout=60).low_watermark for future in deleted.values()][0]
+    after_delete = [[offset, value] for _, offset, value in consume(servers, records_topic, 1)]
     admin.close()
     print(
         json.dumps(
@@ -450,6 +478,8 @@ def admin_changes(bootstrap, topic, partitions, count, work_dir):
                 "recreated": recreated,
                 "recreated_dense": dense,
                 "configs": configs,
+                "low_watermark": low_watermark,
+                "after_delete": after_delete,
             }
         )
     )

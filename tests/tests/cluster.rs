@@ -7,14 +7,17 @@
 //!   node's segments are the same bytes;
 //! - the same with every partition's group asleep (idle, `hibernation.rs`) when the leader
 //!   is killed: the node's liveness wakes the followers, which elect;
-//! - a consumer group's committed offsets survive the death of its coordinator: the group
-//!   resumes, at the new coordinator, exactly after what it committed;
+//! - a consumer group's committed offsets survive the death of its coordinator, after the
+//!   coordinator compacted its partition of `__consumer_offsets` (every replica moving its
+//!   log start): the group resumes, at the new coordinator, exactly after what it
+//!   committed;
 //! - a producer bootstrapped at any one node auto-creates its topic there (a node that
 //!   does not lead the controller forwards the creation to the one that does);
 //! - the admin clients' changes go through the controller to every node: partitions added,
 //!   a topic deleted and created again at once under its name (the new topic holds only
 //!   its own records, though a node may not have applied the deletion yet when its groups
-//!   start), configurations altered both ways;
+//!   start), configurations altered both ways, records deleted (DeleteRecords) on every
+//!   replica;
 //! - a follower whose data directory is wiped catches up by a snapshot and rejoins;
 //! - the same on a topic with retention, whose leader deleted the start of its log before
 //!   the follower returned: the follower's log starts where the leader's does, and a
@@ -343,7 +346,22 @@ fn committed_offsets_survive_the_death_of_the_groups_coordinator() {
     // join until that member's session expired and answer generation 2.
     assert_eq!(result["generation_before"], 1, "{result}");
     assert_eq!(result["generation_after"], 3, "{result}");
+    // Committing 40 partitions' offsets 30 times made the first coordinator compact its
+    // partition of __consumer_offsets, and every replica moved its log start: the new
+    // coordinator loaded the group from the rewrite.
+    assert!(
+        killed_log.contains("compacted __consumer_offsets"),
+        "no compaction:\n{killed_log}"
+    );
+    let moved = |log: &str| {
+        log.lines().any(|line| {
+            line.contains("log start moved by the group") && line.contains("__consumer_offsets")
+        })
+    };
+    assert!(moved(&killed_log), "{killed_log}");
     for node in nodes.into_iter().flatten() {
+        let log = node.log();
+        assert!(moved(&log), "a replica did not move its log start:\n{log}");
         node.stop_cleanly();
     }
 }
@@ -444,6 +462,14 @@ fn admin_changes_go_through_the_controller_to_every_node() {
         configs["retention.ms"], "3600000",
         "DELETE reverts it: {result}"
     );
+    assert_eq!(result["low_watermark"], 10, "{result}");
+    let after_delete: Vec<(i64, String)> =
+        serde_json::from_value(result["after_delete"].clone()).expect("after_delete");
+    let expected: Vec<(i64, String)> = (10..RECORDS as i64).map(|i| (i, format!("d{i}"))).collect();
+    assert_eq!(
+        after_delete, expected,
+        "read from the new log start: {result}"
+    );
     // Every node applied the same changes: the same registry entries, and no directory of
     // the deleted topic's partitions left.
     let configs_topic = format!("{TOPIC}-configs");
@@ -484,6 +510,8 @@ fn admin_changes_go_through_the_controller_to_every_node() {
             "partitions added by the controller",
             "topic deleted by the controller",
             "configuration altered by the controller",
+            // Every replica moved its log start, not only the leader.
+            "log start moved by the group",
         ] {
             assert!(log.contains(applied), "no \"{applied}\" in:\n{log}");
         }

@@ -625,7 +625,7 @@ impl Coordinator {
             let _ = write.reply.send(written);
         }
         if written.is_ok() {
-            if let Err(error) = self.compact_if_due(partition).await {
+            if let Err(error) = self.compact_if_due(partition, fence.term).await {
                 tracing::warn!(partition, ?error, "compaction of {OFFSETS_TOPIC} failed");
             }
         }
@@ -682,12 +682,10 @@ impl Coordinator {
     /// every live key's latest record (committed offsets, the last persisted membership) is
     /// appended again and the log start moved to the first of them, so whole segments
     /// before it are deleted and a replay reads only the rewrite and what followed. Only
-    /// the partition's writer calls this, so memory is exactly what the log says.
-    async fn compact_if_due(&self, partition: u32) -> Result<(), EngineError> {
-        if self.cluster.borrow().is_some() {
-            // A replicated log's start cannot move yet (that needs snapshots).
-            return Ok(());
-        }
+    /// the partition's writer calls this, so memory is exactly what the log says. In a
+    /// cluster the rewrite is proposed in `term` (the load's) and the log start moves on
+    /// every replica by the group's decision (`Cluster::move_log_start`).
+    async fn compact_if_due(&self, partition: u32, term: Option<u64>) -> Result<(), EngineError> {
         let offsets = self.engine.offsets(OFFSETS_TOPIC, partition).await?;
         let held = offsets.log_end - offsets.log_start;
         // Cheap checks first: this runs after every write of the partition.
@@ -700,15 +698,31 @@ impl Coordinator {
         let new_start = if live.is_empty() {
             offsets.log_end
         } else {
-            match self.append(partition, &live, None).await {
+            match self.append(partition, &live, term).await {
                 Ok(first) => first,
                 Err(_) => return Ok(()),
             }
         };
-        let start = self
-            .engine
-            .delete_records_before(OFFSETS_TOPIC, partition, new_start)
-            .await?;
+        let cluster = self.cluster.borrow().clone();
+        let start = match cluster {
+            Some(cluster) => {
+                let timeout = Duration::from_millis(GROUP_WRITE_TIMEOUT_MS);
+                let moved = cluster.move_log_start(OFFSETS_TOPIC, partition, new_start, timeout);
+                match moved.await {
+                    Ok(start) => start,
+                    Err(error) => {
+                        // The rewrite is in the log; the next compaction moves the start.
+                        tracing::warn!(partition, %error, "{OFFSETS_TOPIC}'s log start not moved");
+                        return Ok(());
+                    }
+                }
+            }
+            None => {
+                (self.engine)
+                    .delete_records_before(OFFSETS_TOPIC, partition, new_start)
+                    .await?
+            }
+        };
         tracing::info!(
             partition,
             records_before = held,

@@ -2,7 +2,13 @@
 //! segments below the new start). Offset -1 means "up to the high watermark"; an offset past
 //! the high watermark, or below -1, is OFFSET_OUT_OF_RANGE; an offset at or below the
 //! current log start changes nothing. The answer is the new log start (low watermark).
-//! A single node has no replicas to wait for, so `timeout_ms` is not needed.
+//! A single node has no replicas to wait for, so `timeout_ms` is not needed. In a cluster
+//! the partition's leader proposes the new start to its group; every replica moves its
+//! log's start once its Raft window is past it, and the leader answers once its own has
+//! (within `timeout_ms`, else REQUEST_TIMED_OUT; the move may still happen), as Kafka's
+//! leader answers once the low watermark moved.
+
+use std::time::Duration;
 
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
@@ -16,8 +22,13 @@ use crate::errors;
 
 /// DeleteRecords' "delete up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
+/// The bounds of the time a replicated partition's leader waits for its log start to move.
+const TIMEOUT_MIN: Duration = Duration::from_millis(100);
+const TIMEOUT_MAX: Duration = Duration::from_secs(60);
 
 pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0))
+        .clamp(TIMEOUT_MIN, TIMEOUT_MAX);
     let mut topics = Vec::with_capacity(request.topics.len());
     for topic in request.topics {
         let name = topic.name.0.as_str().to_owned();
@@ -27,7 +38,7 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
             let offset = partition.offset;
             async move {
                 let result = DeleteRecordsPartitionResult::default().with_partition_index(index);
-                match delete_before(broker, name, index, offset).await {
+                match delete_before(broker, name, index, offset, timeout).await {
                     Ok(low_watermark) => result.with_low_watermark(low_watermark),
                     Err(code) => result.with_error_code(code).with_low_watermark(-1),
                 }
@@ -44,14 +55,16 @@ pub async fn handle(broker: &Broker, request: DeleteRecordsRequest) -> DeleteRec
 }
 
 /// The new log start of one partition, or the error code.
-async fn delete_before(broker: &Broker, topic: &str, index: i32, offset: i64) -> Result<i64, i16> {
+async fn delete_before(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<i64, i16> {
     if crate::group::is_internal(topic) {
         // Moving its log start would drop group records from the next replay.
         return Err(ResponseError::InvalidTopicException.code());
-    }
-    if broker.replicated(topic).is_some() {
-        // Moving a replicated log's start needs snapshots (not built yet).
-        return Err(ResponseError::InvalidRequest.code());
     }
     let partition =
         u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
@@ -67,6 +80,12 @@ async fn delete_before(broker: &Broker, topic: &str, index: i32, offset: i64) ->
         offset if offset < 0 => return Err(ResponseError::OffsetOutOfRange.code()),
         offset => offset,
     };
+    if let Some(cluster) = broker.replicated(topic) {
+        return (cluster
+            .move_log_start(topic, partition, offset, timeout)
+            .await)
+            .map_err(|e| errors::cluster_code(&e));
+    }
     engine
         .delete_records_before(topic, partition, offset)
         .await
