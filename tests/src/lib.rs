@@ -12,12 +12,15 @@
 //! - [`wire`]: a small Kafka client over a plain TCP socket, built on the `kafka-protocol`
 //!   crate, for requests at exact versions and for frames no real client would send.
 //! - [`metrics`]: a running server's `/metrics`, scraped into a map.
+//! - [`disk`]: small file systems a test makes and breaks: a full tmpfs, an ext4 whose
+//!   device fails every write (root).
 //! - [`slow_disk`]: a cgroup whose writes to a disk the kernel throttles, to make a running
 //!   node's disk slow for a while (fault tests).
 //! - [`member`]: a consumer-group member on that client (join, sync, commit, fetch the
 //!   committed offsets) that reports every refusal instead of panicking, for tests that
 //!   kill the broker under it.
 
+pub mod disk;
 pub mod member;
 pub mod metrics;
 pub mod node;

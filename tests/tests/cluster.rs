@@ -7,6 +7,8 @@
 //!   node's segments are the same bytes;
 //! - the same with every partition's group asleep (idle, `hibernation.rs`) when the leader
 //!   is killed: the node's liveness wakes the followers, which elect;
+//! - a leader whose disk fails (every write EIO, root only) gives its partitions up, the
+//!   producer goes on, nothing acknowledged is lost, and once healed the node catches up;
 //! - a consumer group's committed offsets survive the death of its coordinator, after the
 //!   coordinator compacted its partition of `__consumer_offsets` (every replica moving its
 //!   log start): the group resumes, at the new coordinator, exactly after what it
@@ -29,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
+use ringlog_tests::disk::Ext4;
 use ringlog_tests::metrics::scrape;
 use ringlog_tests::process::{free_port, wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script;
@@ -153,12 +156,25 @@ fn start(mode: &'static str, count: usize) -> Run {
 
 /// [`start`], the nodes run with `flags` besides.
 fn start_with(mode: &'static str, count: usize, flags: Vec<(&'static str, &'static str)>) -> Run {
+    start_in(mode, count, flags, None)
+}
+
+/// [`start_with`], the nodes' data directories in `dirs` if given.
+fn start_in(
+    mode: &'static str,
+    count: usize,
+    flags: Vec<(&'static str, &'static str)>,
+    dirs: Option<Vec<PathBuf>>,
+) -> Run {
     let root = tempfile::tempdir().expect("temp dir");
+    let dirs = dirs.unwrap_or_else(|| {
+        (0..3)
+            .map(|n| root.path().join(format!("node{}", n + 1)))
+            .collect()
+    });
     let cluster = Cluster {
         internal_ports: (0..3).map(|_| free_port()).collect(),
-        dirs: (0..3)
-            .map(|n| root.path().join(format!("node{}", n + 1)))
-            .collect(),
+        dirs,
         flags,
     };
     let nodes: Vec<Option<Server>> = (0..3).map(|n| Some(cluster.start(n))).collect();
@@ -297,6 +313,71 @@ fn leader_killed(mode: &'static str, idempotent: bool, asleep: bool) {
     );
 
     // The killed node comes back, catches up, and every node holds the same bytes.
+    nodes[victim - 1] = Some(cluster.start(victim - 1));
+    let bytes = wait_until_identical(&cluster, || nodes[victim - 1].as_ref().map(Server::log));
+    assert!(bytes > 0, "the segments hold the records");
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
+/// Each node on its own small ext4 (root only); halfway through the producer's run, every
+/// write of partition 0's leader's disk fails with EIO. Its replicas stop, the others
+/// elect, and the producer goes on: nothing acknowledged is lost, nothing written twice.
+/// Once the disk is healed, repaired and the node restarted, it catches up and every node
+/// holds the same bytes.
+#[test]
+fn a_leader_whose_disk_fails_gives_way_and_loses_nothing() {
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let Some(mut disks) = (0..3)
+        .map(|_| Ext4::create(parent, 512 << 20))
+        .collect::<Option<Vec<Ext4>>>()
+    else {
+        return;
+    };
+    let dirs = disks.iter().map(|disk| disk.path().join("data")).collect();
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start_in("run", COUNT, Vec::new(), Some(dirs));
+    wait_for(&work.join("half"));
+    let leaders: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let victim = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
+    assert!((1..=3).contains(&victim), "leader {victim} is a node id");
+    disks[victim - 1].fail_writes();
+    std::fs::write(work.join("killed"), b"").expect("marker");
+    let result = script.join().expect("the script thread");
+    let victim_log = nodes[victim - 1]
+        .as_ref()
+        .map(Server::log)
+        .unwrap_or_default();
+    assert_eq!(
+        result["lost"],
+        serde_json::json!([]),
+        "acknowledged records lost: {result}\nthe failed node's log:\n{victim_log}"
+    );
+    assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
+    assert_eq!(result["acknowledged"], COUNT, "{result}");
+    assert_eq!(result["duplicates"], serde_json::json!([]), "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+    let new_leader = result["leaders_after"]["0"].as_u64().expect("a new leader");
+    assert_ne!(
+        new_leader as usize, victim,
+        "partition 0 is led by a node whose disk works: {result}\n{victim_log}"
+    );
+    assert!(
+        victim_log.contains("replica stopped"),
+        "the failed node's replicas stop:\n{victim_log}"
+    );
+
+    // Healed, repaired and restarted, it catches up.
+    nodes[victim - 1].take().expect("it ran").kill();
+    disks[victim - 1].heal();
+    disks[victim - 1].remount_repaired();
     nodes[victim - 1] = Some(cluster.start(victim - 1));
     let bytes = wait_until_identical(&cluster, || nodes[victim - 1].as_ref().map(Server::log));
     assert!(bytes > 0, "the segments hold the records");

@@ -27,274 +27,16 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use kafka_protocol::records::Record;
+use ringlog_tests::disk::{Ext4, TmpFs};
 use ringlog_tests::process::{Server, ServerOptions};
 use ringlog_tests::wire::{record, Connection};
 
 const KAFKA_STORAGE_ERROR: i16 = 56;
 const MIB: u64 = 1 << 20;
-
-/// Runs `program args` to its end: `Err` with its status and stderr if it failed.
-fn run(program: &str, args: &[&OsStr]) -> Result<String, String> {
-    match Command::new(program).args(args).output() {
-        Ok(output) if output.status.success() => {
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        }
-        Ok(output) => Err(format!(
-            "{program} {args:?}: {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
-        Err(error) => Err(format!("{program}: {error}")),
-    }
-}
-
-/// Whether `program` is an executable file in one of the folders of `PATH`.
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether the mount at `point` is read-only, from /proc/self/mounts.
-fn is_read_only(point: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let point = point.to_string_lossy();
-    mounts.lines().rev().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() > 3 && fields[1] == point && fields[3].split(',').any(|o| o == "ro")
-    })
-}
-
-/// A tmpfs of a given size on a temporary directory, unmounted on drop.
-struct TmpFs {
-    dir: tempfile::TempDir,
-}
-
-impl TmpFs {
-    /// Mounts one, or says why not and returns `None`.
-    fn mount(size_bytes: u64) -> Option<TmpFs> {
-        if !is_root() {
-            eprintln!("SKIPPED: mounting a tmpfs needs root");
-            return None;
-        }
-        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let size = format!("size={size_bytes}");
-        let args = [
-            OsStr::new("-t"),
-            OsStr::new("tmpfs"),
-            OsStr::new("-o"),
-            OsStr::new(&size),
-            OsStr::new("ringlog-full"),
-            dir.path().as_os_str(),
-        ];
-        match run("mount", &args) {
-            Ok(_) => Some(TmpFs { dir }),
-            Err(error) => {
-                eprintln!("SKIPPED: cannot mount a tmpfs: {error}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Gives the file system a new size (frees space when larger).
-    fn resize(&self, size_bytes: u64) {
-        let options = format!("remount,size={size_bytes}");
-        let args = [
-            OsStr::new("-o"),
-            OsStr::new(&options),
-            self.dir.path().as_os_str(),
-        ];
-        run("mount", &args).unwrap();
-    }
-}
-
-impl Drop for TmpFs {
-    fn drop(&mut self) {
-        unmount(self.dir.path());
-    }
-}
-
-/// Unmounts `point`, lazily if it is still busy (a test that panicked with files open).
-fn unmount(point: &Path) {
-    if run("umount", &[point.as_os_str()]).is_err() {
-        let _ = run("umount", &[OsStr::new("-l"), point.as_os_str()]);
-    }
-}
-
-/// An ext4 file system on a loop device over an image file, mounted on a temporary
-/// directory. Making the image file immutable makes every write of the loop device fail
-/// with EIO (the loop driver gets EPERM from the backing file and reports an I/O error);
-/// clearing the flag heals it. Dropping it unmounts, heals and detaches everything.
-struct Ext4 {
-    work: tempfile::TempDir,
-    device: String,
-    mounted: bool,
-}
-
-impl Ext4 {
-    /// Creates, attaches and mounts one of `size_bytes`, or says why not and returns `None`.
-    fn create(size_bytes: u64) -> Option<Ext4> {
-        if !is_root() {
-            eprintln!("SKIPPED: a loop-mounted ext4 image needs root");
-            return None;
-        }
-        let tools = [
-            "mkfs.ext4",
-            "losetup",
-            "e2fsck",
-            "chattr",
-            "mount",
-            "umount",
-        ];
-        if let Some(missing) = tools.into_iter().find(|tool| !on_path(tool)) {
-            eprintln!("SKIPPED: {missing} is not installed");
-            return None;
-        }
-        let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let image = work.path().join("ext4.img");
-        std::fs::File::create(&image)
-            .and_then(|file| file.set_len(size_bytes))
-            .unwrap();
-        std::fs::create_dir(work.path().join("mnt")).unwrap();
-        let attached = run(
-            "mkfs.ext4",
-            &[OsStr::new("-q"), OsStr::new("-F"), image.as_os_str()],
-        )
-        .and_then(|_| {
-            let args = [
-                OsStr::new("--find"),
-                OsStr::new("--show"),
-                image.as_os_str(),
-            ];
-            run("losetup", &args)
-        });
-        let device = match attached {
-            Ok(device) => device,
-            Err(error) => {
-                eprintln!("SKIPPED: cannot make a loop-mounted ext4 image: {error}");
-                return None;
-            }
-        };
-        let mut ext4 = Ext4 {
-            work,
-            device,
-            mounted: false,
-        };
-        if let Err(error) = ext4.try_mount() {
-            eprintln!("SKIPPED: cannot mount the ext4 image: {error}");
-            return None;
-        }
-        Some(ext4)
-    }
-
-    fn image(&self) -> PathBuf {
-        self.work.path().join("ext4.img")
-    }
-
-    /// The mount point.
-    fn path(&self) -> PathBuf {
-        self.work.path().join("mnt")
-    }
-
-    fn try_mount(&mut self) -> Result<(), String> {
-        let point = self.path();
-        run("mount", &[OsStr::new(&self.device), point.as_os_str()])?;
-        self.mounted = true;
-        Ok(())
-    }
-
-    /// Every write of the device fails with EIO from now on.
-    fn fail_writes(&self) {
-        run("chattr", &[OsStr::new("+i"), self.image().as_os_str()]).unwrap();
-    }
-
-    /// The device takes writes again.
-    fn heal(&self) {
-        run("chattr", &[OsStr::new("-i"), self.image().as_os_str()]).unwrap();
-    }
-
-    /// Unmounts, checks and repairs the file system (replaying its journal), and mounts it
-    /// again read-write.
-    fn remount_repaired(&mut self) {
-        run("umount", &[self.path().as_os_str()]).unwrap();
-        self.mounted = false;
-        // e2fsck exits 1 or 2 when it corrected something: not a failure here.
-        let checked = Command::new("e2fsck")
-            .args([OsStr::new("-f"), OsStr::new("-y"), OsStr::new(&self.device)])
-            .output()
-            .unwrap();
-        assert!(
-            matches!(checked.status.code(), Some(0..=2)),
-            "e2fsck: {}",
-            String::from_utf8_lossy(&checked.stdout)
-        );
-        self.try_mount().unwrap();
-    }
-
-    /// Shuts the file system down as if its device vanished (`EXT4_IOC_SHUTDOWN` without
-    /// flushing the journal, like a power cut): from now on every read, write and sync on
-    /// it fails with EIO, page cache or not, until it is unmounted and mounted again.
-    fn shut_down(&self) {
-        /// `_IOR('X', 125, __u32)`, from linux/fs/ext4/ext4.h.
-        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
-        const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
-        let dir = std::fs::File::open(self.path()).unwrap();
-        let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
-        // SAFETY: the descriptor is open for the whole call, and the ioctl reads one u32
-        // from the pointer, which points at a live local.
-        let result = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&dir),
-                EXT4_IOC_SHUTDOWN,
-                &raw const flags,
-            )
-        };
-        assert_eq!(result, 0, "{}", std::io::Error::last_os_error());
-    }
-
-    /// Unmounts and mounts the file system again (replaying its journal).
-    fn remount_fresh(&mut self) {
-        run("umount", &[self.path().as_os_str()]).unwrap();
-        self.mounted = false;
-        self.try_mount().unwrap();
-    }
-
-    /// `mount -o remount,<options>`.
-    fn remount(&self, options: &str) -> Result<String, String> {
-        let options = format!("remount,{options}");
-        let point = self.path();
-        run(
-            "mount",
-            &[OsStr::new("-o"), OsStr::new(&options), point.as_os_str()],
-        )
-    }
-
-    fn is_read_only(&self) -> bool {
-        is_read_only(&self.path())
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        if self.mounted {
-            unmount(&self.path());
-        }
-        let _ = run("chattr", &[OsStr::new("-i"), self.image().as_os_str()]);
-        let _ = run("losetup", &[OsStr::new("-d"), OsStr::new(&self.device)]);
-    }
-}
 
 /// The value of record `index` of batch `batch` of `topic`.
 fn value(topic: &str, batch: usize, index: usize, len: usize) -> Vec<u8> {
@@ -480,7 +222,7 @@ impl FullDisk {
 /// filling partition is refused and poisoned, the others keep writing into what they
 /// preallocated, everything is served, and the stop names the poisoned partition.
 fn fill_a_disk(io_mode: &str) -> Option<FullDisk> {
-    let fs = TmpFs::mount(16 * MIB)?;
+    let fs = TmpFs::mount(Path::new(env!("CARGO_TARGET_TMPDIR")), 16 * MIB)?;
     let data = fs.path().join("data");
     let options = ServerOptions::default()
         .with("--io-mode", io_mode)
@@ -625,7 +367,7 @@ fn fill(c: &mut Connection, topics: &[&str], batches: usize) -> Vec<Produced> {
 /// every partition, which all take produce again.
 #[test]
 fn a_failing_device_refuses_writes_and_keeps_serving_what_it_has() {
-    let Some(mut fs) = Ext4::create(64 * MIB) else {
+    let Some(mut fs) = Ext4::create(Path::new(env!("CARGO_TARGET_TMPDIR")), 64 * MIB) else {
         return;
     };
     let data = fs.path().join("data");
@@ -710,7 +452,7 @@ fn a_failing_device_refuses_writes_and_keeps_serving_what_it_has() {
 /// everything.
 #[test]
 fn a_read_only_file_system_is_refused_at_start_and_served_once_writable() {
-    let Some(fs) = Ext4::create(32 * MIB) else {
+    let Some(fs) = Ext4::create(Path::new(env!("CARGO_TARGET_TMPDIR")), 32 * MIB) else {
         return;
     };
     let data = fs.path().join("data");
@@ -761,7 +503,7 @@ fn a_read_only_file_system_is_refused_at_start_and_served_once_writable() {
 /// record is there.
 #[test]
 fn a_vanished_device_fails_reads_and_writes_without_taking_the_broker_down() {
-    let Some(mut fs) = Ext4::create(64 * MIB) else {
+    let Some(mut fs) = Ext4::create(Path::new(env!("CARGO_TARGET_TMPDIR")), 64 * MIB) else {
         return;
     };
     let data = fs.path().join("data");
