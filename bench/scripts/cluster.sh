@@ -15,6 +15,8 @@
 #         cluster        three nodes, 2 shards each, topics created through the controller
 #                        (replication factor 3; produce answered at Raft commit: a majority
 #                        wrote and fdatasynced it)
+#         acks1-cluster  the same with acks=1: answered once the leader's own write is
+#                        durable (not in the default CONFIGS)
 #       TOPICS topics of one partition each (default 6), one `ringlog-bench produce`
 #       process per topic (--connections 1 --in-flight 8, DURATION_S seconds, default 15),
 #       all started together, each bootstrapped at its partition's leader as Metadata names
@@ -169,11 +171,13 @@ produce_run() {
     local names=() t
     for t in $(seq 0 $((topics - 1))); do names+=("bench$t"); done
     settle
-    if [ "$config" = cluster ]; then start_cluster "$prefix"; else start_single "$prefix"; fi
+    local clustered='' acks=all
+    case $config in cluster) clustered=1 ;; acks1-cluster) clustered=1 acks=1 ;; esac
+    if [ -n "$clustered" ]; then start_cluster "$prefix"; else start_single "$prefix"; fi
     local flush=()
     [ "$config" = single-always ] && flush=(--config flush.policy=always)
     local servers=$BOOTSTRAP
-    [ "$config" = cluster ] || servers=127.0.0.1:19092
+    [ -n "$clustered" ] || servers=127.0.0.1:19092
     "$PYTHON" bench/scripts/cluster_admin.py create "$servers" 1 "${names[@]}" \
         "${flush[@]}" 2>>"$prefix-admin.log"
     "$PYTHON" bench/scripts/cluster_admin.py leaders "$servers" "${names[@]}" \
@@ -194,7 +198,7 @@ produce_run() {
     for t in "${!names[@]}"; do
         name=${names[$t]}
         "$BENCH" produce --bootstrap "${leaders[$t]}" --topic "$name" --partitions 1 \
-            --acks all --duration "$duration" --connections 1 --in-flight 8 \
+            --acks "$acks" --duration "$duration" --connections 1 --in-flight 8 \
             --json "$prefix-$name.json" >"$prefix-$name.log" 2>&1 &
         pids+=($!)
     done
@@ -217,7 +221,7 @@ produce_run() {
     } >>"$prefix.meta"
     save_metrics "$prefix" after
     stop_nodes
-    if [ "$config" = cluster ]; then
+    if [ -n "$clustered" ]; then
         echo "data_bytes $(du -sb "$DIR"/cluster-node{1,2,3} | awk '{ printf "%.0f ", $1 }')" \
             >>"$prefix.meta"
     fi

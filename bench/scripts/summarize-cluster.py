@@ -2,7 +2,7 @@
 """Summarizes a bench/scripts/cluster.sh result directory.
 
     summarize-cluster.py throughput DIR
-        Per configuration (single-never, single-always, cluster): the acks=all records/s of
+        Per configuration (single-never, single-always, cluster, acks1-cluster): the records/s of
         each run (the sum over its producer processes), median (min-max), the producers'
         p50 and p99 latency (median over the runs of the slowest producer's), the nodes'
         CPU (all nodes together, read before the producers start and after they end: cores
@@ -51,7 +51,7 @@ def rate(value):
 
 
 def throughput(out):
-    configs = ["single-never", "single-always", "cluster"]
+    configs = ["single-never", "single-always", "cluster", "acks1-cluster"]
     runs = {config: {} for config in configs}
     for config in configs:
         for path in sorted(glob.glob(os.path.join(out, f"{config}-*.meta"))):
@@ -93,7 +93,7 @@ def throughput(out):
             f"{statistics.median(col('p50_ms')):.1f} / {statistics.median(col('p99_ms')):.1f} | "
             f"{spread(col('cores'), lambda v: f'{v:.2f}')} | "
             f"{spread(col('cpu_s_per_gb'), lambda v: f'{v:.1f}')} | "
-            f"{spread(col('net_per_byte'), lambda v: f'{v:.2f}') if config == 'cluster' else '–'} | "
+            f"{spread(col('net_per_byte'), lambda v: f'{v:.2f}') if 'cluster' in config else '–'} | "
             f"{spread(col('load'), lambda v: f'{v:.1f}')} |"
         )
     throughput_metrics(out, configs)
@@ -112,6 +112,14 @@ def throughput(out):
         print(f"cluster / {single}: records/s {medians:.2f} (ratio of medians); per round "
               f"{', '.join(f'{p:.2f}' for p in paired)} (median {statistics.median(paired):.2f}); "
               f"CPU per GB {cpu:.2f}x")
+    acks1 = runs["acks1-cluster"]
+    if acks1 and cluster:
+        paired = [acks1[i]["records_per_sec"] / cluster[i]["records_per_sec"]
+                  for i in acks1 if i in cluster]
+        print(f"acks1-cluster / cluster: records/s per round "
+              f"{', '.join(f'{p:.2f}' for p in paired)} (median {statistics.median(paired):.2f}); "
+              f"p50 {statistics.median(x['p50_ms'] for x in acks1.values()):.1f} ms against "
+              f"{statistics.median(x['p50_ms'] for x in cluster.values()):.1f} ms")
 
 
 def metric_sums(path):

@@ -4,7 +4,7 @@
 //! lives on shard 0 with the controller, so nothing here is shared between threads.
 //!
 //! The offset is also kept on disk ([`APPLIED_FILE`], replaced atomically after each batch
-//! of commands applied), so a restarted node applies only what it had not: applying a
+//! applied, one command each), so a restarted node applies only what it had not: applying a
 //! command again is harmless for most (a topic created or deleted already is left as it
 //! is), but replaying old configuration changes would set each old configuration again for
 //! a moment, long enough for a retention check to delete by it. The file is one line:

@@ -102,6 +102,10 @@ impl Fills {
     pub fn forget(&self, partition: &PartitionId) {
         let group = (Rc::from(&*partition.topic), partition.partition);
         self.logs.borrow_mut().remove(&group);
+        // A fetch waiting for an answer wakes now, and gives up (`fetch`).
+        self.waiting
+            .borrow_mut()
+            .retain(|(waiting, _), _| *waiting != group);
     }
 
     /// A fill source for this shard's replicas.
@@ -182,6 +186,10 @@ impl Fills {
         let mut lowest_start: Option<i64> = None;
         let mut asked_since = 0;
         loop {
+            if self.tag_of(&group) != Some(tag) {
+                // Its group was closed here (its topic deleted): nothing to fill.
+                return None;
+            }
             let peer = self.peers[turn % count];
             let (reply, answer) = oneshot::channel();
             self.waiting
@@ -326,5 +334,41 @@ mod tests {
         // The batch holding the offset starts before it: that is where a read starts.
         assert_eq!(leading_batches(&all, 3, a.len()).len(), a.len());
         assert!(leading_batches(&all.slice(..20), 0, all.len()).is_empty());
+    }
+
+    #[test]
+    fn a_fetch_gives_up_once_its_group_is_forgotten() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        rt::block_on(async {
+            let hello = crate::transport::Hello {
+                node_id: 1,
+                cluster_name: "c".to_owned(),
+                kafka_host: "127.0.0.1".to_owned(),
+                kafka_port: 9092,
+                incarnation: 1,
+            };
+            let transport = Transport::new(hello, Vec::new());
+            let fills = Fills::new(vec![2], transport, Arc::default());
+            let id = PartitionId {
+                topic: Arc::from("orders"),
+                partition: 0,
+            };
+            let config = ringlog_engine::topic::TopicConfig::default();
+            let log = PartitionLog::open(DiskStorage, dir.path(), id.clone(), config)
+                .await
+                .unwrap();
+            fills.register(log, 0xBEEF);
+            let mut fetch = Box::pin(fills.source().fetch(&id, 0, 10));
+            assert!(
+                fetch.as_mut().now_or_never().is_none(),
+                "it waits for peer 2"
+            );
+            // Its topic is deleted: `close_group` forgets the group while its task fills.
+            fills.forget(&id);
+            let given_up = rt::timeout(Duration::from_secs(5), fetch).await;
+            assert_eq!(given_up.ok(), Some(None), "the fill gives up at once");
+        })
+        .unwrap();
     }
 }

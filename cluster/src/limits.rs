@@ -36,6 +36,11 @@ pub const CONTROLLER_APPLY_WAIT_MS: u64 = 10_000;
 /// milliseconds (a commit takes a round trip and an fdatasync on a majority).
 pub const CONTROLLER_PROPOSE_TIMEOUT_MS: u64 = 10_000;
 
+/// How often deleting a topic says it still waits for one of its groups' tasks on this
+/// node to end (at its next turn, within milliseconds unless a slow disk holds it), in
+/// milliseconds.
+pub const GROUP_CLOSE_WAIT_MS: u64 = 10_000;
+
 /// How long a node that forwarded a topic's auto-creation to the controller's leader waits
 /// for the topic in its own metadata before answering the client without it (the client
 /// asks again, as it does while Kafka creates a topic).

@@ -77,7 +77,7 @@ use crate::inbox::{self, Inbox};
 use crate::limits::{
     ANCHOR_SYNC_TICKS, CONTROLLER_APPLY_WAIT_MS, CONTROLLER_PROPOSE_TIMEOUT_MS,
     CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX, FORWARDED_CREATE_WAIT_MS,
-    GROUP_INBOX_COMMANDS_MAX, WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
+    GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
 use crate::rejoin::LogState;
 use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
@@ -193,6 +193,8 @@ pub enum ClusterError {
 
 /// What a group's task last published: what routing and Metadata need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+// Each flag is a fact of its own that readers test alone, not a state encoded in several.
+#[allow(clippy::struct_excessive_bools)]
 pub struct GroupStatus {
     pub leader: Option<u64>,
     /// The Raft term: the partition's leader epoch.
@@ -207,12 +209,20 @@ pub struct GroupStatus {
     pub rejoining: bool,
     /// Whether the group sleeps here (`hibernation.rs`).
     pub asleep: bool,
+    /// This node's replica stopped after a failure (its disk failed, an inconsistency):
+    /// `leader` and `term` are then those of the leader whose heartbeats and appends still
+    /// reach this node, so its Metadata names the partition's leader; none until one does.
+    pub stopped: bool,
 }
+
+/// Where the groups' statuses are published: every shard's tasks write it, every shard
+/// reads it.
+type StatusTable = Arc<Mutex<HashMap<(String, u32), GroupStatus>>>;
 
 struct Inner {
     engine: Engine,
     config: ClusterConfig,
-    status: Mutex<HashMap<(String, u32), GroupStatus>>,
+    status: StatusTable,
     /// Kafka addresses (host, port) of the nodes heard from (this one included).
     brokers: Mutex<BTreeMap<u64, (String, u16)>>,
     /// Each peer's connections to this node open now, over every shard ([`PeerLink`]).
@@ -272,6 +282,32 @@ impl ClusterError {
                     ) | EngineError::TopicName(_)
                 )
         )
+    }
+}
+
+/// Runs `op` (creating a topic or partitions) until it no longer meets a leftover partition
+/// directory, removing each it meets. In a cluster only the controller's commands make
+/// topics, so the directory of a partition the registry does not hold is what a deletion
+/// cut short by a crash left: its topic is gone on every node.
+async fn without_leftovers<F, Fut>(mut op: F) -> Result<TopicMeta, ClusterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<TopicMeta, EngineError>>,
+{
+    loop {
+        match op().await {
+            Err(EngineError::Topic(TopicError::LeftoverPartitionDir { path })) => {
+                tracing::warn!(path = %path.display(), "removing a deleted topic's leftover directory");
+                std::fs::remove_dir_all(&path).map_err(|source| {
+                    ClusterError::Engine(EngineError::Topic(TopicError::Io {
+                        op: "removing a deleted topic's leftover directory",
+                        path,
+                        source,
+                    }))
+                })?;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
@@ -415,6 +451,8 @@ struct Local {
     controller_log: RefCell<Option<ringlog_engine::log::PartitionLog<DiskStorage>>>,
     /// The node's count of peers' messages dropped at a full inbox.
     steps_dropped: Arc<AtomicU64>,
+    /// The node's table of the groups' statuses.
+    status: StatusTable,
 }
 
 thread_local! {
@@ -443,7 +481,7 @@ impl Cluster {
             inner: Arc::new(Inner {
                 engine,
                 config,
-                status: Mutex::new(HashMap::new()),
+                status: StatusTable::default(),
                 brokers: Mutex::new(brokers),
                 links: Mutex::default(),
                 controller_applied: AtomicI64::new(applied),
@@ -966,7 +1004,7 @@ impl Cluster {
         let status = lock(&self.inner.status);
         let fills = &self.inner.fill_counters;
         ClusterMetrics {
-            groups: status.len() as u64,
+            groups: status.values().filter(|group| !group.stopped).count() as u64,
             groups_led: status
                 .values()
                 .filter(|group| group.leader == Some(self.node_id()))
@@ -1043,6 +1081,7 @@ impl Cluster {
             controller_applied: Applied::new(self.inner.controller_applied.load(Ordering::Acquire)),
             controller_log: RefCell::new(None),
             steps_dropped: self.inner.steps_dropped.clone(),
+            status: self.inner.status.clone(),
         });
         LOCAL.with(|slot| *slot.borrow_mut() = Some(local.clone()));
         let cluster = self.clone();
@@ -1312,7 +1351,6 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
             let mut rest = bytes.as_slice();
-            let before = next;
             // A read may end inside its last batch: that one is read again from `next`.
             while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
                 let (batch, after) = RecordBatch::parse(rest)
@@ -1348,8 +1386,8 @@ impl Cluster {
                     }
                 }
                 next = batch_next;
-            }
-            if next > before {
+                // After each batch (one command each, as proposed here): a restart must
+                // not apply an older configuration again, even for a moment.
                 write_applied(&data_dir, next)
                     .await
                     .map_err(|e| ClusterError::AppliedFile(e.to_string()))?;
@@ -1418,32 +1456,15 @@ impl Cluster {
             .config()
             .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
         check_creatable(engine, &name, command.partitions)?;
-        let meta = loop {
-            let created = engine
-                .create_topic_with_id(
-                    name.as_str(),
-                    command.id,
-                    command.partitions,
-                    config.clone(),
-                )
-                .await;
-            match created {
-                Err(EngineError::Topic(TopicError::LeftoverPartitionDir { path })) => {
-                    // In a cluster only the controller's commands make topics, so a
-                    // directory of a topic the registry does not hold is what a deletion
-                    // cut short by a crash left: its topic is gone on every node.
-                    tracing::warn!(path = %path.display(), "removing a deleted topic's leftover directory");
-                    std::fs::remove_dir_all(&path).map_err(|source| {
-                        ClusterError::Engine(EngineError::Topic(TopicError::Io {
-                            op: "removing a deleted topic's leftover directory",
-                            path,
-                            source,
-                        }))
-                    })?;
-                }
-                other => break other?,
-            }
-        };
+        let meta = without_leftovers(|| {
+            engine.create_topic_with_id(
+                name.as_str(),
+                command.id,
+                command.partitions,
+                config.clone(),
+            )
+        })
+        .await?;
         tracing::info!(topic = %name, partitions = command.partitions, "topic created by the controller");
         self.open_replicas(&meta, 0).await
     }
@@ -1461,9 +1482,19 @@ impl Cluster {
                 .spawn(move || async move { close_group(&cluster, &name, partition) })
                 .await
                 .map_err(|_| ClusterError::ShardStopped)?;
-            if let Some(ended) = ended {
-                // The task ends at its next turn; a dropped sender means it ended anyway.
-                let _ = ended.await;
+            if let Some(mut ended) = ended {
+                // The task ends at its next turn (a fill in progress gives up once its
+                // group is no longer served); a dropped sender means it ended anyway. Its
+                // files are not deleted under it (nor a new topic's made in their place)
+                // before: a slow disk holds the controller's applier here.
+                let wait = Duration::from_millis(GROUP_CLOSE_WAIT_MS);
+                while rt::timeout(wait, &mut ended).await.is_err() {
+                    tracing::warn!(
+                        topic = topic.name,
+                        partition,
+                        "waiting for a deleted topic's replica to end"
+                    );
+                }
             }
         }
         let deleted = self.inner.engine.delete_topic(&topic.name).await;
@@ -1496,11 +1527,8 @@ impl Cluster {
             });
         }
         let first = meta.partitions;
-        let meta = self
-            .inner
-            .engine
-            .add_partitions(&topic.name, partitions)
-            .await?;
+        let engine = &self.inner.engine;
+        let meta = without_leftovers(|| engine.add_partitions(&topic.name, partitions)).await?;
         tracing::info!(
             topic = topic.name,
             partitions,
@@ -1574,11 +1602,12 @@ impl Cluster {
         local.groups.borrow_mut().insert(key.clone(), hosted);
         let cluster = self.clone();
         rt::spawn_local(async move {
-            let failure = cluster.drive(replica, commands, &local, &key, tag).await;
-            if let ClusterError::InboxClosed { .. } = failure {
-                // Closed on purpose (`close_group`), which took it off the shard; the
-                // replica is dropped now.
-                tracing::debug!(partition = %id, "replica closed");
+            let failure = cluster.drive(replica, commands.clone(), &local, &key, tag).await;
+            if commands.strong_count() == 0 {
+                // Closed on purpose (`close_group`), which took it off the shard (a group
+                // of the topic created again may hold its place now); whatever ended the
+                // task (its turn, or a fill that lost its source), the replica is dropped.
+                tracing::debug!(partition = %id, error = %failure, "replica closed");
                 let _ = ended.send(());
                 return;
             }
@@ -1591,7 +1620,12 @@ impl Cluster {
             }
             local.groups.borrow_mut().remove(&key);
             local.fills.forget(&id);
-            lock(&cluster.inner.status).remove(&(key.0.to_string(), key.1));
+            // Kept, stopped, to learn the leader from what still reaches this node.
+            let stopped = GroupStatus {
+                stopped: true,
+                ..GroupStatus::default()
+            };
+            lock(&cluster.inner.status).insert((key.0.to_string(), key.1), stopped);
             tracing::error!(partition = %id, error = %failure, "replica stopped; restart the node to reopen it");
         })
         .detach();
@@ -1657,8 +1691,10 @@ impl Cluster {
                 leads_with_own_commit: replica.leads_with_own_commit(),
                 rejoining: replica.rejoining(),
                 asleep: replica.asleep(),
+                stopped: false,
             };
-            if published.as_ref() != Some(&status) {
+            // Not once closed: a group of the topic created again may be published there.
+            if published.as_ref() != Some(&status) && commands.strong_count() > 0 {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
                 published = Some(status);
             }
@@ -1666,10 +1702,33 @@ impl Cluster {
     }
 }
 
+/// A leader's message for a group whose replica here stopped: its sender leads (in its
+/// term), which this node's Metadata then says.
+fn learn_leader(local: &Local, to: Group<'_>, message: &Message) {
+    use raft::eraftpb::MessageType::{MsgAppend, MsgHeartbeat, MsgSnapshot};
+    if !matches!(
+        message.get_msg_type(),
+        MsgAppend | MsgHeartbeat | MsgSnapshot
+    ) {
+        return;
+    }
+    let mut status = lock(&local.status);
+    let Some(entry) = status.get_mut(&(to.topic.to_owned(), to.partition)) else {
+        return;
+    };
+    if entry.stopped && message.term >= entry.term && entry.leader != Some(message.from) {
+        entry.leader = Some(message.from);
+        entry.term = message.term;
+        entry.in_sync = vec![message.from];
+    }
+}
+
 /// Takes a group off this shard (a deleted topic's): its task ends at its next turn, and
 /// the receiver answers once it has and its replica is dropped. `None` if the group is not
 /// here.
 fn close_group(cluster: &Cluster, topic: &str, partition: u32) -> Option<oneshot::Receiver<()>> {
+    // A stopped replica's status too.
+    lock(&cluster.inner.status).remove(&(topic.to_owned(), partition));
     let local = local()?;
     let key: GroupKey = (Rc::from(topic), partition);
     let hosted = local.groups.borrow_mut().remove(&key)?;
@@ -1678,7 +1737,6 @@ fn close_group(cluster: &Cluster, topic: &str, partition: u32) -> Option<oneshot
         partition,
     };
     local.fills.forget(&id);
-    lock(&cluster.inner.status).remove(&(topic.to_owned(), partition));
     let ended = hosted.ended.borrow_mut().take();
     ended
 }
@@ -1809,8 +1867,14 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         tag,
     };
     match payload {
-        Payload::Raft(message) => deliver_local(local, to, Command::Step(message)),
-        Payload::RejoinAsk => deliver_local(local, to, Command::RejoinAsk(from)),
+        Payload::Raft(message) => {
+            if let Some(Command::Step(message)) = deliver_local(local, to, Command::Step(message)) {
+                learn_leader(local, to, &message);
+            }
+        }
+        Payload::RejoinAsk => {
+            deliver_local(local, to, Command::RejoinAsk(from));
+        }
         Payload::RejoinAnswer(state) => {
             deliver_local(local, to, Command::RejoinAnswer(from, state));
         }
@@ -1840,9 +1904,10 @@ fn deliver_here(local: &Local, incoming: Incoming) {
 
 /// Hands a peer's message to its group's task, on the shard that owns the group. A message
 /// for a group not (yet) open here, or for another topic of the same name (its tag), is
-/// dropped, as is one that finds the group's inbox full
-/// (counted): Raft sends again, as a rejoining replica asks again.
-fn deliver_local(local: &Local, to: Group<'_>, command: Command) {
+/// given back (the caller drops it, having learned what it can from it); one that finds
+/// the group's inbox full is dropped (counted): Raft sends again, as a rejoining replica
+/// asks again.
+fn deliver_local(local: &Local, to: Group<'_>, command: Command) -> Option<Command> {
     let Group {
         topic,
         partition,
@@ -1853,7 +1918,7 @@ fn deliver_local(local: &Local, to: Group<'_>, command: Command) {
         .filter(|hosted| hosted.tag == tag)
         .map(|hosted| hosted.inbox.clone());
     let Some(inbox) = inbox else {
-        return;
+        return Some(command);
     };
     if inbox.push(command).is_err() {
         let dropped = local.steps_dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1864,6 +1929,7 @@ fn deliver_local(local: &Local, to: Group<'_>, command: Command) {
             "a group's inbox is full; message dropped"
         );
     }
+    None
 }
 
 /// The shard that owns a group: the controller lives on shard 0, partitions where the
@@ -1936,7 +2002,9 @@ mod tests {
     use futures::channel::oneshot;
     use raft::eraftpb::Message;
 
-    use super::{apply_command, deliver_local, Command, GroupKey, Hosted, Local};
+    use super::{
+        apply_command, deliver_local, learn_leader, Command, GroupKey, GroupStatus, Hosted, Local,
+    };
     use crate::applied::Applied;
     use crate::fill::Fills;
     use crate::inbox::{self, Inbox};
@@ -1980,6 +2048,7 @@ mod tests {
                 controller_applied: Applied::new(0),
                 controller_log: RefCell::new(None),
                 steps_dropped: Arc::default(),
+                status: Arc::default(),
             };
             let inbox = Inbox::new(8);
             let key: GroupKey = (Rc::from("orders"), 2);
@@ -1995,12 +2064,48 @@ mod tests {
                 tag,
             };
             // The same topic name and partition, an earlier (or later) topic's tag.
-            deliver_local(&local, to(0xDEAD), Command::Step(Message::default()));
-            deliver_local(&local, to(0xBEEF), Command::PeerGone(3));
+            let stale = deliver_local(&local, to(0xDEAD), Command::Step(Message::default()));
+            assert!(matches!(stale, Some(Command::Step(_))), "given back");
+            assert!(deliver_local(&local, to(0xBEEF), Command::PeerGone(3)).is_none());
             let taken = inbox::take(&Rc::downgrade(&inbox)).await.unwrap();
             let commands: Vec<_> = taken.commands.into_iter().collect();
             assert_eq!(commands.len(), 1, "only the frame of the group's own tag");
             assert!(matches!(commands[0], Command::PeerGone(3)));
+
+            // A group whose replica here stopped learns its leader from its heartbeats.
+            let key = ("orders".to_owned(), 3);
+            let stopped = GroupStatus {
+                stopped: true,
+                ..GroupStatus::default()
+            };
+            local.status.lock().unwrap().insert(key.clone(), stopped);
+            let at_3 = Group {
+                topic: "orders",
+                partition: 3,
+                tag: 0xBEEF,
+            };
+            let mut vote = Message::default();
+            vote.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+            (vote.from, vote.term) = (2, 7);
+            learn_leader(&local, at_3, &vote);
+            assert_eq!(
+                local.status.lock().unwrap()[&key].leader,
+                None,
+                "a vote names no leader"
+            );
+            let mut heartbeat = Message::default();
+            heartbeat.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+            (heartbeat.from, heartbeat.term) = (2, 7);
+            learn_leader(&local, at_3, &heartbeat);
+            let learned = local.status.lock().unwrap()[&key].clone();
+            assert_eq!((learned.leader, learned.term), (Some(2), 7));
+            (heartbeat.from, heartbeat.term) = (3, 6);
+            learn_leader(&local, at_3, &heartbeat);
+            assert_eq!(
+                local.status.lock().unwrap()[&key].leader,
+                Some(2),
+                "an older term's leader is not taken"
+            );
         })
         .unwrap();
     }

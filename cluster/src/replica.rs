@@ -238,7 +238,12 @@ const LOG_START_CONTEXT: &[u8] = b"ringlog.log-start:";
 
 /// The log start an internal entry decides, if it is one that does.
 fn log_start_of(entry: &Entry) -> Option<i64> {
-    let offset = entry.context.strip_prefix(LOG_START_CONTEXT)?;
+    log_start_in(&entry.context)
+}
+
+/// The log start an internal entry's context decides, if it does.
+fn log_start_in(context: &[u8]) -> Option<i64> {
+    let offset = context.strip_prefix(LOG_START_CONTEXT)?;
     Some(i64::from_be_bytes(offset.try_into().ok()?))
 }
 
@@ -279,16 +284,24 @@ impl<S: Storage> Replica<S> {
             start_group(&id, &log, &mut journal, &mut state, &config.voters).await?;
         }
         let (table, high_watermark) = open_window(&id, &log, &mut journal, &state).await?;
-        let pending_log_start =
-            (state.log_start > log.offsets().log_start).then_some(state.log_start);
         bound_retention_at_open(&log, &mut journal, &state)
             .await
             .map_err(journal_error)?;
         let applied = state.hard_state.commit.min(table.last_index());
+        // The latest start decided: recorded when applied, or decided by an entry that the
+        // hard state says committed, hence applied, but whose application a crash cut short
+        // (the commit index may reach the journal first). Such an entry is still in the
+        // window: the anchor passes no entry before the start it decides has moved.
+        let decided = (state.internals.values())
+            .filter(|internal| internal.index <= applied)
+            .filter_map(|internal| log_start_in(&internal.context))
+            .fold(state.log_start, i64::max);
+        let pending_log_start = (decided > log.offsets().log_start).then_some(decided);
         let storage = RaftStorage::new(storage::State {
             table,
             hard_state: state.hard_state.clone(),
             conf_state: state.conf_state.clone(),
+            log_start: decided.max(log.offsets().log_start),
             fetches: Vec::new(),
         });
         let raft_config = raft::Config {
@@ -954,6 +967,11 @@ impl<S: Storage> Replica<S> {
             return Err(self.not_leader());
         }
         let log_start = self.log.offsets().log_start;
+        if offset > self.high_watermark && !self.leads_with_own_commit() {
+            // A new leader's high watermark may trail what its predecessor committed until
+            // it commits an entry of its term: ask again then (NOT_LEADER is retriable).
+            return Err(self.not_leader());
+        }
         if offset > self.high_watermark || offset < 0 {
             let partition = self.id.clone();
             let high_watermark = self.high_watermark;
@@ -1162,9 +1180,10 @@ impl<S: Storage> Replica<S> {
     /// the log up to the anchor's offset.
     async fn install(&mut self, snapshot: &Snapshot) -> Result<(), ReplicaError> {
         let metadata = snapshot.get_metadata();
-        let Some(offset) = snapshot::decode_data(&snapshot.data) else {
+        let Some(data) = snapshot::decode_data(&snapshot.data) else {
             return Err(self.inconsistent("a snapshot's data does not decode"));
         };
+        let offset = data.offset;
         let fill_from = self.high_watermark;
         if offset < fill_from {
             return Err(self.inconsistent(&format!(
@@ -1203,6 +1222,9 @@ impl<S: Storage> Replica<S> {
             "installing a snapshot: copying the batches below it from a peer"
         );
         self.fill_from = Some(fill_from);
+        // The group's decisions below the anchor are never applied here: the leader's word
+        // for them (recorded before the fill, which moves the log there once done).
+        self.decide_log_start(data.log_start).await?;
         self.fill().await?;
         self.snapshot_stats.installed += 1;
         Ok(())
@@ -1514,6 +1536,10 @@ impl<S: Storage> Replica<S> {
     /// Records a log start the group decided (synced: raft-rs does not apply an entry
     /// again after a restart); [`Replica::compact`] moves the log there.
     async fn decide_log_start(&mut self, offset: i64) -> Result<(), ReplicaError> {
+        {
+            let known = &mut self.storage.state.borrow_mut().log_start;
+            *known = (*known).max(offset);
+        }
         if offset <= self.log.offsets().log_start || self.pending_log_start >= Some(offset) {
             return Ok(());
         }

@@ -25,37 +25,59 @@
 //!
 //! Snapshot data (little-endian, as the project's own formats are):
 //!
-//! | offset | size | field                                          |
-//! |-------:|-----:|------------------------------------------------|
-//! |      0 |    1 | version: 1                                     |
+//! | offset | size | field                                               |
+//! |-------:|-----:|-----------------------------------------------------|
+//! |      0 |    1 | version: 2 (1: without the log start, read as 0)    |
 //! |      1 |    8 | the anchor's offset: where the window's data starts |
+//! |      9 |    8 | the log start the group decided, as the leader knows it (`Replica::propose_log_start`): a follower whose window the snapshot replaces never applies the entries that decided it |
 
 use bytes::Bytes;
 use futures::future::LocalBoxFuture;
 use ringlog_engine::batch::FrameHeader;
 use ringlog_engine::log::PartitionId;
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+const VERSION_WITHOUT_START: u8 = 1;
 const VERSION_AT: usize = 0;
 const OFFSET_AT: usize = VERSION_AT + 1;
-const DATA_BYTES: usize = OFFSET_AT + 8;
-const _: () = assert!(DATA_BYTES == 9);
+const LOG_START_AT: usize = OFFSET_AT + 8;
+const DATA_BYTES: usize = LOG_START_AT + 8;
+const _: () = assert!(DATA_BYTES == 17);
 
-/// The data of a partition's snapshot whose batches end at `offset`.
-pub fn encode_data(offset: i64) -> Bytes {
-    let mut data = Vec::with_capacity(DATA_BYTES);
-    data.push(VERSION);
-    data.extend_from_slice(&offset.to_le_bytes());
-    Bytes::from(data)
+/// What a partition's snapshot carries besides its index, term and configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotData {
+    /// The anchor's offset: where the batches after the snapshot start.
+    pub offset: i64,
+    /// The log start the group decided (0: none).
+    pub log_start: i64,
 }
 
-/// The offset a snapshot's data names; `None` if it is not data this version wrote.
-pub fn decode_data(data: &[u8]) -> Option<i64> {
-    if data.len() != DATA_BYTES || data[VERSION_AT] != VERSION {
-        return None;
-    }
-    let offset = i64::from_le_bytes(data[OFFSET_AT..DATA_BYTES].try_into().ok()?);
-    (offset >= 0).then_some(offset)
+/// The data of a partition's snapshot (see the module doc).
+pub fn encode_data(data: SnapshotData) -> Bytes {
+    let mut out = Vec::with_capacity(DATA_BYTES);
+    out.push(VERSION);
+    out.extend_from_slice(&data.offset.to_le_bytes());
+    out.extend_from_slice(&data.log_start.to_le_bytes());
+    Bytes::from(out)
+}
+
+/// What a snapshot's data says; `None` if it is not data this version or the one before
+/// wrote.
+pub fn decode_data(data: &[u8]) -> Option<SnapshotData> {
+    let read = |at: usize| Some(i64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?));
+    let decoded = match (data.first(), data.len()) {
+        (Some(&VERSION), DATA_BYTES) => SnapshotData {
+            offset: read(OFFSET_AT)?,
+            log_start: read(LOG_START_AT)?,
+        },
+        (Some(&VERSION_WITHOUT_START), LOG_START_AT) => SnapshotData {
+            offset: read(OFFSET_AT)?,
+            log_start: 0,
+        },
+        _ => return None,
+    };
+    (decoded.offset >= 0 && decoded.log_start >= 0).then_some(decoded)
 }
 
 /// What a peer answered a fill with.
@@ -75,7 +97,8 @@ pub trait FillSource {
     /// Whole batches of `partition`'s committed log from the one at `offset` on, ending at
     /// or before `offset_end`, or where a peer's log starts if that is past `offset`.
     /// Waits and retries (other peers, with a backoff) until some peer answers with at
-    /// least one batch or its log's start; `None` only when the node is stopping.
+    /// least one batch or its log's start; `None` only when the node is stopping or the
+    /// partition's group was closed (its topic deleted).
     fn fetch(
         &self,
         partition: &PartitionId,
@@ -130,19 +153,27 @@ mod tests {
 
     #[test]
     fn snapshot_data_reads_back_and_refuses_what_it_did_not_write() {
-        assert_eq!(decode_data(&encode_data(0)), Some(0));
-        assert_eq!(decode_data(&encode_data(123_456)), Some(123_456));
-        let data = encode_data(77);
-        for cut in 0..data.len() {
-            assert_eq!(decode_data(&data[..cut]), None, "cut at {cut}");
+        let data = |offset, log_start| SnapshotData { offset, log_start };
+        for sent in [data(0, 0), data(123_456, 100_000), data(77, 77)] {
+            assert_eq!(decode_data(&encode_data(sent)), Some(sent));
         }
-        let mut longer = data.to_vec();
+        let encoded = encode_data(data(77, 30));
+        for cut in 0..encoded.len() {
+            let decoded = decode_data(&encoded[..cut]);
+            assert!(decoded.is_none(), "cut at {cut}: {decoded:?}");
+        }
+        let mut longer = encoded.to_vec();
         longer.push(0);
         assert_eq!(decode_data(&longer), None);
-        let mut other_version = data.to_vec();
-        other_version[VERSION_AT] = 2;
+        let mut other_version = encoded.to_vec();
+        other_version[VERSION_AT] = 3;
         assert_eq!(decode_data(&other_version), None);
-        assert_eq!(decode_data(&encode_data(-1)), None);
+        assert_eq!(decode_data(&encode_data(data(-1, 0))), None);
+        assert_eq!(decode_data(&encode_data(data(5, -1))), None);
+        // The version before: the anchor's offset alone.
+        let mut first = vec![VERSION_WITHOUT_START];
+        first.extend_from_slice(&77_i64.to_le_bytes());
+        assert_eq!(decode_data(&first), Some(data(77, 0)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
 use ringlog_engine::topic::TopicConfig;
 
+use crate::journal::{Internal, Journal, Record};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::{Fetched, FillSource};
 use crate::tests::{
@@ -497,6 +498,109 @@ fn the_group_moves_every_replicas_log_start_and_a_follower_left_behind_starts_th
                 31,
                 "node {node} reopened"
             );
+        }
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_follower_that_missed_only_the_log_start_entry_takes_it_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        for round in 0..10 {
+            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        for _ in 0..5 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        let behind = *NODES.iter().find(|node| **node != leader).unwrap();
+        assert_eq!(cluster.replicas[&behind].high_watermark(), 30);
+        // Cut off only while the log start entry commits: it holds every batch already, so
+        // the snapshot it gets has nothing to fill.
+        cluster.isolated.insert(behind);
+        let replica = cluster.replicas.get_mut(&leader).unwrap();
+        let mut moved = replica.propose_log_start(16).unwrap();
+        cluster.settle().await;
+        assert_eq!(moved.try_recv().unwrap().unwrap().unwrap(), 16);
+        cluster.isolated.clear();
+        fill_from_peers(&mut cluster, behind, None);
+        for _ in 0..50 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        assert!(cluster.replicas[&behind].snapshot_stats().installed > 0);
+        for (node, replica) in &cluster.replicas {
+            assert_eq!(replica.log().offsets().log_start, 16, "node {node}");
+        }
+        let dir = cluster.close().await;
+        let cluster = Cluster::open_with(&dir, small_window).await;
+        for (node, replica) in &cluster.replicas {
+            assert_eq!(
+                replica.log().offsets().log_start,
+                16,
+                "node {node} reopened"
+            );
+        }
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_log_start_entry_committed_but_not_applied_before_a_crash_moves_the_start_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        for round in 0..4 {
+            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        for _ in 0..5 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        let (last, term) = cluster.replicas[&leader].last_index_and_term();
+        let dir = cluster.close().await;
+        // Every replica holds the entry deciding start 6 and a commit index covering it,
+        // but crashed before applying it: no log start record.
+        for node in NODES {
+            let (mut journal, _) = Journal::open(DiskStorage, &dir.join(format!("node-{node}")))
+                .await
+                .unwrap();
+            let mut context = b"ringlog.log-start:".to_vec();
+            context.extend_from_slice(&6_i64.to_be_bytes());
+            let entry = Internal {
+                index: last + 1,
+                term,
+                offset: 12,
+                entry_type: raft::eraftpb::EntryType::EntryNormal,
+                context: context.into(),
+                data: bytes::Bytes::new(),
+            };
+            let hard_state = raft::eraftpb::HardState {
+                term,
+                vote: leader,
+                commit: last + 1,
+                ..Default::default()
+            };
+            let records = [Record::Internal(entry), Record::HardState(hard_state)];
+            journal.append(&records, true).await.unwrap();
+        }
+        let mut cluster = Cluster::open_with(&dir, small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut more = cluster.propose(leader, "after", 1);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 12);
+        for (node, replica) in &cluster.replicas {
+            assert_eq!(replica.log().offsets().log_start, 6, "node {node}");
         }
         cluster.close().await;
     })

@@ -32,6 +32,8 @@ pub struct State {
     pub table: EntryTable,
     pub hard_state: HardState,
     pub conf_state: ConfState,
+    /// The log start the group decided, as far as this replica knows (snapshots carry it).
+    pub log_start: i64,
     /// Reads waiting for entries to be read back from the partition log.
     pub fetches: Vec<Fetch>,
 }
@@ -131,7 +133,10 @@ impl raft::Storage for RaftStorage {
             ));
         }
         let mut snapshot = Snapshot::default();
-        snapshot.data = crate::snapshot::encode_data(anchor.offset);
+        snapshot.data = crate::snapshot::encode_data(crate::snapshot::SnapshotData {
+            offset: anchor.offset,
+            log_start: state.log_start,
+        });
         let metadata = snapshot.mut_metadata();
         metadata.index = anchor.index;
         metadata.term = anchor.term;

@@ -462,7 +462,7 @@ async fn alter_resource(
         Mode::Incremental => edited_config(&current, defaults, ops)?,
     };
     if let Some(cluster) = broker.replicated(name) {
-        return alter_replicated(cluster, name, &current, next, mode, validate_only).await;
+        return alter_replicated(cluster, name, next, ops, mode, validate_only).await;
     }
     if validate_only {
         return Ok(());
@@ -483,14 +483,15 @@ async fn alter_resource(
 /// A replicated topic's change goes through the controller, from any node (one that does
 /// not lead it forwards the change), and is answered once this node applied it. The
 /// command carries values, never "the default": AlterConfigs sends the whole configuration
-/// it computed (over this node's defaults); IncrementalAlterConfigs only the keys whose
-/// value it changes, set over the configuration as each node has it when it applies the
-/// command, so a concurrent edit of other keys is kept.
+/// it computed (over this node's defaults); IncrementalAlterConfigs the keys the request
+/// names (with their values in `next`), set over the configuration as each node has it
+/// when it applies the command, so a concurrent edit of other keys is kept. Every named
+/// key goes, changed or not here: this node's view may trail the controller's.
 async fn alter_replicated(
     cluster: &ringlog_cluster::node::Cluster,
     name: &str,
-    current: &TopicConfig,
     next: TopicConfig,
+    ops: &[(String, i8, Option<String>)],
     mode: Mode,
     validate_only: bool,
 ) -> Result<(), Refusal> {
@@ -502,7 +503,7 @@ async fn alter_replicated(
     }
     let pairs = match mode {
         Mode::Replace => ringlog_cluster::controller::config_pairs(&next),
-        Mode::Incremental => changed_pairs(current, &next),
+        Mode::Incremental => named_pairs(&next, ops),
     };
     if pairs.is_empty() {
         return Ok(());
@@ -517,17 +518,15 @@ async fn alter_replicated(
         })
 }
 
-/// The keys whose value differs between `current` and `next`, with their values in
-/// `next`; the flush keys all together if any of them differs, since they make one policy
-/// (set together, they give `next`'s policy whatever the current one is).
-fn changed_pairs(current: &TopicConfig, next: &TopicConfig) -> Vec<(String, String)> {
-    let before = current.to_pairs();
-    let after = next.to_pairs();
-    let flush_changed = (before.iter().zip(&after))
-        .any(|((key, old), (_, new))| FLUSH_KEYS.contains(key) && old != new);
-    (before.into_iter().zip(after))
-        .filter(|((key, old), (_, new))| old != new || (flush_changed && FLUSH_KEYS.contains(key)))
-        .map(|(_, (key, new))| (key.to_owned(), new))
+/// The keys `ops` name, with their values in `next`; the flush keys all together if any
+/// of them is named, since they make one policy (set together, they give `next`'s policy
+/// whatever the current one is).
+fn named_pairs(next: &TopicConfig, ops: &[(String, i8, Option<String>)]) -> Vec<(String, String)> {
+    let named = |key: &str| ops.iter().any(|(op_key, ..)| op_key == key);
+    let flush_named = FLUSH_KEYS.iter().any(|key| named(key));
+    (next.to_pairs().into_iter())
+        .filter(|(key, _)| named(key) || (flush_named && FLUSH_KEYS.contains(key)))
+        .map(|(key, value)| (key.to_owned(), value))
         .collect()
 }
 

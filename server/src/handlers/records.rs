@@ -81,10 +81,16 @@ async fn delete_before(
         offset => offset,
     };
     if let Some(cluster) = broker.replicated(topic) {
-        return (cluster
-            .move_log_start(topic, partition, offset, timeout)
-            .await)
-            .map_err(|e| errors::cluster_code(&e));
+        // Checked here: a partition with no replica here would answer NOT_LEADER, which a
+        // client retries until its timeout.
+        if engine
+            .topic(topic)
+            .is_none_or(|meta| partition >= meta.partitions)
+        {
+            return Err(ResponseError::UnknownTopicOrPartition.code());
+        }
+        let moved = cluster.move_log_start(topic, partition, offset, timeout);
+        return moved.await.map_err(|e| errors::cluster_code(&e));
     }
     engine
         .delete_records_before(topic, partition, offset)
