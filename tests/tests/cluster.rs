@@ -33,7 +33,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{ApiKey, MetadataRequest};
 use ringlog_tests::disk::Ext4;
 use ringlog_tests::metrics::scrape;
-use ringlog_tests::process::{free_port, wait_for, Server, ServerOptions};
+use ringlog_tests::process::{free_port, ringlog_binary, wait_for, Server, ServerOptions};
 use ringlog_tests::python::run_script;
 use ringlog_tests::wire::{max_version, topic_name, Connection};
 
@@ -585,6 +585,7 @@ fn admin_changes_go_through_the_controller_to_every_node() {
     let configs = &entries[0].1.as_ref().expect("the configs topic")["config"];
     assert_eq!(configs["max.message.bytes"], "500000");
     assert_eq!(configs["retention.ms"], result["configs"]["retention.ms"]);
+    admin_cli_works_at_every_node(&nodes);
     for node in nodes.iter().flatten() {
         let log = node.log();
         for applied in [
@@ -600,6 +601,36 @@ fn admin_changes_go_through_the_controller_to_every_node() {
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
+}
+
+/// The admin CLI, each command given a different node: create and delete go to the
+/// controller's leader, describe asks each partition's leader for its offsets.
+fn admin_cli_works_at_every_node(nodes: &[Option<Server>]) {
+    let bootstraps: Vec<String> = nodes.iter().flatten().map(Server::bootstrap).collect();
+    let cli = |args: &[&str], at: usize| -> String {
+        let output = std::process::Command::new(ringlog_binary())
+            .args(args)
+            .args(["--bootstrap", &bootstraps[at]])
+            .output()
+            .expect("the ringlog CLI runs");
+        let (out, err) = (
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert!(
+            output.status.success(),
+            "{args:?} at node {}: {out}{err}",
+            at + 1
+        );
+        out.into_owned()
+    };
+    cli(&["topic", "create", "cli-made", "--partitions", "3"], 0);
+    let described = cli(&["topic", "describe", "cli-made"], 1);
+    assert!(described.contains("partitions: 3"), "{described}");
+    cli(&["topic", "delete", "cli-made"], 2);
+    cli(&["topic", "create", "cli-made", "--partitions", "2"], 1);
+    let described = cli(&["topic", "describe", "cli-made"], 2);
+    assert!(described.contains("partitions: 2"), "{described}");
 }
 
 /// Topic `name`'s entry in the registry of the node whose data directory is `dir`.

@@ -48,11 +48,75 @@ pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, A
             name,
             partitions,
             configs,
-        } => create(client, name, *partitions, configs),
+        } => at_controller(client, |client| create(client, name, *partitions, configs)),
         TopicCommand::List => list(client),
         TopicCommand::Describe { name } => describe(client, name),
-        TopicCommand::Delete { name } => delete(client, name),
+        TopicCommand::Delete { name } => at_controller(client, |client| delete(client, name)),
     }
+}
+
+/// The Kafka error code NOT_CONTROLLER.
+const NOT_CONTROLLER: i16 = 41;
+/// How many times a request the controller must take is sent again after NOT_CONTROLLER
+/// (its leadership moved between the Metadata answer and the request), and how long to wait
+/// between: an election takes 1–2 s.
+const CONTROLLER_ATTEMPTS: usize = 10;
+const CONTROLLER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `request` at the broker leading the controller, as Kafka's admin clients send
+/// CreateTopics and DeleteTopics: in a cluster, the node Metadata names as the controller
+/// (connected to for the purpose), asked again after NOT_CONTROLLER; alone, the broker
+/// `client` is connected to.
+fn at_controller(
+    client: &mut AdminClient,
+    mut request: impl FnMut(&mut AdminClient) -> Result<String, AdminError>,
+) -> Result<String, AdminError> {
+    let mut attempt = 1;
+    loop {
+        let view = cluster_view(client)?;
+        let mut controller = match view.brokers.get(&view.controller) {
+            Some(address) if view.brokers.len() > 1 => Some(AdminClient::connect(address)?),
+            _ => None,
+        };
+        let answered = request(controller.as_mut().unwrap_or(client));
+        match answered {
+            Err(AdminError::Kafka { code, .. })
+                if code == NOT_CONTROLLER && attempt < CONTROLLER_ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(CONTROLLER_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The brokers a Metadata answer lists (`HOST:PORT` by node id) and the controller it names.
+struct ClusterView {
+    controller: i32,
+    brokers: std::collections::BTreeMap<i32, String>,
+}
+
+fn cluster_view(client: &mut AdminClient) -> Result<ClusterView, AdminError> {
+    let version = client.version::<MetadataRequest>()?;
+    // No topic asked (an empty list, not none: that would be every topic).
+    let request = MetadataRequest::default().with_topics(Some(Vec::new()));
+    let response = client.call(&request, version)?;
+    let brokers = (response.brokers.iter())
+        .map(|broker| {
+            let host = broker.host.as_str();
+            let address = if host.contains(':') {
+                format!("[{host}]:{}", broker.port)
+            } else {
+                format!("{host}:{}", broker.port)
+            };
+            (broker.node_id.0, address)
+        })
+        .collect();
+    Ok(ClusterView {
+        controller: response.controller_id.0,
+        brokers,
+    })
 }
 
 pub(crate) fn topic_name(name: &str) -> TopicName {
@@ -135,8 +199,8 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
     let topic = metadata(client, name)?;
     let mut partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
     partitions.sort_unstable();
-    let starts = log_offsets(client, name, &partitions, EARLIEST)?;
-    let ends = log_offsets(client, name, &partitions, LATEST)?;
+    let starts = offsets_at_leaders(client, name, &topic, EARLIEST)?;
+    let ends = offsets_at_leaders(client, name, &topic, LATEST)?;
     let mut out = format!("topic: {name}\n");
     if topic.topic_id != Uuid::nil() {
         let _ = writeln!(out, "id: {}", topic.topic_id);
@@ -157,6 +221,66 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
         let _ = writeln!(out, "  {}={value} ({source})", config.name.as_str());
     }
     Ok(out)
+}
+
+/// `log_offsets` of every partition of `topic` (in partition order), each asked of its
+/// leader: in a cluster, partitions are led by different nodes and only a leader answers
+/// ListOffsets; alone, the connected broker leads them all. A partition without a leader
+/// yet (a topic just created, an election) is waited for, as long as a controller's
+/// request is asked again.
+fn offsets_at_leaders(
+    client: &mut AdminClient,
+    name: &str,
+    topic: &MetadataResponseTopic,
+    timestamp: i64,
+) -> Result<Vec<i64>, AdminError> {
+    let view = cluster_view(client)?;
+    if view.brokers.len() <= 1 {
+        let mut indexes: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
+        indexes.sort_unstable();
+        return log_offsets(client, name, &indexes, timestamp);
+    }
+    let mut attempt = 1;
+    let mut topic = topic.clone();
+    let leaders = loop {
+        let mut leaders: Vec<(i32, String)> = Vec::new();
+        let mut without = None;
+        for partition in &topic.partitions {
+            match view.brokers.get(&partition.leader_id.0) {
+                Some(address) => leaders.push((partition.partition_index, address.clone())),
+                None => without = Some(partition.partition_index),
+            }
+        }
+        let Some(index) = without else {
+            break leaders;
+        };
+        if attempt >= CONTROLLER_ATTEMPTS {
+            let code = kafka_protocol::ResponseError::LeaderNotAvailable.code();
+            return Err(AdminError::Kafka {
+                context: format!("list offsets of {name}-{index}"),
+                code,
+                name: crate::errors::name(code),
+                message: None,
+            });
+        }
+        attempt += 1;
+        std::thread::sleep(CONTROLLER_RETRY);
+        topic = metadata(client, name)?;
+    };
+    let mut offsets = std::collections::BTreeMap::new();
+    let mut addresses: Vec<&String> = leaders.iter().map(|(_, address)| address).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    for address in addresses {
+        let led: Vec<i32> = (leaders.iter())
+            .filter(|(_, at)| at == address)
+            .map(|(index, _)| *index)
+            .collect();
+        let mut at_leader = AdminClient::connect(address)?;
+        let found = log_offsets(&mut at_leader, name, &led, timestamp)?;
+        offsets.extend(led.into_iter().zip(found));
+    }
+    Ok(offsets.into_values().collect())
 }
 
 fn source_name(source: i8) -> String {
