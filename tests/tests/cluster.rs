@@ -627,6 +627,26 @@ fn admin_cli_works_at_every_node(nodes: &[Option<Server>]) {
     cli(&["topic", "create", "cli-made", "--partitions", "3"], 0);
     let described = cli(&["topic", "describe", "cli-made"], 1);
     assert!(described.contains("partitions: 3"), "{described}");
+    // A group's commands go to its coordinator, wherever they are given.
+    cli(
+        &[
+            "group",
+            "reset-offsets",
+            "cli-readers",
+            "--topic",
+            "cli-made",
+            "--to",
+            "latest",
+        ],
+        2,
+    );
+    let groups = cli(&["group", "list"], 0);
+    assert!(
+        groups.contains("cli-readers"),
+        "every node's groups are listed: {groups}"
+    );
+    let described = cli(&["group", "describe", "cli-readers"], 1);
+    assert!(described.contains("cli-made"), "{described}");
     cli(&["topic", "delete", "cli-made"], 2);
     cli(&["topic", "create", "cli-made", "--partitions", "2"], 1);
     let described = cli(&["topic", "describe", "cli-made"], 2);

@@ -17,15 +17,20 @@ use kafka_protocol::messages::offset_commit_request::{
 };
 use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
-    ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ConsumerProtocolAssignment, DeleteGroupsRequest, DescribeGroupsRequest, FindCoordinatorRequest,
+    GroupId, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
-use super::topic::{log_offsets, metadata, topic_name, LATEST};
+use super::topic::{
+    cluster_view, metadata, offsets_at_leaders, topic_name, CONTROLLER_ATTEMPTS, CONTROLLER_RETRY,
+    LATEST,
+};
 use super::{AdminClient, AdminError};
 use crate::cli::{GroupCommand, ResetTo};
 
+/// The first FindCoordinator version that takes `coordinator_keys`.
+const FIND_COORDINATOR_KEYS_VERSION: i16 = 4;
 /// NON_EMPTY_GROUP, the code Kafka's tools report for a reset of an active group.
 const NON_EMPTY_GROUP: i16 = 68;
 /// The first OffsetFetch version that takes a `groups` array.
@@ -36,11 +41,99 @@ const EARLIEST: i64 = -2;
 /// Runs one `ringlog group` command; returns what it prints.
 pub fn run(client: &mut AdminClient, command: &GroupCommand) -> Result<String, AdminError> {
     match command {
-        GroupCommand::List => list(client),
-        GroupCommand::Describe { group } => describe(client, group),
-        GroupCommand::ResetOffsets { group, topic, to } => reset_offsets(client, group, topic, *to),
-        GroupCommand::Delete { group } => delete(client, group),
+        GroupCommand::List => list_everywhere(client),
+        GroupCommand::Describe { group } => {
+            at_coordinator(client, group, |client| describe(client, group))
+        }
+        GroupCommand::ResetOffsets { group, topic, to } => {
+            at_coordinator(client, group, |c| reset_offsets(c, group, topic, *to))
+        }
+        GroupCommand::Delete { group } => at_coordinator(client, group, |c| delete(c, group)),
     }
+}
+
+/// Coordinator errors a request is sent again after (the group's coordinator moved, or is
+/// loading the group): NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS,
+/// COORDINATOR_NOT_AVAILABLE.
+const COORDINATOR_MOVED: [i16; 3] = [16, 14, 15];
+
+/// Runs `request` at `group`'s coordinator, as Kafka's admin clients send a group's
+/// requests: in a cluster, the node FindCoordinator names (connected to for the purpose),
+/// asked again while the coordinator moves or loads; alone, the broker `client` is
+/// connected to.
+fn at_coordinator(
+    client: &mut AdminClient,
+    group: &str,
+    mut request: impl FnMut(&mut AdminClient) -> Result<String, AdminError>,
+) -> Result<String, AdminError> {
+    let mut attempt = 1;
+    loop {
+        let answered = match coordinator(client, group) {
+            Ok(Some(address)) => AdminClient::connect(&address).and_then(|mut at| request(&mut at)),
+            Ok(None) => request(client),
+            Err(error) => Err(error),
+        };
+        match answered {
+            Err(AdminError::Kafka { code, .. })
+                if COORDINATOR_MOVED.contains(&code) && attempt < CONTROLLER_ATTEMPTS =>
+            {
+                attempt += 1;
+                std::thread::sleep(CONTROLLER_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The address of `group`'s coordinator if the connected broker is one of a cluster's;
+/// `None` alone.
+fn coordinator(client: &mut AdminClient, group: &str) -> Result<Option<String>, AdminError> {
+    if cluster_view(client)?.brokers.len() <= 1 {
+        return Ok(None);
+    }
+    let version = client.version::<FindCoordinatorRequest>()?;
+    let request = if version >= FIND_COORDINATOR_KEYS_VERSION {
+        FindCoordinatorRequest::default().with_coordinator_keys(vec![text(group)])
+    } else {
+        FindCoordinatorRequest::default().with_key(text(group))
+    };
+    let response = client.call(&request, version)?;
+    let context = format!("find the coordinator of group {group}");
+    let (code, message, host, port) = match response.coordinators.first() {
+        Some(found) if version >= FIND_COORDINATOR_KEYS_VERSION => (
+            found.error_code,
+            found.error_message.clone(),
+            found.host.clone(),
+            found.port,
+        ),
+        _ => (
+            response.error_code,
+            response.error_message.clone(),
+            response.host.clone(),
+            response.port,
+        ),
+    };
+    AdminError::check(&context, code, message.as_ref())?;
+    let host = host.as_str();
+    Ok(Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }))
+}
+
+/// ListGroups of every broker (each lists the groups it coordinates), merged.
+fn list_everywhere(client: &mut AdminClient) -> Result<String, AdminError> {
+    let view = cluster_view(client)?;
+    if view.brokers.len() <= 1 {
+        return list(client);
+    }
+    let mut lines = std::collections::BTreeSet::new();
+    for address in view.brokers.values() {
+        let listed = AdminClient::connect(address).and_then(|mut at| list(&mut at))?;
+        lines.extend(listed.lines().map(str::to_owned));
+    }
+    Ok(lines.into_iter().map(|line| line + "\n").collect())
 }
 
 fn text(value: &str) -> StrBytes {
@@ -200,7 +293,7 @@ fn describe(client: &mut AdminClient, group: &str) -> Result<String, AdminError>
     for (topic, mut partitions) in by_topic {
         partitions.sort_unstable();
         partitions.dedup();
-        let ends = log_offsets(client, &topic, &partitions, LATEST)?;
+        let ends = offsets_at_leaders(client, &topic, &partitions, LATEST)?;
         for (partition, end) in partitions.iter().zip(ends) {
             let key = (topic.clone(), *partition);
             let committed = offsets.get(&key).copied();
@@ -238,12 +331,12 @@ fn reset_offsets(
     let mut partitions: Vec<i32> = meta.partitions.iter().map(|p| p.partition_index).collect();
     partitions.sort_unstable();
     let targets = match to {
-        ResetTo::Earliest => log_offsets(client, topic, &partitions, EARLIEST)?,
-        ResetTo::Latest => log_offsets(client, topic, &partitions, LATEST)?,
+        ResetTo::Earliest => offsets_at_leaders(client, topic, &partitions, EARLIEST)?,
+        ResetTo::Latest => offsets_at_leaders(client, topic, &partitions, LATEST)?,
         ResetTo::Timestamp(ms) => {
-            let found = log_offsets(client, topic, &partitions, ms)?;
+            let found = offsets_at_leaders(client, topic, &partitions, ms)?;
             // No record at or after the time: the partition's end.
-            let ends = log_offsets(client, topic, &partitions, LATEST)?;
+            let ends = offsets_at_leaders(client, topic, &partitions, LATEST)?;
             found
                 .into_iter()
                 .zip(ends)

@@ -57,11 +57,11 @@ pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, A
 
 /// The Kafka error code NOT_CONTROLLER.
 const NOT_CONTROLLER: i16 = 41;
-/// How many times a request the controller must take is sent again after NOT_CONTROLLER
-/// (its leadership moved between the Metadata answer and the request), and how long to wait
-/// between: an election takes 1–2 s.
-const CONTROLLER_ATTEMPTS: usize = 10;
-const CONTROLLER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How many times a request the controller (or a coordinator) must take is sent again after
+/// NOT_CONTROLLER (its leadership moved between the Metadata answer and the request), and
+/// how long to wait between: an election takes 1–2 s.
+pub(crate) const CONTROLLER_ATTEMPTS: usize = 10;
+pub(crate) const CONTROLLER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs `request` at the broker leading the controller, as Kafka's admin clients send
 /// CreateTopics and DeleteTopics: in a cluster, the node Metadata names as the controller
@@ -92,12 +92,12 @@ fn at_controller(
 }
 
 /// The brokers a Metadata answer lists (`HOST:PORT` by node id) and the controller it names.
-struct ClusterView {
-    controller: i32,
-    brokers: std::collections::BTreeMap<i32, String>,
+pub(crate) struct ClusterView {
+    pub(crate) controller: i32,
+    pub(crate) brokers: std::collections::BTreeMap<i32, String>,
 }
 
-fn cluster_view(client: &mut AdminClient) -> Result<ClusterView, AdminError> {
+pub(crate) fn cluster_view(client: &mut AdminClient) -> Result<ClusterView, AdminError> {
     let version = client.version::<MetadataRequest>()?;
     // No topic asked (an empty list, not none: that would be every topic).
     let request = MetadataRequest::default().with_topics(Some(Vec::new()));
@@ -199,8 +199,8 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
     let topic = metadata(client, name)?;
     let mut partitions: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
     partitions.sort_unstable();
-    let starts = offsets_at_leaders(client, name, &topic, EARLIEST)?;
-    let ends = offsets_at_leaders(client, name, &topic, LATEST)?;
+    let starts = offsets_at_leaders(client, name, &partitions, EARLIEST)?;
+    let ends = offsets_at_leaders(client, name, &partitions, LATEST)?;
     let mut out = format!("topic: {name}\n");
     if topic.topic_id != Uuid::nil() {
         let _ = writeln!(out, "id: {}", topic.topic_id);
@@ -223,32 +223,33 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
     Ok(out)
 }
 
-/// `log_offsets` of every partition of `topic` (in partition order), each asked of its
+/// `log_offsets` of `partitions` of topic `name` (in their order), each asked of its
 /// leader: in a cluster, partitions are led by different nodes and only a leader answers
 /// ListOffsets; alone, the connected broker leads them all. A partition without a leader
 /// yet (a topic just created, an election) is waited for, as long as a controller's
 /// request is asked again.
-fn offsets_at_leaders(
+pub(crate) fn offsets_at_leaders(
     client: &mut AdminClient,
     name: &str,
-    topic: &MetadataResponseTopic,
+    partitions: &[i32],
     timestamp: i64,
 ) -> Result<Vec<i64>, AdminError> {
     let view = cluster_view(client)?;
     if view.brokers.len() <= 1 {
-        let mut indexes: Vec<i32> = topic.partitions.iter().map(|p| p.partition_index).collect();
-        indexes.sort_unstable();
-        return log_offsets(client, name, &indexes, timestamp);
+        return log_offsets(client, name, partitions, timestamp);
     }
     let mut attempt = 1;
-    let mut topic = topic.clone();
     let leaders = loop {
+        let topic = metadata(client, name)?;
         let mut leaders: Vec<(i32, String)> = Vec::new();
         let mut without = None;
-        for partition in &topic.partitions {
-            match view.brokers.get(&partition.leader_id.0) {
-                Some(address) => leaders.push((partition.partition_index, address.clone())),
-                None => without = Some(partition.partition_index),
+        for &index in partitions {
+            let leader = (topic.partitions.iter())
+                .find(|partition| partition.partition_index == index)
+                .and_then(|partition| view.brokers.get(&partition.leader_id.0));
+            match leader {
+                Some(address) => leaders.push((index, address.clone())),
+                None => without = Some(index),
             }
         }
         let Some(index) = without else {
@@ -265,7 +266,6 @@ fn offsets_at_leaders(
         }
         attempt += 1;
         std::thread::sleep(CONTROLLER_RETRY);
-        topic = metadata(client, name)?;
     };
     let mut offsets = std::collections::BTreeMap::new();
     let mut addresses: Vec<&String> = leaders.iter().map(|(_, address)| address).collect();
@@ -280,7 +280,11 @@ fn offsets_at_leaders(
         let found = log_offsets(&mut at_leader, name, &led, timestamp)?;
         offsets.extend(led.into_iter().zip(found));
     }
-    Ok(offsets.into_values().collect())
+    // Every partition asked for was asked of its leader, and answered (or refused above).
+    Ok(partitions
+        .iter()
+        .filter_map(|index| offsets.get(index).copied())
+        .collect())
 }
 
 fn source_name(source: i8) -> String {
