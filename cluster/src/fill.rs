@@ -102,7 +102,8 @@ impl Fills {
     pub fn forget(&self, partition: &PartitionId) {
         let group = (Rc::from(&*partition.topic), partition.partition);
         self.logs.borrow_mut().remove(&group);
-        // A fetch waiting for an answer wakes now, and gives up (`fetch`).
+        // A fetch waiting for an answer wakes now, and gives up after its retry pause
+        // (`fetch`).
         self.waiting
             .borrow_mut()
             .retain(|(waiting, _), _| *waiting != group);
@@ -367,7 +368,7 @@ mod tests {
             // Its topic is deleted: `close_group` forgets the group while its task fills.
             fills.forget(&id);
             let given_up = rt::timeout(Duration::from_secs(5), fetch).await;
-            assert_eq!(given_up.ok(), Some(None), "the fill gives up at once");
+            assert_eq!(given_up.ok(), Some(None), "the fill gives up");
         })
         .unwrap();
     }

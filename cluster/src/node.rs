@@ -453,6 +453,8 @@ struct Local {
     steps_dropped: Arc<AtomicU64>,
     /// The node's table of the groups' statuses.
     status: StatusTable,
+    /// The groups whose replica here stopped after a failure, with their topic's tag.
+    stopped: RefCell<HashMap<GroupKey, u64>>,
 }
 
 thread_local! {
@@ -558,7 +560,8 @@ impl Cluster {
         brokers
     }
 
-    /// What the partition's group last published, if it has a replica here.
+    /// What the partition's group last published, if it has a replica here; for a replica
+    /// that stopped after a failure, the leader learned since (`GroupStatus::stopped`).
     pub fn status(&self, topic: &str, partition: u32) -> Option<GroupStatus> {
         lock(&self.inner.status)
             .get(&(topic.to_owned(), partition))
@@ -1082,6 +1085,7 @@ impl Cluster {
             controller_log: RefCell::new(None),
             steps_dropped: self.inner.steps_dropped.clone(),
             status: self.inner.status.clone(),
+            stopped: RefCell::default(),
         });
         LOCAL.with(|slot| *slot.borrow_mut() = Some(local.clone()));
         let cluster = self.clone();
@@ -1620,12 +1624,19 @@ impl Cluster {
             }
             local.groups.borrow_mut().remove(&key);
             local.fills.forget(&id);
-            // Kept, stopped, to learn the leader from what still reaches this node.
+            // Kept, stopped, to learn the leader from what still reaches this node. A
+            // replica stopped while rejoining still holds the node's rejoin back.
+            local.stopped.borrow_mut().insert(key.clone(), tag);
+            let mut status = lock(&cluster.inner.status);
+            let status_key = (key.0.to_string(), key.1);
+            let rejoining = status.get(&status_key).is_some_and(|group| group.rejoining);
             let stopped = GroupStatus {
                 stopped: true,
+                rejoining,
                 ..GroupStatus::default()
             };
-            lock(&cluster.inner.status).insert((key.0.to_string(), key.1), stopped);
+            status.insert(status_key, stopped);
+            drop(status);
             tracing::error!(partition = %id, error = %failure, "replica stopped; restart the node to reopen it");
         })
         .detach();
@@ -1712,11 +1723,18 @@ fn learn_leader(local: &Local, to: Group<'_>, message: &Message) {
     ) {
         return;
     }
+    // Of the topic whose replica stopped here, not an earlier or later one of its name.
+    let key: GroupKey = (Rc::from(to.topic), to.partition);
+    if local.stopped.borrow().get(&key) != Some(&to.tag) {
+        return;
+    }
     let mut status = lock(&local.status);
     let Some(entry) = status.get_mut(&(to.topic.to_owned(), to.partition)) else {
         return;
     };
-    if entry.stopped && message.term >= entry.term && entry.leader != Some(message.from) {
+    // A later term, even from the same leader (elected again).
+    let newer = message.term > entry.term || (message.term == entry.term && entry.leader.is_none());
+    if entry.stopped && newer {
         entry.leader = Some(message.from);
         entry.term = message.term;
         entry.in_sync = vec![message.from];
@@ -1731,6 +1749,7 @@ fn close_group(cluster: &Cluster, topic: &str, partition: u32) -> Option<oneshot
     lock(&cluster.inner.status).remove(&(topic.to_owned(), partition));
     let local = local()?;
     let key: GroupKey = (Rc::from(topic), partition);
+    local.stopped.borrow_mut().remove(&key);
     let hosted = local.groups.borrow_mut().remove(&key)?;
     let id = PartitionId {
         topic: Arc::from(topic),
@@ -2049,6 +2068,7 @@ mod tests {
                 controller_log: RefCell::new(None),
                 steps_dropped: Arc::default(),
                 status: Arc::default(),
+                stopped: RefCell::default(),
             };
             let inbox = Inbox::new(8);
             let key: GroupKey = (Rc::from("orders"), 2);
@@ -2079,6 +2099,10 @@ mod tests {
                 ..GroupStatus::default()
             };
             local.status.lock().unwrap().insert(key.clone(), stopped);
+            local
+                .stopped
+                .borrow_mut()
+                .insert((Rc::from("orders"), 3), 0xBEEF);
             let at_3 = Group {
                 topic: "orders",
                 partition: 3,
@@ -2096,6 +2120,16 @@ mod tests {
             let mut heartbeat = Message::default();
             heartbeat.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
             (heartbeat.from, heartbeat.term) = (2, 7);
+            let other_topic = Group {
+                tag: 0xDEAD,
+                ..at_3
+            };
+            learn_leader(&local, other_topic, &heartbeat);
+            assert_eq!(
+                local.status.lock().unwrap()[&key].leader,
+                None,
+                "not from another topic of the same name"
+            );
             learn_leader(&local, at_3, &heartbeat);
             let learned = local.status.lock().unwrap()[&key].clone();
             assert_eq!((learned.leader, learned.term), (Some(2), 7));
@@ -2105,6 +2139,14 @@ mod tests {
                 local.status.lock().unwrap()[&key].leader,
                 Some(2),
                 "an older term's leader is not taken"
+            );
+            // The same leader, elected again in a later term.
+            (heartbeat.from, heartbeat.term) = (2, 9);
+            learn_leader(&local, at_3, &heartbeat);
+            assert_eq!(
+                local.status.lock().unwrap()[&key].term,
+                9,
+                "the leader's new term is learned"
             );
         })
         .unwrap();

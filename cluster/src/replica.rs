@@ -297,6 +297,13 @@ impl<S: Storage> Replica<S> {
             .filter_map(|internal| log_start_in(&internal.context))
             .fold(state.log_start, i64::max);
         let pending_log_start = (decided > log.offsets().log_start).then_some(decided);
+        if pending_log_start.is_some() && decided > state.log_start {
+            // Recorded before the anchor may pass the entry that decided it.
+            journal
+                .append(&[Record::LogStart { offset: decided }], true)
+                .await
+                .map_err(journal_error)?;
+        }
         let storage = RaftStorage::new(storage::State {
             table,
             hard_state: state.hard_state.clone(),

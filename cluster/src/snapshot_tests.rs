@@ -571,29 +571,8 @@ fn a_log_start_entry_committed_but_not_applied_before_a_crash_moves_the_start_at
         let dir = cluster.close().await;
         // Every replica holds the entry deciding start 6 and a commit index covering it,
         // but crashed before applying it: no log start record.
-        for node in NODES {
-            let (mut journal, _) = Journal::open(DiskStorage, &dir.join(format!("node-{node}")))
-                .await
-                .unwrap();
-            let mut context = b"ringlog.log-start:".to_vec();
-            context.extend_from_slice(&6_i64.to_be_bytes());
-            let entry = Internal {
-                index: last + 1,
-                term,
-                offset: 12,
-                entry_type: raft::eraftpb::EntryType::EntryNormal,
-                context: context.into(),
-                data: bytes::Bytes::new(),
-            };
-            let hard_state = raft::eraftpb::HardState {
-                term,
-                vote: leader,
-                commit: last + 1,
-                ..Default::default()
-            };
-            let records = [Record::Internal(entry), Record::HardState(hard_state)];
-            journal.append(&records, true).await.unwrap();
-        }
+        let entry = last + 1;
+        append_to_journals(&dir, &unapplied_log_start(entry, term, leader, 12, 6)).await;
         let mut cluster = Cluster::open_with(&dir, small_window).await;
         let leader = cluster.elect(|_| true).await;
         let mut more = cluster.propose(leader, "after", 1);
@@ -605,6 +584,81 @@ fn a_log_start_entry_committed_but_not_applied_before_a_crash_moves_the_start_at
         cluster.close().await;
     })
     .unwrap();
+}
+
+#[test]
+fn a_start_found_at_open_survives_a_crash_once_the_anchor_passed_its_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open_with(dir.path(), small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        for round in 0..4 {
+            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        for _ in 0..5 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        let (last, term) = cluster.replicas[&leader].last_index_and_term();
+        let dir = cluster.close().await;
+        // A first crash: the entry deciding start 6 and a commit covering it, not applied.
+        let entry = last + 1;
+        append_to_journals(&dir, &unapplied_log_start(entry, term, leader, 12, 6)).await;
+        // Reopened (the start found in the window), then a second crash once the anchor
+        // passed the entry and before the log's start moved.
+        Cluster::open_with(&dir, small_window).await.close().await;
+        let anchor = crate::journal::Anchor {
+            index: entry,
+            term,
+            offset: 12,
+        };
+        append_to_journals(&dir, &[Record::Anchor(anchor)]).await;
+        let mut cluster = Cluster::open_with(&dir, small_window).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut more = cluster.propose(leader, "after", 1);
+        cluster.settle().await;
+        assert_eq!(answered(&mut more).unwrap().unwrap().offset_first, 12);
+        for (node, replica) in &cluster.replicas {
+            assert_eq!(replica.log().offsets().log_start, 6, "node {node}");
+        }
+        cluster.close().await;
+    })
+    .unwrap();
+}
+
+/// The journal records of a log-start entry (index `entry`, at `offset`, deciding
+/// `start`) persisted with a commit index covering it, as a replica leaves them if it
+/// crashes before applying it.
+fn unapplied_log_start(entry: u64, term: u64, vote: u64, offset: i64, start: i64) -> [Record; 2] {
+    let mut context = b"ringlog.log-start:".to_vec();
+    context.extend_from_slice(&start.to_be_bytes());
+    let internal = Internal {
+        index: entry,
+        term,
+        offset,
+        entry_type: raft::eraftpb::EntryType::EntryNormal,
+        context: context.into(),
+        data: bytes::Bytes::new(),
+    };
+    let hard_state = raft::eraftpb::HardState {
+        term,
+        vote,
+        commit: entry,
+        ..Default::default()
+    };
+    [Record::Internal(internal), Record::HardState(hard_state)]
+}
+
+/// Appends `records` (synced) to every replica's journal under `dir`.
+async fn append_to_journals(dir: &Path, records: &[Record]) {
+    for node in NODES {
+        let (mut journal, _) = Journal::open(DiskStorage, &dir.join(format!("node-{node}")))
+            .await
+            .unwrap();
+        journal.append(records, true).await.unwrap();
+    }
 }
 
 /// One round of `Cluster::settle`, stopping at the first replica error.
