@@ -69,8 +69,26 @@ async fn delete_before(
     let partition =
         u32::try_from(index).map_err(|_| ResponseError::UnknownTopicOrPartition.code())?;
     let engine = &broker.engine;
+    // Checked first in a cluster: a partition with no replica here would answer NOT_LEADER,
+    // which a client retries until its timeout.
+    let unknown = engine
+        .topic(topic)
+        .is_none_or(|meta| partition >= meta.partitions);
+    if broker.replicated(topic).is_some() && unknown {
+        return Err(ResponseError::UnknownTopicOrPartition.code());
+    }
     let offset = match offset {
         HIGH_WATERMARK => {
+            // A leader's high watermark is all that is committed only once it committed an
+            // entry of its term; before, "up to the high watermark" would delete too little.
+            let settled = |cluster: &ringlog_cluster::node::Cluster| {
+                cluster
+                    .status(topic, partition)
+                    .is_some_and(|status| status.leads_with_own_commit)
+            };
+            if broker.replicated(topic).is_some_and(|cluster| !settled(cluster)) {
+                return Err(ResponseError::NotLeaderOrFollower.code());
+            }
             let offsets = engine
                 .offsets(topic, partition)
                 .await
@@ -81,14 +99,6 @@ async fn delete_before(
         offset => offset,
     };
     if let Some(cluster) = broker.replicated(topic) {
-        // Checked here: a partition with no replica here would answer NOT_LEADER, which a
-        // client retries until its timeout.
-        if engine
-            .topic(topic)
-            .is_none_or(|meta| partition >= meta.partitions)
-        {
-            return Err(ResponseError::UnknownTopicOrPartition.code());
-        }
         let moved = cluster.move_log_start(topic, partition, offset, timeout);
         return moved.await.map_err(|e| errors::cluster_code(&e));
     }
