@@ -3,8 +3,8 @@
 //! or marks it stopped when it fails; either wakes every waiter, none of which polls. It
 //! lives on shard 0 with the controller, so nothing here is shared between threads.
 //!
-//! The offset is also kept on disk ([`APPLIED_FILE`], replaced atomically after each batch
-//! applied, one command each), so a restarted node applies only what it had not: applying a
+//! The offset is also kept on disk ([`APPLIED_FILE`], replaced atomically at once after a
+//! configuration change, else once per read of the log), so a restarted node applies only what it had not: applying a
 //! command again is harmless for most (a topic created or deleted already is left as it
 //! is), but replaying old configuration changes would set each old configuration again for
 //! a moment, long enough for a retention check to delete by it. The file is one line:

@@ -1355,6 +1355,8 @@ impl Cluster {
                 .await
                 .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
             let mut rest = bytes.as_slice();
+            // Whether `next` moved since the applied offset was last written.
+            let mut unsaved = false;
             // A read may end inside its last batch: that one is read again from `next`.
             while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
                 let (batch, after) = RecordBatch::parse(rest)
@@ -1368,12 +1370,14 @@ impl Cluster {
                 let records = batch
                     .records()
                     .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+                let mut altered = false;
                 for record in records {
                     let record = record.map_err(|e| {
                         ClusterError::InvalidTopic(format!("controller record: {e}"))
                     })?;
                     let change = Change::decode(record.value.unwrap_or_default())
                         .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+                    altered |= matches!(change, Change::AlterConfig { .. });
                     match self.apply_change(&change).await {
                         Ok(()) => {}
                         // Refused alike on every node: the command's outcome, not a
@@ -1390,15 +1394,25 @@ impl Cluster {
                     }
                 }
                 next = batch_next;
-                // After each batch (one command each, as proposed here): a restart must
-                // not apply an older configuration again, even for a moment.
-                write_applied(&data_dir, next)
-                    .await
-                    .map_err(|e| ClusterError::AppliedFile(e.to_string()))?;
+                // At once after a configuration change: a restart must not apply an older
+                // configuration again, even for a moment. Creations, deletions and added
+                // partitions apply again harmlessly, so for them once a read (a new or
+                // wiped node replays the whole log without three fsyncs a command).
+                if altered {
+                    write_applied(&data_dir, next)
+                        .await
+                        .map_err(|e| ClusterError::AppliedFile(e.to_string()))?;
+                }
+                unsaved = !altered;
                 (self.inner.controller_applied).store(next, Ordering::Release);
                 if let Some(local) = local() {
                     local.controller_applied.advance(next);
                 }
+            }
+            if unsaved {
+                write_applied(&data_dir, next)
+                    .await
+                    .map_err(|e| ClusterError::AppliedFile(e.to_string()))?;
             }
         }
     }

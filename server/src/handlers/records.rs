@@ -86,7 +86,10 @@ async fn delete_before(
                     .status(topic, partition)
                     .is_some_and(|status| status.leads_with_own_commit)
             };
-            if broker.replicated(topic).is_some_and(|cluster| !settled(cluster)) {
+            if broker
+                .replicated(topic)
+                .is_some_and(|cluster| !settled(cluster))
+            {
                 return Err(ResponseError::NotLeaderOrFollower.code());
             }
             let offsets = engine
