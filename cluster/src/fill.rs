@@ -342,14 +342,7 @@ mod tests {
         use futures::FutureExt;
         let dir = tempfile::tempdir().unwrap();
         rt::block_on(async {
-            let hello = crate::transport::Hello {
-                node_id: 1,
-                cluster_name: "c".to_owned(),
-                kafka_host: "127.0.0.1".to_owned(),
-                kafka_port: 9092,
-                incarnation: 1,
-            };
-            let transport = Transport::new(hello, Vec::new());
+            let transport = Transport::new(crate::transport::tests::hello(1), Vec::new());
             let fills = Fills::new(vec![2], transport, Arc::default());
             let id = PartitionId {
                 topic: Arc::from("orders"),

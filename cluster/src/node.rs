@@ -591,17 +591,30 @@ impl Cluster {
         answer: AnswerAt,
         timeout: Duration,
     ) -> Result<Appended, ClusterError> {
+        let command = move |reply| Command::Propose {
+            batches,
+            max_message_bytes,
+            expected_term,
+            answer,
+            reply,
+        };
+        self.propose_at_owner(topic, partition, timeout, command)
+            .await
+    }
+
+    /// Queues the proposal `command` makes in the group's inbox, on the shard that owns
+    /// the group, and waits for its answer, for at most `timeout`.
+    async fn propose_at_owner<T: Send + 'static>(
+        &self,
+        topic: &str,
+        partition: u32,
+        timeout: Duration,
+        command: impl FnOnce(oneshot::Sender<Answer<T>>) -> Command + Send + 'static,
+    ) -> Result<T, ClusterError> {
         let owner = owner(topic, partition, self.shards().len());
         let topic = topic.to_owned();
         self.shards()[owner]
             .spawn(move || async move {
-                let command = |reply| Command::Propose {
-                    batches,
-                    max_message_bytes,
-                    expected_term,
-                    answer,
-                    reply,
-                };
                 let proposed = rt::timeout(timeout, propose_here(&topic, partition, command));
                 proposed.await.unwrap_or_else(|_| {
                     Err(ClusterError::ProposalTimedOut {
@@ -626,22 +639,9 @@ impl Cluster {
         offset: i64,
         timeout: Duration,
     ) -> Result<i64, ClusterError> {
-        let owner = owner(topic, partition, self.shards().len());
-        let topic = topic.to_owned();
-        self.shards()[owner]
-            .spawn(move || async move {
-                let command = |reply| Command::MoveLogStart { offset, reply };
-                let moved = rt::timeout(timeout, propose_here(&topic, partition, command));
-                moved.await.unwrap_or_else(|_| {
-                    Err(ClusterError::ProposalTimedOut {
-                        topic,
-                        partition,
-                        ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                    })
-                })
-            })
+        let command = move |reply| Command::MoveLogStart { offset, reply };
+        self.propose_at_owner(topic, partition, timeout, command)
             .await
-            .map_err(|_| ClusterError::ShardStopped)?
     }
 
     /// Creates a topic on every node through the controller group: proposes the command
@@ -767,7 +767,7 @@ impl Cluster {
             .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
         let change = Change::AlterConfig {
             topic: topic_ref(&meta),
-            pairs,
+            pairs: pairs.clone(),
         };
         let leader = match self.propose_change(&change).await {
             Err(ClusterError::NotController {
@@ -779,15 +779,12 @@ impl Cluster {
             }
         };
         self.forward(leader, &change).await?;
-        let Change::AlterConfig { pairs, .. } = &change else {
-            unreachable!("made above");
-        };
         // Applied here once setting the pairs again would change nothing (or the topic
         // is another one now, deleted and created again).
         let applied = |engine: &Engine| {
             let now = engine.topic(name)?;
             let done = now.id != meta.id
-                || applied_over(&now.config, pairs).is_ok_and(|config| config == now.config);
+                || applied_over(&now.config, &pairs).is_ok_and(|config| config == now.config);
             done.then_some(now)
         };
         let wait = Duration::from_millis(FORWARDED_CREATE_WAIT_MS);
@@ -2043,7 +2040,7 @@ mod tests {
     use crate::inbox::{self, Inbox};
     use crate::replica::{AnswerAt, ReplicaError};
     use crate::tests::{answered, assert_identical, batch, Cluster, MAX_MESSAGE_BYTES};
-    use crate::transport::{Group, Hello, Transport};
+    use crate::transport::{Group, Transport};
     use ringlog_engine::rt;
 
     fn proposal(
@@ -2064,14 +2061,7 @@ mod tests {
     #[test]
     fn a_frame_reaches_only_the_group_of_its_topics_tag() {
         rt::block_on(async {
-            let hello = Hello {
-                node_id: 1,
-                cluster_name: "c".to_owned(),
-                kafka_host: "127.0.0.1".to_owned(),
-                kafka_port: 9092,
-                incarnation: 1,
-            };
-            let transport = Transport::new(hello, Vec::new());
+            let transport = Transport::new(crate::transport::tests::hello(1), Vec::new());
             let fills = Fills::new(Vec::new(), transport.clone(), Arc::default());
             let local = Local {
                 shard: 0,

@@ -509,16 +509,7 @@ fn a_follower_that_missed_only_the_log_start_entry_takes_it_from_the_snapshot() 
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
         let mut cluster = Cluster::open_with(dir.path(), small_window).await;
-        let leader = cluster.elect(|_| true).await;
-        for round in 0..10 {
-            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
-            cluster.settle().await;
-            assert!(answered(&mut answer).unwrap().is_ok());
-        }
-        for _ in 0..5 {
-            cluster.tick();
-            cluster.settle().await;
-        }
+        let leader = commit_everywhere(&mut cluster, 10).await;
         let behind = *NODES.iter().find(|node| **node != leader).unwrap();
         assert_eq!(cluster.replicas[&behind].high_watermark(), 30);
         // Cut off only while the log start entry commits: it holds every batch already, so
@@ -557,16 +548,7 @@ fn a_log_start_entry_committed_but_not_applied_before_a_crash_moves_the_start_at
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
         let mut cluster = Cluster::open_with(dir.path(), small_window).await;
-        let leader = cluster.elect(|_| true).await;
-        for round in 0..4 {
-            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
-            cluster.settle().await;
-            assert!(answered(&mut answer).unwrap().is_ok());
-        }
-        for _ in 0..5 {
-            cluster.tick();
-            cluster.settle().await;
-        }
+        let leader = commit_everywhere(&mut cluster, 4).await;
         let (last, term) = cluster.replicas[&leader].last_index_and_term();
         let dir = cluster.close().await;
         // Every replica holds the entry deciding start 6 and a commit index covering it,
@@ -591,16 +573,7 @@ fn a_start_found_at_open_survives_a_crash_once_the_anchor_passed_its_entry() {
     let dir = tempfile::tempdir().unwrap();
     rt::block_on(async {
         let mut cluster = Cluster::open_with(dir.path(), small_window).await;
-        let leader = cluster.elect(|_| true).await;
-        for round in 0..4 {
-            let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
-            cluster.settle().await;
-            assert!(answered(&mut answer).unwrap().is_ok());
-        }
-        for _ in 0..5 {
-            cluster.tick();
-            cluster.settle().await;
-        }
+        let leader = commit_everywhere(&mut cluster, 4).await;
         let (last, term) = cluster.replicas[&leader].last_index_and_term();
         let dir = cluster.close().await;
         // A first crash: the entry deciding start 6 and a commit covering it, not applied.
@@ -626,6 +599,22 @@ fn a_start_found_at_open_survives_a_crash_once_the_anchor_passed_its_entry() {
         cluster.close().await;
     })
     .unwrap();
+}
+
+/// Elects a leader and commits `rounds` proposals of 3 records (`r<round>`), then ticks
+/// until every follower learned the commit of all of them; returns the leader.
+async fn commit_everywhere(cluster: &mut Cluster, rounds: usize) -> u64 {
+    let leader = cluster.elect(|_| true).await;
+    for round in 0..rounds {
+        let mut answer = cluster.propose(leader, &format!("r{round}"), 3);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+    }
+    for _ in 0..5 {
+        cluster.tick();
+        cluster.settle().await;
+    }
+    leader
 }
 
 /// The journal records of a log-start entry (index `entry`, at `offset`, deciding

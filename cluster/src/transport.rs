@@ -1532,4 +1532,4 @@ async fn serve_connection(
 
 #[cfg(test)]
 #[path = "transport_tests.rs"]
-mod tests;
+pub(crate) mod tests;

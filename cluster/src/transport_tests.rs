@@ -26,7 +26,8 @@ fn run<F: Future>(future: F) -> F::Output {
     rt::block_on(future).expect("io_uring is available")
 }
 
-fn hello(node_id: u64) -> Hello {
+/// A node's hello, as the tests of other modules use it too.
+pub(crate) fn hello(node_id: u64) -> Hello {
     Hello {
         node_id,
         cluster_name: "test-cluster".to_owned(),

@@ -55,7 +55,7 @@ impl TmpFs {
             eprintln!("SKIPPED: mounting a tmpfs needs root");
             return None;
         }
-        let dir = tempfile::tempdir_in(parent).unwrap();
+        let dir = tempfile::tempdir_in(parent).expect("a directory for the tmpfs");
         let size = format!("size={size_bytes}");
         let args = [
             OsStr::new("-t"),
@@ -86,7 +86,7 @@ impl TmpFs {
             OsStr::new(&options),
             self.dir.path().as_os_str(),
         ];
-        run("mount", &args).unwrap();
+        run("mount", &args).expect("resizing the tmpfs");
     }
 }
 
@@ -133,12 +133,12 @@ impl Ext4 {
             eprintln!("SKIPPED: {missing} is not installed");
             return None;
         }
-        let work = tempfile::tempdir_in(parent).unwrap();
+        let work = tempfile::tempdir_in(parent).expect("a directory for the ext4 image");
         let image = work.path().join("ext4.img");
         std::fs::File::create(&image)
             .and_then(|file| file.set_len(size_bytes))
-            .unwrap();
-        std::fs::create_dir(work.path().join("mnt")).unwrap();
+            .expect("the ext4 image file");
+        std::fs::create_dir(work.path().join("mnt")).expect("the mount point");
         let attached = run(
             "mkfs.ext4",
             &[OsStr::new("-q"), OsStr::new("-F"), image.as_os_str()],
@@ -188,30 +188,30 @@ impl Ext4 {
 
     /// Every write of the device fails with EIO from now on.
     pub fn fail_writes(&self) {
-        run("chattr", &[OsStr::new("+i"), self.image().as_os_str()]).unwrap();
+        run("chattr", &[OsStr::new("+i"), self.image().as_os_str()]).expect("failing the device");
     }
 
     /// The device takes writes again.
     pub fn heal(&self) {
-        run("chattr", &[OsStr::new("-i"), self.image().as_os_str()]).unwrap();
+        run("chattr", &[OsStr::new("-i"), self.image().as_os_str()]).expect("healing the device");
     }
 
     /// Unmounts, checks and repairs the file system (replaying its journal), and mounts it
     /// again read-write.
     pub fn remount_repaired(&mut self) {
-        run("umount", &[self.path().as_os_str()]).unwrap();
+        run("umount", &[self.path().as_os_str()]).expect("unmounting the ext4");
         self.mounted = false;
         // e2fsck exits 1 or 2 when it corrected something: not a failure here.
         let checked = Command::new("e2fsck")
             .args([OsStr::new("-f"), OsStr::new("-y"), OsStr::new(&self.device)])
             .output()
-            .unwrap();
+            .expect("e2fsck runs");
         assert!(
             matches!(checked.status.code(), Some(0..=2)),
             "e2fsck: {}",
             String::from_utf8_lossy(&checked.stdout)
         );
-        self.try_mount().unwrap();
+        self.try_mount().expect("mounting the ext4 again");
     }
 
     /// Shuts the file system down as if its device vanished (`EXT4_IOC_SHUTDOWN` without
@@ -221,7 +221,7 @@ impl Ext4 {
         /// `_IOR('X', 125, __u32)`, from linux/fs/ext4/ext4.h.
         const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587d;
         const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
-        let dir = std::fs::File::open(self.path()).unwrap();
+        let dir = std::fs::File::open(self.path()).expect("the mount point opens");
         let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
         // SAFETY: the descriptor is open for the whole call, and the ioctl reads one u32
         // from the pointer, which points at a live local.
@@ -237,9 +237,9 @@ impl Ext4 {
 
     /// Unmounts and mounts the file system again (replaying its journal).
     pub fn remount_fresh(&mut self) {
-        run("umount", &[self.path().as_os_str()]).unwrap();
+        run("umount", &[self.path().as_os_str()]).expect("unmounting the ext4");
         self.mounted = false;
-        self.try_mount().unwrap();
+        self.try_mount().expect("mounting the ext4 again");
     }
 
     /// `mount -o remount,<options>`.

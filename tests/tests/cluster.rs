@@ -256,6 +256,30 @@ fn wait_until_asleep(nodes: &[Option<Server>]) {
     }
 }
 
+/// Waits for `cluster.py run` to write its first half; the node leading partition 0 then,
+/// as the client saw it.
+fn leader_at_half(work: &Path) -> usize {
+    wait_for(&work.join("half"));
+    let leaders: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
+    let leader = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
+    assert!((1..=3).contains(&leader), "leader {leader} is a node id");
+    leader
+}
+
+/// `cluster.py run`'s result: every record acknowledged and read back, densely; `logs`
+/// say what the nodes did if not.
+fn assert_every_record_once(result: &serde_json::Value, logs: &str) {
+    assert_eq!(
+        result["lost"],
+        serde_json::json!([]),
+        "acknowledged records lost: {result}\n{logs}"
+    );
+    assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
+    assert_eq!(result["acknowledged"], COUNT, "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+}
+
 /// Produces across a SIGKILL of partition 0's leader with the client of `mode`, then
 /// checks the records and, after the killed node's restart, the replicas' bytes; if
 /// `asleep`, the kill waits until every group of every node sleeps.
@@ -267,11 +291,7 @@ fn leader_killed(mode: &'static str, idempotent: bool, asleep: bool) {
         script,
         _root,
     } = start(mode, COUNT);
-    wait_for(&work.join("half"));
-    let leaders: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
-    let victim = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
-    assert!((1..=3).contains(&victim), "leader {victim} is a node id");
+    let victim = leader_at_half(&work);
     if asleep {
         wait_until_asleep(&nodes);
     }
@@ -286,15 +306,11 @@ fn leader_killed(mode: &'static str, idempotent: bool, asleep: bool) {
             .collect::<Vec<_>>()
             .join("\n----\n")
     };
-    assert_eq!(
-        result["lost"],
-        serde_json::json!([]),
-        "acknowledged records lost: {result}\nkilled node's log:\n{killed_log}\nothers:\n{}",
+    let logs = format!(
+        "killed node's log:\n{killed_log}\nothers:\n{}",
         log_of_others()
     );
-    assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
-    assert_eq!(result["acknowledged"], COUNT, "{result}");
-    assert_eq!(result["offsets_dense"], true, "{result}");
+    assert_every_record_once(&result, &logs);
     assert_eq!(
         result["refused"], "InvalidPartitionsError",
         "a topic of too many partitions is refused before the controller commits it: {result}"
@@ -343,11 +359,7 @@ fn a_leader_whose_disk_fails_gives_way_and_loses_nothing() {
         script,
         _root,
     } = start_in("run", COUNT, Vec::new(), Some(dirs));
-    wait_for(&work.join("half"));
-    let leaders: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(work.join("half")).expect("half")).expect("json");
-    let victim = leaders["0"].as_u64().expect("partition 0 has a leader") as usize;
-    assert!((1..=3).contains(&victim), "leader {victim} is a node id");
+    let victim = leader_at_half(&work);
     disks[victim - 1].fail_writes();
     std::fs::write(work.join("killed"), b"").expect("marker");
     let result = script.join().expect("the script thread");
@@ -355,15 +367,8 @@ fn a_leader_whose_disk_fails_gives_way_and_loses_nothing() {
         .as_ref()
         .map(Server::log)
         .unwrap_or_default();
-    assert_eq!(
-        result["lost"],
-        serde_json::json!([]),
-        "acknowledged records lost: {result}\nthe failed node's log:\n{victim_log}"
-    );
-    assert_eq!(result["failed"], 0, "every record acknowledged: {result}");
-    assert_eq!(result["acknowledged"], COUNT, "{result}");
+    assert_every_record_once(&result, &format!("the failed node's log:\n{victim_log}"));
     assert_eq!(result["duplicates"], serde_json::json!([]), "{result}");
-    assert_eq!(result["offsets_dense"], true, "{result}");
     let new_leader = result["leaders_after"]["0"].as_u64().expect("a new leader");
     assert_ne!(
         new_leader as usize, victim,

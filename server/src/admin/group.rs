@@ -23,8 +23,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 
 use super::topic::{
-    cluster_view, metadata, offsets_at_leaders, topic_name, CONTROLLER_ATTEMPTS, CONTROLLER_RETRY,
-    LATEST,
+    cluster_view, host_port, metadata, offsets_at_leaders, topic_name, CONTROLLER_ATTEMPTS,
+    CONTROLLER_RETRY, LATEST,
 };
 use super::{AdminClient, AdminError};
 use crate::cli::{GroupCommand, ResetTo};
@@ -114,12 +114,7 @@ fn coordinator(client: &mut AdminClient, group: &str) -> Result<Option<String>, 
         ),
     };
     AdminError::check(&context, code, message.as_ref())?;
-    let host = host.as_str();
-    Ok(Some(if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }))
+    Ok(Some(host_port(&host, port)))
 }
 
 /// ListGroups of every broker (each lists the groups it coordinates), merged.

@@ -97,21 +97,22 @@ pub(crate) struct ClusterView {
     pub(crate) brokers: std::collections::BTreeMap<i32, String>,
 }
 
+/// `HOST:PORT` as `AdminClient::connect` takes it (an IPv6 host in brackets).
+pub(crate) fn host_port(host: &str, port: i32) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 pub(crate) fn cluster_view(client: &mut AdminClient) -> Result<ClusterView, AdminError> {
     let version = client.version::<MetadataRequest>()?;
     // No topic asked (an empty list, not none: that would be every topic).
     let request = MetadataRequest::default().with_topics(Some(Vec::new()));
     let response = client.call(&request, version)?;
     let brokers = (response.brokers.iter())
-        .map(|broker| {
-            let host = broker.host.as_str();
-            let address = if host.contains(':') {
-                format!("[{host}]:{}", broker.port)
-            } else {
-                format!("{host}:{}", broker.port)
-            };
-            (broker.node_id.0, address)
-        })
+        .map(|broker| (broker.node_id.0, host_port(&broker.host, broker.port)))
         .collect();
     Ok(ClusterView {
         controller: response.controller_id.0,
