@@ -12,13 +12,13 @@
 //!
 //! A command is the value of one record (its key names the kind, for a reader of the log:
 //! `create-topic`, `delete-topic`, `create-partitions`, `alter-config`); its bytes,
-//! big-endian, start with `version u8` (1) and `kind u8`, then by kind:
+//! big-endian, start with `version u8` (2; 1 is still read) and `kind u8`, then by kind:
 //!
 //! | kind | name              | fields after the kind                                                   |
 //! |-----:|-------------------|-------------------------------------------------------------------------|
-//! |    1 | create topic      | `id [16]`, `partitions u32`, `name str`, `pairs`                        |
+//! |    1 | create topic      | `id [16]`, `partitions u32`, `name str`, `pairs`, `placement` (version 2) |
 //! |    2 | delete topic      | `id [16]`, `name str`                                                   |
-//! |    3 | create partitions | `id [16]`, `partitions u32` (the new total), `name str`                 |
+//! |    3 | create partitions | `id [16]`, `partitions u32` (the new total), `name str`, `placement` (version 2, the new partitions') |
 //! |    4 | alter config      | `id [16]`, `name str`, `pairs` (set over the topic's current configuration) |
 //!
 //! `str` is `u16 length + UTF-8 bytes` (a topic name at most 249 bytes); `pairs` is a
@@ -27,15 +27,27 @@
 //! topic whatever its own defaults are; alter config's are the keys it sets, each with its
 //! value (AlterConfigs sends every key, IncrementalAlterConfigs those it edits).
 //!
+//! `placement` is each partition's replica set, in partition order: `u32 count` (at most
+//! [`PARTITIONS_PER_TOPIC_MAX`]) of `u8 replicas` (1 to [`REPLICATION_FACTOR_MAX`]) node
+//! ids `u64`, distinct and non-zero; a create topic's lists every partition, a create
+//! partitions' the new ones. A version 1 command has none: its partitions are replicated on
+//! every node of the cluster (what a cluster did before replica sets).
+//!
 //! Every length is bounded before it is trusted; a command that does not decode is an
 //! error that stops the node's applying (it would mean a bug or damage), never skipped.
 
+use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::{keys, ConfigError, TopicConfig, TopicName};
 
 /// The directory name (under the data directory) of the controller's log.
 pub const CONTROLLER_TOPIC: &str = "__cluster_metadata";
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Version 1: no placement, every partition on every node.
+const VERSION_UNPLACED: u8 = 1;
+/// The most replicas a partition may have (Kafka bounds none; a replica set is one Raft
+/// group's voters, and a group of more than a handful only slows every commit).
+pub const REPLICATION_FACTOR_MAX: usize = 15;
 const KIND_CREATE_TOPIC: u8 = 1;
 const KIND_DELETE_TOPIC: u8 = 2;
 const KIND_CREATE_PARTITIONS: u8 = 3;
@@ -46,15 +58,20 @@ const KIND_ALTER_CONFIG: u8 = 4;
 const PAIRS_MAX: usize = 64;
 const _: () = assert!(keys::ALL.len() <= PAIRS_MAX);
 
+/// Each partition's replica set (node ids), in partition order; `None` in a command written
+/// before replica sets: every node of the cluster.
+pub type Placement = Option<Vec<Vec<u64>>>;
+
 /// A change to the cluster's metadata: one controller command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     CreateTopic(CreateTopic),
     DeleteTopic(TopicRef),
-    /// Raises the topic's partition count to `partitions`.
+    /// Raises the topic's partition count to `partitions`, the new ones on `replicas`.
     CreatePartitions {
         topic: TopicRef,
         partitions: u32,
+        replicas: Placement,
     },
     /// Sets `pairs` over the topic's configuration.
     AlterConfig {
@@ -79,6 +96,8 @@ pub struct CreateTopic {
     pub partitions: u32,
     /// The whole configuration, as `TopicConfig::to_pairs` gives it.
     pub pairs: Vec<(String, String)>,
+    /// Each partition's replicas.
+    pub replicas: Placement,
 }
 
 /// Why a command's bytes are not a command.
@@ -87,7 +106,7 @@ pub struct CreateTopic {
 pub enum CommandError {
     #[error("controller command truncated at byte {at}")]
     Truncated { at: usize },
-    #[error("controller command version {0} is not 1")]
+    #[error("controller command version {0} is not 1 or 2")]
     Version(u8),
     #[error("unknown controller command kind {0}")]
     Kind(u8),
@@ -101,6 +120,8 @@ pub enum CommandError {
     Name(String),
     #[error("controller command: topic configuration")]
     Config(#[source] ConfigError),
+    #[error("controller command: placement: {0}")]
+    Placement(String),
 }
 
 impl Change {
@@ -127,7 +148,12 @@ impl Change {
     /// The command's bytes (see the module doc).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.topic_name().len());
-        out.push(VERSION);
+        let unplaced = matches!(
+            self,
+            Change::CreateTopic(CreateTopic { replicas: None, .. })
+                | Change::CreatePartitions { replicas: None, .. }
+        );
+        out.push(if unplaced { VERSION_UNPLACED } else { VERSION });
         match self {
             Change::CreateTopic(create) => {
                 out.push(KIND_CREATE_TOPIC);
@@ -135,17 +161,27 @@ impl Change {
                 out.extend_from_slice(&create.partitions.to_be_bytes());
                 put_str(&mut out, &create.name);
                 put_pairs(&mut out, &create.pairs);
+                if let Some(replicas) = &create.replicas {
+                    put_placement(&mut out, replicas);
+                }
             }
             Change::DeleteTopic(topic) => {
                 out.push(KIND_DELETE_TOPIC);
                 out.extend_from_slice(&topic.id);
                 put_str(&mut out, &topic.name);
             }
-            Change::CreatePartitions { topic, partitions } => {
+            Change::CreatePartitions {
+                topic,
+                partitions,
+                replicas,
+            } => {
                 out.push(KIND_CREATE_PARTITIONS);
                 out.extend_from_slice(&topic.id);
                 out.extend_from_slice(&partitions.to_be_bytes());
                 put_str(&mut out, &topic.name);
+                if let Some(replicas) = replicas {
+                    put_placement(&mut out, replicas);
+                }
             }
             Change::AlterConfig { topic, pairs } => {
                 out.push(KIND_ALTER_CONFIG);
@@ -161,9 +197,10 @@ impl Change {
     pub fn decode(bytes: &[u8]) -> Result<Change, CommandError> {
         let mut reader = Reader { bytes, at: 0 };
         let version = reader.u8()?;
-        if version != VERSION {
+        if version != VERSION && version != VERSION_UNPLACED {
             return Err(CommandError::Version(version));
         }
+        let placed = version == VERSION;
         let kind = reader.u8()?;
         let id = reader.array::<16>()?;
         let change = match kind {
@@ -171,11 +208,22 @@ impl Change {
                 let partitions = u32::from_be_bytes(reader.array()?);
                 let name = reader.str()?;
                 let pairs = reader.pairs()?;
+                let replicas = placed.then(|| reader.placement()).transpose()?;
+                if replicas
+                    .as_ref()
+                    .is_some_and(|r| r.len() != partitions as usize)
+                {
+                    return Err(CommandError::Placement(format!(
+                        "{} replica sets for {partitions} partitions",
+                        replicas.as_ref().map_or(0, Vec::len)
+                    )));
+                }
                 Change::CreateTopic(CreateTopic {
                     name,
                     id,
                     partitions,
                     pairs,
+                    replicas,
                 })
             }
             KIND_DELETE_TOPIC => Change::DeleteTopic(TopicRef {
@@ -185,9 +233,11 @@ impl Change {
             KIND_CREATE_PARTITIONS => {
                 let partitions = u32::from_be_bytes(reader.array()?);
                 let name = reader.str()?;
+                let replicas = placed.then(|| reader.placement()).transpose()?;
                 Change::CreatePartitions {
                     topic: TopicRef { name, id },
                     partitions,
+                    replicas,
                 }
             }
             KIND_ALTER_CONFIG => {
@@ -214,13 +264,19 @@ impl Change {
 }
 
 impl CreateTopic {
-    /// The command for `config`'s topic.
-    pub fn new(name: &TopicName, id: [u8; 16], partitions: u32, config: &TopicConfig) -> Self {
+    /// The command for `config`'s topic, its partitions on `replicas`.
+    pub fn new(
+        name: &TopicName,
+        id: [u8; 16],
+        config: &TopicConfig,
+        replicas: Vec<Vec<u64>>,
+    ) -> Self {
         CreateTopic {
             name: name.as_str().to_owned(),
             id,
-            partitions,
+            partitions: u32::try_from(replicas.len()).unwrap_or(u32::MAX),
             pairs: config_pairs(config),
+            replicas: Some(replicas),
         }
     }
 
@@ -266,6 +322,63 @@ fn put_pairs(out: &mut Vec<u8>, pairs: &[(String, String)]) {
     }
 }
 
+/// Checks one partition's replica set: 1 to [`REPLICATION_FACTOR_MAX`] distinct, non-zero
+/// node ids.
+pub fn check_replica_set(replicas: &[u64]) -> Result<(), CommandError> {
+    if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX {
+        return Err(CommandError::Placement(format!(
+            "{} replicas, 1 to {REPLICATION_FACTOR_MAX} allowed",
+            replicas.len()
+        )));
+    }
+    for (at, id) in replicas.iter().enumerate() {
+        if *id == 0 || replicas[..at].contains(id) {
+            return Err(CommandError::Placement(format!(
+                "replicas {replicas:?}: node ids must be distinct and non-zero"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Places `count` partitions numbered from `first` on `factor` of `nodes` each: partition
+/// `p`'s replicas are the `factor` nodes from position `start + p` on, round the sorted
+/// list, so replica sets (and the first replica of each, the one a client sees as the
+/// leader until an election says otherwise) spread evenly. `start` varies the placement
+/// between topics (a topic's id picks it), so topics of one partition do not all land on
+/// the same nodes. `factor` must be 1 to `nodes.len()`.
+pub fn place(nodes: &[u64], first: u32, count: u32, factor: usize, start: usize) -> Vec<Vec<u64>> {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let n = nodes.len().max(1);
+    (first..first.saturating_add(count))
+        .map(|partition| {
+            let at = start.wrapping_add(partition as usize);
+            (0..factor.min(nodes.len()))
+                .map(|j| nodes[(at.wrapping_add(j)) % n])
+                .collect()
+        })
+        .collect()
+}
+
+fn put_placement(out: &mut Vec<u8>, replicas: &[Vec<u64>]) {
+    // A command is encoded only with placement the node built or checked (`place`,
+    // `check_replica_set`); one the decoder refuses would stop every node's applying.
+    assert!(
+        replicas.len() <= PARTITIONS_PER_TOPIC_MAX as usize
+            && replicas.iter().all(|set| check_replica_set(set).is_ok()),
+        "placement beyond the bounds: {replicas:?}"
+    );
+    out.extend_from_slice(&(replicas.len() as u32).to_be_bytes());
+    for set in replicas {
+        out.push(set.len() as u8);
+        for id in set {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+    }
+}
+
 fn put_str(out: &mut Vec<u8>, text: &str) {
     // Names and configuration values are far below 64 KiB; a longer one is cut at the
     // bound, which decoding then reads back as it was cut (never past the buffer).
@@ -307,6 +420,30 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| CommandError::NotUtf8)
     }
 
+    fn placement(&mut self) -> Result<Vec<Vec<u64>>, CommandError> {
+        let count = u32::from_be_bytes(self.array()?);
+        if count > PARTITIONS_PER_TOPIC_MAX {
+            return Err(CommandError::Placement(format!(
+                "{count} replica sets, at most {PARTITIONS_PER_TOPIC_MAX}"
+            )));
+        }
+        let mut sets = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let len = usize::from(self.u8()?);
+            if len == 0 || len > REPLICATION_FACTOR_MAX {
+                return Err(CommandError::Placement(format!(
+                    "{len} replicas, 1 to {REPLICATION_FACTOR_MAX} allowed"
+                )));
+            }
+            let set = (0..len)
+                .map(|_| Ok(u64::from_be_bytes(self.array()?)))
+                .collect::<Result<Vec<u64>, CommandError>>()?;
+            check_replica_set(&set)?;
+            sets.push(set);
+        }
+        Ok(sets)
+    }
+
     fn pairs(&mut self) -> Result<Vec<(String, String)>, CommandError> {
         let count = usize::from(u16::from_be_bytes(self.array()?));
         if count > PAIRS_MAX {
@@ -330,7 +467,13 @@ mod tests {
             .segment_bytes(1 << 20)
             .build()
             .unwrap();
-        CreateTopic::new(&TopicName::new("orders").unwrap(), [7; 16], 6, &config)
+        let replicas = place(&[1, 2, 3], 0, 6, 2, 0);
+        CreateTopic::new(
+            &TopicName::new("orders").unwrap(),
+            [7; 16],
+            &config,
+            replicas,
+        )
     }
 
     fn orders() -> TopicRef {
@@ -347,6 +490,7 @@ mod tests {
             Change::CreatePartitions {
                 topic: orders(),
                 partitions: 12,
+                replicas: Some(place(&[1, 2, 3], 6, 6, 3, 0)),
             },
             Change::AlterConfig {
                 topic: orders(),
@@ -403,6 +547,95 @@ mod tests {
             wrong[1] = 9;
             assert_eq!(Change::decode(&wrong), Err(CommandError::Kind(9)));
         }
+    }
+
+    #[test]
+    fn a_version_1_command_places_nothing() {
+        // As a node before replica sets wrote them: version 1, no placement.
+        let mut unplaced = create();
+        unplaced.replicas = None;
+        let add = Change::CreatePartitions {
+            topic: orders(),
+            partitions: 12,
+            replicas: None,
+        };
+        for change in [Change::CreateTopic(unplaced), add] {
+            let bytes = change.encode();
+            assert_eq!(bytes[0], 1);
+            assert_eq!(Change::decode(&bytes).unwrap(), change);
+        }
+        assert_eq!(Change::decode(&[3, 1]), Err(CommandError::Version(3)));
+    }
+
+    #[test]
+    fn a_placement_out_of_bounds_is_refused() {
+        let create = create();
+        let bytes = Change::CreateTopic(create.clone()).encode();
+        // The placement follows the pairs: its count, then `u8 len` and ids per partition.
+        let at = bytes.len() - (4 + 6 * (1 + 2 * 8));
+        let mut short = bytes.clone();
+        short[at..at + 4].copy_from_slice(&5_u32.to_be_bytes());
+        assert!(matches!(
+            Change::decode(&short),
+            Err(CommandError::Placement(_) | CommandError::Trailing(_))
+        ));
+        let mut huge = bytes.clone();
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Change::decode(&huge),
+            Err(CommandError::Placement(_))
+        ));
+        let mut empty_set = bytes.clone();
+        empty_set[at + 4] = 0;
+        assert!(matches!(
+            Change::decode(&empty_set),
+            Err(CommandError::Placement(_))
+        ));
+        let mut twice = bytes;
+        // The first set's second id made equal to its first.
+        let (first, second) = (at + 5, at + 5 + 8);
+        let id: [u8; 8] = twice[first..first + 8].try_into().unwrap();
+        twice[second..second + 8].copy_from_slice(&id);
+        assert!(matches!(
+            Change::decode(&twice),
+            Err(CommandError::Placement(_))
+        ));
+        assert!(check_replica_set(&[1, 0]).is_err());
+        assert!(check_replica_set(&[]).is_err());
+        assert!(check_replica_set(&(1..=16).collect::<Vec<u64>>()).is_err());
+        assert!(check_replica_set(&[3, 1]).is_ok());
+    }
+
+    #[test]
+    fn placement_spreads_replicas_and_first_replicas_evenly() {
+        let nodes = [3, 1, 2, 5, 4];
+        let placed = place(&nodes, 0, 10, 3, 2);
+        let mut firsts = [0_usize; 6];
+        let mut replicas = [0_usize; 6];
+        for set in &placed {
+            assert!(check_replica_set(set).is_ok(), "{set:?}");
+            assert_eq!(set.len(), 3);
+            firsts[set[0] as usize] += 1;
+            for &id in set {
+                replicas[id as usize] += 1;
+            }
+        }
+        assert_eq!(&firsts[1..], &[2, 2, 2, 2, 2], "{placed:?}");
+        assert_eq!(&replicas[1..], &[6, 6, 6, 6, 6], "{placed:?}");
+        assert_eq!(
+            placed[0],
+            [3, 4, 5],
+            "from position start + partition, sorted"
+        );
+        // Partitions added later continue the rotation.
+        assert_eq!(
+            place(&nodes, 10, 1, 3, 2),
+            [place(&nodes, 0, 1, 3, 2)[0].clone()]
+        );
+        assert_eq!(
+            place(&[1, 2, 3], 0, 2, 3, 0),
+            [vec![1, 2, 3], vec![2, 3, 1]]
+        );
     }
 
     #[test]

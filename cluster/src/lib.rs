@@ -17,6 +17,7 @@ pub mod journal;
 pub mod limits;
 pub mod logger;
 pub mod node;
+pub mod placement;
 pub mod rejoin;
 pub mod replica;
 pub mod snapshot;

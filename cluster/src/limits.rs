@@ -143,3 +143,8 @@ pub const FILL_SERVES_MAX: usize = 16;
 /// Ticks between a rejoining replica's rounds of asking the voters that have not answered
 /// (`rejoin.rs`): half a second at the default tick of 100 ms.
 pub const REJOIN_ASK_TICKS: usize = 5;
+
+/// Ticks between a leader's announcements of the groups it leads to the nodes that hold no
+/// replica of them (they also go out as leadership changes, and after a peer's hello): a
+/// frame lost to a full queue is corrected within this (5 s at 100 ms ticks).
+pub const LEADER_ANNOUNCE_TICKS: usize = 50;

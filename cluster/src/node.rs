@@ -2,9 +2,11 @@
 //! by a task of its own; the controller group on shard 0; and the internal transport
 //! between nodes.
 //!
-//! - **Membership is static**: every node of `peers` is a voter of every group (the
-//!   replication factor is the cluster's size). The controller group and every topic's
-//!   groups start with the same voters on every node.
+//! - **Membership is static**: the nodes are those of `peers`, every one a voter of the
+//!   controller's group. A topic's partitions are placed on replica sets of its
+//!   replication factor (`placement.rs`): only a set's nodes open the partition's replica,
+//!   its group's voters, and its leader announces itself to the other nodes
+//!   (`Payload::Leader`), which answer Metadata with it.
 //! - **One task per group** owns its [`Replica`]. Ticks, peers' messages and proposals
 //!   reach it through its inbox; after each batch of commands it runs
 //!   [`Replica::process_ready_sending`] until nothing is ready, handing the messages to the
@@ -69,7 +71,8 @@ use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, Topic
 
 use crate::applied::{read_applied, write_applied, Applied, Stopped};
 use crate::controller::{
-    applied_over, Change, CommandError, CreateTopic, TopicRef, CONTROLLER_TOPIC,
+    applied_over, check_replica_set, place, Change, CommandError, CreateTopic, TopicRef,
+    CONTROLLER_TOPIC,
 };
 use crate::fill::{FillCounters, Fills};
 use crate::hibernation::Signal;
@@ -77,8 +80,10 @@ use crate::inbox::{self, Inbox};
 use crate::limits::{
     ANCHOR_SYNC_TICKS, CONTROLLER_APPLY_WAIT_MS, CONTROLLER_PROPOSE_TIMEOUT_MS,
     CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX, FORWARDED_CREATE_WAIT_MS,
-    GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
+    GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, LEADER_ANNOUNCE_TICKS, WINDOW_ENTRIES_KEEP,
+    WINDOW_ENTRIES_MAX,
 };
+use crate::placement::Placements;
 use crate::rejoin::LogState;
 use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
@@ -189,7 +194,25 @@ pub enum ClusterError {
     /// The file recording how far the controller's log is applied is unreadable.
     #[error("the controller's applied offset: {0}")]
     AppliedFile(String),
+    /// A replication factor or replica assignment the cluster cannot place.
+    #[error("replication: {0}")]
+    InvalidReplication(String),
 }
+
+/// How a new topic's partitions are placed on the nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// This many replicas per partition, placed by the controller (`controller::place`);
+    /// `None`: [`DEFAULT_REPLICATION_FACTOR`], or the cluster's size if that is smaller.
+    Factor(Option<usize>),
+    /// Each partition's replicas, in partition order, as a client assigned them.
+    Assigned(Vec<Vec<u64>>),
+}
+
+/// The replication factor of a topic created without one (Kafka's
+/// `default.replication.factor` is 1, but a cluster exists to keep copies; three is what
+/// Kafka's own internal topics get).
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// What a group's task last published: what routing and Metadata need.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -245,6 +268,25 @@ struct Inner {
     heard: HashMap<u64, AtomicU64>,
     clock_ms: AtomicU64,
     started: Instant,
+    /// Every replicated topic's replica sets (`placement.rs`).
+    placements: Mutex<Placements>,
+    /// The leaders of partitions with no replica here, as they announced themselves
+    /// (`Payload::Leader`), by topic and partition.
+    announced: Mutex<HashMap<(String, u32), Announced>>,
+    /// Moves on at every peer's hello: each shard's ticker then announces every group it
+    /// leads again, to a peer that may have forgotten (`Cluster::announce`).
+    hellos: AtomicU64,
+}
+
+/// A partition's leadership as its leader announced it to a node holding no replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Announced {
+    /// The topic's tag (`transport.rs`): an announcement for an earlier topic of the name
+    /// does not answer for this one.
+    tag: u64,
+    leader: u64,
+    term: u64,
+    in_sync: Vec<u64>,
 }
 
 /// The file in the data directory that says this node rejoins the cluster: made, before
@@ -271,6 +313,7 @@ impl ClusterError {
                 | ClusterError::PartitionsNotIncreased { .. }
                 | ClusterError::UnknownTopic { .. }
                 | ClusterError::TopicExists { .. }
+                | ClusterError::InvalidReplication(_)
                 | ClusterError::Engine(
                     EngineError::Topic(
                         TopicError::AlreadyExists { .. }
@@ -352,6 +395,43 @@ fn check_creatable(engine: &Engine, name: &TopicName, partitions: u32) -> Result
     Ok(())
 }
 
+/// A replication factor the cluster can place: 1 to its node count.
+fn check_factor(factor: usize, nodes: usize) -> Result<(), ClusterError> {
+    if factor == 0 || factor > nodes {
+        return Err(ClusterError::InvalidReplication(format!(
+            "replication factor {factor}: 1 to {nodes} (the cluster's nodes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Replica sets assigned to `count` partitions: one each, every set of known nodes,
+/// distinct, all of one size (as Kafka requires of a topic's partitions).
+fn check_assignment(nodes: &[u64], count: u32, sets: &[Vec<u64>]) -> Result<(), ClusterError> {
+    let invalid = |message: String| Err(ClusterError::InvalidReplication(message));
+    if sets.len() != count as usize {
+        return invalid(format!(
+            "{} replica sets for {count} partitions",
+            sets.len()
+        ));
+    }
+    for set in sets {
+        check_replica_set(set).map_err(|e| ClusterError::InvalidReplication(e.to_string()))?;
+        if let Some(unknown) = set.iter().find(|id| !nodes.contains(id)) {
+            return invalid(format!(
+                "replicas {set:?}: node {unknown} is not in the cluster"
+            ));
+        }
+        if set.len() != sets[0].len() {
+            return invalid(format!(
+                "replicas {set:?} and {:?}: every partition needs as many",
+                sets[0]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One of a peer's connections to this node, counted in `Inner::links` while it is open
 /// (the transport drops it when the connection ends).
 struct PeerLink {
@@ -378,6 +458,7 @@ impl Drop for PeerLink {
             let cluster = Cluster {
                 inner: self.inner.clone(),
             };
+            cluster.forget_leader(self.peer);
             cluster.tell_groups(
                 self.peer,
                 "every connection of a peer closed",
@@ -426,6 +507,8 @@ type GroupKey = (Rc<str>, u32);
 struct Hosted {
     /// Its topic's tag (`transport.rs`): frames with another are not for it.
     tag: u64,
+    /// The peers that hold no replica of it: told when this node leads it.
+    outsiders: Vec<u64>,
     inbox: Rc<Inbox<Command>>,
     /// Answered once its task ended and its replica is dropped (`Cluster::close_group`).
     ended: RefCell<Option<oneshot::Receiver<()>>>,
@@ -495,6 +578,9 @@ impl Cluster {
                 heard,
                 clock_ms: AtomicU64::new(0),
                 started: Instant::now(),
+                placements: Mutex::default(),
+                announced: Mutex::default(),
+                hellos: AtomicU64::new(0),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -512,6 +598,11 @@ impl Cluster {
         let cluster = self.clone();
         self.shards()[0]
             .spawn(move || async move { cluster.start_controller().await })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)??;
+        let cluster = self.clone();
+        self.shards()[0]
+            .spawn(move || async move { cluster.replay_placements().await })
             .await
             .map_err(|_| ClusterError::ShardStopped)??;
         for meta in self.inner.engine.topics() {
@@ -536,9 +627,20 @@ impl Cluster {
         self.inner.config.node_id
     }
 
-    /// Every voter of every group.
+    /// Every node of the cluster: the controller's voters, and those of every partition
+    /// placed on every node.
     pub fn voters(&self) -> Vec<u64> {
         self.inner.config.peers.iter().map(|peer| peer.id).collect()
+    }
+
+    /// The partition's replicas (node ids, as placed: the first is the one placement
+    /// prefers as leader), as this node applied the controller's commands; every node for
+    /// a topic placed on all, or not placed.
+    pub fn replicas(&self, meta: &TopicMeta, partition: u32) -> Vec<u64> {
+        match lock(&self.inner.placements).replicas(&meta.id, partition) {
+            Some(set) if !set.is_empty() => set.to_vec(),
+            _ => self.voters(),
+        }
     }
 
     /// The Kafka addresses (host, port) of the nodes this one has heard from, itself
@@ -561,11 +663,26 @@ impl Cluster {
     }
 
     /// What the partition's group last published, if it has a replica here; for a replica
-    /// that stopped after a failure, the leader learned since (`GroupStatus::stopped`).
+    /// that stopped after a failure, the leader learned since (`GroupStatus::stopped`);
+    /// for a partition with no replica here, what its leader announced (`None` until it
+    /// has, and once that leader is gone).
     pub fn status(&self, topic: &str, partition: u32) -> Option<GroupStatus> {
-        lock(&self.inner.status)
-            .get(&(topic.to_owned(), partition))
-            .cloned()
+        let key = (topic.to_owned(), partition);
+        if let Some(status) = lock(&self.inner.status).get(&key) {
+            return Some(status.clone());
+        }
+        let announced = lock(&self.inner.announced).get(&key).cloned()?;
+        let tag = self
+            .inner
+            .engine
+            .topic(topic)
+            .map(|meta| topic_tag(&meta.id));
+        (tag == Some(announced.tag)).then(|| GroupStatus {
+            leader: Some(announced.leader),
+            term: announced.term,
+            in_sync: announced.in_sync,
+            ..GroupStatus::default()
+        })
     }
 
     /// The controller group's leader, as this node knows it.
@@ -650,23 +767,55 @@ impl Cluster {
         &self,
         name: &str,
         partitions: u32,
+        replication: Replication,
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
-        let (name, command) = self.new_topic_command(name, partitions, &config)?;
+        let (name, command) = self.new_topic_command(name, partitions, replication, &config)?;
         self.propose_create(&name, command).await
     }
 
-    /// The command creating a topic, with a new id, once [`Cluster::check_new_topic`]
-    /// passed.
+    /// The command creating a topic, with a new id, its partitions placed, once
+    /// [`Cluster::check_new_topic`] passed.
     fn new_topic_command(
         &self,
         name: &str,
         partitions: u32,
+        replication: Replication,
         config: &TopicConfig,
     ) -> Result<(TopicName, CreateTopic), ClusterError> {
         let name = self.check_new_topic(name, partitions)?;
-        let command = CreateTopic::new(&name, *uuid_v4().as_bytes(), partitions, config);
+        let id = *uuid_v4().as_bytes();
+        let replicas = self.placed(&id, 0, partitions, replication)?;
+        let command = CreateTopic::new(&name, id, config, replicas);
         Ok((name, command))
+    }
+
+    /// Replica sets for the partitions `first..first + count` of the topic `id`: placed by
+    /// `controller::place` at the factor asked, starting at a node the topic's id picks
+    /// (so topics spread), or as assigned, checked.
+    fn placed(
+        &self,
+        id: &[u8; 16],
+        first: u32,
+        count: u32,
+        replication: Replication,
+    ) -> Result<Vec<Vec<u64>>, ClusterError> {
+        let nodes = self.voters();
+        match replication {
+            Replication::Factor(factor) => {
+                let factor = factor.unwrap_or(DEFAULT_REPLICATION_FACTOR.min(nodes.len()));
+                check_factor(factor, nodes.len())?;
+                let start = u64::from_be_bytes([
+                    id[8], id[9], id[10], id[11], id[12], id[13], id[14], id[15],
+                ]);
+                let start = usize::try_from(start % nodes.len() as u64).unwrap_or(0);
+                Ok(place(&nodes, first, count, factor, start))
+            }
+            Replication::Assigned(sets) => {
+                check_assignment(&nodes, count, &sets)?;
+                Ok(sets)
+            }
+        }
     }
 
     /// [`Cluster::create_topic`] from any node, for a topic a client's request
@@ -681,7 +830,8 @@ impl Cluster {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicMeta, ClusterError> {
-        let (name, command) = self.new_topic_command(name, partitions, &config)?;
+        let replication = Replication::Factor(None);
+        let (name, command) = self.new_topic_command(name, partitions, replication, &config)?;
         let leader = match self.propose_create(&name, command.clone()).await {
             Err(ClusterError::NotController {
                 leader: Some(leader),
@@ -724,18 +874,35 @@ impl Cluster {
     }
 
     /// Raises a replicated topic's partition count to `partitions` through the controller
-    /// (this node must lead it); answers once this node applied it and opened the new
-    /// partitions' replicas.
+    /// (this node must lead it), the new partitions on `assigned` (one replica set each, of
+    /// the topic's replication factor) or placed as the topic's first partitions were;
+    /// answers once this node applied it and opened the new partitions' replicas.
     pub async fn create_partitions(
         &self,
         name: &str,
         partitions: u32,
+        assigned: Option<Vec<Vec<u64>>>,
     ) -> Result<TopicMeta, ClusterError> {
         let meta = self.replicated_topic(name)?;
         check_partitions_raised(&meta, partitions)?;
+        let factor = self.factor_of(&meta);
+        let replication = match assigned {
+            Some(sets) => {
+                if let Some(wrong) = sets.iter().find(|set| set.len() != factor) {
+                    return Err(ClusterError::InvalidReplication(format!(
+                        "replicas {wrong:?}: the topic's partitions have {factor} replicas each"
+                    )));
+                }
+                Replication::Assigned(sets)
+            }
+            None => Replication::Factor(Some(factor)),
+        };
+        let added = partitions - meta.partitions;
+        let replicas = self.placed(&meta.id, meta.partitions, added, replication)?;
         let change = Change::CreatePartitions {
             topic: topic_ref(&meta),
             partitions,
+            replicas: Some(replicas),
         };
         self.propose_change(&change).await?;
         match self.inner.engine.topic(name) {
@@ -750,6 +917,28 @@ impl Cluster {
     /// `validate_only`): the topic, and a count that grows within bounds.
     pub fn check_create_partitions(&self, name: &str, partitions: u32) -> Result<(), ClusterError> {
         check_partitions_raised(&self.replicated_topic(name)?, partitions)
+    }
+
+    /// A replicated topic's replication factor: its first partition's replica count (the
+    /// cluster's size for a topic on every node); `None` for a topic it does not have.
+    pub fn replication_factor(&self, name: &str) -> Option<usize> {
+        let meta = self.replicated_topic(name).ok()?;
+        Some(self.factor_of(&meta))
+    }
+
+    fn factor_of(&self, meta: &TopicMeta) -> usize {
+        (lock(&self.inner.placements).factor(&meta.id)).unwrap_or(self.voters().len())
+    }
+
+    /// What placing `partitions` partitions as `replication` asks would refuse
+    /// (CreateTopics' `validate_only`).
+    pub fn check_placement(
+        &self,
+        partitions: u32,
+        replication: Replication,
+    ) -> Result<(), ClusterError> {
+        self.placed(&[0; 16], 0, partitions, replication)
+            .map(|_| ())
     }
 
     /// Sets `pairs` (keys with their values, checked against the topic's configuration)
@@ -916,12 +1105,23 @@ impl Cluster {
                 // Its configuration must rebuild here as on every applying node.
                 create.config().map_err(invalid)?;
                 self.check_new_topic(name.as_str(), create.partitions)?;
+                if let Some(sets) = &create.replicas {
+                    check_assignment(&self.voters(), create.partitions, sets)?;
+                }
             }
             Change::DeleteTopic(topic) => {
                 current(topic)?;
             }
-            Change::CreatePartitions { topic, partitions } => {
-                check_partitions_raised(&current(topic)?, *partitions)?;
+            Change::CreatePartitions {
+                topic,
+                partitions,
+                replicas,
+            } => {
+                let meta = current(topic)?;
+                check_partitions_raised(&meta, *partitions)?;
+                if let Some(sets) = replicas {
+                    check_assignment(&self.voters(), *partitions - meta.partitions, sets)?;
+                }
             }
             Change::AlterConfig { topic, pairs } => {
                 applied_over(&current(topic)?.config, pairs)
@@ -1093,6 +1293,7 @@ impl Cluster {
             if before.is_some_and(|before| before != hello.incarnation) {
                 cluster.peer_restarted(hello.node_id);
             }
+            cluster.inner.hellos.fetch_add(1, Ordering::AcqRel);
             PeerLink::open(cluster.inner.clone(), hello.node_id)
         };
         let cluster = self.clone();
@@ -1117,11 +1318,17 @@ impl Cluster {
         let silence_ms = duration_ms(config.tick) * config.election_ticks as u64;
         let mut silent = HashSet::new();
         let mut ticks = 0_usize;
+        let mut hellos = 0;
         loop {
             rt::sleep(config.tick).await;
             ticks = ticks.wrapping_add(1);
             for hosted in local.groups.borrow().values() {
                 hosted.inbox.tick();
+            }
+            let hellos_now = self.inner.hellos.load(Ordering::Acquire);
+            if ticks % LEADER_ANNOUNCE_TICKS == 0 || hellos_now != hellos {
+                hellos = hellos_now;
+                self.announce_led(local);
             }
             if ticks % config.heartbeat_ticks.max(1) == 0 {
                 for &peer in self.inner.heard.keys() {
@@ -1143,9 +1350,37 @@ impl Cluster {
                         );
                     }
                     tell_local(local, peer, "a peer is silent", Command::PeerGone);
+                    self.forget_leader(peer);
                 }
             }
         }
+    }
+
+    /// Announces every group of the shard this node leads to the peers that hold no
+    /// replica of it (`Payload::Leader`): again every `LEADER_ANNOUNCE_TICKS`, and after a
+    /// peer's hello, since a restarted peer, or one whose frames were dropped, knows
+    /// nothing of it (a group announces itself as its leadership changes, in `drive`).
+    fn announce_led(&self, local: &Local) {
+        let me = Some(self.node_id());
+        let status = lock(&self.inner.status);
+        for (key, hosted) in local.groups.borrow().iter() {
+            if hosted.outsiders.is_empty() {
+                continue;
+            }
+            if let Some(group_status) = status.get(&(key.0.to_string(), key.1)) {
+                if group_status.leader == me {
+                    let to = group(key, hosted.tag);
+                    announce(local, to, &hosted.outsiders, group_status);
+                }
+            }
+        }
+    }
+
+    /// Forgets what `peer` announced it leads: it is gone (its connections closed, or
+    /// silent for an election timeout), so this node no longer names it (the partitions'
+    /// next leader announces itself).
+    fn forget_leader(&self, peer: u64) {
+        lock(&self.inner.announced).retain(|_, announced| announced.leader != peer);
     }
 
     /// Milliseconds since this node's cluster layer started.
@@ -1166,6 +1401,26 @@ impl Cluster {
         }
         if let Payload::Forward(command) = &incoming.payload {
             self.forwarded(incoming.from, &incoming.topic, incoming.partition, command);
+            return;
+        }
+        if let Payload::Leader { term, in_sync } = incoming.payload {
+            let key = (incoming.topic, incoming.partition);
+            let mut announced = lock(&self.inner.announced);
+            let older = (announced.get(&key))
+                .is_some_and(|known| known.tag == incoming.tag && known.term > term);
+            if !older {
+                let leader = incoming.from;
+                let tag = incoming.tag;
+                announced.insert(
+                    key,
+                    Announced {
+                        tag,
+                        leader,
+                        term,
+                        in_sync,
+                    },
+                );
+            }
             return;
         }
         let owner = owner(&incoming.topic, incoming.partition, self.shards().len());
@@ -1236,7 +1491,7 @@ impl Cluster {
             &dir,
             controller_id(),
             config,
-            &self.replica_config(),
+            &self.replica_config(self.voters()),
         )
         .await?;
         let log = replica.log().clone();
@@ -1253,12 +1508,7 @@ impl Cluster {
 
     /// Starts applying the controller's committed commands, on shard 0, the controller's.
     fn start_applying(&self) -> Result<(), ClusterError> {
-        let log = local()
-            .and_then(|local| local.controller_log.borrow().clone())
-            .ok_or_else(|| ClusterError::NoReplica {
-                topic: CONTROLLER_TOPIC.to_owned(),
-                partition: 0,
-            })?;
+        let log = controller_log()?;
         let cluster = self.clone();
         rt::spawn_local(async move {
             if let Err(error) = cluster.apply_controller(log).await {
@@ -1318,11 +1568,12 @@ impl Cluster {
         }
     }
 
-    fn replica_config(&self) -> ReplicaConfig {
+    /// How a replica of a group of `voters` (if it is new) is run.
+    fn replica_config(&self, voters: Vec<u64>) -> ReplicaConfig {
         let config = &self.inner.config;
         ReplicaConfig {
             node_id: config.node_id,
-            voters: self.voters(),
+            voters,
             election_ticks: config.election_ticks,
             heartbeat_ticks: config.heartbeat_ticks,
             entry_cache_bytes_max: ENTRY_CACHE_BYTES_MAX,
@@ -1331,6 +1582,34 @@ impl Cluster {
             hibernate: config.hibernate,
             anchor_sync_ticks: ANCHOR_SYNC_TICKS,
         }
+    }
+
+    /// Rebuilds the placement table from the controller's commands this node applied before
+    /// it stopped (`placement.rs`), before any replica opens: which partitions it holds,
+    /// and with which voters, is what those commands placed.
+    async fn replay_placements(&self) -> Result<(), ClusterError> {
+        let log = controller_log()?;
+        let applied = self.inner.controller_applied.load(Ordering::Acquire);
+        let mut next = log.offsets().log_start;
+        while next < applied {
+            let batches = read_commands(&log, next).await?;
+            if batches.is_empty() {
+                return Err(ClusterError::InvalidTopic(format!(
+                    "the controller's log has no command at offset {next}, applied up to {applied}"
+                )));
+            }
+            for (batch_next, changes) in batches {
+                if batch_next > applied {
+                    break;
+                }
+                let mut placements = lock(&self.inner.placements);
+                for change in &changes {
+                    placements.apply(change);
+                }
+                next = batch_next;
+            }
+        }
+        Ok(())
     }
 
     /// Applies the controller's committed commands in order, forever, from where this node
@@ -1347,35 +1626,13 @@ impl Cluster {
                 log.changed_since(version).await;
                 continue;
             }
-            let bytes = log
-                .read_bytes(next, CONTROLLER_READ_BYTES_MAX)
-                .await
-                .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
-            let mut rest = bytes.as_slice();
             // Whether `next` moved since the applied offset was last written.
             let mut unsaved = false;
-            // A read may end inside its last batch: that one is read again from `next`.
-            while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
-                let (batch, after) = RecordBatch::parse(rest)
-                    .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
-                rest = after;
-                let batch_next =
-                    batch.base_offset() + i64::try_from(batch.offset_count()).unwrap_or(i64::MAX);
-                if batch_next <= next {
-                    continue;
-                }
-                let records = batch
-                    .records()
-                    .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+            for (batch_next, changes) in read_commands(&log, next).await? {
                 let mut altered = false;
-                for record in records {
-                    let record = record.map_err(|e| {
-                        ClusterError::InvalidTopic(format!("controller record: {e}"))
-                    })?;
-                    let change = Change::decode(record.value.unwrap_or_default())
-                        .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+                for change in changes {
                     altered |= matches!(change, Change::AlterConfig { .. });
-                    match self.apply_change(&change).await {
+                    match self.apply_placed(&change).await {
                         Ok(()) => {}
                         // Refused alike on every node: the command's outcome, not a
                         // reason to stop applying the ones after it.
@@ -1414,13 +1671,25 @@ impl Cluster {
         }
     }
 
+    /// Applies one command: its placement first (the replicas it opens are placed by it),
+    /// then the change itself.
+    async fn apply_placed(&self, change: &Change) -> Result<(), ClusterError> {
+        {
+            let mut placements = lock(&self.inner.placements);
+            (placements.check(change))
+                .map_err(|e| ClusterError::InvalidReplication(e.to_string()))?;
+            placements.apply(change);
+        }
+        self.apply_change(change).await
+    }
+
     async fn apply_change(&self, change: &Change) -> Result<(), ClusterError> {
         match change {
             Change::CreateTopic(create) => self.apply_create_topic(create).await,
             Change::DeleteTopic(topic) => self.apply_delete_topic(topic).await,
-            Change::CreatePartitions { topic, partitions } => {
-                self.apply_create_partitions(topic, *partitions).await
-            }
+            Change::CreatePartitions {
+                topic, partitions, ..
+            } => self.apply_create_partitions(topic, *partitions).await,
             Change::AlterConfig { topic, pairs } => {
                 let Some(meta) = self.current(topic) else {
                     return Ok(());
@@ -1521,6 +1790,9 @@ impl Cluster {
             // later creation of the name removes.
             tracing::error!(topic = topic.name, %error, "a deleted topic's data was not all removed");
         }
+        let tag = topic_tag(&topic.id);
+        lock(&self.inner.announced)
+            .retain(|(name, _), announced| *name != topic.name || announced.tag != tag);
         tracing::info!(topic = topic.name, "topic deleted by the controller");
         Ok(())
     }
@@ -1556,6 +1828,12 @@ impl Cluster {
     async fn open_replicas(&self, meta: &TopicMeta, first: u32) -> Result<(), ClusterError> {
         let tag = topic_tag(&meta.id);
         for partition in first..meta.partitions {
+            let voters = self.replicas(meta, partition);
+            if !voters.contains(&self.node_id()) {
+                // Placed on other nodes: its log here stays empty, and this node answers
+                // for it with what its leader announces.
+                continue;
+            }
             let topic = meta.name.as_str().to_owned();
             let dir = self
                 .inner
@@ -1578,9 +1856,8 @@ impl Cluster {
                             partition,
                         }
                     })?;
-                    let replica =
-                        Replica::open_with_log(log, DiskStorage, &dir, &cluster.replica_config())
-                            .await?;
+                    let config = cluster.replica_config(voters);
+                    let replica = Replica::open_with_log(log, DiskStorage, &dir, &config).await?;
                     cluster.spawn_group(replica, tag);
                     Ok::<(), ClusterError>(())
                 })
@@ -1594,6 +1871,11 @@ impl Cluster {
     fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
+        let peers = replica.other_voters();
+        let outsiders: Vec<u64> = (self.inner.heard.keys())
+            .filter(|peer| !peers.contains(peer))
+            .copied()
+            .collect();
         if self.inner.rejoining.load(Ordering::Acquire) {
             replica.start_rejoin();
         }
@@ -1611,13 +1893,18 @@ impl Cluster {
         let (ended, on_end) = oneshot::channel();
         let hosted = Hosted {
             tag,
+            outsiders: outsiders.clone(),
             inbox,
             ended: RefCell::new(Some(on_end)),
         };
         local.groups.borrow_mut().insert(key.clone(), hosted);
         let cluster = self.clone();
         rt::spawn_local(async move {
-            let failure = cluster.drive(replica, commands.clone(), &local, &key, tag).await;
+            let to = Outward {
+                tag,
+                outsiders: &outsiders,
+            };
+            let failure = cluster.drive(replica, commands.clone(), &local, &key, to).await;
             if commands.strong_count() == 0 {
                 // Closed on purpose (`close_group`), which took it off the shard (a group
                 // of the topic created again may hold its place now); whatever ended the
@@ -1627,11 +1914,9 @@ impl Cluster {
                 return;
             }
             // The group's peers may sleep: woken, they elect a leader without this replica.
-            for peer in cluster.voters() {
-                if peer != cluster.node_id() {
-                    let wake = Payload::Hibernation(Signal::Wake { term: 0 });
-                    local.transport.send_payload(peer, group(&key, tag), &wake);
-                }
+            for peer in peers {
+                let wake = Payload::Hibernation(Signal::Wake { term: 0 });
+                local.transport.send_payload(peer, group(&key, tag), &wake);
             }
             local.groups.borrow_mut().remove(&key);
             local.fills.forget(&id);
@@ -1660,9 +1945,9 @@ impl Cluster {
         commands: Weak<Inbox<Command>>,
         local: &Local,
         key: &GroupKey,
-        tag: u64,
+        outward: Outward<'_>,
     ) -> ClusterError {
-        let to = group(key, tag);
+        let to = group(key, outward.tag);
         let mut published = None;
         loop {
             let Some(taken) = inbox::take(&commands).await else {
@@ -1718,9 +2003,82 @@ impl Cluster {
             // Not once closed: a group of the topic created again may be published there.
             if published.as_ref() != Some(&status) && commands.strong_count() > 0 {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
+                if status.leader == Some(self.node_id()) {
+                    announce(local, to, outward.outsiders, &status);
+                }
                 published = Some(status);
             }
         }
+    }
+}
+
+/// The controller's commands in `log` from offset `next` on, as far as one read reaches:
+/// per whole batch past `next`, the offset after it and its commands. A batch the read
+/// ends inside is left for the next read, from its start.
+async fn read_commands(
+    log: &ringlog_engine::log::PartitionLog<DiskStorage>,
+    next: i64,
+) -> Result<Vec<(i64, Vec<Change>)>, ClusterError> {
+    let bytes = log
+        .read_bytes(next, CONTROLLER_READ_BYTES_MAX)
+        .await
+        .map_err(|e| ClusterError::Engine(EngineError::Log(e)))?;
+    let mut rest = bytes.as_slice();
+    let mut batches = Vec::new();
+    while FrameHeader::parse(rest).is_ok_and(|header| header.size_bytes <= rest.len()) {
+        let (batch, after) = RecordBatch::parse(rest)
+            .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+        rest = after;
+        let batch_next =
+            batch.base_offset() + i64::try_from(batch.offset_count()).unwrap_or(i64::MAX);
+        if batch_next <= next {
+            continue;
+        }
+        let records = batch
+            .records()
+            .map_err(|e| ClusterError::InvalidTopic(format!("controller batch: {e}")))?;
+        let mut changes = Vec::new();
+        for record in records {
+            let record = record
+                .map_err(|e| ClusterError::InvalidTopic(format!("controller record: {e}")))?;
+            let change = Change::decode(record.value.unwrap_or_default())
+                .map_err(|e| ClusterError::InvalidTopic(e.to_string()))?;
+            changes.push(change);
+        }
+        batches.push((batch_next, changes));
+    }
+    Ok(batches)
+}
+
+/// The controller's log, on shard 0.
+fn controller_log() -> Result<ringlog_engine::log::PartitionLog<DiskStorage>, ClusterError> {
+    local()
+        .and_then(|local| local.controller_log.borrow().clone())
+        .ok_or_else(|| ClusterError::NoReplica {
+            topic: CONTROLLER_TOPIC.to_owned(),
+            partition: 0,
+        })
+}
+
+/// A group task's ways out besides its voters: its topic's tag, and the peers that hold no
+/// replica of the group.
+#[derive(Clone, Copy)]
+struct Outward<'a> {
+    tag: u64,
+    outsiders: &'a [u64],
+}
+
+/// Tells `outsiders` that this node leads the group `to` as `status` says.
+fn announce(local: &Local, to: Group<'_>, outsiders: &[u64], status: &GroupStatus) {
+    if outsiders.is_empty() || status.in_sync.is_empty() {
+        return;
+    }
+    let payload = Payload::Leader {
+        term: status.term,
+        in_sync: status.in_sync.clone(),
+    };
+    for &peer in outsiders {
+        local.transport.send_payload(peer, to, &payload);
     }
 }
 
@@ -1926,8 +2284,10 @@ fn deliver_here(local: &Local, incoming: Incoming) {
         Payload::Hibernation(signal) => {
             deliver_local(local, to, Command::Hibernation(from, signal));
         }
-        Payload::Forward(_) | Payload::Alive => {
-            unreachable!("forwarded commands and alive frames are handled by Cluster::route")
+        Payload::Forward(_) | Payload::Alive | Payload::Leader { .. } => {
+            unreachable!(
+                "forwarded commands, alive and leader frames are handled by Cluster::route"
+            )
         }
     }
 }
@@ -2078,6 +2438,7 @@ mod tests {
             let key: GroupKey = (Rc::from("orders"), 2);
             let hosted = Hosted {
                 tag: 0xBEEF,
+                outsiders: Vec::new(),
                 inbox: inbox.clone(),
                 ended: RefCell::new(None),
             };

@@ -777,7 +777,8 @@ impl<S: Storage> Replica<S> {
         }
     }
 
-    fn other_voters(&self) -> Vec<u64> {
+    /// The group's other voters, as its configuration says now.
+    pub fn other_voters(&self) -> Vec<u64> {
         let raft = &self.node.raft;
         let mut voters: Vec<u64> = (raft.prs().conf().voters().ids().iter())
             .filter(|&id| id != raft.id)

@@ -16,7 +16,7 @@
 //! | offset | size | field                                                           |
 //! |-------:|-----:|-----------------------------------------------------------------|
 //! |      0 |    4 | length of kind and body, 1 ..= `TRANSPORT_FRAME_BYTES_MAX`      |
-//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer, 7 forwarded command, 8 hibernation, 9 alive |
+//! |      4 |    1 | kind: 1 hello, 2 Raft, 3 fill request, 4 fill chunk, 5 rejoin question, 6 rejoin answer, 7 forwarded command, 8 hibernation, 9 alive, 10 leader |
 //! |      5 |    … | body, by kind (below)                                           |
 //!
 //! A string is `length u16 | UTF-8 bytes`, its length bounded by its field's limit. A hello's
@@ -81,6 +81,16 @@
 //! |      1 |    8 | term                                                        |
 //! |      9 |    8 | index (ask, agree); 0 (wake)                                |
 //!
+//! A leader frame (kind 10) starts as a Raft frame does, then says that the sending node
+//! leads the group (to a node that holds no replica of it, which answers Metadata with it,
+//! `node.rs`):
+//!
+//! | offset | size | field                                                       |
+//! |-------:|-----:|-------------------------------------------------------------|
+//! |      0 |    8 | term                                                        |
+//! |      8 |    1 | in-sync count `n`, 1 ..= 15 (`REPLICATION_FACTOR_MAX`)      |
+//! |      9 |`8 n` | in-sync node ids                                            |
+//!
 //! An alive frame (kind 9) has no body and names no group: each shard sends one to every
 //! peer every heartbeat interval, so that a node hears from its peers while their groups
 //! sleep (`node.rs`, liveness). It reaches `deliver` as [`Payload::Alive`] with an empty
@@ -91,7 +101,7 @@
 //! first; the accepting side checks it (same cluster name, not its own node id) and answers
 //! with its own, which the connecting side checks (same cluster, the node it meant to
 //! reach). After that only the connecting side sends, and only Raft, fill, rejoin,
-//! forwarded, hibernation and alive frames.
+//! forwarded, hibernation, alive and leader frames.
 //!
 //! **Bad input.** Every length read is bounded before it is trusted: a frame's length as
 //! soon as its 4 bytes arrive (a hello's against the largest hello, anything later against
@@ -148,6 +158,9 @@ const KIND_REJOIN_ANSWER: u8 = 6;
 const KIND_FORWARD: u8 = 7;
 const KIND_HIBERNATION: u8 = 8;
 const KIND_ALIVE: u8 = 9;
+const KIND_LEADER: u8 = 10;
+/// The most in-sync ids a leader frame carries: a replica set's largest.
+const LEADER_IN_SYNC_MAX: usize = crate::controller::REPLICATION_FACTOR_MAX;
 
 /// A hibernation frame's signal codes.
 const SIGNAL_ASK: u8 = 1;
@@ -279,6 +292,11 @@ pub enum Payload {
     Hibernation(Signal),
     /// The peer is there (no group: the topic is empty).
     Alive,
+    /// The sender leads the group in `term`, with these voters in sync (itself included).
+    Leader {
+        term: u64,
+        in_sync: Vec<u64>,
+    },
 }
 
 impl Incoming {
@@ -324,6 +342,8 @@ pub enum FrameError {
     FillOutOfBounds { field: &'static str, value: i64 },
     #[error("a rejoin answer's last entry is of term {last_term}, after its term {term}")]
     RejoinAnswerTerms { term: u64, last_term: u64 },
+    #[error("a leader frame with {count} in-sync ids, 1 to {LEADER_IN_SYNC_MAX} allowed")]
+    LeaderInSync { count: u8 },
     #[error("unknown hibernation signal {code}")]
     UnknownSignal { code: u8 },
     #[error("a wake signal with index {index} (must be 0)")]
@@ -385,6 +405,7 @@ enum Kind {
     Forward,
     Hibernation,
     Alive,
+    Leader,
 }
 
 impl Kind {
@@ -399,6 +420,7 @@ impl Kind {
             Kind::Forward => KIND_FORWARD,
             Kind::Hibernation => KIND_HIBERNATION,
             Kind::Alive => KIND_ALIVE,
+            Kind::Leader => KIND_LEADER,
         }
     }
 }
@@ -432,6 +454,7 @@ fn frame_header(bytes: &[u8], len_max: usize) -> Result<Option<(Kind, usize)>, F
         KIND_FORWARD => Ok(Some((Kind::Forward, len))),
         KIND_HIBERNATION => Ok(Some((Kind::Hibernation, len))),
         KIND_ALIVE => Ok(Some((Kind::Alive, len))),
+        KIND_LEADER => Ok(Some((Kind::Leader, len))),
         kind => Err(FrameError::UnknownKind { kind }),
     }
 }
@@ -591,6 +614,25 @@ fn decode_forward(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
     }
     let command = bytes::Bytes::copy_from_slice(fields.bytes);
     Ok((group, Payload::Forward(command)))
+}
+
+/// A leader frame's body: the group, the term, and the in-sync ids.
+fn decode_leader(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
+    let (group, mut fields) = decode_group(body)?;
+    let term = u64::from_be_bytes(fields.array("term")?);
+    let [count] = fields.array("in-sync count")?;
+    if !(1..=LEADER_IN_SYNC_MAX).contains(&usize::from(count)) {
+        return Err(FrameError::LeaderInSync { count });
+    }
+    let in_sync = (0..count)
+        .map(|_| Ok(u64::from_be_bytes(fields.array("in-sync id")?)))
+        .collect::<Result<Vec<u64>, FrameError>>()?;
+    if !fields.bytes.is_empty() {
+        return Err(FrameError::TrailingBytes {
+            count: fields.bytes.len(),
+        });
+    }
+    Ok((group, Payload::Leader { term, in_sync }))
 }
 
 /// A hibernation frame's body: the group, and the signal.
@@ -784,6 +826,14 @@ fn encode_group_frame(
             (Kind::Forward, command.len())
         }
         Payload::Hibernation(_) => (Kind::Hibernation, 1 + 2 * 8),
+        Payload::Leader { in_sync, .. } => {
+            assert!(
+                (1..=LEADER_IN_SYNC_MAX).contains(&in_sync.len()),
+                "{} in sync",
+                in_sync.len()
+            );
+            (Kind::Leader, 8 + 1 + 8 * in_sync.len())
+        }
         Payload::Raft(_) => unreachable!("Raft messages are encoded by encode_raft"),
         Payload::Alive => unreachable!("alive frames are encoded by encode_alive"),
     };
@@ -823,6 +873,13 @@ fn encode_group_frame(
             out.push(code);
             out.extend_from_slice(&term.to_be_bytes());
             out.extend_from_slice(&index.to_be_bytes());
+        }
+        Payload::Leader { term, in_sync } => {
+            out.extend_from_slice(&term.to_be_bytes());
+            out.push(in_sync.len() as u8);
+            for id in in_sync {
+                out.extend_from_slice(&id.to_be_bytes());
+            }
         }
         Payload::RejoinAsk | Payload::Raft(_) | Payload::Alive => {}
     }
@@ -1492,6 +1549,7 @@ async fn serve_connection(
             Ok((kind @ (Kind::RejoinAsk | Kind::RejoinAnswer), body)) => decode_rejoin(kind, body),
             Ok((Kind::Forward, body)) => decode_forward(body),
             Ok((Kind::Hibernation, body)) => decode_hibernation(body),
+            Ok((Kind::Leader, body)) => decode_leader(body),
             Ok((Kind::Alive, [])) => Ok((
                 Group {
                     topic: "",

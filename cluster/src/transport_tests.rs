@@ -274,8 +274,8 @@ fn a_length_is_judged_from_its_own_four_bytes() {
         Err(FrameError::Empty)
     ));
     assert!(matches!(
-        frame_header(&[0, 0, 0, 1, 10], TRANSPORT_FRAME_BYTES_MAX),
-        Err(FrameError::UnknownKind { kind: 10 })
+        frame_header(&[0, 0, 0, 1, 11], TRANSPORT_FRAME_BYTES_MAX),
+        Err(FrameError::UnknownKind { kind: 11 })
     ));
 }
 
@@ -632,6 +632,7 @@ fn bad_cases() -> Vec<BadCase> {
     cases.extend(fill_cases());
     cases.extend(rejoin_cases());
     cases.extend(hibernation_cases());
+    cases.extend(leader_cases());
     cases.extend(cases_before_hello());
     cases
 }
@@ -1006,7 +1007,12 @@ fn rejoin_forwarded_hibernation_and_alive_frames_arrive_as_sent() {
         transport.send_alive(2);
         transport.send_payload(2, at("topic", 4), &agree);
         transport.send_payload(2, at("other", 0), &wake);
-        wait_until("all eight", || received.messages.borrow().len() == 8).await;
+        let leader = Payload::Leader {
+            term: u64::MAX,
+            in_sync: vec![1, 3, u64::MAX],
+        };
+        transport.send_payload(2, at("topic", 5), &leader);
+        wait_until("all nine", || received.messages.borrow().len() == 9).await;
         let got: Vec<_> = (received.messages.borrow().iter())
             .map(|incoming| {
                 (
@@ -1027,6 +1033,7 @@ fn rejoin_forwarded_hibernation_and_alive_frames_arrive_as_sent() {
                 (String::new(), 0, Payload::Alive),
                 ("topic".to_owned(), 4, agree),
                 ("other".to_owned(), 0, wake),
+                ("topic".to_owned(), 5, leader),
             ]
         );
     });
@@ -1070,6 +1077,47 @@ fn hibernation_cases() -> Vec<BadCase> {
             "an alive frame with a body",
             frame(KIND_ALIVE, &[0, 0]),
             |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 2 }),
+        ),
+    ]
+}
+
+/// Bad leader frames after the hello.
+fn leader_cases() -> Vec<BadCase> {
+    let leader = |count: u8, ids: usize| {
+        let mut rest = 7u64.to_be_bytes().to_vec();
+        rest.push(count);
+        for id in 0..ids {
+            rest.extend_from_slice(&(id as u64 + 1).to_be_bytes());
+        }
+        rest
+    };
+    vec![
+        case(
+            "a leader frame with no in-sync id",
+            frame(KIND_LEADER, &raft_body(b"topic", 0, &leader(0, 0))),
+            |error| matches!(frame_error(error), FrameError::LeaderInSync { count: 0 }),
+        ),
+        case(
+            "a leader frame with more in-sync ids than a replica set has",
+            frame(KIND_LEADER, &raft_body(b"topic", 0, &leader(16, 16))),
+            |error| matches!(frame_error(error), FrameError::LeaderInSync { count: 16 }),
+        ),
+        case(
+            "a leader frame cut in its ids",
+            frame(KIND_LEADER, &raft_body(b"topic", 0, &leader(3, 2))),
+            |error| {
+                matches!(
+                    frame_error(error),
+                    FrameError::Truncated {
+                        field: "in-sync id"
+                    }
+                )
+            },
+        ),
+        case(
+            "bytes after a leader frame's ids",
+            frame(KIND_LEADER, &raft_body(b"topic", 0, &leader(2, 3))),
+            |error| matches!(frame_error(error), FrameError::TrailingBytes { count: 8 }),
         ),
     ]
 }

@@ -121,6 +121,9 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
             ResponseError::InvalidPartitions
         }
         ClusterError::UnknownTopic { .. } => ResponseError::UnknownTopicOrPartition,
+        // A factor out of range is refused by the handlers before this (as
+        // INVALID_REPLICATION_FACTOR): what the cluster refuses is an assignment.
+        ClusterError::InvalidReplication(_) => ResponseError::InvalidReplicaAssignment,
         // A full inbox or a proposal past its deadline: the client retries later.
         ClusterError::ApplyTimedOut { .. }
         | ClusterError::InboxFull { .. }

@@ -6,6 +6,7 @@
     cluster.py ship BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py auto-create BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py admin BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py placed BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -41,6 +42,15 @@ retention.ms). Last, it creates TOPIC-records (one partition), produces COUNT re
 partition from its start. Prints {"first": [values], "added": [values], "recreated":
 [values], "recreated_dense": bool, "configs": {key: value as DescribeConfigs answers},
 "low_watermark": n, "after_delete": [[offset, value]]}.
+
+placed (replica sets smaller than the cluster) creates TOPIC with PARTITIONS partitions at
+replication factor 2 (kafka-python's admin client), TOPIC-assigned with one partition on
+each node, partition p on node p + 1 (confluent-kafka's admin client, replica assignments),
+and asks for a topic at replication factor 4, which three nodes must refuse. It produces
+COUNT records to each topic (kafka-python and confluent-kafka producers at their defaults),
+reads both back, writes WORK_DIR/half and waits for WORK_DIR/killed (the test restarts a
+node), then produces and reads TOPIC-assigned again. Prints {"placed": [values],
+"assigned": [values], "assigned_after": [values], "refused": error name}.
 
 Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
@@ -485,6 +495,68 @@ def admin_changes(bootstrap, topic, partitions, count, work_dir):
     )
 
 
+def placed(bootstrap, topic, partitions, count, work_dir):
+    from confluent_kafka import Producer
+    from confluent_kafka import admin as confluent_admin
+
+    servers = bootstrap.split(",")
+    deadline = time.monotonic() + DEADLINE_S
+    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    admin_call("create_topics", lambda: admin.create_topics([NewTopic(topic, partitions, 2)]))
+    try:
+        admin.create_topics([NewTopic(f"{topic}-wide", 1, 4)])
+        refused = None
+    except KafkaError as error:
+        refused = type(error).__name__
+    admin.close()
+    assigned = f"{topic}-assigned"
+    client = confluent_admin.AdminClient({"bootstrap.servers": bootstrap})
+    new = confluent_admin.NewTopic(assigned, 3, replica_assignment=[[1], [2], [3]])
+    while True:
+        try:
+            for future in client.create_topics([new]).values():
+                future.result(timeout=60)
+            break
+        except Exception as error:  # the controller may be electing
+            if "NOT_CONTROLLER" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    produce_values(servers, topic, [f"p{i}" for i in range(count)], list(range(partitions)))
+
+    def produce_assigned(prefix):
+        producer = Producer({"bootstrap.servers": bootstrap})
+        failed = []
+        for i in range(count):
+            producer.produce(
+                assigned,
+                value=f"{prefix}{i}".encode(),
+                partition=i % 3,
+                on_delivery=lambda error, _msg: error and failed.append(str(error)),
+            )
+        producer.flush(60)
+        if failed:
+            raise RuntimeError(f"{len(failed)} failed: {failed[:3]}")
+
+    produce_assigned("q")
+    read_placed = [value for _, _, value in consume(servers, topic, partitions)]
+    read_assigned = [value for _, _, value in consume(servers, assigned, 3)]
+    with open(os.path.join(work_dir, "half"), "w") as half:
+        half.write("{}")
+    wait_for(os.path.join(work_dir, "killed"))
+    produce_assigned("s")
+    after = [value for _, _, value in consume(servers, assigned, 3)]
+    print(
+        json.dumps(
+            {
+                "placed": read_placed,
+                "assigned": read_assigned,
+                "assigned_after": after,
+                "refused": refused,
+            }
+        )
+    )
+
+
 # Segments of 16 KiB (about 230 of ship's single-record batches) of which 64 KiB are kept:
 # retention deletes most of what ship writes.
 RETAINED = {"segment.bytes": "16384", "retention.bytes": "65536"}
@@ -570,6 +642,7 @@ def main():
         "groups": groups,
         "auto-create": auto_create,
         "admin": admin_changes,
+        "placed": placed,
         "ship": ship,
         "ship-retained": lambda *args: ship(*args, RETAINED),
     }

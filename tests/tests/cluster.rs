@@ -608,6 +608,147 @@ fn admin_changes_go_through_the_controller_to_every_node() {
     }
 }
 
+/// Each partition of `topics` as a node's Metadata answers: (topic, partition) -> (replicas
+/// sorted, leader).
+type Placement = BTreeMap<(String, i32), (Vec<i32>, i32)>;
+
+fn placement_at(node: &Server, topics: &[&str]) -> Placement {
+    let mut connection = Connection::connect(node.address());
+    let request = MetadataRequest::default().with_topics(Some(
+        (topics.iter())
+            .map(|name| MetadataRequestTopic::default().with_name(Some(topic_name(name))))
+            .collect(),
+    ));
+    let response = connection
+        .call(&request, max_version(ApiKey::Metadata))
+        .expect("a Metadata answer");
+    let mut found = BTreeMap::new();
+    for topic in response.topics {
+        let name = topic.name.expect("a name").0.to_string();
+        for partition in topic.partitions {
+            let mut replicas: Vec<i32> = partition.replica_nodes.iter().map(|id| id.0).collect();
+            replicas.sort_unstable();
+            let isr = partition.isr_nodes.iter().map(|id| id.0);
+            assert!(
+                isr.clone().all(|id| replicas.contains(&id)),
+                "{name}-{}: in sync {:?} outside replicas {replicas:?}",
+                partition.partition_index,
+                partition.isr_nodes
+            );
+            let index = partition.partition_index;
+            found.insert((name.clone(), index), (replicas, partition.leader_id.0));
+        }
+    }
+    found
+}
+
+/// Waits until every running node answers Metadata for `topics` alike, each partition with
+/// a leader among its replicas; returns that answer.
+fn settled_placement(nodes: &[Option<Server>], topics: &[&str], partitions: usize) -> Placement {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answers: Vec<Placement> = (nodes.iter().flatten())
+            .map(|node| placement_at(node, topics))
+            .collect();
+        let settled = answers.windows(2).all(|pair| pair[0] == pair[1])
+            && answers[0].len() == partitions
+            && (answers[0].values()).all(|(replicas, leader)| replicas.contains(leader));
+        if settled {
+            return answers.into_iter().next().expect("a node");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes' Metadata answers differ or lack leaders: {answers:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Which nodes (1-based) hold a Raft journal for the partition: those that opened a
+/// replica of it.
+fn journals(cluster: &Cluster, topic: &str, partition: usize) -> Vec<usize> {
+    (cluster.dirs.iter().enumerate())
+        .filter(|(_, dir)| {
+            (dir.join(format!("{topic}-{partition}"))
+                .join("raft.journal"))
+            .exists()
+        })
+        .map(|(index, _)| index + 1)
+        .collect()
+}
+
+#[test]
+fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node() {
+    const RECORDS: usize = 60;
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start("placed", RECORDS);
+    let assigned = format!("{TOPIC}-assigned");
+    let topics = [TOPIC, assigned.as_str()];
+    wait_for(&work.join("half"));
+    let check = |nodes: &[Option<Server>]| {
+        let placement = settled_placement(nodes, &topics, PARTITIONS + 3);
+        let mut per_node = [0; 3];
+        for partition in 0..PARTITIONS {
+            let (replicas, _) = &placement[&(TOPIC.to_owned(), partition as i32)];
+            assert_eq!(replicas.len(), 2, "{placement:?}");
+            for id in replicas {
+                per_node[*id as usize - 1] += 1;
+            }
+            let hosts: Vec<usize> = replicas.iter().map(|&id| id as usize).collect();
+            assert_eq!(
+                journals(&cluster, TOPIC, partition),
+                hosts,
+                "{TOPIC}-{partition}"
+            );
+        }
+        assert_eq!(per_node, [2, 2, 2], "placed evenly: {placement:?}");
+        for partition in 0..3_i32 {
+            let node = partition + 1;
+            let key = (assigned.clone(), partition);
+            assert_eq!(placement[&key], (vec![node], node), "{placement:?}");
+            assert_eq!(
+                journals(&cluster, &assigned, partition as usize),
+                [node as usize]
+            );
+        }
+    };
+    check(&nodes);
+    // A restarted node places its replicas from the controller's log again: it opens the
+    // same ones, with the same voters, and answers as before.
+    let restarted = nodes[0].take().expect("node 1 runs").stop_cleanly();
+    nodes[0] = Some(cluster.start(0));
+    check(&nodes);
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    let values = |prefix: &str| -> Vec<String> {
+        let mut values: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}{i}")).collect();
+        values.sort();
+        values
+    };
+    let read = |key: &str| -> Vec<String> {
+        let mut read: Vec<String> = serde_json::from_value(result[key].clone()).expect(key);
+        read.sort();
+        read
+    };
+    assert_eq!(read("placed"), values("p"), "{result}");
+    assert_eq!(read("assigned"), values("q"), "{result}");
+    let mut both = [values("q"), values("s")].concat();
+    both.sort();
+    assert_eq!(read("assigned_after"), both, "{result}\n{restarted}");
+    assert_eq!(
+        result["refused"], "InvalidReplicationFactorError",
+        "{result}"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
 /// The admin CLI, each command given a different node: create and delete go to the
 /// controller's leader, describe asks each partition's leader for its offsets.
 fn admin_cli_works_at_every_node(nodes: &[Option<Server>]) {

@@ -495,7 +495,7 @@ async fn alter_replicated(
     mode: Mode,
     validate_only: bool,
 ) -> Result<(), Refusal> {
-    let factor = cluster.voters().len();
+    let factor = (cluster.replication_factor(name)).unwrap_or(cluster.voters().len());
     crate::handlers::topics::check_min_insync(&next, Some(factor))
         .map_err(|(error, message)| Refusal::new(error, message))?;
     if validate_only {

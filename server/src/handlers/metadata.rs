@@ -146,15 +146,17 @@ fn topic_entry(broker: &Broker, meta: &TopicMeta) -> MetadataResponseTopic {
             let ids = |ids: &[u64]| -> Vec<BrokerId> {
                 ids.iter().map(|&id| BrokerId(node_id_i32(id))).collect()
             };
-            let voters = cluster.voters();
+            let replicas = cluster.replicas(meta, partition);
             let is_live = |id: &u64| live.as_ref().is_some_and(|live| live.contains_key(id));
-            let offline: Vec<u64> = voters.iter().copied().filter(|id| !is_live(id)).collect();
+            let offline: Vec<u64> = (replicas.iter().copied())
+                .filter(|id| !is_live(id))
+                .collect();
             let status = cluster
                 .status(meta.name.as_str(), partition)
                 .unwrap_or_default();
             let entry = entry
                 .with_leader_epoch(i32::try_from(status.term).unwrap_or(i32::MAX))
-                .with_replica_nodes(ids(&voters))
+                .with_replica_nodes(ids(&replicas))
                 .with_isr_nodes(ids(&status.in_sync))
                 .with_offline_replicas(ids(&offline));
             match status.leader {

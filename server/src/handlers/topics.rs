@@ -4,8 +4,10 @@
 //! that name exactly this node once per new partition (what a Kafka tool sends for a
 //! one-node cluster). In a cluster all three go through the controller, and a node that
 //! does not lead it answers NOT_CONTROLLER (the client asks Metadata for the controller
-//! and sends the request there, as it does with Kafka); every node holds a replica of
-//! every partition, so assignments must name every node.
+//! and sends the request there, as it does with Kafka). A topic's replication factor is 1
+//! to the cluster's size (-1: three, or the cluster's size if smaller), its partitions
+//! placed by the controller; or its replicas are assigned, partition by partition, the
+//! same count for each, as Kafka takes them. New partitions get the topic's factor.
 
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
@@ -22,7 +24,7 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, NODE_ID};
 use crate::errors;
-use ringlog_cluster::node::ClusterError;
+use ringlog_cluster::node::{ClusterError, Replication, DEFAULT_REPLICATION_FACTOR};
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::TopicConfig;
 
@@ -44,7 +46,7 @@ pub async fn create(
             ));
             continue;
         }
-        let (partitions, config) = match checked_topic(broker, &topic) {
+        let (partitions, config, replication) = match checked_topic(broker, &topic) {
             Ok(checked) => checked,
             Err((error, message)) => {
                 results.push(failed(result, error, &message));
@@ -56,8 +58,7 @@ pub async fn create(
                 create_replicated(
                     cluster,
                     result,
-                    &name,
-                    partitions,
+                    (&name, partitions, replication),
                     config,
                     request.validate_only,
                 )
@@ -101,21 +102,21 @@ pub async fn create(
 
 /// Creates a replicated topic through the controller, or with `validate_only` checks what
 /// creating it would check, this node leading the controller included (a request another
-/// node would refuse is not reported valid), and answers the replication factor it would
-/// get: the cluster's size.
+/// node would refuse is not reported valid), and answers the replication factor it gets.
 async fn create_replicated(
     cluster: &ringlog_cluster::node::Cluster,
     result: CreatableTopicResult,
-    name: &str,
-    partitions: u32,
+    (name, partitions, replication): (&str, u32, Replication),
     config: TopicConfig,
     validate_only: bool,
 ) -> CreatableTopicResult {
-    let factor = i16::try_from(cluster.voters().len()).unwrap_or(i16::MAX);
+    let factor = factor_of(&replication, cluster.voters().len());
+    let factor = i16::try_from(factor).unwrap_or(i16::MAX);
     let outcome = if validate_only {
         let leads = cluster.controller() == Some(cluster.node_id());
         let checked = if leads {
-            cluster.check_new_topic(name, partitions).map(|_| ())
+            (cluster.check_new_topic(name, partitions))
+                .and_then(|_| cluster.check_placement(partitions, replication))
         } else {
             Err(ClusterError::NotController {
                 leader: cluster.controller(),
@@ -123,7 +124,9 @@ async fn create_replicated(
         };
         checked.map(|()| (None, partitions))
     } else {
-        (cluster.create_topic(name, partitions, config).await)
+        (cluster
+            .create_topic(name, partitions, replication, config)
+            .await)
             .map(|meta| (Some(Uuid::from_bytes(meta.id)), meta.partitions))
     };
     match outcome {
@@ -137,16 +140,37 @@ async fn create_replicated(
     }
 }
 
-/// A creatable topic's partition count (-1: the server default) and configuration (the
-/// server's topic defaults with the request's keys), or why it is refused.
+/// The replication factor a topic placed as `replication` says gets in a cluster of
+/// `nodes`.
+fn factor_of(replication: &Replication, nodes: usize) -> usize {
+    match replication {
+        Replication::Factor(Some(factor)) => *factor,
+        Replication::Factor(None) => DEFAULT_REPLICATION_FACTOR.min(nodes),
+        Replication::Assigned(sets) => sets.first().map_or(0, Vec::len),
+    }
+}
+
+/// A creatable topic's partition count (-1: the server default), configuration (the
+/// server's topic defaults with the request's keys) and placement, or why it is refused.
 fn checked_topic(
     broker: &Broker,
     topic: &CreatableTopic,
-) -> Result<(u32, TopicConfig), (ResponseError, String)> {
-    let partitions = if topic.num_partitions == -1 {
+) -> Result<(u32, TopicConfig, Replication), (ResponseError, String)> {
+    let (partitions, replication) = if let Some(cluster) = broker.replicated(topic.name.0.as_str())
+    {
+        checked_replication(topic, cluster.voters().len())?
+    } else {
+        let alone = topic.replication_factor == -1 || topic.replication_factor == 1;
+        if !alone || !topic.assignments.is_empty() {
+            let message = "a single ringlog node keeps one replica".to_owned();
+            return Err((ResponseError::InvalidReplicationFactor, message));
+        }
+        (topic.num_partitions, Replication::Factor(Some(1)))
+    };
+    let partitions = if partitions == -1 {
         Some(broker.config.default_partitions)
     } else {
-        u32::try_from(topic.num_partitions).ok().filter(|&n| n > 0)
+        u32::try_from(partitions).ok().filter(|&n| n > 0)
     };
     let Some(partitions) = partitions else {
         return Err((
@@ -154,25 +178,9 @@ fn checked_topic(
             "partitions must be >= 1".to_owned(),
         ));
     };
-    // A cluster replicates every partition on every node (static membership): the
-    // factor is the cluster's size.
     let factor = broker
         .replicated(topic.name.0.as_str())
-        .map_or(1, |cluster| cluster.voters().len());
-    let factor_ok = topic.replication_factor == -1
-        || usize::try_from(topic.replication_factor).is_ok_and(|asked| asked == factor);
-    if !factor_ok || !topic.assignments.is_empty() {
-        let message = if factor == 1 {
-            "a single ringlog node keeps one replica".to_owned()
-        } else {
-            format!(
-                "every partition has a replica on each of the cluster's {factor} nodes; \
-                 replication factor {} or explicit assignments are not supported yet",
-                topic.replication_factor
-            )
-        };
-        return Err((ResponseError::InvalidReplicationFactor, message));
-    }
+        .map(|cluster| factor_of(&replication, cluster.voters().len()));
     let mut config = broker.config.topic_defaults.clone();
     let pairs: Vec<(&str, &str)> = topic
         .configs
@@ -182,11 +190,66 @@ fn checked_topic(
     config
         .apply_all(pairs)
         .map_err(|error| (ResponseError::InvalidConfig, error.to_string()))?;
-    check_min_insync(
-        &config,
-        broker.replicated(topic.name.0.as_str()).map(|_| factor),
-    )?;
-    Ok((partitions, config))
+    check_min_insync(&config, factor)?;
+    Ok((partitions, config, replication))
+}
+
+/// A replicated topic's partition count (-1: the server default) and placement, as Kafka
+/// takes them: a replication factor (-1: the default) and a count, or assignments (one
+/// per partition, numbered from 0, each naming its replicas) with both left at -1.
+fn checked_replication(
+    topic: &CreatableTopic,
+    nodes: usize,
+) -> Result<(i32, Replication), (ResponseError, String)> {
+    if topic.assignments.is_empty() {
+        let factor = match topic.replication_factor {
+            -1 => None,
+            asked => Some(usize::try_from(asked).unwrap_or(0)),
+        };
+        if factor.is_some_and(|factor| factor == 0 || factor > nodes) {
+            let message = format!(
+                "replication factor {} is out of range 1..={nodes} (the cluster's nodes)",
+                topic.replication_factor
+            );
+            return Err((ResponseError::InvalidReplicationFactor, message));
+        }
+        return Ok((topic.num_partitions, Replication::Factor(factor)));
+    }
+    if topic.num_partitions != -1 || topic.replication_factor != -1 {
+        let message = "with replica assignments, the partition count and replication factor \
+                       must be -1"
+            .to_owned();
+        return Err((ResponseError::InvalidRequest, message));
+    }
+    let invalid = |message: String| Err((ResponseError::InvalidReplicaAssignment, message));
+    let mut sets: Vec<Option<Vec<u64>>> = vec![None; topic.assignments.len()];
+    for assignment in &topic.assignments {
+        let index = usize::try_from(assignment.partition_index).ok();
+        let Some(slot) = index.and_then(|index| sets.get_mut(index)) else {
+            return invalid(format!(
+                "partition {} of {} assigned: partitions are numbered from 0",
+                assignment.partition_index,
+                topic.assignments.len()
+            ));
+        };
+        if slot.is_some() {
+            return invalid(format!(
+                "partition {} assigned twice",
+                assignment.partition_index
+            ));
+        }
+        let ids = assignment.broker_ids.iter().map(|id| u64::try_from(id.0));
+        let Ok(ids) = ids.collect::<Result<Vec<u64>, _>>() else {
+            return invalid(format!(
+                "a negative broker id in {:?}",
+                assignment.broker_ids
+            ));
+        };
+        *slot = Some(ids);
+    }
+    let sets: Vec<Vec<u64>> = sets.into_iter().flatten().collect();
+    let count = i32::try_from(sets.len()).unwrap_or(i32::MAX);
+    Ok((count, Replication::Assigned(sets)))
 }
 
 /// In a cluster, `min.insync.replicas` above the replication factor would refuse every
@@ -361,9 +424,7 @@ async fn add_replicated_partitions(
         })
     })?;
     let count = check_partition_count(current, topic.count)?;
-    let mut every_node: Vec<BrokerId> = cluster.voters().into_iter().map(broker_id).collect();
-    every_node.sort_unstable();
-    check_assignments(topic, count - current, &every_node)?;
+    let assigned = assigned_replicas(topic, count - current)?;
     if validate_only {
         if cluster.controller() != Some(cluster.node_id()) {
             let leader = cluster.controller();
@@ -374,14 +435,40 @@ async fn add_replicated_partitions(
             .map_err(refused);
     }
     cluster
-        .create_partitions(name, count)
+        .create_partitions(name, count, assigned)
         .await
         .map(|_| ())
         .map_err(refused)
 }
 
-fn broker_id(node: u64) -> BrokerId {
-    BrokerId(i32::try_from(node).unwrap_or(i32::MAX))
+/// A replicated topic's new partitions' assignments, if given: one per new partition,
+/// each naming its replicas (the cluster checks they are its nodes, and as many as the
+/// topic's other partitions have).
+fn assigned_replicas(
+    topic: &CreatePartitionsTopic,
+    added: u32,
+) -> Result<Option<Vec<Vec<u64>>>, Refusal> {
+    let Some(assignments) = &topic.assignments else {
+        return Ok(None);
+    };
+    let code = ResponseError::InvalidReplicaAssignment.code();
+    if assignments.len() != added as usize {
+        let message = format!(
+            "{} assignments given for {added} new partitions",
+            assignments.len()
+        );
+        return Err(Refusal(code, message));
+    }
+    let sets = assignments.iter().map(|assignment| {
+        let ids = assignment.broker_ids.iter().map(|id| u64::try_from(id.0));
+        ids.collect::<Result<Vec<u64>, _>>().map_err(|_| {
+            Refusal(
+                code,
+                format!("a negative broker id in {:?}", assignment.broker_ids),
+            )
+        })
+    });
+    Ok(Some(sets.collect::<Result<Vec<_>, _>>()?))
 }
 
 /// The new partition count, if it is larger than `current` and within the limit.
@@ -439,6 +526,51 @@ mod tests {
     use kafka_protocol::messages::create_partitions_request::CreatePartitionsAssignment;
 
     use super::*;
+
+    #[test]
+    fn a_cluster_takes_a_factor_within_its_size_or_assignments_alone() {
+        use kafka_protocol::messages::create_topics_request::CreatableReplicaAssignment;
+        let topic = |partitions: i32, factor: i16| {
+            CreatableTopic::default()
+                .with_num_partitions(partitions)
+                .with_replication_factor(factor)
+        };
+        assert_eq!(
+            checked_replication(&topic(4, -1), 3),
+            Ok((4, Replication::Factor(None)))
+        );
+        assert_eq!(
+            checked_replication(&topic(-1, 2), 3),
+            Ok((-1, Replication::Factor(Some(2))))
+        );
+        for factor in [0, 4, -2] {
+            let (code, _) = checked_replication(&topic(1, factor), 3).unwrap_err();
+            assert_eq!(code, ResponseError::InvalidReplicationFactor, "{factor}");
+        }
+        let assign = |index: i32, ids: &[i32]| {
+            CreatableReplicaAssignment::default()
+                .with_partition_index(index)
+                .with_broker_ids(ids.iter().map(|&id| BrokerId(id)).collect())
+        };
+        let assigned = topic(-1, -1).with_assignments(vec![assign(1, &[3, 1]), assign(0, &[2, 3])]);
+        assert_eq!(
+            checked_replication(&assigned, 3),
+            Ok((2, Replication::Assigned(vec![vec![2, 3], vec![3, 1]]))),
+            "in partition order, each set in the order given"
+        );
+        let with_count = topic(2, -1).with_assignments(assigned.assignments.clone());
+        let (code, _) = checked_replication(&with_count, 3).unwrap_err();
+        assert_eq!(code, ResponseError::InvalidRequest);
+        for bad in [
+            vec![assign(0, &[1]), assign(0, &[2])],
+            vec![assign(0, &[1]), assign(2, &[2])],
+            vec![assign(0, &[-1])],
+        ] {
+            let (code, _) =
+                checked_replication(&topic(-1, -1).with_assignments(bad), 3).unwrap_err();
+            assert_eq!(code, ResponseError::InvalidReplicaAssignment);
+        }
+    }
 
     #[test]
     fn min_insync_replicas_may_not_exceed_a_clusters_replication_factor() {

@@ -1,0 +1,178 @@
+//! Where each replicated topic's partitions live: every partition's replica set, as the
+//! controller's commands placed it (`controller.rs`, `placement`), on every node alike.
+//!
+//! Every node keeps the whole table, for every topic, hosted here or not: Metadata names a
+//! partition's replicas at any node, and a node opens a replica only of the partitions
+//! whose set names it. The table is not a file of its own: it is what the controller's
+//! log says, so a node rebuilds it at start by reading the commands it applied before
+//! (`Cluster::start`), then keeps it as it applies more. A command of version 1 placed
+//! nothing; its partitions are on every node of the cluster (an empty set here).
+//!
+//! Topics are kept by id, not name: a name may be taken again after a deletion, and a
+//! creation the node refused (its name collides, say) leaves an entry no topic of the
+//! registry has, which nothing finds.
+
+use std::collections::HashMap;
+
+use crate::controller::Change;
+
+/// Every replicated topic's placement, by topic id: per partition, its replica set
+/// (empty: every node of the cluster).
+#[derive(Debug, Default)]
+pub struct Placements {
+    topics: HashMap<[u8; 16], Vec<Vec<u64>>>,
+}
+
+/// Why a command's placement does not fit the topic as this node has it (the same on every
+/// node, since every node applies the same commands in the same order).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("topic {topic}: {count} replica sets for partitions {from}..{to}")]
+pub struct Misplaced {
+    pub topic: String,
+    pub count: usize,
+    pub from: u32,
+    pub to: u32,
+}
+
+impl Placements {
+    /// Checks, before the node applies it, that `change` places what it adds: a create
+    /// partitions command, built for the count it found, is refused once another raised
+    /// the count (its sets would land on the wrong partitions).
+    pub fn check(&self, change: &Change) -> Result<(), Misplaced> {
+        let Change::CreatePartitions {
+            topic,
+            partitions,
+            replicas: Some(replicas),
+        } = change
+        else {
+            return Ok(());
+        };
+        let Some(placed) = self.topics.get(&topic.id) else {
+            return Ok(());
+        };
+        let from = u32::try_from(placed.len()).unwrap_or(u32::MAX);
+        if from < *partitions && replicas.len() != (*partitions - from) as usize {
+            return Err(Misplaced {
+                topic: topic.name.clone(),
+                count: replicas.len(),
+                from,
+                to: *partitions,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes in an applied command (once [`Placements::check`] passed).
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::CreateTopic(create) => {
+                self.topics.entry(create.id).or_insert_with(|| {
+                    (create.replicas.clone())
+                        .unwrap_or_else(|| vec![Vec::new(); create.partitions as usize])
+                });
+            }
+            Change::DeleteTopic(topic) => {
+                self.topics.remove(&topic.id);
+            }
+            Change::CreatePartitions {
+                topic,
+                partitions,
+                replicas,
+            } => {
+                let Some(placed) = self.topics.get_mut(&topic.id) else {
+                    return;
+                };
+                let Some(added) = (*partitions as usize).checked_sub(placed.len()) else {
+                    return;
+                };
+                match replicas {
+                    Some(sets) => placed.extend(sets.iter().take(added).cloned()),
+                    None => placed.extend(vec![Vec::new(); added]),
+                }
+            }
+            Change::AlterConfig { .. } => {}
+        }
+    }
+
+    /// The partition's replica set (empty: every node), if the table places the topic
+    /// and has the partition.
+    pub fn replicas(&self, id: &[u8; 16], partition: u32) -> Option<&[u64]> {
+        self.topics
+            .get(id)?
+            .get(partition as usize)
+            .map(Vec::as_slice)
+    }
+
+    /// The replica count of the topic's first partition (the factor new partitions get),
+    /// `None` for a topic on every node or not placed.
+    pub fn factor(&self, id: &[u8; 16]) -> Option<usize> {
+        let first = self.topics.get(id)?.first()?;
+        (!first.is_empty()).then_some(first.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{CreateTopic, TopicRef};
+
+    fn create(name: &str, id: u8, replicas: Option<Vec<Vec<u64>>>, partitions: u32) -> Change {
+        Change::CreateTopic(CreateTopic {
+            name: name.to_owned(),
+            id: [id; 16],
+            partitions,
+            pairs: Vec::new(),
+            replicas,
+        })
+    }
+
+    fn topic(name: &str, id: u8) -> TopicRef {
+        TopicRef {
+            name: name.to_owned(),
+            id: [id; 16],
+        }
+    }
+
+    #[test]
+    fn the_table_follows_creations_additions_and_deletions() {
+        let mut table = Placements::default();
+        table.apply(&create("a", 1, Some(vec![vec![1, 2], vec![2, 3]]), 2));
+        table.apply(&create("old", 2, None, 1));
+        assert_eq!(table.replicas(&[1; 16], 1), Some(&[2, 3][..]));
+        assert_eq!(table.replicas(&[9; 16], 1), None, "another id");
+        assert_eq!(table.replicas(&[1; 16], 2), None);
+        assert_eq!(table.replicas(&[2; 16], 0), Some(&[][..]), "every node");
+        assert_eq!(table.factor(&[1; 16]), Some(2));
+        assert_eq!(table.factor(&[2; 16]), None);
+
+        let add = Change::CreatePartitions {
+            topic: topic("a", 1),
+            partitions: 3,
+            replicas: Some(vec![vec![3, 1]]),
+        };
+        assert_eq!(table.check(&add), Ok(()));
+        table.apply(&add);
+        assert_eq!(table.replicas(&[1; 16], 2), Some(&[3, 1][..]));
+        // The same command again (applied twice after a restart) changes nothing.
+        table.apply(&add);
+        assert_eq!(table.replicas(&[1; 16], 3), None);
+
+        // Built for 2 partitions, committed after another raised the count to 3.
+        let late = Change::CreatePartitions {
+            topic: topic("a", 1),
+            partitions: 5,
+            replicas: Some(vec![vec![1, 2], vec![2, 3], vec![3, 1]]),
+        };
+        assert!(table.check(&late).is_err());
+
+        // A deletion of an earlier topic of the name leaves this one.
+        table.apply(&Change::DeleteTopic(topic("a", 7)));
+        assert!(table.replicas(&[1; 16], 0).is_some());
+        table.apply(&Change::DeleteTopic(topic("a", 1)));
+        assert_eq!(table.replicas(&[1; 16], 0), None);
+        // A create of a name another id holds (refused by the registry) leaves the holder.
+        table.apply(&create("old", 3, Some(vec![vec![1]]), 1));
+        assert_eq!(table.replicas(&[2; 16], 0), Some(&[][..]));
+        assert_eq!(table.replicas(&[3; 16], 0), Some(&[1][..]));
+    }
+}
