@@ -247,11 +247,14 @@ impl AlignedBuf {
         };
         let huge = allocated >= BUF_HUGE_PAGE_THRESHOLD_BYTES;
         let ptr = if Self::mapped(allocated) {
+            // An anonymous mapping reads as zeros, each page zeroed by the kernel when it
+            // is first touched: writing zeros here would fault in (and zero twice) pages
+            // the buffer may never use, the tail of its size class past the batch it holds.
             Self::map(allocated)
         } else {
             let layout = Self::layout(allocated);
             // SAFETY: the layout has a non-zero size.
-            let ptr = unsafe { alloc::alloc(layout) };
+            let ptr = unsafe { alloc::alloc_zeroed(layout) };
             let Some(ptr) = NonNull::new(ptr) else {
                 alloc::handle_alloc_error(layout)
             };
@@ -264,9 +267,6 @@ impl AlignedBuf {
             // advice is a hint, so its failure (THP disabled) changes nothing but speed.
             unsafe { libc::madvise(ptr.as_ptr().cast(), allocated, libc::MADV_HUGEPAGE) };
         }
-        // SAFETY: zeroes the allocation we own; after the advice, so these first touches
-        // fault in huge pages where the kernel has them.
-        unsafe { ptr.as_ptr().write_bytes(0, allocated) };
         AlignedBuf {
             ptr,
             len: 0,
