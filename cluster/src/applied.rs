@@ -6,7 +6,8 @@
 //! The offset is also kept on disk ([`APPLIED_FILE`], replaced atomically at once after a
 //! configuration change, else once per read of the log), so a restarted node applies only what it had not: applying a
 //! command again is harmless for most (a topic created or deleted already is left as it
-//! is), but replaying old configuration changes would set each old configuration again for
+//! is; one created, or partitions added, get the replicas the node did not open yet, see
+//! `Cluster::group_voters`), but replaying old configuration changes would set each old configuration again for
 //! a moment, long enough for a retention check to delete by it. The file is one line:
 //! `ringlog-controller-applied 1 <offset>`.
 

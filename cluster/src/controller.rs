@@ -205,7 +205,7 @@ impl Change {
         let id = reader.array::<16>()?;
         let change = match kind {
             KIND_CREATE_TOPIC => {
-                let partitions = u32::from_be_bytes(reader.array()?);
+                let partitions = reader.partitions()?;
                 let name = reader.str()?;
                 let pairs = reader.pairs()?;
                 let replicas = placed.then(|| reader.placement()).transpose()?;
@@ -231,7 +231,7 @@ impl Change {
                 id,
             }),
             KIND_CREATE_PARTITIONS => {
-                let partitions = u32::from_be_bytes(reader.array()?);
+                let partitions = reader.partitions()?;
                 let name = reader.str()?;
                 let replicas = placed.then(|| reader.placement()).transpose()?;
                 Change::CreatePartitions {
@@ -420,6 +420,18 @@ impl<'a> Reader<'a> {
         String::from_utf8(bytes.to_vec()).map_err(|_| CommandError::NotUtf8)
     }
 
+    /// A partition count, at most [`PARTITIONS_PER_TOPIC_MAX`] (what every proposer checks),
+    /// so nothing sized by it is allocated unbounded.
+    fn partitions(&mut self) -> Result<u32, CommandError> {
+        let partitions = u32::from_be_bytes(self.array()?);
+        if partitions > PARTITIONS_PER_TOPIC_MAX {
+            return Err(CommandError::Placement(format!(
+                "{partitions} partitions, at most {PARTITIONS_PER_TOPIC_MAX}"
+            )));
+        }
+        Ok(partitions)
+    }
+
     fn placement(&mut self) -> Result<Vec<Vec<u64>>, CommandError> {
         let count = u32::from_be_bytes(self.array()?);
         if count > PARTITIONS_PER_TOPIC_MAX {
@@ -565,6 +577,14 @@ mod tests {
             assert_eq!(Change::decode(&bytes).unwrap(), change);
         }
         assert_eq!(Change::decode(&[3, 1]), Err(CommandError::Version(3)));
+        // A count past the bound is refused before anything is sized by it.
+        let mut huge = create();
+        huge.replicas = None;
+        huge.partitions = u32::MAX;
+        assert!(matches!(
+            Change::decode(&Change::CreateTopic(huge).encode()),
+            Err(CommandError::Placement(_))
+        ));
     }
 
     #[test]

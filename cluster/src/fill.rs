@@ -43,6 +43,9 @@ type Group = (Rc<str>, u32);
 struct Served {
     tag: u64,
     log: PartitionLog<DiskStorage>,
+    /// The group's other voters: those a fill of it asks (the node's other peers hold no
+    /// replica of it when its replica set is smaller than the cluster).
+    peers: Vec<u64>,
 }
 
 /// What the node's fills did, over every shard.
@@ -88,10 +91,14 @@ impl Fills {
     }
 
     /// Serves fill requests for `log`'s group, of the topic tagged `tag`, from now on.
-    pub fn register(&self, log: PartitionLog<DiskStorage>, tag: u64) {
+    /// Serves `log`, of the topic tagged `tag`, to peers' fills, and lets its replica fill
+    /// from `peers` (its group's other voters; every peer of the node if empty).
+    pub fn register(&self, log: PartitionLog<DiskStorage>, tag: u64, peers: Vec<u64>) {
         let id = log.id();
         let group = (Rc::from(&*id.topic), id.partition);
-        self.logs.borrow_mut().insert(group, Served { tag, log });
+        self.logs
+            .borrow_mut()
+            .insert(group, Served { tag, log, peers });
     }
 
     fn tag_of(&self, group: &Group) -> Option<u64> {
@@ -176,9 +183,13 @@ impl Fills {
     /// such answer, none with batches, is the lowest start they named the answer (a peer
     /// that keeps the batches longer, or answers later, is preferred to emptying a log).
     async fn fetch(&self, group: Group, offset: i64) -> Option<Fetched> {
-        let count = self.peers.len();
         // A replica fills only while registered here (`Cluster::spawn_group`).
         let tag = self.tag_of(&group)?;
+        let peers = (self.logs.borrow().get(&group))
+            .map(|served| served.peers.clone())
+            .filter(|peers| !peers.is_empty())
+            .unwrap_or_else(|| self.peers.clone());
+        let count = peers.len();
         if count == 0 {
             return None;
         }
@@ -191,7 +202,7 @@ impl Fills {
                 // Its group was closed here (its topic deleted): nothing to fill.
                 return None;
             }
-            let peer = self.peers[turn % count];
+            let peer = peers[turn % count];
             let (reply, answer) = oneshot::channel();
             self.waiting
                 .borrow_mut()
@@ -352,7 +363,7 @@ mod tests {
             let log = PartitionLog::open(DiskStorage, dir.path(), id.clone(), config)
                 .await
                 .unwrap();
-            fills.register(log, 0xBEEF);
+            fills.register(log, 0xBEEF, Vec::new());
             let mut fetch = Box::pin(fills.source().fetch(&id, 0, 10));
             assert!(
                 fetch.as_mut().now_or_never().is_none(),

@@ -72,7 +72,7 @@ use ringlog_engine::topic::{shard_for, TopicConfig, TopicError, TopicMeta, Topic
 use crate::applied::{read_applied, write_applied, Applied, Stopped};
 use crate::controller::{
     applied_over, check_replica_set, place, Change, CommandError, CreateTopic, TopicRef,
-    CONTROLLER_TOPIC,
+    CONTROLLER_TOPIC, REPLICATION_FACTOR_MAX,
 };
 use crate::fill::{FillCounters, Fills};
 use crate::hibernation::Signal;
@@ -121,6 +121,9 @@ pub struct ClusterConfig {
     /// Whether idle groups sleep (`hibernation.rs`): on by default; off, every group ticks
     /// and heartbeats forever, as raft-rs alone does.
     pub hibernate: bool,
+    /// Topics every node creates alike outside the controller (the group coordinator's
+    /// `__consumer_offsets`): replicated on every node, placed by no command.
+    pub everywhere: Vec<String>,
 }
 
 /// Errors of the cluster layer.
@@ -273,9 +276,11 @@ struct Inner {
     /// The leaders of partitions with no replica here, as they announced themselves
     /// (`Payload::Leader`), by topic and partition.
     announced: Mutex<HashMap<(String, u32), Announced>>,
-    /// Moves on at every peer's hello: each shard's ticker then announces every group it
-    /// leads again, to a peer that may have forgotten (`Cluster::announce`).
+    /// Moves on at every peer's hello, and the count at each peer's last: each shard's
+    /// ticker then announces every group it leads to the peers greeted since it last
+    /// looked, which may have forgotten (`Cluster::announce_led`).
     hellos: AtomicU64,
+    greeted: Mutex<HashMap<u64, u64>>,
 }
 
 /// A partition's leadership as its leader announced it to a node holding no replica.
@@ -287,7 +292,14 @@ struct Announced {
     leader: u64,
     term: u64,
     in_sync: Vec<u64>,
+    /// When it came (`Inner::clock_ms`): an announcement not repeated within
+    /// `ANNOUNCED_FRESH_TICKS` is no longer believed.
+    at_ms: u64,
 }
+
+/// Ticks an announced leader is believed without hearing it again: three of its periodic
+/// announcements (`LEADER_ANNOUNCE_TICKS`) missed.
+const ANNOUNCED_FRESH_TICKS: usize = 3 * LEADER_ANNOUNCE_TICKS;
 
 /// The file in the data directory that says this node rejoins the cluster: made, before
 /// anything else, when the node starts without the controller's directory (a new or a
@@ -395,11 +407,14 @@ fn check_creatable(engine: &Engine, name: &TopicName, partitions: u32) -> Result
     Ok(())
 }
 
-/// A replication factor the cluster can place: 1 to its node count.
+/// A replication factor the cluster can place: 1 to its node count, at most
+/// [`REPLICATION_FACTOR_MAX`].
 fn check_factor(factor: usize, nodes: usize) -> Result<(), ClusterError> {
-    if factor == 0 || factor > nodes {
+    let most = nodes.min(REPLICATION_FACTOR_MAX);
+    if factor == 0 || factor > most {
         return Err(ClusterError::InvalidReplication(format!(
-            "replication factor {factor}: 1 to {nodes} (the cluster's nodes)"
+            "replication factor {factor}: 1 to {most} (the cluster's nodes, at most \
+             {REPLICATION_FACTOR_MAX})"
         )));
     }
     Ok(())
@@ -581,6 +596,7 @@ impl Cluster {
                 placements: Mutex::default(),
                 announced: Mutex::default(),
                 hellos: AtomicU64::new(0),
+                greeted: Mutex::default(),
             }),
         };
         futures::executor::block_on(cluster.start_shards())?;
@@ -643,6 +659,24 @@ impl Cluster {
         }
     }
 
+    /// The voters of the partition's group if this node holds a replica of it: its replica
+    /// set as placed (every node for a topic placed on all, or one of
+    /// [`ClusterConfig::everywhere`]). `None` if it is placed elsewhere, or not placed yet:
+    /// after a restart the table holds what the applied-offset file says was applied, and a
+    /// topic the engine holds beyond that is opened when its command is applied again.
+    fn group_voters(&self, meta: &TopicMeta, partition: u32) -> Option<Vec<u64>> {
+        let everywhere = &self.inner.config.everywhere;
+        let voters = if everywhere.iter().any(|name| name == meta.name.as_str()) {
+            self.voters()
+        } else {
+            match lock(&self.inner.placements).replicas(&meta.id, partition)? {
+                [] => self.voters(),
+                set => set.to_vec(),
+            }
+        };
+        voters.contains(&self.node_id()).then_some(voters)
+    }
+
     /// The Kafka addresses (host, port) of the nodes this one has heard from, itself
     /// included.
     pub fn brokers(&self) -> BTreeMap<u64, (String, u16)> {
@@ -677,7 +711,10 @@ impl Cluster {
             .engine
             .topic(topic)
             .map(|meta| topic_tag(&meta.id));
-        (tag == Some(announced.tag)).then(|| GroupStatus {
+        let fresh_ms = duration_ms(self.inner.config.tick) * ANNOUNCED_FRESH_TICKS as u64;
+        let now = self.inner.clock_ms.load(Ordering::Relaxed);
+        let fresh = now.saturating_sub(announced.at_ms) <= fresh_ms;
+        (fresh && tag == Some(announced.tag)).then(|| GroupStatus {
             leader: Some(announced.leader),
             term: announced.term,
             in_sync: announced.in_sync,
@@ -885,6 +922,7 @@ impl Cluster {
     ) -> Result<TopicMeta, ClusterError> {
         let meta = self.replicated_topic(name)?;
         check_partitions_raised(&meta, partitions)?;
+        let placed_everywhere = lock(&self.inner.placements).factor(&meta.id).is_none();
         let factor = self.factor_of(&meta);
         let replication = match assigned {
             Some(sets) => {
@@ -898,11 +936,16 @@ impl Cluster {
             None => Replication::Factor(Some(factor)),
         };
         let added = partitions - meta.partitions;
-        let replicas = self.placed(&meta.id, meta.partitions, added, replication)?;
+        let replicas = if placed_everywhere && matches!(replication, Replication::Factor(_)) {
+            // A topic on every node (placed before replica sets) grows on every node.
+            None
+        } else {
+            Some(self.placed(&meta.id, meta.partitions, added, replication)?)
+        };
         let change = Change::CreatePartitions {
             topic: topic_ref(&meta),
             partitions,
-            replicas: Some(replicas),
+            replicas,
         };
         self.propose_change(&change).await?;
         match self.inner.engine.topic(name) {
@@ -1293,7 +1336,8 @@ impl Cluster {
             if before.is_some_and(|before| before != hello.incarnation) {
                 cluster.peer_restarted(hello.node_id);
             }
-            cluster.inner.hellos.fetch_add(1, Ordering::AcqRel);
+            let seq = cluster.inner.hellos.fetch_add(1, Ordering::AcqRel) + 1;
+            lock(&cluster.inner.greeted).insert(hello.node_id, seq);
             PeerLink::open(cluster.inner.clone(), hello.node_id)
         };
         let cluster = self.clone();
@@ -1326,10 +1370,16 @@ impl Cluster {
                 hosted.inbox.tick();
             }
             let hellos_now = self.inner.hellos.load(Ordering::Acquire);
-            if ticks % LEADER_ANNOUNCE_TICKS == 0 || hellos_now != hellos {
-                hellos = hellos_now;
-                self.announce_led(local);
+            if ticks % LEADER_ANNOUNCE_TICKS == 0 {
+                self.announce_led(local, None);
+            } else if hellos_now != hellos {
+                let greeted: Vec<u64> = (lock(&self.inner.greeted).iter())
+                    .filter(|&(_, &seq)| seq > hellos)
+                    .map(|(&peer, _)| peer)
+                    .collect();
+                self.announce_led(local, Some(&greeted));
             }
+            hellos = hellos_now;
             if ticks % config.heartbeat_ticks.max(1) == 0 {
                 for &peer in self.inner.heard.keys() {
                     local.transport.send_alive(peer);
@@ -1360,20 +1410,63 @@ impl Cluster {
     /// replica of it (`Payload::Leader`): again every `LEADER_ANNOUNCE_TICKS`, and after a
     /// peer's hello, since a restarted peer, or one whose frames were dropped, knows
     /// nothing of it (a group announces itself as its leadership changes, in `drive`).
-    fn announce_led(&self, local: &Local) {
+    fn announce_led(&self, local: &Local, only: Option<&[u64]>) {
         let me = Some(self.node_id());
-        let status = lock(&self.inner.status);
-        for (key, hosted) in local.groups.borrow().iter() {
-            if hosted.outsiders.is_empty() {
-                continue;
-            }
-            if let Some(group_status) = status.get(&(key.0.to_string(), key.1)) {
-                if group_status.leader == me {
-                    let to = group(key, hosted.tag);
-                    announce(local, to, &hosted.outsiders, group_status);
+        let mut led = Vec::new();
+        {
+            let status = lock(&self.inner.status);
+            for (key, hosted) in local.groups.borrow().iter() {
+                let outsiders: Vec<u64> = (hosted.outsiders.iter().copied())
+                    .filter(|peer| only.is_none_or(|only| only.contains(peer)))
+                    .collect();
+                if outsiders.is_empty() {
+                    continue;
+                }
+                if let Some(group_status) = status.get(&(key.0.to_string(), key.1)) {
+                    if group_status.leader == me {
+                        let said = (group_status.term, group_status.in_sync.clone());
+                        led.push((key.clone(), hosted.tag, outsiders, said));
+                    }
                 }
             }
         }
+        for (key, tag, outsiders, (term, in_sync)) in led {
+            announce(local, group(&key, tag), &outsiders, term, in_sync);
+        }
+    }
+
+    /// A peer's word that it leads a group this node holds no replica of, or no longer does
+    /// (`Payload::Leader`, no in-sync ids): taken if it is about the topic this node has (its
+    /// tag) and a partition of it, and no older than what this node knows.
+    fn take_announcement(&self, from: u64, key: (String, u32), tag: u64, said: (u64, Vec<u64>)) {
+        let (term, in_sync) = said;
+        let current = (self.inner.engine.topic(&key.0))
+            .is_some_and(|meta| topic_tag(&meta.id) == tag && key.1 < meta.partitions);
+        if !current {
+            return;
+        }
+        let at_ms = self.inner.clock_ms.load(Ordering::Relaxed);
+        let mut announced = lock(&self.inner.announced);
+        let known = announced.get(&key);
+        if in_sync.is_empty() {
+            // Stepped down: no longer named, unless a later term named another.
+            if known.is_some_and(|known| known.leader == from && known.term <= term) {
+                announced.remove(&key);
+            }
+            return;
+        }
+        if known.is_some_and(|known| known.term > term) {
+            return;
+        }
+        let leader = from;
+        let entry = Announced {
+            tag,
+            leader,
+            term,
+            in_sync,
+            at_ms,
+        };
+        announced.insert(key, entry);
     }
 
     /// Forgets what `peer` announced it leads: it is gone (its connections closed, or
@@ -1405,22 +1498,7 @@ impl Cluster {
         }
         if let Payload::Leader { term, in_sync } = incoming.payload {
             let key = (incoming.topic, incoming.partition);
-            let mut announced = lock(&self.inner.announced);
-            let older = (announced.get(&key))
-                .is_some_and(|known| known.tag == incoming.tag && known.term > term);
-            if !older {
-                let leader = incoming.from;
-                let tag = incoming.tag;
-                announced.insert(
-                    key,
-                    Announced {
-                        tag,
-                        leader,
-                        term,
-                        in_sync,
-                    },
-                );
-            }
+            self.take_announcement(incoming.from, key, incoming.tag, (term, in_sync));
             return;
         }
         let owner = owner(&incoming.topic, incoming.partition, self.shards().len());
@@ -1604,7 +1682,8 @@ impl Cluster {
                 }
                 let mut placements = lock(&self.inner.placements);
                 for change in &changes {
-                    placements.apply(change);
+                    // Refused as when it was applied: the same check, the same table.
+                    let _ = placements.apply_checked(change);
                 }
                 next = batch_next;
             }
@@ -1650,8 +1729,9 @@ impl Cluster {
                 next = batch_next;
                 // At once after a configuration change: a restart must not apply an older
                 // configuration again, even for a moment. Creations, deletions and added
-                // partitions apply again harmlessly, so for them once a read (a new or
-                // wiped node replays the whole log without three fsyncs a command).
+                // partitions apply again harmlessly (a creation applied again opens the
+                // replicas a restart did not, `group_voters`), so for them once a read (a
+                // new or wiped node replays the whole log without three fsyncs a command).
                 if altered {
                     write_applied(&data_dir, next)
                         .await
@@ -1674,12 +1754,8 @@ impl Cluster {
     /// Applies one command: its placement first (the replicas it opens are placed by it),
     /// then the change itself.
     async fn apply_placed(&self, change: &Change) -> Result<(), ClusterError> {
-        {
-            let mut placements = lock(&self.inner.placements);
-            (placements.check(change))
-                .map_err(|e| ClusterError::InvalidReplication(e.to_string()))?;
-            placements.apply(change);
-        }
+        (lock(&self.inner.placements).apply_checked(change))
+            .map_err(|e| ClusterError::InvalidReplication(e.to_string()))?;
         self.apply_change(change).await
     }
 
@@ -1729,8 +1805,10 @@ impl Cluster {
                     "a committed create-topic command names a topic that exists with another id; \
                      the first one stays"
                 );
+                return Ok(());
             }
-            return Ok(());
+            // Applied already: its replicas may not be open yet (`group_voters`).
+            return self.open_replicas(&meta, 0).await;
         }
         let invalid = |e: CommandError| ClusterError::InvalidTopic(e.to_string());
         let name = Change::CreateTopic(command.clone())
@@ -1790,9 +1868,7 @@ impl Cluster {
             // later creation of the name removes.
             tracing::error!(topic = topic.name, %error, "a deleted topic's data was not all removed");
         }
-        let tag = topic_tag(&topic.id);
-        lock(&self.inner.announced)
-            .retain(|(name, _), announced| *name != topic.name || announced.tag != tag);
+        lock(&self.inner.announced).retain(|(name, _), _| *name != topic.name);
         tracing::info!(topic = topic.name, "topic deleted by the controller");
         Ok(())
     }
@@ -1807,7 +1883,9 @@ impl Cluster {
             return Ok(());
         };
         if meta.partitions >= partitions {
-            // Applied already (or refused alike everywhere: the count must grow).
+            // Applied already: its replicas may not be open yet (the node restarted before
+            // the applied offset passed it, `group_voters`). Or refused alike everywhere.
+            self.open_replicas(&meta, 0).await?;
             return Err(ClusterError::PartitionsNotIncreased {
                 name: topic.name.clone(),
                 message: format!("has {}, asked {partitions}", meta.partitions),
@@ -1828,12 +1906,11 @@ impl Cluster {
     async fn open_replicas(&self, meta: &TopicMeta, first: u32) -> Result<(), ClusterError> {
         let tag = topic_tag(&meta.id);
         for partition in first..meta.partitions {
-            let voters = self.replicas(meta, partition);
-            if !voters.contains(&self.node_id()) {
+            let Some(voters) = self.group_voters(meta, partition) else {
                 // Placed on other nodes: its log here stays empty, and this node answers
                 // for it with what its leader announces.
                 continue;
-            }
+            };
             let topic = meta.name.as_str().to_owned();
             let dir = self
                 .inner
@@ -1886,7 +1963,9 @@ impl Cluster {
         };
         lock(&self.inner.status).insert((id.topic.to_string(), id.partition), status);
         replica.set_fill_source(local.fills.source());
-        local.fills.register(replica.log().clone(), tag);
+        local
+            .fills
+            .register(replica.log().clone(), tag, peers.clone());
         let key: GroupKey = (Rc::from(&*id.topic), id.partition);
         let inbox = Inbox::new(GROUP_INBOX_COMMANDS_MAX);
         let commands = Rc::downgrade(&inbox);
@@ -1949,6 +2028,8 @@ impl Cluster {
     ) -> ClusterError {
         let to = group(key, outward.tag);
         let mut published = None;
+        // What this replica last told the outsiders: the term, and whether it led then.
+        let mut said: Option<(u64, bool)> = None;
         loop {
             let Some(taken) = inbox::take(&commands).await else {
                 return ClusterError::InboxClosed {
@@ -2003,9 +2084,19 @@ impl Cluster {
             // Not once closed: a group of the topic created again may be published there.
             if published.as_ref() != Some(&status) && commands.strong_count() > 0 {
                 lock(&self.inner.status).insert((key.0.to_string(), key.1), status.clone());
-                if status.leader == Some(self.node_id()) {
-                    announce(local, to, outward.outsiders, &status);
+                // At once when it leads in a new term, or stops leading; changes of the
+                // in-sync set go with the periodic announcements (`announce_led`).
+                let leads = status.leader == Some(self.node_id());
+                let now = (status.term, leads);
+                if said != Some(now) && (leads || said.is_some_and(|(_, led)| led)) {
+                    let in_sync = if leads {
+                        status.in_sync.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    announce(local, to, outward.outsiders, status.term, in_sync);
                 }
+                said = Some(now);
                 published = Some(status);
             }
         }
@@ -2068,15 +2159,13 @@ struct Outward<'a> {
     outsiders: &'a [u64],
 }
 
-/// Tells `outsiders` that this node leads the group `to` as `status` says.
-fn announce(local: &Local, to: Group<'_>, outsiders: &[u64], status: &GroupStatus) {
-    if outsiders.is_empty() || status.in_sync.is_empty() {
+/// Tells `outsiders` that this node leads the group `to` in `term` with `in_sync`, or (no
+/// ids) that it stopped leading it.
+fn announce(local: &Local, to: Group<'_>, outsiders: &[u64], term: u64, in_sync: Vec<u64>) {
+    if outsiders.is_empty() {
         return;
     }
-    let payload = Payload::Leader {
-        term: status.term,
-        in_sync: status.in_sync.clone(),
-    };
+    let payload = Payload::Leader { term, in_sync };
     for &peer in outsiders {
         local.transport.send_payload(peer, to, &payload);
     }

@@ -62,8 +62,16 @@ impl Placements {
         Ok(())
     }
 
-    /// Takes in an applied command (once [`Placements::check`] passed).
-    pub fn apply(&mut self, change: &Change) {
+    /// Takes in a command's placement if [`Placements::check`] passes, as every node does
+    /// when it applies the command and when it replays it at start; a refused command
+    /// places nothing. Applying one again changes nothing.
+    pub fn apply_checked(&mut self, change: &Change) -> Result<(), Misplaced> {
+        self.check(change)?;
+        self.apply(change);
+        Ok(())
+    }
+
+    fn apply(&mut self, change: &Change) {
         match change {
             Change::CreateTopic(create) => {
                 self.topics.entry(create.id).or_insert_with(|| {
@@ -130,6 +138,48 @@ mod tests {
         TopicRef {
             name: name.to_owned(),
             id: [id; 16],
+        }
+    }
+
+    #[test]
+    fn a_create_partitions_built_for_an_older_count_places_nothing() {
+        // Two commands built at 2 partitions: 2 -> 3 commits first, so 2 -> 4's sets would
+        // land on the wrong partitions; the next, built at 3, is placed as built.
+        let commands = [
+            create("a", 1, Some(vec![vec![1], vec![2]]), 2),
+            Change::CreatePartitions {
+                topic: topic("a", 1),
+                partitions: 3,
+                replicas: Some(vec![vec![3]]),
+            },
+            Change::CreatePartitions {
+                topic: topic("a", 1),
+                partitions: 4,
+                replicas: Some(vec![vec![1], vec![1]]),
+            },
+            Change::CreatePartitions {
+                topic: topic("a", 1),
+                partitions: 5,
+                replicas: Some(vec![vec![2], vec![1]]),
+            },
+        ];
+        let mut table = Placements::default();
+        let outcomes: Vec<bool> = (commands.iter())
+            .map(|change| table.apply_checked(change).is_ok())
+            .collect();
+        assert_eq!(outcomes, [true, true, false, true]);
+        let sets: Vec<_> = (0..5)
+            .map(|p| table.replicas(&[1; 16], p).unwrap())
+            .collect();
+        assert_eq!(sets, [&[1][..], &[2], &[3], &[2], &[1]]);
+        // Replaying the same commands (a restart) gives the same table, and applying one
+        // again changes nothing.
+        let mut replayed = Placements::default();
+        for change in commands.iter().chain(&commands) {
+            let _ = replayed.apply_checked(change);
+        }
+        for p in 0..6 {
+            assert_eq!(replayed.replicas(&[1; 16], p), table.replicas(&[1; 16], p));
         }
     }
 

@@ -82,13 +82,13 @@
 //! |      9 |    8 | index (ask, agree); 0 (wake)                                |
 //!
 //! A leader frame (kind 10) starts as a Raft frame does, then says that the sending node
-//! leads the group (to a node that holds no replica of it, which answers Metadata with it,
-//! `node.rs`):
+//! leads the group in a term, or no longer does (to a node that holds no replica of it,
+//! which answers Metadata with it, `node.rs`):
 //!
 //! | offset | size | field                                                       |
 //! |-------:|-----:|-------------------------------------------------------------|
 //! |      0 |    8 | term                                                        |
-//! |      8 |    1 | in-sync count `n`, 1 ..= 15 (`REPLICATION_FACTOR_MAX`)      |
+//! |      8 |    1 | in-sync count `n`, 0 ..= 15 (`REPLICATION_FACTOR_MAX`); 0: the sender stepped down in that term |
 //! |      9 |`8 n` | in-sync node ids                                            |
 //!
 //! An alive frame (kind 9) has no body and names no group: each shard sends one to every
@@ -292,7 +292,8 @@ pub enum Payload {
     Hibernation(Signal),
     /// The peer is there (no group: the topic is empty).
     Alive,
-    /// The sender leads the group in `term`, with these voters in sync (itself included).
+    /// The sender leads the group in `term`, with these voters in sync (itself included);
+    /// none: it stepped down in `term`, and knows no leader.
     Leader {
         term: u64,
         in_sync: Vec<u64>,
@@ -342,7 +343,7 @@ pub enum FrameError {
     FillOutOfBounds { field: &'static str, value: i64 },
     #[error("a rejoin answer's last entry is of term {last_term}, after its term {term}")]
     RejoinAnswerTerms { term: u64, last_term: u64 },
-    #[error("a leader frame with {count} in-sync ids, 1 to {LEADER_IN_SYNC_MAX} allowed")]
+    #[error("a leader frame with {count} in-sync ids, at most {LEADER_IN_SYNC_MAX}")]
     LeaderInSync { count: u8 },
     #[error("unknown hibernation signal {code}")]
     UnknownSignal { code: u8 },
@@ -621,7 +622,7 @@ fn decode_leader(body: &[u8]) -> Result<(Group<'_>, Payload), FrameError> {
     let (group, mut fields) = decode_group(body)?;
     let term = u64::from_be_bytes(fields.array("term")?);
     let [count] = fields.array("in-sync count")?;
-    if !(1..=LEADER_IN_SYNC_MAX).contains(&usize::from(count)) {
+    if usize::from(count) > LEADER_IN_SYNC_MAX {
         return Err(FrameError::LeaderInSync { count });
     }
     let in_sync = (0..count)
@@ -828,7 +829,7 @@ fn encode_group_frame(
         Payload::Hibernation(_) => (Kind::Hibernation, 1 + 2 * 8),
         Payload::Leader { in_sync, .. } => {
             assert!(
-                (1..=LEADER_IN_SYNC_MAX).contains(&in_sync.len()),
+                in_sync.len() <= LEADER_IN_SYNC_MAX,
                 "{} in sync",
                 in_sync.len()
             );

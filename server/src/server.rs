@@ -317,6 +317,7 @@ fn start_cluster(
         election_ticks: RAFT_ELECTION_TICKS,
         heartbeat_ticks: RAFT_HEARTBEAT_TICKS,
         hibernate: config.raft_hibernate,
+        everywhere: vec![crate::group::OFFSETS_TOPIC.to_owned()],
     };
     let cluster = Cluster::start(engine.clone(), cluster_config)?;
     tracing::info!(

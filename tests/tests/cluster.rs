@@ -744,6 +744,35 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
         result["refused"], "InvalidReplicationFactorError",
         "{result}"
     );
+    // Node 3 dies: the partitions it has no replica of keep their leaders; those it held
+    // lose theirs (a set of two needs both, of one its only node), and neither survivor
+    // names a leader for them any more, hosted there or not (a leader that lost its
+    // quorum steps down and says so; a dead one is forgotten).
+    nodes[2].take().expect("node 3 runs").kill();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answers: Vec<Placement> = (nodes.iter().flatten())
+            .map(|node| placement_at(node, &topics))
+            .collect();
+        let settled = answers.iter().all(|answer| {
+            answer.len() == PARTITIONS + 3
+                && answer.values().all(|(replicas, leader)| {
+                    if replicas.contains(&3) {
+                        *leader == -1
+                    } else {
+                        replicas.contains(leader)
+                    }
+                })
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after node 3's death the survivors still name it, or lost others: {answers:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, NODE_ID};
 use crate::errors;
+use ringlog_cluster::controller::REPLICATION_FACTOR_MAX;
 use ringlog_cluster::node::{ClusterError, Replication, DEFAULT_REPLICATION_FACTOR};
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
 use ringlog_engine::topic::TopicConfig;
@@ -206,9 +207,11 @@ fn checked_replication(
             -1 => None,
             asked => Some(usize::try_from(asked).unwrap_or(0)),
         };
-        if factor.is_some_and(|factor| factor == 0 || factor > nodes) {
+        let most = nodes.min(REPLICATION_FACTOR_MAX);
+        if factor.is_some_and(|factor| factor == 0 || factor > most) {
             let message = format!(
-                "replication factor {} is out of range 1..={nodes} (the cluster's nodes)",
+                "replication factor {} is out of range 1..={most} (the cluster's nodes, at \
+                 most {REPLICATION_FACTOR_MAX})",
                 topic.replication_factor
             );
             return Err((ResponseError::InvalidReplicationFactor, message));
@@ -543,10 +546,11 @@ mod tests {
             checked_replication(&topic(-1, 2), 3),
             Ok((-1, Replication::Factor(Some(2))))
         );
-        for factor in [0, 4, -2] {
-            let (code, _) = checked_replication(&topic(1, factor), 3).unwrap_err();
+        for (factor, nodes) in [(0, 3), (4, 3), (-2, 3), (16, 20)] {
+            let (code, _) = checked_replication(&topic(1, factor), nodes).unwrap_err();
             assert_eq!(code, ResponseError::InvalidReplicationFactor, "{factor}");
         }
+        assert!(checked_replication(&topic(1, 15), 20).is_ok());
         let assign = |index: i32, ids: &[i32]| {
             CreatableReplicaAssignment::default()
                 .with_partition_index(index)
