@@ -659,6 +659,12 @@ impl Cluster {
         }
     }
 
+    /// Whether this node holds a replica of the partition (as placed; every partition of a
+    /// topic that is not replicated).
+    pub fn holds(&self, meta: &TopicMeta, partition: u32) -> bool {
+        !is_replicated(meta.name.as_str()) || self.group_voters(meta, partition).is_some()
+    }
+
     /// The voters of the partition's group if this node holds a replica of it: its replica
     /// set as placed (every node for a topic placed on all, or one of
     /// [`ClusterConfig::everywhere`]). `None` if it is placed elsewhere, or not placed yet:

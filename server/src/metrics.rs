@@ -157,11 +157,17 @@ struct PartitionOffsets {
     log_end: i64,
 }
 
-/// The whole exposition: every counter and histogram, and every partition's offsets.
+/// The whole exposition: every counter and histogram, and the offsets of every partition
+/// this node holds a replica of (in a cluster, a partition placed on other nodes only has
+/// an empty log here, whose offsets would mislead).
 pub async fn render(engine: &Engine, lifecycle: &Lifecycle) -> String {
+    let cluster = lifecycle.cluster.get();
     let mut offsets = Vec::new();
     for meta in engine.topics() {
         for partition in 0..meta.partitions {
+            if cluster.is_some_and(|cluster| !cluster.holds(&meta, partition)) {
+                continue;
+            }
             // A topic deleted since `topics()` has no offsets any more; leave it out.
             if let Ok(o) = engine.offsets(meta.name.as_str(), partition).await {
                 offsets.push(PartitionOffsets {

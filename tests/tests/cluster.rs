@@ -723,6 +723,22 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
     let restarted = nodes[0].take().expect("node 1 runs").stop_cleanly();
     nodes[0] = Some(cluster.start(0));
     check(&nodes);
+    // Each node exports the offsets of the partitions it holds, not of the empty logs of
+    // those placed elsewhere.
+    for (index, node) in nodes.iter().flatten().enumerate() {
+        let samples = scrape(node.metrics_address().expect("a metrics endpoint"));
+        for partition in 0..3 {
+            let name = format!(
+                "ringlog_partition_log_end_offset{{topic=\"{assigned}\",partition=\"{partition}\"}}"
+            );
+            assert_eq!(
+                samples.0.contains_key(&name),
+                partition == index,
+                "node {}: {name}",
+                index + 1
+            );
+        }
+    }
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
     let values = |prefix: &str| -> Vec<String> {
