@@ -677,6 +677,56 @@ fn journals(cluster: &Cluster, topic: &str, partition: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Each node exports the offsets of the partitions of `assigned` (partition p on node
+/// p + 1) it holds, not of the empty logs of those placed elsewhere.
+fn assert_offsets_exported_where_held(nodes: &[Option<Server>], assigned: &str) {
+    for (index, node) in nodes.iter().flatten().enumerate() {
+        let samples = scrape(node.metrics_address().expect("a metrics endpoint"));
+        for partition in 0..3 {
+            let name = format!(
+                "ringlog_partition_log_end_offset{{topic=\"{assigned}\",partition=\"{partition}\"}}"
+            );
+            assert_eq!(
+                samples.0.contains_key(&name),
+                partition == index,
+                "node {}: {name}",
+                index + 1
+            );
+        }
+    }
+}
+
+/// Node 3 died: the partitions it has no replica of keep their leaders; those it held
+/// lose theirs (a set of two needs both, of one its only node), and no survivor names a
+/// leader for them any more, hosted there or not (a leader that lost its quorum steps
+/// down and says so; a dead one is forgotten).
+fn assert_leaders_of_dead_node_forgotten(nodes: &[Option<Server>], topics: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answers: Vec<Placement> = (nodes.iter().flatten())
+            .map(|node| placement_at(node, topics))
+            .collect();
+        let settled = answers.iter().all(|answer| {
+            answer.len() == PARTITIONS + 3
+                && answer.values().all(|(replicas, leader)| {
+                    if replicas.contains(&3) {
+                        *leader == -1
+                    } else {
+                        replicas.contains(leader)
+                    }
+                })
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after node 3's death the survivors still name it, or lost others: {answers:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node() {
     const RECORDS: usize = 60;
@@ -723,22 +773,7 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
     let restarted = nodes[0].take().expect("node 1 runs").stop_cleanly();
     nodes[0] = Some(cluster.start(0));
     check(&nodes);
-    // Each node exports the offsets of the partitions it holds, not of the empty logs of
-    // those placed elsewhere.
-    for (index, node) in nodes.iter().flatten().enumerate() {
-        let samples = scrape(node.metrics_address().expect("a metrics endpoint"));
-        for partition in 0..3 {
-            let name = format!(
-                "ringlog_partition_log_end_offset{{topic=\"{assigned}\",partition=\"{partition}\"}}"
-            );
-            assert_eq!(
-                samples.0.contains_key(&name),
-                partition == index,
-                "node {}: {name}",
-                index + 1
-            );
-        }
-    }
+    assert_offsets_exported_where_held(&nodes, &assigned);
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
     let values = |prefix: &str| -> Vec<String> {
@@ -760,35 +795,8 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
         result["refused"], "InvalidReplicationFactorError",
         "{result}"
     );
-    // Node 3 dies: the partitions it has no replica of keep their leaders; those it held
-    // lose theirs (a set of two needs both, of one its only node), and neither survivor
-    // names a leader for them any more, hosted there or not (a leader that lost its
-    // quorum steps down and says so; a dead one is forgotten).
     nodes[2].take().expect("node 3 runs").kill();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let answers: Vec<Placement> = (nodes.iter().flatten())
-            .map(|node| placement_at(node, &topics))
-            .collect();
-        let settled = answers.iter().all(|answer| {
-            answer.len() == PARTITIONS + 3
-                && answer.values().all(|(replicas, leader)| {
-                    if replicas.contains(&3) {
-                        *leader == -1
-                    } else {
-                        replicas.contains(leader)
-                    }
-                })
-        });
-        if settled {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after node 3's death the survivors still name it, or lost others: {answers:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert_leaders_of_dead_node_forgotten(&nodes, &topics);
     for node in nodes.into_iter().flatten() {
         node.stop_cleanly();
     }
