@@ -29,6 +29,8 @@ mod hibernation_tests;
 #[cfg(test)]
 mod idempotence_tests;
 #[cfg(test)]
+mod reconfigure_tests;
+#[cfg(test)]
 mod simulation_tests;
 #[cfg(test)]
 mod snapshot_tests;

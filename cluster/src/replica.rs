@@ -46,14 +46,15 @@
 //!   then needs entries below its leader's anchor gets a snapshot, and its fill starts its
 //!   log where its peers' start. The leader answers once its own log start moved.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use ringlog_engine::batch::{self, FrameHeader, TimestampType};
@@ -74,6 +75,17 @@ use crate::limits::{
 use crate::rejoin::{LogState, Rejoin};
 use crate::snapshot::{self, Fetched, FillSource};
 use crate::storage::{self, RaftStorage};
+
+/// Where a change of a group's voters stands ([`Replica::reconfigure`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconfiguring {
+    /// The voters are the target, and no learner is left.
+    Done,
+    /// A step is under way (what it waits for): call again.
+    Waiting(&'static str),
+    /// This replica does not lead the group: its leader drives the change.
+    NotLeader,
+}
 
 /// How a replica takes part in its group.
 #[derive(Debug, Clone)]
@@ -777,6 +789,15 @@ impl<S: Storage> Replica<S> {
         }
     }
 
+    /// The group's voters and learners, each sorted, as its configuration says now.
+    pub fn members(&self) -> (Vec<u64>, Vec<u64>) {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        let (mut voters, mut learners) = (conf.voters, conf.learners);
+        voters.sort_unstable();
+        learners.sort_unstable();
+        (voters, learners)
+    }
+
     /// The group's other voters, as its configuration says now.
     pub fn other_voters(&self) -> Vec<u64> {
         let raft = &self.node.raft;
@@ -785,6 +806,99 @@ impl<S: Storage> Replica<S> {
             .collect();
         voters.sort_unstable();
         voters
+    }
+
+    /// Takes the group's voters one step towards `target` (a reassignment), on its leader;
+    /// called again on every tick until it answers [`Reconfiguring::Done`]. The steps, each
+    /// proposed once the one before applied (raft-rs takes one configuration change at a
+    /// time):
+    /// 1. the replicas new to the group join as learners: they vote on nothing while they
+    ///    catch up. The first of them starts from a snapshot, which carries the
+    ///    configuration (they open with none, `ReplicaConfig::voters` empty): if the window
+    ///    still starts at the group's first entry, the anchor moves to the applied index
+    ///    first, so no joiner replays entries from the start without it;
+    /// 2. once each has every committed entry, they become voters (several at once through
+    ///    joint consensus, which raft-rs leaves on its own);
+    /// 3. a leader that is not in the target hands its leadership to the target's voter
+    ///    furthest along (raft-rs does not handle a leader removing itself);
+    /// 4. the replicas not in the target leave.
+    ///
+    /// Safe to call again at any step and on any leader: each step is read from the
+    /// configuration as applied, so a new leader takes over where the old one stopped.
+    pub async fn reconfigure(&mut self, target: &[u64]) -> Result<Reconfiguring, ReplicaError> {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        let voters: BTreeSet<u64> = conf.voters.iter().copied().collect();
+        let learners: BTreeSet<u64> = conf.learners.iter().copied().collect();
+        let target: BTreeSet<u64> = target.iter().copied().collect();
+        let joint = !conf.voters_outgoing.is_empty();
+        if voters == target && learners.is_empty() && !joint {
+            return Ok(Reconfiguring::Done);
+        }
+        if !self.is_leader() {
+            return Ok(Reconfiguring::NotLeader);
+        }
+        if joint || self.node.raft.has_pending_conf() || !self.leads_with_own_commit() {
+            return Ok(Reconfiguring::Waiting("a configuration change is applying"));
+        }
+        let joining: Vec<u64> = (target.iter().copied())
+            .filter(|id| !voters.contains(id) && !learners.contains(id))
+            .collect();
+        if !joining.is_empty() {
+            let applied = self.node.raft.raft_log.applied;
+            if self.anchor().index == 0 && applied > 0 {
+                self.move_anchor(applied, true).await?;
+            }
+            self.propose_voters(&joining, ConfChangeType::AddLearnerNode)?;
+            return Ok(Reconfiguring::Waiting("new replicas join as learners"));
+        }
+        let committed = self.node.raft.raft_log.committed;
+        let raft = &self.node.raft;
+        let promoted: Vec<u64> = (learners.iter().copied())
+            .filter(|id| target.contains(id))
+            .collect();
+        let behind = (promoted.iter()).any(|id| {
+            raft.prs()
+                .get(*id)
+                .is_none_or(|progress| progress.matched < committed)
+        });
+        if behind {
+            return Ok(Reconfiguring::Waiting("learners catch up"));
+        }
+        if !promoted.is_empty() {
+            self.propose_voters(&promoted, ConfChangeType::AddNode)?;
+            return Ok(Reconfiguring::Waiting("learners become voters"));
+        }
+        if !target.contains(&raft.id) {
+            let successor = (target.iter().copied())
+                .filter(|id| voters.contains(id))
+                .max_by_key(|id| raft.prs().get(*id).map_or(0, |progress| progress.matched));
+            if let Some(successor) = successor {
+                self.node.transfer_leader(successor);
+            }
+            return Ok(Reconfiguring::Waiting("leadership moves into the target"));
+        }
+        let leaving: Vec<u64> = (voters.iter().chain(&learners).copied())
+            .filter(|id| !target.contains(id))
+            .collect();
+        self.propose_voters(&leaving, ConfChangeType::RemoveNode)?;
+        Ok(Reconfiguring::Waiting("replicas leave"))
+    }
+
+    /// Proposes one configuration change: `change` for each of `ids`, through joint
+    /// consensus if there are several (left by raft-rs on its own).
+    fn propose_voters(&mut self, ids: &[u64], change: ConfChangeType) -> Result<(), ReplicaError> {
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Auto);
+        for &id in ids {
+            let mut single = ConfChangeSingle::default();
+            single.set_change_type(change);
+            single.node_id = id;
+            cc.mut_changes().push(single);
+        }
+        tracing::info!(partition = %self.id, ?ids, ?change, "proposing a configuration change");
+        self.node
+            .propose_conf_change(Vec::new(), cc)
+            .map_err(|source| self.raft_error(source))
     }
 
     /// Starts an election now (an operator's or a test's choice; followers campaign on

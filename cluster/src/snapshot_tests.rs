@@ -60,7 +60,11 @@ impl FillSource for PeerLogs {
 }
 
 /// Gives `node` a source reading the other replicas' logs; returns its fetch count.
-fn fill_from_peers(cluster: &mut Cluster, node: u64, chunks: Option<usize>) -> Rc<Cell<usize>> {
+pub(crate) fn fill_from_peers(
+    cluster: &mut Cluster,
+    node: u64,
+    chunks: Option<usize>,
+) -> Rc<Cell<usize>> {
     let logs = (cluster.replicas.iter())
         .filter(|(other, _)| **other != node)
         .map(|(_, replica)| replica.log().clone())

@@ -145,7 +145,15 @@ impl Cluster {
                     continue;
                 }
                 if let Some(replica) = self.replicas.get_mut(&message.to) {
-                    replica.step(message).unwrap();
+                    match replica.step(message) {
+                        // A response from a peer the configuration no longer (or does not
+                        // yet) count: the node drops it too (`node::is_ignorable`).
+                        Err(ReplicaError::Raft {
+                            source: raft::Error::StepPeerNotFound,
+                            ..
+                        }) => {}
+                        other => other.unwrap(),
+                    }
                 }
             }
             // After the messages, as the node sends them after a Ready's messages on the

@@ -1,0 +1,132 @@
+//! A group's voters changed under load ([`Replica::reconfigure`]): a replica new to the
+//! group joins with no configuration, takes a snapshot that carries it, catches up as a
+//! learner, becomes a voter, and a replica leaves, the leader among them (it hands its
+//! leadership over first). Every replica of the new set then holds the same log, and
+//! commits go on without the one that left.
+
+use ringlog_engine::rt;
+use ringlog_engine::storage::DiskStorage;
+
+use crate::replica::{Reconfiguring, Replica, ReplicaConfig};
+use crate::snapshot_tests::fill_from_peers;
+use crate::tests::{answered, assert_identical, config, id, topic, values, Cluster};
+
+/// Ticks, lets the leader take its next step towards `target`, and settles, until a
+/// leader says it is done; returns how many rounds that took. Proposes a batch now and
+/// then, so the change happens while the group takes writes.
+async fn reconfigure(cluster: &mut Cluster, target: &[u64], proposed: &mut usize) -> usize {
+    for round in 0..400 {
+        cluster.tick();
+        let leader = (cluster.replicas.iter())
+            .find(|(node, replica)| replica.is_leader() && !cluster.isolated.contains(node))
+            .map(|(node, _)| *node);
+        if let Some(leader) = leader {
+            let replica = cluster.replicas.get_mut(&leader).unwrap();
+            if replica.reconfigure(target).await.unwrap() == Reconfiguring::Done {
+                return round;
+            }
+            if round % 5 == 0 && replica.leads_with_own_commit() {
+                let mut answer = cluster.propose(leader, &format!("during{proposed}"), 2);
+                *proposed += 1;
+                cluster.settle().await;
+                // Committed, or lost to a leadership change (the client would retry).
+                if let Some(Ok(_)) = answered(&mut answer) {
+                    continue;
+                }
+                *proposed -= 1;
+            }
+        }
+        cluster.settle().await;
+    }
+    panic!("the group's voters did not become {target:?}");
+}
+
+#[test]
+fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        // The set leaves out the leader: it must hand its leadership over before it goes.
+        let mut target: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&n| n != leader).collect();
+        target.sort_unstable();
+        let gone = leader;
+        for round in 0..4 {
+            let mut answer = cluster.propose(leader, &format!("before{round}"), 3);
+            cluster.settle().await;
+            assert!(answered(&mut answer).unwrap().is_ok());
+        }
+        // Node 4 opens with no configuration: it may not vote or campaign until the
+        // group's snapshot tells it what the group is.
+        let joining = ReplicaConfig {
+            voters: Vec::new(),
+            ..config(4)
+        };
+        let replica = Replica::open(
+            DiskStorage,
+            &dir.path().join("node-4"),
+            id(),
+            topic(),
+            &joining,
+        )
+        .await
+        .unwrap();
+        assert_eq!(replica.members(), (vec![], vec![]));
+        cluster.replicas.insert(4, replica);
+        let fetches = fill_from_peers(&mut cluster, 4, None);
+
+        let mut proposed = 0;
+        reconfigure(&mut cluster, &target, &mut proposed).await;
+        assert!(fetches.get() > 0, "node 4 filled its log from a snapshot");
+        for &node in &target {
+            let replica = &cluster.replicas[&node];
+            assert_eq!(replica.members(), (target.clone(), vec![]), "node {node}");
+        }
+        assert!(
+            !cluster.replicas[&gone].is_leader(),
+            "the leader left the group"
+        );
+
+        // The old leader is gone: the group commits without it, and the new set holds
+        // one log.
+        let left = cluster.replicas.remove(&gone).unwrap();
+        left.close().await.unwrap();
+        let leader = cluster.elect(|_| true).await;
+        let mut answer = cluster.propose(leader, "after", 3);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+        for _ in 0..20 {
+            cluster.tick();
+            cluster.settle().await;
+        }
+        let read = assert_identical(&cluster).await;
+        let mut expected: Vec<String> = (0..4)
+            .flat_map(|round| (0..3).map(move |i| format!("before{round}-{i}")))
+            .collect();
+        expected.extend((0..proposed).flat_map(|n| (0..2).map(move |i| format!("during{n}-{i}"))));
+        expected.extend((0..3).map(|i| format!("after-{i}")));
+        let mut sorted = read.clone();
+        sorted.sort();
+        expected.sort();
+        assert_eq!(
+            sorted, expected,
+            "every committed record once, on every replica"
+        );
+        assert_eq!(read, values(&cluster.logs().await[&4]));
+
+        // The configuration is durable: node 4 reopens as a voter of the new set.
+        let node4 = cluster.replicas.remove(&4).unwrap();
+        node4.close().await.unwrap();
+        let reopened = Replica::open(
+            DiskStorage,
+            &dir.path().join("node-4"),
+            id(),
+            topic(),
+            &joining,
+        )
+        .await
+        .unwrap();
+        assert_eq!(reopened.members(), (target, vec![]));
+    })
+    .unwrap();
+}
