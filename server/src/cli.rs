@@ -131,6 +131,10 @@ pub enum TopicCommand {
         /// Number of partitions.
         #[arg(long, value_name = "N", value_parser = parse_partition_count)]
         partitions: u32,
+        /// Replicas per partition, in a cluster (default: 3, or the cluster's size if
+        /// smaller); a single node keeps one.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i16).range(1..))]
+        replication_factor: Option<i16>,
         /// A topic config (repeatable), e.g. `--config retention.ms=86400000`.
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -430,6 +434,35 @@ mod tests {
     }
 
     #[test]
+    fn a_replication_factor_is_a_positive_count() {
+        let factor = |value: &str| {
+            let cli = Cli::try_parse_from([
+                "ringlog",
+                "topic",
+                "create",
+                "t",
+                "--partitions",
+                "1",
+                "--replication-factor",
+                value,
+            ]);
+            match cli.map(|cli| cli.command) {
+                Ok(Command::Topic(TopicArgs {
+                    command:
+                        TopicCommand::Create {
+                            replication_factor, ..
+                        },
+                    ..
+                })) => Some(replication_factor),
+                _ => None,
+            }
+        };
+        assert_eq!(factor("2"), Some(Some(2)));
+        assert_eq!(factor("0"), None);
+        assert_eq!(factor("-1"), None);
+    }
+
+    #[test]
     fn topic_flags_parse_in_either_position() {
         let cli = Cli::try_parse_from([
             "ringlog",
@@ -453,12 +486,14 @@ mod tests {
         let TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
         } = args.command
         else {
             panic!("not create");
         };
         assert_eq!((name.as_str(), partitions, configs.len()), ("t", 3, 2));
+        assert_eq!(replication_factor, None);
         let cli = Cli::try_parse_from([
             "ringlog",
             "group",

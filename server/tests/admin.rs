@@ -776,14 +776,15 @@ fn cli_creates_lists_describes_and_deletes_topics() {
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|words| words.len() == 3 && words[0].parse::<u32>().is_ok())
+        .filter(|words| words.len() == 5 && words[0].parse::<u32>().is_ok())
         .collect();
+    // Partition, log start, log end, leader and replicas: a single node (id 0) holds all.
     assert_eq!(
         rows,
         vec![
-            vec!["0", "0", "0"],
-            vec!["1", "2", "5"],
-            vec!["2", "0", "0"]
+            vec!["0", "0", "0", "0", "0"],
+            vec!["1", "2", "5", "0", "0"],
+            vec!["2", "0", "0", "0", "0"]
         ]
     );
     assert!(text.contains("  retention.ms=3600000 (topic)\n"), "{text}");

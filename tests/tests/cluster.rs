@@ -826,6 +826,33 @@ fn admin_cli_works_at_every_node(nodes: &[Option<Server>]) {
     cli(&["topic", "create", "cli-made", "--partitions", "3"], 0);
     let described = cli(&["topic", "describe", "cli-made"], 1);
     assert!(described.contains("partitions: 3"), "{described}");
+    cli(
+        &[
+            "topic",
+            "create",
+            "cli-pair",
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "2",
+        ],
+        2,
+    );
+    let described = cli(&["topic", "describe", "cli-pair"], 0);
+    // Each partition's line ends with its two replicas, the leader among them.
+    let rows: Vec<&str> = (described.lines())
+        .filter(|line| line.trim_start().starts_with(['0', '1', '2']))
+        .collect();
+    assert_eq!(rows.len(), 3, "{described}");
+    for row in rows {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let replicas: Vec<&str> = fields[4].split(',').collect();
+        assert_eq!(replicas.len(), 2, "{described}");
+        assert!(
+            replicas.contains(&fields[3]),
+            "the leader is a replica: {described}"
+        );
+    }
     // A group's commands go to its coordinator, wherever they are given.
     cli(
         &[

@@ -192,7 +192,7 @@ pub fn create_topic(
     topic: &str,
     partitions: u32,
 ) -> Result<(), BenchError> {
-    match admin::topic::create(client, topic, partitions, &[]) {
+    match admin::topic::create(client, topic, partitions, None, &[]) {
         Ok(_) => Ok(()),
         Err(AdminError::Kafka { code, .. }) if code == TOPIC_ALREADY_EXISTS => Ok(()),
         Err(error) => Err(error.into()),

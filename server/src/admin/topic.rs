@@ -47,8 +47,11 @@ pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, A
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
-        } => at_controller(client, |client| create(client, name, *partitions, configs)),
+        } => at_controller(client, |client| {
+            create(client, name, *partitions, *replication_factor, configs)
+        }),
         TopicCommand::List => list(client),
         TopicCommand::Describe { name } => describe(client, name),
         TopicCommand::Delete { name } => at_controller(client, |client| delete(client, name)),
@@ -124,10 +127,13 @@ pub(crate) fn topic_name(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
+/// Creates a topic; `replication_factor` `None` leaves it to the broker (a version of
+/// CreateTopics before -1 meant that asks for 1).
 pub fn create(
     client: &mut AdminClient,
     name: &str,
     partitions: u32,
+    replication_factor: Option<i16>,
     configs: &[(String, String)],
 ) -> Result<String, AdminError> {
     let version = client.version::<CreateTopicsRequest>()?;
@@ -139,10 +145,10 @@ pub fn create(
                 .with_value(Some(StrBytes::from_string(value.clone())))
         })
         .collect();
-    let replication_factor = if version >= CREATE_DEFAULT_REPLICATION_VERSION {
-        -1
-    } else {
-        1
+    let replication_factor = match replication_factor {
+        Some(factor) => factor,
+        None if version >= CREATE_DEFAULT_REPLICATION_VERSION => -1,
+        None => 1,
     };
     let topic = CreatableTopic::default()
         .with_name(topic_name(name))
@@ -202,6 +208,9 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
     partitions.sort_unstable();
     let starts = offsets_at_leaders(client, name, &partitions, EARLIEST)?;
     let ends = offsets_at_leaders(client, name, &partitions, LATEST)?;
+    // Asked again: the leaders answered the offsets, so Metadata names them now (a topic
+    // just created may have had none at the first answer).
+    let topic = metadata(client, name)?;
     let mut out = format!("topic: {name}\n");
     if topic.topic_id != Uuid::nil() {
         let _ = writeln!(out, "id: {}", topic.topic_id);
@@ -209,11 +218,20 @@ pub fn describe(client: &mut AdminClient, name: &str) -> Result<String, AdminErr
     let _ = writeln!(out, "partitions: {}", partitions.len());
     let _ = writeln!(
         out,
-        "  {:<10} {:>16} {:>16}",
-        "partition", "log-start", "log-end"
+        "  {:<10} {:>16} {:>16} {:>7}  replicas",
+        "partition", "log-start", "log-end", "leader"
     );
     for ((partition, start), end) in partitions.iter().zip(&starts).zip(&ends) {
-        let _ = writeln!(out, "  {partition:<10} {start:>16} {end:>16}");
+        let entry = (topic.partitions.iter()).find(|p| p.partition_index == *partition);
+        let leader = entry.map_or(-1, |p| p.leader_id.0);
+        let replicas: Vec<String> = (entry.into_iter())
+            .flat_map(|p| p.replica_nodes.iter().map(|id| id.0.to_string()))
+            .collect();
+        let replicas = replicas.join(",");
+        let _ = writeln!(
+            out,
+            "  {partition:<10} {start:>16} {end:>16} {leader:>7}  {replicas}"
+        );
     }
     out.push_str("configs:\n");
     for config in &configs {
