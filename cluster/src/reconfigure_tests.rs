@@ -4,6 +4,8 @@
 //! leadership over first). Every replica of the new set then holds the same log, and
 //! commits go on without the one that left.
 
+use std::path::Path;
+
 use ringlog_engine::rt;
 use ringlog_engine::storage::DiskStorage;
 
@@ -41,6 +43,17 @@ async fn reconfigure(cluster: &mut Cluster, target: &[u64], proposed: &mut usize
     panic!("the group's voters did not become {target:?}");
 }
 
+/// Node 4's replica, opened (in `dir/node-4`) with no configuration of its own.
+async fn open_joining(dir: &Path) -> Replica<DiskStorage> {
+    let joining = ReplicaConfig {
+        voters: Vec::new(),
+        ..config(4)
+    };
+    Replica::open(DiskStorage, &dir.join("node-4"), id(), topic(), &joining)
+        .await
+        .unwrap()
+}
+
 #[test]
 fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,19 +71,7 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
         }
         // Node 4 opens with no configuration: it may not vote or campaign until the
         // group's snapshot tells it what the group is.
-        let joining = ReplicaConfig {
-            voters: Vec::new(),
-            ..config(4)
-        };
-        let replica = Replica::open(
-            DiskStorage,
-            &dir.path().join("node-4"),
-            id(),
-            topic(),
-            &joining,
-        )
-        .await
-        .unwrap();
+        let replica = open_joining(dir.path()).await;
         assert_eq!(replica.members(), (vec![], vec![]));
         cluster.replicas.insert(4, replica);
         let fetches = fill_from_peers(&mut cluster, 4, None);
@@ -117,15 +118,7 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
         // The configuration is durable: node 4 reopens as a voter of the new set.
         let node4 = cluster.replicas.remove(&4).unwrap();
         node4.close().await.unwrap();
-        let reopened = Replica::open(
-            DiskStorage,
-            &dir.path().join("node-4"),
-            id(),
-            topic(),
-            &joining,
-        )
-        .await
-        .unwrap();
+        let reopened = open_joining(dir.path()).await;
         assert_eq!(reopened.members(), (target, vec![]));
     })
     .unwrap();

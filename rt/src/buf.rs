@@ -253,7 +253,9 @@ impl AlignedBuf {
             Self::map(allocated)
         } else {
             let layout = Self::layout(allocated);
-            // SAFETY: the layout has a non-zero size.
+            // SAFETY: the layout has a non-zero size (`rounded_sizes` gives at least one
+            // alignment granule), as `alloc_zeroed` requires; it answers zeroed memory of
+            // that layout, or null, which is checked below.
             let ptr = unsafe { alloc::alloc_zeroed(layout) };
             let Some(ptr) = NonNull::new(ptr) else {
                 alloc::handle_alloc_error(layout)

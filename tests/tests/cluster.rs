@@ -512,6 +512,20 @@ fn a_topic_is_auto_created_from_whichever_node_a_producer_bootstraps_at() {
     }
 }
 
+/// The values `cluster.py` writes with `prefix`, `count` of them ("<prefix><i>"), sorted.
+fn sorted_values(prefix: &str, count: usize) -> Vec<String> {
+    let mut values: Vec<String> = (0..count).map(|i| format!("{prefix}{i}")).collect();
+    values.sort();
+    values
+}
+
+/// The values the script's result lists under `key`, sorted.
+fn sorted_read(result: &serde_json::Value, key: &str) -> Vec<String> {
+    let mut read: Vec<String> = serde_json::from_value(result[key].clone()).expect(key);
+    read.sort();
+    read
+}
+
 #[test]
 fn admin_changes_go_through_the_controller_to_every_node() {
     const RECORDS: usize = 30;
@@ -523,16 +537,8 @@ fn admin_changes_go_through_the_controller_to_every_node() {
         _root,
     } = start("admin", RECORDS);
     let result = script.join().expect("the script thread");
-    let values = |prefix: &str| -> Vec<String> {
-        let mut values: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}{i}")).collect();
-        values.sort();
-        values
-    };
-    let read = |key: &str| -> Vec<String> {
-        let mut read: Vec<String> = serde_json::from_value(result[key].clone()).expect(key);
-        read.sort();
-        read
-    };
+    let values = |prefix: &str| sorted_values(prefix, RECORDS);
+    let read = |key: &str| sorted_read(&result, key);
     assert_eq!(read("first"), values("a"), "{result}");
     assert_eq!(read("added"), values("b"), "{result}");
     assert_eq!(
@@ -776,16 +782,8 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
     assert_offsets_exported_where_held(&nodes, &assigned);
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
-    let values = |prefix: &str| -> Vec<String> {
-        let mut values: Vec<String> = (0..RECORDS).map(|i| format!("{prefix}{i}")).collect();
-        values.sort();
-        values
-    };
-    let read = |key: &str| -> Vec<String> {
-        let mut read: Vec<String> = serde_json::from_value(result[key].clone()).expect(key);
-        read.sort();
-        read
-    };
+    let values = |prefix: &str| sorted_values(prefix, RECORDS);
+    let read = |key: &str| sorted_read(&result, key);
     assert_eq!(read("placed"), values("p"), "{result}");
     assert_eq!(read("assigned"), values("q"), "{result}");
     let mut both = [values("q"), values("s")].concat();

@@ -493,33 +493,31 @@ fn check_partition_count(current: u32, requested: i32) -> Result<u32, Refusal> {
     Ok(count)
 }
 
-/// Assignments, when given, name `replicas` (sorted), in any order, for each new partition:
-/// this node alone, or every node of a cluster.
+/// Assignments, when given, name `replicas` (sorted), in any order, for each new partition
+/// (a single node: itself alone, what a Kafka tool sends for a one-node cluster).
 fn check_assignments(
     topic: &CreatePartitionsTopic,
     added: u32,
     replicas: &[BrokerId],
 ) -> Result<(), Refusal> {
-    let Some(assignments) = &topic.assignments else {
+    let Some(sets) = assigned_replicas(topic, added)? else {
         return Ok(());
     };
-    let code = ResponseError::InvalidReplicaAssignment.code();
-    if assignments.len() != added as usize {
-        let message = format!(
-            "{} assignments given for {added} new partitions",
-            assignments.len()
-        );
-        return Err(Refusal(code, message));
-    }
-    let as_placed = assignments.iter().all(|assignment| {
-        let mut named = assignment.broker_ids.clone();
+    let mut wanted: Vec<u64> = (replicas.iter())
+        .filter_map(|id| u64::try_from(id.0).ok())
+        .collect();
+    wanted.sort_unstable();
+    let as_placed = sets.into_iter().all(|mut named| {
         named.sort_unstable();
-        named == replicas
+        named == wanted
     });
     if !as_placed {
         let named: Vec<i32> = replicas.iter().map(|id| id.0).collect();
         let message = format!("every partition has one replica on each of brokers {named:?}");
-        return Err(Refusal(code, message));
+        return Err(Refusal(
+            ResponseError::InvalidReplicaAssignment.code(),
+            message,
+        ));
     }
     Ok(())
 }
