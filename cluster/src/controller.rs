@@ -11,7 +11,8 @@
 //! it sets), never "the default", since nodes may be started with different defaults.
 //!
 //! A command is the value of one record (its key names the kind, for a reader of the log:
-//! `create-topic`, `delete-topic`, `create-partitions`, `alter-config`); its bytes,
+//! `create-topic`, `delete-topic`, `create-partitions`, `alter-config`, `reassign`,
+//! `reassigned`); its bytes,
 //! big-endian, start with `version u8` (2; 1 is still read) and `kind u8`, then by kind:
 //!
 //! | kind | name              | fields after the kind                                                   |
@@ -20,6 +21,8 @@
 //! |    2 | delete topic      | `id [16]`, `name str`                                                   |
 //! |    3 | create partitions | `id [16]`, `partitions u32` (the new total), `name str`, `placement` (version 2, the new partitions') |
 //! |    4 | alter config      | `id [16]`, `name str`, `pairs` (set over the topic's current configuration) |
+//! |    5 | reassign          | `id [16]`, `name str`, `u32 count` (at most [`PARTITIONS_PER_TOPIC_MAX`]) of `partition u32`, `set` (the target; version 2 only) |
+//! |    6 | reassigned        | `id [16]`, `name str`, `partition u32`, `set` (the replicas the group now has; version 2 only) |
 //!
 //! `str` is `u16 length + UTF-8 bytes` (a topic name at most 249 bytes); `pairs` is a
 //! `u16 count` (at most 64) of `key str, value str`. The id is the topic's (a UUID, never
@@ -28,10 +31,17 @@
 //! value (AlterConfigs sends every key, IncrementalAlterConfigs those it edits).
 //!
 //! `placement` is each partition's replica set, in partition order: `u32 count` (at most
-//! [`PARTITIONS_PER_TOPIC_MAX`]) of `u8 replicas` (1 to [`REPLICATION_FACTOR_MAX`]) node
-//! ids `u64`, distinct and non-zero; a create topic's lists every partition, a create
+//! [`PARTITIONS_PER_TOPIC_MAX`]) of `set`s; a `set` is `u8 replicas` (1 to
+//! [`REPLICATION_FACTOR_MAX`]) node ids `u64`, distinct and non-zero; a create topic's
+//! lists every partition, a create
 //! partitions' the new ones. A version 1 command has none: its partitions are replicated on
 //! every node of the cluster (what a cluster did before replica sets).
+//!
+//! A reassignment (`placement.rs`) is two commands: `reassign` gives partitions a target
+//! set (the current set again cancels a reassignment under way), and each partition's
+//! group, once its leader has moved the group's voters to the target
+//! (`Replica::reconfigure`), proposes `reassigned` with that set, which makes it the
+//! partition's set: the replicas outside it are closed and their files deleted.
 //!
 //! Every length is bounded before it is trusted; a command that does not decode is an
 //! error that stops the node's applying (it would mean a bug or damage), never skipped.
@@ -52,6 +62,8 @@ const KIND_CREATE_TOPIC: u8 = 1;
 const KIND_DELETE_TOPIC: u8 = 2;
 const KIND_CREATE_PARTITIONS: u8 = 3;
 const KIND_ALTER_CONFIG: u8 = 4;
+const KIND_REASSIGN: u8 = 5;
+const KIND_REASSIGNED: u8 = 6;
 /// The most configuration entries a command carries: every key a topic has, with room to
 /// grow. A command's pairs are distinct known keys (a configuration's, or an alter request's
 /// once checked), so no command the node builds has more.
@@ -77,6 +89,17 @@ pub enum Change {
     AlterConfig {
         topic: TopicRef,
         pairs: Vec<(String, String)>,
+    },
+    /// Gives partitions a target replica set each: `(partition, target)`.
+    Reassign {
+        topic: TopicRef,
+        targets: Vec<(u32, Vec<u64>)>,
+    },
+    /// The partition's group has the voters `replicas`, its reassignment's target.
+    Reassigned {
+        topic: TopicRef,
+        partition: u32,
+        replicas: Vec<u64>,
     },
 }
 
@@ -132,6 +155,8 @@ impl Change {
             Change::DeleteTopic(_) => b"delete-topic",
             Change::CreatePartitions { .. } => b"create-partitions",
             Change::AlterConfig { .. } => b"alter-config",
+            Change::Reassign { .. } => b"reassign",
+            Change::Reassigned { .. } => b"reassigned",
         }
     }
 
@@ -141,7 +166,9 @@ impl Change {
             Change::CreateTopic(create) => &create.name,
             Change::DeleteTopic(topic)
             | Change::CreatePartitions { topic, .. }
-            | Change::AlterConfig { topic, .. } => &topic.name,
+            | Change::AlterConfig { topic, .. }
+            | Change::Reassign { topic, .. }
+            | Change::Reassigned { topic, .. } => &topic.name,
         }
     }
 
@@ -188,6 +215,32 @@ impl Change {
                 out.extend_from_slice(&topic.id);
                 put_str(&mut out, &topic.name);
                 put_pairs(&mut out, pairs);
+            }
+            Change::Reassign { topic, targets } => {
+                out.push(KIND_REASSIGN);
+                out.extend_from_slice(&topic.id);
+                put_str(&mut out, &topic.name);
+                assert!(
+                    targets.len() <= PARTITIONS_PER_TOPIC_MAX as usize,
+                    "{} reassigned partitions",
+                    targets.len()
+                );
+                out.extend_from_slice(&(targets.len() as u32).to_be_bytes());
+                for (partition, target) in targets {
+                    out.extend_from_slice(&partition.to_be_bytes());
+                    put_set(&mut out, target);
+                }
+            }
+            Change::Reassigned {
+                topic,
+                partition,
+                replicas,
+            } => {
+                out.push(KIND_REASSIGNED);
+                out.extend_from_slice(&topic.id);
+                put_str(&mut out, &topic.name);
+                out.extend_from_slice(&partition.to_be_bytes());
+                put_set(&mut out, replicas);
             }
         }
         out
@@ -246,6 +299,27 @@ impl Change {
                 Change::AlterConfig {
                     topic: TopicRef { name, id },
                     pairs,
+                }
+            }
+            KIND_REASSIGN if placed => {
+                let name = reader.str()?;
+                let count = reader.partitions()?;
+                let targets = (0..count)
+                    .map(|_| Ok((u32::from_be_bytes(reader.array()?), reader.set()?)))
+                    .collect::<Result<Vec<_>, CommandError>>()?;
+                Change::Reassign {
+                    topic: TopicRef { name, id },
+                    targets,
+                }
+            }
+            KIND_REASSIGNED if placed => {
+                let name = reader.str()?;
+                let partition = u32::from_be_bytes(reader.array()?);
+                let replicas = reader.set()?;
+                Change::Reassigned {
+                    topic: TopicRef { name, id },
+                    partition,
+                    replicas,
                 }
             }
             other => return Err(CommandError::Kind(other)),
@@ -372,10 +446,20 @@ fn put_placement(out: &mut Vec<u8>, replicas: &[Vec<u64>]) {
     );
     out.extend_from_slice(&(replicas.len() as u32).to_be_bytes());
     for set in replicas {
-        out.push(set.len() as u8);
-        for id in set {
-            out.extend_from_slice(&id.to_be_bytes());
-        }
+        put_set(out, set);
+    }
+}
+
+/// One replica set: `u8 replicas`, then the ids.
+fn put_set(out: &mut Vec<u8>, set: &[u64]) {
+    // As for a placement: a set the decoder refuses would stop every node's applying.
+    assert!(
+        check_replica_set(set).is_ok(),
+        "replica set beyond the bounds: {set:?}"
+    );
+    out.push(set.len() as u8);
+    for id in set {
+        out.extend_from_slice(&id.to_be_bytes());
     }
 }
 
@@ -439,21 +523,22 @@ impl<'a> Reader<'a> {
                 "{count} replica sets, at most {PARTITIONS_PER_TOPIC_MAX}"
             )));
         }
-        let mut sets = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            let len = usize::from(self.u8()?);
-            if len == 0 || len > REPLICATION_FACTOR_MAX {
-                return Err(CommandError::Placement(format!(
-                    "{len} replicas, 1 to {REPLICATION_FACTOR_MAX} allowed"
-                )));
-            }
-            let set = (0..len)
-                .map(|_| Ok(u64::from_be_bytes(self.array()?)))
-                .collect::<Result<Vec<u64>, CommandError>>()?;
-            check_replica_set(&set)?;
-            sets.push(set);
+        (0..count).map(|_| self.set()).collect()
+    }
+
+    /// One replica set, checked ([`check_replica_set`]).
+    fn set(&mut self) -> Result<Vec<u64>, CommandError> {
+        let len = usize::from(self.u8()?);
+        if len == 0 || len > REPLICATION_FACTOR_MAX {
+            return Err(CommandError::Placement(format!(
+                "{len} replicas, 1 to {REPLICATION_FACTOR_MAX} allowed"
+            )));
         }
-        Ok(sets)
+        let set = (0..len)
+            .map(|_| Ok(u64::from_be_bytes(self.array()?)))
+            .collect::<Result<Vec<u64>, CommandError>>()?;
+        check_replica_set(&set)?;
+        Ok(set)
     }
 
     fn pairs(&mut self) -> Result<Vec<(String, String)>, CommandError> {
@@ -507,6 +592,15 @@ mod tests {
             Change::AlterConfig {
                 topic: orders(),
                 pairs: vec![("retention.ms".to_owned(), "60000".to_owned())],
+            },
+            Change::Reassign {
+                topic: orders(),
+                targets: vec![(0, vec![2, 3]), (5, vec![1])],
+            },
+            Change::Reassigned {
+                topic: orders(),
+                partition: 5,
+                replicas: vec![1],
             },
         ]
     }
@@ -656,6 +750,35 @@ mod tests {
             place(&[1, 2, 3], 0, 2, 3, 0),
             [vec![1, 2, 3], vec![2, 3, 1]]
         );
+    }
+
+    #[test]
+    fn a_reassignment_out_of_bounds_is_refused() {
+        let reassign = Change::Reassign {
+            topic: orders(),
+            targets: vec![(0, vec![2, 3])],
+        };
+        let bytes = reassign.encode();
+        // After version, kind, id and name: the count, then partition, `u8 len` and ids.
+        let at = 2 + 16 + 2 + "orders".len();
+        let mut huge = bytes.clone();
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(matches!(
+            Change::decode(&huge),
+            Err(CommandError::Placement(_))
+        ));
+        let mut twice = bytes.clone();
+        let first = at + 4 + 4 + 1;
+        let id: [u8; 8] = twice[first..first + 8].try_into().unwrap();
+        twice[first + 8..first + 16].copy_from_slice(&id);
+        assert!(matches!(
+            Change::decode(&twice),
+            Err(CommandError::Placement(_))
+        ));
+        // Version 1 has no reassignments.
+        let mut old = bytes;
+        old[0] = 1;
+        assert_eq!(Change::decode(&old), Err(CommandError::Kind(5)));
     }
 
     #[test]

@@ -148,3 +148,9 @@ pub const REJOIN_ASK_TICKS: usize = 5;
 /// replica of them (they also go out as leadership changes, and after a peer's hello): a
 /// frame lost to a full queue is corrected within this (5 s at 100 ms ticks).
 pub const LEADER_ANNOUNCE_TICKS: usize = 50;
+
+/// Ticks between a group leader's reports that its voters reached a reassignment's target
+/// (a `reassigned` command, `controller.rs`), repeated until the report applies: a report
+/// forwarded to a controller leader that just lost its leadership is lost (1 s at 100 ms
+/// ticks).
+pub const REASSIGNED_REPORT_TICKS: usize = 10;

@@ -63,7 +63,7 @@ use futures::channel::oneshot;
 use raft::eraftpb::Message;
 use ringlog_engine::batch::{BatchBuilder, FrameHeader, RecordBatch};
 use ringlog_engine::limits::PARTITIONS_PER_TOPIC_MAX;
-use ringlog_engine::log::{Appended, PartitionId};
+use ringlog_engine::log::{Appended, PartitionId, RAFT_JOURNAL_FILE};
 use ringlog_engine::rt::{self, ShardHandle, TcpListener, TrySendError};
 use ringlog_engine::shard::{self as engine_shard, Engine, EngineError};
 use ringlog_engine::storage::DiskStorage;
@@ -80,12 +80,12 @@ use crate::inbox::{self, Inbox};
 use crate::limits::{
     ANCHOR_SYNC_TICKS, CONTROLLER_APPLY_WAIT_MS, CONTROLLER_PROPOSE_TIMEOUT_MS,
     CONTROLLER_READ_BYTES_MAX, ENTRY_CACHE_BYTES_MAX, FORWARDED_CREATE_WAIT_MS,
-    GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, LEADER_ANNOUNCE_TICKS, WINDOW_ENTRIES_KEEP,
-    WINDOW_ENTRIES_MAX,
+    GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, LEADER_ANNOUNCE_TICKS, REASSIGNED_REPORT_TICKS,
+    WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
-use crate::placement::Placements;
+use crate::placement::{same_set, Placements};
 use crate::rejoin::LogState;
-use crate::replica::{AnswerAt, Replica, ReplicaConfig, ReplicaError};
+use crate::replica::{AnswerAt, Reconfiguring, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
 use crate::transport::{self, topic_tag, Group, Hello, Incoming, Payload, Transport};
 
@@ -200,6 +200,23 @@ pub enum ClusterError {
     /// A replication factor or replica assignment the cluster cannot place.
     #[error("replication: {0}")]
     InvalidReplication(String),
+    #[error("unknown partition {name}-{partition}")]
+    UnknownPartition { name: String, partition: u32 },
+    /// A reassignment's cancellation for a partition that is not being reassigned.
+    #[error("{name}-{partition}: no reassignment in progress")]
+    NoReassignment { name: String, partition: u32 },
+}
+
+/// A partition under reassignment, as [`Cluster::reassignments`] lists it (Kafka's
+/// ListPartitionReassignments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReassignment {
+    pub topic: String,
+    pub partition: u32,
+    /// Every replica until it is done: the target's, then those leaving.
+    pub replicas: Vec<u64>,
+    pub adding: Vec<u64>,
+    pub removing: Vec<u64>,
 }
 
 /// How a new topic's partitions are placed on the nodes.
@@ -522,11 +539,21 @@ type GroupKey = (Rc<str>, u32);
 struct Hosted {
     /// Its topic's tag (`transport.rs`): frames with another are not for it.
     tag: u64,
-    /// The peers that hold no replica of it: told when this node leads it.
-    outsiders: Vec<u64>,
+    /// What its task shares with the shard.
+    shared: Rc<GroupShared>,
     inbox: Rc<Inbox<Command>>,
     /// Answered once its task ended and its replica is dropped (`Cluster::close_group`).
     ended: RefCell<Option<oneshot::Receiver<()>>>,
+}
+
+/// What a group's task shares with the rest of its shard.
+#[derive(Debug, Default)]
+struct GroupShared {
+    /// The peers that are neither voters nor learners of the group, as its task last saw
+    /// its configuration: told when this node leads it.
+    outsiders: RefCell<Vec<u64>>,
+    /// The replica set a reassignment moves the group to (`placement.rs`), until it is done.
+    target: RefCell<Option<Vec<u64>>>,
 }
 
 fn group(key: &GroupKey, tag: u64) -> Group<'_> {
@@ -652,9 +679,22 @@ impl Cluster {
     /// The partition's replicas (node ids, as placed: the first is the one placement
     /// prefers as leader), as this node applied the controller's commands; every node for
     /// a topic placed on all, or not placed.
+    /// While the partition is being reassigned, both sets: the target's nodes, then those
+    /// leaving (as Kafka lists them).
     pub fn replicas(&self, meta: &TopicMeta, partition: u32) -> Vec<u64> {
-        match lock(&self.inner.placements).replicas(&meta.id, partition) {
-            Some(set) if !set.is_empty() => set.to_vec(),
+        let placements = lock(&self.inner.placements);
+        let mut replicas = match placements.target(&meta.id, partition) {
+            Some(target) => target.to_vec(),
+            None => Vec::new(),
+        };
+        match placements.replicas(&meta.id, partition) {
+            Some(set) if !set.is_empty() => {
+                let leaving: Vec<u64> = (set.iter().copied())
+                    .filter(|id| !replicas.contains(id))
+                    .collect();
+                replicas.extend(leaving);
+                replicas
+            }
             _ => self.voters(),
         }
     }
@@ -667,20 +707,28 @@ impl Cluster {
 
     /// The voters of the partition's group if this node holds a replica of it: its replica
     /// set as placed (every node for a topic placed on all, or one of
-    /// [`ClusterConfig::everywhere`]). `None` if it is placed elsewhere, or not placed yet:
-    /// after a restart the table holds what the applied-offset file says was applied, and a
-    /// topic the engine holds beyond that is opened when its command is applied again.
+    /// [`ClusterConfig::everywhere`]); none if this node is only in the target of a
+    /// reassignment: its replica joins the group with no configuration, which the
+    /// leader's snapshot brings (`Replica::reconfigure`). `None` if it is placed elsewhere,
+    /// or not placed yet: after a restart the table holds what the applied-offset file says
+    /// was applied, and a topic the engine holds beyond that is opened when its command is
+    /// applied again.
     fn group_voters(&self, meta: &TopicMeta, partition: u32) -> Option<Vec<u64>> {
         let everywhere = &self.inner.config.everywhere;
-        let voters = if everywhere.iter().any(|name| name == meta.name.as_str()) {
-            self.voters()
-        } else {
-            match lock(&self.inner.placements).replicas(&meta.id, partition)? {
-                [] => self.voters(),
-                set => set.to_vec(),
-            }
+        let me = self.node_id();
+        if everywhere.iter().any(|name| name == meta.name.as_str()) {
+            return Some(self.voters());
+        }
+        let placements = lock(&self.inner.placements);
+        let voters = match placements.replicas(&meta.id, partition)? {
+            [] => self.voters(),
+            set => set.to_vec(),
         };
-        voters.contains(&self.node_id()).then_some(voters)
+        if voters.contains(&me) {
+            return Some(voters);
+        }
+        let joining = placements.target(&meta.id, partition)?.contains(&me);
+        joining.then(Vec::new)
     }
 
     /// The Kafka addresses (host, port) of the nodes this one has heard from, itself
@@ -1007,16 +1055,9 @@ impl Cluster {
             topic: topic_ref(&meta),
             pairs: pairs.clone(),
         };
-        let leader = match self.propose_change(&change).await {
-            Err(ClusterError::NotController {
-                leader: Some(leader),
-            }) if leader != self.node_id() => leader,
-            other => {
-                other?;
-                return self.replicated_topic(name);
-            }
-        };
-        self.forward(leader, &change).await?;
+        if self.propose_anywhere(&change).await? {
+            return self.replicated_topic(name);
+        }
         // Applied here once setting the pairs again would change nothing (or the topic
         // is another one now, deleted and created again).
         let applied = |engine: &Engine| {
@@ -1033,6 +1074,100 @@ impl Cluster {
             });
         }
         Ok(now)
+    }
+
+    /// Moves partitions of a replicated topic to new replica sets (Kafka's
+    /// AlterPartitionReassignments): each `(partition, target)` as
+    /// [`Cluster::check_reassignment`] resolved it. Proposed here if this node leads the
+    /// controller, else forwarded to the node that does; answers once this node applied it
+    /// (a forwarded one within `FORWARDED_CREATE_WAIT_MS`). Each partition's group then
+    /// moves on its own, driven by its leader (`Replica::reconfigure`), and reports when it
+    /// is done; [`Cluster::reassignments`] lists the partitions not done yet.
+    pub async fn reassign_partitions(
+        &self,
+        name: &str,
+        targets: Vec<(u32, Vec<u64>)>,
+    ) -> Result<(), ClusterError> {
+        let meta = self.replicated_topic(name)?;
+        let change = Change::Reassign {
+            topic: topic_ref(&meta),
+            targets: targets.clone(),
+        };
+        self.check_change(&change)?;
+        if self.propose_anywhere(&change).await? {
+            return Ok(());
+        }
+        // Applied here once each partition has its target, or has reached it already.
+        let applied = |_: &Engine| {
+            let placements = lock(&self.inner.placements);
+            let reached = |(partition, target): &(u32, Vec<u64>)| match placements
+                .target(&meta.id, *partition)
+            {
+                Some(now) => now == target.as_slice(),
+                None => (placements.replicas(&meta.id, *partition))
+                    .is_some_and(|set| same_set(set, target)),
+            };
+            targets.iter().all(reached).then_some(())
+        };
+        let wait = Duration::from_millis(FORWARDED_CREATE_WAIT_MS);
+        self.wait_for(wait, applied).await
+    }
+
+    /// The target a reassignment request asks for a partition of a replicated topic,
+    /// checked: `target`, or for a cancellation (`None`) the partition's replica set, which
+    /// its group goes back to ([`ClusterError::NoReassignment`] if none is under way).
+    pub fn check_reassignment(
+        &self,
+        name: &str,
+        partition: u32,
+        target: Option<Vec<u64>>,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let meta = self.replicated_topic(name)?;
+        let target = if let Some(target) = target {
+            target
+        } else {
+            let placements = lock(&self.inner.placements);
+            let no_reassignment = || ClusterError::NoReassignment {
+                name: name.to_owned(),
+                partition,
+            };
+            placements
+                .target(&meta.id, partition)
+                .ok_or_else(no_reassignment)?;
+            let set = placements.replicas(&meta.id, partition);
+            set.ok_or_else(no_reassignment)?.to_vec()
+        };
+        self.check_target(&meta, partition, &target)?;
+        Ok(target)
+    }
+
+    /// The partitions under reassignment, by topic and partition.
+    pub fn reassignments(&self) -> Vec<PartitionReassignment> {
+        let listed = lock(&self.inner.placements).reassignments();
+        let topics = self.inner.engine.topics();
+        let named = |id: &[u8; 16]| topics.iter().find(|meta| meta.id == *id);
+        let mut all: Vec<PartitionReassignment> = (listed.into_iter())
+            .filter_map(|moving| {
+                let meta = named(&moving.id)?;
+                let adding: Vec<u64> = (moving.target.iter().copied())
+                    .filter(|id| !moving.replicas.contains(id))
+                    .collect();
+                let removing: Vec<u64> = (moving.replicas.iter().copied())
+                    .filter(|id| !moving.target.contains(id))
+                    .collect();
+                let mut replicas = moving.target.clone();
+                replicas.extend(&removing);
+                Some(PartitionReassignment {
+                    topic: meta.name.to_string(),
+                    partition: moving.partition,
+                    replicas,
+                    adding,
+                    removing,
+                })
+            })
+            .collect();
+        all.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        all
     }
 
     /// A replicated topic's partition count, as this node applied it.
@@ -1079,6 +1214,20 @@ impl Cluster {
         };
         let wait = Duration::from_millis(CONTROLLER_APPLY_WAIT_MS);
         self.wait_applied(committed.offset_next, wait).await
+    }
+
+    /// Proposes `change` to the controller group if this node leads it, and answers `true`
+    /// once this node applied it; else forwards it to the node that does and answers
+    /// `false` (the caller waits for its effect in this node's applied metadata).
+    async fn propose_anywhere(&self, change: &Change) -> Result<bool, ClusterError> {
+        let leader = match self.propose_change(change).await {
+            Err(ClusterError::NotController {
+                leader: Some(leader),
+            }) if leader != self.node_id() => leader,
+            other => return other.map(|()| true),
+        };
+        self.forward(leader, change).await?;
+        Ok(false)
     }
 
     /// Sends `change` to node `leader`, the controller's leader, to propose.
@@ -1176,6 +1325,58 @@ impl Cluster {
                 applied_over(&current(topic)?.config, pairs)
                     .map_err(|e| ClusterError::InvalidTopicConfig(e.to_string()))?;
             }
+            Change::Reassign { topic, targets } => {
+                let meta = current(topic)?;
+                for (partition, target) in targets {
+                    self.check_target(&meta, *partition, target)?;
+                }
+            }
+            Change::Reassigned {
+                topic,
+                partition,
+                replicas,
+            } => {
+                let meta = current(topic)?;
+                let placements = lock(&self.inner.placements);
+                let target = placements.target(&meta.id, *partition);
+                if !target.is_some_and(|target| same_set(target, replicas)) {
+                    return Err(ClusterError::NoReassignment {
+                        name: topic.name.clone(),
+                        partition: *partition,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a reassignment's target for a partition of `meta`: a replica set of nodes of
+    /// the cluster, for a partition that exists, of a topic placed on replica sets.
+    fn check_target(
+        &self,
+        meta: &TopicMeta,
+        partition: u32,
+        target: &[u64],
+    ) -> Result<(), ClusterError> {
+        if partition >= meta.partitions {
+            return Err(ClusterError::UnknownPartition {
+                name: meta.name.to_string(),
+                partition,
+            });
+        }
+        let everywhere = (self.inner.config.everywhere.iter()).any(|n| n == meta.name.as_str());
+        if everywhere || lock(&self.inner.placements).factor(&meta.id).is_none() {
+            return Err(ClusterError::InvalidReplication(format!(
+                "{}: a topic on every node is not reassigned",
+                meta.name
+            )));
+        }
+        check_replica_set(target).map_err(|e| ClusterError::InvalidReplication(e.to_string()))?;
+        let nodes = self.voters();
+        if let Some(unknown) = target.iter().find(|id| !nodes.contains(id)) {
+            return Err(ClusterError::InvalidReplication(format!(
+                "node {unknown} is not in the cluster (nodes {nodes:?})"
+            )));
         }
         Ok(())
     }
@@ -1422,7 +1623,7 @@ impl Cluster {
         {
             let status = lock(&self.inner.status);
             for (key, hosted) in local.groups.borrow().iter() {
-                let outsiders: Vec<u64> = (hosted.outsiders.iter().copied())
+                let outsiders: Vec<u64> = (hosted.shared.outsiders.borrow().iter().copied())
                     .filter(|peer| only.is_none_or(|only| only.contains(peer)))
                     .collect();
                 if outsiders.is_empty() {
@@ -1582,7 +1783,7 @@ impl Cluster {
         if let Some(local) = local() {
             *local.controller_log.borrow_mut() = Some(log.clone());
         }
-        self.spawn_group(replica, 0);
+        self.spawn_group(replica, 0, None);
         if self.inner.rejoining.load(Ordering::Acquire) {
             let cluster = self.clone();
             rt::spawn_local(async move { cluster.end_rejoin(log).await }).detach();
@@ -1716,7 +1917,15 @@ impl Cluster {
             for (batch_next, changes) in read_commands(&log, next).await? {
                 let mut altered = false;
                 for change in changes {
-                    altered |= matches!(change, Change::AlterConfig { .. });
+                    // A reassignment's commands too: after a restart, the table says which
+                    // replicas this node holds (one a `reassigned` closed and emptied is not
+                    // opened again as a voter of its old set).
+                    altered |= matches!(
+                        change,
+                        Change::AlterConfig { .. }
+                            | Change::Reassign { .. }
+                            | Change::Reassigned { .. }
+                    );
                     match self.apply_placed(&change).await {
                         Ok(()) => {}
                         // Refused alike on every node: the command's outcome, not a
@@ -1785,7 +1994,80 @@ impl Cluster {
                 );
                 Ok(())
             }
+            Change::Reassign { topic, targets } => {
+                let Some(meta) = self.current(topic) else {
+                    return Ok(());
+                };
+                for (partition, target) in targets {
+                    tracing::info!(topic = topic.name, partition, ?target, "reassigning");
+                    self.settle_replica(&meta, *partition).await?;
+                }
+                Ok(())
+            }
+            Change::Reassigned {
+                topic,
+                partition,
+                replicas,
+            } => {
+                let Some(meta) = self.current(topic) else {
+                    return Ok(());
+                };
+                tracing::info!(topic = topic.name, partition, ?replicas, "reassigned");
+                self.settle_replica(&meta, *partition).await
+            }
         }
+    }
+
+    /// Brings this node's replica of a partition in line with the placement table after a
+    /// reassignment's command: opens it if this node is in the partition's set or target
+    /// and it is not open (a replica that joins the group), else hands the group its target
+    /// (none once done); closes it if this node is in neither, and deletes the partition's
+    /// data here: the group committed everything on the replicas of its new set before it
+    /// reported it reached them.
+    async fn settle_replica(&self, meta: &TopicMeta, partition: u32) -> Result<(), ClusterError> {
+        if partition >= meta.partitions {
+            return Ok(());
+        }
+        if self.group_voters(meta, partition).is_some() {
+            return self.open_replica(meta, partition).await;
+        }
+        self.close_replica(meta.name.as_str(), partition).await?;
+        let dir = (self.inner.config.data_dir).join(format!("{}-{partition}", meta.name));
+        // Only where a replica lived: the other nodes' logs of the partition are empty.
+        if dir.join(RAFT_JOURNAL_FILE).exists() {
+            self.inner
+                .engine
+                .empty_partition(meta.name.as_str(), partition)
+                .await?;
+            tracing::info!(topic = %meta.name, partition, "replica left: its data deleted");
+        }
+        Ok(())
+    }
+
+    /// Closes this node's replica of a partition, if it has one, and waits until its task
+    /// ended and its replica (journal included) is dropped.
+    async fn close_replica(&self, topic: &str, partition: u32) -> Result<(), ClusterError> {
+        let name = topic.to_owned();
+        let owner = owner(&name, partition, self.shards().len());
+        let cluster = self.clone();
+        let ended = self.shards()[owner]
+            .spawn(move || async move { close_group(&cluster, &name, partition) })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)?;
+        if let Some(mut ended) = ended {
+            // The task ends at its next turn (a fill in progress gives up once its group
+            // is no longer served); a dropped sender means it ended anyway. Its files are
+            // not deleted under it before: a slow disk holds the controller's applier here.
+            let wait = Duration::from_millis(GROUP_CLOSE_WAIT_MS);
+            while rt::timeout(wait, &mut ended).await.is_err() {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    "waiting for a closed replica's task to end"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The topic a command names, if it is still the one here (same id).
@@ -1843,27 +2125,8 @@ impl Cluster {
             return Ok(());
         };
         for partition in 0..meta.partitions {
-            let name = topic.name.clone();
-            let owner = owner(&name, partition, self.shards().len());
-            let cluster = self.clone();
-            let ended = self.shards()[owner]
-                .spawn(move || async move { close_group(&cluster, &name, partition) })
-                .await
-                .map_err(|_| ClusterError::ShardStopped)?;
-            if let Some(mut ended) = ended {
-                // The task ends at its next turn (a fill in progress gives up once its
-                // group is no longer served); a dropped sender means it ended anyway. Its
-                // files are not deleted under it (nor a new topic's made in their place)
-                // before: a slow disk holds the controller's applier here.
-                let wait = Duration::from_millis(GROUP_CLOSE_WAIT_MS);
-                while rt::timeout(wait, &mut ended).await.is_err() {
-                    tracing::warn!(
-                        topic = topic.name,
-                        partition,
-                        "waiting for a deleted topic's replica to end"
-                    );
-                }
-            }
+            // Nor is a new topic's made in place of its files before.
+            self.close_replica(&topic.name, partition).await?;
         }
         let deleted = self.inner.engine.delete_topic(&topic.name).await;
         if let Err(error) = deleted {
@@ -1910,55 +2173,67 @@ impl Cluster {
 
     /// Wraps each of the topic's partition logs from `first` on in a replica, on its shard.
     async fn open_replicas(&self, meta: &TopicMeta, first: u32) -> Result<(), ClusterError> {
-        let tag = topic_tag(&meta.id);
         for partition in first..meta.partitions {
-            let Some(voters) = self.group_voters(meta, partition) else {
-                // Placed on other nodes: its log here stays empty, and this node answers
-                // for it with what its leader announces.
-                continue;
-            };
-            let topic = meta.name.as_str().to_owned();
-            let dir = self
-                .inner
-                .config
-                .data_dir
-                .join(format!("{topic}-{partition}"));
-            let cluster = self.clone();
-            let owner = owner(&topic, partition, self.shards().len());
-            self.shards()[owner]
-                .spawn(move || async move {
-                    let key: GroupKey = (Rc::from(topic.as_str()), partition);
-                    if local().is_some_and(|local| local.groups.borrow().contains_key(&key)) {
-                        // Opened already (the controller's applier and the start both
-                        // open a topic created just before a restart).
-                        return Ok(());
-                    }
-                    let log = engine_shard::local_log(&topic, partition).ok_or_else(|| {
-                        ClusterError::NoReplica {
-                            topic: topic.clone(),
-                            partition,
-                        }
-                    })?;
-                    let config = cluster.replica_config(voters);
-                    let replica = Replica::open_with_log(log, DiskStorage, &dir, &config).await?;
-                    cluster.spawn_group(replica, tag);
-                    Ok::<(), ClusterError>(())
-                })
-                .await
-                .map_err(|_| ClusterError::ShardStopped)??;
+            self.open_replica(meta, partition).await?;
         }
         Ok(())
     }
 
-    /// Starts the task that drives `replica`, of the topic tagged `tag`, on this shard.
-    fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64) {
+    /// Wraps the partition's log in a replica on its shard, if this node holds one, or
+    /// hands the open one its reassignment's target.
+    async fn open_replica(&self, meta: &TopicMeta, partition: u32) -> Result<(), ClusterError> {
+        let tag = topic_tag(&meta.id);
+        let Some(voters) = self.group_voters(meta, partition) else {
+            // Placed on other nodes: its log here stays empty, and this node answers for
+            // it with what its leader announces.
+            return Ok(());
+        };
+        let target = lock(&self.inner.placements)
+            .target(&meta.id, partition)
+            .map(<[u64]>::to_vec);
+        let topic = meta.name.as_str().to_owned();
+        let dir = (self.inner.config.data_dir).join(format!("{topic}-{partition}"));
+        let cluster = self.clone();
+        let owner = owner(&topic, partition, self.shards().len());
+        self.shards()[owner]
+            .spawn(move || async move {
+                let key: GroupKey = (Rc::from(topic.as_str()), partition);
+                let local = local().ok_or(ClusterError::ShardStopped)?;
+                if let Some(hosted) = local.groups.borrow().get(&key) {
+                    // Opened already (the controller's applier and the start both open a
+                    // topic created just before a restart), or being reassigned.
+                    if hosted.tag == tag {
+                        *hosted.shared.target.borrow_mut() = target;
+                        // Its next tick comes even if it sleeps.
+                        hosted.inbox.set_asleep(false);
+                    }
+                    return Ok(());
+                }
+                let log = engine_shard::local_log(&topic, partition).ok_or_else(|| {
+                    ClusterError::NoReplica {
+                        topic: topic.clone(),
+                        partition,
+                    }
+                })?;
+                let config = cluster.replica_config(voters);
+                let replica = Replica::open_with_log(log, DiskStorage, &dir, &config).await?;
+                cluster.spawn_group(replica, tag, target);
+                Ok::<(), ClusterError>(())
+            })
+            .await
+            .map_err(|_| ClusterError::ShardStopped)?
+    }
+
+    /// Starts the task that drives `replica`, of the topic tagged `tag`, on this shard,
+    /// towards `target` if it is being reassigned.
+    fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64, target: Option<Vec<u64>>) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
         let peers = replica.other_voters();
-        let outsiders: Vec<u64> = (self.inner.heard.keys())
-            .filter(|peer| !peers.contains(peer))
-            .copied()
-            .collect();
+        let shared = Rc::new(GroupShared {
+            outsiders: RefCell::new(self.outsiders(&replica)),
+            target: RefCell::new(target),
+        });
         if self.inner.rejoining.load(Ordering::Acquire) {
             replica.start_rejoin();
         }
@@ -1978,7 +2253,7 @@ impl Cluster {
         let (ended, on_end) = oneshot::channel();
         let hosted = Hosted {
             tag,
-            outsiders: outsiders.clone(),
+            shared: shared.clone(),
             inbox,
             ended: RefCell::new(Some(on_end)),
         };
@@ -1987,7 +2262,7 @@ impl Cluster {
         rt::spawn_local(async move {
             let to = Outward {
                 tag,
-                outsiders: &outsiders,
+                shared: &shared,
             };
             let failure = cluster.drive(replica, commands.clone(), &local, &key, to).await;
             if commands.strong_count() == 0 {
@@ -2036,6 +2311,10 @@ impl Cluster {
         let mut published = None;
         // What this replica last told the outsiders: the term, and whether it led then.
         let mut said: Option<(u64, bool)> = None;
+        // The group's voters and learners as last seen, and ticks to the next report that
+        // a reassignment is done.
+        let mut members = replica.members();
+        let mut report_in = 0;
         loop {
             let Some(taken) = inbox::take(&commands).await else {
                 return ClusterError::InboxClosed {
@@ -2047,6 +2326,18 @@ impl Cluster {
                 replica.tick();
                 for peer in replica.rejoin_asks() {
                     (local.transport).send_payload(peer, to, &Payload::RejoinAsk);
+                }
+                let target = outward.shared.target.borrow().clone();
+                if let Some(target) = target {
+                    let done = match self.reassign_step(&mut replica, key, &target).await {
+                        Ok(done) => done,
+                        Err(error) => return error,
+                    };
+                    report_in = if done && replica.is_leader() {
+                        self.report_done(key, outward.tag, target, report_in)
+                    } else {
+                        0
+                    };
                 }
             }
             for command in taken.commands {
@@ -2075,8 +2366,14 @@ impl Cluster {
                 let payload = Payload::Hibernation(signal);
                 local.transport.send_payload(peer, to, &payload);
             }
+            if replica.members() != members {
+                members = replica.members();
+                self.members_changed(local, &replica, to, outward.shared);
+            }
             if let Some(inbox) = commands.upgrade() {
-                inbox.set_asleep(replica.asleep());
+                // A group being reassigned keeps ticking: its leader drives the change.
+                let moving = outward.shared.target.borrow().is_some();
+                inbox.set_asleep(replica.asleep() && !moving);
             }
             let status = GroupStatus {
                 leader: replica.leader(),
@@ -2100,12 +2397,111 @@ impl Cluster {
                     } else {
                         Vec::new()
                     };
-                    announce(local, to, outward.outsiders, status.term, in_sync);
+                    let outsiders = outward.shared.outsiders.borrow().clone();
+                    announce(local, to, &outsiders, status.term, in_sync);
                 }
                 said = Some(now);
                 published = Some(status);
             }
         }
+    }
+}
+
+impl Cluster {
+    /// The peers that are neither voters nor learners of `replica`'s group.
+    fn outsiders(&self, replica: &Replica<DiskStorage>) -> Vec<u64> {
+        let (voters, learners) = replica.members();
+        (self.inner.heard.keys().copied())
+            .filter(|peer| !voters.contains(peer) && !learners.contains(peer))
+            .collect()
+    }
+
+    /// After the group's configuration changed (a reassignment's step, or a joining
+    /// replica's snapshot): its fills ask its new members, and the peers it no longer
+    /// counts hear from its leader at once, not at the next periodic announcement.
+    fn members_changed(
+        &self,
+        local: &Local,
+        replica: &Replica<DiskStorage>,
+        to: Group<'_>,
+        shared: &GroupShared,
+    ) {
+        let outsiders = self.outsiders(replica);
+        let (voters, learners) = replica.members();
+        let me = self.node_id();
+        let others: Vec<u64> = (voters.iter().chain(&learners).copied())
+            .filter(|&id| id != me)
+            .collect();
+        local.fills.register(replica.log().clone(), to.tag, others);
+        let newly_out: Vec<u64> = (outsiders.iter().copied())
+            .filter(|peer| !shared.outsiders.borrow().contains(peer))
+            .collect();
+        *shared.outsiders.borrow_mut() = outsiders;
+        if replica.leader() == Some(me) {
+            announce(local, to, &newly_out, replica.term(), replica.in_sync());
+        }
+    }
+
+    /// One tick of a reassignment on this replica: on the group's leader, its voters go a
+    /// step towards `target` (`Replica::reconfigure`). A step raft-rs refuses (a leadership
+    /// transfer under way, say) is tried again at the next tick; a failure of the replica's
+    /// storage stops it. Answers whether the group's configuration is the target.
+    async fn reassign_step(
+        &self,
+        replica: &mut Replica<DiskStorage>,
+        key: &GroupKey,
+        target: &[u64],
+    ) -> Result<bool, ClusterError> {
+        match replica.reconfigure(target).await {
+            Ok(Reconfiguring::Waiting(step)) => {
+                tracing::debug!(topic = %key.0, partition = key.1, step, "reassigning");
+                Ok(false)
+            }
+            Ok(Reconfiguring::Done) => Ok(true),
+            Ok(Reconfiguring::NotLeader) => Ok(false),
+            Err(ReplicaError::Raft { source, .. }) => {
+                tracing::debug!(
+                    topic = %key.0,
+                    partition = key.1,
+                    error = %source,
+                    "a reassignment's step refused; tried again at the next tick"
+                );
+                Ok(false)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// On the leader of a group whose voters are its reassignment's target: reports it to
+    /// the controller (`reassigned`), again every `REASSIGNED_REPORT_TICKS` until the
+    /// report applies here and clears the target. Returns the ticks to the next report.
+    fn report_done(&self, key: &GroupKey, tag: u64, target: Vec<u64>, report_in: usize) -> usize {
+        if report_in > 0 {
+            return report_in - 1;
+        }
+        let meta = (self.inner.engine.topic(&key.0)).filter(|meta| topic_tag(&meta.id) == tag);
+        let Some(meta) = meta else { return 0 };
+        let change = Change::Reassigned {
+            topic: topic_ref(&meta),
+            partition: key.1,
+            replicas: target,
+        };
+        let cluster = self.clone();
+        rt::spawn_local(async move {
+            match cluster.propose_anywhere(&change).await {
+                Ok(_) => tracing::info!(
+                    topic = change.topic_name(),
+                    "a partition's group reached its reassignment's target; reported"
+                ),
+                Err(error) => tracing::debug!(
+                    topic = change.topic_name(),
+                    %error,
+                    "a reassignment's end not reported; reported again"
+                ),
+            }
+        })
+        .detach();
+        REASSIGNED_REPORT_TICKS
     }
 }
 
@@ -2157,12 +2553,12 @@ fn controller_log() -> Result<ringlog_engine::log::PartitionLog<DiskStorage>, Cl
         })
 }
 
-/// A group task's ways out besides its voters: its topic's tag, and the peers that hold no
-/// replica of the group.
+/// A group task's ways out besides its voters: its topic's tag, and what it shares with
+/// the shard (the peers that hold no replica of the group, its reassignment's target).
 #[derive(Clone, Copy)]
 struct Outward<'a> {
     tag: u64,
-    outsiders: &'a [u64],
+    shared: &'a GroupShared,
 }
 
 /// Tells `outsiders` that this node leads the group `to` in `term` with `in_sync`, or (no
@@ -2533,7 +2929,7 @@ mod tests {
             let key: GroupKey = (Rc::from("orders"), 2);
             let hosted = Hosted {
                 tag: 0xBEEF,
-                outsiders: Vec::new(),
+                shared: Rc::default(),
                 inbox: inbox.clone(),
                 ended: RefCell::new(None),
             };

@@ -8,6 +8,11 @@
 //! (`Cluster::start`), then keeps it as it applies more. A command of version 1 placed
 //! nothing; its partitions are on every node of the cluster (an empty set here).
 //!
+//! A partition being reassigned also has a *target* set (a `reassign` command's): until its
+//! group reports that its voters are the target (`reassigned`), the partition is on both
+//! sets' nodes: those of the target open a replica that joins the group, those of the set
+//! keep theirs. Then the target becomes the set.
+//!
 //! Topics are kept by id, not name: a name may be taken again after a deletion, and a
 //! creation the node refused (its name collides, say) leaves an entry no topic of the
 //! registry has, which nothing finds.
@@ -21,6 +26,18 @@ use crate::controller::Change;
 #[derive(Debug, Default)]
 pub struct Placements {
     topics: HashMap<[u8; 16], Vec<Vec<u64>>>,
+    /// The partitions being reassigned: their target sets, by topic id and partition.
+    targets: HashMap<([u8; 16], u32), Vec<u64>>,
+}
+
+/// A partition under reassignment, as [`Placements::reassignments`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassignment {
+    pub id: [u8; 16],
+    pub partition: u32,
+    /// Its replica set until the reassignment is done.
+    pub replicas: Vec<u64>,
+    pub target: Vec<u64>,
 }
 
 /// Why a command's placement does not fit the topic as this node has it (the same on every
@@ -81,6 +98,7 @@ impl Placements {
             }
             Change::DeleteTopic(topic) => {
                 self.topics.remove(&topic.id);
+                self.targets.retain(|(id, _), _| *id != topic.id);
             }
             Change::CreatePartitions {
                 topic,
@@ -99,7 +117,64 @@ impl Placements {
                 }
             }
             Change::AlterConfig { .. } => {}
+            Change::Reassign { topic, targets } => {
+                for (partition, target) in targets {
+                    self.set_target(&topic.id, *partition, target);
+                }
+            }
+            Change::Reassigned {
+                topic,
+                partition,
+                replicas,
+            } => {
+                let key = (topic.id, *partition);
+                if self
+                    .targets
+                    .get(&key)
+                    .is_some_and(|t| same_set(t, replicas))
+                {
+                    let target = self.targets.remove(&key).unwrap_or_default();
+                    if let Some(set) = (self.topics.get_mut(&topic.id))
+                        .and_then(|sets| sets.get_mut(*partition as usize))
+                    {
+                        *set = target;
+                    }
+                }
+            }
         }
+    }
+
+    /// Gives a placed partition (of a topic not on every node) a target set. The current
+    /// set as target with no reassignment under way changes nothing; with one under way,
+    /// it is the way back (a cancellation).
+    fn set_target(&mut self, id: &[u8; 16], partition: u32, target: &[u64]) {
+        let Some(current) = self.replicas(id, partition) else {
+            return;
+        };
+        let key = (*id, partition);
+        if current.is_empty() || (same_set(current, target) && !self.targets.contains_key(&key)) {
+            return;
+        }
+        self.targets.insert(key, target.to_vec());
+    }
+
+    /// The partition's target set, if it is being reassigned.
+    pub fn target(&self, id: &[u8; 16], partition: u32) -> Option<&[u64]> {
+        self.targets.get(&(*id, partition)).map(Vec::as_slice)
+    }
+
+    /// Every partition under reassignment, by topic id and partition.
+    pub fn reassignments(&self) -> Vec<Reassignment> {
+        let mut all: Vec<Reassignment> = (self.targets.iter())
+            .map(|((id, partition), target)| Reassignment {
+                id: *id,
+                partition: *partition,
+                replicas: self.replicas(id, *partition).unwrap_or_default().to_vec(),
+                target: target.clone(),
+            })
+            .collect();
+        all.sort_by_key(|r| (r.id, r.partition));
+        all
     }
 
     /// The partition's replica set (empty: every node), if the table places the topic
@@ -117,6 +192,11 @@ impl Placements {
         let first = self.topics.get(id)?.first()?;
         (!first.is_empty()).then_some(first.len())
     }
+}
+
+/// Whether two replica sets hold the same nodes, in any order.
+pub fn same_set(a: &[u64], b: &[u64]) -> bool {
+    a.len() == b.len() && a.iter().all(|id| b.contains(id))
 }
 
 #[cfg(test)]
@@ -224,5 +304,60 @@ mod tests {
         table.apply(&create("old", 3, Some(vec![vec![1]]), 1));
         assert_eq!(table.replicas(&[2; 16], 0), Some(&[][..]));
         assert_eq!(table.replicas(&[3; 16], 0), Some(&[1][..]));
+    }
+
+    #[test]
+    fn a_reassignment_is_a_target_until_its_group_reports_it_done() {
+        let mut table = Placements::default();
+        table.apply(&create("a", 1, Some(vec![vec![1, 2], vec![2, 3]]), 2));
+        table.apply(&create("old", 2, None, 1));
+        let reassign = |targets: Vec<(u32, Vec<u64>)>| Change::Reassign {
+            topic: topic("a", 1),
+            targets,
+        };
+        let reassigned = |partition, replicas: Vec<u64>| Change::Reassigned {
+            topic: topic("a", 1),
+            partition,
+            replicas,
+        };
+        // Its own set as target, or a partition it does not have: nothing to do.
+        table.apply(&reassign(vec![(0, vec![2, 1]), (7, vec![1])]));
+        assert!(table.reassignments().is_empty());
+        table.apply(&reassign(vec![(0, vec![3, 2])]));
+        assert_eq!(table.target(&[1; 16], 0), Some(&[3, 2][..]));
+        assert_eq!(
+            table.replicas(&[1; 16], 0),
+            Some(&[1, 2][..]),
+            "still the set"
+        );
+        // A report of another set (a stale one) changes nothing.
+        table.apply(&reassigned(0, vec![1, 3]));
+        assert_eq!(table.replicas(&[1; 16], 0), Some(&[1, 2][..]));
+        let listed = table.reassignments();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].replicas.clone(), listed[0].target.clone()),
+            (vec![1, 2], vec![3, 2])
+        );
+        // Done, in any order: the target is the set now, in the target's order.
+        table.apply(&reassigned(0, vec![2, 3]));
+        assert_eq!(table.replicas(&[1; 16], 0), Some(&[3, 2][..]));
+        assert_eq!(table.target(&[1; 16], 0), None);
+        // A cancellation under way: the set again, which the group goes back to.
+        table.apply(&reassign(vec![(1, vec![1])]));
+        table.apply(&reassign(vec![(1, vec![2, 3])]));
+        assert_eq!(table.target(&[1; 16], 1), Some(&[2, 3][..]));
+        table.apply(&reassigned(1, vec![3, 2]));
+        assert_eq!(table.replicas(&[1; 16], 1), Some(&[2, 3][..]));
+        assert!(table.reassignments().is_empty());
+        // A topic on every node is not reassigned; a deleted one's targets go with it.
+        table.apply(&Change::Reassign {
+            topic: topic("old", 2),
+            targets: vec![(0, vec![1])],
+        });
+        assert_eq!(table.target(&[2; 16], 0), None);
+        table.apply(&reassign(vec![(1, vec![1])]));
+        table.apply(&Change::DeleteTopic(topic("a", 1)));
+        assert!(table.reassignments().is_empty());
     }
 }

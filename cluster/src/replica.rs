@@ -837,6 +837,8 @@ impl<S: Storage> Replica<S> {
         if !self.is_leader() {
             return Ok(Reconfiguring::NotLeader);
         }
+        // A sleeping leader ticks no heartbeats: the change needs its group awake.
+        self.wake(None);
         if joint || self.node.raft.has_pending_conf() || !self.leads_with_own_commit() {
             return Ok(Reconfiguring::Waiting("a configuration change is applying"));
         }

@@ -43,7 +43,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -360,6 +360,61 @@ impl Engine {
         };
         self.open_partitions(&meta, first).await?;
         Ok(meta)
+    }
+
+    /// Deletes everything a partition's directory holds and opens the partition again,
+    /// empty, at offset 0: for a replicated partition whose replica left this node (a
+    /// reassignment moved it elsewhere), so that no stale data stays, and a replica that
+    /// joins again later starts from nothing, as a new one does. The directory is renamed
+    /// aside ([`EMPTIED_SUFFIX`]) before anything in it is deleted, so a crash leaves the
+    /// whole old directory or a new empty one, never a part of the old; a directory left
+    /// aside is removed when the registry next opens.
+    pub async fn empty_partition(&self, name: &str, partition: u32) -> Result<(), EngineError> {
+        let unknown = || EngineError::UnknownTopicOrPartition {
+            topic: name.to_owned(),
+            partition,
+        };
+        let (dir, data_dir, config) = {
+            let registry = self.registry();
+            let topic = TopicName::new(name)?;
+            let meta = registry.get(&topic).ok_or_else(unknown)?;
+            if partition >= meta.partitions {
+                return Err(unknown());
+            }
+            let dir = registry.partition_dir(&topic, partition);
+            (dir, registry.data_dir().to_path_buf(), meta.config.clone())
+        };
+        let budget = self.inner.budget.clone();
+        self.on_owner(name, partition, move |topic, partition| async move {
+            let key = (Rc::from(topic.as_str()), partition);
+            if let Some(log) = LOGS.with(|logs| logs.borrow_mut().remove(&key)) {
+                log.close().await?;
+            }
+            let aside = PathBuf::from(format!("{}{EMPTIED_SUFFIX}", dir.display()));
+            let io = |op| {
+                let path = dir.clone();
+                move |source| TopicError::Io { op, path, source }
+            };
+            remove_dir_if_exists(&aside).map_err(io("remove a partition emptied before"))?;
+            rt::rename(&dir, &aside)
+                .await
+                .map_err(io("set a partition's files aside"))?;
+            rt::sync_dir(&data_dir)
+                .await
+                .map_err(io("fsync the data directory"))?;
+            let id = PartitionId {
+                topic: Arc::from(topic.as_str()),
+                partition,
+            };
+            let log = PartitionLog::open_with_budget(DiskStorage, &dir, id, config, budget).await?;
+            rt::sync_dir(&data_dir)
+                .await
+                .map_err(io("fsync the data directory"))?;
+            LOGS.with(|logs| logs.borrow_mut().insert(key, log));
+            remove_dir_if_exists(&aside).map_err(io("remove an emptied partition's files"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Closes a topic's partitions and deletes the topic and its data.
@@ -718,6 +773,17 @@ impl Engine {
             runtime.shutdown()?;
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What a partition directory set aside by [`Engine::empty_partition`] is named after:
+/// `{topic}-{partition}.emptied` (no partition directory's name ends so).
+pub const EMPTIED_SUFFIX: &str = ".emptied";
+
+fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
     }
 }
 

@@ -120,7 +120,10 @@ pub fn cluster_code(error: &ClusterError) -> i16 {
         ClusterError::InvalidPartitions(_) | ClusterError::PartitionsNotIncreased { .. } => {
             ResponseError::InvalidPartitions
         }
-        ClusterError::UnknownTopic { .. } => ResponseError::UnknownTopicOrPartition,
+        ClusterError::UnknownTopic { .. } | ClusterError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        ClusterError::NoReassignment { .. } => ResponseError::NoReassignmentInProgress,
         // A factor out of range is refused by the handlers before this (as
         // INVALID_REPLICATION_FACTOR): what the cluster refuses is an assignment.
         ClusterError::InvalidReplication(_) => ResponseError::InvalidReplicaAssignment,

@@ -65,6 +65,7 @@ impl TopicRegistry {
         let lock = prepare_data_dir(&data_dir)?;
         let topics_path = data_dir.join(TOPICS_FILE_NAME);
         atomic_file::remove_if_exists(&tmp_path(&topics_path))?;
+        remove_emptied(&data_dir)?;
         let topics = match atomic_file::read_bounded(&topics_path, TOPIC_METADATA_FILE_BYTES_MAX)? {
             Some(bytes) => metadata::decode_topics(&topics_path, &bytes)?,
             None => BTreeMap::new(),
@@ -318,6 +319,30 @@ fn prepare_data_dir(data_dir: &Path) -> Result<DataDirLock, TopicError> {
     let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
     atomic_file::sync_dir(parent.unwrap_or(Path::new(".")))?;
     Ok(lock)
+}
+
+/// Removes the partition directories a crash left set aside by
+/// [`crate::shard::Engine::empty_partition`]: their partitions were opened again, empty.
+fn remove_emptied(data_dir: &Path) -> Result<(), TopicError> {
+    let io = |op, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TopicError::Io { op, path, source }
+    };
+    let entries = match fs::read_dir(data_dir) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io("list the data directory", data_dir))?,
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(io("list the data directory", data_dir))?
+            .path();
+        let emptied = (path.file_name().and_then(|name| name.to_str()))
+            .is_some_and(|name| name.ends_with(crate::shard::EMPTIED_SUFFIX));
+        if emptied {
+            fs::remove_dir_all(&path).map_err(io("remove an emptied partition's files", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates `data_dir` and its parents if missing; refuses a path that is not a directory
