@@ -154,3 +154,10 @@ pub const LEADER_ANNOUNCE_TICKS: usize = 50;
 /// forwarded to a controller leader that just lost its leadership is lost (1 s at 100 ms
 /// ticks).
 pub const REASSIGNED_REPORT_TICKS: usize = 10;
+
+/// Entries a learner may lag the commit index by and count as caught up, to become a voter
+/// in a reassignment (`Replica::reconfigure`): under a steady write load its acknowledgement
+/// of the latest entry is always a round trip behind, so "every committed entry" may never
+/// hold at a tick. A voter this far behind catches up in milliseconds, and the old voters
+/// keep their quorum meanwhile.
+pub const LEARNER_CAUGHT_UP_ENTRIES: u64 = 256;

@@ -70,7 +70,7 @@ use crate::hibernation::{Hibernation, Signal};
 use crate::journal::{Anchor, Internal, Journal, JournalError, Record};
 use crate::limits::{
     APPEND_MESSAGES_IN_FLIGHT_MAX, APPEND_MESSAGE_BYTES_MAX, ENTRY_FETCH_BYTES_MAX,
-    REJOIN_ASK_TICKS, SNAPSHOT_SILENCE_TICKS_MAX,
+    LEARNER_CAUGHT_UP_ENTRIES, REJOIN_ASK_TICKS, SNAPSHOT_SILENCE_TICKS_MAX,
 };
 use crate::rejoin::{LogState, Rejoin};
 use crate::snapshot::{self, Fetched, FillSource};
@@ -817,7 +817,9 @@ impl<S: Storage> Replica<S> {
     ///    configuration (they open with none, `ReplicaConfig::voters` empty): if the window
     ///    still starts at the group's first entry, the anchor moves to the applied index
     ///    first, so no joiner replays entries from the start without it;
-    /// 2. once each has every committed entry, they become voters (several at once through
+    /// 2. once each is caught up (active, within `LEARNER_CAUGHT_UP_ENTRIES` of the commit
+    ///    index: under a steady load the latest entry's acknowledgement is always a round
+    ///    trip away), they become voters (several at once through
     ///    joint consensus, which raft-rs leaves on its own);
     /// 3. a leader that is not in the target hands its leadership to the target's voter
     ///    furthest along (raft-rs does not handle a leader removing itself);
@@ -859,9 +861,10 @@ impl<S: Storage> Replica<S> {
             .filter(|id| target.contains(id))
             .collect();
         let behind = (promoted.iter()).any(|id| {
-            raft.prs()
-                .get(*id)
-                .is_none_or(|progress| progress.matched < committed)
+            raft.prs().get(*id).is_none_or(|progress| {
+                !progress.recent_active
+                    || progress.matched.saturating_add(LEARNER_CAUGHT_UP_ENTRIES) < committed
+            })
         });
         if behind {
             return Ok(Reconfiguring::Waiting("learners catch up"));

@@ -115,6 +115,64 @@ fn restart_reopens_every_partition_with_its_data() {
     engine.shutdown().unwrap();
 }
 
+#[test]
+fn an_emptied_partition_starts_again_at_offset_0_and_leaves_no_file_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let partition_dir = dir.path().join("moved-1");
+    {
+        let engine = engine(dir.path());
+        block_on(async {
+            engine
+                .create_topic("moved", 2, TopicConfig::default())
+                .await
+                .unwrap();
+            for partition in 0..2 {
+                for value in ["a", "b", "c"] {
+                    let batch = batch(value);
+                    engine
+                        .append("moved", partition, batch, Ack::Durable)
+                        .await
+                        .unwrap();
+                }
+            }
+            std::fs::write(partition_dir.join(crate::log::RAFT_JOURNAL_FILE), b"x").unwrap();
+            engine.empty_partition("moved", 1).await.unwrap();
+            let offsets = engine.offsets("moved", 1).await.unwrap();
+            assert_eq!((offsets.log_start, offsets.log_end), (0, 0));
+            assert!(engine
+                .read("moved", 1, 0, 1 << 20)
+                .await
+                .unwrap()
+                .bytes
+                .is_empty());
+            assert!(!partition_dir.join(crate::log::RAFT_JOURNAL_FILE).exists());
+            assert!(!dir.path().join(format!("moved-1{EMPTIED_SUFFIX}")).exists());
+            // The other partition is untouched, and the emptied one takes appends again.
+            let read = engine.read("moved", 0, 0, 1 << 20).await.unwrap();
+            assert_eq!(values(&read.bytes), ["a", "b", "c"]);
+            let appended = engine.append("moved", 1, batch("d"), Ack::Durable).await;
+            assert_eq!(appended.unwrap().offset_first, 0);
+            assert!(matches!(
+                engine.empty_partition("moved", 2).await,
+                Err(EngineError::UnknownTopicOrPartition { .. })
+            ));
+        });
+        engine.shutdown().unwrap();
+    }
+    // A crash between setting the files aside and removing them leaves the aside
+    // directory: the next open removes it and keeps the partition as it was emptied.
+    let aside = dir.path().join(format!("moved-0{EMPTIED_SUFFIX}"));
+    std::fs::create_dir(&aside).unwrap();
+    std::fs::write(aside.join("00000000000000000000.log"), b"old").unwrap();
+    let engine = engine(dir.path());
+    assert!(!aside.exists());
+    block_on(async {
+        let read = engine.read("moved", 1, 0, 1 << 20).await.unwrap();
+        assert_eq!(values(&read.bytes), ["d"]);
+    });
+    engine.shutdown().unwrap();
+}
+
 /// Waits until the partition's fdatasyncs in flight have completed: a command on the
 /// appender's queue runs only after them, and DeleteRecords at offset 0 changes nothing.
 async fn settle(engine: &Engine, topic: &str, partition: u32) {
