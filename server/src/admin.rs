@@ -20,6 +20,7 @@
 //! ```
 
 pub mod group;
+pub mod reassign;
 pub mod topic;
 
 use std::io::{Read, Write};

@@ -180,30 +180,6 @@ impl Broker {
             RequestKind::OffsetForLeaderEpoch(body) => ResponseKind::OffsetForLeaderEpoch(
                 handlers::offset_for_leader_epoch::handle(self, body).await,
             ),
-            RequestKind::CreateTopics(body) => {
-                ResponseKind::CreateTopics(handlers::topics::create(self, body, version).await)
-            }
-            RequestKind::DeleteTopics(body) => {
-                ResponseKind::DeleteTopics(handlers::topics::delete(self, body, version).await)
-            }
-            RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
-                handlers::topics::create_partitions(self, body).await,
-            ),
-            RequestKind::DescribeConfigs(body) => {
-                ResponseKind::DescribeConfigs(handlers::configs::describe(self, &body, version))
-            }
-            RequestKind::AlterConfigs(body) => {
-                ResponseKind::AlterConfigs(handlers::configs::alter(self, body).await)
-            }
-            RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
-                handlers::configs::incremental_alter(self, body).await,
-            ),
-            RequestKind::DescribeCluster(body) => {
-                ResponseKind::DescribeCluster(handlers::cluster::handle(self, &body, version))
-            }
-            RequestKind::DeleteRecords(body) => {
-                ResponseKind::DeleteRecords(handlers::records::handle(self, body).await)
-            }
             RequestKind::FindCoordinator(body) => ResponseKind::FindCoordinator(
                 handlers::groups::find_coordinator(self, body, version),
             ),
@@ -240,9 +216,49 @@ impl Broker {
             RequestKind::InitProducerId(body) => {
                 ResponseKind::InitProducerId(handlers::init_producer_id::handle(self, &body))
             }
-            other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
+            other => self.handle_admin(other, version).await,
         };
         Some((response, Vec::new()))
+    }
+
+    /// Answers one request of the admin APIs: topics, their configurations and replicas,
+    /// the cluster, records' deletion.
+    async fn handle_admin(&self, body: RequestKind, version: i16) -> ResponseKind {
+        match body {
+            RequestKind::CreateTopics(body) => {
+                ResponseKind::CreateTopics(handlers::topics::create(self, body, version).await)
+            }
+            RequestKind::DeleteTopics(body) => {
+                ResponseKind::DeleteTopics(handlers::topics::delete(self, body, version).await)
+            }
+            RequestKind::CreatePartitions(body) => ResponseKind::CreatePartitions(
+                handlers::topics::create_partitions(self, body).await,
+            ),
+            RequestKind::AlterPartitionReassignments(body) => {
+                ResponseKind::AlterPartitionReassignments(
+                    handlers::reassignments::alter(self, body).await,
+                )
+            }
+            RequestKind::ListPartitionReassignments(body) => {
+                ResponseKind::ListPartitionReassignments(handlers::reassignments::list(self, &body))
+            }
+            RequestKind::DescribeConfigs(body) => {
+                ResponseKind::DescribeConfigs(handlers::configs::describe(self, &body, version))
+            }
+            RequestKind::AlterConfigs(body) => {
+                ResponseKind::AlterConfigs(handlers::configs::alter(self, body).await)
+            }
+            RequestKind::IncrementalAlterConfigs(body) => ResponseKind::IncrementalAlterConfigs(
+                handlers::configs::incremental_alter(self, body).await,
+            ),
+            RequestKind::DescribeCluster(body) => {
+                ResponseKind::DescribeCluster(handlers::cluster::handle(self, &body, version))
+            }
+            RequestKind::DeleteRecords(body) => {
+                ResponseKind::DeleteRecords(handlers::records::handle(self, body).await)
+            }
+            other => unreachable!("decode_request admits only supported APIs, not {other:?}"),
+        }
     }
 
     /// The topic, created with the server's defaults if it is missing and auto-creation is

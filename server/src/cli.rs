@@ -36,7 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the broker.
     Serve(Box<ServeArgs>),
-    /// Create, list, describe and delete topics of a running broker (Kafka admin API).
+    /// Create, list, describe, delete and reassign topics of a running broker (Kafka admin
+    /// API).
     Topic(TopicArgs),
     /// List, describe, reset the offsets of and delete consumer groups (Kafka admin API).
     Group(GroupArgs),
@@ -150,6 +151,46 @@ pub enum TopicCommand {
     Delete {
         /// The topic's name.
         name: String,
+    },
+    /// Move partitions of a topic to other nodes (in a cluster), or cancel a move.
+    ///
+    /// Answers once the broker accepted the move; the new replicas then catch up on their
+    /// own (`topic reassignments` lists the partitions until they are done). A single node
+    /// keeps every partition on itself, node 0.
+    Reassign {
+        /// The topic's name.
+        name: String,
+        /// The partitions to move (repeatable, or comma-separated: `--partition 0,2`).
+        #[arg(
+            long = "partition",
+            value_name = "P",
+            value_delimiter = ',',
+            required = true,
+            value_parser = clap::value_parser!(i32).range(0..)
+        )]
+        partitions: Vec<i32>,
+        /// The node ids of the partitions' new replicas, comma-separated (`--replicas 2,3`).
+        #[arg(
+            long,
+            value_name = "ID,...",
+            value_delimiter = ',',
+            required_unless_present = "cancel",
+            conflicts_with = "cancel",
+            value_parser = clap::value_parser!(i32).range(0..)
+        )]
+        replicas: Vec<i32>,
+        /// Cancel the move under way instead: the partitions go back to the replicas they
+        /// had before it.
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// List the partitions being moved, one `TOPIC PARTITION REPLICAS ADDING REMOVING` a line.
+    ///
+    /// Node ids are comma-separated, `-` for none; REPLICAS holds the target's nodes, then
+    /// those leaving.
+    Reassignments {
+        /// Only this topic's partitions (default: every topic's).
+        name: Option<String>,
     },
 }
 
@@ -460,6 +501,61 @@ mod tests {
         assert_eq!(factor("2"), Some(Some(2)));
         assert_eq!(factor("0"), None);
         assert_eq!(factor("-1"), None);
+    }
+
+    #[test]
+    fn reassign_takes_partitions_repeated_or_comma_separated_and_replicas_or_cancel() {
+        use clap::error::ErrorKind;
+        let parse = |args: &[&str]| {
+            let cli = Cli::try_parse_from([&["ringlog", "topic", "reassign", "t"], args].concat());
+            match cli.map(|cli| cli.command) {
+                Ok(Command::Topic(TopicArgs {
+                    command:
+                        TopicCommand::Reassign {
+                            partitions,
+                            replicas,
+                            cancel,
+                            ..
+                        },
+                    ..
+                })) => Ok((partitions, replicas, cancel)),
+                Ok(other) => panic!("not reassign: {other:?}"),
+                Err(error) => Err(error.kind()),
+            }
+        };
+        let moved = parse(&[
+            "--partition",
+            "0,2",
+            "--partition",
+            "5",
+            "--replicas",
+            "3,1",
+        ]);
+        assert_eq!(moved, Ok((vec![0, 2, 5], vec![3, 1], false)));
+        let cancelled = parse(&["--partition", "1", "--cancel"]);
+        assert_eq!(cancelled, Ok((vec![1], Vec::new(), true)));
+        let refused = [
+            (
+                &["--partition", "1"][..],
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (&["--replicas", "1"], ErrorKind::MissingRequiredArgument),
+            (
+                &["--partition", "1", "--replicas", "1", "--cancel"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["--partition=-1", "--replicas", "1"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--partition", "0", "--replicas", "1,-2"],
+                ErrorKind::ValueValidation,
+            ),
+        ];
+        for (args, kind) in refused {
+            assert_eq!(parse(args), Err(kind), "{args:?}");
+        }
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub fn has_error(response: &ResponseKind) -> bool {
         ResponseKind::CreateTopics(r) => any(&r.topics, |t| t.error_code != 0),
         ResponseKind::DeleteTopics(r) => any(&r.responses, |t| t.error_code != 0),
         ResponseKind::CreatePartitions(r) => any(&r.results, |t| t.error_code != 0),
+        ResponseKind::AlterPartitionReassignments(r) => {
+            r.error_code != 0 || any(&r.responses, |t| any(&t.partitions, |p| p.error_code != 0))
+        }
+        ResponseKind::ListPartitionReassignments(r) => r.error_code != 0,
         ResponseKind::DescribeConfigs(r) => any(&r.results, |t| t.error_code != 0),
         ResponseKind::AlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),
         ResponseKind::IncrementalAlterConfigs(r) => any(&r.responses, |t| t.error_code != 0),

@@ -1,8 +1,9 @@
 //! The admin APIs (CreatePartitions, DescribeConfigs, AlterConfigs, IncrementalAlterConfigs,
-//! DescribeCluster, DeleteRecords) at every version ringlog advertises, and the
-//! `ringlog topic` commands, against a real server started in-process on a free port with
-//! a temporary data directory. Requests are encoded with `kafka-protocol`'s client side
-//! and sent over a plain TCP connection (`ringlog_server::admin::AdminClient`).
+//! DescribeCluster, DeleteRecords, AlterPartitionReassignments, ListPartitionReassignments)
+//! at every version ringlog advertises, and the `ringlog topic` commands, against a real
+//! server started in-process on a free port with a temporary data directory. Requests are
+//! encoded with `kafka-protocol`'s client side and sent over a plain TCP connection
+//! (`ringlog_server::admin::AdminClient`).
 
 use std::net::SocketAddr;
 use std::process::{Command, Output};
@@ -24,10 +25,12 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::PartitionProduceResponse;
 use kafka_protocol::messages::{
-    alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
-    ApiVersionsRequest, BrokerId, CreatePartitionsRequest, CreateTopicsRequest,
-    DeleteRecordsRequest, DescribeClusterRequest, DescribeConfigsRequest,
-    IncrementalAlterConfigsRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest, TopicName,
+    alter_configs_request, alter_partition_reassignments_request,
+    incremental_alter_configs_request, list_partition_reassignments_request, AlterConfigsRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, ApiVersionsRequest, BrokerId,
+    CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest, DescribeClusterRequest,
+    DescribeConfigsRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest,
+    ListPartitionReassignmentsRequest, MetadataRequest, ProduceRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_engine::batch::BatchBuilder;
@@ -52,6 +55,7 @@ const INVALID_PARTITIONS: i16 = 37;
 const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
 const INVALID_CONFIG: i16 = 40;
 const INVALID_REQUEST: i16 = 42;
+const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 const UNSUPPORTED_ENDPOINT_TYPE: i16 = 115;
 
 /// A server on a free port over a temporary directory; stopped when dropped.
@@ -228,6 +232,8 @@ fn api_versions_advertise_exactly_the_admin_versions_implemented() {
     assert_eq!(range(ApiKey::IncrementalAlterConfigs), Some((0, 1)));
     assert_eq!(range(ApiKey::DescribeCluster), Some((0, 2)));
     assert_eq!(range(ApiKey::DeleteRecords), Some((0, 2)));
+    assert_eq!(range(ApiKey::AlterPartitionReassignments), Some((0, 1)));
+    assert_eq!(range(ApiKey::ListPartitionReassignments), Some((0, 0)));
 }
 
 fn create_partitions(
@@ -715,6 +721,128 @@ fn delete_records_moves_the_log_start_at_every_version() {
     }
 }
 
+/// One topic's AlterPartitionReassignments at `version`: `(partition, replicas)` each (no
+/// replicas: cancel), the replication factor's change allowed or not (from version 1).
+/// Answers `(partition, error code, message)` in the request's order.
+fn reassign(
+    client: &mut AdminClient,
+    version: i16,
+    topic: &str,
+    partitions: &[(i32, Option<&[i32]>)],
+    allow_factor_change: bool,
+) -> Vec<(i32, i16, Option<String>)> {
+    use alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+    let partitions = (partitions.iter())
+        .map(|&(index, replicas)| {
+            let replicas = replicas.map(|ids| ids.iter().copied().map(BrokerId).collect());
+            ReassignablePartition::default()
+                .with_partition_index(index)
+                .with_replicas(replicas)
+        })
+        .collect();
+    // Version 0 has no such field (it means true there, and false cannot be encoded).
+    let allow_factor_change = allow_factor_change || version == 0;
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_allow_replication_factor_change(allow_factor_change)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(name(topic))
+            .with_partitions(partitions)]);
+    let response = client.call(&request, version).unwrap();
+    assert_eq!(response.error_code, NONE, "v{version}: {response:?}");
+    if version >= 1 {
+        assert_eq!(
+            response.allow_replication_factor_change, allow_factor_change,
+            "echoed"
+        );
+    }
+    assert_eq!(response.responses.len(), 1, "{response:?}");
+    assert_eq!(response.responses[0].name, name(topic));
+    (response.responses[0].partitions.iter())
+        .map(|p| {
+            let message = p.error_message.as_ref().map(ToString::to_string);
+            (p.partition_index, p.error_code, message)
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_node_answers_reassignments_as_a_one_broker_cluster_at_every_version() {
+    let running = Running::start();
+    let mut client = running.client();
+    create_topic(&mut client, "moves", 2, &[]);
+    for version in 0..=1 {
+        let answered = reassign(
+            &mut client,
+            version,
+            "moves",
+            &[
+                (0, Some(&[1][..])),
+                (1, None),
+                (2, Some(&[0][..])),
+                (-1, Some(&[0][..])),
+            ],
+            true,
+        );
+        let codes: Vec<(i32, i16)> = answered.iter().map(|(p, code, _)| (*p, *code)).collect();
+        assert_eq!(
+            codes,
+            vec![
+                (0, INVALID_REPLICA_ASSIGNMENT),
+                (1, NO_REASSIGNMENT_IN_PROGRESS),
+                (2, UNKNOWN_TOPIC_OR_PARTITION),
+                (-1, UNKNOWN_TOPIC_OR_PARTITION),
+            ],
+            "v{version}: {answered:?}"
+        );
+        let message = answered[0].2.as_deref().unwrap();
+        assert!(message.contains("single ringlog node"), "{message}");
+        // Where the partitions are already: nothing to move, as at a one-broker Kafka.
+        let kept = reassign(&mut client, version, "moves", &[(0, Some(&[0][..]))], false);
+        assert_eq!(kept, vec![(0, NONE, None)], "v{version}");
+        let bad_ids: [&[i32]; 4] = [&[0, -1], &[0, 0], &[], &[0; 16]];
+        for ids in bad_ids {
+            let refused = reassign(&mut client, version, "moves", &[(1, Some(ids))], true);
+            assert_eq!(
+                refused[0].1, INVALID_REPLICA_ASSIGNMENT,
+                "{ids:?}: {refused:?}"
+            );
+        }
+        let twice = reassign(
+            &mut client,
+            version,
+            "moves",
+            &[(1, Some(&[0][..])), (0, Some(&[0][..])), (1, None)],
+            true,
+        );
+        let codes: Vec<i16> = twice.iter().map(|(_, code, _)| *code).collect();
+        assert_eq!(
+            codes,
+            vec![INVALID_REQUEST, NONE, INVALID_REQUEST],
+            "{twice:?}"
+        );
+        let unknown = reassign(&mut client, version, "nope", &[(0, None)], true);
+        assert_eq!(unknown[0].1, UNKNOWN_TOPIC_OR_PARTITION, "{unknown:?}");
+    }
+}
+
+#[test]
+fn a_single_node_lists_no_reassignments() {
+    use list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+    let running = Running::start();
+    let mut client = running.client();
+    create_topic(&mut client, "moves", 2, &[]);
+    let asked = ListPartitionReassignmentsTopics::default()
+        .with_name(name("moves"))
+        .with_partition_indexes(vec![0, 1, 9]);
+    for topics in [None, Some(vec![asked])] {
+        let request = ListPartitionReassignmentsRequest::default().with_topics(topics);
+        let response = client.call(&request, 0).unwrap();
+        assert_eq!(response.error_code, NONE, "{response:?}");
+        assert_eq!(response.error_message, None);
+        assert!(response.topics.is_empty(), "{response:?}");
+    }
+}
+
 fn ringlog(running: &Running, args: &[&str]) -> Output {
     let bootstrap = running.address().to_string();
     Command::new(env!("CARGO_BIN_EXE_ringlog"))
@@ -806,6 +934,90 @@ fn cli_creates_lists_describes_and_deletes_topics() {
     let again = ringlog(&running, &["delete", "events"]);
     assert_eq!(again.status.code(), Some(1));
     assert_eq!(stdout(&ringlog(&running, &["list"])), "alpha\n");
+}
+
+#[test]
+fn cli_reassign_on_a_single_node_names_the_refusal_and_exits_1() {
+    let running = Running::start();
+    let mut client = running.client();
+    create_topic(&mut client, "moves", 2, &[]);
+    let moved = ringlog(
+        &running,
+        &["reassign", "moves", "--partition", "0", "--replicas", "1,2"],
+    );
+    assert_eq!(moved.status.code(), Some(1), "{}", stderr(&moved));
+    let message = stderr(&moved);
+    assert!(
+        message.contains("reassign moves-0: INVALID_REPLICA_ASSIGNMENT (39)"),
+        "{message}"
+    );
+    assert!(message.contains("single ringlog node"), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    let cancelled = ringlog(
+        &running,
+        &["reassign", "moves", "--partition", "1", "--cancel"],
+    );
+    assert_eq!(cancelled.status.code(), Some(1));
+    let message = stderr(&cancelled);
+    assert!(
+        message.contains("cancel the reassignment of moves-1: NO_REASSIGNMENT_IN_PROGRESS"),
+        "{message}"
+    );
+    let kept = ringlog(
+        &running,
+        &["reassign", "moves", "--partition", "0,1", "--replicas", "0"],
+    );
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert_eq!(
+        stdout(&kept),
+        "reassigning moves-0 to replicas 0\nreassigning moves-1 to replicas 0\n"
+    );
+    let partly = ringlog(
+        &running,
+        &[
+            "reassign",
+            "moves",
+            "--partition",
+            "0",
+            "--partition",
+            "7",
+            "--replicas",
+            "0",
+        ],
+    );
+    assert_eq!(partly.status.code(), Some(1));
+    let message = stderr(&partly);
+    assert!(
+        message.contains("reassign moves-7 (accepted: moves-0): UNKNOWN_TOPIC_OR_PARTITION"),
+        "{message}"
+    );
+    for args in [&["reassignments"][..], &["reassignments", "moves"]] {
+        let listed = ringlog(&running, args);
+        assert!(listed.status.success(), "{args:?}: {}", stderr(&listed));
+        assert_eq!(stdout(&listed), "", "{args:?}: nothing is being moved");
+    }
+    let unknown = ringlog(&running, &["reassignments", "nope"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("UNKNOWN_TOPIC_OR_PARTITION"));
+    let neither = ringlog(&running, &["reassign", "moves", "--partition", "0"]);
+    assert_eq!(
+        neither.status.code(),
+        Some(2),
+        "clap: --replicas or --cancel"
+    );
+    let both = ringlog(
+        &running,
+        &[
+            "reassign",
+            "moves",
+            "--partition",
+            "0",
+            "--replicas",
+            "0",
+            "--cancel",
+        ],
+    );
+    assert_eq!(both.status.code(), Some(2), "clap: not both");
 }
 
 #[test]

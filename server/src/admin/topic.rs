@@ -1,6 +1,7 @@
 //! `ringlog topic create|list|describe|delete`: topic administration over the Kafka admin
 //! API (CreateTopics, Metadata, ListOffsets, DescribeConfigs, DeleteTopics), so it works
-//! against any Kafka-compatible broker, not only ringlog.
+//! against any Kafka-compatible broker, not only ringlog. `reassign` and `reassignments`
+//! are in `admin::reassign`.
 //!
 //! Each command returns the text it prints on success; a Kafka error code in a response
 //! becomes `AdminError::Kafka`, named as Kafka names it. `describe` asks DescribeConfigs
@@ -23,14 +24,14 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{AdminClient, AdminError};
+use super::{reassign, AdminClient, AdminError};
 use crate::cli::TopicCommand;
 use crate::handlers::configs::{
     RESOURCE_TOPIC, SOURCE_DEFAULT_CONFIG, SOURCE_DYNAMIC_TOPIC_CONFIG, SOURCE_STATIC_BROKER_CONFIG,
 };
 
 /// How long the broker may take to create or delete a topic.
-const ADMIN_TIMEOUT_MS: i32 = 30_000;
+pub(crate) const ADMIN_TIMEOUT_MS: i32 = 30_000;
 /// ListOffsets' special timestamps.
 const EARLIEST: i64 = -2;
 pub(crate) const LATEST: i64 = -1;
@@ -55,6 +56,18 @@ pub fn run(client: &mut AdminClient, command: &TopicCommand) -> Result<String, A
         TopicCommand::List => list(client),
         TopicCommand::Describe { name } => describe(client, name),
         TopicCommand::Delete { name } => at_controller(client, |client| delete(client, name)),
+        TopicCommand::Reassign {
+            name,
+            partitions,
+            replicas,
+            cancel,
+        } => {
+            let replicas = (!*cancel).then_some(replicas.as_slice());
+            at_controller(client, |client| {
+                reassign::reassign(client, name, partitions, replicas)
+            })
+        }
+        TopicCommand::Reassignments { name } => reassign::list(client, name.as_deref()),
     }
 }
 
@@ -67,10 +80,10 @@ pub(crate) const CONTROLLER_ATTEMPTS: usize = 10;
 pub(crate) const CONTROLLER_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs `request` at the broker leading the controller, as Kafka's admin clients send
-/// CreateTopics and DeleteTopics: in a cluster, the node Metadata names as the controller
-/// (connected to for the purpose), asked again after NOT_CONTROLLER; alone, the broker
-/// `client` is connected to.
-fn at_controller(
+/// CreateTopics, DeleteTopics and AlterPartitionReassignments: in a cluster, the node
+/// Metadata names as the controller (connected to for the purpose), asked again after
+/// NOT_CONTROLLER; alone, the broker `client` is connected to.
+pub(crate) fn at_controller(
     client: &mut AdminClient,
     mut request: impl FnMut(&mut AdminClient) -> Result<String, AdminError>,
 ) -> Result<String, AdminError> {
@@ -171,7 +184,7 @@ pub fn create(
 }
 
 /// A response without the entry the request asked for.
-fn missing(client: &AdminClient, context: &str) -> AdminError {
+pub(crate) fn missing(client: &AdminClient, context: &str) -> AdminError {
     AdminError::Kafka {
         context: context.to_owned(),
         code: -1,

@@ -387,8 +387,8 @@ pub async fn create_partitions(
 }
 
 /// An error code and its message.
-#[derive(Debug, PartialEq, Eq)]
-struct Refusal(i16, String);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal(pub(crate) i16, pub(crate) String);
 
 async fn add_partitions(
     broker: &Broker,
