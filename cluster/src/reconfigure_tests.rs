@@ -123,3 +123,43 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_reassignment_cancelled_once_its_new_replica_joined_takes_the_learner_out() {
+    let dir = tempfile::tempdir().unwrap();
+    rt::block_on(async {
+        let mut cluster = Cluster::open(dir.path()).await;
+        let leader = cluster.elect(|_| true).await;
+        let mut answer = cluster.propose(leader, "before", 3);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+        let replica = open_joining(dir.path()).await;
+        cluster.replicas.insert(4, replica);
+        let _fetches = fill_from_peers(&mut cluster, 4, None);
+        // Towards 1..=4 until node 4 is a learner of the group.
+        let mut joined = false;
+        for _ in 0..100 {
+            cluster.tick();
+            let replica = cluster.replicas.get_mut(&leader).unwrap();
+            replica.reconfigure(&[1, 2, 3, 4]).await.unwrap();
+            cluster.settle().await;
+            joined = cluster.replicas[&leader].members().1 == [4];
+            if joined {
+                break;
+            }
+        }
+        assert!(joined, "node 4 never joined as a learner");
+        // Cancelled: the target is the set again, and the learner leaves.
+        let mut proposed = 0;
+        reconfigure(&mut cluster, &[1, 2, 3], &mut proposed).await;
+        for node in 1..=3 {
+            let members = cluster.replicas[&node].members();
+            assert_eq!(members, (vec![1, 2, 3], vec![]), "node {node}");
+        }
+        let leader = cluster.elect(|node| node != 4).await;
+        let mut answer = cluster.propose(leader, "after", 2);
+        cluster.settle().await;
+        assert!(answered(&mut answer).unwrap().is_ok());
+    })
+    .unwrap();
+}

@@ -7,6 +7,7 @@
     cluster.py auto-create BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py admin BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
     cluster.py placed BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
+    cluster.py reassign BOOTSTRAP TOPIC PARTITIONS COUNT WORK_DIR
 
 BOOTSTRAP lists every node of a three-node cluster. The script creates TOPIC (PARTITIONS
 partitions, replication factor 3) through the admin client, produces COUNT records
@@ -51,6 +52,12 @@ COUNT records to each topic (kafka-python and confluent-kafka producers at their
 reads both back, writes WORK_DIR/half and waits for WORK_DIR/killed (the test restarts a
 node), then produces and reads TOPIC-assigned again. Prints {"placed": [values],
 "assigned": [values], "assigned_after": [values], "refused": error name}.
+
+reassign (partitions moved under load) creates TOPIC at replication factor 2, produces COUNT
+records with a kafka-python producer at its defaults (idempotent, acks=all), one at a
+time, writes WORK_DIR/half and goes on producing (at most COUNT * 20 more) until
+WORK_DIR/killed appears (the test moves every partition to another replica set meanwhile),
+then produces COUNT more and reads everything back. Prints what run prints.
 
 Otherwise prints {"acknowledged": n, "failed": n, "lost": [values acknowledged and not read],
 "duplicates": [values read more than once], "read": n, "leaders_before": {...},
@@ -626,6 +633,51 @@ def ship(bootstrap, topic, partitions, count, work_dir, configs=None):
     )
 
 
+def reassign(bootstrap, topic, partitions, count, work_dir):
+    servers = bootstrap.split(",")
+    admin = KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    admin_call("create_topics", lambda: admin.create_topics([NewTopic(topic, partitions, 2)]))
+    admin.close()
+    producer = KafkaPythonProducer(servers)
+    acknowledged, failed = {}, []
+    producer.produce(topic, 0, count, acknowledged, failed)
+    before = producer.leaders(topic)
+    with open(os.path.join(work_dir, "half.tmp"), "w") as out:
+        json.dump(before, out)
+    os.rename(os.path.join(work_dir, "half.tmp"), os.path.join(work_dir, "half"))
+    # Under load while the partitions move: one record after another until the test is
+    # done, each acknowledged (or failed) before the next.
+    sent = count
+    while not os.path.exists(os.path.join(work_dir, "killed")) and sent < count * 21:
+        producer.produce(topic, sent, 1, acknowledged, failed)
+        sent += 1
+    wait_for(os.path.join(work_dir, "killed"))
+    producer.produce(topic, sent, count, acknowledged, failed)
+    after = producer.leaders(topic)
+    producer.close()
+    records = consume(servers, topic, partitions)
+    seen = Counter(value for _, _, value in records)
+    by_partition = {}
+    for partition, offset, _ in records:
+        by_partition.setdefault(partition, []).append(offset)
+    print(
+        json.dumps(
+            {
+                "acknowledged": len(acknowledged),
+                "failed": len(failed),
+                "lost": sorted(v for v in acknowledged if v not in seen),
+                "duplicates": sorted(v for v, n in seen.items() if n > 1),
+                "read": len(records),
+                "leaders_before": before,
+                "leaders_after": after,
+                "offsets_dense": all(
+                    sorted(o) == list(range(min(o), min(o) + len(o))) for o in by_partition.values()
+                ),
+            }
+        )
+    )
+
+
 def log_kafka_python(path):
     """Sends kafka-python's debug log (every request and response) to `path`: set
     RINGLOG_TEST_KAFKA_LOG to diagnose a failing or slow run."""
@@ -643,6 +695,7 @@ def main():
         "auto-create": auto_create,
         "admin": admin_changes,
         "placed": placed,
+        "reassign": reassign,
         "ship": ship,
         "ship-retained": lambda *args: ship(*args, RETAINED),
     }

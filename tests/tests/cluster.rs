@@ -20,6 +20,10 @@
 //!   its own records, though a node may not have applied the deletion yet when its groups
 //!   start), configurations altered both ways, records deleted (DeleteRecords) on every
 //!   replica;
+//! - partitions reassigned under load (AlterPartitionReassignments, asked at any node) move
+//!   to their new replica sets: a replica joins, the leader leaves, no acknowledged record
+//!   is lost or duplicated, the nodes that left delete their data, and ListPartition-
+//!   Reassignments lists the partitions until they are done;
 //! - a follower whose data directory is wiped catches up by a snapshot and rejoins;
 //! - the same on a topic with retention, whose leader deleted the start of its log before
 //!   the follower returned: the follower's log starts where the leader's does, and a
@@ -29,8 +33,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::alter_partition_reassignments_request::{
+    ReassignablePartition, ReassignableTopic,
+};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{ApiKey, MetadataRequest};
+use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, ApiKey, BrokerId, ListPartitionReassignmentsRequest,
+    MetadataRequest,
+};
 use ringlog_tests::disk::Ext4;
 use ringlog_tests::metrics::scrape;
 use ringlog_tests::process::{free_port, ringlog_binary, wait_for, Server, ServerOptions};
@@ -800,27 +810,204 @@ fn replica_sets_smaller_than_the_cluster_are_placed_and_answered_at_every_node()
     }
 }
 
+/// Runs the ringlog CLI against `node`; returns what it printed (it must succeed).
+fn cli(node: &Server, args: &[&str]) -> String {
+    let output = std::process::Command::new(ringlog_binary())
+        .args(args)
+        .args(["--bootstrap", &node.bootstrap()])
+        .output()
+        .expect("the ringlog CLI runs");
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{args:?}: {out}{err}");
+    out.into_owned()
+}
+
+/// Asks `node` to reassign partitions of `topic` (AlterPartitionReassignments; a target of
+/// `None` cancels); returns each partition's error code, in the order asked.
+fn alter_reassignments(
+    node: &Server,
+    topic: &str,
+    targets: &[(i32, Option<Vec<i32>>)],
+) -> Vec<i16> {
+    let partitions = (targets.iter())
+        .map(|(partition, target)| {
+            let replicas =
+                (target.as_ref()).map(|ids| ids.iter().map(|&id| BrokerId(id)).collect());
+            ReassignablePartition::default()
+                .with_partition_index(*partition)
+                .with_replicas(replicas)
+        })
+        .collect();
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(partitions)]);
+    let response = Connection::connect(node.address())
+        .call(&request, 0)
+        .expect("an AlterPartitionReassignments answer");
+    assert_eq!(response.error_code, 0, "{response:?}");
+    (response.responses.iter())
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(|partition| partition.error_code)
+        })
+        .collect()
+}
+
+/// The partitions `node` lists as being reassigned (ListPartitionReassignments, every
+/// topic): (topic, partition) -> (replicas, adding, removing).
+type Listed = BTreeMap<(String, i32), (Vec<i32>, Vec<i32>, Vec<i32>)>;
+
+fn listed_reassignments(node: &Server) -> Listed {
+    let request = ListPartitionReassignmentsRequest::default().with_timeout_ms(30_000);
+    let response = Connection::connect(node.address())
+        .call(&request, 0)
+        .expect("a ListPartitionReassignments answer");
+    assert_eq!(response.error_code, 0, "{response:?}");
+    let ids = |ids: &[BrokerId]| ids.iter().map(|id| id.0).collect::<Vec<i32>>();
+    let mut listed = BTreeMap::new();
+    for topic in &response.topics {
+        for partition in &topic.partitions {
+            let key = (topic.name.0.to_string(), partition.partition_index);
+            let value = (
+                ids(&partition.replicas),
+                ids(&partition.adding_replicas),
+                ids(&partition.removing_replicas),
+            );
+            listed.insert(key, value);
+        }
+    }
+    listed
+}
+
+/// Waits until no node lists a reassignment and every node's Metadata names `targets` as
+/// the partitions' replicas; returns that placement.
+fn reassignments_done(nodes: &[Option<Server>], targets: &BTreeMap<i32, Vec<i32>>) -> Placement {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed: Vec<Listed> = nodes.iter().flatten().map(listed_reassignments).collect();
+        if listed.iter().all(BTreeMap::is_empty) {
+            let placement = settled_placement(nodes, &[TOPIC], PARTITIONS);
+            let reached = (targets.iter())
+                .all(|(partition, target)| placement[&(TOPIC.to_owned(), *partition)].0 == *target);
+            if reached {
+                return placement;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reassignments are not done: {listed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn partitions_reassigned_under_load_move_to_their_new_replicas() {
+    const RECORDS: usize = 100;
+    let Run {
+        cluster,
+        mut nodes,
+        work,
+        script,
+        _root,
+    } = start("reassign", RECORDS);
+    wait_for(&work.join("half"));
+    let before = settled_placement(&nodes, &[TOPIC], PARTITIONS);
+    // Each partition moves to the node it lacks and the follower it has: its leader
+    // leaves, handing its leadership over first.
+    let mut targets = BTreeMap::new();
+    let mut leaving = BTreeMap::new();
+    for ((_, partition), (replicas, leader)) in &before {
+        let joining = (1..=3)
+            .find(|id| !replicas.contains(id))
+            .expect("a node lacks it");
+        let staying = *replicas
+            .iter()
+            .find(|id| *id != leader)
+            .expect("a follower");
+        let mut target = vec![joining, staying];
+        target.sort_unstable();
+        targets.insert(*partition, target);
+        leaving.insert(*partition, *leader as usize);
+    }
+    // Refused: a node the cluster does not have, a partition it does not have, and a
+    // cancellation of a reassignment not under way.
+    let refused = [(0, Some(vec![1, 9])), (7, Some(vec![1, 2])), (1, None)];
+    assert_eq!(
+        alter_reassignments(nodes[1].as_ref().unwrap(), TOPIC, &refused),
+        [39, 3, 85],
+        "INVALID_REPLICA_ASSIGNMENT, UNKNOWN_TOPIC_OR_PARTITION, NO_REASSIGNMENT_IN_PROGRESS"
+    );
+    // Each asked at another node (all but the controller's leader forward it), the first
+    // with the CLI.
+    for (partition, target) in &targets {
+        let node = nodes[*partition as usize % 3].as_ref().unwrap();
+        if *partition == 0 {
+            let replicas: Vec<String> = target.iter().map(i32::to_string).collect();
+            let args = ["--partition", "0", "--replicas", &replicas.join(",")];
+            let printed = cli(node, &[&["topic", "reassign", TOPIC][..], &args].concat());
+            assert!(printed.contains("reassigning"), "{printed}");
+            continue;
+        }
+        let asked = [(*partition, Some(target.clone()))];
+        assert_eq!(alter_reassignments(node, TOPIC, &asked), [0], "{partition}");
+    }
+    let asked = Instant::now();
+    let after = reassignments_done(&nodes, &targets);
+    eprintln!(
+        "reassigned in {:?}: {before:?} -> {after:?}",
+        asked.elapsed()
+    );
+    for (partition, target) in &targets {
+        let hosts: Vec<usize> = target.iter().map(|&id| id as usize).collect();
+        assert_eq!(journals(&cluster, TOPIC, *partition as usize), hosts);
+        // The node that left deleted the partition's data.
+        let dir = &cluster.dirs[leaving[partition] - 1];
+        let left = written(segments(dir));
+        let prefix = format!("{partition}/");
+        assert!(
+            left.iter()
+                .filter(|(name, _)| name.starts_with(&prefix))
+                .all(|(_, b)| b.is_empty()),
+            "node {} still holds {TOPIC}-{partition}'s records",
+            leaving[partition]
+        );
+    }
+    let listed = cli(nodes[2].as_ref().unwrap(), &["topic", "reassignments"]);
+    assert_eq!(listed.trim(), "", "nothing is being reassigned");
+    // A restart places the replicas as the reassignments left them.
+    let node = leaving[&0] - 1;
+    nodes[node].take().expect("the node runs").stop_cleanly();
+    nodes[node] = Some(cluster.start(node));
+    reassignments_done(&nodes, &targets);
+    std::fs::write(work.join("killed"), b"").expect("killed marker");
+    let result = script.join().expect("the script thread");
+    eprintln!("{result}");
+    assert_eq!(result["lost"], serde_json::json!([]), "{result}");
+    assert_eq!(result["duplicates"], serde_json::json!([]), "{result}");
+    assert_eq!(result["failed"], 0, "{result}");
+    assert_eq!(result["offsets_dense"], true, "{result}");
+    assert!(
+        result["acknowledged"].as_u64() > Some(2 * RECORDS as u64),
+        "{result}"
+    );
+    for node in nodes.into_iter().flatten() {
+        node.stop_cleanly();
+    }
+}
+
 /// The admin CLI, each command given a different node: create and delete go to the
 /// controller's leader, describe asks each partition's leader for its offsets.
 fn admin_cli_works_at_every_node(nodes: &[Option<Server>]) {
-    let bootstraps: Vec<String> = nodes.iter().flatten().map(Server::bootstrap).collect();
-    let cli = |args: &[&str], at: usize| -> String {
-        let output = std::process::Command::new(ringlog_binary())
-            .args(args)
-            .args(["--bootstrap", &bootstraps[at]])
-            .output()
-            .expect("the ringlog CLI runs");
-        let (out, err) = (
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
-        );
-        assert!(
-            output.status.success(),
-            "{args:?} at node {}: {out}{err}",
-            at + 1
-        );
-        out.into_owned()
-    };
+    let nodes: Vec<&Server> = nodes.iter().flatten().collect();
+    let cli = |args: &[&str], at: usize| cli(nodes[at], args);
     cli(&["topic", "create", "cli-made", "--partitions", "3"], 0);
     let described = cli(&["topic", "describe", "cli-made"], 1);
     assert!(described.contains("partitions: 3"), "{described}");
@@ -1021,6 +1208,7 @@ fn a_wiped_follower_starts_its_log_where_retention_left_its_peers() {
     wipe_and_restart(&cluster, &mut nodes, follower);
     std::fs::write(work.join("killed"), b"").expect("killed marker");
     let result = script.join().expect("the script thread");
+    eprintln!("{result}");
     assert_eq!(result["lost"], serde_json::json!([]), "{result}");
     assert_eq!(result["duplicates"], serde_json::json!([]), "{result}");
     assert_eq!(result["failed"], 0, "{result}");

@@ -30,10 +30,11 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 };
 use kafka_protocol::messages::produce_response::LeaderIdAndEpoch;
 use kafka_protocol::messages::{
-    alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest, ApiKey,
-    BrokerId, CreatePartitionsRequest, CreateTopicsRequest, DeleteRecordsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest,
-    InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
+    alter_configs_request, incremental_alter_configs_request, AlterConfigsRequest,
+    AlterPartitionReassignmentsRequest, ApiKey, BrokerId, CreatePartitionsRequest,
+    CreateTopicsRequest, DeleteRecordsRequest, DescribeClusterRequest, DescribeConfigsRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, ListOffsetsRequest,
+    ListPartitionReassignmentsRequest, MetadataRequest, OffsetForLeaderEpochRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use ringlog_server::protocol::SUPPORTED_VERSIONS;
@@ -54,6 +55,8 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const TOPIC_ALREADY_EXISTS: i16 = 36;
 const INVALID_PARTITIONS: i16 = 37;
 const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
+const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 /// ListOffsets' "the record with the largest timestamp" (version 7 on).
 const MAX_TIMESTAMP: i64 = -3;
 /// ListOffsets' timestamps for tiered storage (versions 8 and 9).
@@ -111,6 +114,8 @@ impl Matrix {
             ApiKey::OffsetDelete => groups::offset_delete(&mut c, version),
             ApiKey::InitProducerId => init_producer_id(&mut c, version),
             ApiKey::OffsetForLeaderEpoch => self.offset_for_leader_epoch(&mut c, version),
+            ApiKey::AlterPartitionReassignments => alter_reassignments(&mut c, version),
+            ApiKey::ListPartitionReassignments => list_reassignments(&mut c, version),
             other => bail!("no request for {other:?} in the version matrix: add one"),
         }
     }
@@ -538,6 +543,52 @@ fn fetch_sessions(c: &mut Connection, version: i16) -> anyhow::Result<()> {
             && response.session_id == 0
             && response.responses.is_empty(),
         "incremental request: {response:?}"
+    );
+    Ok(())
+}
+
+/// A single node keeps each partition's only replica: a move elsewhere is refused, a
+/// cancellation finds none under way, a partition it lacks is unknown.
+fn alter_reassignments(c: &mut Connection, version: i16) -> anyhow::Result<()> {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    let partition = |index: i32, replicas: Option<Vec<i32>>| {
+        ReassignablePartition::default()
+            .with_partition_index(index)
+            .with_replicas(replicas.map(|ids| ids.into_iter().map(BrokerId).collect()))
+    };
+    let request = AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(10_000)
+        .with_topics(vec![ReassignableTopic::default()
+            .with_name(topic_name(TOPIC))
+            .with_partitions(vec![
+                partition(0, Some(vec![5])),
+                partition(1, None),
+                partition(9, Some(vec![0])),
+            ])]);
+    let response = c.call(&request, version)?;
+    ensure!(response.error_code == NONE, "{response:?}");
+    let result = single(&response.responses, "topic")?;
+    let got: Vec<(i32, i16)> = (result.partitions.iter())
+        .map(|p| (p.partition_index, p.error_code))
+        .collect();
+    let expected = [
+        (0, INVALID_REPLICA_ASSIGNMENT),
+        (1, NO_REASSIGNMENT_IN_PROGRESS),
+        (9, UNKNOWN_TOPIC_OR_PARTITION),
+    ];
+    ensure!(got == expected, "(partition, error) {got:?}");
+    Ok(())
+}
+
+/// Nothing is being reassigned on a single node.
+fn list_reassignments(c: &mut Connection, version: i16) -> anyhow::Result<()> {
+    let request = ListPartitionReassignmentsRequest::default().with_timeout_ms(10_000);
+    let response = c.call(&request, version)?;
+    ensure!(
+        response.error_code == NONE && response.topics.is_empty(),
+        "{response:?}"
     );
     Ok(())
 }
