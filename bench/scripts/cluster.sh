@@ -46,11 +46,25 @@
 #       creating TOPICS x PARTITIONS (default 10 x 100) partitions (10 s after every
 #       partition has a leader). RUNS fresh clusters (default 3).
 #
+#   reassign [RUNS] [RECORDS] [RATE]
+#       A partition moved under load: on a fresh cluster, a topic of one partition at
+#       replication factor 2 (`ringlog topic create`) is filled with RECORDS (default
+#       1,000,000) 1 KiB records by the native load generator (acks=all, at the leader), then
+#       moved (`ringlog topic reassign`) to its leader and the node it lacks, so its
+#       follower leaves, while the generator writes RATE records/s more to the leader
+#       (default 10,000; 0: idle; the native generator does not follow a leader that moves,
+#       so the leader stays: tests/tests/cluster.rs moves leaders).
+#       Prints the time from the request to `ringlog topic reassignments` listing nothing
+#       (polled every 100 ms), the bytes the new replica holds then, and their rate against
+#       the limit measured in the same invocation: fio's sequential 1 MiB O_DIRECT writes
+#       with an fdatasync after each, on the same file system (the new replica writes its
+#       copy through the group commit, every chunk durable). RUNS fresh clusters (default 3).
+#
 # Nodes listen on 127.0.0.1: Kafka 19092-19094 (single node: 19092), internal 19191-19193.
 # The raft timing is the server's (server/src/limits.rs): 100 ms ticks, election after 10
 # ticks randomized to 10-19 (1-2 s), heartbeats every 2 ticks; pre-vote and check-quorum.
 #
-# Usage: bench/scripts/cluster.sh throughput|failover|idle|profile [ARGS...]
+# Usage: bench/scripts/cluster.sh throughput|failover|idle|profile|reassign [ARGS...]
 #        (as root: runs drop the page cache, see lib.sh; profile needs perf)
 # Env:   BIN_DIR (ringlog and ringlog-bench; default: build them into target/release),
 #        BENCH_DIR (data; default target/bench-tmp, the real disk, not tmpfs),
@@ -71,7 +85,7 @@ cd "$(dirname "$0")/../.."
 WHAT=${1:-}
 shift || true
 case "$WHAT" in
-throughput | failover | idle | profile) ;;
+throughput | failover | idle | profile | reassign) ;;
 *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d'
     exit 2
@@ -312,7 +326,102 @@ idle() {
     python3 bench/scripts/summarize-cluster.py idle "$OUT" | tee "$OUT/summary.md"
 }
 
+# reassign [RUNS] [RECORDS] [RATE]: see the top.
+reassign() {
+    local runs=${1:-3} records=${2:-1000000} rate=${3:-10000}
+    command -v fio >/dev/null || { echo "missing fio (apt-get install fio)" >&2; exit 2; }
+    { memory_note; machine_info "$DIR" "fio --version"; } | tee "$OUT/machine.txt" >&2
+    settle
+    fio --name=write-sync --filename="$DIR/fio-write" --rw=write --bs=1M --size=2G \
+        --direct=1 --fdatasync=1 --ioengine=psync --output-format=json >"$OUT/fio-write.json"
+    rm -f "$DIR/fio-write"
+    local limit
+    limit=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["jobs"][0]["write"]["bw_bytes"])' \
+        "$OUT/fio-write.json")
+    echo "fio sequential write, 1 MiB + fdatasync: $((limit / 1000000)) MB/s" | tee "$OUT/summary.md"
+    local i
+    for i in $(seq 1 "$runs"); do reassign_run "$OUT/reassign-$i" "$records" "$rate" "$limit"; done
+    rm -rf "$DIR"/cluster-node{1,2,3}
+}
+
+# batch_bytes DIR: the bytes of whole record batches in a partition directory's segments (a
+# segment file is preallocated past its last batch, so its size says nothing).
+batch_bytes() {
+    python3 - "$1" <<'PY'
+import os, struct, sys
+total = 0
+for name in os.listdir(sys.argv[1]):
+    if name.endswith(".log"):
+        data = open(os.path.join(sys.argv[1], name), "rb").read()
+        at = 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack(">i", data[at + 8 : at + 12])
+            if length <= 0 or at + 12 + length > len(data):
+                break
+            at += 12 + length
+        total += at
+print(total)
+PY
+}
+
+# reassign_run PREFIX RECORDS RATE LIMIT_BYTES_S: one move (see the top).
+reassign_run() {
+    local prefix=$1 records=$2 rate=$3 limit=$4 at=127.0.0.1:19092
+    settle
+    start_cluster "$prefix"
+    local tries=0
+    until "$RINGLOG" topic create moved --partitions 1 --replication-factor 2 \
+        --bootstrap "$at" >>"$prefix-admin.log" 2>&1; do
+        tries=$((tries + 1)); [ "$tries" -lt 100 ] || { echo "topic create failed" >&2; exit 1; }
+        sleep 0.2
+    done
+    local row leader replicas
+    until row=$("$RINGLOG" topic describe moved --bootstrap "$at" 2>>"$prefix-admin.log" |
+        awk '$1 == "0" && $4 ~ /^[0-9]+$/'); [ -n "$row" ]; do sleep 0.2; done
+    leader=$(echo "$row" | awk '{ print $4 }')
+    replicas=$(echo "$row" | awk '{ print $5 }')
+    "$BENCH" produce --bootstrap "127.0.0.1:$((19091 + leader))" --topic moved --partitions 1 \
+        --acks all --records "$records" --connections 1 --in-flight 8 \
+        >"$prefix-fill.log" 2>&1
+    local joining follower n
+    for n in 1 2 3; do
+        case ",$replicas," in *",$n,"*) [ "$n" = "$leader" ] || follower=$n ;; *) joining=$n ;; esac
+    done
+    local load=''
+    if [ "$rate" != 0 ]; then
+        "$BENCH" produce --bootstrap "127.0.0.1:$((19091 + leader))" --topic moved \
+            --partitions 1 --acks all \
+            --rate "$rate" --duration 600 --connections 1 >"$prefix-load.log" 2>&1 &
+        load=$!
+    fi
+    sleep 2
+    local started ended
+    started=$(date +%s.%N)
+    "$RINGLOG" topic reassign moved --partition 0 --replicas "$leader,$joining" \
+        --bootstrap "$at" >>"$prefix-admin.log" 2>&1
+    while [ -n "$("$RINGLOG" topic reassignments --bootstrap "$at" 2>>"$prefix-admin.log")" ]; do
+        sleep 0.1
+    done
+    ended=$(date +%s.%N)
+    [ -z "$load" ] || { kill -INT "$load" 2>/dev/null || true; wait "$load" || true; }
+    stop_nodes
+    local bytes left
+    bytes=$(batch_bytes "$DIR/cluster-node$joining/moved-0")
+    left=$(batch_bytes "$DIR/cluster-node$follower/moved-0")
+    python3 - "$started" "$ended" "$bytes" "$limit" "$follower" "$joining" "$left" <<'PY' |
+import sys
+started, ended, size, limit = (float(x) for x in sys.argv[1:5])
+follower, joining, left = sys.argv[5:8]
+seconds = ended - started
+rate = size / seconds
+print(f"moved {size / 1e9:.2f} GB from node {follower} to node {joining} in {seconds:.2f} s: "
+      f"{rate / 1e6:.0f} MB/s, {rate / limit:.2f} of fio's; node {follower} keeps {left} bytes")
+PY
+        tee -a "$OUT/summary.md"
+}
+
 case "$WHAT" in
+reassign) reassign "$@" ;;
 throughput) throughput "$@" ;;
 profile) profile "$@" ;;
 idle) idle "$@" ;;

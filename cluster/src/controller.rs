@@ -22,7 +22,7 @@
 //! |    3 | create partitions | `id [16]`, `partitions u32` (the new total), `name str`, `placement` (version 2, the new partitions') |
 //! |    4 | alter config      | `id [16]`, `name str`, `pairs` (set over the topic's current configuration) |
 //! |    5 | reassign          | `id [16]`, `name str`, `u32 count` (at most [`PARTITIONS_PER_TOPIC_MAX`]) of `partition u32`, `set` (the target; version 2 only) |
-//! |    6 | reassigned        | `id [16]`, `name str`, `partition u32`, `set` (the replicas the group now has; version 2 only) |
+//! |    6 | reassigned        | `id [16]`, `name str`, `partition u32`, `epoch u64` (the move's, `placement.rs`), `set` (the replicas the group now has; version 2 only) |
 //!
 //! `str` is `u16 length + UTF-8 bytes` (a topic name at most 249 bytes); `pairs` is a
 //! `u16 count` (at most 64) of `key str, value str`. The id is the topic's (a UUID, never
@@ -40,8 +40,10 @@
 //! A reassignment (`placement.rs`) is two commands: `reassign` gives partitions a target
 //! set (the current set again cancels a reassignment under way), and each partition's
 //! group, once its leader has moved the group's voters to the target
-//! (`Replica::reconfigure`), proposes `reassigned` with that set, which makes it the
-//! partition's set: the replicas outside it are closed and their files deleted.
+//! (`Replica::reconfigure`), proposes `reassigned` with that set and the move's epoch, which
+//! makes it the partition's set: the replicas of the move outside it are closed and their
+//! files deleted. Nothing is deleted before: a redirected or cancelled move's nodes may be
+//! voters until the group has reached the last target.
 //!
 //! Every length is bounded before it is trusted; a command that does not decode is an
 //! error that stops the node's applying (it would mean a bug or damage), never skipped.
@@ -95,11 +97,12 @@ pub enum Change {
         topic: TopicRef,
         targets: Vec<(u32, Vec<u64>)>,
     },
-    /// The partition's group has the voters `replicas`, its reassignment's target.
+    /// The partition's group has the voters `replicas`, the target of its move `epoch`.
     Reassigned {
         topic: TopicRef,
         partition: u32,
         replicas: Vec<u64>,
+        epoch: u64,
     },
 }
 
@@ -235,11 +238,13 @@ impl Change {
                 topic,
                 partition,
                 replicas,
+                epoch,
             } => {
                 out.push(KIND_REASSIGNED);
                 out.extend_from_slice(&topic.id);
                 put_str(&mut out, &topic.name);
                 out.extend_from_slice(&partition.to_be_bytes());
+                out.extend_from_slice(&epoch.to_be_bytes());
                 put_set(&mut out, replicas);
             }
         }
@@ -315,11 +320,13 @@ impl Change {
             KIND_REASSIGNED if placed => {
                 let name = reader.str()?;
                 let partition = u32::from_be_bytes(reader.array()?);
+                let epoch = u64::from_be_bytes(reader.array()?);
                 let replicas = reader.set()?;
                 Change::Reassigned {
                     topic: TopicRef { name, id },
                     partition,
                     replicas,
+                    epoch,
                 }
             }
             other => return Err(CommandError::Kind(other)),
@@ -601,6 +608,7 @@ mod tests {
                 topic: orders(),
                 partition: 5,
                 replicas: vec![1],
+                epoch: 9,
             },
         ]
     }

@@ -83,7 +83,7 @@ use crate::limits::{
     GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, LEADER_ANNOUNCE_TICKS, REASSIGNED_REPORT_TICKS,
     WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
-use crate::placement::{same_set, Placements};
+use crate::placement::{same_set, Move, Placements};
 use crate::rejoin::LogState;
 use crate::replica::{AnswerAt, Reconfiguring, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
@@ -546,14 +546,18 @@ struct Hosted {
     ended: RefCell<Option<oneshot::Receiver<()>>>,
 }
 
+/// A move's target set and epoch (`placement::Move`).
+type Target = (Vec<u64>, u64);
+
 /// What a group's task shares with the rest of its shard.
 #[derive(Debug, Default)]
 struct GroupShared {
     /// The peers that are neither voters nor learners of the group, as its task last saw
     /// its configuration: told when this node leads it.
     outsiders: RefCell<Vec<u64>>,
-    /// The replica set a reassignment moves the group to (`placement.rs`), until it is done.
-    target: RefCell<Option<Vec<u64>>>,
+    /// The replica set a reassignment moves the group to, and the move's epoch
+    /// (`placement.rs`), until it is done.
+    target: RefCell<Option<Target>>,
 }
 
 fn group(key: &GroupKey, tag: u64) -> Group<'_> {
@@ -707,9 +711,9 @@ impl Cluster {
 
     /// The voters of the partition's group if this node holds a replica of it: its replica
     /// set as placed (every node for a topic placed on all, or one of
-    /// [`ClusterConfig::everywhere`]); none if this node is only in the target of a
-    /// reassignment: its replica joins the group with no configuration, which the
-    /// leader's snapshot brings (`Replica::reconfigure`). `None` if it is placed elsewhere,
+    /// [`ClusterConfig::everywhere`]); none if this node is only in the move of a
+    /// reassignment (its target, or an earlier one's): its replica joins the group with no
+    /// configuration, which the leader's snapshot brings (`Replica::reconfigure`). `None` if it is placed elsewhere,
     /// or not placed yet: after a restart the table holds what the applied-offset file says
     /// was applied, and a topic the engine holds beyond that is opened when its command is
     /// applied again.
@@ -727,8 +731,11 @@ impl Cluster {
         if voters.contains(&me) {
             return Some(voters);
         }
-        let joining = placements.target(&meta.id, partition)?.contains(&me);
-        joining.then(Vec::new)
+        let involved = placements
+            .moving(&meta.id, partition)?
+            .involved
+            .contains(&me);
+        involved.then(Vec::new)
     }
 
     /// The Kafka addresses (host, port) of the nodes this one has heard from, itself
@@ -1103,7 +1110,7 @@ impl Cluster {
             let reached = |(partition, target): &(u32, Vec<u64>)| match placements
                 .target(&meta.id, *partition)
             {
-                Some(now) => now == target.as_slice(),
+                Some(now) => same_set(now, target),
                 None => (placements.replicas(&meta.id, *partition))
                     .is_some_and(|set| same_set(set, target)),
             };
@@ -1149,13 +1156,14 @@ impl Cluster {
         let mut all: Vec<PartitionReassignment> = (listed.into_iter())
             .filter_map(|moving| {
                 let meta = named(&moving.id)?;
-                let adding: Vec<u64> = (moving.target.iter().copied())
+                let (target, involved) = (&moving.moving.target, &moving.moving.involved);
+                let adding: Vec<u64> = (target.iter().copied())
                     .filter(|id| !moving.replicas.contains(id))
                     .collect();
-                let removing: Vec<u64> = (moving.replicas.iter().copied())
-                    .filter(|id| !moving.target.contains(id))
+                let removing: Vec<u64> = (involved.iter().copied())
+                    .filter(|id| !target.contains(id))
                     .collect();
-                let mut replicas = moving.target.clone();
+                let mut replicas = target.clone();
                 replicas.extend(&removing);
                 Some(PartitionReassignment {
                     topic: meta.name.to_string(),
@@ -1335,11 +1343,14 @@ impl Cluster {
                 topic,
                 partition,
                 replicas,
+                epoch,
             } => {
                 let meta = current(topic)?;
                 let placements = lock(&self.inner.placements);
-                let target = placements.target(&meta.id, *partition);
-                if !target.is_some_and(|target| same_set(target, replicas)) {
+                let moving = placements.moving(&meta.id, *partition);
+                let reported =
+                    |moving: &Move| moving.epoch == *epoch && same_set(&moving.target, replicas);
+                if !moving.is_some_and(reported) {
                     return Err(ClusterError::NoReassignment {
                         name: topic.name.clone(),
                         partition: *partition,
@@ -2000,7 +2011,7 @@ impl Cluster {
                 };
                 for (partition, target) in targets {
                     tracing::info!(topic = topic.name, partition, ?target, "reassigning");
-                    self.settle_replica(&meta, *partition).await?;
+                    self.settle_replica(&meta, *partition, false).await?;
                 }
                 Ok(())
             }
@@ -2008,38 +2019,61 @@ impl Cluster {
                 topic,
                 partition,
                 replicas,
+                ..
             } => {
                 let Some(meta) = self.current(topic) else {
                     return Ok(());
                 };
                 tracing::info!(topic = topic.name, partition, ?replicas, "reassigned");
-                self.settle_replica(&meta, *partition).await
+                self.settle_replica(&meta, *partition, true).await
             }
         }
     }
 
     /// Brings this node's replica of a partition in line with the placement table after a
-    /// reassignment's command: opens it if this node is in the partition's set or target
-    /// and it is not open (a replica that joins the group), else hands the group its target
-    /// (none once done); closes it if this node is in neither, and deletes the partition's
-    /// data here: the group committed everything on the replicas of its new set before it
-    /// reported it reached them.
-    async fn settle_replica(&self, meta: &TopicMeta, partition: u32) -> Result<(), ClusterError> {
+    /// reassignment's command: opens it if this node is involved in the move or in the
+    /// partition's set and it is not open (a replica that joins the group), else hands the
+    /// group its target (none once done). Once the move is done (`left`), a node no longer
+    /// involved closes its replica and deletes the partition's data: the group's voters are
+    /// the new set, which reported it holds every committed entry. Nothing is deleted while
+    /// a move is under way: a redirect or a cancellation leaves the nodes of the earlier
+    /// target involved, as they may be voters.
+    async fn settle_replica(
+        &self,
+        meta: &TopicMeta,
+        partition: u32,
+        left: bool,
+    ) -> Result<(), ClusterError> {
         if partition >= meta.partitions {
             return Ok(());
         }
         if self.group_voters(meta, partition).is_some() {
             return self.open_replica(meta, partition).await;
         }
+        if !left {
+            return Ok(());
+        }
         self.close_replica(meta.name.as_str(), partition).await?;
         let dir = (self.inner.config.data_dir).join(format!("{}-{partition}", meta.name));
-        // Only where a replica lived: the other nodes' logs of the partition are empty.
+        // Only where a replica lived: the other nodes' logs of the partition are empty. A
+        // failure leaves the data (never read: no replica opens it) and this node applying.
         if dir.join(RAFT_JOURNAL_FILE).exists() {
-            self.inner
+            match self
+                .inner
                 .engine
                 .empty_partition(meta.name.as_str(), partition)
-                .await?;
-            tracing::info!(topic = %meta.name, partition, "replica left: its data deleted");
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(topic = %meta.name, partition, "replica left: its data deleted");
+                }
+                Err(error) => tracing::error!(
+                    topic = %meta.name,
+                    partition,
+                    %error,
+                    "a replica that left could not delete its data; delete it by hand"
+                ),
+            }
         }
         Ok(())
     }
@@ -2188,9 +2222,8 @@ impl Cluster {
             // it with what its leader announces.
             return Ok(());
         };
-        let target = lock(&self.inner.placements)
-            .target(&meta.id, partition)
-            .map(<[u64]>::to_vec);
+        let target = (lock(&self.inner.placements).moving(&meta.id, partition))
+            .map(|moving| (moving.target.clone(), moving.epoch));
         let topic = meta.name.as_str().to_owned();
         let dir = (self.inner.config.data_dir).join(format!("{topic}-{partition}"));
         let cluster = self.clone();
@@ -2226,7 +2259,7 @@ impl Cluster {
 
     /// Starts the task that drives `replica`, of the topic tagged `tag`, on this shard,
     /// towards `target` if it is being reassigned.
-    fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64, target: Option<Vec<u64>>) {
+    fn spawn_group(&self, mut replica: Replica<DiskStorage>, tag: u64, target: Option<Target>) {
         let Some(local) = local() else { return };
         let id = replica.id().clone();
         let peers = replica.other_voters();
@@ -2234,7 +2267,12 @@ impl Cluster {
             outsiders: RefCell::new(self.outsiders(&replica)),
             target: RefCell::new(target),
         });
-        if self.inner.rejoining.load(Ordering::Acquire) {
+        // A replica with no configuration yet (one that joins the group in a move) has no
+        // one to ask and no vote to withhold: it learns the group from the leader's
+        // snapshot. (Wiped after it became a voter, it may vote before it holds what it
+        // acknowledged; docs/ARCHITECTURE.md, "Reassignment".)
+        let configured = !replica.members().0.is_empty();
+        if self.inner.rejoining.load(Ordering::Acquire) && configured {
             replica.start_rejoin();
         }
         // Published before the task runs: the node's rejoin is not over while it is.
@@ -2328,13 +2366,13 @@ impl Cluster {
                     (local.transport).send_payload(peer, to, &Payload::RejoinAsk);
                 }
                 let target = outward.shared.target.borrow().clone();
-                if let Some(target) = target {
+                if let Some((target, epoch)) = target {
                     let done = match self.reassign_step(&mut replica, key, &target).await {
                         Ok(done) => done,
                         Err(error) => return error,
                     };
                     report_in = if done && replica.is_leader() {
-                        self.report_done(key, outward.tag, target, report_in)
+                        self.report_done(key, outward.tag, (target, epoch), report_in)
                     } else {
                         0
                     };
@@ -2475,7 +2513,7 @@ impl Cluster {
     /// On the leader of a group whose voters are its reassignment's target: reports it to
     /// the controller (`reassigned`), again every `REASSIGNED_REPORT_TICKS` until the
     /// report applies here and clears the target. Returns the ticks to the next report.
-    fn report_done(&self, key: &GroupKey, tag: u64, target: Vec<u64>, report_in: usize) -> usize {
+    fn report_done(&self, key: &GroupKey, tag: u64, target: Target, report_in: usize) -> usize {
         if report_in > 0 {
             return report_in - 1;
         }
@@ -2484,7 +2522,8 @@ impl Cluster {
         let change = Change::Reassigned {
             topic: topic_ref(&meta),
             partition: key.1,
-            replicas: target,
+            replicas: target.0,
+            epoch: target.1,
         };
         let cluster = self.clone();
         rt::spawn_local(async move {

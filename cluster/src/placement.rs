@@ -9,9 +9,15 @@
 //! nothing; its partitions are on every node of the cluster (an empty set here).
 //!
 //! A partition being reassigned also has a *target* set (a `reassign` command's): until its
-//! group reports that its voters are the target (`reassigned`), the partition is on both
-//! sets' nodes: those of the target open a replica that joins the group, those of the set
-//! keep theirs. Then the target becomes the set.
+//! group reports that its voters are the target (`reassigned`), the partition is on every
+//! node *involved* in the move: those of the set keep their replica, those of the target
+//! open one that joins the group, and so do those of any earlier target of the same move (a
+//! redirect or a cancellation may come after they became voters: only the group, once it
+//! reached the last target, has taken them out). Then the target becomes the set, and the
+//! other involved nodes delete the partition's data. Each move has an *epoch*: the count of
+//! targets the table has set so far, the same on every node (every node applies the same
+//! commands in the same order); a `reassigned` names the epoch it reports on, so a report
+//! delayed past a later move of the same partition, even to the same set, changes nothing.
 //!
 //! Topics are kept by id, not name: a name may be taken again after a deletion, and a
 //! creation the node refused (its name collides, say) leaves an entry no topic of the
@@ -26,8 +32,19 @@ use crate::controller::Change;
 #[derive(Debug, Default)]
 pub struct Placements {
     topics: HashMap<[u8; 16], Vec<Vec<u64>>>,
-    /// The partitions being reassigned: their target sets, by topic id and partition.
-    targets: HashMap<([u8; 16], u32), Vec<u64>>,
+    /// The partitions being reassigned, by topic id and partition.
+    moves: HashMap<([u8; 16], u32), Move>,
+    /// Targets set so far: the last move's epoch.
+    epochs: u64,
+}
+
+/// A partition's move under way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub target: Vec<u64>,
+    /// The set's nodes and every target's since the move began.
+    pub involved: Vec<u64>,
+    pub epoch: u64,
 }
 
 /// A partition under reassignment, as [`Placements::reassignments`] lists it.
@@ -37,7 +54,7 @@ pub struct Reassignment {
     pub partition: u32,
     /// Its replica set until the reassignment is done.
     pub replicas: Vec<u64>,
-    pub target: Vec<u64>,
+    pub moving: Move,
 }
 
 /// Why a command's placement does not fit the topic as this node has it (the same on every
@@ -98,7 +115,7 @@ impl Placements {
             }
             Change::DeleteTopic(topic) => {
                 self.topics.remove(&topic.id);
-                self.targets.retain(|(id, _), _| *id != topic.id);
+                self.moves.retain(|(id, _), _| *id != topic.id);
             }
             Change::CreatePartitions {
                 topic,
@@ -126,51 +143,69 @@ impl Placements {
                 topic,
                 partition,
                 replicas,
+                epoch,
             } => {
                 let key = (topic.id, *partition);
-                if self
-                    .targets
-                    .get(&key)
-                    .is_some_and(|t| same_set(t, replicas))
-                {
-                    let target = self.targets.remove(&key).unwrap_or_default();
+                let reported = (self.moves.get(&key)).is_some_and(|moving| {
+                    moving.epoch == *epoch && same_set(&moving.target, replicas)
+                });
+                if let Some(done) = reported.then(|| self.moves.remove(&key)).flatten() {
                     if let Some(set) = (self.topics.get_mut(&topic.id))
                         .and_then(|sets| sets.get_mut(*partition as usize))
                     {
-                        *set = target;
+                        *set = done.target;
                     }
                 }
             }
         }
     }
 
-    /// Gives a placed partition (of a topic not on every node) a target set. The current
-    /// set as target with no reassignment under way changes nothing; with one under way,
-    /// it is the way back (a cancellation).
+    /// Gives a placed partition (of a topic not on every node) a target set, in a new
+    /// epoch. The current set as target with no move under way changes nothing; with one
+    /// under way, it is the way back (a cancellation). The nodes already involved stay so.
     fn set_target(&mut self, id: &[u8; 16], partition: u32, target: &[u64]) {
         let Some(current) = self.replicas(id, partition) else {
             return;
         };
         let key = (*id, partition);
-        if current.is_empty() || (same_set(current, target) && !self.targets.contains_key(&key)) {
+        if current.is_empty() || (same_set(current, target) && !self.moves.contains_key(&key)) {
             return;
         }
-        self.targets.insert(key, target.to_vec());
+        let mut involved = match self.moves.get(&key) {
+            Some(moving) => moving.involved.clone(),
+            None => current.to_vec(),
+        };
+        involved.extend(target.iter().filter(|id| !current.contains(id)));
+        involved.sort_unstable();
+        involved.dedup();
+        self.epochs += 1;
+        let moving = Move {
+            target: target.to_vec(),
+            involved,
+            epoch: self.epochs,
+        };
+        self.moves.insert(key, moving);
     }
 
     /// The partition's target set, if it is being reassigned.
     pub fn target(&self, id: &[u8; 16], partition: u32) -> Option<&[u64]> {
-        self.targets.get(&(*id, partition)).map(Vec::as_slice)
+        self.moving(id, partition)
+            .map(|moving| moving.target.as_slice())
+    }
+
+    /// The partition's move, if it is being reassigned.
+    pub fn moving(&self, id: &[u8; 16], partition: u32) -> Option<&Move> {
+        self.moves.get(&(*id, partition))
     }
 
     /// Every partition under reassignment, by topic id and partition.
     pub fn reassignments(&self) -> Vec<Reassignment> {
-        let mut all: Vec<Reassignment> = (self.targets.iter())
-            .map(|((id, partition), target)| Reassignment {
+        let mut all: Vec<Reassignment> = (self.moves.iter())
+            .map(|((id, partition), moving)| Reassignment {
                 id: *id,
                 partition: *partition,
                 replicas: self.replicas(id, *partition).unwrap_or_default().to_vec(),
-                target: target.clone(),
+                moving: moving.clone(),
             })
             .collect();
         all.sort_by_key(|r| (r.id, r.partition));
@@ -315,42 +350,62 @@ mod tests {
             topic: topic("a", 1),
             targets,
         };
-        let reassigned = |partition, replicas: Vec<u64>| Change::Reassigned {
+        let reassigned = |partition, replicas: Vec<u64>, epoch| Change::Reassigned {
             topic: topic("a", 1),
             partition,
             replicas,
+            epoch,
         };
         // Its own set as target, or a partition it does not have: nothing to do.
         table.apply(&reassign(vec![(0, vec![2, 1]), (7, vec![1])]));
         assert!(table.reassignments().is_empty());
         table.apply(&reassign(vec![(0, vec![3, 2])]));
-        assert_eq!(table.target(&[1; 16], 0), Some(&[3, 2][..]));
+        let moving = table.moving(&[1; 16], 0).unwrap().clone();
+        assert_eq!(
+            (moving.target, moving.involved),
+            (vec![3, 2], vec![1, 2, 3])
+        );
         assert_eq!(
             table.replicas(&[1; 16], 0),
             Some(&[1, 2][..]),
             "still the set"
         );
-        // A report of another set (a stale one) changes nothing.
-        table.apply(&reassigned(0, vec![1, 3]));
+        // A report of another set, or of another epoch, changes nothing.
+        table.apply(&reassigned(0, vec![1, 3], moving.epoch));
+        table.apply(&reassigned(0, vec![2, 3], moving.epoch + 1));
         assert_eq!(table.replicas(&[1; 16], 0), Some(&[1, 2][..]));
         let listed = table.reassignments();
         assert_eq!(listed.len(), 1);
-        assert_eq!(
-            (listed[0].replicas.clone(), listed[0].target.clone()),
-            (vec![1, 2], vec![3, 2])
-        );
+        assert_eq!(listed[0].replicas, [1, 2]);
         // Done, in any order: the target is the set now, in the target's order.
-        table.apply(&reassigned(0, vec![2, 3]));
+        table.apply(&reassigned(0, vec![2, 3], moving.epoch));
         assert_eq!(table.replicas(&[1; 16], 0), Some(&[3, 2][..]));
         assert_eq!(table.target(&[1; 16], 0), None);
-        // A cancellation under way: the set again, which the group goes back to.
-        table.apply(&reassign(vec![(1, vec![1])]));
+        // Redirected, then cancelled: every node of the move stays involved until the
+        // group reports it reached the last target, and a report of an earlier epoch (even
+        // of the same set: there and back) is not the end of the move.
+        table.apply(&reassign(vec![(1, vec![1, 3])]));
+        let first = table.moving(&[1; 16], 1).unwrap().epoch;
+        table.apply(&reassign(vec![(1, vec![1, 4])]));
+        table.apply(&reassign(vec![(1, vec![1, 3])]));
+        let back = table.moving(&[1; 16], 1).unwrap().clone();
+        assert_eq!(
+            (back.involved.clone(), back.target.clone()),
+            (vec![1, 2, 3, 4], vec![1, 3])
+        );
+        table.apply(&reassigned(1, vec![3, 1], first));
+        assert_eq!(
+            table.replicas(&[1; 16], 1),
+            Some(&[2, 3][..]),
+            "a stale report"
+        );
         table.apply(&reassign(vec![(1, vec![2, 3])]));
-        assert_eq!(table.target(&[1; 16], 1), Some(&[2, 3][..]));
-        table.apply(&reassigned(1, vec![3, 2]));
+        let cancelled = table.moving(&[1; 16], 1).unwrap().clone();
+        assert_eq!(cancelled.involved, [1, 2, 3, 4]);
+        table.apply(&reassigned(1, vec![3, 2], cancelled.epoch));
         assert_eq!(table.replicas(&[1; 16], 1), Some(&[2, 3][..]));
         assert!(table.reassignments().is_empty());
-        // A topic on every node is not reassigned; a deleted one's targets go with it.
+        // A topic on every node is not reassigned; a deleted one's moves go with it.
         table.apply(&Change::Reassign {
             topic: topic("old", 2),
             targets: vec![(0, vec![1])],

@@ -316,10 +316,13 @@ impl<S: Storage> Replica<S> {
                 .await
                 .map_err(journal_error)?;
         }
+        let conf_index = last_conf_change(&state, applied);
         let storage = RaftStorage::new(storage::State {
             table,
             hard_state: state.hard_state.clone(),
             conf_state: state.conf_state.clone(),
+            conf_index,
+            snapshot_waits_for_anchor: std::cell::Cell::new(false),
             log_start: decided.max(log.offsets().log_start),
             fetches: Vec::new(),
         });
@@ -862,7 +865,10 @@ impl<S: Storage> Replica<S> {
             .collect();
         let behind = (promoted.iter()).any(|id| {
             raft.prs().get(*id).is_none_or(|progress| {
-                !progress.recent_active
+                // Replicating: it took the snapshot (or the entries) and acknowledged them;
+                // a learner just added starts "active" with nothing.
+                progress.state != ProgressState::Replicate
+                    || !progress.recent_active
                     || progress.matched.saturating_add(LEARNER_CAUGHT_UP_ENTRIES) < committed
             })
         });
@@ -874,11 +880,19 @@ impl<S: Storage> Replica<S> {
             return Ok(Reconfiguring::Waiting("learners become voters"));
         }
         if !target.contains(&raft.id) {
-            let successor = (target.iter().copied())
-                .filter(|id| voters.contains(id))
-                .max_by_key(|id| raft.prs().get(*id).map_or(0, |progress| progress.matched));
-            if let Some(successor) = successor {
-                self.node.transfer_leader(successor);
+            // One transfer at a time (raft-rs drops proposals while one is pending, and
+            // gives it up after an election timeout), to a live voter replicating.
+            if raft.lead_transferee.is_none() {
+                let successor = (target.iter().copied())
+                    .filter(|id| voters.contains(id))
+                    .filter_map(|id| Some((id, raft.prs().get(id)?)))
+                    .filter(|(_, progress)| {
+                        progress.recent_active && progress.state == ProgressState::Replicate
+                    })
+                    .max_by_key(|(_, progress)| progress.matched);
+                if let Some((successor, _)) = successor {
+                    self.node.transfer_leader(successor);
+                }
             }
             return Ok(Reconfiguring::Waiting("leadership moves into the target"));
         }
@@ -1257,6 +1271,13 @@ impl<S: Storage> Replica<S> {
             self.move_anchor(applied, true).await?;
             return self.move_log_start().await;
         }
+        // A snapshot was refused: the anchor lies below the last configuration change.
+        let conf_index = self.storage.state.borrow().conf_index;
+        let refused = (self.storage.state.borrow().snapshot_waits_for_anchor).replace(false);
+        if refused && conf_index > anchor.index && applied >= conf_index {
+            self.move_anchor(applied, true).await?;
+            return self.move_log_start().await;
+        }
         let mut target = applied.saturating_sub(self.window_entries_keep);
         if self.is_leader() {
             let raft = &self.node.raft;
@@ -1607,8 +1628,31 @@ impl<S: Storage> Replica<S> {
 
     async fn persist_hard_state(
         &mut self,
-        hard_state: raft::eraftpb::HardState,
+        mut hard_state: raft::eraftpb::HardState,
     ) -> Result<(), ReplicaError> {
+        // Never a commit index past a configuration change not applied yet: reopened, the
+        // replica takes every entry up to the commit index as applied, and a change skipped
+        // so would leave it on an old configuration for good. (A lower commit index is
+        // always safe: the leader tells it again.) The next hard state written after the
+        // change applied carries the rest.
+        let applied = self.node.raft.raft_log.applied;
+        let unapplied_change = {
+            let state = self.storage.state.borrow();
+            (applied + 1..=hard_state.commit).find(|&index| {
+                state.table.get(index).is_some_and(|meta| {
+                    matches!(
+                        meta.kind,
+                        Kind::Internal {
+                            entry_type: EntryType::EntryConfChange | EntryType::EntryConfChangeV2,
+                            ..
+                        }
+                    )
+                })
+            })
+        };
+        if let Some(change) = unapplied_change {
+            hard_state.commit = change - 1;
+        }
         // The storage's hard state is the one last written (its commit index alone may be
         // ahead): sync only when the term or vote changes.
         let sync = {
@@ -1723,11 +1767,23 @@ impl<S: Storage> Replica<S> {
             self.node.apply_conf_change(&change)
         }
         .map_err(|source| self.raft_error(source))?;
+        // With the commit index through the change, after it: a hard state written before
+        // stops short of it (`persist_hard_state`), so a reopened replica never takes the
+        // change as applied without its configuration.
+        // Exactly through it: a later change committed with it is not applied yet.
+        let mut hard_state = self.storage.state.borrow().hard_state.clone();
+        hard_state.commit = entry.index;
+        let records = [
+            Record::ConfState(conf_state.clone()),
+            Record::HardState(hard_state),
+        ];
         self.journal
-            .append(&[Record::ConfState(conf_state.clone())], true)
+            .append(&records, true)
             .await
             .map_err(|source| self.journal_error(source))?;
-        self.storage.state.borrow_mut().conf_state = conf_state;
+        let mut state = self.storage.state.borrow_mut();
+        state.conf_state = conf_state;
+        state.conf_index = entry.index;
         Ok(())
     }
 
@@ -1991,6 +2047,22 @@ fn log_error(partition: &PartitionId, source: LogError) -> ReplicaError {
 /// Makes a new group's journal: its voters are the configured ones, from the partition's
 /// start. A log with records but no journal lost its journal: starting it as a new group
 /// would renumber its entries and forget its votes.
+/// The last configuration change applied (at or below `applied`) that the window still
+/// holds: one below the anchor is in every snapshot's configuration already.
+fn last_conf_change(state: &crate::journal::JournalState, applied: u64) -> u64 {
+    (state.internals.values())
+        .filter(|internal| internal.index <= applied)
+        .filter(|internal| {
+            matches!(
+                internal.entry_type,
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2
+            )
+        })
+        .map(|internal| internal.index)
+        .max()
+        .unwrap_or(0)
+}
+
 async fn start_group<S: Storage>(
     id: &PartitionId,
     log: &PartitionLog<S>,

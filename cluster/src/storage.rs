@@ -32,6 +32,14 @@ pub struct State {
     pub table: EntryTable,
     pub hard_state: HardState,
     pub conf_state: ConfState,
+    /// The index of the configuration change `conf_state` last took in (0: none since the
+    /// group began). A snapshot says the configuration at its index, so one whose anchor
+    /// lies below this is not made: a replica installing it would replay the change on a
+    /// configuration that holds it already, which raft-rs refuses ("already joint").
+    pub conf_index: u64,
+    /// Set when a snapshot was refused for that reason: the replica then moves its anchor
+    /// up to its applied index (`Replica::compact`), and the next request gets one.
+    pub snapshot_waits_for_anchor: std::cell::Cell<bool>,
     /// The log start the group decided, as far as this replica knows (snapshots carry it).
     pub log_start: i64,
     /// Reads waiting for entries to be read back from the partition log.
@@ -128,6 +136,12 @@ impl raft::Storage for RaftStorage {
         // Index 0 is no snapshot (nothing below the window); one older than asked for
         // would not do.
         if anchor.index == 0 || anchor.index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        if anchor.index < state.conf_index {
+            state.snapshot_waits_for_anchor.set(true);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
