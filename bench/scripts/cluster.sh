@@ -370,19 +370,30 @@ reassign_run() {
     settle
     start_cluster "$prefix"
     local tries=0
+    # Retried while the controller elects; a try that timed out may have created it.
     until "$RINGLOG" topic create moved --partitions 1 --replication-factor 2 \
-        --bootstrap "$at" >>"$prefix-admin.log" 2>&1; do
+        --bootstrap "$at" >>"$prefix-admin.log" 2>&1 ||
+        grep -q TOPIC_ALREADY_EXISTS "$prefix-admin.log"; do
         tries=$((tries + 1)); [ "$tries" -lt 100 ] || { echo "topic create failed" >&2; exit 1; }
         sleep 0.2
     done
-    local row leader replicas
-    until row=$("$RINGLOG" topic describe moved --bootstrap "$at" 2>>"$prefix-admin.log" |
-        awk '$1 == "0" && $4 ~ /^[0-9]+$/'); [ -n "$row" ]; do sleep 0.2; done
-    leader=$(echo "$row" | awk '{ print $4 }')
-    replicas=$(echo "$row" | awk '{ print $5 }')
-    "$BENCH" produce --bootstrap "127.0.0.1:$((19091 + leader))" --topic moved --partitions 1 \
-        --acks all --records "$records" --connections 1 --in-flight 8 \
-        >"$prefix-fill.log" 2>&1
+    local row leader replicas filled=''
+    # The generator does not follow a leader that changes (an election on a fresh cluster
+    # whose disk is slow for a moment): the fill starts again at the new leader.
+    for tries in 1 2 3 4 5; do
+        until row=$("$RINGLOG" topic describe moved --bootstrap "$at" 2>>"$prefix-admin.log" |
+            awk '$1 == "0" && $4 ~ /^[0-9]+$/'); [ -n "$row" ]; do sleep 0.2; done
+        leader=$(echo "$row" | awk '{ print $4 }')
+        replicas=$(echo "$row" | awk '{ print $5 }')
+        if "$BENCH" produce --bootstrap "127.0.0.1:$((19091 + leader))" --topic moved \
+            --partitions 1 --acks all --records "$records" --connections 1 --in-flight 8 \
+            >>"$prefix-fill.log" 2>&1; then
+            filled=1
+            break
+        fi
+        sleep 1
+    done
+    [ -n "$filled" ] || { echo "the fill failed 5 times: $prefix-fill.log" >&2; exit 1; }
     local joining follower n
     for n in 1 2 3; do
         case ",$replicas," in *",$n,"*) [ "$n" = "$leader" ] || follower=$n ;; *) joining=$n ;; esac
@@ -403,7 +414,8 @@ reassign_run() {
         sleep 0.1
     done
     ended=$(date +%s.%N)
-    [ -z "$load" ] || { kill -INT "$load" 2>/dev/null || true; wait "$load" || true; }
+    # At once: the bytes counted are those the move copied, not what the load adds after.
+    [ -z "$load" ] || { kill -KILL "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; }
     stop_nodes
     local bytes left
     bytes=$(batch_bytes "$DIR/cluster-node$joining/moved-0")
