@@ -83,7 +83,7 @@ use crate::limits::{
     GROUP_CLOSE_WAIT_MS, GROUP_INBOX_COMMANDS_MAX, LEADER_ANNOUNCE_TICKS, REASSIGNED_REPORT_TICKS,
     WINDOW_ENTRIES_KEEP, WINDOW_ENTRIES_MAX,
 };
-use crate::placement::{same_set, Move, Placements};
+use crate::placement::{same_set, Placements};
 use crate::rejoin::LogState;
 use crate::replica::{AnswerAt, Reconfiguring, Replica, ReplicaConfig, ReplicaError};
 use crate::snapshot::Fetched;
@@ -1348,9 +1348,7 @@ impl Cluster {
                 let meta = current(topic)?;
                 let placements = lock(&self.inner.placements);
                 let moving = placements.moving(&meta.id, *partition);
-                let reported =
-                    |moving: &Move| moving.epoch == *epoch && same_set(&moving.target, replicas);
-                if !moving.is_some_and(reported) {
+                if !moving.is_some_and(|moving| moving.ends(replicas, *epoch)) {
                     return Err(ClusterError::NoReassignment {
                         name: topic.name.clone(),
                         partition: *partition,
@@ -2349,9 +2347,9 @@ impl Cluster {
         let mut published = None;
         // What this replica last told the outsiders: the term, and whether it led then.
         let mut said: Option<(u64, bool)> = None;
-        // The group's voters and learners as last seen, and ticks to the next report that
-        // a reassignment is done.
-        let mut members = replica.members();
+        // The configurations the replica had taken in when last looked at (its members then),
+        // and ticks to the next report that a reassignment is done.
+        let mut configurations = replica.configurations();
         let mut report_in = 0;
         loop {
             let Some(taken) = inbox::take(&commands).await else {
@@ -2404,8 +2402,8 @@ impl Cluster {
                 let payload = Payload::Hibernation(signal);
                 local.transport.send_payload(peer, to, &payload);
             }
-            if replica.members() != members {
-                members = replica.members();
+            if replica.configurations() != configurations {
+                configurations = replica.configurations();
                 self.members_changed(local, &replica, to, outward.shared);
             }
             if let Some(inbox) = commands.upgrade() {

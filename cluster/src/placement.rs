@@ -47,6 +47,14 @@ pub struct Move {
     pub epoch: u64,
 }
 
+impl Move {
+    /// Whether a `reassigned` report of `replicas` in `epoch` ends this move: the same
+    /// epoch, and its target's nodes in any order.
+    pub fn ends(&self, replicas: &[u64], epoch: u64) -> bool {
+        self.epoch == epoch && same_set(&self.target, replicas)
+    }
+}
+
 /// A partition under reassignment, as [`Placements::reassignments`] lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reassignment {
@@ -146,9 +154,8 @@ impl Placements {
                 epoch,
             } => {
                 let key = (topic.id, *partition);
-                let reported = (self.moves.get(&key)).is_some_and(|moving| {
-                    moving.epoch == *epoch && same_set(&moving.target, replicas)
-                });
+                let reported =
+                    (self.moves.get(&key)).is_some_and(|moving| moving.ends(replicas, *epoch));
                 if let Some(done) = reported.then(|| self.moves.remove(&key)).flatten() {
                     if let Some(set) = (self.topics.get_mut(&topic.id))
                         .and_then(|sets| sets.get_mut(*partition as usize))

@@ -60,6 +60,37 @@ async fn open_joining_as(dir: &Path, node: u64) -> Replica<DiskStorage> {
         .unwrap()
 }
 
+/// Proposes `count` records tagged `tag` at `node` and waits until they commit.
+async fn commit(cluster: &mut Cluster, node: u64, tag: &str, count: usize) {
+    let mut answer = cluster.propose(node, tag, count);
+    cluster.settle().await;
+    assert!(answered(&mut answer).unwrap().is_ok(), "{tag} committed");
+}
+
+/// Every replica of `target` has it as the group's voters, and no learner.
+fn assert_members(cluster: &Cluster, target: &[u64]) {
+    for &node in target {
+        let members = cluster.replicas[&node].members();
+        assert_eq!(members, (target.to_vec(), vec![]), "node {node}");
+    }
+}
+
+/// Closes the replicas of `gone`; the others elect a leader, commit `count` records
+/// tagged "after" without them, and catch up. Returns the records they all hold.
+async fn commit_without(cluster: &mut Cluster, gone: &[u64], count: usize) -> Vec<String> {
+    for node in gone {
+        let left = cluster.replicas.remove(node).unwrap();
+        left.close().await.unwrap();
+    }
+    let leader = cluster.elect(|_| true).await;
+    commit(cluster, leader, "after", count).await;
+    for _ in 0..20 {
+        cluster.tick();
+        cluster.settle().await;
+    }
+    assert_identical(cluster).await
+}
+
 #[test]
 fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
     let dir = tempfile::tempdir().unwrap();
@@ -71,9 +102,7 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
         target.sort_unstable();
         let gone = leader;
         for round in 0..4 {
-            let mut answer = cluster.propose(leader, &format!("before{round}"), 3);
-            cluster.settle().await;
-            assert!(answered(&mut answer).unwrap().is_ok());
+            commit(&mut cluster, leader, &format!("before{round}"), 3).await;
         }
         // Node 4 opens with no configuration: it may not vote or campaign until the
         // group's snapshot tells it what the group is.
@@ -85,10 +114,7 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
         let mut proposed = 0;
         reconfigure(&mut cluster, &target, &mut proposed).await;
         assert!(fetches.get() > 0, "node 4 filled its log from a snapshot");
-        for &node in &target {
-            let replica = &cluster.replicas[&node];
-            assert_eq!(replica.members(), (target.clone(), vec![]), "node {node}");
-        }
+        assert_members(&cluster, &target);
         assert!(
             !cluster.replicas[&gone].is_leader(),
             "the leader left the group"
@@ -96,17 +122,7 @@ fn a_new_replica_joins_by_snapshot_and_the_leader_leaves_the_group() {
 
         // The old leader is gone: the group commits without it, and the new set holds
         // one log.
-        let left = cluster.replicas.remove(&gone).unwrap();
-        left.close().await.unwrap();
-        let leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(leader, "after", 3);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
-        for _ in 0..20 {
-            cluster.tick();
-            cluster.settle().await;
-        }
-        let read = assert_identical(&cluster).await;
+        let read = commit_without(&mut cluster, &[gone], 3).await;
         let mut expected: Vec<String> = (0..4)
             .flat_map(|round| (0..3).map(move |i| format!("before{round}-{i}")))
             .collect();
@@ -136,9 +152,7 @@ fn a_reassignment_cancelled_once_its_new_replica_joined_takes_the_learner_out() 
     rt::block_on(async {
         let mut cluster = Cluster::open(dir.path()).await;
         let leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(leader, "before", 3);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
+        commit(&mut cluster, leader, "before", 3).await;
         let replica = open_joining(dir.path()).await;
         cluster.replicas.insert(4, replica);
         let _fetches = fill_from_peers(&mut cluster, 4, None);
@@ -158,14 +172,9 @@ fn a_reassignment_cancelled_once_its_new_replica_joined_takes_the_learner_out() 
         // Cancelled: the target is the set again, and the learner leaves.
         let mut proposed = 0;
         reconfigure(&mut cluster, &[1, 2, 3], &mut proposed).await;
-        for node in 1..=3 {
-            let members = cluster.replicas[&node].members();
-            assert_eq!(members, (vec![1, 2, 3], vec![]), "node {node}");
-        }
+        assert_members(&cluster, &[1, 2, 3]);
         let leader = cluster.elect(|node| node != 4).await;
-        let mut answer = cluster.propose(leader, "after", 2);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
+        commit(&mut cluster, leader, "after", 2).await;
     })
     .unwrap();
 }
@@ -181,9 +190,7 @@ fn two_replicas_join_at_once_through_joint_consensus() {
         let mut cluster = Cluster::open(dir.path()).await;
         let leader = cluster.elect(|_| true).await;
         for round in 0..3 {
-            let mut answer = cluster.propose(leader, &format!("before{round}"), 3);
-            cluster.settle().await;
-            assert!(answered(&mut answer).unwrap().is_ok());
+            commit(&mut cluster, leader, &format!("before{round}"), 3).await;
         }
         for node in [4, 5] {
             let replica = open_joining_as(dir.path(), node).await;
@@ -195,27 +202,13 @@ fn two_replicas_join_at_once_through_joint_consensus() {
         target.sort_unstable();
         let mut proposed = 0;
         reconfigure(&mut cluster, &target, &mut proposed).await;
-        for &node in &target {
-            let replica = &cluster.replicas[&node];
-            assert_eq!(replica.members(), (target.clone(), vec![]), "node {node}");
-        }
+        assert_members(&cluster, &target);
         for _ in 0..20 {
             cluster.tick();
             cluster.settle().await;
         }
-        for gone in (1..=3).filter(|n| !target.contains(n)) {
-            let left = cluster.replicas.remove(&gone).unwrap();
-            left.close().await.unwrap();
-        }
-        let leader = cluster.elect(|_| true).await;
-        let mut answer = cluster.propose(leader, "after", 2);
-        cluster.settle().await;
-        assert!(answered(&mut answer).unwrap().is_ok());
-        for _ in 0..20 {
-            cluster.tick();
-            cluster.settle().await;
-        }
-        let read = assert_identical(&cluster).await;
+        let gone: Vec<u64> = (1..=3).filter(|n| !target.contains(n)).collect();
+        let read = commit_without(&mut cluster, &gone, 2).await;
         assert_eq!(read.len(), 3 * 3 + 2 * proposed + 2, "{read:?}");
     })
     .unwrap();

@@ -221,6 +221,9 @@ pub struct Replica<S: Storage> {
     /// Ticks since the anchor was last made durable, and the fewest between two syncs
     /// ([`Replica::compact`]).
     ticks_since_anchor_sync: usize,
+    /// Configurations taken in since the replica opened (changes applied, snapshots
+    /// installed): what a caller compares to learn that the members changed.
+    configurations: u64,
     anchor_sync_ticks: usize,
     /// Set while a snapshot's fill is to be done (`snapshot.rs`): the offset the log is
     /// trusted to. Nothing else happens until it is done.
@@ -359,6 +362,7 @@ impl<S: Storage> Replica<S> {
             window_entries_max: config.window_entries_max.max(config.window_entries_keep),
             // The first move of the anchor after opening is synced.
             ticks_since_anchor_sync: config.anchor_sync_ticks,
+            configurations: 0,
             anchor_sync_ticks: config.anchor_sync_ticks,
             fill_from: state.fill_from.map(|_| high_watermark),
             fill_source: None,
@@ -799,6 +803,12 @@ impl<S: Storage> Replica<S> {
         voters.sort_unstable();
         learners.sort_unstable();
         (voters, learners)
+    }
+
+    /// How many configurations the replica took in since it opened (changes applied,
+    /// snapshots installed): cheap to compare, to learn that [`Replica::members`] changed.
+    pub fn configurations(&self) -> u64 {
+        self.configurations
     }
 
     /// The group's other voters, as its configuration says now.
@@ -1361,6 +1371,7 @@ impl<S: Storage> Replica<S> {
             state.conf_state = conf_state;
             state.hard_state = hard_state;
         }
+        self.configurations += 1;
         self.fail_proposals();
         tracing::info!(
             partition = %self.id,
@@ -1784,6 +1795,7 @@ impl<S: Storage> Replica<S> {
         let mut state = self.storage.state.borrow_mut();
         state.conf_state = conf_state;
         state.conf_index = entry.index;
+        self.configurations += 1;
         Ok(())
     }
 

@@ -258,10 +258,15 @@ def run(bootstrap, topic, partitions, count, work_dir, client):
     producer.produce(topic, half, count - half, acknowledged, failed)
     after = producer.leaders(topic)
     producer.close()
+    report = checked(servers, topic, partitions, acknowledged, failed, before, after, refused)
+    print(json.dumps(report))
+
+
+def checked(servers, topic, partitions, acknowledged, failed, before, after, refused=None):
+    """Reads every partition back and checks it against what the producer was told: the
+    report run and reassign print."""
     records = consume(servers, topic, partitions)
-    seen = {}
-    for _, _, value in records:
-        seen[value] = seen.get(value, 0) + 1
+    seen = Counter(value for _, _, value in records)
     by_partition = {}
     for partition, offset, _ in records:
         by_partition.setdefault(partition, []).append(offset)
@@ -269,21 +274,17 @@ def run(bootstrap, topic, partitions, count, work_dir, client):
         sorted(offsets) == list(range(min(offsets), min(offsets) + len(offsets)))
         for offsets in by_partition.values()
     )
-    print(
-        json.dumps(
-            {
-                "acknowledged": len(acknowledged),
-                "failed": len(failed),
-                "lost": sorted(v for v in acknowledged if v not in seen),
-                "duplicates": sorted(v for v, n in seen.items() if n > 1),
-                "read": len(records),
-                "leaders_before": before,
-                "leaders_after": after,
-                "offsets_dense": dense,
-                "refused": refused,
-            }
-        )
-    )
+    return {
+        "acknowledged": len(acknowledged),
+        "failed": len(failed),
+        "lost": sorted(v for v in acknowledged if v not in seen),
+        "duplicates": sorted(v for v, n in seen.items() if n > 1),
+        "read": len(records),
+        "leaders_before": before,
+        "leaders_after": after,
+        "offsets_dense": dense,
+        "refused": refused,
+    }
 
 
 # Partitions of the topic whose offsets read_group commits again and again.
@@ -655,27 +656,7 @@ def reassign(bootstrap, topic, partitions, count, work_dir):
     producer.produce(topic, sent, count, acknowledged, failed)
     after = producer.leaders(topic)
     producer.close()
-    records = consume(servers, topic, partitions)
-    seen = Counter(value for _, _, value in records)
-    by_partition = {}
-    for partition, offset, _ in records:
-        by_partition.setdefault(partition, []).append(offset)
-    print(
-        json.dumps(
-            {
-                "acknowledged": len(acknowledged),
-                "failed": len(failed),
-                "lost": sorted(v for v in acknowledged if v not in seen),
-                "duplicates": sorted(v for v, n in seen.items() if n > 1),
-                "read": len(records),
-                "leaders_before": before,
-                "leaders_after": after,
-                "offsets_dense": all(
-                    sorted(o) == list(range(min(o), min(o) + len(o))) for o in by_partition.values()
-                ),
-            }
-        )
-    )
+    print(json.dumps(checked(servers, topic, partitions, acknowledged, failed, before, after)))
 
 
 def log_kafka_python(path):

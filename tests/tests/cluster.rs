@@ -624,6 +624,19 @@ fn admin_changes_go_through_the_controller_to_every_node() {
     }
 }
 
+/// Calls `settled` every `interval` until it gives a value; fails after `WAIT` with what it
+/// last said was missing.
+fn poll<T>(interval: Duration, mut settled: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match settled() {
+            Ok(value) => return value,
+            Err(missing) => assert!(Instant::now() < deadline, "{missing}"),
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 /// Each partition of `topics` as a node's Metadata answers: (topic, partition) -> (replicas
 /// sorted, leader).
 type Placement = BTreeMap<(String, i32), (Vec<i32>, i32)>;
@@ -661,8 +674,7 @@ fn placement_at(node: &Server, topics: &[&str]) -> Placement {
 /// Waits until every running node answers Metadata for `topics` alike, each partition with
 /// a leader among its replicas; returns that answer.
 fn settled_placement(nodes: &[Option<Server>], topics: &[&str], partitions: usize) -> Placement {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll(Duration::from_millis(100), || {
         let answers: Vec<Placement> = (nodes.iter().flatten())
             .map(|node| placement_at(node, topics))
             .collect();
@@ -670,14 +682,12 @@ fn settled_placement(nodes: &[Option<Server>], topics: &[&str], partitions: usiz
             && answers[0].len() == partitions
             && (answers[0].values()).all(|(replicas, leader)| replicas.contains(leader));
         if settled {
-            return answers.into_iter().next().expect("a node");
+            return Ok(answers.into_iter().next().expect("a node"));
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "the nodes' Metadata answers differ or lack leaders: {answers:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    })
 }
 
 /// Which nodes (1-based) hold a Raft journal for the partition: those that opened a
@@ -717,8 +727,7 @@ fn assert_offsets_exported_where_held(nodes: &[Option<Server>], assigned: &str) 
 /// leader for them any more, hosted there or not (a leader that lost its quorum steps
 /// down and says so; a dead one is forgotten).
 fn assert_leaders_of_dead_node_forgotten(nodes: &[Option<Server>], topics: &[&str]) {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll(Duration::from_millis(200), || {
         let answers: Vec<Placement> = (nodes.iter().flatten())
             .map(|node| placement_at(node, topics))
             .collect();
@@ -732,15 +741,12 @@ fn assert_leaders_of_dead_node_forgotten(nodes: &[Option<Server>], topics: &[&st
                     }
                 })
         });
-        if settled {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after node 3's death the survivors still name it, or lost others: {answers:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        settled.then_some(()).ok_or_else(|| {
+            format!(
+                "after node 3's death the survivors still name it, or lost others: {answers:#?}"
+            )
+        })
+    });
 }
 
 #[test]
@@ -889,23 +895,18 @@ fn listed_reassignments(node: &Server) -> Listed {
 /// Waits until no node lists a reassignment and every node's Metadata names `targets` as
 /// the partitions' replicas; returns that placement.
 fn reassignments_done(nodes: &[Option<Server>], targets: &BTreeMap<i32, Vec<i32>>) -> Placement {
-    let deadline = Instant::now() + WAIT;
-    loop {
+    poll(Duration::from_millis(200), || {
         let listed: Vec<Listed> = nodes.iter().flatten().map(listed_reassignments).collect();
         if listed.iter().all(BTreeMap::is_empty) {
             let placement = settled_placement(nodes, &[TOPIC], PARTITIONS);
             let reached = (targets.iter())
                 .all(|(partition, target)| placement[&(TOPIC.to_owned(), *partition)].0 == *target);
             if reached {
-                return placement;
+                return Ok(placement);
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "the reassignments are not done: {listed:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        Err(format!("the reassignments are not done: {listed:?}"))
+    })
 }
 
 #[test]
